@@ -1,0 +1,85 @@
+//! Typed messages as postcard bytes plus the descriptors they carry.
+
+use std::os::fd::OwnedFd;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::fd;
+
+/// Serializes `value` with postcard, appending the bytes to `buf`.
+///
+/// Every [`SharedFd`](crate::SharedFd) inside `value` is duplicated into the returned list, in
+/// the order the payload refers to them. On error `buf` is restored to its former length, so a
+/// failed encode never leaves half a message behind.
+///
+/// # Errors
+/// [`EncodeError`] when the value's `Serialize` implementation fails (for example a sequence of
+/// unknown length) or a descriptor cannot be duplicated.
+pub fn encode_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, EncodeError> {
+    let start = buf.len();
+    let (result, fds) =
+        fd::collect_outgoing(|| postcard::serialize_with_flavor(value, AppendTo(&mut *buf)));
+    let error = match (result, fds) {
+        (Ok(()), Ok(fds)) => return Ok(fds),
+        (_, Err(io)) => EncodeError::descriptor(io),
+        (Err(e), Ok(_)) => EncodeError::serde(e),
+    };
+    buf.truncate(start);
+    Err(error)
+}
+
+/// A postcard output that appends to a borrowed buffer, so a failed encode can be rolled back.
+struct AppendTo<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendTo<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+/// Serializes `value` into a fresh buffer; see [`encode_into`].
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>), EncodeError> {
+    let mut buf = Vec::new();
+    let fds = encode_into(value, &mut buf)?;
+    Ok((buf, fds))
+}
+
+/// Deserializes a `T` from postcard `bytes`, handing it the descriptors that came with them.
+///
+/// Descriptors the value does not claim are closed. Trailing bytes after the value are an
+/// error: they mean the two sides disagree on the type.
+///
+/// # Errors
+/// [`DecodeError`] naming what went wrong: the bytes do not form a `T` (usually a different
+/// type on the other side), trailing bytes, or a descriptor index the message did not carry.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
+    let (result, fd_error) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    if let Some(e) = fd_error {
+        return Err(DecodeError::descriptor(e));
+    }
+    match result {
+        Ok((value, [])) => Ok(value),
+        Ok((_, rest)) => Err(DecodeError::trailing(rest.len(), bytes.len())),
+        Err(e) => Err(DecodeError::serde(e, std::any::type_name::<T>())),
+    }
+}

@@ -1,0 +1,125 @@
+//! Thin wrappers over the Linux calls the core needs. Everything here is safe Rust over rustix;
+//! the one unsafe spot in this crate that touches raw descriptor numbers is `bootstrap`.
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+    SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
+};
+
+/// Most descriptors Linux accepts in one `sendmsg` (`SCM_MAX_FD`).
+pub(crate) const MAX_FDS_PER_SENDMSG: usize = 253;
+
+/// `socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC)`.
+///
+/// # References
+/// - [`socketpair(2)`](https://man7.org/linux/man-pages/man2/socketpair.2.html)
+pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    Ok(rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}
+
+/// `sendmsg(2)` of `bytes` with `fds` attached as `SCM_RIGHTS`; never raises `SIGPIPE`.
+///
+/// # References
+/// - [`sendmsg(2)`](https://man7.org/linux/man-pages/man2/sendmsg.2.html),
+///   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html)
+pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+    debug_assert!(fds.len() <= MAX_FDS_PER_SENDMSG);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(io::Error::other("descriptor control buffer too small"));
+    }
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    Ok(rustix::net::sendmsg(socket, &[IoSlice::new(bytes)], &mut control, flags)?)
+}
+
+/// Result of [`recv_with_fds`].
+pub(crate) struct Received {
+    /// Bytes read; zero means the peer closed.
+    pub bytes: usize,
+    /// The kernel dropped descriptors because our control buffer or descriptor table was full.
+    pub fds_truncated: bool,
+}
+
+/// `recvmsg(2)` into `buf`, pushing received descriptors (close-on-exec) onto `fds`.
+///
+/// # References
+/// - [`recvmsg(2)`](https://man7.org/linux/man-pages/man2/recvmsg.2.html)
+pub(crate) fn recv_with_fds(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut VecDeque<OwnedFd>,
+) -> io::Result<Received> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let msg = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(Received { bytes: msg.bytes, fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC) })
+}
+
+/// Which readiness [`wait_ready`] waits for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Direction {
+    Read,
+    Write,
+}
+
+/// Blocks in `poll(2)` until `fd` is ready in `direction` or `deadline` passes.
+/// Returns `false` on timeout. Hang-up and errors count as ready: the next call reports them.
+///
+/// # References
+/// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)
+pub(crate) fn wait_ready(fd: BorrowedFd<'_>, direction: Direction, deadline: Option<Instant>) -> io::Result<bool> {
+    let events = match direction {
+        Direction::Read => PollFlags::IN,
+        Direction::Write => PollFlags::OUT,
+    };
+    loop {
+        let timeout = match deadline {
+            None => None,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 }))
+            }
+        };
+        let mut pfd = [PollFd::new(&fd, events)];
+        match rustix::event::poll(&mut pfd, timeout.as_ref()) {
+            Ok(0) if deadline.is_some_and(|d| Instant::now() >= d) => return Ok(false),
+            Ok(0) => continue,
+            Ok(_) => return Ok(true),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Identity of the running executable: `(st_dev, st_ino)` of `/proc/self/exe`.
+pub(crate) fn exe_identity() -> io::Result<(u64, u64)> {
+    let meta = std::fs::metadata("/proc/self/exe")?;
+    use std::os::unix::fs::MetadataExt;
+    Ok((meta.dev(), meta.ino()))
+}
+
+/// Whether `fd` is a socket (`fstat(2)`).
+pub(crate) fn is_socket(fd: impl AsFd) -> bool {
+    rustix::fs::fstat(fd)
+        .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
+        .unwrap_or(false)
+}
