@@ -1,1 +1,9 @@
-//! placeholder
+//! Typed channels between processes for multiproc: [`pipe`]s now, queues beside them.
+//!
+//! Messages are serde values encoded with postcard; handles inside them (pipe ends, locks,
+//! shared memory) travel as file descriptors and arrive usable. Linux only.
+#![cfg(target_os = "linux")]
+#![forbid(unsafe_code)]
+
+pub mod error;
+pub mod pipe;

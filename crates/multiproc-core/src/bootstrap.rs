@@ -97,19 +97,11 @@ pub struct ChildCommand {
     pub child_end: OwnedFd,
 }
 
-/// Options applied in the child between `fork` and `exec`.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ChildOptions {
-    /// Ask the kernel to `SIGKILL` the child when the forking thread's process dies
-    /// (`PR_SET_PDEATHSIG`).
-    pub die_with_parent: bool,
-}
-
 /// Prepares a [`ChildCommand`] for `entry`.
 ///
 /// # Errors
 /// When the control socket cannot be created or `/proc/self/exe` cannot be read.
-pub fn child_command(entry: EntryPoint, options: ChildOptions) -> io::Result<ChildCommand> {
+pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
     let (parent_end, child_end) = sys::stream_socketpair()?;
     let (dev, ino) = sys::exe_identity()?;
     let mut hello = Vec::with_capacity(HELLO_LEN);
@@ -127,10 +119,8 @@ pub fn child_command(entry: EntryPoint, options: ChildOptions) -> io::Result<Chi
     let mut command = Command::new("/proc/self/exe");
     let raw = child_end.as_raw_fd();
     command.env(BOOTSTRAP_ENV, raw.to_string());
-    let die_with_parent = options.die_with_parent;
-    let parent_pid = rustix::process::getpid();
-    // SAFETY: the closure runs in the forked child before exec and only makes async-signal-safe
-    // system calls (fcntl, prctl, getppid, kill) on values captured by copy.
+    // SAFETY: the closure runs in the forked child before exec and only makes one
+    // async-signal-safe system call (fcntl) on a value captured by copy.
     unsafe {
         use std::os::unix::process::CommandExt;
         command.pre_exec(move || {
@@ -138,17 +128,14 @@ pub fn child_command(entry: EntryPoint, options: ChildOptions) -> io::Result<Chi
             // fork happened; we only clear its close-on-exec flag.
             let fd = rustix::fd::BorrowedFd::borrow_raw(raw);
             rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            if die_with_parent {
-                rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))?;
-                // The parent may have died before prctl took effect.
-                if rustix::process::getppid() != Some(parent_pid) {
-                    return Err(io::Error::other("parent exited during spawn"));
-                }
-            }
             Ok(())
         });
     }
-    Ok(ChildCommand { command, parent_end, child_end: child_end })
+    Ok(ChildCommand {
+        command,
+        parent_end,
+        child_end,
+    })
 }
 
 extern "C" fn bootstrap_hook() {
@@ -171,17 +158,17 @@ extern "C" fn bootstrap_hook() {
 }
 
 fn enter(value: &str) -> io::Result<()> {
-    let raw: RawFd = value
-        .parse()
-        .ok()
-        .filter(|fd| *fd > 2)
-        .ok_or_else(|| io::Error::other(format!("{BOOTSTRAP_ENV}={value:?} is not a descriptor")))?;
+    let raw: RawFd = value.parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
+        io::Error::other(format!("{BOOTSTRAP_ENV}={value:?} is not a descriptor"))
+    })?;
     // Before main, nothing in this process owns descriptors beyond what it inherited; check that
     // the number is an open socket before taking ownership.
     // SAFETY: a borrow for the duration of the fstat only; fstat on a closed number fails safely.
     let probe = unsafe { rustix::fd::BorrowedFd::borrow_raw(raw) };
     if !sys::is_socket(probe) {
-        return Err(io::Error::other(format!("descriptor {raw} is not a socket")));
+        return Err(io::Error::other(format!(
+            "descriptor {raw} is not a socket"
+        )));
     }
     // SAFETY: the descriptor is open (fstat succeeded), was placed for us by the parent, and no
     // other object in this process owns it: we run before main and take it exactly once (the
@@ -191,7 +178,9 @@ fn enter(value: &str) -> io::Result<()> {
 
     let hello = read_hello(&control)?;
     if hello[..8] != HELLO_MAGIC {
-        return Err(io::Error::other("control socket did not start with the multiproc hello"));
+        return Err(io::Error::other(
+            "control socket did not start with the multiproc hello",
+        ));
     }
     let word = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
     let (shim, run, dev, ino) = (word(8) as i64, word(16) as i64, word(24), word(32));

@@ -12,11 +12,11 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
+use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
 use crate::frame::{HEADER_LEN, Header};
 use crate::socket::Socket;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
-use crate::SharedFd;
 
 /// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
@@ -44,10 +44,16 @@ pub fn socket_pair() -> io::Result<(SharedFd, SharedFd)> {
 /// When `fd` is not a socket.
 pub fn split(fd: SharedFd) -> io::Result<(RawSender, RawReceiver)> {
     if !sys::is_socket(&fd) {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "channel descriptor is not a socket"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "channel descriptor is not a socket",
+        ));
     }
     let socket = Arc::new(Socket::new(fd));
-    Ok((RawSender::with_socket(socket.clone()), RawReceiver::with_socket(socket)))
+    Ok((
+        RawSender::with_socket(socket.clone()),
+        RawReceiver::with_socket(socket),
+    ))
 }
 
 /// Frames waiting to be written, with the descriptors that must ride along.
@@ -84,7 +90,9 @@ impl Outbox {
         };
         let written = {
             let borrowed: Vec<BorrowedFd<'_>> = match self.attach.front() {
-                Some((_, fds)) if fds_here > 0 => fds[..fds_here].iter().map(|f| f.as_fd()).collect(),
+                Some((_, fds)) if fds_here > 0 => {
+                    fds[..fds_here].iter().map(|f| f.as_fd()).collect()
+                }
                 _ => Vec::new(),
             };
             sys::send_with_fds(socket, &self.buf[self.pos..end], &borrowed)?
@@ -125,8 +133,21 @@ pub struct RawSender {
 }
 
 impl RawSender {
+    /// A sender writing to `fd`, which must be a stream socket.
+    ///
+    /// # Errors
+    /// When `fd` is not a socket.
+    pub fn new(fd: SharedFd) -> io::Result<Self> {
+        Ok(split(fd)?.0)
+    }
+
     fn with_socket(socket: Arc<Socket>) -> Self {
-        Self { socket, outbox: Outbox::default(), limit: DEFAULT_MAX_MESSAGE_SIZE, closed: false }
+        Self {
+            socket,
+            outbox: Outbox::default(),
+            limit: DEFAULT_MAX_MESSAGE_SIZE,
+            closed: false,
+        }
     }
 
     /// The socket this sender writes to.
@@ -174,9 +195,15 @@ impl RawSender {
         let len = self.outbox.buf.len() - start - HEADER_LEN;
         if len > self.limit {
             self.outbox.buf.truncate(start);
-            return Err(SendErrorKind::TooLarge { len, limit: self.limit });
+            return Err(SendErrorKind::TooLarge {
+                len,
+                limit: self.limit,
+            });
         }
-        let header = Header { len: len as u32, fds: fds.len() as u32 };
+        let header = Header {
+            len: len as u32,
+            fds: fds.len() as u32,
+        };
         self.outbox.buf[start..start + HEADER_LEN].copy_from_slice(&header.encode());
         if !fds.is_empty() {
             self.outbox.attach.push_back((start, fds));
@@ -283,7 +310,11 @@ impl Drop for RawSender {
 /// What the receive buffer holds at its front.
 enum Parsed {
     /// A whole frame: payload range in the buffer and its descriptor count.
-    Frame { start: usize, end: usize, fds: usize },
+    Frame {
+        start: usize,
+        end: usize,
+        fds: usize,
+    },
     /// Need at least this many buffered bytes.
     NeedBytes(usize),
 }
@@ -305,6 +336,14 @@ pub struct RawReceiver {
 }
 
 impl RawReceiver {
+    /// A receiver reading from `fd`, which must be a stream socket.
+    ///
+    /// # Errors
+    /// When `fd` is not a socket.
+    pub fn new(fd: SharedFd) -> io::Result<Self> {
+        Ok(split(fd)?.1)
+    }
+
     fn with_socket(socket: Arc<Socket>) -> Self {
         Self {
             socket,
@@ -362,7 +401,10 @@ impl RawReceiver {
                 self.skip = None;
                 if self.fds.len() < fds {
                     let arrived = self.fds.len();
-                    return Err(self.fatal(RecvError::LostDescriptors { declared: fds, arrived }));
+                    return Err(self.fatal(RecvError::LostDescriptors {
+                        declared: fds,
+                        arrived,
+                    }));
                 }
                 self.fds.drain(..fds);
                 continue;
@@ -370,33 +412,54 @@ impl RawReceiver {
             if avail < HEADER_LEN {
                 return Ok(Parsed::NeedBytes(HEADER_LEN));
             }
-            let raw: &[u8; HEADER_LEN] =
-                self.buf[self.start..self.start + HEADER_LEN].try_into().expect("header slice");
+            let raw: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                .try_into()
+                .expect("header slice");
             let header = match Header::decode(raw) {
                 Ok(h) => h,
-                Err(e) => return Err(self.fatal(RecvError::Corrupt { reason: e.to_string() })),
+                Err(e) => {
+                    return Err(self.fatal(RecvError::Corrupt {
+                        reason: e.to_string(),
+                    }));
+                }
             };
             let len = header.len as usize;
             let fds = header.fds as usize;
             if len > self.limit {
                 self.start += HEADER_LEN;
                 self.skip = Some((len, fds));
-                return Err(RecvError::TooLarge { len, limit: self.limit });
+                return Err(RecvError::TooLarge {
+                    len,
+                    limit: self.limit,
+                });
             }
             if avail < HEADER_LEN + len {
                 return Ok(Parsed::NeedBytes(HEADER_LEN + len));
             }
             if self.fds.len() < fds {
                 let arrived = self.fds.len();
-                return Err(self.fatal(RecvError::LostDescriptors { declared: fds, arrived }));
+                return Err(self.fatal(RecvError::LostDescriptors {
+                    declared: fds,
+                    arrived,
+                }));
             }
             let start = self.start + HEADER_LEN;
-            return Ok(Parsed::Frame { start, end: start + len, fds });
+            return Ok(Parsed::Frame {
+                start,
+                end: start + len,
+                fds,
+            });
         }
     }
 
     /// Hands the frame to `f` and consumes it.
-    fn take_frame<R>(&mut self, start: usize, end: usize, fds: usize, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> R {
+    fn take_frame<R>(
+        &mut self,
+        start: usize,
+        end: usize,
+        fds: usize,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> R {
         let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
         let out = f(&self.buf[start..end], fds);
         self.start = end;
@@ -433,7 +496,11 @@ impl RawReceiver {
     /// is there.
     fn read_once(&mut self, need: usize) -> io::Result<usize> {
         self.reserve(need);
-        let got = sys::recv_with_fds(self.socket.as_fd(), &mut self.buf[self.end..], &mut self.fds)?;
+        let got = sys::recv_with_fds(
+            self.socket.as_fd(),
+            &mut self.buf[self.end..],
+            &mut self.fds,
+        )?;
         if got.fds_truncated {
             return Err(io::Error::other(DescriptorsTruncated));
         }
@@ -445,9 +512,14 @@ impl RawReceiver {
     }
 
     fn read_error(&mut self, e: io::Error) -> RecvError {
-        if e.get_ref().is_some_and(|inner| inner.is::<DescriptorsTruncated>()) {
+        if e.get_ref()
+            .is_some_and(|inner| inner.is::<DescriptorsTruncated>())
+        {
             let arrived = self.fds.len();
-            return self.fatal(RecvError::LostDescriptors { declared: arrived + 1, arrived });
+            return self.fatal(RecvError::LostDescriptors {
+                declared: arrived + 1,
+                arrived,
+            });
         }
         if e.kind() == io::ErrorKind::ConnectionReset {
             self.eof = true;
@@ -520,13 +592,18 @@ impl RawReceiver {
     ///
     /// # Errors
     /// As [`poll_recv_with`](Self::poll_recv_with).
-    pub fn try_recv_with<R>(&mut self, f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R) -> Result<TryRecv<R>, RecvError> {
+    pub fn try_recv_with<R>(
+        &mut self,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
         loop {
             if self.dead {
                 return Ok(TryRecv::Closed);
             }
             let need = match self.parse()? {
-                Parsed::Frame { start, end, fds } => return Ok(TryRecv::Frame(self.take_frame(start, end, fds, f))),
+                Parsed::Frame { start, end, fds } => {
+                    return Ok(TryRecv::Frame(self.take_frame(start, end, fds, f)));
+                }
                 Parsed::NeedBytes(n) => n,
             };
             if self.eof {
@@ -553,7 +630,9 @@ impl RawReceiver {
     ) -> Result<TryRecv<R>, RecvError> {
         let mut f = Some(f);
         loop {
-            match self.try_recv_with(|b, fds| (f.take().expect("frame handler used twice"))(b, fds))? {
+            match self
+                .try_recv_with(|b, fds| (f.take().expect("frame handler used twice"))(b, fds))?
+            {
                 TryRecv::Empty => {}
                 done => return Ok(done),
             }

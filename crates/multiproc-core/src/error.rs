@@ -22,10 +22,14 @@ enum EncodeErrorKind {
 
 impl EncodeError {
     pub(crate) fn serde(e: postcard::Error) -> Self {
-        Self { kind: EncodeErrorKind::Serde(e) }
+        Self {
+            kind: EncodeErrorKind::Serde(e),
+        }
     }
     pub(crate) fn descriptor(e: io::Error) -> Self {
-        Self { kind: EncodeErrorKind::Descriptor(e) }
+        Self {
+            kind: EncodeErrorKind::Descriptor(e),
+        }
     }
     /// True when a descriptor inside the value could not be duplicated (`EMFILE`...).
     pub fn is_descriptor(&self) -> bool {
@@ -65,13 +69,19 @@ enum DecodeErrorKind {
 
 impl DecodeError {
     pub(crate) fn serde(source: postcard::Error, ty: &'static str) -> Self {
-        Self { kind: DecodeErrorKind::Serde { ty, source } }
+        Self {
+            kind: DecodeErrorKind::Serde { ty, source },
+        }
     }
     pub(crate) fn trailing(rest: usize, total: usize) -> Self {
-        Self { kind: DecodeErrorKind::Trailing { rest, total } }
+        Self {
+            kind: DecodeErrorKind::Trailing { rest, total },
+        }
     }
     pub(crate) fn descriptor(e: DescriptorError) -> Self {
-        Self { kind: DecodeErrorKind::Descriptor(e) }
+        Self {
+            kind: DecodeErrorKind::Descriptor(e),
+        }
     }
     /// The descriptor problem, when that is what failed.
     pub fn descriptor_error(&self) -> Option<&DescriptorError> {
@@ -142,16 +152,19 @@ impl<T> SendError<T> {
     }
     /// Replaces the carried value.
     pub fn map<U>(self, f: impl FnOnce(T) -> U) -> SendError<U> {
-        SendError { value: f(self.value), kind: self.kind }
+        SendError {
+            value: f(self.value),
+            kind: self.kind,
+        }
     }
 }
 
 impl SendErrorKind {
     pub(crate) fn from_io(e: io::Error) -> Self {
         match e.kind() {
-            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset | io::ErrorKind::NotConnected => {
-                SendErrorKind::Closed
-            }
+            io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::NotConnected => SendErrorKind::Closed,
             _ => SendErrorKind::Io(e),
         }
     }
@@ -159,7 +172,9 @@ impl SendErrorKind {
 
 impl<T> fmt::Debug for SendError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SendError").field("kind", &self.kind).finish_non_exhaustive()
+        f.debug_struct("SendError")
+            .field("kind", &self.kind)
+            .finish_non_exhaustive()
     }
 }
 
@@ -203,7 +218,9 @@ pub enum RecvError {
     },
     /// The peer went away in the middle of a message (killed while writing?); the channel is
     /// closed.
-    #[error("peer closed in the middle of a message ({received} of {expected} bytes); channel closed")]
+    #[error(
+        "peer closed in the middle of a message ({received} of {expected} bytes); channel closed"
+    )]
     Truncated {
         /// Bytes of the unfinished frame that arrived (header included).
         received: usize,
@@ -212,7 +229,9 @@ pub enum RecvError {
     },
     /// Descriptors sent with a message did not arrive (the kernel drops them when this process
     /// is out of descriptors); the channel is closed.
-    #[error("descriptors sent with a message were lost ({arrived} of {declared} arrived; out of descriptors?); channel closed")]
+    #[error(
+        "descriptors sent with a message were lost ({arrived} of {declared} arrived; out of descriptors?); channel closed"
+    )]
     LostDescriptors {
         /// How many the frame declared.
         declared: usize,

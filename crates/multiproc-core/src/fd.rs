@@ -109,10 +109,19 @@ struct Incoming {
 
 /// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
 /// serialized meanwhile, or the error met while duplicating one.
-pub(crate) fn collect_outgoing<R>(f: impl FnOnce() -> R) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
-    let saved = OUTGOING.with(|c| c.replace(Some(Outgoing { fds: Vec::new(), error: None })));
+pub(crate) fn collect_outgoing<R>(
+    f: impl FnOnce() -> R,
+) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
+    let saved = OUTGOING.with(|c| {
+        c.replace(Some(Outgoing {
+            fds: Vec::new(),
+            error: None,
+        }))
+    });
     let out = f();
-    let ctx = OUTGOING.with(|c| c.replace(saved)).expect("outgoing context vanished");
+    let ctx = OUTGOING
+        .with(|c| c.replace(saved))
+        .expect("outgoing context vanished");
     let fds = match ctx.error {
         Some(e) => Err(e),
         None => Ok(ctx.fds),
@@ -122,11 +131,19 @@ pub(crate) fn collect_outgoing<R>(f: impl FnOnce() -> R) -> (R, Result<Vec<Owned
 
 /// Runs `f` with `fds` available to `SharedFd::deserialize`; returns what `f` gave and the
 /// first descriptor problem met. Descriptors nobody claimed are closed.
-pub(crate) fn with_incoming<R>(fds: Vec<OwnedFd>, f: impl FnOnce() -> R) -> (R, Option<DescriptorError>) {
-    let incoming = Incoming { fds: fds.into_iter().map(Some).collect(), error: None };
+pub(crate) fn with_incoming<R>(
+    fds: Vec<OwnedFd>,
+    f: impl FnOnce() -> R,
+) -> (R, Option<DescriptorError>) {
+    let incoming = Incoming {
+        fds: fds.into_iter().map(Some).collect(),
+        error: None,
+    };
     let saved = INCOMING.with(|c| c.replace(Some(incoming)));
     let out = f();
-    let ctx = INCOMING.with(|c| c.replace(saved)).expect("incoming context vanished");
+    let ctx = INCOMING
+        .with(|c| c.replace(saved))
+        .expect("incoming context vanished");
     (out, ctx.error)
 }
 
@@ -135,7 +152,9 @@ impl Serialize for SharedFd {
         let index = OUTGOING.with(|c| {
             let mut slot = c.borrow_mut();
             let Some(ctx) = slot.as_mut() else {
-                return Err("a descriptor-carrying handle can only be encoded by a multiproc channel");
+                return Err(
+                    "a descriptor-carrying handle can only be encoded by a multiproc channel",
+                );
             };
             match self.0.try_clone() {
                 Ok(fd) => {
@@ -173,6 +192,8 @@ impl<'de> Deserialize<'de> for SharedFd {
             }
             result
         });
-        taken.map(SharedFd::new).map_err(|e| D::Error::custom(e.to_string()))
+        taken
+            .map(SharedFd::new)
+            .map_err(|e| D::Error::custom(e.to_string()))
     }
 }

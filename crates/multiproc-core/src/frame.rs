@@ -30,9 +30,14 @@ pub(crate) enum HeaderError {
 impl std::fmt::Display for HeaderError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            HeaderError::BadMagic(m) => write!(f, "frame starts with {m:02x?}, not the multiproc magic"),
+            HeaderError::BadMagic(m) => {
+                write!(f, "frame starts with {m:02x?}, not the multiproc magic")
+            }
             HeaderError::TooManyFds(n) => {
-                write!(f, "frame claims {n} descriptors (limit {MAX_FDS_PER_FRAME})")
+                write!(
+                    f,
+                    "frame claims {n} descriptors (limit {MAX_FDS_PER_FRAME})"
+                )
             }
         }
     }
@@ -48,11 +53,17 @@ impl Header {
     }
 
     pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
-        let word = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let word =
+            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         if word(0) != MAGIC {
-            return Err(HeaderError::BadMagic([bytes[0], bytes[1], bytes[2], bytes[3]]));
+            return Err(HeaderError::BadMagic([
+                bytes[0], bytes[1], bytes[2], bytes[3],
+            ]));
         }
-        let header = Header { len: word(4), fds: word(8) };
+        let header = Header {
+            len: word(4),
+            fds: word(8),
+        };
         if header.fds > MAX_FDS_PER_FRAME {
             return Err(HeaderError::TooManyFds(header.fds));
         }
@@ -66,7 +77,10 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = Header { len: 0xdead_beef, fds: 300 };
+        let h = Header {
+            len: 0xdead_beef,
+            fds: 300,
+        };
         assert_eq!(Header::decode(&h.encode()), Ok(h));
     }
 
@@ -81,7 +95,14 @@ mod tests {
 
     #[test]
     fn absurd_descriptor_count_is_rejected() {
-        let raw = Header { len: 1, fds: MAX_FDS_PER_FRAME + 1 }.encode();
-        assert_eq!(Header::decode(&raw), Err(HeaderError::TooManyFds(MAX_FDS_PER_FRAME + 1)));
+        let raw = Header {
+            len: 1,
+            fds: MAX_FDS_PER_FRAME + 1,
+        }
+        .encode();
+        assert_eq!(
+            Header::decode(&raw),
+            Err(HeaderError::TooManyFds(MAX_FDS_PER_FRAME + 1))
+        );
     }
 }

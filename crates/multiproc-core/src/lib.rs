@@ -11,9 +11,13 @@
 pub mod bootstrap;
 pub mod channel;
 pub mod error;
+pub mod eventfd;
 mod fd;
 mod frame;
 pub mod message;
+pub mod packet;
+pub mod pidfd;
+pub mod shm;
 mod socket;
 mod sys;
 

@@ -22,7 +22,11 @@ pub(crate) struct Socket {
 
 impl Socket {
     pub(crate) fn new(fd: SharedFd) -> Self {
-        Self { registered: OnceLock::new(), register_lock: Mutex::new(()), fd }
+        Self {
+            registered: OnceLock::new(),
+            register_lock: Mutex::new(()),
+            fd,
+        }
     }
 
     pub(crate) fn shared_fd(&self) -> &SharedFd {
@@ -44,7 +48,10 @@ impl Socket {
         // SAFETY: the `SharedFd` clone keeps the descriptor open, referring to the same file
         // description, for as long as the `AsyncFd` owns it, and `as_raw_fd` never changes.
         let fd = unsafe {
-            AsyncFd::register_with_interest(self.fd.clone(), Interest::READABLE | Interest::WRITABLE)
+            AsyncFd::register_with_interest(
+                self.fd.clone(),
+                Interest::READABLE | Interest::WRITABLE,
+            )
         }
         .map_err(|e| e.into_parts().1)?;
         Ok(self.registered.get_or_init(|| fd))

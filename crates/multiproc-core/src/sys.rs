@@ -34,7 +34,11 @@ pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
 /// # References
 /// - [`sendmsg(2)`](https://man7.org/linux/man-pages/man2/sendmsg.2.html),
 ///   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html)
-pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<usize> {
+pub(crate) fn send_with_fds(
+    socket: BorrowedFd<'_>,
+    bytes: &[u8],
+    fds: &[BorrowedFd<'_>],
+) -> io::Result<usize> {
     debug_assert!(fds.len() <= MAX_FDS_PER_SENDMSG);
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
     let mut control = SendAncillaryBuffer::new(&mut space);
@@ -42,7 +46,12 @@ pub(crate) fn send_with_fds(socket: BorrowedFd<'_>, bytes: &[u8], fds: &[Borrowe
         return Err(io::Error::other("descriptor control buffer too small"));
     }
     let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
-    Ok(rustix::net::sendmsg(socket, &[IoSlice::new(bytes)], &mut control, flags)?)
+    Ok(rustix::net::sendmsg(
+        socket,
+        &[IoSlice::new(bytes)],
+        &mut control,
+        flags,
+    )?)
 }
 
 /// Result of [`recv_with_fds`].
@@ -71,7 +80,10 @@ pub(crate) fn recv_with_fds(
             fds.extend(received);
         }
     }
-    Ok(Received { bytes: msg.bytes, fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC) })
+    Ok(Received {
+        bytes: msg.bytes,
+        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    })
 }
 
 /// Which readiness [`wait_ready`] waits for.
@@ -86,7 +98,11 @@ pub(crate) enum Direction {
 ///
 /// # References
 /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)
-pub(crate) fn wait_ready(fd: BorrowedFd<'_>, direction: Direction, deadline: Option<Instant>) -> io::Result<bool> {
+pub(crate) fn wait_ready(
+    fd: BorrowedFd<'_>,
+    direction: Direction,
+    deadline: Option<Instant>,
+) -> io::Result<bool> {
     let events = match direction {
         Direction::Read => PollFlags::IN,
         Direction::Write => PollFlags::OUT,
@@ -96,7 +112,10 @@ pub(crate) fn wait_ready(fd: BorrowedFd<'_>, direction: Direction, deadline: Opt
             None => None,
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
-                Some(Timespec::try_from(left).unwrap_or(Timespec { tv_sec: i64::MAX, tv_nsec: 0 }))
+                Some(Timespec::try_from(left).unwrap_or(Timespec {
+                    tv_sec: i64::MAX,
+                    tv_nsec: 0,
+                }))
             }
         };
         let mut pfd = [PollFd::new(&fd, events)];

@@ -1,1 +1,80 @@
-//! placeholder
+//! # multiproc: async-first multiprocessing for Rust and tokio
+//!
+//! Python's `multiprocessing`, for tokio services: child processes you `.await`, typed pipes
+//! and queues between processes, and cross-process locks, semaphores and events whose waits
+//! never block a runtime thread. Linux only (it is built on `SCM_RIGHTS`, eventfd, memfd and
+//! pidfd).
+//!
+//! ## A first example
+//!
+//! ```no_run
+//! use multiproc::pipe;
+//!
+//! // A child process: a `fn` or non-capturing closure, sync or async. Its arguments and
+//! // result are serde types, and may contain handles such as this pipe end.
+//! async fn shout(mut end: pipe::Duplex<String, String>) -> usize {
+//!     let mut n = 0;
+//!     while let Ok(Some(word)) = end.recv().await {
+//!         end.send(word.to_uppercase()).await.unwrap();
+//!         n += 1;
+//!     }
+//!     n
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let (mut here, there) = pipe::duplex::<String, String>()?;
+//!     let child = multiproc::spawn(there, shout);
+//!     here.send("ping".into()).await?;
+//!     assert_eq!(here.recv().await?.as_deref(), Some("PING"));
+//!     drop(here); // end-of-stream for the child
+//!     assert_eq!(child.await?, 1);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! ## From Python's multiprocessing
+//!
+//! | Python                                   | multiproc                                              |
+//! |------------------------------------------|--------------------------------------------------------|
+//! | `Process(target=f, args=a).start()`      | [`spawn(a, f)`](spawn) or [`Builder`]`::new().name(..).spawn(a, f)` |
+//! | `p.join()`, `p.join(timeout)`            | `handle.await`, [`JoinHandle::join_timeout`]           |
+//! | `p.exitcode`, `p.pid`, `p.is_alive()`    | [`JoinHandle::exit_status`], [`JoinHandle::pid`], [`JoinHandle::is_alive`] |
+//! | `p.terminate()`, `p.kill()`              | [`JoinHandle::terminate`], [`JoinHandle::kill`]        |
+//! | `p.daemon = True`                        | [`Builder::daemon`] (the default: children die with their parent) |
+//! | `Pipe()`, `Pipe(duplex=False)`           | [`pipe::duplex`], [`pipe::simplex`]                    |
+//! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `recv_timeout(t)`      |
+//!
+//! ## The process model
+//!
+//! A child is this same executable, re-executed from `/proc/self/exe` (never `fork()`ed from
+//! a threaded tokio process). A constructor that runs before `main` recognises a child and
+//! runs the requested function instead of `main`, so there is no setup line to write and a
+//! program can never spawn itself recursively. Functions are found by address, which is why
+//! they must be `fn` items or closures that capture nothing; everything else goes in `args`.
+//!
+//! Every handle (pipe end, lock, queue, shared memory) is a set of file descriptors plus
+//! plain data. Passed as a spawn argument or inside a message, the descriptors travel beside
+//! the postcard bytes as `SCM_RIGHTS` and the handle is rebuilt on the other side.
+#![cfg(target_os = "linux")]
+#![forbid(unsafe_code)]
+
+#[doc(inline)]
+pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
+
+#[doc(inline)]
+pub use multiproc_channel::pipe;
+
+/// Error types, one per operation.
+pub mod error {
+    #[doc(inline)]
+    pub use multiproc_channel::error::*;
+    #[doc(inline)]
+    pub use multiproc_process::error::*;
+}
+
+/// Lower-level pieces for building new handle types.
+pub mod core {
+    #[doc(inline)]
+    pub use multiproc_core::{SharedFd, message};
+}

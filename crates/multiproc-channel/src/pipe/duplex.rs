@@ -1,0 +1,190 @@
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Sink, Stream};
+use multiproc_core::SharedFd;
+use multiproc_core::channel;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use super::{Receiver, Sender};
+use crate::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
+
+/// One end of a duplex pipe: sends `S` and receives `R`.
+///
+/// Created in pairs by [`duplex`](super::duplex); the other end sends `R` and receives `S`.
+/// Both directions share one socket. An end is a handle: pass it to a child or send it inside
+/// a message, and it works there (while it also keeps working here).
+///
+/// [`split`](Self::split) gives independent halves, to send from one task while another
+/// receives.
+pub struct Duplex<S, R> {
+    tx: Sender<S>,
+    rx: Receiver<R>,
+}
+
+impl<S, R> Duplex<S, R> {
+    pub(crate) fn from_fd(fd: SharedFd) -> std::io::Result<Self> {
+        let (tx, rx) = channel::split(fd)?;
+        Ok(Self {
+            tx: Sender::from_raw(tx),
+            rx: Receiver::from_raw(rx),
+        })
+    }
+
+    /// Splits the end into its sending and receiving halves.
+    pub fn split(self) -> (Sender<S>, Receiver<R>) {
+        (self.tx, self.rx)
+    }
+
+    /// The sending half.
+    pub fn sender(&mut self) -> &mut Sender<S> {
+        &mut self.tx
+    }
+
+    /// The receiving half.
+    pub fn receiver(&mut self) -> &mut Receiver<R> {
+        &mut self.rx
+    }
+
+    /// Sets the largest encoded message sent and accepted by this end (default 64 MiB).
+    pub fn set_max_message_size(&mut self, limit: usize) {
+        self.tx.set_max_message_size(limit);
+        self.rx.set_max_message_size(limit);
+    }
+
+    /// Writes every buffered message; see [`Sender::flush`].
+    ///
+    /// # Errors
+    /// As [`Sender::flush`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Sender::flush`].
+    pub async fn flush(&mut self) -> Result<(), SendError> {
+        self.tx.flush().await
+    }
+}
+
+impl<S: Serialize, R> Duplex<S, R> {
+    /// Sends `msg`; see [`Sender::send`].
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    ///
+    /// # Cancel safety
+    /// As [`Sender::send`]: once the future has been polled the message will be delivered.
+    pub async fn send(&mut self, msg: S) -> Result<(), SendError<S>> {
+        self.tx.send(msg).await
+    }
+
+    /// Sends `msg`, blocking the thread; see [`Sender::blocking_send`].
+    ///
+    /// # Errors
+    /// As [`Sender::send`].
+    pub fn blocking_send(&mut self, msg: S) -> Result<(), SendError<S>> {
+        self.tx.blocking_send(msg)
+    }
+}
+
+impl<S, R: DeserializeOwned> Duplex<S, R> {
+    /// Receives the next message; see [`Receiver::recv`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::recv`].
+    pub async fn recv(&mut self) -> Result<Option<R>, RecvError> {
+        self.rx.recv().await
+    }
+
+    /// Receives without waiting; see [`Receiver::try_recv`].
+    ///
+    /// # Errors
+    /// As [`Receiver::try_recv`].
+    pub fn try_recv(&mut self) -> Result<R, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// Receives, waiting at most `timeout`; see [`Receiver::recv_timeout`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_timeout`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::recv`].
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<R>, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout).await
+    }
+
+    /// Receives, blocking the thread; see [`Receiver::blocking_recv`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv`].
+    pub fn blocking_recv(&mut self) -> Result<Option<R>, RecvError> {
+        self.rx.blocking_recv()
+    }
+
+    /// Receives, blocking the thread at most `timeout`; see [`Receiver::blocking_recv_timeout`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_timeout`].
+    pub fn blocking_recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<R>, RecvTimeoutError> {
+        self.rx.blocking_recv_timeout(timeout)
+    }
+}
+
+impl<S, R: DeserializeOwned> Stream for Duplex<S, R> {
+    type Item = Result<R, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        Pin::new(&mut self.get_mut().rx).poll_next(cx)
+    }
+}
+
+impl<S: Serialize, R> Sink<S> for Duplex<S, R> {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_ready(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: S) -> Result<(), Self::Error> {
+        Pin::new(&mut self.get_mut().tx).start_send(item)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_flush(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Pin::new(&mut self.get_mut().tx).poll_close(cx)
+    }
+}
+
+impl<S, R> fmt::Debug for Duplex<S, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Duplex")
+            .field("tx", &self.tx)
+            .field("rx", &self.rx)
+            .finish()
+    }
+}
+
+impl<S, R> Serialize for Duplex<S, R> {
+    fn serialize<Ser: Serializer>(&self, serializer: Ser) -> Result<Ser::Ok, Ser::Error> {
+        self.tx.serialize(serializer)
+    }
+}
+
+impl<'de, S, R> Deserialize<'de> for Duplex<S, R> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fd = SharedFd::deserialize(deserializer)?;
+        Duplex::from_fd(fd).map_err(serde::de::Error::custom)
+    }
+}

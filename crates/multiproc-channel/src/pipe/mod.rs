@@ -1,0 +1,92 @@
+//! Typed pipes between processes: [`duplex`] (both ends send and receive) and [`simplex`]
+//! (one sender, one receiver), Python's `Pipe(duplex=True)` and `Pipe(duplex=False)`.
+//!
+//! Each message is a serde value encoded with postcard; message boundaries are kept, an empty
+//! message is a real message, and handles inside a message (another pipe end, a lock, shared
+//! memory...) travel as file descriptors beside the bytes and arrive usable. Ends are handles
+//! themselves: pass one to a spawned child or send it through another pipe.
+//!
+//! Using a one-way pipe the wrong way is a compile error:
+//!
+//! ```compile_fail
+//! # async fn wrong() -> Result<(), Box<dyn std::error::Error>> {
+//! let (tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+//! rx.send(1).await?; // a Receiver has no `send`
+//! # Ok(()) }
+//! ```
+//!
+//! ```compile_fail
+//! # async fn wrong() -> Result<(), Box<dyn std::error::Error>> {
+//! let (mut tx, rx) = multiproc_channel::pipe::simplex::<u32>()?;
+//! let _ = tx.recv().await?; // a Sender has no `recv`
+//! # Ok(()) }
+//! ```
+//!
+//! # Closing
+//! A receiver sees end-of-stream (`Ok(None)`) when every copy of the other end, in every
+//! process, is closed, after all messages sent before were delivered. A copy passed to a child
+//! counts: drop your own after passing it if the reader should see the end when the child
+//! is done.
+
+mod duplex;
+mod receiver;
+mod sender;
+
+pub use duplex::Duplex;
+pub use receiver::Receiver;
+pub use sender::Sender;
+
+use multiproc_core::channel;
+
+/// Creates a duplex pipe: the first end sends `A` and receives `B`, the second the reverse.
+///
+/// # Errors
+/// When the process is out of descriptors.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use multiproc_channel::pipe;
+///
+/// let (mut parent, mut child) = pipe::duplex::<String, usize>()?;
+/// parent.send("ping".to_string()).await?;
+/// let got = child.recv().await?.unwrap();
+/// child.send(got.len()).await?;
+/// assert_eq!(parent.recv().await?, Some(4));
+/// # Ok(())
+/// # }
+/// ```
+pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
+    let (a, b) = channel::socket_pair()?;
+    Ok((Duplex::from_fd(a)?, Duplex::from_fd(b)?))
+}
+
+/// Creates a one-way pipe: a [`Sender`] and a [`Receiver`] of `T`.
+///
+/// # Errors
+/// When the process is out of descriptors.
+///
+/// # Examples
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use futures::{SinkExt, TryStreamExt};
+///
+/// let (mut tx, rx) = multiproc_channel::pipe::simplex::<u64>()?;
+/// for i in 0..3 {
+///     tx.feed(i).await?; // buffered: one write for the batch
+/// }
+/// tx.flush().await?;
+/// drop(tx);
+/// let all: Vec<u64> = rx.try_collect().await?;
+/// assert_eq!(all, [0, 1, 2]);
+/// # Ok(())
+/// # }
+/// ```
+pub fn simplex<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
+    let (a, b) = channel::socket_pair()?;
+    let (tx, _) = channel::split(a)?;
+    let (_, rx) = channel::split(b)?;
+    Ok((Sender::from_raw(tx), Receiver::from_raw(rx)))
+}

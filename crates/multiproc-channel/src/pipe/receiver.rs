@@ -1,0 +1,191 @@
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use multiproc_core::channel::{RawReceiver, TryRecv};
+use multiproc_core::{SharedFd, message};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{RecvError, RecvTimeoutError, TryRecvError};
+
+/// The receiving end of a one-way pipe, or the receiving half of a duplex end.
+///
+/// Created by [`simplex`](super::simplex) or [`Duplex::split`](super::Duplex::split). It is a
+/// handle: it can be a spawn argument or a field of a message.
+///
+/// Receiving returns `Ok(None)` (or ends the [`Stream`]) once every copy of the sending end, in
+/// every process, is closed and all messages sent before were delivered.
+pub struct Receiver<T> {
+    raw: RawReceiver,
+    _marker: PhantomData<fn() -> T>,
+}
+
+fn decode<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<T, RecvError> {
+    message::decode(bytes, fds).map_err(RecvError::Decode)
+}
+
+impl<T> Receiver<T> {
+    pub(crate) fn from_raw(raw: RawReceiver) -> Self {
+        Self {
+            raw,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The largest incoming message accepted (default 64 MiB); a larger one is skipped and
+    /// reported as [`RecvError::TooLarge`], and the pipe stays usable.
+    pub fn max_message_size(&self) -> usize {
+        self.raw.max_message_size()
+    }
+
+    /// Sets the largest incoming message accepted.
+    pub fn set_max_message_size(&mut self, limit: usize) {
+        self.raw.set_max_message_size(limit);
+    }
+}
+
+impl<T: DeserializeOwned> Receiver<T> {
+    /// Polls for the next message; see [`recv`](Self::recv).
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RecvError>> {
+        match self.raw.poll_recv_with(cx, decode::<T>) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(Ok(msg)))) => Poll::Ready(Ok(Some(msg))),
+            Poll::Ready(Ok(Some(Err(e)))) | Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Ready(Ok(None)) => Poll::Ready(Ok(None)),
+        }
+    }
+
+    /// Receives the next message; `Ok(None)` once the sending end is closed and drained.
+    ///
+    /// # Errors
+    /// [`RecvError`] says what went wrong; [`RecvError::is_fatal`] tells whether the pipe is
+    /// still usable (a message of the wrong type or over the size limit is skipped and the
+    /// pipe goes on; a corrupt or truncated stream ends it).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: partially received bytes stay buffered in the receiver, so dropping the
+    /// future (in `select!` or a timeout) never loses a message.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// tx.send(7).await?;
+    /// drop(tx);
+    /// assert_eq!(rx.recv().await?, Some(7));
+    /// assert_eq!(rx.recv().await?, None); // end-of-stream
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv(&mut self) -> Result<Option<T>, RecvError> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// Receives a message if a whole one is waiting, without waiting.
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is waiting, [`TryRecvError::Closed`] at
+    /// end-of-stream, [`TryRecvError::Failed`] as for [`recv`](Self::recv).
+    pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
+        match self.raw.try_recv_with(decode::<T>)? {
+            TryRecv::Frame(msg) => Ok(msg?),
+            TryRecv::Empty => Err(TryRecvError::Empty),
+            TryRecv::Closed => Err(TryRecvError::Closed),
+        }
+    }
+
+    /// Receives the next message, waiting at most `timeout` (Python's `poll(timeout)` followed
+    /// by `recv`). A zero timeout only looks at what has already arrived.
+    ///
+    /// # Errors
+    /// [`RecvTimeoutError::Timeout`] when nothing arrived in time (the pipe stays usable),
+    /// [`RecvTimeoutError::Failed`] as for [`recv`](Self::recv).
+    ///
+    /// # Panics
+    /// Inside a tokio runtime without the time driver (`enable_time`).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, like [`recv`](Self::recv).
+    pub async fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<T>, RecvTimeoutError> {
+        if timeout.is_zero() {
+            return match self.try_recv() {
+                Ok(msg) => Ok(Some(msg)),
+                Err(TryRecvError::Empty) => Err(RecvTimeoutError::Timeout),
+                Err(TryRecvError::Closed) => Ok(None),
+                Err(TryRecvError::Failed(e)) => Err(e.into()),
+            };
+        }
+        match tokio::time::timeout(timeout, self.recv()).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(RecvTimeoutError::Timeout),
+        }
+    }
+
+    /// Receives the next message, blocking the thread. For non-async code.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv).
+    pub fn blocking_recv(&mut self) -> Result<Option<T>, RecvError> {
+        match self.raw.blocking_recv_with(None, decode::<T>)? {
+            TryRecv::Frame(msg) => msg.map(Some),
+            TryRecv::Empty | TryRecv::Closed => Ok(None),
+        }
+    }
+
+    /// Receives the next message, blocking the thread at most `timeout`.
+    ///
+    /// # Errors
+    /// As [`recv_timeout`](Self::recv_timeout).
+    pub fn blocking_recv_timeout(
+        &mut self,
+        timeout: Duration,
+    ) -> Result<Option<T>, RecvTimeoutError> {
+        match self
+            .raw
+            .blocking_recv_with(Some(Instant::now() + timeout), decode::<T>)?
+        {
+            TryRecv::Frame(msg) => Ok(Some(msg?)),
+            TryRecv::Empty => Err(RecvTimeoutError::Timeout),
+            TryRecv::Closed => Ok(None),
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Stream for Receiver<T> {
+    type Item = Result<T, RecvError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().poll_recv(cx).map(Result::transpose)
+    }
+}
+
+impl<T> fmt::Debug for Receiver<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Receiver")
+            .field("fd", self.raw.shared_fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Serialize for Receiver<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.shared_fd().serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Receiver<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fd = SharedFd::deserialize(deserializer)?;
+        RawReceiver::new(fd)
+            .map(Receiver::from_raw)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,187 @@
+use std::fmt;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, Instant};
+
+use futures::Sink;
+use multiproc_core::SharedFd;
+use multiproc_core::channel::RawSender;
+use multiproc_core::message;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{SendError, SendErrorKind};
+
+/// Buffered bytes above which the [`Sink`] flushes before accepting more.
+const SINK_HIGH_WATER: usize = 256 << 10;
+
+/// The sending end of a one-way pipe, or the sending half of a duplex end.
+///
+/// Created by [`simplex`](super::simplex) or [`Duplex::split`](super::Duplex::split). It is a
+/// handle: it can be a spawn argument or a field of a message, and works in the process that
+/// receives it.
+///
+/// As a [`Sink`], messages are batched: `feed` encodes into a buffer and `flush` writes the
+/// whole batch with as few system calls as possible, which is how to stream small messages fast.
+pub struct Sender<T> {
+    raw: RawSender,
+    _marker: PhantomData<fn(T)>,
+}
+
+impl<T> Sender<T> {
+    pub(crate) fn from_raw(raw: RawSender) -> Self {
+        Self {
+            raw,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The largest encoded message this end sends (default 64 MiB).
+    pub fn max_message_size(&self) -> usize {
+        self.raw.max_message_size()
+    }
+
+    /// Sets the largest encoded message this end sends; a larger one fails
+    /// [`send`](Self::send) with [`SendErrorKind::TooLarge`] and nothing is written.
+    pub fn set_max_message_size(&mut self, limit: usize) {
+        self.raw.set_max_message_size(limit);
+    }
+
+    /// Writes every buffered message to the socket.
+    ///
+    /// # Errors
+    /// [`SendErrorKind::Closed`] when the receiving end is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: unwritten bytes stay buffered for the next flush or send, and are delivered
+    /// by a background thread if the sender is dropped first.
+    pub async fn flush(&mut self) -> Result<(), SendError> {
+        std::future::poll_fn(|cx| self.raw.poll_flush(cx))
+            .await
+            .map_err(|kind| SendError::new((), kind))
+    }
+}
+
+impl<T: Serialize> Sender<T> {
+    fn push(&mut self, msg: &T) -> Result<(), SendErrorKind> {
+        self.raw.push(|buf| message::encode_into(msg, buf))
+    }
+
+    /// Sends `msg` and waits until it is handed to the kernel.
+    ///
+    /// # Errors
+    /// The message comes back inside [`SendError`] when it cannot be encoded, exceeds
+    /// [`max_message_size`](Self::max_message_size) (nothing is written in either case, and the
+    /// pipe stays usable), or the receiving end is gone.
+    ///
+    /// # Cancel safety
+    /// The message is encoded and accepted before the first wait. If the future is dropped
+    /// after that, the message is still delivered (with the next send or flush, or by a
+    /// background thread when the sender is dropped), so a cancelled send never loses or tears
+    /// a message.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<String>()?;
+    /// tx.send("hello".to_string()).await?;
+    /// assert_eq!(rx.recv().await?, Some("hello".to_string()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send(&mut self, msg: T) -> Result<(), SendError<T>> {
+        if let Err(kind) = self.push(&msg) {
+            return Err(SendError::new(msg, kind));
+        }
+        match std::future::poll_fn(|cx| self.raw.poll_flush(cx)).await {
+            Ok(()) => Ok(()),
+            Err(kind) => Err(SendError::new(msg, kind)),
+        }
+    }
+
+    /// Sends `msg`, blocking the thread until it is handed to the kernel. For non-async code.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn blocking_send(&mut self, msg: T) -> Result<(), SendError<T>> {
+        if let Err(kind) = self.push(&msg) {
+            return Err(SendError::new(msg, kind));
+        }
+        match self.raw.blocking_flush(None) {
+            Ok(_) => Ok(()),
+            Err(kind) => Err(SendError::new(msg, kind)),
+        }
+    }
+
+    /// Like [`blocking_send`](Self::blocking_send), but gives up waiting for buffer space after
+    /// `timeout`. The message was accepted either way and stays queued for the next flush;
+    /// returns `Ok(false)` when it is not yet written.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send).
+    pub fn blocking_send_timeout(
+        &mut self,
+        msg: T,
+        timeout: Duration,
+    ) -> Result<bool, SendError<T>> {
+        if let Err(kind) = self.push(&msg) {
+            return Err(SendError::new(msg, kind));
+        }
+        self.raw
+            .blocking_flush(Some(Instant::now() + timeout))
+            .map_err(|kind| SendError::new(msg, kind))
+    }
+}
+
+impl<T: Serialize> Sink<T> for Sender<T> {
+    type Error = SendError;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        let this = self.get_mut();
+        if this.raw.buffered() >= SINK_HIGH_WATER {
+            ready!(this.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
+        self.get_mut()
+            .push(&item)
+            .map_err(|kind| SendError::new((), kind))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut()
+            .raw
+            .poll_flush(cx)
+            .map_err(|kind| SendError::new((), kind))
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.poll_flush(cx)
+    }
+}
+
+impl<T> fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sender")
+            .field("fd", self.raw.shared_fd())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Serialize for Sender<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.raw.shared_fd().serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Sender<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let fd = SharedFd::deserialize(deserializer)?;
+        RawSender::new(fd)
+            .map(Sender::from_raw)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,714 @@
+//! Atomic packets of bytes plus descriptors over a Unix `SOCK_SEQPACKET` socket pair that any
+//! number of senders and receivers, in any number of processes, share.
+//!
+//! This is the transport under the cross-process `Queue`. Every message is one packet: the kernel
+//! delivers it whole to exactly one receiver (it arbitrates between readers), and a sender or
+//! receiver killed in the middle of a call leaves nothing half-written behind. Descriptors ride on
+//! the packet as `SCM_RIGHTS`.
+//!
+//! A message whose encoding exceeds [`INLINE_LIMIT`] is *spilled*: its bytes go into a fresh
+//! memfd, and the packet carries only the length and the memfd. This keeps the socket buffer for
+//! many small messages, lets one message be far larger than the socket buffer, and lets the
+//! producer exit right after a `send` (the data lives in the memfd, owned by the packet in
+//! flight, not in the producer).
+//!
+//! # Packet format
+//! - inline: `[TAG_INLINE] payload`, descriptors = the message's;
+//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`.
+//!
+//! Packets are never empty, so a zero-length read always means end-of-stream (the sending side
+//! was shut down and every packet was read).
+
+use std::cell::RefCell;
+use std::fmt;
+use std::fs::File;
+use std::io::{self, IoSliceMut, Write as _};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt as _;
+use std::time::Instant;
+
+use rustix::event::{PollFd, PollFlags, Timespec};
+use rustix::net::{
+    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, Shutdown,
+    SocketFlags, SocketType,
+};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::{DecodeError, EncodeError};
+use crate::socket::Socket;
+use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
+use crate::{SharedFd, message};
+
+/// Largest encoded message sent inside the packet itself; larger ones are spilled to a memfd.
+pub const INLINE_LIMIT: usize = 64 << 10;
+
+/// Default largest encoded message a packet socket sends or accepts: 64 MiB.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// Most descriptors one message may carry (one `sendmsg` slot is kept for a spill memfd).
+pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
+
+const TAG_INLINE: u8 = 0xA1;
+const TAG_SPILL: u8 = 0xA2;
+const SPILL_HEADER_LEN: usize = 1 + 8;
+/// Receive buffer: one byte more than the largest valid packet, so an oversized packet shows up
+/// as truncated instead of fitting by accident.
+const RECV_BUF_LEN: usize = 1 + INLINE_LIMIT + 1;
+/// Send buffer we ask for (the kernel doubles it; without privileges it is clamped to
+/// `net.core.wmem_max`).
+const WANTED_SNDBUF: usize = 4 << 20;
+
+/// Creates a connected `SOCK_SEQPACKET` pair `(send_end, recv_end)` for a packet queue: packets
+/// written to `send_end` are read from `recv_end`.
+///
+/// The send end's buffer is raised as far as the system allows (`SO_SNDBUF`), since it is the
+/// capacity shared by every sender.
+///
+/// # Errors
+/// When the process is out of descriptors.
+///
+/// # References
+/// - [`socketpair(2)`](https://man7.org/linux/man-pages/man2/socketpair.2.html),
+///   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html)
+pub fn packet_pair() -> io::Result<(SharedFd, SharedFd)> {
+    let (send, recv) = rustix::net::socketpair(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    // Best effort: privileged processes may exceed `wmem_max`, others get at most `wmem_max`.
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(&send, WANTED_SNDBUF).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&send, WANTED_SNDBUF);
+    }
+    Ok((SharedFd::new(send), SharedFd::new(recv)))
+}
+
+/// Why a value could not become a [`Packet`].
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PacketEncodeError {
+    /// The value could not be serialized (or a descriptor in it duplicated).
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The encoded value exceeds the size limit.
+    #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge {
+        /// Encoded size in bytes.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The value carries more descriptors than one packet can.
+    #[error("message carries {count} descriptors; at most {limit} fit in one message")]
+    TooManyDescriptors {
+        /// Descriptors in the value.
+        count: usize,
+        /// The most a message may carry.
+        limit: usize,
+    },
+    /// Creating or filling the memfd for a large message failed.
+    #[error("cannot store a large message in a memfd: {0}")]
+    Spill(#[source] io::Error),
+}
+
+/// An encoded message, ready to send; large payloads already live in a memfd.
+///
+/// Sending borrows the packet, so a send that could not complete leaves it with the caller.
+pub struct Packet {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    encoded_len: usize,
+}
+
+impl Packet {
+    /// Encodes `value` (postcard plus descriptors), spilling it to a memfd above
+    /// [`INLINE_LIMIT`].
+    ///
+    /// # Errors
+    /// [`PacketEncodeError`]: the value cannot be encoded, is larger than `max_size`, carries
+    /// more than [`MAX_MESSAGE_FDS`] descriptors, or the memfd cannot be made.
+    pub fn encode<T: Serialize + ?Sized>(
+        value: &T,
+        max_size: usize,
+    ) -> Result<Self, PacketEncodeError> {
+        let mut bytes = Vec::with_capacity(64);
+        bytes.push(TAG_INLINE);
+        let mut fds = message::encode_into(value, &mut bytes)?;
+        let len = bytes.len() - 1;
+        if len > max_size {
+            return Err(PacketEncodeError::TooLarge {
+                len,
+                limit: max_size,
+            });
+        }
+        if len <= INLINE_LIMIT {
+            if fds.len() > MAX_FDS_PER_SENDMSG {
+                return Err(PacketEncodeError::TooManyDescriptors {
+                    count: fds.len(),
+                    limit: MAX_FDS_PER_SENDMSG,
+                });
+            }
+            return Ok(Self {
+                bytes,
+                fds,
+                encoded_len: len,
+            });
+        }
+        if fds.len() > MAX_MESSAGE_FDS {
+            return Err(PacketEncodeError::TooManyDescriptors {
+                count: fds.len(),
+                limit: MAX_MESSAGE_FDS,
+            });
+        }
+        let memfd = spill(&bytes[1..]).map_err(PacketEncodeError::Spill)?;
+        let mut header = Vec::with_capacity(SPILL_HEADER_LEN);
+        header.push(TAG_SPILL);
+        header.extend_from_slice(&(len as u64).to_le_bytes());
+        fds.insert(0, memfd);
+        Ok(Self {
+            bytes: header,
+            fds,
+            encoded_len: len,
+        })
+    }
+
+    /// Size of the encoded message in bytes (not counting the packet header).
+    pub fn encoded_len(&self) -> usize {
+        self.encoded_len
+    }
+
+    /// True when the payload was spilled into a memfd.
+    pub fn is_spilled(&self) -> bool {
+        self.bytes[0] == TAG_SPILL
+    }
+}
+
+impl fmt::Debug for Packet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Packet")
+            .field("encoded_len", &self.encoded_len)
+            .field("spilled", &self.is_spilled())
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+/// Writes `bytes` into a new memfd (`memfd_create(2)`, close-on-exec).
+///
+/// # References
+/// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create("multiproc-message", rustix::fs::MemfdFlags::CLOEXEC)?;
+    let mut file = File::from(fd);
+    file.write_all(bytes)?;
+    Ok(file.into())
+}
+
+/// A message taken off the socket: its bytes and the descriptors that came with it.
+pub struct Received {
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+impl Received {
+    /// The encoded message.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// Decodes the message as a `T`, handing it the descriptors (see [`message::decode`]).
+    ///
+    /// # Errors
+    /// As [`message::decode`].
+    pub fn decode<T: DeserializeOwned>(self) -> Result<T, DecodeError> {
+        message::decode(&self.bytes, self.fds)
+    }
+}
+
+impl fmt::Debug for Received {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Received")
+            .field("len", &self.bytes.len())
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+/// Why a packet could not be received. After any of these the socket stays usable: the faulty
+/// packet was taken off the socket and discarded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PacketRecvError {
+    /// The message is larger than this end accepts; it was discarded.
+    #[error("incoming message of {len} bytes exceeds the limit of {limit} bytes; discarded")]
+    TooLarge {
+        /// Announced size in bytes.
+        len: usize,
+        /// This end's limit.
+        limit: usize,
+    },
+    /// The packet is not a multiproc packet (or its memfd is damaged); it was discarded.
+    #[error("corrupt packet: {reason}; discarded")]
+    Corrupt {
+        /// What was wrong.
+        reason: String,
+    },
+    /// Descriptors sent with the packet did not arrive (this process is out of descriptors?);
+    /// the message was discarded.
+    #[error("descriptors sent with a message were lost (out of descriptors?); message discarded")]
+    LostDescriptors,
+    /// The socket failed.
+    #[error("socket error while receiving: {0}")]
+    Io(#[source] io::Error),
+}
+
+/// The outcome of a [`PacketSocket::try_recv`].
+#[derive(Debug)]
+pub enum TryRecv {
+    /// A message.
+    Message(Received),
+    /// Nothing is waiting right now.
+    Empty,
+    /// The sending side was shut down and every packet has been read.
+    Closed,
+}
+
+/// One end of a packet socket pair, registered with tokio on first async use.
+///
+/// `&self` methods may be called from many tasks at once: every send and receive is a single
+/// atomic system call.
+pub struct PacketSocket {
+    socket: Socket,
+}
+
+impl fmt::Debug for PacketSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PacketSocket")
+            .field(self.socket.shared_fd())
+            .finish()
+    }
+}
+
+thread_local! {
+    static RECV_BUF: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+impl PacketSocket {
+    /// Wraps one end made by [`packet_pair`] (or received from another process).
+    ///
+    /// # Errors
+    /// When `fd` is not a socket.
+    pub fn new(fd: SharedFd) -> io::Result<Self> {
+        if !sys::is_socket(&fd) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "queue descriptor is not a socket",
+            ));
+        }
+        Ok(Self {
+            socket: Socket::new(fd),
+        })
+    }
+
+    /// The underlying descriptor.
+    pub fn shared_fd(&self) -> &SharedFd {
+        self.socket.shared_fd()
+    }
+
+    /// Sends `packet` if the socket has room, without waiting. The packet is sent whole or not
+    /// at all.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::WouldBlock`] when the socket buffer is full;
+    /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown).
+    pub fn try_send(&self, packet: &Packet) -> io::Result<()> {
+        let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
+        loop {
+            match sys::send_with_fds(self.socket.as_fd(), &packet.bytes, &fds) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends `packet`, waiting (asynchronously) while the socket buffer is full.
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send), except that it waits instead of `WouldBlock`.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the packet is sent by one system call, so a dropped future sent it whole or
+    /// not at all, and the caller still owns it.
+    pub async fn send(&self, packet: &Packet) -> io::Result<()> {
+        match self.try_send(packet) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+        let registered = self.socket.registered()?;
+        loop {
+            let mut guard = registered.writable().await?;
+            match self.try_send(packet) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                other => return other,
+            }
+        }
+    }
+
+    /// Sends `packet`, blocking the thread while the socket is full; gives up at `deadline`
+    /// (returns `Ok(false)`).
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
+    pub fn blocking_send(&self, packet: &Packet, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            match self.try_send(packet) {
+                Ok(()) => return Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline)? {
+                        return Ok(false);
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes one message off the socket if one is waiting, without waiting.
+    ///
+    /// `max_size` bounds the size of a spilled message this end accepts.
+    ///
+    /// # Errors
+    /// [`PacketRecvError`]; the socket stays usable.
+    pub fn try_recv(&self, max_size: usize) -> Result<TryRecv, PacketRecvError> {
+        let mut fds = Vec::new();
+        let raw = RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < RECV_BUF_LEN {
+                buf.resize(RECV_BUF_LEN, 0);
+            }
+            let raw = loop {
+                match recv_packet(self.socket.as_fd(), &mut buf, &mut fds) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            raw.map(|r| (r, buf[..r.len.min(buf.len())].to_vec()))
+        });
+        let (raw, bytes) = match raw {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRecv::Empty),
+            Err(e) => return Err(PacketRecvError::Io(e)),
+        };
+        if raw.len == 0 {
+            return Ok(TryRecv::Closed);
+        }
+        if raw.fds_truncated {
+            return Err(PacketRecvError::LostDescriptors);
+        }
+        if raw.truncated {
+            return Err(corrupt(format!(
+                "packet larger than {} bytes",
+                RECV_BUF_LEN - 1
+            )));
+        }
+        parse(bytes, fds, max_size).map(TryRecv::Message)
+    }
+
+    /// Takes one message off the socket, waiting (asynchronously) until one arrives. `Ok(None)`
+    /// means the sending side was shut down and every message was read.
+    ///
+    /// # Errors
+    /// [`PacketRecvError`]; the socket stays usable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is taken off the socket and returned within one poll, so a dropped
+    /// future never took one.
+    pub async fn recv(&self, max_size: usize) -> Result<Option<Received>, PacketRecvError> {
+        match self.try_recv(max_size)? {
+            TryRecv::Message(m) => return Ok(Some(m)),
+            TryRecv::Closed => return Ok(None),
+            TryRecv::Empty => {}
+        }
+        let registered = self.socket.registered().map_err(PacketRecvError::Io)?;
+        loop {
+            let mut guard = registered.readable().await.map_err(PacketRecvError::Io)?;
+            match self.try_recv(max_size)? {
+                TryRecv::Message(m) => return Ok(Some(m)),
+                TryRecv::Closed => return Ok(None),
+                TryRecv::Empty => guard.clear_ready(),
+            }
+        }
+    }
+
+    /// Takes one message off the socket, blocking the thread until one arrives or `deadline`
+    /// passes (`TryRecv::Empty`).
+    ///
+    /// # Errors
+    /// As [`try_recv`](Self::try_recv).
+    pub fn blocking_recv(
+        &self,
+        max_size: usize,
+        deadline: Option<Instant>,
+    ) -> Result<TryRecv, PacketRecvError> {
+        loop {
+            match self.try_recv(max_size)? {
+                TryRecv::Empty => {}
+                other => return Ok(other),
+            }
+            if !sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline)
+                .map_err(PacketRecvError::Io)?
+            {
+                return Ok(TryRecv::Empty);
+            }
+        }
+    }
+
+    /// True when a packet is waiting to be read on this (receiving) end right now (`FIONREAD`).
+    ///
+    /// # Errors
+    /// When the ioctl fails.
+    ///
+    /// # References
+    /// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SIOCINQ`)
+    pub fn has_pending(&self) -> io::Result<bool> {
+        Ok(rustix::io::ioctl_fionread(self.socket.as_fd())? > 0)
+    }
+
+    /// Shuts the socket down for both directions (`shutdown(2)`, `SHUT_RDWR`). Called on the send
+    /// end, this closes the pair for every process at once: sends fail with `BrokenPipe`, blocked
+    /// senders and receivers wake, and receivers read what is left, then end-of-stream.
+    ///
+    /// # Errors
+    /// When the call fails.
+    ///
+    /// # References
+    /// - [`shutdown(2)`](https://man7.org/linux/man-pages/man2/shutdown.2.html)
+    pub fn shutdown(&self) -> io::Result<()> {
+        Ok(rustix::net::shutdown(self.socket.as_fd(), Shutdown::Both)?)
+    }
+
+    /// True once this end was [shut down](Self::shutdown) (by any process): `poll(2)` reports
+    /// `POLLHUP`.
+    pub fn is_shutdown(&self) -> bool {
+        let mut pfd = [PollFd::new(&self.socket, PollFlags::OUT)];
+        let zero = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(n) if n > 0 && pfd[0].revents().contains(PollFlags::HUP))
+    }
+}
+
+impl AsFd for PacketSocket {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+#[derive(Clone, Copy)]
+struct RawRecv {
+    len: usize,
+    truncated: bool,
+    fds_truncated: bool,
+}
+
+/// `recvmsg(2)` of one packet into `buf`, pushing its descriptors (close-on-exec) onto `fds`.
+///
+/// # References
+/// - [`recvmsg(2)`](https://man7.org/linux/man-pages/man2/recvmsg.2.html)
+fn recv_packet(
+    socket: BorrowedFd<'_>,
+    buf: &mut [u8],
+    fds: &mut Vec<OwnedFd>,
+) -> io::Result<RawRecv> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
+    let msg = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    Ok(RawRecv {
+        len: msg.bytes,
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
+        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    })
+}
+
+fn corrupt(reason: impl Into<String>) -> PacketRecvError {
+    PacketRecvError::Corrupt {
+        reason: reason.into(),
+    }
+}
+
+/// Turns one packet into a message, reading a spilled payload from its memfd.
+fn parse(
+    mut bytes: Vec<u8>,
+    mut fds: Vec<OwnedFd>,
+    max_size: usize,
+) -> Result<Received, PacketRecvError> {
+    match bytes.first().copied() {
+        Some(TAG_INLINE) => {
+            let len = bytes.len() - 1;
+            if len > max_size {
+                return Err(PacketRecvError::TooLarge {
+                    len,
+                    limit: max_size,
+                });
+            }
+            bytes.remove(0);
+            Ok(Received { bytes, fds })
+        }
+        Some(TAG_SPILL) => {
+            if bytes.len() != SPILL_HEADER_LEN {
+                return Err(corrupt(format!("spill header of {} bytes", bytes.len())));
+            }
+            let len = u64::from_le_bytes(bytes[1..].try_into().expect("8 bytes"));
+            let len = usize::try_from(len).unwrap_or(usize::MAX);
+            if len > max_size {
+                return Err(PacketRecvError::TooLarge {
+                    len,
+                    limit: max_size,
+                });
+            }
+            if fds.is_empty() {
+                return Err(corrupt("spilled message without its memfd"));
+            }
+            let file = File::from(fds.remove(0));
+            let stat =
+                rustix::fs::fstat(&file).map_err(|e| corrupt(format!("cannot stat memfd: {e}")))?;
+            if rustix::fs::FileType::from_raw_mode(stat.st_mode)
+                != rustix::fs::FileType::RegularFile
+            {
+                return Err(corrupt("spilled message is not in a regular file"));
+            }
+            if (stat.st_size as u64) < len as u64 {
+                return Err(corrupt(format!(
+                    "memfd holds {} bytes, header says {len}",
+                    stat.st_size
+                )));
+            }
+            let mut payload = vec![0; len];
+            file.read_exact_at(&mut payload, 0)
+                .map_err(|e| corrupt(format!("cannot read memfd: {e}")))?;
+            Ok(Received {
+                bytes: payload,
+                fds,
+            })
+        }
+        Some(tag) => Err(corrupt(format!("unknown packet tag {tag:#x}"))),
+        None => Err(corrupt("empty packet")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (PacketSocket, PacketSocket) {
+        let (a, b) = packet_pair().unwrap();
+        (PacketSocket::new(a).unwrap(), PacketSocket::new(b).unwrap())
+    }
+
+    #[test]
+    fn inline_and_spilled_round_trip() {
+        let (tx, rx) = pair();
+        let small = Packet::encode(&(1u32, "hi".to_string()), DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert!(!small.is_spilled());
+        let big_value = vec![7u8; INLINE_LIMIT * 3];
+        let big = Packet::encode(&big_value, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        assert!(big.is_spilled());
+        tx.try_send(&small).unwrap();
+        tx.try_send(&big).unwrap();
+        drop(big);
+        let TryRecv::Message(m) = rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.decode::<(u32, String)>().unwrap(), (1, "hi".to_string()));
+        let TryRecv::Message(m) = rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.decode::<Vec<u8>>().unwrap(), big_value);
+        assert!(matches!(
+            rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap(),
+            TryRecv::Empty
+        ));
+    }
+
+    #[test]
+    fn limits_are_enforced_on_both_sides() {
+        let (tx, rx) = pair();
+        let value = vec![1u8; 1000];
+        assert!(matches!(
+            Packet::encode(&value, 100),
+            Err(PacketEncodeError::TooLarge { limit: 100, .. })
+        ));
+        tx.try_send(&Packet::encode(&value, DEFAULT_MAX_MESSAGE_SIZE).unwrap())
+            .unwrap();
+        tx.try_send(&Packet::encode(&5u8, DEFAULT_MAX_MESSAGE_SIZE).unwrap())
+            .unwrap();
+        assert!(matches!(
+            rx.try_recv(100),
+            Err(PacketRecvError::TooLarge { .. })
+        ));
+        let TryRecv::Message(m) = rx.try_recv(100).unwrap() else {
+            panic!()
+        };
+        assert_eq!(m.decode::<u8>().unwrap(), 5);
+    }
+
+    #[test]
+    fn shutdown_drains_then_ends() {
+        let (tx, rx) = pair();
+        tx.try_send(&Packet::encode(&1u8, 10).unwrap()).unwrap();
+        assert!(!tx.is_shutdown());
+        assert!(rx.has_pending().unwrap());
+        tx.shutdown().unwrap();
+        assert!(tx.is_shutdown());
+        let e = tx.try_send(&Packet::encode(&2u8, 10).unwrap()).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Message(_)));
+        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Closed));
+        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Closed));
+    }
+
+    #[test]
+    fn foreign_packets_are_rejected_and_the_socket_stays_usable() {
+        let (a, b) = packet_pair().unwrap();
+        let rx = PacketSocket::new(b).unwrap();
+        sys::send_with_fds(a.as_fd(), b"zzz", &[]).unwrap();
+        sys::send_with_fds(a.as_fd(), &[TAG_SPILL, 1, 0, 0, 0, 0, 0, 0, 0], &[]).unwrap();
+        sys::send_with_fds(a.as_fd(), &vec![TAG_INLINE; RECV_BUF_LEN + 10], &[]).unwrap();
+        for _ in 0..3 {
+            assert!(matches!(
+                rx.try_recv(100),
+                Err(PacketRecvError::Corrupt { .. })
+            ));
+        }
+        assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Empty));
+    }
+
+    #[test]
+    fn full_socket_would_block_and_capacity_is_large() {
+        let (tx, rx) = pair();
+        let p = Packet::encode(&[0u8; 64][..], DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        let mut n = 0usize;
+        loop {
+            match tx.try_send(&p) {
+                Ok(()) => n += 1,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert!(n >= 100, "only {n} small packets fit");
+        assert!(tx.blocking_send(&p, Some(Instant::now())).unwrap() == false);
+        assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Message(_)));
+        eprintln!("{n} packets of 64 bytes fit in the socket buffer");
+    }
+}

@@ -1,0 +1,93 @@
+//! Process descriptors: signal and watch one exact process, immune to pid reuse.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::time::Instant;
+
+use rustix::process::{Pid, PidfdFlags, Signal};
+
+use crate::sys::{self, Direction};
+
+/// A pidfd: a descriptor naming one process for as long as it is held.
+///
+/// # References
+/// - [`pidfd_open(2)`](https://man7.org/linux/man-pages/man2/pidfd_open.2.html),
+///   [`pidfd_send_signal(2)`](https://man7.org/linux/man-pages/man2/pidfd_send_signal.2.html)
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+    pid: u32,
+}
+
+impl PidFd {
+    /// Opens a pidfd for `pid`.
+    ///
+    /// # Errors
+    /// `ESRCH` when no such process exists (or it was already reaped).
+    pub fn open(pid: u32) -> io::Result<Self> {
+        let raw = Pid::from_raw(pid as i32)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
+        let fd = rustix::process::pidfd_open(raw, PidfdFlags::empty())?;
+        Ok(Self { fd, pid })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.pid
+    }
+
+    /// Sends signal number `signal` to the process. A process that already exited (even if not
+    /// yet reaped) is not an error.
+    ///
+    /// # Errors
+    /// When `signal` is not a valid signal number or permission is denied.
+    pub fn send_signal(&self, signal: i32) -> io::Result<()> {
+        let sig = Signal::from_named_raw(signal).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{signal} is not a signal number"),
+            )
+        })?;
+        match rustix::process::pidfd_send_signal(&self.fd, sig) {
+            Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// True once the process has exited (it may not be reaped yet).
+    pub fn has_exited(&self) -> bool {
+        sys::wait_ready(self.fd.as_fd(), Direction::Read, Some(Instant::now())).unwrap_or(true)
+    }
+}
+
+/// Kills this process (`SIGKILL`) as soon as process `parent` exits, from a watcher thread.
+/// Kills it at once when `parent` is already gone.
+///
+/// # Errors
+/// When the watcher thread cannot be started.
+pub fn die_with_parent(parent: u32) -> io::Result<()> {
+    let watched = match PidFd::open(parent) {
+        Ok(fd)
+            if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
+                == Some(parent) =>
+        {
+            fd
+        }
+        _ => kill_self(),
+    };
+    std::thread::Builder::new()
+        .name("multiproc-parent-watch".into())
+        .spawn(move || {
+            while !matches!(
+                sys::wait_ready(watched.fd.as_fd(), Direction::Read, None),
+                Ok(true)
+            ) {}
+            kill_self()
+        })?;
+    Ok(())
+}
+
+fn kill_self() -> ! {
+    let _ = rustix::process::kill_process(rustix::process::getpid(), Signal::KILL);
+    std::process::abort()
+}

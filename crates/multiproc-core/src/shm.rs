@@ -1,0 +1,346 @@
+//! Shared memory regions: a sealed memfd mapped `MAP_SHARED`, travelling as its descriptor.
+//!
+//! A [`SharedRegion`] is the storage under every multiproc synchronization primitive and under
+//! `SharedValue`/`SharedArray`/`SharedMemory`. Sending it (inside any message or spawn argument)
+//! sends the memfd; the receiver maps the same pages, so both processes see the same bytes.
+#![allow(unsafe_code)]
+
+use std::fmt;
+use std::io;
+use std::mem::{align_of, size_of};
+use std::os::fd::AsFd;
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64};
+
+use rustix::fs::{MemfdFlags, SealFlags};
+use rustix::mm::{MapFlags, ProtFlags};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::SharedFd;
+
+/// Plain old data: a `Copy` type for which every bit pattern of its size is a valid value and
+/// which holds no pointers, so it can live in memory shared with other processes.
+///
+/// # Safety
+/// Implement only for types with no padding bytes, no pointers or references, no interior
+/// invariants, and for which any bit pattern (including all zeroes) is a valid value, such as
+/// `#[repr(C)]` structs of integers and floats.
+pub unsafe trait Pod: Copy + Send + Sync + 'static {}
+
+macro_rules! pod {
+    ($($t:ty),*) => { $(
+        // SAFETY: primitive integers and floats accept every bit pattern and hold no pointers.
+        unsafe impl Pod for $t {}
+    )* };
+}
+pod!(
+    u8, u16, u32, u64, u128, usize, i8, i16, i32, i64, i128, isize, f32, f64
+);
+
+// SAFETY: an array of `Pod` has no padding between elements and every bit pattern is valid.
+unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
+
+/// The mapping itself; unmapped when the last clone of the region in this process is dropped.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain shared memory, valid from any thread until `munmap` in `Drop`;
+// all access through `SharedRegion` is atomic or volatile.
+unsafe impl Send for Mapping {}
+// SAFETY: as above: shared references only lead to atomic or volatile accesses.
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what `mmap` returned and requested; no reference into
+        // the mapping outlives `self` because every accessor borrows the owning region.
+        let _ = unsafe { rustix::mm::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A region of memory shared between processes: a sealed memfd mapped read-write and
+/// `MAP_SHARED`, zero-filled at creation.
+///
+/// Clones share the mapping within a process. Serializing the region (inside
+/// [`crate::message::encode`]) sends its descriptor; decoding maps the same pages again. The
+/// memfd is sealed against shrinking, so no process can make another's mapping fault.
+///
+/// Every accessor checks bounds and alignment and panics on a violation, which is a bug in the
+/// caller's layout, never a consequence of input from another process.
+#[derive(Clone)]
+pub struct SharedRegion {
+    map: Arc<Mapping>,
+    fd: SharedFd,
+}
+
+impl SharedRegion {
+    /// Creates a zero-filled region of `len` bytes (at least one).
+    ///
+    /// # Errors
+    /// Fails when `memfd_create`, `ftruncate`, sealing or `mmap` fail (out of memory or
+    /// descriptors).
+    ///
+    /// # References
+    /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html),
+    ///   [`mmap(2)`](https://man7.org/linux/man-pages/man2/mmap.2.html)
+    pub fn new(len: usize) -> io::Result<Self> {
+        let len = len.max(1);
+        let fd = rustix::fs::memfd_create(
+            "multiproc-shm",
+            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+        )?;
+        rustix::fs::ftruncate(&fd, len as u64)?;
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
+        let fd = SharedFd::new(fd);
+        let map = map(&fd, len)?;
+        Ok(Self {
+            map: Arc::new(map),
+            fd,
+        })
+    }
+
+    /// Maps a memfd received from another process after checking that it is sealed against
+    /// shrinking and holds at least `len` bytes.
+    fn from_received(fd: SharedFd, len: usize) -> io::Result<Self> {
+        let seals = rustix::fs::fcntl_get_seals(&fd)?;
+        if !seals.contains(SealFlags::SHRINK) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "shared region descriptor is not a memfd sealed against shrinking",
+            ));
+        }
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if len == 0 || size < 0 || (size as u64) < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared region of {len} bytes is backed by a file of {size} bytes"),
+            ));
+        }
+        let map = map(&fd, len)?;
+        Ok(Self {
+            map: Arc::new(map),
+            fd,
+        })
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.map.len
+    }
+
+    /// Always `false`: a region holds at least one byte.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The memfd behind the region.
+    pub fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+
+    /// Whether `self` and `other` are the same shared memory (possibly mapped twice, e.g. after
+    /// a round trip through another process).
+    pub fn same_region(&self, other: &SharedRegion) -> bool {
+        match (rustix::fs::fstat(&self.fd), rustix::fs::fstat(&other.fd)) {
+            (Ok(a), Ok(b)) => a.st_dev == b.st_dev && a.st_ino == b.st_ino,
+            _ => false,
+        }
+    }
+
+    /// The start of the mapping. Writing through it races with every other process; prefer the
+    /// checked accessors.
+    pub fn as_ptr(&self) -> *mut u8 {
+        self.map.ptr.as_ptr()
+    }
+
+    fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
+        let end = offset
+            .checked_add(size)
+            .expect("shared region offset overflows");
+        assert!(
+            end <= self.map.len,
+            "shared region access {offset}..{end} out of bounds ({})",
+            self.map.len
+        );
+        assert!(
+            offset % align == 0,
+            "shared region offset {offset} is not aligned to {align}"
+        );
+        // SAFETY: `offset + size <= len`, so the result stays inside the mapping.
+        unsafe { self.map.ptr.as_ptr().add(offset) }
+    }
+
+    /// The `AtomicU32` at byte `offset`.
+    ///
+    /// # Panics
+    /// When `offset` is out of bounds or not 4-aligned.
+    pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        let p = self.check(offset, size_of::<AtomicU32>(), align_of::<AtomicU32>());
+        // SAFETY: `p` is in bounds and aligned (the mapping is page-aligned), the memory lives
+        // as long as `&self`, and atomics may be mutated concurrently through shared references
+        // (including by other processes, which only use atomic accesses on these words).
+        unsafe { &*p.cast::<AtomicU32>() }
+    }
+
+    /// The `AtomicU64` at byte `offset`.
+    ///
+    /// # Panics
+    /// When `offset` is out of bounds or not 8-aligned.
+    pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        let p = self.check(offset, size_of::<AtomicU64>(), align_of::<AtomicU64>());
+        // SAFETY: as in `atomic_u32`, with 8-byte bounds and alignment checked.
+        unsafe { &*p.cast::<AtomicU64>() }
+    }
+
+    /// Copies the `T` at byte `offset` out of the region (volatile read; a concurrent writer in
+    /// another process may produce a torn, but still valid, value).
+    ///
+    /// # Panics
+    /// When the value is out of bounds or misaligned.
+    pub fn read<T: Pod>(&self, offset: usize) -> T {
+        let p = self.check(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: in bounds and aligned; `T: Pod` accepts any bit pattern, so even a torn read
+        // is a valid `T`; volatile keeps the compiler from assuming no other writer.
+        unsafe { p.cast::<T>().read_volatile() }
+    }
+
+    /// Writes `value` at byte `offset` (volatile write).
+    ///
+    /// # Panics
+    /// When the value is out of bounds or misaligned.
+    pub fn write<T: Pod>(&self, offset: usize, value: T) {
+        let p = self.check(offset, size_of::<T>(), align_of::<T>());
+        // SAFETY: in bounds and aligned; shared memory written only through volatile or atomic
+        // accesses, never through Rust references.
+        unsafe { p.cast::<T>().write_volatile(value) }
+    }
+
+    /// Copies `out.len()` consecutive `T`s starting at byte `offset` into `out`.
+    ///
+    /// # Panics
+    /// When the range is out of bounds or misaligned.
+    pub fn read_slice<T: Pod>(&self, offset: usize, out: &mut [T]) {
+        let size = size_of::<T>()
+            .checked_mul(out.len())
+            .expect("slice too large");
+        let p = self.check(offset, size, align_of::<T>()).cast::<T>();
+        for (i, slot) in out.iter_mut().enumerate() {
+            // SAFETY: element `i < out.len()` lies inside the checked range; see `read`.
+            *slot = unsafe { p.add(i).read_volatile() };
+        }
+    }
+
+    /// Copies `data` into consecutive `T`s starting at byte `offset`.
+    ///
+    /// # Panics
+    /// When the range is out of bounds or misaligned.
+    pub fn write_slice<T: Pod>(&self, offset: usize, data: &[T]) {
+        let size = size_of::<T>()
+            .checked_mul(data.len())
+            .expect("slice too large");
+        let p = self.check(offset, size, align_of::<T>()).cast::<T>();
+        for (i, value) in data.iter().enumerate() {
+            // SAFETY: element `i < data.len()` lies inside the checked range; see `write`.
+            unsafe { p.add(i).write_volatile(*value) };
+        }
+    }
+}
+
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
+fn map(fd: &SharedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a fresh mapping chosen by the kernel (null hint, no MAP_FIXED) aliases no Rust
+    // memory; the file holds at least `len` bytes and is sealed against shrinking, so every
+    // page of the mapping stays backed.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd.as_fd(),
+            0,
+        )
+    }?;
+    let ptr =
+        NonNull::new(ptr.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+    Ok(Mapping { ptr, len })
+}
+
+impl fmt::Debug for SharedRegion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRegion")
+            .field("fd", &self.fd)
+            .field("len", &self.map.len)
+            .finish()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    fd: SharedFd,
+    len: u64,
+}
+
+impl Serialize for SharedRegion {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        Wire {
+            fd: self.fd.clone(),
+            len: self.map.len as u64,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedRegion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = Wire::deserialize(deserializer)?;
+        let len = usize::try_from(wire.len).map_err(D::Error::custom)?;
+        SharedRegion::from_received(wire.fd, len).map_err(D::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message;
+    use std::sync::atomic::Ordering;
+
+    #[test]
+    fn decoded_copy_shares_memory() {
+        let a = SharedRegion::new(64).unwrap();
+        a.atomic_u64(8).store(7, Ordering::SeqCst);
+        let (bytes, fds) = message::encode(&a).unwrap();
+        let b: SharedRegion = message::decode(&bytes, fds).unwrap();
+        assert_ne!(a.as_ptr(), b.as_ptr());
+        assert!(a.same_region(&b));
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 7);
+        b.write_slice(16, &[1u32, 2, 3]);
+        let mut out = [0u32; 3];
+        a.read_slice(16, &mut out);
+        assert_eq!(out, [1, 2, 3]);
+        a.write::<f64>(40, 2.5);
+        assert_eq!(b.read::<f64>(40), 2.5);
+    }
+
+    #[test]
+    fn rejects_unsealed_or_short_file() {
+        let fd = rustix::fs::memfd_create("x", MemfdFlags::CLOEXEC).unwrap();
+        rustix::fs::ftruncate(&fd, 16).unwrap();
+        let err = SharedRegion::from_received(SharedFd::new(fd), 16).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        let region = SharedRegion::new(16).unwrap();
+        let err = SharedRegion::from_received(region.shared_fd().clone(), 4096).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn out_of_bounds_panics() {
+        let region = SharedRegion::new(8).unwrap();
+        region.atomic_u64(8);
+    }
+}

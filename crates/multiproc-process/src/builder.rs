@@ -1,0 +1,222 @@
+//! Options for starting a child process.
+
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Instant;
+
+use multiproc_core::bootstrap::{self, EntryPoint};
+use multiproc_core::channel;
+use multiproc_core::pidfd::PidFd;
+use multiproc_core::{SharedFd, message};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::child::child_main;
+use crate::error::SpawnError;
+use crate::function::ChildOutput;
+use crate::join::JoinHandle;
+use crate::protocol::Setup;
+
+/// Options for a child process: name, environment, stdio, lifetime. Finish with
+/// [`spawn`](Self::spawn).
+///
+/// # Examples
+/// ```no_run
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let child = multiproc_process::Builder::new()
+///     .name("worker-1")
+///     .env("RUST_LOG", "debug")
+///     .kill_on_drop(true)
+///     .spawn(21, |x: u32| x * 2)?;
+/// assert_eq!(child.await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Builder {
+    name: Option<String>,
+    env: Vec<(OsString, Option<OsString>)>,
+    env_clear: bool,
+    current_dir: Option<PathBuf>,
+    stdin: Option<Stdio>,
+    stdout: Option<Stdio>,
+    stderr: Option<Stdio>,
+    kill_on_drop: bool,
+    daemon: bool,
+}
+
+impl Default for Builder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Builder {
+    /// Defaults: inherited environment, directory and stdio; a daemon child (it dies with this
+    /// process); not killed when its handle is dropped.
+    pub fn new() -> Self {
+        Self {
+            name: None,
+            env: Vec::new(),
+            env_clear: false,
+            current_dir: None,
+            stdin: None,
+            stdout: None,
+            stderr: None,
+            kill_on_drop: false,
+            daemon: true,
+        }
+    }
+
+    /// Names the child: shown by `ps` (as `argv[0]`), in errors and by
+    /// [`JoinHandle::name`].
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Sets an environment variable for the child.
+    pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes an environment variable for the child.
+    pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
+        self.env.push((key.into(), None));
+        self
+    }
+
+    /// Starts the child with an empty environment (plus what [`env`](Self::env) adds).
+    pub fn env_clear(mut self) -> Self {
+        self.env_clear = true;
+        self.env.clear();
+        self
+    }
+
+    /// Sets the child's working directory.
+    pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.current_dir = Some(dir.into());
+        self
+    }
+
+    /// The child's standard input (default: inherited).
+    pub fn stdin(mut self, stdio: impl Into<Stdio>) -> Self {
+        self.stdin = Some(stdio.into());
+        self
+    }
+
+    /// The child's standard output (default: inherited).
+    pub fn stdout(mut self, stdio: impl Into<Stdio>) -> Self {
+        self.stdout = Some(stdio.into());
+        self
+    }
+
+    /// The child's standard error (default: inherited).
+    pub fn stderr(mut self, stdio: impl Into<Stdio>) -> Self {
+        self.stderr = Some(stdio.into());
+        self
+    }
+
+    /// Kill the child (`SIGKILL`) when its [`JoinHandle`] is dropped before it finished.
+    pub fn kill_on_drop(mut self, kill: bool) -> Self {
+        self.kill_on_drop = kill;
+        self
+    }
+
+    /// Whether the child dies with this process (default `true`): a daemon child is killed as
+    /// soon as this process exits, however it exits (even `SIGKILL`), so no orphan is left.
+    ///
+    /// `daemon(false)` detaches on purpose: the child finishes its function even if this
+    /// process is gone (its result then has nowhere to go and is dropped).
+    pub fn daemon(mut self, daemon: bool) -> Self {
+        self.daemon = daemon;
+        self
+    }
+
+    /// Starts a child process running `f(args)` and returns a handle to await its result.
+    ///
+    /// `f` must be a `fn` item or a closure that captures nothing (a capturing closure is a
+    /// compile-time error): the child is this same program, re-executed, and finds `f` by its
+    /// address. It may return a value or a future (an `async fn`); an async function runs on a
+    /// current-thread tokio runtime in the child. `args` and the result are serde types and may
+    /// contain handles (pipe ends, locks, shared memory...), which arrive usable.
+    ///
+    /// # Errors
+    /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime (with I/O and time drivers), like `tokio::process`.
+    pub fn spawn<A, R, M, F>(self, args: A, f: F) -> Result<JoinHandle<R::Output>, SpawnError>
+    where
+        A: Serialize + DeserializeOwned + 'static,
+        F: Fn(A) -> R + Copy + Send + 'static,
+        R: ChildOutput<M>,
+    {
+        let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
+        let boot = bootstrap::child_command(entry).map_err(SpawnError::io)?;
+        let (mut tx, rx) =
+            channel::split(SharedFd::new(boot.parent_end)).map_err(SpawnError::io)?;
+        let setup = Setup {
+            parent_pid: std::process::id(),
+            die_with_parent: self.daemon,
+        };
+        tx.push(|buf| message::encode_into(&setup, buf))
+            .map_err(|e| SpawnError::io(std::io::Error::other(e)))?;
+        if let Err(e) = tx.push(|buf| message::encode_into(&args, buf)) {
+            return Err(match e {
+                multiproc_core::SendErrorKind::Encode(e) => SpawnError::encode(e),
+                other => SpawnError::io(std::io::Error::other(other)),
+            });
+        }
+
+        let mut command = boot.command;
+        if let Some(name) = &self.name {
+            command.arg0(name);
+        }
+        if self.env_clear {
+            command.env_clear();
+            // The bootstrap variable must survive a cleared environment.
+            command.env(
+                bootstrap::BOOTSTRAP_ENV,
+                boot.child_end.as_raw_fd().to_string(),
+            );
+        }
+        for (key, value) in &self.env {
+            match value {
+                Some(v) => command.env(key, v),
+                None => command.env_remove(key),
+            };
+        }
+        if let Some(dir) = &self.current_dir {
+            command.current_dir(dir);
+        }
+        if let Some(s) = self.stdin {
+            command.stdin(s);
+        }
+        if let Some(s) = self.stdout {
+            command.stdout(s);
+        }
+        if let Some(s) = self.stderr {
+            command.stderr(s);
+        }
+        let mut command = tokio::process::Command::from(command);
+        command.kill_on_drop(self.kill_on_drop);
+        let child = command.spawn().map_err(SpawnError::io)?;
+        drop(boot.child_end);
+        let pid = child
+            .id()
+            .ok_or_else(|| SpawnError::io(std::io::Error::other("child vanished at spawn")))?;
+        // Not reaped yet (only we can reap it), so the pidfd names exactly this child.
+        let pidfd = PidFd::open(pid).map_err(SpawnError::io)?;
+        // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
+        tx.blocking_flush(Some(Instant::now()))
+            .map_err(|e| SpawnError::io(std::io::Error::other(e)))?;
+        drop(tx);
+        Ok(JoinHandle::start(pid, pidfd, self.name, child, rx))
+    }
+}

@@ -1,0 +1,23 @@
+//! Messages on the control socket between a parent and its child.
+
+use serde::{Deserialize, Serialize};
+
+/// First message to the child: how to run. Kept apart from the arguments so that a child whose
+/// arguments do not decode can still report it.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Setup {
+    pub parent_pid: u32,
+    pub die_with_parent: bool,
+}
+
+/// The child's one report to the parent.
+#[derive(Serialize, Deserialize)]
+pub(crate) enum Report<R> {
+    Returned(R),
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    BadArgs(String),
+    BadResult(String),
+}
