@@ -1,2 +1,69 @@
 //! Support shared by the multiproc examples and the cross-process integration tests.
 //! Users depend on the `multiproc` crate, not on this one.
+
+use std::future::Future;
+use std::time::Duration;
+
+/// How long any single wait in a test may take before the test fails instead of hanging CI.
+pub const TEST_LIMIT: Duration = Duration::from_secs(60);
+
+/// Awaits `f`, panicking with `what` if it takes longer than [`TEST_LIMIT`].
+pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+    match tokio::time::timeout(TEST_LIMIT, f).await {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {TEST_LIMIT:?}: {what}"),
+    }
+}
+
+/// True when process `pid` has ended: gone from `/proc`, or a zombie waiting to be reaped.
+pub fn process_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+    }
+}
+
+/// Polls `cond` every 10 ms until it holds; false if it still fails after [`TEST_LIMIT`].
+pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + TEST_LIMIT;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+/// The zombie children of this process, found in `/proc`.
+pub fn zombie_children() -> Vec<u32> {
+    let me = std::process::id();
+    let mut zombies = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return zombies;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let mut fields = rest.split_whitespace();
+        let state = fields.next();
+        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
+        if state == Some("Z") && ppid == Some(me) {
+            zombies.push(pid);
+        }
+    }
+    zombies
+}

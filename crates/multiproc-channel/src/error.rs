@@ -38,3 +38,9 @@ impl RecvTimeoutError {
         matches!(self, RecvTimeoutError::Timeout)
     }
 }
+
+#[doc(inline)]
+pub use crate::queue_error::{
+    GetError, GetTimeoutError, JoinTimeoutError, PutError, PutErrorKind, PutTimeoutError,
+    TaskDoneError, TryGetError, TryPutError,
+};

@@ -6,4 +6,11 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+mod joinable_queue;
 pub mod pipe;
+mod queue;
+mod queue_engine;
+mod queue_error;
+
+pub use joinable_queue::JoinableQueue;
+pub use queue::{Queue, QueueBuilder, QueueSink, QueueStream};

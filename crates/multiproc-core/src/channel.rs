@@ -492,10 +492,11 @@ impl RawReceiver {
         }
     }
 
-    /// One `recvmsg`: the number of bytes read (zero at EOF), `Err(WouldBlock)` when nothing
-    /// is there.
-    fn read_once(&mut self, need: usize) -> io::Result<usize> {
+    /// One `recvmsg`, `Err(WouldBlock)` when nothing is there.
+    fn read_once(&mut self, need: usize) -> io::Result<ReadOutcome> {
         self.reserve(need);
+        let room = self.buf.len() - self.end;
+        let fds_before = self.fds.len();
         let got = sys::recv_with_fds(
             self.socket.as_fd(),
             &mut self.buf[self.end..],
@@ -508,7 +509,11 @@ impl RawReceiver {
             self.eof = true;
         }
         self.end += got.bytes;
-        Ok(got.bytes)
+        // A stream socket returns less than asked either because its queue is empty, or because
+        // the kernel stops after a segment that carried descriptors. (It would also stop between
+        // writers with SO_PASSCRED, which we never set.)
+        let drained = got.bytes > 0 && got.bytes < room && self.fds.len() == fds_before;
+        Ok(ReadOutcome { drained })
     }
 
     fn read_error(&mut self, e: io::Error) -> RecvError {
@@ -574,11 +579,10 @@ impl RawReceiver {
                 Ok(g) => g,
                 Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
             };
-            let room = self.buf.len().saturating_sub(self.end);
             match self.read_once(need) {
-                // A short read drained the socket: drop readiness now instead of paying a
-                // failing recvmsg later (tokio keeps any newer edge).
-                Ok(n) if n > 0 && n < room.max(READ_CHUNK / 4) => guard.clear_ready(),
+                // The read drained the socket: drop readiness now instead of paying a failing
+                // recvmsg later (tokio keeps readiness from any newer edge).
+                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -654,6 +658,12 @@ pub enum TryRecv<R> {
     Empty,
     /// The peer closed and every frame was delivered.
     Closed,
+}
+
+/// What one read found out about the socket.
+struct ReadOutcome {
+    /// The socket's queue is empty now.
+    drained: bool,
 }
 
 /// Marker for the kernel dropping descriptors (`MSG_CTRUNC`).

@@ -59,10 +59,14 @@ enum DecodeErrorKind {
         source: postcard::Error,
     },
     #[error(
-        "message has {rest} trailing bytes of {total} after the value \
+        "message has {rest} trailing bytes of {total} after a `{ty}` \
          (does the other side send this type?)"
     )]
-    Trailing { rest: usize, total: usize },
+    Trailing {
+        ty: &'static str,
+        rest: usize,
+        total: usize,
+    },
     #[error("bad descriptor in message: {0}")]
     Descriptor(#[source] DescriptorError),
 }
@@ -73,9 +77,9 @@ impl DecodeError {
             kind: DecodeErrorKind::Serde { ty, source },
         }
     }
-    pub(crate) fn trailing(rest: usize, total: usize) -> Self {
+    pub(crate) fn trailing(ty: &'static str, rest: usize, total: usize) -> Self {
         Self {
-            kind: DecodeErrorKind::Trailing { rest, total },
+            kind: DecodeErrorKind::Trailing { ty, rest, total },
         }
     }
     pub(crate) fn descriptor(e: DescriptorError) -> Self {

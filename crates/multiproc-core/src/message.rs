@@ -79,7 +79,11 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
     }
     match result {
         Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(DecodeError::trailing(rest.len(), bytes.len())),
+        Ok((_, rest)) => Err(DecodeError::trailing(
+            std::any::type_name::<T>(),
+            rest.len(),
+            bytes.len(),
+        )),
         Err(e) => Err(DecodeError::serde(e, std::any::type_name::<T>())),
     }
 }

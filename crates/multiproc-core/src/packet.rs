@@ -707,7 +707,7 @@ mod tests {
             }
         }
         assert!(n >= 100, "only {n} small packets fit");
-        assert!(tx.blocking_send(&p, Some(Instant::now())).unwrap() == false);
+        assert!(!tx.blocking_send(&p, Some(Instant::now())).unwrap());
         assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Message(_)));
         eprintln!("{n} packets of 64 bytes fit in the socket buffer");
     }

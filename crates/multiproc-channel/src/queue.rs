@@ -1,0 +1,630 @@
+//! [`Queue`]: a typed, async, multi-producer multi-consumer queue shared by processes.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::marker::PhantomData;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Sink, Stream};
+use multiproc_core::packet::{self, PacketRecvError, Received, TryRecv};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::JoinableQueue;
+use crate::queue_engine::{Engine, PutFail};
+use crate::queue_error::{
+    GetError, GetTimeoutError, PutError, PutErrorKind, PutTimeoutError, TryGetError, TryPutError,
+};
+
+/// Default largest encoded message a queue carries: 64 MiB.
+const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
+
+/// A typed queue shared by any number of producer and consumer processes (Python's
+/// `multiprocessing.Queue`), async, bounded or unbounded.
+///
+/// Every handle can both [`put`](Self::put) and [`get`](Self::get). Clone a handle to share it
+/// within a process; send it to another process as a [`spawn`] argument, inside a message on a
+/// pipe, or inside a message on another queue (it implements `Serialize`/`Deserialize` through
+/// the multiproc message encoding).
+///
+/// # Guarantees
+/// - Each message is delivered to exactly one consumer; nothing is lost or duplicated while
+///   processes behave (see *Crash behavior*).
+/// - The messages of one producer (one task putting one after another) arrive in the order it
+///   put them. Messages of different producers interleave.
+/// - A message is encoded by `put` itself: a value that cannot be encoded is an error from
+///   `put`, not a silent failure in some background thread, and the queue is unaffected.
+/// - Once `put` has returned, the message lives in the kernel (or, above 64 KiB, in a memfd the
+///   kernel holds), not in the producer: the producer may exit at once, and the message is still
+///   delivered.
+/// - Messages may contain handles (a `Lock`, a pipe end, another `Queue`); they arrive usable.
+///
+/// # Capacity
+/// A [bounded](Self::bounded) queue holds at most `capacity` messages: `put` waits while it is
+/// full. An [unbounded](Self::new) queue has no message limit of its own, but messages in flight
+/// occupy the kernel's socket buffer (a few MiB: about ten thousand small messages); when that is
+/// full, `put` waits for consumers like a bounded one and `try_put` reports
+/// [`Full`](TryPutError::Full). Messages above 64 KiB live in memfds and take little socket
+/// buffer each, but each holds a descriptor in flight, which counts against the producing
+/// user's `RLIMIT_NOFILE`.
+///
+/// # Close
+/// [`close`](Self::close) closes the queue for every handle in every process: puts fail with
+/// a closed error, consumers receive what is left and then [`GetError::Closed`] (the stream
+/// ends), and tasks blocked in `get` or `put` wake. Dropping handles does not close the queue;
+/// it lives as long as any process holds a handle.
+///
+/// # Crash behavior
+/// Every put and get moves one message with one atomic system call, so a producer or consumer
+/// killed at any point (even `SIGKILL`) never leaves a partial message or corrupts the queue for
+/// the others. A consumer killed right after taking a message loses that one message (it had
+/// it), as in every queue. The shared message count may then stay one too high, which makes
+/// [`len`](Self::len) over-report and, for a bounded queue, costs one slot of capacity.
+///
+/// # Examples
+/// ```
+/// use multiproc_channel::Queue;
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let queue: Queue<(u32, String)> = Queue::bounded(16)?;
+/// queue.put((1, "one".to_string())).await?;
+/// queue.put((2, "two".to_string())).await?;
+/// assert_eq!(queue.get().await?, (1, "one".to_string()));
+/// queue.close();
+/// assert_eq!(queue.get().await?, (2, "two".to_string()));
+/// assert!(queue.get().await.unwrap_err().is_closed());
+/// # Ok(())
+/// # }
+/// ```
+///
+/// [`spawn`]: https://docs.rs/multiproc/latest/multiproc/fn.spawn.html
+pub struct Queue<T> {
+    pub(crate) engine: Arc<Engine>,
+    _marker: PhantomData<fn(T) -> T>,
+}
+
+/// Configures a [`Queue`] (or a [`JoinableQueue`]) before creating it.
+///
+/// # Examples
+/// ```
+/// use multiproc_channel::Queue;
+/// # fn main() -> std::io::Result<()> {
+/// let queue: Queue<Vec<u8>> = Queue::builder().capacity(8).max_message_size(1 << 20).build()?;
+/// assert_eq!(queue.capacity(), Some(8));
+/// # Ok(())
+/// # }
+/// ```
+pub struct QueueBuilder<T> {
+    capacity: Option<usize>,
+    max_message_size: usize,
+    _marker: PhantomData<fn(T) -> T>,
+}
+
+impl<T> fmt::Debug for QueueBuilder<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueBuilder")
+            .field("capacity", &self.capacity)
+            .field("max_message_size", &self.max_message_size)
+            .finish()
+    }
+}
+
+impl<T> QueueBuilder<T> {
+    /// Bounds the queue to `capacity` messages (default: unbounded).
+    ///
+    /// # Panics
+    /// When `capacity` is zero.
+    pub fn capacity(mut self, capacity: usize) -> Self {
+        assert!(capacity > 0, "a queue's capacity must be at least 1");
+        self.capacity = Some(capacity);
+        self
+    }
+
+    /// Sets the largest encoded message the queue carries (default 64 MiB): a larger one is an error from `put`, and nothing is put.
+    pub fn max_message_size(mut self, bytes: usize) -> Self {
+        self.max_message_size = bytes;
+        self
+    }
+
+    /// Creates the queue.
+    ///
+    /// # Errors
+    /// When the process is out of descriptors or memory.
+    pub fn build(self) -> io::Result<Queue<T>> {
+        Ok(Queue::from_engine(Engine::new(
+            self.capacity,
+            self.max_message_size,
+            false,
+        )?))
+    }
+
+    /// Creates a [`JoinableQueue`] with this configuration.
+    ///
+    /// # Errors
+    /// When the process is out of descriptors or memory.
+    pub fn build_joinable(self) -> io::Result<JoinableQueue<T>> {
+        let engine = Engine::new(self.capacity, self.max_message_size, true)?;
+        Ok(JoinableQueue::from_queue(Queue::from_engine(engine)))
+    }
+}
+
+impl<T> Queue<T> {
+    pub(crate) fn from_engine(engine: Engine) -> Self {
+        Self {
+            engine: Arc::new(engine),
+            _marker: PhantomData,
+        }
+    }
+
+    /// Creates an unbounded queue (see *Capacity* in the [type docs](Self)).
+    ///
+    /// # Errors
+    /// When the process is out of descriptors or memory.
+    pub fn new() -> io::Result<Self> {
+        Self::builder().build()
+    }
+
+    /// Creates a queue that holds at most `capacity` messages.
+    ///
+    /// # Errors
+    /// When the process is out of descriptors or memory.
+    ///
+    /// # Panics
+    /// When `capacity` is zero.
+    pub fn bounded(capacity: usize) -> io::Result<Self> {
+        Self::builder().capacity(capacity).build()
+    }
+
+    /// A builder for a queue with a custom capacity or message size limit.
+    pub fn builder() -> QueueBuilder<T> {
+        QueueBuilder {
+            capacity: None,
+            max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            _marker: PhantomData,
+        }
+    }
+
+    /// The most messages the queue holds, or `None` when unbounded.
+    pub fn capacity(&self) -> Option<usize> {
+        self.engine.capacity()
+    }
+
+    /// The largest encoded message the queue carries.
+    pub fn max_message_size(&self) -> usize {
+        self.engine.max_message_size()
+    }
+
+    /// Number of messages in the queue, counted across all processes.
+    ///
+    /// Approximate, like Python's `qsize()`: it includes messages whose `put` is in progress in
+    /// some process and may already be out of date when it returns. It may stay too high after
+    /// a process was killed in the middle of a put or get (see *Crash behavior*).
+    pub fn len(&self) -> usize {
+        self.engine.len()
+    }
+
+    /// True when no message is waiting to be taken right now.
+    ///
+    /// Exact at the moment of the call (it asks the kernel whether a message is queued), but
+    /// other processes may change that at any time.
+    pub fn is_empty(&self) -> bool {
+        !self.engine.has_pending()
+    }
+
+    /// True when a bounded queue has no free slot right now (always `false` when unbounded).
+    /// Approximate, like [`len`](Self::len).
+    pub fn is_full(&self) -> bool {
+        self.engine.is_full()
+    }
+
+    /// Closes the queue for every handle in every process. Idempotent.
+    ///
+    /// Afterwards `put` fails with a closed error; consumers take what is left and then get
+    /// [`GetError::Closed`]; tasks waiting in `get` or `put` wake.
+    pub fn close(&self) {
+        self.engine.close();
+    }
+
+    /// True once some handle [closed](Self::close) the queue.
+    pub fn is_closed(&self) -> bool {
+        self.engine.is_closed()
+    }
+}
+
+fn put_kind(fail: PutFail) -> PutErrorKind {
+    match fail {
+        PutFail::Closed => PutErrorKind::Closed,
+        PutFail::Io(e) => PutErrorKind::Io(e),
+        PutFail::Full => PutErrorKind::Io(io::Error::from(io::ErrorKind::WouldBlock)),
+    }
+}
+
+impl<T: Serialize> Queue<T> {
+    /// Puts `msg` at the end of the queue, waiting while the queue is full.
+    ///
+    /// The message is encoded before anything else happens, so a message that cannot be encoded
+    /// fails here, with the queue untouched.
+    ///
+    /// # Errors
+    /// [`PutError`] with the message back: the queue is closed, the message cannot be encoded,
+    /// is larger than [`max_message_size`](Self::max_message_size), carries too many handles, or
+    /// the system is out of resources.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the message is enqueued by one atomic system call, so a dropped `put` has
+    /// either enqueued the whole message or nothing (and then holds no slot).
+    ///
+    /// # Examples
+    /// ```
+    /// # use multiproc_channel::Queue;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = Queue::new()?;
+    /// queue.put("hello".to_string()).await?;
+    /// assert_eq!(queue.get().await?, "hello");
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn put(&self, msg: T) -> Result<(), PutError<T>> {
+        let packet = match self.engine.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => return Err(PutError::new(msg, PutErrorKind::from_encode(e))),
+        };
+        match self.engine.put(&packet).await {
+            Ok(()) => Ok(()),
+            Err(fail) => Err(PutError::new(msg, put_kind(fail))),
+        }
+    }
+
+    /// Puts `msg` if the queue has room right now, without waiting.
+    ///
+    /// # Errors
+    /// [`TryPutError::Full`] or [`TryPutError::Closed`] with the message back, or
+    /// [`TryPutError::Failed`] as for [`put`](Self::put).
+    pub fn try_put(&self, msg: T) -> Result<(), TryPutError<T>> {
+        let packet = match self.engine.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(TryPutError::Failed(PutError::new(
+                    msg,
+                    PutErrorKind::from_encode(e),
+                )));
+            }
+        };
+        match self.engine.try_put(&packet) {
+            Ok(()) => Ok(()),
+            Err(PutFail::Full) => Err(TryPutError::Full(msg)),
+            Err(PutFail::Closed) => Err(TryPutError::Closed(msg)),
+            Err(PutFail::Io(e)) => {
+                Err(TryPutError::Failed(PutError::new(msg, PutErrorKind::Io(e))))
+            }
+        }
+    }
+
+    /// Puts `msg`, waiting at most `timeout` for room.
+    ///
+    /// # Errors
+    /// [`PutTimeoutError::Timeout`] or [`PutTimeoutError::Closed`] with the message back, or
+    /// [`PutTimeoutError::Failed`] as for [`put`](Self::put).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime with the time driver enabled.
+    ///
+    /// # Cancel safety
+    /// As [`put`](Self::put): the whole message or nothing.
+    pub async fn put_timeout(&self, msg: T, timeout: Duration) -> Result<(), PutTimeoutError<T>> {
+        let packet = match self.engine.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(PutTimeoutError::Failed(PutError::new(
+                    msg,
+                    PutErrorKind::from_encode(e),
+                )));
+            }
+        };
+        match tokio::time::timeout(timeout, self.engine.put(&packet)).await {
+            Ok(Ok(())) => Ok(()),
+            Err(_) => Err(PutTimeoutError::Timeout(msg)),
+            Ok(Err(PutFail::Closed)) => Err(PutTimeoutError::Closed(msg)),
+            Ok(Err(fail)) => Err(PutTimeoutError::Failed(PutError::new(msg, put_kind(fail)))),
+        }
+    }
+
+    /// A [`Sink`] that puts into this queue (a new handle; this one stays usable).
+    ///
+    /// Closing the sink flushes it; it does not close the queue (other producers may still
+    /// put). Call [`Queue::close`] for that.
+    pub fn sink(&self) -> QueueSink<T> {
+        QueueSink {
+            engine: self.engine.clone(),
+            pending: None,
+        }
+    }
+}
+
+impl<T: DeserializeOwned> Queue<T> {
+    fn decode(&self, received: Received) -> Result<T, GetError> {
+        received.decode().map_err(|e| {
+            self.engine.discarded();
+            GetError::Decode(e)
+        })
+    }
+
+    /// Takes the message at the front of the queue, waiting until one arrives.
+    ///
+    /// # Errors
+    /// [`GetError::Closed`] once the queue is closed and every message has been taken; other
+    /// [`GetError`]s when a message was taken but could not be delivered (wrong type, too large,
+    /// not a queue message): it is discarded and the queue stays usable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is taken off the queue and returned within a single poll, so a
+    /// dropped `get` never took one; the message stays for the next consumer.
+    ///
+    /// # Examples
+    /// ```
+    /// # use multiproc_channel::Queue;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = Queue::new()?;
+    /// queue.put(7u64).await?;
+    /// assert_eq!(queue.get().await?, 7);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn get(&self) -> Result<T, GetError> {
+        match self.engine.get().await {
+            Ok(Some(received)) => self.decode(received),
+            Ok(None) => Err(GetError::Closed),
+            Err(e) => Err(GetError::from_recv(e)),
+        }
+    }
+
+    /// Takes the message at the front of the queue if there is one, without waiting.
+    ///
+    /// # Errors
+    /// [`TryGetError::Empty`] when no message is waiting, [`TryGetError::Closed`] at the end of
+    /// a closed queue, [`TryGetError::Failed`] as for [`get`](Self::get).
+    pub fn try_get(&self) -> Result<T, TryGetError> {
+        match self.engine.try_get() {
+            Ok(TryRecv::Message(received)) => self.decode(received).map_err(TryGetError::Failed),
+            Ok(TryRecv::Empty) => Err(TryGetError::Empty),
+            Ok(TryRecv::Closed) => Err(TryGetError::Closed),
+            Err(e) => Err(TryGetError::Failed(GetError::from_recv(e))),
+        }
+    }
+
+    /// Takes the message at the front of the queue, waiting at most `timeout` for one.
+    ///
+    /// # Errors
+    /// [`GetTimeoutError::Timeout`] when nothing arrived in time, [`GetTimeoutError::Closed`] at
+    /// the end of a closed queue, [`GetTimeoutError::Failed`] as for [`get`](Self::get).
+    ///
+    /// # Panics
+    /// When called outside a tokio runtime with the time driver enabled.
+    ///
+    /// # Cancel safety
+    /// As [`get`](Self::get): a dropped or timed-out call never took a message.
+    pub async fn get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        match tokio::time::timeout(timeout, self.get()).await {
+            Ok(Ok(v)) => Ok(v),
+            Err(_) => Err(GetTimeoutError::Timeout),
+            Ok(Err(GetError::Closed)) => Err(GetTimeoutError::Closed),
+            Ok(Err(e)) => Err(GetTimeoutError::Failed(e)),
+        }
+    }
+
+    /// A [`Stream`] of the queue's messages (a new handle; this one stays usable). It ends when
+    /// the queue is closed and drained.
+    ///
+    /// # Cancel safety
+    /// Dropping the stream, or a `next()` future, while it waits never loses a message.
+    ///
+    /// # Examples
+    /// ```
+    /// # use multiproc_channel::Queue;
+    /// use futures::StreamExt;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = Queue::new()?;
+    /// for i in 0..5u32 {
+    ///     queue.put(i).await?;
+    /// }
+    /// queue.close();
+    /// let squares: Vec<u32> = queue.stream().map(|m| m.map(|i| i * i)).collect::<Result<_, _>>().await?;
+    /// assert_eq!(squares, [0, 1, 4, 9, 16]);
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn stream(&self) -> QueueStream<T> {
+        QueueStream {
+            engine: self.engine.clone(),
+            waiting: None,
+            done: false,
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            _marker: PhantomData,
+        }
+    }
+}
+
+impl<T> fmt::Debug for Queue<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.engine, f)
+    }
+}
+
+impl<T> Serialize for Queue<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.engine.serialize(serializer)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for Queue<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let engine = Engine::deserialize(deserializer)?;
+        if engine.is_joinable() {
+            return Err(serde::de::Error::custom(
+                "expected a Queue, got a JoinableQueue",
+            ));
+        }
+        Ok(Self::from_engine(engine))
+    }
+}
+
+type GetFuture =
+    Pin<Box<dyn Future<Output = Result<Option<Received>, PacketRecvError>> + Send + Sync>>;
+
+/// The messages of a [`Queue`] as a [`Stream`]; made by [`Queue::stream`].
+///
+/// Yields `Ok(message)`, or `Err` for a message that was taken but could not be delivered (the
+/// stream goes on); ends when the queue is closed and drained.
+pub struct QueueStream<T> {
+    engine: Arc<Engine>,
+    waiting: Option<GetFuture>,
+    done: bool,
+    _marker: PhantomData<fn() -> T>,
+}
+
+impl<T> fmt::Debug for QueueStream<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueStream")
+            .field("queue", &*self.engine)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl<T: DeserializeOwned> Stream for QueueStream<T> {
+    type Item = Result<T, GetError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.done {
+            return Poll::Ready(None);
+        }
+        let result = match this.waiting.as_mut() {
+            Some(fut) => match fut.as_mut().poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(r) => {
+                    this.waiting = None;
+                    r
+                }
+            },
+            None => match this.engine.try_get() {
+                Ok(TryRecv::Message(m)) => Ok(Some(m)),
+                Ok(TryRecv::Closed) => Ok(None),
+                Err(e) => Err(e),
+                Ok(TryRecv::Empty) => {
+                    let engine = this.engine.clone();
+                    let mut fut: GetFuture = Box::pin(async move { engine.get().await });
+                    match fut.as_mut().poll(cx) {
+                        Poll::Pending => {
+                            this.waiting = Some(fut);
+                            return Poll::Pending;
+                        }
+                        Poll::Ready(r) => r,
+                    }
+                }
+            },
+        };
+        Poll::Ready(match result {
+            Ok(Some(received)) => Some(received.decode().map_err(|e| {
+                this.engine.discarded();
+                GetError::Decode(e)
+            })),
+            Ok(None) => {
+                this.done = true;
+                None
+            }
+            Err(e) => Some(Err(GetError::from_recv(e))),
+        })
+    }
+}
+
+type PutFuture = Pin<Box<dyn Future<Output = Result<(), PutFail>> + Send + Sync>>;
+
+/// Puts into a [`Queue`] as a [`Sink`]; made by [`Queue::sink`].
+///
+/// `start_send` encodes the message at once (an unencodable message is its error) and tries to
+/// enqueue it without waiting; if the queue is full, `poll_ready`/`poll_flush` finish the put.
+/// Closing the sink flushes it and leaves the queue open.
+///
+/// # Cancel safety
+/// A message accepted by `start_send` but not yet flushed is put (whole) by the next
+/// `poll_ready`/`poll_flush`/`poll_close`; dropping the sink before then drops it unput.
+pub struct QueueSink<T> {
+    engine: Arc<Engine>,
+    pending: Option<(T, PutFuture)>,
+}
+
+// The message is never pinned: it is only kept to be handed back in an error.
+impl<T> Unpin for QueueSink<T> {}
+
+impl<T> fmt::Debug for QueueSink<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("QueueSink")
+            .field("queue", &*self.engine)
+            .field("pending", &self.pending.is_some())
+            .finish()
+    }
+}
+
+impl<T> QueueSink<T> {
+    fn poll_pending(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), PutError<T>>> {
+        let Some((_, fut)) = self.pending.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        let result = std::task::ready!(fut.as_mut().poll(cx));
+        let (msg, _) = self.pending.take().expect("pending put vanished");
+        Poll::Ready(result.map_err(|fail| PutError::new(msg, put_kind(fail))))
+    }
+}
+
+impl<T: Serialize> Sink<T> for QueueSink<T> {
+    type Error = PutError<T>;
+
+    fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_pending(cx)
+    }
+
+    fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
+        let this = self.get_mut();
+        assert!(
+            this.pending.is_none(),
+            "QueueSink::start_send called without poll_ready"
+        );
+        let packet = match this.engine.encode(&item) {
+            Ok(p) => p,
+            Err(e) => return Err(PutError::new(item, PutErrorKind::from_encode(e))),
+        };
+        match this.engine.try_put(&packet) {
+            Ok(()) => Ok(()),
+            Err(PutFail::Full) => {
+                let engine = this.engine.clone();
+                this.pending = Some((item, Box::pin(async move { engine.put(&packet).await })));
+                Ok(())
+            }
+            Err(fail) => Err(PutError::new(item, put_kind(fail))),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_pending(cx)
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.get_mut().poll_pending(cx)
+    }
+}
