@@ -54,10 +54,9 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         let status = Arc::new(Mutex::new(None));
         let status_slot = status.clone();
         let future = async move {
-            let report = std::future::poll_fn(|cx| {
-                control.poll_recv_with(cx, |bytes, fds| message::decode::<Report<R>>(bytes, fds))
-            })
-            .await;
+            let report =
+                std::future::poll_fn(|cx| control.poll_recv_with(cx, message::decode::<Report<R>>))
+                    .await;
             drop(control);
             let exit = match child.wait().await {
                 Ok(s) => ExitStatus::new(s),

@@ -1,0 +1,44 @@
+//! Every public handle, guard and future is `Send` and `Sync` where users need it.
+
+use multiproc::pipe::{Duplex, Receiver, Sender};
+use multiproc::{Builder, JoinError, JoinHandle, SpawnError};
+
+fn send<T: Send>() {}
+fn sync<T: Sync>() {}
+fn send_val<T: Send>(_: &T) {}
+
+#[test]
+fn handles_are_send_and_sync() {
+    send::<Sender<String>>();
+    sync::<Sender<String>>();
+    send::<Receiver<String>>();
+    sync::<Receiver<String>>();
+    send::<Duplex<u8, String>>();
+    sync::<Duplex<u8, String>>();
+    send::<JoinHandle<u64>>();
+    send::<Builder>();
+    send::<JoinError>();
+    sync::<JoinError>();
+    send::<SpawnError>();
+    sync::<SpawnError>();
+    send::<multiproc::error::RecvError>();
+    sync::<multiproc::error::RecvError>();
+    send::<multiproc::error::SendError<String>>();
+}
+
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn futures_are_send() {
+    let (mut tx, mut rx) = multiproc::pipe::simplex::<String>().unwrap();
+    let (mut a, _b) = multiproc::pipe::duplex::<u8, u8>().unwrap();
+    send_val(&tx.send(String::new()));
+    send_val(&tx.flush());
+    send_val(&rx.recv());
+    send_val(&rx.recv_timeout(std::time::Duration::ZERO));
+    send_val(&a.send(1));
+    send_val(&a.recv());
+    let mut child = multiproc::spawn((), |()| ());
+    send_val(&child.join());
+    send_val(&child.join_timeout(std::time::Duration::ZERO));
+    child.await.unwrap();
+}
