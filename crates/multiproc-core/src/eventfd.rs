@@ -10,9 +10,11 @@
 //!
 //! Each `Waiter` is its own edge-triggered epoll registration of a duplicate of the eventfd, so
 //! every write after its creation wakes it, no matter how many waiters in how many processes
-//! watch the same eventfd, and no matter who drains the counter. Nothing is consumed by a
-//! wake-up, so a waiter that is dropped (cancelled) can never steal a wake-up from another:
-//! notifications are broadcasts and waiters re-check the shared word.
+//! watch the same eventfd. The counter is never read: epoll re-checks readiness when it
+//! reports an event, so a reader draining the counter could hide a pending edge from another
+//! process's epoll. Nothing is consumed by a wake-up, so a waiter that is dropped (cancelled)
+//! can never steal a wake-up from another: notifications are broadcasts and waiters re-check
+//! the shared word. (A fresh waiter sees one spurious wake-up once the counter is non-zero.)
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -62,22 +64,14 @@ impl EventFd {
             match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
                 Ok(_) => return Ok(()),
                 Err(rustix::io::Errno::INTR) => continue,
-                // The counter is saturated: nobody drained it for 2^64 writes. Drain and retry.
+                // The counter is saturated after 2^64 - 2 notifications: reset it and retry. A
+                // waiter whose epoll has not yet harvested the edge may miss this one wake-up.
                 Err(rustix::io::Errno::AGAIN) => {
-                    self.drain()?;
+                    drain(self.fd.as_fd())?;
                 }
                 Err(e) => return Err(e.into()),
             }
         }
-    }
-
-    /// Resets the counter to zero (`read(2)`), returning what it held. Harmless to other
-    /// waiters, which are edge-triggered.
-    ///
-    /// # Errors
-    /// Only on an unexpected `read` failure.
-    pub fn drain(&self) -> io::Result<u64> {
-        drain(self.fd.as_fd())
     }
 
     /// Creates an async waiter registered with the current tokio runtime. Create it **before**
@@ -116,7 +110,7 @@ impl EventFd {
         )?;
         Ok(BlockingWaiter {
             epoll,
-            fd: self.fd.clone(),
+            _fd: self.fd.clone(),
         })
     }
 
@@ -158,7 +152,6 @@ impl Waiter {
     pub async fn wait(&self) -> io::Result<()> {
         let mut guard = self.afd.readable().await?;
         guard.clear_ready();
-        drain(self.afd.get_ref().as_fd())?;
         Ok(())
     }
 }
@@ -172,7 +165,8 @@ impl fmt::Debug for Waiter {
 /// A blocking twin of [`Waiter`] for code outside a runtime.
 pub struct BlockingWaiter {
     epoll: OwnedFd,
-    fd: SharedFd,
+    // Keeps the eventfd open (and so registered) while the waiter exists.
+    _fd: SharedFd,
 }
 
 impl BlockingWaiter {
@@ -198,10 +192,7 @@ impl BlockingWaiter {
             };
             events.clear();
             match epoll::wait(&self.epoll, spare(&mut events), timeout.as_ref()) {
-                Ok(_) if !events.is_empty() => {
-                    drain(self.fd.as_fd())?;
-                    return Ok(true);
-                }
+                Ok(_) if !events.is_empty() => return Ok(true),
                 Ok(_) => continue,
                 Err(rustix::io::Errno::INTR) => continue,
                 Err(e) => return Err(e.into()),
@@ -250,7 +241,7 @@ mod tests {
     use crate::message;
 
     #[tokio::test]
-    async fn every_waiter_sees_a_notify_even_if_drained() {
+    async fn every_waiter_sees_every_notify() {
         let a = EventFd::new().unwrap();
         let (bytes, fds) = message::encode(&a).unwrap();
         let b: EventFd = message::decode(&bytes, fds).unwrap();
@@ -261,7 +252,7 @@ mod tests {
         b.notify().unwrap();
         let t = Duration::from_secs(10);
         tokio::time::timeout(t, w1.wait()).await.unwrap().unwrap();
-        // w1 drained the counter; the others must still wake.
+        // Each registration sees the same edge.
         tokio::time::timeout(t, w2.wait()).await.unwrap().unwrap();
         tokio::time::timeout(t, w3.wait()).await.unwrap().unwrap();
         assert!(bw.wait(Some(Instant::now() + t)).unwrap());

@@ -1,1 +1,46 @@
-//! placeholder
+//! Cross-process async synchronization primitives: [`Lock`], [`RLock`], [`Semaphore`],
+//! [`BoundedSemaphore`], [`Event`], [`Condition`], [`Barrier`], and shared memory
+//! ([`SharedValue`], [`SharedArray`], [`SharedMemory`]).
+//!
+//! Every type here is a *handle*: a few descriptors (a memfd holding the shared state, an
+//! eventfd used as the wait queue) that can be cloned within a process and sent to other
+//! processes, as a `multiproc::spawn` argument or inside a pipe or queue message. All copies,
+//! in all processes, are the same primitive.
+//!
+//! | Python `multiprocessing` | here |
+//! |---|---|
+//! | `Lock()` | [`Lock`] |
+//! | `RLock()` | [`RLock`] |
+//! | `Semaphore(n)` / `BoundedSemaphore(n)` | [`Semaphore`] / [`BoundedSemaphore`] |
+//! | `Event()` | [`Event`] |
+//! | `Condition(lock)` | [`Condition`] |
+//! | `Barrier(n)` | [`Barrier`] |
+//! | `Value(t)` / `Array(t, n)` / `shared_memory.SharedMemory` | [`SharedValue`] / [`SharedArray`] / [`SharedMemory`] |
+//!
+//! The state lives in a shared page changed with atomics, so an uncontended operation makes no
+//! system call; contended waiters park on an eventfd registered with their own tokio reactor.
+//! Unlike Python, a process that dies holding a lock or permit does not deadlock the others:
+//! see each type's `# Crash behavior`.
+//!
+//! Async waits need a tokio runtime with I/O and time enabled (`#[tokio::main]` has both).
+#![forbid(unsafe_code)]
+
+mod barrier;
+mod condition;
+pub mod error;
+mod event;
+mod lock;
+mod owner;
+mod rlock;
+mod semaphore;
+mod shared;
+mod wait;
+
+pub use barrier::{Barrier, BarrierWaitResult};
+pub use condition::{Condition, ConditionGuard};
+pub use event::Event;
+pub use lock::{Lock, LockGuard};
+pub use multiproc_core::shm::Pod;
+pub use rlock::{RLock, RLockGuard};
+pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+pub use shared::{SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard};

@@ -64,6 +64,14 @@ pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnErr
 
 #[doc(inline)]
 pub use multiproc_channel::pipe;
+#[doc(inline)]
+pub use multiproc_sync::{
+    Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray,
+    SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
+};
+/// Error types of the synchronization primitives ([`Lock`], [`Semaphore`], [`Event`], ...).
+pub use multiproc_sync::error as sync_error;
 
 /// Error types, one per operation.
 pub mod error {

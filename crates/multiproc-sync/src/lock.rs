@@ -1,0 +1,322 @@
+//! [`Lock`]: a cross-process mutual exclusion lock.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
+use crate::owner;
+use crate::wait::{Core, LIVENESS_TICK, SPIN, deadline_after};
+
+/// Byte offset of the owner word: 0 when free, else the holder's process identity.
+const OWNER: usize = 8;
+const LEN: usize = 64;
+
+/// A lock shared by any number of processes: Python's `multiprocessing.Lock`, with `.await`.
+///
+/// `Lock` is a handle: clone it within a process, pass it to `multiproc::spawn` as (part of) an
+/// argument, or send it inside a pipe or queue message; every copy in every process is the same
+/// lock. Its state is one word in a shared page, changed with atomics: taking a free lock or
+/// releasing one nobody waits for makes no system call. Waiters park on an eventfd registered
+/// with their own process's tokio reactor, so waiting never blocks a runtime thread.
+///
+/// Ownership belongs to the *process*: any task of the holding process may drop the guard.
+/// The lock is not re-entrant: locking it again from the holding process waits forever (use
+/// [`RLock`](crate::RLock)).
+///
+/// # Crash behavior
+/// The holder's process identity (pid plus start time, so a recycled pid is never mistaken for
+/// it) is recorded in the lock. When the holding process dies (or exits) without releasing,
+/// waiters notice within about 50 ms, one of them takes the lock, and its guard reports
+/// [`LockGuard::owner_died`] so the program can repair whatever the lock protected.
+/// [`Lock::try_lock`] checks the holder's liveness too. Timed waits still return on time.
+///
+/// # Examples
+/// ```
+/// use multiproc_sync::Lock;
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let lock = Lock::new()?;
+/// let other = lock.clone(); // or: pass `lock` to a child process
+/// {
+///     let guard = lock.lock().await?;
+///     assert!(!guard.owner_died());
+///     assert!(other.try_lock().is_err());
+/// } // released here
+/// assert!(other.try_lock().is_ok());
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Lock {
+    core: Core,
+}
+
+impl Lock {
+    /// Creates an unlocked lock.
+    ///
+    /// # Errors
+    /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
+    pub fn new() -> Result<Self, CreateError> {
+        Ok(Self {
+            core: Core::new(LEN)?,
+        })
+    }
+
+    fn word(&self) -> &AtomicU64 {
+        self.core.region.atomic_u64(OWNER)
+    }
+
+    /// One attempt; with `check_dead`, takes the lock from a dead holder. Returns whether the
+    /// previous holder died.
+    fn attempt(&self, check_dead: bool) -> Option<bool> {
+        let me = owner::me();
+        let word = self.word();
+        match word.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => Some(false),
+            Err(holder) if check_dead && holder != me && !owner::is_alive(holder) => word
+                .compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst)
+                .ok()
+                .map(|_| true),
+            Err(_) => None,
+        }
+    }
+
+    fn spin(&self) -> Option<LockGuard<'_>> {
+        for _ in 0..SPIN {
+            if self.word().load(Ordering::Relaxed) == 0 {
+                if let Some(died) = self.attempt(false) {
+                    return Some(self.guard(died));
+                }
+            }
+            std::hint::spin_loop();
+        }
+        None
+    }
+
+    fn guard(&self, owner_died: bool) -> LockGuard<'_> {
+        LockGuard {
+            lock: self,
+            owner_died,
+        }
+    }
+
+    /// Acquires the lock, waiting as long as it takes.
+    ///
+    /// # Errors
+    /// [`LockError`] when the process cannot wait: outside a tokio runtime with I/O and time
+    /// enabled, or out of descriptors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future before it completes leaves the lock untouched and
+    /// takes no wake-up from other waiters.
+    pub async fn lock(&self) -> Result<LockGuard<'_>, LockError> {
+        if let Some(g) = self.spin() {
+            return Ok(g);
+        }
+        let mut first = true;
+        let got = self
+            .core
+            .wait_until(None, Some(LIVENESS_TICK), |ticked| {
+                self.attempt(ticked || std::mem::take(&mut first))
+            })
+            .await?;
+        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+    }
+
+    /// Acquires the lock if it is free (or its holder died) right now.
+    ///
+    /// # Errors
+    /// [`TryLockError::WouldBlock`] when a live process holds it.
+    pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError> {
+        self.attempt(true)
+            .map(|died| self.guard(died))
+            .ok_or(TryLockError::WouldBlock)
+    }
+
+    /// Acquires the lock, waiting at most `timeout`. A zero timeout tries once; otherwise a
+    /// timeout is reported only once `timeout` has fully elapsed.
+    ///
+    /// # Errors
+    /// [`LockTimeoutError::Timeout`] when still held at the deadline;
+    /// [`LockTimeoutError::Failed`] as for [`Lock::lock`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Lock::lock`].
+    pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, LockTimeoutError> {
+        if let Some(died) = self.attempt(true) {
+            return Ok(self.guard(died));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Err(LockTimeoutError::Timeout);
+        }
+        let got = self
+            .core
+            .wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
+                self.attempt(ticked)
+            })
+            .await
+            .map_err(LockError)?;
+        got.map(|died| self.guard(died))
+            .ok_or(LockTimeoutError::Timeout)
+    }
+
+    /// Acquires the lock from synchronous code, blocking the thread. Do not call it on a
+    /// runtime thread.
+    ///
+    /// # Errors
+    /// [`LockError`] when out of descriptors.
+    pub fn blocking_lock(&self) -> Result<LockGuard<'_>, LockError> {
+        if let Some(g) = self.spin() {
+            return Ok(g);
+        }
+        let mut first = true;
+        let got = self
+            .core
+            .blocking_wait_until(None, Some(LIVENESS_TICK), |ticked| {
+                self.attempt(ticked || std::mem::take(&mut first))
+            })?;
+        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+    }
+
+    /// The blocking twin of [`Lock::lock_timeout`].
+    ///
+    /// # Errors
+    /// As [`Lock::lock_timeout`].
+    pub fn blocking_lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<LockGuard<'_>, LockTimeoutError> {
+        if let Some(died) = self.attempt(true) {
+            return Ok(self.guard(died));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Err(LockTimeoutError::Timeout);
+        }
+        let got = self
+            .core
+            .blocking_wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
+                self.attempt(ticked)
+            })
+            .map_err(LockError)?;
+        got.map(|died| self.guard(died))
+            .ok_or(LockTimeoutError::Timeout)
+    }
+
+    /// Whether some process holds the lock (possibly a dead one not yet noticed).
+    pub fn is_locked(&self) -> bool {
+        self.word().load(Ordering::SeqCst) != 0
+    }
+
+    /// The pid of the holding process, if any.
+    pub fn owner_pid(&self) -> Option<u32> {
+        match self.word().load(Ordering::SeqCst) {
+            0 => None,
+            id => Some(owner::pid_of(id)),
+        }
+    }
+
+    /// Releases a hold taken by this process, used by `Condition`, which re-acquires later.
+    pub(crate) fn unlock(&self) {
+        let me = owner::me();
+        if self
+            .word()
+            .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+        {
+            self.core.wake();
+        }
+    }
+
+    /// Whether `self` and `other` are the same lock.
+    pub fn same_lock(&self, other: &Lock) -> bool {
+        self.core.region.same_region(&other.core.region)
+    }
+}
+
+impl fmt::Debug for Lock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Lock")
+            .field("owner_pid", &self.owner_pid())
+            .finish()
+    }
+}
+
+impl Serialize for Lock {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.core.serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Lock {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let core = Core::deserialize(deserializer)?;
+        core.check_len(LEN).map_err(D::Error::custom)?;
+        Ok(Self { core })
+    }
+}
+
+/// Holds a [`Lock`]; releases it when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct LockGuard<'a> {
+    lock: &'a Lock,
+    owner_died: bool,
+}
+
+impl<'a> LockGuard<'a> {
+    /// Whether the previous holder died while holding the lock (like a robust mutex's
+    /// `EOWNERDEAD`): the state the lock protects may be half-updated.
+    pub fn owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    /// The lock this guard holds.
+    pub fn lock(&self) -> &'a Lock {
+        self.lock
+    }
+}
+
+impl Drop for LockGuard<'_> {
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
+impl fmt::Debug for LockGuard<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("owner_died", &self.owner_died)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_owner_is_detected_by_try_lock() {
+        let lock = Lock::new().unwrap();
+        // A holder with our pid but another start time: a recycled pid, i.e. a dead holder.
+        lock.word().store(owner::me() ^ 1, Ordering::SeqCst);
+        assert!(lock.is_locked());
+        let g = lock.try_lock().unwrap();
+        assert!(g.owner_died());
+        drop(g);
+        assert!(!lock.is_locked());
+    }
+
+    #[tokio::test]
+    async fn dead_owner_is_detected_by_waiter() {
+        let lock = Lock::new().unwrap();
+        lock.word().store(owner::me() ^ 1, Ordering::SeqCst);
+        let g = tokio::time::timeout(Duration::from_secs(10), lock.lock())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.owner_died());
+    }
+}

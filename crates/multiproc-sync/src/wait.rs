@@ -1,0 +1,163 @@
+//! The private engine under every primitive: a shared region whose first word counts waiters,
+//! and an eventfd that is written only when that count is non-zero.
+//!
+//! Waiting: announce (count += 1), create an edge-triggered registration of the eventfd, then
+//! loop { check the shared state; wait for an edge }. Notifying: change the shared state, then
+//! write the eventfd if the count is non-zero. All of it is `SeqCst`, so either the waiter's
+//! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
+//! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use multiproc_core::eventfd::EventFd;
+use multiproc_core::shm::SharedRegion;
+use serde::{Deserialize, Serialize};
+
+/// Byte offset of the waiter count in every primitive's region.
+const WAITERS: usize = 0;
+
+/// How often a waiter that watches for a dead owner re-checks liveness.
+pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(50);
+
+/// Spins of the uncontended retry before parking.
+pub(crate) const SPIN: u32 = 64;
+
+/// A region plus its wait queue. Serializes as both descriptors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub(crate) struct Core {
+    pub(crate) region: SharedRegion,
+    pub(crate) efd: EventFd,
+}
+
+/// Decrements the waiter count when a wait ends, however it ends (including cancellation).
+struct Announced<'a>(&'a AtomicU32);
+
+impl<'a> Announced<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Core {
+    pub(crate) fn new(len: usize) -> io::Result<Self> {
+        Ok(Self {
+            region: SharedRegion::new(len)?,
+            efd: EventFd::new()?,
+        })
+    }
+
+    /// Checks a received region is large enough for the layout.
+    pub(crate) fn check_len(&self, len: usize) -> Result<(), String> {
+        if self.region.len() < len {
+            Err(format!(
+                "shared state of {} bytes, expected at least {len}",
+                self.region.len()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn waiters(&self) -> &AtomicU32 {
+        self.region.atomic_u32(WAITERS)
+    }
+
+    /// Wakes every waiter, if there is any. Call after changing the shared state.
+    pub(crate) fn wake(&self) {
+        if self.waiters().load(Ordering::SeqCst) > 0 {
+            // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
+            // waiters' periodic re-checks (where they have one) would still make progress.
+            let _ = self.efd.notify();
+        }
+    }
+
+    /// Waits until `attempt` returns `Some`, or until `deadline` (then `Ok(None)`, never early).
+    ///
+    /// `attempt(ticked)` runs first, after every wake-up, and with `ticked == true` every `tick`
+    /// (if given) so it can check for dead owners.
+    ///
+    /// Cancel safe: dropping the future only withdraws this waiter.
+    pub(crate) async fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let _announced = Announced::new(self.waiters());
+        let waiter = self.efd.waiter()?;
+        let mut ticked = false;
+        loop {
+            if let Some(v) = attempt(ticked) {
+                return Ok(Some(v));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let next = match (deadline, tick) {
+                (d, None) => d,
+                (None, Some(t)) => Some(now + t),
+                (Some(d), Some(t)) => Some(d.min(now + t)),
+            };
+            ticked = match next {
+                None => {
+                    waiter.wait().await?;
+                    false
+                }
+                Some(at) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    match tokio::time::timeout_at(at, waiter.wait()).await {
+                        Ok(r) => {
+                            r?;
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                }
+            };
+        }
+    }
+
+    /// The blocking twin of [`Self::wait_until`].
+    pub(crate) fn blocking_wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let _announced = Announced::new(self.waiters());
+        let waiter = self.efd.blocking_waiter()?;
+        let mut ticked = false;
+        loop {
+            if let Some(v) = attempt(ticked) {
+                return Ok(Some(v));
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let next = match (deadline, tick) {
+                (d, None) => d,
+                (None, Some(t)) => Some(now + t),
+                (Some(d), Some(t)) => Some(d.min(now + t)),
+            };
+            ticked = !waiter.wait(next)?;
+        }
+    }
+}
+
+/// `now + timeout`, saturating far in the future.
+pub(crate) fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
+}
