@@ -3,7 +3,7 @@
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -103,7 +103,8 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Waits until every message put has been marked done; returns at once when none is
-    /// unfinished.
+    /// unfinished. Closing the queue does not end a join: consumers still take and finish what
+    /// is left.
     ///
     /// # Errors
     /// Only when the system fails (out of descriptors, reactor failure).
@@ -130,6 +131,31 @@ impl<T> JoinableQueue<T> {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(JoinTimeoutError::Io(e)),
             Err(_) => Err(JoinTimeoutError::Timeout),
+        }
+    }
+
+    /// Blocks the thread until every message put has been marked done: the twin of
+    /// [`join`](Self::join) for code outside a runtime. Do not call it from async code.
+    ///
+    /// # Errors
+    /// As [`join`](Self::join).
+    pub fn blocking_join(&self) -> io::Result<()> {
+        self.queue.engine.blocking_join(None).map(drop)
+    }
+
+    /// Like [`blocking_join`](Self::blocking_join), but gives up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`join_timeout`](Self::join_timeout).
+    pub fn blocking_join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeoutError> {
+        match self
+            .queue
+            .engine
+            .blocking_join(Some(Instant::now() + timeout))
+        {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(JoinTimeoutError::Timeout),
+            Err(e) => Err(JoinTimeoutError::Io(e)),
         }
     }
 }

@@ -7,7 +7,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::{Sink, Stream};
 use multiproc_core::packet::{self, PacketRecvError, Received, TryRecv};
@@ -46,11 +46,12 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// # Capacity
 /// A [bounded](Self::bounded) queue holds at most `capacity` messages: `put` waits while it is
 /// full. An [unbounded](Self::new) queue has no message limit of its own, but messages in flight
-/// occupy the kernel's socket buffer (a few MiB: about ten thousand small messages); when that is
-/// full, `put` waits for consumers like a bounded one and `try_put` reports
-/// [`Full`](TryPutError::Full). Messages above 64 KiB live in memfds and take little socket
-/// buffer each, but each holds a descriptor in flight, which counts against the producing
-/// user's `RLIMIT_NOFILE`.
+/// occupy the kernel's socket buffer, which the queue raises as far as the system allows
+/// (`net.core.wmem_max`; typically room for hundreds to thousands of small messages, about ten
+/// thousand with a 4 MiB limit). When it is full, `put` waits for consumers like a bounded queue
+/// and `try_put` reports [`Full`](TryPutError::Full). Messages above 64 KiB live in memfds and
+/// take little socket buffer each, but each holds a descriptor in flight, which counts against
+/// the producing user's `RLIMIT_NOFILE` (unless privileged).
 ///
 /// # Close
 /// [`close`](Self::close) closes the queue for every handle in every process: puts fail with
@@ -240,6 +241,7 @@ fn put_kind(fail: PutFail) -> PutErrorKind {
         PutFail::Closed => PutErrorKind::Closed,
         PutFail::Io(e) => PutErrorKind::Io(e),
         PutFail::Full => PutErrorKind::Io(io::Error::from(io::ErrorKind::WouldBlock)),
+        PutFail::Timeout => PutErrorKind::Io(io::Error::from(io::ErrorKind::TimedOut)),
     }
 }
 
@@ -299,9 +301,7 @@ impl<T: Serialize> Queue<T> {
             Ok(()) => Ok(()),
             Err(PutFail::Full) => Err(TryPutError::Full(msg)),
             Err(PutFail::Closed) => Err(TryPutError::Closed(msg)),
-            Err(PutFail::Io(e)) => {
-                Err(TryPutError::Failed(PutError::new(msg, PutErrorKind::Io(e))))
-            }
+            Err(fail) => Err(TryPutError::Failed(PutError::new(msg, put_kind(fail)))),
         }
     }
 
@@ -331,6 +331,53 @@ impl<T: Serialize> Queue<T> {
             Err(_) => Err(PutTimeoutError::Timeout(msg)),
             Ok(Err(PutFail::Closed)) => Err(PutTimeoutError::Closed(msg)),
             Ok(Err(fail)) => Err(PutTimeoutError::Failed(PutError::new(msg, put_kind(fail)))),
+        }
+    }
+
+    /// Puts `msg`, blocking the thread while the queue is full: the twin of
+    /// [`put`](Self::put) for code outside a runtime (a sync child function, a plain thread).
+    /// Do not call it from async code: it would block a runtime thread.
+    ///
+    /// # Errors
+    /// As [`put`](Self::put).
+    pub fn blocking_put(&self, msg: T) -> Result<(), PutError<T>> {
+        let packet = match self.engine.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => return Err(PutError::new(msg, PutErrorKind::from_encode(e))),
+        };
+        match self.engine.blocking_put(&packet, None) {
+            Ok(()) => Ok(()),
+            Err(fail) => Err(PutError::new(msg, put_kind(fail))),
+        }
+    }
+
+    /// Puts `msg`, blocking the thread at most `timeout` while the queue is full; the twin of
+    /// [`put_timeout`](Self::put_timeout).
+    ///
+    /// # Errors
+    /// As [`put_timeout`](Self::put_timeout).
+    pub fn blocking_put_timeout(
+        &self,
+        msg: T,
+        timeout: Duration,
+    ) -> Result<(), PutTimeoutError<T>> {
+        let packet = match self.engine.encode(&msg) {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(PutTimeoutError::Failed(PutError::new(
+                    msg,
+                    PutErrorKind::from_encode(e),
+                )));
+            }
+        };
+        match self
+            .engine
+            .blocking_put(&packet, Some(Instant::now() + timeout))
+        {
+            Ok(()) => Ok(()),
+            Err(PutFail::Timeout) => Err(PutTimeoutError::Timeout(msg)),
+            Err(PutFail::Closed) => Err(PutTimeoutError::Closed(msg)),
+            Err(fail) => Err(PutTimeoutError::Failed(PutError::new(msg, put_kind(fail)))),
         }
     }
 
@@ -418,6 +465,36 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
+    /// Takes the message at the front of the queue, blocking the thread until one arrives: the
+    /// twin of [`get`](Self::get) for code outside a runtime. Do not call it from async code.
+    ///
+    /// # Errors
+    /// As [`get`](Self::get).
+    pub fn blocking_get(&self) -> Result<T, GetError> {
+        match self.engine.blocking_get(None) {
+            Ok(TryRecv::Message(received)) => self.decode(received),
+            Ok(TryRecv::Closed) => Err(GetError::Closed),
+            Ok(TryRecv::Empty) => Err(GetError::Io(io::Error::from(io::ErrorKind::TimedOut))),
+            Err(e) => Err(GetError::from_recv(e)),
+        }
+    }
+
+    /// Takes the message at the front of the queue, blocking the thread at most `timeout`; the
+    /// twin of [`get_timeout`](Self::get_timeout).
+    ///
+    /// # Errors
+    /// As [`get_timeout`](Self::get_timeout).
+    pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
+        match self.engine.blocking_get(Some(Instant::now() + timeout)) {
+            Ok(TryRecv::Message(received)) => {
+                self.decode(received).map_err(GetTimeoutError::Failed)
+            }
+            Ok(TryRecv::Closed) => Err(GetTimeoutError::Closed),
+            Ok(TryRecv::Empty) => Err(GetTimeoutError::Timeout),
+            Err(e) => Err(GetTimeoutError::Failed(GetError::from_recv(e))),
+        }
+    }
+
     /// A [`Stream`] of the queue's messages (a new handle; this one stays usable). It ends when
     /// the queue is closed and drained.
     ///
@@ -427,7 +504,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Examples
     /// ```
     /// # use multiproc_channel::Queue;
-    /// use futures::StreamExt;
+    /// use futures::TryStreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let queue = Queue::new()?;
@@ -435,7 +512,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///     queue.put(i).await?;
     /// }
     /// queue.close();
-    /// let squares: Vec<u32> = queue.stream().map(|m| m.map(|i| i * i)).collect::<Result<_, _>>().await?;
+    /// let squares: Vec<u32> = queue.stream().map_ok(|i| i * i).try_collect().await?;
     /// assert_eq!(squares, [0, 1, 4, 9, 16]);
     /// # Ok(())
     /// # }
@@ -628,3 +705,6 @@ impl<T: Serialize> Sink<T> for QueueSink<T> {
         self.get_mut().poll_pending(cx)
     }
 }
+
+#[cfg(test)]
+mod tests;

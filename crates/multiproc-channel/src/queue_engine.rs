@@ -15,6 +15,7 @@
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
+use std::time::Instant;
 
 use multiproc_core::SharedFd;
 use multiproc_core::eventfd::EventFd;
@@ -40,6 +41,8 @@ const FLAG_JOINABLE: u32 = 1;
 /// Why the engine did not put a packet.
 pub(crate) enum PutFail {
     Full,
+    /// Only from the blocking calls with a deadline.
+    Timeout,
     Closed,
     Io(io::Error),
 }
@@ -238,6 +241,41 @@ impl Engine {
         Ok(())
     }
 
+    /// Reserves a slot, blocking the thread while the queue is full, until `deadline`.
+    fn blocking_reserve(&self, deadline: Option<Instant>) -> Result<Reservation<'_>, PutFail> {
+        loop {
+            match self.try_reserve() {
+                Err(PutFail::Full) => {}
+                other => return other,
+            }
+            let _waiting = Counted::new(self.put_waiters());
+            let waiter = self.slot_freed.blocking_waiter().map_err(PutFail::Io)?;
+            match self.try_reserve() {
+                Err(PutFail::Full) => {}
+                other => return other,
+            }
+            if !waiter.wait(deadline).map_err(PutFail::Io)? {
+                return Err(PutFail::Timeout);
+            }
+        }
+    }
+
+    /// Puts `packet`, blocking the thread while the queue is full, until `deadline`.
+    pub(crate) fn blocking_put(
+        &self,
+        packet: &Packet,
+        deadline: Option<Instant>,
+    ) -> Result<(), PutFail> {
+        let reservation = self.blocking_reserve(deadline)?;
+        match self.tx.blocking_send(packet, deadline) {
+            Ok(true) => {}
+            Ok(false) => return Err(PutFail::Timeout),
+            Err(e) => return Err(Self::send_error(e)),
+        }
+        reservation.commit();
+        Ok(())
+    }
+
     /// Puts `packet` if there is a slot and room in the socket right now.
     pub(crate) fn try_put(&self, packet: &Packet) -> Result<(), PutFail> {
         let reservation = self.try_reserve()?;
@@ -313,6 +351,15 @@ impl Engine {
         }
     }
 
+    /// Takes a message, blocking the thread until one arrives or `deadline` passes
+    /// (`TryRecv::Empty`).
+    pub(crate) fn blocking_get(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<TryRecv, PacketRecvError> {
+        self.after_recv(self.rx.blocking_recv(self.max_size, deadline))
+    }
+
     // ---- joinable ----
 
     /// Marks one task done; `false` when none was outstanding.
@@ -344,6 +391,25 @@ impl Engine {
                 return Ok(());
             }
             waiter.wait().await?;
+        }
+    }
+}
+
+impl Engine {
+    /// Blocks the thread until no task is outstanding or `deadline` passes (`Ok(false)`).
+    pub(crate) fn blocking_join(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        loop {
+            if self.unfinished() == 0 {
+                return Ok(true);
+            }
+            let _waiting = Counted::new(self.join_waiters());
+            let waiter = self.all_done.blocking_waiter()?;
+            if self.unfinished() == 0 {
+                return Ok(true);
+            }
+            if !waiter.wait(deadline)? {
+                return Ok(self.unfinished() == 0);
+            }
         }
     }
 }

@@ -711,4 +711,38 @@ mod tests {
         assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Message(_)));
         eprintln!("{n} packets of 64 bytes fit in the socket buffer");
     }
+
+    #[test]
+    fn random_packets_never_panic_the_receiver() {
+        let (a, b) = packet_pair().unwrap();
+        let rx = PacketSocket::new(b).unwrap();
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        for round in 0..2000 {
+            let len = 1 + (next() % 40) as usize;
+            let mut bytes: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            match round % 3 {
+                0 => bytes[0] = TAG_INLINE,
+                1 => bytes[0] = TAG_SPILL,
+                _ => {}
+            }
+            // Sometimes attach a descriptor that is not a memfd.
+            let extra = (round % 5 == 0).then(|| rustix::io::dup(&a).unwrap());
+            let fds: Vec<BorrowedFd<'_>> = extra.iter().map(|f| f.as_fd()).collect();
+            sys::send_with_fds(a.as_fd(), &bytes, &fds).unwrap();
+            match rx.try_recv(1 << 20) {
+                Ok(TryRecv::Message(m)) => {
+                    let _ = m.decode::<(u32, String, Vec<u8>)>();
+                }
+                Ok(other) => panic!("round {round}: {other:?}"),
+                Err(PacketRecvError::Io(e)) => panic!("round {round}: {e}"),
+                Err(_) => {}
+            }
+        }
+    }
 }

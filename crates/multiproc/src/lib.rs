@@ -44,6 +44,13 @@
 //! | `p.daemon = True`                        | [`Builder::daemon`] (the default: children die with their parent) |
 //! | `Pipe()`, `Pipe(duplex=False)`           | [`pipe::duplex`], [`pipe::simplex`]                    |
 //! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `recv_timeout(t)`      |
+//! | `Lock()`, `RLock()`                      | [`Lock`], [`RLock`]: `lock().await` gives a guard; a dead holder is detected ([`LockGuard::owner_died`]) |
+//! | `Semaphore(n)`, `BoundedSemaphore(n)`    | [`Semaphore`], [`BoundedSemaphore`] (over-release is an error) |
+//! | `Event()`                                | [`Event`]: `set`, `clear`, `is_set`, `wait().await`, `wait_timeout` |
+//! | `Condition(lock)`                        | [`Condition`]: wait/notify through the [`ConditionGuard`], so doing it unlocked cannot compile |
+//! | `Barrier(n)`                             | [`Barrier`]: `wait().await` gives each index once per phase; `abort`, `reset` |
+//! | `Queue(maxsize)`, `JoinableQueue()`      | [`Queue<T>`] (`put`/`get` async, `try_*`, `*_timeout`, `Stream`/`Sink`, `close`), [`JoinableQueue<T>`] (`task_done`, `join().await`) |
+//! | `Value('i', 0)`, `Array('d', n)`         | [`SharedValue<T>`], [`SharedArray<T>`] (with `get_lock()`), [`SharedMemory`] |
 //!
 //! ## The process model
 //!
@@ -72,6 +79,8 @@ pub use multiproc_sync::{
 };
 /// Error types of the synchronization primitives ([`Lock`], [`Semaphore`], [`Event`], ...).
 pub use multiproc_sync::error as sync_error;
+#[doc(inline)]
+pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
 
 /// Error types, one per operation.
 pub mod error {

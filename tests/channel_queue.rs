@@ -1,0 +1,449 @@
+//! `Queue` across real child processes (spawned with `multiproc::spawn`).
+//!
+//! The behaviours follow CPython's `_test_multiprocessing.py` `_TestQueue` (put/get across
+//! processes, `Full`/`Empty` and timeouts, `qsize`, close) plus what Python gets wrong: an
+//! unencodable message is an error from `put`, a producer may exit before its large message is
+//! read, and a killed consumer does not break the queue.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use multiproc::error::{GetError, PutErrorKind, TryGetError};
+use multiproc::{Queue, spawn};
+use multiproc_suite::{eventually, within};
+use serde::{Deserialize, Serialize, Serializer};
+use serde_bytes::ByteBuf;
+
+type Item = (u32, u32);
+
+async fn produce((queue, producer, n): (Queue<Item>, u32, u32)) {
+    for i in 0..n {
+        queue.put((producer, i)).await.unwrap();
+    }
+}
+
+async fn consume_all(queue: Queue<Item>) -> Vec<Item> {
+    let mut got = Vec::new();
+    loop {
+        match queue.get().await {
+            Ok(m) => got.push(m),
+            Err(GetError::Closed) => return got,
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+fn assert_ordered_per_producer(got: &[Item]) {
+    let mut last = std::collections::HashMap::new();
+    for &(p, i) in got {
+        if let Some(prev) = last.insert(p, i) {
+            assert!(prev < i, "producer {p}: {i} arrived after {prev}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_producers_messages_arrive_in_order() {
+    let queue: Queue<Item> = Queue::new().unwrap();
+    let a = spawn((queue.clone(), 0, 500), produce);
+    let b = spawn((queue.clone(), 1, 500), produce);
+    let mut got = Vec::new();
+    for _ in 0..1000 {
+        got.push(within("get", queue.get()).await.unwrap());
+    }
+    within("producer a", a).await.unwrap();
+    within("producer b", b).await.unwrap();
+    assert_ordered_per_producer(&got);
+    assert_eq!(got.iter().filter(|m| m.0 == 0).count(), 500);
+    assert!(queue.is_empty());
+    assert!(matches!(queue.try_get(), Err(TryGetError::Empty)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_producers_four_consumers_no_loss_no_duplicate() {
+    const PER_PRODUCER: u32 = 10_000;
+    let queue: Queue<Item> = Queue::bounded(1000).unwrap();
+    let consumers: Vec<_> = (0..4).map(|_| spawn(queue.clone(), consume_all)).collect();
+    let producers: Vec<_> = (0..4)
+        .map(|p| spawn((queue.clone(), p, PER_PRODUCER), produce))
+        .collect();
+    for p in producers {
+        within("producer", p).await.unwrap();
+    }
+    queue.close();
+    let mut all = Vec::new();
+    for c in consumers {
+        let got = within("consumer", c).await.unwrap();
+        assert_ordered_per_producer(&got);
+        all.extend(got);
+    }
+    assert_eq!(all.len(), 4 * PER_PRODUCER as usize);
+    let distinct: HashSet<Item> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), all.len(), "a message was delivered twice");
+    assert_eq!(queue.len(), 0);
+}
+
+#[tokio::test]
+async fn bounded_queue_makes_a_producer_wait() {
+    let queue: Queue<Item> = Queue::bounded(4).unwrap();
+    let mut producer = spawn((queue.clone(), 7, 20), produce);
+    assert!(within("queue fills", eventually(|| queue.is_full())).await);
+    assert_eq!(queue.len(), 4);
+    // 20 messages cannot fit in 4 slots: the producer must still be waiting.
+    assert!(producer.is_alive());
+    for i in 0..20 {
+        assert_eq!(within("get", queue.get()).await.unwrap(), (7, i));
+    }
+    within("producer", producer.join()).await.unwrap();
+    assert_eq!(queue.len(), 0);
+}
+
+async fn try_ops_in_child(queue: Queue<u32>) -> (bool, u32, bool, bool) {
+    let full = queue.try_put(99).unwrap_err();
+    let timed_out = queue
+        .put_timeout(98, Duration::from_millis(20))
+        .await
+        .unwrap_err();
+    let first = queue.get().await.unwrap();
+    let empty = matches!(queue.try_get(), Err(TryGetError::Empty));
+    let get_timeout = queue
+        .get_timeout(Duration::from_millis(20))
+        .await
+        .unwrap_err()
+        .is_timeout();
+    (
+        full.is_full() && full.into_inner() == 99 && timed_out.into_inner() == 98,
+        first,
+        empty,
+        get_timeout,
+    )
+}
+
+#[tokio::test]
+async fn full_empty_and_timeouts_in_a_child() {
+    let queue: Queue<u32> = Queue::bounded(1).unwrap();
+    queue.put(5).await.unwrap();
+    let (full_ok, first, empty, get_timeout) =
+        within("child", spawn(queue.clone(), try_ops_in_child))
+            .await
+            .unwrap();
+    assert!(full_ok);
+    assert_eq!(first, 5);
+    assert!(empty);
+    assert!(get_timeout);
+    // The failed and timed-out puts left no trace.
+    assert_eq!(queue.len(), 0);
+    queue.try_put(6).unwrap();
+    assert_eq!(queue.try_get().unwrap(), 6);
+}
+
+async fn get_until_closed(queue: Queue<u32>) -> (Vec<u32>, bool) {
+    let mut got = Vec::new();
+    loop {
+        match queue.get().await {
+            Ok(v) => got.push(v),
+            Err(e) => return (got, e.is_closed()),
+        }
+    }
+}
+
+async fn put_blocked_until_closed(queue: Queue<u32>) -> bool {
+    queue.put(2).await.unwrap_err().is_closed()
+}
+
+#[tokio::test]
+async fn close_drains_then_ends_and_wakes_blocked_children() {
+    // Blocked getters wake with end-of-queue.
+    let empty: Queue<u32> = Queue::new().unwrap();
+    let getters: Vec<_> = (0..2)
+        .map(|_| spawn(empty.clone(), get_until_closed))
+        .collect();
+    // A blocked putter wakes with a closed error.
+    let full: Queue<u32> = Queue::bounded(1).unwrap();
+    full.put(1).await.unwrap();
+    let putter = spawn(full.clone(), put_blocked_until_closed);
+    empty.close();
+    full.close();
+    for g in getters {
+        assert_eq!(within("getter", g).await.unwrap(), (vec![], true));
+    }
+    assert!(within("putter", putter).await.unwrap());
+    assert_eq!(full.try_get().unwrap(), 1);
+
+    // Consumers drain what was put before the close.
+    let queue: Queue<u32> = Queue::new().unwrap();
+    for i in 0..100 {
+        queue.put(i).await.unwrap();
+    }
+    queue.close();
+    assert!(queue.put(100).await.unwrap_err().is_closed());
+    let (got, closed) = within("drainer", spawn(queue.clone(), get_until_closed))
+        .await
+        .unwrap();
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    assert!(closed);
+}
+
+async fn cancelled_get_then_put(queue: Queue<u32>) {
+    // A get abandoned by a timeout and one dropped after one poll take nothing.
+    assert!(
+        queue
+            .get_timeout(Duration::from_millis(20))
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
+    let pending = tokio::select! {
+        biased;
+        r = queue.get() => Some(r),
+        () = std::future::ready(()) => None,
+    };
+    assert!(pending.is_none());
+    queue.put(41).await.unwrap();
+}
+
+async fn cancelled_put(queue: Queue<u32>) -> usize {
+    // The queue is full: this put waits, then is cancelled by the timeout.
+    assert!(
+        queue
+            .put_timeout(7, Duration::from_millis(20))
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
+    let dropped = tokio::select! {
+        biased;
+        r = queue.put(8) => Some(r),
+        () = std::future::ready(()) => None,
+    };
+    assert!(dropped.is_none());
+    queue.len()
+}
+
+#[tokio::test]
+async fn cancelled_gets_and_puts_in_a_child_lose_and_add_nothing() {
+    let queue: Queue<u32> = Queue::bounded(1).unwrap();
+    within("child get", spawn(queue.clone(), cancelled_get_then_put))
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), 1);
+    assert_eq!(within("get", queue.get()).await.unwrap(), 41);
+
+    queue.put(1).await.unwrap();
+    assert_eq!(
+        within("child put", spawn(queue.clone(), cancelled_put))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(queue.try_get().unwrap(), 1);
+    assert!(matches!(queue.try_get(), Err(TryGetError::Empty)));
+    assert_eq!(queue.len(), 0);
+}
+
+const BIG: usize = 16 << 20;
+
+fn big_payload(seed: u8) -> Vec<u8> {
+    (0..BIG).map(|i| (i % 251) as u8 ^ seed).collect()
+}
+
+fn put_big_and_exit((queue, seed): (Queue<ByteBuf>, u8)) {
+    // A sync child: the blocking twin needs no runtime.
+    queue
+        .blocking_put(ByteBuf::from(big_payload(seed)))
+        .unwrap();
+}
+
+#[tokio::test]
+async fn producer_exits_right_after_putting_16_mib() {
+    let queue: Queue<ByteBuf> = Queue::new().unwrap();
+    // Join the producers before reading anything: in Python this deadlocks.
+    within("producer 1", spawn((queue.clone(), 1u8), put_big_and_exit))
+        .await
+        .unwrap();
+    within("producer 2", spawn((queue.clone(), 2u8), put_big_and_exit))
+        .await
+        .unwrap();
+    let first = within("get", queue.get()).await.unwrap();
+    let second = within("get", queue.get()).await.unwrap();
+    assert!(first.as_slice() == big_payload(1).as_slice());
+    assert!(second.as_slice() == big_payload(2).as_slice());
+
+    // And the other way: the parent puts 16 MiB, a child reads it.
+    queue.put(ByteBuf::from(big_payload(3))).await.unwrap();
+    let ok = within(
+        "child reader",
+        spawn(queue.clone(), |q: Queue<ByteBuf>| async move {
+            q.get().await.unwrap().as_slice() == big_payload(3).as_slice()
+        }),
+    )
+    .await
+    .unwrap();
+    assert!(ok);
+}
+
+#[derive(Serialize, Deserialize)]
+struct Request {
+    n: u32,
+    reply: Queue<u32>,
+}
+
+async fn serve(requests: Queue<Request>) -> u32 {
+    let mut served = 0;
+    while let Ok(req) = requests.get().await {
+        req.reply.put(req.n * 2).await.unwrap();
+        served += 1;
+    }
+    served
+}
+
+#[tokio::test]
+async fn queues_travel_inside_messages() {
+    let requests: Queue<Request> = Queue::new().unwrap();
+    let server = spawn(requests.clone(), serve);
+    for n in 0..10 {
+        let reply: Queue<u32> = Queue::bounded(1).unwrap();
+        requests
+            .put(Request {
+                n,
+                reply: reply.clone(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(within("reply", reply.get()).await.unwrap(), n * 2);
+    }
+    requests.close();
+    assert_eq!(within("server", server).await.unwrap(), 10);
+}
+
+async fn slow_consumer((queue, progress): (Queue<Item>, Queue<u32>)) {
+    let mut n = 0;
+    loop {
+        let _ = queue.get().await.unwrap();
+        n += 1;
+        progress.put(n).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_consumer_killed_mid_stream_does_not_break_the_queue() {
+    let queue: Queue<Item> = Queue::new().unwrap();
+    let progress: Queue<u32> = Queue::new().unwrap();
+    for i in 0..2000 {
+        queue.put((0, i)).await.unwrap();
+    }
+    let mut victim = spawn((queue.clone(), progress.clone()), slow_consumer);
+    let survivor = spawn(queue.clone(), consume_all);
+    // Kill the victim while it is consuming.
+    within("victim progress", progress.get()).await.unwrap();
+    victim.kill().unwrap();
+    assert!(
+        within("victim", victim.join())
+            .await
+            .unwrap_err()
+            .is_killed()
+    );
+    // The queue keeps working for everyone else.
+    for i in 0..500 {
+        queue.put((1, i)).await.unwrap();
+    }
+    queue.close();
+    let got = within("survivor", survivor).await.unwrap();
+    assert_ordered_per_producer(&got);
+    let after_kill: Vec<u32> = got.iter().filter(|m| m.0 == 1).map(|m| m.1).collect();
+    assert_eq!(after_kill, (0..500).collect::<Vec<_>>());
+    let mut victim_count = 0;
+    while let Ok(n) = progress.try_get() {
+        victim_count = n;
+    }
+    let before_kill = got.iter().filter(|m| m.0 == 0).count();
+    // The victim may have died holding one message it had taken but not reported.
+    assert!(before_kill + victim_count as usize <= 2000);
+    assert!(
+        before_kill + victim_count as usize >= 1999,
+        "{before_kill} + {victim_count}"
+    );
+}
+
+async fn flood(queue: Queue<Item>) {
+    for i in 0.. {
+        queue.put((9, i)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_producer_killed_mid_put_leaves_only_whole_messages() {
+    let queue: Queue<Item> = Queue::bounded(64).unwrap();
+    let mut producer = spawn(queue.clone(), flood);
+    assert!(within("queue fills", eventually(|| queue.is_full())).await);
+    producer.kill().unwrap();
+    let _ = within("producer", producer.join()).await;
+    queue.close();
+    let mut next = 0;
+    loop {
+        match within("drain", queue.get()).await {
+            Ok((9, i)) => {
+                assert_eq!(i, next);
+                next += 1;
+            }
+            Ok(other) => panic!("unexpected message {other:?}"),
+            Err(GetError::Closed) => break,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(next >= 64);
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+enum Message {
+    Text(String),
+    #[serde(skip_deserializing)]
+    Broken(#[serde(serialize_with = "refuse")] ()),
+}
+
+fn refuse<S: Serializer>(_: &(), _: S) -> Result<S::Ok, S::Error> {
+    Err(serde::ser::Error::custom("refuses to be encoded"))
+}
+
+async fn put_broken_then_good(queue: Queue<Message>) -> bool {
+    let err = queue.put(Message::Broken(())).await.unwrap_err();
+    let was_encode = matches!(err.kind(), PutErrorKind::Encode(_));
+    queue.put(Message::Text("good".into())).await.unwrap();
+    was_encode
+}
+
+#[tokio::test]
+async fn an_unencodable_message_is_an_error_from_put_in_the_child() {
+    let queue: Queue<Message> = Queue::bounded(1).unwrap();
+    assert!(
+        within("child", spawn(queue.clone(), put_broken_then_good))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        within("get", queue.get()).await.unwrap(),
+        Message::Text("good".into())
+    );
+    assert_eq!(queue.len(), 0);
+}
+
+async fn stream_sum(queue: Queue<u64>) -> u64 {
+    queue
+        .stream()
+        .filter_map(|m| async move { m.ok() })
+        .fold(0, |a, b| async move { a + b })
+        .await
+}
+
+#[tokio::test]
+async fn sink_in_parent_stream_in_child() {
+    let queue: Queue<u64> = Queue::bounded(8).unwrap();
+    let consumer = spawn(queue.clone(), stream_sum);
+    let mut sink = queue.sink();
+    let mut items = futures::stream::iter((1..=1000u64).map(Ok));
+    within("send_all", sink.send_all(&mut items)).await.unwrap();
+    within("flush", sink.close()).await.unwrap();
+    queue.close();
+    assert_eq!(within("consumer", consumer).await.unwrap(), 500_500);
+}
