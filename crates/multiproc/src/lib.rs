@@ -72,15 +72,15 @@ pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnErr
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
-pub use multiproc_sync::{
-    Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray,
-    SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
-};
+pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
 /// Error types of the synchronization primitives ([`Lock`], [`Semaphore`], [`Event`], ...).
 pub use multiproc_sync::error as sync_error;
 #[doc(inline)]
-pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use multiproc_sync::{
+    Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray, SharedArrayGuard,
+    SharedMemory, SharedValue, SharedValueGuard,
+};
 
 /// Error types, one per operation.
 pub mod error {
