@@ -1,1 +1,512 @@
-fn main(){}
+//! `multiproc-bench`: one scenario matrix, three implementations, same payloads.
+//!
+//! For every workload it measures `multiproc`, Python's `multiprocessing` (`python-mp`, a
+//! stdlib-only script run with `python3`) and the raw OS floor (`raw-os`: blocking syscalls on a
+//! socketpair between two processes), interleaved trial by trial so that the ratios are measured
+//! side by side under the same machine noise. Each result is one JSON line on stdout:
+//!
+//! ```text
+//! {"workload": "pipe_pingpong_64B", "impl": "multiproc", "value": 21.4, "unit": "us_per_roundtrip", "n": 20000, ...}
+//! ```
+//!
+//! `value` is the median over the trials (`min`/`max` are given too, and `steal_pct`, the CPU
+//! time the hypervisor took meanwhile: a noise gauge). A summary with the ratios goes to stderr.
+//! Options: `--quick` (the whole run well under a minute), `--only <workload>` and
+//! `--impl <impl>` (repeatable, or comma lists), `--pin` (everything, children included, on
+//! CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows, `multiproc-blocking` and
+//! `tokio-reactor`. Results and their reading: `docs/BENCHMARKS.md`.
+
+mod multiproc_impl;
+mod payload;
+mod python;
+mod raw;
+
+use std::fmt::Write as _;
+use std::io;
+use std::process::ExitCode;
+
+/// Set in the environment of the `raw-os` spawn floor's child: exit at the top of `main`.
+pub(crate) const EXIT_AT_ONCE_ENV: &str = "MULTIPROC_BENCH_EXIT_AT_ONCE";
+
+/// One benchmarked scenario.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Workload {
+    /// 64-byte payload to a child and back, one at a time.
+    Pingpong64,
+    /// One-way stream of 64-byte messages; the child counts them.
+    Stream64,
+    /// One-way stream of 1 MiB messages.
+    Stream1M,
+    /// Spawn a trivial child and join it, sequentially.
+    SpawnJoin,
+}
+
+impl Workload {
+    const ALL: [Workload; 4] = [
+        Workload::Pingpong64,
+        Workload::Stream64,
+        Workload::Stream1M,
+        Workload::SpawnJoin,
+    ];
+
+    /// The name printed in the JSON `workload` field and accepted by `--only`.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Workload::Pingpong64 => "pipe_pingpong_64B",
+            Workload::Stream64 => "pipe_stream_64B",
+            Workload::Stream1M => "pipe_stream_1MiB",
+            Workload::SpawnJoin => "spawn_join",
+        }
+    }
+
+    /// The unit of `value`.
+    fn unit(self) -> &'static str {
+        match self {
+            Workload::Pingpong64 => "us_per_roundtrip",
+            Workload::Stream64 => "msgs_per_s",
+            Workload::Stream1M => "MiB_per_s",
+            Workload::SpawnJoin => "ms_per_process",
+        }
+    }
+
+    /// Whether a larger value is better (a throughput) or worse (a latency).
+    fn higher_is_better(self) -> bool {
+        matches!(self, Workload::Stream64 | Workload::Stream1M)
+    }
+
+    /// Operations per trial: round trips, messages or processes.
+    fn n(self, quick: bool) -> u64 {
+        match (self, quick) {
+            (Workload::Pingpong64, false) => 5_000,
+            (Workload::Pingpong64, true) => 2_000,
+            (Workload::Stream64, false) => 100_000,
+            (Workload::Stream64, true) => 30_000,
+            (Workload::Stream1M, false) => 200,
+            (Workload::Stream1M, true) => 100,
+            (Workload::SpawnJoin, false) => 100,
+            (Workload::SpawnJoin, true) => 40,
+        }
+    }
+
+    /// The implementations measured for this workload, in the order they run in each trial.
+    fn impls(self) -> &'static [Impl] {
+        match self {
+            Workload::Pingpong64 => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocBlocking,
+                Impl::TokioReactor,
+                Impl::PythonMp,
+            ],
+            _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
+        }
+    }
+
+    fn parse(name: &str) -> Option<Workload> {
+        Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+}
+
+/// Who runs the workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Impl {
+    /// multiproc's async API on current-thread runtimes (the headline number).
+    Multiproc,
+    /// multiproc's blocking twins (`blocking_send` / `blocking_recv`), for diagnosis.
+    MultiprocBlocking,
+    /// Python's multiprocessing, fork start method.
+    PythonMp,
+    /// Blocking syscalls on a socketpair: the floor.
+    RawOs,
+    /// Unframed bytes, waiting in tokio's reactor (ping-pong only): what a wake-up costs.
+    TokioReactor,
+}
+
+impl Impl {
+    const ALL: [Impl; 5] = [
+        Impl::Multiproc,
+        Impl::MultiprocBlocking,
+        Impl::PythonMp,
+        Impl::RawOs,
+        Impl::TokioReactor,
+    ];
+
+    fn parse(name: &str) -> Option<Impl> {
+        Impl::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Impl::Multiproc => "multiproc",
+            Impl::MultiprocBlocking => "multiproc-blocking",
+            Impl::PythonMp => "python-mp",
+            Impl::RawOs => "raw-os",
+            Impl::TokioReactor => "tokio-reactor",
+        }
+    }
+}
+
+/// Aggregate CPU time counters from the first line of `/proc/stat` (in clock ticks).
+#[derive(Clone, Copy)]
+struct CpuTimes {
+    total: u64,
+    steal: u64,
+}
+
+impl CpuTimes {
+    fn now() -> Option<CpuTimes> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let fields: Vec<u64> = line
+            .split_whitespace()
+            .map(|f| f.parse().ok())
+            .collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice], guests are
+        // already counted in user and nice.
+        let total = fields.iter().take(8).sum();
+        Some(CpuTimes {
+            total,
+            steal: *fields.get(7)?,
+        })
+    }
+
+    /// Percentage of CPU time the hypervisor gave to others since `earlier`: a noise gauge.
+    fn steal_pct_since(self, earlier: CpuTimes) -> Option<f64> {
+        let total = self.total.checked_sub(earlier.total)?;
+        let steal = self.steal.checked_sub(earlier.steal)?;
+        (total > 0).then(|| 100.0 * steal as f64 / total as f64)
+    }
+}
+
+/// Command-line options.
+#[derive(Debug)]
+struct Options {
+    quick: bool,
+    pin: bool,
+    only: Vec<Workload>,
+    impls: Vec<Impl>,
+    trials: Option<usize>,
+}
+
+const USAGE: &str = "\
+usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <impl>,...]... [--trials <k>]
+
+  --quick        smaller n and 5 trials: the whole run takes well under a minute
+  --pin          run everything (this process, its children, python) on CPU 0
+  --only <w>     run only these workloads (repeatable or comma-separated):
+                 pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join
+  --impl <i>     run only these implementations (repeatable or comma-separated):
+                 multiproc, multiproc-blocking, tokio-reactor, python-mp, raw-os
+  --trials <k>   trials per implementation (default 9, quick 5); the median is reported
+
+Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
+
+fn parse_options() -> Result<Options, String> {
+    let mut opts = Options {
+        quick: false,
+        pin: false,
+        only: Vec::new(),
+        impls: Vec::new(),
+        trials: None,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((f, v)) => (f.to_string(), Some(v.to_string())),
+            None => (arg.clone(), None),
+        };
+        let mut value = |what: &str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| format!("{what} needs a value"))
+        };
+        match flag.as_str() {
+            "--quick" => opts.quick = true,
+            "--pin" => opts.pin = true,
+            "--only" => {
+                for name in value("--only")?.split(',').filter(|s| !s.is_empty()) {
+                    let w = Workload::parse(name)
+                        .ok_or_else(|| format!("unknown workload {name:?}"))?;
+                    if !opts.only.contains(&w) {
+                        opts.only.push(w);
+                    }
+                }
+            }
+            "--impl" => {
+                for name in value("--impl")?.split(',').filter(|s| !s.is_empty()) {
+                    let imp = Impl::parse(name).ok_or_else(|| format!("unknown impl {name:?}"))?;
+                    if !opts.impls.contains(&imp) {
+                        opts.impls.push(imp);
+                    }
+                }
+            }
+            "--trials" => {
+                let v = value("--trials")?;
+                let k: usize = v
+                    .parse()
+                    .ok()
+                    .filter(|k| *k > 0)
+                    .ok_or_else(|| format!("--trials wants a positive number, not {v:?}"))?;
+                opts.trials = Some(k);
+            }
+            "-h" | "--help" => return Err(String::new()),
+            // `cargo bench` passes this to harness-less bench targets; harmless here.
+            "--bench" => {}
+            other => return Err(format!("unknown option {other:?}")),
+        }
+    }
+    Ok(opts)
+}
+
+/// Restricts this thread (and so every thread and process started from it) to CPU 0.
+fn pin_to_cpu0() -> io::Result<()> {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(0);
+    rustix::thread::sched_setaffinity(None, &set)?;
+    Ok(())
+}
+
+/// The trial values of one implementation for one workload.
+struct Series {
+    imp: Impl,
+    values: Vec<f64>,
+    error: Option<String>,
+}
+
+impl Series {
+    fn median(&self) -> Option<f64> {
+        median(&self.values)
+    }
+}
+
+/// Formats a number for JSON: enough significant digits, never NaN or infinite.
+fn json_number(x: f64) -> String {
+    if !x.is_finite() {
+        return "null".into();
+    }
+    if x.abs() >= 1000.0 {
+        format!("{x:.0}")
+    } else if x.abs() >= 10.0 {
+        format!("{x:.2}")
+    } else {
+        format!("{x:.4}")
+    }
+}
+
+/// Escapes a string for a JSON string literal.
+fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) -> Option<String> {
+    let value = s.median()?;
+    let min = s.values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    let mut line = format!(
+        "{{\"workload\": {}, \"impl\": {}, \"value\": {}, \"unit\": {}, \"n\": {n}, \
+         \"trials\": {}, \"min\": {}, \"max\": {}, \"pinned\": {pinned}",
+        json_string(w.name()),
+        json_string(s.imp.name()),
+        json_number(value),
+        json_string(w.unit()),
+        s.values.len(),
+        json_number(min),
+        json_number(max),
+    );
+    if s.imp == Impl::PythonMp {
+        line.push_str(if w == Workload::SpawnJoin {
+            ", \"api\": \"get_context('fork').Process(target=noop).start(); join()\""
+        } else {
+            ", \"api\": \"Pipe() Connection.send/recv of bytes (pickled), fork\""
+        });
+    }
+    if let Some(steal) = steal {
+        let _ = write!(line, ", \"steal_pct\": {steal:.1}");
+    }
+    if s.imp == Impl::RawOs && w == Workload::Stream64 {
+        line.push_str(", \"note\": \"one write(2) per message\"");
+    }
+    line.push('}');
+    Some(line)
+}
+
+/// Runs one trial of `imp` on `w`, returning the value in `w.unit()`.
+fn run_trial(
+    rt: &tokio::runtime::Runtime,
+    python: Option<&python::Python>,
+    w: Workload,
+    imp: Impl,
+    n: u64,
+) -> io::Result<f64> {
+    match imp {
+        Impl::Multiproc => multiproc_impl::run(rt, w, n, false),
+        Impl::MultiprocBlocking => multiproc_impl::run(rt, w, n, true),
+        Impl::RawOs => raw::run(rt, w, n),
+        Impl::TokioReactor => raw::reactor_pingpong(rt, n),
+        Impl::PythonMp => match python {
+            Some(py) => py.run(w, n),
+            None => Err(io::Error::other("python3 not available")),
+        },
+    }
+}
+
+/// The median of `values` (`None` when empty).
+fn median(values: &[f64]) -> Option<f64> {
+    let mut v = values.to_vec();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    let mid = v.len() / 2;
+    Some(if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    })
+}
+
+/// Median over trials of `num[t] / den[t]`: trial `t` of both ran back to back, so the ratio is
+/// paired and machine noise that drifts between trials mostly cancels.
+fn paired_ratio(num: Option<&Series>, den: Option<&Series>) -> String {
+    let (Some(num), Some(den)) = (num, den) else {
+        return "-".into();
+    };
+    let ratios: Vec<f64> = num
+        .values
+        .iter()
+        .zip(&den.values)
+        .filter(|(_, d)| **d != 0.0)
+        .map(|(n, d)| n / d)
+        .collect();
+    median(&ratios).map_or_else(|| "-".into(), |r| format!("{r:.2}"))
+}
+
+fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
+    let get = |imp: Impl| all.iter().find(|s| s.imp == imp);
+    let (mp, raw, py) = (get(Impl::Multiproc), get(Impl::RawOs), get(Impl::PythonMp));
+    // "speedup vs python": how many times better multiproc is, whatever the unit's direction.
+    let speedup = if w.higher_is_better() {
+        paired_ratio(mp, py)
+    } else {
+        paired_ratio(py, mp)
+    };
+    let steal = steal.map_or_else(|| "?".into(), |s| format!("{s:.1}%"));
+    eprintln!(
+        "# {:<18} multiproc/raw-os = {:>6}   multiproc speedup vs python-mp = {:>6}x   \
+         (medians of per-trial ratios; CPU steal {steal})",
+        w.name(),
+        paired_ratio(mp, raw),
+        speedup
+    );
+}
+
+fn main() -> ExitCode {
+    if std::env::var_os(EXIT_AT_ONCE_ENV).is_some() {
+        // The raw-os spawn floor's child: exec'd, then straight out.
+        return ExitCode::SUCCESS;
+    }
+    let opts = match parse_options() {
+        Ok(o) => o,
+        Err(e) => {
+            if !e.is_empty() {
+                eprintln!("multiproc-bench: {e}");
+            }
+            eprintln!("{USAGE}");
+            return if e.is_empty() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(2)
+            };
+        }
+    };
+    if opts.pin {
+        if let Err(e) = pin_to_cpu0() {
+            eprintln!("multiproc-bench: cannot pin to CPU 0: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("multiproc-bench: cannot start a tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let python = if opts.impls.is_empty() || opts.impls.contains(&Impl::PythonMp) {
+        python::Python::find()
+    } else {
+        None
+    };
+    if python.is_none() && (opts.impls.is_empty() || opts.impls.contains(&Impl::PythonMp)) {
+        eprintln!("# python3 not found: python-mp rows are skipped");
+    }
+    let workloads: Vec<Workload> = if opts.only.is_empty() {
+        Workload::ALL.to_vec()
+    } else {
+        opts.only.clone()
+    };
+    let trials = opts.trials.unwrap_or(if opts.quick { 5 } else { 9 });
+    let mut failed = false;
+    for w in workloads {
+        let n = w.n(opts.quick);
+        let mut series: Vec<Series> = w
+            .impls()
+            .iter()
+            .filter(|imp| **imp != Impl::PythonMp || python.is_some())
+            .filter(|imp| opts.impls.is_empty() || opts.impls.contains(imp))
+            .map(|&imp| Series {
+                imp,
+                values: Vec::new(),
+                error: None,
+            })
+            .collect();
+        let start = CpuTimes::now();
+        // Interleave: trial t of every implementation runs before trial t+1 of any.
+        for _ in 0..trials {
+            for s in &mut series {
+                if s.error.is_some() {
+                    continue;
+                }
+                match run_trial(&rt, python.as_ref(), w, s.imp, n) {
+                    Ok(v) => s.values.push(v),
+                    Err(e) => {
+                        eprintln!("# {} {}: failed: {e}", w.name(), s.imp.name());
+                        s.error = Some(e.to_string());
+                        failed = true;
+                    }
+                }
+            }
+        }
+        let steal = CpuTimes::now()
+            .zip(start)
+            .and_then(|(end, start)| end.steal_pct_since(start));
+        for s in &series {
+            if let Some(line) = json_line(w, s, n, opts.pin, steal) {
+                println!("{line}");
+            }
+        }
+        summarize(w, &series, steal);
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}

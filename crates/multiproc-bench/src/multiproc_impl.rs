@@ -1,0 +1,188 @@
+//! The `multiproc` (async, current-thread runtimes on both sides) and `multiproc-blocking`
+//! implementations of the workloads.
+
+use std::io;
+use std::time::Instant;
+
+use futures::SinkExt;
+use multiproc::pipe::{self, Duplex};
+
+use crate::Workload;
+use crate::payload::Payload;
+
+/// Round trips run before the clock starts, per `n` timed ones.
+const WARMUP_DIVISOR: u64 = 10;
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Runs one trial of `w` with `n` operations; `blocking` selects the blocking API (only the
+/// ping-pong has a blocking variant).
+pub(crate) fn run(
+    rt: &tokio::runtime::Runtime,
+    w: Workload,
+    n: u64,
+    blocking: bool,
+) -> io::Result<f64> {
+    match (w, blocking) {
+        (Workload::Pingpong64, false) => rt.block_on(pingpong(n)),
+        (Workload::Pingpong64, true) => pingpong_blocking(rt, n),
+        (Workload::Stream64, _) => rt.block_on(stream(n, 64, true)),
+        (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false)),
+        (Workload::SpawnJoin, _) => rt.block_on(spawn_join(n)),
+    }
+}
+
+/// Child of the ping-pong: sends every message straight back until end-of-stream.
+async fn echo(mut end: Duplex<Payload, Payload>) -> u64 {
+    let mut echoed = 0;
+    while let Ok(Some(msg)) = end.recv().await {
+        if end.send(msg).await.is_err() {
+            break;
+        }
+        echoed += 1;
+    }
+    echoed
+}
+
+/// One ping-pong round trip on the async API.
+async fn round_trip(here: &mut Duplex<Payload, Payload>, payload: &Payload) -> io::Result<()> {
+    here.send(payload.clone()).await.map_err(other)?;
+    match here.recv().await.map_err(other)? {
+        Some(back) if back.as_slice().len() == payload.as_slice().len() => Ok(()),
+        _ => Err(io::Error::other("echo child answered wrongly or went away")),
+    }
+}
+
+/// `pipe_pingpong_64B`: microseconds per round trip, both sides on the async API.
+async fn pingpong(n: u64) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<Payload, Payload>()?;
+    let child = multiproc::spawn(there, echo);
+    let payload = Payload::zeros(64);
+    for _ in 0..n / WARMUP_DIVISOR + 1 {
+        round_trip(&mut here, &payload).await?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        round_trip(&mut here, &payload).await?;
+    }
+    let elapsed = t0.elapsed();
+    drop(here);
+    child.await.map_err(other)?;
+    Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
+}
+
+/// Child of the blocking ping-pong: the same echo with `blocking_recv` / `blocking_send`.
+fn echo_blocking(mut end: Duplex<Payload, Payload>) -> u64 {
+    let mut echoed = 0;
+    while let Ok(Some(msg)) = end.blocking_recv() {
+        if end.blocking_send(msg).is_err() {
+            break;
+        }
+        echoed += 1;
+    }
+    echoed
+}
+
+/// One ping-pong round trip on the blocking API.
+fn round_trip_blocking(here: &mut Duplex<Payload, Payload>, payload: &Payload) -> io::Result<()> {
+    here.blocking_send(payload.clone()).map_err(other)?;
+    match here.blocking_recv().map_err(other)? {
+        Some(back) if back.as_slice().len() == payload.as_slice().len() => Ok(()),
+        _ => Err(io::Error::other("echo child answered wrongly or went away")),
+    }
+}
+
+/// `pipe_pingpong_64B` with the blocking twins on both sides (no reactor involved).
+fn pingpong_blocking(rt: &tokio::runtime::Runtime, n: u64) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<Payload, Payload>()?;
+    let child = {
+        let _runtime = rt.enter();
+        multiproc::spawn(there, echo_blocking)
+    };
+    let payload = Payload::zeros(64);
+    for _ in 0..n / WARMUP_DIVISOR + 1 {
+        round_trip_blocking(&mut here, &payload)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        round_trip_blocking(&mut here, &payload)?;
+    }
+    let elapsed = t0.elapsed();
+    drop(here);
+    rt.block_on(child).map_err(other)?;
+    Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
+}
+
+/// Child of the streams: says it is ready, receives `n` messages, answers with the count.
+async fn sink((mut end, n): (Duplex<u64, Payload>, u64)) -> u64 {
+    if end.send(0).await.is_err() {
+        return 0;
+    }
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < n {
+        match end.recv().await {
+            Ok(Some(msg)) => {
+                count += 1;
+                bytes += msg.as_slice().len() as u64;
+            }
+            _ => break,
+        }
+    }
+    let _ = end.send(count).await;
+    bytes
+}
+
+/// `pipe_stream_*`: `n` messages of `size` bytes one way, timed from the first send until the
+/// child's count is back. Messages per second for 64 B (batched with `feed` + one `flush`), MiB
+/// per second for 1 MiB (one `send` each, as a user would).
+async fn stream(n: u64, size: usize, batched: bool) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<Payload, u64>()?;
+    let child = multiproc::spawn((there, n), sink);
+    if here.recv().await.map_err(other)? != Some(0) {
+        return Err(io::Error::other("stream child did not start"));
+    }
+    let payload = Payload::zeros(size);
+    let t0 = Instant::now();
+    if batched {
+        for _ in 0..n {
+            here.feed(payload.clone()).await.map_err(other)?;
+        }
+        SinkExt::flush(&mut here).await.map_err(other)?;
+    } else {
+        for _ in 0..n {
+            here.send(payload.clone()).await.map_err(other)?;
+        }
+    }
+    let counted = here.recv().await.map_err(other)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    if counted != Some(n) {
+        return Err(io::Error::other(format!(
+            "stream child counted {counted:?} of {n}"
+        )));
+    }
+    drop(here);
+    child.await.map_err(other)?;
+    Ok(if batched {
+        n as f64 / elapsed
+    } else {
+        (n as f64 * size as f64 / (1 << 20) as f64) / elapsed
+    })
+}
+
+/// The trivial child of `spawn_join`.
+fn noop(_: ()) {}
+
+/// `spawn_join`: milliseconds per sequential spawn + join of a trivial child.
+async fn spawn_join(n: u64) -> io::Result<f64> {
+    for _ in 0..2 {
+        multiproc::spawn((), noop).await.map_err(other)?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        multiproc::spawn((), noop).await.map_err(other)?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e3 / n as f64)
+}

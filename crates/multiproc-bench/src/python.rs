@@ -1,0 +1,64 @@
+//! The `python-mp` implementation: `python/bench_mp.py` (stdlib only), run with `python3`.
+//!
+//! The script is compiled into the binary and run with `python3 -c`, one trial per call so that
+//! its trials interleave with the other implementations'. It prints the same JSON line as this
+//! binary; only `value` is read back.
+
+use std::io;
+use std::process::{Command, Stdio};
+
+use crate::Workload;
+
+/// The script, as it is in `crates/multiproc-bench/python/bench_mp.py`.
+const SCRIPT: &str = include_str!("../python/bench_mp.py");
+
+/// A working `python3` with `multiprocessing`.
+pub(crate) struct Python {
+    program: String,
+}
+
+impl Python {
+    /// Finds `python3` (or `$MULTIPROC_BENCH_PYTHON`); `None` when it is absent or broken.
+    /// The interpreter inherits this process's CPU affinity, so `--pin` applies to it too.
+    pub(crate) fn find() -> Option<Python> {
+        let program =
+            std::env::var("MULTIPROC_BENCH_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let ok = Command::new(&program)
+            .args(["-c", "import multiprocessing"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then_some(Python { program })
+    }
+
+    /// Runs one trial of `w` with `n` operations and returns its value.
+    pub(crate) fn run(&self, w: Workload, n: u64) -> io::Result<f64> {
+        let out = Command::new(&self.program)
+            .args(["-c", SCRIPT, "--only", w.name(), "--n"])
+            .arg(n.to_string())
+            .args(["--trials", "1"])
+            .stdin(Stdio::null())
+            .stderr(Stdio::inherit())
+            .output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "python3 bench_mp.py failed: {}",
+                out.status
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.lines()
+            .find(|l| l.contains(&format!("\"workload\": \"{}\"", w.name())))
+            .and_then(json_value)
+            .ok_or_else(|| io::Error::other(format!("no result in python output: {text:?}")))
+    }
+}
+
+/// The number after `"value":` in one of our JSON lines.
+fn json_value(line: &str) -> Option<f64> {
+    let rest = &line[line.find("\"value\":")? + "\"value\":".len()..];
+    let end = rest.find([',', '}'])?;
+    rest[..end].trim().parse().ok()
+}
