@@ -235,7 +235,7 @@ impl RawSender {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             }
-            let registered = match self.socket.registered() {
+            let registered = match self.socket.writable() {
                 Ok(r) => r,
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             };
@@ -571,7 +571,7 @@ impl RawReceiver {
                 return Poll::Ready(self.at_eof(need).map(|_| None));
             }
             let socket = Arc::clone(&self.socket);
-            let registered = match socket.registered() {
+            let registered = match socket.readable() {
                 Ok(r) => r,
                 Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
             };

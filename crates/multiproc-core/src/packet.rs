@@ -348,7 +348,7 @@ impl PacketSocket {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             other => return other,
         }
-        let registered = self.socket.registered()?;
+        let registered = self.socket.writable()?;
         loop {
             let mut guard = registered.writable().await?;
             match self.try_send(packet) {
@@ -433,7 +433,7 @@ impl PacketSocket {
             TryRecv::Closed => return Ok(None),
             TryRecv::Empty => {}
         }
-        let registered = self.socket.registered().map_err(PacketRecvError::Io)?;
+        let registered = self.socket.readable().map_err(PacketRecvError::Io)?;
         loop {
             let mut guard = registered.readable().await.map_err(PacketRecvError::Io)?;
             match self.try_recv(max_size)? {

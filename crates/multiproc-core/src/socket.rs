@@ -1,5 +1,11 @@
-//! A non-blocking Unix stream socket shared by the sending and receiving half of a channel end,
-//! registered with tokio on first async use.
+//! A non-blocking socket shared by the sending and receiving half of a channel end, registered
+//! with tokio on first async use.
+//!
+//! Reads and writes have separate registrations: reading waits on the socket itself with read
+//! interest only, and writing (which rarely has to wait) registers a duplicate descriptor with
+//! write interest the first time a write would block. One registration with both interests
+//! would wake a waiting reader for nothing every time the peer drains the socket ("writable"),
+//! doubling the wake-ups of a ping-pong.
 #![allow(unsafe_code)]
 
 use std::io;
@@ -14,8 +20,9 @@ use crate::SharedFd;
 /// One socket, registered with the tokio reactor lazily so that a handle can be decoded, moved
 /// and used from blocking code without a runtime.
 pub(crate) struct Socket {
-    // Field order matters: the registration is dropped (and deregistered) before the descriptor.
-    registered: OnceLock<AsyncFd<SharedFd>>,
+    // Field order matters: registrations are dropped (and deregistered) before the descriptor.
+    read: OnceLock<AsyncFd<SharedFd>>,
+    write: OnceLock<AsyncFd<SharedFd>>,
     register_lock: Mutex<()>,
     fd: SharedFd,
 }
@@ -23,7 +30,8 @@ pub(crate) struct Socket {
 impl Socket {
     pub(crate) fn new(fd: SharedFd) -> Self {
         Self {
-            registered: OnceLock::new(),
+            read: OnceLock::new(),
+            write: OnceLock::new(),
             register_lock: Mutex::new(()),
             fd,
         }
@@ -33,28 +41,42 @@ impl Socket {
         &self.fd
     }
 
-    /// The tokio registration, created in the current runtime on first use.
+    /// The read-readiness registration, created in the current runtime on first use.
     ///
     /// # Panics
     /// Outside a tokio runtime, like every tokio I/O type.
-    pub(crate) fn registered(&self) -> io::Result<&AsyncFd<SharedFd>> {
-        if let Some(r) = self.registered.get() {
+    pub(crate) fn readable(&self) -> io::Result<&AsyncFd<SharedFd>> {
+        self.register(&self.read, Interest::READABLE, || Ok(self.fd.clone()))
+    }
+
+    /// The write-readiness registration (on a duplicate descriptor), created on first use.
+    ///
+    /// # Panics
+    /// Outside a tokio runtime, like every tokio I/O type.
+    pub(crate) fn writable(&self) -> io::Result<&AsyncFd<SharedFd>> {
+        self.register(&self.write, Interest::WRITABLE, || {
+            Ok(SharedFd::new(self.fd.try_clone_owned()?))
+        })
+    }
+
+    fn register<'a>(
+        &self,
+        slot: &'a OnceLock<AsyncFd<SharedFd>>,
+        interest: Interest,
+        fd: impl FnOnce() -> io::Result<SharedFd>,
+    ) -> io::Result<&'a AsyncFd<SharedFd>> {
+        if let Some(r) = slot.get() {
             return Ok(r);
         }
         let _guard = self.register_lock.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(r) = self.registered.get() {
+        if let Some(r) = slot.get() {
             return Ok(r);
         }
-        // SAFETY: the `SharedFd` clone keeps the descriptor open, referring to the same file
+        // SAFETY: the `SharedFd` keeps its descriptor open, referring to the same file
         // description, for as long as the `AsyncFd` owns it, and `as_raw_fd` never changes.
-        let fd = unsafe {
-            AsyncFd::register_with_interest(
-                self.fd.clone(),
-                Interest::READABLE | Interest::WRITABLE,
-            )
-        }
-        .map_err(|e| e.into_parts().1)?;
-        Ok(self.registered.get_or_init(|| fd))
+        let registered = unsafe { AsyncFd::register_with_interest(fd()?, interest) }
+            .map_err(|e| e.into_parts().1)?;
+        Ok(slot.get_or_init(|| registered))
     }
 }
 
