@@ -22,17 +22,13 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, IoSliceMut, Write as _};
-use std::mem::MaybeUninit;
+use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
-use rustix::net::{
-    AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags, Shutdown,
-    SocketFlags, SocketType,
-};
+use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -517,27 +513,16 @@ struct RawRecv {
 }
 
 /// `recvmsg(2)` of one packet into `buf`, pushing its descriptors (close-on-exec) onto `fds`.
-///
-/// # References
-/// - [`recvmsg(2)`](https://man7.org/linux/man-pages/man2/recvmsg.2.html)
 fn recv_packet(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
     fds: &mut Vec<OwnedFd>,
 ) -> io::Result<RawRecv> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
-    let mut control = RecvAncillaryBuffer::new(&mut space);
-    let flags = RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT;
-    let msg = rustix::net::recvmsg(socket, &mut [IoSliceMut::new(buf)], &mut control, flags)?;
-    for message in control.drain() {
-        if let RecvAncillaryMessage::ScmRights(received) = message {
-            fds.extend(received);
-        }
-    }
+    let got = crate::sys::recv_with_fds(socket, buf, fds)?;
     Ok(RawRecv {
-        len: msg.bytes,
-        truncated: msg.flags.contains(ReturnFlags::TRUNC),
-        fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+        len: got.bytes,
+        truncated: got.truncated,
+        fds_truncated: got.fds_truncated,
     })
 }
 

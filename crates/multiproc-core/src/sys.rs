@@ -1,7 +1,6 @@
 //! Thin wrappers over the Linux calls the core needs. Everything here is safe Rust over rustix;
 //! the one unsafe spot in this crate that touches raw descriptor numbers is `bootstrap`.
 
-use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -67,6 +66,8 @@ pub(crate) fn send_with_fds(
 pub(crate) struct Received {
     /// Bytes read; zero means the peer closed.
     pub bytes: usize,
+    /// The datagram was longer than `buf` (only for packet sockets; the rest is lost).
+    pub truncated: bool,
     /// The kernel dropped descriptors because our control buffer or descriptor table was full.
     pub fds_truncated: bool,
 }
@@ -78,7 +79,7 @@ pub(crate) struct Received {
 pub(crate) fn recv_with_fds(
     socket: BorrowedFd<'_>,
     buf: &mut [u8],
-    fds: &mut VecDeque<OwnedFd>,
+    fds: &mut impl Extend<OwnedFd>,
 ) -> io::Result<Received> {
     let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_SENDMSG))];
     let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -91,6 +92,7 @@ pub(crate) fn recv_with_fds(
     }
     Ok(Received {
         bytes: msg.bytes,
+        truncated: msg.flags.contains(ReturnFlags::TRUNC),
         fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
     })
 }
