@@ -9,6 +9,15 @@ Same workloads and payloads as `multiproc-bench`, with the `fork` start method a
   pipe_stream_64B    msgs_per_s        64-byte messages one way; the child counts, answers
   pipe_stream_1MiB   MiB_per_s         1 MiB messages one way
   spawn_join         ms_per_process    Process(target=noop).start(); join(), sequentially
+  lock_uncontended   ns_per_op         `with lock: pass` on a multiprocessing.Lock, one process
+  lock_contended_2p  ops_per_s         two processes: `with lock: v.value += 1`, Value('q', lock=False)
+  semaphore_limit    ops_per_s         eight processes: Semaphore(2) acquire/release; peak holders
+  event_pingpong     us_per_roundtrip  A: e1.set(); e2.wait(); e2.clear()  B: e1.wait(); e1.clear(); e2.set()
+  queue_1p1c_64B     msgs_per_s        Queue() put/get of 64-byte bytes, 1 producer, 1 consumer
+  queue_2p2c_64B     msgs_per_s        the same, 2 producers, 2 consumers
+
+Multi-process workloads meet at a Barrier with the parent (its clock starts) and put a report
+on a Queue when done (the clock stops at the last one), as `multiproc-bench` does.
 
 Prints one JSON line per workload: {"workload", "impl": "python-mp", "value", "unit", "n", ...}
 with the median over --trials. `multiproc-bench` runs it with `python3 -c` one trial at a time.
@@ -25,6 +34,18 @@ CTX = multiprocessing.get_context("fork")
 
 API_PIPE = "Pipe() Connection.send/recv of bytes (pickled), fork"
 API_SPAWN = "get_context('fork').Process(target=noop).start(); join()"
+APIS = {
+    "spawn_join": API_SPAWN,
+    "lock_uncontended": "with Lock(): pass",
+    "lock_contended_2p": "with Lock(): Value('q', lock=False).value += 1",
+    "semaphore_limit": "Semaphore(2).acquire()/release(); holders counted under a second Lock",
+    "event_pingpong": "Event set/wait/clear",
+    "queue_1p1c_64B": "Queue().put/get of bytes (pickled)",
+    "queue_2p2c_64B": "Queue().put/get of bytes (pickled)",
+}
+PATIENCE = 120  # seconds any wait for a child may take
+SEM_PROCESSES = 8
+SEM_PERMITS = 2
 
 WORKLOADS = {
     # name: (unit, full n, quick n)
@@ -32,6 +53,12 @@ WORKLOADS = {
     "pipe_stream_64B": ("msgs_per_s", 100_000, 30_000),
     "pipe_stream_1MiB": ("MiB_per_s", 200, 100),
     "spawn_join": ("ms_per_process", 100, 40),
+    "lock_uncontended": ("ns_per_op", 2_000_000, 500_000),
+    "lock_contended_2p": ("ops_per_s", 1_000_000, 300_000),
+    "semaphore_limit": ("ops_per_s", 400_000, 80_000),
+    "event_pingpong": ("us_per_roundtrip", 5_000, 1_000),
+    "queue_1p1c_64B": ("msgs_per_s", 100_000, 20_000),
+    "queue_2p2c_64B": ("msgs_per_s", 100_000, 20_000),
 }
 
 
@@ -109,6 +136,202 @@ def spawn_join(n):
     return (time.perf_counter() - t0) * 1e3 / n
 
 
+def lock_uncontended(n):
+    lock = CTX.Lock()
+    for _ in range(n // 10 + 1):
+        with lock:
+            pass
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with lock:
+            pass
+    return (time.perf_counter() - t0) * 1e9 / n
+
+
+def _timed_gang(barrier, reports, children):
+    """Clock from the barrier to the last report; then join. Returns (seconds, reports)."""
+    for c in children:
+        c.start()
+    barrier.wait(PATIENCE)
+    t0 = time.perf_counter()
+    got = [reports.get(timeout=PATIENCE) for _ in children]
+    secs = time.perf_counter() - t0
+    for c in children:
+        c.join()
+        if c.exitcode != 0:
+            raise RuntimeError(f"child exit code {c.exitcode}")
+    failures = [r for r in got if isinstance(r, str)]
+    if failures:
+        raise RuntimeError(f"children failed: {failures}")
+    return secs, got
+
+
+def _lock_worker(lock, value, barrier, reports, ops):
+    try:
+        barrier.wait(PATIENCE)
+        for _ in range(ops):
+            with lock:
+                value.value += 1
+        reports.put(ops)
+    except Exception as e:  # report, or the parent waits for nothing
+        reports.put(f"lock worker: {e!r}")
+
+
+def lock_contended(n):
+    per = n // 2
+    lock = CTX.Lock()
+    value = CTX.Value("q", 0, lock=False)
+    barrier = CTX.Barrier(3)
+    reports = CTX.Queue()
+    children = [CTX.Process(target=_lock_worker, args=(lock, value, barrier, reports, per))
+                for _ in range(2)]
+    secs, _ = _timed_gang(barrier, reports, children)
+    if value.value != 2 * per:
+        raise RuntimeError(f"lock_contended_2p: counter {value.value}, expected {2 * per}")
+    return 2 * per / secs
+
+
+def _sem_worker(sem, holders, guard, barrier, reports, ops):
+    # Holders are counted in shared memory under a second Lock (Python has no shared atomics;
+    # one flag per process summed without a lock over-reports, as the sum is no snapshot).
+    try:
+        barrier.wait(PATIENCE)
+        peak = 0
+        for _ in range(ops):
+            sem.acquire()
+            with guard:
+                holders.value += 1
+                if holders.value > peak:
+                    peak = holders.value
+            with guard:
+                holders.value -= 1
+            sem.release()
+        reports.put((ops, peak))
+    except Exception as e:
+        reports.put(f"semaphore worker: {e!r}")
+
+
+def semaphore_limit(n):
+    per = n // SEM_PROCESSES
+    sem = CTX.Semaphore(SEM_PERMITS)
+    holders = CTX.Value("q", 0, lock=False)
+    guard = CTX.Lock()
+    barrier = CTX.Barrier(SEM_PROCESSES + 1)
+    reports = CTX.Queue()
+    children = [CTX.Process(target=_sem_worker, args=(sem, holders, guard, barrier, reports, per))
+                for _ in range(SEM_PROCESSES)]
+    secs, got = _timed_gang(barrier, reports, children)
+    peak = max(p for _, p in got)
+    if peak > SEM_PERMITS or holders.value != 0:
+        raise RuntimeError(f"semaphore_limit: {peak} holders at once (limit {SEM_PERMITS}), "
+                           f"{holders.value} left")
+    return per * SEM_PROCESSES / secs, peak
+
+
+def _event_b(e1, e2, rounds):
+    for _ in range(rounds):
+        e1.wait()
+        e1.clear()
+        e2.set()
+
+
+def event_pingpong(n):
+    warmup = n // 10 + 1
+    e1, e2 = CTX.Event(), CTX.Event()
+    child = CTX.Process(target=_event_b, args=(e1, e2, warmup + n))
+    child.start()
+
+    def round_trip():
+        e1.set()
+        e2.wait()
+        e2.clear()
+
+    for _ in range(warmup):
+        round_trip()
+    t0 = time.perf_counter()
+    for _ in range(n):
+        round_trip()
+    elapsed = time.perf_counter() - t0
+    child.join()
+    if child.exitcode != 0:
+        raise RuntimeError(f"event child exit code {child.exitcode}")
+    return elapsed * 1e6 / n
+
+
+MSG_LEN = 64
+MARKER_LEN = 8
+
+
+def _q_producer(q, barrier, reports, pid, count, markers):
+    try:
+        barrier.wait(PATIENCE)
+        head = pid.to_bytes(8, "little")
+        pad = bytes(MSG_LEN - 16)
+        for seq in range(count):
+            q.put(head + seq.to_bytes(8, "little") + pad)
+        for _ in range(markers):
+            q.put(head)
+        reports.put(("producer", count))
+    except Exception as e:
+        reports.put(f"producer: {e!r}")
+
+
+def _q_consumer(q, barrier, reports, producers, per):
+    try:
+        seen = [bytearray(per) for _ in range(producers)]
+        last = [-1] * producers
+        count = ends = 0
+        barrier.wait(PATIENCE)
+        while True:
+            m = q.get()
+            if len(m) == MARKER_LEN:
+                ends += 1
+                if ends == producers:
+                    break
+                continue
+            if len(m) != MSG_LEN:
+                raise RuntimeError(f"message of {len(m)} bytes")
+            pid = int.from_bytes(m[:8], "little")
+            seq = int.from_bytes(m[8:16], "little")
+            if seen[pid][seq]:
+                raise RuntimeError(f"duplicate: producer {pid}, seq {seq}")
+            seen[pid][seq] = 1
+            if seq <= last[pid]:
+                raise RuntimeError(f"out of order: producer {pid}, seq {seq} after {last[pid]}")
+            last[pid] = seq
+            count += 1
+        reports.put(("consumer", count, [bytes(s) for s in seen]))
+    except Exception as e:
+        reports.put(f"consumer: {e!r}")
+
+
+def queue_bench(n, producers, consumers):
+    """Same protocol as multiproc-bench: P producers put n/P messages then C end markers each;
+    a consumer stops after P markers; then check that no message was lost or duplicated."""
+    per = n // producers
+    q = CTX.Queue()
+    reports = CTX.Queue()
+    barrier = CTX.Barrier(producers + consumers + 1)
+    children = [CTX.Process(target=_q_producer, args=(q, barrier, reports, p, per, consumers))
+                for p in range(producers)]
+    children += [CTX.Process(target=_q_consumer, args=(q, barrier, reports, producers, per))
+                 for _ in range(consumers)]
+    secs, got = _timed_gang(barrier, reports, children)
+    consumed = [r for r in got if r[0] == "consumer"]
+    if sum(r[1] for r in consumed) != producers * per:
+        raise RuntimeError(f"consumers took {sum(r[1] for r in consumed)} of {producers * per}")
+    for p in range(producers):
+        union = 0
+        for r in consumed:
+            bits = int.from_bytes(r[2][p], "little")
+            if union & bits:
+                raise RuntimeError(f"producer {p}: a message was taken twice")
+            union |= bits
+        if union.to_bytes(per, "little").count(1) != per:
+            raise RuntimeError(f"producer {p}: messages lost")
+    return producers * per / secs
+
+
 def trial(name, n):
     if name == "pipe_pingpong_64B":
         return pingpong(n)
@@ -118,6 +341,18 @@ def trial(name, n):
         return n / stream(n, 1 << 20)  # n messages of 1 MiB
     if name == "spawn_join":
         return spawn_join(n)
+    if name == "lock_uncontended":
+        return lock_uncontended(n)
+    if name == "lock_contended_2p":
+        return lock_contended(n)
+    if name == "semaphore_limit":
+        return semaphore_limit(n)
+    if name == "event_pingpong":
+        return event_pingpong(n)
+    if name == "queue_1p1c_64B":
+        return queue_bench(n, 1, 1)
+    if name == "queue_2p2c_64B":
+        return queue_bench(n, 2, 2)
     raise ValueError(name)
 
 
@@ -140,7 +375,11 @@ def main():
     for name in names:
         unit, full_n, quick_n = WORKLOADS[name]
         n = args.n or (quick_n if args.quick else full_n)
-        values = [trial(name, n) for _ in range(trials)]
+        results = [trial(name, n) for _ in range(trials)]
+        # semaphore_limit returns (value, peak holders).
+        values = [r[0] if isinstance(r, tuple) else r for r in results]
+        peaks = [r[1] for r in results if isinstance(r, tuple)]
+        extra = {"peak": max(peaks), "peak_min": min(peaks)} if peaks else {}
         print(json.dumps({
             "workload": name,
             "impl": "python-mp",
@@ -151,7 +390,8 @@ def main():
             "min": min(values),
             "max": max(values),
             "pinned": pinned,
-            "api": API_SPAWN if name == "spawn_join" else API_PIPE,
+            "api": APIS.get(name, API_PIPE),
+            **extra,
         }), flush=True)
 
 

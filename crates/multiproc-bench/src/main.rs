@@ -1,9 +1,11 @@
 //! `multiproc-bench`: one scenario matrix, three implementations, same payloads.
 //!
 //! For every workload it measures `multiproc`, Python's `multiprocessing` (`python-mp`, a
-//! stdlib-only script run with `python3`) and the raw OS floor (`raw-os`: blocking syscalls on a
-//! socketpair between two processes), interleaved trial by trial so that the ratios are measured
-//! side by side under the same machine noise. Each result is one JSON line on stdout:
+//! stdlib-only script run with `python3`) and the raw OS floor (`raw-os`: blocking syscalls
+//! between processes: a socketpair for the pipes, futexes for the locks, eventfds for the
+//! events, a `SOCK_SEQPACKET` pair for the queues), interleaved trial by trial so that the
+//! ratios are measured side by side under the same machine noise. Each result is one JSON line
+//! on stdout:
 //!
 //! ```text
 //! {"workload": "pipe_pingpong_64B", "impl": "multiproc", "value": 21.4, "unit": "us_per_roundtrip", "n": 20000, ...}
@@ -14,12 +16,16 @@
 //! Options: `--quick` (the whole run well under a minute), `--only <workload>` and
 //! `--impl <impl>` (repeatable, or comma lists), `--pin` (everything, children included, on
 //! CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows, `multiproc-blocking` and
-//! `tokio-reactor`. Results and their reading: `docs/BENCHMARKS.md`.
+//! `tokio-reactor`; the contended lock, the event ping-pong and the queues have
+//! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`).
+//! Results and their reading: `docs/BENCHMARKS.md`.
 
 mod multiproc_impl;
 mod payload;
 mod python;
+mod queue_bench;
 mod raw;
+mod sync_bench;
 
 use std::fmt::Write as _;
 use std::io;
@@ -39,14 +45,32 @@ pub(crate) enum Workload {
     Stream1M,
     /// Spawn a trivial child and join it, sequentially.
     SpawnJoin,
+    /// Lock and unlock a free lock, in one process.
+    LockUncontended,
+    /// Two processes incrementing one shared counter under one lock.
+    LockContended2p,
+    /// Eight processes acquiring and releasing a semaphore of two permits.
+    SemaphoreLimit,
+    /// Two events bounced between two processes.
+    EventPingpong,
+    /// One producer process, one consumer process, 64-byte messages through a queue.
+    Queue1p1c,
+    /// Two producer processes, two consumer processes, one queue.
+    Queue2p2c,
 }
 
 impl Workload {
-    const ALL: [Workload; 4] = [
+    const ALL: [Workload; 10] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
         Workload::SpawnJoin,
+        Workload::LockUncontended,
+        Workload::LockContended2p,
+        Workload::SemaphoreLimit,
+        Workload::EventPingpong,
+        Workload::Queue1p1c,
+        Workload::Queue2p2c,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -56,6 +80,12 @@ impl Workload {
             Workload::Stream64 => "pipe_stream_64B",
             Workload::Stream1M => "pipe_stream_1MiB",
             Workload::SpawnJoin => "spawn_join",
+            Workload::LockUncontended => "lock_uncontended",
+            Workload::LockContended2p => "lock_contended_2p",
+            Workload::SemaphoreLimit => "semaphore_limit",
+            Workload::EventPingpong => "event_pingpong",
+            Workload::Queue1p1c => "queue_1p1c_64B",
+            Workload::Queue2p2c => "queue_2p2c_64B",
         }
     }
 
@@ -66,16 +96,29 @@ impl Workload {
             Workload::Stream64 => "msgs_per_s",
             Workload::Stream1M => "MiB_per_s",
             Workload::SpawnJoin => "ms_per_process",
+            Workload::LockUncontended => "ns_per_op",
+            Workload::LockContended2p | Workload::SemaphoreLimit => "ops_per_s",
+            Workload::EventPingpong => "us_per_roundtrip",
+            Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
         }
     }
 
     /// Whether a larger value is better (a throughput) or worse (a latency).
     fn higher_is_better(self) -> bool {
-        matches!(self, Workload::Stream64 | Workload::Stream1M)
+        matches!(
+            self,
+            Workload::Stream64
+                | Workload::Stream1M
+                | Workload::LockContended2p
+                | Workload::SemaphoreLimit
+                | Workload::Queue1p1c
+                | Workload::Queue2p2c
+        )
     }
 
-    /// Operations per trial: round trips, messages or processes.
-    fn n(self, quick: bool) -> u64 {
+    /// Operations per trial: round trips, messages, processes, lock or semaphore operations
+    /// (all processes together).
+    pub(crate) fn n(self, quick: bool) -> u64 {
         match (self, quick) {
             (Workload::Pingpong64, false) => 5_000,
             (Workload::Pingpong64, true) => 2_000,
@@ -85,6 +128,16 @@ impl Workload {
             (Workload::Stream1M, true) => 100,
             (Workload::SpawnJoin, false) => 100,
             (Workload::SpawnJoin, true) => 40,
+            (Workload::LockUncontended, false) => 2_000_000,
+            (Workload::LockUncontended, true) => 500_000,
+            (Workload::LockContended2p, false) => 1_000_000,
+            (Workload::LockContended2p, true) => 300_000,
+            (Workload::SemaphoreLimit, false) => 400_000,
+            (Workload::SemaphoreLimit, true) => 80_000,
+            (Workload::EventPingpong, false) => 5_000,
+            (Workload::EventPingpong, true) => 1_000,
+            (Workload::Queue1p1c | Workload::Queue2p2c, false) => 100_000,
+            (Workload::Queue1p1c | Workload::Queue2p2c, true) => 20_000,
         }
     }
 
@@ -96,6 +149,19 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocBlocking,
                 Impl::TokioReactor,
+                Impl::PythonMp,
+            ],
+            Workload::LockContended2p | Workload::EventPingpong => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocBlocking,
+                Impl::PythonMp,
+            ],
+            Workload::Queue1p1c | Workload::Queue2p2c => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocSink,
+                Impl::MultiprocBlocking,
                 Impl::PythonMp,
             ],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
@@ -112,8 +178,11 @@ impl Workload {
 enum Impl {
     /// multiproc's async API on current-thread runtimes (the headline number).
     Multiproc,
-    /// multiproc's blocking twins (`blocking_send` / `blocking_recv`), for diagnosis.
+    /// multiproc's blocking twins (`blocking_send` / `blocking_recv`, `blocking_lock`, ...),
+    /// for diagnosis.
     MultiprocBlocking,
+    /// Queues only: producers feed a `Queue::sink()`, consumers read a `Queue::stream()`.
+    MultiprocSink,
     /// Python's multiprocessing, fork start method.
     PythonMp,
     /// Blocking syscalls on a socketpair: the floor.
@@ -123,9 +192,10 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 5] = [
+    const ALL: [Impl; 6] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
+        Impl::MultiprocSink,
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
@@ -139,6 +209,7 @@ impl Impl {
         match self {
             Impl::Multiproc => "multiproc",
             Impl::MultiprocBlocking => "multiproc-blocking",
+            Impl::MultiprocSink => "multiproc-sink",
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
@@ -194,9 +265,12 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
   --quick        smaller n and 5 trials: the whole run takes well under a minute
   --pin          run everything (this process, its children, python) on CPU 0
   --only <w>     run only these workloads (repeatable or comma-separated):
-                 pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join
+                 pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
+                 lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
+                 queue_1p1c_64B, queue_2p2c_64B
   --impl <i>     run only these implementations (repeatable or comma-separated):
-                 multiproc, multiproc-blocking, tokio-reactor, python-mp, raw-os
+                 multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
+                 raw-os
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -271,7 +345,28 @@ fn pin_to_cpu0() -> io::Result<()> {
 struct Series {
     imp: Impl,
     values: Vec<f64>,
+    /// `semaphore_limit`: the peak number of concurrent holders seen in each trial.
+    peaks: Vec<u64>,
     error: Option<String>,
+}
+
+/// The result of one trial.
+pub(crate) struct Sample {
+    /// In the workload's unit.
+    pub(crate) value: f64,
+    /// `semaphore_limit` only: the most permit holders seen at once.
+    pub(crate) peak: Option<u64>,
+}
+
+impl From<f64> for Sample {
+    fn from(value: f64) -> Self {
+        Sample { value, peak: None }
+    }
+}
+
+/// An `io::Error` with `e`'s message.
+pub(crate) fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
 }
 
 impl Series {
@@ -328,17 +423,41 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         json_number(max),
     );
     if s.imp == Impl::PythonMp {
-        line.push_str(if w == Workload::SpawnJoin {
-            ", \"api\": \"get_context('fork').Process(target=noop).start(); join()\""
-        } else {
-            ", \"api\": \"Pipe() Connection.send/recv of bytes (pickled), fork\""
-        });
+        let api = match w {
+            Workload::SpawnJoin => "get_context('fork').Process(target=noop).start(); join()",
+            Workload::LockUncontended => "with Lock(): pass",
+            Workload::LockContended2p => "with Lock(): Value('q', lock=False).value += 1",
+            Workload::SemaphoreLimit => {
+                "Semaphore(2).acquire()/release(); holders counted under a second Lock"
+            }
+            Workload::EventPingpong => "Event set/wait/clear",
+            Workload::Queue1p1c | Workload::Queue2p2c => "Queue().put/get of bytes (pickled)",
+            _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
+        };
+        let _ = write!(line, ", \"api\": {}", json_string(api));
+    }
+    if !s.peaks.is_empty() {
+        let max = s.peaks.iter().max().copied().unwrap_or(0);
+        let min = s.peaks.iter().min().copied().unwrap_or(0);
+        let _ = write!(line, ", \"peak\": {max}, \"peak_min\": {min}");
     }
     if let Some(steal) = steal {
         let _ = write!(line, ", \"steal_pct\": {steal:.1}");
     }
-    if s.imp == Impl::RawOs && w == Workload::Stream64 {
-        line.push_str(", \"note\": \"one write(2) per message\"");
+    let note = match (s.imp, w) {
+        (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
+        (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
+            Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
+        }
+        (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
+        (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
+        (Impl::RawOs, Workload::Queue1p1c | Workload::Queue2p2c) => {
+            Some("blocking send/recv on a shared SOCK_SEQPACKET pair")
+        }
+        _ => None,
+    };
+    if let Some(note) = note {
+        let _ = write!(line, ", \"note\": {}", json_string(note));
     }
     line.push('}');
     Some(line)
@@ -351,16 +470,25 @@ fn run_trial(
     w: Workload,
     imp: Impl,
     n: u64,
-) -> io::Result<f64> {
-    match imp {
-        Impl::Multiproc => multiproc_impl::run(rt, w, n, false),
-        Impl::MultiprocBlocking => multiproc_impl::run(rt, w, n, true),
-        Impl::RawOs => raw::run(rt, w, n),
-        Impl::TokioReactor => raw::reactor_pingpong(rt, n),
-        Impl::PythonMp => match python {
+) -> io::Result<Sample> {
+    match (imp, w) {
+        (Impl::PythonMp, _) => match python {
             Some(py) => py.run(w, n),
             None => Err(io::Error::other("python3 not available")),
         },
+        (
+            _,
+            Workload::LockUncontended
+            | Workload::LockContended2p
+            | Workload::SemaphoreLimit
+            | Workload::EventPingpong,
+        ) => sync_bench::run(rt, w, imp, n),
+        (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        (Impl::Multiproc, _) => multiproc_impl::run(rt, w, n, false).map(Sample::from),
+        (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
+        (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
+        (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
+        (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
     }
 }
 
@@ -474,6 +602,7 @@ fn main() -> ExitCode {
             .map(|&imp| Series {
                 imp,
                 values: Vec::new(),
+                peaks: Vec::new(),
                 error: None,
             })
             .collect();
@@ -485,7 +614,10 @@ fn main() -> ExitCode {
                     continue;
                 }
                 match run_trial(&rt, python.as_ref(), w, s.imp, n) {
-                    Ok(v) => s.values.push(v),
+                    Ok(sample) => {
+                        s.values.push(sample.value);
+                        s.peaks.extend(sample.peak);
+                    }
                     Err(e) => {
                         eprintln!("# {} {}: failed: {e}", w.name(), s.imp.name());
                         s.error = Some(e.to_string());
@@ -503,6 +635,16 @@ fn main() -> ExitCode {
             }
         }
         summarize(w, &series, steal);
+        for s in &series {
+            if w == Workload::SemaphoreLimit && s.peaks.iter().all(|p| *p < 2) {
+                eprintln!(
+                    "# {} {}: the peak never reached 2 holders (peaks {:?})",
+                    w.name(),
+                    s.imp.name(),
+                    s.peaks
+                );
+            }
+        }
     }
     if failed {
         ExitCode::FAILURE

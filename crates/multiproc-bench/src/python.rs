@@ -7,7 +7,7 @@
 use std::io;
 use std::process::{Command, Stdio};
 
-use crate::Workload;
+use crate::{Sample, Workload};
 
 /// The script, as it is in `crates/multiproc-bench/python/bench_mp.py`.
 const SCRIPT: &str = include_str!("../python/bench_mp.py");
@@ -33,8 +33,8 @@ impl Python {
         ok.then_some(Python { program })
     }
 
-    /// Runs one trial of `w` with `n` operations and returns its value.
-    pub(crate) fn run(&self, w: Workload, n: u64) -> io::Result<f64> {
+    /// Runs one trial of `w` with `n` operations and returns its value (and peak, if any).
+    pub(crate) fn run(&self, w: Workload, n: u64) -> io::Result<Sample> {
         let out = Command::new(&self.program)
             .args(["-c", SCRIPT, "--only", w.name(), "--n"])
             .arg(n.to_string())
@@ -49,16 +49,24 @@ impl Python {
             )));
         }
         let text = String::from_utf8_lossy(&out.stdout);
-        text.lines()
-            .find(|l| l.contains(&format!("\"workload\": \"{}\"", w.name())))
-            .and_then(json_value)
-            .ok_or_else(|| io::Error::other(format!("no result in python output: {text:?}")))
+        let line = text
+            .lines()
+            .find(|l| l.contains(&format!("\"workload\": \"{}\"", w.name())));
+        let value = line.and_then(|l| json_field(l, "value"));
+        let peak = line.and_then(|l| json_field(l, "peak")).map(|p| p as u64);
+        match value {
+            Some(value) => Ok(Sample { value, peak }),
+            None => Err(io::Error::other(format!(
+                "no result in python output: {text:?}"
+            ))),
+        }
     }
 }
 
-/// The number after `"value":` in one of our JSON lines.
-fn json_value(line: &str) -> Option<f64> {
-    let rest = &line[line.find("\"value\":")? + "\"value\":".len()..];
+/// The number after `"<key>":` in one of our JSON lines.
+fn json_field(line: &str, key: &str) -> Option<f64> {
+    let tag = format!("\"{key}\":");
+    let rest = &line[line.find(&tag)? + tag.len()..];
     let end = rest.find([',', '}'])?;
     rest[..end].trim().parse().ok()
 }
