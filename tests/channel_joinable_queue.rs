@@ -106,7 +106,7 @@ async fn cancelled_puts_are_not_tasks() {
             .unwrap(),
         1
     );
-    assert_eq!(queue.get().await.unwrap(), 0);
+    assert_eq!(within("get", queue.get()).await.unwrap(), 0);
     queue.task_done().unwrap();
     within("join", queue.join()).await.unwrap();
 }

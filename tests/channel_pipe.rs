@@ -86,7 +86,11 @@ async fn peer_close_gives_end_of_stream_after_pending_messages() {
         assert_eq!(within("pending", rx.recv()).await.unwrap(), Some(i));
     }
     assert_eq!(within("eof", rx.recv()).await.unwrap(), None);
-    assert_eq!(rx.recv().await.unwrap(), None, "end-of-stream is sticky");
+    assert_eq!(
+        within("sticky eof", rx.recv()).await.unwrap(),
+        None,
+        "end-of-stream is sticky"
+    );
 }
 
 #[tokio::test]
@@ -272,7 +276,7 @@ async fn corrupt_frame_is_reported_and_ends_the_stream() {
     assert!(matches!(err, RecvError::Corrupt { .. }), "{err}");
     assert!(err.is_fatal());
     assert!(err.to_string().contains("magic"), "{err}");
-    assert_eq!(rx.recv().await.unwrap(), None);
+    assert_eq!(within("eof after error", rx.recv()).await.unwrap(), None);
 }
 
 #[tokio::test]
@@ -296,7 +300,7 @@ async fn writer_killed_mid_message_gives_an_error_not_a_misparse() {
     assert!(within("child", child).await.unwrap_err().is_killed());
     let err = within("truncated", rx.recv()).await.unwrap_err();
     assert!(matches!(err, RecvError::Truncated { .. }), "{err}");
-    assert_eq!(rx.recv().await.unwrap(), None);
+    assert_eq!(within("eof after error", rx.recv()).await.unwrap(), None);
 }
 
 #[tokio::test]

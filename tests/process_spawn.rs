@@ -123,7 +123,7 @@ async fn join_timeout_returns_on_time_and_leaves_the_child_running() {
     let err = within("join after kill", child.join()).await.unwrap_err();
     assert!(err.is_killed());
     assert!(!child.is_alive());
-    let again = child.join().await.unwrap_err();
+    let again = within("second join", child.join()).await.unwrap_err();
     assert!(again.is_already_joined(), "{again}");
 }
 

@@ -140,11 +140,16 @@ pub(crate) fn wait_ready(
     }
 }
 
-/// Identity of the running executable: `(st_dev, st_ino)` of `/proc/self/exe`.
+/// Identity of the running executable: `(st_dev, st_ino)` of `/proc/self/exe`. It cannot
+/// change while the process runs, so it is read once.
 pub(crate) fn exe_identity() -> io::Result<(u64, u64)> {
-    let meta = std::fs::metadata("/proc/self/exe")?;
+    static IDENTITY: std::sync::OnceLock<(u64, u64)> = std::sync::OnceLock::new();
+    if let Some(id) = IDENTITY.get() {
+        return Ok(*id);
+    }
     use std::os::unix::fs::MetadataExt;
-    Ok((meta.dev(), meta.ino()))
+    let meta = std::fs::metadata("/proc/self/exe")?;
+    Ok(*IDENTITY.get_or_init(|| (meta.dev(), meta.ino())))
 }
 
 /// Whether `fd` is a socket (`fstat(2)`).

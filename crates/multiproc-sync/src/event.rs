@@ -2,13 +2,13 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, EventWaitError};
-use crate::wait::{Core, deadline_after};
+use crate::wait::Core;
 
 /// Byte offset of the state word: bit 0 is the flag, the rest counts how often it was set.
 const WORD: usize = 8;
@@ -118,16 +118,12 @@ impl Event {
     /// Cancel safe, as [`Event::wait`].
     pub async fn wait_timeout(&self, timeout: Duration) -> Result<bool, EventWaitError> {
         let start = self.word().load(Ordering::SeqCst);
-        let deadline = deadline_after(timeout);
         if start & 1 == 1 {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
         Ok(self
             .core
-            .wait_until(Some(deadline), None, |_| self.done(start))
+            .wait_timeout(timeout, None, |_| self.done(start))
             .await?
             .is_some())
     }
@@ -152,16 +148,12 @@ impl Event {
     /// When out of descriptors.
     pub fn blocking_wait_timeout(&self, timeout: Duration) -> Result<bool, EventWaitError> {
         let start = self.word().load(Ordering::SeqCst);
-        let deadline = deadline_after(timeout);
         if start & 1 == 1 {
             return Ok(true);
         }
-        if Instant::now() >= deadline {
-            return Ok(false);
-        }
         Ok(self
             .core
-            .blocking_wait_until(Some(deadline), None, |_| self.done(start))?
+            .blocking_wait_timeout(timeout, None, |_| self.done(start))?
             .is_some())
     }
 }

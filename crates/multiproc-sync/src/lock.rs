@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN, deadline_after};
+use crate::wait::{Core, LIVENESS_TICK, SPIN};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -115,14 +115,11 @@ impl Lock {
         if let Some(g) = self.spin() {
             return Ok(g);
         }
-        let mut first = true;
-        let got = self
+        let died = self
             .core
-            .wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })
+            .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
             .await?;
-        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+        Ok(self.guard(died))
     }
 
     /// Acquires the lock if it is free (or its holder died) right now.
@@ -145,18 +142,9 @@ impl Lock {
     /// # Cancel safety
     /// Cancel safe, as [`Lock::lock`].
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, LockTimeoutError> {
-        if let Some(died) = self.attempt(true) {
-            return Ok(self.guard(died));
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(LockTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .await
             .map_err(LockError)?;
         got.map(|died| self.guard(died))
@@ -172,13 +160,10 @@ impl Lock {
         if let Some(g) = self.spin() {
             return Ok(g);
         }
-        let mut first = true;
-        let got = self
+        let died = self
             .core
-            .blocking_wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })?;
-        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+            .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?;
+        Ok(self.guard(died))
     }
 
     /// The blocking twin of [`Lock::lock_timeout`].
@@ -189,18 +174,9 @@ impl Lock {
         &self,
         timeout: Duration,
     ) -> Result<LockGuard<'_>, LockTimeoutError> {
-        if let Some(died) = self.attempt(true) {
-            return Ok(self.guard(died));
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(LockTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .blocking_wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .map_err(LockError)?;
         got.map(|died| self.guard(died))
             .ok_or(LockTimeoutError::Timeout)

@@ -2,14 +2,14 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, ReleaseError, TryLockError};
 use crate::owner::{self, CLAIMING};
-use crate::wait::{Core, LIVENESS_TICK, deadline_after};
+use crate::wait::{Core, LIVENESS_TICK};
 
 const OWNER: usize = 8; // u64: holder process identity (| CLAIMING while it fills in the rest)
 const TASK: usize = 16; // u64: holder task within the process
@@ -116,14 +116,11 @@ impl RLock {
         if let Some(died) = self.attempt(false) {
             return Ok(self.guard(died));
         }
-        let mut first = true;
-        let got = self
+        let died = self
             .core
-            .wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })
+            .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
             .await?;
-        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+        Ok(self.guard(died))
     }
 
     /// Acquires the lock if free, owned by the caller, or held by a dead process.
@@ -148,18 +145,9 @@ impl RLock {
         &self,
         timeout: Duration,
     ) -> Result<RLockGuard<'_>, LockTimeoutError> {
-        if let Some(died) = self.attempt(true) {
-            return Ok(self.guard(died));
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(LockTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .await
             .map_err(LockError)?;
         got.map(|died| self.guard(died))
@@ -171,13 +159,10 @@ impl RLock {
     /// # Errors
     /// [`LockError`] when out of descriptors.
     pub fn blocking_lock(&self) -> Result<RLockGuard<'_>, LockError> {
-        let mut first = true;
-        let got = self
+        let died = self
             .core
-            .blocking_wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })?;
-        Ok(self.guard(got.expect("an unbounded wait ends only with the lock")))
+            .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?;
+        Ok(self.guard(died))
     }
 
     /// The blocking twin of [`RLock::lock_timeout`].
@@ -188,18 +173,9 @@ impl RLock {
         &self,
         timeout: Duration,
     ) -> Result<RLockGuard<'_>, LockTimeoutError> {
-        if let Some(died) = self.attempt(true) {
-            return Ok(self.guard(died));
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(LockTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .blocking_wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .map_err(LockError)?;
         got.map(|died| self.guard(died))
             .ok_or(LockTimeoutError::Timeout)

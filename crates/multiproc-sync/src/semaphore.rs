@@ -3,14 +3,14 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN, deadline_after};
+use crate::wait::{Core, LIVENESS_TICK, SPIN};
 
 // Layout of the shared page.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
@@ -201,14 +201,11 @@ impl Engine {
         if let Some(slot) = self.spin() {
             return Ok(self.permit(slot));
         }
-        let mut first = true;
-        let got = self
+        let slot = self
             .core
-            .wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })
+            .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
             .await?;
-        Ok(self.permit(got.expect("an unbounded wait ends only with a permit")))
+        Ok(self.permit(slot))
     }
 
     fn try_acquire(&self) -> Result<SemaphorePermit<'_>, TryAcquireError> {
@@ -224,18 +221,9 @@ impl Engine {
         &self,
         timeout: Duration,
     ) -> Result<SemaphorePermit<'_>, AcquireTimeoutError> {
-        if let Ok(p) = self.try_acquire() {
-            return Ok(p);
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(AcquireTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .await
             .map_err(AcquireError)?;
         got.map(|slot| self.permit(slot))
@@ -246,31 +234,19 @@ impl Engine {
         if let Some(slot) = self.spin() {
             return Ok(self.permit(slot));
         }
-        let mut first = true;
-        let got = self
+        let slot = self
             .core
-            .blocking_wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked || std::mem::take(&mut first))
-            })?;
-        Ok(self.permit(got.expect("an unbounded wait ends only with a permit")))
+            .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?;
+        Ok(self.permit(slot))
     }
 
     fn blocking_acquire_timeout(
         &self,
         timeout: Duration,
     ) -> Result<SemaphorePermit<'_>, AcquireTimeoutError> {
-        if let Ok(p) = self.try_acquire() {
-            return Ok(p);
-        }
-        let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
-            return Err(AcquireTimeoutError::Timeout);
-        }
         let got = self
             .core
-            .blocking_wait_until(Some(deadline), Some(LIVENESS_TICK), |ticked| {
-                self.attempt(ticked)
-            })
+            .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .map_err(AcquireError)?;
         got.map(|slot| self.permit(slot))
             .ok_or(AcquireTimeoutError::Timeout)

@@ -99,14 +99,8 @@ impl Core {
             if let Some(v) = attempt(ticked) {
                 return Ok(Some(v));
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            let Some(next) = next_wake(deadline, tick) else {
                 return Ok(None);
-            }
-            let next = match (deadline, tick) {
-                (d, None) => d,
-                (None, Some(t)) => Some(now + t),
-                (Some(d), Some(t)) => Some(d.min(now + t)),
             };
             ticked = match next {
                 None => {
@@ -141,18 +135,96 @@ impl Core {
             if let Some(v) = attempt(ticked) {
                 return Ok(Some(v));
             }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
+            let Some(next) = next_wake(deadline, tick) else {
                 return Ok(None);
-            }
-            let next = match (deadline, tick) {
-                (d, None) => d,
-                (None, Some(t)) => Some(now + t),
-                (Some(d), Some(t)) => Some(d.min(now + t)),
             };
             ticked = !waiter.wait(next)?;
         }
     }
+
+    /// Waits with no deadline until `attempt` succeeds. `attempt` gets `true` on its first call
+    /// and at every `tick`, so a dead owner is noticed at once and then periodically.
+    pub(crate) async fn wait_forever<T>(
+        &self,
+        tick: Duration,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<T> {
+        let mut first = true;
+        let got = self
+            .wait_until(None, Some(tick), |ticked| {
+                attempt(ticked || std::mem::take(&mut first))
+            })
+            .await?;
+        Ok(got.expect("an unbounded wait ends only with a value"))
+    }
+
+    /// The blocking twin of [`Self::wait_forever`].
+    pub(crate) fn blocking_wait_forever<T>(
+        &self,
+        tick: Duration,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<T> {
+        let mut first = true;
+        let got = self.blocking_wait_until(None, Some(tick), |ticked| {
+            attempt(ticked || std::mem::take(&mut first))
+        })?;
+        Ok(got.expect("an unbounded wait ends only with a value"))
+    }
+
+    /// The shape of every `*_timeout`: try now (cheaply, then with the dead-owner check), then
+    /// wait until `timeout` has fully elapsed. `Ok(None)` on timeout, never early; a zero
+    /// timeout only tries.
+    pub(crate) async fn wait_timeout<T>(
+        &self,
+        timeout: Duration,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        if let Some(v) = try_now(&mut attempt) {
+            return Ok(Some(v));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        self.wait_until(Some(deadline), tick, attempt).await
+    }
+
+    /// The blocking twin of [`Self::wait_timeout`].
+    pub(crate) fn blocking_wait_timeout<T>(
+        &self,
+        timeout: Duration,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        if let Some(v) = try_now(&mut attempt) {
+            return Ok(Some(v));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        self.blocking_wait_until(Some(deadline), tick, attempt)
+    }
+}
+
+/// One immediate try: the cheap attempt first, then the one that also checks for a dead owner.
+fn try_now<T>(attempt: &mut impl FnMut(bool) -> Option<T>) -> Option<T> {
+    attempt(false).or_else(|| attempt(true))
+}
+
+/// When a waiter must next wake on its own: the deadline or the next tick, whichever is first.
+/// `None` once the deadline has passed; `Some(None)` when there is nothing to wake for.
+fn next_wake(deadline: Option<Instant>, tick: Option<Duration>) -> Option<Option<Instant>> {
+    let now = Instant::now();
+    if deadline.is_some_and(|d| now >= d) {
+        return None;
+    }
+    Some(match (deadline, tick) {
+        (d, None) => d,
+        (None, Some(t)) => Some(now + t),
+        (Some(d), Some(t)) => Some(d.min(now + t)),
+    })
 }
 
 /// `now + timeout`, saturating far in the future.
