@@ -23,8 +23,9 @@ pub const BOOTSTRAP_ENV: &str = "MULTIPROC_BOOTSTRAP";
 /// Exit code of a child whose bootstrap failed before the entry point ran.
 pub const BOOTSTRAP_FAILED_EXIT: i32 = 121;
 
-const HELLO_MAGIC: [u8; 8] = *b"MPBOOT01";
-const HELLO_LEN: usize = 8 + 8 + 8 + 8 + 8;
+const HELLO_MAGIC: [u8; 8] = *b"MPBOOT02";
+/// Magic, shim and run offsets, executable device and inode, program key (two words).
+const HELLO_LEN: usize = 8 + 8 + 8 + 8 + 8 + 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[used]
@@ -44,8 +45,15 @@ fn anchor() -> usize {
     bootstrap_hook as extern "C" fn() as usize
 }
 
-fn offset_of(addr: usize) -> i64 {
+/// The offset of a function address from the anchor: the same in every process of this
+/// executable.
+pub(crate) fn offset_of(addr: usize) -> i64 {
     addr.wrapping_sub(anchor()) as i64
+}
+
+/// The address in this process of the function at `offset` from the anchor.
+pub(crate) fn address_of(offset: i64) -> usize {
+    anchor().wrapping_add(offset as usize)
 }
 
 impl EntryPoint {
@@ -110,6 +118,9 @@ pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
     hello.extend_from_slice(&entry.run.to_le_bytes());
     hello.extend_from_slice(&dev.to_le_bytes());
     hello.extend_from_slice(&ino.to_le_bytes());
+    for word in crate::remote_fn::program_key() {
+        hello.extend_from_slice(&word.to_le_bytes());
+    }
     // A fresh socket buffer holds far more than the hello: this never blocks.
     let written = sys::send_with_fds(parent_end.as_fd(), &hello, &[])?;
     if written != hello.len() {
@@ -187,8 +198,9 @@ fn enter(value: &str) -> io::Result<()> {
     if sys::exe_identity()? != (dev, ino) {
         return Err(io::Error::other("the parent runs a different executable"));
     }
-    let shim_addr = anchor().wrapping_add(shim as usize);
-    let run_addr = anchor().wrapping_add(run as usize);
+    crate::remote_fn::inherit_program_key([word(40), word(48)]);
+    let shim_addr = address_of(shim);
+    let run_addr = address_of(run);
     // SAFETY: the offset came from `EntryPoint::new` in the parent, which runs this identical
     // executable (checked just above), as the offset of `shim::<F>`, a `fn(usize, OwnedFd)`.
     let shim = unsafe { std::mem::transmute::<usize, fn(usize, OwnedFd)>(shim_addr) };

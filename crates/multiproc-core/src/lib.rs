@@ -17,6 +17,7 @@ mod frame;
 pub mod message;
 pub mod packet;
 pub mod pidfd;
+pub mod remote_fn;
 pub mod shm;
 mod socket;
 mod sys;
