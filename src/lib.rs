@@ -1,14 +1,14 @@
 //! Support shared by the multiproc examples and the cross-process integration tests.
 //! Users depend on the `multiproc` crate, not on this one.
 
-use std::future::Future;
+use std::future::IntoFuture;
 use std::time::Duration;
 
 /// How long any single wait in a test may take before the test fails instead of hanging CI.
 pub const TEST_LIMIT: Duration = Duration::from_secs(60);
 
 /// Awaits `f`, panicking with `what` if it takes longer than [`TEST_LIMIT`].
-pub async fn within<T>(what: &str, f: impl Future<Output = T>) -> T {
+pub async fn within<T>(what: &str, f: impl IntoFuture<Output = T>) -> T {
     match tokio::time::timeout(TEST_LIMIT, f).await {
         Ok(v) => v,
         Err(_) => panic!("timed out after {TEST_LIMIT:?}: {what}"),

@@ -39,11 +39,13 @@ struct AppendTo<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for AppendTo<'_> {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())
@@ -85,5 +87,38 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
             bytes.len(),
         )),
         Err(e) => Err(DecodeError::serde(e, std::any::type_name::<T>())),
+    }
+}
+
+/// Deserializes a `T` from the front of `bytes` and returns it with the bytes that follow.
+///
+/// For frames made of a small header followed by a body whose type only the header reveals:
+/// decode the header here, then the body with [`decode`]. The header may not claim
+/// descriptors; the frame's descriptors all belong to the body.
+///
+/// # Errors
+/// [`DecodeError`] when the front of `bytes` is not a `T`.
+pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
+    let (result, fd_error) =
+        fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
+    if let Some(e) = fd_error {
+        return Err(DecodeError::descriptor(e));
+    }
+    result.map_err(|e| DecodeError::serde(e, std::any::type_name::<T>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_then_body() {
+        let mut buf = Vec::new();
+        assert!(encode_into(&(7u32, "head"), &mut buf).unwrap().is_empty());
+        assert!(encode_into(&vec![1u64, 2, 3], &mut buf).unwrap().is_empty());
+        let ((n, name), rest) = decode_head::<(u32, String)>(&buf).unwrap();
+        assert_eq!((n, name.as_str()), (7, "head"));
+        assert_eq!(decode::<Vec<u64>>(rest, Vec::new()).unwrap(), vec![1, 2, 3]);
+        assert!(decode_head::<(u32, String)>(&buf[..2]).is_err());
     }
 }

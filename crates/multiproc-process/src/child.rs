@@ -1,20 +1,17 @@
 //! The child side: runs in the re-executed program, before `main`, and never returns.
 
 use std::os::fd::OwnedFd;
-use std::panic::AssertUnwindSafe;
-use std::sync::Mutex;
 
 use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::{SharedFd, message, pidfd};
 use serde::de::DeserializeOwned;
 
 use crate::function::ChildOutput;
+use crate::panic::{self, PanicReport};
 use crate::protocol::{Report, Setup};
 
 /// Exit code of a child that could not talk to its parent at all.
 const CONTROL_LOST_EXIT: i32 = 122;
-
-static LAST_PANIC: Mutex<Option<(String, Option<String>)>> = Mutex::new(None);
 
 /// Entry point for a child running `f`: reads setup and arguments, runs, reports, exits.
 pub(crate) fn child_main<A, R, M, F>(f: F, control: OwnedFd)
@@ -41,7 +38,7 @@ where
         }
     };
     drop(rx);
-    install_panic_hook();
+    panic::install_hook(true);
 
     let runtime = if R::ASYNC {
         match tokio::runtime::Builder::new_current_thread()
@@ -64,17 +61,9 @@ where
     } else {
         None
     };
-    let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| f(args).resolve(runtime.as_ref())));
-    let msg = match outcome {
+    let msg = match panic::catch(|| f(args).resolve(runtime.as_ref())) {
         Ok(value) => Report::Returned(value),
-        Err(payload) => {
-            let (message, location) = LAST_PANIC
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .unwrap_or_else(|| (payload_message(payload.as_ref()), None));
-            Report::Panicked { message, location }
-        }
+        Err(PanicReport { message, location }) => Report::Panicked { message, location },
     };
     report(&mut tx, msg);
     drop(runtime);
@@ -102,26 +91,4 @@ fn report<R: serde::Serialize>(tx: &mut RawSender, msg: Report<R>) {
     }
     // A parent that went away is not our problem any more.
     let _ = tx.blocking_flush(None);
-}
-
-fn install_panic_hook() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let message = payload_message(info.payload());
-        let location = info
-            .location()
-            .map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column()));
-        *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) = Some((message, location));
-        default(info);
-    }));
-}
-
-fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "Box<dyn Any>".to_string()
-    }
 }

@@ -15,6 +15,8 @@ mod child;
 pub mod error;
 mod function;
 mod join;
+mod panic;
+pub mod pool;
 mod protocol;
 mod status;
 

@@ -67,7 +67,14 @@
 #![forbid(unsafe_code)]
 
 #[doc(inline)]
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+#[doc(inline)]
 pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
+/// The pool's futures, streams and helper traits ([`Pool`] returns them).
+pub mod pool {
+    #[doc(inline)]
+    pub use multiproc_process::pool::*;
+}
 
 #[doc(inline)]
 pub use multiproc_channel::pipe;

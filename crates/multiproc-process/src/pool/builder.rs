@@ -1,0 +1,163 @@
+//! Options for a pool: worker count, initializer, worker lifetime, chunk size.
+
+use std::sync::Arc;
+
+use multiproc_core::message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Pool;
+use super::driver::run_slot;
+use super::error::PoolError;
+use super::protocol::ToWorker;
+use super::shared::{Config, Initializer, Shared};
+use super::task::{Plain, init_fn};
+use crate::function::ChildOutput;
+
+/// Options for a [`Pool`]; finish with [`build`](Self::build).
+///
+/// # Examples
+/// ```no_run
+/// # #[tokio::main]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use multiproc_process::pool::Pool;
+///
+/// fn setup(greeting: String) {
+///     eprintln!("{greeting} from worker {}", std::process::id());
+/// }
+///
+/// let pool = Pool::builder()
+///     .workers(4)
+///     .initializer("hello".to_string(), setup)
+///     .max_tasks_per_worker(1000)
+///     .build()?;
+/// assert_eq!(pool.apply(|x: u32| x + 1, 41).await?, 42);
+/// # Ok(())
+/// # }
+/// ```
+pub struct PoolBuilder {
+    workers: Option<usize>,
+    max_tasks_per_worker: Option<usize>,
+    chunksize: Option<usize>,
+    initializer: Option<Result<Initializer, PoolError>>,
+    name: String,
+}
+
+impl Default for PoolBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl std::fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("workers", &self.workers)
+            .field("max_tasks_per_worker", &self.max_tasks_per_worker)
+            .field("chunksize", &self.chunksize)
+            .field("initializer", &self.initializer.is_some())
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl PoolBuilder {
+    /// Defaults: one worker per CPU, no initializer, workers live as long as the pool, Python's
+    /// chunk sizes.
+    pub fn new() -> Self {
+        Self {
+            workers: None,
+            max_tasks_per_worker: None,
+            chunksize: None,
+            initializer: None,
+            name: "multiproc-pool-worker".to_string(),
+        }
+    }
+
+    /// The number of worker processes (default: the number of CPUs available).
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.workers = Some(workers);
+        self
+    }
+
+    /// Runs `f(args)` once in every worker before its first task, including the workers that
+    /// replace dead or retired ones (Python's `initializer` and `initargs`).
+    ///
+    /// `args` may contain handles (a [`Lock`](https://docs.rs/multiproc), a queue, a pipe
+    /// end...): each worker gets its own copy, usable there. `f` is a `fn` item or a closure
+    /// that captures nothing, sync or async; its return value is ignored. Typically it stores
+    /// what it received in a `static` (a `OnceLock`) for the tasks to use.
+    ///
+    /// If the initializer panics, the pool cannot run tasks: every task fails with an error
+    /// for which [`PoolError::is_initializer_failure`] is true (Python's pool would start
+    /// workers forever instead).
+    pub fn initializer<A, R, M, F>(mut self, args: A, f: F) -> Self
+    where
+        A: Serialize + DeserializeOwned + Send + Sync + 'static,
+        F: Fn(A) -> R + Copy + Send + 'static,
+        R: ChildOutput<M>,
+    {
+        let func = init_fn::<_, A, M>(Plain(f));
+        let encode: Initializer = Box::new(move |buf| {
+            message::encode_into(&ToWorker::Init { func: Some(func) }, buf)?;
+            message::encode_into(&args, buf)
+        });
+        // Find out now, not in every worker, whether the arguments can be encoded.
+        let checked = match encode(&mut Vec::new()) {
+            Ok(_) => Ok(encode),
+            Err(e) => Err(PoolError::encode(format!("initializer arguments: {e}"))),
+        };
+        self.initializer = Some(checked);
+        self
+    }
+
+    /// Replaces a worker after it has run this many chunks of tasks (Python's
+    /// `maxtasksperchild`); the default is never. Frees whatever a worker accumulates (memory,
+    /// descriptors) at the price of a process start every `n` chunks.
+    pub fn max_tasks_per_worker(mut self, tasks: usize) -> Self {
+        self.max_tasks_per_worker = Some(tasks.max(1));
+        self
+    }
+
+    /// The default chunk size of `map`, `starmap` and the `imap` streams (by default Python's:
+    /// about four chunks per worker for `map`, 1 for `imap`). Each call can still set its own.
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = Some(chunksize.max(1));
+        self
+    }
+
+    /// The name of the worker processes (their `argv[0]`, shown by `ps`), followed by `-<slot>`;
+    /// default `multiproc-pool-worker`.
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// Starts the pool: its workers start in the background and take tasks as soon as they are
+    /// ready.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, with zero workers, or when the initializer's arguments cannot
+    /// be encoded. A worker that cannot be started is reported by the tasks
+    /// ([`PoolError::is_spawn_failure`]).
+    pub fn build(self) -> Result<Pool, PoolError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| PoolError::no_runtime())?;
+        let workers = match self.workers {
+            Some(0) => return Err(PoolError::zero_workers()),
+            Some(n) => n,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let initializer = self.initializer.transpose()?;
+        let shared = Arc::new(Shared::new(Config {
+            workers,
+            max_tasks_per_worker: self.max_tasks_per_worker,
+            chunksize: self.chunksize,
+            initializer,
+            name: self.name,
+        }));
+        for slot in 0..workers {
+            runtime.spawn(run_slot(shared.clone(), slot));
+        }
+        Ok(Pool { shared })
+    }
+}

@@ -1,0 +1,229 @@
+//! Why a pool task has no result.
+
+use std::fmt;
+
+/// Why a task submitted to a [`Pool`](super::Pool) has no result.
+///
+/// Opaque; ask it with the predicates ([`is_panic`](Self::is_panic),
+/// [`is_worker_died`](Self::is_worker_died), [`is_closed`](Self::is_closed)...). Errors of
+/// [`map`](super::Pool::map) and the `imap` streams say which item failed
+/// ([`item`](Self::item)). Cheap to clone.
+#[derive(Clone)]
+pub struct PoolError(Box<Inner>);
+
+#[derive(Clone)]
+struct Inner {
+    kind: Kind,
+    item: Option<usize>,
+}
+
+#[derive(Clone)]
+enum Kind {
+    Panicked {
+        message: String,
+        location: Option<String>,
+    },
+    WorkerDied {
+        pid: u32,
+        cause: String,
+    },
+    Initializer {
+        message: String,
+        location: Option<String>,
+    },
+    Spawn(String),
+    Encode(String),
+    BadArgs(String),
+    BadResult(String),
+    Closed,
+    NotClosed,
+    Terminated,
+    TimedOut,
+    NoRuntime,
+    ZeroWorkers,
+}
+
+impl PoolError {
+    fn new(kind: Kind) -> Self {
+        Self(Box::new(Inner { kind, item: None }))
+    }
+    pub(crate) fn panicked(message: String, location: Option<String>) -> Self {
+        Self::new(Kind::Panicked { message, location })
+    }
+    pub(crate) fn worker_died(pid: u32, cause: String) -> Self {
+        Self::new(Kind::WorkerDied { pid, cause })
+    }
+    pub(crate) fn initializer(message: String, location: Option<String>) -> Self {
+        Self::new(Kind::Initializer { message, location })
+    }
+    pub(crate) fn spawn(cause: String) -> Self {
+        Self::new(Kind::Spawn(cause))
+    }
+    pub(crate) fn encode(cause: String) -> Self {
+        Self::new(Kind::Encode(cause))
+    }
+    pub(crate) fn bad_args(cause: String) -> Self {
+        Self::new(Kind::BadArgs(cause))
+    }
+    pub(crate) fn bad_result(cause: String) -> Self {
+        Self::new(Kind::BadResult(cause))
+    }
+    pub(crate) fn closed() -> Self {
+        Self::new(Kind::Closed)
+    }
+    pub(crate) fn not_closed() -> Self {
+        Self::new(Kind::NotClosed)
+    }
+    pub(crate) fn terminated() -> Self {
+        Self::new(Kind::Terminated)
+    }
+    pub(crate) fn timed_out() -> Self {
+        Self::new(Kind::TimedOut)
+    }
+    pub(crate) fn no_runtime() -> Self {
+        Self::new(Kind::NoRuntime)
+    }
+    pub(crate) fn zero_workers() -> Self {
+        Self::new(Kind::ZeroWorkers)
+    }
+
+    /// The same error, about item `index` of a map.
+    pub(crate) fn at_item(mut self, index: usize) -> Self {
+        self.0.item = Some(index);
+        self
+    }
+
+    /// The index (in the input) of the item whose task failed, for errors of `map`, `starmap`
+    /// and the `imap` streams.
+    pub fn item(&self) -> Option<usize> {
+        self.0.item
+    }
+
+    /// True when the task's function panicked.
+    pub fn is_panic(&self) -> bool {
+        matches!(self.0.kind, Kind::Panicked { .. })
+    }
+
+    /// The panic message, when the task (or the initializer) panicked.
+    pub fn panic_message(&self) -> Option<&str> {
+        match &self.0.kind {
+            Kind::Panicked { message, .. } | Kind::Initializer { message, .. } => Some(message),
+            _ => None,
+        }
+    }
+
+    /// Where the task (or the initializer) panicked, as `file:line:column`, when known.
+    pub fn panic_location(&self) -> Option<&str> {
+        match &self.0.kind {
+            Kind::Panicked { location, .. } | Kind::Initializer { location, .. } => {
+                location.as_deref()
+            }
+            _ => None,
+        }
+    }
+
+    /// True when the worker process running the task died (killed, aborted, or exited from
+    /// inside the task) before the task finished.
+    pub fn is_worker_died(&self) -> bool {
+        matches!(self.0.kind, Kind::WorkerDied { .. })
+    }
+
+    /// The pid of the worker that died, for [`is_worker_died`](Self::is_worker_died) errors.
+    pub fn worker_pid(&self) -> Option<u32> {
+        match self.0.kind {
+            Kind::WorkerDied { pid, .. } => Some(pid),
+            _ => None,
+        }
+    }
+
+    /// True when the pool's initializer panicked: the pool cannot run tasks any more.
+    pub fn is_initializer_failure(&self) -> bool {
+        matches!(self.0.kind, Kind::Initializer { .. })
+    }
+
+    /// True when no worker process could be started.
+    pub fn is_spawn_failure(&self) -> bool {
+        matches!(self.0.kind, Kind::Spawn(_))
+    }
+
+    /// True when the task's arguments could not be encoded (nothing was sent), or the worker
+    /// could not decode them.
+    pub fn is_bad_args(&self) -> bool {
+        matches!(self.0.kind, Kind::Encode(_) | Kind::BadArgs(_))
+    }
+
+    /// True when the task ran but its result could not be encoded or decoded.
+    pub fn is_bad_result(&self) -> bool {
+        matches!(self.0.kind, Kind::BadResult(_))
+    }
+
+    /// True when the pool was closed (or terminated) before this work was submitted.
+    pub fn is_closed(&self) -> bool {
+        matches!(self.0.kind, Kind::Closed)
+    }
+
+    /// True when [`Pool::terminate`](super::Pool::terminate) (or dropping the pool) stopped
+    /// the task.
+    pub fn is_terminated(&self) -> bool {
+        matches!(self.0.kind, Kind::Terminated)
+    }
+
+    /// True when a timed wait for a result expired.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self.0.kind, Kind::TimedOut)
+    }
+}
+
+impl fmt::Display for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let task = match self.0.item {
+            Some(i) => format!("task for item {i}"),
+            None => "task".to_string(),
+        };
+        match &self.0.kind {
+            Kind::Panicked { message, location } => {
+                write!(f, "{task} panicked")?;
+                if let Some(at) = location {
+                    write!(f, " at {at}")?;
+                }
+                write!(f, ": {message}")
+            }
+            Kind::WorkerDied { pid, cause } => {
+                write!(
+                    f,
+                    "worker process {pid} died while running the {task}: {cause}"
+                )
+            }
+            Kind::Initializer { message, location } => {
+                write!(f, "the pool initializer panicked")?;
+                if let Some(at) = location {
+                    write!(f, " at {at}")?;
+                }
+                write!(f, ": {message}")
+            }
+            Kind::Spawn(cause) => write!(f, "cannot start a pool worker: {cause}"),
+            Kind::Encode(cause) => write!(f, "cannot encode the {task}'s arguments: {cause}"),
+            Kind::BadArgs(cause) => {
+                write!(
+                    f,
+                    "the worker cannot decode the {task}'s arguments: {cause}"
+                )
+            }
+            Kind::BadResult(cause) => write!(f, "the {task}'s result did not arrive: {cause}"),
+            Kind::Closed => f.write_str("the pool is closed"),
+            Kind::NotClosed => f.write_str("join() needs close() or terminate() first"),
+            Kind::Terminated => write!(f, "the pool was terminated before the {task} finished"),
+            Kind::TimedOut => f.write_str("timed out waiting for the pool"),
+            Kind::NoRuntime => f.write_str("a pool must be built inside a tokio runtime"),
+            Kind::ZeroWorkers => f.write_str("a pool needs at least one worker"),
+        }
+    }
+}
+
+impl fmt::Debug for PoolError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PoolError({self})")
+    }
+}
+
+impl std::error::Error for PoolError {}

@@ -1,0 +1,306 @@
+//! State shared by a pool's handle, its submissions and its worker drivers: the queue of jobs
+//! not yet given to a worker, and the pool's phase.
+
+use std::collections::VecDeque;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures::task::AtomicWaker;
+use tokio::sync::Notify;
+
+use super::error::PoolError;
+use super::protocol::ToWorker;
+
+/// A chunk of tasks, encoded and waiting for a worker.
+pub(crate) struct Job {
+    /// A `ToWorker::Run` header and the chunk's arguments.
+    pub frame: Vec<u8>,
+    pub fds: Vec<OwnedFd>,
+    pub meta: JobMeta,
+}
+
+/// What the pool remembers of a job while a worker runs it.
+pub(crate) struct JobMeta {
+    pub id: u64,
+    /// Position of the chunk in its submission.
+    pub chunk: usize,
+    /// Position of the chunk's first item in its submission.
+    pub first_item: usize,
+    /// Number of tasks in the chunk.
+    pub items: usize,
+    pub sink: Arc<dyn ResultSink>,
+}
+
+/// Where the results of a submission's chunks go.
+pub(crate) trait ResultSink: Send + Sync {
+    /// The worker's encoded `Vec<Outcome<R>>` for the chunk.
+    fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>);
+    /// The chunk failed as a whole; every task gets `error`.
+    fn failed(&self, job: &JobMeta, error: PoolError);
+    /// Nobody waits for these results any more.
+    fn is_cancelled(&self) -> bool;
+}
+
+impl JobMeta {
+    pub(crate) fn fail(self, error: PoolError) {
+        self.sink.failed(&self, error);
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Phase {
+    Running,
+    /// No new work; what was submitted still runs.
+    Closed,
+    /// Everything stops now.
+    Terminated,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    phase: Phase,
+    /// Set when the pool cannot run tasks any more (the initializer panicked, workers cannot
+    /// be started); every job fails with it.
+    broken: Option<PoolError>,
+}
+
+/// How the pool was configured.
+pub(crate) struct Config {
+    pub workers: usize,
+    pub max_tasks_per_worker: Option<usize>,
+    pub chunksize: Option<usize>,
+    pub initializer: Option<Initializer>,
+    pub name: String,
+}
+
+/// Encodes the initializer's frame (`ToWorker::Init` and its argument), afresh for each worker
+/// so every one gets its own copies of the handles inside.
+pub(crate) type Initializer =
+    Box<dyn Fn(&mut Vec<u8>) -> Result<Vec<OwnedFd>, multiproc_core::EncodeError> + Send + Sync>;
+
+impl Config {
+    /// Encodes the first frame every worker gets: the initializer, or an empty `Init`.
+    pub(crate) fn encode_init(
+        &self,
+        buf: &mut Vec<u8>,
+    ) -> Result<Vec<OwnedFd>, multiproc_core::EncodeError> {
+        match &self.initializer {
+            Some(init) => init(buf),
+            None => multiproc_core::message::encode_into(&ToWorker::Init { func: None }, buf),
+        }
+    }
+}
+
+pub(crate) struct Shared {
+    state: Mutex<State>,
+    terminated: AtomicBool,
+    next_id: AtomicU64,
+    /// One per worker slot: wakes its driver on new jobs, cancellations and phase changes.
+    wakers: Vec<AtomicWaker>,
+    /// Pid of the worker in each slot (0 when none).
+    pids: Vec<AtomicU64>,
+    live_drivers: AtomicUsize,
+    drivers_done: Notify,
+    pub config: Config,
+}
+
+impl Shared {
+    pub(crate) fn new(config: Config) -> Self {
+        Self {
+            state: Mutex::new(State {
+                jobs: VecDeque::new(),
+                phase: Phase::Running,
+                broken: None,
+            }),
+            terminated: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            wakers: (0..config.workers).map(|_| AtomicWaker::new()).collect(),
+            pids: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
+            live_drivers: AtomicUsize::new(config.workers),
+            drivers_done: Notify::new(),
+            config,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves the queue consistent (no invariant spans two
+        // statements), so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A fresh id for a job.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Queues jobs for the workers, or fails them at once if the pool takes no more work.
+    pub(crate) fn submit(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let error = {
+            let mut state = self.lock();
+            match (&state.broken, state.phase) {
+                (Some(broken), _) => broken.clone(),
+                (None, Phase::Closed | Phase::Terminated) => PoolError::closed(),
+                (None, Phase::Running) => {
+                    state.jobs.extend(jobs);
+                    drop(state);
+                    self.wake_drivers();
+                    return;
+                }
+            }
+        };
+        for job in jobs {
+            job.meta.fail(error.clone());
+        }
+    }
+
+    /// Fails `error` if the pool takes no more work (for submissions that check first).
+    pub(crate) fn check_open(&self) -> Result<(), PoolError> {
+        let state = self.lock();
+        match (&state.broken, state.phase) {
+            (Some(broken), _) => Err(broken.clone()),
+            (None, Phase::Running) => Ok(()),
+            (None, _) => Err(PoolError::closed()),
+        }
+    }
+
+    /// Puts back jobs a dead worker never started, ahead of the others, in their order.
+    pub(crate) fn requeue(&self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        let error = {
+            let mut state = self.lock();
+            match (&state.broken, state.phase) {
+                (Some(broken), _) => broken.clone(),
+                (None, Phase::Terminated) => PoolError::terminated(),
+                (None, Phase::Running | Phase::Closed) => {
+                    for job in jobs.into_iter().rev() {
+                        state.jobs.push_front(job);
+                    }
+                    drop(state);
+                    self.wake_drivers();
+                    return;
+                }
+            }
+        };
+        for job in jobs {
+            job.meta.fail(error.clone());
+        }
+    }
+
+    /// The next job for a worker, skipping those nobody waits for any more.
+    pub(crate) fn take_job(&self) -> Option<Job> {
+        let mut state = self.lock();
+        while let Some(job) = state.jobs.pop_front() {
+            if !job.meta.sink.is_cancelled() {
+                return Some(job);
+            }
+        }
+        None
+    }
+
+    /// True when no job waits for a worker.
+    pub(crate) fn queue_is_empty(&self) -> bool {
+        self.lock().jobs.is_empty()
+    }
+
+    /// Stops taking work; what was submitted still runs.
+    pub(crate) fn close(&self) {
+        let mut state = self.lock();
+        if state.phase == Phase::Running {
+            state.phase = Phase::Closed;
+        }
+        drop(state);
+        self.wake_drivers();
+    }
+
+    /// True once [`close`](Self::close) or [`terminate`](Self::terminate) was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().phase != Phase::Running
+    }
+
+    /// Stops everything: queued jobs fail now, drivers kill their workers.
+    pub(crate) fn terminate(&self) {
+        let jobs = {
+            let mut state = self.lock();
+            state.phase = Phase::Terminated;
+            std::mem::take(&mut state.jobs)
+        };
+        self.terminated.store(true, Ordering::Release);
+        self.wake_drivers();
+        for job in jobs {
+            job.meta.fail(PoolError::terminated());
+        }
+    }
+
+    /// True once [`terminate`](Self::terminate) was called.
+    pub(crate) fn is_terminated(&self) -> bool {
+        self.terminated.load(Ordering::Acquire)
+    }
+
+    /// Marks the pool unable to run tasks: queued and future jobs fail with `error`.
+    pub(crate) fn break_pool(&self, error: PoolError) {
+        let jobs = {
+            let mut state = self.lock();
+            state.broken.get_or_insert(error.clone());
+            std::mem::take(&mut state.jobs)
+        };
+        self.wake_drivers();
+        for job in jobs {
+            job.meta.fail(error.clone());
+        }
+    }
+
+    /// The error every job fails with, once the pool is broken.
+    pub(crate) fn broken(&self) -> Option<PoolError> {
+        self.lock().broken.clone()
+    }
+
+    /// Wakes every driver to look at the queue and the phase again.
+    pub(crate) fn wake_drivers(&self) {
+        for waker in &self.wakers {
+            waker.wake();
+        }
+    }
+
+    /// Registers the driver of `slot` to be woken by [`wake_drivers`](Self::wake_drivers).
+    pub(crate) fn register(&self, slot: usize, waker: &std::task::Waker) {
+        self.wakers[slot].register(waker);
+    }
+
+    /// Records the pid of the worker in `slot` (`None` between workers).
+    pub(crate) fn set_pid(&self, slot: usize, pid: Option<u32>) {
+        self.pids[slot].store(pid.map_or(0, u64::from), Ordering::Relaxed);
+    }
+
+    /// The pids of the live workers.
+    pub(crate) fn pids(&self) -> Vec<u32> {
+        self.pids
+            .iter()
+            .map(|p| p.load(Ordering::Relaxed) as u32)
+            .filter(|&p| p != 0)
+            .collect()
+    }
+
+    /// Called by each driver as it ends.
+    pub(crate) fn driver_finished(&self) {
+        if self.live_drivers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.drivers_done.notify_waiters();
+        }
+    }
+
+    /// Waits until every driver has ended (and so every worker is gone).
+    pub(crate) async fn all_drivers_finished(&self) {
+        loop {
+            let notified = self.drivers_done.notified();
+            if self.live_drivers.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

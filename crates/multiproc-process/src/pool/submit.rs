@@ -1,0 +1,304 @@
+//! Turning items into encoded chunks for the queue, and chunk results back into values:
+//! the engine under `map`, the `imap` streams and `apply`.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::vec;
+
+use multiproc_core::message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use super::error::PoolError;
+use super::protocol::{ChunkOutput, Failure, TaskFn, ToWorker};
+use super::shared::{Job, JobMeta, ResultSink, Shared};
+
+/// The results of one chunk: the values of the tasks that returned, in order, and the errors
+/// of the others by position in the chunk (increasing).
+pub(crate) struct ChunkResults<R> {
+    values: vec::IntoIter<R>,
+    errors: std::iter::Peekable<vec::IntoIter<(usize, PoolError)>>,
+    position: usize,
+}
+
+impl<R> ChunkResults<R> {
+    fn new(values: Vec<R>, errors: Vec<(usize, PoolError)>) -> Self {
+        Self {
+            values: values.into_iter(),
+            errors: errors.into_iter().peekable(),
+            position: 0,
+        }
+    }
+
+    /// The remaining values, when none of the remaining tasks failed.
+    pub(crate) fn take_if_all_ok(&mut self) -> Option<vec::IntoIter<R>> {
+        if self.errors.peek().is_some() {
+            return None;
+        }
+        Some(std::mem::take(&mut self.values))
+    }
+}
+
+impl<R> Iterator for ChunkResults<R> {
+    type Item = Result<R, PoolError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let position = self.position;
+        self.position += 1;
+        if let Some((_, error)) = self.errors.next_if(|(at, _)| *at == position) {
+            return Some(Err(error));
+        }
+        self.values.next().map(Ok)
+    }
+}
+
+impl<R> Default for ChunkResults<R> {
+    fn default() -> Self {
+        Self::new(Vec::new(), Vec::new())
+    }
+}
+
+/// Receives the chunk results of one submission and passes them on, decoded.
+struct ChunkSink<R> {
+    tx: mpsc::UnboundedSender<(usize, ChunkResults<R>)>,
+    /// Whether errors name the item's index (a map) or not (a single `apply`).
+    indexed: bool,
+}
+
+impl<R> ChunkSink<R> {
+    fn error(&self, error: PoolError, job: &JobMeta, i: usize) -> PoolError {
+        if self.indexed {
+            error.at_item(job.first_item + i)
+        } else {
+            error
+        }
+    }
+}
+
+impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
+    fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>) {
+        let output = match message::decode::<ChunkOutput<R>>(body, fds) {
+            Ok(output) => output,
+            Err(e) => return self.failed(job, PoolError::bad_result(e.to_string())),
+        };
+        // The worker is our own code, but its output is still input: check it adds up.
+        let positions_ok = output.failures.windows(2).all(|pair| pair[0].0 < pair[1].0)
+            && output
+                .failures
+                .last()
+                .is_none_or(|(at, _)| (*at as usize) < job.items);
+        if !positions_ok || output.values.len() + output.failures.len() != job.items {
+            let why = "the worker's results do not match the chunk's tasks".to_string();
+            return self.failed(job, PoolError::bad_result(why));
+        }
+        let errors = output
+            .failures
+            .into_iter()
+            .map(|(at, failure)| {
+                let error = match failure {
+                    Failure::Panicked { message, location } => {
+                        PoolError::panicked(message, location)
+                    }
+                    Failure::Unsendable(why) => PoolError::bad_result(why),
+                };
+                (at as usize, self.error(error, job, at as usize))
+            })
+            .collect();
+        // A receiver that is gone no longer wants the results.
+        let _ = self
+            .tx
+            .send((job.chunk, ChunkResults::new(output.values, errors)));
+    }
+
+    fn failed(&self, job: &JobMeta, error: PoolError) {
+        let errors = (0..job.items)
+            .map(|i| (i, self.error(error.clone(), job, i)))
+            .collect();
+        let _ = self
+            .tx
+            .send((job.chunk, ChunkResults::new(Vec::new(), errors)));
+    }
+
+    fn is_cancelled(&self) -> bool {
+        self.tx.is_closed()
+    }
+}
+
+/// The receiving end of a submission: chunk results in completion order, tagged with the
+/// chunk's position.
+///
+/// Dropping it cancels the work still outstanding: queued chunks are skipped, and a worker
+/// busy only with cancelled chunks is killed and replaced.
+pub(crate) struct Results<R> {
+    shared: Arc<Shared>,
+    sink: Arc<ChunkSink<R>>,
+    rx: mpsc::UnboundedReceiver<(usize, ChunkResults<R>)>,
+    outstanding: usize,
+}
+
+impl<R: DeserializeOwned + Send + 'static> Results<R> {
+    pub(crate) fn new(shared: Arc<Shared>, indexed: bool) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            shared,
+            sink: Arc::new(ChunkSink { tx, indexed }),
+            rx,
+            outstanding: 0,
+        }
+    }
+
+    /// Encodes `items` as chunk `chunk` (starting at item `first_item`) of `func`; an encoding
+    /// failure becomes the chunk's results at once.
+    pub(crate) fn encode<A: Serialize>(
+        &mut self,
+        func: TaskFn,
+        chunk: usize,
+        first_item: usize,
+        items: &[A],
+    ) -> Option<Job> {
+        self.outstanding += 1;
+        let id = self.shared.next_id();
+        let meta = JobMeta {
+            id,
+            chunk,
+            first_item,
+            items: items.len(),
+            sink: self.sink.clone(),
+        };
+        let mut frame = Vec::new();
+        let encoded = message::encode_into(&ToWorker::Run { id, func }, &mut frame)
+            .and_then(|_| message::encode_into(items, &mut frame));
+        match encoded {
+            Ok(fds) => Some(Job { frame, fds, meta }),
+            Err(e) => {
+                meta.fail(PoolError::encode(e.to_string()));
+                None
+            }
+        }
+    }
+
+    /// Queues jobs made by [`encode`](Self::encode).
+    pub(crate) fn submit(&self, jobs: Vec<Job>) {
+        self.shared.submit(jobs);
+    }
+
+    /// The next chunk's results; `None` when every chunk encoded so far is in.
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, ChunkResults<R>)>> {
+        if self.outstanding == 0 {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(chunk)) => {
+                self.outstanding -= 1;
+                Poll::Ready(Some(chunk))
+            }
+            // We hold a sender (in the sink), so the channel never closes under us.
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Chunks encoded whose results have not been taken yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// True when a result is ready to be taken without waiting.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.rx.is_empty()
+    }
+}
+
+impl<R> Drop for Results<R> {
+    fn drop(&mut self) {
+        if self.outstanding > 0 {
+            // Closing the receiver marks our chunks cancelled; drivers must look again.
+            self.rx.close();
+            self.shared.wake_drivers();
+        }
+    }
+}
+
+/// A submission of many items: cut into chunks and queued a window at a time, so a long or
+/// endless iterator is consumed only as fast as the workers go.
+pub(crate) struct Batches<A, R> {
+    func: TaskFn,
+    items: Box<dyn Iterator<Item = A> + Send>,
+    chunksize: usize,
+    /// At most this many chunks are queued or running at once.
+    window: usize,
+    next_chunk: usize,
+    next_item: usize,
+    exhausted: bool,
+    results: Results<R>,
+}
+
+impl<A, R> Batches<A, R>
+where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        func: TaskFn,
+        items: Box<dyn Iterator<Item = A> + Send>,
+        chunksize: usize,
+    ) -> Self {
+        let window = shared.config.workers * 256;
+        Self {
+            func,
+            items,
+            chunksize: chunksize.max(1),
+            window,
+            next_chunk: 0,
+            next_item: 0,
+            exhausted: false,
+            results: Results::new(shared, true),
+        }
+    }
+
+    /// Changes the chunk size; only before the first poll.
+    pub(crate) fn set_chunksize(&mut self, chunksize: usize) {
+        debug_assert_eq!(self.next_chunk, 0, "chunk size changed after submission");
+        self.chunksize = chunksize.max(1);
+    }
+
+    /// Encodes and queues chunks until the window is full or the items run out.
+    fn refill(&mut self) {
+        let mut jobs = Vec::new();
+        while !self.exhausted && self.results.outstanding() < self.window {
+            let chunk: Vec<A> = self.items.by_ref().take(self.chunksize).collect();
+            if chunk.len() < self.chunksize {
+                self.exhausted = true;
+            }
+            if chunk.is_empty() {
+                break;
+            }
+            let job = self
+                .results
+                .encode(self.func, self.next_chunk, self.next_item, &chunk);
+            self.next_chunk += 1;
+            self.next_item += chunk.len();
+            jobs.extend(job);
+        }
+        self.results.submit(jobs);
+    }
+
+    /// The next chunk's results, in completion order; `None` when all are in.
+    pub(crate) fn poll_chunk(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<(usize, ChunkResults<R>)>> {
+        self.refill();
+        let polled = self.results.poll_chunk(cx);
+        if let Poll::Ready(Some(_)) = polled {
+            self.refill();
+        }
+        polled
+    }
+}
