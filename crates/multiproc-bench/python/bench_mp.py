@@ -15,6 +15,9 @@ Same workloads and payloads as `multiproc-bench`, with the `fork` start method a
   event_pingpong     us_per_roundtrip  A: e1.set(); e2.wait(); e2.clear()  B: e1.wait(); e1.clear(); e2.set()
   queue_1p1c_64B     msgs_per_s        Queue() put/get of 64-byte bytes, 1 producer, 1 consumer
   queue_2p2c_64B     msgs_per_s        the same, 2 producers, 2 consumers
+  pool_map_small     items_per_s       Pool(2).map(square, range(500_000)), default chunksize
+  pool_map_small_chunk1  items_per_s   the same over 20,000 items with chunksize=1
+  pool_apply_roundtrip   us_per_task   Pool(2).apply(square, (i,)), one after another
 
 Multi-process workloads meet at a Barrier with the parent (its clock starts) and put a report
 on a Queue when done (the clock stops at the last one), as `multiproc-bench` does.
@@ -42,6 +45,9 @@ APIS = {
     "event_pingpong": "Event set/wait/clear",
     "queue_1p1c_64B": "Queue().put/get of bytes (pickled)",
     "queue_2p2c_64B": "Queue().put/get of bytes (pickled)",
+    "pool_map_small": "Pool(2).map(square, range(n))",
+    "pool_map_small_chunk1": "Pool(2).map(square, range(n), chunksize=1)",
+    "pool_apply_roundtrip": "Pool(2).apply(square, (i,)), sequentially",
 }
 PATIENCE = 120  # seconds any wait for a child may take
 SEM_PROCESSES = 8
@@ -59,6 +65,9 @@ WORKLOADS = {
     "event_pingpong": ("us_per_roundtrip", 5_000, 1_000),
     "queue_1p1c_64B": ("msgs_per_s", 100_000, 20_000),
     "queue_2p2c_64B": ("msgs_per_s", 100_000, 20_000),
+    "pool_map_small": ("items_per_s", 500_000, 500_000),
+    "pool_map_small_chunk1": ("items_per_s", 20_000, 5_000),
+    "pool_apply_roundtrip": ("us_per_task", 2_000, 500),
 }
 
 
@@ -332,7 +341,31 @@ def queue_bench(n, producers, consumers):
     return producers * per / secs
 
 
+def _square(x):
+    return x * x
+
+
+def pool_bench(name, n):
+    """Pool(2) started and warmed up (every worker ran a task) before the clock starts."""
+    with CTX.Pool(2) as pool:
+        pool.map(_square, range(64), chunksize=1)
+        start = time.perf_counter()
+        if name == "pool_apply_roundtrip":
+            for i in range(n):
+                if pool.apply(_square, (i,)) != i * i:
+                    raise RuntimeError("wrong apply result")
+            return (time.perf_counter() - start) * 1e6 / n
+        chunksize = 1 if name == "pool_map_small_chunk1" else None
+        squares = pool.map(_square, range(n), chunksize=chunksize)
+        secs = time.perf_counter() - start
+        if squares != [i * i for i in range(n)]:
+            raise RuntimeError("wrong map results")
+        return n / secs
+
+
 def trial(name, n):
+    if name.startswith("pool_"):
+        return pool_bench(name, n)
     if name == "pipe_pingpong_64B":
         return pingpong(n)
     if name == "pipe_stream_64B":

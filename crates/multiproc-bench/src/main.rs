@@ -22,6 +22,7 @@
 
 mod multiproc_impl;
 mod payload;
+mod pool_bench;
 mod python;
 mod queue_bench;
 mod raw;
@@ -57,10 +58,16 @@ pub(crate) enum Workload {
     Queue1p1c,
     /// Two producer processes, two consumer processes, one queue.
     Queue2p2c,
+    /// `Pool(2).map` of `x * x` over `n` integers, default chunking.
+    PoolMapSmall,
+    /// The same with a chunk size of 1.
+    PoolMapSmallChunk1,
+    /// Sequential `apply` of `x * x` on a `Pool(2)`.
+    PoolApplyRoundtrip,
 }
 
 impl Workload {
-    const ALL: [Workload; 10] = [
+    const ALL: [Workload; 13] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -71,6 +78,9 @@ impl Workload {
         Workload::EventPingpong,
         Workload::Queue1p1c,
         Workload::Queue2p2c,
+        Workload::PoolMapSmall,
+        Workload::PoolMapSmallChunk1,
+        Workload::PoolApplyRoundtrip,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -86,6 +96,9 @@ impl Workload {
             Workload::EventPingpong => "event_pingpong",
             Workload::Queue1p1c => "queue_1p1c_64B",
             Workload::Queue2p2c => "queue_2p2c_64B",
+            Workload::PoolMapSmall => "pool_map_small",
+            Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
+            Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
         }
     }
 
@@ -100,6 +113,8 @@ impl Workload {
             Workload::LockContended2p | Workload::SemaphoreLimit => "ops_per_s",
             Workload::EventPingpong => "us_per_roundtrip",
             Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
+            Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
+            Workload::PoolApplyRoundtrip => "us_per_task",
         }
     }
 
@@ -113,6 +128,8 @@ impl Workload {
                 | Workload::SemaphoreLimit
                 | Workload::Queue1p1c
                 | Workload::Queue2p2c
+                | Workload::PoolMapSmall
+                | Workload::PoolMapSmallChunk1
         )
     }
 
@@ -138,6 +155,13 @@ impl Workload {
             (Workload::EventPingpong, true) => 1_000,
             (Workload::Queue1p1c | Workload::Queue2p2c, false) => 100_000,
             (Workload::Queue1p1c | Workload::Queue2p2c, true) => 20_000,
+            (Workload::PoolMapSmall, _) => 500_000,
+            // Python's pool manages ~10k chunk-size-1 tasks a second here: 500k would take a
+            // minute per trial. The rate does not depend on n at this size.
+            (Workload::PoolMapSmallChunk1, false) => 20_000,
+            (Workload::PoolMapSmallChunk1, true) => 5_000,
+            (Workload::PoolApplyRoundtrip, false) => 2_000,
+            (Workload::PoolApplyRoundtrip, true) => 500,
         }
     }
 
@@ -164,6 +188,10 @@ impl Workload {
                 Impl::MultiprocBlocking,
                 Impl::PythonMp,
             ],
+            // Issue 5 compares the pool with Python's; there is no syscall floor for a pool.
+            Workload::PoolMapSmall
+            | Workload::PoolMapSmallChunk1
+            | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -267,7 +295,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
   --only <w>     run only these workloads (repeatable or comma-separated):
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
-                 queue_1p1c_64B, queue_2p2c_64B
+                 queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
+                 pool_apply_roundtrip
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os
@@ -432,6 +461,9 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             }
             Workload::EventPingpong => "Event set/wait/clear",
             Workload::Queue1p1c | Workload::Queue2p2c => "Queue().put/get of bytes (pickled)",
+            Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
+            Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
+            Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -484,6 +516,10 @@ fn run_trial(
             | Workload::EventPingpong,
         ) => sync_bench::run(rt, w, imp, n),
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        (
+            Impl::Multiproc,
+            Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
+        ) => pool_bench::run(rt, w, n).map(Sample::from),
         (Impl::Multiproc, _) => multiproc_impl::run(rt, w, n, false).map(Sample::from),
         (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
