@@ -42,3 +42,31 @@ async fn futures_are_send() {
     send_val(&child.join_timeout(std::time::Duration::ZERO));
     child.await.unwrap();
 }
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn pool_handles_and_futures_are_send() {
+    use multiproc::pool::{Imap, ImapUnordered, Map, MapFuture};
+    use multiproc::{Pool, PoolBuilder, PoolError, TaskHandle};
+    send::<Pool>();
+    sync::<Pool>();
+    send::<PoolBuilder>();
+    send::<PoolError>();
+    sync::<PoolError>();
+    send::<TaskHandle<u64>>();
+    send::<Map<u64, u64>>();
+    send::<MapFuture<u64, u64>>();
+    send::<Imap<u64, u64>>();
+    send::<ImapUnordered<u64, u64>>();
+    let pool = Pool::new(1).unwrap();
+    send_val(&pool.map(square, 0..3).into_future());
+    send_val(&pool.apply(square, 3));
+    send_val(&pool.join());
+    let mut task = pool.submit(square, 2);
+    send_val(&task.result_timeout(std::time::Duration::ZERO));
+    pool.terminate();
+}
