@@ -18,9 +18,11 @@ use super::worker::{WorkerArgs, last_started, worker_main};
 use crate::{Builder, JoinError, JoinHandle};
 use multiproc_core::shm::SharedRegion;
 
-/// Keep about this much work queued at each worker, so it never waits for the next job...
-const QUEUE_AHEAD_NS: u64 = 2_000_000;
-/// ...but never more than this many jobs (and never fewer than two).
+/// Give a worker more jobs while it holds fewer than two, or less than this much work by its
+/// recent pace: enough that it never waits for the next job, little enough that another worker
+/// can take the rest...
+const QUEUE_AHEAD_NS: u64 = 500_000;
+/// ...and never more than this many jobs.
 const MAX_IN_FLIGHT: usize = 512;
 /// How long a worker that should exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
@@ -110,8 +112,10 @@ struct Conn {
     progress: SharedRegion,
     /// Jobs sent over the worker's life (for `max_tasks_per_worker`).
     sent: usize,
-    /// Smoothed time the worker takes per job, in nanoseconds (0 until known).
-    job_ns: u64,
+    /// Smoothed time the worker takes per task, in nanoseconds (0 until known).
+    task_ns: u64,
+    /// Tasks in the jobs in flight.
+    tasks_in_flight: usize,
     /// The worker has said `Ready` (started, initializer run). Jobs wait for it, so a worker
     /// that cannot start holds none.
     ready: bool,
@@ -146,25 +150,27 @@ impl Conn {
             in_flight: VecDeque::new(),
             progress,
             sent: 0,
-            job_ns: 0,
+            task_ns: 0,
+            tasks_in_flight: 0,
             ready: false,
         })
     }
 
-    /// How many jobs this worker may hold now.
-    fn capacity(&self, shared: &Shared) -> usize {
-        if !self.ready {
-            return 0;
+    /// Whether this worker should be given another job now.
+    fn wants_job(&self, shared: &Shared) -> bool {
+        if !self.ready || self.in_flight.len() >= MAX_IN_FLIGHT {
+            return false;
         }
-        let ahead = match self.job_ns {
-            0 => 2,
-            ns => (QUEUE_AHEAD_NS / ns).clamp(2, MAX_IN_FLIGHT as u64) as usize,
-        };
-        let quota = shared
+        let under_quota = shared
             .config
             .max_tasks_per_worker
-            .map_or(usize::MAX, |max| max.saturating_sub(self.sent));
-        ahead.saturating_sub(self.in_flight.len()).min(quota)
+            .is_none_or(|max| self.sent < max);
+        // Until the worker's pace is known, two jobs: one to run, one to start next.
+        let queued_ns = match self.task_ns {
+            0 => u64::MAX,
+            ns => ns.saturating_mul(self.tasks_in_flight as u64),
+        };
+        under_quota && (self.in_flight.len() < 2 || queued_ns < QUEUE_AHEAD_NS)
     }
 
     fn retiring(&self, shared: &Shared) -> bool {
@@ -185,11 +191,14 @@ impl Conn {
                 let Conn {
                     rx,
                     in_flight,
-                    job_ns,
+                    task_ns,
+                    tasks_in_flight,
                     ready,
                     ..
                 } = self;
-                let frame = |bytes: &[u8], fds| on_frame(in_flight, job_ns, ready, bytes, fds);
+                let frame = |bytes: &[u8], fds| {
+                    on_frame(in_flight, tasks_in_flight, task_ns, ready, bytes, fds)
+                };
                 match rx.poll_recv_with(cx, frame) {
                     Poll::Ready(Ok(Some(Ok(())))) => {}
                     Poll::Ready(Ok(Some(Err(end)))) => return Poll::Ready(end),
@@ -198,7 +207,7 @@ impl Conn {
                 }
             }
             let mut took = false;
-            for _ in 0..self.capacity(shared) {
+            while self.wants_job(shared) {
                 let Some(job) = shared.take_job() else {
                     break;
                 };
@@ -216,6 +225,7 @@ impl Conn {
                 });
                 match pushed {
                     Ok(()) => {
+                        self.tasks_in_flight += job.meta.items;
                         self.in_flight.push_back(job);
                         self.sent += 1;
                         took = true;
@@ -321,7 +331,8 @@ impl Conn {
 /// Routes one frame from the worker.
 fn on_frame(
     in_flight: &mut VecDeque<Job>,
-    job_ns: &mut u64,
+    tasks_in_flight: &mut usize,
+    task_ns: &mut u64,
     ready: &mut bool,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
@@ -329,7 +340,11 @@ fn on_frame(
     let (head, body) = message::decode_head::<FromWorker>(bytes)
         .map_err(|e| End::Garbled(format!("unreadable message from the worker: {e}")))?;
     let mut finished = |id: u64| match in_flight.front() {
-        Some(job) if job.meta.id == id => Ok(in_flight.pop_front().expect("front exists").meta),
+        Some(job) if job.meta.id == id => {
+            let job = in_flight.pop_front().expect("front exists");
+            *tasks_in_flight -= job.meta.items;
+            Ok(job.meta)
+        }
         _ => Err(End::Garbled(format!(
             "the worker answered job {id}, which it was not running"
         ))),
@@ -344,10 +359,10 @@ fn on_frame(
         }
         FromWorker::Done { id, busy_ns } => {
             let job = finished(id)?;
-            let per_job = busy_ns.max(1);
-            *job_ns = match *job_ns {
-                0 => per_job,
-                old => (old * 7 + per_job) / 8,
+            let per_task = (busy_ns / job.items.max(1) as u64).max(1);
+            *task_ns = match *task_ns {
+                0 => per_task,
+                old => (old * 7 + per_task) / 8,
             };
             job.sink.done(&job, body, fds);
             Ok(())
