@@ -146,6 +146,20 @@ fn shim<F: Copy + 'static, I, O>(run_addr: usize, input: I) -> O {
     run(f, input)
 }
 
+impl<I, O> PartialEq for RemoteFn<I, O> {
+    fn eq(&self, other: &Self) -> bool {
+        (self.shim, self.run) == (other.shim, other.run)
+    }
+}
+
+impl<I, O> Eq for RemoteFn<I, O> {}
+
+impl<I, O> std::hash::Hash for RemoteFn<I, O> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        (self.shim, self.run).hash(state);
+    }
+}
+
 impl<I, O> fmt::Debug for RemoteFn<I, O> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RemoteFn")

@@ -1,7 +1,7 @@
 //! The parent side of one worker slot: a tokio task that starts a worker, feeds it jobs from
 //! the queue, routes its results, and replaces it when it retires or dies.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::poll_fn;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
@@ -12,15 +12,15 @@ use multiproc_core::channel::{self, RawReceiver, RawSender};
 use multiproc_core::message;
 
 use super::error::PoolError;
-use super::protocol::{FromWorker, Rejected};
-use super::shared::{Job, Shared};
+use super::protocol::{FromWorker, Rejected, TaskFn};
+use super::shared::{Job, JobMeta, Shared};
 use super::worker::{WorkerArgs, last_started, worker_main};
 use crate::{Builder, JoinError, JoinHandle};
 use multiproc_core::shm::SharedRegion;
 
-/// Give a worker more jobs while it holds fewer than two, or less than this much work by its
-/// recent pace: enough that it never waits for the next job, little enough that another worker
-/// can take the rest...
+/// Give a busy worker another job while it holds less than this much work by the recent pace
+/// of its jobs' functions: enough that it never waits for the next job, little enough that an
+/// idle worker can take the rest...
 const QUEUE_AHEAD_NS: u64 = 500_000;
 /// ...and never more than this many jobs.
 const MAX_IN_FLIGHT: usize = 512;
@@ -40,9 +40,9 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
             Ok(mut conn) => {
                 shared.set_pid(slot, Some(conn.pid));
                 let end = poll_fn(|cx| conn.poll(cx, &shared, slot)).await;
-                let next = conn.finish(end, &shared).await;
+                // Before the jobs it held fail: whoever sees the error must not see the pid.
                 shared.set_pid(slot, None);
-                next
+                conn.finish(end, &shared).await
             }
             Err(e) => Next::StartFailed(format!("cannot start a worker process: {e}")),
         };
@@ -112,10 +112,10 @@ struct Conn {
     progress: SharedRegion,
     /// Jobs sent over the worker's life (for `max_tasks_per_worker`).
     sent: usize,
-    /// Smoothed time the worker takes per task, in nanoseconds (0 until known).
-    task_ns: u64,
-    /// Tasks in the jobs in flight.
-    tasks_in_flight: usize,
+    /// What the worker has learnt of each function's time per task.
+    pace: Pace,
+    /// Estimated time to run the jobs in flight, by `pace`, in nanoseconds.
+    queued_ns: u64,
     /// The worker has said `Ready` (started, initializer run). Jobs wait for it, so a worker
     /// that cannot start holds none.
     ready: bool,
@@ -150,27 +150,25 @@ impl Conn {
             in_flight: VecDeque::new(),
             progress,
             sent: 0,
-            task_ns: 0,
-            tasks_in_flight: 0,
+            pace: Pace::default(),
+            queued_ns: 0,
             ready: false,
         })
     }
 
-    /// Whether this worker should be given another job now.
-    fn wants_job(&self, shared: &Shared) -> bool {
-        if !self.ready || self.in_flight.len() >= MAX_IN_FLIGHT {
-            return false;
-        }
+    /// Whether this worker should be given `job` now: when it is idle, or when it runs tasks
+    /// of known pace and holds less than `QUEUE_AHEAD_NS` of them. A job of a function it has
+    /// not timed yet waits for an idle worker, so a slow new function cannot pile up behind one.
+    fn wants(&self, job: &JobMeta, shared: &Shared) -> bool {
         let under_quota = shared
             .config
             .max_tasks_per_worker
             .is_none_or(|max| self.sent < max);
-        // Until the worker's pace is known, two jobs: one to run, one to start next.
-        let queued_ns = match self.task_ns {
-            0 => u64::MAX,
-            ns => ns.saturating_mul(self.tasks_in_flight as u64),
-        };
-        under_quota && (self.in_flight.len() < 2 || queued_ns < QUEUE_AHEAD_NS)
+        if !self.ready || !under_quota || self.in_flight.len() >= MAX_IN_FLIGHT {
+            return false;
+        }
+        self.in_flight.is_empty()
+            || (self.queued_ns < QUEUE_AHEAD_NS && self.pace.estimate(job).is_some())
     }
 
     fn retiring(&self, shared: &Shared) -> bool {
@@ -191,14 +189,13 @@ impl Conn {
                 let Conn {
                     rx,
                     in_flight,
-                    task_ns,
-                    tasks_in_flight,
+                    pace,
+                    queued_ns,
                     ready,
                     ..
                 } = self;
-                let frame = |bytes: &[u8], fds| {
-                    on_frame(in_flight, tasks_in_flight, task_ns, ready, bytes, fds)
-                };
+                let frame =
+                    |bytes: &[u8], fds| on_frame(in_flight, pace, queued_ns, ready, bytes, fds);
                 match rx.poll_recv_with(cx, frame) {
                     Poll::Ready(Ok(Some(Ok(())))) => {}
                     Poll::Ready(Ok(Some(Err(end)))) => return Poll::Ready(end),
@@ -207,10 +204,7 @@ impl Conn {
                 }
             }
             let mut took = false;
-            while self.wants_job(shared) {
-                let Some(job) = shared.take_job() else {
-                    break;
-                };
+            while let Some(job) = shared.take_job_if(|job| self.wants(job, shared)) {
                 // The job keeps its descriptors (for another worker, should this one die).
                 let fds = match job.fds.iter().map(|fd| fd.try_clone()).collect() {
                     Ok(fds) => fds,
@@ -225,7 +219,7 @@ impl Conn {
                 });
                 match pushed {
                     Ok(()) => {
-                        self.tasks_in_flight += job.meta.items;
+                        self.queued_ns += self.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
                         self.in_flight.push_back(job);
                         self.sent += 1;
                         took = true;
@@ -331,8 +325,8 @@ impl Conn {
 /// Routes one frame from the worker.
 fn on_frame(
     in_flight: &mut VecDeque<Job>,
-    tasks_in_flight: &mut usize,
-    task_ns: &mut u64,
+    pace: &mut Pace,
+    queued_ns: &mut u64,
     ready: &mut bool,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
@@ -342,7 +336,12 @@ fn on_frame(
     let mut finished = |id: u64| match in_flight.front() {
         Some(job) if job.meta.id == id => {
             let job = in_flight.pop_front().expect("front exists");
-            *tasks_in_flight -= job.meta.items;
+            let estimate = pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
+            // Estimates change as the pace is learnt; an idle worker holds nothing.
+            *queued_ns = match in_flight.is_empty() {
+                true => 0,
+                false => queued_ns.saturating_sub(estimate),
+            };
             Ok(job.meta)
         }
         _ => Err(End::Garbled(format!(
@@ -359,11 +358,7 @@ fn on_frame(
         }
         FromWorker::Done { id, busy_ns } => {
             let job = finished(id)?;
-            let per_task = (busy_ns / job.items.max(1) as u64).max(1);
-            *task_ns = match *task_ns {
-                0 => per_task,
-                old => (old * 7 + per_task) / 8,
-            };
+            pace.record(&job, busy_ns);
             job.sink.done(&job, body, fds);
             Ok(())
         }
@@ -375,6 +370,28 @@ fn on_frame(
             });
             Ok(())
         }
+    }
+}
+
+/// A worker's running average of the time per task of each function it ran.
+#[derive(Default)]
+struct Pace {
+    per_task_ns: HashMap<TaskFn, u64>,
+}
+
+impl Pace {
+    /// How long `job` should take, if its function was timed.
+    fn estimate(&self, job: &JobMeta) -> Option<u64> {
+        let per_task = self.per_task_ns.get(&job.func)?;
+        Some(per_task.saturating_mul(job.items as u64))
+    }
+
+    fn record(&mut self, job: &JobMeta, busy_ns: u64) {
+        let per_task = (busy_ns / job.items.max(1) as u64).max(1);
+        self.per_task_ns
+            .entry(job.func)
+            .and_modify(|old| *old = (*old * 7 + per_task) / 8)
+            .or_insert(per_task);
     }
 }
 

@@ -213,7 +213,7 @@ impl fmt::Display for PoolError {
             Kind::Closed => f.write_str("the pool is closed"),
             Kind::NotClosed => f.write_str("join() needs close() or terminate() first"),
             Kind::Terminated => write!(f, "the pool was terminated before the {task} finished"),
-            Kind::TimedOut => f.write_str("timed out waiting for the pool"),
+            Kind::TimedOut => f.write_str("timed out before the result was ready"),
             Kind::NoRuntime => f.write_str("a pool must be built inside a tokio runtime"),
             Kind::ZeroWorkers => f.write_str("a pool needs at least one worker"),
         }

@@ -10,7 +10,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::error::PoolError;
-use super::protocol::ToWorker;
+use super::protocol::{TaskFn, ToWorker};
 
 /// A chunk of tasks, encoded and waiting for a worker.
 pub(crate) struct Job {
@@ -23,6 +23,8 @@ pub(crate) struct Job {
 /// What the pool remembers of a job while a worker runs it.
 pub(crate) struct JobMeta {
     pub id: u64,
+    /// The function its tasks run (the pool learns each function's pace).
+    pub func: TaskFn,
     /// Position of the chunk in its submission.
     pub chunk: usize,
     /// Position of the chunk's first item in its submission.
@@ -192,13 +194,18 @@ impl Shared {
         }
     }
 
-    /// The next job for a worker, skipping those nobody waits for any more.
-    pub(crate) fn take_job(&self) -> Option<Job> {
+    /// The next job for a worker if `wanted` says so, skipping those nobody waits for any more.
+    pub(crate) fn take_job_if(&self, wanted: impl FnOnce(&JobMeta) -> bool) -> Option<Job> {
         let mut state = self.lock();
-        while let Some(job) = state.jobs.pop_front() {
-            if !job.meta.sink.is_cancelled() {
-                return Some(job);
+        while let Some(job) = state.jobs.front() {
+            if job.meta.sink.is_cancelled() {
+                state.jobs.pop_front();
+                continue;
             }
+            return match wanted(&job.meta) {
+                true => state.jobs.pop_front(),
+                false => None,
+            };
         }
         None
     }

@@ -162,6 +162,7 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
         let id = self.shared.next_id();
         let meta = JobMeta {
             id,
+            func,
             chunk,
             first_item,
             items: items.len(),
