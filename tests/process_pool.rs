@@ -580,3 +580,19 @@ fn building_outside_a_runtime_is_an_error() {
     let err = Pool::new(1).unwrap_err();
     assert!(err.to_string().contains("tokio runtime"), "{err}");
 }
+
+#[tokio::test]
+async fn short_tasks_do_not_wait_behind_a_long_one() {
+    let pool = Pool::new(2).unwrap();
+    assert!(within("workers up", eventually(|| pool.worker_pids().len() == 2)).await);
+    // Neither worker has timed `sleep_ms` yet: each takes one task at a time, so the short
+    // ones all go to the worker that is not stuck in the long one.
+    let order: Vec<u64> = within(
+        "imap_unordered",
+        pool.imap_unordered(sleep_ms, [2_000, 1, 1, 1, 1])
+            .map(Result::unwrap)
+            .collect::<Vec<_>>(),
+    )
+    .await;
+    assert_eq!(order, [1, 1, 1, 1, 2_000]);
+}
