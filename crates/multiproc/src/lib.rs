@@ -1,8 +1,8 @@
 //! # multiproc: async-first multiprocessing for Rust and tokio
 //!
-//! Python's `multiprocessing`, for tokio services: child processes you `.await`, typed pipes
-//! and queues between processes, and cross-process locks, semaphores and events whose waits
-//! never block a runtime thread. Linux only (it is built on `SCM_RIGHTS`, eventfd, memfd and
+//! Python's `multiprocessing`, for tokio services: child processes you `.await`, a process
+//! [`Pool`] whose results are futures and streams, typed pipes and queues between processes,
+//! and cross-process locks, semaphores and events whose waits never block a runtime thread. Linux only (it is built on `SCM_RIGHTS`, eventfd, memfd and
 //! pidfd).
 //!
 //! ## A first example
@@ -51,6 +51,10 @@
 //! | `Barrier(n)`                             | [`Barrier`]: `wait().await` gives each index once per phase; `abort`, `reset` |
 //! | `Queue(maxsize)`, `JoinableQueue()`      | [`Queue<T>`] (`put`/`get` async, `try_*`, `*_timeout`, `Stream`/`Sink`, `close`), [`JoinableQueue<T>`] (`task_done`, `join().await`) |
 //! | `Value('i', 0)`, `Array('d', n)`         | [`SharedValue<T>`], [`SharedArray<T>`] (with `get_lock()`), [`SharedMemory`] |
+//! | `Pool(n, initializer, initargs)`         | [`Pool::builder`]`().workers(n).initializer(args, f).build()?` (the arguments may hold handles) |
+//! | `pool.map`, `starmap`, `imap`, `imap_unordered` | [`Pool::map`]`(f, items).await`, [`Pool::starmap`], [`Pool::imap`] and [`Pool::imap_unordered`] (`Stream`s) |
+//! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
+//! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
 //!
 //! ## The process model
 //!
