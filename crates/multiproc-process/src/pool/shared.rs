@@ -50,6 +50,15 @@ impl JobMeta {
     }
 }
 
+/// Where jobs go in the queue.
+#[derive(Clone, Copy)]
+enum Placement {
+    /// New work: behind what is queued.
+    Back,
+    /// Work a dead worker held but never started: first.
+    Front,
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
     Running,
@@ -138,16 +147,34 @@ impl Shared {
 
     /// Queues jobs for the workers, or fails them at once if the pool takes no more work.
     pub(crate) fn submit(&self, jobs: Vec<Job>) {
+        self.enqueue(jobs, Placement::Back);
+    }
+
+    /// Puts back jobs a dead worker never started, ahead of the others, in their order. They
+    /// were submitted before any `close`, so only `terminate` (or a broken pool) fails them.
+    pub(crate) fn requeue(&self, jobs: Vec<Job>) {
+        self.enqueue(jobs, Placement::Front);
+    }
+
+    fn enqueue(&self, jobs: Vec<Job>, placement: Placement) {
         if jobs.is_empty() {
             return;
         }
         let error = {
             let mut state = self.lock();
-            match (&state.broken, state.phase) {
-                (Some(broken), _) => broken.clone(),
-                (None, Phase::Closed | Phase::Terminated) => PoolError::closed(),
-                (None, Phase::Running) => {
-                    state.jobs.extend(jobs);
+            match (&state.broken, state.phase, placement) {
+                (Some(broken), _, _) => broken.clone(),
+                (None, Phase::Terminated, Placement::Front) => PoolError::terminated(),
+                (None, Phase::Closed | Phase::Terminated, Placement::Back) => PoolError::closed(),
+                (None, Phase::Running, _) | (None, Phase::Closed, Placement::Front) => {
+                    match placement {
+                        Placement::Back => state.jobs.extend(jobs),
+                        Placement::Front => {
+                            for job in jobs.into_iter().rev() {
+                                state.jobs.push_front(job);
+                            }
+                        }
+                    }
                     drop(state);
                     self.wake_drivers();
                     return;
@@ -166,31 +193,6 @@ impl Shared {
             (Some(broken), _) => Err(broken.clone()),
             (None, Phase::Running) => Ok(()),
             (None, _) => Err(PoolError::closed()),
-        }
-    }
-
-    /// Puts back jobs a dead worker never started, ahead of the others, in their order.
-    pub(crate) fn requeue(&self, jobs: Vec<Job>) {
-        if jobs.is_empty() {
-            return;
-        }
-        let error = {
-            let mut state = self.lock();
-            match (&state.broken, state.phase) {
-                (Some(broken), _) => broken.clone(),
-                (None, Phase::Terminated) => PoolError::terminated(),
-                (None, Phase::Running | Phase::Closed) => {
-                    for job in jobs.into_iter().rev() {
-                        state.jobs.push_front(job);
-                    }
-                    drop(state);
-                    self.wake_drivers();
-                    return;
-                }
-            }
-        };
-        for job in jobs {
-            job.meta.fail(error.clone());
         }
     }
 
