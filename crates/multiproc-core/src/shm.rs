@@ -157,6 +157,7 @@ impl SharedRegion {
         self.map.ptr.as_ptr()
     }
 
+    #[inline]
     fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         let end = offset
             .checked_add(size)
@@ -178,6 +179,7 @@ impl SharedRegion {
     ///
     /// # Panics
     /// When `offset` is out of bounds or not 4-aligned.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         let p = self.check(offset, size_of::<AtomicU32>(), align_of::<AtomicU32>());
         // SAFETY: `p` is in bounds and aligned (the mapping is page-aligned), the memory lives
@@ -190,6 +192,7 @@ impl SharedRegion {
     ///
     /// # Panics
     /// When `offset` is out of bounds or not 8-aligned.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         let p = self.check(offset, size_of::<AtomicU64>(), align_of::<AtomicU64>());
         // SAFETY: as in `atomic_u32`, with 8-byte bounds and alignment checked.

@@ -64,12 +64,14 @@ impl Lock {
         })
     }
 
+    #[inline]
     fn word(&self) -> &AtomicU64 {
         self.core.region.atomic_u64(OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. Returns whether the
     /// previous holder died.
+    #[inline]
     fn attempt(&self, check_dead: bool) -> Option<bool> {
         let me = owner::me();
         let word = self.word();
@@ -83,6 +85,7 @@ impl Lock {
         }
     }
 
+    #[inline]
     fn spin(&self) -> Option<LockGuard<'_>> {
         for _ in 0..SPIN {
             if self.word().load(Ordering::Relaxed) == 0 {
@@ -95,6 +98,7 @@ impl Lock {
         None
     }
 
+    #[inline]
     fn guard(&self, owner_died: bool) -> LockGuard<'_> {
         LockGuard {
             lock: self,
@@ -196,6 +200,7 @@ impl Lock {
     }
 
     /// Releases a hold taken by this process, used by `Condition`, which re-acquires later.
+    #[inline]
     pub(crate) fn unlock(&self) {
         let me = owner::me();
         if self
@@ -256,6 +261,7 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.unlock();
     }

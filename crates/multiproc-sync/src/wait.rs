@@ -67,11 +67,13 @@ impl Core {
         }
     }
 
+    #[inline]
     fn waiters(&self) -> &AtomicU32 {
         self.region.atomic_u32(WAITERS)
     }
 
     /// Wakes every waiter, if there is any. Call after changing the shared state.
+    #[inline]
     pub(crate) fn wake(&self) {
         if self.waiters().load(Ordering::SeqCst) > 0 {
             // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
