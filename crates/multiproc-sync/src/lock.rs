@@ -1,6 +1,7 @@
 //! [`Lock`]: a cross-process mutual exclusion lock.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN};
+use crate::wait::{Core, LIVENESS_TICK, SPIN, fast_then_slow};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -85,7 +86,9 @@ impl Lock {
         }
     }
 
-    #[inline]
+    /// Spins briefly on a held lock; out of line, the uncontended path never needs it.
+    #[cold]
+    #[inline(never)]
     fn spin(&self) -> Option<LockGuard<'_>> {
         for _ in 0..SPIN {
             if self.word().load(Ordering::Relaxed) == 0 {
@@ -108,6 +111,10 @@ impl Lock {
 
     /// Acquires the lock, waiting as long as it takes.
     ///
+    /// Like an `async fn`, the future does nothing until first polled. That first poll takes a
+    /// free lock at once (one compare-and-swap: no allocation, no system call); only a lock
+    /// held by someone else sets up a wait.
+    ///
     /// # Errors
     /// [`LockError`] when the process cannot wait: outside a tokio runtime with I/O and time
     /// enabled, or out of descriptors.
@@ -115,10 +122,20 @@ impl Lock {
     /// # Cancel safety
     /// Cancel safe: dropping the future before it completes leaves the lock untouched and
     /// takes no wake-up from other waiters.
-    pub async fn lock(&self) -> Result<LockGuard<'_>, LockError> {
-        if let Some(g) = self.spin() {
-            return Ok(g);
-        }
+    #[inline]
+    pub fn lock(&self) -> impl Future<Output = Result<LockGuard<'_>, LockError>> + '_ {
+        fast_then_slow(
+            self,
+            |lock: &Lock| match lock.attempt(false) {
+                Some(died) => Ok(Ok(lock.guard(died))),
+                None => lock.spin().map(Ok).ok_or(()),
+            },
+            |lock: &Lock, ()| lock.lock_slow(),
+        )
+    }
+
+    /// The part of [`Lock::lock`] that parks, once the fast attempts have failed.
+    async fn lock_slow(&self) -> Result<LockGuard<'_>, LockError> {
         let died = self
             .core
             .wait_forever(LIVENESS_TICK, |t| self.attempt(t))

@@ -7,8 +7,11 @@
 //! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
 //! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
 
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use multiproc_core::eventfd::EventFd;
@@ -76,10 +79,17 @@ impl Core {
     #[inline]
     pub(crate) fn wake(&self) {
         if self.waiters().load(Ordering::SeqCst) > 0 {
-            // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
-            // waiters' periodic re-checks (where they have one) would still make progress.
-            let _ = self.efd.notify();
+            self.notify();
         }
+    }
+
+    /// The system call of [`Self::wake`], out of line: the uncontended paths never take it.
+    #[cold]
+    #[inline(never)]
+    fn notify(&self) {
+        // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
+        // waiters' periodic re-checks (where they have one) would still make progress.
+        let _ = self.efd.notify();
     }
 
     /// Waits until `attempt` returns `Some`, or until `deadline` (then `Ok(None)`, never early).
@@ -229,9 +239,234 @@ fn next_wake(deadline: Option<Instant>, tick: Option<Duration>) -> Option<Option
     })
 }
 
+/// The shape of every `lock()`/`acquire()`/`wait()`: at the first poll, `fast(ctx)` runs
+/// synchronously (no state machine around it, nothing allocated); only when it returns
+/// `Err(x)` is `slow(ctx, x)` built, boxed (so the common case never carries its size) and
+/// polled to completion.
+///
+/// `fast` and `slow` are meant to be non-capturing closures (zero-sized): everything they need
+/// comes through `ctx` and `x`, so the fast path reads one reference and one tag.
+///
+/// Lazy like any future: nothing happens before the first poll (so a task identity read by
+/// `fast` is that of the polling task). Cancel safe exactly when `slow`'s future is: once
+/// `fast` has succeeded the future has already returned its value.
+#[inline]
+pub(crate) fn fast_then_slow<'a, C: ?Sized, T, X, F, S, Fut>(
+    ctx: &'a C,
+    fast: F,
+    slow: S,
+) -> FastThenSlow<'a, C, F, S, Fut>
+where
+    F: Fn(&'a C) -> Result<T, X> + Unpin,
+    S: Fn(&'a C, X) -> Fut + Unpin,
+    Fut: Future<Output = T>,
+{
+    FastThenSlow {
+        ctx,
+        fast,
+        slow,
+        state: State::Start,
+    }
+}
+
+/// The future of [`fast_then_slow`].
+pub(crate) struct FastThenSlow<'a, C: ?Sized, F, S, Fut> {
+    ctx: &'a C,
+    fast: F,
+    slow: S,
+    state: State<Fut>,
+}
+
+enum State<Fut> {
+    Start,
+    Slow(SlowBox<Fut>),
+    Done,
+}
+
+/// The boxed slow future, dropped out of line so that dropping a [`FastThenSlow`] that took
+/// the fast path stays a tag check.
+struct SlowBox<Fut>(Option<Pin<Box<Fut>>>);
+
+impl<Fut> Drop for SlowBox<Fut> {
+    #[inline]
+    fn drop(&mut self) {
+        if self.0.is_some() {
+            drop_slow(&mut self.0);
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn drop_slow<Fut>(slow: &mut Option<Pin<Box<Fut>>>) {
+    *slow = None;
+}
+
+impl<'a, C: ?Sized, T, X, F, S, Fut> Future for FastThenSlow<'a, C, F, S, Fut>
+where
+    F: Fn(&'a C) -> Result<T, X> + Unpin,
+    S: Fn(&'a C, X) -> Fut + Unpin,
+    Fut: Future<Output = T>,
+{
+    type Output = T;
+
+    #[inline]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = self.get_mut();
+        if let State::Start = this.state {
+            return match (this.fast)(this.ctx) {
+                Ok(v) => {
+                    // `Start` owns nothing: skip the drop glue of the old state.
+                    std::mem::forget(std::mem::replace(&mut this.state, State::Done));
+                    Poll::Ready(v)
+                }
+                Err(x) => start_slow(&mut this.state, this.ctx, &this.slow, x, cx),
+            };
+        }
+        poll_slow(&mut this.state, cx)
+    }
+}
+
+/// Boxes the slow future and polls it: out of line, so the fast path's frame stays small.
+#[cold]
+#[inline(never)]
+fn start_slow<'a, C: ?Sized, X, S, Fut>(
+    state: &mut State<Fut>,
+    ctx: &'a C,
+    slow: &S,
+    x: X,
+    cx: &mut Context<'_>,
+) -> Poll<Fut::Output>
+where
+    S: Fn(&'a C, X) -> Fut,
+    Fut: Future,
+{
+    *state = State::Slow(SlowBox(Some(Box::pin(slow(ctx, x)))));
+    poll_slow(state, cx)
+}
+
+/// The parking half of [`FastThenSlow::poll`], out of line like [`start_slow`].
+#[cold]
+#[inline(never)]
+fn poll_slow<Fut: Future>(state: &mut State<Fut>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+    let State::Slow(SlowBox(Some(fut))) = state else {
+        panic!("future polled after completion");
+    };
+    let r = fut.as_mut().poll(cx);
+    if r.is_ready() {
+        *state = State::Done;
+    }
+    r
+}
+
 /// `now + timeout`, saturating far in the future.
 pub(crate) fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
     now.checked_add(timeout)
         .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::task::Waker;
+
+    use super::*;
+
+    /// What the fast and slow halves saw.
+    #[derive(Default)]
+    struct Probe {
+        fast_calls: Cell<u32>,
+        fast_ok: Cell<bool>,
+        slow_built: Cell<u32>,
+        slow_dropped: Cell<bool>,
+    }
+
+    /// Pending once, then ready with `v`; records its drop.
+    struct PendingOnce<'a> {
+        probe: &'a Probe,
+        polled: bool,
+        v: u32,
+    }
+
+    impl Future for PendingOnce<'_> {
+        type Output = u32;
+        fn poll(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<u32> {
+            if std::mem::replace(&mut self.polled, true) {
+                Poll::Ready(self.v)
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+
+    impl Drop for PendingOnce<'_> {
+        fn drop(&mut self) {
+            self.probe.slow_dropped.set(true);
+        }
+    }
+
+    fn future(probe: &Probe) -> impl Future<Output = u32> + '_ {
+        fast_then_slow(
+            probe,
+            |p: &Probe| {
+                p.fast_calls.set(p.fast_calls.get() + 1);
+                if p.fast_ok.get() { Ok(1) } else { Err(2) }
+            },
+            |p: &Probe, v| {
+                p.slow_built.set(p.slow_built.get() + 1);
+                PendingOnce {
+                    probe: p,
+                    polled: false,
+                    v,
+                }
+            },
+        )
+    }
+
+    fn poll<F: Future>(f: Pin<&mut F>) -> Poll<F::Output> {
+        f.poll(&mut Context::from_waker(Waker::noop()))
+    }
+
+    #[test]
+    fn nothing_happens_before_the_first_poll() {
+        let probe = Probe::default();
+        drop(future(&probe));
+        assert_eq!(probe.fast_calls.get(), 0);
+        assert_eq!(probe.slow_built.get(), 0);
+    }
+
+    #[test]
+    fn fast_success_never_builds_the_slow_future() {
+        let probe = Probe::default();
+        probe.fast_ok.set(true);
+        let mut f = std::pin::pin!(future(&probe));
+        assert_eq!(poll(f.as_mut()), Poll::Ready(1));
+        assert_eq!(probe.fast_calls.get(), 1);
+        assert_eq!(probe.slow_built.get(), 0);
+    }
+
+    #[test]
+    fn fast_failure_hands_over_to_the_slow_future_once() {
+        let probe = Probe::default();
+        let mut f = std::pin::pin!(future(&probe));
+        assert_eq!(poll(f.as_mut()), Poll::Pending);
+        // Even if the fast half would now succeed, the slow future owns the rest.
+        probe.fast_ok.set(true);
+        assert_eq!(poll(f.as_mut()), Poll::Ready(2));
+        assert_eq!(probe.fast_calls.get(), 1);
+        assert_eq!(probe.slow_built.get(), 1);
+        // Finished: the slow future is already gone.
+        assert!(probe.slow_dropped.get());
+    }
+
+    #[test]
+    fn dropping_a_pending_future_drops_the_slow_future() {
+        let probe = Probe::default();
+        let mut f = Box::pin(future(&probe));
+        assert_eq!(poll(f.as_mut()), Poll::Pending);
+        assert!(!probe.slow_dropped.get());
+        drop(f);
+        assert!(probe.slow_dropped.get());
+    }
 }
