@@ -1,20 +1,31 @@
 //! The private engine under every primitive: a shared region whose first word counts waiters,
 //! and an eventfd that is written only when that count is non-zero.
 //!
-//! Waiting: announce (count += 1), create an edge-triggered registration of the eventfd, then
+//! Waiting: announce (count += 1), take an edge-triggered registration of the eventfd, then
 //! loop { check the shared state; wait for an edge }. Notifying: change the shared state, then
 //! write the eventfd if the count is non-zero. All of it is `SeqCst`, so either the waiter's
 //! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
 //! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
+//!
+//! Registrations are reused: each handle (with its clones in this process) keeps one async
+//! registration (for the runtime that made it) and one blocking one, and a wait takes it
+//! *exclusively* and puts it back when it ends, however it ends. A registration only has to
+//! exist before the waiter's last check, which a cached one does; what it carries over from
+//! earlier waits is at most a stale readiness, which costs one spurious re-check. It must never
+//! serve two waits at once: one waiter's `clear_ready` could then swallow the edge another
+//! waiter has not yet looked at. A wait that finds the slot empty (another wait of this process
+//! holds it) or holding another runtime's registration makes a fresh one, as every wait did
+//! before; whichever is put back last stays cached.
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use multiproc_core::eventfd::EventFd;
+use multiproc_core::eventfd::{BlockingWaiter, EventFd, Waiter};
 use multiproc_core::shm::SharedRegion;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +43,68 @@ pub(crate) const SPIN: u32 = 64;
 pub(crate) struct Core {
     pub(crate) region: SharedRegion,
     pub(crate) efd: EventFd,
+    /// This process's reusable registrations of `efd`, shared by the clones of the handle.
+    #[serde(skip)]
+    cache: Arc<Registrations>,
+}
+
+/// The cached registrations of one [`Core`]'s eventfd; see the [module docs](self).
+#[derive(Default)]
+struct Registrations {
+    /// An async registration and the runtime whose reactor it belongs to.
+    tokio: Slot<(tokio::runtime::Id, Waiter)>,
+    blocking: Slot<BlockingWaiter>,
+}
+
+impl std::fmt::Debug for Registrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrations").finish_non_exhaustive()
+    }
+}
+
+/// At most one cached value, taken exclusively.
+struct Slot<T>(Mutex<Option<T>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T> Slot<T> {
+    fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Caches `v`, dropping (outside the lock) whatever was cached.
+    fn put(&self, v: T) {
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(v);
+        drop(old);
+    }
+}
+
+/// A registration taken from a [`Slot`] (or made fresh) for one wait; goes back on drop.
+struct Taken<'a, T> {
+    slot: &'a Slot<T>,
+    value: Option<T>,
+}
+
+impl<T> Taken<'_, T> {
+    fn get(&self) -> &T {
+        self.value.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T> Drop for Taken<'_, T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.value.take() {
+            self.slot.put(v);
+        }
+    }
 }
 
 /// Decrements the waiter count when a wait ends, however it ends (including cancellation).
@@ -55,6 +128,39 @@ impl Core {
         Ok(Self {
             region: SharedRegion::new(len)?,
             efd: EventFd::new()?,
+            cache: Arc::default(),
+        })
+    }
+
+    /// An async registration for this wait alone: the cached one if it belongs to the current
+    /// runtime, else a fresh one. Take it **before** the waiter's last check.
+    fn waiter(&self) -> io::Result<Taken<'_, (tokio::runtime::Id, Waiter)>> {
+        let slot = &self.cache.tokio;
+        let here = tokio::runtime::Handle::try_current().map(|h| h.id());
+        let value = match (slot.take(), here) {
+            (Some((id, w)), Ok(here)) if id == here => (id, w),
+            // Another runtime's registration is dropped here; with no runtime, `waiter()` fails.
+            (_, here) => {
+                let w = self.efd.waiter()?;
+                (here.map_err(io::Error::other)?, w)
+            }
+        };
+        Ok(Taken {
+            slot,
+            value: Some(value),
+        })
+    }
+
+    /// The blocking twin of [`Self::waiter`].
+    fn blocking_waiter(&self) -> io::Result<Taken<'_, BlockingWaiter>> {
+        let slot = &self.cache.blocking;
+        let value = match slot.take() {
+            Some(w) => w,
+            None => self.efd.blocking_waiter()?,
+        };
+        Ok(Taken {
+            slot,
+            value: Some(value),
         })
     }
 
@@ -105,7 +211,8 @@ impl Core {
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
         let _announced = Announced::new(self.waiters());
-        let waiter = self.efd.waiter()?;
+        let taken = self.waiter()?;
+        let waiter = &taken.get().1;
         let mut ticked = false;
         loop {
             if let Some(v) = attempt(ticked) {
@@ -141,7 +248,8 @@ impl Core {
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
         let _announced = Announced::new(self.waiters());
-        let waiter = self.efd.blocking_waiter()?;
+        let taken = self.blocking_waiter()?;
+        let waiter = taken.get();
         let mut ticked = false;
         loop {
             if let Some(v) = attempt(ticked) {
@@ -458,6 +566,155 @@ mod tests {
         assert_eq!(probe.slow_built.get(), 1);
         // Finished: the slow future is already gone.
         assert!(probe.slow_dropped.get());
+    }
+
+    // ---- reused registrations ----
+
+    /// A word beside the waiter count for the tests to wait on.
+    fn flag(core: &Core) -> &AtomicU32 {
+        core.region.atomic_u32(4)
+    }
+
+    /// Sets the flag to `v` from another task once the waiter has parked, and wakes it.
+    fn set_later(core: &Core, v: u32) -> tokio::task::JoinHandle<()> {
+        let core = core.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            flag(&core).store(v, Ordering::SeqCst);
+            core.wake();
+        })
+    }
+
+    /// Waits (bounded) until the flag is `v`; returns how often the state was checked.
+    async fn wait_for(core: &Core, v: u32) -> u32 {
+        let mut checks = 0;
+        let wait = core.wait_until(None, None, |_| {
+            checks += 1;
+            (flag(core).load(Ordering::SeqCst) == v).then_some(())
+        });
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("no lost wake-up")
+            .unwrap()
+            .unwrap();
+        checks
+    }
+
+    fn cached(core: &Core) -> bool {
+        core.cache.tokio.0.lock().unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn one_registration_serves_many_waits() {
+        let core = Core::new(8).unwrap();
+        assert!(!cached(&core));
+        for v in 1..=300 {
+            let setter = set_later(&core, v);
+            // The state is checked with the registration taken out of the cache.
+            let wait = core.wait_until(None, None, |_| {
+                assert!(!cached(&core));
+                (flag(&core).load(Ordering::SeqCst) == v).then_some(())
+            });
+            tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .expect("no lost wake-up")
+                .unwrap()
+                .unwrap();
+            // ... and put back for the next wait.
+            assert!(cached(&core));
+            setter.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_readiness_costs_only_a_recheck() {
+        let core = Core::new(8).unwrap();
+        let setter = set_later(&core, 1);
+        wait_for(&core, 1).await;
+        setter.await.unwrap();
+        // Notifications nobody waits for leave readiness on the cached registration (the
+        // sleep parks the runtime, so its reactor harvests them).
+        core.efd.notify().unwrap();
+        core.efd.notify().unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let checks = Cell::new(0);
+        let mut wait = Box::pin(core.wait_until(None, None, |_| {
+            checks.set(checks.get() + 1);
+            (flag(&core).load(Ordering::SeqCst) == 2).then_some(())
+        }));
+        // The first poll takes the stale readiness for a wake-up, checks again, and parks.
+        let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        assert_eq!(checks.get(), 2);
+        // The real notification still wakes it.
+        flag(&core).store(2, Ordering::SeqCst);
+        core.wake();
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("no lost wake-up")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_waits_each_get_their_own_registration() {
+        let core = Core::new(8).unwrap();
+        // Cache one registration first, so that the second waiter has to make a fresh one.
+        let setter = set_later(&core, 1);
+        wait_for(&core, 1).await;
+        setter.await.unwrap();
+        let (a, b) = (core.clone(), core.clone());
+        let first = tokio::spawn(async move { wait_for(&a, 2).await });
+        let second = tokio::spawn(async move { wait_for(&b, 2).await });
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // One notification wakes both; neither swallows the other's edge.
+        flag(&core).store(2, Ordering::SeqCst);
+        core.wake();
+        first.await.unwrap();
+        second.await.unwrap();
+        assert!(cached(&core));
+    }
+
+    #[test]
+    fn a_registration_of_a_dropped_runtime_is_replaced() {
+        let core = Core::new(8).unwrap();
+        for v in 1..=3 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let setter = set_later(&core, v);
+                wait_for(&core, v).await;
+                setter.await.unwrap();
+            });
+            drop(rt);
+        }
+    }
+
+    #[test]
+    fn blocking_registration_serves_many_waits() {
+        let core = Core::new(8).unwrap();
+        for v in 1..=100 {
+            let setter = {
+                let core = core.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    flag(&core).store(v, Ordering::SeqCst);
+                    core.wake();
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let got = core
+                .blocking_wait_until(Some(deadline), None, |_| {
+                    (flag(&core).load(Ordering::SeqCst) == v).then_some(())
+                })
+                .unwrap();
+            assert!(got.is_some(), "no lost wake-up");
+            assert!(core.cache.blocking.0.lock().unwrap().is_some());
+            setter.join().unwrap();
+        }
     }
 
     #[test]
