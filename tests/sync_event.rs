@@ -106,3 +106,40 @@ async fn cancelled_wait_loses_no_wake_up() {
     assert!(within("child", child).await.unwrap());
     assert!(within("local waiter", local).await.unwrap());
 }
+
+/// Answers `rounds` pings: waits for `ping` (blocking, or async on even rounds), clears it,
+/// sets `pong`.
+async fn answer_pings((ping, pong, rounds): (Event, Event, u32)) -> u32 {
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            ping.wait().await.unwrap();
+        } else {
+            ping.blocking_wait().unwrap();
+        }
+        ping.clear();
+        pong.set();
+    }
+    rounds
+}
+
+#[tokio::test]
+async fn reused_registrations_keep_waking_over_many_round_trips() {
+    const ROUNDS: u32 = 2000;
+    let (ping, pong) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn((ping.clone(), pong.clone(), ROUNDS), answer_pings);
+    for round in 0..ROUNDS {
+        ping.set();
+        if round % 3 == 0 {
+            // A timed wait shares the registration of untimed ones.
+            assert!(
+                pong.wait_timeout(multiproc_suite::TEST_LIMIT)
+                    .await
+                    .unwrap()
+            );
+        } else {
+            within("pong", pong.wait()).await.unwrap();
+        }
+        pong.clear();
+    }
+    assert_eq!(within("child", child).await.unwrap(), ROUNDS);
+}

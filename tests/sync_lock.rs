@@ -4,12 +4,13 @@
 //! Behaviours follow CPython's `_test_multiprocessing.py` (`_TestLock`: lock/try-lock/release,
 //! RLock re-entry and release by a non-owner) plus what Python lacks (owner death, async).
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::poll;
 use multiproc::pipe::{self, Duplex};
 use multiproc::sync_error::{LockTimeoutError, ReleaseError, TryLockError};
-use multiproc::{Event, Lock, RLock, SharedMemory, spawn};
+use multiproc::{Event, Lock, LockGuard, RLock, SharedMemory, spawn};
 use multiproc_suite::within;
 
 /// Adds `n` to a non-atomic counter in `mem` under `lock`, yielding inside the critical section
@@ -200,6 +201,66 @@ async fn cancelled_lock_future_loses_no_wake_up() {
     assert!(within("other waiter gets the lock", child).await.unwrap());
     // The cancelled future left nothing behind.
     let _again = within("lock again", lock.lock()).await.unwrap();
+}
+
+/// Takes the lock, says so on `locked`, and releases it once `release` is set.
+async fn hold_until((lock, locked, release): (Lock, Event, Event)) -> bool {
+    let guard = lock.lock().await.unwrap();
+    locked.set();
+    release.wait().await.unwrap();
+    drop(guard);
+    true
+}
+
+#[tokio::test]
+async fn lock_future_acts_only_when_polled_and_its_fast_path_is_cancel_safe() {
+    let lock = Lock::new().unwrap();
+    // Never polled: takes nothing.
+    drop(lock.lock());
+    assert!(!lock.is_locked());
+    // First poll of a free lock: ready at once, with the ordinary guard, which releases it.
+    let guard: LockGuard<'_> = match poll!(Box::pin(lock.lock())) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("a free lock was not taken at the first poll"),
+    };
+    assert!(!guard.owner_died());
+    assert!(lock.is_locked());
+    drop(guard);
+    assert!(!lock.is_locked());
+    // Created while another process holds the lock, first polled once that process released
+    // it: the first poll takes it.
+    let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let mut early = Box::pin(lock.lock());
+    let child = spawn((lock.clone(), locked.clone(), release.clone()), hold_until);
+    within("child holds the lock", locked.wait()).await.unwrap();
+    assert!(lock.try_lock().is_err());
+    release.set();
+    assert!(within("child", child).await.unwrap());
+    let guard = match poll!(&mut early) {
+        Poll::Ready(r) => r.unwrap(),
+        Poll::Pending => panic!("a released lock was not taken at the first poll"),
+    };
+    assert!(!guard.owner_died());
+    drop(guard);
+    drop(early);
+    assert!(!lock.is_locked());
+    // A future that went on to wait and was dropped leaves the lock free for the next taker.
+    let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn((lock.clone(), locked.clone(), release.clone()), hold_until);
+    within("child holds the lock again", locked.wait())
+        .await
+        .unwrap();
+    let mut waiting = Box::pin(lock.lock());
+    assert!(poll!(&mut waiting).is_pending());
+    drop(waiting);
+    release.set();
+    assert!(within("child", child).await.unwrap());
+    assert!(!lock.is_locked());
+    drop(
+        within("lock after the cancelled wait", lock.lock())
+            .await
+            .unwrap(),
+    );
 }
 
 #[tokio::test]

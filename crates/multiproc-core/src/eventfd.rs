@@ -136,6 +136,11 @@ fn drain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
 /// An async registration of an [`EventFd`]: [`wait`](Self::wait) completes after each
 /// [`EventFd::notify`] that happened since the previous `wait` (or since creation), possibly
 /// spuriously. Always re-check the shared state after it returns.
+///
+/// One `Waiter` may serve any number of successive waits (readiness left from earlier
+/// notifications only makes the next `wait` return early, i.e. spuriously), but never two
+/// waits at once: `wait` clears the readiness it saw, which the other wait may not have
+/// acted on yet.
 pub struct Waiter {
     afd: AsyncFd<OwnedFd>,
 }

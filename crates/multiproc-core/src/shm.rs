@@ -42,6 +42,21 @@ pod!(
 // SAFETY: an array of `Pod` has no padding between elements and every bit pattern is valid.
 unsafe impl<T: Pod, const N: usize> Pod for [T; N] {}
 
+/// The panic of [`SharedRegion::check`], out of line so that every accessor inlines to a
+/// compare and a branch.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn bad_access(offset: usize, size: usize, align: usize, len: usize) -> ! {
+    match offset.checked_add(size) {
+        None => panic!("shared region offset overflows"),
+        Some(end) if end > len => {
+            panic!("shared region access {offset}..{end} out of bounds ({len})")
+        }
+        Some(_) => panic!("shared region offset {offset} is not aligned to {align}"),
+    }
+}
+
 /// The mapping itself; unmapped when the last clone of the region in this process is dropped.
 struct Mapping {
     ptr: NonNull<u8>,
@@ -157,27 +172,22 @@ impl SharedRegion {
         self.map.ptr.as_ptr()
     }
 
+    #[inline]
     fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
-        let end = offset
-            .checked_add(size)
-            .expect("shared region offset overflows");
-        assert!(
-            end <= self.map.len,
-            "shared region access {offset}..{end} out of bounds ({})",
-            self.map.len
-        );
-        assert!(
-            offset % align == 0,
-            "shared region offset {offset} is not aligned to {align}"
-        );
-        // SAFETY: `offset + size <= len`, so the result stays inside the mapping.
-        unsafe { self.map.ptr.as_ptr().add(offset) }
+        match offset.checked_add(size) {
+            Some(end) if end <= self.map.len && offset % align == 0 => {
+                // SAFETY: `offset + size <= len`, so the result stays inside the mapping.
+                unsafe { self.map.ptr.as_ptr().add(offset) }
+            }
+            _ => bad_access(offset, size, align, self.map.len),
+        }
     }
 
     /// The `AtomicU32` at byte `offset`.
     ///
     /// # Panics
     /// When `offset` is out of bounds or not 4-aligned.
+    #[inline]
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
         let p = self.check(offset, size_of::<AtomicU32>(), align_of::<AtomicU32>());
         // SAFETY: `p` is in bounds and aligned (the mapping is page-aligned), the memory lives
@@ -190,6 +200,7 @@ impl SharedRegion {
     ///
     /// # Panics
     /// When `offset` is out of bounds or not 8-aligned.
+    #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
         let p = self.check(offset, size_of::<AtomicU64>(), align_of::<AtomicU64>());
         // SAFETY: as in `atomic_u32`, with 8-byte bounds and alignment checked.

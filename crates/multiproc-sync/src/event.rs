@@ -1,6 +1,7 @@
 //! [`Event`]: a cross-process flag that tasks can wait for.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, EventWaitError};
-use crate::wait::Core;
+use crate::wait::{Core, fast_then_slow};
 
 /// Byte offset of the state word: bit 0 is the flag, the rest counts how often it was set.
 const WORD: usize = 8;
@@ -57,6 +58,7 @@ impl Event {
         })
     }
 
+    #[inline]
     fn word(&self) -> &AtomicU64 {
         self.core.region.atomic_u64(WORD)
     }
@@ -90,17 +92,33 @@ impl Event {
 
     /// Waits until the event is set (returns at once if it is).
     ///
+    /// Like an `async fn`, the future does nothing until first polled; that first poll returns
+    /// at once, without allocating or a system call, if the event is set.
+    ///
     /// # Errors
     /// [`EventWaitError`] when the process cannot wait: outside a tokio runtime with I/O and
     /// time enabled, or out of descriptors.
     ///
     /// # Cancel safety
     /// Cancel safe: dropping the future takes nothing from other waiters.
-    pub async fn wait(&self) -> Result<(), EventWaitError> {
-        let start = self.word().load(Ordering::SeqCst);
-        if start & 1 == 1 {
-            return Ok(());
-        }
+    #[inline]
+    pub fn wait(&self) -> impl Future<Output = Result<(), EventWaitError>> + '_ {
+        fast_then_slow(
+            self,
+            |event: &Event| {
+                let start = event.word().load(Ordering::SeqCst);
+                if start & 1 == 1 {
+                    Ok(Ok(()))
+                } else {
+                    Err(start)
+                }
+            },
+            |event: &Event, start| event.wait_slow(start),
+        )
+    }
+
+    /// The part of [`Event::wait`] that parks, from the state word `start` seen cleared.
+    async fn wait_slow(&self, start: u64) -> Result<(), EventWaitError> {
         self.core
             .wait_until(None, None, |_| self.done(start))
             .await?;

@@ -19,6 +19,9 @@
 //!
 //! The state lives in a shared page changed with atomics, so an uncontended operation makes no
 //! system call; contended waiters park on an eventfd registered with their own tokio reactor.
+//! A handle keeps that registration once it has waited and reuses it for later waits: one more
+//! descriptor per handle and process for async waits, one for blocking waits, closed with the
+//! handle's last clone in that process.
 //! Unlike Python, a process that dies holding a lock or permit does not deadlock the others:
 //! see each type's `# Crash behavior`.
 //!

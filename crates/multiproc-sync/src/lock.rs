@@ -1,6 +1,7 @@
 //! [`Lock`]: a cross-process mutual exclusion lock.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN};
+use crate::wait::{Core, LIVENESS_TICK, SPIN, fast_then_slow};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -64,12 +65,14 @@ impl Lock {
         })
     }
 
+    #[inline]
     fn word(&self) -> &AtomicU64 {
         self.core.region.atomic_u64(OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. Returns whether the
     /// previous holder died.
+    #[inline]
     fn attempt(&self, check_dead: bool) -> Option<bool> {
         let me = owner::me();
         let word = self.word();
@@ -83,6 +86,9 @@ impl Lock {
         }
     }
 
+    /// Spins briefly on a held lock; out of line, the uncontended path never needs it.
+    #[cold]
+    #[inline(never)]
     fn spin(&self) -> Option<LockGuard<'_>> {
         for _ in 0..SPIN {
             if self.word().load(Ordering::Relaxed) == 0 {
@@ -95,6 +101,7 @@ impl Lock {
         None
     }
 
+    #[inline]
     fn guard(&self, owner_died: bool) -> LockGuard<'_> {
         LockGuard {
             lock: self,
@@ -104,6 +111,10 @@ impl Lock {
 
     /// Acquires the lock, waiting as long as it takes.
     ///
+    /// Like an `async fn`, the future does nothing until first polled. That first poll takes a
+    /// free lock at once (one compare-and-swap: no allocation, no system call); only a lock
+    /// held by someone else sets up a wait.
+    ///
     /// # Errors
     /// [`LockError`] when the process cannot wait: outside a tokio runtime with I/O and time
     /// enabled, or out of descriptors.
@@ -111,10 +122,20 @@ impl Lock {
     /// # Cancel safety
     /// Cancel safe: dropping the future before it completes leaves the lock untouched and
     /// takes no wake-up from other waiters.
-    pub async fn lock(&self) -> Result<LockGuard<'_>, LockError> {
-        if let Some(g) = self.spin() {
-            return Ok(g);
-        }
+    #[inline]
+    pub fn lock(&self) -> impl Future<Output = Result<LockGuard<'_>, LockError>> + '_ {
+        fast_then_slow(
+            self,
+            |lock: &Lock| match lock.attempt(false) {
+                Some(died) => Ok(Ok(lock.guard(died))),
+                None => lock.spin().map(Ok).ok_or(()),
+            },
+            |lock: &Lock, ()| lock.lock_slow(),
+        )
+    }
+
+    /// The part of [`Lock::lock`] that parks, once the fast attempts have failed.
+    async fn lock_slow(&self) -> Result<LockGuard<'_>, LockError> {
         let died = self
             .core
             .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
@@ -196,6 +217,7 @@ impl Lock {
     }
 
     /// Releases a hold taken by this process, used by `Condition`, which re-acquires later.
+    #[inline]
     pub(crate) fn unlock(&self) {
         let me = owner::me();
         if self
@@ -256,6 +278,7 @@ impl<'a> LockGuard<'a> {
 }
 
 impl Drop for LockGuard<'_> {
+    #[inline]
     fn drop(&mut self) {
         self.lock.unlock();
     }

@@ -9,6 +9,7 @@ use std::sync::OnceLock;
 
 /// This process's identity (cached: multiproc never forks, it re-executes, so a child always
 /// starts with an empty cache; reading it makes no system call).
+#[inline]
 pub(crate) fn me() -> u64 {
     static ME: OnceLock<u64> = OnceLock::new();
     *ME.get_or_init(|| identity(std::process::id()))

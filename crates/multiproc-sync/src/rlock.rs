@@ -1,6 +1,7 @@
 //! [`RLock`]: a cross-process re-entrant lock.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -9,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, ReleaseError, TryLockError};
 use crate::owner::{self, CLAIMING};
-use crate::wait::{Core, LIVENESS_TICK};
+use crate::wait::{Core, LIVENESS_TICK, fast_then_slow};
 
 const OWNER: usize = 8; // u64: holder process identity (| CLAIMING while it fills in the rest)
 const TASK: usize = 16; // u64: holder task within the process
@@ -107,15 +108,30 @@ impl RLock {
 
     /// Acquires the lock (or one more level of it, for the owner), waiting as long as it takes.
     ///
+    /// Like an `async fn`, the future does nothing until first polled (the polling task becomes
+    /// the owner); that first poll takes a free lock, or another level, without allocating or a
+    /// system call.
+    ///
     /// # Errors
     /// [`LockError`] when the process cannot wait.
     ///
     /// # Cancel safety
     /// Cancel safe: a dropped future holds nothing and takes no wake-up from other waiters.
-    pub async fn lock(&self) -> Result<RLockGuard<'_>, LockError> {
-        if let Some(died) = self.attempt(false) {
-            return Ok(self.guard(died));
-        }
+    #[inline]
+    pub fn lock(&self) -> impl Future<Output = Result<RLockGuard<'_>, LockError>> + '_ {
+        fast_then_slow(
+            self,
+            |lock: &RLock| {
+                lock.attempt(false)
+                    .map(|died| Ok(lock.guard(died)))
+                    .ok_or(())
+            },
+            |lock: &RLock, ()| lock.lock_slow(),
+        )
+    }
+
+    /// The part of [`RLock::lock`] that parks, once the fast attempt has failed.
+    async fn lock_slow(&self) -> Result<RLockGuard<'_>, LockError> {
         let died = self
             .core
             .wait_forever(LIVENESS_TICK, |t| self.attempt(t))

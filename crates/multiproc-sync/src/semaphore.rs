@@ -1,6 +1,7 @@
 //! [`Semaphore`] and [`BoundedSemaphore`]: cross-process counting semaphores.
 
 use std::fmt;
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN};
+use crate::wait::{Core, LIVENESS_TICK, SPIN, fast_then_slow};
 
 // Layout of the shared page.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
@@ -185,6 +186,10 @@ impl Engine {
         self.take().then(|| self.track())
     }
 
+    /// Spins briefly while no permit is available; out of line, the uncontended path never
+    /// needs it.
+    #[cold]
+    #[inline(never)]
     fn spin(&self) -> Option<Option<usize>> {
         for _ in 0..SPIN {
             if self.count().load(Ordering::Relaxed) > 0 {
@@ -197,10 +202,20 @@ impl Engine {
         None
     }
 
-    async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        if let Some(slot) = self.spin() {
-            return Ok(self.permit(slot));
-        }
+    #[inline]
+    fn acquire(&self) -> impl Future<Output = Result<SemaphorePermit<'_>, AcquireError>> + '_ {
+        fast_then_slow(
+            self,
+            |engine: &Engine| match engine.attempt(false) {
+                Some(slot) => Ok(Ok(engine.permit(slot))),
+                None => engine.spin().map(|slot| Ok(engine.permit(slot))).ok_or(()),
+            },
+            |engine: &Engine, ()| engine.acquire_slow(),
+        )
+    }
+
+    /// The part of `acquire` that parks, once the fast attempts have failed.
+    async fn acquire_slow(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
         let slot = self
             .core
             .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
@@ -304,6 +319,9 @@ macro_rules! semaphore_methods {
         impl $ty {
             /// Acquires a permit, waiting as long as it takes.
             ///
+            /// Like an `async fn`, the future does nothing until first polled; that first poll
+            /// takes an available permit at once, without allocating or a system call.
+            ///
             /// # Errors
             /// [`AcquireError`] when the process cannot wait: outside a tokio runtime with I/O
             /// and time enabled, or out of descriptors.
@@ -311,8 +329,11 @@ macro_rules! semaphore_methods {
             /// # Cancel safety
             /// Cancel safe: a dropped future holds no permit and takes no wake-up from other
             /// waiters.
-            pub async fn acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-                self.engine.acquire().await
+            #[inline]
+            pub fn acquire(
+                &self,
+            ) -> impl Future<Output = Result<SemaphorePermit<'_>, AcquireError>> + '_ {
+                self.engine.acquire()
             }
 
             /// Acquires a permit if one is available right now (after returning those of dead
