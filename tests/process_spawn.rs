@@ -307,3 +307,42 @@ async fn children_can_spawn_children() {
     }
     assert_eq!(within("nested spawn", spawn(4, outer)).await.unwrap(), 50);
 }
+
+/// Child that says it has started (its daemon set-up is done by then), then sleeps.
+fn ready_then_sleep(mut ready: pipe::Sender<()>) {
+    let _ = ready.blocking_send(());
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// The kernel's parent-death signal follows the *thread* that forked a child. A daemon child
+/// must live on when the thread that called `spawn` ends while its process keeps running.
+#[test]
+fn daemon_child_outlives_the_thread_that_spawned_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rt, mut child) = std::thread::spawn(move || {
+        let (tx, mut rx) = pipe::simplex::<()>().unwrap();
+        let child = {
+            let _runtime = rt.enter();
+            spawn(tx, ready_then_sleep)
+        };
+        let ready = rx.blocking_recv_timeout(multiproc_suite::TEST_LIMIT);
+        assert!(matches!(ready, Ok(Some(()))), "child not ready: {ready:?}");
+        (rt, child)
+    })
+    .join()
+    .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = child.pid().unwrap();
+        assert!(
+            child.is_alive() && !process_gone(pid),
+            "daemon child {pid} died with the thread that spawned it"
+        );
+        child.kill().unwrap();
+        let err = within("killed child", child.join()).await.unwrap_err();
+        assert!(err.is_killed(), "{err}");
+    });
+}

@@ -19,6 +19,7 @@ pub mod packet;
 pub mod pidfd;
 pub mod shm;
 mod socket;
+pub mod spawner;
 mod sys;
 
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};

@@ -60,30 +60,30 @@ impl PidFd {
     }
 }
 
-/// Kills this process (`SIGKILL`) as soon as process `parent` exits, from a watcher thread.
-/// Kills it at once when `parent` is already gone.
+/// Kills this process (`SIGKILL`) as soon as process `parent` exits, however it exits (even
+/// by `SIGKILL`). Kills it at once when `parent` is already gone.
+///
+/// The kernel does it (`PR_SET_PDEATHSIG`): no thread, no polling. Then `getppid()` is checked
+/// against `parent`, which closes the race with a parent that died before the request was made
+/// (this process was then already handed to another parent, and no signal would ever come).
+///
+/// The kernel sends the signal when the *thread* that forked this process ends, not the whole
+/// parent process; so the parent must have started this process from a thread that lives as
+/// long as it does: [`spawner::run`](crate::spawner::run). Call this from the thread that keeps
+/// running for the life of this process (the main thread); the setting is not inherited by
+/// children.
 ///
 /// # Errors
-/// When the watcher thread cannot be started.
+/// When the kernel refuses the request.
+///
+/// # References
+/// - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html),
+///   [`getppid(2)`](https://man7.org/linux/man-pages/man2/getppid.2.html)
 pub fn die_with_parent(parent: u32) -> io::Result<()> {
-    let watched = match PidFd::open(parent) {
-        Ok(fd)
-            if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
-                == Some(parent) =>
-        {
-            fd
-        }
-        _ => kill_self(),
-    };
-    std::thread::Builder::new()
-        .name("multiproc-parent-watch".into())
-        .spawn(move || {
-            while !matches!(
-                sys::wait_ready(watched.fd.as_fd(), Direction::Read, None),
-                Ok(true)
-            ) {}
-            kill_self()
-        })?;
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+        kill_self();
+    }
     Ok(())
 }
 

@@ -10,6 +10,7 @@ use std::time::Instant;
 use multiproc_core::bootstrap::{self, EntryPoint};
 use multiproc_core::channel;
 use multiproc_core::pidfd::PidFd;
+use multiproc_core::spawner;
 use multiproc_core::{SharedFd, message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -206,7 +207,16 @@ impl Builder {
         }
         let mut command = tokio::process::Command::from(command);
         command.kill_on_drop(self.kill_on_drop);
-        let child = command.spawn().map_err(SpawnError::io)?;
+        // Started from the process-wide spawner thread: a daemon child's death signal is tied
+        // to the thread that forks it (see `multiproc_core::spawner`). `tokio::process` still
+        // registers the child with this runtime, for reaping and `kill_on_drop`.
+        let runtime = tokio::runtime::Handle::current();
+        let child = spawner::run(move || {
+            let _runtime = runtime.enter();
+            command.spawn()
+        })
+        .and_then(|spawned| spawned)
+        .map_err(SpawnError::io)?;
         drop(boot.child_end);
         let pid = child
             .id()

@@ -1,0 +1,96 @@
+//! The one long-lived thread that starts every child process.
+//!
+//! A daemon child asks the kernel to kill it when its parent goes away
+//! ([`die_with_parent`](crate::pidfd::die_with_parent), `PR_SET_PDEATHSIG`). The kernel's
+//! "parent" there is the *thread* that forked the child: the signal fires as soon as that thread
+//! ends, even while the rest of the process lives on. Children must therefore be started from a
+//! thread that lives exactly as long as the process, never from a tokio blocking-pool thread or
+//! a caller's thread that may retire. [`run`] hands the start-up work to such a thread, started
+//! on first use and never stopped; it ends only with the process.
+//!
+//! # References
+//! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
+
+use std::any::Any;
+use std::io;
+use std::panic::AssertUnwindSafe;
+use std::sync::Mutex;
+use std::sync::mpsc::{self, Receiver, Sender};
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// The spawner thread's queue, with the pid of the process that started it: a process that was
+/// `fork`ed (by someone else) from one that had the thread does not have it, and starts its own.
+static SPAWNER: Mutex<Option<(u32, Sender<Job>)>> = Mutex::new(None);
+
+/// Runs `f` on the process-wide spawner thread and returns its value; the caller blocks until
+/// `f` has run. Start child processes (`Command::spawn`) inside `f`, so that the thread that
+/// forks them outlives them (see the [module docs](self)).
+///
+/// Jobs run one at a time, in the order they were submitted. A panic in `f` is caught on the
+/// spawner thread (which keeps serving) and resumed on the caller's.
+///
+/// # Errors
+/// When the spawner thread cannot be started.
+///
+/// # Panics
+/// When `f` panics, with its payload.
+pub fn run<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    let (done_tx, done_rx) = mpsc::sync_channel::<Result<T, Box<dyn Any + Send>>>(1);
+    let job: Job = Box::new(move || {
+        let outcome = std::panic::catch_unwind(AssertUnwindSafe(f));
+        // The caller waits for this; if it is gone, nobody needs the value.
+        let _ = done_tx.send(outcome);
+    });
+    submit(job)?;
+    match done_rx.recv() {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        // The job was dropped without running: only if the thread died, which `serve` prevents.
+        Err(_) => Err(io::Error::other("the multiproc spawner thread went away")),
+    }
+}
+
+fn submit(job: Job) -> io::Result<()> {
+    let mut spawner = SPAWNER.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::process::id();
+    if let Some((pid, queue)) = spawner.as_ref()
+        && *pid == me
+    {
+        match queue.send(job) {
+            Ok(()) => return Ok(()),
+            // Unreachable while `serve` runs forever; start a new thread all the same.
+            Err(mpsc::SendError(job)) => return start(&mut spawner, me, job),
+        }
+    }
+    start(&mut spawner, me, job)
+}
+
+fn start(slot: &mut Option<(u32, Sender<Job>)>, me: u32, job: Job) -> io::Result<()> {
+    let (queue, jobs) = mpsc::channel::<Job>();
+    queue
+        .send(job)
+        .expect("the receiver is alive until the thread is started");
+    std::thread::Builder::new()
+        .name("multiproc-spawner".into())
+        .spawn(move || serve(jobs))?;
+    *slot = Some((me, queue));
+    Ok(())
+}
+
+/// The thread's body: runs jobs until the process ends. Jobs never unwind (`run` catches their
+/// panics), and the sender lives in a static, so `recv` never fails and the thread never ends.
+fn serve(jobs: Receiver<Job>) {
+    while let Ok(job) = jobs.recv() {
+        job();
+    }
+    // Only reachable if the sender were dropped; park rather than end the thread, so that
+    // children forked here are never signalled while this process lives.
+    loop {
+        std::thread::park();
+    }
+}
