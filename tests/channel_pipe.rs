@@ -427,3 +427,213 @@ async fn stream_and_sink_compose() {
     assert_eq!(sum, (0..10_000u64).sum());
     within("child", child).await.unwrap();
 }
+
+/// A byte pattern that tells messages and offsets apart.
+fn pattern(seed: usize, len: usize) -> Vec<u8> {
+    (0..len).map(|i| ((seed * 31 + i) % 251) as u8).collect()
+}
+
+/// Sizes around the receive buffer, where large messages switch to a buffer of their own.
+const BYTES_SIZES: [usize; 8] = [0, 1, 100, 65_536, 65_537, 300_000, 1 << 20, 16 << 20];
+
+/// Child: for each typed length, receives that many bytes, reverses them and sends both back.
+async fn reverse_bytes(mut end: Duplex<u64, u64>) -> usize {
+    let mut handled = 0;
+    while let Some(len) = end.recv().await.unwrap() {
+        let mut bytes = end.recv_bytes().await.unwrap().unwrap();
+        assert_eq!(bytes.len() as u64, len);
+        bytes.reverse();
+        end.send(len).await.unwrap();
+        end.send_bytes(&bytes).await.unwrap();
+        handled += 1;
+    }
+    handled
+}
+
+#[tokio::test]
+async fn bytes_messages_round_trip_with_a_child_between_typed_ones() {
+    let (mut here, there) = pipe::duplex::<u64, u64>().unwrap();
+    let child = spawn(there, reverse_bytes);
+    for (i, len) in BYTES_SIZES.into_iter().enumerate() {
+        let payload = pattern(i, len);
+        here.send(len as u64).await.unwrap();
+        within("send_bytes", here.send_bytes(&payload))
+            .await
+            .unwrap();
+        assert_eq!(
+            within("typed length", here.recv()).await.unwrap(),
+            Some(len as u64)
+        );
+        let back = within("bytes back", here.recv_bytes())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(back.len(), len);
+        assert!(back.iter().rev().eq(payload.iter()), "message {i} damaged");
+    }
+    drop(here);
+    assert_eq!(within("child", child).await.unwrap(), BYTES_SIZES.len());
+}
+
+#[tokio::test]
+async fn bytes_blocking_twins_work_in_a_sync_child() {
+    let (mut here, there) = pipe::duplex::<(), ()>().unwrap();
+    let child = spawn(there, |mut end: Duplex<(), ()>| {
+        let mut count = 0;
+        while let Some(mut bytes) = end.blocking_recv_bytes().unwrap() {
+            bytes.reverse();
+            end.blocking_send_bytes(&bytes).unwrap();
+            count += 1;
+        }
+        count
+    });
+    for (i, len) in [0, 7, 200_000, 3 << 20].into_iter().enumerate() {
+        let payload = pattern(i, len);
+        here.send_bytes(&payload).await.unwrap();
+        let back = within("echo", here.recv_bytes()).await.unwrap().unwrap();
+        assert!(back.iter().rev().eq(payload.iter()), "message {i} damaged");
+    }
+    drop(here);
+    assert_eq!(within("child", child).await.unwrap(), 4);
+}
+
+#[tokio::test]
+async fn recv_bytes_of_typed_messages() {
+    let (mut tx, mut rx) = pipe::simplex::<(u32, Option<Sender<u32>>)>().unwrap();
+    // Without handles: its postcard encoding.
+    tx.send((7, None)).await.unwrap();
+    let (expected, _) = message::encode(&(7u32, None::<Sender<u32>>)).unwrap();
+    assert_eq!(
+        within("typed as bytes", rx.recv_bytes()).await.unwrap(),
+        Some(expected)
+    );
+    // With a handle: not plain bytes; skipped, and the pipe goes on.
+    let (other, mut other_rx) = pipe::simplex::<u32>().unwrap();
+    tx.send((8, Some(other))).await.unwrap();
+    tx.send_bytes(b"next").await.unwrap();
+    let err = within("handle as bytes", rx.recv_bytes())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RecvError::Decode(_)), "{err}");
+    assert!(!err.is_fatal());
+    assert!(err.to_string().contains("carries handles"), "{err}");
+    assert_eq!(
+        within("after", rx.recv_bytes()).await.unwrap().as_deref(),
+        Some(&b"next"[..])
+    );
+    // The handle's descriptor was closed: its pipe sees end-of-stream.
+    assert_eq!(
+        within("closed handle", other_rx.recv()).await.unwrap(),
+        None
+    );
+    // Bytes received as a typed message are a decode error, and the pipe goes on.
+    tx.send_bytes(&[0xff; 3]).await.unwrap();
+    tx.send((9, None)).await.unwrap();
+    assert!(matches!(
+        within("bytes as typed", rx.recv()).await.unwrap_err(),
+        RecvError::Decode(_)
+    ));
+    assert_eq!(
+        within("typed after", rx.recv()).await.unwrap().map(|m| m.0),
+        Some(9)
+    );
+}
+
+#[tokio::test]
+async fn oversize_bytes_fail_the_sender_and_are_skipped_by_the_receiver() {
+    let (mut tx, mut rx) = pipe::simplex::<()>().unwrap();
+    tx.set_max_message_size(1024);
+    let err = tx.send_bytes(&[1; 4096]).await.unwrap_err();
+    assert!(
+        matches!(err.kind(), SendErrorKind::TooLarge { limit: 1024, .. }),
+        "{err}"
+    );
+    tx.set_max_message_size(1 << 20);
+    rx.set_max_message_size(1000);
+    tx.send_bytes(&[2; 200_000]).await.unwrap();
+    tx.send_bytes(&[3; 10]).await.unwrap();
+    drop(tx);
+    let err = within("oversize", rx.recv_bytes()).await.unwrap_err();
+    assert!(
+        matches!(err, RecvError::TooLarge { limit: 1000, .. }),
+        "{err}"
+    );
+    assert!(!err.is_fatal());
+    assert_eq!(
+        within("after skip", rx.recv_bytes()).await.unwrap(),
+        Some(vec![3; 10])
+    );
+    assert_eq!(within("eof", rx.recv_bytes()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn writer_killed_mid_bytes_message_gives_truncated() {
+    let (tx, mut rx) = pipe::simplex::<()>().unwrap();
+    let mut raw = raw_socket(&tx);
+    drop(tx);
+    let mut header = Vec::from(*b"MPF1");
+    header.extend_from_slice(&(1u32 << 20).to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    raw.write_all(&header).unwrap();
+    raw.write_all(&[7u8; 200_000]).unwrap();
+    drop(raw);
+    let err = within("truncated", rx.recv_bytes()).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RecvError::Truncated {
+                received: 200_012,
+                expected: 1_048_588
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.is_fatal());
+    assert_eq!(
+        within("eof after error", rx.recv_bytes()).await.unwrap(),
+        None
+    );
+}
+
+#[tokio::test]
+async fn cancelled_send_bytes_still_delivers_whole() {
+    let (mut tx, mut rx) = pipe::simplex::<()>().unwrap();
+    let big = pattern(5, 4 << 20);
+    // More than the socket holds: the first poll writes part, and the future is dropped.
+    {
+        let fut = tx.send_bytes(&big);
+        tokio::pin!(fut);
+        assert!(futures::poll!(fut.as_mut()).is_pending());
+    }
+    let sending = tokio::spawn(async move {
+        tx.send_bytes(b"next").await.unwrap();
+    });
+    let got = within("cancelled", rx.recv_bytes()).await.unwrap().unwrap();
+    assert!(got == big, "the cancelled message arrived damaged");
+    assert_eq!(
+        within("next", rx.recv_bytes()).await.unwrap().as_deref(),
+        Some(&b"next"[..])
+    );
+    within("sender", sending).await.unwrap();
+    assert_eq!(within("eof", rx.recv_bytes()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn cancelled_recv_bytes_is_finished_by_a_typed_recv() {
+    let (tx, mut rx) = pipe::simplex::<serde_bytes::ByteBuf>().unwrap();
+    let mut raw = raw_socket(&tx);
+    let (encoded, _) = message::encode(&serde_bytes::ByteBuf::from(pattern(3, 1 << 20))).unwrap();
+    let mut header = Vec::from(*b"MPF1");
+    header.extend_from_slice(&(encoded.len() as u32).to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    // Half the message, then a receive that gives up waiting for the rest.
+    raw.write_all(&header).unwrap();
+    raw.write_all(&encoded[..encoded.len() / 2]).unwrap();
+    let waited = tokio::time::timeout(Duration::from_millis(200), rx.recv_bytes()).await;
+    assert!(waited.is_err(), "received half a message");
+    raw.write_all(&encoded[encoded.len() / 2..]).unwrap();
+    let got = within("typed recv", rx.recv()).await.unwrap().unwrap();
+    assert!(got.as_slice() == pattern(3, 1 << 20).as_slice());
+    drop((tx, raw));
+    assert_eq!(within("eof", rx.recv()).await.unwrap(), None);
+}

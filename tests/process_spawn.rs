@@ -307,3 +307,108 @@ async fn children_can_spawn_children() {
     }
     assert_eq!(within("nested spawn", spawn(4, outer)).await.unwrap(), 50);
 }
+
+/// Child that says it has started (its daemon set-up is done by then), then sleeps.
+fn ready_then_sleep(mut ready: pipe::Sender<()>) {
+    let _ = ready.blocking_send(());
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+/// The kernel's parent-death signal follows the *thread* that forked a child. A daemon child
+/// must live on when the thread that called `spawn` ends while its process keeps running.
+#[test]
+fn daemon_child_outlives_the_thread_that_spawned_it() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (rt, mut child) = std::thread::spawn(move || {
+        let (tx, mut rx) = pipe::simplex::<()>().unwrap();
+        let child = {
+            let _runtime = rt.enter();
+            spawn(tx, ready_then_sleep)
+        };
+        let ready = rx.blocking_recv_timeout(multiproc_suite::TEST_LIMIT);
+        assert!(matches!(ready, Ok(Some(()))), "child not ready: {ready:?}");
+        (rt, child)
+    })
+    .join()
+    .unwrap();
+    rt.block_on(async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = child.pid().unwrap();
+        assert!(
+            child.is_alive() && !process_gone(pid),
+            "daemon child {pid} died with the thread that spawned it"
+        );
+        child.kill().unwrap();
+        let err = within("killed child", child.join()).await.unwrap_err();
+        assert!(err.is_killed(), "{err}");
+    });
+}
+
+/// What a child sees of its own set-up.
+#[derive(Debug, Serialize, Deserialize)]
+struct Seen {
+    arg0: String,
+    cwd: std::path::PathBuf,
+    env: Vec<String>,
+    stdout: std::path::PathBuf,
+}
+
+fn look_around(_: ()) -> Seen {
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+    Seen {
+        arg0: String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap()).into_owned(),
+        cwd: std::env::current_dir().unwrap(),
+        env: std::env::vars().map(|(k, _)| k).collect(),
+        stdout: std::fs::read_link("/proc/self/fd/1").unwrap(),
+    }
+}
+
+/// Default streams and directory take `posix_spawn`; custom stdio or a working directory take
+/// `std::process::Command`. Both must apply every option and deliver the control socket.
+#[tokio::test]
+async fn builder_options_apply_on_both_spawn_paths() {
+    let default_out = std::fs::read_link("/proc/self/fd/1").unwrap();
+    let here = std::env::current_dir().unwrap();
+
+    let fast = Builder::new()
+        .name("mp-fast-path")
+        .env_clear()
+        .env("MULTIPROC_ONLY_VAR", "1")
+        .spawn((), look_around)
+        .unwrap();
+    let seen = within("posix_spawn child", fast).await.unwrap();
+    assert_eq!(seen.arg0, "mp-fast-path");
+    assert_eq!(seen.env, ["MULTIPROC_ONLY_VAR"], "{seen:?}");
+    assert_eq!(seen.cwd, here);
+    assert_eq!(seen.stdout, default_out);
+
+    let dir = std::env::temp_dir().canonicalize().unwrap();
+    let slow = Builder::new()
+        .name("mp-command-path")
+        .env_clear()
+        .env("MULTIPROC_ONLY_VAR", "2")
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .spawn((), look_around)
+        .unwrap();
+    let seen = within("Command child", slow).await.unwrap();
+    assert_eq!(seen.arg0, "mp-command-path");
+    assert_eq!(seen.env, ["MULTIPROC_ONLY_VAR"], "{seen:?}");
+    assert_eq!(seen.cwd, dir);
+    assert_eq!(seen.stdout, std::path::Path::new("/dev/null"));
+
+    // A removed variable is gone on the fast path too.
+    let removed = Builder::new()
+        .env_remove("PATH")
+        .spawn((), look_around)
+        .unwrap();
+    let seen = within("env_remove child", removed).await.unwrap();
+    assert!(!seen.env.iter().any(|k| k == "PATH"), "{seen:?}");
+    assert!(
+        !seen.env.iter().any(|k| k == "MULTIPROC_BOOTSTRAP"),
+        "{seen:?}"
+    );
+}

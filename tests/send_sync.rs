@@ -37,6 +37,10 @@ async fn futures_are_send() {
     send_val(&rx.recv_timeout(std::time::Duration::ZERO));
     send_val(&a.send(1));
     send_val(&a.recv());
+    send_val(&tx.send_bytes(b"x"));
+    send_val(&rx.recv_bytes());
+    send_val(&a.send_bytes(b"x"));
+    send_val(&a.recv_bytes());
     let mut child = multiproc::spawn((), |()| ());
     send_val(&child.join());
     send_val(&child.join_timeout(std::time::Duration::ZERO));

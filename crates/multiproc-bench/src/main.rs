@@ -17,7 +17,8 @@
 //! `--impl <impl>` (repeatable, or comma lists), `--pin` (everything, children included, on
 //! CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows, `multiproc-blocking` and
 //! `tokio-reactor`; the contended lock, the event ping-pong and the queues have
-//! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`).
+//! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`),
+//! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
 //! Results and their reading: `docs/BENCHMARKS.md`.
 
 mod multiproc_impl;
@@ -175,6 +176,12 @@ impl Workload {
                 Impl::TokioReactor,
                 Impl::PythonMp,
             ],
+            Workload::Stream1M => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocBytes,
+                Impl::PythonMp,
+            ],
             Workload::LockContended2p | Workload::EventPingpong => &[
                 Impl::RawOs,
                 Impl::Multiproc,
@@ -211,6 +218,9 @@ enum Impl {
     MultiprocBlocking,
     /// Queues only: producers feed a `Queue::sink()`, consumers read a `Queue::stream()`.
     MultiprocSink,
+    /// 1 MiB stream only: the pipe's untyped bytes API (`send_bytes` / `recv_bytes`, Python's
+    /// `Connection.send_bytes` / `recv_bytes`) instead of typed messages.
+    MultiprocBytes,
     /// Python's multiprocessing, fork start method.
     PythonMp,
     /// Blocking syscalls on a socketpair: the floor.
@@ -220,10 +230,11 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 6] = [
+    const ALL: [Impl; 7] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
+        Impl::MultiprocBytes,
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
@@ -238,6 +249,7 @@ impl Impl {
             Impl::Multiproc => "multiproc",
             Impl::MultiprocBlocking => "multiproc-blocking",
             Impl::MultiprocSink => "multiproc-sink",
+            Impl::MultiprocBytes => "multiproc-bytes",
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
@@ -299,7 +311,7 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pool_apply_roundtrip
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os
+                 raw-os, multiproc-bytes
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -478,6 +490,7 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
     }
     let note = match (s.imp, w) {
         (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
+        (Impl::MultiprocBytes, _) => Some("untyped send_bytes/recv_bytes, not typed messages"),
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
         }
@@ -524,6 +537,7 @@ fn run_trial(
         (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
+        (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
     }
 }
@@ -563,11 +577,14 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
     let get = |imp: Impl| all.iter().find(|s| s.imp == imp);
     let (mp, raw, py) = (get(Impl::Multiproc), get(Impl::RawOs), get(Impl::PythonMp));
     // "speedup vs python": how many times better multiproc is, whatever the unit's direction.
-    let speedup = if w.higher_is_better() {
-        paired_ratio(mp, py)
-    } else {
-        paired_ratio(py, mp)
+    let vs_python = |s: Option<&Series>| {
+        if w.higher_is_better() {
+            paired_ratio(s, py)
+        } else {
+            paired_ratio(py, s)
+        }
     };
+    let speedup = vs_python(mp);
     let steal = steal.map_or_else(|| "?".into(), |s| format!("{s:.1}%"));
     eprintln!(
         "# {:<18} multiproc/raw-os = {:>6}   multiproc speedup vs python-mp = {:>6}x   \
@@ -576,6 +593,14 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
         paired_ratio(mp, raw),
         speedup
     );
+    if let Some(bytes) = get(Impl::MultiprocBytes) {
+        eprintln!(
+            "# {:<18} multiproc-bytes/raw-os = {:>6}   multiproc-bytes speedup vs python-mp = {:>6}x",
+            w.name(),
+            paired_ratio(Some(bytes), raw),
+            vs_python(Some(bytes))
+        );
+    }
 }
 
 fn main() -> ExitCode {

@@ -174,6 +174,62 @@ async fn stream(n: u64, size: usize, batched: bool) -> io::Result<f64> {
     })
 }
 
+/// Runs one trial of `w` with the untyped bytes API (`multiproc-bytes`; the 1 MiB stream only).
+pub(crate) fn run_bytes(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
+    match w {
+        Workload::Stream1M => rt.block_on(stream_bytes(n, 1 << 20)),
+        _ => Err(io::Error::other(
+            "multiproc-bytes only runs pipe_stream_1MiB",
+        )),
+    }
+}
+
+/// Child of the bytes stream: says it is ready, receives `n` messages with `recv_bytes`,
+/// answers with the count.
+async fn sink_bytes((mut end, n): (Duplex<u64, Payload>, u64)) -> u64 {
+    if end.send(0).await.is_err() {
+        return 0;
+    }
+    let mut count = 0u64;
+    let mut bytes = 0u64;
+    while count < n {
+        match end.recv_bytes().await {
+            Ok(Some(msg)) => {
+                count += 1;
+                bytes += msg.len() as u64;
+            }
+            _ => break,
+        }
+    }
+    let _ = end.send(count).await;
+    bytes
+}
+
+/// `pipe_stream_1MiB` with `send_bytes` of one reused buffer and `recv_bytes` into a fresh
+/// `Vec` per message, the same protocol and clock as [`stream`]; MiB per second.
+async fn stream_bytes(n: u64, size: usize) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<Payload, u64>()?;
+    let child = multiproc::spawn((there, n), sink_bytes);
+    if here.recv().await.map_err(other)? != Some(0) {
+        return Err(io::Error::other("stream child did not start"));
+    }
+    let payload = vec![0u8; size];
+    let t0 = Instant::now();
+    for _ in 0..n {
+        here.send_bytes(&payload).await.map_err(other)?;
+    }
+    let counted = here.recv().await.map_err(other)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    if counted != Some(n) {
+        return Err(io::Error::other(format!(
+            "stream child counted {counted:?} of {n}"
+        )));
+    }
+    drop(here);
+    child.await.map_err(other)?;
+    Ok((n as f64 * size as f64 / (1 << 20) as f64) / elapsed)
+}
+
 /// The trivial child of `spawn_join`.
 fn noop(_: ()) {}
 

@@ -3,10 +3,12 @@
 //! [`RawSender`] batches frames in a buffer and writes them with as few `sendmsg` calls as the
 //! descriptors allow; [`RawReceiver`] reads large chunks and hands out whole frames. Both have an
 //! async face (tokio readiness) and a blocking face (`poll(2)`), over the same state, so an end
-//! can be used from either kind of code.
+//! can be used from either kind of code. For bulk bytes, [`RawSender::send_bytes`] writes a frame
+//! from the caller's slice and [`RawReceiver::poll_recv_bytes`] reads a large frame into a `Vec`
+//! of its own, so neither copies the payload in user space.
 
 use std::collections::VecDeque;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -277,6 +279,221 @@ impl RawSender {
     }
 }
 
+impl RawSender {
+    /// Checks that a frame of `len` payload bytes may be sent; its header.
+    fn bytes_header(&self, len: usize) -> Result<[u8; HEADER_LEN], SendErrorKind> {
+        if self.closed {
+            return Err(SendErrorKind::Closed);
+        }
+        if len > self.limit {
+            return Err(SendErrorKind::TooLarge {
+                len,
+                limit: self.limit,
+            });
+        }
+        Ok(Header {
+            len: len as u32,
+            fds: 0,
+        }
+        .encode())
+    }
+
+    /// One `sendmsg` of the part of frame `header` + `bytes` after its first `written` bytes.
+    /// Only called with an empty buffer, so the frame goes out in order.
+    fn write_direct(
+        &mut self,
+        header: &[u8; HEADER_LEN],
+        bytes: &[u8],
+        written: &mut usize,
+    ) -> io::Result<()> {
+        debug_assert!(self.outbox.is_empty());
+        let n = if *written < HEADER_LEN {
+            let parts = [IoSlice::new(&header[*written..]), IoSlice::new(bytes)];
+            sys::send_vectored(self.socket.as_fd(), &parts)?
+        } else {
+            let parts = [IoSlice::new(&bytes[*written - HEADER_LEN..])];
+            sys::send_vectored(self.socket.as_fd(), &parts)?
+        };
+        *written += n;
+        Ok(())
+    }
+
+    /// Buffers what a direct write did not get to, to go out with the next flush (or from the
+    /// background thread when the sender is dropped): the frame is never torn.
+    fn buffer_rest(&mut self, header: &[u8; HEADER_LEN], bytes: &[u8], written: usize) {
+        if written < HEADER_LEN {
+            self.outbox.buf.extend_from_slice(&header[written..]);
+            self.outbox.buf.extend_from_slice(bytes);
+        } else {
+            self.outbox
+                .buf
+                .extend_from_slice(&bytes[written - HEADER_LEN..]);
+        }
+    }
+
+    /// Sends one frame whose payload is `bytes`, written from `bytes` itself: buffered frames
+    /// first, then one `sendmsg` of the header and the slice (more while the socket is full).
+    /// The bytes are never copied into the buffer, unless the future is dropped part-way.
+    ///
+    /// The frame is an ordinary frame without descriptors; the receiver may take it with
+    /// [`RawReceiver::poll_recv_bytes`] or any other receive.
+    ///
+    /// # Errors
+    /// [`SendErrorKind::TooLarge`] above the limit and [`SendErrorKind::Closed`] once the peer is
+    /// gone, as [`push`](Self::push) and [`poll_flush`](Self::poll_flush).
+    ///
+    /// # Cancel safety
+    /// The frame is accepted at the first poll (after the checks above). If the future is
+    /// dropped after that and before it completed, the rest of the frame is copied into the
+    /// buffer and delivered with the next flush, or by the background thread if the sender is
+    /// dropped: a cancelled send never loses or tears a frame. A future never polled sends
+    /// nothing.
+    pub fn send_bytes<'a>(&'a mut self, bytes: &'a [u8]) -> SendBytes<'a> {
+        SendBytes {
+            sender: self,
+            bytes,
+            header: [0; HEADER_LEN],
+            written: 0,
+            state: SendBytesState::New,
+        }
+    }
+
+    /// Sends one frame whose payload is `bytes`, blocking the thread, as
+    /// [`send_bytes`](Self::send_bytes). Gives up waiting at `deadline` and returns `Ok(false)`:
+    /// the rest of the frame is then buffered for the next flush.
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Self::send_bytes).
+    pub fn blocking_send_bytes(
+        &mut self,
+        bytes: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<bool, SendErrorKind> {
+        let header = self.bytes_header(bytes.len())?;
+        if !self.blocking_flush(deadline)? {
+            self.buffer_rest(&header, bytes, 0);
+            return Ok(false);
+        }
+        let total = HEADER_LEN + bytes.len();
+        let mut written = 0;
+        while written < total {
+            match self.write_direct(&header, bytes, &mut written) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline) {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            self.buffer_rest(&header, bytes, written);
+                            return Ok(false);
+                        }
+                        Err(e) => return Err(self.fail(e)),
+                    }
+                }
+                Err(e) => return Err(self.fail(e)),
+            }
+        }
+        Ok(true)
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum SendBytesState {
+    /// Not polled yet: nothing accepted.
+    New,
+    /// Accepted: the frame must reach the socket, now or later.
+    Accepted,
+    /// Written, or failed.
+    Done,
+}
+
+/// Future of [`RawSender::send_bytes`].
+#[must_use = "futures do nothing unless polled"]
+pub struct SendBytes<'a> {
+    sender: &'a mut RawSender,
+    bytes: &'a [u8],
+    header: [u8; HEADER_LEN],
+    /// Bytes of the frame (header included) already written.
+    written: usize,
+    state: SendBytesState,
+}
+
+impl std::future::Future for SendBytes<'_> {
+    type Output = Result<(), SendErrorKind>;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        match this.state {
+            SendBytesState::Done => return Poll::Ready(Ok(())),
+            SendBytesState::New => match this.sender.bytes_header(this.bytes.len()) {
+                Ok(header) => {
+                    this.header = header;
+                    this.state = SendBytesState::Accepted;
+                }
+                Err(e) => {
+                    this.state = SendBytesState::Done;
+                    return Poll::Ready(Err(e));
+                }
+            },
+            SendBytesState::Accepted => {}
+        }
+        let result = this.poll_write(cx);
+        if result.is_ready() {
+            this.state = SendBytesState::Done;
+        }
+        result
+    }
+}
+
+impl SendBytes<'_> {
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendErrorKind>> {
+        // Frames buffered before this one go first.
+        ready!(self.sender.poll_flush(cx))?;
+        let total = HEADER_LEN + self.bytes.len();
+        loop {
+            if self.written == total {
+                return Poll::Ready(Ok(()));
+            }
+            match self
+                .sender
+                .write_direct(&self.header, self.bytes, &mut self.written)
+            {
+                Ok(()) => continue,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Poll::Ready(Err(self.sender.fail(e))),
+            }
+            let socket = Arc::clone(&self.sender.socket);
+            let registered = match socket.writable() {
+                Ok(r) => r,
+                Err(e) => return Poll::Ready(Err(self.sender.fail(e))),
+            };
+            let mut guard = match ready!(registered.poll_write_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => return Poll::Ready(Err(self.sender.fail(e))),
+            };
+            match self
+                .sender
+                .write_direct(&self.header, self.bytes, &mut self.written)
+            {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(self.sender.fail(e))),
+            }
+        }
+    }
+}
+
+impl Drop for SendBytes<'_> {
+    fn drop(&mut self) {
+        if self.state == SendBytesState::Accepted {
+            self.sender
+                .buffer_rest(&self.header, self.bytes, self.written);
+        }
+    }
+}
+
 impl Drop for RawSender {
     fn drop(&mut self) {
         if self.outbox.is_empty() || self.closed {
@@ -315,9 +532,73 @@ enum Parsed {
         end: usize,
         fds: usize,
     },
+    /// The header of a frame whose payload has not all arrived.
+    Incomplete { len: usize, fds: usize },
     /// Need at least this many buffered bytes.
     NeedBytes(usize),
 }
+
+/// A frame read straight into a buffer of its own ([`RawReceiver::poll_recv_bytes`]), so that
+/// its bytes are never copied in user space.
+struct DirectFrame {
+    /// The bytes received so far; the capacity is exactly the frame's payload length, so a
+    /// read into the spare capacity never reads past the frame (and needs no zero-filling).
+    payload: Vec<u8>,
+    len: usize,
+    fds: usize,
+}
+
+/// A whole frame, ready to hand out.
+enum Whole {
+    /// In the receive buffer.
+    Buffered {
+        start: usize,
+        end: usize,
+        fds: usize,
+    },
+    /// In a buffer of its own.
+    Direct(DirectFrame),
+}
+
+/// What the receiver does next.
+enum Next {
+    /// Hand out this frame.
+    Whole(Whole),
+    /// Read into the receive buffer until it holds this many bytes.
+    Fill(usize),
+    /// Read into the direct frame.
+    FillDirect,
+}
+
+/// The payload of a received frame, borrowed from the receive buffer or in its own buffer.
+pub enum Payload<'a> {
+    /// In the receive buffer.
+    Borrowed(&'a [u8]),
+    /// Read into its own buffer (large frames received with `*_recv_bytes`).
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+
+    /// The bytes in a `Vec` of their own (copied only when borrowed).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
+    }
+}
+
+/// Frames with a payload above this size that have not all arrived yet are read into a buffer
+/// of their own by the `*_recv_bytes` methods.
+const DIRECT_MIN: usize = READ_CHUNK;
 
 /// The receiving half of an untyped channel.
 pub struct RawReceiver {
@@ -329,6 +610,8 @@ pub struct RawReceiver {
     fds: VecDeque<OwnedFd>,
     /// Remaining bytes and descriptor count of a frame being skipped.
     skip: Option<(usize, usize)>,
+    /// A frame being read into its own buffer; it comes before anything in `buf`.
+    direct: Option<DirectFrame>,
     eof: bool,
     /// A fatal error was reported; from now on the end is at end-of-stream.
     dead: bool,
@@ -352,6 +635,7 @@ impl RawReceiver {
             end: 0,
             fds: VecDeque::new(),
             skip: None,
+            direct: None,
             eof: false,
             dead: false,
             limit: DEFAULT_MAX_MESSAGE_SIZE,
@@ -384,6 +668,7 @@ impl RawReceiver {
         self.start = 0;
         self.end = 0;
         self.fds.clear();
+        self.direct = None;
         e
     }
 
@@ -434,7 +719,7 @@ impl RawReceiver {
                 });
             }
             if avail < HEADER_LEN + len {
-                return Ok(Parsed::NeedBytes(HEADER_LEN + len));
+                return Ok(Parsed::Incomplete { len, fds });
             }
             if self.fds.len() < fds {
                 let arrived = self.fds.len();
@@ -452,25 +737,77 @@ impl RawReceiver {
         }
     }
 
+    /// What to do next: hand out a whole frame, or which read makes progress. With
+    /// `direct_large`, a large frame that has not all arrived moves to a buffer of its own.
+    fn next(&mut self, direct_large: bool) -> Result<Next, RecvError> {
+        if let Some(direct) = &self.direct {
+            if direct.payload.len() < direct.len {
+                return Ok(Next::FillDirect);
+            }
+            let direct = self.direct.take().expect("checked above");
+            if self.fds.len() < direct.fds {
+                let arrived = self.fds.len();
+                return Err(self.fatal(RecvError::LostDescriptors {
+                    declared: direct.fds,
+                    arrived,
+                }));
+            }
+            return Ok(Next::Whole(Whole::Direct(direct)));
+        }
+        match self.parse()? {
+            Parsed::Frame { start, end, fds } => {
+                Ok(Next::Whole(Whole::Buffered { start, end, fds }))
+            }
+            // Descriptors come with the frame's first bytes (read by now) unless there are more
+            // than one `sendmsg` carries; the rest of the frame can then be read with `recv`.
+            Parsed::Incomplete { len, fds }
+                if direct_large
+                    && len > DIRECT_MIN
+                    && fds <= MAX_FDS_PER_SENDMSG
+                    && self.fds.len() >= fds =>
+            {
+                let mut payload = Vec::with_capacity(len);
+                if payload.capacity() != len {
+                    // `Vec` promises an exact capacity; without it, read the usual way.
+                    return Ok(Next::Fill(HEADER_LEN + len));
+                }
+                // Nothing after this frame is buffered (it is incomplete): move what arrived
+                // of it to its own buffer, and read the rest straight there.
+                payload.extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+                self.direct = Some(DirectFrame { payload, len, fds });
+                self.start = 0;
+                self.end = 0;
+                if self.buf.len() > KEEP_CAPACITY {
+                    self.buf = Vec::new();
+                }
+                Ok(Next::FillDirect)
+            }
+            Parsed::Incomplete { len, .. } => Ok(Next::Fill(HEADER_LEN + len)),
+            Parsed::NeedBytes(n) => Ok(Next::Fill(n)),
+        }
+    }
+
     /// Hands the frame to `f` and consumes it.
-    fn take_frame<R>(
-        &mut self,
-        start: usize,
-        end: usize,
-        fds: usize,
-        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
-    ) -> R {
-        let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
-        let out = f(&self.buf[start..end], fds);
-        self.start = end;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-            if self.buf.len() > KEEP_CAPACITY {
-                self.buf = Vec::new();
+    fn deliver<R>(&mut self, whole: Whole, f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R) -> R {
+        match whole {
+            Whole::Buffered { start, end, fds } => {
+                let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
+                let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
+                self.start = end;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    if self.buf.len() > KEEP_CAPACITY {
+                        self.buf = Vec::new();
+                    }
+                }
+                out
+            }
+            Whole::Direct(direct) => {
+                let fds: Vec<OwnedFd> = self.fds.drain(..direct.fds).collect();
+                f(Payload::Owned(direct.payload), fds)
             }
         }
-        out
     }
 
     /// Makes room for a read that can complete a frame of `need` bytes.
@@ -492,23 +829,35 @@ impl RawReceiver {
         }
     }
 
-    /// One `recvmsg`, `Err(WouldBlock)` when nothing is there.
-    fn read_once(&mut self, need: usize) -> io::Result<ReadOutcome> {
-        self.reserve(need);
-        let room = self.buf.len() - self.end;
+    /// One `recvmsg` for `next` (a [`Next::Fill`] or [`Next::FillDirect`]), `Err(WouldBlock)`
+    /// when nothing is there.
+    fn read_once(&mut self, next: &Next) -> io::Result<ReadOutcome> {
         let fds_before = self.fds.len();
-        let got = sys::recv_with_fds(
-            self.socket.as_fd(),
-            &mut self.buf[self.end..],
-            &mut self.fds,
-        )?;
+        let (got, room) = match (next, self.direct.as_mut()) {
+            (Next::FillDirect, Some(direct)) => {
+                let room = direct.len - direct.payload.len();
+                let got = sys::recv_into_spare(self.socket.as_fd(), &mut direct.payload)?;
+                (got, room)
+            }
+            (Next::Fill(need), _) => {
+                self.reserve(*need);
+                let room = self.buf.len() - self.end;
+                let got = sys::recv_with_fds(
+                    self.socket.as_fd(),
+                    &mut self.buf[self.end..],
+                    &mut self.fds,
+                )?;
+                self.end += got.bytes;
+                (got, room)
+            }
+            _ => unreachable!("a read is only asked for to fill a frame"),
+        };
         if got.fds_truncated {
             return Err(io::Error::other(DescriptorsTruncated));
         }
         if got.bytes == 0 {
             self.eof = true;
         }
-        self.end += got.bytes;
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
@@ -533,17 +882,109 @@ impl RawReceiver {
     }
 
     /// What to report once the peer has closed: end-of-stream, or a truncated frame.
-    fn at_eof(&mut self, need: usize) -> Result<Option<()>, RecvError> {
+    fn at_eof(&mut self, next: &Next) -> Result<Option<()>, RecvError> {
+        if let Some(direct) = &self.direct {
+            let (received, expected) = (HEADER_LEN + direct.payload.len(), HEADER_LEN + direct.len);
+            return Err(self.fatal(RecvError::Truncated { received, expected }));
+        }
         let received = self.end - self.start;
         if received == 0 && self.skip.is_none() {
             self.dead = true;
             return Ok(None);
         }
-        let expected = match self.skip {
-            Some((remaining, _)) => remaining,
-            None => need,
+        let expected = match (self.skip, next) {
+            (Some((remaining, _)), _) => remaining,
+            (None, Next::Fill(need)) => *need,
+            (None, _) => received,
         };
         Err(self.fatal(RecvError::Truncated { received, expected }))
+    }
+
+    fn poll_recv_inner<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        direct_large: bool,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Poll<Result<Option<R>, RecvError>> {
+        loop {
+            if self.dead {
+                return Poll::Ready(Ok(None));
+            }
+            let next = match self.next(direct_large)? {
+                Next::Whole(whole) => return Poll::Ready(Ok(Some(self.deliver(whole, f)))),
+                next => next,
+            };
+            if self.eof {
+                return Poll::Ready(self.at_eof(&next).map(|_| None));
+            }
+            let socket = Arc::clone(&self.socket);
+            let registered = match socket.readable() {
+                Ok(r) => r,
+                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+            };
+            let mut guard = match ready!(registered.poll_read_ready(cx)) {
+                Ok(g) => g,
+                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+            };
+            match self.read_once(&next) {
+                // The read drained the socket: drop readiness now instead of paying a failing
+                // recvmsg later (tokio keeps readiness from any newer edge).
+                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            }
+        }
+    }
+
+    fn try_recv_inner<R>(
+        &mut self,
+        direct_large: bool,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        loop {
+            if self.dead {
+                return Ok(TryRecv::Closed);
+            }
+            let next = match self.next(direct_large)? {
+                Next::Whole(whole) => return Ok(TryRecv::Frame(self.deliver(whole, f))),
+                next => next,
+            };
+            if self.eof {
+                return self.at_eof(&next).map(|_| TryRecv::Closed);
+            }
+            // Keep reading while bytes come: a large frame may need several reads.
+            match self.read_once(&next) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRecv::Empty),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+    }
+
+    fn blocking_recv_inner<R>(
+        &mut self,
+        deadline: Option<Instant>,
+        direct_large: bool,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        let mut f = Some(f);
+        loop {
+            let once = |payload: Payload<'_>, fds| {
+                (f.take().expect("frame handler used twice"))(payload, fds)
+            };
+            match self.try_recv_inner(direct_large, once)? {
+                TryRecv::Empty => {}
+                done => return Ok(done),
+            }
+            match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
+                Ok(true) => {}
+                Ok(false) => return Ok(TryRecv::Empty),
+                Err(e) => return Err(self.fatal(RecvError::Io(e))),
+            }
+        }
     }
 
     /// Receives one frame and hands it to `f` (typically a decoder), straight from the buffer.
@@ -557,38 +998,7 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        loop {
-            if self.dead {
-                return Poll::Ready(Ok(None));
-            }
-            let need = match self.parse()? {
-                Parsed::Frame { start, end, fds } => {
-                    return Poll::Ready(Ok(Some(self.take_frame(start, end, fds, f))));
-                }
-                Parsed::NeedBytes(n) => n,
-            };
-            if self.eof {
-                return Poll::Ready(self.at_eof(need).map(|_| None));
-            }
-            let socket = Arc::clone(&self.socket);
-            let registered = match socket.readable() {
-                Ok(r) => r,
-                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
-            };
-            let mut guard = match ready!(registered.poll_read_ready(cx)) {
-                Ok(g) => g,
-                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
-            };
-            match self.read_once(need) {
-                // The read drained the socket: drop readiness now instead of paying a failing
-                // recvmsg later (tokio keeps readiness from any newer edge).
-                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(self.read_error(e))),
-            }
-        }
+        self.poll_recv_inner(cx, false, |payload, fds| f(payload.as_slice(), fds))
     }
 
     /// Receives one frame without waiting; [`TryRecv`] tells a frame, nothing yet, or
@@ -600,27 +1010,7 @@ impl RawReceiver {
         &mut self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        loop {
-            if self.dead {
-                return Ok(TryRecv::Closed);
-            }
-            let need = match self.parse()? {
-                Parsed::Frame { start, end, fds } => {
-                    return Ok(TryRecv::Frame(self.take_frame(start, end, fds, f)));
-                }
-                Parsed::NeedBytes(n) => n,
-            };
-            if self.eof {
-                return self.at_eof(need).map(|_| TryRecv::Closed);
-            }
-            // Keep reading while bytes come: a large frame may need several reads.
-            match self.read_once(need) {
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRecv::Empty),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(self.read_error(e)),
-            }
-        }
+        self.try_recv_inner(false, |payload, fds| f(payload.as_slice(), fds))
     }
 
     /// Receives one frame, blocking the thread; `Ok(TryRecv::Empty)` when `deadline` passes.
@@ -632,20 +1022,50 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        let mut f = Some(f);
-        loop {
-            match self
-                .try_recv_with(|b, fds| (f.take().expect("frame handler used twice"))(b, fds))?
-            {
-                TryRecv::Empty => {}
-                done => return Ok(done),
-            }
-            match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
-                Ok(true) => {}
-                Ok(false) => return Ok(TryRecv::Empty),
-                Err(e) => return Err(self.fatal(RecvError::Io(e))),
-            }
-        }
+        self.blocking_recv_inner(deadline, false, |payload, fds| f(payload.as_slice(), fds))
+    }
+
+    /// Receives one frame and hands `f` its payload, which for a large frame is read straight
+    /// into a `Vec` of the announced length ([`Payload::Owned`]) instead of passing through the
+    /// receive buffer: no copy in user space. Smaller frames arrive as [`Payload::Borrowed`].
+    ///
+    /// Frames are the same whichever method receives them, and size limits, descriptors and
+    /// errors behave as in [`poll_recv_with`](Self::poll_recv_with).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a frame read part-way stays in `self` and is finished by the next receive
+    /// of any kind.
+    pub fn poll_recv_bytes<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Poll<Result<Option<R>, RecvError>> {
+        self.poll_recv_inner(cx, true, f)
+    }
+
+    /// [`poll_recv_bytes`](Self::poll_recv_bytes) without waiting, as
+    /// [`try_recv_with`](Self::try_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn try_recv_bytes<R>(
+        &mut self,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        self.try_recv_inner(true, f)
+    }
+
+    /// [`poll_recv_bytes`](Self::poll_recv_bytes), blocking the thread, as
+    /// [`blocking_recv_with`](Self::blocking_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn blocking_recv_bytes<R>(
+        &mut self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        self.blocking_recv_inner(deadline, true, f)
     }
 }
 
@@ -711,18 +1131,20 @@ mod tests {
         out
     }
 
-    /// Feeds streams of random bytes, valid frames, damaged frames and lying headers into a
-    /// receiver: it must never panic or hang, and must end with end-of-stream.
+    /// Feeds streams of random bytes, valid frames (some large enough to be read into a buffer
+    /// of their own), damaged frames and lying headers into a receiver that receives with the
+    /// typed and the bytes methods at random: it must never panic or hang, and must end with
+    /// end-of-stream.
     #[test]
     fn receiver_survives_arbitrary_byte_streams() {
         let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
         for round in 0..300 {
             let (a, b) = socket_pair().unwrap();
             let (_, mut rx) = split(b).unwrap();
-            rx.set_max_message_size(4096);
+            rx.set_max_message_size(if round % 2 == 0 { 4096 } else { 1 << 20 });
             let mut stream = Vec::new();
             for _ in 0..rng.below(8) {
-                match rng.below(5) {
+                match rng.below(7) {
                     0 => stream.extend(valid_frame(&vec![
                         rng.next() as u8;
                         rng.below(100) as usize
@@ -748,6 +1170,18 @@ mod tests {
                         );
                         stream.extend([0, 0]);
                     }
+                    4 => {
+                        // Above `DIRECT_MIN`: the bytes methods read it into its own buffer.
+                        let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
+                        stream.extend(valid_frame(&vec![rng.next() as u8; len]));
+                    }
+                    5 => {
+                        // The same, cut short.
+                        let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
+                        let mut f = valid_frame(&vec![rng.next() as u8; len]);
+                        f.truncate(HEADER_LEN + rng.below(len as u64) as usize);
+                        stream.extend(f);
+                    }
                     _ => stream.extend(
                         Header {
                             len: 100_000,
@@ -758,14 +1192,23 @@ mod tests {
                 }
             }
             let mut writer = std::os::unix::net::UnixStream::from(a.try_clone_owned().unwrap());
-            writer.set_nonblocking(false).unwrap();
-            writer.write_all(&stream).unwrap();
-            drop(writer);
             drop(a);
+            writer.set_nonblocking(false).unwrap();
+            // Large frames do not fit in the socket: write from a thread while receiving.
+            let writing = std::thread::spawn(move || {
+                let _ = writer.write_all(&stream);
+            });
             let mut outcomes = 0;
             loop {
                 let deadline = Some(Instant::now() + Duration::from_secs(5));
-                match rx.blocking_recv_with(deadline, |bytes, fds| (bytes.len(), fds.len())) {
+                let got = if rng.below(2) == 0 {
+                    rx.blocking_recv_with(deadline, |bytes, fds| (bytes.len(), fds.len()))
+                } else {
+                    rx.blocking_recv_bytes(deadline, |payload, fds| {
+                        (payload.as_slice().len(), fds.len())
+                    })
+                };
+                match got {
                     Ok(TryRecv::Frame(_)) | Err(_) => outcomes += 1,
                     Ok(TryRecv::Closed) => break,
                     Ok(TryRecv::Empty) => {
@@ -778,7 +1221,110 @@ mod tests {
                 );
             }
             assert!(rx.is_terminated());
+            // A writer blocked on a full socket fails once the receiver is gone.
+            drop(rx);
+            writing.join().unwrap();
         }
+    }
+
+    /// Frames of every size, buffered or sent with `send_bytes`, arrive whole and in order,
+    /// whichever method receives them.
+    #[test]
+    fn bytes_and_buffered_frames_interleave_in_order() {
+        let sizes = [0, 1, 100, DIRECT_MIN, DIRECT_MIN + 1, 300_000, 3 << 20];
+        let messages: Vec<Vec<u8>> = (0..42)
+            .map(|i| {
+                let len = sizes[i % sizes.len()];
+                (0..len).map(|j| (i * 31 + j) as u8).collect()
+            })
+            .collect();
+        let expected = messages.clone();
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx, _) = split(a).unwrap();
+        let (_, mut rx) = split(b).unwrap();
+        let sending = std::thread::spawn(move || {
+            for (i, m) in messages.iter().enumerate() {
+                if i % 3 == 0 {
+                    // Left in the buffer now and then: `send_bytes` must write it first.
+                    tx.push(|buf| {
+                        buf.extend_from_slice(m);
+                        Ok(Vec::new())
+                    })
+                    .unwrap();
+                    if i % 2 == 0 {
+                        assert!(tx.blocking_flush(None).unwrap());
+                    }
+                } else {
+                    assert!(tx.blocking_send_bytes(m, None).unwrap());
+                }
+            }
+            assert!(tx.blocking_flush(None).unwrap());
+        });
+        for (i, m) in expected.iter().enumerate() {
+            let got = if i % 2 == 0 {
+                rx.blocking_recv_bytes(None, |payload, _| payload.into_vec())
+            } else {
+                rx.blocking_recv_with(None, |bytes, _| bytes.to_vec())
+            };
+            match got.unwrap() {
+                TryRecv::Frame(bytes) => assert!(bytes == *m, "message {i} differs"),
+                other => panic!("message {i}: {other:?}"),
+            }
+        }
+        sending.join().unwrap();
+        match rx.blocking_recv_bytes(None, |payload, _| payload.into_vec()) {
+            Ok(TryRecv::Closed) => {}
+            other => panic!("expected end-of-stream, got {other:?}"),
+        }
+    }
+
+    /// A `send_bytes` dropped part-way buffers the rest of its frame (one never polled sends
+    /// nothing); a `recv_bytes` dropped part-way is finished by the next receive, of any kind.
+    #[test]
+    fn cancelled_bytes_transfers_lose_nothing() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = socket_pair().unwrap();
+            let (mut tx, _) = split(a).unwrap();
+            let (_, mut rx) = split(b).unwrap();
+            let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 253) as u8).collect();
+
+            drop(tx.send_bytes(&big));
+            assert_eq!(tx.buffered(), 0, "a send never polled sent something");
+            // The socket holds about 1 MiB: one poll writes part of the frame.
+            assert!(futures::FutureExt::now_or_never(tx.send_bytes(&big)).is_none());
+            let rest = tx.buffered();
+            assert!(rest > 0 && rest < big.len(), "{rest} bytes buffered");
+
+            // Reads what the socket holds, then waits for the rest, which never comes: cancel.
+            let receiving =
+                std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, |payload, _| payload.into_vec()));
+            let waited = tokio::time::timeout(Duration::from_millis(200), receiving).await;
+            assert!(waited.is_err(), "received a frame that was not all sent");
+            assert!(
+                rx.direct.is_some(),
+                "a large frame is read into its own buffer"
+            );
+
+            let flushing = std::thread::spawn(move || {
+                assert!(tx.blocking_flush(None).unwrap());
+                assert!(tx.blocking_send_bytes(b"after", None).unwrap());
+            });
+            let got = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |bytes, _| bytes.to_vec()))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(got == big, "the cancelled frames arrived damaged");
+            let after =
+                std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, |payload, _| payload.into_vec()))
+                    .await
+                    .unwrap();
+            assert_eq!(after.as_deref(), Some(&b"after"[..]));
+            flushing.join().unwrap();
+        });
     }
 
     #[test]

@@ -69,6 +69,11 @@ enum DecodeErrorKind {
     },
     #[error("bad descriptor in message: {0}")]
     Descriptor(#[source] DescriptorError),
+    #[error(
+        "message carries handles ({count} descriptor(s)), which plain bytes cannot hold; \
+         skipped (does the other side send a typed message?)"
+    )]
+    UnexpectedDescriptors { count: usize },
 }
 
 impl DecodeError {
@@ -85,6 +90,11 @@ impl DecodeError {
     pub(crate) fn descriptor(e: DescriptorError) -> Self {
         Self {
             kind: DecodeErrorKind::Descriptor(e),
+        }
+    }
+    pub(crate) fn unexpected_descriptors(count: usize) -> Self {
+        Self {
+            kind: DecodeErrorKind::UnexpectedDescriptors { count },
         }
     }
     /// The descriptor problem, when that is what failed.

@@ -20,6 +20,7 @@ pub mod pidfd;
 pub mod remote_fn;
 pub mod shm;
 mod socket;
+pub mod spawner;
 mod sys;
 
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};

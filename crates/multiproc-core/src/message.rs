@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::channel::Payload;
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
 
@@ -64,6 +65,19 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Result<(Vec<u8>, Vec<OwnedFd>
     let mut buf = Vec::new();
     let fds = encode_into(value, &mut buf)?;
     Ok((buf, fds))
+}
+
+/// A received payload as plain bytes: what a pipe's `recv_bytes` returns, for messages sent
+/// with `send_bytes` (or the postcard bytes of a typed message without handles).
+///
+/// # Errors
+/// [`DecodeError`] when descriptors came with the payload: it was a typed message carrying
+/// handles, which plain bytes cannot represent. The descriptors are closed.
+pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, DecodeError> {
+    if !fds.is_empty() {
+        return Err(DecodeError::unexpected_descriptors(fds.len()));
+    }
+    Ok(payload.into_vec())
 }
 
 /// Deserializes a `T` from postcard `bytes`, handing it the descriptors that came with them.

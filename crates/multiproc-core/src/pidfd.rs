@@ -1,10 +1,15 @@
-//! Process descriptors: signal and watch one exact process, immune to pid reuse.
+//! Process descriptors: signal, watch and reap one exact process, immune to pid reuse.
+#![allow(unsafe_code)]
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
 use std::time::Instant;
 
-use rustix::process::{Pid, PidfdFlags, Signal};
+use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions, WaitIdStatus};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use crate::sys::{self, Direction};
 
@@ -58,32 +63,95 @@ impl PidFd {
     pub fn has_exited(&self) -> bool {
         sys::wait_ready(self.fd.as_fd(), Direction::Read, Some(Instant::now())).unwrap_or(true)
     }
+
+    /// Reaps the process if it has exited, giving its status; `None` while it runs. The
+    /// process must be a child of this one.
+    ///
+    /// # Errors
+    /// `ECHILD` when it is not a child of this process or was already reaped.
+    ///
+    /// # References
+    /// - [`waitid(2)`](https://man7.org/linux/man-pages/man2/waitid.2.html) with `P_PIDFD`
+    pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        loop {
+            match rustix::process::waitid(WaitId::PidFd(self.fd.as_fd()), options) {
+                Ok(status) => return Ok(status.and_then(|s| exit_status(&s))),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Waits without blocking a thread until the process exits, then reaps it (see
+    /// [`try_wait`](Self::try_wait)).
+    ///
+    /// # Errors
+    /// As [`try_wait`](Self::try_wait); outside a tokio runtime, or when the descriptor cannot
+    /// be registered with its reactor.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the process is only reaped in the poll that returns its status.
+    pub async fn wait(&self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("async wait outside of a tokio runtime"));
+        }
+        // A pidfd polls readable once its process has exited.
+        // SAFETY: the borrowed descriptor is `self.fd`, which stays open and refers to the same
+        // pidfd for as long as `self` is borrowed, which outlives the `AsyncFd` (dropped at the
+        // end of this function); `BorrowedFd::as_raw_fd` is constant.
+        let exited =
+            unsafe { AsyncFd::register_with_interest(self.fd.as_fd(), Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)?;
+        loop {
+            let mut ready = exited.readable().await?;
+            if let Some(status) = self.try_wait()? {
+                return Ok(status);
+            }
+            ready.clear_ready();
+        }
+    }
 }
 
-/// Kills this process (`SIGKILL`) as soon as process `parent` exits, from a watcher thread.
-/// Kills it at once when `parent` is already gone.
+/// The status `wait` would have given, from `waitid`'s; `None` for a stop or continue.
+fn exit_status(status: &WaitIdStatus) -> Option<ExitStatus> {
+    let raw = if let Some(code) = status.exit_status() {
+        (code & 0xff) << 8
+    } else if let Some(signal) = status.terminating_signal() {
+        signal | if status.dumped() { 0x80 } else { 0 }
+    } else {
+        return None;
+    };
+    Some(ExitStatus::from_raw(raw))
+}
+
+/// Kills this process (`SIGKILL`) as soon as process `parent` exits, however it exits (even
+/// by `SIGKILL`). Kills it at once when `parent` is already gone.
+///
+/// The kernel does it (`PR_SET_PDEATHSIG`): no thread, no polling. Then `getppid()` is checked
+/// against `parent`, which closes the race with a parent that died before the request was made
+/// (this process was then already handed to another parent, and no signal would ever come).
+///
+/// The kernel sends the signal when the *thread* that forked this process ends, not the whole
+/// parent process; so the parent must have started this process from a thread that lives as
+/// long as it does: [`spawner::run`](crate::spawner::run). Call this from the thread that keeps
+/// running for the life of this process (the main thread); the setting is not inherited by
+/// children.
 ///
 /// # Errors
-/// When the watcher thread cannot be started.
+/// When the kernel refuses the request.
+///
+/// # References
+/// - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html),
+///   [`getppid(2)`](https://man7.org/linux/man-pages/man2/getppid.2.html)
 pub fn die_with_parent(parent: u32) -> io::Result<()> {
-    let watched = match PidFd::open(parent) {
-        Ok(fd)
-            if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32)
-                == Some(parent) =>
-        {
-            fd
-        }
-        _ => kill_self(),
-    };
-    std::thread::Builder::new()
-        .name("multiproc-parent-watch".into())
-        .spawn(move || {
-            while !matches!(
-                sys::wait_ready(watched.fd.as_fd(), Direction::Read, None),
-                Ok(true)
-            ) {}
-            kill_self()
-        })?;
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+        kill_self();
+    }
     Ok(())
 }
 

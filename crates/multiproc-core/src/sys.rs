@@ -62,6 +62,20 @@ pub(crate) fn send_with_fds(
     )?)
 }
 
+/// `sendmsg(2)` of the slices in `bufs`, in order, without descriptors; never raises `SIGPIPE`.
+///
+/// # References
+/// - [`sendmsg(2)`](https://man7.org/linux/man-pages/man2/sendmsg.2.html)
+pub(crate) fn send_vectored(socket: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let flags = SendFlags::NOSIGNAL | SendFlags::DONTWAIT;
+    Ok(rustix::net::sendmsg(
+        socket,
+        bufs,
+        &mut SendAncillaryBuffer::default(),
+        flags,
+    )?)
+}
+
 /// Result of [`recv_with_fds`].
 pub(crate) struct Received {
     /// Bytes read; zero means the peer closed.
@@ -94,6 +108,24 @@ pub(crate) fn recv_with_fds(
         bytes: msg.bytes,
         truncated: msg.flags.contains(ReturnFlags::TRUNC),
         fds_truncated: msg.flags.contains(ReturnFlags::CTRUNC),
+    })
+}
+
+/// `recv(2)` into the spare capacity of `buf` (no zero-filling), which grows by what was read.
+/// For stream bytes that carry no descriptors: any that came along would be discarded.
+///
+/// # References
+/// - [`recv(2)`](https://man7.org/linux/man-pages/man2/recv.2.html)
+pub(crate) fn recv_into_spare(socket: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<Received> {
+    let (bytes, _) = rustix::net::recv(
+        socket,
+        rustix::buffer::spare_capacity(buf),
+        RecvFlags::DONTWAIT,
+    )?;
+    Ok(Received {
+        bytes,
+        truncated: false,
+        fds_truncated: false,
     })
 }
 

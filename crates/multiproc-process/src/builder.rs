@@ -1,15 +1,13 @@
 //! Options for starting a child process.
 
 use std::ffi::OsString;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
 use multiproc_core::bootstrap::{self, EntryPoint};
 use multiproc_core::channel;
-use multiproc_core::pidfd::PidFd;
+use multiproc_core::spawner::{self, SpawnOptions};
 use multiproc_core::{SharedFd, message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -150,13 +148,15 @@ impl Builder {
     /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started.
     ///
     /// # Panics
-    /// Outside a tokio runtime (with I/O and time drivers), like `tokio::process`.
+    /// Outside a tokio runtime (with I/O and time drivers).
     pub fn spawn<A, R, M, F>(self, args: A, f: F) -> Result<JoinHandle<R::Output>, SpawnError>
     where
         A: Serialize + DeserializeOwned + 'static,
         F: Fn(A) -> R + Copy + Send + 'static,
         R: ChildOutput<M>,
     {
+        // Like `tokio::process`, a child belongs to a runtime: a dropped handle is reaped there.
+        let runtime = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
         let boot = bootstrap::child_command(entry).map_err(SpawnError::io)?;
         let (mut tx, rx) =
@@ -174,49 +174,24 @@ impl Builder {
             });
         }
 
-        let mut command = boot.command;
-        if let Some(name) = &self.name {
-            command.arg0(name);
-        }
-        if self.env_clear {
-            command.env_clear();
-            // The bootstrap variable must survive a cleared environment.
-            command.env(
-                bootstrap::BOOTSTRAP_ENV,
-                boot.child_end.as_raw_fd().to_string(),
-            );
-        }
-        for (key, value) in &self.env {
-            match value {
-                Some(v) => command.env(key, v),
-                None => command.env_remove(key),
-            };
-        }
-        if let Some(dir) = &self.current_dir {
-            command.current_dir(dir);
-        }
-        if let Some(s) = self.stdin {
-            command.stdin(s);
-        }
-        if let Some(s) = self.stdout {
-            command.stdout(s);
-        }
-        if let Some(s) = self.stderr {
-            command.stderr(s);
-        }
-        let mut command = tokio::process::Command::from(command);
-        command.kill_on_drop(self.kill_on_drop);
-        let child = command.spawn().map_err(SpawnError::io)?;
-        drop(boot.child_end);
-        let pid = child
-            .id()
-            .ok_or_else(|| SpawnError::io(std::io::Error::other("child vanished at spawn")))?;
-        // Not reaped yet (only we can reap it), so the pidfd names exactly this child.
-        let pidfd = PidFd::open(pid).map_err(SpawnError::io)?;
+        let options = SpawnOptions {
+            arg0: self.name.clone().map(Into::into),
+            env_clear: self.env_clear,
+            env: self.env,
+            current_dir: self.current_dir,
+            stdin: self.stdin,
+            stdout: self.stdout,
+            stderr: self.stderr,
+        };
+        let pidfd =
+            spawner::spawn(boot.command, boot.child_end, options).map_err(SpawnError::io)?;
+        let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, runtime, rx);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
-        tx.blocking_flush(Some(Instant::now()))
-            .map_err(|e| SpawnError::io(std::io::Error::other(e)))?;
-        drop(tx);
-        Ok(JoinHandle::start(pid, pidfd, self.name, child, rx))
+        if let Err(e) = tx.blocking_flush(Some(Instant::now())) {
+            // The child cannot get its arguments: end it (the dropped handle reaps it).
+            let _ = handle.kill();
+            return Err(SpawnError::io(std::io::Error::other(e)));
+        }
+        Ok(handle)
     }
 }

@@ -34,25 +34,32 @@ enum State<R> {
 ///
 /// Dropping the handle does not stop the child unless
 /// [`kill_on_drop`](crate::Builder::kill_on_drop) was set; a daemon child (the default) still
-/// dies with this process.
+/// dies with this process. A child whose handle was dropped is reaped on the runtime it was
+/// spawned from, once it exits.
 pub struct JoinHandle<R> {
     pid: Option<u32>,
     name: Option<String>,
-    pidfd: Option<PidFd>,
+    pidfd: Option<Arc<PidFd>>,
+    kill_on_drop: bool,
+    /// Where a dropped handle's child is reaped.
+    runtime: Option<tokio::runtime::Handle>,
     status: Arc<Mutex<Option<ExitStatus>>>,
     state: State<R>,
 }
 
 impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     pub(crate) fn start(
-        pid: u32,
         pidfd: PidFd,
         name: Option<String>,
-        mut child: tokio::process::Child,
+        kill_on_drop: bool,
+        runtime: tokio::runtime::Handle,
         mut control: RawReceiver,
     ) -> Self {
+        let pid = pidfd.pid();
+        let pidfd = Arc::new(pidfd);
         let status = Arc::new(Mutex::new(None));
         let status_slot = status.clone();
+        let child = pidfd.clone();
         let future = async move {
             let report =
                 std::future::poll_fn(|cx| control.poll_recv_with(cx, message::decode::<Report<R>>))
@@ -79,6 +86,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
             pid: Some(pid),
             name,
             pidfd: Some(pidfd),
+            kill_on_drop,
+            runtime: Some(runtime),
             status,
             state: State::Running(Box::pin(future)),
         }
@@ -91,6 +100,8 @@ impl<R> JoinHandle<R> {
             pid: None,
             name: None,
             pidfd: None,
+            kill_on_drop: false,
+            runtime: None,
             status: Arc::new(Mutex::new(None)),
             state: State::NotStarted(e),
         }
@@ -202,6 +213,33 @@ impl<R> Future for JoinHandle<R> {
 }
 
 impl<R> Unpin for JoinHandle<R> {}
+
+impl<R> Drop for JoinHandle<R> {
+    /// A child not joined yet is killed if `kill_on_drop` was set, and reaped in the background
+    /// once it exits, so it never stays a zombie.
+    fn drop(&mut self) {
+        if !matches!(self.state, State::Running(_)) {
+            return;
+        }
+        // Dropping the join future closes our end of the control socket first: a child still
+        // sending its report gets an error instead of waiting for a reader.
+        self.state = State::Done;
+        let (Some(pidfd), Some(runtime)) = (self.pidfd.take(), self.runtime.take()) else {
+            return;
+        };
+        if self.kill_on_drop {
+            let _ = pidfd.send_signal(9);
+        }
+        if !matches!(pidfd.try_wait(), Ok(None)) {
+            return; // Reaped now, or not ours to reap.
+        }
+        // On a runtime that has shut down the task is dropped unrun, and the zombie stays until
+        // this process exits, as with `tokio::process`.
+        drop(runtime.spawn(async move {
+            let _ = pidfd.wait().await;
+        }));
+    }
+}
 
 impl<R> fmt::Debug for JoinHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -65,6 +65,45 @@ impl<S, R> Duplex<S, R> {
     pub async fn flush(&mut self) -> Result<(), SendError> {
         self.tx.flush().await
     }
+
+    /// Sends `bytes` as one message, as they are; see [`Sender::send_bytes`].
+    ///
+    /// # Errors
+    /// As [`Sender::send_bytes`].
+    ///
+    /// # Cancel safety
+    /// As [`Sender::send_bytes`]: once the future has been polled the message will be delivered.
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        self.tx.send_bytes(bytes).await
+    }
+
+    /// Sends `bytes` as one message, blocking the thread; see [`Sender::blocking_send_bytes`].
+    ///
+    /// # Errors
+    /// As [`Sender::send_bytes`].
+    pub fn blocking_send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        self.tx.blocking_send_bytes(bytes)
+    }
+
+    /// Receives the next message as plain bytes; see [`Receiver::recv_bytes`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_bytes`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::recv_bytes`].
+    pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RecvError> {
+        self.rx.recv_bytes().await
+    }
+
+    /// Receives the next message as plain bytes, blocking the thread; see
+    /// [`Receiver::blocking_recv_bytes`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_bytes`].
+    pub fn blocking_recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RecvError> {
+        self.rx.blocking_recv_bytes()
+    }
 }
 
 impl<S: Serialize, R> Duplex<S, R> {

@@ -49,6 +49,44 @@ impl<T> Receiver<T> {
     pub fn set_max_message_size(&mut self, limit: usize) {
         self.raw.set_max_message_size(limit);
     }
+
+    /// Receives the next message as plain bytes (Python's `Connection.recv_bytes`): one sent
+    /// with [`Sender::send_bytes`](super::Sender::send_bytes). `Ok(None)` once the sending end
+    /// is closed and drained.
+    ///
+    /// A large message is read from the socket straight into the returned `Vec`, sized from
+    /// the frame header, with no copy in user space. A typed message received this way gives
+    /// its postcard encoding.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv). A message carrying handles (a typed message with pipe ends,
+    /// locks...) cannot be plain bytes: it is skipped with [`RecvError::Decode`], its
+    /// descriptors are closed, and the pipe stays usable.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message read part-way stays in the receiver and is finished by the next
+    /// receive, of either kind.
+    pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RecvError> {
+        let received =
+            std::future::poll_fn(|cx| self.raw.poll_recv_bytes(cx, message::decode_bytes)).await;
+        match received {
+            Ok(Some(bytes)) => Ok(Some(bytes?)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receives the next message as plain bytes, blocking the thread; see
+    /// [`recv_bytes`](Self::recv_bytes).
+    ///
+    /// # Errors
+    /// As [`recv_bytes`](Self::recv_bytes).
+    pub fn blocking_recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RecvError> {
+        match self.raw.blocking_recv_bytes(None, message::decode_bytes)? {
+            TryRecv::Frame(bytes) => Ok(Some(bytes?)),
+            TryRecv::Empty | TryRecv::Closed => Ok(None),
+        }
+    }
 }
 
 impl<T: DeserializeOwned> Receiver<T> {

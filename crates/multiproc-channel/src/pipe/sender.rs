@@ -60,6 +60,55 @@ impl<T> Sender<T> {
             .await
             .map_err(|kind| SendError::new((), kind))
     }
+
+    /// Sends `bytes` as one message, as they are (Python's `Connection.send_bytes`), and waits
+    /// until it is handed to the kernel.
+    ///
+    /// The bytes go to the socket straight from `bytes`, in one `sendmsg` with the frame header,
+    /// without the copy into the send buffer that encoding a typed message costs: for bulk
+    /// data this is the fast way. They are not encoded, so the receiving side takes them with
+    /// [`Receiver::recv_bytes`](super::Receiver::recv_bytes);
+    /// [`recv`](super::Receiver::recv) would try to decode them as its type (an error, unless
+    /// the bytes happen to encode one). Typed and byte messages keep their order.
+    ///
+    /// # Errors
+    /// [`SendErrorKind::TooLarge`] above [`max_message_size`](Self::max_message_size) (nothing is
+    /// written and the pipe stays usable), [`SendErrorKind::Closed`] when the receiving end is
+    /// gone.
+    ///
+    /// # Cancel safety
+    /// The message is accepted when the future is first polled. If the future is dropped before
+    /// every byte was written, the rest is copied into the send buffer and delivered with the
+    /// next send or flush, or by a background thread when the sender is dropped: a cancelled
+    /// send never loses or tears a message.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<()>()?;
+    /// tx.send_bytes(b"raw bytes").await?;
+    /// assert_eq!(rx.recv_bytes().await?, Some(b"raw bytes".to_vec()));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        self.raw
+            .send_bytes(bytes)
+            .await
+            .map_err(|kind| SendError::new((), kind))
+    }
+
+    /// Sends `bytes` as one message, blocking the thread; see [`send_bytes`](Self::send_bytes).
+    ///
+    /// # Errors
+    /// As [`send_bytes`](Self::send_bytes).
+    pub fn blocking_send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
+        match self.raw.blocking_send_bytes(bytes, None) {
+            Ok(_) => Ok(()),
+            Err(kind) => Err(SendError::new((), kind)),
+        }
+    }
 }
 
 impl<T: Serialize> Sender<T> {
