@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
-use std::hash::Hasher;
+use std::hash::{BuildHasher, Hasher};
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
@@ -28,23 +28,10 @@ static PROGRAM_KEY: OnceLock<[u64; 2]> = OnceLock::new();
 /// The key of this program tree: inherited from the parent, or drawn now by the first process.
 pub(crate) fn program_key() -> [u64; 2] {
     *PROGRAM_KEY.get_or_init(|| {
-        let mut bytes = [0u8; 16];
-        let mut filled = 0;
-        while filled < bytes.len() {
-            match rustix::rand::getrandom(
-                &mut bytes[filled..],
-                rustix::rand::GetRandomFlags::empty(),
-            ) {
-                Ok(n) => filled += n,
-                Err(rustix::io::Errno::INTR) => {}
-                // getrandom(2) cannot fail on Linux >= 3.17 once the pool is initialised; if it
-                // ever does, a key known to nobody else is still better than none.
-                Err(_) => break,
-            }
-        }
-        let k0 = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"));
-        let k1 = u64::from_le_bytes(bytes[8..].try_into().expect("8 bytes"));
-        [k0 ^ std::process::id() as u64, k1]
+        // std seeds every `RandomState` from the OS's random source (getrandom), so hashes
+        // under a fresh one are values nobody outside this process can predict.
+        let secret = std::hash::RandomState::new();
+        [secret.hash_one(0u8), secret.hash_one(1u8)]
     })
 }
 

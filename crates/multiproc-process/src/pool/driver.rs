@@ -107,14 +107,14 @@ struct Conn {
     rx: RawReceiver,
     /// Jobs sent, in the order the worker answers them. Their frames are kept so that jobs a
     /// dead worker never started can go to another.
-    in_flight: VecDeque<Job>,
+    in_flight: VecDeque<InFlight>,
     /// Where the worker records the job it starts.
     progress: SharedRegion,
     /// Jobs sent over the worker's life (for `max_tasks_per_worker`).
     sent: usize,
     /// What the worker has learnt of each function's time per task.
     pace: Pace,
-    /// Estimated time to run the jobs in flight, by `pace`, in nanoseconds.
+    /// The sum of the in-flight jobs' `estimate_ns`.
     queued_ns: u64,
     /// The worker has said `Ready` (started, initializer run). Jobs wait for it, so a worker
     /// that cannot start holds none.
@@ -219,8 +219,9 @@ impl Conn {
                 });
                 match pushed {
                     Ok(()) => {
-                        self.queued_ns += self.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
-                        self.in_flight.push_back(job);
+                        let estimate_ns = self.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
+                        self.queued_ns += estimate_ns;
+                        self.in_flight.push_back(InFlight { job, estimate_ns });
                         self.sent += 1;
                         took = true;
                     }
@@ -249,7 +250,7 @@ impl Conn {
                 if let Some(error) = shared.broken() {
                     return Poll::Ready(End::Broken(error));
                 }
-            } else if self.in_flight[0].meta.sink.is_cancelled() {
+            } else if self.in_flight[0].job.meta.sink.is_cancelled() {
                 // The worker is busy with work nobody waits for: stop it, and let another
                 // worker take what it holds that still matters.
                 return Poll::Ready(End::Abandoned);
@@ -302,16 +303,19 @@ impl Conn {
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
         // had not sent yet) fail.
-        let started = last_started(&self.progress)
-            .and_then(|id| self.in_flight.iter().position(|job| job.meta.id == id));
+        let started = last_started(&self.progress).and_then(|id| {
+            self.in_flight
+                .iter()
+                .position(|sent| sent.job.meta.id == id)
+        });
         let unstarted = match started {
             Some(at) => self.in_flight.split_off(at + 1),
             None => std::mem::take(&mut self.in_flight),
         };
-        for job in self.in_flight.drain(..) {
-            job.meta.fail(error.clone());
+        for sent in self.in_flight.drain(..) {
+            sent.job.meta.fail(error.clone());
         }
-        let unstarted: Vec<Job> = unstarted.into();
+        let unstarted: Vec<Job> = unstarted.into_iter().map(|sent| sent.job).collect();
         match end_requeues {
             true => shared.requeue(unstarted),
             false => unstarted
@@ -324,7 +328,7 @@ impl Conn {
 
 /// Routes one frame from the worker.
 fn on_frame(
-    in_flight: &mut VecDeque<Job>,
+    in_flight: &mut VecDeque<InFlight>,
     pace: &mut Pace,
     queued_ns: &mut u64,
     ready: &mut bool,
@@ -334,15 +338,10 @@ fn on_frame(
     let (head, body) = message::decode_head::<FromWorker>(bytes)
         .map_err(|e| End::Garbled(format!("unreadable message from the worker: {e}")))?;
     let mut finished = |id: u64| match in_flight.front() {
-        Some(job) if job.meta.id == id => {
-            let job = in_flight.pop_front().expect("front exists");
-            let estimate = pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
-            // Estimates change as the pace is learnt; an idle worker holds nothing.
-            *queued_ns = match in_flight.is_empty() {
-                true => 0,
-                false => queued_ns.saturating_sub(estimate),
-            };
-            Ok(job.meta)
+        Some(sent) if sent.job.meta.id == id => {
+            let sent = in_flight.pop_front().expect("front exists");
+            *queued_ns -= sent.estimate_ns;
+            Ok(sent.job.meta)
         }
         _ => Err(End::Garbled(format!(
             "the worker answered job {id}, which it was not running"
@@ -371,6 +370,12 @@ fn on_frame(
             Ok(())
         }
     }
+}
+
+/// A job a worker holds, with the time it was expected to take when it was sent.
+struct InFlight {
+    job: Job,
+    estimate_ns: u64,
 }
 
 /// A worker's running average of the time per task of each function it ran.

@@ -104,12 +104,8 @@ where
     A: DeserializeOwned,
     T::Ret: ChildOutput<M>,
 {
-    let items: Vec<A> = match message::decode(&call.input, std::mem::take(&mut call.input_fds)) {
-        Ok(items) => items,
-        Err(e) => {
-            call.rejected = Some(Rejected::Args(e.to_string()));
-            return call;
-        }
+    let Some(items) = take_input::<Vec<A>>(&mut call) else {
+        return call;
     };
     let mut output = ChunkOutput {
         values: Vec::with_capacity(items.len()),
@@ -134,12 +130,8 @@ where
     A: DeserializeOwned,
     T::Ret: ChildOutput<M>,
 {
-    let arg: A = match message::decode(&call.input, std::mem::take(&mut call.input_fds)) {
-        Ok(arg) => arg,
-        Err(e) => {
-            call.rejected = Some(Rejected::Args(e.to_string()));
-            return call;
-        }
+    let Some(arg) = take_input::<A>(&mut call) else {
+        return call;
     };
     let mut output = ChunkOutput {
         values: Vec::new(),
@@ -153,6 +145,17 @@ where
     }
     encode_output(output, &mut call);
     call
+}
+
+/// Decodes the call's arguments; when they do not decode, marks the call rejected.
+fn take_input<A: DeserializeOwned>(call: &mut Call) -> Option<A> {
+    match message::decode(&call.input, std::mem::take(&mut call.input_fds)) {
+        Ok(input) => Some(input),
+        Err(e) => {
+            call.rejected = Some(Rejected::Args(e.to_string()));
+            None
+        }
+    }
 }
 
 /// Encodes the output into `call.output`; a value that cannot be encoded becomes an
