@@ -447,3 +447,122 @@ async fn sink_in_parent_stream_in_child() {
     queue.close();
     assert_eq!(within("consumer", consumer).await.unwrap(), 500_500);
 }
+
+/// A message for any of the queue's lanes, by `seq % 4`: small (a ring slot), medium (the
+/// socket), large (a memfd), or small with a descriptor (the socket).
+#[derive(Serialize, Deserialize, Debug)]
+struct Mixed {
+    producer: u32,
+    seq: u32,
+    body: ByteBuf,
+    handle: Option<Queue<u32>>,
+}
+
+fn mixed(producer: u32, seq: u32, side: &Queue<u32>) -> Mixed {
+    let len = [8, 1000, 100_000, 8][seq as usize % 4];
+    Mixed {
+        producer,
+        seq,
+        body: ByteBuf::from(vec![seq as u8; len]),
+        handle: (seq % 4 == 3).then(|| side.clone()),
+    }
+}
+
+/// Checks the body matches its sequence number and that a handle inside works.
+fn check_mixed(m: &Mixed) {
+    let len = [8, 1000, 100_000, 8][m.seq as usize % 4];
+    assert_eq!(m.body.len(), len, "message {} of {}", m.seq, m.producer);
+    assert!(m.body.iter().all(|&b| b == m.seq as u8));
+    assert_eq!(m.handle.is_some(), m.seq % 4 == 3);
+    if let Some(side) = &m.handle {
+        side.try_put(m.seq).unwrap();
+    }
+}
+
+async fn produce_mixed((queue, side, producer, n): (Queue<Mixed>, Queue<u32>, u32, u32)) {
+    for seq in 0..n {
+        queue.put(mixed(producer, seq, &side)).await.unwrap();
+    }
+}
+
+async fn consume_mixed(queue: Queue<Mixed>) -> Vec<Item> {
+    let mut got = Vec::new();
+    loop {
+        match queue.get().await {
+            Ok(m) => {
+                check_mixed(&m);
+                got.push((m.producer, m.seq));
+            }
+            Err(GetError::Closed) => return got,
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_large_and_handle_messages_keep_each_producers_order() {
+    let queue: Queue<Mixed> = Queue::new().unwrap();
+    let side: Queue<u32> = Queue::new().unwrap();
+    let producers: Vec<_> = (0..3)
+        .map(|p| spawn((queue.clone(), side.clone(), p, 200), produce_mixed))
+        .collect();
+    let consumers: Vec<_> = (0..2)
+        .map(|_| spawn(queue.clone(), consume_mixed))
+        .collect();
+    for p in producers {
+        within("producer", p).await.unwrap();
+    }
+    queue.close();
+    let mut all = HashSet::new();
+    for c in consumers {
+        let got = within("consumer", c).await.unwrap();
+        assert_ordered_per_producer(&got);
+        for m in got {
+            assert!(all.insert(m), "{m:?} delivered twice");
+        }
+    }
+    assert_eq!(all.len(), 600);
+    // Every message with a handle put its number through it.
+    assert_eq!(side.len(), 150);
+}
+
+async fn flood_mixed((queue, side): (Queue<Mixed>, Queue<u32>)) {
+    for seq in 0.. {
+        queue.put(mixed(9, seq, &side)).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_producer_killed_while_streaming_leaves_a_working_queue() {
+    let queue: Queue<Mixed> = Queue::bounded(16).unwrap();
+    let side: Queue<u32> = Queue::bounded(1 << 16).unwrap();
+    let mut producer = spawn((queue.clone(), side.clone()), flood_mixed);
+    // Consume while it produces, so the kill lands in the middle of puts, not in a wait.
+    let mut next = 0;
+    while next < 300 {
+        let m = within("get", queue.get()).await.unwrap();
+        assert_eq!(m.seq, next);
+        check_mixed(&m);
+        next += 1;
+    }
+    producer.kill().unwrap();
+    let _ = within("producer", producer.join()).await;
+    // What it finished putting comes out whole and in order; then the queue is empty, not stuck.
+    loop {
+        match within("drain", queue.get_timeout(Duration::from_millis(500))).await {
+            Ok(m) => {
+                assert_eq!(m.seq, next);
+                check_mixed(&m);
+                next += 1;
+            }
+            Err(e) => {
+                assert!(e.is_timeout(), "{e}");
+                break;
+            }
+        }
+    }
+    queue.put(mixed(1, 2, &side)).await.unwrap();
+    queue.put(mixed(1, 3, &side)).await.unwrap();
+    assert_eq!(within("get", queue.get()).await.unwrap().seq, 2);
+    assert_eq!(within("get", queue.get()).await.unwrap().seq, 3);
+}

@@ -11,6 +11,7 @@ pub mod pipe;
 mod queue;
 mod queue_engine;
 mod queue_error;
+mod ring;
 
 pub use joinable_queue::JoinableQueue;
 pub use queue::{Queue, QueueBuilder, QueueSink, QueueStream};

@@ -38,20 +38,27 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 ///   put them. Messages of different producers interleave.
 /// - A message is encoded by `put` itself: a value that cannot be encoded is an error from
 ///   `put`, not a silent failure in some background thread, and the queue is unaffected.
-/// - Once `put` has returned, the message lives in the kernel (or, above 64 KiB, in a memfd the
-///   kernel holds), not in the producer: the producer may exit at once, and the message is still
-///   delivered.
+/// - Once `put` has returned, the message lives in shared memory or in the kernel, not in the
+///   producer: the producer may exit at once, and the message is still delivered.
 /// - Messages may contain handles (a `Lock`, a pipe end, another `Queue`); they arrive usable.
 ///
+/// # How messages travel
+/// A message whose encoding fits in 112 bytes and carries no handle (most of them) is copied
+/// into a slot of a ring in shared memory and out again: no system call unless a consumer is
+/// asleep. Larger messages, and messages with handles, go through a Unix socket (above 64 KiB,
+/// in a memfd the socket carries), while a token keeps their place in the ring; so the order
+/// guarantees hold across sizes. A consumer that finds the queue empty spins for a few
+/// microseconds before it sleeps, less and less when that does not pay (see ARCHITECTURE.md).
+///
 /// # Capacity
-/// A [bounded](Self::bounded) queue holds at most `capacity` messages: `put` waits while it is
-/// full. An [unbounded](Self::new) queue has no message limit of its own, but messages in flight
-/// occupy the kernel's socket buffer, which the queue raises as far as the system allows
-/// (`net.core.wmem_max`; typically room for hundreds to thousands of small messages, about ten
-/// thousand with a 4 MiB limit). When it is full, `put` waits for consumers like a bounded queue
-/// and `try_put` reports [`Full`](TryPutError::Full). Messages above 64 KiB live in memfds and
-/// take little socket buffer each, but each holds a descriptor in flight, which counts against
-/// the producing user's `RLIMIT_NOFILE` (unless privileged).
+/// A [bounded](Self::bounded) queue holds at most `capacity` messages (capacities above 65,536
+/// hold 65,536): `put` waits while it is full. An [unbounded](Self::new) queue has no limit you
+/// set, but it holds at most 16,384 messages at once; beyond that `put` waits for consumers like
+/// a bounded queue and `try_put` reports [`Full`](TryPutError::Full). Large messages also need
+/// room in the socket's buffer, which the queue raises as far as the system allows
+/// (`net.core.wmem_max`); messages above 64 KiB live in memfds and take little of it each, but
+/// each holds a descriptor in flight, which counts against the producing user's
+/// `RLIMIT_NOFILE` (unless privileged).
 ///
 /// # Close
 /// [`close`](Self::close) closes the queue for every handle in every process: puts fail with
@@ -60,11 +67,13 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// it lives as long as any process holds a handle.
 ///
 /// # Crash behavior
-/// Every put and get moves one message with one atomic system call, so a producer or consumer
-/// killed at any point (even `SIGKILL`) never leaves a partial message or corrupts the queue for
-/// the others. A consumer killed right after taking a message loses that one message (it had
-/// it), as in every queue. The shared message count may then stay one too high, which makes
-/// [`len`](Self::len) over-report and, for a bounded queue, costs one slot of capacity.
+/// A put becomes visible with one atomic store and a get takes a message with one atomic
+/// compare-and-swap, so a producer or consumer killed at any point (even `SIGKILL`) never leaves
+/// a partial message. A slot it was writing or reading when it died is freed by the next process
+/// that waits behind it (within a few tens of milliseconds): a message half written was never
+/// put; a message half read is lost with the consumer that took it, as in every queue. A
+/// producer killed in the few instructions between counting a joinable queue's task and
+/// claiming its slot leaves the unfinished count one too high.
 ///
 /// # Examples
 /// ```
@@ -201,17 +210,15 @@ impl<T> Queue<T> {
 
     /// Number of messages in the queue, counted across all processes.
     ///
-    /// Approximate, like Python's `qsize()`: it includes messages whose `put` is in progress in
-    /// some process and may already be out of date when it returns. It may stay too high after
-    /// a process was killed in the middle of a put or get (see *Crash behavior*).
+    /// Approximate, like Python's `qsize()`: it includes messages whose `put` or `get` is in
+    /// progress in some process and may already be out of date when it returns.
     pub fn len(&self) -> usize {
         self.engine.len()
     }
 
-    /// True when no message is waiting to be taken right now.
+    /// True when no message is in the queue right now ([`len`](Self::len) is zero).
     ///
-    /// Exact at the moment of the call (it asks the kernel whether a message is queued), but
-    /// other processes may change that at any time.
+    /// Approximate like `len`, and other processes may change it at any time.
     pub fn is_empty(&self) -> bool {
         !self.engine.has_pending()
     }
@@ -257,8 +264,8 @@ impl<T: Serialize> Queue<T> {
     /// the system is out of resources.
     ///
     /// # Cancel safety
-    /// Cancel safe: the message is enqueued by one atomic system call, so a dropped `put` has
-    /// either enqueued the whole message or nothing (and then holds no slot).
+    /// Cancel safe: the message is claimed, written and published within one poll, so a
+    /// dropped `put` has either enqueued the whole message or nothing (and then holds no slot).
     ///
     /// # Examples
     /// ```

@@ -1,44 +1,65 @@
 //! The untyped engine under [`Queue`](crate::Queue) and [`JoinableQueue`](crate::JoinableQueue).
 //!
-//! - Transport: a `SOCK_SEQPACKET` pair ([`multiproc_core::packet`]) shared by every handle in
-//!   every process. Producers write packets to the send end, consumers read the receive end; the
-//!   kernel hands each packet to exactly one reader, whole.
-//! - Shared state: a small [`SharedRegion`] with the message count (`len`, which also counts
-//!   slots reserved by puts in progress), the capacity, the size limit, the closed flag, the
-//!   unfinished-task count of a joinable queue and waiter counts.
-//! - Wake-ups: two [`EventFd`]s used with the core's broadcast protocol: `slot_freed` (a bounded
-//!   queue's putters wait for it; `close` also fires it) and `all_done` (joiners wait for it).
-//!
-//! A put reserves a slot (and, for a joinable queue, a task) before its packet becomes visible,
-//! then sends it; a [`Reservation`] dropped before the send completed gives both back, which is
-//! what makes a cancelled put leave no trace. A get takes a packet, then releases its slot.
+//! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::ring`]).
+//!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
+//!   into a slot and out again: no system call unless a process sleeps.
+//! - Large messages and messages with descriptors: a `SOCK_SEQPACKET` pair
+//!   ([`multiproc_core::packet`]) shared by every handle. Such a message is sent on the socket
+//!   with a *ticket* (its ring position) and a token takes its place on the ring, so it keeps its
+//!   place in the order. Producers send and publish, and consumers claim a token and receive,
+//!   under one cross-process [`Lock`]; so the socket holds the packets in token order, and a
+//!   consumer discards any packet with an older ticket than its token (left by a process that
+//!   died in between). The lock is only taken for these messages, and never across an `await`.
+//! - Shared state: a header with the capacity, size limit, closed flag, waiter counts and the
+//!   unfinished-task count of a joinable queue, then the ring, in one memfd region.
+//! - Wake-ups: three [`EventFd`]s with the core's broadcast protocol, written only when the
+//!   matching waiter count is non-zero: `not_empty` (getters), `slot_freed` (putters of a full
+//!   queue) and `all_done` (joiners). `close` fires the first two.
+//! - A getter that finds the queue empty first spins briefly (adaptively, see [`Spin`]) before
+//!   it sleeps, so a steady stream is handed over without a wake-up per message.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst, fence};
+use std::time::{Duration, Instant};
 
 use multiproc_core::SharedFd;
 use multiproc_core::eventfd::EventFd;
-use multiproc_core::packet::{self, Packet, PacketRecvError, PacketSocket, Received, TryRecv};
+use multiproc_core::packet::{
+    self, Packet, PacketRecvError, PacketSocket, Received, TicketedRecv, TryRecv,
+};
 use multiproc_core::shm::SharedRegion;
+use multiproc_sync::{Lock, LockGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-// Layout of the shared region.
+use crate::ring::{Kind, Repaired, Ring, SLOT_PAYLOAD, Take};
+
+// Layout of the shared region: the header, then the ring.
 const OFF_MAGIC: usize = 0; // u32
 const OFF_FLAGS: usize = 4; // u32
 const OFF_CAPACITY: usize = 8; // u64, 0 = unbounded
 const OFF_MAX_SIZE: usize = 16; // u64
-const OFF_LEN: usize = 24; // u64
-const OFF_UNFINISHED: usize = 32; // u64
-const OFF_CLOSED: usize = 40; // u32
-const OFF_PUT_WAITERS: usize = 44; // u32
-const OFF_JOIN_WAITERS: usize = 48; // u32
-const REGION_LEN: usize = 64;
+const OFF_SLOTS: usize = 24; // u64
+const OFF_CLOSED: usize = 32; // u32
+// Read on every put and get, written only by sleepers: a cache line of their own.
+const OFF_GET_WAITERS: usize = 64; // u32
+const OFF_PUT_WAITERS: usize = 68; // u32
+const OFF_JOIN_WAITERS: usize = 72; // u32
+const OFF_UNFINISHED: usize = 128; // u64
+const RING_BASE: usize = 192;
 
-const MAGIC: u32 = 0x5155_4555; // "QUEU"
+const MAGIC: u32 = 0x5155_4532; // "QUE2"
 const FLAG_JOINABLE: u32 = 1;
 
-/// Why the engine did not put a packet.
+/// Slots of an unbounded queue's ring: how many messages it holds before `put` waits.
+pub(crate) const UNBOUNDED_SLOTS: u64 = 16 << 10;
+/// Slots of a bounded queue's ring at most (a larger capacity is capped to this).
+pub(crate) const MAX_BOUNDED_SLOTS: u64 = 1 << 16;
+
+/// How often a waiter checks whether the process it waits behind has died.
+const LIVENESS_TICK: Duration = Duration::from_millis(20);
+
+/// Why the engine did not put a message.
+#[derive(Debug)]
 pub(crate) enum PutFail {
     Full,
     /// Only from the blocking calls with a deadline.
@@ -47,16 +68,50 @@ pub(crate) enum PutFail {
     Io(io::Error),
 }
 
+/// One attempt at a put.
+enum Attempt {
+    Done,
+    /// No free slot in the ring.
+    RingFull,
+    /// No room in the socket for an out-of-band packet.
+    SocketFull,
+    Fail(PutFail),
+}
+
+/// One attempt at a get, before the lock that tokens need.
+enum Got {
+    Message(Received),
+    Token(u64),
+    Empty,
+    Busy(u64),
+}
+
+/// What a waiting get does after one [`Engine::step`].
+enum Step {
+    /// Return this (a message, or the end of the queue).
+    Return(Result<TryRecv, PacketRecvError>),
+    /// Take the token at this position, under the out-of-band lock.
+    Token(u64),
+    /// Look again at once.
+    Retry,
+    /// Sleep until notified; `busy` is the slot being written, if that is what blocks.
+    Sleep { busy: Option<u64> },
+}
+
 /// The shared part of every queue handle in one process.
 pub(crate) struct Engine {
+    state: SharedRegion,
+    ring: Ring,
     tx: PacketSocket,
     rx: PacketSocket,
-    state: SharedRegion,
+    oob: Lock,
+    not_empty: EventFd,
     slot_freed: EventFd,
     all_done: EventFd,
     capacity: u64,
     max_size: usize,
     joinable: bool,
+    spin: Spin,
 }
 
 impl std::fmt::Debug for Engine {
@@ -75,9 +130,13 @@ impl Engine {
         max_size: usize,
         joinable: bool,
     ) -> io::Result<Self> {
-        let (tx, rx) = packet::packet_pair()?;
-        let state = SharedRegion::new(REGION_LEN)?;
         let capacity = capacity.map_or(0, |c| c as u64);
+        let slots = if capacity == 0 {
+            UNBOUNDED_SLOTS
+        } else {
+            capacity.min(MAX_BOUNDED_SLOTS)
+        };
+        let state = SharedRegion::new(RING_BASE + Ring::bytes_needed(slots))?;
         state
             .atomic_u32(OFF_FLAGS)
             .store(if joinable { FLAG_JOINABLE } else { 0 }, SeqCst);
@@ -85,40 +144,47 @@ impl Engine {
         state
             .atomic_u64(OFF_MAX_SIZE)
             .store(max_size as u64, SeqCst);
+        state.atomic_u64(OFF_SLOTS).store(slots, SeqCst);
         state.atomic_u32(OFF_MAGIC).store(MAGIC, SeqCst);
-        Ok(Self {
-            tx: PacketSocket::new(tx)?,
-            rx: PacketSocket::new(rx)?,
+        let (tx, rx) = packet::packet_pair()?;
+        Self::from_wire(Wire {
+            tx,
+            rx,
             state,
+            oob: Lock::new().map_err(io::Error::other)?,
+            not_empty: EventFd::new()?,
             slot_freed: EventFd::new()?,
             all_done: EventFd::new()?,
-            capacity,
-            max_size,
-            joinable,
         })
     }
 
     fn from_wire(w: Wire) -> io::Result<Self> {
-        let invalid = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-        if w.state.len() < REGION_LEN {
-            return Err(invalid("queue state region is too small"));
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
+        if w.state.len() < RING_BASE {
+            return Err(invalid("queue state region is too small".into()));
         }
         if w.state.atomic_u32(OFF_MAGIC).load(SeqCst) != MAGIC {
-            return Err(invalid("shared region is not a queue's state"));
+            return Err(invalid("shared region is not a queue's state".into()));
         }
         let capacity = w.state.atomic_u64(OFF_CAPACITY).load(SeqCst);
         let max_size =
             usize::try_from(w.state.atomic_u64(OFF_MAX_SIZE).load(SeqCst)).unwrap_or(usize::MAX);
         let joinable = w.state.atomic_u32(OFF_FLAGS).load(SeqCst) & FLAG_JOINABLE != 0;
+        let slots = w.state.atomic_u64(OFF_SLOTS).load(SeqCst);
+        let ring = Ring::new(w.state.clone(), RING_BASE, slots).map_err(invalid)?;
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
             state: w.state,
+            ring,
+            oob: w.oob,
+            not_empty: w.not_empty,
             slot_freed: w.slot_freed,
             all_done: w.all_done,
             capacity,
             max_size,
             joinable,
+            spin: Spin::default(),
         })
     }
 
@@ -126,14 +192,14 @@ impl Engine {
         self.joinable
     }
 
-    fn len_word(&self) -> &AtomicU64 {
-        self.state.atomic_u64(OFF_LEN)
-    }
     fn unfinished_word(&self) -> &AtomicU64 {
         self.state.atomic_u64(OFF_UNFINISHED)
     }
     fn closed_word(&self) -> &AtomicU32 {
         self.state.atomic_u32(OFF_CLOSED)
+    }
+    fn get_waiters(&self) -> &AtomicU32 {
+        self.state.atomic_u32(OFF_GET_WAITERS)
     }
     fn put_waiters(&self) -> &AtomicU32 {
         self.state.atomic_u32(OFF_PUT_WAITERS)
@@ -149,13 +215,13 @@ impl Engine {
         self.max_size
     }
     pub(crate) fn len(&self) -> usize {
-        usize::try_from(self.len_word().load(SeqCst)).unwrap_or(usize::MAX)
+        usize::try_from(self.ring.len()).unwrap_or(usize::MAX)
     }
     pub(crate) fn is_full(&self) -> bool {
-        self.capacity != 0 && self.len_word().load(SeqCst) >= self.capacity
+        self.capacity != 0 && self.ring.len() >= self.ring.slots()
     }
     pub(crate) fn has_pending(&self) -> bool {
-        self.rx.has_pending().unwrap_or(false)
+        self.ring.len() > 0
     }
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_word().load(SeqCst) != 0
@@ -176,47 +242,102 @@ impl Engine {
         self.closed_word().store(1, SeqCst);
         // Fails only if the socket is already shut down or not a socket: nothing to do then.
         let _ = self.tx.shutdown();
+        let _ = self.not_empty.notify();
         let _ = self.slot_freed.notify();
     }
 
     // ---- put side ----
 
-    /// Reserves a slot without waiting.
-    fn try_reserve(&self) -> Result<Reservation<'_>, PutFail> {
-        if self.is_closed() {
-            return Err(PutFail::Closed);
-        }
-        if self.capacity == 0 {
-            self.len_word().fetch_add(1, SeqCst);
-        } else {
-            let cap = self.capacity;
-            self.len_word()
-                .fetch_update(SeqCst, SeqCst, |l| (l < cap).then_some(l + 1))
-                .map_err(|_| PutFail::Full)?;
-        }
+    /// The message's bytes when it travels in a ring slot.
+    fn inline_bytes(packet: &Packet) -> Option<&[u8]> {
+        packet.plain_bytes().filter(|b| b.len() <= SLOT_PAYLOAD)
+    }
+
+    /// Counts the task of a joinable queue's put before its message can be seen.
+    fn reserve_task(&self) {
         if self.joinable {
             self.unfinished_word().fetch_add(1, SeqCst);
         }
-        Ok(Reservation {
-            engine: self,
-            armed: true,
-        })
     }
 
-    /// Reserves a slot, waiting while the queue is full.
-    async fn reserve(&self) -> Result<Reservation<'_>, PutFail> {
-        loop {
-            match self.try_reserve() {
-                Err(PutFail::Full) => {}
-                other => return other,
+    /// Gives back the task of a put that did not happen.
+    fn unreserve_task(&self) {
+        if self.joinable {
+            self.finish_task();
+        }
+    }
+
+    /// A message is on the ring: wake sleeping getters, if any.
+    fn published(&self) {
+        fence(SeqCst);
+        if self.get_waiters().load(SeqCst) != 0 {
+            let _ = self.not_empty.notify();
+        }
+    }
+
+    /// A slot was freed: wake sleeping putters, if any.
+    fn freed(&self) {
+        fence(SeqCst);
+        if self.put_waiters().load(SeqCst) != 0 {
+            let _ = self.slot_freed.notify();
+        }
+    }
+
+    /// Claims a slot, checking for close after the claim: a put that claims a slot after
+    /// `close` gives it back, so once a getter saw the queue closed and empty, it stays empty.
+    fn claim(&self) -> Result<u64, Attempt> {
+        if self.is_closed() {
+            return Err(Attempt::Fail(PutFail::Closed));
+        }
+        self.reserve_task();
+        let Some(pos) = self.ring.claim() else {
+            self.unreserve_task();
+            return Err(Attempt::RingFull);
+        };
+        if self.is_closed() {
+            self.ring.abandon(pos);
+            self.unreserve_task();
+            // Getters may be waiting behind this slot.
+            self.published();
+            self.freed();
+            return Err(Attempt::Fail(PutFail::Closed));
+        }
+        Ok(pos)
+    }
+
+    /// Puts a message that fits a slot.
+    fn attempt_inline(&self, bytes: &[u8]) -> Attempt {
+        match self.claim() {
+            Ok(pos) => {
+                self.ring.publish(pos, Kind::Message, bytes);
+                self.published();
+                Attempt::Done
             }
-            let _waiting = Counted::new(self.put_waiters());
-            let waiter = self.slot_freed.waiter().map_err(PutFail::Io)?;
-            match self.try_reserve() {
-                Err(PutFail::Full) => {}
-                other => return other,
+            Err(a) => a,
+        }
+    }
+
+    /// Puts a message through the socket, holding the out-of-band lock.
+    fn attempt_oob(&self, packet: &Packet, _locked: &LockGuard<'_>) -> Attempt {
+        let pos = match self.claim() {
+            Ok(pos) => pos,
+            Err(a) => return a,
+        };
+        match self.tx.try_send_ticketed(packet, pos) {
+            Ok(()) => {
+                self.ring.publish(pos, Kind::Token, &[]);
+                self.published();
+                Attempt::Done
             }
-            waiter.wait().await.map_err(PutFail::Io)?;
+            Err(e) => {
+                self.ring.abandon(pos);
+                self.unreserve_task();
+                self.freed();
+                match Self::send_error(e) {
+                    PutFail::Full => Attempt::SocketFull,
+                    fail => Attempt::Fail(fail),
+                }
+            }
         }
     }
 
@@ -230,32 +351,78 @@ impl Engine {
         }
     }
 
-    /// Puts `packet`, waiting for a slot and for room in the socket.
-    ///
-    /// Cancel safe: the packet is sent by one system call, and the reservation made before it is
-    /// given back if the future is dropped before that call succeeded.
-    pub(crate) async fn put(&self, packet: &Packet) -> Result<(), PutFail> {
-        let reservation = self.reserve().await?;
-        self.tx.send(packet).await.map_err(Self::send_error)?;
-        reservation.commit();
-        Ok(())
+    fn lock_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
+        io::Error::other(e)
     }
 
-    /// Reserves a slot, blocking the thread while the queue is full, until `deadline`.
-    fn blocking_reserve(&self, deadline: Option<Instant>) -> Result<Reservation<'_>, PutFail> {
+    /// One attempt, waiting only for the out-of-band lock (held briefly by others).
+    async fn attempt(&self, packet: &Packet) -> Attempt {
+        match Self::inline_bytes(packet) {
+            Some(bytes) => self.attempt_inline(bytes),
+            None => match self.oob.lock().await {
+                Ok(guard) => self.attempt_oob(packet, &guard),
+                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+            },
+        }
+    }
+
+    /// The blocking twin of [`attempt`](Self::attempt).
+    fn blocking_attempt(&self, packet: &Packet) -> Attempt {
+        match Self::inline_bytes(packet) {
+            Some(bytes) => self.attempt_inline(bytes),
+            None => match self.oob.blocking_lock() {
+                Ok(guard) => self.attempt_oob(packet, &guard),
+                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+            },
+        }
+    }
+
+    /// A putter that found the ring full frees slots held by dead processes.
+    fn repair_tail(&self) {
+        if let Some(repaired) = self.ring.repair_tail() {
+            self.repaired(repaired);
+            self.freed();
+        }
+    }
+
+    fn repaired(&self, what: Repaired) {
+        // A dead writer's message never existed; a dead reader's was taken and never delivered.
+        // Either way no consumer will call `task_done` for it.
+        let _ = what;
+        self.discarded();
+    }
+
+    /// Puts `packet`, waiting for a slot (and, for a large message, for room in the socket).
+    ///
+    /// Cancel safe: a message is claimed, written and published within one poll, so a dropped
+    /// future put the whole message or nothing.
+    pub(crate) async fn put(&self, packet: &Packet) -> Result<(), PutFail> {
+        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::Waiter)> = None;
+        let mut writable = None;
         loop {
-            match self.try_reserve() {
-                Err(PutFail::Full) => {}
-                other => return other,
-            }
-            let _waiting = Counted::new(self.put_waiters());
-            let waiter = self.slot_freed.blocking_waiter().map_err(PutFail::Io)?;
-            match self.try_reserve() {
-                Err(PutFail::Full) => {}
-                other => return other,
-            }
-            if !waiter.wait(deadline).map_err(PutFail::Io)? {
-                return Err(PutFail::Timeout);
+            match self.attempt(packet).await {
+                Attempt::Done => return Ok(()),
+                Attempt::Fail(fail) => return Err(fail),
+                Attempt::RingFull => {
+                    let Some((_, waiter)) = &sleeping else {
+                        // Announce, register, then try again before the first sleep.
+                        let counted = Counted::new(self.put_waiters());
+                        sleeping = Some((counted, self.slot_freed.waiter().map_err(PutFail::Io)?));
+                        continue;
+                    };
+                    match tokio::time::timeout(LIVENESS_TICK, waiter.wait()).await {
+                        Ok(r) => r.map_err(PutFail::Io)?,
+                        Err(_) => self.repair_tail(),
+                    }
+                }
+                Attempt::SocketFull => {
+                    let registration = self.tx.writable_registration().map_err(PutFail::Io)?;
+                    // Readiness seen before this failed attempt is stale: clear it, then wait.
+                    if let Some(mut guard) = writable.take() {
+                        tokio::io::unix::AsyncFdReadyGuard::clear_ready(&mut guard);
+                    }
+                    writable = Some(registration.writable().await.map_err(PutFail::Io)?);
+                }
             }
         }
     }
@@ -266,87 +433,228 @@ impl Engine {
         packet: &Packet,
         deadline: Option<Instant>,
     ) -> Result<(), PutFail> {
-        let reservation = self.blocking_reserve(deadline)?;
-        match self.tx.blocking_send(packet, deadline) {
-            Ok(true) => {}
-            Ok(false) => return Err(PutFail::Timeout),
-            Err(e) => return Err(Self::send_error(e)),
+        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::BlockingWaiter)> = None;
+        loop {
+            match self.blocking_attempt(packet) {
+                Attempt::Done => return Ok(()),
+                Attempt::Fail(fail) => return Err(fail),
+                Attempt::RingFull => {
+                    let Some((_, waiter)) = &sleeping else {
+                        let counted = Counted::new(self.put_waiters());
+                        sleeping = Some((
+                            counted,
+                            self.slot_freed.blocking_waiter().map_err(PutFail::Io)?,
+                        ));
+                        continue;
+                    };
+                    let (wake_at, tick) = next_wake(deadline).ok_or(PutFail::Timeout)?;
+                    if !waiter.wait(Some(wake_at)).map_err(PutFail::Io)? && tick {
+                        self.repair_tail();
+                    }
+                }
+                Attempt::SocketFull => {
+                    if !self
+                        .tx
+                        .blocking_wait_writable(deadline)
+                        .map_err(PutFail::Io)?
+                    {
+                        return Err(PutFail::Timeout);
+                    }
+                }
+            }
         }
-        reservation.commit();
-        Ok(())
     }
 
-    /// Puts `packet` if there is a slot and room in the socket right now.
+    /// Puts `packet` if there is a slot (and room in the socket) right now.
     pub(crate) fn try_put(&self, packet: &Packet) -> Result<(), PutFail> {
-        let reservation = self.try_reserve()?;
-        self.tx.try_send(packet).map_err(Self::send_error)?;
-        reservation.commit();
-        Ok(())
-    }
-
-    /// Gives back a slot taken by a put that did not happen or by a get.
-    fn release_slot(&self) {
-        let _ = self
-            .len_word()
-            .fetch_update(SeqCst, SeqCst, |l| l.checked_sub(1));
-        if self.put_waiters().load(SeqCst) != 0 {
-            let _ = self.slot_freed.notify();
+        match self.blocking_attempt(packet) {
+            Attempt::Done => Ok(()),
+            Attempt::RingFull | Attempt::SocketFull => {
+                self.repair_tail();
+                Err(PutFail::Full)
+            }
+            Attempt::Fail(fail) => Err(fail),
         }
     }
 
     // ---- get side ----
 
-    /// Accounts for a packet that was taken off the socket.
-    fn taken(&self, delivered: bool) {
-        self.release_slot();
-        if !delivered {
+    /// One look at the head of the ring.
+    fn look(&self) -> Result<Got, PacketRecvError> {
+        Ok(match self.ring.take() {
+            Take::Message(bytes) => {
+                self.freed();
+                Got::Message(Received::from_bytes(bytes))
+            }
+            Take::Token(pos) => Got::Token(pos),
+            Take::Empty => Got::Empty,
+            Take::Busy(pos) => Got::Busy(pos),
+            Take::Corrupt(len) => {
+                self.freed();
+                self.discarded();
+                return Err(PacketRecvError::Corrupt {
+                    reason: format!("queue slot claims {len} bytes, more than a slot holds"),
+                });
+            }
+        })
+    }
+
+    /// Takes the out-of-band message of the token at `pos`, holding the out-of-band lock.
+    /// `None` when another consumer took the token first.
+    fn take_token(
+        &self,
+        pos: u64,
+        _locked: &LockGuard<'_>,
+    ) -> Option<Result<Received, PacketRecvError>> {
+        if !self.ring.claim_token(pos) {
+            return None;
+        }
+        let result = loop {
+            match self.rx.try_recv_ticketed(self.max_size) {
+                // Left by a process that died between sending and publishing, or between
+                // claiming a token and receiving: nobody will ask for it.
+                Ok(TicketedRecv::Ticketed { ticket, .. }) if ticket < pos => {}
+                Ok(TicketedRecv::Ticketed { ticket, message }) if ticket == pos => break message,
+                Ok(TicketedRecv::Ticketed { ticket, .. }) => {
+                    break Err(PacketRecvError::Corrupt {
+                        reason: format!(
+                            "queue message {pos} is missing from the socket (found {ticket})"
+                        ),
+                    });
+                }
+                // Not a queue packet: something else wrote to the queue's socket.
+                Ok(TicketedRecv::Unticketed(_)) => {}
+                Ok(TicketedRecv::Empty | TicketedRecv::Closed) => {
+                    break Err(PacketRecvError::Corrupt {
+                        reason: format!("queue message {pos} is missing from the socket"),
+                    });
+                }
+                Err(e) => break Err(PacketRecvError::Io(e)),
+            }
+        };
+        self.ring.free(pos);
+        self.freed();
+        if result.is_err() {
             self.discarded();
         }
+        Some(result)
     }
 
-    /// A taken message could not be delivered: in a joinable queue the consumer can never call
-    /// `task_done` for it, so it is done now.
-    pub(crate) fn discarded(&self) {
-        if self.joinable {
-            let _ = self.finish_task();
+    /// What a getter that found nothing reports: `Closed` once the queue is closed and still
+    /// empty after the close was seen, else `Empty`.
+    fn nothing(&self, closed_seen: &mut bool) -> Option<TryRecv> {
+        if *closed_seen {
+            return Some(TryRecv::Closed);
         }
-    }
-
-    fn after_recv(&self, r: Result<TryRecv, PacketRecvError>) -> Result<TryRecv, PacketRecvError> {
-        match &r {
-            Ok(TryRecv::Message(_)) => self.taken(true),
-            Ok(TryRecv::Empty | TryRecv::Closed) | Err(PacketRecvError::Io(_)) => {}
-            Err(_) => self.taken(false),
+        if self.is_closed() {
+            // A put that claimed a slot before the close may still publish: look once more.
+            *closed_seen = true;
+            return None;
         }
-        r
+        Some(TryRecv::Empty)
     }
 
     /// Takes a message if one is waiting.
     pub(crate) fn try_get(&self) -> Result<TryRecv, PacketRecvError> {
-        self.after_recv(self.rx.try_recv(self.max_size))
+        let mut closed_seen = false;
+        loop {
+            match self.look()? {
+                Got::Message(m) => return Ok(TryRecv::Message(m)),
+                Got::Token(pos) => {
+                    let guard = self
+                        .oob
+                        .blocking_lock()
+                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    if let Some(r) = self.take_token(pos, &guard) {
+                        return r.map(TryRecv::Message);
+                    }
+                }
+                Got::Empty => {
+                    if let Some(r) = self.nothing(&mut closed_seen) {
+                        return Ok(r);
+                    }
+                }
+                Got::Busy(pos) => {
+                    self.repair_head(pos);
+                    return Ok(TryRecv::Empty);
+                }
+            }
+        }
+    }
+
+    /// A getter waiting behind a slot being written frees it if its writer died.
+    fn repair_head(&self, pos: u64) {
+        if let Some(repaired) = self.ring.repair(pos) {
+            self.repaired(repaired);
+            self.freed();
+        }
+    }
+
+    /// One step of a waiting get: look at the head, and spin once if there is nothing.
+    fn step(&self, closed_seen: &mut bool, spun: &mut bool) -> Step {
+        let busy = match self.look() {
+            Err(e) => return Step::Return(Err(e)),
+            Ok(Got::Message(m)) => return Step::Return(Ok(TryRecv::Message(m))),
+            Ok(Got::Token(pos)) => return Step::Token(pos),
+            Ok(Got::Empty) => match self.nothing(closed_seen) {
+                Some(TryRecv::Closed) => return Step::Return(Ok(TryRecv::Closed)),
+                Some(_) => None,
+                None => return Step::Retry,
+            },
+            Ok(Got::Busy(pos)) => Some(pos),
+        };
+        if !std::mem::replace(spun, true)
+            && self
+                .spin
+                .wait(|| self.ring.head_ready() || self.is_closed())
+        {
+            return Step::Retry;
+        }
+        Step::Sleep { busy }
     }
 
     /// Takes a message, waiting until one arrives; `Ok(None)` at end of queue.
     ///
-    /// Cancel safe: a message is taken off the socket and returned within one poll.
+    /// Cancel safe: a message is taken off the ring (and the socket) within one poll.
     pub(crate) async fn get(&self) -> Result<Option<Received>, PacketRecvError> {
-        match self.try_get()? {
-            TryRecv::Message(m) => return Ok(Some(m)),
-            TryRecv::Closed => return Ok(None),
-            TryRecv::Empty => {}
-        }
-        // `recv` makes a single poll take the message and return it; account right after.
-        match self.rx.recv(self.max_size).await {
-            Ok(Some(m)) => {
-                self.taken(true);
-                Ok(Some(m))
-            }
-            Ok(None) => Ok(None),
-            Err(e) => {
-                if !matches!(e, PacketRecvError::Io(_)) {
-                    self.taken(false);
+        let (mut closed_seen, mut spun) = (false, false);
+        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::Waiter)> = None;
+        loop {
+            let busy = match self.step(&mut closed_seen, &mut spun) {
+                Step::Return(r) => {
+                    return r.map(|t| match t {
+                        TryRecv::Message(m) => Some(m),
+                        TryRecv::Empty | TryRecv::Closed => None,
+                    });
                 }
-                Err(e)
+                Step::Token(pos) => {
+                    let guard = self
+                        .oob
+                        .lock()
+                        .await
+                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    match self.take_token(pos, &guard) {
+                        Some(r) => return r.map(Some),
+                        None => continue,
+                    }
+                }
+                Step::Retry => continue,
+                Step::Sleep { busy } => busy,
+            };
+            let Some((_, waiter)) = &sleeping else {
+                // Announce, register, then look again before the first sleep.
+                let counted = Counted::new(self.get_waiters());
+                let waiter = self.not_empty.waiter().map_err(PacketRecvError::Io)?;
+                sleeping = Some((counted, waiter));
+                continue;
+            };
+            let slept = Instant::now();
+            match tokio::time::timeout(LIVENESS_TICK, waiter.wait()).await {
+                Ok(r) => {
+                    r.map_err(PacketRecvError::Io)?;
+                    self.spin.slept(slept.elapsed());
+                }
+                Err(_) => busy.into_iter().for_each(|pos| self.repair_head(pos)),
             }
         }
     }
@@ -357,10 +665,51 @@ impl Engine {
         &self,
         deadline: Option<Instant>,
     ) -> Result<TryRecv, PacketRecvError> {
-        self.after_recv(self.rx.blocking_recv(self.max_size, deadline))
+        let (mut closed_seen, mut spun) = (false, false);
+        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::BlockingWaiter)> = None;
+        loop {
+            let busy = match self.step(&mut closed_seen, &mut spun) {
+                Step::Return(r) => return r,
+                Step::Token(pos) => {
+                    let guard = self
+                        .oob
+                        .blocking_lock()
+                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    match self.take_token(pos, &guard) {
+                        Some(r) => return r.map(TryRecv::Message),
+                        None => continue,
+                    }
+                }
+                Step::Retry => continue,
+                Step::Sleep { busy } => busy,
+            };
+            let Some((_, waiter)) = &sleeping else {
+                let counted = Counted::new(self.get_waiters());
+                let waiter = self
+                    .not_empty
+                    .blocking_waiter()
+                    .map_err(PacketRecvError::Io)?;
+                sleeping = Some((counted, waiter));
+                continue;
+            };
+            let Some((wake_at, tick)) = next_wake(deadline) else {
+                return Ok(TryRecv::Empty);
+            };
+            if !waiter.wait(Some(wake_at)).map_err(PacketRecvError::Io)? && tick {
+                busy.into_iter().for_each(|pos| self.repair_head(pos));
+            }
+        }
     }
 
     // ---- joinable ----
+
+    /// A taken message could not be delivered: in a joinable queue the consumer can never call
+    /// `task_done` for it, so it is done now.
+    pub(crate) fn discarded(&self) {
+        if self.joinable {
+            let _ = self.finish_task();
+        }
+    }
 
     /// Marks one task done; `false` when none was outstanding.
     pub(crate) fn finish_task(&self) -> bool {
@@ -393,9 +742,7 @@ impl Engine {
             waiter.wait().await?;
         }
     }
-}
 
-impl Engine {
     /// Blocks the thread until no task is outstanding or `deadline` passes (`Ok(false)`).
     pub(crate) fn blocking_join(&self, deadline: Option<Instant>) -> io::Result<bool> {
         loop {
@@ -414,25 +761,83 @@ impl Engine {
     }
 }
 
-/// A slot (and task) taken by a put in progress; given back on drop unless committed.
-struct Reservation<'a> {
-    engine: &'a Engine,
-    armed: bool,
-}
-
-impl Reservation<'_> {
-    fn commit(mut self) {
-        self.armed = false;
+/// When a blocking waiter wakes on its own next: the deadline or the next liveness tick, and
+/// whether it is the tick. `None` once the deadline has passed.
+fn next_wake(deadline: Option<Instant>) -> Option<(Instant, bool)> {
+    let now = Instant::now();
+    let tick = now + LIVENESS_TICK;
+    match deadline {
+        Some(d) if d <= now => None,
+        Some(d) if d < tick => Some((d, false)),
+        _ => Some((tick, true)),
     }
 }
 
-impl Drop for Reservation<'_> {
-    fn drop(&mut self) {
-        if self.armed {
-            if self.engine.joinable {
-                self.engine.finish_task();
+/// The adaptive spin of a getter that found the queue empty, per handle in a process.
+///
+/// Spinning pays when the next message comes within microseconds (a producer streaming on
+/// another CPU): it saves the producer's `write` to the eventfd and this process's sleep and
+/// wake-up. It wastes a CPU when messages come seldom. So the budget halves each time a spin
+/// ends empty-handed, and doubles (up to [`Spin::MAX`]) each time a sleep ends within the most
+/// a spin could have waited: evidence that a longer spin would have caught the message. The
+/// spin yields the CPU between checks, so on one CPU (or a busy machine) it lets the producer
+/// run instead of competing with it.
+#[derive(Debug)]
+struct Spin {
+    budget_ns: AtomicU64,
+}
+
+impl Default for Spin {
+    fn default() -> Self {
+        Self {
+            budget_ns: AtomicU64::new(Self::START.as_nanos() as u64),
+        }
+    }
+}
+
+impl Spin {
+    const MAX: Duration = Duration::from_micros(100);
+    const START: Duration = Duration::from_micros(20);
+    const MIN: Duration = Duration::from_micros(1);
+
+    fn budget(&self) -> Duration {
+        Duration::from_nanos(self.budget_ns.load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    fn set(&self, budget: Duration) {
+        let clamped = budget.min(Self::MAX);
+        self.budget_ns.store(
+            clamped.as_nanos() as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    /// Spins until `ready()` or the budget is spent; true when `ready()` became true.
+    fn wait(&self, ready: impl Fn() -> bool) -> bool {
+        let budget = self.budget();
+        if budget < Self::MIN {
+            return false;
+        }
+        let start = Instant::now();
+        loop {
+            for _ in 0..32 {
+                if ready() {
+                    return true;
+                }
+                std::hint::spin_loop();
             }
-            self.engine.release_slot();
+            if start.elapsed() >= budget {
+                self.set(budget / 2);
+                return false;
+            }
+            std::thread::yield_now();
+        }
+    }
+
+    /// A sleep of `slept` ended with a notification.
+    fn slept(&self, slept: Duration) {
+        if slept <= Self::MAX {
+            self.set((self.budget() * 2).max(Self::MIN * 2));
         }
     }
 }
@@ -459,6 +864,8 @@ struct Wire {
     tx: SharedFd,
     rx: SharedFd,
     state: SharedRegion,
+    oob: Lock,
+    not_empty: EventFd,
     slot_freed: EventFd,
     all_done: EventFd,
 }
@@ -469,6 +876,8 @@ impl Serialize for Engine {
             tx: self.tx.shared_fd().clone(),
             rx: self.rx.shared_fd().clone(),
             state: self.state.clone(),
+            oob: self.oob.clone(),
+            not_empty: self.not_empty.clone(),
             slot_freed: self.slot_freed.clone(),
             all_done: self.all_done.clone(),
         }
@@ -480,5 +889,109 @@ impl<'de> Deserialize<'de> for Engine {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = Wire::deserialize(deserializer)?;
         Engine::from_wire(wire).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn packet(byte: u8, len: usize) -> Packet {
+        Packet::encode(&vec![byte; len], 1 << 20).unwrap()
+    }
+
+    async fn get_bytes(engine: &Engine) -> Vec<u8> {
+        let got = tokio::time::timeout(Duration::from_secs(10), engine.get())
+            .await
+            .expect("get hung")
+            .unwrap()
+            .expect("queue ended");
+        got.decode().unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_messages_use_the_ring_and_large_ones_the_socket_in_one_order() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        let sizes = [1, 2000, SLOT_PAYLOAD - 2, 100_000, 0, 70_000, 5];
+        for (i, &len) in sizes.iter().enumerate() {
+            engine.put(&packet(i as u8, len)).await.unwrap();
+        }
+        assert!(Engine::inline_bytes(&packet(0, 1)).is_some());
+        assert!(Engine::inline_bytes(&packet(0, 2000)).is_none());
+        assert_eq!(engine.len(), sizes.len());
+        for (i, &len) in sizes.iter().enumerate() {
+            assert_eq!(get_bytes(&engine).await, vec![i as u8; len]);
+        }
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn packets_orphaned_by_a_dead_producer_are_skipped() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        // A producer that died after sending its packet and before publishing its token.
+        let pos = engine.ring.claim().unwrap();
+        engine.tx.try_send_ticketed(&packet(7, 1000), pos).unwrap();
+        engine.ring.abandon(pos);
+        engine.put(&packet(8, 1000)).await.unwrap();
+        assert_eq!(get_bytes(&engine).await, vec![8; 1000]);
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn a_slot_left_by_a_dead_writer_is_skipped_and_its_task_finished() {
+        let engine = Engine::new(None, 1 << 20, true).unwrap();
+        engine.reserve_task();
+        let pos = engine.ring.claim().unwrap();
+        engine.ring.forge_dead_writer(pos);
+        engine.put(&packet(3, 10)).await.unwrap();
+        assert_eq!(engine.unfinished(), 2);
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        // The getter waits behind the dead writer's slot, notices it is dead, and goes on.
+        assert_eq!(get_bytes(&engine).await, vec![3; 10]);
+        assert_eq!(
+            engine.unfinished(),
+            1,
+            "the dead writer's task was finished"
+        );
+    }
+
+    #[test]
+    fn a_full_ring_held_by_a_dead_writer_is_repaired_by_a_putter() {
+        let engine = Engine::new(Some(1), 1 << 20, false).unwrap();
+        let pos = engine.ring.claim().unwrap();
+        engine.ring.forge_dead_writer(pos);
+        assert!(engine.is_full());
+        // The first try finds the ring full and repairs it; the next one succeeds.
+        assert!(matches!(engine.try_put(&packet(1, 1)), Err(PutFail::Full)));
+        assert!(engine.try_put(&packet(1, 1)).is_ok());
+        let TryRecv::Message(m) = engine.blocking_get(None).unwrap() else {
+            panic!("no message")
+        };
+        assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![1]);
+    }
+
+    #[test]
+    fn spin_budget_adapts() {
+        let spin = Spin::default();
+        assert!(spin.wait(|| true));
+        assert_eq!(
+            spin.budget(),
+            Spin::START,
+            "a successful spin keeps its budget"
+        );
+        assert!(!spin.wait(|| false));
+        assert_eq!(spin.budget(), Spin::START / 2);
+        while spin.budget() >= Spin::MIN {
+            assert!(!spin.wait(|| false));
+        }
+        // Spinning is off now; a short sleep turns it back on, a long one does not.
+        spin.slept(Duration::from_millis(5));
+        assert!(spin.budget() < Spin::MIN);
+        spin.slept(Duration::from_micros(30));
+        assert!(spin.budget() >= Spin::MIN);
+        for _ in 0..20 {
+            spin.slept(Duration::from_micros(30));
+        }
+        assert_eq!(spin.budget(), Spin::MAX);
     }
 }

@@ -14,6 +14,7 @@ pub mod error;
 pub mod eventfd;
 mod fd;
 mod frame;
+pub mod identity;
 pub mod message;
 pub mod packet;
 pub mod pidfd;

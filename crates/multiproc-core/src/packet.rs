@@ -48,10 +48,13 @@ pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
 
 const TAG_INLINE: u8 = 0xA1;
 const TAG_SPILL: u8 = 0xA2;
+/// A ticketed packet: `[TAG_TICKET] ticket: u64 LE` then an inline or spilled packet.
+const TAG_TICKET: u8 = 0xA3;
+const TICKET_HEADER_LEN: usize = 1 + 8;
 const SPILL_HEADER_LEN: usize = 1 + 8;
-/// Receive buffer: one byte more than the largest valid packet, so an oversized packet shows up
+/// Receive buffer: one byte more than the largest valid (ticketed) packet, so an oversized packet shows up
 /// as truncated instead of fitting by accident.
-const RECV_BUF_LEN: usize = 1 + INLINE_LIMIT + 1;
+const RECV_BUF_LEN: usize = TICKET_HEADER_LEN + 1 + INLINE_LIMIT + 1;
 /// Send buffer we ask for (the kernel doubles it; without privileges it is clamped to
 /// `net.core.wmem_max`).
 const WANTED_SNDBUF: usize = 4 << 20;
@@ -180,6 +183,12 @@ impl Packet {
     pub fn is_spilled(&self) -> bool {
         self.bytes[0] == TAG_SPILL
     }
+
+    /// The encoded message when it is plain bytes (not spilled, no descriptors): what a
+    /// transport other than the socket, such as a shared-memory ring, can carry by copying.
+    pub fn plain_bytes(&self) -> Option<&[u8]> {
+        (self.bytes[0] == TAG_INLINE && self.fds.is_empty()).then(|| &self.bytes[1..])
+    }
 }
 
 impl fmt::Debug for Packet {
@@ -210,6 +219,15 @@ pub struct Received {
 }
 
 impl Received {
+    /// A message that arrived by another way than the socket (see [`Packet::plain_bytes`]),
+    /// without descriptors.
+    pub fn from_bytes(bytes: Vec<u8>) -> Self {
+        Self {
+            bytes,
+            fds: Vec::new(),
+        }
+    }
+
     /// The encoded message.
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
@@ -266,6 +284,25 @@ pub enum PacketRecvError {
 pub enum TryRecv {
     /// A message.
     Message(Received),
+    /// Nothing is waiting right now.
+    Empty,
+    /// The sending side was shut down and every packet has been read.
+    Closed,
+}
+
+/// The outcome of a [`PacketSocket::try_recv_ticketed`].
+#[derive(Debug)]
+pub enum TicketedRecv {
+    /// A packet sent by [`PacketSocket::try_send_ticketed`], and its message (or why the
+    /// message could not be read; it was discarded).
+    Ticketed {
+        /// The ticket it was sent with.
+        ticket: u64,
+        /// The message.
+        message: Result<Received, PacketRecvError>,
+    },
+    /// A packet without a ticket, or one that could not be read at all; it was discarded.
+    Unticketed(PacketRecvError),
     /// Nothing is waiting right now.
     Empty,
     /// The sending side was shut down and every packet has been read.
@@ -380,6 +417,77 @@ impl PacketSocket {
     /// # Errors
     /// [`PacketRecvError`]; the socket stays usable.
     pub fn try_recv(&self, max_size: usize) -> Result<TryRecv, PacketRecvError> {
+        match self.recv_raw()? {
+            RawPacket::Empty => Ok(TryRecv::Empty),
+            RawPacket::Closed => Ok(TryRecv::Closed),
+            RawPacket::Packet(bytes, fds) => parse(bytes, fds, max_size).map(TryRecv::Message),
+        }
+    }
+
+    /// Sends `packet` marked with `ticket` if the socket has room, without waiting; the
+    /// receiver gets the ticket back from [`try_recv_ticketed`](Self::try_recv_ticketed). A
+    /// queue whose order is kept elsewhere uses tickets to match packets to their places.
+    ///
+    /// # Errors
+    /// As [`try_send`](Self::try_send).
+    pub fn try_send_ticketed(&self, packet: &Packet, ticket: u64) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
+        bytes.push(TAG_TICKET);
+        bytes.extend_from_slice(&ticket.to_le_bytes());
+        bytes.extend_from_slice(&packet.bytes);
+        let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
+        loop {
+            match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
+                Ok(_) => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Takes one packet off the socket if one is waiting, without waiting, and reads its
+    /// ticket (see [`try_send_ticketed`](Self::try_send_ticketed)).
+    ///
+    /// # Errors
+    /// Only when the socket fails; a bad packet is [`TicketedRecv::Unticketed`] or a
+    /// [`TicketedRecv::Ticketed`] with an error.
+    pub fn try_recv_ticketed(&self, max_size: usize) -> io::Result<TicketedRecv> {
+        let (mut bytes, fds) = match self.recv_raw() {
+            Ok(RawPacket::Packet(bytes, fds)) => (bytes, fds),
+            Ok(RawPacket::Empty) => return Ok(TicketedRecv::Empty),
+            Ok(RawPacket::Closed) => return Ok(TicketedRecv::Closed),
+            Err(PacketRecvError::Io(e)) => return Err(e),
+            Err(e) => return Ok(TicketedRecv::Unticketed(e)),
+        };
+        if bytes.len() < TICKET_HEADER_LEN || bytes[0] != TAG_TICKET {
+            return Ok(TicketedRecv::Unticketed(corrupt("packet without a ticket")));
+        }
+        let ticket = u64::from_le_bytes(bytes[1..TICKET_HEADER_LEN].try_into().expect("8 bytes"));
+        bytes.drain(..TICKET_HEADER_LEN);
+        Ok(TicketedRecv::Ticketed {
+            ticket,
+            message: parse(bytes, fds, max_size),
+        })
+    }
+
+    /// The socket's registration with the current tokio runtime, to wait for room to send.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime.
+    pub fn writable_registration(&self) -> io::Result<&tokio::io::unix::AsyncFd<SharedFd>> {
+        self.socket.writable()
+    }
+
+    /// Blocks the thread until the socket has room to send or `deadline` passes (`Ok(false)`).
+    ///
+    /// # Errors
+    /// When `poll(2)` fails.
+    pub fn blocking_wait_writable(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline)
+    }
+
+    /// One `recvmsg(2)`: the packet's bytes and descriptors, not yet parsed.
+    fn recv_raw(&self) -> Result<RawPacket, PacketRecvError> {
         let mut fds = Vec::new();
         let raw = RECV_BUF.with(|buf| {
             let mut buf = buf.borrow_mut();
@@ -396,11 +504,11 @@ impl PacketSocket {
         });
         let (raw, bytes) = match raw {
             Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(TryRecv::Empty),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RawPacket::Empty),
             Err(e) => return Err(PacketRecvError::Io(e)),
         };
         if raw.len == 0 {
-            return Ok(TryRecv::Closed);
+            return Ok(RawPacket::Closed);
         }
         if raw.fds_truncated {
             return Err(PacketRecvError::LostDescriptors);
@@ -411,7 +519,7 @@ impl PacketSocket {
                 RECV_BUF_LEN - 1
             )));
         }
-        parse(bytes, fds, max_size).map(TryRecv::Message)
+        Ok(RawPacket::Packet(bytes, fds))
     }
 
     /// Takes one message off the socket, waiting (asynchronously) until one arrives. `Ok(None)`
@@ -503,6 +611,13 @@ impl AsFd for PacketSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+}
+
+/// What one `recvmsg(2)` gave, before parsing.
+enum RawPacket {
+    Packet(Vec<u8>, Vec<OwnedFd>),
+    Empty,
+    Closed,
 }
 
 #[derive(Clone, Copy)]

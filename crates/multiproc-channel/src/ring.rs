@@ -1,0 +1,595 @@
+//! The shared-memory ring under [`Queue`](crate::Queue): fixed-size message slots in a memfd
+//! mapped by every process, moved through with atomics alone (no system call per message).
+//!
+//! A bounded MPMC ring in the style of Vyukov's, changed so that a process killed at any point
+//! cannot wedge it:
+//!
+//! - Every slot has one 64-bit state word: the *lap* it is in (its position divided by the
+//!   number of slots), a phase (`EMPTY`, `WRITING`, `FULL`, `READING`) and, while `WRITING` or
+//!   `READING`, who is doing it (pid and low start-time bits, so a recycled pid is not mistaken
+//!   for the writer).
+//! - A producer claims the slot at the tail by one compare-and-swap on that state word
+//!   (`EMPTY` of the tail's lap to `WRITING` by itself), copies the message in, and publishes it
+//!   with one store (`FULL`). A consumer claims the slot at the head the same way (`FULL` to
+//!   `READING`), copies the message out, and frees the slot for the next lap with one store.
+//! - `head` and `tail` are only hints: whoever sees the slot at a hint already claimed moves the
+//!   hint on. So a process that dies between claiming a slot and moving the hint stops no one.
+//! - A slot left `WRITING` or `READING` by a dead process is found by a waiter (the consumer
+//!   waiting behind it, or a producer finding the ring full) which checks the holder's liveness
+//!   and frees the slot: a message half written is dropped; a message half read was taken.
+//!
+//! A slot carries either a whole message (up to [`SLOT_PAYLOAD`] bytes) or a *token* that marks
+//! the place of a message sent through the queue's socket (large messages, messages with
+//! descriptors); see `queue_engine`.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use multiproc_core::identity;
+use multiproc_core::shm::SharedRegion;
+
+/// Bytes of one slot.
+const SLOT_LEN: usize = 128;
+/// Largest message a slot holds: the slot less its 16-byte header.
+pub(crate) const SLOT_PAYLOAD: usize = SLOT_LEN - 16;
+const PAYLOAD_WORDS: usize = SLOT_PAYLOAD / 8;
+
+// Slot layout.
+const SLOT_STATE: usize = 0; // u64
+const SLOT_LEN_FIELD: usize = 8; // u32: payload bytes
+const SLOT_KIND: usize = 12; // u32
+const SLOT_DATA: usize = 16;
+
+// Ring layout from its base offset: the hints on their own cache lines, then the slots.
+const TAIL: usize = 0;
+const HEAD: usize = 64;
+const SLOTS: usize = 128;
+
+/// Most slots a ring may have.
+pub(crate) const MAX_SLOTS: u64 = 1 << 20;
+
+// The state word: lap (24 bits) | phase (2) | holder pid (22) | holder start time, low 16 bits.
+const LAP_SHIFT: u32 = 40;
+const LAP_MASK: u64 = (1 << 24) - 1;
+const PHASE_SHIFT: u32 = 38;
+const HOLDER_MASK: u64 = (1 << 38) - 1;
+
+const EMPTY: u64 = 0;
+const WRITING: u64 = 1;
+const FULL: u64 = 2;
+const READING: u64 = 3;
+
+/// What a published slot carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// A whole message.
+    Message = 1,
+    /// The place of a message sent through the socket.
+    Token = 2,
+}
+
+/// The outcome of [`Ring::take`].
+#[derive(Debug)]
+pub(crate) enum Take {
+    /// The message at the head, now off the ring.
+    Message(Vec<u8>),
+    /// A token at the head, still on the ring: take it with [`Ring::claim_token`].
+    Token(u64),
+    /// Nothing at the head.
+    Empty,
+    /// The head slot is being written (or its last reader has not let go): a message is coming
+    /// unless its holder died, which [`Ring::repair`] checks.
+    Busy(u64),
+    /// The head slot held a message with an impossible length (the shared memory was written by
+    /// something else than a queue); it was dropped.
+    Corrupt(u32),
+}
+
+/// Why a slot's holder was found dead by [`Ring::repair`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Repaired {
+    /// A producer died while writing: its message never existed.
+    Writer,
+    /// A consumer died while reading: it had taken the message.
+    Reader,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct State {
+    lap: u64,
+    phase: u64,
+    holder: u64,
+}
+
+impl State {
+    fn unpack(word: u64) -> Self {
+        Self {
+            lap: word >> LAP_SHIFT,
+            phase: (word >> PHASE_SHIFT) & 3,
+            holder: word & HOLDER_MASK,
+        }
+    }
+
+    fn pack(lap: u64, phase: u64, holder: u64) -> u64 {
+        ((lap & LAP_MASK) << LAP_SHIFT) | (phase << PHASE_SHIFT) | (holder & HOLDER_MASK)
+    }
+}
+
+/// How a slot's lap compares with the lap a position expects.
+#[derive(Debug, PartialEq, Eq)]
+enum Lap {
+    Same,
+    /// The slot is already in a later lap: the position was used and freed (a stale hint).
+    Ahead,
+    /// The slot is still in an earlier lap: the position's turn has not come.
+    Behind,
+}
+
+fn compare_laps(slot: u64, expected: u64) -> Lap {
+    match slot.wrapping_sub(expected) & LAP_MASK {
+        0 => Lap::Same,
+        d if d < LAP_MASK / 2 => Lap::Ahead,
+        _ => Lap::Behind,
+    }
+}
+
+/// This process as a slot holder: pid and the low 16 bits of its start time.
+fn me() -> u64 {
+    let id = identity::current();
+    (u64::from(identity::pid_of(id)) << 16) | (id & 0xffff)
+}
+
+fn holder_alive(holder: u64) -> bool {
+    let pid = (holder >> 16) as u32;
+    identity::is_running(pid, holder as u32 & 0xffff, 0xffff)
+}
+
+/// A ring of `slots` message slots at `base` in a shared region.
+#[derive(Debug)]
+pub(crate) struct Ring {
+    region: SharedRegion,
+    base: usize,
+    slots: u64,
+    me: u64,
+}
+
+impl Ring {
+    /// Bytes the ring needs from its base offset.
+    pub(crate) fn bytes_needed(slots: u64) -> usize {
+        SLOTS + SLOT_LEN * slots as usize
+    }
+
+    /// The ring at `base` in `region`; the region must be large enough (checked) and zeroed or
+    /// already a ring of the same number of slots.
+    pub(crate) fn new(region: SharedRegion, base: usize, slots: u64) -> Result<Self, String> {
+        if slots == 0 || slots > MAX_SLOTS {
+            return Err(format!("a queue ring of {slots} slots"));
+        }
+        if base % 64 != 0 || region.len() < base + Self::bytes_needed(slots) {
+            return Err(format!(
+                "queue ring of {slots} slots does not fit a shared region of {} bytes",
+                region.len()
+            ));
+        }
+        Ok(Self {
+            region,
+            base,
+            slots,
+            me: me(),
+        })
+    }
+
+    pub(crate) fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    fn tail(&self) -> &AtomicU64 {
+        self.region.atomic_u64(self.base + TAIL)
+    }
+
+    fn head(&self) -> &AtomicU64 {
+        self.region.atomic_u64(self.base + HEAD)
+    }
+
+    /// The slot of position `pos` (its offset) and the lap `pos` expects it in.
+    #[inline]
+    fn locate(&self, pos: u64) -> (usize, u64) {
+        let index = (pos % self.slots) as usize;
+        (
+            self.base + SLOTS + index * SLOT_LEN,
+            (pos / self.slots) & LAP_MASK,
+        )
+    }
+
+    fn state(&self, slot: usize) -> &AtomicU64 {
+        self.region.atomic_u64(slot + SLOT_STATE)
+    }
+
+    /// Moves a hint from `pos` to `pos + 1` unless someone already moved it.
+    fn advance(hint: &AtomicU64, pos: u64) {
+        let _ = hint.compare_exchange(pos, pos + 1, Ordering::SeqCst, Ordering::Relaxed);
+    }
+
+    /// Messages on the ring, counting slots being written or read (approximate while others
+    /// put and get: the hints may trail by a message).
+    pub(crate) fn len(&self) -> u64 {
+        let tail = self.tail().load(Ordering::SeqCst);
+        let head = self.head().load(Ordering::SeqCst);
+        tail.saturating_sub(head).min(self.slots)
+    }
+
+    // ---- producers ----
+
+    /// Claims the slot at the tail for writing; `None` when the ring is full.
+    pub(crate) fn claim(&self) -> Option<u64> {
+        loop {
+            let pos = self.tail().load(Ordering::SeqCst);
+            let (slot, lap) = self.locate(pos);
+            let word = self.state(slot).load(Ordering::SeqCst);
+            let state = State::unpack(word);
+            match compare_laps(state.lap, lap) {
+                Lap::Same if state.phase == EMPTY => {
+                    let claimed = State::pack(lap, WRITING, self.me);
+                    if self
+                        .state(slot)
+                        .compare_exchange(word, claimed, Ordering::SeqCst, Ordering::Relaxed)
+                        .is_ok()
+                    {
+                        Self::advance(self.tail(), pos);
+                        return Some(pos);
+                    }
+                }
+                Lap::Same | Lap::Ahead => Self::advance(self.tail(), pos),
+                Lap::Behind => return None,
+            }
+        }
+    }
+
+    /// Fills the slot claimed at `pos` and makes it visible to consumers.
+    pub(crate) fn publish(&self, pos: u64, kind: Kind, payload: &[u8]) {
+        assert!(
+            payload.len() <= SLOT_PAYLOAD,
+            "message too large for a slot"
+        );
+        let (slot, lap) = self.locate(pos);
+        let mut words = [0u64; PAYLOAD_WORDS];
+        for (word, chunk) in words.iter_mut().zip(payload.chunks(8)) {
+            let mut bytes = [0u8; 8];
+            bytes[..chunk.len()].copy_from_slice(chunk);
+            *word = u64::from_le_bytes(bytes);
+        }
+        let used = payload.len().div_ceil(8);
+        self.region.write_slice(slot + SLOT_DATA, &words[..used]);
+        self.region
+            .write(slot + SLOT_LEN_FIELD, payload.len() as u32);
+        self.region.write(slot + SLOT_KIND, kind as u32);
+        self.state(slot)
+            .store(State::pack(lap, FULL, 0), Ordering::SeqCst);
+    }
+
+    /// Gives back the slot claimed at `pos` without publishing anything.
+    pub(crate) fn abandon(&self, pos: u64) {
+        self.free(pos);
+    }
+
+    // ---- consumers ----
+
+    /// Takes the message at the head, if there is one.
+    pub(crate) fn take(&self) -> Take {
+        loop {
+            let pos = self.head().load(Ordering::SeqCst);
+            let (slot, lap) = self.locate(pos);
+            let word = self.state(slot).load(Ordering::SeqCst);
+            let state = State::unpack(word);
+            match compare_laps(state.lap, lap) {
+                Lap::Same => match state.phase {
+                    EMPTY => return Take::Empty,
+                    WRITING => return Take::Busy(pos),
+                    READING => Self::advance(self.head(), pos),
+                    _ => {
+                        let kind: u32 = self.region.read(slot + SLOT_KIND);
+                        if kind == Kind::Token as u32 {
+                            return Take::Token(pos);
+                        }
+                        let reading = State::pack(lap, READING, self.me);
+                        if self
+                            .state(slot)
+                            .compare_exchange(word, reading, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_err()
+                        {
+                            continue;
+                        }
+                        Self::advance(self.head(), pos);
+                        let len: u32 = self.region.read(slot + SLOT_LEN_FIELD);
+                        if len as usize > SLOT_PAYLOAD {
+                            self.free(pos);
+                            return Take::Corrupt(len);
+                        }
+                        let bytes = self.read_payload(slot, len as usize);
+                        self.free(pos);
+                        return Take::Message(bytes);
+                    }
+                },
+                Lap::Ahead => Self::advance(self.head(), pos),
+                // The previous lap's reader of this slot has not let go yet.
+                Lap::Behind => return Take::Busy(pos),
+            }
+        }
+    }
+
+    fn read_payload(&self, slot: usize, len: usize) -> Vec<u8> {
+        let mut words = [0u64; PAYLOAD_WORDS];
+        let used = len.div_ceil(8);
+        self.region.read_slice(slot + SLOT_DATA, &mut words[..used]);
+        let mut bytes = Vec::with_capacity(len);
+        for word in &words[..used] {
+            bytes.extend_from_slice(&word.to_le_bytes());
+        }
+        bytes.truncate(len);
+        bytes
+    }
+
+    /// True when the head slot holds something to take (or the head moved on): a cheap check
+    /// for spinning, two loads and no write.
+    pub(crate) fn head_ready(&self) -> bool {
+        let pos = self.head().load(Ordering::Acquire);
+        let (slot, lap) = self.locate(pos);
+        let state = State::unpack(self.state(slot).load(Ordering::Acquire));
+        match compare_laps(state.lap, lap) {
+            Lap::Same => state.phase == FULL,
+            Lap::Ahead => true,
+            Lap::Behind => false,
+        }
+    }
+
+    /// Claims the token at `pos` (found by [`take`](Self::take)); `false` when it is no longer
+    /// there (another consumer took it).
+    pub(crate) fn claim_token(&self, pos: u64) -> bool {
+        let (slot, lap) = self.locate(pos);
+        let full = State::pack(lap, FULL, 0);
+        if self.region.read::<u32>(slot + SLOT_KIND) != Kind::Token as u32 {
+            return false;
+        }
+        let reading = State::pack(lap, READING, self.me);
+        if self
+            .state(slot)
+            .compare_exchange(full, reading, Ordering::SeqCst, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        Self::advance(self.head(), pos);
+        true
+    }
+
+    /// Frees the slot at `pos` (claimed by this process) for the next lap.
+    pub(crate) fn free(&self, pos: u64) {
+        let (slot, lap) = self.locate(pos);
+        self.state(slot)
+            .store(State::pack(lap + 1, EMPTY, 0), Ordering::SeqCst);
+    }
+
+    // ---- dead holders ----
+
+    /// Frees the slot of position `pos` if a dead process holds it (writing or reading, in
+    /// whatever lap), and says which.
+    pub(crate) fn repair(&self, pos: u64) -> Option<Repaired> {
+        let (slot, _) = self.locate(pos);
+        let word = self.state(slot).load(Ordering::SeqCst);
+        let state = State::unpack(word);
+        let repaired = match state.phase {
+            WRITING => Repaired::Writer,
+            READING => Repaired::Reader,
+            _ => return None,
+        };
+        if state.holder == self.me || holder_alive(state.holder) {
+            return None;
+        }
+        let freed = State::pack(state.lap + 1, EMPTY, 0);
+        self.state(slot)
+            .compare_exchange(word, freed, Ordering::SeqCst, Ordering::Relaxed)
+            .ok()
+            .map(|_| repaired)
+    }
+
+    /// [`repair`](Self::repair) of the slot at the tail: what a producer finding the ring full
+    /// checks.
+    pub(crate) fn repair_tail(&self) -> Option<Repaired> {
+        self.repair(self.tail().load(Ordering::SeqCst))
+    }
+}
+
+#[cfg(test)]
+impl Ring {
+    /// Makes the slot claimed at `pos` look held by a process that is not running (pid 0x7fff
+    /// with a start time no process has), as if its writer had been killed.
+    pub(crate) fn forge_dead_writer(&self, pos: u64) {
+        let (slot, lap) = self.locate(pos);
+        self.state(slot).store(
+            State::pack(lap, WRITING, 0x7fff_0000 | 0x1234),
+            Ordering::SeqCst,
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ring(slots: u64) -> Ring {
+        let region = SharedRegion::new(64 + Ring::bytes_needed(slots)).unwrap();
+        Ring::new(region, 64, slots).unwrap()
+    }
+
+    fn put(r: &Ring, bytes: &[u8]) -> bool {
+        match r.claim() {
+            Some(pos) => {
+                r.publish(pos, Kind::Message, bytes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn take(r: &Ring) -> Option<Vec<u8>> {
+        match r.take() {
+            Take::Message(m) => Some(m),
+            Take::Empty => None,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn fifo_across_many_laps() {
+        let r = ring(4);
+        for lap in 0..100u32 {
+            for i in 0..4u32 {
+                assert!(put(&r, &(lap * 4 + i).to_le_bytes()));
+            }
+            assert!(!put(&r, b"x"), "a ring of 4 holds 4");
+            assert_eq!(r.len(), 4);
+            for i in 0..4u32 {
+                assert_eq!(take(&r).unwrap(), (lap * 4 + i).to_le_bytes());
+            }
+            assert_eq!(take(&r), None);
+        }
+    }
+
+    #[test]
+    fn payload_lengths_round_trip() {
+        let r = ring(2);
+        for len in 0..=SLOT_PAYLOAD {
+            let bytes: Vec<u8> = (0..len).map(|i| i as u8 ^ 0x5a).collect();
+            assert!(put(&r, &bytes));
+            assert_eq!(take(&r).unwrap(), bytes);
+        }
+    }
+
+    #[test]
+    fn a_one_slot_ring_works() {
+        let r = ring(1);
+        for i in 0..10u8 {
+            assert!(put(&r, &[i]));
+            assert!(!put(&r, &[i]));
+            assert_eq!(take(&r).unwrap(), [i]);
+        }
+    }
+
+    #[test]
+    fn a_slot_being_written_is_busy_and_abandoning_it_skips_it() {
+        let r = ring(4);
+        let pos = r.claim().unwrap();
+        assert!(put(&r, b"after"));
+        assert!(matches!(r.take(), Take::Busy(p) if p == pos));
+        assert!(!r.head_ready());
+        // Our own slot is never "repaired".
+        assert_eq!(r.repair(pos), None);
+        r.abandon(pos);
+        assert!(r.head_ready());
+        assert_eq!(take(&r).unwrap(), b"after");
+    }
+
+    #[test]
+    fn tokens_are_claimed_separately() {
+        let r = ring(4);
+        let pos = r.claim().unwrap();
+        r.publish(pos, Kind::Token, &[]);
+        assert!(put(&r, b"m"));
+        let Take::Token(p) = r.take() else { panic!() };
+        assert_eq!(p, pos);
+        assert!(r.claim_token(p));
+        assert!(!r.claim_token(p), "a token is taken once");
+        r.free(p);
+        assert_eq!(take(&r).unwrap(), b"m");
+    }
+
+    #[test]
+    fn slots_held_by_the_dead_are_freed() {
+        let r = ring(2);
+        // Forge a writer and a reader that are not running: pid 0 never is.
+        let dead = 0x7fff;
+        let pos = r.claim().unwrap();
+        let (slot, lap) = r.locate(pos);
+        r.state(slot)
+            .store(State::pack(lap, WRITING, dead), Ordering::SeqCst);
+        assert!(matches!(r.take(), Take::Busy(_)));
+        assert_eq!(r.repair(pos), Some(Repaired::Writer));
+        assert_eq!(take(&r), None);
+
+        assert!(put(&r, b"a"));
+        assert!(put(&r, b"b"));
+        assert!(!put(&r, b"c"));
+        // A consumer died reading "a": the ring is full until its slot is repaired.
+        let head = r.head().load(Ordering::SeqCst);
+        let (slot, lap) = r.locate(head);
+        r.state(slot)
+            .store(State::pack(lap, READING, dead), Ordering::SeqCst);
+        Ring::advance(r.head(), head);
+        assert!(r.claim().is_none());
+        assert_eq!(r.repair_tail(), Some(Repaired::Reader));
+        assert!(put(&r, b"c"));
+        assert_eq!(take(&r).unwrap(), b"b");
+        assert_eq!(take(&r).unwrap(), b"c");
+    }
+
+    #[test]
+    fn laps_compare_across_wrap_around() {
+        assert_eq!(compare_laps(5, 5), Lap::Same);
+        assert_eq!(compare_laps(6, 5), Lap::Ahead);
+        assert_eq!(compare_laps(4, 5), Lap::Behind);
+        assert_eq!(compare_laps(0, LAP_MASK), Lap::Ahead);
+        assert_eq!(compare_laps(LAP_MASK, 0), Lap::Behind);
+    }
+
+    #[test]
+    fn threads_hammering_lose_and_duplicate_nothing() {
+        let r = std::sync::Arc::new(ring(8));
+        let taken = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let producers: Vec<_> = (0..3u32)
+            .map(|p| {
+                let r = r.clone();
+                std::thread::spawn(move || {
+                    for i in 0..20_000u32 {
+                        let msg = [p.to_le_bytes(), i.to_le_bytes()].concat();
+                        while !put(&r, &msg) {
+                            std::thread::yield_now();
+                        }
+                    }
+                })
+            })
+            .collect();
+        let consumers: Vec<_> = (0..3)
+            .map(|_| {
+                let r = r.clone();
+                let taken = taken.clone();
+                std::thread::spawn(move || {
+                    let mut got = Vec::new();
+                    let mut last = [None::<u32>; 3];
+                    while taken.load(Ordering::SeqCst) < 60_000 {
+                        match r.take() {
+                            Take::Message(m) => {
+                                taken.fetch_add(1, Ordering::SeqCst);
+                                let p = u32::from_le_bytes(m[..4].try_into().unwrap());
+                                let i = u32::from_le_bytes(m[4..].try_into().unwrap());
+                                assert!(last[p as usize].is_none_or(|l| l < i), "out of order");
+                                last[p as usize] = Some(i);
+                                got.push((p, i));
+                            }
+                            _ => std::thread::yield_now(),
+                        }
+                    }
+                    got
+                })
+            })
+            .collect();
+        for p in producers {
+            p.join().unwrap();
+        }
+        let mut all: Vec<_> = consumers
+            .into_iter()
+            .flat_map(|c| c.join().unwrap())
+            .collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 60_000);
+    }
+}
