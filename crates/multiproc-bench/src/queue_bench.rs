@@ -14,7 +14,9 @@
 //! - `multiproc-sink`: producers `Queue::sink()` with `feed` and one final `flush`, consumers
 //!   `Queue::stream()`;
 //! - `multiproc-blocking`: `blocking_put` / `blocking_get`;
-//! - `raw-os`: the transport under `Queue`, a `SOCK_SEQPACKET` pair shared by every process
+//! - `raw-os`: the system-call floor of a shared queue (and the transport `Queue` uses for large
+//!   and descriptor-carrying messages; 64-byte messages go through its shared-memory ring, which
+//!   needs no system call per message), a `SOCK_SEQPACKET` pair shared by every process
 //!   (send buffer raised to 4 MiB like the queue's), driven with blocking `send(2)`/`recv(2)` of
 //!   the bare 64 bytes: no encoding, no shared message count, no readiness polling.
 
