@@ -28,6 +28,7 @@ mod error;
 mod handle;
 mod map;
 mod protocol;
+mod ring;
 mod shared;
 mod submit;
 mod task;
