@@ -6,15 +6,16 @@ use std::future::poll_fn;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc_core::channel::{self, RawReceiver, RawSender};
 use multiproc_core::message;
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};
-use super::ring::{Control, RingReader};
+use super::ring::{Control, Cpu, RingReader};
 use super::shared::{Job, JobMeta, Shared};
+use super::spin::{Outcome, Spin};
 use super::worker::{WorkerArgs, worker_main};
 use crate::{Builder, JoinError, JoinHandle};
 
@@ -28,6 +29,9 @@ const MAX_IN_FLIGHT: usize = 512;
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
 const START_ATTEMPTS: u32 = 4;
+/// The most a driver spins (yielding to the runtime's other tasks) for a result expected
+/// sooner than that, before it parks.
+const RESULT_SPIN: Duration = Duration::from_micros(50);
 
 /// Runs slot `slot` of the pool until the pool ends.
 pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
@@ -117,6 +121,20 @@ struct Conn {
     /// (once flushed).
     frames: u64,
     frames_announced: u64,
+    spin: Spin,
+    /// Set while the driver has nothing to do but wait for a result.
+    wait: Option<Wait>,
+}
+
+/// A wait for a result.
+struct Wait {
+    since: Instant,
+    /// The CPU the driver runs on (as the wait began).
+    cpu: Cpu,
+    /// Spinning (else parked).
+    spinning: bool,
+    /// The spin ran for its whole budget.
+    ran_out: bool,
 }
 
 /// The jobs a worker holds, and what was learnt of their pace.
@@ -175,6 +193,8 @@ impl Conn {
             // The `Init` frame.
             frames: 1,
             frames_announced: 0,
+            spin: Spin::new(RESULT_SPIN),
+            wait: None,
         })
     }
 
@@ -208,8 +228,19 @@ impl Conn {
                 return Poll::Ready(End::Terminate);
             }
             // Results first: they free capacity.
+            let answered = self.held.answered;
             if let Err(end) = self.take_results(cx) {
                 return Poll::Ready(end);
+            }
+            if self.held.answered != answered
+                && let Some(wait) = self.wait.take()
+            {
+                let outcome = match (wait.spinning, wait.ran_out) {
+                    (true, _) => Outcome::Caught,
+                    (false, true) => Outcome::RanOut,
+                    (false, false) => Outcome::Parked,
+                };
+                self.spin.record(wait.since.elapsed(), outcome);
             }
             let mut took = false;
             while let Some(job) = shared.take_job_if(|job| self.wants(job, shared)) {
@@ -256,6 +287,7 @@ impl Conn {
                 self.frames_announced = self.frames;
             }
             if self.held.in_flight.is_empty() {
+                self.wait = None;
                 if self.retiring(shared) {
                     return Poll::Ready(End::Retire);
                 }
@@ -276,7 +308,7 @@ impl Conn {
             if self.held.in_flight.is_empty() {
                 return Poll::Pending;
             }
-            match self.wait_for_results() {
+            match self.wait_for_results(cx) {
                 Poll::Ready(Err(end)) => return Poll::Ready(end),
                 Poll::Ready(Ok(())) => continue,
                 Poll::Pending => return Poll::Pending,
@@ -311,9 +343,36 @@ impl Conn {
         Ok(())
     }
 
-    /// Nothing to do but wait for a result: ask the worker for a nudge and park. `Ready(Ok)`
-    /// when a result came in meanwhile and the driver should look again.
-    fn wait_for_results(&mut self) -> Poll<Result<(), End>> {
+    /// Nothing to do but wait for a result: spin a little if one is due soon and spinning has
+    /// been paying off, else ask the worker for a nudge and park. `Ready(Ok)` when a result
+    /// came in meanwhile and the driver should look again.
+    fn wait_for_results(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let budget = self.spin.budget();
+        let Conn {
+            ctrl, held, wait, ..
+        } = self;
+        let wait = wait.get_or_insert_with(|| {
+            let cpu = ctrl.note_driver_cpu();
+            // Spin when a result is due within the budget and the worker runs elsewhere.
+            let due_soon = !budget.is_zero() && held.queued_ns <= budget.as_nanos() as u64;
+            Wait {
+                since: Instant::now(),
+                cpu,
+                spinning: due_soon && cpu.apart_from(ctrl.worker_cpu()),
+                ran_out: false,
+            }
+        });
+        if wait.spinning {
+            let elsewhere = Cpu::current() == wait.cpu && wait.cpu.apart_from(ctrl.worker_cpu());
+            if elsewhere && wait.since.elapsed() < budget {
+                // Yield to the runtime's other tasks, and look at the ring again right after.
+                ctrl.unpark();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            wait.spinning = false;
+            wait.ran_out = elsewhere;
+        }
         if !self.ctrl.park(&self.ring) {
             return Poll::Pending;
         }

@@ -30,6 +30,7 @@ mod map;
 mod protocol;
 mod ring;
 mod shared;
+mod spin;
 mod submit;
 mod task;
 mod worker;

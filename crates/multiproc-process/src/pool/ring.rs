@@ -31,6 +31,11 @@ const WAITING: usize = 3 * LINE;
 /// Frames the driver has written to the worker's socket (flushed in full). The worker compares
 /// it with the frames it has read, to know whether more are on the way without a system call.
 const SENT: usize = 4 * LINE;
+/// The CPU (plus one; zero: not known yet) the worker was last seen running on, as it started
+/// a job or began to wait. Written by the worker.
+const WORKER_CPU: usize = 5 * LINE;
+/// The same for the driver, as it began to wait for a result. Written by the driver.
+const DRIVER_CPU: usize = 6 * LINE;
 /// The ring starts on a page of its own.
 const RING: usize = 4096;
 /// Bytes in the ring.
@@ -79,6 +84,30 @@ impl Control {
         self.region.atomic_u32(WAITING)
     }
 
+    /// Worker: notes the CPU it runs on now (see [`Cpu`]).
+    pub(crate) fn note_worker_cpu(&self) -> Cpu {
+        let cpu = Cpu::current();
+        self.word(WORKER_CPU).store(cpu.0, Ordering::Relaxed);
+        cpu
+    }
+
+    /// Driver: notes the CPU it runs on now.
+    pub(crate) fn note_driver_cpu(&self) -> Cpu {
+        let cpu = Cpu::current();
+        self.word(DRIVER_CPU).store(cpu.0, Ordering::Relaxed);
+        cpu
+    }
+
+    /// The CPU the worker was last seen on.
+    pub(crate) fn worker_cpu(&self) -> Cpu {
+        Cpu(self.word(WORKER_CPU).load(Ordering::Relaxed))
+    }
+
+    /// The CPU the driver was last seen on.
+    pub(crate) fn driver_cpu(&self) -> Cpu {
+        Cpu(self.word(DRIVER_CPU).load(Ordering::Relaxed))
+    }
+
     /// Worker: records that job `id` starts now.
     pub(crate) fn set_started(&self, id: u64) {
         self.word(PROGRESS)
@@ -110,11 +139,36 @@ impl Control {
         self.word(HEAD).load(Ordering::SeqCst) != reader.tail
     }
 
+    /// Driver: no longer parked (it polls the ring itself).
+    pub(crate) fn unpark(&self) {
+        if self.waiting().load(Ordering::Relaxed) != NOT_WAITING {
+            self.waiting().store(NOT_WAITING, Ordering::Relaxed);
+        }
+    }
+
     /// Worker, after appending a result: whether the driver waits for it and must be nudged.
     /// True at most once per [`park`](Self::park).
     pub(crate) fn take_waiter(&self) -> bool {
         self.waiting().load(Ordering::SeqCst) != NOT_WAITING
             && self.waiting().swap(NOT_WAITING, Ordering::SeqCst) != NOT_WAITING
+    }
+}
+
+/// A CPU number plus one (zero: unknown), as the two sides publish where they run: spinning
+/// for a peer pays only while it runs on another CPU; on the same one, the spin only keeps it
+/// from running.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Cpu(u64);
+
+impl Cpu {
+    /// The CPU this thread runs on now (`getcpu`, through the vDSO: no system call).
+    pub(crate) fn current() -> Cpu {
+        Cpu(rustix::thread::sched_getcpu() as u64 + 1)
+    }
+
+    /// Whether a peer last seen on `peer` may well be running alongside us, on another CPU.
+    pub(crate) fn apart_from(self, peer: Cpu) -> bool {
+        self != peer
     }
 }
 
@@ -384,6 +438,8 @@ mod tests {
         // A record appended before the driver parks: it must read instead of parking.
         assert!(writer.try_write(b"two"));
         assert!(ctrl.park(&reader));
+        ctrl.unpark();
+        assert!(!ctrl.take_waiter());
         assert_eq!(take(&mut reader).as_deref(), Some(&b"one"[..]));
         assert_eq!(take(&mut reader).as_deref(), Some(&b"two"[..]));
     }

@@ -3,7 +3,7 @@
 //! the socket.
 
 use std::os::fd::OwnedFd;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::shm::SharedRegion;
@@ -11,8 +11,12 @@ use multiproc_core::{SharedFd, message};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{Call, ChunkOutput, Failure, FromWorker, Rejected, TaskFn, ToWorker};
-use super::ring::{Control, MAX_RECORD, RingWriter};
+use super::ring::{Control, Cpu, MAX_RECORD, RingWriter};
+use super::spin::{Outcome, Spin, spin_until};
 use crate::panic;
+
+/// The most an idle worker spins for its next job before it parks.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// What a worker is started with.
 #[derive(Serialize, Deserialize)]
@@ -64,6 +68,7 @@ impl Worker {
         // Frames read so far, against the pool's count of frames written: while they differ,
         // a read will find something, and when they agree there is no point reading.
         let mut frames: u64 = 0;
+        let mut spin = Spin::new(IDLE_SPIN);
         // The socket was seen readable, or the last read found part of a frame.
         let mut readable = false;
         loop {
@@ -89,10 +94,33 @@ impl Worker {
                 Some(Step::Stop) => return,
                 None => {}
             }
-            // Idle: park until the socket has something for us.
+            // Idle: spin a little for the next job if that has been paying off, then park.
+            let idle_since = Instant::now();
+            let budget = spin.budget();
+            let me = self.ctrl.note_worker_cpu();
+            let ctrl = &self.ctrl;
+            let spun = !readable && !budget.is_zero() && me.apart_from(ctrl.driver_cpu());
+            let caught = spun
+                && spin_until(
+                    budget,
+                    || ctrl.sent() > frames,
+                    || Cpu::current() == me && me.apart_from(ctrl.driver_cpu()),
+                );
+            if caught {
+                spin.record(idle_since.elapsed(), Outcome::Caught);
+                continue;
+            }
+            // A spin cut short because the pool moved onto our CPU says nothing of the pace.
+            let ran_out = spun && idle_since.elapsed() >= budget;
             if rx.blocking_wait(None).is_err() {
                 return;
             }
+            let outcome = if ran_out {
+                Outcome::RanOut
+            } else {
+                Outcome::Parked
+            };
+            spin.record(idle_since.elapsed(), outcome);
             readable = true;
         }
     }
@@ -116,6 +144,7 @@ impl Worker {
             }
             ToWorker::Run { id, func } => {
                 self.ctrl.set_started(id);
+                self.ctrl.note_worker_cpu();
                 let started = Instant::now();
                 self.run(func, body, fds);
                 let busy_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
