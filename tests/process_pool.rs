@@ -596,3 +596,92 @@ async fn short_tasks_do_not_wait_behind_a_long_one() {
     .await;
     assert_eq!(order, [1, 1, 1, 1, 2_000]);
 }
+
+fn die_on_twenty(x: u32) -> u32 {
+    if x == 20 {
+        kill_self(());
+    }
+    x
+}
+
+/// Results a worker finished before it died are delivered, even those it had handed back
+/// (into the shared result ring) while the pool was not looking.
+#[tokio::test]
+async fn results_finished_before_a_worker_dies_are_delivered() {
+    let pool = Pool::new(1).unwrap();
+    // Teach the worker's driver the function's pace, so that it sends the worker many jobs
+    // at once rather than one at a time.
+    let warm = within("warm-up", pool.map(die_on_twenty, 100..400).chunksize(1))
+        .await
+        .unwrap();
+    assert_eq!(warm.len(), 300);
+    let dead = pool.worker_pids()[0];
+
+    let mut results = pool.imap(die_on_twenty, 0..100);
+    // One poll queues the jobs and wakes the driver; yielding lets it hand the worker a batch.
+    assert!(futures::poll!(results.next()).is_pending());
+    tokio::task::yield_now().await;
+    // Block this (single) runtime thread: the worker runs its batch, hands results back with
+    // nobody taking them, and dies at item 20.
+    std::thread::sleep(Duration::from_millis(300));
+    let results: Vec<Result<u32, PoolError>> =
+        within("imap across a death", results.collect::<Vec<_>>()).await;
+
+    assert_eq!(results.len(), 100);
+    for (i, result) in results.iter().enumerate() {
+        match (i, result) {
+            (20, Err(e)) => {
+                assert!(e.is_worker_died(), "{e}");
+                assert_eq!(e.worker_pid(), Some(dead));
+            }
+            (i, Ok(x)) if i != 20 => assert_eq!(*x as usize, i),
+            (i, other) => panic!("item {i}: {other:?}"),
+        }
+    }
+}
+
+fn sized(len: u32) -> Vec<u8> {
+    vec![len as u8; len as usize]
+}
+
+fn value_or_handle(x: u64) -> (u64, Option<SharedValue<u64>>) {
+    let handle = (x % 7 == 3).then(|| SharedValue::new(x * 10).unwrap());
+    (x, handle)
+}
+
+/// Small results, results too large for the result ring, and results carrying descriptors
+/// take different ways back; they still arrive whole and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_of_every_size_and_kind_arrive_in_order() {
+    let pool = Pool::new(2).unwrap();
+    // Around the ring's record limit, and well beyond it; enough of them that the ring wraps
+    // and, with the parent slower to read than the worker to write, fills up.
+    let lens = [0, 1, 100, 8_150, 8_180, 8_200, 9_000, 70_000, 5, 4_000];
+    let items: Vec<u32> = (0..600).map(|i| lens[i % lens.len()]).collect();
+    for chunksize in [1, 3] {
+        let got = within("sized", pool.map(sized, items.clone()).chunksize(chunksize))
+            .await
+            .unwrap();
+        assert_eq!(got.len(), items.len());
+        for (i, (result, len)) in got.iter().zip(&items).enumerate() {
+            assert!(
+                result.len() == *len as usize && result.iter().all(|b| *b == *len as u8),
+                "item {i} (chunk size {chunksize}) came back damaged"
+            );
+        }
+    }
+
+    let got = within(
+        "handles among values",
+        pool.map(value_or_handle, 0..300).chunksize(1),
+    )
+    .await
+    .unwrap();
+    for (i, (x, handle)) in got.into_iter().enumerate() {
+        assert_eq!(x, i as u64);
+        assert_eq!(handle.is_some(), i % 7 == 3, "item {i}");
+        if let Some(value) = handle {
+            assert_eq!(value.get(), i as u64 * 10);
+        }
+    }
+}

@@ -1013,6 +1013,40 @@ impl RawReceiver {
         self.try_recv_inner(false, |payload, fds| f(payload.as_slice(), fds))
     }
 
+    /// Hands `f` a frame only if one is already whole in the receive buffer; never reads the
+    /// socket (no system call). `Ok(None)` when no whole frame is buffered, or at end-of-stream.
+    ///
+    /// A caller that knows by other means that nothing more was sent can then wait with
+    /// [`blocking_wait`](Self::blocking_wait) instead of paying a read that finds nothing.
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with), for what is buffered.
+    pub fn try_recv_buffered_with<R>(
+        &mut self,
+        f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
+    ) -> Result<Option<R>, RecvError> {
+        if self.dead {
+            return Ok(None);
+        }
+        match self.next(false)? {
+            Next::Whole(whole) => Ok(Some(self.deliver(whole, |p, fds| f(p.as_slice(), fds)))),
+            Next::Fill(_) | Next::FillDirect => Ok(None),
+        }
+    }
+
+    /// Blocks the thread until the socket has bytes to read or the peer closed, without
+    /// reading; `Ok(false)` once `deadline` passes. Frames already in the receive buffer do not
+    /// count: take them first ([`try_recv_buffered_with`](Self::try_recv_buffered_with)).
+    ///
+    /// # Errors
+    /// Only on an unexpected `poll(2)` failure.
+    ///
+    /// # References
+    /// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)
+    pub fn blocking_wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline)
+    }
+
     /// Receives one frame, blocking the thread; `Ok(TryRecv::Empty)` when `deadline` passes.
     ///
     /// # Errors
@@ -1325,6 +1359,61 @@ mod tests {
             assert_eq!(after.as_deref(), Some(&b"after"[..]));
             flushing.join().unwrap();
         });
+    }
+
+    /// `try_recv_buffered_with` hands out only frames already read, never touching the socket;
+    /// `blocking_wait` reports bytes in the socket (or its end) without reading them.
+    #[test]
+    fn buffered_receive_and_wait_do_not_read() {
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx, _) = split(a).unwrap();
+        let (_, mut rx) = split(b).unwrap();
+        let short = Some(Instant::now() + Duration::from_millis(20));
+        assert!(
+            !rx.blocking_wait(short).unwrap(),
+            "an empty socket is not readable"
+        );
+        for i in 0..3u8 {
+            tx.push(|buf| {
+                buf.push(i);
+                Ok(Vec::new())
+            })
+            .unwrap();
+        }
+        assert!(tx.blocking_flush(None).unwrap());
+        // In the socket, not in the buffer: nothing to hand out without a read.
+        assert!(
+            rx.try_recv_buffered_with(|b, _| b.to_vec())
+                .unwrap()
+                .is_none()
+        );
+        assert!(rx.blocking_wait(None).unwrap());
+        // One read takes all three frames; the other two come from the buffer.
+        let first = rx.try_recv_with(|b, _| b.to_vec()).unwrap();
+        assert!(
+            matches!(first, TryRecv::Frame(ref b) if b == &[0]),
+            "{first:?}"
+        );
+        assert!(
+            !rx.blocking_wait(short).unwrap(),
+            "the read took every byte"
+        );
+        for i in 1..3u8 {
+            let got = rx.try_recv_buffered_with(|b, _| b.to_vec()).unwrap();
+            assert_eq!(got, Some(vec![i]));
+        }
+        assert!(
+            rx.try_recv_buffered_with(|b, _| b.to_vec())
+                .unwrap()
+                .is_none()
+        );
+        // The peer's end counts as readable.
+        drop(tx);
+        assert!(rx.blocking_wait(None).unwrap());
+        assert!(matches!(
+            rx.try_recv_with(|b, _| b.len()),
+            Ok(TryRecv::Closed)
+        ));
     }
 
     #[test]

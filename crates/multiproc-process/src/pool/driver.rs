@@ -6,17 +6,18 @@ use std::future::poll_fn;
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use multiproc_core::channel::{self, RawReceiver, RawSender};
 use multiproc_core::message;
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};
+use super::ring::{Control, Cpu, RingReader};
 use super::shared::{Job, JobMeta, Shared};
-use super::worker::{WorkerArgs, last_started, worker_main};
+use super::spin::{Outcome, Spin};
+use super::worker::{WorkerArgs, worker_main};
 use crate::{Builder, JoinError, JoinHandle};
-use multiproc_core::shm::SharedRegion;
 
 /// Give a busy worker another job while it holds less than this much work by the recent pace
 /// of its jobs' functions: enough that it never waits for the next job, little enough that an
@@ -28,6 +29,9 @@ const MAX_IN_FLIGHT: usize = 512;
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
 const START_ATTEMPTS: u32 = 4;
+/// The most a driver spins (yielding to the runtime's other tasks) for a result expected
+/// sooner than that, before it parks.
+const RESULT_SPIN: Duration = Duration::from_micros(50);
 
 /// Runs slot `slot` of the pool until the pool ends.
 pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
@@ -105,13 +109,39 @@ struct Conn {
     pid: u32,
     tx: RawSender,
     rx: RawReceiver,
+    /// The memory shared with the worker: its progress, the result ring, wake-up words.
+    ctrl: Control,
+    ring: RingReader,
+    /// The last record taken from the ring (reused).
+    record: Vec<u8>,
+    held: Held,
+    /// Jobs sent over the worker's life (for `max_tasks_per_worker`).
+    sent: usize,
+    /// Frames pushed to the worker's socket, and how many of them the worker was told about
+    /// (once flushed).
+    frames: u64,
+    frames_announced: u64,
+    spin: Spin,
+    /// Set while the driver has nothing to do but wait for a result.
+    wait: Option<Wait>,
+}
+
+/// A wait for a result.
+struct Wait {
+    since: Instant,
+    /// The CPU the driver runs on (as the wait began).
+    cpu: Cpu,
+    /// Spinning (else parked).
+    spinning: bool,
+    /// The spin ran for its whole budget.
+    ran_out: bool,
+}
+
+/// The jobs a worker holds, and what was learnt of their pace.
+struct Held {
     /// Jobs sent, in the order the worker answers them. Their frames are kept so that jobs a
     /// dead worker never started can go to another.
     in_flight: VecDeque<InFlight>,
-    /// Where the worker records the job it starts.
-    progress: SharedRegion,
-    /// Jobs sent over the worker's life (for `max_tasks_per_worker`).
-    sent: usize,
     /// What the worker has learnt of each function's time per task.
     pace: Pace,
     /// The sum of the in-flight jobs' `estimate_ns`.
@@ -119,13 +149,15 @@ struct Conn {
     /// The worker has said `Ready` (started, initializer run). Jobs wait for it, so a worker
     /// that cannot start holds none.
     ready: bool,
+    /// Jobs answered so far.
+    answered: u64,
 }
 
 impl Conn {
     fn start(shared: &Shared, slot: usize) -> std::io::Result<Conn> {
         let (ours, theirs) = channel::socket_pair()?;
         let (mut tx, rx) = channel::split(ours)?;
-        let progress = SharedRegion::new(8)?;
+        let ctrl = Control::new()?;
         tx.push(|buf| shared.config.encode_init(buf))
             .map_err(std::io::Error::other)?;
         let handle = Builder::new()
@@ -134,7 +166,7 @@ impl Conn {
             .spawn(
                 WorkerArgs {
                     socket: theirs,
-                    progress: progress.clone(),
+                    shared: ctrl.region().clone(),
                 },
                 worker_main,
             )
@@ -147,12 +179,22 @@ impl Conn {
             pid,
             tx,
             rx,
-            in_flight: VecDeque::new(),
-            progress,
+            ring: RingReader::new(ctrl.clone()),
+            ctrl,
+            record: Vec::new(),
+            held: Held {
+                in_flight: VecDeque::new(),
+                pace: Pace::default(),
+                queued_ns: 0,
+                ready: false,
+                answered: 0,
+            },
             sent: 0,
-            pace: Pace::default(),
-            queued_ns: 0,
-            ready: false,
+            // The `Init` frame.
+            frames: 1,
+            frames_announced: 0,
+            spin: Spin::new(RESULT_SPIN),
+            wait: None,
         })
     }
 
@@ -164,11 +206,12 @@ impl Conn {
             .config
             .max_tasks_per_worker
             .is_none_or(|max| self.sent < max);
-        if !self.ready || !under_quota || self.in_flight.len() >= MAX_IN_FLIGHT {
+        let held = &self.held;
+        if !held.ready || !under_quota || held.in_flight.len() >= MAX_IN_FLIGHT {
             return false;
         }
-        self.in_flight.is_empty()
-            || (self.queued_ns < QUEUE_AHEAD_NS && self.pace.estimate(job).is_some())
+        held.in_flight.is_empty()
+            || (held.queued_ns < QUEUE_AHEAD_NS && held.pace.estimate(job).is_some())
     }
 
     fn retiring(&self, shared: &Shared) -> bool {
@@ -185,23 +228,19 @@ impl Conn {
                 return Poll::Ready(End::Terminate);
             }
             // Results first: they free capacity.
-            loop {
-                let Conn {
-                    rx,
-                    in_flight,
-                    pace,
-                    queued_ns,
-                    ready,
-                    ..
-                } = self;
-                let frame =
-                    |bytes: &[u8], fds| on_frame(in_flight, pace, queued_ns, ready, bytes, fds);
-                match rx.poll_recv_with(cx, frame) {
-                    Poll::Ready(Ok(Some(Ok(())))) => {}
-                    Poll::Ready(Ok(Some(Err(end)))) => return Poll::Ready(end),
-                    Poll::Ready(Ok(None) | Err(_)) => return Poll::Ready(End::Died),
-                    Poll::Pending => break,
-                }
+            let answered = self.held.answered;
+            if let Err(end) = self.take_results(cx) {
+                return Poll::Ready(end);
+            }
+            if self.held.answered != answered
+                && let Some(wait) = self.wait.take()
+            {
+                let outcome = match (wait.spinning, wait.ran_out) {
+                    (true, _) => Outcome::Caught,
+                    (false, true) => Outcome::RanOut,
+                    (false, false) => Outcome::Parked,
+                };
+                self.spin.record(wait.since.elapsed(), outcome);
             }
             let mut took = false;
             while let Some(job) = shared.take_job_if(|job| self.wants(job, shared)) {
@@ -219,10 +258,12 @@ impl Conn {
                 });
                 match pushed {
                     Ok(()) => {
-                        let estimate_ns = self.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
-                        self.queued_ns += estimate_ns;
-                        self.in_flight.push_back(InFlight { job, estimate_ns });
+                        let held = &mut self.held;
+                        let estimate_ns = held.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
+                        held.queued_ns += estimate_ns;
+                        held.in_flight.push_back(InFlight { job, estimate_ns });
                         self.sent += 1;
+                        self.frames += 1;
                         took = true;
                     }
                     // Too large for the worker's socket: only this job fails.
@@ -240,7 +281,13 @@ impl Conn {
             {
                 return Poll::Ready(End::Died);
             }
-            if self.in_flight.is_empty() {
+            if self.tx.buffered() == 0 && self.frames_announced != self.frames {
+                // Every frame is in the socket: an idle worker may stop spinning and read.
+                self.ctrl.set_sent(self.frames);
+                self.frames_announced = self.frames;
+            }
+            if self.held.in_flight.is_empty() {
+                self.wait = None;
                 if self.retiring(shared) {
                     return Poll::Ready(End::Retire);
                 }
@@ -250,15 +297,97 @@ impl Conn {
                 if let Some(error) = shared.broken() {
                     return Poll::Ready(End::Broken(error));
                 }
-            } else if self.in_flight[0].job.meta.sink.is_cancelled() {
+            } else if self.held.in_flight[0].job.meta.sink.is_cancelled() {
                 // The worker is busy with work nobody waits for: stop it, and let another
                 // worker take what it holds that still matters.
                 return Poll::Ready(End::Abandoned);
             }
-            if !took {
+            if took {
+                continue;
+            }
+            if self.held.in_flight.is_empty() {
                 return Poll::Pending;
             }
+            match self.wait_for_results(cx) {
+                Poll::Ready(Err(end)) => return Poll::Ready(end),
+                Poll::Ready(Ok(())) => continue,
+                Poll::Pending => return Poll::Pending,
+            }
         }
+    }
+
+    /// Takes the worker's results from the ring and the socket, in the order it ran the jobs.
+    fn take_results(&mut self, cx: &mut Context<'_>) -> Result<(), End> {
+        let Conn {
+            rx,
+            ring,
+            record,
+            held,
+            ..
+        } = self;
+        drain_ring(ring, record, held, None)?;
+        loop {
+            let frame = |bytes: &[u8], fds| on_socket_frame(ring, record, held, bytes, fds);
+            match rx.poll_recv_with(cx, frame) {
+                Poll::Ready(Ok(Some(Ok(())))) => {}
+                Poll::Ready(Ok(Some(Err(end)))) => return Err(end),
+                Poll::Ready(Ok(None) | Err(_)) => {
+                    // The worker is gone; the results it put in the ring are still good.
+                    drain_ring(ring, record, held, None)?;
+                    return Err(End::Died);
+                }
+                Poll::Pending => break,
+            }
+        }
+        ring.publish();
+        Ok(())
+    }
+
+    /// Nothing to do but wait for a result: spin a little if one is due soon and spinning has
+    /// been paying off, else ask the worker for a nudge and park. `Ready(Ok)` when a result
+    /// came in meanwhile and the driver should look again.
+    fn wait_for_results(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
+        let budget = self.spin.budget();
+        let Conn {
+            ctrl, held, wait, ..
+        } = self;
+        let wait = wait.get_or_insert_with(|| {
+            let cpu = ctrl.note_driver_cpu();
+            // Spin when a result is due within the budget and the worker runs elsewhere.
+            let due_soon = !budget.is_zero() && held.queued_ns <= budget.as_nanos() as u64;
+            Wait {
+                since: Instant::now(),
+                cpu,
+                spinning: due_soon && cpu.apart_from(ctrl.worker_cpu()),
+                ran_out: false,
+            }
+        });
+        if wait.spinning {
+            let elsewhere = Cpu::current() == wait.cpu && wait.cpu.apart_from(ctrl.worker_cpu());
+            if elsewhere && wait.since.elapsed() < budget {
+                // Yield to the runtime's other tasks, and look at the ring again right after.
+                ctrl.unpark();
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            wait.spinning = false;
+            wait.ran_out = elsewhere;
+        }
+        if !self.ctrl.park(&self.ring) {
+            return Poll::Pending;
+        }
+        // A result came in as we were about to park.
+        let answered = self.held.answered;
+        let Conn {
+            ring, record, held, ..
+        } = self;
+        drain_ring(ring, record, held, None)?;
+        ring.publish();
+        if self.held.answered != answered {
+            return Poll::Ready(Ok(()));
+        }
+        // What the ring holds waits for a result still on its way through the socket.
+        Poll::Pending
     }
 
     /// Ends the worker's service: stops it, reaps it, settles the jobs it held, and says what
@@ -287,7 +416,7 @@ impl Conn {
             End::Drained => (PoolError::closed(), Next::Stop),
             End::Broken(error) => (error, Next::Stop),
             End::Garbled(why) => (PoolError::worker_died(self.pid, why), Next::Replace),
-            End::Died if !self.ready => {
+            End::Died if !self.held.ready => {
                 let why = format!(
                     "worker process {} died while starting: {}",
                     self.pid,
@@ -303,16 +432,16 @@ impl Conn {
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
         // had not sent yet) fail.
-        let started = last_started(&self.progress).and_then(|id| {
-            self.in_flight
-                .iter()
-                .position(|sent| sent.job.meta.id == id)
-        });
+        let in_flight = &mut self.held.in_flight;
+        let started = self
+            .ctrl
+            .last_started()
+            .and_then(|id| in_flight.iter().position(|sent| sent.job.meta.id == id));
         let unstarted = match started {
-            Some(at) => self.in_flight.split_off(at + 1),
-            None => std::mem::take(&mut self.in_flight),
+            Some(at) => in_flight.split_off(at + 1),
+            None => std::mem::take(in_flight),
         };
-        for sent in self.in_flight.drain(..) {
+        for sent in in_flight.drain(..) {
             sent.job.meta.fail(error.clone());
         }
         let unstarted: Vec<Job> = unstarted.into_iter().map(|sent| sent.job).collect();
@@ -326,48 +455,104 @@ impl Conn {
     }
 }
 
-/// Routes one frame from the worker.
-fn on_frame(
-    in_flight: &mut VecDeque<InFlight>,
-    pace: &mut Pace,
-    queued_ns: &mut u64,
-    ready: &mut bool,
+/// Takes results from the ring, in order. With `until`, stops once job `until` is the next to
+/// be answered (its answer came through the socket). Without, stops at the first record that
+/// must wait for an answer still on its way through the socket.
+fn drain_ring(
+    ring: &mut RingReader,
+    record: &mut Vec<u8>,
+    held: &mut Held,
+    until: Option<u64>,
+) -> Result<(), End> {
+    loop {
+        if until.is_some() && held.next_job() == until {
+            return Ok(());
+        }
+        let size = match ring.peek(record) {
+            Ok(Some(size)) => size,
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(End::Garbled(e.to_string())),
+        };
+        let (head, body) = decode_head(record)?;
+        let Some(id) = head.job() else {
+            return Err(End::Garbled(
+                "a message other than a result in the result ring".into(),
+            ));
+        };
+        if held.next_job() != Some(id) && until.is_none() && held.holds(id) {
+            return Ok(());
+        }
+        ring.consume(size);
+        held.on_message(head, body, Vec::new())?;
+    }
+}
+
+/// Routes one frame from the worker's socket, after the results it put in the ring before.
+fn on_socket_frame(
+    ring: &mut RingReader,
+    record: &mut Vec<u8>,
+    held: &mut Held,
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<(), End> {
-    let (head, body) = message::decode_head::<FromWorker>(bytes)
-        .map_err(|e| End::Garbled(format!("unreadable message from the worker: {e}")))?;
-    let mut finished = |id: u64| match in_flight.front() {
-        Some(sent) if sent.job.meta.id == id => {
-            let sent = in_flight.pop_front().expect("front exists");
-            *queued_ns -= sent.estimate_ns;
-            Ok(sent.job.meta)
-        }
-        _ => Err(End::Garbled(format!(
-            "the worker answered job {id}, which it was not running"
-        ))),
-    };
-    match head {
-        FromWorker::Ready => {
-            *ready = true;
-            Ok(())
-        }
-        FromWorker::InitFailed { message, location } => {
-            Err(End::Broken(PoolError::initializer(message, location)))
-        }
-        FromWorker::Done { id, busy_ns } => {
-            let job = finished(id)?;
-            pace.record(&job, busy_ns);
-            job.sink.done(&job, body, fds);
-            Ok(())
-        }
-        FromWorker::Rejected { id, why } => {
-            let job = finished(id)?;
-            job.fail(match why {
-                Rejected::Args(why) => PoolError::bad_args(why),
-                Rejected::Results(why) => PoolError::bad_result(why),
-            });
-            Ok(())
+    let (head, body) = decode_head(bytes)?;
+    if let Some(id) = head.job() {
+        drain_ring(ring, record, held, Some(id))?;
+    }
+    held.on_message(head, body, fds)
+}
+
+fn decode_head(bytes: &[u8]) -> Result<(FromWorker, &[u8]), End> {
+    message::decode_head::<FromWorker>(bytes)
+        .map_err(|e| End::Garbled(format!("unreadable message from the worker: {e}")))
+}
+
+impl Held {
+    /// The job the worker answers next.
+    fn next_job(&self) -> Option<u64> {
+        self.in_flight.front().map(|sent| sent.job.meta.id)
+    }
+
+    fn holds(&self, id: u64) -> bool {
+        self.in_flight.iter().any(|sent| sent.job.meta.id == id)
+    }
+
+    /// Acts on one message from the worker.
+    fn on_message(&mut self, head: FromWorker, body: &[u8], fds: Vec<OwnedFd>) -> Result<(), End> {
+        let mut finished = |id: u64| match self.in_flight.front() {
+            Some(sent) if sent.job.meta.id == id => {
+                let sent = self.in_flight.pop_front().expect("front exists");
+                self.queued_ns -= sent.estimate_ns;
+                self.answered += 1;
+                Ok(sent.job.meta)
+            }
+            _ => Err(End::Garbled(format!(
+                "the worker answered job {id}, which it was not running"
+            ))),
+        };
+        match head {
+            FromWorker::Ready => {
+                self.ready = true;
+                Ok(())
+            }
+            FromWorker::InitFailed { message, location } => {
+                Err(End::Broken(PoolError::initializer(message, location)))
+            }
+            FromWorker::Done { id, busy_ns } => {
+                let job = finished(id)?;
+                self.pace.record(&job, busy_ns);
+                job.sink.done(&job, body, fds);
+                Ok(())
+            }
+            FromWorker::Rejected { id, why } => {
+                let job = finished(id)?;
+                job.fail(match why {
+                    Rejected::Args(why) => PoolError::bad_args(why),
+                    Rejected::Results(why) => PoolError::bad_result(why),
+                });
+                Ok(())
+            }
+            FromWorker::Nudge => Ok(()),
         }
     }
 }

@@ -33,10 +33,23 @@ pub(crate) enum FromWorker {
         message: String,
         location: Option<String>,
     },
-    /// A chunk ran; a `ChunkOutput<R>` follows. `busy_ns` is how long it took.
+    /// A chunk ran; a `ChunkOutput<R>` follows. `busy_ns` is how long it took. Sent through the
+    /// shared ring when it fits there (see `ring`), else through the socket.
     Done { id: u64, busy_ns: u64 },
     /// A chunk could not run (its arguments did not decode) or its results could not be sent.
     Rejected { id: u64, why: Rejected },
+    /// Results wait in the shared ring (sent only when the pool said it waits for them).
+    Nudge,
+}
+
+impl FromWorker {
+    /// The job this message answers, if it answers one.
+    pub(crate) fn job(&self) -> Option<u64> {
+        match self {
+            FromWorker::Done { id, .. } | FromWorker::Rejected { id, .. } => Some(*id),
+            FromWorker::Ready | FromWorker::InitFailed { .. } | FromWorker::Nudge => None,
+        }
+    }
 }
 
 /// The outcomes of a chunk's tasks: the values of those that returned, in order, and the

@@ -1,34 +1,32 @@
-//! The worker process: reads chunks from its socket, runs them one after another, sends back
-//! the outcomes, and exits when the pool closes the socket.
+//! The worker process: reads chunks from its socket, runs them one after another, hands back
+//! the outcomes (through the shared result ring, or the socket), and exits when the pool closes
+//! the socket.
 
 use std::os::fd::OwnedFd;
-use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use multiproc_core::channel::{self, RawSender, TryRecv};
+use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::{SharedFd, message};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{Call, ChunkOutput, Failure, FromWorker, Rejected, TaskFn, ToWorker};
+use super::ring::{Control, Cpu, MAX_RECORD, RingWriter};
+use super::spin::{Outcome, Spin, spin_until};
 use crate::panic;
+
+/// The most an idle worker spins for its next job before it parks.
+const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// What a worker is started with.
 #[derive(Serialize, Deserialize)]
 pub(crate) struct WorkerArgs {
     /// The worker's end of its socket to the pool.
     pub socket: SharedFd,
-    /// Where the worker records the id (plus one) of the job it starts, so that the pool knows,
-    /// if the worker dies, which jobs never started.
-    pub progress: SharedRegion,
-}
-
-/// Reads the id of the last job a worker started (the parent's side of `progress`).
-pub(crate) fn last_started(progress: &SharedRegion) -> Option<u64> {
-    progress
-        .atomic_u64(0)
-        .load(Ordering::Acquire)
-        .checked_sub(1)
+    /// The memory shared with the pool (see `ring`): where the worker records the job it
+    /// starts, so that the pool knows, if the worker dies, which jobs never started; and the
+    /// ring its results go through.
+    pub shared: SharedRegion,
 }
 
 enum Step {
@@ -38,28 +36,95 @@ enum Step {
 
 struct Worker {
     tx: RawSender,
-    progress: SharedRegion,
+    ctrl: Control,
+    ring: RingWriter,
     call: Call,
+    /// The record being written (reused).
+    record: Vec<u8>,
 }
 
 /// The worker process's function (run by `spawn`).
 pub(crate) fn worker_main(args: WorkerArgs) {
     panic::install_hook(false);
-    let Ok((tx, mut rx)) = channel::split(args.socket) else {
+    let Some(ctrl) = Control::from_region(args.shared) else {
+        return;
+    };
+    let Ok((tx, rx)) = channel::split(args.socket) else {
         return;
     };
     let mut worker = Worker {
         tx,
-        progress: args.progress,
+        ring: RingWriter::new(ctrl.clone()),
+        ctrl,
         call: Call::default(),
+        record: Vec::new(),
     };
-    // Until the pool closes the socket (close, retirement) or speaks nonsense.
-    while let Ok(TryRecv::Frame(Step::Continue) | TryRecv::Empty) =
-        rx.blocking_recv_with(None, |bytes, fds| worker.handle(bytes, fds))
-    {}
+    worker.serve(rx);
 }
 
 impl Worker {
+    /// Runs frames until the pool closes the socket (close, retirement) or speaks nonsense.
+    fn serve(&mut self, mut rx: RawReceiver) {
+        // Frames read so far, against the pool's count of frames written: while they differ,
+        // a read will find something, and when they agree there is no point reading.
+        let mut frames: u64 = 0;
+        let mut spin = Spin::new(IDLE_SPIN);
+        // The socket was seen readable, or the last read found part of a frame.
+        let mut readable = false;
+        loop {
+            let got = match rx.try_recv_buffered_with(|bytes, fds| self.handle(bytes, fds)) {
+                Ok(Some(step)) => Some(step),
+                Ok(None) if readable || self.ctrl.sent() > frames => {
+                    match rx.try_recv_with(|bytes, fds| self.handle(bytes, fds)) {
+                        Ok(TryRecv::Frame(step)) => Some(step),
+                        // Part of a frame: the rest is on its way.
+                        Ok(TryRecv::Empty) => None,
+                        Ok(TryRecv::Closed) | Err(_) => return,
+                    }
+                }
+                Ok(None) => None,
+                Err(_) => return,
+            };
+            match got {
+                Some(Step::Continue) => {
+                    frames += 1;
+                    readable = false;
+                    continue;
+                }
+                Some(Step::Stop) => return,
+                None => {}
+            }
+            // Idle: spin a little for the next job if that has been paying off, then park.
+            let idle_since = Instant::now();
+            let budget = spin.budget();
+            let me = self.ctrl.note_worker_cpu();
+            let ctrl = &self.ctrl;
+            let spun = !readable && !budget.is_zero() && me.apart_from(ctrl.driver_cpu());
+            let caught = spun
+                && spin_until(
+                    budget,
+                    || ctrl.sent() > frames,
+                    || Cpu::current() == me && me.apart_from(ctrl.driver_cpu()),
+                );
+            if caught {
+                spin.record(idle_since.elapsed(), Outcome::Caught);
+                continue;
+            }
+            // A spin cut short because the pool moved onto our CPU says nothing of the pace.
+            let ran_out = spun && idle_since.elapsed() >= budget;
+            if rx.blocking_wait(None).is_err() {
+                return;
+            }
+            let outcome = if ran_out {
+                Outcome::RanOut
+            } else {
+                Outcome::Parked
+            };
+            spin.record(idle_since.elapsed(), outcome);
+            readable = true;
+        }
+    }
+
     fn handle(&mut self, bytes: &[u8], fds: Vec<OwnedFd>) -> Step {
         let Ok((head, body)) = message::decode_head::<ToWorker>(bytes) else {
             return Step::Stop;
@@ -78,16 +143,15 @@ impl Worker {
                 sent
             }
             ToWorker::Run { id, func } => {
-                self.progress
-                    .atomic_u64(0)
-                    .store(id.wrapping_add(1), Ordering::Release);
+                self.ctrl.set_started(id);
+                self.ctrl.note_worker_cpu();
                 let started = Instant::now();
                 self.run(func, body, fds);
                 let busy_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
                 match self.call.rejected.take() {
-                    Some(why) => self.send(&FromWorker::Rejected { id, why }, false),
+                    Some(why) => self.answer(&FromWorker::Rejected { id, why }, false),
                     None => self
-                        .send(&FromWorker::Done { id, busy_ns }, true)
+                        .answer(&FromWorker::Done { id, busy_ns }, true)
                         // Too large for the socket, say: the pool must still hear of the chunk.
                         .or_else(|why| {
                             let why = Rejected::Results(why);
@@ -138,10 +202,31 @@ impl Worker {
         self.call = func.call(call);
     }
 
-    /// Sends `head`, followed by the last call's output when `with_output`.
+    /// Hands back the answer to a job: `head`, followed by the last call's output when
+    /// `with_output`. Through the shared ring when it fits there (and carries no descriptors),
+    /// nudging the pool if it waits for it; through the socket otherwise.
     ///
-    /// Each result leaves the process before the next task starts: a task that then kills its
-    /// worker cannot take finished results down with it.
+    /// Either way the result is out of the process before the next task starts: a task that
+    /// then kills its worker cannot take finished results down with it.
+    fn answer(&mut self, head: &FromWorker, with_output: bool) -> Result<(), String> {
+        let output: &[u8] = if with_output { &self.call.output } else { &[] };
+        if !with_output || self.call.output_fds.is_empty() {
+            self.record.clear();
+            message::encode_into(head, &mut self.record).map_err(|e| e.to_string())?;
+            if self.record.len() + output.len() <= MAX_RECORD {
+                self.record.extend_from_slice(output);
+                if self.ring.try_write(&self.record) {
+                    if self.ctrl.take_waiter() {
+                        return self.send(&FromWorker::Nudge, false);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        self.send(head, with_output)
+    }
+
+    /// Sends `head` through the socket, followed by the last call's output when `with_output`.
     fn send(&mut self, head: &FromWorker, with_output: bool) -> Result<(), String> {
         let call = &mut self.call;
         self.tx

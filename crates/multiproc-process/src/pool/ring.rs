@@ -1,0 +1,478 @@
+//! The memory a worker shares with its pool: a few control words and a ring of results.
+//!
+//! The worker appends each result to the ring (one writer) before it starts the next job, and
+//! the pool's driver takes them from it (one reader). A result in the ring is durable the moment
+//! the worker publishes it: if the worker then dies, the driver still finds it there. Appending
+//! costs no system call; the worker writes a small `Nudge` frame to the socket only when the
+//! driver said it is parked and waiting for results (the futex pattern, with the socket as the
+//! wake-up channel). Results too large for a record, or carrying descriptors, go through the
+//! socket instead; both sides keep the worker's order by job id.
+//!
+//! Every word is accessed atomically. Records are whole 8-byte words, so copying one in or out
+//! is a loop of relaxed atomic loads or stores, ordered by the release store of `HEAD` and the
+//! acquire load that reads it.
+
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+use multiproc_core::shm::SharedRegion;
+
+/// Control words sit on cache lines of their own (128 bytes: adjacent-line prefetch), so the
+/// words one side writes do not slow down the other side's.
+const LINE: usize = 128;
+/// The id (plus one) of the job the worker started last. Written by the worker.
+const PROGRESS: usize = 0;
+/// Bytes ever appended to the ring. Written by the worker.
+const HEAD: usize = LINE;
+/// Bytes ever taken from the ring. Written by the driver.
+const TAIL: usize = 2 * LINE;
+/// Whether the driver is parked waiting for results (a `Wake` value). Set by the driver, taken
+/// by the worker, which then nudges it.
+const WAITING: usize = 3 * LINE;
+/// Frames the driver has written to the worker's socket (flushed in full). The worker compares
+/// it with the frames it has read, to know whether more are on the way without a system call.
+const SENT: usize = 4 * LINE;
+/// The CPU (plus one; zero: not known yet) the worker was last seen running on, as it started
+/// a job or began to wait. Written by the worker.
+const WORKER_CPU: usize = 5 * LINE;
+/// The same for the driver, as it began to wait for a result. Written by the driver.
+const DRIVER_CPU: usize = 6 * LINE;
+/// The ring starts on a page of its own.
+const RING: usize = 4096;
+/// Bytes in the ring.
+pub(crate) const RING_LEN: usize = 64 << 10;
+/// Bytes of the whole shared region.
+pub(crate) const REGION_LEN: usize = RING + RING_LEN;
+/// Largest record payload; larger results go through the socket.
+pub(crate) const MAX_RECORD: usize = 8 << 10;
+/// A record header saying "the rest of the ring is unused, go on at its start".
+const WRAP: u64 = u64::MAX;
+
+/// The driver is not waiting.
+const NOT_WAITING: u32 = 0;
+/// The driver is parked: nudge it after the next result.
+const WAITING_NOW: u32 = 1;
+
+/// The control words and the ring, shared by one worker and its driver.
+#[derive(Clone)]
+pub(crate) struct Control {
+    region: SharedRegion,
+}
+
+impl Control {
+    /// A fresh region for a new worker.
+    pub(crate) fn new() -> std::io::Result<Self> {
+        Ok(Self {
+            region: SharedRegion::new(REGION_LEN)?,
+        })
+    }
+
+    /// Wraps a region received from the pool; `None` if it is too small to be one.
+    pub(crate) fn from_region(region: SharedRegion) -> Option<Self> {
+        (region.len() >= REGION_LEN).then_some(Self { region })
+    }
+
+    /// The region, to send to the worker.
+    pub(crate) fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    fn word(&self, offset: usize) -> &AtomicU64 {
+        self.region.atomic_u64(offset)
+    }
+
+    fn waiting(&self) -> &AtomicU32 {
+        self.region.atomic_u32(WAITING)
+    }
+
+    /// Worker: notes the CPU it runs on now (see [`Cpu`]).
+    pub(crate) fn note_worker_cpu(&self) -> Cpu {
+        let cpu = Cpu::current();
+        self.word(WORKER_CPU).store(cpu.0, Ordering::Relaxed);
+        cpu
+    }
+
+    /// Driver: notes the CPU it runs on now.
+    pub(crate) fn note_driver_cpu(&self) -> Cpu {
+        let cpu = Cpu::current();
+        self.word(DRIVER_CPU).store(cpu.0, Ordering::Relaxed);
+        cpu
+    }
+
+    /// The CPU the worker was last seen on.
+    pub(crate) fn worker_cpu(&self) -> Cpu {
+        Cpu(self.word(WORKER_CPU).load(Ordering::Relaxed))
+    }
+
+    /// The CPU the driver was last seen on.
+    pub(crate) fn driver_cpu(&self) -> Cpu {
+        Cpu(self.word(DRIVER_CPU).load(Ordering::Relaxed))
+    }
+
+    /// Worker: records that job `id` starts now.
+    pub(crate) fn set_started(&self, id: u64) {
+        self.word(PROGRESS)
+            .store(id.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Driver: the id of the last job the worker started.
+    pub(crate) fn last_started(&self) -> Option<u64> {
+        self.word(PROGRESS).load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Driver: `frames` frames have been written to the worker's socket in total.
+    pub(crate) fn set_sent(&self, frames: u64) {
+        self.word(SENT).store(frames, Ordering::Release);
+    }
+
+    /// Worker: how many frames the driver has written to the socket in total.
+    pub(crate) fn sent(&self) -> u64 {
+        self.word(SENT).load(Ordering::Acquire)
+    }
+
+    /// Driver: says it is about to park until a result comes. Returns whether a result was
+    /// appended that `reader` has not taken (then it must not park). After this, the worker
+    /// nudges the driver once it appends a result.
+    pub(crate) fn park(&self, reader: &RingReader) -> bool {
+        self.waiting().store(WAITING_NOW, Ordering::SeqCst);
+        // Pairs with the worker's `HEAD` store then `WAITING` load (both `SeqCst`): either the
+        // worker sees the flag, or this load sees its record.
+        self.word(HEAD).load(Ordering::SeqCst) != reader.tail
+    }
+
+    /// Driver: no longer parked (it polls the ring itself).
+    pub(crate) fn unpark(&self) {
+        if self.waiting().load(Ordering::Relaxed) != NOT_WAITING {
+            self.waiting().store(NOT_WAITING, Ordering::Relaxed);
+        }
+    }
+
+    /// Worker, after appending a result: whether the driver waits for it and must be nudged.
+    /// True at most once per [`park`](Self::park).
+    pub(crate) fn take_waiter(&self) -> bool {
+        self.waiting().load(Ordering::SeqCst) != NOT_WAITING
+            && self.waiting().swap(NOT_WAITING, Ordering::SeqCst) != NOT_WAITING
+    }
+}
+
+/// A CPU number plus one (zero: unknown), as the two sides publish where they run: spinning
+/// for a peer pays only while it runs on another CPU; on the same one, the spin only keeps it
+/// from running.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct Cpu(u64);
+
+impl Cpu {
+    /// The CPU this thread runs on now (`getcpu`, through the vDSO: no system call).
+    pub(crate) fn current() -> Cpu {
+        Cpu(rustix::thread::sched_getcpu() as u64 + 1)
+    }
+
+    /// Whether a peer last seen on `peer` may well be running alongside us, on another CPU.
+    pub(crate) fn apart_from(self, peer: Cpu) -> bool {
+        self != peer
+    }
+}
+
+/// Why the ring cannot be read: the worker broke the protocol.
+#[derive(Debug)]
+pub(crate) struct RingError(String);
+
+impl std::fmt::Display for RingError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "corrupt result ring: {}", self.0)
+    }
+}
+
+/// Payload bytes rounded up to whole words.
+fn padded(len: usize) -> usize {
+    len.div_ceil(8) * 8
+}
+
+/// The worker's end: appends records.
+pub(crate) struct RingWriter {
+    ctrl: Control,
+    head: u64,
+    /// The driver's `TAIL` as last read; re-read only when the ring looks full.
+    tail: u64,
+}
+
+impl RingWriter {
+    pub(crate) fn new(ctrl: Control) -> Self {
+        let head = ctrl.word(HEAD).load(Ordering::Relaxed);
+        let tail = ctrl.word(TAIL).load(Ordering::Acquire);
+        Self { ctrl, head, tail }
+    }
+
+    /// Appends `bytes` as one record and publishes it. Returns `false`, having written nothing,
+    /// when the record is too large or the ring has no room for it.
+    pub(crate) fn try_write(&mut self, bytes: &[u8]) -> bool {
+        if bytes.len() > MAX_RECORD {
+            return false;
+        }
+        let size = (8 + padded(bytes.len())) as u64;
+        let mut at = (self.head % RING_LEN as u64) as usize;
+        let to_end = (RING_LEN - at) as u64;
+        let skip = if to_end < size { to_end } else { 0 };
+        let need = self.head + skip + size;
+        if need.wrapping_sub(self.tail) > RING_LEN as u64 {
+            self.tail = self.ctrl.word(TAIL).load(Ordering::Acquire);
+            if need.wrapping_sub(self.tail) > RING_LEN as u64 {
+                return false;
+            }
+        }
+        if skip > 0 {
+            self.ctrl.word(RING + at).store(WRAP, Ordering::Relaxed);
+            self.head += skip;
+            at = 0;
+        }
+        let mut offset = RING + at + 8;
+        let mut words = bytes.chunks_exact(8);
+        for word in &mut words {
+            let word = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
+            self.ctrl.word(offset).store(word, Ordering::Relaxed);
+            offset += 8;
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.ctrl
+                .word(offset)
+                .store(u64::from_ne_bytes(last), Ordering::Relaxed);
+        }
+        self.ctrl
+            .word(RING + at)
+            .store(bytes.len() as u64, Ordering::Relaxed);
+        self.head += size;
+        // Release: the record's words are visible to whoever sees this head. SeqCst: see
+        // `Control::park`.
+        self.ctrl.word(HEAD).store(self.head, Ordering::SeqCst);
+        true
+    }
+}
+
+/// The driver's end: takes records in order.
+pub(crate) struct RingReader {
+    ctrl: Control,
+    /// Bytes taken so far.
+    tail: u64,
+    /// `tail` as last published to the worker.
+    published: u64,
+}
+
+impl RingReader {
+    pub(crate) fn new(ctrl: Control) -> Self {
+        Self {
+            ctrl,
+            tail: 0,
+            published: 0,
+        }
+    }
+
+    /// Copies the next record into `out` without taking it; returns its size in the ring, to
+    /// pass to [`consume`](Self::consume), or `None` when the ring is empty.
+    ///
+    /// # Errors
+    /// When the worker's positions or record headers make no sense.
+    pub(crate) fn peek(&mut self, out: &mut Vec<u8>) -> Result<Option<u64>, RingError> {
+        loop {
+            let head = self.ctrl.word(HEAD).load(Ordering::Acquire);
+            let used = head.wrapping_sub(self.tail);
+            if used == 0 {
+                return Ok(None);
+            }
+            if used > RING_LEN as u64 || used % 8 != 0 {
+                return Err(RingError(format!(
+                    "{used} bytes announced in a ring of {RING_LEN}"
+                )));
+            }
+            let at = (self.tail % RING_LEN as u64) as usize;
+            let to_end = (RING_LEN - at) as u64;
+            let header = self.ctrl.word(RING + at).load(Ordering::Relaxed);
+            if header == WRAP {
+                if to_end > used {
+                    return Err(RingError("a wrap past the last record".into()));
+                }
+                self.tail += to_end;
+                continue;
+            }
+            let len = usize::try_from(header).unwrap_or(usize::MAX);
+            if len > MAX_RECORD {
+                return Err(RingError(format!("a record of {header} bytes")));
+            }
+            let size = (8 + padded(len)) as u64;
+            if size > to_end || size > used {
+                return Err(RingError(format!(
+                    "a record of {len} bytes overruns the ring"
+                )));
+            }
+            out.clear();
+            out.reserve(padded(len));
+            let first = RING + at + 8;
+            for offset in (first..first + padded(len)).step_by(8) {
+                let word = self.ctrl.word(offset).load(Ordering::Relaxed);
+                out.extend_from_slice(&word.to_ne_bytes());
+            }
+            out.truncate(len);
+            return Ok(Some(size));
+        }
+    }
+
+    /// Takes the record [`peek`](Self::peek) copied.
+    pub(crate) fn consume(&mut self, size: u64) {
+        self.tail += size;
+    }
+
+    /// Tells the worker how far the ring was read, so it can reuse the space.
+    pub(crate) fn publish(&mut self) {
+        if self.published != self.tail {
+            self.ctrl.word(TAIL).store(self.tail, Ordering::Release);
+            self.published = self.tail;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> Vec<u8> {
+        let len = (i * 37) % 300;
+        (0..len).map(|j| (i + j) as u8).collect()
+    }
+
+    fn take(reader: &mut RingReader) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        let size = reader.peek(&mut out).unwrap()?;
+        reader.consume(size);
+        reader.publish();
+        Some(out)
+    }
+
+    #[test]
+    fn records_come_out_in_order_across_wraps() {
+        let ctrl = Control::new().unwrap();
+        let mut writer = RingWriter::new(ctrl.clone());
+        let mut reader = RingReader::new(ctrl);
+        let mut next_out = 0;
+        // Enough bytes to go round the ring many times; the reader lags by up to 50 records.
+        for i in 0..20_000 {
+            while !writer.try_write(&record(i)) {
+                assert_eq!(take(&mut reader), Some(record(next_out)));
+                next_out += 1;
+            }
+            if i % 50 == 0 {
+                while let Some(got) = take(&mut reader) {
+                    assert_eq!(got, record(next_out), "record {next_out}");
+                    next_out += 1;
+                }
+            }
+        }
+        while let Some(got) = take(&mut reader) {
+            assert_eq!(got, record(next_out));
+            next_out += 1;
+        }
+        assert_eq!(next_out, 20_000);
+    }
+
+    #[test]
+    fn a_full_ring_and_a_large_record_are_refused() {
+        let ctrl = Control::new().unwrap();
+        let mut writer = RingWriter::new(ctrl.clone());
+        let mut reader = RingReader::new(ctrl);
+        assert!(!writer.try_write(&vec![1; MAX_RECORD + 1]));
+        let big = vec![7u8; MAX_RECORD];
+        let mut written = 0;
+        while writer.try_write(&big) {
+            written += 1;
+        }
+        assert_eq!(written, RING_LEN / (MAX_RECORD + 8));
+        // Room comes back as the reader takes records.
+        assert_eq!(take(&mut reader).as_deref(), Some(&big[..]));
+        assert!(writer.try_write(b"small"));
+        for _ in 1..written {
+            assert_eq!(take(&mut reader).as_deref(), Some(&big[..]));
+        }
+        assert_eq!(take(&mut reader).as_deref(), Some(&b"small"[..]));
+        assert_eq!(take(&mut reader), None);
+    }
+
+    #[test]
+    fn a_corrupt_ring_is_an_error_not_a_panic() {
+        let corruptions: [fn(&Control); 4] = [
+            // More announced than the ring holds.
+            |c| c.word(HEAD).store(RING_LEN as u64 + 8, Ordering::SeqCst),
+            // A record longer than the limit.
+            |c| {
+                c.word(RING).store(MAX_RECORD as u64 + 1, Ordering::SeqCst);
+                c.word(HEAD).store(16, Ordering::SeqCst);
+            },
+            // A record running past what was announced.
+            |c| {
+                c.word(RING).store(100, Ordering::SeqCst);
+                c.word(HEAD).store(16, Ordering::SeqCst);
+            },
+            // A wrap marker with records announced beyond the ring's end.
+            |c| {
+                c.word(RING).store(WRAP, Ordering::SeqCst);
+                c.word(HEAD).store(8, Ordering::SeqCst);
+            },
+        ];
+        for (i, corrupt) in corruptions.iter().enumerate() {
+            let ctrl = Control::new().unwrap();
+            corrupt(&ctrl);
+            let mut reader = RingReader::new(ctrl);
+            assert!(reader.peek(&mut Vec::new()).is_err(), "corruption {i}");
+        }
+    }
+
+    #[test]
+    fn the_parked_driver_is_told_once() {
+        let ctrl = Control::new().unwrap();
+        let mut writer = RingWriter::new(ctrl.clone());
+        let mut reader = RingReader::new(ctrl.clone());
+        assert!(!ctrl.take_waiter(), "nobody waits yet");
+        assert!(!ctrl.park(&reader), "nothing to read: park");
+        assert!(writer.try_write(b"one"));
+        assert!(ctrl.take_waiter());
+        assert!(!ctrl.take_waiter(), "one nudge per park");
+        // A record appended before the driver parks: it must read instead of parking.
+        assert!(writer.try_write(b"two"));
+        assert!(ctrl.park(&reader));
+        ctrl.unpark();
+        assert!(!ctrl.take_waiter());
+        assert_eq!(take(&mut reader).as_deref(), Some(&b"one"[..]));
+        assert_eq!(take(&mut reader).as_deref(), Some(&b"two"[..]));
+    }
+
+    /// A writer thread and a reader thread, as a worker and its driver.
+    #[test]
+    fn concurrent_writer_and_reader_agree() {
+        let ctrl = Control::new().unwrap();
+        let mut writer = RingWriter::new(ctrl.clone());
+        let mut reader = RingReader::new(ctrl);
+        const N: usize = 50_000;
+        let writing = std::thread::spawn(move || {
+            for i in 0..N {
+                while !writer.try_write(&record(i)) {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut next = 0;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while next < N {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader stuck at {next}"
+            );
+            match take(&mut reader) {
+                Some(got) => {
+                    assert_eq!(got, record(next), "record {next}");
+                    next += 1;
+                }
+                None => std::thread::yield_now(),
+            }
+        }
+        writing.join().unwrap();
+    }
+}
