@@ -10,6 +10,7 @@
 
 pub mod bootstrap;
 pub mod channel;
+pub mod cpu;
 pub mod error;
 pub mod eventfd;
 mod fd;
