@@ -18,6 +18,7 @@ use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
 use crate::frame::{HEADER_LEN, Header};
 use crate::socket::Socket;
+use crate::spin::SpinPolicy;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 
 /// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
@@ -616,6 +617,22 @@ pub struct RawReceiver {
     /// A fatal error was reported; from now on the end is at end-of-stream.
     dead: bool,
     limit: usize,
+    /// Whether waits spin before they park.
+    spin: SpinPolicy,
+    /// The wait in progress, if any: it lasts until a read returns something.
+    waiting: Waiting,
+}
+
+/// Where a receiver is in a wait for data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Not waiting: the last read returned something.
+    No,
+    /// Parked without spinning, since then: its length tells the spin policy whether
+    /// spinning would have paid.
+    Parked(Instant),
+    /// Parked after a spin that ran out of budget.
+    AfterSpin,
 }
 
 impl RawReceiver {
@@ -639,6 +656,8 @@ impl RawReceiver {
             eof: false,
             dead: false,
             limit: DEFAULT_MAX_MESSAGE_SIZE,
+            spin: SpinPolicy::new(),
+            waiting: Waiting::No,
         }
     }
 
@@ -858,6 +877,9 @@ impl RawReceiver {
         if got.bytes == 0 {
             self.eof = true;
         }
+        if let Waiting::Parked(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
+            self.spin.parked(since.elapsed());
+        }
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
@@ -922,9 +944,16 @@ impl RawReceiver {
                 Ok(r) => r,
                 Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
             };
-            let mut guard = match ready!(registered.poll_read_ready(cx)) {
-                Ok(g) => g,
-                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+            let mut guard = match registered.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+                // Nothing is known to be there: spin for it if that has been paying off, else
+                // park (the registration woken by the reactor is in place either way).
+                Poll::Pending => match self.poll_spin(cx, &next) {
+                    Ok(true) => continue,
+                    Ok(false) => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
             };
             match self.read_once(&next) {
                 // The read drained the socket: drop readiness now instead of paying a failing
@@ -934,6 +963,56 @@ impl RawReceiver {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            }
+        }
+    }
+
+    /// Spins for data at the start of a wait, if the policy says so: yields the CPU (which runs
+    /// the peer when it shares this CPU) and tries the socket, until something arrives or the
+    /// budget is spent. `Ok(true)` when a read returned something. Spins at most once per wait,
+    /// and only with tokio's cooperative budget left, as a read that finds data would use it.
+    fn poll_spin(&mut self, cx: &mut Context<'_>, next: &Next) -> Result<bool, RecvError> {
+        if self.waiting != Waiting::No {
+            // Woken in the middle of a wait that already spun or chose to park.
+            return Ok(false);
+        }
+        let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+            // Out of budget: the task yields first (tokio wakes it), and the wait has not begun.
+            return Ok(false);
+        };
+        let Some(budget) = self.spin.begin_wait() else {
+            self.waiting = Waiting::Parked(Instant::now());
+            return Ok(false);
+        };
+        let caught = self.spin_reads(budget, |rx| match rx.read_once(next) {
+            Ok(_) => Ok(true),
+            Err(e) if nothing_yet(&e) => Ok(false),
+            Err(e) => Err(rx.read_error(e)),
+        })?;
+        if caught {
+            coop.made_progress();
+        }
+        Ok(caught)
+    }
+
+    /// Yields and calls `attempt` until it returns `Ok(true)` or `budget` is spent, and tells
+    /// the spin policy how that went.
+    fn spin_reads(
+        &mut self,
+        budget: std::time::Duration,
+        mut attempt: impl FnMut(&mut Self) -> Result<bool, RecvError>,
+    ) -> Result<bool, RecvError> {
+        let start = Instant::now();
+        loop {
+            std::thread::yield_now();
+            if attempt(self)? {
+                self.spin.spun(true);
+                return Ok(true);
+            }
+            if start.elapsed() >= budget {
+                self.spin.spun(false);
+                self.waiting = Waiting::AfterSpin;
+                return Ok(false);
             }
         }
     }
@@ -971,13 +1050,36 @@ impl RawReceiver {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
         let mut f = Some(f);
+        let mut out = None;
         loop {
-            let once = |payload: Payload<'_>, fds| {
-                (f.take().expect("frame handler used twice"))(payload, fds)
+            let mut attempt = |rx: &mut Self| {
+                let once = |payload: Payload<'_>, fds| {
+                    (f.take().expect("frame handler used twice"))(payload, fds)
+                };
+                match rx.try_recv_inner(direct_large, once)? {
+                    TryRecv::Empty => Ok(false),
+                    done => {
+                        out = Some(done);
+                        Ok(true)
+                    }
+                }
             };
-            match self.try_recv_inner(direct_large, once)? {
-                TryRecv::Empty => {}
-                done => return Ok(done),
+            if attempt(self)? {
+                break;
+            }
+            if self.waiting == Waiting::No {
+                // A wait begins: spin first if that has been paying off, never past `deadline`.
+                match self.spin.begin_wait() {
+                    Some(budget) => {
+                        let budget = deadline.map_or(budget, |d| {
+                            budget.min(d.saturating_duration_since(Instant::now()))
+                        });
+                        if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
+                            break;
+                        }
+                    }
+                    None => self.waiting = Waiting::Parked(Instant::now()),
+                }
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
                 Ok(true) => {}
@@ -985,6 +1087,7 @@ impl RawReceiver {
                 Err(e) => return Err(self.fatal(RecvError::Io(e))),
             }
         }
+        Ok(out.expect("a receive that ended has its outcome"))
     }
 
     /// Receives one frame and hands it to `f` (typically a decoder), straight from the buffer.
@@ -1084,6 +1187,14 @@ pub enum TryRecv<R> {
 struct ReadOutcome {
     /// The socket's queue is empty now.
     drained: bool,
+}
+
+/// Whether a failed read only means "nothing there yet".
+fn nothing_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// Marker for the kernel dropping descriptors (`MSG_CTRUNC`).
