@@ -12,7 +12,7 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
@@ -75,7 +75,7 @@ impl Outbox {
     }
 
     /// One `sendmsg`: bytes up to the next descriptor attachment, with the attachment due here.
-    fn write_once(&mut self, socket: BorrowedFd<'_>) -> io::Result<()> {
+    fn write_once(&mut self, socket: &Socket) -> io::Result<()> {
         let (end, fds_here) = match self.attach.front() {
             Some((offset, fds)) if *offset == self.pos => {
                 let chunk = fds.len().min(MAX_FDS_PER_SENDMSG);
@@ -98,8 +98,9 @@ impl Outbox {
                 }
                 _ => Vec::new(),
             };
-            sys::send_with_fds(socket, &self.buf[self.pos..end], &borrowed)?
+            sys::send_with_fds(socket.as_fd(), &self.buf[self.pos..end], &borrowed)?
         };
+        socket.note_sent();
         if fds_here > 0 {
             // The kernel took the descriptors with the first byte; our copies can close.
             let (offset, fds) = self.attach.front_mut().expect("attachment vanished");
@@ -232,7 +233,7 @@ impl RawSender {
             if self.outbox.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -246,7 +247,7 @@ impl RawSender {
                 Ok(g) => g,
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             };
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -264,7 +265,7 @@ impl RawSender {
             if self.outbox.is_empty() {
                 return Ok(true);
             }
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -315,6 +316,7 @@ impl RawSender {
             let parts = [IoSlice::new(&bytes[*written - HEADER_LEN..])];
             sys::send_vectored(self.socket.as_fd(), &parts)?
         };
+        self.socket.note_sent();
         *written += n;
         Ok(())
     }
@@ -502,7 +504,7 @@ impl Drop for RawSender {
         }
         // One non-blocking attempt first: the common case finishes here.
         while !self.outbox.is_empty() {
-            if self.outbox.write_once(self.socket.as_fd()).is_err() {
+            if self.outbox.write_once(&self.socket).is_err() {
                 break;
             }
         }
@@ -628,11 +630,11 @@ pub struct RawReceiver {
 enum Waiting {
     /// Not waiting: the last read returned something.
     No,
-    /// Parked without spinning, since then: its length tells the spin policy whether
-    /// spinning would have paid.
-    Parked(Instant),
-    /// Parked after a spin that ran out of budget.
-    AfterSpin,
+    /// Parked, since then, where the spin policy chose not to spin: the wait's length tells it
+    /// whether spinning would have paid.
+    Timed(Instant),
+    /// Parked after a spin that ran out of budget, or with no answer due.
+    Untimed,
 }
 
 impl RawReceiver {
@@ -877,9 +879,11 @@ impl RawReceiver {
         if got.bytes == 0 {
             self.eof = true;
         }
-        if let Waiting::Parked(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
+        if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
             self.spin.parked(since.elapsed());
         }
+        // Whatever was sent before has had its answer, if it wanted one.
+        self.socket.clear_sent();
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
@@ -967,10 +971,30 @@ impl RawReceiver {
         }
     }
 
-    /// Spins for data at the start of a wait, if the policy says so: yields the CPU (which runs
-    /// the peer when it shares this CPU) and tries the socket, until something arrives or the
-    /// budget is spent. `Ok(true)` when a read returned something. Spins at most once per wait,
-    /// and only with tokio's cooperative budget left, as a read that finds data would use it.
+    /// A wait for data begins: how long to spin before parking, if at all.
+    ///
+    /// Spinning pays when an answer is due soon, so a receiver spins only if its socket sent
+    /// something since data last arrived and since the previous wait began (a request, or the
+    /// reply that lets the peer send its next request), and the spin policy agrees. A wait
+    /// that follows no such send (a consumer waiting on a stream, a pool driver idle between
+    /// jobs that another task must hand it) parks at once and does not count for the policy.
+    fn begin_wait(&mut self) -> Option<Duration> {
+        if !self.socket.take_sent() {
+            self.waiting = Waiting::Untimed;
+            return None;
+        }
+        let budget = self.spin.begin_wait();
+        if budget.is_none() {
+            self.waiting = Waiting::Timed(Instant::now());
+        }
+        budget
+    }
+
+    /// Spins for data at the start of a wait, if [`begin_wait`](Self::begin_wait) says so:
+    /// yields the CPU (which runs the peer when it shares this CPU) and tries the socket, until
+    /// something arrives or the budget is spent. `Ok(true)` when a read returned something.
+    /// Spins at most once per wait, and only with tokio's cooperative budget left, as a read
+    /// that finds data would use it.
     fn poll_spin(&mut self, cx: &mut Context<'_>, next: &Next) -> Result<bool, RecvError> {
         if self.waiting != Waiting::No {
             // Woken in the middle of a wait that already spun or chose to park.
@@ -980,8 +1004,7 @@ impl RawReceiver {
             // Out of budget: the task yields first (tokio wakes it), and the wait has not begun.
             return Ok(false);
         };
-        let Some(budget) = self.spin.begin_wait() else {
-            self.waiting = Waiting::Parked(Instant::now());
+        let Some(budget) = self.begin_wait() else {
             return Ok(false);
         };
         let caught = self.spin_reads(budget, |rx| match rx.read_once(next) {
@@ -999,7 +1022,7 @@ impl RawReceiver {
     /// the spin policy how that went.
     fn spin_reads(
         &mut self,
-        budget: std::time::Duration,
+        budget: Duration,
         mut attempt: impl FnMut(&mut Self) -> Result<bool, RecvError>,
     ) -> Result<bool, RecvError> {
         let start = Instant::now();
@@ -1011,7 +1034,7 @@ impl RawReceiver {
             }
             if start.elapsed() >= budget {
                 self.spin.spun(false);
-                self.waiting = Waiting::AfterSpin;
+                self.waiting = Waiting::Untimed;
                 return Ok(false);
             }
         }
@@ -1068,17 +1091,14 @@ impl RawReceiver {
                 break;
             }
             if self.waiting == Waiting::No {
-                // A wait begins: spin first if that has been paying off, never past `deadline`.
-                match self.spin.begin_wait() {
-                    Some(budget) => {
-                        let budget = deadline.map_or(budget, |d| {
-                            budget.min(d.saturating_duration_since(Instant::now()))
-                        });
-                        if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
-                            break;
-                        }
+                // A wait begins: spin first if an answer is due, never past `deadline`.
+                if let Some(budget) = self.begin_wait() {
+                    let budget = deadline.map_or(budget, |d| {
+                        budget.min(d.saturating_duration_since(Instant::now()))
+                    });
+                    if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
+                        break;
                     }
-                    None => self.waiting = Waiting::Parked(Instant::now()),
                 }
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
@@ -1436,6 +1456,139 @@ mod tests {
             assert_eq!(after.as_deref(), Some(&b"after"[..]));
             flushing.join().unwrap();
         });
+    }
+
+    fn send_frame(tx: &mut RawSender, payload: &[u8]) {
+        tx.push(|buf| {
+            buf.extend_from_slice(payload);
+            Ok(Vec::new())
+        })
+        .unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+    }
+
+    fn poll_once(rx: &mut RawReceiver) -> Poll<Result<Option<Vec<u8>>, RecvError>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        rx.poll_recv_with(&mut cx, |bytes, _| bytes.to_vec())
+    }
+
+    /// Receives one frame on the runtime (the reactor runs while it waits), or panics.
+    async fn recv_frame(rx: &mut RawReceiver) -> Vec<u8> {
+        let receiving = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+        tokio::time::timeout(Duration::from_secs(10), receiving)
+            .await
+            .expect("no frame within 10 s")
+            .unwrap()
+            .expect("end-of-stream instead of a frame")
+    }
+
+    /// A receiver spins only while an answer to something its socket sent may be on the way:
+    /// not before anything was sent, not after the answer came; and a spin that finds nothing
+    /// counts as a failure for the policy.
+    #[test]
+    fn receivers_spin_only_when_an_answer_is_due() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = socket_pair().unwrap();
+            let (mut tx_a, mut rx_a) = split(a).unwrap();
+            let (mut tx_b, _rx_b) = split(b).unwrap();
+
+            // Nothing sent: park at once, the policy untouched.
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.waiting, Waiting::Untimed);
+            assert_eq!(rx_a.spin.failures(), 0);
+
+            // A request goes out, but the wait in progress already chose to park.
+            send_frame(&mut tx_a, b"request");
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.failures(), 0);
+
+            // The answer ends that wait; a wait after the answer does not spin either.
+            send_frame(&mut tx_b, b"answer");
+            assert_eq!(recv_frame(&mut rx_a).await, b"answer");
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.failures(), 0);
+
+            // A new request, then a wait: it spins, and nothing comes.
+            send_frame(&mut tx_b, b"notice");
+            assert_eq!(recv_frame(&mut rx_a).await, b"notice");
+            send_frame(&mut tx_a, b"request");
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.failures(), 1);
+            assert!(!rx_a.spin.spins_next(), "a failed spin backs off");
+            // Being polled again in the same wait does not spin again.
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.failures(), 1);
+
+            // The data that arrives while parked is delivered as usual.
+            send_frame(&mut tx_b, b"late");
+            assert_eq!(recv_frame(&mut rx_a).await, b"late");
+        });
+    }
+
+    /// A blocking receive never spins past its deadline: with the deadline already gone it
+    /// returns at once, without counting a failed spin.
+    #[test]
+    fn blocking_spins_stop_at_the_deadline() {
+        let (a, _b) = socket_pair().unwrap();
+        let (mut tx, mut rx) = split(a).unwrap();
+        send_frame(&mut tx, b"request");
+        let got = rx
+            .blocking_recv_with(Some(Instant::now()), |bytes, _| bytes.to_vec())
+            .unwrap();
+        assert!(matches!(got, TryRecv::Empty), "{got:?}");
+        assert_eq!(rx.spin.failures(), 0);
+    }
+
+    /// Answers and end-of-stream reach a receiver that spins for them, blocking or async.
+    #[test]
+    fn spinning_receivers_get_answers_and_end_of_stream() {
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx_a, mut rx_a) = split(a).unwrap();
+        let (mut tx_b, mut rx_b) = split(b).unwrap();
+        let echo = std::thread::spawn(move || {
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            for i in 0..=200 {
+                match rx_b.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                    Ok(TryRecv::Frame(bytes)) if i < 200 => send_frame(&mut tx_b, &bytes),
+                    // The last request is not answered: closing both directions is.
+                    Ok(TryRecv::Frame(_)) => {}
+                    other => panic!("echo: {other:?}"),
+                }
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..200u32 {
+                send_frame(&mut tx_a, &i.to_le_bytes());
+                let got = if i % 2 == 0 {
+                    let deadline = Some(Instant::now() + Duration::from_secs(10));
+                    match rx_a.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                        Ok(TryRecv::Frame(bytes)) => bytes,
+                        other => panic!("answer {i}: {other:?}"),
+                    }
+                } else {
+                    recv_frame(&mut rx_a).await
+                };
+                assert_eq!(got, i.to_le_bytes());
+            }
+            // A last request that is never answered: the peer closes instead.
+            send_frame(&mut tx_a, b"unanswered");
+            let receiving =
+                std::future::poll_fn(|cx| rx_a.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+            let end = tokio::time::timeout(Duration::from_secs(10), receiving)
+                .await
+                .expect("end-of-stream never came");
+            assert!(matches!(end, Ok(None)), "{end:?}");
+        });
+        echo.join().unwrap();
     }
 
     #[test]

@@ -75,8 +75,14 @@ impl SpinPolicy {
 
     /// Whether the next wait spins.
     #[cfg(test)]
-    fn spins_next(&self) -> bool {
+    pub(crate) fn spins_next(&self) -> bool {
         self.skip == 0
+    }
+
+    /// Failed spins since the last one that caught data.
+    #[cfg(test)]
+    pub(crate) fn failures(&self) -> u32 {
+        self.fails
     }
 }
 
