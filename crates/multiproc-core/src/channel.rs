@@ -1029,11 +1029,11 @@ impl RawReceiver {
         loop {
             std::thread::yield_now();
             if attempt(self)? {
-                self.spin.spun(true);
+                self.spin.spun(Some(start.elapsed()));
                 return Ok(true);
             }
             if start.elapsed() >= budget {
-                self.spin.spun(false);
+                self.spin.spun(None);
                 self.waiting = Waiting::Untimed;
                 return Ok(false);
             }

@@ -12,7 +12,9 @@
 //! - a wait spins for at most [`SPIN_BUDGET`];
 //! - a spin that runs out of budget makes the next waits park at once: 1, then 3, 7, ... up to
 //!   [`MAX_SKIP`] of them, doubling with each failed spin in a row;
-//! - a spin that catches the data forgets the failures;
+//! - a spin that catches the data within the budget forgets the failures; one that catches it
+//!   later (a yield can hand the CPU to another busy process for a whole time slice) counts as
+//!   a failure;
 //! - a parked wait that turned out short (data within the budget, wake-up included) halves the
 //!   number of waits still to skip, so a receiver that fell back to parking (a stall, an idle
 //!   period) returns to spinning soon once a quick exchange resumes.
@@ -53,9 +55,10 @@ impl SpinPolicy {
         }
     }
 
-    /// A spin ended: `caught` when data arrived within the budget.
-    pub(crate) fn spun(&mut self, caught: bool) {
-        if caught {
+    /// A spin ended: `caught_after` is how long it took to catch data, `None` when it ran out
+    /// of budget.
+    pub(crate) fn spun(&mut self, caught_after: Option<Duration>) {
+        if caught_after.is_some_and(|t| t <= SPIN_BUDGET) {
             self.fails = 0;
             self.skip = 0;
         } else {
@@ -109,7 +112,7 @@ mod tests {
         let mut policy = SpinPolicy::new();
         for _ in 0..1000 {
             assert_eq!(policy.begin_wait(), Some(SPIN_BUDGET));
-            policy.spun(true);
+            policy.spun(Some(SHORT));
         }
     }
 
@@ -119,7 +122,7 @@ mod tests {
         let mut skipped = Vec::new();
         for _ in 0..12 {
             assert_eq!(policy.begin_wait(), Some(SPIN_BUDGET));
-            policy.spun(false);
+            policy.spun(None);
             skipped.push(parks_before_next_spin(&mut policy, LONG));
         }
         assert_eq!(
@@ -130,13 +133,25 @@ mod tests {
     }
 
     #[test]
+    fn a_catch_after_the_budget_is_a_failure() {
+        let mut policy = SpinPolicy::new();
+        assert!(policy.begin_wait().is_some());
+        policy.spun(Some(SPIN_BUDGET));
+        assert!(policy.spins_next(), "caught just in time");
+        assert!(policy.begin_wait().is_some());
+        policy.spun(Some(LONG));
+        assert_eq!(policy.failures(), 1);
+        assert_eq!(parks_before_next_spin(&mut policy, LONG), 1);
+    }
+
+    #[test]
     fn backoff_survives_overflowing_failure_counts() {
         let mut policy = SpinPolicy {
             fails: u32::MAX - 1,
             skip: 0,
         };
-        policy.spun(false);
-        policy.spun(false);
+        policy.spun(None);
+        policy.spun(None);
         assert_eq!(policy.skip, MAX_SKIP);
     }
 
@@ -145,15 +160,15 @@ mod tests {
         let mut policy = SpinPolicy::new();
         for _ in 0..6 {
             assert!(policy.begin_wait().is_some());
-            policy.spun(false);
+            policy.spun(None);
             parks_before_next_spin(&mut policy, LONG);
         }
         assert!(policy.begin_wait().is_some());
-        policy.spun(true);
+        policy.spun(Some(SHORT));
         assert!(policy.spins_next());
         // The next failure starts the backoff from the beginning.
         assert!(policy.begin_wait().is_some());
-        policy.spun(false);
+        policy.spun(None);
         assert_eq!(parks_before_next_spin(&mut policy, LONG), 1);
     }
 
@@ -162,12 +177,12 @@ mod tests {
         let mut policy = SpinPolicy::new();
         for _ in 0..20 {
             assert!(policy.begin_wait().is_some());
-            policy.spun(false);
+            policy.spun(None);
             parks_before_next_spin(&mut policy, LONG);
         }
         // Fully backed off: long waits keep it parking for MAX_SKIP waits...
         assert!(policy.begin_wait().is_some());
-        policy.spun(false);
+        policy.spun(None);
         assert_eq!(parks_before_next_spin(&mut policy.clone(), LONG), MAX_SKIP);
         // ...while short ones halve what is left each time.
         assert_eq!(parks_before_next_spin(&mut policy, SHORT), 8);
@@ -176,8 +191,8 @@ mod tests {
     #[test]
     fn a_wait_of_exactly_the_budget_counts_as_short() {
         let mut policy = SpinPolicy::new();
-        policy.spun(false);
-        policy.spun(false);
+        policy.spun(None);
+        policy.spun(None);
         assert_eq!(policy.skip, 3);
         assert!(policy.begin_wait().is_none());
         policy.parked(SPIN_BUDGET);
@@ -197,7 +212,7 @@ mod tests {
             match policy.begin_wait() {
                 Some(_) => {
                     spins += 1;
-                    policy.spun(false);
+                    policy.spun(None);
                 }
                 None => policy.parked(LONG),
             }
