@@ -17,16 +17,18 @@
 //!   receiver that fell back to parking returns to spinning soon once a quick exchange resumes.
 //! - **contended**: one step (a yield and a read) took longer than [`SLOW_STEP`]. On a CPU
 //!   shared with another busy process a yield gives that process the rest of a time slice
-//!   (milliseconds under Linux's EEVDF scheduler), which is far worse than parking. No receiver
-//!   of the process spins for a while: [`COOLDOWN_MIN`], doubling with each contended spin in a
-//!   row up to [`COOLDOWN_MAX`], so a permanently busy CPU costs at most one slow yield per
-//!   `COOLDOWN_MAX`. The CPU is the process's, not a channel's, hence one [`CpuContention`]
-//!   for all receivers.
+//!   (milliseconds under Linux's EEVDF scheduler), which is far worse than parking. One slow
+//!   step can also be noise (an interrupt, the hypervisor running another guest), so the first
+//!   contended spin only raises suspicion; a second one in a row (no quick spin between) turns
+//!   spinning off for every receiver of the process for [`COOLDOWN_MIN`], doubling with each
+//!   further contended spin up to [`COOLDOWN_MAX`]. A permanently busy CPU then costs at most
+//!   two slow yields per `COOLDOWN_MAX`. The CPU is the process's, not a channel's, hence one
+//!   [`CpuContention`] for all receivers.
 //!
 //! The policy is pure bookkeeping; the caller measures time and does the trying.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a receiver spins before it parks.
@@ -63,8 +65,10 @@ pub(crate) struct CpuContention {
     epoch: Instant,
     /// Nanoseconds after `epoch` until which nobody spins.
     until_ns: AtomicU64,
-    /// Contended spins in a row (the cooldown doubles with each).
+    /// Cooldowns in a row (each doubles the next).
     streak: AtomicU32,
+    /// The last spin was contended: the next contended one confirms it.
+    suspect: AtomicBool,
 }
 
 impl CpuContention {
@@ -74,6 +78,7 @@ impl CpuContention {
             epoch: Instant::now(),
             until_ns: AtomicU64::new(0),
             streak: AtomicU32::new(0),
+            suspect: AtomicBool::new(false),
         }
     }
 
@@ -95,16 +100,23 @@ impl CpuContention {
         self.ns(now) < self.until_ns.load(Ordering::Relaxed)
     }
 
-    /// A spin found the CPU contended at `now`: turn spinning off for the next cooldown.
+    /// A spin found the CPU contended at `now`: if the previous spin did too, turn spinning off
+    /// for the next cooldown.
     fn contended(&self, now: Instant) {
+        if !self.suspect.swap(true, Ordering::Relaxed) {
+            return;
+        }
         let streak = self.streak.fetch_add(1, Ordering::Relaxed).min(16);
         let cooldown = COOLDOWN_MIN.saturating_mul(1 << streak).min(COOLDOWN_MAX);
         let until = self.ns(now).saturating_add(cooldown.as_nanos() as u64);
         self.until_ns.fetch_max(until, Ordering::Relaxed);
     }
 
-    /// A spin went through with quick steps: the next contention starts a short cooldown.
+    /// A spin went through with quick steps: forget suspicion and cooldowns.
     fn uncontended(&self) {
+        if self.suspect.load(Ordering::Relaxed) {
+            self.suspect.store(false, Ordering::Relaxed);
+        }
         if self.streak.load(Ordering::Relaxed) != 0 {
             self.streak.store(0, Ordering::Relaxed);
         }
@@ -320,8 +332,9 @@ mod tests {
         assert!(spins <= 8 + waits / (MAX_SKIP + 1) + 1, "{spins} spins");
     }
 
-    /// A contended spin turns spinning off for every receiver of the process until the cooldown
-    /// ends; contended spins in a row double it, up to the cap.
+    /// One contended spin alone is taken for noise; a second in a row turns spinning off for
+    /// every receiver of the process until the cooldown ends, and further ones double it, up to
+    /// the cap.
     #[test]
     fn contention_turns_spinning_off_for_a_doubling_cooldown() {
         let cpu = CpuContention::new();
@@ -330,6 +343,9 @@ mod tests {
         let t0 = Instant::now();
         assert!(a.begin_wait(t0, &cpu).is_some());
         a.spun(Spin::Contended, t0, &cpu);
+        assert!(!cpu.cooling(t0), "one slow step is not enough");
+        assert!(b.begin_wait(t0, &cpu).is_some());
+        b.spun(Spin::Contended, t0, &cpu);
         let mut expected = COOLDOWN_MIN;
         let mut start = t0;
         for round in 0..10 {
@@ -352,7 +368,7 @@ mod tests {
     }
 
     #[test]
-    fn a_quick_spin_resets_the_cooldown() {
+    fn a_quick_spin_clears_suspicion_and_resets_the_cooldown() {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
         let mut now = Instant::now();
@@ -361,15 +377,20 @@ mod tests {
             now += COOLDOWN_MAX;
         }
         assert!(!cpu.cooling(now));
-        assert!(policy.begin_wait(now, &cpu).is_some());
+        // Slow, quick, slow: noise, not contention.
         policy.spun(Spin::Missed, now, &cpu);
+        policy.spun(Spin::Contended, now, &cpu);
+        policy.spun(Spin::Caught(SHORT), now, &cpu);
+        policy.spun(Spin::Contended, now, &cpu);
+        assert!(!cpu.cooling(now));
+        // A second slow one in a row starts the shortest cooldown again.
         policy.spun(Spin::Contended, now, &cpu);
         assert!(cpu.cooling(now + COOLDOWN_MIN - Duration::from_nanos(1)));
         assert!(!cpu.cooling(now + COOLDOWN_MIN));
     }
 
     /// Under a permanently contended CPU, spins (each costing a slow yield) become rare: at most
-    /// one per `COOLDOWN_MAX` once the cooldown has grown.
+    /// two per `COOLDOWN_MAX` once the cooldown has grown.
     #[test]
     fn a_busy_cpu_costs_few_spins() {
         let cpu = CpuContention::new();
@@ -384,7 +405,8 @@ mod tests {
             }
             now += Duration::from_micros(20);
         }
-        // Spins at 0, 50 ms, 150, 350 and 750 ms, then one per 0.8 s.
-        assert!(spins <= 5 + 60_000 / 800, "{spins} spins");
+        // Spins at 0 and 20 us (confirmed: 50 ms cooldown), then 50 ms, 150, 350 and 750 ms,
+        // then one per 0.8 s: suspicion is never cleared, as no spin is quick.
+        assert!(spins <= 6 + 60_000 / 800, "{spins} spins");
     }
 }
