@@ -17,18 +17,21 @@
 //!   receiver that fell back to parking returns to spinning soon once a quick exchange resumes.
 //! - **contended**: one step (a yield and a read) took longer than [`SLOW_STEP`]. On a CPU
 //!   shared with another busy process a yield gives that process the rest of a time slice
-//!   (milliseconds under Linux's EEVDF scheduler), which is far worse than parking. One slow
-//!   step can also be noise (an interrupt, the hypervisor running another guest), so the first
-//!   contended spin only raises suspicion; a second one in a row (no quick spin between) turns
-//!   spinning off for every receiver of the process for [`COOLDOWN_MIN`], doubling with each
-//!   further contended spin up to [`COOLDOWN_MAX`]. A permanently busy CPU then costs at most
-//!   two slow yields per `COOLDOWN_MAX`. The CPU is the process's, not a channel's, hence one
-//!   [`CpuContention`] for all receivers.
+//!   (milliseconds under Linux's EEVDF scheduler), which is far worse than parking; and every
+//!   yield, quick or not, gives it a larger share of the CPU. So no receiver of the process
+//!   spins for a cooldown: [`COOLDOWN_MIN`] at first, as a single slow step is often a burst
+//!   (a peer starting up, an interrupt, the hypervisor running another guest), and four times
+//!   longer each time contention is found again within [`RECENT`] of the previous cooldown's
+//!   end, up to [`COOLDOWN_MAX`]. Quick spins in between do not count as evidence of a free
+//!   CPU (with a busy process beside them, some yields still happen to run the peer); only
+//!   `RECENT` without contention does. A permanently busy CPU thus costs about one slow yield
+//!   per `COOLDOWN_MAX` after its first second. The CPU is the process's, not a channel's,
+//!   hence one [`CpuContention`] for all receivers.
 //!
 //! The policy is pure bookkeeping; the caller measures time and does the trying.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a receiver spins before it parks.
@@ -42,11 +45,18 @@ pub(crate) const SLOW_STEP: Duration = Duration::from_micros(200);
 /// Most waits in a row that park without spinning after repeated missed spins.
 pub(crate) const MAX_SKIP: u32 = 255;
 
-/// How long no receiver spins after a contended spin.
-pub(crate) const COOLDOWN_MIN: Duration = Duration::from_millis(50);
+/// How long no receiver spins after contention is found.
+pub(crate) const COOLDOWN_MIN: Duration = Duration::from_millis(5);
 
-/// The longest cooldown, reached after contended spins in a row.
+/// Contention found again soon after a cooldown multiplies the next one by this.
+const COOLDOWN_GROWTH: u32 = 4;
+
+/// The longest cooldown.
 pub(crate) const COOLDOWN_MAX: Duration = Duration::from_millis(800);
+
+/// Contention found within this time after a cooldown ended makes the next cooldown longer;
+/// after this long without contention, the next cooldown is the shortest again.
+pub(crate) const RECENT: Duration = Duration::from_secs(1);
 
 /// How a spin ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,12 +73,10 @@ pub(crate) enum Spin {
 #[derive(Debug)]
 pub(crate) struct CpuContention {
     epoch: Instant,
-    /// Nanoseconds after `epoch` until which nobody spins.
+    /// Nanoseconds after `epoch` until which nobody spins (0: never contended).
     until_ns: AtomicU64,
-    /// Cooldowns in a row (each doubles the next).
+    /// Cooldowns in a row, each started within `RECENT` of the previous one's end.
     streak: AtomicU32,
-    /// The last spin was contended: the next contended one confirms it.
-    suspect: AtomicBool,
 }
 
 impl CpuContention {
@@ -78,7 +86,6 @@ impl CpuContention {
             epoch: Instant::now(),
             until_ns: AtomicU64::new(0),
             streak: AtomicU32::new(0),
-            suspect: AtomicBool::new(false),
         }
     }
 
@@ -100,26 +107,25 @@ impl CpuContention {
         self.ns(now) < self.until_ns.load(Ordering::Relaxed)
     }
 
-    /// A spin found the CPU contended at `now`: if the previous spin did too, turn spinning off
-    /// for the next cooldown.
+    /// A spin found the CPU contended at `now`: turn spinning off for a cooldown, longer if
+    /// the previous one ended recently.
     fn contended(&self, now: Instant) {
-        if !self.suspect.swap(true, Ordering::Relaxed) {
-            return;
-        }
-        let streak = self.streak.fetch_add(1, Ordering::Relaxed).min(16);
-        let cooldown = COOLDOWN_MIN.saturating_mul(1 << streak).min(COOLDOWN_MAX);
-        let until = self.ns(now).saturating_add(cooldown.as_nanos() as u64);
-        self.until_ns.fetch_max(until, Ordering::Relaxed);
-    }
-
-    /// A spin went through with quick steps: forget suspicion and cooldowns.
-    fn uncontended(&self) {
-        if self.suspect.load(Ordering::Relaxed) {
-            self.suspect.store(false, Ordering::Relaxed);
-        }
-        if self.streak.load(Ordering::Relaxed) != 0 {
+        let now_ns = self.ns(now);
+        let last_end = self.until_ns.load(Ordering::Relaxed);
+        let recent = last_end != 0 && now_ns < last_end.saturating_add(RECENT.as_nanos() as u64);
+        let streak = if recent {
+            self.streak
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
             self.streak.store(0, Ordering::Relaxed);
-        }
+            0
+        };
+        let cooldown = COOLDOWN_MIN
+            .saturating_mul(COOLDOWN_GROWTH.saturating_pow(streak.min(16)))
+            .min(COOLDOWN_MAX);
+        let until = now_ns.saturating_add(cooldown.as_nanos() as u64);
+        self.until_ns.fetch_max(until, Ordering::Relaxed);
     }
 }
 
@@ -130,12 +136,20 @@ pub(crate) struct SpinPolicy {
     misses: u32,
     /// Waits still to park without spinning.
     skip: u32,
+    /// How the last spin ended.
+    #[cfg(test)]
+    last: Option<Spin>,
 }
 
 impl SpinPolicy {
     /// A policy that spins at its first wait.
     pub(crate) const fn new() -> Self {
-        Self { misses: 0, skip: 0 }
+        Self {
+            misses: 0,
+            skip: 0,
+            #[cfg(test)]
+            last: None,
+        }
     }
 
     /// A wait begins at `now`: how long to spin first, or `None` to park at once (then report
@@ -150,15 +164,17 @@ impl SpinPolicy {
 
     /// A spin ended at `now`, as `how`.
     pub(crate) fn spun(&mut self, how: Spin, now: Instant, cpu: &CpuContention) {
+        #[cfg(test)]
+        {
+            self.last = Some(how);
+        }
         match how {
             Spin::Contended => cpu.contended(now),
             Spin::Caught(after) if after <= SPIN_BUDGET => {
-                cpu.uncontended();
                 self.misses = 0;
                 self.skip = 0;
             }
             Spin::Caught(_) | Spin::Missed => {
-                cpu.uncontended();
                 self.misses = self.misses.saturating_add(1);
                 self.skip = 1u32
                     .checked_shl(self.misses)
@@ -184,6 +200,12 @@ impl SpinPolicy {
     #[cfg(test)]
     pub(crate) fn misses(&self) -> u32 {
         self.misses
+    }
+
+    /// How the last spin ended, if there was one.
+    #[cfg(test)]
+    pub(crate) fn last(&self) -> Option<Spin> {
+        self.last
     }
 }
 
@@ -246,7 +268,7 @@ mod tests {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy {
             misses: u32::MAX - 1,
-            skip: 0,
+            ..SpinPolicy::new()
         };
         policy.spun(Spin::Missed, Instant::now(), &cpu);
         policy.spun(Spin::Missed, Instant::now(), &cpu);
@@ -332,20 +354,17 @@ mod tests {
         assert!(spins <= 8 + waits / (MAX_SKIP + 1) + 1, "{spins} spins");
     }
 
-    /// One contended spin alone is taken for noise; a second in a row turns spinning off for
-    /// every receiver of the process until the cooldown ends, and further ones double it, up to
-    /// the cap.
+    /// Contention turns spinning off for every receiver of the process until the cooldown
+    /// ends; found again soon after, it makes the next cooldown four times longer, up to the
+    /// cap, whatever quick spins happened in between.
     #[test]
-    fn contention_turns_spinning_off_for_a_doubling_cooldown() {
+    fn contention_turns_spinning_off_for_a_growing_cooldown() {
         let cpu = CpuContention::new();
         let mut a = SpinPolicy::new();
         let mut b = SpinPolicy::new();
         let t0 = Instant::now();
         assert!(a.begin_wait(t0, &cpu).is_some());
         a.spun(Spin::Contended, t0, &cpu);
-        assert!(!cpu.cooling(t0), "one slow step is not enough");
-        assert!(b.begin_wait(t0, &cpu).is_some());
-        b.spun(Spin::Contended, t0, &cpu);
         let mut expected = COOLDOWN_MIN;
         let mut start = t0;
         for round in 0..10 {
@@ -360,15 +379,22 @@ mod tests {
                 Some(SPIN_BUDGET),
                 "round {round}"
             );
-            b.spun(Spin::Contended, after, &cpu);
-            start = after;
-            expected = (expected * 2).min(COOLDOWN_MAX);
+            b.spun(Spin::Caught(SHORT), after, &cpu);
+            let later = after + RECENT / 2;
+            assert_eq!(
+                a.begin_wait(later, &cpu),
+                Some(SPIN_BUDGET),
+                "round {round}"
+            );
+            a.spun(Spin::Contended, later, &cpu);
+            start = later;
+            expected = (expected * COOLDOWN_GROWTH).min(COOLDOWN_MAX);
         }
         assert_eq!(expected, COOLDOWN_MAX);
     }
 
     #[test]
-    fn a_quick_spin_clears_suspicion_and_resets_the_cooldown() {
+    fn a_quiet_spell_brings_the_shortest_cooldown_back() {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
         let mut now = Instant::now();
@@ -376,21 +402,23 @@ mod tests {
             policy.spun(Spin::Contended, now, &cpu);
             now += COOLDOWN_MAX;
         }
-        assert!(!cpu.cooling(now));
-        // Slow, quick, slow: noise, not contention.
-        policy.spun(Spin::Missed, now, &cpu);
-        policy.spun(Spin::Contended, now, &cpu);
-        policy.spun(Spin::Caught(SHORT), now, &cpu);
-        policy.spun(Spin::Contended, now, &cpu);
-        assert!(!cpu.cooling(now));
-        // A second slow one in a row starts the shortest cooldown again.
-        policy.spun(Spin::Contended, now, &cpu);
-        assert!(cpu.cooling(now + COOLDOWN_MIN - Duration::from_nanos(1)));
-        assert!(!cpu.cooling(now + COOLDOWN_MIN));
+        assert!(!cpu.cooling(now + RECENT));
+        // Within RECENT of the last cooldown's end: longer again.
+        policy.spun(
+            Spin::Contended,
+            now + RECENT - Duration::from_millis(1),
+            &cpu,
+        );
+        assert!(cpu.cooling(now + RECENT + COOLDOWN_MIN));
+        // After a quiet RECENT: the shortest.
+        let quiet = now + RECENT + COOLDOWN_MAX + RECENT;
+        policy.spun(Spin::Contended, quiet, &cpu);
+        assert!(cpu.cooling(quiet + COOLDOWN_MIN - Duration::from_nanos(1)));
+        assert!(!cpu.cooling(quiet + COOLDOWN_MIN));
     }
 
-    /// Under a permanently contended CPU, spins (each costing a slow yield) become rare: at most
-    /// two per `COOLDOWN_MAX` once the cooldown has grown.
+    /// Under a permanently contended CPU, spins (each costing a slow yield) become rare: one per
+    /// `COOLDOWN_MAX` once the cooldown has grown.
     #[test]
     fn a_busy_cpu_costs_few_spins() {
         let cpu = CpuContention::new();
@@ -405,8 +433,7 @@ mod tests {
             }
             now += Duration::from_micros(20);
         }
-        // Spins at 0 and 20 us (confirmed: 50 ms cooldown), then 50 ms, 150, 350 and 750 ms,
-        // then one per 0.8 s: suspicion is never cleared, as no spin is quick.
-        assert!(spins <= 6 + 60_000 / 800, "{spins} spins");
+        // Spins at 0, 5 ms, 25, 105 and 425 ms, then one per 0.8 s.
+        assert!(spins <= 5 + 60_000 / 800, "{spins} spins");
     }
 }
