@@ -38,9 +38,10 @@ use std::time::{Duration, Instant};
 pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
 /// A spin step (yield, then read) longer than this means the yield ran someone else for long:
-/// the CPU is contended. Between a peer's turnaround (microseconds) and a scheduler time slice
-/// given to a busy process (0.75 ms and more).
-pub(crate) const SLOW_STEP: Duration = Duration::from_micros(200);
+/// the CPU is contended. Above a peer's turnaround (microseconds, or some hundreds while a child
+/// starts up) and at the low end of what a yield to a busy process takes (the rest of its time
+/// slice, 1 to 8 ms measured with a 250 Hz kernel).
+pub(crate) const SLOW_STEP: Duration = Duration::from_millis(1);
 
 /// Most waits in a row that park without spinning after repeated missed spins.
 pub(crate) const MAX_SKIP: u32 = 255;
