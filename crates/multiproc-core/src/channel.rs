@@ -604,6 +604,15 @@ impl Payload<'_> {
 const DIRECT_MIN: usize = READ_CHUNK;
 
 /// The receiving half of an untyped channel.
+///
+/// # Waiting
+/// A receive that finds nothing parks (tokio's reactor, or `poll(2)` on the blocking path),
+/// except when an answer is due: if the socket sent something since data last arrived, the
+/// receiver first yields the CPU and retries the socket for up to 50 us, which spares a sleep
+/// and a wake-up when the peer answers within that time. The spinning adapts: it backs off per
+/// receiver while it finds nothing, and stops for the whole process while the CPU is busy with
+/// other processes. So a receive may hold its thread (and, on tokio, the thread's other tasks)
+/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`.
 pub struct RawReceiver {
     socket: Arc<Socket>,
     /// Initialised storage; `buf[start..end]` holds unread bytes.
