@@ -12,12 +12,13 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
 use crate::frame::{HEADER_LEN, Header};
 use crate::socket::Socket;
+use crate::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 
 /// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
@@ -74,7 +75,7 @@ impl Outbox {
     }
 
     /// One `sendmsg`: bytes up to the next descriptor attachment, with the attachment due here.
-    fn write_once(&mut self, socket: BorrowedFd<'_>) -> io::Result<()> {
+    fn write_once(&mut self, socket: &Socket) -> io::Result<()> {
         let (end, fds_here) = match self.attach.front() {
             Some((offset, fds)) if *offset == self.pos => {
                 let chunk = fds.len().min(MAX_FDS_PER_SENDMSG);
@@ -97,8 +98,9 @@ impl Outbox {
                 }
                 _ => Vec::new(),
             };
-            sys::send_with_fds(socket, &self.buf[self.pos..end], &borrowed)?
+            sys::send_with_fds(socket.as_fd(), &self.buf[self.pos..end], &borrowed)?
         };
+        socket.note_sent();
         if fds_here > 0 {
             // The kernel took the descriptors with the first byte; our copies can close.
             let (offset, fds) = self.attach.front_mut().expect("attachment vanished");
@@ -231,7 +233,7 @@ impl RawSender {
             if self.outbox.is_empty() {
                 return Poll::Ready(Ok(()));
             }
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -245,7 +247,7 @@ impl RawSender {
                 Ok(g) => g,
                 Err(e) => return Poll::Ready(Err(self.fail(e))),
             };
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -263,7 +265,7 @@ impl RawSender {
             if self.outbox.is_empty() {
                 return Ok(true);
             }
-            match self.outbox.write_once(self.socket.as_fd()) {
+            match self.outbox.write_once(&self.socket) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -314,6 +316,7 @@ impl RawSender {
             let parts = [IoSlice::new(&bytes[*written - HEADER_LEN..])];
             sys::send_vectored(self.socket.as_fd(), &parts)?
         };
+        self.socket.note_sent();
         *written += n;
         Ok(())
     }
@@ -501,7 +504,7 @@ impl Drop for RawSender {
         }
         // One non-blocking attempt first: the common case finishes here.
         while !self.outbox.is_empty() {
-            if self.outbox.write_once(self.socket.as_fd()).is_err() {
+            if self.outbox.write_once(&self.socket).is_err() {
                 break;
             }
         }
@@ -601,6 +604,15 @@ impl Payload<'_> {
 const DIRECT_MIN: usize = READ_CHUNK;
 
 /// The receiving half of an untyped channel.
+///
+/// # Waiting
+/// A receive that finds nothing parks (tokio's reactor, or `poll(2)` on the blocking path),
+/// except when an answer is due: if the socket sent something since data last arrived, the
+/// receiver first yields the CPU and retries the socket for up to 50 us, which spares a sleep
+/// and a wake-up when the peer answers within that time. The spinning adapts: it backs off per
+/// receiver while it finds nothing, and stops for the whole process while the CPU is busy with
+/// other processes. So a receive may hold its thread (and, on tokio, the thread's other tasks)
+/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`.
 pub struct RawReceiver {
     socket: Arc<Socket>,
     /// Initialised storage; `buf[start..end]` holds unread bytes.
@@ -616,6 +628,22 @@ pub struct RawReceiver {
     /// A fatal error was reported; from now on the end is at end-of-stream.
     dead: bool,
     limit: usize,
+    /// Whether waits spin before they park.
+    spin: SpinPolicy,
+    /// The wait in progress, if any: it lasts until a read returns something.
+    waiting: Waiting,
+}
+
+/// Where a receiver is in a wait for data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Waiting {
+    /// Not waiting: the last read returned something.
+    No,
+    /// Parked, since then, where the spin policy chose not to spin: the wait's length tells it
+    /// whether spinning would have paid.
+    Timed(Instant),
+    /// Parked after a spin that ran out of budget, or with no answer due.
+    Untimed,
 }
 
 impl RawReceiver {
@@ -639,6 +667,8 @@ impl RawReceiver {
             eof: false,
             dead: false,
             limit: DEFAULT_MAX_MESSAGE_SIZE,
+            spin: SpinPolicy::new(),
+            waiting: Waiting::No,
         }
     }
 
@@ -858,6 +888,11 @@ impl RawReceiver {
         if got.bytes == 0 {
             self.eof = true;
         }
+        if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
+            self.spin.parked(since.elapsed());
+        }
+        // Whatever was sent before has had its answer, if it wanted one.
+        self.socket.clear_sent();
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
@@ -922,9 +957,16 @@ impl RawReceiver {
                 Ok(r) => r,
                 Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
             };
-            let mut guard = match ready!(registered.poll_read_ready(cx)) {
-                Ok(g) => g,
-                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+            let mut guard = match registered.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+                // Nothing is known to be there: spin for it if that has been paying off, else
+                // park (the registration woken by the reactor is in place either way).
+                Poll::Pending => match self.poll_spin(cx, &next) {
+                    Ok(true) => continue,
+                    Ok(false) => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
             };
             match self.read_once(&next) {
                 // The read drained the socket: drop readiness now instead of paying a failing
@@ -935,6 +977,86 @@ impl RawReceiver {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(self.read_error(e))),
             }
+        }
+    }
+
+    /// A wait for data begins: how long to spin before parking, if at all.
+    ///
+    /// Spinning pays when an answer is due soon, so a receiver spins only if its socket sent
+    /// something since data last arrived and since the previous wait began (a request, or the
+    /// reply that lets the peer send its next request), and the spin policy agrees. A wait
+    /// that follows no such send (a consumer waiting on a stream, a pool driver idle between
+    /// jobs that another task must hand it) parks at once and does not count for the policy.
+    fn begin_wait(&mut self) -> Option<Duration> {
+        if !self.socket.take_sent() {
+            self.waiting = Waiting::Untimed;
+            return None;
+        }
+        let now = Instant::now();
+        let budget = self.spin.begin_wait(now, CpuContention::global());
+        if budget.is_none() {
+            self.waiting = Waiting::Timed(now);
+        }
+        budget
+    }
+
+    /// Spins for data at the start of a wait, if [`begin_wait`](Self::begin_wait) says so:
+    /// yields the CPU (which runs the peer when it shares this CPU) and tries the socket, until
+    /// something arrives or the budget is spent. `Ok(true)` when a read returned something.
+    /// Spins at most once per wait, and only with tokio's cooperative budget left, as a read
+    /// that finds data would use it.
+    fn poll_spin(&mut self, cx: &mut Context<'_>, next: &Next) -> Result<bool, RecvError> {
+        if self.waiting != Waiting::No {
+            // Woken in the middle of a wait that already spun or chose to park.
+            return Ok(false);
+        }
+        let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+            // Out of budget: the task yields first (tokio wakes it), and the wait has not begun.
+            return Ok(false);
+        };
+        let Some(budget) = self.begin_wait() else {
+            return Ok(false);
+        };
+        let caught = self.spin_reads(budget, |rx| match rx.read_once(next) {
+            Ok(_) => Ok(true),
+            Err(e) if nothing_yet(&e) => Ok(false),
+            Err(e) => Err(rx.read_error(e)),
+        })?;
+        if caught {
+            coop.made_progress();
+        }
+        Ok(caught)
+    }
+
+    /// Yields and calls `attempt` until it returns `Ok(true)` or `budget` is spent, and tells
+    /// the spin policy how that went. A slow step (the yield ran another busy process) ends the
+    /// spin at once.
+    fn spin_reads(
+        &mut self,
+        budget: Duration,
+        mut attempt: impl FnMut(&mut Self) -> Result<bool, RecvError>,
+    ) -> Result<bool, RecvError> {
+        let start = Instant::now();
+        let mut step_start = start;
+        loop {
+            std::thread::yield_now();
+            let caught = attempt(self)?;
+            let now = Instant::now();
+            let how = if now - step_start > SLOW_STEP {
+                Spin::Contended
+            } else if caught {
+                Spin::Caught(now - start)
+            } else if now - start >= budget {
+                Spin::Missed
+            } else {
+                step_start = now;
+                continue;
+            };
+            self.spin.spun(how, now, CpuContention::global());
+            if !caught {
+                self.waiting = Waiting::Untimed;
+            }
+            return Ok(caught);
         }
     }
 
@@ -971,13 +1093,33 @@ impl RawReceiver {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
         let mut f = Some(f);
+        let mut out = None;
         loop {
-            let once = |payload: Payload<'_>, fds| {
-                (f.take().expect("frame handler used twice"))(payload, fds)
+            let mut attempt = |rx: &mut Self| {
+                let once = |payload: Payload<'_>, fds| {
+                    (f.take().expect("frame handler used twice"))(payload, fds)
+                };
+                match rx.try_recv_inner(direct_large, once)? {
+                    TryRecv::Empty => Ok(false),
+                    done => {
+                        out = Some(done);
+                        Ok(true)
+                    }
+                }
             };
-            match self.try_recv_inner(direct_large, once)? {
-                TryRecv::Empty => {}
-                done => return Ok(done),
+            if attempt(self)? {
+                break;
+            }
+            if self.waiting == Waiting::No {
+                // A wait begins: spin first if an answer is due, never past `deadline`.
+                if let Some(budget) = self.begin_wait() {
+                    let budget = deadline.map_or(budget, |d| {
+                        budget.min(d.saturating_duration_since(Instant::now()))
+                    });
+                    if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
+                        break;
+                    }
+                }
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
                 Ok(true) => {}
@@ -985,6 +1127,7 @@ impl RawReceiver {
                 Err(e) => return Err(self.fatal(RecvError::Io(e))),
             }
         }
+        Ok(out.expect("a receive that ended has its outcome"))
     }
 
     /// Receives one frame and hands it to `f` (typically a decoder), straight from the buffer.
@@ -1118,6 +1261,14 @@ pub enum TryRecv<R> {
 struct ReadOutcome {
     /// The socket's queue is empty now.
     drained: bool,
+}
+
+/// Whether a failed read only means "nothing there yet".
+fn nothing_yet(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 /// Marker for the kernel dropping descriptors (`MSG_CTRUNC`).
@@ -1414,6 +1565,150 @@ mod tests {
             rx.try_recv_with(|b, _| b.len()),
             Ok(TryRecv::Closed)
         ));
+    }
+
+    fn send_frame(tx: &mut RawSender, payload: &[u8]) {
+        tx.push(|buf| {
+            buf.extend_from_slice(payload);
+            Ok(Vec::new())
+        })
+        .unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+    }
+
+    fn poll_once(rx: &mut RawReceiver) -> Poll<Result<Option<Vec<u8>>, RecvError>> {
+        let waker = futures::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        rx.poll_recv_with(&mut cx, |bytes, _| bytes.to_vec())
+    }
+
+    /// Receives one frame on the runtime (the reactor runs while it waits), or panics.
+    async fn recv_frame(rx: &mut RawReceiver) -> Vec<u8> {
+        let receiving = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+        tokio::time::timeout(Duration::from_secs(10), receiving)
+            .await
+            .expect("no frame within 10 s")
+            .unwrap()
+            .expect("end-of-stream instead of a frame")
+    }
+
+    /// A receiver spins only while an answer to something its socket sent may be on the way:
+    /// not before anything was sent, not after the answer came; and a spin that finds nothing
+    /// counts as a failure for the policy.
+    #[test]
+    fn receivers_spin_only_when_an_answer_is_due() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (a, b) = socket_pair().unwrap();
+            let (mut tx_a, mut rx_a) = split(a).unwrap();
+            let (mut tx_b, _rx_b) = split(b).unwrap();
+
+            // Nothing sent: park at once, the policy untouched.
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.waiting, Waiting::Untimed);
+            assert_eq!(rx_a.spin.misses(), 0);
+
+            // A request goes out, but the wait in progress already chose to park.
+            send_frame(&mut tx_a, b"request");
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.misses(), 0);
+
+            // The answer ends that wait; a wait after the answer does not spin either.
+            send_frame(&mut tx_b, b"answer");
+            assert_eq!(recv_frame(&mut rx_a).await, b"answer");
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.misses(), 0);
+
+            // A new request, then a wait: it spins, and nothing comes. (Unless other processes
+            // keep this CPU busy: then a step is slow, or spinning is off for a while.)
+            send_frame(&mut tx_b, b"notice");
+            assert_eq!(recv_frame(&mut rx_a).await, b"notice");
+            send_frame(&mut tx_a, b"request");
+            let cooling = CpuContention::global().cooling(Instant::now());
+            assert!(poll_once(&mut rx_a).is_pending());
+            match rx_a.spin.last() {
+                Some(Spin::Missed) => {
+                    assert_eq!(rx_a.waiting, Waiting::Untimed);
+                    assert_eq!(rx_a.spin.misses(), 1);
+                    assert!(!rx_a.spin.spins_next(), "a missed spin backs off");
+                }
+                Some(Spin::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
+                None => assert!(cooling, "the wait neither spun nor found the CPU busy"),
+                Some(Spin::Caught(_)) => panic!("caught data nobody sent"),
+            }
+            let misses = rx_a.spin.misses();
+            // Being polled again in the same wait does not spin again.
+            assert!(poll_once(&mut rx_a).is_pending());
+            assert_eq!(rx_a.spin.misses(), misses);
+
+            // The data that arrives while parked is delivered as usual.
+            send_frame(&mut tx_b, b"late");
+            assert_eq!(recv_frame(&mut rx_a).await, b"late");
+        });
+    }
+
+    /// A blocking receive never spins past its deadline: with the deadline already gone it
+    /// returns at once, without counting a failed spin.
+    #[test]
+    fn blocking_spins_stop_at_the_deadline() {
+        let (a, _b) = socket_pair().unwrap();
+        let (mut tx, mut rx) = split(a).unwrap();
+        send_frame(&mut tx, b"request");
+        let got = rx
+            .blocking_recv_with(Some(Instant::now()), |bytes, _| bytes.to_vec())
+            .unwrap();
+        assert!(matches!(got, TryRecv::Empty), "{got:?}");
+        assert_eq!(rx.spin.misses(), 0);
+    }
+
+    /// Answers and end-of-stream reach a receiver that spins for them, blocking or async.
+    #[test]
+    fn spinning_receivers_get_answers_and_end_of_stream() {
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx_a, mut rx_a) = split(a).unwrap();
+        let (mut tx_b, mut rx_b) = split(b).unwrap();
+        let echo = std::thread::spawn(move || {
+            let deadline = Some(Instant::now() + Duration::from_secs(10));
+            for i in 0..=200 {
+                match rx_b.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                    Ok(TryRecv::Frame(bytes)) if i < 200 => send_frame(&mut tx_b, &bytes),
+                    // The last request is not answered: closing both directions is.
+                    Ok(TryRecv::Frame(_)) => {}
+                    other => panic!("echo: {other:?}"),
+                }
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            for i in 0..200u32 {
+                send_frame(&mut tx_a, &i.to_le_bytes());
+                let got = if i % 2 == 0 {
+                    let deadline = Some(Instant::now() + Duration::from_secs(10));
+                    match rx_a.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                        Ok(TryRecv::Frame(bytes)) => bytes,
+                        other => panic!("answer {i}: {other:?}"),
+                    }
+                } else {
+                    recv_frame(&mut rx_a).await
+                };
+                assert_eq!(got, i.to_le_bytes());
+            }
+            // A last request that is never answered: the peer closes instead.
+            send_frame(&mut tx_a, b"unanswered");
+            let receiving =
+                std::future::poll_fn(|cx| rx_a.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+            let end = tokio::time::timeout(Duration::from_secs(10), receiving)
+                .await
+                .expect("end-of-stream never came");
+            assert!(matches!(end, Ok(None)), "{end:?}");
+        });
+        echo.join().unwrap();
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod remote_fn;
 pub mod shm;
 mod socket;
 pub mod spawner;
+mod spin;
 mod sys;
 
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};

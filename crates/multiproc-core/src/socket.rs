@@ -10,6 +10,7 @@
 
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use tokio::io::Interest;
@@ -24,6 +25,9 @@ pub(crate) struct Socket {
     read: OnceLock<AsyncFd<SharedFd>>,
     write: OnceLock<AsyncFd<SharedFd>>,
     register_lock: Mutex<()>,
+    /// Bytes were written since the receiving half last read something or began a wait: an
+    /// answer may be on its way (see `RawReceiver`'s spinning).
+    sent: AtomicBool,
     fd: SharedFd,
 }
 
@@ -33,12 +37,32 @@ impl Socket {
             read: OnceLock::new(),
             write: OnceLock::new(),
             register_lock: Mutex::new(()),
+            sent: AtomicBool::new(false),
             fd,
         }
     }
 
     pub(crate) fn shared_fd(&self) -> &SharedFd {
         &self.fd
+    }
+
+    /// Records that bytes were written to the socket.
+    pub(crate) fn note_sent(&self) {
+        // Only a hint for the receiving half: no ordering with anything else is needed.
+        self.sent.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether bytes were written since the last call or [`clear_sent`](Self::clear_sent);
+    /// clears the record.
+    pub(crate) fn take_sent(&self) -> bool {
+        self.sent.swap(false, Ordering::Relaxed)
+    }
+
+    /// Forgets that bytes were written.
+    pub(crate) fn clear_sent(&self) {
+        if self.sent.load(Ordering::Relaxed) {
+            self.sent.store(false, Ordering::Relaxed);
+        }
     }
 
     /// The read-readiness registration, created in the current runtime on first use.

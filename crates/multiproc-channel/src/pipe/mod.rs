@@ -22,6 +22,12 @@
 //! # Ok(()) }
 //! ```
 //!
+//! # Waiting
+//! A receive waits without blocking a tokio thread. Right after the end has sent something (a
+//! request whose answer is due), it may first spend up to about 50 us yielding the CPU and
+//! retrying, which makes request/reply exchanges much faster than a sleep and a wake-up each
+//! way; it stops doing so when that does not pay, or while other processes keep the CPU busy.
+//!
 //! # Closing
 //! A receiver sees end-of-stream (`Ok(None)`) when every copy of the other end, in every
 //! process, is closed, after all messages sent before were delivered. A copy passed to a child

@@ -1,0 +1,440 @@
+//! When a receiver should spin before it parks, and for how long.
+//!
+//! Parking a receiver (tokio's `epoll_wait`, or `poll(2)` on the blocking path) and waking it
+//! again costs a sleep and a wake-up in the kernel: a few microseconds when both processes share
+//! a CPU, tens of microseconds for a wake-up across CPUs on a virtual machine. When the peer
+//! answers quickly (a request and its reply), a receiver that keeps trying the socket for a
+//! little while, yielding the CPU between tries, gets the answer without either: with one CPU
+//! the yield runs the peer directly, with two it catches the answer without a cross-CPU wake-up.
+//! When the peer is slow, spinning only burns CPU (and, on a tokio runtime, holds up the
+//! thread's other tasks). Each spin is one of three outcomes, and the decision adapts to them:
+//!
+//! - **caught**: data arrived within [`SPIN_BUDGET`]; the receiver keeps spinning.
+//! - **missed**: the budget ran out with every step quick (the peer is just slow). The
+//!   receiver's next waits park at once: 1, then 3, 7, ... up to [`MAX_SKIP`] of them, doubling
+//!   with each miss in a row; a caught spin forgets the misses, and a parked wait that turned
+//!   out short (data within the budget, wake-up included) halves the waits still to skip, so a
+//!   receiver that fell back to parking returns to spinning soon once a quick exchange resumes.
+//! - **contended**: one step (a yield and a read) took longer than [`SLOW_STEP`]. On a CPU
+//!   shared with another busy process a yield gives that process the rest of a time slice
+//!   (milliseconds under Linux's EEVDF scheduler), which is far worse than parking; and every
+//!   yield, quick or not, gives it a larger share of the CPU. So no receiver of the process
+//!   spins for a cooldown: [`COOLDOWN_MIN`] at first, as a single slow step is often a burst
+//!   (a peer starting up, an interrupt, the hypervisor running another guest), and four times
+//!   longer each time contention is found again within [`RECENT`] of the previous cooldown's
+//!   end, up to [`COOLDOWN_MAX`]. Quick spins in between do not count as evidence of a free
+//!   CPU (with a busy process beside them, some yields still happen to run the peer); only
+//!   `RECENT` without contention does. A permanently busy CPU thus costs about one slow yield
+//!   per `COOLDOWN_MAX` after its first second. The CPU is the process's, not a channel's,
+//!   hence one [`CpuContention`] for all receivers.
+//!
+//! The policy is pure bookkeeping; the caller measures time and does the trying.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// The longest a receiver spins before it parks.
+pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
+
+/// A spin step (yield, then read) longer than this means the yield ran someone else for long:
+/// the CPU is contended. Above a peer's turnaround (microseconds, or some hundreds while a child
+/// starts up) and at the low end of what a yield to a busy process takes (the rest of its time
+/// slice, 1 to 8 ms measured with a 250 Hz kernel).
+pub(crate) const SLOW_STEP: Duration = Duration::from_millis(1);
+
+/// Most waits in a row that park without spinning after repeated missed spins.
+pub(crate) const MAX_SKIP: u32 = 255;
+
+/// How long no receiver spins after contention is found.
+pub(crate) const COOLDOWN_MIN: Duration = Duration::from_millis(5);
+
+/// Contention found again soon after a cooldown multiplies the next one by this.
+const COOLDOWN_GROWTH: u32 = 4;
+
+/// The longest cooldown.
+pub(crate) const COOLDOWN_MAX: Duration = Duration::from_millis(800);
+
+/// Contention found within this time after a cooldown ended makes the next cooldown longer;
+/// after this long without contention, the next cooldown is the shortest again.
+pub(crate) const RECENT: Duration = Duration::from_secs(1);
+
+/// How a spin ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Spin {
+    /// Data arrived after this long, with every step quick.
+    Caught(Duration),
+    /// The budget ran out, every step quick.
+    Missed,
+    /// A step took longer than [`SLOW_STEP`] (whether data arrived or not).
+    Contended,
+}
+
+/// Whether spinning is off for the whole process because the CPU was found contended.
+#[derive(Debug)]
+pub(crate) struct CpuContention {
+    epoch: Instant,
+    /// Nanoseconds after `epoch` until which nobody spins (0: never contended).
+    until_ns: AtomicU64,
+    /// Cooldowns in a row, each started within `RECENT` of the previous one's end.
+    streak: AtomicU32,
+}
+
+impl CpuContention {
+    /// No contention known.
+    pub(crate) fn new() -> Self {
+        Self {
+            epoch: Instant::now(),
+            until_ns: AtomicU64::new(0),
+            streak: AtomicU32::new(0),
+        }
+    }
+
+    /// The process's record.
+    pub(crate) fn global() -> &'static CpuContention {
+        static GLOBAL: OnceLock<CpuContention> = OnceLock::new();
+        GLOBAL.get_or_init(CpuContention::new)
+    }
+
+    fn ns(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch)
+            .as_nanos()
+            .min(u64::MAX as u128) as u64
+    }
+
+    /// Whether spinning is off at `now`.
+    pub(crate) fn cooling(&self, now: Instant) -> bool {
+        // Relaxed throughout: this is a hint, and a race only costs one spin more or less.
+        self.ns(now) < self.until_ns.load(Ordering::Relaxed)
+    }
+
+    /// A spin found the CPU contended at `now`: turn spinning off for a cooldown, longer if
+    /// the previous one ended recently.
+    fn contended(&self, now: Instant) {
+        let now_ns = self.ns(now);
+        let last_end = self.until_ns.load(Ordering::Relaxed);
+        let recent = last_end != 0 && now_ns < last_end.saturating_add(RECENT.as_nanos() as u64);
+        let streak = if recent {
+            self.streak
+                .fetch_add(1, Ordering::Relaxed)
+                .saturating_add(1)
+        } else {
+            self.streak.store(0, Ordering::Relaxed);
+            0
+        };
+        let cooldown = COOLDOWN_MIN
+            .saturating_mul(COOLDOWN_GROWTH.saturating_pow(streak.min(16)))
+            .min(COOLDOWN_MAX);
+        let until = now_ns.saturating_add(cooldown.as_nanos() as u64);
+        self.until_ns.fetch_max(until, Ordering::Relaxed);
+    }
+}
+
+/// Spin-or-park bookkeeping of one receiver.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct SpinPolicy {
+    /// Missed spins since the last one that caught data.
+    misses: u32,
+    /// Waits still to park without spinning.
+    skip: u32,
+    /// How the last spin ended.
+    #[cfg(test)]
+    last: Option<Spin>,
+}
+
+impl SpinPolicy {
+    /// A policy that spins at its first wait.
+    pub(crate) const fn new() -> Self {
+        Self {
+            misses: 0,
+            skip: 0,
+            #[cfg(test)]
+            last: None,
+        }
+    }
+
+    /// A wait begins at `now`: how long to spin first, or `None` to park at once (then report
+    /// how long the wait took with [`parked`](Self::parked)).
+    pub(crate) fn begin_wait(&mut self, now: Instant, cpu: &CpuContention) -> Option<Duration> {
+        if self.skip > 0 {
+            self.skip -= 1;
+            return None;
+        }
+        (!cpu.cooling(now)).then_some(SPIN_BUDGET)
+    }
+
+    /// A spin ended at `now`, as `how`.
+    pub(crate) fn spun(&mut self, how: Spin, now: Instant, cpu: &CpuContention) {
+        #[cfg(test)]
+        {
+            self.last = Some(how);
+        }
+        match how {
+            Spin::Contended => cpu.contended(now),
+            Spin::Caught(after) if after <= SPIN_BUDGET => {
+                self.misses = 0;
+                self.skip = 0;
+            }
+            Spin::Caught(_) | Spin::Missed => {
+                self.misses = self.misses.saturating_add(1);
+                self.skip = 1u32
+                    .checked_shl(self.misses)
+                    .map_or(MAX_SKIP, |n| (n - 1).min(MAX_SKIP));
+            }
+        }
+    }
+
+    /// A wait that parked without spinning ended after `waited`.
+    pub(crate) fn parked(&mut self, waited: Duration) {
+        if waited <= SPIN_BUDGET {
+            self.skip /= 2;
+        }
+    }
+
+    /// Whether the next wait spins, CPU contention aside.
+    #[cfg(test)]
+    pub(crate) fn spins_next(&self) -> bool {
+        self.skip == 0
+    }
+
+    /// Missed spins since the last one that caught data.
+    #[cfg(test)]
+    pub(crate) fn misses(&self) -> u32 {
+        self.misses
+    }
+
+    /// How the last spin ended, if there was one.
+    #[cfg(test)]
+    pub(crate) fn last(&self) -> Option<Spin> {
+        self.last
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHORT: Duration = Duration::from_micros(5);
+    const LONG: Duration = Duration::from_millis(10);
+
+    /// Counts the waits that park before the policy spins again (each reported as `waited`).
+    fn parks_before_next_spin(
+        policy: &mut SpinPolicy,
+        cpu: &CpuContention,
+        waited: Duration,
+    ) -> u32 {
+        let mut parks = 0;
+        while policy.begin_wait(Instant::now(), cpu).is_none() {
+            policy.parked(waited);
+            parks += 1;
+            assert!(parks <= MAX_SKIP, "never spins again");
+        }
+        parks
+    }
+
+    /// Spins (asserting that the policy wants to) and reports `how`.
+    fn spin(policy: &mut SpinPolicy, cpu: &CpuContention, how: Spin) {
+        let now = Instant::now();
+        assert_eq!(policy.begin_wait(now, cpu), Some(SPIN_BUDGET));
+        policy.spun(how, now, cpu);
+    }
+
+    #[test]
+    fn spins_at_first_and_while_spins_catch_data() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        for _ in 0..1000 {
+            spin(&mut policy, &cpu, Spin::Caught(SHORT));
+        }
+    }
+
+    #[test]
+    fn missed_spins_back_off_exponentially_up_to_the_cap() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        let mut skipped = Vec::new();
+        for _ in 0..12 {
+            spin(&mut policy, &cpu, Spin::Missed);
+            skipped.push(parks_before_next_spin(&mut policy, &cpu, LONG));
+        }
+        assert_eq!(
+            skipped,
+            [1, 3, 7, 15, 31, 63, 127, 255, 255, 255, 255, 255],
+            "waits parked without spinning after each missed spin"
+        );
+    }
+
+    #[test]
+    fn backoff_survives_overflowing_miss_counts() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy {
+            misses: u32::MAX - 1,
+            ..SpinPolicy::new()
+        };
+        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        assert_eq!(policy.skip, MAX_SKIP);
+    }
+
+    #[test]
+    fn a_caught_spin_forgets_misses() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        for _ in 0..6 {
+            spin(&mut policy, &cpu, Spin::Missed);
+            parks_before_next_spin(&mut policy, &cpu, LONG);
+        }
+        spin(&mut policy, &cpu, Spin::Caught(SHORT));
+        assert!(policy.spins_next());
+        // The next miss starts the backoff from the beginning.
+        spin(&mut policy, &cpu, Spin::Missed);
+        assert_eq!(parks_before_next_spin(&mut policy, &cpu, LONG), 1);
+    }
+
+    #[test]
+    fn a_catch_after_the_budget_is_a_miss() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        spin(&mut policy, &cpu, Spin::Caught(SPIN_BUDGET));
+        assert!(policy.spins_next(), "caught just in time");
+        spin(&mut policy, &cpu, Spin::Caught(SPIN_BUDGET + SHORT));
+        assert_eq!(policy.misses(), 1);
+        assert_eq!(parks_before_next_spin(&mut policy, &cpu, LONG), 1);
+    }
+
+    #[test]
+    fn short_parked_waits_bring_spinning_back_soon() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        for _ in 0..20 {
+            spin(&mut policy, &cpu, Spin::Missed);
+            parks_before_next_spin(&mut policy, &cpu, LONG);
+        }
+        // Fully backed off: long waits keep it parking for MAX_SKIP waits...
+        spin(&mut policy, &cpu, Spin::Missed);
+        assert_eq!(
+            parks_before_next_spin(&mut policy.clone(), &cpu, LONG),
+            MAX_SKIP
+        );
+        // ...while short ones halve what is left each time.
+        assert_eq!(parks_before_next_spin(&mut policy, &cpu, SHORT), 8);
+    }
+
+    #[test]
+    fn a_wait_of_exactly_the_budget_counts_as_short() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        assert_eq!(policy.skip, 3);
+        assert!(policy.begin_wait(Instant::now(), &cpu).is_none());
+        policy.parked(SPIN_BUDGET);
+        assert_eq!(policy.skip, 1);
+        assert!(policy.begin_wait(Instant::now(), &cpu).is_none());
+        policy.parked(SPIN_BUDGET + Duration::from_nanos(1));
+        assert!(policy.spins_next());
+    }
+
+    /// The CPU a receiver can waste on spins that never catch anything is a small share of the
+    /// time it waits: at most one budget per `MAX_SKIP + 1` waits once backed off.
+    #[test]
+    fn spinning_on_a_slow_peer_costs_little() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        let (mut spins, waits) = (0u32, 10_000u32);
+        for _ in 0..waits {
+            let now = Instant::now();
+            match policy.begin_wait(now, &cpu) {
+                Some(_) => {
+                    spins += 1;
+                    policy.spun(Spin::Missed, now, &cpu);
+                }
+                None => policy.parked(LONG),
+            }
+        }
+        assert!(spins <= 8 + waits / (MAX_SKIP + 1) + 1, "{spins} spins");
+    }
+
+    /// Contention turns spinning off for every receiver of the process until the cooldown
+    /// ends; found again soon after, it makes the next cooldown four times longer, up to the
+    /// cap, whatever quick spins happened in between.
+    #[test]
+    fn contention_turns_spinning_off_for_a_growing_cooldown() {
+        let cpu = CpuContention::new();
+        let mut a = SpinPolicy::new();
+        let mut b = SpinPolicy::new();
+        let t0 = Instant::now();
+        assert!(a.begin_wait(t0, &cpu).is_some());
+        a.spun(Spin::Contended, t0, &cpu);
+        let mut expected = COOLDOWN_MIN;
+        let mut start = t0;
+        for round in 0..10 {
+            let just_before = start + expected - Duration::from_nanos(1);
+            assert!(a.begin_wait(just_before, &cpu).is_none(), "round {round}");
+            assert!(b.begin_wait(just_before, &cpu).is_none(), "round {round}");
+            // Cooling waits do not count as skipped ones for the receiver's own backoff.
+            assert!(a.spins_next() && b.spins_next());
+            let after = start + expected;
+            assert_eq!(
+                b.begin_wait(after, &cpu),
+                Some(SPIN_BUDGET),
+                "round {round}"
+            );
+            b.spun(Spin::Caught(SHORT), after, &cpu);
+            let later = after + RECENT / 2;
+            assert_eq!(
+                a.begin_wait(later, &cpu),
+                Some(SPIN_BUDGET),
+                "round {round}"
+            );
+            a.spun(Spin::Contended, later, &cpu);
+            start = later;
+            expected = (expected * COOLDOWN_GROWTH).min(COOLDOWN_MAX);
+        }
+        assert_eq!(expected, COOLDOWN_MAX);
+    }
+
+    #[test]
+    fn a_quiet_spell_brings_the_shortest_cooldown_back() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        let mut now = Instant::now();
+        for _ in 0..5 {
+            policy.spun(Spin::Contended, now, &cpu);
+            now += COOLDOWN_MAX;
+        }
+        assert!(!cpu.cooling(now + RECENT));
+        // Within RECENT of the last cooldown's end: longer again.
+        policy.spun(
+            Spin::Contended,
+            now + RECENT - Duration::from_millis(1),
+            &cpu,
+        );
+        assert!(cpu.cooling(now + RECENT + COOLDOWN_MIN));
+        // After a quiet RECENT: the shortest.
+        let quiet = now + RECENT + COOLDOWN_MAX + RECENT;
+        policy.spun(Spin::Contended, quiet, &cpu);
+        assert!(cpu.cooling(quiet + COOLDOWN_MIN - Duration::from_nanos(1)));
+        assert!(!cpu.cooling(quiet + COOLDOWN_MIN));
+    }
+
+    /// Under a permanently contended CPU, spins (each costing a slow yield) become rare: one per
+    /// `COOLDOWN_MAX` once the cooldown has grown.
+    #[test]
+    fn a_busy_cpu_costs_few_spins() {
+        let cpu = CpuContention::new();
+        let mut policy = SpinPolicy::new();
+        let mut now = Instant::now();
+        let mut spins = 0;
+        // A wait every 20 us for 60 s.
+        for _ in 0..3_000_000u32 {
+            if policy.begin_wait(now, &cpu).is_some() {
+                spins += 1;
+                policy.spun(Spin::Contended, now, &cpu);
+            }
+            now += Duration::from_micros(20);
+        }
+        // Spins at 0, 5 ms, 25, 105 and 425 ms, then one per 0.8 s.
+        assert!(spins <= 5 + 60_000 / 800, "{spins} spins");
+    }
+}
