@@ -25,6 +25,7 @@ mod socket;
 pub mod spawner;
 mod spin;
 mod sys;
+pub mod wait;
 
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};
 pub use fd::{DescriptorError, SharedFd};

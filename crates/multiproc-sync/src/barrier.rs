@@ -8,7 +8,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{BarrierWaitError, CreateError};
-use crate::wait::{Core, deadline_after};
+use crate::wait::{WaitQueue, deadline_after};
 
 // Word: generation << 32 | BROKEN | RESET1 | RESET2 | arrived count, where RESET1 says the
 // previous generation ended by `reset` and RESET2 the one before it. A waiter of generation g
@@ -86,7 +86,7 @@ impl BarrierWaitResult {
 /// ```
 #[derive(Clone)]
 pub struct Barrier {
-    core: Core,
+    core: WaitQueue,
 }
 
 impl Barrier {
@@ -102,20 +102,23 @@ impl Barrier {
             parties > 0 && (parties as u64) <= COUNT,
             "a barrier needs 1..2^29 parties"
         );
-        let core = Core::new(LEN)?;
-        core.region
+        let core = WaitQueue::new(LEN)?;
+        core.region()
             .atomic_u64(PARTIES)
             .store(parties as u64, Ordering::SeqCst);
         Ok(Self { core })
     }
 
     fn word(&self) -> &AtomicU64 {
-        self.core.region.atomic_u64(WORD)
+        self.core.region().atomic_u64(WORD)
     }
 
     /// The number of parties of each phase.
     pub fn parties(&self) -> usize {
-        self.core.region.atomic_u64(PARTIES).load(Ordering::SeqCst) as usize
+        self.core
+            .region()
+            .atomic_u64(PARTIES)
+            .load(Ordering::SeqCst) as usize
     }
 
     /// How many parties are waiting in the current phase.
@@ -316,7 +319,7 @@ impl Serialize for Barrier {
 
 impl<'de> Deserialize<'de> for Barrier {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         core.check_len(LEN).map_err(D::Error::custom)?;
         let b = Self { core };
         if b.parties() == 0 || b.parties() as u64 > COUNT {

@@ -11,7 +11,7 @@ use crate::error::{ConditionWaitError, CreateError, LockError, TryLockError};
 use crate::lock::{Lock, LockGuard};
 use crate::owner;
 use crate::rlock::{RLock, RLockGuard};
-use crate::wait::{Core, deadline_after};
+use crate::wait::{WaitQueue, deadline_after};
 
 const TICKET: usize = 8; // u64: last ticket handed out
 const TABLE: usize = 64; // SLOTS x (state u64 = ticket << 2 | status, owner u64)
@@ -61,7 +61,7 @@ const NOTIFIED: u64 = 2;
 /// ```
 #[derive(Clone)]
 pub struct Condition {
-    core: Core,
+    core: WaitQueue,
     lock: CondLock,
 }
 
@@ -94,7 +94,7 @@ impl Condition {
     /// When the kernel refuses a memfd, mapping or eventfd.
     pub fn with_lock(lock: Lock) -> Result<Self, CreateError> {
         Ok(Self {
-            core: Core::new(LEN)?,
+            core: WaitQueue::new(LEN)?,
             lock: CondLock::Lock(lock),
         })
     }
@@ -107,7 +107,7 @@ impl Condition {
     /// When the kernel refuses a memfd, mapping or eventfd.
     pub fn with_rlock(lock: RLock) -> Result<Self, CreateError> {
         Ok(Self {
-            core: Core::new(LEN)?,
+            core: WaitQueue::new(LEN)?,
             lock: CondLock::RLock(lock),
         })
     }
@@ -162,18 +162,18 @@ impl Condition {
     }
 
     fn state(&self, i: usize) -> &AtomicU64 {
-        self.core.region.atomic_u64(TABLE + i * 16)
+        self.core.region().atomic_u64(TABLE + i * 16)
     }
 
     fn slot_owner(&self, i: usize) -> &AtomicU64 {
-        self.core.region.atomic_u64(TABLE + i * 16 + 8)
+        self.core.region().atomic_u64(TABLE + i * 16 + 8)
     }
 
     /// Enqueues the caller (holding the lock); returns its slot and ticket.
     fn enqueue(&self) -> Result<(usize, u64), ConditionWaitError> {
         let ticket = self
             .core
-            .region
+            .region()
             .atomic_u64(TICKET)
             .fetch_add(1, Ordering::SeqCst)
             + 1;
@@ -443,7 +443,7 @@ impl fmt::Debug for Condition {
 
 #[derive(Serialize, Deserialize)]
 struct Wire {
-    core: Core,
+    core: WaitQueue,
     lock: CondLock,
 }
 

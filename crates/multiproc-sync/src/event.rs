@@ -9,7 +9,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, EventWaitError};
-use crate::wait::{Core, fast_then_slow};
+use crate::wait::{WaitQueue, fast_then_slow};
 
 /// Byte offset of the state word: bit 0 is the flag, the rest counts how often it was set.
 const WORD: usize = 8;
@@ -44,7 +44,7 @@ const LEN: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct Event {
-    core: Core,
+    core: WaitQueue,
 }
 
 impl Event {
@@ -54,13 +54,13 @@ impl Event {
     /// When the kernel refuses a memfd, mapping or eventfd.
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: Core::new(LEN)?,
+            core: WaitQueue::new(LEN)?,
         })
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.core.region.atomic_u64(WORD)
+        self.core.region().atomic_u64(WORD)
     }
 
     /// Sets the flag and wakes every waiter in every process.
@@ -192,7 +192,7 @@ impl Serialize for Event {
 
 impl<'de> Deserialize<'de> for Event {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         core.check_len(LEN).map_err(D::Error::custom)?;
         Ok(Self { core })
     }

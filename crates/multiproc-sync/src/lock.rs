@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN, fast_then_slow};
+use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -51,7 +51,7 @@ const LEN: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct Lock {
-    core: Core,
+    core: WaitQueue,
 }
 
 impl Lock {
@@ -61,13 +61,13 @@ impl Lock {
     /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: Core::new(LEN)?,
+            core: WaitQueue::new(LEN)?,
         })
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.core.region.atomic_u64(OWNER)
+        self.core.region().atomic_u64(OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. Returns whether the
@@ -231,7 +231,7 @@ impl Lock {
 
     /// Whether `self` and `other` are the same lock.
     pub fn same_lock(&self, other: &Lock) -> bool {
-        self.core.region.same_region(&other.core.region)
+        self.core.region().same_region(other.core.region())
     }
 }
 
@@ -251,7 +251,7 @@ impl Serialize for Lock {
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         core.check_len(LEN).map_err(D::Error::custom)?;
         Ok(Self { core })
     }

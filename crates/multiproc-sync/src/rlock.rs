@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, ReleaseError, TryLockError};
 use crate::owner::{self, CLAIMING};
-use crate::wait::{Core, LIVENESS_TICK, fast_then_slow};
+use crate::wait::{LIVENESS_TICK, WaitQueue, fast_then_slow};
 
 const OWNER: usize = 8; // u64: holder process identity (| CLAIMING while it fills in the rest)
 const TASK: usize = 16; // u64: holder task within the process
@@ -46,7 +46,7 @@ const LEN: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct RLock {
-    core: Core,
+    core: WaitQueue,
 }
 
 impl RLock {
@@ -56,12 +56,12 @@ impl RLock {
     /// When the kernel refuses a memfd, mapping or eventfd.
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: Core::new(LEN)?,
+            core: WaitQueue::new(LEN)?,
         })
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        self.core.region.atomic_u64(offset)
+        self.core.region().atomic_u64(offset)
     }
 
     fn owned_by_caller(&self) -> bool {
@@ -295,7 +295,7 @@ impl Serialize for RLock {
 
 impl<'de> Deserialize<'de> for RLock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         core.check_len(LEN).map_err(D::Error::custom)?;
         Ok(Self { core })
     }

@@ -11,7 +11,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::owner;
-use crate::wait::{Core, LIVENESS_TICK, SPIN, fast_then_slow};
+use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
 
 // Layout of the shared page.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
@@ -31,28 +31,30 @@ const RECLAIMING: u64 = u64::MAX;
 /// The engine shared by both semaphore kinds.
 #[derive(Clone)]
 struct Engine {
-    core: Core,
+    core: WaitQueue,
     /// This process's guess at its slot in the holder table.
     hint: Arc<AtomicUsize>,
 }
 
 impl Engine {
     fn new(permits: usize, bound: u64, kind: u64) -> Result<Self, CreateError> {
-        let core = Core::new(LEN)?;
-        core.region
+        let core = WaitQueue::new(LEN)?;
+        core.region()
             .atomic_u64(COUNT)
             .store(permits as u64, Ordering::SeqCst);
-        core.region.atomic_u64(BOUND).store(bound, Ordering::SeqCst);
-        core.region.atomic_u64(KIND).store(kind, Ordering::SeqCst);
+        core.region()
+            .atomic_u64(BOUND)
+            .store(bound, Ordering::SeqCst);
+        core.region().atomic_u64(KIND).store(kind, Ordering::SeqCst);
         Ok(Self {
             core,
             hint: Arc::default(),
         })
     }
 
-    fn decode(core: Core, kind: u64) -> Result<Self, String> {
+    fn decode(core: WaitQueue, kind: u64) -> Result<Self, String> {
         core.check_len(LEN)?;
-        if core.region.atomic_u64(KIND).load(Ordering::SeqCst) != kind {
+        if core.region().atomic_u64(KIND).load(Ordering::SeqCst) != kind {
             return Err("received shared state is not a semaphore of this kind".into());
         }
         Ok(Self {
@@ -62,23 +64,23 @@ impl Engine {
     }
 
     fn count(&self) -> &AtomicU64 {
-        self.core.region.atomic_u64(COUNT)
+        self.core.region().atomic_u64(COUNT)
     }
 
     fn flags(&self) -> &AtomicU32 {
-        self.core.region.atomic_u32(FLAGS)
+        self.core.region().atomic_u32(FLAGS)
     }
 
     fn bound(&self) -> u64 {
-        self.core.region.atomic_u64(BOUND).load(Ordering::Relaxed)
+        self.core.region().atomic_u64(BOUND).load(Ordering::Relaxed)
     }
 
     fn slot_owner(&self, i: usize) -> &AtomicU64 {
-        self.core.region.atomic_u64(TABLE + i * 16)
+        self.core.region().atomic_u64(TABLE + i * 16)
     }
 
     fn slot_held(&self, i: usize) -> &AtomicU64 {
-        self.core.region.atomic_u64(TABLE + i * 16 + 8)
+        self.core.region().atomic_u64(TABLE + i * 16 + 8)
     }
 
     fn take(&self) -> bool {
@@ -480,7 +482,7 @@ semaphore_methods!(Semaphore);
 
 impl<'de> Deserialize<'de> for Semaphore {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         Engine::decode(core, KIND_PLAIN)
             .map(|engine| Self { engine })
             .map_err(D::Error::custom)
@@ -557,7 +559,7 @@ semaphore_methods!(BoundedSemaphore);
 
 impl<'de> Deserialize<'de> for BoundedSemaphore {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = Core::deserialize(deserializer)?;
+        let core = WaitQueue::deserialize(deserializer)?;
         Engine::decode(core, KIND_BOUNDED)
             .map(|engine| Self { engine })
             .map_err(D::Error::custom)

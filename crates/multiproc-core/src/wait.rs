@@ -1,0 +1,544 @@
+//! A cross-process wait queue: a shared word that counts waiters, and an eventfd that is written
+//! only when that count is non-zero. The engine under every `multiproc-sync` primitive and the
+//! queue's waits.
+//!
+//! Waiting: announce (count += 1), take an edge-triggered registration of the eventfd, then
+//! loop { check the shared state; wait for an edge }. Notifying: change the shared state, then
+//! write the eventfd if the count is non-zero. All of it is `SeqCst`, so either the waiter's
+//! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
+//! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
+//!
+//! Registrations are reused: each wait queue (with its clones in this process) keeps one async
+//! registration (for the runtime that made it) and one blocking one, and a wait takes it
+//! *exclusively* and puts it back when it ends, however it ends. A registration only has to
+//! exist before the waiter's last check, which a cached one does; what it carries over from
+//! earlier waits is at most a stale readiness, which costs one spurious re-check. It must never
+//! serve two waits at once: one waiter's `clear_ready` could then swallow the edge another
+//! waiter has not yet looked at. A wait that finds the slot empty (another wait of this process
+//! holds it) or holding another runtime's registration makes a fresh one; whichever is put back
+//! last stays cached.
+
+use std::io;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::eventfd::{BlockingWaiter, EventFd, Waiter};
+use crate::shm::SharedRegion;
+
+/// A waiter count in a shared region plus an eventfd: a cross-process wait queue (see the
+/// [module docs](self)). Serializes as both descriptors.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WaitQueue {
+    region: SharedRegion,
+    efd: EventFd,
+    /// Byte offset of the waiter count in `region` (0 for a queue made by [`WaitQueue::new`],
+    /// the only kind that is serialized).
+    #[serde(skip)]
+    waiters_at: usize,
+    /// This process's reusable registrations of `efd`, shared by the clones of the handle.
+    #[serde(skip)]
+    cache: Arc<Registrations>,
+}
+
+/// The cached registrations of one [`WaitQueue`]'s eventfd; see the [module docs](self).
+#[derive(Default)]
+struct Registrations {
+    /// An async registration and the runtime whose reactor it belongs to.
+    tokio: Slot<(tokio::runtime::Id, Waiter)>,
+    blocking: Slot<BlockingWaiter>,
+}
+
+impl std::fmt::Debug for Registrations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registrations").finish_non_exhaustive()
+    }
+}
+
+/// At most one cached value, taken exclusively.
+struct Slot<T>(Mutex<Option<T>>);
+
+impl<T> Default for Slot<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T> Slot<T> {
+    fn take(&self) -> Option<T> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    /// Caches `v`, dropping (outside the lock) whatever was cached.
+    fn put(&self, v: T) {
+        let old = self
+            .0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .replace(v);
+        drop(old);
+    }
+}
+
+/// A registration taken from a [`Slot`] (or made fresh) for one wait; goes back on drop.
+struct Taken<'a, T> {
+    slot: &'a Slot<T>,
+    value: Option<T>,
+}
+
+impl<T> Taken<'_, T> {
+    fn get(&self) -> &T {
+        self.value.as_ref().expect("present until dropped")
+    }
+}
+
+impl<T> Drop for Taken<'_, T> {
+    fn drop(&mut self) {
+        if let Some(v) = self.value.take() {
+            self.slot.put(v);
+        }
+    }
+}
+
+/// Decrements the waiter count when a wait ends, however it ends (including cancellation).
+struct Announced<'a>(&'a AtomicU32);
+
+impl<'a> Announced<'a> {
+    fn new(count: &'a AtomicU32) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Self(count)
+    }
+}
+
+impl Drop for Announced<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl WaitQueue {
+    /// A wait queue with a fresh region of `len` bytes (at least 4): the waiter count is its
+    /// first word, the rest is the caller's shared state.
+    ///
+    /// # Errors
+    /// When the region or the eventfd cannot be made.
+    pub fn new(len: usize) -> io::Result<Self> {
+        Ok(Self {
+            region: SharedRegion::new(len.max(4))?,
+            efd: EventFd::new()?,
+            waiters_at: 0,
+            cache: Arc::default(),
+        })
+    }
+
+    /// A wait queue whose waiter count is the `AtomicU32` at `waiters_at` in an existing
+    /// `region`, woken through `efd`: for state that needs several wait queues in one region.
+    ///
+    /// # Panics
+    /// When `waiters_at` is out of bounds or not 4-aligned.
+    pub fn in_region(region: SharedRegion, waiters_at: usize, efd: EventFd) -> Self {
+        region.atomic_u32(waiters_at);
+        Self {
+            region,
+            efd,
+            waiters_at,
+            cache: Arc::default(),
+        }
+    }
+
+    /// The shared region.
+    #[inline]
+    pub fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    /// The eventfd.
+    #[inline]
+    pub fn eventfd(&self) -> &EventFd {
+        &self.efd
+    }
+
+    /// An async registration for this wait alone: the cached one if it belongs to the current
+    /// runtime, else a fresh one. Take it **before** the waiter's last check.
+    fn waiter(&self) -> io::Result<Taken<'_, (tokio::runtime::Id, Waiter)>> {
+        let slot = &self.cache.tokio;
+        let here = tokio::runtime::Handle::try_current().map(|h| h.id());
+        let value = match (slot.take(), here) {
+            (Some((id, w)), Ok(here)) if id == here => (id, w),
+            // Another runtime's registration is dropped here; with no runtime, `waiter()` fails.
+            (_, here) => {
+                let w = self.efd.waiter()?;
+                (here.map_err(io::Error::other)?, w)
+            }
+        };
+        Ok(Taken {
+            slot,
+            value: Some(value),
+        })
+    }
+
+    /// The blocking twin of [`Self::waiter`].
+    fn blocking_waiter(&self) -> io::Result<Taken<'_, BlockingWaiter>> {
+        let slot = &self.cache.blocking;
+        let value = match slot.take() {
+            Some(w) => w,
+            None => self.efd.blocking_waiter()?,
+        };
+        Ok(Taken {
+            slot,
+            value: Some(value),
+        })
+    }
+
+    /// Checks a received region is large enough for the layout.
+    ///
+    /// # Errors
+    /// A message saying what was expected.
+    pub fn check_len(&self, len: usize) -> Result<(), String> {
+        if self.region.len() < len {
+            Err(format!(
+                "shared state of {} bytes, expected at least {len}",
+                self.region.len()
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    #[inline]
+    fn waiters(&self) -> &AtomicU32 {
+        self.region.atomic_u32(self.waiters_at)
+    }
+
+    /// Wakes every waiter, if there is any. Call after changing the shared state.
+    #[inline]
+    pub fn wake(&self) {
+        if self.waiters().load(Ordering::SeqCst) > 0 {
+            self.notify();
+        }
+    }
+
+    /// The system call of [`Self::wake`], out of line: the uncontended paths never take it.
+    #[cold]
+    #[inline(never)]
+    fn notify(&self) {
+        // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
+        // waiters' periodic re-checks (where they have one) would still make progress.
+        let _ = self.efd.notify();
+    }
+
+    /// Waits until `attempt` returns `Some`, or until `deadline` (then `Ok(None)`, never early).
+    ///
+    /// `attempt(ticked)` runs first, after every wake-up, and with `ticked == true` every `tick`
+    /// (if given) so it can check for dead owners.
+    ///
+    /// Cancel safe: dropping the future only withdraws this waiter.
+    pub async fn wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let _announced = Announced::new(self.waiters());
+        let taken = self.waiter()?;
+        let waiter = &taken.get().1;
+        let mut ticked = false;
+        loop {
+            if let Some(v) = attempt(ticked) {
+                return Ok(Some(v));
+            }
+            let Some(next) = next_wake(deadline, tick) else {
+                return Ok(None);
+            };
+            ticked = match next {
+                None => {
+                    waiter.wait().await?;
+                    false
+                }
+                Some(at) => {
+                    let at = tokio::time::Instant::from_std(at);
+                    match tokio::time::timeout_at(at, waiter.wait()).await {
+                        Ok(r) => {
+                            r?;
+                            false
+                        }
+                        Err(_) => true,
+                    }
+                }
+            };
+        }
+    }
+
+    /// The blocking twin of [`Self::wait_until`].
+    pub fn blocking_wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let _announced = Announced::new(self.waiters());
+        let taken = self.blocking_waiter()?;
+        let waiter = taken.get();
+        let mut ticked = false;
+        loop {
+            if let Some(v) = attempt(ticked) {
+                return Ok(Some(v));
+            }
+            let Some(next) = next_wake(deadline, tick) else {
+                return Ok(None);
+            };
+            ticked = !waiter.wait(next)?;
+        }
+    }
+
+    /// Waits with no deadline until `attempt` succeeds. `attempt` gets `true` on its first call
+    /// and at every `tick`, so a dead owner is noticed at once and then periodically.
+    pub async fn wait_forever<T>(
+        &self,
+        tick: Duration,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<T> {
+        let mut first = true;
+        let got = self
+            .wait_until(None, Some(tick), |ticked| {
+                attempt(ticked || std::mem::take(&mut first))
+            })
+            .await?;
+        Ok(got.expect("an unbounded wait ends only with a value"))
+    }
+
+    /// The blocking twin of [`Self::wait_forever`].
+    pub fn blocking_wait_forever<T>(
+        &self,
+        tick: Duration,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<T> {
+        let mut first = true;
+        let got = self.blocking_wait_until(None, Some(tick), |ticked| {
+            attempt(ticked || std::mem::take(&mut first))
+        })?;
+        Ok(got.expect("an unbounded wait ends only with a value"))
+    }
+
+    /// The shape of every `*_timeout`: try now (cheaply, then with the dead-owner check), then
+    /// wait until `timeout` has fully elapsed. `Ok(None)` on timeout, never early; a zero
+    /// timeout only tries.
+    pub async fn wait_timeout<T>(
+        &self,
+        timeout: Duration,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        if let Some(v) = try_now(&mut attempt) {
+            return Ok(Some(v));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        self.wait_until(Some(deadline), tick, attempt).await
+    }
+
+    /// The blocking twin of [`Self::wait_timeout`].
+    pub fn blocking_wait_timeout<T>(
+        &self,
+        timeout: Duration,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        if let Some(v) = try_now(&mut attempt) {
+            return Ok(Some(v));
+        }
+        let deadline = deadline_after(timeout);
+        if Instant::now() >= deadline {
+            return Ok(None);
+        }
+        self.blocking_wait_until(Some(deadline), tick, attempt)
+    }
+}
+
+/// One immediate try: the cheap attempt first, then the one that also checks for a dead owner.
+fn try_now<T>(attempt: &mut impl FnMut(bool) -> Option<T>) -> Option<T> {
+    attempt(false).or_else(|| attempt(true))
+}
+
+/// When a waiter must next wake on its own: the deadline or the next tick, whichever is first.
+/// `None` once the deadline has passed; `Some(None)` when there is nothing to wake for.
+fn next_wake(deadline: Option<Instant>, tick: Option<Duration>) -> Option<Option<Instant>> {
+    let now = Instant::now();
+    if deadline.is_some_and(|d| now >= d) {
+        return None;
+    }
+    Some(match (deadline, tick) {
+        (d, None) => d,
+        (None, Some(t)) => Some(now + t),
+        (Some(d), Some(t)) => Some(d.min(now + t)),
+    })
+}
+
+/// `now + timeout`, saturating far in the future.
+pub fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::future::Future;
+    use std::task::Poll;
+
+    use super::*;
+
+    // ---- reused registrations ----
+
+    /// A word beside the waiter count for the tests to wait on.
+    fn flag(core: &WaitQueue) -> &AtomicU32 {
+        core.region.atomic_u32(4)
+    }
+
+    /// Sets the flag to `v` from another task once the waiter has parked, and wakes it.
+    fn set_later(core: &WaitQueue, v: u32) -> tokio::task::JoinHandle<()> {
+        let core = core.clone();
+        tokio::spawn(async move {
+            tokio::task::yield_now().await;
+            flag(&core).store(v, Ordering::SeqCst);
+            core.wake();
+        })
+    }
+
+    /// Waits (bounded) until the flag is `v`; returns how often the state was checked.
+    async fn wait_for(core: &WaitQueue, v: u32) -> u32 {
+        let mut checks = 0;
+        let wait = core.wait_until(None, None, |_| {
+            checks += 1;
+            (flag(core).load(Ordering::SeqCst) == v).then_some(())
+        });
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("no lost wake-up")
+            .unwrap()
+            .unwrap();
+        checks
+    }
+
+    fn cached(core: &WaitQueue) -> bool {
+        core.cache.tokio.0.lock().unwrap().is_some()
+    }
+
+    #[tokio::test]
+    async fn one_registration_serves_many_waits() {
+        let core = WaitQueue::new(8).unwrap();
+        assert!(!cached(&core));
+        for v in 1..=300 {
+            let setter = set_later(&core, v);
+            // The state is checked with the registration taken out of the cache.
+            let wait = core.wait_until(None, None, |_| {
+                assert!(!cached(&core));
+                (flag(&core).load(Ordering::SeqCst) == v).then_some(())
+            });
+            tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .expect("no lost wake-up")
+                .unwrap()
+                .unwrap();
+            // ... and put back for the next wait.
+            assert!(cached(&core));
+            setter.await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn stale_readiness_costs_only_a_recheck() {
+        let core = WaitQueue::new(8).unwrap();
+        let setter = set_later(&core, 1);
+        wait_for(&core, 1).await;
+        setter.await.unwrap();
+        // Notifications nobody waits for leave readiness on the cached registration (the
+        // sleep parks the runtime, so its reactor harvests them).
+        core.eventfd().notify().unwrap();
+        core.eventfd().notify().unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let checks = Cell::new(0);
+        let mut wait = Box::pin(core.wait_until(None, None, |_| {
+            checks.set(checks.get() + 1);
+            (flag(&core).load(Ordering::SeqCst) == 2).then_some(())
+        }));
+        // The first poll takes the stale readiness for a wake-up, checks again, and parks.
+        let first = std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await;
+        assert!(first.is_pending());
+        assert_eq!(checks.get(), 2);
+        // The real notification still wakes it.
+        flag(&core).store(2, Ordering::SeqCst);
+        core.wake();
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .expect("no lost wake-up")
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_waits_each_get_their_own_registration() {
+        let core = WaitQueue::new(8).unwrap();
+        // Cache one registration first, so that the second waiter has to make a fresh one.
+        let setter = set_later(&core, 1);
+        wait_for(&core, 1).await;
+        setter.await.unwrap();
+        let (a, b) = (core.clone(), core.clone());
+        let first = tokio::spawn(async move { wait_for(&a, 2).await });
+        let second = tokio::spawn(async move { wait_for(&b, 2).await });
+        tokio::task::yield_now().await;
+        tokio::task::yield_now().await;
+        // One notification wakes both; neither swallows the other's edge.
+        flag(&core).store(2, Ordering::SeqCst);
+        core.wake();
+        first.await.unwrap();
+        second.await.unwrap();
+        assert!(cached(&core));
+    }
+
+    #[test]
+    fn a_registration_of_a_dropped_runtime_is_replaced() {
+        let core = WaitQueue::new(8).unwrap();
+        for v in 1..=3 {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let setter = set_later(&core, v);
+                wait_for(&core, v).await;
+                setter.await.unwrap();
+            });
+            drop(rt);
+        }
+    }
+
+    #[test]
+    fn blocking_registration_serves_many_waits() {
+        let core = WaitQueue::new(8).unwrap();
+        for v in 1..=100 {
+            let setter = {
+                let core = core.clone();
+                std::thread::spawn(move || {
+                    std::thread::sleep(Duration::from_micros(200));
+                    flag(&core).store(v, Ordering::SeqCst);
+                    core.wake();
+                })
+            };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let got = core
+                .blocking_wait_until(Some(deadline), None, |_| {
+                    (flag(&core).load(Ordering::SeqCst) == v).then_some(())
+                })
+                .unwrap();
+            assert!(got.is_some(), "no lost wake-up");
+            assert!(core.cache.blocking.0.lock().unwrap().is_some());
+            setter.join().unwrap();
+        }
+    }
+}
