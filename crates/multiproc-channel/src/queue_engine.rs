@@ -12,14 +12,14 @@
 //!   died in between). The lock is only taken for these messages, and never across an `await`.
 //! - Shared state: a header with the capacity, size limit, closed flag, waiter counts and the
 //!   unfinished-task count of a joinable queue, then the ring, in one memfd region.
-//! - Wake-ups: three [`EventFd`]s with the core's broadcast protocol, written only when the
-//!   matching waiter count is non-zero: `not_empty` (getters), `slot_freed` (putters of a full
-//!   queue) and `all_done` (joiners). `close` fires the first two.
+//! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
+//!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
+//!   full queue) and `all_done` (joiners). `close` wakes the first two.
 //! - A getter that finds the queue empty first spins briefly (adaptively, see [`Spin`]) before
 //!   it sleeps, so a steady stream is handed over without a wake-up per message.
 
 use std::io;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst, fence};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use multiproc_core::SharedFd;
@@ -28,10 +28,11 @@ use multiproc_core::packet::{
     self, Packet, PacketRecvError, PacketSocket, Received, TicketedRecv, TryRecv,
 };
 use multiproc_core::shm::SharedRegion;
+use multiproc_core::wait::WaitQueue;
 use multiproc_sync::{Lock, LockGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ring::{Kind, Repaired, Ring, SLOT_PAYLOAD, Take};
+use crate::ring::{Kind, Ring, SLOT_PAYLOAD, Take};
 
 // Layout of the shared region: the header, then the ring.
 const OFF_MAGIC: usize = 0; // u32
@@ -86,16 +87,12 @@ enum Got {
     Busy(u64),
 }
 
-/// What a waiting get does after one [`Engine::step`].
-enum Step {
+/// What a waiting getter found.
+enum Found {
     /// Return this (a message, or the end of the queue).
-    Return(Result<TryRecv, PacketRecvError>),
+    Done(Result<TryRecv, PacketRecvError>),
     /// Take the token at this position, under the out-of-band lock.
     Token(u64),
-    /// Look again at once.
-    Retry,
-    /// Sleep until notified; `busy` is the slot being written, if that is what blocks.
-    Sleep { busy: Option<u64> },
 }
 
 /// The shared part of every queue handle in one process.
@@ -105,9 +102,9 @@ pub(crate) struct Engine {
     tx: PacketSocket,
     rx: PacketSocket,
     oob: Lock,
-    not_empty: EventFd,
-    slot_freed: EventFd,
-    all_done: EventFd,
+    not_empty: WaitQueue,
+    slot_freed: WaitQueue,
+    all_done: WaitQueue,
     capacity: u64,
     max_size: usize,
     joinable: bool,
@@ -175,12 +172,12 @@ impl Engine {
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
-            state: w.state,
             ring,
             oob: w.oob,
-            not_empty: w.not_empty,
-            slot_freed: w.slot_freed,
-            all_done: w.all_done,
+            not_empty: WaitQueue::in_region(w.state.clone(), OFF_GET_WAITERS, w.not_empty),
+            slot_freed: WaitQueue::in_region(w.state.clone(), OFF_PUT_WAITERS, w.slot_freed),
+            all_done: WaitQueue::in_region(w.state.clone(), OFF_JOIN_WAITERS, w.all_done),
+            state: w.state,
             capacity,
             max_size,
             joinable,
@@ -198,16 +195,6 @@ impl Engine {
     fn closed_word(&self) -> &AtomicU32 {
         self.state.atomic_u32(OFF_CLOSED)
     }
-    fn get_waiters(&self) -> &AtomicU32 {
-        self.state.atomic_u32(OFF_GET_WAITERS)
-    }
-    fn put_waiters(&self) -> &AtomicU32 {
-        self.state.atomic_u32(OFF_PUT_WAITERS)
-    }
-    fn join_waiters(&self) -> &AtomicU32 {
-        self.state.atomic_u32(OFF_JOIN_WAITERS)
-    }
-
     pub(crate) fn capacity(&self) -> Option<usize> {
         (self.capacity != 0).then(|| usize::try_from(self.capacity).unwrap_or(usize::MAX))
     }
@@ -242,8 +229,8 @@ impl Engine {
         self.closed_word().store(1, SeqCst);
         // Fails only if the socket is already shut down or not a socket: nothing to do then.
         let _ = self.tx.shutdown();
-        let _ = self.not_empty.notify();
-        let _ = self.slot_freed.notify();
+        self.not_empty.wake();
+        self.slot_freed.wake();
     }
 
     // ---- put side ----
@@ -269,18 +256,12 @@ impl Engine {
 
     /// A message is on the ring: wake sleeping getters, if any.
     fn published(&self) {
-        fence(SeqCst);
-        if self.get_waiters().load(SeqCst) != 0 {
-            let _ = self.not_empty.notify();
-        }
+        self.not_empty.wake();
     }
 
     /// A slot was freed: wake sleeping putters, if any.
     fn freed(&self) {
-        fence(SeqCst);
-        if self.put_waiters().load(SeqCst) != 0 {
-            let _ = self.slot_freed.notify();
-        }
+        self.slot_freed.wake();
     }
 
     /// Claims a slot, checking for close after the claim: a put that claims a slot after
@@ -379,17 +360,24 @@ impl Engine {
 
     /// A putter that found the ring full frees slots held by dead processes.
     fn repair_tail(&self) {
-        if let Some(repaired) = self.ring.repair_tail() {
-            self.repaired(repaired);
-            self.freed();
+        if self.ring.repair_tail().is_some() {
+            self.repaired();
         }
     }
 
-    fn repaired(&self, what: Repaired) {
-        // A dead writer's message never existed; a dead reader's was taken and never delivered.
-        // Either way no consumer will call `task_done` for it.
-        let _ = what;
+    /// A slot held by a dead process was freed. A dead writer's message never existed; a dead
+    /// reader's was taken and never delivered: either way nobody will call `task_done` for it.
+    fn repaired(&self) {
         self.discarded();
+        self.freed();
+    }
+
+    /// What a putter waiting for a free slot checks: `Some` once a put may succeed (or fail).
+    fn room(&self, ticked: bool) -> Option<()> {
+        if ticked {
+            self.repair_tail();
+        }
+        (self.ring.has_room() || self.is_closed()).then_some(())
     }
 
     /// Puts `packet`, waiting for a slot (and, for a large message, for room in the socket).
@@ -397,23 +385,16 @@ impl Engine {
     /// Cancel safe: a message is claimed, written and published within one poll, so a dropped
     /// future put the whole message or nothing.
     pub(crate) async fn put(&self, packet: &Packet) -> Result<(), PutFail> {
-        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::Waiter)> = None;
         let mut writable = None;
         loop {
             match self.attempt(packet).await {
                 Attempt::Done => return Ok(()),
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
-                    let Some((_, waiter)) = &sleeping else {
-                        // Announce, register, then try again before the first sleep.
-                        let counted = Counted::new(self.put_waiters());
-                        sleeping = Some((counted, self.slot_freed.waiter().map_err(PutFail::Io)?));
-                        continue;
-                    };
-                    match tokio::time::timeout(LIVENESS_TICK, waiter.wait()).await {
-                        Ok(r) => r.map_err(PutFail::Io)?,
-                        Err(_) => self.repair_tail(),
-                    }
+                    self.slot_freed
+                        .wait_until(None, Some(LIVENESS_TICK), |ticked| self.room(ticked))
+                        .await
+                        .map_err(PutFail::Io)?;
                 }
                 Attempt::SocketFull => {
                     let registration = self.tx.writable_registration().map_err(PutFail::Io)?;
@@ -433,24 +414,17 @@ impl Engine {
         packet: &Packet,
         deadline: Option<Instant>,
     ) -> Result<(), PutFail> {
-        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::BlockingWaiter)> = None;
         loop {
             match self.blocking_attempt(packet) {
                 Attempt::Done => return Ok(()),
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
-                    let Some((_, waiter)) = &sleeping else {
-                        let counted = Counted::new(self.put_waiters());
-                        sleeping = Some((
-                            counted,
-                            self.slot_freed.blocking_waiter().map_err(PutFail::Io)?,
-                        ));
-                        continue;
-                    };
-                    let (wake_at, tick) = next_wake(deadline).ok_or(PutFail::Timeout)?;
-                    if !waiter.wait(Some(wake_at)).map_err(PutFail::Io)? && tick {
-                        self.repair_tail();
-                    }
+                    self.slot_freed
+                        .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
+                            self.room(ticked)
+                        })
+                        .map_err(PutFail::Io)?
+                        .ok_or(PutFail::Timeout)?;
                 }
                 Attempt::SocketFull => {
                     if !self
@@ -582,35 +556,51 @@ impl Engine {
         }
     }
 
-    /// A getter waiting behind a slot being written frees it if its writer died.
-    fn repair_head(&self, pos: u64) {
-        if let Some(repaired) = self.ring.repair(pos) {
-            self.repaired(repaired);
-            self.freed();
+    /// A getter waiting behind a slot being written frees it if its writer died; true if so.
+    fn repair_head(&self, pos: u64) -> bool {
+        let repaired = self.ring.repair(pos).is_some();
+        if repaired {
+            self.repaired();
+        }
+        repaired
+    }
+
+    /// One look for a waiting getter, shaped as a wait queue's attempt: `None` while there is
+    /// nothing to take. With `ticked`, a slot whose writer died is freed and looked past.
+    fn attempt_get(&self, ticked: bool, closed_seen: &mut bool) -> Option<Found> {
+        loop {
+            match self.look() {
+                Err(e) => return Some(Found::Done(Err(e))),
+                Ok(Got::Message(m)) => return Some(Found::Done(Ok(TryRecv::Message(m)))),
+                Ok(Got::Token(pos)) => return Some(Found::Token(pos)),
+                Ok(Got::Empty) => match self.nothing(closed_seen) {
+                    Some(TryRecv::Closed) => return Some(Found::Done(Ok(TryRecv::Closed))),
+                    Some(_) => return None,
+                    None => {}
+                },
+                Ok(Got::Busy(pos)) => {
+                    if !(ticked && self.repair_head(pos)) {
+                        return None;
+                    }
+                }
+            }
         }
     }
 
-    /// One step of a waiting get: look at the head, and spin once if there is nothing.
-    fn step(&self, closed_seen: &mut bool, spun: &mut bool) -> Step {
-        let busy = match self.look() {
-            Err(e) => return Step::Return(Err(e)),
-            Ok(Got::Message(m)) => return Step::Return(Ok(TryRecv::Message(m))),
-            Ok(Got::Token(pos)) => return Step::Token(pos),
-            Ok(Got::Empty) => match self.nothing(closed_seen) {
-                Some(TryRecv::Closed) => return Step::Return(Ok(TryRecv::Closed)),
-                Some(_) => None,
-                None => return Step::Retry,
-            },
-            Ok(Got::Busy(pos)) => Some(pos),
-        };
-        if !std::mem::replace(spun, true)
-            && self
-                .spin
-                .wait(|| self.ring.head_ready() || self.is_closed())
-        {
-            return Step::Retry;
+    /// A getter's looks before it sleeps: one, and once per get a spin and another look.
+    fn look_then_spin(&self, closed_seen: &mut bool, spun: &mut bool) -> Option<Found> {
+        loop {
+            if let Some(found) = self.attempt_get(false, closed_seen) {
+                return Some(found);
+            }
+            if std::mem::replace(spun, true)
+                || !self
+                    .spin
+                    .wait(|| self.ring.head_ready() || self.is_closed())
+            {
+                return None;
+            }
         }
-        Step::Sleep { busy }
     }
 
     /// Takes a message, waiting until one arrives; `Ok(None)` at end of queue.
@@ -618,43 +608,40 @@ impl Engine {
     /// Cancel safe: a message is taken off the ring (and the socket) within one poll.
     pub(crate) async fn get(&self) -> Result<Option<Received>, PacketRecvError> {
         let (mut closed_seen, mut spun) = (false, false);
-        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::Waiter)> = None;
         loop {
-            let busy = match self.step(&mut closed_seen, &mut spun) {
-                Step::Return(r) => {
+            let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
+                Some(found) => found,
+                None => {
+                    let slept = Instant::now();
+                    let found = self
+                        .not_empty
+                        .wait_until(None, Some(LIVENESS_TICK), |ticked| {
+                            self.attempt_get(ticked, &mut closed_seen)
+                        })
+                        .await
+                        .map_err(PacketRecvError::Io)?
+                        .expect("a wait without deadline ends only with a value");
+                    self.spin.slept(slept.elapsed());
+                    found
+                }
+            };
+            match found {
+                Found::Done(r) => {
                     return r.map(|t| match t {
                         TryRecv::Message(m) => Some(m),
                         TryRecv::Empty | TryRecv::Closed => None,
                     });
                 }
-                Step::Token(pos) => {
+                Found::Token(pos) => {
                     let guard = self
                         .oob
                         .lock()
                         .await
                         .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
-                    match self.take_token(pos, &guard) {
-                        Some(r) => return r.map(Some),
-                        None => continue,
+                    if let Some(r) = self.take_token(pos, &guard) {
+                        return r.map(Some);
                     }
                 }
-                Step::Retry => continue,
-                Step::Sleep { busy } => busy,
-            };
-            let Some((_, waiter)) = &sleeping else {
-                // Announce, register, then look again before the first sleep.
-                let counted = Counted::new(self.get_waiters());
-                let waiter = self.not_empty.waiter().map_err(PacketRecvError::Io)?;
-                sleeping = Some((counted, waiter));
-                continue;
-            };
-            let slept = Instant::now();
-            match tokio::time::timeout(LIVENESS_TICK, waiter.wait()).await {
-                Ok(r) => {
-                    r.map_err(PacketRecvError::Io)?;
-                    self.spin.slept(slept.elapsed());
-                }
-                Err(_) => busy.into_iter().for_each(|pos| self.repair_head(pos)),
             }
         }
     }
@@ -666,37 +653,33 @@ impl Engine {
         deadline: Option<Instant>,
     ) -> Result<TryRecv, PacketRecvError> {
         let (mut closed_seen, mut spun) = (false, false);
-        let mut sleeping: Option<(Counted<'_>, multiproc_core::eventfd::BlockingWaiter)> = None;
         loop {
-            let busy = match self.step(&mut closed_seen, &mut spun) {
-                Step::Return(r) => return r,
-                Step::Token(pos) => {
+            let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
+                Some(found) => found,
+                None => {
+                    let found = self
+                        .not_empty
+                        .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
+                            self.attempt_get(ticked, &mut closed_seen)
+                        })
+                        .map_err(PacketRecvError::Io)?;
+                    let Some(found) = found else {
+                        return Ok(TryRecv::Empty);
+                    };
+                    found
+                }
+            };
+            match found {
+                Found::Done(r) => return r,
+                Found::Token(pos) => {
                     let guard = self
                         .oob
                         .blocking_lock()
                         .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
-                    match self.take_token(pos, &guard) {
-                        Some(r) => return r.map(TryRecv::Message),
-                        None => continue,
+                    if let Some(r) = self.take_token(pos, &guard) {
+                        return r.map(TryRecv::Message);
                     }
                 }
-                Step::Retry => continue,
-                Step::Sleep { busy } => busy,
-            };
-            let Some((_, waiter)) = &sleeping else {
-                let counted = Counted::new(self.get_waiters());
-                let waiter = self
-                    .not_empty
-                    .blocking_waiter()
-                    .map_err(PacketRecvError::Io)?;
-                sleeping = Some((counted, waiter));
-                continue;
-            };
-            let Some((wake_at, tick)) = next_wake(deadline) else {
-                return Ok(TryRecv::Empty);
-            };
-            if !waiter.wait(Some(wake_at)).map_err(PacketRecvError::Io)? && tick {
-                busy.into_iter().for_each(|pos| self.repair_head(pos));
             }
         }
     }
@@ -718,9 +701,7 @@ impl Engine {
             .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
         {
             Ok(1) => {
-                if self.join_waiters().load(SeqCst) != 0 {
-                    let _ = self.all_done.notify();
-                }
+                self.all_done.wake();
                 true
             }
             Ok(_) => true,
@@ -730,46 +711,17 @@ impl Engine {
 
     /// Waits until no task is outstanding.
     pub(crate) async fn join(&self) -> io::Result<()> {
-        loop {
-            if self.unfinished() == 0 {
-                return Ok(());
-            }
-            let _waiting = Counted::new(self.join_waiters());
-            let waiter = self.all_done.waiter()?;
-            if self.unfinished() == 0 {
-                return Ok(());
-            }
-            waiter.wait().await?;
-        }
+        self.all_done
+            .wait_until(None, None, |_| (self.unfinished() == 0).then_some(()))
+            .await
+            .map(drop)
     }
 
     /// Blocks the thread until no task is outstanding or `deadline` passes (`Ok(false)`).
     pub(crate) fn blocking_join(&self, deadline: Option<Instant>) -> io::Result<bool> {
-        loop {
-            if self.unfinished() == 0 {
-                return Ok(true);
-            }
-            let _waiting = Counted::new(self.join_waiters());
-            let waiter = self.all_done.blocking_waiter()?;
-            if self.unfinished() == 0 {
-                return Ok(true);
-            }
-            if !waiter.wait(deadline)? {
-                return Ok(self.unfinished() == 0);
-            }
-        }
-    }
-}
-
-/// When a blocking waiter wakes on its own next: the deadline or the next liveness tick, and
-/// whether it is the tick. `None` once the deadline has passed.
-fn next_wake(deadline: Option<Instant>) -> Option<(Instant, bool)> {
-    let now = Instant::now();
-    let tick = now + LIVENESS_TICK;
-    match deadline {
-        Some(d) if d <= now => None,
-        Some(d) if d < tick => Some((d, false)),
-        _ => Some((tick, true)),
+        self.all_done
+            .blocking_wait_until(deadline, None, |_| (self.unfinished() == 0).then_some(()))
+            .map(|done| done.is_some())
     }
 }
 
@@ -842,22 +794,6 @@ impl Spin {
     }
 }
 
-/// Counts this process's task as a waiter in a shared word while alive.
-struct Counted<'a>(&'a AtomicU32);
-
-impl<'a> Counted<'a> {
-    fn new(word: &'a AtomicU32) -> Self {
-        word.fetch_add(1, SeqCst);
-        Self(word)
-    }
-}
-
-impl Drop for Counted<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, SeqCst);
-    }
-}
-
 /// What travels when a queue handle is sent to another process.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -877,9 +813,9 @@ impl Serialize for Engine {
             rx: self.rx.shared_fd().clone(),
             state: self.state.clone(),
             oob: self.oob.clone(),
-            not_empty: self.not_empty.clone(),
-            slot_freed: self.slot_freed.clone(),
-            all_done: self.all_done.clone(),
+            not_empty: self.not_empty.eventfd().clone(),
+            slot_freed: self.slot_freed.eventfd().clone(),
+            all_done: self.all_done.eventfd().clone(),
         }
         .serialize(serializer)
     }

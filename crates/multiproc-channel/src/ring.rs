@@ -244,6 +244,19 @@ impl Ring {
         }
     }
 
+    /// True when the tail slot is free for this lap (or the tail moved on): what a putter
+    /// waiting for room checks, two loads and no write.
+    pub(crate) fn has_room(&self) -> bool {
+        let pos = self.tail().load(Ordering::Acquire);
+        let (slot, lap) = self.locate(pos);
+        let state = State::unpack(self.state(slot).load(Ordering::Acquire));
+        match compare_laps(state.lap, lap) {
+            Lap::Same => state.phase == EMPTY,
+            Lap::Ahead => true,
+            Lap::Behind => false,
+        }
+    }
+
     /// Fills the slot claimed at `pos` and makes it visible to consumers.
     pub(crate) fn publish(&self, pos: u64, kind: Kind, payload: &[u8]) {
         assert!(
@@ -445,12 +458,14 @@ mod tests {
             for i in 0..4u32 {
                 assert!(put(&r, &(lap * 4 + i).to_le_bytes()));
             }
+            assert!(!r.has_room());
             assert!(!put(&r, b"x"), "a ring of 4 holds 4");
             assert_eq!(r.len(), 4);
             for i in 0..4u32 {
                 assert_eq!(take(&r).unwrap(), (lap * 4 + i).to_le_bytes());
             }
             assert_eq!(take(&r), None);
+            assert!(r.has_room());
         }
     }
 
