@@ -900,7 +900,8 @@ mod tests {
         // The first try finds the ring full and repairs it; the next one succeeds.
         assert!(matches!(engine.try_put(&packet(1, 1)), Err(PutFail::Full)));
         assert!(engine.try_put(&packet(1, 1)).is_ok());
-        let TryRecv::Message(m) = engine.blocking_get(None).unwrap() else {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let TryRecv::Message(m) = engine.blocking_get(Some(deadline)).unwrap() else {
             panic!("no message")
         };
         assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![1]);

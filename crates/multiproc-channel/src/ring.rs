@@ -426,6 +426,8 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     fn ring(slots: u64) -> Ring {
@@ -559,6 +561,8 @@ mod tests {
     fn threads_hammering_lose_and_duplicate_nothing() {
         let r = std::sync::Arc::new(ring(8));
         let taken = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        // A lost or stuck message fails the test instead of hanging it.
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let producers: Vec<_> = (0..3u32)
             .map(|p| {
                 let r = r.clone();
@@ -566,6 +570,7 @@ mod tests {
                     for i in 0..20_000u32 {
                         let msg = [p.to_le_bytes(), i.to_le_bytes()].concat();
                         while !put(&r, &msg) {
+                            assert!(Instant::now() < deadline, "producer stuck: ring full");
                             std::thread::yield_now();
                         }
                     }
@@ -589,7 +594,10 @@ mod tests {
                                 last[p as usize] = Some(i);
                                 got.push((p, i));
                             }
-                            _ => std::thread::yield_now(),
+                            _ => {
+                                assert!(Instant::now() < deadline, "consumer stuck: lost message");
+                                std::thread::yield_now();
+                            }
                         }
                     }
                     got
