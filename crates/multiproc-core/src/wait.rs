@@ -30,14 +30,14 @@ use crate::shm::SharedRegion;
 
 /// A waiter count in a shared region plus an eventfd: a cross-process wait queue (see the
 /// [module docs](self)). Serializes as both descriptors.
+///
+/// The waiter count is the `AtomicU32` at byte `WAITERS_AT` of the region: 0 for a primitive
+/// with a region of its own; state that needs several wait queues in one region gives each its
+/// own offset. A constant, so that the waker's bounds check folds away on unlock paths.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct WaitQueue {
+pub struct WaitQueue<const WAITERS_AT: usize = 0> {
     region: SharedRegion,
     efd: EventFd,
-    /// Byte offset of the waiter count in `region` (0 for a queue made by [`WaitQueue::new`],
-    /// the only kind that is serialized).
-    #[serde(skip)]
-    waiters_at: usize,
     /// This process's reusable registrations of `efd`, shared by the clones of the handle.
     #[serde(skip)]
     cache: Arc<Registrations>,
@@ -118,32 +118,30 @@ impl Drop for Announced<'_> {
     }
 }
 
-impl WaitQueue {
-    /// A wait queue with a fresh region of `len` bytes (at least 4): the waiter count is its
-    /// first word, the rest is the caller's shared state.
+impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
+    /// A wait queue with a fresh region of `len` bytes (at least room for the waiter count);
+    /// the rest is the caller's shared state.
     ///
     /// # Errors
     /// When the region or the eventfd cannot be made.
     pub fn new(len: usize) -> io::Result<Self> {
         Ok(Self {
-            region: SharedRegion::new(len.max(4))?,
+            region: SharedRegion::new(len.max(WAITERS_AT + 4))?,
             efd: EventFd::new()?,
-            waiters_at: 0,
             cache: Arc::default(),
         })
     }
 
-    /// A wait queue whose waiter count is the `AtomicU32` at `waiters_at` in an existing
-    /// `region`, woken through `efd`: for state that needs several wait queues in one region.
+    /// A wait queue over an existing `region` (its waiter count at `WAITERS_AT`), woken
+    /// through `efd`: for state that needs several wait queues in one region.
     ///
     /// # Panics
-    /// When `waiters_at` is out of bounds or not 4-aligned.
-    pub fn in_region(region: SharedRegion, waiters_at: usize, efd: EventFd) -> Self {
-        region.atomic_u32(waiters_at);
+    /// When `WAITERS_AT` is out of the region's bounds or not 4-aligned.
+    pub fn in_region(region: SharedRegion, efd: EventFd) -> Self {
+        region.atomic_u32(WAITERS_AT);
         Self {
             region,
             efd,
-            waiters_at,
             cache: Arc::default(),
         }
     }
@@ -209,7 +207,7 @@ impl WaitQueue {
 
     #[inline]
     fn waiters(&self) -> &AtomicU32 {
-        self.region.atomic_u32(self.waiters_at)
+        self.region.atomic_u32(WAITERS_AT)
     }
 
     /// Wakes every waiter, if there is any. Call after changing the shared state.
