@@ -247,11 +247,16 @@ impl Ring {
     /// True when the tail slot is free for this lap (or the tail moved on): what a putter
     /// waiting for room checks, two loads and no write.
     pub(crate) fn has_room(&self) -> bool {
-        let pos = self.tail().load(Ordering::Acquire);
-        let (slot, lap) = self.locate(pos);
+        self.hint_at(self.tail(), EMPTY)
+    }
+
+    /// True when the slot at `hint` is in `phase` for the hint's lap, or already in a later
+    /// lap (the hint is stale, so things moved on). Two loads, no write.
+    fn hint_at(&self, hint: &AtomicU64, phase: u64) -> bool {
+        let (slot, lap) = self.locate(hint.load(Ordering::Acquire));
         let state = State::unpack(self.state(slot).load(Ordering::Acquire));
         match compare_laps(state.lap, lap) {
-            Lap::Same => state.phase == EMPTY,
+            Lap::Same => state.phase == phase,
             Lap::Ahead => true,
             Lap::Behind => false,
         }
@@ -344,14 +349,7 @@ impl Ring {
     /// True when the head slot holds something to take (or the head moved on): a cheap check
     /// for spinning, two loads and no write.
     pub(crate) fn head_ready(&self) -> bool {
-        let pos = self.head().load(Ordering::Acquire);
-        let (slot, lap) = self.locate(pos);
-        let state = State::unpack(self.state(slot).load(Ordering::Acquire));
-        match compare_laps(state.lap, lap) {
-            Lap::Same => state.phase == FULL,
-            Lap::Ahead => true,
-            Lap::Behind => false,
-        }
+        self.hint_at(self.head(), FULL)
     }
 
     /// Claims the token at `pos` (found by [`take`](Self::take)); `false` when it is no longer
