@@ -111,21 +111,7 @@ pub struct ChildCommand {
 /// When the control socket cannot be created or `/proc/self/exe` cannot be read.
 pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
     let (parent_end, child_end) = sys::stream_socketpair()?;
-    let (dev, ino) = sys::exe_identity()?;
-    let mut hello = Vec::with_capacity(HELLO_LEN);
-    hello.extend_from_slice(&HELLO_MAGIC);
-    hello.extend_from_slice(&entry.shim.to_le_bytes());
-    hello.extend_from_slice(&entry.run.to_le_bytes());
-    hello.extend_from_slice(&dev.to_le_bytes());
-    hello.extend_from_slice(&ino.to_le_bytes());
-    for word in crate::remote_fn::program_key() {
-        hello.extend_from_slice(&word.to_le_bytes());
-    }
-    // A fresh socket buffer holds far more than the hello: this never blocks.
-    let written = sys::send_with_fds(parent_end.as_fd(), &hello, &[])?;
-    if written != hello.len() {
-        return Err(io::Error::other("short write of the bootstrap hello"));
-    }
+    send_hello(&parent_end, entry)?;
 
     let mut command = Command::new("/proc/self/exe");
     let raw = child_end.as_raw_fd();
@@ -149,6 +135,26 @@ pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
     })
 }
 
+/// Queues on `socket` the hello that makes the process at its other end run `entry`.
+pub(crate) fn send_hello(socket: &OwnedFd, entry: EntryPoint) -> io::Result<()> {
+    let (dev, ino) = sys::exe_identity()?;
+    let mut hello = Vec::with_capacity(HELLO_LEN);
+    hello.extend_from_slice(&HELLO_MAGIC);
+    hello.extend_from_slice(&entry.shim.to_le_bytes());
+    hello.extend_from_slice(&entry.run.to_le_bytes());
+    hello.extend_from_slice(&dev.to_le_bytes());
+    hello.extend_from_slice(&ino.to_le_bytes());
+    for word in crate::remote_fn::program_key() {
+        hello.extend_from_slice(&word.to_le_bytes());
+    }
+    // A fresh socket buffer holds far more than the hello: this never blocks.
+    let written = sys::send_with_fds(socket.as_fd(), &hello, &[])?;
+    if written != hello.len() {
+        return Err(io::Error::other("short write of the bootstrap hello"));
+    }
+    Ok(())
+}
+
 extern "C" fn bootstrap_hook() {
     let Some(value) = std::env::var_os(BOOTSTRAP_ENV) else {
         return;
@@ -160,15 +166,23 @@ extern "C" fn bootstrap_hook() {
     // closed pipe is an error, as in any Rust program, rather than death.
     // SAFETY: setting SIGPIPE's disposition to SIG_IGN installs no handler code.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let err = match enter(&value.to_string_lossy()) {
-        Ok(()) => std::process::exit(0),
-        Err(e) => e,
-    };
-    eprintln!("multiproc: child bootstrap failed: {err}");
-    std::process::exit(BOOTSTRAP_FAILED_EXIT);
+    finish(take_control(&value.to_string_lossy()).and_then(enter));
 }
 
-fn enter(value: &str) -> io::Result<()> {
+/// Ends a child whose entry point returned (`Ok`) or could not be reached (`Err`, reported on
+/// standard error and by the exit code [`BOOTSTRAP_FAILED_EXIT`]).
+pub(crate) fn finish(outcome: io::Result<()>) -> ! {
+    match outcome {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("multiproc: child bootstrap failed: {e}");
+            std::process::exit(BOOTSTRAP_FAILED_EXIT)
+        }
+    }
+}
+
+/// Takes ownership of the control socket named by the bootstrap variable's `value`.
+fn take_control(value: &str) -> io::Result<OwnedFd> {
     let raw: RawFd = value.parse().ok().filter(|fd| *fd > 2).ok_or_else(|| {
         io::Error::other(format!("{BOOTSTRAP_ENV}={value:?} is not a descriptor"))
     })?;
@@ -186,7 +200,11 @@ fn enter(value: &str) -> io::Result<()> {
     // variable was removed above).
     let control = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)?;
+    Ok(control)
+}
 
+/// Reads the hello on `control`, checks it, and runs the entry point it names with `control`.
+pub(crate) fn enter(control: OwnedFd) -> io::Result<()> {
     let hello = read_hello(&control)?;
     if hello[..8] != HELLO_MAGIC {
         return Err(io::Error::other(

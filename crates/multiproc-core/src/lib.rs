@@ -14,6 +14,7 @@ pub mod cpu;
 pub mod error;
 pub mod eventfd;
 mod fd;
+mod forkserver;
 mod frame;
 pub mod identity;
 pub mod message;

@@ -116,6 +116,13 @@ impl PidFd {
     }
 }
 
+impl AsFd for PidFd {
+    /// The pidfd, readable once the process has exited.
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
 /// The status `wait` would have given, from `waitid`'s; `None` for a stop or continue.
 fn exit_status(status: &WaitIdStatus) -> Option<ExitStatus> {
     let raw = if let Some(code) = status.exit_status() {

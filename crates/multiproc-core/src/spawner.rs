@@ -24,7 +24,7 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::ffi::{CString, OsString, c_char};
+use std::ffi::{CStr, CString, OsString, c_char};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -39,6 +39,9 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::bootstrap::BOOTSTRAP_ENV;
+use crate::forkserver;
+
+pub use crate::forkserver::FORK_SERVER_ENV;
 use crate::pidfd::PidFd;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -169,7 +172,12 @@ impl SpawnOptions {
 pub fn spawn(command: Command, child_end: OwnedFd, options: SpawnOptions) -> io::Result<PidFd> {
     run(move || {
         let pid = if options.posix_spawnable() {
-            posix_spawn_child(&child_end, &options)?
+            let arg0 = arg0(&options)?;
+            let env = environment(&options)?;
+            match forkserver::spawn(&child_end, &arg0, &env)? {
+                Some(pid) => pid,
+                None => posix_spawn_child(&child_end, &arg0, env)?,
+            }
         } else {
             command_spawn_child(command, &child_end, options)?
         };
@@ -231,19 +239,29 @@ fn command_spawn_child(
     Ok(command.spawn()?.id())
 }
 
-/// The fast path: `posix_spawn` of this executable with the control socket and environment.
-fn posix_spawn_child(child_end: &OwnedFd, options: &SpawnOptions) -> io::Result<u32> {
+/// `argv[0]` for a child: its name, or the program path.
+fn arg0(options: &SpawnOptions) -> io::Result<CString> {
+    match &options.arg0 {
+        Some(arg0) => CString::new(arg0.as_bytes()).map_err(|_| nul_error("the child's name")),
+        None => Ok(PROGRAM.to_owned()),
+    }
+}
+
+/// The fast path: `posix_spawn` of this executable with `argv[0]`, the environment `env`
+/// (from [`environment`]) and the control socket.
+pub(crate) fn posix_spawn_child(
+    child_end: &OwnedFd,
+    arg0: &CStr,
+    mut env: Vec<CString>,
+) -> io::Result<u32> {
     // The child gets the control socket at `target`, a number free in this process and so in
     // the child (whose descriptor table starts as a copy of ours), through `dup2`, which clears
     // close-on-exec on the copy. (`dup2` onto the same number would only do so from glibc 2.29.)
     let target = rustix::io::fcntl_dupfd_cloexec(child_end, 3)?;
 
-    let arg0 = match &options.arg0 {
-        Some(arg0) => CString::new(arg0.as_bytes()).map_err(|_| nul_error("the child's name"))?,
-        None => PROGRAM.to_owned(),
-    };
     let argv: [*const c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
-    let env = environment(options, target.as_raw_fd())?;
+    let bootstrap = format!("{BOOTSTRAP_ENV}={}", target.as_raw_fd());
+    env.push(CString::new(bootstrap).expect("no NUL in a name and a number"));
     let mut envp: Vec<*const c_char> = env.iter().map(|var| var.as_ptr()).collect();
     envp.push(std::ptr::null());
 
@@ -271,9 +289,9 @@ fn posix_spawn_child(child_end: &OwnedFd, options: &SpawnOptions) -> io::Result<
     Ok(pid as u32)
 }
 
-/// The child's environment as `KEY=value` strings: ours (unless cleared), the options' changes,
-/// and the bootstrap variable naming descriptor `control`.
-fn environment(options: &SpawnOptions, control: i32) -> io::Result<Vec<CString>> {
+/// The child's environment as `KEY=value` strings: ours (unless cleared) with the options'
+/// changes, never the bootstrap variable (the spawn path adds its own).
+pub(crate) fn environment(options: &SpawnOptions) -> io::Result<Vec<CString>> {
     let mut vars: BTreeMap<OsString, OsString> = if options.env_clear {
         BTreeMap::new()
     } else {
@@ -285,7 +303,7 @@ fn environment(options: &SpawnOptions, control: i32) -> io::Result<Vec<CString>>
             None => vars.remove(key),
         };
     }
-    vars.insert(BOOTSTRAP_ENV.into(), control.to_string().into());
+    vars.remove(std::ffi::OsStr::new(BOOTSTRAP_ENV));
     vars.iter()
         .map(|(key, value)| {
             let mut var = Vec::with_capacity(key.len() + value.len() + 1);
