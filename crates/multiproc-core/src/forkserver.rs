@@ -22,7 +22,7 @@
 //! The child writes its own pid to the parent right after the fork, so the parent learns of it
 //! even if the server dies at that moment; the server answers only when it could not fork. When
 //! the server is gone before forking, the parent re-executes the child instead and starts a new
-//! server on the next spawn.
+//! server meanwhile.
 //!
 //! # Forking without glibc's `fork`
 //! `fork(3)` cannot ask for `CLONE_PARENT`, so the server calls `clone3` (or `clone`) itself and
@@ -76,7 +76,7 @@ const HAS_STDERR: u8 = 4;
 // The parent's side: runs on the spawner thread only.
 
 enum State {
-    /// Not started yet (or gone, and to be started again).
+    /// Not started yet (or wedged and killed, and to be started again).
     Idle,
     Running(Server),
     /// Turned off by the environment, or the server cannot fork here.
@@ -122,7 +122,8 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
             }
             Answer::Declined(_) => Ok(None),
             Answer::Gone => {
-                *state = State::Idle;
+                // Reap the old server; start the next one while this child is re-executed.
+                *state = Server::start().map_or(State::Off, State::Running);
                 Ok(None)
             }
             Answer::Lost(e) => {
@@ -682,4 +683,70 @@ fn threads() -> Option<u32> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_ascii_whitespace().nth(17)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn descriptors(n: usize) -> Vec<OwnedFd> {
+        (0..n)
+            .map(|_| rustix::pipe::pipe().expect("pipe").0)
+            .collect()
+    }
+
+    fn request(present: u8, name: &[u8], env: &[&[u8]]) -> Vec<u8> {
+        let mut bytes = REQUEST_MAGIC.to_vec();
+        bytes.push(present);
+        put_bytes(&mut bytes, name);
+        put_bytes(&mut bytes, &[1, 0, 0, 0]);
+        for var in env {
+            put_bytes(&mut bytes, var);
+        }
+        bytes
+    }
+
+    #[test]
+    fn a_well_formed_request_decodes() {
+        let bytes = request(HAS_STDOUT, b"worker", &[b"A=1", b"B=2"]);
+        let parsed = Request::parse(&bytes, descriptors(3)).expect("valid");
+        assert_eq!(parsed.name, b"worker");
+        assert_eq!(parsed.affinity, [1, 0, 0, 0]);
+        assert_eq!(parsed.env, [c"A=1".to_owned(), c"B=2".to_owned()]);
+        assert!(parsed.streams[0].is_none() && parsed.streams[1].is_some());
+        assert!(parsed.streams[2].is_none());
+    }
+
+    #[test]
+    fn malformed_requests_are_refused_without_panicking() {
+        let good = request(HAS_STDIN | HAS_STDERR, b"w", &[b"A=1"]);
+        // Every truncation of a valid request, with the right descriptors.
+        for len in 0..good.len() {
+            let cut = &good[..len];
+            // A cut exactly between fields is a shorter valid request only after the affinity.
+            if let Ok(parsed) = Request::parse(cut, descriptors(4)) {
+                assert!(parsed.env.is_empty(), "cut at {len} decoded an environment");
+            }
+        }
+        let cases: Vec<(Vec<u8>, usize, &str)> = vec![
+            (b"XXXX".to_vec(), 2, "wrong magic"),
+            (good.clone(), 3, "a stream descriptor missing"),
+            (good.clone(), 1, "the working directory missing"),
+            (good.clone(), 5, "a descriptor too many"),
+            (request(0, &[b'n'; NAME_ROOM], &[]), 2, "a name too long"),
+            (request(0, b"w", &[b"A=\01"]), 2, "a NUL inside a variable"),
+            (
+                [good.clone(), vec![0xff, 0xff, 0xff, 0xff]].concat(),
+                4,
+                "a length past the end",
+            ),
+        ];
+        for (bytes, fds, what) in cases {
+            assert_eq!(
+                Request::parse(&bytes, descriptors(fds)).err(),
+                Some(Errno::INVAL),
+                "{what}"
+            );
+        }
+    }
 }

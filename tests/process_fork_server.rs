@@ -1,0 +1,198 @@
+//! The fork server: children forked from it get the parent's set-up as of the spawn, behave like
+//! re-executed ones, and a server that dies or is turned off costs nothing but speed.
+
+use multiproc::{Builder, spawn};
+use multiproc_suite::{eventually, process_gone, within, zombie_children};
+use serde::{Deserialize, Serialize};
+
+/// A variable every probed child gets from its builder. A re-executed child finds it in the
+/// environment block the kernel built at `exec` (`/proc/self/environ`); a child forked from the
+/// server does not, since that block is the server's.
+const MARKER: &str = "MULTIPROC_TEST_SPAWN_MARKER";
+
+/// What a child sees of itself.
+#[derive(Debug, Serialize, Deserialize)]
+struct Probe {
+    forked: bool,
+    args: Vec<String>,
+    cmdline_arg0: String,
+    env_marker: Option<String>,
+    cwd: std::path::PathBuf,
+    stdout: std::path::PathBuf,
+    parent: u32,
+    cpus: Vec<usize>,
+    thread_result: u32,
+}
+
+fn allowed_cpus() -> Vec<usize> {
+    let set = rustix::thread::sched_getaffinity(None).unwrap();
+    (0..rustix::thread::CpuSet::MAX_CPU)
+        .filter(|&i| set.is_set(i))
+        .collect()
+}
+
+fn probe(_: ()) -> Probe {
+    let environ = std::fs::read("/proc/self/environ").unwrap();
+    let marker = format!("{MARKER}=");
+    let forked = !environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(marker.as_bytes()));
+    let cmdline = std::fs::read("/proc/self/cmdline").unwrap();
+    Probe {
+        forked,
+        args: std::env::args().collect(),
+        cmdline_arg0: String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap())
+            .into_owned(),
+        env_marker: std::env::var(MARKER).ok(),
+        cwd: std::env::current_dir().unwrap(),
+        stdout: std::fs::read_link("/proc/self/fd/1").unwrap(),
+        parent: std::os::unix::process::parent_id(),
+        cpus: allowed_cpus(),
+        // Threads work in a forked child (glibc's view of the process is right).
+        thread_result: std::thread::spawn(|| 6 * 7).join().unwrap(),
+    }
+}
+
+fn probed(name: &str) -> Builder {
+    Builder::new().name(name).env(MARKER, name)
+}
+
+/// Makes sure this process's fork server is running: the first spawn starts it.
+async fn warm_up() {
+    within("warm-up child", spawn((), |()| ())).await.unwrap();
+}
+
+#[tokio::test]
+async fn forked_children_get_the_parents_setup() {
+    warm_up().await;
+    let child = probed("mp-forked").spawn((), probe).unwrap();
+    let seen = within("probe child", child).await.unwrap();
+    assert!(seen.forked, "not forked from the server: {seen:?}");
+    assert_eq!(seen.args, ["mp-forked"]);
+    assert_eq!(seen.cmdline_arg0, "mp-forked");
+    assert_eq!(seen.env_marker.as_deref(), Some("mp-forked"));
+    assert_eq!(seen.cwd, std::env::current_dir().unwrap());
+    assert_eq!(seen.stdout, std::fs::read_link("/proc/self/fd/1").unwrap());
+    assert_eq!(
+        seen.parent,
+        std::process::id(),
+        "CLONE_PARENT: we are its parent"
+    );
+    assert_eq!(seen.cpus, allowed_cpus());
+    assert_eq!(seen.thread_result, 42);
+}
+
+fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
+fn abort(_: ()) {
+    std::process::abort()
+}
+
+fn panic(_: ()) {
+    panic!("forked panic")
+}
+
+#[tokio::test]
+async fn forked_children_report_exits_signals_and_panics() {
+    warm_up().await;
+    let exit = within("exiting child", spawn(7, exit_with)).await;
+    assert_eq!(exit.unwrap_err().exit_code(), Some(7));
+    // `abort` raises SIGABRT at the calling thread by its id, which glibc must know.
+    let abort = within("aborting child", spawn((), abort)).await;
+    assert_eq!(abort.unwrap_err().signal(), Some(6));
+    let panic = within("panicking child", spawn((), panic)).await;
+    assert_eq!(panic.unwrap_err().panic_message(), Some("forked panic"));
+}
+
+/// This process's fork server: its child named `multiproc-fork-server`.
+fn fork_server() -> Option<u32> {
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1)?.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent == Some(me) && cmdline.starts_with(b"multiproc-fork-server") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// Runs in a fresh process with a server of its own: kills the server, then spawns on.
+async fn outlive_the_server(_: ()) -> (bool, bool, bool, bool) {
+    warm_up().await;
+    let server = fork_server().expect("a running fork server");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(eventually(|| process_gone(server) || zombie_children().contains(&server)).await);
+    // Server gone: re-executed, and a new server starts.
+    let first = within("after the kill", probed("after").spawn((), probe).unwrap())
+        .await
+        .unwrap();
+    let second = within(
+        "with the new server",
+        probed("again").spawn((), probe).unwrap(),
+    )
+    .await
+    .unwrap();
+    let reaped = eventually(|| process_gone(server)).await;
+    let replaced = fork_server().is_some_and(|pid| pid != server);
+    (first.forked, second.forked, reaped, replaced)
+}
+
+#[tokio::test]
+async fn a_killed_server_is_reaped_and_replaced() {
+    let (first, second, reaped, replaced) = within(
+        "middle process",
+        Builder::new().spawn((), outlive_the_server).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(!first, "the child after the kill must be re-executed");
+    assert!(second, "the next child must come from the new server");
+    assert!(reaped, "the killed server was left a zombie");
+    assert!(replaced, "no new server was started");
+}
+
+/// Runs in a process started with `MULTIPROC_FORK_SERVER=0`.
+async fn spawn_without_server(_: ()) -> (bool, bool, bool) {
+    warm_up().await;
+    let seen = within("unforked child", probed("exec").spawn((), probe).unwrap())
+        .await
+        .unwrap();
+    (
+        seen.forked,
+        seen.env_marker.is_some(),
+        fork_server().is_some(),
+    )
+}
+
+#[tokio::test]
+async fn the_server_can_be_turned_off() {
+    let (forked, marker, server) = within(
+        "middle process",
+        Builder::new()
+            .env("MULTIPROC_FORK_SERVER", "0")
+            .spawn((), spawn_without_server)
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        !forked && marker,
+        "with the server off, children are re-executed"
+    );
+    assert!(!server, "no server may run when it is turned off");
+}
