@@ -8,8 +8,9 @@
 
 use std::sync::OnceLock;
 
-/// This process's identity (cached: multiproc never forks, it re-executes, so a child always
-/// starts with an empty cache; reading it makes no system call).
+/// This process's identity (cached: a child is re-executed, or forked from the fork server,
+/// which never reads it, so a child always starts with an empty cache; reading it makes no
+/// system call).
 #[inline]
 pub fn current() -> u64 {
     static ME: OnceLock<u64> = OnceLock::new();

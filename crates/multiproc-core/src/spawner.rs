@@ -1,4 +1,5 @@
-//! Starting child processes: one long-lived thread that forks them all, and `posix_spawn`.
+//! Starting child processes: one long-lived thread that starts them all, by the fork server or
+//! `posix_spawn`.
 //!
 //! A daemon child asks the kernel to kill it when its parent goes away
 //! ([`die_with_parent`](crate::pidfd::die_with_parent), `PR_SET_PDEATHSIG`). The kernel's
@@ -9,7 +10,9 @@
 //! on first use and never stopped; it ends only with the process.
 //!
 //! [`spawn`] starts a child prepared by [`child_command`] on that thread. With the default
-//! standard streams and working directory it calls `posix_spawn` directly, which glibc
+//! standard streams and working directory it asks the fork server (a re-executed copy of this
+//! program that forks children for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]);
+//! without one (the first child, or the server off or gone) it calls `posix_spawn`, which glibc
 //! implements as `clone(CLONE_VM | CLONE_VFORK)` + `exec`: unlike `fork`, it neither copies this
 //! process's page tables nor leaves its pages copy-on-write behind. (`std::process::Command`
 //! falls back to `fork` because the control socket needs a `pre_exec` hook; it is still used

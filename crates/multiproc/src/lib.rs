@@ -61,7 +61,10 @@
 //! A child is this same executable, re-executed from `/proc/self/exe` (never `fork()`ed from
 //! a threaded tokio process). A constructor that runs before `main` recognises a child and
 //! runs the requested function instead of `main`, so there is no setup line to write and a
-//! program can never spawn itself recursively. Functions are found by address, which is why
+//! program can never spawn itself recursively. To save the `exec`, children after the first
+//! are forked from one re-executed copy that stopped in that constructor, single-threaded: a
+//! fork server, as in Python's `forkserver` start method (`MULTIPROC_FORK_SERVER=0` turns it
+//! off). Functions are found by address, which is why
 //! they must be `fn` items or closures that capture nothing; everything else goes in `args`.
 //!
 //! Every handle (pipe end, lock, queue, shared memory) is a set of file descriptors plus
