@@ -6,7 +6,7 @@
 //! very same executable, and jumps there; it never reaches `main`, so a program that spawns
 //! children in `main` can never spawn them recursively. A process without the variable is not
 //! touched. (A child forked from the fork server, itself such a copy, takes its socket from the
-//! server and enters at [`enter`].)
+//! server and enters at `enter`.)
 //!
 //! Functions are named by their address relative to an anchor in this binary, which survives
 //! address-space randomisation because the child runs the identical file.
