@@ -230,13 +230,19 @@ async fn kill_on_drop_kills() {
     );
 }
 
-/// Middle process: starts a grandchild (daemon or not), reports its pid, then waits to be killed.
+/// Middle process: starts two grandchildren (daemon or not), reports their pids, then waits to
+/// be killed. The first is re-executed, the second forked from the fork server that the first
+/// spawn started: both kinds must follow the daemon setting.
 async fn start_grandchild((daemon, mut report): (bool, pipe::Sender<u32>)) {
-    let grandchild = Builder::new()
-        .daemon(daemon)
-        .spawn((), sleep_forever)
-        .unwrap();
-    report.send(grandchild.pid().unwrap()).await.unwrap();
+    let mut grandchildren = Vec::new();
+    for _ in 0..2 {
+        let grandchild = Builder::new()
+            .daemon(daemon)
+            .spawn((), sleep_forever)
+            .unwrap();
+        report.send(grandchild.pid().unwrap()).await.unwrap();
+        grandchildren.push(grandchild);
+    }
     std::future::pending::<()>().await;
 }
 
@@ -245,7 +251,10 @@ async fn daemon_child_dies_with_its_parent_and_detached_one_does_not() {
     for daemon in [true, false] {
         let (tx, mut rx) = pipe::simplex::<u32>().unwrap();
         let mut middle = spawn((daemon, tx), start_grandchild);
-        let grandchild = within("grandchild pid", rx.recv()).await.unwrap().unwrap();
+        let mut grandchildren = Vec::new();
+        for _ in 0..2 {
+            grandchildren.push(within("grandchild pid", rx.recv()).await.unwrap().unwrap());
+        }
         middle.kill().unwrap();
         assert!(
             within("middle", middle.join())
@@ -254,22 +263,26 @@ async fn daemon_child_dies_with_its_parent_and_detached_one_does_not() {
                 .is_killed()
         );
         if daemon {
-            assert!(
-                eventually(|| process_gone(grandchild)).await,
-                "daemon grandchild {grandchild} outlived its parent"
-            );
+            for grandchild in grandchildren {
+                assert!(
+                    eventually(|| process_gone(grandchild)).await,
+                    "daemon grandchild {grandchild} outlived its parent"
+                );
+            }
         } else {
             tokio::time::sleep(Duration::from_millis(300)).await;
-            assert!(
-                !process_gone(grandchild),
-                "detached grandchild died with its parent"
-            );
-            // Clean up the orphan we made on purpose.
-            let _ = std::process::Command::new("kill")
-                .arg("-9")
-                .arg(grandchild.to_string())
-                .status();
-            assert!(eventually(|| process_gone(grandchild)).await);
+            for grandchild in grandchildren {
+                assert!(
+                    !process_gone(grandchild),
+                    "detached grandchild {grandchild} died with its parent"
+                );
+                // Clean up the orphan we made on purpose.
+                let _ = std::process::Command::new("kill")
+                    .arg("-9")
+                    .arg(grandchild.to_string())
+                    .status();
+                assert!(eventually(|| process_gone(grandchild)).await);
+            }
         }
     }
 }

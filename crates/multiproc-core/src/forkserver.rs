@@ -734,7 +734,11 @@ mod tests {
             (good.clone(), 1, "the working directory missing"),
             (good.clone(), 5, "a descriptor too many"),
             (request(0, &[b'n'; NAME_ROOM], &[]), 2, "a name too long"),
-            (request(0, b"w", &[b"A=\x001"]), 2, "a NUL inside a variable"),
+            (
+                request(0, b"w", &[b"A=\x001"]),
+                2,
+                "a NUL inside a variable",
+            ),
             (
                 [good.clone(), vec![0xff, 0xff, 0xff, 0xff]].concat(),
                 4,
