@@ -22,6 +22,8 @@ struct Probe {
     parent: u32,
     cpus: Vec<usize>,
     thread_result: u32,
+    /// Open descriptors above standard error, as `readlink` shows them.
+    extra_fds: Vec<String>,
 }
 
 fn allowed_cpus() -> Vec<usize> {
@@ -50,7 +52,23 @@ fn probe(_: ()) -> Probe {
         cpus: allowed_cpus(),
         // Threads work in a forked child (glibc's view of the process is right).
         thread_result: std::thread::spawn(|| 6 * 7).join().unwrap(),
+        extra_fds: open_descriptors_above_stderr(),
     }
+}
+
+fn open_descriptors_above_stderr() -> Vec<String> {
+    let listing: Vec<_> = std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .collect();
+    listing
+        .iter()
+        .filter(|entry| entry.file_name().to_str().unwrap().parse::<u32>().unwrap() > 2)
+        .filter_map(|entry| std::fs::read_link(entry.path()).ok())
+        .map(|link| link.display().to_string())
+        // The listing's own descriptor is gone by the time it is read back.
+        .filter(|link| !link.starts_with("/proc/"))
+        .collect()
 }
 
 fn probed(name: &str) -> Builder {
@@ -80,6 +98,43 @@ async fn forked_children_get_the_parents_setup() {
     );
     assert_eq!(seen.cpus, allowed_cpus());
     assert_eq!(seen.thread_result, 42);
+    // The control socket and what any child inherits from us (descriptors without
+    // close-on-exec, such as ones a shell passed down): nothing of the server's or the
+    // request's leaks into the child.
+    let inherited = inheritable_descriptors();
+    assert_eq!(
+        seen.extra_fds.len(),
+        inherited.len() + 1,
+        "{seen:?} {inherited:?}"
+    );
+    for link in &inherited {
+        assert!(seen.extra_fds.contains(link), "{seen:?} {inherited:?}");
+    }
+}
+
+/// Descriptors above standard error that a child process inherits: those without close-on-exec
+/// (`O_CLOEXEC` in the `flags` line of `/proc/self/fdinfo/<fd>`, in octal).
+fn inheritable_descriptors() -> Vec<String> {
+    const O_CLOEXEC: u32 = 0o2000000;
+    let mut links = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        if name.parse::<u32>().unwrap() <= 2 {
+            continue;
+        }
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{name}")) else {
+            continue; // the listing's own descriptor, closed by now
+        };
+        let flags = info
+            .lines()
+            .find_map(|line| line.strip_prefix("flags:"))
+            .map(|octal| u32::from_str_radix(octal.trim(), 8).unwrap())
+            .unwrap();
+        if flags & O_CLOEXEC == 0 {
+            links.push(entry.path().read_link().unwrap().display().to_string());
+        }
+    }
+    links
 }
 
 fn exit_with(code: i32) {
