@@ -15,7 +15,7 @@
 //!
 //! Each request carries what a re-executed child would take from the parent at that moment:
 //! the environment, the working directory (a descriptor), the standard streams, the CPU
-//! affinity and the name (`argv[0]`). Other attributes (resource limits, umask, credentials,
+//! affinity and the name (`argv[0]`). Other attributes (resource limits, umask, nice value, credentials,
 //! signal dispositions, inherited non-close-on-exec descriptors) are the parent's as of the
 //! server's start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!

@@ -1,4 +1,6 @@
-//! When a receiver should spin before it parks, and for how long.
+//! When a receiver should spin before it parks, and for how long. Used by the channel's
+//! receiver (for the socket) and by [`WaitQueue::spin_then_wait_until`](crate::wait::WaitQueue::spin_then_wait_until)
+//! (for shared state, such as an event's flag); "data" below is whatever they wait for.
 //!
 //! Parking a receiver (tokio's `epoll_wait`, or `poll(2)` on the blocking path) and waking it
 //! again costs a sleep and a wake-up in the kernel: a few microseconds when both processes share

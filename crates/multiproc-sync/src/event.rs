@@ -120,7 +120,7 @@ impl Event {
     /// The part of [`Event::wait`] that parks, from the state word `start` seen cleared.
     async fn wait_slow(&self, start: u64) -> Result<(), EventWaitError> {
         self.core
-            .wait_until(None, None, |_| self.done(start))
+            .spin_then_wait_until(None, None, |_| self.done(start))
             .await?;
         Ok(())
     }
@@ -156,7 +156,7 @@ impl Event {
             return Ok(());
         }
         self.core
-            .blocking_wait_until(None, None, |_| self.done(start))?;
+            .blocking_spin_then_wait_until(None, None, |_| self.done(start))?;
         Ok(())
     }
 
