@@ -287,9 +287,8 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
         let parked_at = match self.spin(deadline, &mut attempt) {
-            Spun::Got(v) => return Ok(Some(v)),
-            Spun::Missed => None,
-            Spun::Skipped(at) => Some(at),
+            Ok(v) => return Ok(Some(v)),
+            Err(parked_at) => parked_at,
         };
         let got = self.wait_until(deadline, tick, attempt).await;
         self.parked(parked_at);
@@ -304,26 +303,27 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
         let parked_at = match self.spin(deadline, &mut attempt) {
-            Spun::Got(v) => return Ok(Some(v)),
-            Spun::Missed => None,
-            Spun::Skipped(at) => Some(at),
+            Ok(v) => return Ok(Some(v)),
+            Err(parked_at) => parked_at,
         };
         let got = self.blocking_wait_until(deadline, tick, attempt);
         self.parked(parked_at);
         got
     }
 
-    /// The spin of [`Self::spin_then_wait_until`], if the policy wants one.
+    /// The spin of [`Self::spin_then_wait_until`], if the policy wants one: `Ok` with what
+    /// `attempt` gave, or `Err` to park, with the instant it was decided not to spin at all
+    /// (which [`Self::parked`] needs) or `None` after a spin that missed.
     fn spin<T>(
         &self,
         deadline: Option<Instant>,
         attempt: &mut impl FnMut(bool) -> Option<T>,
-    ) -> Spun<T> {
+    ) -> Result<T, Option<Instant>> {
         let cpu = CpuContention::global();
         let start = Instant::now();
         let budget = self.spin_policy().begin_wait(start, cpu);
         let Some(budget) = budget else {
-            return Spun::Skipped(start);
+            return Err(Some(start));
         };
         let end = deadline.map_or(start + budget, |d| d.min(start + budget));
         let mut step_start = start;
@@ -342,7 +342,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
                 continue;
             };
             self.spin_policy().spun(how, now, cpu);
-            return got.map_or(Spun::Missed, Spun::Got);
+            return got.ok_or(None);
         }
     }
 
@@ -446,15 +446,6 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
         self.blocking_wait_until(Some(deadline), tick, attempt)
     }
-}
-
-/// How a spin before parking ended.
-enum Spun<T> {
-    Got(T),
-    /// It spun and found nothing.
-    Missed,
-    /// The policy said park at once, at this instant.
-    Skipped(Instant),
 }
 
 /// One immediate try: the cheap attempt first, then the one that also checks for a dead owner.
