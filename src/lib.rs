@@ -4,6 +4,8 @@
 use std::future::IntoFuture;
 use std::time::Duration;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 /// How long any single wait in a test may take before the test fails instead of hanging CI.
 pub const TEST_LIMIT: Duration = Duration::from_secs(60);
 
@@ -66,4 +68,25 @@ pub fn zombie_children() -> Vec<u32> {
         }
     }
     zombies
+}
+
+/// Deserializes only even numbers, to make a child fail on its arguments.
+#[derive(Debug)]
+pub struct Even(pub u32);
+
+impl Serialize for Even {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for Even {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let n = u32::deserialize(d)?;
+        if n % 2 == 0 {
+            Ok(Even(n))
+        } else {
+            Err(serde::de::Error::custom(format!("{n} is odd")))
+        }
+    }
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::pipe;
 use multiproc::{Builder, spawn};
-use multiproc_suite::{eventually, process_gone, within, zombie_children};
+use multiproc_suite::{Even, eventually, process_gone, within, zombie_children};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 fn triple(x: u32) -> u32 {
@@ -125,27 +125,6 @@ async fn join_timeout_returns_on_time_and_leaves_the_child_running() {
     assert!(!child.is_alive());
     let again = within("second join", child.join()).await.unwrap_err();
     assert!(again.is_already_joined(), "{again}");
-}
-
-/// Deserializes only even numbers, to make a child fail on its arguments.
-#[derive(Debug)]
-struct Even(u32);
-
-impl Serialize for Even {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.0.serialize(s)
-    }
-}
-
-impl<'de> Deserialize<'de> for Even {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let n = u32::deserialize(d)?;
-        if n % 2 == 0 {
-            Ok(Even(n))
-        } else {
-            Err(serde::de::Error::custom(format!("{n} is odd")))
-        }
-    }
 }
 
 #[tokio::test]

@@ -13,6 +13,11 @@ use crate::protocol::{Report, Setup};
 /// Exit code of a child that could not talk to its parent at all.
 const CONTROL_LOST_EXIT: i32 = 122;
 
+/// Exit code of a child whose function did not return its value: it panicked, or the child
+/// could not decode its arguments or send its result (Python's exit code for an uncaught
+/// exception).
+const FAILED_EXIT: i32 = 1;
+
 /// Entry point for a child running `f`: reads setup and arguments, runs, reports, exits.
 pub(crate) fn child_main<A, R, M, F>(f: F, control: OwnedFd)
 where
@@ -32,10 +37,7 @@ where
     }
     let args: A = match recv(&mut rx) {
         Ok(args) => args,
-        Err(e) => {
-            report::<R::Output>(&mut tx, Report::BadArgs(e));
-            std::process::exit(0);
-        }
+        Err(e) => fail::<R::Output>(&mut tx, Report::BadArgs(e)),
     };
     drop(rx);
     panic::install_hook(true);
@@ -48,14 +50,8 @@ where
             Ok(rt) => Some(rt),
             Err(e) => {
                 let message = format!("cannot start the child's tokio runtime: {e}");
-                report::<R::Output>(
-                    &mut tx,
-                    Report::Panicked {
-                        message,
-                        location: None,
-                    },
-                );
-                std::process::exit(0);
+                let location = None;
+                fail::<R::Output>(&mut tx, Report::Panicked { message, location })
             }
         }
     } else {
@@ -65,9 +61,15 @@ where
         Ok(value) => Report::Returned(value),
         Err(PanicReport { message, location }) => Report::Panicked { message, location },
     };
-    report(&mut tx, msg);
+    let returned = report(&mut tx, msg);
     drop(runtime);
-    std::process::exit(0);
+    std::process::exit(if returned { 0 } else { FAILED_EXIT });
+}
+
+/// Reports a failure before the function ran, and exits.
+fn fail<R: serde::Serialize>(tx: &mut RawSender, msg: Report<R>) -> ! {
+    report(tx, msg);
+    std::process::exit(FAILED_EXIT)
 }
 
 fn recv<T: DeserializeOwned>(rx: &mut RawReceiver) -> Result<T, String> {
@@ -79,16 +81,20 @@ fn recv<T: DeserializeOwned>(rx: &mut RawReceiver) -> Result<T, String> {
     }
 }
 
-/// Sends the report; if the value cannot be encoded, says so instead.
-fn report<R: serde::Serialize>(tx: &mut RawSender, msg: Report<R>) {
+/// Sends the report; if the value cannot be encoded, says so instead. True when the report
+/// was a returned value, encoded (whether the parent is still there to read it or not).
+fn report<R: serde::Serialize>(tx: &mut RawSender, msg: Report<R>) -> bool {
+    let mut returned = matches!(msg, Report::Returned(_));
     let pushed = tx.push(|buf| message::encode_into(&msg, buf));
     if let Err(e) = pushed {
+        returned = false;
         let fallback: Report<R> =
             Report::BadResult(format!("the child could not send its result: {e}"));
         if tx.push(|buf| message::encode_into(&fallback, buf)).is_err() {
-            return;
+            return returned;
         }
     }
     // A parent that went away is not our problem any more.
     let _ = tx.blocking_flush(None);
+    returned
 }

@@ -6,7 +6,9 @@ use std::os::unix::process::ExitStatusExt;
 /// How a child process ended: an exit code or a signal.
 ///
 /// [`exitcode`](Self::exitcode) gives Python's `Process.exitcode` convention: the code, or
-/// minus the signal number when a signal killed it.
+/// minus the signal number when a signal killed it. A child whose function returned exits with
+/// 0; one whose function panicked, or that could not decode its arguments or send its result,
+/// exits with 1 (Python's code for an uncaught exception).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ExitStatus(std::process::ExitStatus);
 

@@ -1,0 +1,103 @@
+//! How children end, as the parent sees it: exit codes like Python's.
+//!
+//! Each scenario runs in a middle process of its own, once with the fork server and once with
+//! every child re-executed (`MULTIPROC_FORK_SERVER=0`), so the two ways a child starts are both
+//! covered.
+
+use multiproc::{Builder, spawn};
+use multiproc_suite::{Even, within};
+
+/// A variable the probe child gets from its builder: a re-executed child finds it in the
+/// environment block the kernel built at `exec`; a child forked from the server does not.
+const MARKER: &str = "MULTIPROC_TEST_EXIT_MARKER";
+
+/// Runs `scenario` in a middle process, with the fork server on or off; the scenario returns
+/// whether its children were forked from the server.
+async fn on_both_paths<F>(what: &str, scenario: F)
+where
+    F: Fn(()) -> bool + Copy + Send + 'static,
+{
+    for server in [true, false] {
+        let mut middle = Builder::new();
+        if !server {
+            middle = middle.env("MULTIPROC_FORK_SERVER", "0");
+        }
+        let forked = within(what, middle.spawn((), scenario).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("{what} (fork server {server}): {e}"));
+        assert_eq!(forked, server, "{what}: children forked from the server");
+    }
+}
+
+/// Runs `f` on a current-thread runtime of its own (a middle process's scenario).
+fn block_on<T>(f: impl Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(f)
+}
+
+/// Starts the fork server (if it is on), then tells whether a child is forked from it.
+async fn children_are_forked() -> bool {
+    within("warm-up child", spawn((), |()| ())).await.unwrap();
+    let probe = Builder::new().env(MARKER, "1").spawn((), forked).unwrap();
+    within("probe child", probe).await.unwrap()
+}
+
+fn forked(_: ()) -> bool {
+    let environ = std::fs::read("/proc/self/environ").unwrap();
+    let marker = format!("{MARKER}=");
+    !environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(marker.as_bytes()))
+}
+
+fn sync_panic(_: ()) -> u8 {
+    panic!("sync failure")
+}
+
+async fn async_panic(_: ()) -> u8 {
+    tokio::task::yield_now().await;
+    panic!("async failure")
+}
+
+/// Joins each failing child and checks its `exitcode`; the errors stay what they were.
+fn failing_children_exit_with_1(_: ()) -> bool {
+    block_on(async {
+        let forked = children_are_forked().await;
+
+        let mut sync = spawn((), sync_panic);
+        let err = within("sync panic", sync.join()).await.unwrap_err();
+        assert_eq!(err.panic_message(), Some("sync failure"), "{err}");
+        assert_eq!(sync.exit_status().map(|s| s.exitcode()), Some(1));
+
+        let mut in_async = spawn((), async_panic);
+        let err = within("async panic", in_async.join()).await.unwrap_err();
+        assert_eq!(err.panic_message(), Some("async failure"), "{err}");
+        assert_eq!(in_async.exit_status().map(|s| s.exitcode()), Some(1));
+
+        for (what, mut bad) in [
+            ("sync bad args", spawn(Even(3), |e: Even| e.0)),
+            (
+                "async bad args",
+                spawn(Even(3), |e: Even| async move { e.0 }),
+            ),
+        ] {
+            let err = within(what, bad.join()).await.unwrap_err();
+            assert!(err.is_bad_args(), "{what}: {err}");
+            let code = bad.exit_status().map(|s| s.exitcode());
+            assert_eq!(code, Some(1), "{what}");
+        }
+
+        let mut fine = spawn(4, |x: u32| x + 1);
+        assert_eq!(within("clean child", fine.join()).await.unwrap(), 5);
+        assert_eq!(fine.exit_status().map(|s| s.exitcode()), Some(0));
+        forked
+    })
+}
+
+#[tokio::test]
+async fn a_panic_or_bad_arguments_exit_with_code_1() {
+    on_both_paths("failing children", failing_children_exit_with_1).await;
+}
