@@ -1,11 +1,14 @@
-//! How children end, as the parent sees it: exit codes like Python's.
+//! How children end, as the parent sees it: exit codes like Python's, and `exit_status()`
+//! without a join.
 //!
 //! Each scenario runs in a middle process of its own, once with the fork server and once with
 //! every child re-executed (`MULTIPROC_FORK_SERVER=0`), so the two ways a child starts are both
 //! covered.
 
+use std::time::Duration;
+
 use multiproc::{Builder, spawn};
-use multiproc_suite::{Even, within};
+use multiproc_suite::{Even, eventually, within, zombie_children};
 
 /// A variable the probe child gets from its builder: a re-executed child finds it in the
 /// environment block the kernel built at `exec`; a child forked from the server does not.
@@ -51,6 +54,16 @@ fn forked(_: ()) -> bool {
     !environ
         .split(|b| *b == 0)
         .any(|var| var.starts_with(marker.as_bytes()))
+}
+
+fn nap(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+fn nap_then_panic(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    panic!("woke up cross")
 }
 
 fn sync_panic(_: ()) -> u8 {
@@ -100,4 +113,46 @@ fn failing_children_exit_with_1(_: ()) -> bool {
 #[tokio::test]
 async fn a_panic_or_bad_arguments_exit_with_code_1() {
     on_both_paths("failing children", failing_children_exit_with_1).await;
+}
+
+/// Lets `f(200)` time out a join, then checks that `exit_status()` reports its exit before any
+/// join has seen it, and that the join still gets the outcome.
+async fn status_before_the_join<F>(f: F, code: i32)
+where
+    F: Fn(u64) -> u64 + Copy + Send + 'static,
+{
+    let mut child = spawn(200, f);
+    let err = child
+        .join_timeout(Duration::from_millis(10))
+        .await
+        .unwrap_err();
+    assert!(err.is_timeout(), "{err}");
+    assert!(eventually(|| !child.is_alive()).await, "child never ended");
+    assert_eq!(child.exit_status().map(|s| s.exitcode()), Some(code));
+    // Not reaped by that: the join reaps it and gets the result.
+    let pid = child.pid().unwrap();
+    assert!(
+        zombie_children().contains(&pid),
+        "{pid} reaped before the join"
+    );
+    let joined = within("join after the exit", child.join()).await;
+    match code {
+        0 => assert_eq!(joined.unwrap(), 200),
+        _ => assert_eq!(joined.unwrap_err().panic_message(), Some("woke up cross")),
+    }
+    assert_eq!(child.exit_status().map(|s| s.exitcode()), Some(code));
+}
+
+fn statuses_before_the_join(_: ()) -> bool {
+    block_on(async {
+        let forked = children_are_forked().await;
+        status_before_the_join(nap, 0).await;
+        status_before_the_join(nap_then_panic, 1).await;
+        forked
+    })
+}
+
+#[tokio::test]
+async fn exit_status_reports_an_exit_after_a_timed_out_join() {
+    on_both_paths("exit status before join", statuses_before_the_join).await;
 }

@@ -73,7 +73,25 @@ impl PidFd {
     /// # References
     /// - [`waitid(2)`](https://man7.org/linux/man-pages/man2/waitid.2.html) with `P_PIDFD`
     pub fn try_wait(&self) -> io::Result<Option<ExitStatus>> {
-        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG;
+        self.wait_nohang(WaitIdOptions::empty())
+    }
+
+    /// The process's exit status if it has exited, without reaping it: it stays a zombie, and
+    /// [`try_wait`](Self::try_wait) or [`wait`](Self::wait) still reaps it and gives the same
+    /// status. `None` while it runs. The process must be a child of this one.
+    ///
+    /// # Errors
+    /// As [`try_wait`](Self::try_wait).
+    ///
+    /// # References
+    /// - [`waitid(2)`](https://man7.org/linux/man-pages/man2/waitid.2.html) with `P_PIDFD` and
+    ///   `WNOWAIT`
+    pub fn peek_exit(&self) -> io::Result<Option<ExitStatus>> {
+        self.wait_nohang(WaitIdOptions::NOWAIT)
+    }
+
+    fn wait_nohang(&self, extra: WaitIdOptions) -> io::Result<Option<ExitStatus>> {
+        let options = WaitIdOptions::EXITED | WaitIdOptions::NOHANG | extra;
         loop {
             match rustix::process::waitid(WaitId::PidFd(self.fd.as_fd()), options) {
                 Ok(status) => return Ok(status.and_then(|s| exit_status(&s))),

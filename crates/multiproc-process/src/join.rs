@@ -43,6 +43,7 @@ pub struct JoinHandle<R> {
     kill_on_drop: bool,
     /// Where a dropped handle's child is reaped.
     runtime: Option<tokio::runtime::Handle>,
+    /// The exit status, once a join reaped the child or [`exit_status`](Self::exit_status) saw it.
     status: Arc<Mutex<Option<ExitStatus>>>,
     state: State<R>,
 }
@@ -122,10 +123,21 @@ impl<R> JoinHandle<R> {
         self.pidfd.as_ref().is_some_and(|p| !p.has_exited())
     }
 
-    /// How the child ended, once a join has observed it (Python's `exitcode`, via
-    /// [`ExitStatus::exitcode`]). `None` while it runs or before it was joined.
+    /// How the child ended, once it has ended (Python's `exitcode`, via
+    /// [`ExitStatus::exitcode`]); `None` while it runs, or if it could not be started.
+    ///
+    /// It needs no join: after a [`join_timeout`](Self::join_timeout) that timed out, the
+    /// status shows as soon as the process exits. Looking does not reap the child or take its
+    /// result; a join still gives the result.
     pub fn exit_status(&self) -> Option<ExitStatus> {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        if status.is_none()
+            && let Some(pidfd) = &self.pidfd
+            && let Ok(Some(exit)) = pidfd.peek_exit()
+        {
+            *status = Some(ExitStatus::new(exit));
+        }
+        *status
     }
 
     /// Sends `SIGKILL`. A child that already ended is not an error. Join to reap it and see
