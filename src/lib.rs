@@ -39,6 +39,19 @@ pub async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
+/// [`eventually`] for code without a runtime: polls `cond` every 10 ms, blocking the thread,
+/// until it holds; false if it still fails after `limit`.
+pub fn blocking_eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    cond()
+}
+
 /// The zombie children of this process, found in `/proc`.
 pub fn zombie_children() -> Vec<u32> {
     let me = std::process::id();

@@ -1,14 +1,15 @@
-//! How children end, as the parent sees it: exit codes like Python's, and `exit_status()`
-//! without a join.
+//! How children end, as the parent sees it: exit codes like Python's, `exit_status()` without a
+//! join, and no zombie left by a runtime that ends before its children.
 //!
 //! Each scenario runs in a middle process of its own, once with the fork server and once with
 //! every child re-executed (`MULTIPROC_FORK_SERVER=0`), so the two ways a child starts are both
-//! covered.
+//! covered, and a zombie count is not disturbed by the other tests of this binary.
 
 use std::time::Duration;
 
-use multiproc::{Builder, spawn};
-use multiproc_suite::{Even, eventually, within, zombie_children};
+use multiproc::{Builder, Pool, spawn};
+use multiproc_suite::zombie_children;
+use multiproc_suite::{Even, TEST_LIMIT, blocking_eventually, eventually, process_gone, within};
 
 /// A variable the probe child gets from its builder: a re-executed child finds it in the
 /// environment block the kernel built at `exec`; a child forked from the server does not.
@@ -73,6 +74,10 @@ fn sync_panic(_: ()) -> u8 {
 async fn async_panic(_: ()) -> u8 {
     tokio::task::yield_now().await;
     panic!("async failure")
+}
+
+fn sleep_forever(_: ()) {
+    std::thread::sleep(Duration::from_secs(3600));
 }
 
 /// Joins each failing child and checks its `exitcode`; the errors stay what they were.
@@ -155,4 +160,49 @@ fn statuses_before_the_join(_: ()) -> bool {
 #[tokio::test]
 async fn exit_status_reports_an_exit_after_a_timed_out_join() {
     on_both_paths("exit status before join", statuses_before_the_join).await;
+}
+
+/// Drops a runtime that still owns children (a dropped handle's, a pool's workers), as the end
+/// of every `#[tokio::test]` does, and checks that every one of them is reaped.
+fn children_outlive_their_runtime(_: ()) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (forked, pids) = runtime.block_on(async {
+        let forked = children_are_forked().await;
+        let mut pids = Vec::new();
+        // Running when its handle and then its runtime go: it exits on its own later.
+        let running = spawn(200, nap);
+        pids.extend(running.pid());
+        drop(running);
+        let killed = Builder::new()
+            .kill_on_drop(true)
+            .spawn((), sleep_forever)
+            .unwrap();
+        pids.extend(killed.pid());
+        drop(killed);
+        let pool = Pool::builder().workers(2).build().unwrap();
+        let squares = within("pool map", pool.map(|x: u64| x * x, 0..8u64)).await;
+        assert_eq!(squares.unwrap(), [0, 1, 4, 9, 16, 25, 36, 49]);
+        pids.extend(pool.worker_pids());
+        drop(pool);
+        (forked, pids)
+    });
+    drop(runtime);
+    assert_eq!(pids.len(), 4, "{pids:?}");
+    // Bounded so that a failure is reported before the parent's own limit.
+    let limit = TEST_LIMIT / 4;
+    assert!(
+        blocking_eventually(limit, || pids.iter().all(|&pid| process_gone(pid))),
+        "children still running: {pids:?}"
+    );
+    let reaped = blocking_eventually(limit, || zombie_children().is_empty());
+    assert!(reaped, "zombies left: {:?} of {pids:?}", zombie_children());
+    forked
+}
+
+#[tokio::test]
+async fn children_of_a_dropped_runtime_are_reaped() {
+    on_both_paths("dropped runtime", children_outlive_their_runtime).await;
 }

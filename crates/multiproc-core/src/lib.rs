@@ -20,6 +20,7 @@ pub mod identity;
 pub mod message;
 pub mod packet;
 pub mod pidfd;
+pub mod reaper;
 pub mod remote_fn;
 pub mod shm;
 mod socket;

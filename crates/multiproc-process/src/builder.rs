@@ -155,8 +155,9 @@ impl Builder {
         F: Fn(A) -> R + Copy + Send + 'static,
         R: ChildOutput<M>,
     {
-        // Like `tokio::process`, a child belongs to a runtime: a dropped handle is reaped there.
-        let runtime = tokio::runtime::Handle::current();
+        // The handle is joined on a runtime (the pidfd and control socket register with its
+        // reactor): refuse to start a child outside of one, as documented.
+        let _ = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
         let boot = bootstrap::child_command(entry).map_err(SpawnError::io)?;
         let (mut tx, rx) =
@@ -185,7 +186,7 @@ impl Builder {
         };
         let pidfd =
             spawner::spawn(boot.command, boot.child_end, options).map_err(SpawnError::io)?;
-        let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, runtime, rx);
+        let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, rx);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
         if let Err(e) = tx.blocking_flush(Some(Instant::now())) {
             // The child cannot get its arguments: end it (the dropped handle reaps it).

@@ -10,6 +10,7 @@ use std::time::Duration;
 use multiproc_core::channel::RawReceiver;
 use multiproc_core::message;
 use multiproc_core::pidfd::PidFd;
+use multiproc_core::reaper;
 use serde::de::DeserializeOwned;
 
 use crate::error::{JoinError, SpawnError};
@@ -34,15 +35,13 @@ enum State<R> {
 ///
 /// Dropping the handle does not stop the child unless
 /// [`kill_on_drop`](crate::Builder::kill_on_drop) was set; a daemon child (the default) still
-/// dies with this process. A child whose handle was dropped is reaped on the runtime it was
-/// spawned from, once it exits.
+/// dies with this process. A child whose handle was dropped is reaped by a background thread
+/// once it exits, even if its runtime has shut down by then.
 pub struct JoinHandle<R> {
     pid: Option<u32>,
     name: Option<String>,
     pidfd: Option<Arc<PidFd>>,
     kill_on_drop: bool,
-    /// Where a dropped handle's child is reaped.
-    runtime: Option<tokio::runtime::Handle>,
     /// The exit status, once a join reaped the child or [`exit_status`](Self::exit_status) saw it.
     status: Arc<Mutex<Option<ExitStatus>>>,
     state: State<R>,
@@ -53,7 +52,6 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         pidfd: PidFd,
         name: Option<String>,
         kill_on_drop: bool,
-        runtime: tokio::runtime::Handle,
         mut control: RawReceiver,
     ) -> Self {
         let pid = pidfd.pid();
@@ -68,7 +66,11 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
             drop(control);
             let exit = match child.wait().await {
                 Ok(s) => ExitStatus::new(s),
-                Err(e) => return Err(JoinError::io(pid, e)),
+                Err(e) => {
+                    // The caller learns why (no runtime, say); the child is reaped all the same.
+                    reaper::reap_orphan(child);
+                    return Err(JoinError::io(pid, e));
+                }
             };
             *status_slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(exit);
             match report {
@@ -88,7 +90,6 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
             name,
             pidfd: Some(pidfd),
             kill_on_drop,
-            runtime: Some(runtime),
             status,
             state: State::Running(Box::pin(future)),
         }
@@ -102,7 +103,6 @@ impl<R> JoinHandle<R> {
             name: None,
             pidfd: None,
             kill_on_drop: false,
-            runtime: None,
             status: Arc::new(Mutex::new(None)),
             state: State::NotStarted(e),
         }
@@ -227,8 +227,8 @@ impl<R> Future for JoinHandle<R> {
 impl<R> Unpin for JoinHandle<R> {}
 
 impl<R> Drop for JoinHandle<R> {
-    /// A child not joined yet is killed if `kill_on_drop` was set, and reaped in the background
-    /// once it exits, so it never stays a zombie.
+    /// A child not joined yet is killed if `kill_on_drop` was set, and reaped by the reaper
+    /// thread once it exits, so it never stays a zombie, whether or not a runtime is left.
     fn drop(&mut self) {
         if !matches!(self.state, State::Running(_)) {
             return;
@@ -236,20 +236,13 @@ impl<R> Drop for JoinHandle<R> {
         // Dropping the join future closes our end of the control socket first: a child still
         // sending its report gets an error instead of waiting for a reader.
         self.state = State::Done;
-        let (Some(pidfd), Some(runtime)) = (self.pidfd.take(), self.runtime.take()) else {
+        let Some(pidfd) = self.pidfd.take() else {
             return;
         };
         if self.kill_on_drop {
             let _ = pidfd.send_signal(9);
         }
-        if !matches!(pidfd.try_wait(), Ok(None)) {
-            return; // Reaped now, or not ours to reap.
-        }
-        // On a runtime that has shut down the task is dropped unrun, and the zombie stays until
-        // this process exits, as with `tokio::process`.
-        drop(runtime.spawn(async move {
-            let _ = pidfd.wait().await;
-        }));
+        reaper::reap_orphan(pidfd);
     }
 }
 
