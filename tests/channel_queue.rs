@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use multiproc::error::{GetError, PutErrorKind, TryGetError};
 use multiproc::{Queue, spawn};
-use multiproc_suite::{eventually, within};
+use multiproc_suite::{blocked_until, eventually, within};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
@@ -136,6 +136,50 @@ async fn full_empty_and_timeouts_in_a_child() {
     assert_eq!(queue.len(), 0);
     queue.try_put(6).unwrap();
     assert_eq!(queue.try_get().unwrap(), 6);
+}
+
+fn get_one(queue: Queue<u32>) -> u32 {
+    queue.blocking_get().unwrap()
+}
+
+fn put_one((queue, value): (Queue<u32>, u32)) {
+    queue.blocking_put(value).unwrap();
+}
+
+/// A huge timeout (`Duration::MAX`) waits forever, never panics: it returns as soon as the
+/// operation can complete, made possible here by a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_timeout_waits_until_the_operation_can_complete() {
+    let queue: Queue<u32> = Queue::bounded(1).unwrap();
+    // Room, then a message: at once.
+    queue.blocking_put_timeout(1, Duration::MAX).unwrap();
+    assert_eq!(queue.blocking_get_timeout(Duration::MAX).unwrap(), 1);
+    queue.put_timeout(2, Duration::MAX).await.unwrap();
+    assert_eq!(queue.get_timeout(Duration::MAX).await.unwrap(), 2);
+
+    // Full: the put waits until a child takes a message.
+    queue.blocking_put(3).unwrap();
+    let q = queue.clone();
+    let (put, took) = blocked_until(
+        "blocking_put_timeout(MAX) on a full queue",
+        move || q.blocking_put_timeout(4, Duration::MAX).is_ok(),
+        || spawn(queue.clone(), get_one),
+    )
+    .await;
+    assert!(put);
+    assert_eq!(took.unwrap(), 3);
+    assert_eq!(queue.try_get().unwrap(), 4);
+
+    // Empty: the get waits until a child puts.
+    let q = queue.clone();
+    let (got, put) = blocked_until(
+        "blocking_get_timeout(MAX) on an empty queue",
+        move || q.blocking_get_timeout(Duration::MAX).unwrap(),
+        || spawn((queue.clone(), 5), put_one),
+    )
+    .await;
+    put.unwrap();
+    assert_eq!(got, 5);
 }
 
 async fn get_until_closed(queue: Queue<u32>) -> (Vec<u32>, bool) {

@@ -3,8 +3,9 @@
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::queue::{Queue, QueueBuilder};
@@ -148,11 +149,7 @@ impl<T> JoinableQueue<T> {
     /// # Errors
     /// As [`join_timeout`](Self::join_timeout).
     pub fn blocking_join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeoutError> {
-        match self
-            .queue
-            .engine
-            .blocking_join(Some(Instant::now() + timeout))
-        {
+        match self.queue.engine.blocking_join(deadline_after(timeout)) {
             Ok(true) => Ok(()),
             Ok(false) => Err(JoinTimeoutError::Timeout),
             Err(e) => Err(JoinTimeoutError::Io(e)),

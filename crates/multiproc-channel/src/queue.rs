@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Sink, Stream};
 use multiproc_core::packet::{self, PacketRecvError, Received, TryRecv};
+use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -377,10 +378,7 @@ impl<T: Serialize> Queue<T> {
                 )));
             }
         };
-        match self
-            .engine
-            .blocking_put(&packet, Some(Instant::now() + timeout))
-        {
+        match self.engine.blocking_put(&packet, deadline_after(timeout)) {
             Ok(()) => Ok(()),
             Err(PutFail::Timeout) => Err(PutTimeoutError::Timeout(msg)),
             Err(PutFail::Closed) => Err(PutTimeoutError::Closed(msg)),
@@ -492,7 +490,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// # Errors
     /// As [`get_timeout`](Self::get_timeout).
     pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
-        match self.engine.blocking_get(Some(Instant::now() + timeout)) {
+        match self.engine.blocking_get(deadline_after(timeout)) {
             Ok(TryRecv::Message(received)) => {
                 self.decode(received).map_err(GetTimeoutError::Failed)
             }
