@@ -570,11 +570,43 @@ async fn unencodable_arguments_and_results_are_errors() {
 
 #[tokio::test]
 async fn builder_errors() {
-    assert!(Pool::new(0).is_err());
+    assert!(Pool::new(0).unwrap_err().is_invalid_option());
     let bad_init = Pool::builder()
         .initializer(Unencodable, |_: Unencodable| ())
         .build();
     assert!(bad_init.unwrap_err().is_bad_args());
+}
+
+/// Zero is never silently taken for one: every option that must be positive is an error.
+#[tokio::test]
+async fn zero_options_are_errors_not_ones() {
+    let zero_tasks = Pool::builder().max_tasks_per_worker(0).build();
+    let err = zero_tasks.unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    assert!(err.to_string().contains("max_tasks_per_worker"), "{err}");
+    let zero_chunks = Pool::builder().chunksize(0).build();
+    let err = zero_chunks.unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    assert!(err.to_string().contains("chunksize"), "{err}");
+
+    let pool = Pool::new(1).unwrap();
+    let err = within("map", pool.map(square, 0..10).chunksize(0))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    let ordered: Vec<_> = within("imap", pool.imap(square, 0..10).chunksize(0).collect()).await;
+    let unordered: Vec<_> = within(
+        "imap_unordered",
+        pool.imap_unordered(square, 0..10).chunksize(0).collect(),
+    )
+    .await;
+    for results in [ordered, unordered] {
+        assert_eq!(results.len(), 1);
+        assert!(results[0].as_ref().unwrap_err().is_invalid_option());
+    }
+    // The pool is unharmed.
+    let squares = within("map", pool.map(square, 0..10).chunksize(3)).await;
+    assert_eq!(squares.unwrap(), (0..10).map(|x| x * x).collect::<Vec<_>>());
 }
 
 #[test]

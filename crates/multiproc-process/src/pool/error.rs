@@ -40,7 +40,8 @@ enum Kind {
     Terminated,
     TimedOut,
     NoRuntime,
-    ZeroWorkers,
+    /// A builder or call option out of range; what is wrong.
+    InvalidOption(&'static str),
 }
 
 impl PoolError {
@@ -83,8 +84,8 @@ impl PoolError {
     pub(crate) fn no_runtime() -> Self {
         Self::new(Kind::NoRuntime)
     }
-    pub(crate) fn zero_workers() -> Self {
-        Self::new(Kind::ZeroWorkers)
+    pub(crate) fn invalid_option(why: &'static str) -> Self {
+        Self::new(Kind::InvalidOption(why))
     }
 
     /// The same error, about item `index` of a map.
@@ -172,6 +173,14 @@ impl PoolError {
     pub fn is_timeout(&self) -> bool {
         matches!(self.0.kind, Kind::TimedOut)
     }
+
+    /// True when an option was out of range: zero [`workers`](super::PoolBuilder::workers),
+    /// [`max_tasks_per_worker`](super::PoolBuilder::max_tasks_per_worker) or chunk size
+    /// ([`PoolBuilder::chunksize`](super::PoolBuilder::chunksize),
+    /// [`Map::chunksize`](super::Map::chunksize) and the streams'). Nothing ran.
+    pub fn is_invalid_option(&self) -> bool {
+        matches!(self.0.kind, Kind::InvalidOption(_))
+    }
 }
 
 impl fmt::Display for PoolError {
@@ -215,7 +224,7 @@ impl fmt::Display for PoolError {
             Kind::Terminated => write!(f, "the pool was terminated before the {task} finished"),
             Kind::TimedOut => f.write_str("timed out before the result was ready"),
             Kind::NoRuntime => f.write_str("a pool must be built inside a tokio runtime"),
-            Kind::ZeroWorkers => f.write_str("a pool needs at least one worker"),
+            Kind::InvalidOption(why) => f.write_str(why),
         }
     }
 }

@@ -251,10 +251,11 @@ where
         chunksize: usize,
     ) -> Self {
         let window = shared.config.workers * 256;
+        debug_assert!(chunksize > 0, "zero chunk size");
         Self {
             func,
             items,
-            chunksize: chunksize.max(1),
+            chunksize,
             window,
             next_chunk: 0,
             next_item: 0,
@@ -263,10 +264,11 @@ where
         }
     }
 
-    /// Changes the chunk size; only before the first poll.
+    /// Changes the chunk size (at least 1); only before the first poll.
     pub(crate) fn set_chunksize(&mut self, chunksize: usize) {
         debug_assert_eq!(self.next_chunk, 0, "chunk size changed after submission");
-        self.chunksize = chunksize.max(1);
+        debug_assert!(chunksize > 0, "zero chunk size");
+        self.chunksize = chunksize;
     }
 
     /// Encodes and queues chunks until the window is full or the items run out.
