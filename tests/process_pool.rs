@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use multiproc::pipe;
-use multiproc::{Lock, Pool, PoolError, SharedValue};
+use multiproc::{Lock, Pool, PoolError, Queue, SharedValue};
 use multiproc_suite::{eventually, process_gone, within};
 
 fn square(x: u64) -> u64 {
@@ -461,6 +461,59 @@ async fn cancelling_a_map_stops_its_work_promptly() {
         within("after drop", pool.apply(square, 8)).await.unwrap(),
         64
     );
+}
+
+/// Says it started (on `started`), sleeps, then says it finished (on `done`): side effects the
+/// test can observe from outside the worker.
+fn announced_sleep((started, done, ms, tag): (Queue<u32>, Queue<u32>, u64, u32)) {
+    started.blocking_put(tag).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    done.blocking_put(tag).unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_task_handle_detaches_the_task() {
+    let pool = Pool::new(1).unwrap();
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    // One task running when its handle goes, one queued behind it.
+    let first = pool.submit(announced_sleep, (started.clone(), done.clone(), 300, 1));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    drop(first);
+    let _ = pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2));
+    // close + join wait for both.
+    pool.close();
+    within("join", pool.join()).await.unwrap();
+    assert_eq!(done.try_get().unwrap(), 1);
+    assert_eq!(done.try_get().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn abort_cancels_a_running_task_and_a_queued_one() {
+    let pool = Pool::new(1).unwrap();
+    assert!(within("worker up", eventually(|| pool.worker_pids().len() == 1)).await);
+    let worker = pool.worker_pids()[0];
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let running = pool.submit(announced_sleep, (started.clone(), done.clone(), 60_000, 1));
+    let queued = pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    queued.abort();
+    running.abort();
+    running.abort();
+    assert!(running.is_finished() && queued.is_finished());
+    for handle in [running, queued] {
+        let err = within("aborted task", handle).await.unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+    }
+    // The worker running the aborted task is killed and replaced.
+    assert!(within("worker killed", eventually(|| process_gone(worker))).await);
+    assert_eq!(within("next task", pool.apply(square, 3)).await.unwrap(), 9);
+    pool.close();
+    within("join", pool.join()).await.unwrap();
+    // Neither finished; the queued one never started.
+    assert!(done.try_get().unwrap_err().is_empty());
+    assert!(started.try_get().unwrap_err().is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

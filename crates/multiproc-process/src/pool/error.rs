@@ -38,6 +38,7 @@ enum Kind {
     Closed,
     NotClosed,
     Terminated,
+    Cancelled,
     TimedOut,
     NoRuntime,
     /// A builder or call option out of range; what is wrong.
@@ -77,6 +78,9 @@ impl PoolError {
     }
     pub(crate) fn terminated() -> Self {
         Self::new(Kind::Terminated)
+    }
+    pub(crate) fn cancelled() -> Self {
+        Self::new(Kind::Cancelled)
     }
     pub(crate) fn timed_out() -> Self {
         Self::new(Kind::TimedOut)
@@ -169,6 +173,11 @@ impl PoolError {
         matches!(self.0.kind, Kind::Terminated)
     }
 
+    /// True when the task was cancelled with [`TaskHandle::abort`](super::TaskHandle::abort).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.0.kind, Kind::Cancelled)
+    }
+
     /// True when a timed wait for a result expired.
     pub fn is_timeout(&self) -> bool {
         matches!(self.0.kind, Kind::TimedOut)
@@ -222,6 +231,7 @@ impl fmt::Display for PoolError {
             Kind::Closed => f.write_str("the pool is closed"),
             Kind::NotClosed => f.write_str("join() needs close() or terminate() first"),
             Kind::Terminated => write!(f, "the pool was terminated before the {task} finished"),
+            Kind::Cancelled => write!(f, "the {task} was cancelled"),
             Kind::TimedOut => f.write_str("timed out before the result was ready"),
             Kind::NoRuntime => f.write_str("a pool must be built inside a tokio runtime"),
             Kind::InvalidOption(why) => f.write_str(why),

@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::vec;
 
@@ -65,6 +66,8 @@ struct ChunkSink<R> {
     tx: mpsc::UnboundedSender<(usize, ChunkResults<R>)>,
     /// Whether errors name the item's index (a map) or not (a single `apply`).
     indexed: bool,
+    /// Nobody wants the results any more: the work not done yet is dropped.
+    cancelled: AtomicBool,
 }
 
 impl<R> ChunkSink<R> {
@@ -79,6 +82,9 @@ impl<R> ChunkSink<R> {
 
 impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>) {
+        if self.is_cancelled() {
+            return;
+        }
         let output = match message::decode::<ChunkOutput<R>>(body, fds) {
             Ok(output) => output,
             Err(e) => return self.failed(job, PoolError::bad_result(e.to_string())),
@@ -113,6 +119,9 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     }
 
     fn failed(&self, job: &JobMeta, error: PoolError) {
+        if self.is_cancelled() {
+            return;
+        }
         let errors = (0..job.items)
             .map(|i| (i, self.error(error.clone(), job, i)))
             .collect();
@@ -122,31 +131,66 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.tx.is_closed()
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 
 /// The receiving end of a submission: chunk results in completion order, tagged with the
 /// chunk's position.
 ///
-/// Dropping it cancels the work still outstanding: queued chunks are skipped, and a worker
-/// busy only with cancelled chunks is killed and replaced.
+/// [`cancel`](Self::cancel) drops the work still outstanding: queued chunks are skipped, and
+/// a worker busy only with cancelled chunks is killed and replaced. Dropping it cancels too,
+/// unless it was made to [`detach`](Self::detach) instead.
 pub(crate) struct Results<R> {
     shared: Arc<Shared>,
     sink: Arc<ChunkSink<R>>,
     rx: mpsc::UnboundedReceiver<(usize, ChunkResults<R>)>,
     outstanding: usize,
+    /// Dropping leaves the work running (a task handle) rather than cancelling it (a map).
+    detach_on_drop: bool,
+}
+
+impl<R> Results<R> {
+    /// Cancels the work not done yet; results already in stay takeable.
+    pub(crate) fn cancel(&self) {
+        if !self.sink.cancelled.swap(true, Ordering::AcqRel) {
+            // Drivers must look again: queued chunks go, a worker running one is stopped.
+            self.shared.wake_drivers();
+        }
+    }
+
+    /// Chunks encoded whose results have not been taken yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// True once [`cancel`](Self::cancel) was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.sink.cancelled.load(Ordering::Acquire)
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Results<R> {
     pub(crate) fn new(shared: Arc<Shared>, indexed: bool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let cancelled = AtomicBool::new(false);
         Self {
             shared,
-            sink: Arc::new(ChunkSink { tx, indexed }),
+            sink: Arc::new(ChunkSink {
+                tx,
+                indexed,
+                cancelled,
+            }),
             rx,
             outstanding: 0,
+            detach_on_drop: false,
         }
+    }
+
+    /// Makes dropping leave the work running, its results unread, instead of cancelling it.
+    pub(crate) fn detach_on_drop(mut self) -> Self {
+        self.detach_on_drop = true;
+        self
     }
 
     /// Encodes `items` as chunk `chunk` (starting at item `first_item`) of `func`; an encoding
@@ -204,11 +248,6 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
         }
     }
 
-    /// Chunks encoded whose results have not been taken yet.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding
-    }
-
     /// True when a result is ready to be taken without waiting.
     pub(crate) fn has_ready(&self) -> bool {
         !self.rx.is_empty()
@@ -217,10 +256,8 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
 
 impl<R> Drop for Results<R> {
     fn drop(&mut self) {
-        if self.outstanding > 0 {
-            // Closing the receiver marks our chunks cancelled; drivers must look again.
-            self.rx.close();
-            self.shared.wake_drivers();
+        if self.outstanding > 0 && !self.detach_on_drop {
+            self.cancel();
         }
     }
 }
