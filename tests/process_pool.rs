@@ -270,6 +270,40 @@ async fn exit_and_abort_in_a_task_are_reported() {
     assert_eq!(within("after", pool.apply(square, 4)).await.unwrap(), 16);
 }
 
+fn abort_on_100(x: u32) -> u32 {
+    if x == 100 {
+        std::process::abort();
+    }
+    x
+}
+
+/// A worker killed by one task of a chunk is blamed on that task, not on the chunk's first:
+/// with 3 workers a 200-item map goes in chunks of 17, so item 100 runs 16th in its chunk.
+#[tokio::test]
+async fn map_blames_the_item_that_killed_the_worker() {
+    let pool = Pool::new(3).unwrap();
+    let err = within("map", pool.map(abort_on_100, 0..200))
+        .await
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.item(), Some(100), "{err}");
+    assert!(err.to_string().contains("item 100"), "{err}");
+    assert!(err.to_string().contains("SIGABRT"), "{err}");
+
+    // The stream gives every item's outcome: the chunk's other items name item 100 too.
+    let results: Vec<_> = within(
+        "imap",
+        pool.imap(abort_on_100, 85..110).chunksize(25).collect(),
+    )
+    .await;
+    for (x, result) in (85..110).zip(&results) {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.is_worker_died(), "{err}");
+        assert_eq!(err.item(), Some(x - 85), "{err}");
+        assert!(err.to_string().contains("item 15"), "{err}");
+    }
+}
+
 static INIT_COUNTER: OnceLock<SharedValue<u32>> = OnceLock::new();
 
 fn count_init(counter: SharedValue<u32>) {

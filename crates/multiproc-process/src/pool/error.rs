@@ -26,6 +26,9 @@ enum Kind {
     WorkerDied {
         pid: u32,
         cause: String,
+        /// For a task lost with its chunk: the item whose task was running when the worker
+        /// died (the culprit, or the victim of an outside kill).
+        running: Option<usize>,
     },
     Initializer {
         message: String,
@@ -53,7 +56,11 @@ impl PoolError {
         Self::new(Kind::Panicked { message, location })
     }
     pub(crate) fn worker_died(pid: u32, cause: String) -> Self {
-        Self::new(Kind::WorkerDied { pid, cause })
+        Self::new(Kind::WorkerDied {
+            pid,
+            cause,
+            running: None,
+        })
     }
     pub(crate) fn initializer(message: String, location: Option<String>) -> Self {
         Self::new(Kind::Initializer { message, location })
@@ -90,6 +97,26 @@ impl PoolError {
     }
     pub(crate) fn invalid_option(why: &'static str) -> Self {
         Self::new(Kind::InvalidOption(why))
+    }
+
+    /// For a worker death: the same error, for a task lost because the worker died while
+    /// running the task for item `index` of the same chunk. Other errors are unchanged.
+    pub(crate) fn while_running(mut self, index: usize) -> Self {
+        if let Kind::WorkerDied { running, .. } = &mut self.0.kind {
+            *running = Some(index);
+        }
+        self
+    }
+
+    /// The error of the task that caused this one: for a task lost with a worker that died
+    /// running another item's task, that item's error; otherwise this error.
+    pub(crate) fn into_cause(mut self) -> Self {
+        if let Kind::WorkerDied { running, .. } = &mut self.0.kind
+            && let Some(index) = running.take()
+        {
+            self.0.item = Some(index);
+        }
+        self
     }
 
     /// The same error, about item `index` of a map.
@@ -206,12 +233,23 @@ impl fmt::Display for PoolError {
                 }
                 write!(f, ": {message}")
             }
-            Kind::WorkerDied { pid, cause } => {
-                write!(
-                    f,
-                    "worker process {pid} died while running the {task}: {cause}"
-                )
-            }
+            Kind::WorkerDied {
+                pid,
+                cause,
+                running: None,
+            } => write!(
+                f,
+                "worker process {pid} died while running the {task}: {cause}"
+            ),
+            Kind::WorkerDied {
+                pid,
+                cause,
+                running: Some(running),
+            } => write!(
+                f,
+                "worker process {pid} died while running the task for item {running}, and \
+                 the {task} (in the same chunk) with it: {cause}"
+            ),
             Kind::Initializer { message, location } => {
                 write!(f, "the pool initializer panicked")?;
                 if let Some(at) = location {

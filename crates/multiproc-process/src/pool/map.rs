@@ -194,7 +194,8 @@ where
             }
             match ordered.poll_next_item(cx) {
                 Poll::Ready(Some(Ok(value))) => this.values.push(value),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // A task lost with a worker is not the failure: the task that was running is.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into_cause())),
                 Poll::Ready(None) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
                 Poll::Pending => break,
             }

@@ -87,7 +87,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
         }
         let output = match message::decode::<ChunkOutput<R>>(body, fds) {
             Ok(output) => output,
-            Err(e) => return self.failed(job, PoolError::bad_result(e.to_string())),
+            Err(e) => return self.failed(job, PoolError::bad_result(e.to_string()), None),
         };
         // The worker is our own code, but its output is still input: check it adds up.
         let positions_ok = output.failures.windows(2).all(|pair| pair[0].0 < pair[1].0)
@@ -97,7 +97,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
                 .is_none_or(|(at, _)| (*at as usize) < job.items);
         if !positions_ok || output.values.len() + output.failures.len() != job.items {
             let why = "the worker's results do not match the chunk's tasks".to_string();
-            return self.failed(job, PoolError::bad_result(why));
+            return self.failed(job, PoolError::bad_result(why), None);
         }
         let errors = output
             .failures
@@ -118,12 +118,21 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             .send((job.chunk, ChunkResults::new(output.values, errors)));
     }
 
-    fn failed(&self, job: &JobMeta, error: PoolError) {
+    fn failed(&self, job: &JobMeta, error: PoolError, running: Option<usize>) {
         if self.is_cancelled() {
             return;
         }
         let errors = (0..job.items)
-            .map(|i| (i, self.error(error.clone(), job, i)))
+            .map(|i| {
+                let error = match running {
+                    // A task lost with the worker that died running another one of its chunk.
+                    Some(at) if at != i && self.indexed => {
+                        error.clone().while_running(job.first_item + at)
+                    }
+                    _ => error.clone(),
+                };
+                (i, self.error(error, job, i))
+            })
             .collect();
         let _ = self
             .tx
