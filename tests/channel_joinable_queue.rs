@@ -39,7 +39,7 @@ async fn join_returns_once_every_task_is_done() {
         queue.task_done().is_err(),
         "task_done beyond the puts must be an error"
     );
-    queue.close();
+    queue.shutdown();
     let mut all = Vec::new();
     for w in workers {
         all.extend(within("worker", w).await.unwrap());

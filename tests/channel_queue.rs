@@ -1,9 +1,9 @@
 //! `Queue` across real child processes (spawned with `multiproc::spawn`).
 //!
 //! The behaviours follow CPython's `_test_multiprocessing.py` `_TestQueue` (put/get across
-//! processes, `Full`/`Empty` and timeouts, `qsize`, close) plus what Python gets wrong: an
-//! unencodable message is an error from `put`, a producer may exit before its large message is
-//! read, and a killed consumer does not break the queue.
+//! processes, `Full`/`Empty` and timeouts, `qsize`, and Python 3.13's `shutdown`) plus what
+//! Python gets wrong: an unencodable message is an error from `put`, a producer may exit before
+//! its large message is read, and a killed consumer does not break the queue.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -71,7 +71,7 @@ async fn four_producers_four_consumers_no_loss_no_duplicate() {
     for p in producers {
         within("producer", p).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let mut all = Vec::new();
     for c in consumers {
         let got = within("consumer", c).await.unwrap();
@@ -197,7 +197,7 @@ async fn put_blocked_until_closed(queue: Queue<u32>) -> bool {
 }
 
 #[tokio::test]
-async fn close_drains_then_ends_and_wakes_blocked_children() {
+async fn shutdown_drains_then_ends_and_wakes_blocked_children() {
     // Blocked getters wake with end-of-queue.
     let empty: Queue<u32> = Queue::new().unwrap();
     let getters: Vec<_> = (0..2)
@@ -207,8 +207,8 @@ async fn close_drains_then_ends_and_wakes_blocked_children() {
     let full: Queue<u32> = Queue::bounded(1).unwrap();
     full.put(1).await.unwrap();
     let putter = spawn(full.clone(), put_blocked_until_closed);
-    empty.close();
-    full.close();
+    empty.shutdown();
+    full.shutdown();
     for g in getters {
         assert_eq!(within("getter", g).await.unwrap(), (vec![], true));
     }
@@ -220,13 +220,58 @@ async fn close_drains_then_ends_and_wakes_blocked_children() {
     for i in 0..100 {
         queue.put(i).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     assert!(queue.put(100).await.unwrap_err().is_closed());
     let (got, closed) = within("drainer", spawn(queue.clone(), get_until_closed))
         .await
         .unwrap();
     assert_eq!(got, (0..100).collect::<Vec<_>>());
     assert!(closed);
+}
+
+fn put_three_and_exit((queue, first): (Queue<u32>, u32)) {
+    for i in first..first + 3 {
+        queue.blocking_put(i).unwrap();
+    }
+    // Python's `queue.close()` here ("this process puts no more") is dropping the handle.
+}
+
+fn shut_down(queue: Queue<u32>) -> bool {
+    queue.shutdown();
+    queue.is_shutdown()
+}
+
+/// A producer that is done drops its handle and nobody else notices; `shutdown`, from any
+/// process, ends the queue for all: puts fail, gets drain, then fail.
+#[tokio::test]
+async fn a_done_producer_affects_nobody_and_shutdown_ends_the_queue_for_all() {
+    let queue: Queue<u32> = Queue::new().unwrap();
+    within(
+        "first producer",
+        spawn((queue.clone(), 0), put_three_and_exit),
+    )
+    .await
+    .unwrap();
+    assert!(!queue.is_shutdown());
+    within(
+        "second producer",
+        spawn((queue.clone(), 3), put_three_and_exit),
+    )
+    .await
+    .unwrap();
+    queue.put(6).await.unwrap();
+    assert!(
+        within("shutdown in a child", spawn(queue.clone(), shut_down))
+            .await
+            .unwrap()
+    );
+    assert!(queue.is_shutdown());
+    assert!(queue.put(7).await.unwrap_err().is_closed());
+    let (got, ended) = within("drainer", spawn(queue.clone(), get_until_closed))
+        .await
+        .unwrap();
+    assert_eq!(got, (0..7).collect::<Vec<_>>());
+    assert!(ended);
 }
 
 async fn cancelled_get_then_put(queue: Queue<u32>) {
@@ -357,7 +402,7 @@ async fn queues_travel_inside_messages() {
             .unwrap();
         assert_eq!(within("reply", reply.get()).await.unwrap(), n * 2);
     }
-    requests.close();
+    requests.shutdown();
     assert_eq!(within("server", server).await.unwrap(), 10);
 }
 
@@ -392,7 +437,7 @@ async fn a_consumer_killed_mid_stream_does_not_break_the_queue() {
     for i in 0..500 {
         queue.put((1, i)).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let got = within("survivor", survivor).await.unwrap();
     assert_ordered_per_producer(&got);
     let after_kill: Vec<u32> = got.iter().filter(|m| m.0 == 1).map(|m| m.1).collect();
@@ -423,7 +468,7 @@ async fn a_producer_killed_mid_put_leaves_only_whole_messages() {
     assert!(within("queue fills", eventually(|| queue.is_full())).await);
     producer.kill().unwrap();
     let _ = within("producer", producer.join()).await;
-    queue.close();
+    queue.shutdown();
     let mut next = 0;
     loop {
         match within("drain", queue.get()).await {
@@ -488,7 +533,7 @@ async fn sink_in_parent_stream_in_child() {
     let mut items = futures::stream::iter((1..=1000u64).map(Ok));
     within("send_all", sink.send_all(&mut items)).await.unwrap();
     within("flush", sink.close()).await.unwrap();
-    queue.close();
+    queue.shutdown();
     assert_eq!(within("consumer", consumer).await.unwrap(), 500_500);
 }
 
@@ -556,7 +601,7 @@ async fn small_large_and_handle_messages_keep_each_producers_order() {
     for p in producers {
         within("producer", p).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let mut all = HashSet::new();
     for c in consumers {
         let got = within("consumer", c).await.unwrap();

@@ -514,7 +514,7 @@ async fn a_dropped_task_handle_detaches_the_task() {
     let first = pool.submit(announced_sleep, (started.clone(), done.clone(), 300, 1));
     assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
     drop(first);
-    let _ = pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2));
+    drop(pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2)));
     // close + join wait for both.
     pool.close();
     within("join", pool.join()).await.unwrap();

@@ -47,7 +47,7 @@ use crate::queue_error::{JoinTimeoutError, TaskDoneError};
 /// queue.join().await?;
 /// assert_eq!(queue.unfinished_tasks(), 0);
 /// assert!(queue.task_done().is_err());
-/// # queue.close();
+/// # queue.shutdown();
 /// # Ok(())
 /// # }
 /// ```
@@ -104,8 +104,8 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Waits until every message put has been marked done; returns at once when none is
-    /// unfinished. Closing the queue does not end a join: consumers still take and finish what
-    /// is left.
+    /// unfinished. [Shutting the queue down](Queue::shutdown) does not end a join: consumers
+    /// still take and finish what is left.
     ///
     /// # Errors
     /// Only when the system fails (out of descriptors, reactor failure).
