@@ -376,7 +376,7 @@ impl<T: Serialize> Queue<T> {
     }
 
     /// Puts `msg`, blocking the thread at most `timeout` while the queue is full; the twin of
-    /// [`put_timeout`](Self::put_timeout).
+    /// [`put_timeout`](Self::put_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`put_timeout`](Self::put_timeout).
@@ -501,7 +501,7 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     /// Takes the message at the front of the queue, blocking the thread at most `timeout`; the
-    /// twin of [`get_timeout`](Self::get_timeout).
+    /// twin of [`get_timeout`](Self::get_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`get_timeout`](Self::get_timeout).
