@@ -40,7 +40,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assert!(extra.is_err());
     println!("a further task_done() is an error: {}", extra.unwrap_err());
 
-    jobs.close();
+    jobs.shutdown();
     for c in consumers {
         c.await?;
     }

@@ -1,5 +1,6 @@
-//! A producer process puts words on a queue and closes it; the parent reads the queue as a
-//! `Stream` with `StreamExt` combinators, which ends when the queue is closed and drained.
+//! A producer process puts words on a queue and shuts it down (the only producer is done); the
+//! parent reads the queue as a `Stream` with `StreamExt` combinators, which ends when the queue
+//! is shut down and drained.
 //!
 //! Run with `cargo run --example queue_stream`.
 
@@ -11,9 +12,10 @@ async fn produce(words: Queue<String>) {
     let mut sink = words.sink();
     let text = "the quick brown fox jumps over the lazy dog";
     let mut items = futures::stream::iter(text.split(' ').map(|w| Ok(w.to_string())));
-    sink.send_all(&mut items).await.expect("queue closed");
-    sink.close().await.expect("queue closed");
-    words.close();
+    sink.send_all(&mut items).await.expect("queue shut down");
+    // Flushing the sink leaves the queue open; `shutdown` ends it for every process.
+    sink.close().await.expect("queue shut down");
+    words.shutdown();
 }
 
 #[tokio::main]

@@ -17,6 +17,35 @@ pub async fn within<T>(what: &str, f: impl IntoFuture<Output = T>) -> T {
     }
 }
 
+/// How long [`blocked_until`] lets a blocking call run before it checks that it still waits.
+pub const STILL_WAITING: Duration = Duration::from_millis(200);
+
+/// Runs the blocking call `blocking` on a thread, checks that it is still waiting after
+/// [`STILL_WAITING`], then calls `unblock` and awaits what it returns (which should let the
+/// call complete) and waits, at most [`TEST_LIMIT`], for the call to return. Gives both
+/// results; panics naming `what` if the call returned before `unblock` or never returned.
+pub async fn blocked_until<T: Send + 'static, F: IntoFuture>(
+    what: &str,
+    blocking: impl FnOnce() -> T + Send + 'static,
+    unblock: impl FnOnce() -> F,
+) -> (T, F::Output) {
+    let thread = std::thread::spawn(blocking);
+    tokio::time::sleep(STILL_WAITING).await;
+    if thread.is_finished() {
+        match thread.join() {
+            Ok(_) => panic!("{what}: returned before it could complete"),
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+    }
+    let unblocked = within(what, unblock()).await;
+    let done = tokio::task::spawn_blocking(move || thread.join());
+    match within(what, done).await {
+        Ok(Ok(value)) => (value, unblocked),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(e) => panic!("{what}: {e}"),
+    }
+}
+
 /// True when process `pid` has ended: gone from `/proc`, or a zombie waiting to be reaped.
 pub fn process_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {

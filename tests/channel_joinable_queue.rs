@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use multiproc::error::GetError;
 use multiproc::{JoinableQueue, spawn};
-use multiproc_suite::within;
+use multiproc_suite::{blocked_until, within};
 
 async fn worker(queue: JoinableQueue<u32>) -> Vec<u32> {
     let mut done = Vec::new();
@@ -39,7 +39,7 @@ async fn join_returns_once_every_task_is_done() {
         queue.task_done().is_err(),
         "task_done beyond the puts must be an error"
     );
-    queue.close();
+    queue.shutdown();
     let mut all = Vec::new();
     for w in workers {
         all.extend(within("worker", w).await.unwrap());
@@ -82,6 +82,26 @@ async fn a_child_joins_while_another_finishes_the_tasks() {
     for j in joiners {
         assert_eq!(within("joiner", j).await.unwrap(), 0);
     }
+}
+
+/// A huge timeout (`Duration::MAX`) waits forever, never panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_join_timeout_waits_until_every_task_is_done() {
+    let queue: JoinableQueue<u32> = JoinableQueue::new().unwrap();
+    // Nothing unfinished: at once.
+    queue.blocking_join_timeout(Duration::MAX).unwrap();
+    queue.join_timeout(Duration::MAX).await.unwrap();
+    // One unfinished task: waits until a child finishes it.
+    queue.put(1).await.unwrap();
+    let q = queue.clone();
+    let (joined, finished) = blocked_until(
+        "blocking_join_timeout(MAX) with a task unfinished",
+        move || q.blocking_join_timeout(Duration::MAX).is_ok(),
+        || spawn((queue.clone(), 1), take_and_finish),
+    )
+    .await;
+    assert!(joined);
+    assert!(finished.unwrap());
 }
 
 async fn put_one_cancelled(queue: JoinableQueue<u32>) -> usize {

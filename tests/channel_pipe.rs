@@ -10,7 +10,7 @@ use multiproc::core::{SharedFd, message};
 use multiproc::error::{RecvError, SendErrorKind};
 use multiproc::pipe::{self, Duplex, Receiver, Sender};
 use multiproc::spawn;
-use multiproc_suite::within;
+use multiproc_suite::{blocked_until, within};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -376,6 +376,30 @@ async fn blocking_twins_work_without_a_runtime() {
     a.blocking_send("ping".into()).unwrap();
     assert_eq!(a.blocking_recv().unwrap().as_deref(), Some("PING"));
     assert!(t.join().unwrap());
+}
+
+fn send_later((mut tx, value): (Sender<u32>, u32)) {
+    tx.blocking_send(value).unwrap();
+}
+
+/// A huge timeout (`Duration::MAX`) waits forever, never panics.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_timeout_waits_until_a_message_comes() {
+    let (mut tx, mut rx) = pipe::simplex::<u32>().unwrap();
+    // Room to send, then a message waiting: at once.
+    assert!(tx.blocking_send_timeout(1, Duration::MAX).unwrap());
+    assert_eq!(rx.blocking_recv_timeout(Duration::MAX).unwrap(), Some(1));
+    tx.send(2).await.unwrap();
+    assert_eq!(rx.recv_timeout(Duration::MAX).await.unwrap(), Some(2));
+    // Nothing sent: the receive waits until a child sends.
+    let (got, sent) = blocked_until(
+        "blocking_recv_timeout(MAX) on an empty pipe",
+        move || rx.blocking_recv_timeout(Duration::MAX).unwrap(),
+        || spawn((tx, 3), send_later),
+    )
+    .await;
+    sent.unwrap();
+    assert_eq!(got, Some(3));
 }
 
 #[tokio::test]

@@ -1,9 +1,9 @@
 //! `Queue` across real child processes (spawned with `multiproc::spawn`).
 //!
 //! The behaviours follow CPython's `_test_multiprocessing.py` `_TestQueue` (put/get across
-//! processes, `Full`/`Empty` and timeouts, `qsize`, close) plus what Python gets wrong: an
-//! unencodable message is an error from `put`, a producer may exit before its large message is
-//! read, and a killed consumer does not break the queue.
+//! processes, `Full`/`Empty` and timeouts, `qsize`, and Python 3.13's `shutdown`) plus what
+//! Python gets wrong: an unencodable message is an error from `put`, a producer may exit before
+//! its large message is read, and a killed consumer does not break the queue.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use multiproc::error::{GetError, PutErrorKind, TryGetError};
 use multiproc::{Queue, spawn};
-use multiproc_suite::{eventually, within};
+use multiproc_suite::{blocked_until, eventually, within};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
@@ -71,7 +71,7 @@ async fn four_producers_four_consumers_no_loss_no_duplicate() {
     for p in producers {
         within("producer", p).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let mut all = Vec::new();
     for c in consumers {
         let got = within("consumer", c).await.unwrap();
@@ -138,6 +138,50 @@ async fn full_empty_and_timeouts_in_a_child() {
     assert_eq!(queue.try_get().unwrap(), 6);
 }
 
+fn get_one(queue: Queue<u32>) -> u32 {
+    queue.blocking_get().unwrap()
+}
+
+fn put_one((queue, value): (Queue<u32>, u32)) {
+    queue.blocking_put(value).unwrap();
+}
+
+/// A huge timeout (`Duration::MAX`) waits forever, never panics: it returns as soon as the
+/// operation can complete, made possible here by a child.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_timeout_waits_until_the_operation_can_complete() {
+    let queue: Queue<u32> = Queue::bounded(1).unwrap();
+    // Room, then a message: at once.
+    queue.blocking_put_timeout(1, Duration::MAX).unwrap();
+    assert_eq!(queue.blocking_get_timeout(Duration::MAX).unwrap(), 1);
+    queue.put_timeout(2, Duration::MAX).await.unwrap();
+    assert_eq!(queue.get_timeout(Duration::MAX).await.unwrap(), 2);
+
+    // Full: the put waits until a child takes a message.
+    queue.blocking_put(3).unwrap();
+    let q = queue.clone();
+    let (put, took) = blocked_until(
+        "blocking_put_timeout(MAX) on a full queue",
+        move || q.blocking_put_timeout(4, Duration::MAX).is_ok(),
+        || spawn(queue.clone(), get_one),
+    )
+    .await;
+    assert!(put);
+    assert_eq!(took.unwrap(), 3);
+    assert_eq!(queue.try_get().unwrap(), 4);
+
+    // Empty: the get waits until a child puts.
+    let q = queue.clone();
+    let (got, put) = blocked_until(
+        "blocking_get_timeout(MAX) on an empty queue",
+        move || q.blocking_get_timeout(Duration::MAX).unwrap(),
+        || spawn((queue.clone(), 5), put_one),
+    )
+    .await;
+    put.unwrap();
+    assert_eq!(got, 5);
+}
+
 async fn get_until_closed(queue: Queue<u32>) -> (Vec<u32>, bool) {
     let mut got = Vec::new();
     loop {
@@ -153,7 +197,7 @@ async fn put_blocked_until_closed(queue: Queue<u32>) -> bool {
 }
 
 #[tokio::test]
-async fn close_drains_then_ends_and_wakes_blocked_children() {
+async fn shutdown_drains_then_ends_and_wakes_blocked_children() {
     // Blocked getters wake with end-of-queue.
     let empty: Queue<u32> = Queue::new().unwrap();
     let getters: Vec<_> = (0..2)
@@ -163,8 +207,8 @@ async fn close_drains_then_ends_and_wakes_blocked_children() {
     let full: Queue<u32> = Queue::bounded(1).unwrap();
     full.put(1).await.unwrap();
     let putter = spawn(full.clone(), put_blocked_until_closed);
-    empty.close();
-    full.close();
+    empty.shutdown();
+    full.shutdown();
     for g in getters {
         assert_eq!(within("getter", g).await.unwrap(), (vec![], true));
     }
@@ -176,13 +220,58 @@ async fn close_drains_then_ends_and_wakes_blocked_children() {
     for i in 0..100 {
         queue.put(i).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     assert!(queue.put(100).await.unwrap_err().is_closed());
     let (got, closed) = within("drainer", spawn(queue.clone(), get_until_closed))
         .await
         .unwrap();
     assert_eq!(got, (0..100).collect::<Vec<_>>());
     assert!(closed);
+}
+
+fn put_three_and_exit((queue, first): (Queue<u32>, u32)) {
+    for i in first..first + 3 {
+        queue.blocking_put(i).unwrap();
+    }
+    // Python's `queue.close()` here ("this process puts no more") is dropping the handle.
+}
+
+fn shut_down(queue: Queue<u32>) -> bool {
+    queue.shutdown();
+    queue.is_shutdown()
+}
+
+/// A producer that is done drops its handle and nobody else notices; `shutdown`, from any
+/// process, ends the queue for all: puts fail, gets drain, then fail.
+#[tokio::test]
+async fn a_done_producer_affects_nobody_and_shutdown_ends_the_queue_for_all() {
+    let queue: Queue<u32> = Queue::new().unwrap();
+    within(
+        "first producer",
+        spawn((queue.clone(), 0), put_three_and_exit),
+    )
+    .await
+    .unwrap();
+    assert!(!queue.is_shutdown());
+    within(
+        "second producer",
+        spawn((queue.clone(), 3), put_three_and_exit),
+    )
+    .await
+    .unwrap();
+    queue.put(6).await.unwrap();
+    assert!(
+        within("shutdown in a child", spawn(queue.clone(), shut_down))
+            .await
+            .unwrap()
+    );
+    assert!(queue.is_shutdown());
+    assert!(queue.put(7).await.unwrap_err().is_closed());
+    let (got, ended) = within("drainer", spawn(queue.clone(), get_until_closed))
+        .await
+        .unwrap();
+    assert_eq!(got, (0..7).collect::<Vec<_>>());
+    assert!(ended);
 }
 
 async fn cancelled_get_then_put(queue: Queue<u32>) {
@@ -313,7 +402,7 @@ async fn queues_travel_inside_messages() {
             .unwrap();
         assert_eq!(within("reply", reply.get()).await.unwrap(), n * 2);
     }
-    requests.close();
+    requests.shutdown();
     assert_eq!(within("server", server).await.unwrap(), 10);
 }
 
@@ -348,7 +437,7 @@ async fn a_consumer_killed_mid_stream_does_not_break_the_queue() {
     for i in 0..500 {
         queue.put((1, i)).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let got = within("survivor", survivor).await.unwrap();
     assert_ordered_per_producer(&got);
     let after_kill: Vec<u32> = got.iter().filter(|m| m.0 == 1).map(|m| m.1).collect();
@@ -379,7 +468,7 @@ async fn a_producer_killed_mid_put_leaves_only_whole_messages() {
     assert!(within("queue fills", eventually(|| queue.is_full())).await);
     producer.kill().unwrap();
     let _ = within("producer", producer.join()).await;
-    queue.close();
+    queue.shutdown();
     let mut next = 0;
     loop {
         match within("drain", queue.get()).await {
@@ -444,7 +533,7 @@ async fn sink_in_parent_stream_in_child() {
     let mut items = futures::stream::iter((1..=1000u64).map(Ok));
     within("send_all", sink.send_all(&mut items)).await.unwrap();
     within("flush", sink.close()).await.unwrap();
-    queue.close();
+    queue.shutdown();
     assert_eq!(within("consumer", consumer).await.unwrap(), 500_500);
 }
 
@@ -512,7 +601,7 @@ async fn small_large_and_handle_messages_keep_each_producers_order() {
     for p in producers {
         within("producer", p).await.unwrap();
     }
-    queue.close();
+    queue.shutdown();
     let mut all = HashSet::new();
     for c in consumers {
         let got = within("consumer", c).await.unwrap();

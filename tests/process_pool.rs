@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use multiproc::pipe;
-use multiproc::{Lock, Pool, PoolError, SharedValue};
+use multiproc::{Lock, Pool, PoolError, Queue, SharedValue};
 use multiproc_suite::{eventually, process_gone, within};
 
 fn square(x: u64) -> u64 {
@@ -170,7 +170,9 @@ async fn apply_submit_and_async_functions() {
         .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(!slow.is_finished());
-    assert_eq!(within("slow task", slow).await.unwrap(), 300);
+    // A huge timeout waits as long as it takes (never panics).
+    let waited = within("slow task", slow.result_timeout(Duration::MAX)).await;
+    assert_eq!(waited.unwrap(), 300);
 }
 
 #[tokio::test]
@@ -266,6 +268,40 @@ async fn exit_and_abort_in_a_task_are_reported() {
     let err = within("abort", pool.apply(abort, ())).await.unwrap_err();
     assert!(err.to_string().contains("SIGABRT"), "{err}");
     assert_eq!(within("after", pool.apply(square, 4)).await.unwrap(), 16);
+}
+
+fn abort_on_100(x: u32) -> u32 {
+    if x == 100 {
+        std::process::abort();
+    }
+    x
+}
+
+/// A worker killed by one task of a chunk is blamed on that task, not on the chunk's first:
+/// with 3 workers a 200-item map goes in chunks of 17, so item 100 runs 16th in its chunk.
+#[tokio::test]
+async fn map_blames_the_item_that_killed_the_worker() {
+    let pool = Pool::new(3).unwrap();
+    let err = within("map", pool.map(abort_on_100, 0..200))
+        .await
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.item(), Some(100), "{err}");
+    assert!(err.to_string().contains("item 100"), "{err}");
+    assert!(err.to_string().contains("SIGABRT"), "{err}");
+
+    // The stream gives every item's outcome: the chunk's other items name item 100 too.
+    let results: Vec<_> = within(
+        "imap",
+        pool.imap(abort_on_100, 85..110).chunksize(25).collect(),
+    )
+    .await;
+    for (x, result) in (85..110).zip(&results) {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.is_worker_died(), "{err}");
+        assert_eq!(err.item(), Some(x - 85), "{err}");
+        assert!(err.to_string().contains("item 15"), "{err}");
+    }
 }
 
 static INIT_COUNTER: OnceLock<SharedValue<u32>> = OnceLock::new();
@@ -461,6 +497,59 @@ async fn cancelling_a_map_stops_its_work_promptly() {
     );
 }
 
+/// Says it started (on `started`), sleeps, then says it finished (on `done`): side effects the
+/// test can observe from outside the worker.
+fn announced_sleep((started, done, ms, tag): (Queue<u32>, Queue<u32>, u64, u32)) {
+    started.blocking_put(tag).unwrap();
+    std::thread::sleep(Duration::from_millis(ms));
+    done.blocking_put(tag).unwrap();
+}
+
+#[tokio::test]
+async fn a_dropped_task_handle_detaches_the_task() {
+    let pool = Pool::new(1).unwrap();
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    // One task running when its handle goes, one queued behind it.
+    let first = pool.submit(announced_sleep, (started.clone(), done.clone(), 300, 1));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    drop(first);
+    drop(pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2)));
+    // close + join wait for both.
+    pool.close();
+    within("join", pool.join()).await.unwrap();
+    assert_eq!(done.try_get().unwrap(), 1);
+    assert_eq!(done.try_get().unwrap(), 2);
+}
+
+#[tokio::test]
+async fn abort_cancels_a_running_task_and_a_queued_one() {
+    let pool = Pool::new(1).unwrap();
+    assert!(within("worker up", eventually(|| pool.worker_pids().len() == 1)).await);
+    let worker = pool.worker_pids()[0];
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let running = pool.submit(announced_sleep, (started.clone(), done.clone(), 60_000, 1));
+    let queued = pool.submit(announced_sleep, (started.clone(), done.clone(), 0, 2));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    queued.abort();
+    running.abort();
+    running.abort();
+    assert!(running.is_finished() && queued.is_finished());
+    for handle in [running, queued] {
+        let err = within("aborted task", handle).await.unwrap_err();
+        assert!(err.is_cancelled(), "{err}");
+    }
+    // The worker running the aborted task is killed and replaced.
+    assert!(within("worker killed", eventually(|| process_gone(worker))).await);
+    assert_eq!(within("next task", pool.apply(square, 3)).await.unwrap(), 9);
+    pool.close();
+    within("join", pool.join()).await.unwrap();
+    // Neither finished; the queued one never started.
+    assert!(done.try_get().unwrap_err().is_empty());
+    assert!(started.try_get().unwrap_err().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks() {
     let pool = Pool::new(2).unwrap();
@@ -568,11 +657,43 @@ async fn unencodable_arguments_and_results_are_errors() {
 
 #[tokio::test]
 async fn builder_errors() {
-    assert!(Pool::new(0).is_err());
+    assert!(Pool::new(0).unwrap_err().is_invalid_option());
     let bad_init = Pool::builder()
         .initializer(Unencodable, |_: Unencodable| ())
         .build();
     assert!(bad_init.unwrap_err().is_bad_args());
+}
+
+/// Zero is never silently taken for one: every option that must be positive is an error.
+#[tokio::test]
+async fn zero_options_are_errors_not_ones() {
+    let zero_tasks = Pool::builder().max_tasks_per_worker(0).build();
+    let err = zero_tasks.unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    assert!(err.to_string().contains("max_tasks_per_worker"), "{err}");
+    let zero_chunks = Pool::builder().chunksize(0).build();
+    let err = zero_chunks.unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    assert!(err.to_string().contains("chunksize"), "{err}");
+
+    let pool = Pool::new(1).unwrap();
+    let err = within("map", pool.map(square, 0..10).chunksize(0))
+        .await
+        .unwrap_err();
+    assert!(err.is_invalid_option(), "{err}");
+    let ordered: Vec<_> = within("imap", pool.imap(square, 0..10).chunksize(0).collect()).await;
+    let unordered: Vec<_> = within(
+        "imap_unordered",
+        pool.imap_unordered(square, 0..10).chunksize(0).collect(),
+    )
+    .await;
+    for results in [ordered, unordered] {
+        assert_eq!(results.len(), 1);
+        assert!(results[0].as_ref().unwrap_err().is_invalid_option());
+    }
+    // The pool is unharmed.
+    let squares = within("map", pool.map(square, 0..10).chunksize(3)).await;
+    assert_eq!(squares.unwrap(), (0..10).map(|x| x * x).collect::<Vec<_>>());
 }
 
 #[test]

@@ -119,9 +119,22 @@ async fn join_timeout_returns_on_time_and_leaves_the_child_running() {
             .unwrap_err()
             .is_timeout()
     );
-    child.kill().unwrap();
-    let err = within("join after kill", child.join()).await.unwrap_err();
-    assert!(err.is_killed());
+    // A huge timeout waits as long as it takes (never panics).
+    let killer = tokio::spawn({
+        let pid = child.pid().unwrap();
+        async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            rustix::process::kill_process(
+                rustix::process::Pid::from_raw(pid as i32).unwrap(),
+                rustix::process::Signal::KILL,
+            )
+        }
+    });
+    let err = within("join_timeout(MAX)", child.join_timeout(Duration::MAX))
+        .await
+        .unwrap_err();
+    assert!(err.is_killed(), "{err}");
+    within("killer", killer).await.unwrap().unwrap();
     assert!(!child.is_alive());
     let again = within("second join", child.join()).await.unwrap_err();
     assert!(again.is_already_joined(), "{again}");

@@ -61,6 +61,13 @@ async fn shared_memory_bytes_travel_both_ways() {
 }
 
 #[test]
+fn zero_bytes_of_shared_memory_is_an_error() {
+    let err = SharedMemory::new(0).unwrap_err();
+    assert_eq!(err.io_error().kind(), std::io::ErrorKind::InvalidInput);
+    assert_eq!(SharedMemory::new(1).unwrap().len(), 1);
+}
+
+#[test]
 fn decoding_as_another_type_is_an_error_not_a_panic() {
     let value = SharedValue::new(7u32).unwrap();
     let (bytes, fds) = message::encode(&value).unwrap();

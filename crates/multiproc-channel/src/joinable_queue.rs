@@ -3,8 +3,9 @@
 use std::fmt;
 use std::io;
 use std::ops::Deref;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::queue::{Queue, QueueBuilder};
@@ -46,7 +47,7 @@ use crate::queue_error::{JoinTimeoutError, TaskDoneError};
 /// queue.join().await?;
 /// assert_eq!(queue.unfinished_tasks(), 0);
 /// assert!(queue.task_done().is_err());
-/// # queue.close();
+/// # queue.shutdown();
 /// # Ok(())
 /// # }
 /// ```
@@ -103,8 +104,8 @@ impl<T> JoinableQueue<T> {
     }
 
     /// Waits until every message put has been marked done; returns at once when none is
-    /// unfinished. Closing the queue does not end a join: consumers still take and finish what
-    /// is left.
+    /// unfinished. [Shutting the queue down](Queue::shutdown) does not end a join: consumers
+    /// still take and finish what is left.
     ///
     /// # Errors
     /// Only when the system fails (out of descriptors, reactor failure).
@@ -143,16 +144,12 @@ impl<T> JoinableQueue<T> {
         self.queue.engine.blocking_join(None).map(drop)
     }
 
-    /// Like [`blocking_join`](Self::blocking_join), but gives up after `timeout`.
+    /// Like [`blocking_join`](Self::blocking_join), but gives up after `timeout`. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`join_timeout`](Self::join_timeout).
     pub fn blocking_join_timeout(&self, timeout: Duration) -> Result<(), JoinTimeoutError> {
-        match self
-            .queue
-            .engine
-            .blocking_join(Some(Instant::now() + timeout))
-        {
+        match self.queue.engine.blocking_join(deadline_after(timeout)) {
             Ok(true) => Ok(()),
             Ok(false) => Err(JoinTimeoutError::Timeout),
             Err(e) => Err(JoinTimeoutError::Io(e)),

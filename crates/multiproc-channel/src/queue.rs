@@ -7,10 +7,11 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Sink, Stream};
 use multiproc_core::packet::{self, PacketRecvError, Received, TryRecv};
+use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -60,11 +61,21 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// each holds a descriptor in flight, which counts against the producing user's
 /// `RLIMIT_NOFILE` (unless privileged).
 ///
-/// # Close
-/// [`close`](Self::close) closes the queue for every handle in every process: puts fail with
-/// a closed error, consumers receive what is left and then [`GetError::Closed`] (the stream
-/// ends), and tasks blocked in `get` or `put` wake. Dropping handles does not close the queue;
-/// it lives as long as any process holds a handle.
+/// # Shutdown
+/// [`shutdown`](Self::shutdown) ends the queue for every handle in every process (Python
+/// 3.13's `Queue.shutdown()`): puts fail with a closed error, consumers receive what is left
+/// and then [`GetError::Closed`] (the stream ends), and tasks blocked in `get` or `put` wake.
+///
+/// There is no per-handle `close`. Python's `Queue.close()` means "this process puts no
+/// more" and exists to stop its feeder thread; here a `put` has finished when it returns and
+/// there is no feeder, so a producer that is done simply drops its handle, which affects no
+/// other handle. Dropping handles never ends the queue; it lives as long as any process holds
+/// a handle.
+///
+/// ```compile_fail
+/// let queue: multiproc_channel::Queue<u32> = multiproc_channel::Queue::new().unwrap();
+/// queue.close(); // no such method: drop the handle, or `shutdown()` to end the queue for all
+/// ```
 ///
 /// # Crash behavior
 /// A put becomes visible with one atomic store and a get takes a message with one atomic
@@ -84,7 +95,7 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// queue.put((1, "one".to_string())).await?;
 /// queue.put((2, "two".to_string())).await?;
 /// assert_eq!(queue.get().await?, (1, "one".to_string()));
-/// queue.close();
+/// queue.shutdown();
 /// assert_eq!(queue.get().await?, (2, "two".to_string()));
 /// assert!(queue.get().await.unwrap_err().is_closed());
 /// # Ok(())
@@ -229,16 +240,22 @@ impl<T> Queue<T> {
         self.engine.is_full()
     }
 
-    /// Closes the queue for every handle in every process. Idempotent.
+    /// Shuts the queue down for every handle in every process: Python 3.13's
+    /// `Queue.shutdown()` (with `immediate=False`). Idempotent and final.
     ///
-    /// Afterwards `put` fails with a closed error; consumers take what is left and then get
-    /// [`GetError::Closed`]; tasks waiting in `get` or `put` wake.
-    pub fn close(&self) {
+    /// Afterwards every `put` fails with a closed error ([`PutError::is_closed`]); consumers
+    /// take what is left and then get [`GetError::Closed`] (a [`stream`](Self::stream) ends);
+    /// tasks and threads waiting in `get` or `put`, in any process, wake. A
+    /// [`JoinableQueue`]'s `join` is not ended: consumers still finish what is left.
+    ///
+    /// To stop putting from one handle only (Python's per-process `Queue.close()`), drop that
+    /// handle: nothing else is needed, and the other handles are unaffected.
+    pub fn shutdown(&self) {
         self.engine.close();
     }
 
-    /// True once some handle [closed](Self::close) the queue.
-    pub fn is_closed(&self) -> bool {
+    /// True once some handle, in any process, [shut the queue down](Self::shutdown).
+    pub fn is_shutdown(&self) -> bool {
         self.engine.is_closed()
     }
 }
@@ -259,7 +276,7 @@ impl<T: Serialize> Queue<T> {
     /// fails here, with the queue untouched.
     ///
     /// # Errors
-    /// [`PutError`] with the message back: the queue is closed, the message cannot be encoded,
+    /// [`PutError`] with the message back: the queue is shut down, the message cannot be encoded,
     /// is larger than [`max_message_size`](Self::max_message_size), carries too many handles, or
     /// the system is out of resources.
     ///
@@ -359,7 +376,7 @@ impl<T: Serialize> Queue<T> {
     }
 
     /// Puts `msg`, blocking the thread at most `timeout` while the queue is full; the twin of
-    /// [`put_timeout`](Self::put_timeout).
+    /// [`put_timeout`](Self::put_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`put_timeout`](Self::put_timeout).
@@ -377,10 +394,7 @@ impl<T: Serialize> Queue<T> {
                 )));
             }
         };
-        match self
-            .engine
-            .blocking_put(&packet, Some(Instant::now() + timeout))
-        {
+        match self.engine.blocking_put(&packet, deadline_after(timeout)) {
             Ok(()) => Ok(()),
             Err(PutFail::Timeout) => Err(PutTimeoutError::Timeout(msg)),
             Err(PutFail::Closed) => Err(PutTimeoutError::Closed(msg)),
@@ -390,8 +404,8 @@ impl<T: Serialize> Queue<T> {
 
     /// A [`Sink`] that puts into this queue (a new handle; this one stays usable).
     ///
-    /// Closing the sink flushes it; it does not close the queue (other producers may still
-    /// put). Call [`Queue::close`] for that.
+    /// Closing the sink flushes it; it does not end the queue (other producers may still
+    /// put). Call [`Queue::shutdown`] for that.
     pub fn sink(&self) -> QueueSink<T> {
         QueueSink {
             engine: self.engine.clone(),
@@ -411,7 +425,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// Takes the message at the front of the queue, waiting until one arrives.
     ///
     /// # Errors
-    /// [`GetError::Closed`] once the queue is closed and every message has been taken; other
+    /// [`GetError::Closed`] once the queue is shut down and every message has been taken; other
     /// [`GetError`]s when a message was taken but could not be delivered (wrong type, too large,
     /// not a queue message): it is discarded and the queue stays usable.
     ///
@@ -442,7 +456,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// [`TryGetError::Empty`] when no message is waiting, [`TryGetError::Closed`] at the end of
-    /// a closed queue, [`TryGetError::Failed`] as for [`get`](Self::get).
+    /// a shut-down queue, [`TryGetError::Failed`] as for [`get`](Self::get).
     pub fn try_get(&self) -> Result<T, TryGetError> {
         match self.engine.try_get() {
             Ok(TryRecv::Message(received)) => self.decode(received).map_err(TryGetError::Failed),
@@ -456,7 +470,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Errors
     /// [`GetTimeoutError::Timeout`] when nothing arrived in time, [`GetTimeoutError::Closed`] at
-    /// the end of a closed queue, [`GetTimeoutError::Failed`] as for [`get`](Self::get).
+    /// the end of a shut-down queue, [`GetTimeoutError::Failed`] as for [`get`](Self::get).
     ///
     /// # Panics
     /// When called outside a tokio runtime with the time driver enabled.
@@ -487,12 +501,12 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     /// Takes the message at the front of the queue, blocking the thread at most `timeout`; the
-    /// twin of [`get_timeout`](Self::get_timeout).
+    /// twin of [`get_timeout`](Self::get_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`get_timeout`](Self::get_timeout).
     pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
-        match self.engine.blocking_get(Some(Instant::now() + timeout)) {
+        match self.engine.blocking_get(deadline_after(timeout)) {
             Ok(TryRecv::Message(received)) => {
                 self.decode(received).map_err(GetTimeoutError::Failed)
             }
@@ -503,7 +517,7 @@ impl<T: DeserializeOwned> Queue<T> {
     }
 
     /// A [`Stream`] of the queue's messages (a new handle; this one stays usable). It ends when
-    /// the queue is closed and drained.
+    /// the queue is [shut down](Self::shutdown) and drained.
     ///
     /// # Cancel safety
     /// Dropping the stream, or a `next()` future, while it waits never loses a message.
@@ -518,7 +532,7 @@ impl<T: DeserializeOwned> Queue<T> {
     /// for i in 0..5u32 {
     ///     queue.put(i).await?;
     /// }
-    /// queue.close();
+    /// queue.shutdown();
     /// let squares: Vec<u32> = queue.stream().map_ok(|i| i * i).try_collect().await?;
     /// assert_eq!(squares, [0, 1, 4, 9, 16]);
     /// # Ok(())
@@ -573,7 +587,7 @@ type GetFuture =
 /// The messages of a [`Queue`] as a [`Stream`]; made by [`Queue::stream`].
 ///
 /// Yields `Ok(message)`, or `Err` for a message that was taken but could not be delivered (the
-/// stream goes on); ends when the queue is closed and drained.
+/// stream goes on); ends when the queue is shut down and drained.
 pub struct QueueStream<T> {
     engine: Arc<Engine>,
     waiting: Option<GetFuture>,

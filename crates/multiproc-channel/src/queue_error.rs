@@ -14,8 +14,8 @@ use multiproc_core::packet::{PacketEncodeError, PacketRecvError};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PutErrorKind {
-    /// The queue was closed; nothing more can be put.
-    #[error("the queue is closed")]
+    /// The queue was [shut down](crate::Queue::shutdown); nothing more can be put.
+    #[error("the queue is shut down")]
     Closed,
     /// The message could not be encoded (its `Serialize` failed, or a descriptor in it could not
     /// be duplicated); nothing was put.
@@ -70,7 +70,7 @@ impl<T> PutError<T> {
     pub fn kind(&self) -> &PutErrorKind {
         &self.kind
     }
-    /// True when the queue is closed.
+    /// True when the queue is [shut down](crate::Queue::shutdown).
     pub fn is_closed(&self) -> bool {
         matches!(self.kind, PutErrorKind::Closed)
     }
@@ -108,7 +108,7 @@ impl<T> std::error::Error for PutError<T> {
 pub enum TryPutError<T> {
     /// The queue is full right now.
     Full(T),
-    /// The queue is closed.
+    /// The queue is [shut down](crate::Queue::shutdown).
     Closed(T),
     /// The message cannot be put at all (never [`PutErrorKind::Closed`]).
     Failed(PutError<T>),
@@ -146,7 +146,7 @@ impl<T> fmt::Display for TryPutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Full(_) => f.write_str("the queue is full"),
-            Self::Closed(_) => f.write_str("the queue is closed"),
+            Self::Closed(_) => f.write_str("the queue is shut down"),
             Self::Failed(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -166,7 +166,7 @@ impl<T> std::error::Error for TryPutError<T> {
 pub enum PutTimeoutError<T> {
     /// The queue stayed full for the whole timeout.
     Timeout(T),
-    /// The queue is closed.
+    /// The queue is [shut down](crate::Queue::shutdown).
     Closed(T),
     /// The message cannot be put at all (never [`PutErrorKind::Closed`]).
     Failed(PutError<T>),
@@ -204,7 +204,7 @@ impl<T> fmt::Display for PutTimeoutError<T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Timeout(_) => f.write_str("timed out waiting for room in the queue"),
-            Self::Closed(_) => f.write_str("the queue is closed"),
+            Self::Closed(_) => f.write_str("the queue is shut down"),
             Self::Failed(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -227,8 +227,8 @@ impl<T> std::error::Error for PutTimeoutError<T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
-    /// The queue was closed and every message has been taken: end of the queue.
-    #[error("the queue is closed and empty")]
+    /// The queue was [shut down](crate::Queue::shutdown) and every message has been taken: end of the queue.
+    #[error("the queue is shut down and empty")]
     Closed,
     /// A message arrived but is not the expected type; it was discarded.
     #[error(transparent)]
@@ -284,8 +284,8 @@ pub enum TryGetError {
     /// No message is waiting right now.
     #[error("the queue is empty")]
     Empty,
-    /// The queue was closed and every message has been taken.
-    #[error("the queue is closed and empty")]
+    /// The queue was [shut down](crate::Queue::shutdown) and every message has been taken.
+    #[error("the queue is shut down and empty")]
     Closed,
     /// A message was taken but could not be delivered (never [`GetError::Closed`]).
     #[error(transparent)]
@@ -310,8 +310,8 @@ pub enum GetTimeoutError {
     /// No message arrived in time.
     #[error("timed out waiting for a message")]
     Timeout,
-    /// The queue was closed and every message has been taken.
-    #[error("the queue is closed and empty")]
+    /// The queue was [shut down](crate::Queue::shutdown) and every message has been taken.
+    #[error("the queue is shut down and empty")]
     Closed,
     /// A message was taken but could not be delivered (never [`GetError::Closed`]).
     #[error(transparent)]

@@ -93,17 +93,23 @@ pub struct SharedRegion {
 }
 
 impl SharedRegion {
-    /// Creates a zero-filled region of `len` bytes (at least one).
+    /// Creates a zero-filled region of `len` bytes.
     ///
     /// # Errors
-    /// Fails when `memfd_create`, `ftruncate`, sealing or `mmap` fail (out of memory or
+    /// [`io::ErrorKind::InvalidInput`] when `len` is zero (a mapping needs at least one byte);
+    /// otherwise when `memfd_create`, `ftruncate`, sealing or `mmap` fail (out of memory or
     /// descriptors).
     ///
     /// # References
     /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html),
     ///   [`mmap(2)`](https://man7.org/linux/man-pages/man2/mmap.2.html)
     pub fn new(len: usize) -> io::Result<Self> {
-        let len = len.max(1);
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "shared memory needs at least one byte",
+            ));
+        }
         let fd = rustix::fs::memfd_create(
             "multiproc-shm",
             MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,

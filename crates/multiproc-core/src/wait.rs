@@ -424,10 +424,10 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
             return Ok(Some(v));
         }
         let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.wait_until(Some(deadline), tick, attempt).await
+        self.wait_until(deadline, tick, attempt).await
     }
 
     /// The blocking twin of [`Self::wait_timeout`].
@@ -441,10 +441,10 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
             return Ok(Some(v));
         }
         let deadline = deadline_after(timeout);
-        if Instant::now() >= deadline {
+        if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.blocking_wait_until(Some(deadline), tick, attempt)
+        self.blocking_wait_until(deadline, tick, attempt)
     }
 }
 
@@ -467,11 +467,24 @@ fn next_wake(deadline: Option<Instant>, tick: Option<Duration>) -> Option<Option
     })
 }
 
-/// `now + timeout`, saturating far in the future.
-pub fn deadline_after(timeout: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
+/// The deadline `timeout` from now, or `None` (no deadline: wait forever) when that lies
+/// beyond what an [`Instant`] can hold, as `Duration::MAX` does.
+///
+/// Every `*_timeout` of multiproc turns its duration into a deadline with this function, so a
+/// huge timeout means "wait forever" everywhere and never panics (`Instant::now() + timeout`
+/// would). A deadline that can be represented, however far, is waited for as such.
+///
+/// # Examples
+/// ```
+/// use std::time::{Duration, Instant};
+/// use multiproc_core::wait::deadline_after;
+///
+/// assert_eq!(deadline_after(Duration::MAX), None);
+/// let soon = deadline_after(Duration::from_secs(1)).unwrap();
+/// assert!(soon > Instant::now());
+/// ```
+pub fn deadline_after(timeout: Duration) -> Option<Instant> {
+    Instant::now().checked_add(timeout)
 }
 
 #[cfg(test)]

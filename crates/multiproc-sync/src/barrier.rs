@@ -282,7 +282,7 @@ impl Barrier {
         &self,
         timeout: Duration,
     ) -> Result<BarrierWaitResult, BarrierWaitError> {
-        self.wait_inner(Some(deadline_after(timeout))).await
+        self.wait_inner(deadline_after(timeout)).await
     }
 }
 

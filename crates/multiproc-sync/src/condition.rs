@@ -371,7 +371,7 @@ impl<'a> ConditionGuard<'a> {
     /// # Cancel safety
     /// As [`wait`](Self::wait).
     pub async fn wait_timeout(self, timeout: Duration) -> Result<(Self, bool), ConditionWaitError> {
-        self.wait_inner(Some(deadline_after(timeout))).await
+        self.wait_inner(deadline_after(timeout)).await
     }
 
     /// Waits until `predicate` (checked with the lock held) returns `true`.
@@ -409,10 +409,10 @@ impl<'a> ConditionGuard<'a> {
             if predicate() {
                 return Ok((self, true));
             }
-            if Instant::now() >= deadline {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok((self, false));
             }
-            self = self.wait_inner(Some(deadline)).await?.0;
+            self = self.wait_inner(deadline).await?.0;
         }
     }
 

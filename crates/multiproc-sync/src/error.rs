@@ -162,6 +162,14 @@ impl BarrierWaitError {
 #[error("cannot create shared synchronization state")]
 pub struct CreateError(#[source] pub(crate) io::Error);
 
+impl CreateError {
+    /// The underlying I/O error ([`InvalidInput`](io::ErrorKind::InvalidInput) for a size the
+    /// primitive cannot have).
+    pub fn io_error(&self) -> &io::Error {
+        &self.0
+    }
+}
+
 impl From<io::Error> for CreateError {
     fn from(e: io::Error) -> Self {
         Self(e)

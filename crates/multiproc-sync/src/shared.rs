@@ -488,10 +488,12 @@ pub struct SharedMemory {
 }
 
 impl SharedMemory {
-    /// Creates `len` zeroed bytes of shared memory (at least one).
+    /// Creates `len` zeroed bytes of shared memory.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd or mapping.
+    /// When `len` is zero (Python's `SharedMemory(size=0)` refuses it too; the
+    /// [`io_error`](CreateError::io_error) is [`InvalidInput`](std::io::ErrorKind::InvalidInput)),
+    /// or when the kernel refuses a memfd or mapping.
     pub fn new(len: usize) -> Result<Self, CreateError> {
         Ok(Self {
             region: SharedRegion::new(len)?,

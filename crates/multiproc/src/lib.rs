@@ -49,7 +49,7 @@
 //! | `Event()`                                | [`Event`]: `set`, `clear`, `is_set`, `wait().await`, `wait_timeout` |
 //! | `Condition(lock)`                        | [`Condition`]: wait/notify through the [`ConditionGuard`], so doing it unlocked cannot compile |
 //! | `Barrier(n)`                             | [`Barrier`]: `wait().await` gives each index once per phase; `abort`, `reset` |
-//! | `Queue(maxsize)`, `JoinableQueue()`      | [`Queue<T>`] (`put`/`get` async, `try_*`, `*_timeout`, `Stream`/`Sink`, `close`), [`JoinableQueue<T>`] (`task_done`, `join().await`) |
+//! | `Queue(maxsize)`, `JoinableQueue()`      | [`Queue<T>`] (`put`/`get` async, `try_*`, `*_timeout`, `Stream`/`Sink`, `shutdown`), [`JoinableQueue<T>`] (`task_done`, `join().await`) |
 //! | `Value('i', 0)`, `Array('d', n)`         | [`SharedValue<T>`], [`SharedArray<T>`] (with `get_lock()`), [`SharedMemory`] |
 //! | `Pool(n, initializer, initargs)`         | [`Pool::builder`]`().workers(n).initializer(args, f).build()?` (the arguments may hold handles) |
 //! | `pool.map`, `starmap`, `imap`, `imap_unordered` | [`Pool::map`]`(f, items).await`, [`Pool::starmap`], [`Pool::imap`] and [`Pool::imap_unordered`] (`Stream`s) |

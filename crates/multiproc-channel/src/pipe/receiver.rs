@@ -2,10 +2,11 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Stream;
 use multiproc_core::channel::{RawReceiver, TryRecv};
+use multiproc_core::wait::deadline_after;
 use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -178,7 +179,7 @@ impl<T: DeserializeOwned> Receiver<T> {
         }
     }
 
-    /// Receives the next message, blocking the thread at most `timeout`.
+    /// Receives the next message, blocking the thread at most `timeout`. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`recv_timeout`](Self::recv_timeout).
@@ -188,7 +189,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     ) -> Result<Option<T>, RecvTimeoutError> {
         match self
             .raw
-            .blocking_recv_with(Some(Instant::now() + timeout), decode::<T>)?
+            .blocking_recv_with(deadline_after(timeout), decode::<T>)?
         {
             TryRecv::Frame(msg) => Ok(Some(msg?)),
             TryRecv::Empty => Err(RecvTimeoutError::Timeout),

@@ -2,12 +2,13 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::Sink;
 use multiproc_core::SharedFd;
 use multiproc_core::channel::RawSender;
 use multiproc_core::message;
+use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{SendError, SendErrorKind};
@@ -165,7 +166,7 @@ impl<T: Serialize> Sender<T> {
 
     /// Like [`blocking_send`](Self::blocking_send), but gives up waiting for buffer space after
     /// `timeout`. The message was accepted either way and stays queued for the next flush;
-    /// returns `Ok(false)` when it is not yet written.
+    /// returns `Ok(false)` when it is not yet written. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`send`](Self::send).
@@ -178,7 +179,7 @@ impl<T: Serialize> Sender<T> {
             return Err(SendError::new(msg, kind));
         }
         self.raw
-            .blocking_flush(Some(Instant::now() + timeout))
+            .blocking_flush(deadline_after(timeout))
             .map_err(|kind| SendError::new(msg, kind))
     }
 }

@@ -69,7 +69,7 @@ async fn mpmc_no_loss_no_duplicate_per_producer_order() {
     for p in producers {
         within(p).await.unwrap();
     }
-    q.close();
+    q.shutdown();
     let mut all = Vec::new();
     for c in consumers {
         let got = within(c).await.unwrap();
@@ -147,10 +147,10 @@ async fn close_drains_then_ends_and_wakes_waiters() {
     let waiting_put = tokio::spawn(async move { putter.put(5).await });
     tokio::task::yield_now().await;
     let other: Queue<u32> = transfer(&q);
-    assert!(!other.is_closed());
-    q.close();
-    q.close();
-    assert!(other.is_closed());
+    assert!(!other.is_shutdown());
+    q.shutdown();
+    q.shutdown();
+    assert!(other.is_shutdown());
     let e = within(waiting_put).await.unwrap().unwrap_err();
     assert!(e.is_closed());
     assert_eq!(e.into_inner(), 5);
@@ -173,7 +173,7 @@ async fn close_wakes_blocked_getters_in_other_handles() {
         getters.push(tokio::spawn(async move { g.get().await }));
     }
     tokio::task::yield_now().await;
-    q.close();
+    q.shutdown();
     for g in getters {
         assert!(within(g).await.unwrap().unwrap_err().is_closed());
     }
@@ -365,8 +365,8 @@ async fn stream_and_sink() {
     let mut more = futures::stream::iter((100..200).map(Ok));
     within(sink.send_all(&mut more)).await.unwrap();
     within(sink.close()).await.unwrap();
-    assert!(!q.is_closed());
-    q.close();
+    assert!(!q.is_shutdown());
+    q.shutdown();
     let got = within(reader).await.unwrap();
     assert_eq!(got, (0..200).map(|x| x * 2).collect::<Vec<_>>());
     let mut sink = q.sink();
@@ -407,7 +407,7 @@ async fn joinable_task_done_and_join() {
     within(q.join()).await.unwrap();
     assert_eq!(q.unfinished_tasks(), 0);
     assert!(q.task_done().is_err());
-    q.close();
+    q.shutdown();
     let mut total = 0;
     for w in workers {
         total += within(w).await.unwrap();
@@ -500,7 +500,7 @@ fn blocking_twins_work_without_a_runtime() {
             .unwrap_err()
             .is_timeout()
     );
-    q.close();
+    q.shutdown();
     assert!(q.blocking_get().unwrap_err().is_closed());
     assert!(q.blocking_put(5).unwrap_err().is_closed());
 
@@ -537,7 +537,7 @@ async fn close_wakes_a_put_waiting_for_socket_room() {
     let putter: Queue<u64> = transfer(&q);
     let waiting = tokio::spawn(async move { putter.put(u64::MAX).await });
     tokio::task::yield_now().await;
-    q.close();
+    q.shutdown();
     let e = within(waiting).await.unwrap().unwrap_err();
     assert!(e.is_closed());
     assert_eq!(e.into_inner(), u64::MAX);

@@ -12,6 +12,9 @@ use super::error::PoolError;
 use super::protocol::ToWorker;
 use super::shared::{Config, Initializer, Shared};
 use super::task::{Plain, init_fn};
+
+/// The error of a zero chunk size, wherever it is set.
+pub(crate) const CHUNKSIZE_ZERO: &str = "chunksize must be at least 1";
 use crate::function::ChildOutput;
 
 /// Options for a [`Pool`]; finish with [`build`](Self::build).
@@ -41,6 +44,8 @@ pub struct PoolBuilder {
     chunksize: Option<usize>,
     initializer: Option<Result<Initializer, PoolError>>,
     name: String,
+    /// The first option set out of range, reported by `build`.
+    invalid: Option<PoolError>,
 }
 
 impl Default for PoolBuilder {
@@ -71,13 +76,24 @@ impl PoolBuilder {
             chunksize: None,
             initializer: None,
             name: "multiproc-pool-worker".to_string(),
+            invalid: None,
         }
     }
 
-    /// The number of worker processes (default: the number of CPUs available).
+    /// The number of worker processes (default: the number of CPUs available). Zero makes
+    /// [`build`](Self::build) fail.
     pub fn workers(mut self, workers: usize) -> Self {
+        if workers == 0 {
+            self.reject("a pool needs at least one worker");
+        }
         self.workers = Some(workers);
         self
+    }
+
+    /// Records an option out of range; `build` fails with the first.
+    fn reject(&mut self, why: &'static str) {
+        self.invalid
+            .get_or_insert_with(|| PoolError::invalid_option(why));
     }
 
     /// Runs `f(args)` once in every worker before its first task, including the workers that
@@ -113,16 +129,24 @@ impl PoolBuilder {
 
     /// Replaces a worker after it has run this many chunks of tasks (Python's
     /// `maxtasksperchild`); the default is never. Frees whatever a worker accumulates (memory,
-    /// descriptors) at the price of a process start every `n` chunks.
+    /// descriptors) at the price of a process start every `n` chunks. Zero makes
+    /// [`build`](Self::build) fail (Python refuses it too).
     pub fn max_tasks_per_worker(mut self, tasks: usize) -> Self {
-        self.max_tasks_per_worker = Some(tasks.max(1));
+        if tasks == 0 {
+            self.reject("max_tasks_per_worker must be at least 1");
+        }
+        self.max_tasks_per_worker = Some(tasks);
         self
     }
 
     /// The default chunk size of `map`, `starmap` and the `imap` streams (by default Python's:
     /// about four chunks per worker for `map`, 1 for `imap`). Each call can still set its own.
+    /// Zero makes [`build`](Self::build) fail.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        self.chunksize = Some(chunksize.max(1));
+        if chunksize == 0 {
+            self.reject(CHUNKSIZE_ZERO);
+        }
+        self.chunksize = Some(chunksize);
         self
     }
 
@@ -137,16 +161,18 @@ impl PoolBuilder {
     /// ready.
     ///
     /// # Errors
-    /// Outside a tokio runtime, with zero workers, or when the initializer's arguments cannot
-    /// be encoded. A worker that cannot be started is reported by the tasks
-    /// ([`PoolError::is_spawn_failure`]).
+    /// Outside a tokio runtime; with an option out of range (zero workers, zero
+    /// `max_tasks_per_worker`, zero chunk size: [`PoolError::is_invalid_option`]); or when the
+    /// initializer's arguments cannot be encoded. A worker that cannot be started is reported
+    /// by the tasks ([`PoolError::is_spawn_failure`]).
     pub fn build(self) -> Result<Pool, PoolError> {
+        if let Some(invalid) = self.invalid {
+            return Err(invalid);
+        }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| PoolError::no_runtime())?;
-        let workers = match self.workers {
-            Some(0) => return Err(PoolError::zero_workers()),
-            Some(n) => n,
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        };
+        let workers = self
+            .workers
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
         let initializer = self.initializer.transpose()?;
         let shared = Arc::new(Shared::new(Config {
             workers,

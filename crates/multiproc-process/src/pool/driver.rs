@@ -432,17 +432,22 @@ impl Conn {
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
         // had not sent yet) fail.
+        // The job it was running fails blaming the task it was running, not its first.
         let in_flight = &mut self.held.in_flight;
-        let started = self
-            .ctrl
-            .last_started()
-            .and_then(|id| in_flight.iter().position(|sent| sent.job.meta.id == id));
+        let last_started = self.ctrl.last_started();
+        let running = self.ctrl.running_item();
+        let started =
+            last_started.and_then(|id| in_flight.iter().position(|sent| sent.job.meta.id == id));
         let unstarted = match started {
             Some(at) => in_flight.split_off(at + 1),
             None => std::mem::take(in_flight),
         };
         for sent in in_flight.drain(..) {
-            sent.job.meta.fail(error.clone());
+            let meta = sent.job.meta;
+            match Some(meta.id) == last_started {
+                true => meta.fail_running(error.clone(), running),
+                false => meta.fail(error.clone()),
+            }
         }
         let unstarted: Vec<Job> = unstarted.into_iter().map(|sent| sent.job).collect();
         match end_requeues {

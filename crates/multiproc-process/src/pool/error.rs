@@ -26,6 +26,9 @@ enum Kind {
     WorkerDied {
         pid: u32,
         cause: String,
+        /// For a task lost with its chunk: the item whose task was running when the worker
+        /// died (the culprit, or the victim of an outside kill).
+        running: Option<usize>,
     },
     Initializer {
         message: String,
@@ -38,9 +41,11 @@ enum Kind {
     Closed,
     NotClosed,
     Terminated,
+    Cancelled,
     TimedOut,
     NoRuntime,
-    ZeroWorkers,
+    /// A builder or call option out of range; what is wrong.
+    InvalidOption(&'static str),
 }
 
 impl PoolError {
@@ -51,7 +56,11 @@ impl PoolError {
         Self::new(Kind::Panicked { message, location })
     }
     pub(crate) fn worker_died(pid: u32, cause: String) -> Self {
-        Self::new(Kind::WorkerDied { pid, cause })
+        Self::new(Kind::WorkerDied {
+            pid,
+            cause,
+            running: None,
+        })
     }
     pub(crate) fn initializer(message: String, location: Option<String>) -> Self {
         Self::new(Kind::Initializer { message, location })
@@ -77,14 +86,37 @@ impl PoolError {
     pub(crate) fn terminated() -> Self {
         Self::new(Kind::Terminated)
     }
+    pub(crate) fn cancelled() -> Self {
+        Self::new(Kind::Cancelled)
+    }
     pub(crate) fn timed_out() -> Self {
         Self::new(Kind::TimedOut)
     }
     pub(crate) fn no_runtime() -> Self {
         Self::new(Kind::NoRuntime)
     }
-    pub(crate) fn zero_workers() -> Self {
-        Self::new(Kind::ZeroWorkers)
+    pub(crate) fn invalid_option(why: &'static str) -> Self {
+        Self::new(Kind::InvalidOption(why))
+    }
+
+    /// For a worker death: the same error, for a task lost because the worker died while
+    /// running the task for item `index` of the same chunk. Other errors are unchanged.
+    pub(crate) fn while_running(mut self, index: usize) -> Self {
+        if let Kind::WorkerDied { running, .. } = &mut self.0.kind {
+            *running = Some(index);
+        }
+        self
+    }
+
+    /// The error of the task that caused this one: for a task lost with a worker that died
+    /// running another item's task, that item's error; otherwise this error.
+    pub(crate) fn into_cause(mut self) -> Self {
+        if let Kind::WorkerDied { running, .. } = &mut self.0.kind
+            && let Some(index) = running.take()
+        {
+            self.0.item = Some(index);
+        }
+        self
     }
 
     /// The same error, about item `index` of a map.
@@ -168,9 +200,22 @@ impl PoolError {
         matches!(self.0.kind, Kind::Terminated)
     }
 
+    /// True when the task was cancelled with [`TaskHandle::abort`](super::TaskHandle::abort).
+    pub fn is_cancelled(&self) -> bool {
+        matches!(self.0.kind, Kind::Cancelled)
+    }
+
     /// True when a timed wait for a result expired.
     pub fn is_timeout(&self) -> bool {
         matches!(self.0.kind, Kind::TimedOut)
+    }
+
+    /// True when an option was out of range: zero [`workers`](super::PoolBuilder::workers),
+    /// [`max_tasks_per_worker`](super::PoolBuilder::max_tasks_per_worker) or chunk size
+    /// ([`PoolBuilder::chunksize`](super::PoolBuilder::chunksize),
+    /// [`Map::chunksize`](super::Map::chunksize) and the streams'). Nothing ran.
+    pub fn is_invalid_option(&self) -> bool {
+        matches!(self.0.kind, Kind::InvalidOption(_))
     }
 }
 
@@ -188,12 +233,23 @@ impl fmt::Display for PoolError {
                 }
                 write!(f, ": {message}")
             }
-            Kind::WorkerDied { pid, cause } => {
-                write!(
-                    f,
-                    "worker process {pid} died while running the {task}: {cause}"
-                )
-            }
+            Kind::WorkerDied {
+                pid,
+                cause,
+                running: None,
+            } => write!(
+                f,
+                "worker process {pid} died while running the {task}: {cause}"
+            ),
+            Kind::WorkerDied {
+                pid,
+                cause,
+                running: Some(running),
+            } => write!(
+                f,
+                "worker process {pid} died while running the task for item {running}, and \
+                 the {task} (in the same chunk) with it: {cause}"
+            ),
             Kind::Initializer { message, location } => {
                 write!(f, "the pool initializer panicked")?;
                 if let Some(at) = location {
@@ -213,9 +269,10 @@ impl fmt::Display for PoolError {
             Kind::Closed => f.write_str("the pool is closed"),
             Kind::NotClosed => f.write_str("join() needs close() or terminate() first"),
             Kind::Terminated => write!(f, "the pool was terminated before the {task} finished"),
+            Kind::Cancelled => write!(f, "the {task} was cancelled"),
             Kind::TimedOut => f.write_str("timed out before the result was ready"),
             Kind::NoRuntime => f.write_str("a pool must be built inside a tokio runtime"),
-            Kind::ZeroWorkers => f.write_str("a pool needs at least one worker"),
+            Kind::InvalidOption(why) => f.write_str(why),
         }
     }
 }

@@ -12,30 +12,49 @@ use super::submit::Results;
 
 /// A task submitted with [`Pool::submit`](super::Pool::submit); `.await` it for the result.
 ///
-/// The task runs whether or not the handle is polled, like Python's `apply_async`.
+/// The task runs whether or not the handle is polled or kept, like Python's `apply_async`.
+/// **Dropping the handle detaches the task** (as dropping a tokio `JoinHandle` does): it still
+/// runs, its result is discarded, and [`Pool::close`](super::Pool::close) followed by
+/// [`Pool::join`](super::Pool::join) waits for it. To stop a task, call
+/// [`abort`](Self::abort).
 ///
 /// # Cancel safety
-/// Dropping the handle before the task finished cancels it: a task not started yet never
-/// runs, and a worker running it (and nothing else) is killed and replaced. To wait with a
-/// deadline without cancelling, use [`result_timeout`](Self::result_timeout).
-#[must_use = "dropping a task handle cancels the task"]
+/// Awaiting is cancel safe: dropping the `.await` (or a [`result_timeout`](Self::result_timeout)
+/// future) loses nothing; the handle still holds the task, and dropping the handle detaches it.
 pub struct TaskHandle<R> {
     results: Results<R>,
     error: Option<PoolError>,
 }
 
+impl<R> TaskHandle<R> {
+    /// Cancels the task (tokio's `JoinHandle::abort`). A task not started yet never runs. A
+    /// task running now is stopped by killing its worker process (a fresh one takes its place,
+    /// and the other tasks that worker held go to another): the task stops wherever it is,
+    /// without unwinding, as with `SIGKILL`. A task already finished is not affected.
+    ///
+    /// Awaiting the handle afterwards gives an error for which
+    /// [`PoolError::is_cancelled`] is true, or the task's own outcome if it had arrived before
+    /// the abort. Calling it again does nothing.
+    pub fn abort(&self) {
+        self.results.cancel();
+    }
+}
+
 impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
     pub(crate) fn new(results: Results<R>) -> Self {
         Self {
-            results,
+            results: results.detach_on_drop(),
             error: None,
         }
     }
 
     /// True when the result is ready (Python's `AsyncResult.ready()`): awaiting the handle
-    /// will not wait.
+    /// will not wait. True after [`abort`](Self::abort).
     pub fn is_finished(&self) -> bool {
-        self.error.is_some() || self.results.outstanding() == 0 || self.results.has_ready()
+        self.error.is_some()
+            || self.results.outstanding() == 0
+            || self.results.has_ready()
+            || self.results.is_cancelled()
     }
 
     /// Waits at most `timeout` for the result (Python's `AsyncResult.get(timeout)`).
@@ -72,6 +91,11 @@ impl<R: DeserializeOwned + Send + 'static> TaskHandle<R> {
             Poll::Ready(None) => Poll::Ready(Err(PoolError::bad_result(
                 "the result was already taken".into(),
             ))),
+            Poll::Pending if self.results.is_cancelled() => {
+                let error = PoolError::cancelled();
+                self.error = Some(error.clone());
+                Poll::Ready(Err(error))
+            }
             Poll::Pending => Poll::Pending,
         }
     }
@@ -84,6 +108,26 @@ impl<R: DeserializeOwned + Send + 'static> Future for TaskHandle<R> {
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.get_mut().poll_result(cx)
+    }
+}
+
+/// A [`TaskHandle`] that aborts its task when dropped unfinished: the future of
+/// [`Pool::apply`](super::Pool::apply), which is cancelled by dropping like any future.
+pub(crate) struct AbortOnDrop<R>(pub(crate) TaskHandle<R>);
+
+impl<R: DeserializeOwned + Send + 'static> Future for AbortOnDrop<R> {
+    type Output = Result<R, PoolError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
+impl<R> Drop for AbortOnDrop<R> {
+    fn drop(&mut self) {
+        if self.0.results.outstanding() > 0 {
+            self.0.abort();
+        }
     }
 }
 

@@ -10,8 +10,26 @@ use futures::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use super::builder::CHUNKSIZE_ZERO;
 use super::error::PoolError;
 use super::submit::{Batches, ChunkResults};
+
+/// Sets the chunk size of a submission not started yet; zero replaces it with the error.
+fn set_chunksize<T, E, A, R>(
+    submission: &mut Result<T, E>,
+    chunksize: usize,
+    batches: impl FnOnce(&mut T) -> &mut Batches<A, R>,
+    error: impl FnOnce(PoolError) -> E,
+) where
+    A: Serialize + Send + 'static,
+    R: DeserializeOwned + Send + 'static,
+{
+    match (&mut *submission, chunksize) {
+        (Ok(_), 0) => *submission = Err(error(PoolError::invalid_option(CHUNKSIZE_ZERO))),
+        (Ok(started), n) => batches(started).set_chunksize(n),
+        (Err(_), _) => {}
+    }
+}
 
 /// Results of a submission in input order, holding back chunks that finish early.
 struct Ordered<A, R> {
@@ -109,11 +127,10 @@ where
 {
     /// Sends the items to the workers `chunksize` at a time (default: the pool's chunk size,
     /// else Python's choice, about four chunks per worker). Bigger chunks cost fewer messages;
-    /// smaller ones balance uneven tasks better.
+    /// smaller ones balance uneven tasks better. Zero makes the map fail
+    /// ([`PoolError::is_invalid_option`]) without running anything.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        if let Ok(batches) = &mut self.batches {
-            batches.set_chunksize(chunksize);
-        }
+        set_chunksize(&mut self.batches, chunksize, |b| b, |e| e);
         self
     }
 
@@ -177,7 +194,8 @@ where
             }
             match ordered.poll_next_item(cx) {
                 Poll::Ready(Some(Ok(value))) => this.values.push(value),
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e)),
+                // A task lost with a worker is not the failure: the task that was running is.
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Err(e.into_cause())),
                 Poll::Ready(None) => return Poll::Ready(Ok(std::mem::take(&mut this.values))),
                 Poll::Pending => break,
             }
@@ -216,11 +234,10 @@ where
     }
 
     /// Sends the items to the workers `chunksize` at a time (default: the pool's chunk size,
-    /// else 1, as in Python). Call before the first poll.
+    /// else 1, as in Python). Call before the first poll. Zero makes the stream yield one
+    /// error ([`PoolError::is_invalid_option`]) and end, without running anything.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        if let Ok(ordered) = &mut self.inner {
-            ordered.batches.set_chunksize(chunksize);
-        }
+        set_chunksize(&mut self.inner, chunksize, |o| &mut o.batches, Some);
         self
     }
 }
@@ -273,11 +290,10 @@ where
     }
 
     /// Sends the items to the workers `chunksize` at a time (default: the pool's chunk size,
-    /// else 1, as in Python). Call before the first poll.
+    /// else 1, as in Python). Call before the first poll. Zero makes the stream yield one
+    /// error ([`PoolError::is_invalid_option`]) and end, without running anything.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        if let Ok(unordered) = &mut self.inner {
-            unordered.batches.set_chunksize(chunksize);
-        }
+        set_chunksize(&mut self.inner, chunksize, |u| &mut u.batches, Some);
         self
     }
 }

@@ -16,7 +16,8 @@
 //! its worker survives and runs the next task.
 //!
 //! # Lifetime
-//! [`close`](Pool::close) stops new submissions and lets the submitted work finish;
+//! [`close`](Pool::close) stops new submissions and lets the submitted work finish (including
+//! tasks whose [`TaskHandle`] was dropped: dropping detaches);
 //! [`join`](Pool::join) then waits until every worker has exited. [`terminate`](Pool::terminate)
 //! kills the workers at once and fails what they held. Dropping the pool closes it: work whose
 //! futures are still alive finishes, then the workers exit; none outlives this process (they
@@ -42,6 +43,7 @@ use serde::de::DeserializeOwned;
 
 pub use builder::PoolBuilder;
 pub use error::PoolError;
+use handle::AbortOnDrop;
 pub use handle::TaskHandle;
 pub use map::{Imap, ImapUnordered, Map, MapFuture};
 pub use task::StarmapFn;
@@ -229,7 +231,9 @@ impl Pool {
     /// Submits `f(args)` to run in a worker now and returns a handle to await its result later
     /// (Python's `apply_async`).
     ///
-    /// A pool that takes no more work gives a handle that resolves to that error.
+    /// The task runs whether or not the handle is kept: dropping it detaches the task, and
+    /// [`close`](Self::close) + [`join`](Self::join) wait for it; [`TaskHandle::abort`]
+    /// cancels it. A pool that takes no more work gives a handle that resolves to that error.
     pub fn submit<A, R, M, F>(&self, f: F, args: A) -> TaskHandle<R::Output>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
@@ -249,14 +253,15 @@ impl Pool {
     /// The task's [`PoolError`]: its panic, its worker's death, a closed pool...
     ///
     /// # Cancel safety
-    /// Dropping the future cancels the task, as dropping a [`TaskHandle`] does.
+    /// Dropping the future cancels the task, as [`TaskHandle::abort`] does (unlike dropping a
+    /// [`TaskHandle`], which detaches it).
     pub async fn apply<A, R, M, F>(&self, f: F, args: A) -> Result<R::Output, PoolError>
     where
         A: Serialize + DeserializeOwned + Send + 'static,
         F: Fn(A) -> R + Copy + Send + 'static,
         R: ChildOutput<M>,
     {
-        self.submit(f, args).await
+        AbortOnDrop(self.submit(f, args)).await
     }
 
     /// Stops accepting work (later submissions fail with [`PoolError::is_closed`]); what was

@@ -9,6 +9,8 @@ use std::os::fd::OwnedFd;
 use multiproc_core::remote_fn::RemoteFn;
 use serde::{Deserialize, Serialize};
 
+use super::ring::Control;
+
 /// A function a worker can run: decodes `call.input`, runs, encodes into `call.output`.
 pub(crate) type TaskFn = RemoteFn<Call, Call>;
 
@@ -86,6 +88,18 @@ pub(crate) struct Call {
     pub output_fds: Vec<OwnedFd>,
     /// Set when the call failed as a whole.
     pub rejected: Option<Rejected>,
+    /// Where the worker records which task of a chunk runs (absent outside a worker).
+    pub progress: Option<Control>,
+}
+
+impl Call {
+    /// Records that the task at `position` in the chunk starts now, so that if it kills the
+    /// worker the pool blames it, not its chunk's first task.
+    pub(crate) fn task_started(&self, position: usize) {
+        if let Some(progress) = &self.progress {
+            progress.set_running_item(position);
+        }
+    }
 }
 
 /// Why a whole chunk failed in the worker.

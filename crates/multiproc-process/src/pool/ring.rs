@@ -21,6 +21,10 @@ use multiproc_core::shm::SharedRegion;
 const LINE: usize = 128;
 /// The id (plus one) of the job the worker started last. Written by the worker.
 const PROGRESS: usize = 0;
+/// The position (plus one; zero: none yet) of the task the worker started last within that
+/// job, so a worker that dies mid-chunk is blamed on the task it was running. Written by the
+/// worker.
+const ITEM: usize = PROGRESS + 8;
 /// Bytes ever appended to the ring. Written by the worker.
 const HEAD: usize = LINE;
 /// Bytes ever taken from the ring. Written by the driver.
@@ -108,15 +112,29 @@ impl Control {
         Cpu(self.word(DRIVER_CPU).load(Ordering::Relaxed))
     }
 
-    /// Worker: records that job `id` starts now.
+    /// Worker: records that job `id` starts now (none of its tasks yet).
     pub(crate) fn set_started(&self, id: u64) {
+        self.word(ITEM).store(0, Ordering::Relaxed);
         self.word(PROGRESS)
             .store(id.wrapping_add(1), Ordering::Release);
+    }
+
+    /// Worker: records that the task at `position` in the current job starts now.
+    pub(crate) fn set_running_item(&self, position: usize) {
+        self.word(ITEM)
+            .store(position as u64 + 1, Ordering::Release);
     }
 
     /// Driver: the id of the last job the worker started.
     pub(crate) fn last_started(&self) -> Option<u64> {
         self.word(PROGRESS).load(Ordering::Acquire).checked_sub(1)
+    }
+
+    /// Driver: the position in the [last job started](Self::last_started) of the last task
+    /// the worker started, if it started one (read it after that job's id).
+    pub(crate) fn running_item(&self) -> Option<usize> {
+        let word = self.word(ITEM).load(Ordering::Acquire);
+        usize::try_from(word.checked_sub(1)?).ok()
     }
 
     /// Driver: `frames` frames have been written to the worker's socket in total.

@@ -38,15 +38,21 @@ pub(crate) struct JobMeta {
 pub(crate) trait ResultSink: Send + Sync {
     /// The worker's encoded `Vec<Outcome<R>>` for the chunk.
     fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>);
-    /// The chunk failed as a whole; every task gets `error`.
-    fn failed(&self, job: &JobMeta, error: PoolError);
+    /// The chunk failed as a whole; every task gets `error`. `running`: the position of the
+    /// task that was running when the chunk's worker died, which the error blames.
+    fn failed(&self, job: &JobMeta, error: PoolError, running: Option<usize>);
     /// Nobody waits for these results any more.
     fn is_cancelled(&self) -> bool;
 }
 
 impl JobMeta {
     pub(crate) fn fail(self, error: PoolError) {
-        self.sink.failed(&self, error);
+        self.sink.failed(&self, error, None);
+    }
+
+    /// Fails the job of a worker that died (`error`) while running its task at `running`.
+    pub(crate) fn fail_running(self, error: PoolError, running: Option<usize>) {
+        self.sink.failed(&self, error, running);
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::vec;
 
@@ -65,6 +66,8 @@ struct ChunkSink<R> {
     tx: mpsc::UnboundedSender<(usize, ChunkResults<R>)>,
     /// Whether errors name the item's index (a map) or not (a single `apply`).
     indexed: bool,
+    /// Nobody wants the results any more: the work not done yet is dropped.
+    cancelled: AtomicBool,
 }
 
 impl<R> ChunkSink<R> {
@@ -79,9 +82,12 @@ impl<R> ChunkSink<R> {
 
 impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>) {
+        if self.is_cancelled() {
+            return;
+        }
         let output = match message::decode::<ChunkOutput<R>>(body, fds) {
             Ok(output) => output,
-            Err(e) => return self.failed(job, PoolError::bad_result(e.to_string())),
+            Err(e) => return self.failed(job, PoolError::bad_result(e.to_string()), None),
         };
         // The worker is our own code, but its output is still input: check it adds up.
         let positions_ok = output.failures.windows(2).all(|pair| pair[0].0 < pair[1].0)
@@ -91,7 +97,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
                 .is_none_or(|(at, _)| (*at as usize) < job.items);
         if !positions_ok || output.values.len() + output.failures.len() != job.items {
             let why = "the worker's results do not match the chunk's tasks".to_string();
-            return self.failed(job, PoolError::bad_result(why));
+            return self.failed(job, PoolError::bad_result(why), None);
         }
         let errors = output
             .failures
@@ -112,9 +118,21 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             .send((job.chunk, ChunkResults::new(output.values, errors)));
     }
 
-    fn failed(&self, job: &JobMeta, error: PoolError) {
+    fn failed(&self, job: &JobMeta, error: PoolError, running: Option<usize>) {
+        if self.is_cancelled() {
+            return;
+        }
         let errors = (0..job.items)
-            .map(|i| (i, self.error(error.clone(), job, i)))
+            .map(|i| {
+                let error = match running {
+                    // A task lost with the worker that died running another one of its chunk.
+                    Some(at) if at != i && self.indexed => {
+                        error.clone().while_running(job.first_item + at)
+                    }
+                    _ => error.clone(),
+                };
+                (i, self.error(error, job, i))
+            })
             .collect();
         let _ = self
             .tx
@@ -122,31 +140,66 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     }
 
     fn is_cancelled(&self) -> bool {
-        self.tx.is_closed()
+        self.cancelled.load(Ordering::Acquire)
     }
 }
 
 /// The receiving end of a submission: chunk results in completion order, tagged with the
 /// chunk's position.
 ///
-/// Dropping it cancels the work still outstanding: queued chunks are skipped, and a worker
-/// busy only with cancelled chunks is killed and replaced.
+/// [`cancel`](Self::cancel) drops the work still outstanding: queued chunks are skipped, and
+/// a worker busy only with cancelled chunks is killed and replaced. Dropping it cancels too,
+/// unless it was made to [`detach`](Self::detach) instead.
 pub(crate) struct Results<R> {
     shared: Arc<Shared>,
     sink: Arc<ChunkSink<R>>,
     rx: mpsc::UnboundedReceiver<(usize, ChunkResults<R>)>,
     outstanding: usize,
+    /// Dropping leaves the work running (a task handle) rather than cancelling it (a map).
+    detach_on_drop: bool,
+}
+
+impl<R> Results<R> {
+    /// Cancels the work not done yet; results already in stay takeable.
+    pub(crate) fn cancel(&self) {
+        if !self.sink.cancelled.swap(true, Ordering::AcqRel) {
+            // Drivers must look again: queued chunks go, a worker running one is stopped.
+            self.shared.wake_drivers();
+        }
+    }
+
+    /// Chunks encoded whose results have not been taken yet.
+    pub(crate) fn outstanding(&self) -> usize {
+        self.outstanding
+    }
+
+    /// True once [`cancel`](Self::cancel) was called.
+    pub(crate) fn is_cancelled(&self) -> bool {
+        self.sink.cancelled.load(Ordering::Acquire)
+    }
 }
 
 impl<R: DeserializeOwned + Send + 'static> Results<R> {
     pub(crate) fn new(shared: Arc<Shared>, indexed: bool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
+        let cancelled = AtomicBool::new(false);
         Self {
             shared,
-            sink: Arc::new(ChunkSink { tx, indexed }),
+            sink: Arc::new(ChunkSink {
+                tx,
+                indexed,
+                cancelled,
+            }),
             rx,
             outstanding: 0,
+            detach_on_drop: false,
         }
+    }
+
+    /// Makes dropping leave the work running, its results unread, instead of cancelling it.
+    pub(crate) fn detach_on_drop(mut self) -> Self {
+        self.detach_on_drop = true;
+        self
     }
 
     /// Encodes `items` as chunk `chunk` (starting at item `first_item`) of `func`; an encoding
@@ -204,11 +257,6 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
         }
     }
 
-    /// Chunks encoded whose results have not been taken yet.
-    pub(crate) fn outstanding(&self) -> usize {
-        self.outstanding
-    }
-
     /// True when a result is ready to be taken without waiting.
     pub(crate) fn has_ready(&self) -> bool {
         !self.rx.is_empty()
@@ -217,10 +265,8 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
 
 impl<R> Drop for Results<R> {
     fn drop(&mut self) {
-        if self.outstanding > 0 {
-            // Closing the receiver marks our chunks cancelled; drivers must look again.
-            self.rx.close();
-            self.shared.wake_drivers();
+        if self.outstanding > 0 && !self.detach_on_drop {
+            self.cancel();
         }
     }
 }
@@ -251,10 +297,11 @@ where
         chunksize: usize,
     ) -> Self {
         let window = shared.config.workers * 256;
+        debug_assert!(chunksize > 0, "zero chunk size");
         Self {
             func,
             items,
-            chunksize: chunksize.max(1),
+            chunksize,
             window,
             next_chunk: 0,
             next_item: 0,
@@ -263,10 +310,11 @@ where
         }
     }
 
-    /// Changes the chunk size; only before the first poll.
+    /// Changes the chunk size (at least 1); only before the first poll.
     pub(crate) fn set_chunksize(&mut self, chunksize: usize) {
         debug_assert_eq!(self.next_chunk, 0, "chunk size changed after submission");
-        self.chunksize = chunksize.max(1);
+        debug_assert!(chunksize > 0, "zero chunk size");
+        self.chunksize = chunksize;
     }
 
     /// Encodes and queues chunks until the window is full or the items run out.

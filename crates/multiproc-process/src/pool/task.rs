@@ -112,6 +112,7 @@ where
         failures: Vec::new(),
     };
     for (i, item) in items.into_iter().enumerate() {
+        call.task_started(i);
         match panic::catch(|| f.invoke(item).resolve(async_runtime::<T::Ret, M>())) {
             Ok(value) => output.values.push(value),
             Err(PanicReport { message, location }) => output

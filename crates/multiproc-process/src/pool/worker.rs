@@ -55,8 +55,11 @@ pub(crate) fn worker_main(args: WorkerArgs) {
     let mut worker = Worker {
         tx,
         ring: RingWriter::new(ctrl.clone()),
+        call: Call {
+            progress: Some(ctrl.clone()),
+            ..Call::default()
+        },
         ctrl,
-        call: Call::default(),
         record: Vec::new(),
     };
     worker.serve(rx);
