@@ -125,8 +125,12 @@ pub enum ReleaseError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConditionWaitError {
-    /// Every waiter slot of the condition is in use.
-    #[error("too many waiters on the condition")]
+    /// [`Condition::MAX_WAITERS`](crate::Condition::MAX_WAITERS) tasks already wait on the
+    /// condition.
+    #[error(
+        "too many waiters on the condition (the limit is {})",
+        crate::Condition::MAX_WAITERS
+    )]
     TooManyWaiters,
     /// The process could not wait.
     #[error("cannot wait on the condition")]
