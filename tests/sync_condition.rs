@@ -1,5 +1,6 @@
 //! `Condition` across real processes: `notify(n)` wakes exactly n, `notify_all`, `wait_for`,
-//! timeouts, and a cancelled waiter passing its notification on.
+//! timeouts, a cancelled waiter passing its notification on, killed waiters (skipped, their
+//! places reclaimed), and 200 waiters at once.
 //!
 //! Behaviours follow CPython's `_test_multiprocessing.py` (`_TestCondition`: `test_notify`,
 //! `test_notify_n`, `test_notify_all`, `test_timeout`, `test_waitfor`).
@@ -165,4 +166,103 @@ async fn condition_over_an_rlock_releases_and_restores_every_level() {
         assert_eq!(guard.notify(1), 1);
     }
     assert_eq!(within("child", child).await.unwrap(), (true, 2, false));
+}
+
+/// Waits in `tasks` tasks of this child at once (each counted in `sleeping` before it waits);
+/// returns how many were notified.
+async fn many_sleepers((cond, counters, tasks): (Condition, Counters, u32)) -> u32 {
+    let waits: Vec<_> = (0..tasks)
+        .map(|_| tokio::spawn(sleeper((cond.clone(), counters.clone()))))
+        .collect();
+    let mut notified = 0;
+    for wait in waits {
+        notified += u32::from(wait.await.unwrap());
+    }
+    notified
+}
+
+#[tokio::test]
+async fn a_killed_waiter_does_not_swallow_a_notification() {
+    let cond = Condition::new().unwrap();
+    let counters = Counters::new([0, 0]).unwrap();
+    // The oldest waiter dies while waiting: notify(1) must skip it.
+    let mut doomed = spawn((cond.clone(), counters.clone()), sleeper);
+    until(&cond, &counters, |[sleeping, _]| sleeping == 1).await;
+    doomed.kill().unwrap();
+    let err = within("killed waiter", doomed.join()).await.unwrap_err();
+    assert!(err.is_killed(), "{err}");
+    let live = spawn((cond.clone(), counters.clone()), sleeper);
+    until(&cond, &counters, |[sleeping, _]| sleeping == 2).await;
+    {
+        let guard = cond.lock().await.unwrap();
+        assert_eq!(guard.notify(1), 1);
+    }
+    assert!(
+        within("the live waiter is woken", live).await.unwrap(),
+        "the live waiter timed out instead of being notified"
+    );
+    // The dead waiter's slot is gone: nobody is left to notify.
+    let guard = cond.lock().await.unwrap();
+    assert_eq!(guard.notify_all(), 0);
+}
+
+#[tokio::test]
+async fn killed_waiters_leave_no_slot_behind() {
+    let cond = Condition::new().unwrap();
+    let counters = Counters::new([0, 0]).unwrap();
+    // 260 waiters killed mid-wait, ten at a time: more than the 130 that used to fill the
+    // table for good, and more than fit in the table's first page, so that a new waiter finds
+    // it full of dead ones and must reclaim their places.
+    for batch in 1..=26 {
+        let doomed: Vec<_> = (0..10)
+            .map(|_| spawn((cond.clone(), counters.clone()), sleeper))
+            .collect();
+        until(&cond, &counters, |[sleeping, _]| sleeping == batch * 10).await;
+        for mut child in doomed {
+            child.kill().unwrap();
+            let err = within("killed waiter", child.join()).await.unwrap_err();
+            assert!(err.is_killed(), "{err}");
+        }
+    }
+    // Later waits still find a place, and notifications reach only live waiters.
+    let guard = cond.lock().await.unwrap();
+    let (guard, notified) = guard
+        .wait_timeout(Duration::from_millis(10))
+        .await
+        .expect("a wait after 260 dead waiters");
+    assert!(!notified);
+    drop(guard);
+    let live = spawn((cond.clone(), counters.clone()), sleeper);
+    until(&cond, &counters, |[sleeping, _]| sleeping == 261).await;
+    {
+        let guard = cond.lock().await.unwrap();
+        assert_eq!(guard.notify_all(), 1);
+    }
+    assert!(within("live waiter", live).await.unwrap());
+}
+
+#[tokio::test]
+async fn two_hundred_waiters_across_ten_processes() {
+    let cond = Condition::new().unwrap();
+    let counters = Counters::new([0, 0]).unwrap();
+    let children: Vec<_> = (0..10)
+        .map(|_| spawn((cond.clone(), counters.clone(), 20), many_sleepers))
+        .collect();
+    until(&cond, &counters, |[sleeping, _]| sleeping == 200).await;
+    {
+        let guard = cond.lock().await.unwrap();
+        assert_eq!(guard.notify(50), 50);
+    }
+    until(&cond, &counters, |[_, woken]| woken == 50).await;
+    {
+        let guard = cond.lock().await.unwrap();
+        assert_eq!(counters.get()[1], 50, "notify(50) woke more than fifty");
+        assert_eq!(guard.notify_all(), 150);
+    }
+    let mut notified = 0;
+    for child in children {
+        notified += within("child", child).await.unwrap();
+    }
+    assert_eq!(notified, 200);
+    assert_eq!(counters.get(), [200, 200]);
 }

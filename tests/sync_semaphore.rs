@@ -1,5 +1,5 @@
 //! `Semaphore` and `BoundedSemaphore` across real processes: the limit is never exceeded,
-//! timeouts, over-release, permits of a killed holder come back, cancellation.
+//! timeouts, over-release, permits of killed holders come back (however many), cancellation.
 //!
 //! Behaviours follow CPython's `_test_multiprocessing.py` (`_TestSemaphore`: `test_semaphore`,
 //! `test_bounded_semaphore`, `test_timeout`), plus permit recovery, which Python lacks.
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use futures::poll;
 use multiproc::sync_error::{ReleaseError, TryAcquireError};
 use multiproc::{BoundedSemaphore, Event, Semaphore, SharedMemory, spawn};
-use multiproc_suite::within;
+use multiproc_suite::{eventually, within};
 
 /// Enters the semaphore `rounds` times, recording how many are inside at once (offset 0) and the
 /// peak (offset 8) in `mem`.
@@ -217,4 +217,45 @@ async fn cancelled_acquire_leaks_no_permit_and_loses_no_wake_up() {
     drop(permit);
     assert!(within("child gets the permit", child).await.unwrap());
     assert_eq!(sem.available_permits(), 1);
+}
+
+/// Takes one permit, counts itself in `mem` (offset 0), then holds the permit until killed.
+fn hold_one_forever((sem, mem): (Semaphore, SharedMemory)) {
+    let _permit = sem.blocking_acquire().unwrap();
+    mem.region().atomic_u64(0).fetch_add(1, Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3600));
+}
+
+#[tokio::test]
+async fn permits_of_150_killed_holders_all_come_back() {
+    let sem = Semaphore::new(200).unwrap();
+    let mem = SharedMemory::new(8).unwrap();
+    let holders: Vec<_> = (0..150)
+        .map(|_| spawn((sem.clone(), mem.clone()), hold_one_forever))
+        .collect();
+    let holding = || mem.region().atomic_u64(0).load(Ordering::SeqCst);
+    assert!(
+        eventually(|| holding() == 150).await,
+        "only {} of 150 children took a permit",
+        holding()
+    );
+    assert_eq!(sem.available_permits(), 50);
+    for child in &holders {
+        child.kill().unwrap();
+    }
+    for mut child in holders {
+        let err = within("killed holder", child.join()).await.unwrap_err();
+        assert!(err.is_killed(), "{err}");
+    }
+    // Every permit comes back: all 200 can be taken again.
+    let mut permits = Vec::new();
+    for i in 0..200 {
+        let permit = sem
+            .acquire_timeout(Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|e| panic!("permit {i} of 200: {e}"));
+        permits.push(permit);
+    }
+    drop(permits);
+    assert_eq!(sem.available_permits(), 200);
 }

@@ -9,14 +9,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{ConditionWaitError, CreateError, LockError, TryLockError};
 use crate::lock::{Lock, LockGuard};
-use crate::owner;
+use crate::owner::CLAIMING;
 use crate::rlock::{RLock, RLockGuard};
+use crate::table::{Layout, Liveness, Table};
 use crate::wait::{WaitQueue, deadline_after};
 
 const TICKET: usize = 8; // u64: last ticket handed out
-const TABLE: usize = 64; // SLOTS x (state u64 = ticket << 2 | status, owner u64)
-const SLOTS: usize = 128;
-const LEN: usize = TABLE + SLOTS * 16;
+const WINDOW: usize = 16; // u64: the waiter table's window
+/// The waiter table: one slot per waiting task, owned by its process, valued
+/// `ticket << 2 | status`.
+const WAITERS: Layout = Layout {
+    window_at: WINDOW,
+    base: 64,
+    capacity: Condition::MAX_WAITERS,
+};
+const LEN: usize = WAITERS.len();
 
 const WAITING: u64 = 1;
 const NOTIFIED: u64 = 2;
@@ -28,16 +35,21 @@ const NOTIFIED: u64 = 2;
 /// of waiters in shared memory. Waiting and
 /// notifying go through the [`ConditionGuard`] returned by [`Condition::lock`], so doing either
 /// without holding the lock (Python's `RuntimeError`) cannot compile.
-/// [`notify(n)`](ConditionGuard::notify) wakes exactly `min(n, waiting)` waiters, oldest
+/// [`notify(n)`](ConditionGuard::notify) wakes exactly `min(n, waiting)` live waiters, oldest
 /// first; [`notify_all`](ConditionGuard::notify_all) wakes every current waiter.
 ///
-/// Up to 128 tasks (across all processes) can wait at once; more get
-/// [`ConditionWaitError::TooManyWaiters`].
+/// Up to [`Condition::MAX_WAITERS`] (65,536) tasks, across all processes, can wait at once;
+/// more get [`ConditionWaitError::TooManyWaiters`]. The waiter table is sized for that limit
+/// when the condition is created, but only the part in use costs memory (16 bytes a waiter).
 ///
 /// # Crash behavior
 /// The lock behaves as [`Lock`] (a waiter re-acquiring it after its holder died sees
-/// [`ConditionGuard::owner_died`]). A process that dies while waiting keeps its place in the
-/// queue: a later `notify(1)` may pick it, and that notification is lost.
+/// [`ConditionGuard::owner_died`]). A process that dies while waiting never receives a
+/// notification: [`notify`](ConditionGuard::notify) skips dead waiters (it checks each waiter's
+/// process, pid and start time, before picking it), counts only live ones, and frees the dead
+/// ones' places, as does a new waiter that finds the table full. A waiter that dies after being
+/// notified and before its `wait` returned cannot act on it; when its place is freed (by a
+/// later waiter that needs room) the notification is passed on to the oldest live waiter.
 ///
 /// # Examples
 /// ```
@@ -79,6 +91,9 @@ enum Held<'a> {
 }
 
 impl Condition {
+    /// The most tasks, across all processes, that can wait on one condition at once (65,536).
+    pub const MAX_WAITERS: usize = 1 << 16;
+
     /// Creates a condition with its own new [`Lock`] (Python's default is an `RLock`: use
     /// [`Condition::with_rlock`] for that).
     ///
@@ -161,12 +176,12 @@ impl Condition {
         Ok(ConditionGuard { cond: self, held })
     }
 
-    fn state(&self, i: usize) -> &AtomicU64 {
-        self.core.region().atomic_u64(TABLE + i * 16)
+    fn table(&self) -> Table<'_> {
+        Table::new(self.core.region(), WAITERS)
     }
 
-    fn slot_owner(&self, i: usize) -> &AtomicU64 {
-        self.core.region().atomic_u64(TABLE + i * 16 + 8)
+    fn state(&self, i: usize) -> &AtomicU64 {
+        self.table().value(i)
     }
 
     /// Enqueues the caller (holding the lock); returns its slot and ticket.
@@ -178,63 +193,74 @@ impl Condition {
             .fetch_add(1, Ordering::SeqCst)
             + 1;
         let ticket = ticket & (u64::MAX >> 2);
-        let value = (ticket << 2) | WAITING;
-        for i in 0..SLOTS {
-            if self.state(i).load(Ordering::SeqCst) == 0
-                && self
-                    .state(i)
-                    .compare_exchange(0, value, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
-            {
-                self.slot_owner(i).store(owner::me(), Ordering::SeqCst);
-                return Ok((i, ticket));
-            }
+        let mut alive = Liveness::default();
+        // A reclaimed slot whose waiter died after being notified still holds that
+        // notification: pass it on (to waiters older than this one, which is not waiting yet).
+        let mut orphaned = 0;
+        let slot = self
+            .table()
+            .claim(&mut alive, |state| {
+                orphaned += usize::from(state & 3 == NOTIFIED);
+            })
+            .ok_or(ConditionWaitError::TooManyWaiters)?;
+        if orphaned > 0 {
+            self.notify_among(orphaned, &mut alive);
         }
-        Err(ConditionWaitError::TooManyWaiters)
+        self.state(slot)
+            .store((ticket << 2) | WAITING, Ordering::SeqCst);
+        Ok((slot, ticket))
     }
 
-    /// Marks up to `n` waiting slots notified, oldest first; returns how many.
+    /// Marks up to `n` waiting slots of live waiters notified, oldest first; returns how many.
     fn notify_n(&self, n: usize) -> usize {
+        self.notify_among(n, &mut Liveness::default())
+    }
+
+    /// [`Self::notify_n`], with liveness answers already known in this operation. A waiter
+    /// whose process died is skipped and its slot reclaimed.
+    fn notify_among(&self, n: usize, alive: &mut Liveness) -> usize {
+        let table = self.table();
+        let mut waiting: Vec<(u64, usize, u64)> = (0..table.window())
+            .filter_map(|i| {
+                let s = table.value(i).load(Ordering::SeqCst);
+                (s & 3 == WAITING).then_some((s >> 2, i, s))
+            })
+            .collect();
+        if n < waiting.len() {
+            waiting.sort_unstable();
+        }
+        let mut owed = n;
         let mut woken = 0;
-        if n >= SLOTS {
-            for i in 0..SLOTS {
-                let s = self.state(i).load(Ordering::SeqCst);
-                if s & 3 == WAITING
-                    && self
-                        .state(i)
-                        .compare_exchange(
-                            s,
-                            (s & !3) | NOTIFIED,
-                            Ordering::SeqCst,
-                            Ordering::SeqCst,
-                        )
-                        .is_ok()
-                {
-                    woken += 1;
-                }
+        for (_, i, s) in waiting {
+            if woken >= owed {
+                break;
             }
-        } else {
-            while woken < n {
-                let oldest = (0..SLOTS)
-                    .filter_map(|i| {
-                        let s = self.state(i).load(Ordering::SeqCst);
-                        (s & 3 == WAITING).then_some((s >> 2, i, s))
-                    })
-                    .min();
-                let Some((_, i, s)) = oldest else { break };
-                if self
-                    .state(i)
-                    .compare_exchange(s, (s & !3) | NOTIFIED, Ordering::SeqCst, Ordering::SeqCst)
-                    .is_ok()
+            let o = table.owner(i).load(Ordering::SeqCst);
+            if o == 0 || o & CLAIMING != 0 {
+                continue; // left meanwhile, or being reclaimed (its waiter died)
+            }
+            if !alive.is_alive(o) {
+                // A racing notifier may have picked it just now: that notification is owed.
+                if table
+                    .reclaim(i, o, alive)
+                    .is_some_and(|s| s & 3 == NOTIFIED)
                 {
-                    woken += 1;
+                    owed = owed.saturating_add(1);
                 }
+                continue;
+            }
+            if table
+                .value(i)
+                .compare_exchange(s, (s & !3) | NOTIFIED, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                woken += 1;
             }
         }
         if woken > 0 {
             self.core.wake();
         }
-        woken
+        woken.min(n)
     }
 }
 
@@ -251,7 +277,7 @@ impl Place<'_> {
     fn notified(&mut self) -> Option<()> {
         let s = self.cond.state(self.slot).load(Ordering::SeqCst);
         if s == (self.ticket << 2) | NOTIFIED {
-            self.cond.state(self.slot).store(0, Ordering::SeqCst);
+            self.cond.table().release(self.slot);
             self.consumed = true;
             Some(())
         } else {
@@ -263,18 +289,14 @@ impl Place<'_> {
     fn withdraw(&mut self) -> bool {
         let waiting = (self.ticket << 2) | WAITING;
         self.consumed = true;
-        match self.cond.state(self.slot).compare_exchange(
-            waiting,
-            0,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        ) {
-            Ok(_) => false,
-            Err(_) => {
-                self.cond.state(self.slot).store(0, Ordering::SeqCst);
-                true
-            }
-        }
+        // Only a notifier changes a waiting slot, and only to notified.
+        let notified = self
+            .cond
+            .state(self.slot)
+            .compare_exchange(waiting, 0, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err();
+        self.cond.table().release(self.slot);
+        notified
     }
 }
 
@@ -416,12 +438,14 @@ impl<'a> ConditionGuard<'a> {
         }
     }
 
-    /// Wakes up to `n` waiters (oldest first); returns how many were woken.
+    /// Wakes up to `n` waiters (oldest first); returns how many were woken. Waiters whose
+    /// process died are skipped, not counted, and their places freed.
     pub fn notify(&self, n: usize) -> usize {
         self.cond.notify_n(n)
     }
 
-    /// Wakes every current waiter; returns how many were woken.
+    /// Wakes every current waiter; returns how many were woken (dead ones skipped, as for
+    /// [`notify`](Self::notify)).
     pub fn notify_all(&self) -> usize {
         self.cond.notify_n(usize::MAX)
     }
@@ -462,5 +486,55 @@ impl<'de> Deserialize<'de> for Condition {
         let Wire { core, lock } = Wire::deserialize(deserializer)?;
         core.check_len(LEN).map_err(D::Error::custom)?;
         Ok(Self { core, lock })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::owner;
+
+    #[test]
+    fn notify_skips_a_dead_waiter_and_frees_its_slot() {
+        let cond = Condition::new().unwrap();
+        let table = cond.table();
+        // A waiter of a dead process (this pid, another start time), enqueued first.
+        let ticket = cond
+            .core
+            .region()
+            .atomic_u64(TICKET)
+            .fetch_add(1, Ordering::SeqCst)
+            + 1;
+        table.owner(0).store(owner::me() ^ 1, Ordering::SeqCst);
+        cond.state(0)
+            .store((ticket << 2) | WAITING, Ordering::SeqCst);
+        let (slot, ticket) = cond.enqueue().unwrap();
+        assert_eq!(slot, 1);
+        assert_eq!(cond.notify_n(1), 1);
+        assert_eq!(
+            cond.state(slot).load(Ordering::SeqCst),
+            (ticket << 2) | NOTIFIED
+        );
+        assert_eq!(table.owner(0).load(Ordering::SeqCst), 0);
+        assert_eq!(cond.state(0).load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn a_claim_passes_on_the_notification_of_a_dead_waiter() {
+        let cond = Condition::new().unwrap();
+        let table = cond.table();
+        let (live, ticket) = cond.enqueue().unwrap();
+        // Every other slot of the window: dead waiters, one of them notified.
+        for i in live + 1..table.window() {
+            table.owner(i).store(owner::me() ^ 1, Ordering::SeqCst);
+            cond.state(i).store(WAITING, Ordering::SeqCst);
+        }
+        cond.state(7).store(NOTIFIED, Ordering::SeqCst);
+        let (slot, _) = cond.enqueue().unwrap();
+        assert_eq!(slot, live + 1, "reclaimed, not grown");
+        assert_eq!(
+            cond.state(live).load(Ordering::SeqCst),
+            (ticket << 2) | NOTIFIED
+        );
     }
 }

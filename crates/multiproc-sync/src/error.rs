@@ -2,7 +2,10 @@
 //!
 //! Waiting operations fail only when the process cannot wait at all: outside a tokio runtime
 //! (with time enabled), or out of descriptors. Those failures carry the underlying
-//! [`std::io::Error`] as their source.
+//! [`std::io::Error`] as their source. Beyond that, two tables have a documented size:
+//! [`Condition::MAX_WAITERS`](crate::Condition::MAX_WAITERS) waiting tasks and
+//! [`Semaphore::MAX_HOLDERS`](crate::Semaphore::MAX_HOLDERS) processes holding permits, at
+//! once; the errors past them name the limit.
 
 use std::io;
 
@@ -37,9 +40,10 @@ wait_failure!(
 
 wait_failure!(
     /// Error of [`Semaphore::acquire`](crate::Semaphore::acquire) and its blocking twin: the
-    /// process could not wait.
+    /// process could not wait, or (with [`TryAcquireError::TooManyHolders`] as the source)
+    /// could not be recorded as a holder.
     AcquireError,
-    "cannot wait for a permit"
+    "cannot acquire a permit"
 );
 
 wait_failure!(
@@ -85,6 +89,14 @@ pub enum TryAcquireError {
     /// No permit is available.
     #[error("no permits available")]
     NoPermits,
+    /// A permit was available, but [`Semaphore::MAX_HOLDERS`](crate::Semaphore::MAX_HOLDERS)
+    /// other live processes hold permits already, so this one could not be recorded as a
+    /// holder (and its permit recovered if it died); the permit stays in the semaphore.
+    #[error(
+        "too many processes hold permits (the limit is {})",
+        crate::Semaphore::MAX_HOLDERS
+    )]
+    TooManyHolders,
 }
 
 /// Error of [`Semaphore::acquire_timeout`](crate::Semaphore::acquire_timeout).
@@ -125,8 +137,12 @@ pub enum ReleaseError {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConditionWaitError {
-    /// Every waiter slot of the condition is in use.
-    #[error("too many waiters on the condition")]
+    /// [`Condition::MAX_WAITERS`](crate::Condition::MAX_WAITERS) tasks already wait on the
+    /// condition.
+    #[error(
+        "too many waiters on the condition (the limit is {})",
+        crate::Condition::MAX_WAITERS
+    )]
     TooManyWaiters,
     /// The process could not wait.
     #[error("cannot wait on the condition")]

@@ -37,6 +37,7 @@ mod owner;
 mod rlock;
 mod semaphore;
 mod shared;
+mod table;
 mod wait;
 
 pub use barrier::{Barrier, BarrierWaitResult};

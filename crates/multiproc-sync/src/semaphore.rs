@@ -1,9 +1,26 @@
 //! [`Semaphore`] and [`BoundedSemaphore`]: cross-process counting semaphores.
+//!
+//! The count is one shared word. So that permits of a process that dies come back, each
+//! process's permits are also counted in a [holder table](crate::table): one slot per process
+//! (pid and start time), claimed at its first acquire, kept until it dies, then reclaimed by
+//! whoever sweeps the table (a waiter, every 50 ms; a `try_acquire` that finds no permit; a
+//! claim that finds the table full), which returns the count it held.
+//!
+//! The count in a slot cannot overflow (a process holds at most `MAX_PERMITS`). The number of
+//! slots is the one limit: [`Semaphore::MAX_HOLDERS`] processes holding permits at once. A
+//! table sized for every process Linux can run at once (2^22) would need no limit at all,
+//! and would cost nothing in memory (the memfd is sparse and scans stop at the part in use),
+//! but 64 MiB of address space per semaphore, which a program run under an address-space
+//! limit (`ulimit -v`) would soon exhaust; 65,536 processes at once is beyond what one
+//! machine runs in practice, and costs 1 MiB of address space. Past it, the
+//! acquire fails with an error naming the limit and the permit stays in the semaphore: a
+//! permit that could not be recovered is never handed out. Each process's searches for its
+//! slot are serialized (within the process), so a process never takes two slots.
 
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use serde::de::Error as _;
@@ -11,6 +28,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::owner;
+use crate::table::{Layout, Liveness, Table};
 use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
 
 // Layout of the shared page.
@@ -18,15 +36,46 @@ const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
 const COUNT: usize = 8; // u64: available permits
 const BOUND: usize = 16; // u64: most permits a release may reach
 const KIND: usize = 24; // u64: KIND_PLAIN or KIND_BOUNDED
-const TABLE: usize = 64; // SLOTS x (owner u64, held u64)
-const SLOTS: usize = 128;
-const LEN: usize = TABLE + SLOTS * 16;
+const WINDOW: usize = 32; // u64: the holder table's window
+/// The holder table: one slot per process that has held permits, valued with how many it
+/// holds now (see [`Engine::track`]).
+const HOLDERS: Layout = Layout {
+    window_at: WINDOW,
+    base: 64,
+    capacity: Semaphore::MAX_HOLDERS,
+};
+const LEN: usize = HOLDERS.len();
 
 const KIND_PLAIN: u64 = 1;
 const KIND_BOUNDED: u64 = 2;
 const OVER_RELEASED: u32 = 1;
-/// Owner value of a slot being reclaimed from a dead process.
-const RECLAIMING: u64 = u64::MAX;
+
+/// Serializes this process's searches for its slot in any holder table, so that it never
+/// claims two: the table's capacity is then a number of processes.
+static CLAIMS: Mutex<()> = Mutex::new(());
+
+/// The holder table could not record a holder: [`Semaphore::MAX_HOLDERS`] live processes
+/// already have a slot.
+#[derive(Debug)]
+struct HoldersFull;
+
+impl From<HoldersFull> for AcquireError {
+    fn from(_: HoldersFull) -> Self {
+        AcquireError(std::io::Error::other(TryAcquireError::TooManyHolders))
+    }
+}
+
+impl From<HoldersFull> for AcquireTimeoutError {
+    fn from(e: HoldersFull) -> Self {
+        AcquireTimeoutError::Failed(e.into())
+    }
+}
+
+impl From<HoldersFull> for TryAcquireError {
+    fn from(_: HoldersFull) -> Self {
+        TryAcquireError::TooManyHolders
+    }
+}
 
 /// The engine shared by both semaphore kinds.
 #[derive(Clone)]
@@ -75,12 +124,16 @@ impl Engine {
         self.core.region().atomic_u64(BOUND).load(Ordering::Relaxed)
     }
 
+    fn holders(&self) -> Table<'_> {
+        Table::new(self.core.region(), HOLDERS)
+    }
+
     fn slot_owner(&self, i: usize) -> &AtomicU64 {
-        self.core.region().atomic_u64(TABLE + i * 16)
+        self.holders().owner(i)
     }
 
     fn slot_held(&self, i: usize) -> &AtomicU64 {
-        self.core.region().atomic_u64(TABLE + i * 16 + 8)
+        self.holders().value(i)
     }
 
     fn take(&self) -> bool {
@@ -120,83 +173,86 @@ impl Engine {
         self.core.wake();
     }
 
-    /// Records one more permit held by this process; returns the slot, or `None` when the
-    /// table is full of live holders (the permit is then not recoverable).
-    fn track(&self) -> Option<usize> {
+    /// Records one more permit held by this process; returns its slot in the holder table.
+    ///
+    /// Each process has at most one slot (found through a per-handle hint, then a search under
+    /// [`CLAIMS`]), kept until it dies; dead processes' slots are reclaimed (their permits
+    /// returned) by the next claim that finds the table's window full, or by [`Self::recover`].
+    /// So the table fills only with [`Semaphore::MAX_HOLDERS`] *live* holders; `Err` then,
+    /// and the caller gives the permit back rather than hand out one that could not be
+    /// recovered.
+    fn track(&self) -> Result<usize, HoldersFull> {
         let me = owner::me();
         let hint = self.hint.load(Ordering::Relaxed);
         if self.slot_owner(hint).load(Ordering::SeqCst) == me {
             self.slot_held(hint).fetch_add(1, Ordering::SeqCst);
-            return Some(hint);
+            return Ok(hint);
         }
-        for round in 0..2 {
-            if let Some(i) = (0..SLOTS).find(|&i| self.slot_owner(i).load(Ordering::SeqCst) == me) {
-                self.hint.store(i, Ordering::Relaxed);
-                self.slot_held(i).fetch_add(1, Ordering::SeqCst);
-                return Some(i);
-            }
-            for i in 0..SLOTS {
-                let o = self.slot_owner(i);
-                if o.load(Ordering::SeqCst) == 0
-                    && o.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_ok()
-                {
-                    self.hint.store(i, Ordering::Relaxed);
-                    self.slot_held(i).fetch_add(1, Ordering::SeqCst);
-                    return Some(i);
-                }
-            }
-            if round == 0 {
-                self.recover();
-            }
-        }
-        None
+        self.track_slow(me)
     }
 
-    fn untrack(&self, slot: Option<usize>) {
-        if let Some(i) = slot {
-            self.slot_held(i).fetch_sub(1, Ordering::SeqCst);
-        }
+    /// The search of [`Self::track`] when the hint misses: once per handle and process.
+    #[cold]
+    #[inline(never)]
+    fn track_slow(&self, me: u64) -> Result<usize, HoldersFull> {
+        let holders = self.holders();
+        let _claims = CLAIMS.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match holders.find(me) {
+            Some(i) => i,
+            None => {
+                let mut recovered = 0u64;
+                let slot = holders.claim(&mut Liveness::default(), |held| {
+                    recovered = recovered.saturating_add(held);
+                });
+                if recovered > 0 {
+                    self.give_capped(recovered);
+                }
+                slot.ok_or(HoldersFull)?
+            }
+        };
+        self.hint.store(slot, Ordering::Relaxed);
+        self.slot_held(slot).fetch_add(1, Ordering::SeqCst);
+        Ok(slot)
+    }
+
+    fn untrack(&self, slot: usize) {
+        self.slot_held(slot).fetch_sub(1, Ordering::SeqCst);
     }
 
     /// Returns the permits of dead holders to the count; frees their slots.
     fn recover(&self) {
-        let me = owner::me();
-        for i in 0..SLOTS {
-            let o = self.slot_owner(i).load(Ordering::SeqCst);
-            if o == 0 || o == RECLAIMING || o == me || owner::is_alive(o) {
-                continue;
-            }
-            if self
-                .slot_owner(i)
-                .compare_exchange(o, RECLAIMING, Ordering::SeqCst, Ordering::SeqCst)
-                .is_ok()
-            {
-                let held = self.slot_held(i).swap(0, Ordering::SeqCst);
-                self.slot_owner(i).store(0, Ordering::SeqCst);
-                if held > 0 {
-                    self.give_capped(held);
-                }
-            }
+        let mut recovered = 0u64;
+        self.holders().sweep(&mut Liveness::default(), |held| {
+            recovered = recovered.saturating_add(held);
+        });
+        if recovered > 0 {
+            self.give_capped(recovered);
         }
     }
 
-    fn attempt(&self, recover: bool) -> Option<Option<usize>> {
+    /// Takes a permit if one is available (first returning dead holders' permits if `recover`)
+    /// and records it.
+    fn attempt(&self, recover: bool) -> Option<Result<usize, HoldersFull>> {
         if recover {
             self.recover();
         }
-        self.take().then(|| self.track())
+        if !self.take() {
+            return None;
+        }
+        Some(self.track().inspect_err(|_| {
+            let _ = self.give(1);
+        }))
     }
 
     /// Spins briefly while no permit is available; out of line, the uncontended path never
     /// needs it.
     #[cold]
     #[inline(never)]
-    fn spin(&self) -> Option<Option<usize>> {
+    fn spin(&self) -> Option<Result<usize, HoldersFull>> {
         for _ in 0..SPIN {
             if self.count().load(Ordering::Relaxed) > 0 {
-                if let Some(slot) = self.attempt(false) {
-                    return Some(slot);
+                if let Some(got) = self.attempt(false) {
+                    return Some(got);
                 }
             }
             std::hint::spin_loop();
@@ -209,8 +265,8 @@ impl Engine {
         fast_then_slow(
             self,
             |engine: &Engine| match engine.attempt(false) {
-                Some(slot) => Ok(Ok(engine.permit(slot))),
-                None => engine.spin().map(|slot| Ok(engine.permit(slot))).ok_or(()),
+                Some(got) => Ok(engine.permit(got)),
+                None => engine.spin().map(|got| engine.permit(got)).ok_or(()),
             },
             |engine: &Engine, ()| engine.acquire_slow(),
         )
@@ -218,20 +274,16 @@ impl Engine {
 
     /// The part of `acquire` that parks, once the fast attempts have failed.
     async fn acquire_slow(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        let slot = self
+        let got = self
             .core
             .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
             .await?;
-        Ok(self.permit(slot))
+        self.permit(got)
     }
 
     fn try_acquire(&self) -> Result<SemaphorePermit<'_>, TryAcquireError> {
-        if let Some(slot) = self.attempt(false) {
-            return Ok(self.permit(slot));
-        }
-        self.attempt(true)
-            .map(|slot| self.permit(slot))
-            .ok_or(TryAcquireError::NoPermits)
+        let got = self.attempt(false).or_else(|| self.attempt(true));
+        self.permit(got.ok_or(TryAcquireError::NoPermits)?)
     }
 
     async fn acquire_timeout(
@@ -243,18 +295,17 @@ impl Engine {
             .wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .await
             .map_err(AcquireError)?;
-        got.map(|slot| self.permit(slot))
-            .ok_or(AcquireTimeoutError::Timeout)
+        self.permit(got.ok_or(AcquireTimeoutError::Timeout)?)
     }
 
     fn blocking_acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        if let Some(slot) = self.spin() {
-            return Ok(self.permit(slot));
-        }
-        let slot = self
-            .core
-            .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?;
-        Ok(self.permit(slot))
+        let got = match self.spin() {
+            Some(got) => got,
+            None => self
+                .core
+                .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?,
+        };
+        self.permit(got)
     }
 
     fn blocking_acquire_timeout(
@@ -265,16 +316,21 @@ impl Engine {
             .core
             .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
             .map_err(AcquireError)?;
-        got.map(|slot| self.permit(slot))
-            .ok_or(AcquireTimeoutError::Timeout)
+        self.permit(got.ok_or(AcquireTimeoutError::Timeout)?)
     }
 
-    fn permit(&self, slot: Option<usize>) -> SemaphorePermit<'_> {
-        SemaphorePermit {
+    /// The permit of a successful [`Self::attempt`], or the error of one that could not record
+    /// its holder (the permit already given back).
+    #[inline]
+    fn permit<E: From<HoldersFull>>(
+        &self,
+        got: Result<usize, HoldersFull>,
+    ) -> Result<SemaphorePermit<'_>, E> {
+        Ok(SemaphorePermit {
             engine: self,
-            slot,
+            slot: got?,
             live: true,
-        }
+        })
     }
 
     fn available(&self) -> usize {
@@ -286,7 +342,7 @@ impl Engine {
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct SemaphorePermit<'a> {
     engine: &'a Engine,
-    slot: Option<usize>,
+    slot: usize,
     live: bool,
 }
 
@@ -417,11 +473,18 @@ macro_rules! semaphore_methods {
 ///
 /// # Crash behavior
 /// Each process's permits (the live [`SemaphorePermit`]s) are counted in a table in the shared
-/// page. When a process dies holding permits, they are returned to the semaphore by the next
-/// waiter (within about 50 ms) or by the next `try_acquire` that finds none available. The
-/// table tracks up to 128 processes holding permits at once; permits of further processes are
-/// not recoverable. A process killed in the instant between taking a permit and recording it
-/// can lose that one permit.
+/// state, one entry per process (pid and start time). When a process dies holding permits, all
+/// of them are returned to the semaphore by the next waiter (within about 50 ms), by the next
+/// `try_acquire` that finds none available, or by the next process that needs a new entry
+/// while the table is full; the dead process's entry is reused.
+///
+/// Up to [`Semaphore::MAX_HOLDERS`] (65,536) processes can hold permits at once; the table is
+/// sized for that when the semaphore is created, but only the part in use costs memory (16
+/// bytes a process). A process beyond the limit is refused rather than given a permit that
+/// could not be recovered: `try_acquire` fails with [`TryAcquireError::TooManyHolders`] and
+/// the waiting forms with an error whose source it is, and the permit stays in the semaphore.
+/// A process killed in the instant between taking a permit and recording it can lose that one
+/// permit.
 ///
 /// # Examples
 /// ```
@@ -443,6 +506,10 @@ pub struct Semaphore {
 impl Semaphore {
     /// The most permits a semaphore can hold.
     pub const MAX_PERMITS: usize = u32::MAX as usize;
+
+    /// The most processes that can hold permits of one semaphore at once (65,536); see
+    /// `# Crash behavior`.
+    pub const MAX_HOLDERS: usize = 1 << 16;
 
     /// Creates a semaphore holding `permits` permits.
     ///
@@ -590,12 +657,74 @@ mod tests {
         let sem = Semaphore::new(3).unwrap();
         let a = sem.try_acquire().unwrap();
         let b = sem.try_acquire().unwrap();
-        let slot = a.slot.unwrap();
-        assert_eq!(b.slot, Some(slot));
+        let slot = a.slot;
+        assert_eq!(b.slot, slot);
         assert_eq!(sem.engine.slot_held(slot).load(Ordering::SeqCst), 2);
         b.forget();
         drop(a);
         assert_eq!(sem.engine.slot_held(slot).load(Ordering::SeqCst), 0);
         assert_eq!(sem.available_permits(), 2);
+    }
+
+    #[test]
+    fn one_slot_per_process_across_handles() {
+        let sem = Semaphore::new(3).unwrap();
+        // A second handle of the same semaphore in this process (as if received twice).
+        let other = Semaphore {
+            engine: Engine {
+                core: sem.engine.core.clone(),
+                hint: Arc::default(),
+            },
+        };
+        // Occupy slot 0 with a live stranger (pid 1, any start time) so that the hint misses.
+        sem.engine.slot_owner(0).store(1 << 32, Ordering::SeqCst);
+        let a = sem.try_acquire().unwrap();
+        let b = other.try_acquire().unwrap();
+        assert_ne!(a.slot, 0);
+        assert_eq!(a.slot, b.slot);
+        assert_eq!(sem.engine.slot_held(a.slot).load(Ordering::SeqCst), 2);
+    }
+
+    #[test]
+    fn a_full_table_of_dead_holders_is_reclaimed_on_claim() {
+        let sem = Semaphore::new(300).unwrap();
+        let e = &sem.engine;
+        // 252 dead holders (the first window) with one permit each.
+        for i in 0..252 {
+            assert!(e.take());
+            e.slot_owner(i).store(owner::me() ^ 1, Ordering::SeqCst);
+            e.slot_held(i).store(1, Ordering::SeqCst);
+        }
+        assert_eq!(sem.available_permits(), 48);
+        let p = sem.try_acquire().unwrap();
+        assert_eq!(p.slot, 0);
+        assert_eq!(e.holders().window(), 252, "reclaimed, not grown");
+        assert_eq!(sem.available_permits(), 299);
+    }
+
+    #[tokio::test]
+    async fn a_table_full_of_live_holders_refuses_and_keeps_the_permit() {
+        let sem = Semaphore::new(2).unwrap();
+        let e = &sem.engine;
+        // Every slot held by a live stranger (pid 1, any start time).
+        for i in 0..Semaphore::MAX_HOLDERS {
+            e.slot_owner(i).store(1 << 32, Ordering::SeqCst);
+        }
+        assert_eq!(e.holders().claim(&mut Liveness::default(), |_| {}), None);
+        assert_eq!(
+            sem.try_acquire().unwrap_err(),
+            TryAcquireError::TooManyHolders
+        );
+        let err = sem.acquire().await.unwrap_err();
+        let source = err.io_error().get_ref().unwrap().to_string();
+        assert_eq!(
+            source,
+            "too many processes hold permits (the limit is 65536)"
+        );
+        assert_eq!(sem.available_permits(), 2);
+        // A slot freed by its owner is found again.
+        e.slot_owner(70).store(0, Ordering::SeqCst);
+        let p = sem.try_acquire().unwrap();
+        assert_eq!(p.slot, 70);
     }
 }
