@@ -1,6 +1,7 @@
 //! The child bootstrap runs a function only for the process that started the child: a hello on
-//! a socket made by anyone else runs nothing, and a setuid program ignores the bootstrap
-//! variable altogether and runs `main`.
+//! a socket made by anyone else still running runs nothing (one made by a process that has
+//! exited since is honoured, for detached children), and a setuid program ignores the
+//! bootstrap variable altogether and runs `main`.
 //!
 //! These tests play the forger: they build a genuine hello with core's `child_command` (so the
 //! hello itself, key included, is as good as a parent's) and hand the socket to a process that
@@ -10,9 +11,10 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use multiproc::Builder;
+use multiproc::core::SharedFd;
+use multiproc::{Builder, pipe};
 use multiproc_core::bootstrap::{self, BOOTSTRAP_ENV, BOOTSTRAP_FAILED_EXIT, EntryPoint};
-use multiproc_suite::TEST_LIMIT;
+use multiproc_suite::{TEST_LIMIT, within};
 
 /// The exit code of the forged function: seeing it means the forgery worked.
 const FORGED_RAN: i32 = 42;
@@ -71,6 +73,38 @@ fn a_hello_on_a_socket_not_made_by_the_parent_runs_nothing() {
     );
     assert_eq!(out.status.code(), Some(BOOTSTRAP_FAILED_EXIT), "{stderr}");
     assert!(stderr.contains("not by the parent"), "{stderr}");
+}
+
+/// Runs in a child: makes a control socket with a hello for [`forged`], hands its child end
+/// over, and exits (closing the parent's end: the hello stays queued).
+async fn make_a_socket_and_exit(mut out: pipe::Sender<SharedFd>) {
+    let boot = bootstrap::child_command(EntryPoint::new(Forged, forged)).unwrap();
+    out.send(SharedFd::new(boot.child_end)).await.unwrap();
+}
+
+/// A detached child may find the parent that made its socket gone before its bootstrap runs:
+/// a socket whose maker has exited, with our user and group, is honoured.
+#[tokio::test]
+async fn a_hello_from_a_maker_that_has_exited_is_honoured() {
+    let (tx, mut rx) = pipe::simplex::<SharedFd>().unwrap();
+    let maker = Builder::new().spawn(tx, make_a_socket_and_exit).unwrap();
+    let received = within("the socket", rx.recv()).await.unwrap().unwrap();
+    within("the maker's exit", maker).await.unwrap();
+    let socket = rustix::io::dup(received.try_clone_owned().unwrap()).unwrap();
+    drop(received);
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    command
+        .args(["--exact", "no_such_test"])
+        .env(BOOTSTRAP_ENV, socket.as_raw_fd().to_string());
+    let out = tokio::task::spawn_blocking(move || run(command))
+        .await
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(FORGED_RAN),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Runs in the setuid copy, as `main` (the test harness) would: a secure-execution program
