@@ -221,6 +221,68 @@ async fn a_killed_server_is_reaped_and_replaced() {
     assert!(replaced, "no new server was started");
 }
 
+/// A field of `/proc/<pid>/stat` after the command name: 0 is the state, 19 the start time.
+fn stat_field(pid: u32, index: usize) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_ascii_whitespace().nth(index).map(str::to_owned)
+}
+
+/// How long a spawn may take with the server stopped: well under the 30 s it once stalled for.
+const STOPPED_SERVER_BOUND: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs in a fresh process with a server of its own: stops the server, then spawns on.
+async fn outlast_a_stopped_server(_: ()) -> (bool, bool, bool, bool, bool) {
+    warm_up().await;
+    let server = fork_server().expect("a running fork server");
+    let started = stat_field(server, 19);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(server as i32).unwrap(),
+        rustix::process::Signal::STOP,
+    )
+    .unwrap();
+    assert!(eventually(|| stat_field(server, 0).as_deref() == Some("T")).await);
+    // `spawn` blocks its caller while the spawner works, so bound it from another thread.
+    let first = tokio::time::timeout(STOPPED_SERVER_BOUND, async {
+        let spawned = tokio::task::spawn_blocking(|| probed("after-stop").spawn((), probe));
+        spawned.await.unwrap().unwrap().await
+    })
+    .await;
+    let in_time = first.is_ok();
+    let first_forked = first.is_ok_and(|seen| seen.unwrap().forked);
+    // Killed and reaped: no such process, or its pid taken by a later one.
+    let reaped = eventually(|| stat_field(server, 19).is_none_or(|t| Some(t) != started)).await;
+    let second = within(
+        "after the restart",
+        probed("restarted").spawn((), probe).unwrap(),
+    )
+    .await
+    .unwrap();
+    let replaced = fork_server().is_some_and(|pid| pid != server);
+    (in_time, first_forked, reaped, second.forked, replaced)
+}
+
+#[tokio::test]
+async fn a_stopped_server_is_abandoned_and_replaced() {
+    let (in_time, first_forked, reaped, second_forked, replaced) = within(
+        "middle process",
+        Builder::new().spawn((), outlast_a_stopped_server).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        in_time,
+        "the spawn after SIGSTOP did not finish within {STOPPED_SERVER_BOUND:?}"
+    );
+    assert!(
+        !first_forked,
+        "the child after the stop must be re-executed"
+    );
+    assert!(reaped, "the stopped server was left behind");
+    assert!(second_forked, "the next child must come from a new server");
+    assert!(replaced, "no new server was started");
+}
+
 /// Runs in a process started with `MULTIPROC_FORK_SERVER=0`.
 async fn spawn_without_server(_: ()) -> (bool, bool, bool) {
     warm_up().await;

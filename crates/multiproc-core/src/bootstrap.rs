@@ -2,14 +2,37 @@
 //!
 //! The parent starts `/proc/self/exe` with `MULTIPROC_BOOTSTRAP=<fd>` and one end of a socket
 //! pair at that descriptor. Before `main` runs (an `.init_array` constructor), the child finds
-//! the variable, reads a hello from the socket naming the entry point, checks that it is the
-//! very same executable, and jumps there; it never reaches `main`, so a program that spawns
-//! children in `main` can never spawn them recursively. A process without the variable is not
-//! touched. (A child forked from the fork server, itself such a copy, takes its socket from the
-//! server and enters at `enter`.)
+//! the variable, checks that the socket comes from the process that started it, reads a hello
+//! from the socket naming the entry point, checks that it is the very same executable, and
+//! jumps there; it never reaches `main`, so a program that spawns children in `main` can never
+//! spawn them recursively. A process without the variable is not touched. (A child forked from
+//! the fork server, itself such a copy, takes its socket from the server and enters at `enter`.)
 //!
 //! Functions are named by their address relative to an anchor in this binary, which survives
 //! address-space randomisation because the child runs the identical file.
+//!
+//! # Who may name the function
+//! Jumping to an offset read from a descriptor named by an environment variable is only sound
+//! when whoever chose both is the parent, which could run that function anyway. Two checks
+//! hold the line (the threat model is argued in ARCHITECTURE.md, "Spawning"):
+//! - **Secure execution** (`AT_SECURE`: a setuid, setgid or file-capability program, or an LSM
+//!   transition) means this process has privileges its launcher lacks, and its environment is
+//!   the launcher's to choose. The constructor then ignores the variable and `main` runs, as if
+//!   it were not set; and such a process spawns no children (they would be secure too, and run
+//!   `main`).
+//! - **The socket's origin**: the kernel records who made a socket pair (`SO_PEERCRED`). The
+//!   control socket must have been made by a process with this process's effective user and
+//!   group, which is its parent, or has exited since (a detached child may outlive the parent
+//!   that started it). Otherwise the child exits with [`BOOTSTRAP_FAILED_EXIT`] and runs
+//!   nothing, not even `main`: a child is what it was started as.
+//!
+//! Only then is the hello read. It carries the program key (see `remote_fn`), a random key
+//! drawn by the first process of the program, which therefore travels only over sockets that
+//! passed these checks, never in the environment or the command line.
+//!
+//! # References
+//! - [`getauxval(3)`](https://man7.org/linux/man-pages/man3/getauxval.3.html) (`AT_SECURE`),
+//!   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SO_PEERCRED`)
 #![allow(unsafe_code)]
 
 use std::io::{self, Read};
@@ -109,7 +132,9 @@ pub struct ChildCommand {
 /// Prepares a [`ChildCommand`] for `entry`.
 ///
 /// # Errors
-/// When the control socket cannot be created or `/proc/self/exe` cannot be read.
+/// When the control socket cannot be created or `/proc/self/exe` cannot be read; in a
+/// secure-execution program (setuid, setgid, file capabilities), which spawns no children
+/// (see the [module docs](self)).
 pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
     let (parent_end, child_end) = sys::stream_socketpair()?;
     send_hello(&parent_end, entry)?;
@@ -137,7 +162,16 @@ pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
 }
 
 /// Queues on `socket` the hello that makes the process at its other end run `entry`.
+///
+/// # Errors
+/// In a secure-execution program: the child would be one too, ignore the hello and run `main`.
 pub(crate) fn send_hello(socket: &OwnedFd, entry: EntryPoint) -> io::Result<()> {
+    if secure_execution() {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "a setuid or setcap program cannot spawn children",
+        ));
+    }
     let (dev, ino) = sys::exe_identity()?;
     let mut hello = Vec::with_capacity(HELLO_LEN);
     hello.extend_from_slice(&HELLO_MAGIC);
@@ -156,10 +190,25 @@ pub(crate) fn send_hello(socket: &OwnedFd, entry: EntryPoint) -> io::Result<()> 
     Ok(())
 }
 
+/// Whether this process runs in secure-execution mode: its `exec` gave it privileges that its
+/// launcher, who chose its environment and descriptors, did not have.
+///
+/// # References
+/// - [`getauxval(3)`](https://man7.org/linux/man-pages/man3/getauxval.3.html) (`AT_SECURE`)
+fn secure_execution() -> bool {
+    // SAFETY: `getauxval` only reads the auxiliary vector the kernel left at `exec`; glibc sets
+    // it up before any constructor runs. 0 (absent) means not secure.
+    unsafe { libc::getauxval(libc::AT_SECURE) != 0 }
+}
+
 extern "C" fn bootstrap_hook() {
     let Some(value) = std::env::var_os(BOOTSTRAP_ENV) else {
         return;
     };
+    // Whoever started a secure-execution program chose the variable: ignore it, run `main`.
+    if secure_execution() {
+        return;
+    }
     // SAFETY: constructors run before main, on the only thread of the process, so nothing can
     // read the environment concurrently.
     unsafe { std::env::remove_var(BOOTSTRAP_ENV) };
@@ -201,7 +250,63 @@ fn take_control(value: &str) -> io::Result<OwnedFd> {
     // variable was removed above).
     let control = unsafe { OwnedFd::from_raw_fd(raw) };
     rustix::io::fcntl_setfd(&control, rustix::io::FdFlags::CLOEXEC)?;
+    check_origin(&control)?;
     Ok(control)
+}
+
+/// Checks that the control socket was made by our parent (or by a process with our user and
+/// group that has exited since): see the [module docs](self).
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SO_PEERCRED`),
+///   [`getppid(2)`](https://man7.org/linux/man-pages/man2/getppid.2.html)
+fn check_origin(control: &OwnedFd) -> io::Result<()> {
+    let maker = socket_maker(control)?;
+    if maker.uid != rustix::process::geteuid().as_raw()
+        || maker.gid != rustix::process::getegid().as_raw()
+    {
+        return Err(io::Error::other(
+            "the control socket was made by another user or group",
+        ));
+    }
+    let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
+    // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
+    if maker.pid != parent
+        && (maker.pid <= 0 || crate::identity::is_running(maker.pid as u32, 0, 0))
+    {
+        return Err(io::Error::other(format!(
+            "the control socket was made by process {}, not by the parent",
+            maker.pid
+        )));
+    }
+    Ok(())
+}
+
+/// `getsockopt(SO_PEERCRED)`: for a socket pair, the process that made it and its effective
+/// user and group. (Not rustix's, whose `Pid` cannot hold the 0 the kernel reports for a
+/// process in a pid namespace we cannot see.)
+fn socket_maker(socket: &OwnedFd) -> io::Result<libc::ucred> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes, the size of `cred`, into `cred`, a plain
+    // struct of integers; `socket` is an open descriptor for the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cred)
 }
 
 /// Reads the hello on `control`, checks it, and runs the entry point it names with `control`.

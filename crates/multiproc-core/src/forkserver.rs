@@ -19,10 +19,39 @@
 //! signal dispositions, inherited non-close-on-exec descriptors) are the parent's as of the
 //! server's start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!
-//! The child writes its own pid to the parent right after the fork, so the parent learns of it
-//! even if the server dies at that moment; the server answers only when it could not fork. When
-//! the server is gone before forking, the parent re-executes the child instead and starts a new
-//! server meanwhile.
+//! The server answers each request once, with the child's pid or why it could not fork, and the
+//! parent reads that answer before it sends the next request. The child lets go of the server's
+//! socket first thing, so once the server is dead the parent's end reads end-of-stream.
+//!
+//! # A server that does not answer
+//! The spawner thread waits for the answer and its caller, a runtime thread, waits for the
+//! spawner, so the wait must end soon when the server cannot answer (stopped with `SIGSTOP` or
+//! by a debugger, dead, wedged) yet never give up on one that is only late because the machine
+//! is busy: a tight timeout alone cannot do both, and on a loaded machine it would restart
+//! servers over and over. So the parent measures liveness instead. While no answer has come, it
+//! looks at the server every [`LOOK_EVERY`] (20 ms): its pidfd says whether it exited, and
+//! `/proc/<pid>/stat` whether it is stopped (the pid names the server, an unreaped child of
+//! ours). An exited server is abandoned at once, one seen stopped at [`STOPPED_LOOKS`] (two)
+//! looks in a row too, so within tens of milliseconds (two looks, so that job control resuming
+//! the whole process group never loses a server to the moment between our wake-up and its
+//! own). A server that is running, runnable or asleep may answer yet and gets
+//! [`ANSWER_LOOKS`] looks (2 s), then is abandoned all the same: a busy machine costs at most
+//! one restart per 2 s, never a storm. Looks are counted rather than time measured, so time
+//! this process itself spends stopped (job control) or waiting for a CPU does not run out the
+//! server's patience. (A pidfd alone cannot tell a stopped process from a busy one.) All of it
+//! is one policy type, [`Patience`].
+//!
+//! Abandoning a server kills it with `SIGKILL` (which ends a stopped process at once) and reaps
+//! it, drops our end of its socket, and starts a new server for the next spawn. No answer of
+//! an abandoned server is ever read, so a late one cannot pass for the answer to a later
+//! request. Whether it forked a child for the request it left unanswered is not guessed: it
+//! forks with `CLONE_PARENT_SETTID`, which makes the kernel write the child's pid, inside the
+//! `clone` call, into a word of memory the parent shares with it (a memfd sent right after the
+//! hello, zeroed before each request). Once the server is reaped every `clone` it made has
+//! returned, so the word is final: a pid there is this spawn's child, used as if the server
+//! had answered; zero means no child exists, and the caller re-executes one on the same control
+//! socket. A spawn waits for the server for at most [`ANSWER_LOOKS`] looks plus [`DEATH_LIMIT`]
+//! (a server that outlives `SIGKILL` that long fails the spawn: it might still fork).
 //!
 //! # Forking without glibc's `fork`
 //! `fork(3)` cannot ask for `CLONE_PARENT`, so the server calls `clone3` (or `clone`) itself and
@@ -37,20 +66,25 @@
 //! - [`clone(2)`](https://man7.org/linux/man-pages/man2/clone.2.html) (`CLONE_PARENT`,
 //!   `CLONE_CHILD_SETTID`), [`PR_GET_TID_ADDRESS`](https://man7.org/linux/man-pages/man2/PR_GET_TID_ADDRESS.2const.html),
 //!   [`get_robust_list(2)`](https://man7.org/linux/man-pages/man2/get_robust_list.2.html),
-//!   [`proc_pid_stat(5)`](https://man7.org/linux/man-pages/man5/proc_pid_stat.5.html) (`arg_start`)
+//!   [`proc_pid_stat(5)`](https://man7.org/linux/man-pages/man5/proc_pid_stat.5.html) (`arg_start`,
+//!   `state`), [`CLONE_PARENT_SETTID`](https://man7.org/linux/man-pages/man2/clone.2.html)
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
+use crate::SharedFd;
 use crate::bootstrap::{self, EntryPoint};
+use crate::identity;
 use crate::pidfd::PidFd;
+use crate::shm::SharedRegion;
 use crate::spawner::{self, SpawnOptions};
 use crate::sys::{self, Direction};
 
@@ -64,8 +98,16 @@ const REQUEST_MAX: usize = 64 * 1024;
 /// must fit in its length (a longer one is re-executed instead).
 const SERVER_NAME: &str = "multiproc-fork-server";
 const NAME_ROOM: usize = 256;
-/// How long the parent waits for the server before giving up on it.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often the parent looks at a server that has not answered yet (see the module docs).
+const LOOK_EVERY: Duration = Duration::from_millis(20);
+/// A server seen stopped at this many looks in a row is abandoned.
+const STOPPED_LOOKS: u32 = 2;
+/// A server that runs but has not answered after this many looks (2 s) is abandoned all the same.
+const ANSWER_LOOKS: u32 = 100;
+/// How long an abandoned server may take to die of `SIGKILL` before the spawn fails.
+const DEATH_LIMIT: Duration = Duration::from_secs(2);
+/// The first packet after the hello: the shared word the server's `clone` writes pids into.
+const SLOT_MAGIC: [u8; 4] = *b"MPFS";
 
 /// Whether the next descriptor in a request is standard input, output or error.
 const HAS_STDIN: u8 = 1;
@@ -93,13 +135,14 @@ thread_local! {
 /// with name `arg0` and environment `env` (the default working directory and standard streams).
 /// Must run on the spawner thread.
 ///
-/// `Ok(None)` when the server did not start it (not running yet, off, or gone): nothing was
-/// started, and the caller re-executes the child. The first call starts the server and returns
-/// `None`, so that this child's `exec` and the server's overlap.
+/// `Ok(None)` when the server did not start it (not running yet, off, gone or abandoned):
+/// nothing was started, and the caller re-executes the child. The first call starts the server
+/// and returns `None`, so that this child's `exec` and the server's overlap.
 ///
 /// # Errors
-/// When the server stopped answering after taking the request (it is killed and restarted on
-/// the next spawn).
+/// When a server that stopped answering could not be killed and reaped in time: it may still
+/// start a child on `control`, which must then not be re-executed (the next spawn starts a new
+/// server).
 pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Result<Option<u32>> {
     STATE.with_borrow_mut(|state| {
         let server = match state {
@@ -121,23 +164,25 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
                 Ok(None)
             }
             Answer::Declined(_) => Ok(None),
-            Answer::Gone => {
-                // Reap the old server; start the next one while this child is re-executed.
+            Answer::Unanswered => {
+                // Kill and reap it, learn whether it forked this child, and start the next
+                // server while this child (if it was not forked) is re-executed.
+                let forked = server.abandon();
                 *state = Server::start().map_or(State::Off, State::Running);
-                Ok(None)
-            }
-            Answer::Lost(e) => {
-                *state = State::Idle;
-                Err(e)
+                forked
             }
         }
     })
 }
 
-/// The running server: our end of its socket, and its pidfd to reap it.
+/// The running server: our end of its socket, its pidfd to reap it, and the word its `clone`
+/// writes each child's pid into.
 struct Server {
     socket: OwnedFd,
     process: PidFd,
+    slot: SharedRegion,
+    /// Killed (and reaped, if it died in time) by [`Server::abandon`].
+    killed: bool,
 }
 
 /// What came of a request.
@@ -145,10 +190,45 @@ enum Answer {
     Started(u32),
     /// The server could not fork (an errno); nothing was started.
     Declined(Errno),
-    /// The server died before it forked; nothing was started.
-    Gone,
-    /// No answer in time, or a garbled one: the server is wedged, and may have started a child.
-    Lost(io::Error),
+    /// No answer: the server is gone, stopped, stuck or garbled, and may have started a child.
+    Unanswered,
+}
+
+/// What the parent sees of a server that has not answered yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Seen {
+    /// Running, runnable, sleeping or in the kernel: it may still answer.
+    Alive,
+    /// Stopped by a signal or a tracer: it cannot answer until someone continues it.
+    Stopped,
+    /// Exited (not reaped yet): it never will.
+    Exited,
+}
+
+/// The one decision of when to stop waiting for a server (see the module docs): pure
+/// bookkeeping of what each look saw.
+#[derive(Debug, Default)]
+struct Patience {
+    looks: u32,
+    stopped_looks: u32,
+}
+
+impl Patience {
+    /// After a look at a server that has not answered: true to abandon it.
+    fn give_up(&mut self, seen: Seen) -> bool {
+        self.looks += 1;
+        match seen {
+            Seen::Exited => true,
+            Seen::Stopped => {
+                self.stopped_looks += 1;
+                self.stopped_looks >= STOPPED_LOOKS
+            }
+            Seen::Alive => {
+                self.stopped_looks = 0;
+                self.looks >= ANSWER_LOOKS
+            }
+        }
+    }
 }
 
 impl Server {
@@ -160,13 +240,20 @@ impl Server {
             None,
         )?;
         bootstrap::send_hello(&socket, EntryPoint::new(ForkServer, serve))?;
+        let slot = SharedRegion::new(std::mem::size_of::<u32>())?;
+        sys::send_with_fds(socket.as_fd(), &SLOT_MAGIC, &[slot.shared_fd().as_fd()])?;
         let mut name = String::from(SERVER_NAME);
         name.extend(std::iter::repeat_n(' ', NAME_ROOM - 1 - SERVER_NAME.len()));
         let arg0 = CString::new(name).expect("no NUL in the server's name");
         let env = spawner::environment(&SpawnOptions::default())?;
         let pid = spawner::posix_spawn_child(&theirs, &arg0, env)?;
         let process = PidFd::open(pid)?;
-        Ok(Server { socket, process })
+        Ok(Server {
+            socket,
+            process,
+            slot,
+            killed: false,
+        })
     }
 
     fn request(&self, control: &OwnedFd, arg0: &CStr, env: &[CString]) -> Answer {
@@ -206,44 +293,40 @@ impl Server {
             return Answer::Declined(Errno::MSGSIZE);
         }
 
-        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        // Only this request's `clone` may write the slot from here on (the server reads the
+        // request after this store, through the socket).
+        self.slot.atomic_u32(0).store(0, Ordering::Relaxed);
+        let mut patience = Patience::default();
         loop {
             match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
                 Ok(_) => break,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match sys::wait_ready(self.socket.as_fd(), Direction::Write, Some(deadline)) {
-                        Ok(true) => {}
-                        _ => return Answer::Lost(io::Error::other("the fork server is stuck")),
+                    if !self.wait(Direction::Write, &mut patience) {
+                        return Answer::Unanswered;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => match Errno::from_io_error(&e) {
-                    Some(Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED) => {
-                        return Answer::Gone;
+                    Some(Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED) | None => {
+                        return Answer::Unanswered;
                     }
                     Some(errno) => return Answer::Declined(errno),
-                    None => return Answer::Gone,
                 },
             }
         }
         drop(cwd);
-        self.answer(deadline)
+        self.answer(&mut patience)
     }
 
-    /// Reads the one answer to a request: from the child (its pid) or from the server (why it
-    /// could not fork).
-    fn answer(&self, deadline: Instant) -> Answer {
-        let lost = |what: &str| Answer::Lost(io::Error::other(format!("the fork server {what}")));
+    /// Reads the one answer to a request: the child's pid, or why the server could not fork.
+    fn answer(&self, patience: &mut Patience) -> Answer {
         loop {
-            match sys::wait_ready(self.socket.as_fd(), Direction::Read, Some(deadline)) {
-                Ok(true) => {}
-                Ok(false) => return lost("did not answer within 30 s"),
-                Err(e) => return Answer::Lost(e),
+            if !self.wait(Direction::Read, patience) {
+                return Answer::Unanswered;
             }
             let mut buf = [0u8; 8];
             let mut fds: Vec<OwnedFd> = Vec::new();
             match sys::recv_with_fds(self.socket.as_fd(), &mut buf, &mut fds) {
-                Ok(got) if got.bytes == 0 => return Answer::Gone,
                 Ok(got) if got.bytes == 4 && !got.truncated => {
                     let value = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
                     return match value {
@@ -251,11 +334,65 @@ impl Server {
                         _ => Answer::Declined(Errno::from_raw_os_error(value.saturating_neg())),
                     };
                 }
-                Ok(_) => return lost("sent a garbled answer"),
+                // End of stream (the server died), or a garbled answer.
+                Ok(_) => return Answer::Unanswered,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Answer::Gone,
+                Err(_) => return Answer::Unanswered,
             }
+        }
+    }
+
+    /// Waits until the socket is ready in `direction`, looking at the server every
+    /// [`LOOK_EVERY`]; false when `patience` gives up on it.
+    fn wait(&self, direction: Direction, patience: &mut Patience) -> bool {
+        loop {
+            let slice = Instant::now() + LOOK_EVERY;
+            match sys::wait_ready(self.socket.as_fd(), direction, Some(slice)) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(_) => return false,
+            }
+            let seen = if self.process.has_exited() {
+                Seen::Exited
+            } else if identity::is_stopped(self.process.pid()) {
+                Seen::Stopped
+            } else {
+                Seen::Alive
+            };
+            if patience.give_up(seen) {
+                return false;
+            }
+        }
+    }
+
+    /// Kills the server and reaps it, then says whether it forked a child for the request it
+    /// did not answer: the pid its `clone` left in the slot.
+    ///
+    /// # Errors
+    /// When it did not die within [`DEATH_LIMIT`]; it may then still fork that child.
+    fn abandon(&mut self) -> io::Result<Option<u32>> {
+        if !self.kill_and_reap() {
+            return Err(io::Error::other(
+                "the fork server stopped answering and could not be killed",
+            ));
+        }
+        // Dead and reaped: any `clone` it made has returned, so the slot is final.
+        let pid = self.slot.atomic_u32(0).load(Ordering::Acquire);
+        Ok((pid != 0).then_some(pid))
+    }
+
+    /// Sends `SIGKILL` and reaps the server; false if it is still alive after [`DEATH_LIMIT`].
+    fn kill_and_reap(&mut self) -> bool {
+        self.killed = true;
+        let _ = self.process.send_signal(libc::SIGKILL);
+        let deadline = Some(Instant::now() + DEATH_LIMIT);
+        match sys::wait_ready(self.process.as_fd(), Direction::Read, deadline) {
+            Ok(true) => {
+                let _ = self.process.try_wait();
+                true
+            }
+            _ => false,
         }
     }
 }
@@ -263,10 +400,8 @@ impl Server {
 impl Drop for Server {
     fn drop(&mut self) {
         // It exits on end-of-stream; a wedged one needs the signal. Either way, reap it.
-        let _ = self.process.send_signal(libc::SIGKILL);
-        let deadline = Some(Instant::now() + Duration::from_secs(5));
-        if let Ok(true) = sys::wait_ready(self.process.as_fd(), Direction::Read, deadline) {
-            let _ = self.process.try_wait();
+        if !self.killed {
+            self.kill_and_reap();
         }
     }
 }
@@ -312,53 +447,75 @@ fn serve(_: ForkServer, socket: OwnedFd) {
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
         }
     }
-    let forker = Forker::new().and_then(|forker| match ArgvArea::of_self() {
+    // The first packet after the hello: the parent's slot, where `clone` leaves each pid.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    let slot = match receive(&socket, &mut [0u8; 8], &mut fds) {
+        Some(got) if got == SLOT_MAGIC.len() && fds.len() == 1 => fds.pop(),
+        Some(_) => None,
+        None => std::process::exit(0),
+    }
+    .and_then(|fd| SharedRegion::from_received(SharedFd::new(fd), std::mem::size_of::<u32>()).ok());
+    let forker = match &slot {
+        Some(slot) => Forker::new(slot.atomic_u32(0).as_ptr() as usize),
+        None => Err(Errno::NOSYS),
+    };
+    let forker = forker.and_then(|forker| match ArgvArea::of_self() {
         Ok(argv) => Ok((forker, argv)),
         Err(_) => Err(Errno::NOSYS),
     });
     let mut buf = vec![0u8; REQUEST_MAX];
     loop {
-        if !matches!(
-            sys::wait_ready(socket.as_fd(), Direction::Read, None),
-            Ok(true)
-        ) {
-            break;
-        }
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let got = match sys::recv_with_fds(socket.as_fd(), &mut buf, &mut fds) {
-            Ok(got) if got.bytes == 0 => break,
-            Ok(got) => got,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
-                ) =>
-            {
-                continue;
-            }
-            Err(_) => break,
+        let Some(len) = receive(&socket, &mut buf, &mut fds) else {
+            break;
         };
-        let outcome: Result<(), Errno> = match (&forker, got.truncated || got.fds_truncated) {
+        let answer: Result<u32, Errno> = match (&forker, len > REQUEST_MAX) {
             (_, true) => Err(Errno::MSGSIZE),
             (Err(errno), _) => Err(*errno),
-            (Ok((forker, argv)), false) => match Request::parse(&buf[..got.bytes], fds) {
+            (Ok((forker, argv)), false) => match Request::parse(&buf[..len], fds) {
                 Err(errno) => Err(errno),
                 Ok(request) => match forker.fork() {
-                    Ok(Forked::Child) => run_child(socket, request, argv),
+                    Ok(Forked::Child) => run_child(socket, slot, request, argv),
                     // The child holds its own copies of the request's descriptors.
-                    Ok(Forked::Parent) => continue,
+                    Ok(Forked::Parent(pid)) => Ok(pid),
                     Err(errno) => Err(errno),
                 },
             },
         };
-        if let Err(errno) = outcome {
-            let answer = (-errno.raw_os_error()).to_le_bytes();
-            if sys::send_with_fds(socket.as_fd(), &answer, &[]).is_err() {
-                break;
-            }
+        let answer = match answer {
+            Ok(pid) => pid as i32,
+            Err(errno) => -errno.raw_os_error(),
+        };
+        if sys::send_with_fds(socket.as_fd(), &answer.to_le_bytes(), &[]).is_err() {
+            break;
         }
     }
     std::process::exit(0);
+}
+
+/// Waits for the next packet on the server's socket and reads it into `buf` and `fds`: its
+/// length, more than `buf.len()` if it was truncated or lost descriptors; `None` at the end of
+/// the stream (or on an error, which ends the server too).
+fn receive(socket: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Option<usize> {
+    loop {
+        if !matches!(
+            sys::wait_ready(socket.as_fd(), Direction::Read, None),
+            Ok(true)
+        ) {
+            return None;
+        }
+        match sys::recv_with_fds(socket.as_fd(), buf, fds) {
+            Ok(got) if got.bytes == 0 => return None,
+            Ok(got) if got.truncated || got.fds_truncated => return Some(buf.len() + 1),
+            Ok(got) => return Some(got.bytes),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                ) => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// One child to start: its control socket, working directory, streams, affinity, name and
@@ -470,14 +627,14 @@ fn take_bytes<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], Errno> {
     Ok(bytes)
 }
 
-/// The forked child: reports its pid, becomes what the request says, and runs the entry point
-/// named by the hello on its control socket, like a re-executed child. Never returns.
-fn run_child(socket: OwnedFd, request: Request, argv: &ArgvArea) -> ! {
-    let pid = rustix::process::getpid().as_raw_nonzero().get();
-    // If the parent cannot hear this it has gone, and this child's parent-death signal (for a
-    // daemon) or its control socket's end-of-stream ends it soon.
-    let _ = sys::send_with_fds(socket.as_fd(), &pid.to_le_bytes(), &[]);
+/// The forked child: lets go of the server's socket and slot, becomes what the request says,
+/// and runs the entry point named by the hello on its control socket, like a re-executed child.
+/// Never returns.
+fn run_child(socket: OwnedFd, slot: Option<SharedRegion>, request: Request, argv: &ArgvArea) -> ! {
+    // The server answers for this child. Once the server is gone, end-of-stream on its socket
+    // must mean that: no child may hold it.
     drop(socket);
+    drop(slot);
     bootstrap::finish(request.apply(argv).and_then(bootstrap::enter))
 }
 
@@ -538,10 +695,13 @@ struct Forker {
     /// Where glibc keeps this thread's id (registered with `set_tid_address`).
     tid_address: usize,
     robust_list: (usize, usize),
+    /// The parent's slot, mapped here: `clone` writes each child's pid into it.
+    slot_address: usize,
 }
 
 enum Forked {
-    Parent,
+    /// In the server, with the child's pid.
+    Parent(u32),
     Child,
 }
 
@@ -563,8 +723,9 @@ struct CloneArgs {
 const PR_GET_TID_ADDRESS: libc::c_int = 40;
 
 impl Forker {
+    /// A forker that reports each child's pid at `slot_address` (a mapped, aligned `u32`);
     /// `ENOSYS` when this process cannot be forked safely here.
-    fn new() -> Result<Forker, Errno> {
+    fn new(slot_address: usize) -> Result<Forker, Errno> {
         let mut address: usize = 0;
         // SAFETY: PR_GET_TID_ADDRESS stores one pointer at the address passed, `&mut address`.
         let rc = unsafe {
@@ -597,14 +758,19 @@ impl Forker {
         Ok(Forker {
             tid_address: address,
             robust_list: (head, len),
+            slot_address,
         })
     }
 
     fn fork(&self) -> Result<Forked, Errno> {
-        let flags = libc::CLONE_PARENT | libc::CLONE_CHILD_SETTID | libc::CLONE_CHILD_CLEARTID;
+        let flags = libc::CLONE_PARENT
+            | libc::CLONE_PARENT_SETTID
+            | libc::CLONE_CHILD_SETTID
+            | libc::CLONE_CHILD_CLEARTID;
         let args = CloneArgs {
             flags: flags as u64,
             child_tid: self.tid_address as u64,
+            parent_tid: self.slot_address as u64,
             // With `CLONE_PARENT` the child takes the server's exit signal (`SIGCHLD`, to the
             // parent); `clone3` insists this stays 0.
             exit_signal: 0,
@@ -614,7 +780,8 @@ impl Forker {
         // copy of this thread's stack, in a copy of this address space. The process has one
         // thread (checked in `new`) and holds no lock here, so the child finds every lock free.
         // `child_tid` is glibc's thread-id word (checked in `new`), which the kernel sets to the
-        // child's id in the child only.
+        // child's id in the child only; `parent_tid` is the mapped slot, which it sets (shared
+        // with the parent) before the call returns.
         let mut rc = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
@@ -623,7 +790,7 @@ impl Forker {
             )
         };
         if rc == -1 && Errno::from_raw_os_error(errno()) == Errno::NOSYS {
-            rc = clone(flags, self.tid_address);
+            rc = clone(flags, self.slot_address, self.tid_address);
         }
         match rc {
             -1 => Err(Errno::from_raw_os_error(errno())),
@@ -639,27 +806,28 @@ impl Forker {
                 };
                 Ok(Forked::Child)
             }
-            _ => Ok(Forked::Parent),
+            pid => Ok(Forked::Parent(pid as u32)),
         }
     }
 }
 
-/// `clone(2)` with `flags | SIGCHLD` and the child's thread-id word, for kernels (or seccomp
-/// filters) without `clone3`. The argument order is the generic one (x86-64, AArch64, RISC-V).
+/// `clone(2)` with `flags | SIGCHLD`, the parent's and the child's thread-id words, for kernels
+/// (or seccomp filters) without `clone3`. The argument order is the generic one (x86-64,
+/// AArch64, RISC-V).
 #[cfg(any(
     target_arch = "x86_64",
     target_arch = "aarch64",
     target_arch = "riscv64"
 ))]
-fn clone(flags: libc::c_int, tid_address: usize) -> libc::c_long {
+fn clone(flags: libc::c_int, parent_tid: usize, child_tid: usize) -> libc::c_long {
     // SAFETY: as for `clone3` in `Forker::fork`: fork semantics (no new stack), one thread.
     unsafe {
         libc::syscall(
             libc::SYS_clone,
             (flags | libc::SIGCHLD) as libc::c_ulong,
             0usize,
-            0usize,
-            tid_address,
+            parent_tid,
+            child_tid,
             0usize,
         )
     }
@@ -670,7 +838,7 @@ fn clone(flags: libc::c_int, tid_address: usize) -> libc::c_long {
     target_arch = "aarch64",
     target_arch = "riscv64"
 )))]
-fn clone(_flags: libc::c_int, _tid_address: usize) -> libc::c_long {
+fn clone(_flags: libc::c_int, _parent_tid: usize, _child_tid: usize) -> libc::c_long {
     -1
 }
 
@@ -704,6 +872,37 @@ mod tests {
             put_bytes(&mut bytes, var);
         }
         bytes
+    }
+
+    #[test]
+    fn a_stopped_or_dead_server_is_given_up_within_looks() {
+        assert!(Patience::default().give_up(Seen::Exited));
+        let mut patience = Patience::default();
+        let looks: Vec<bool> = (0..STOPPED_LOOKS)
+            .map(|_| patience.give_up(Seen::Stopped))
+            .collect();
+        assert_eq!(looks.last(), Some(&true));
+        assert!(looks[..looks.len() - 1].iter().all(|&g| !g), "{looks:?}");
+    }
+
+    #[test]
+    fn a_stop_seen_once_is_forgiven_when_the_server_runs_again() {
+        let mut patience = Patience::default();
+        // Job control: stopped and continued between looks, for as long as the limit allows.
+        for _ in 0..(ANSWER_LOOKS - 1) / 2 {
+            assert!(!patience.give_up(Seen::Stopped));
+            assert!(!patience.give_up(Seen::Alive));
+        }
+    }
+
+    #[test]
+    fn a_live_server_gets_every_look_of_the_limit() {
+        let mut patience = Patience::default();
+        for look in 1..ANSWER_LOOKS {
+            assert!(!patience.give_up(Seen::Alive), "gave up at look {look}");
+        }
+        assert!(patience.give_up(Seen::Alive));
+        assert_eq!(LOOK_EVERY * ANSWER_LOOKS, Duration::from_secs(2));
     }
 
     #[test]

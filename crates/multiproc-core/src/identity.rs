@@ -74,6 +74,12 @@ pub fn is_running(pid: u32, start: u32, mask: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is stopped, by a signal or a tracer (state `T` or `t`). A process
+/// that cannot be read is not stopped.
+pub(crate) fn is_stopped(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| matches!(s.state, b'T' | b't'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

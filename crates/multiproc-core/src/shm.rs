@@ -126,7 +126,7 @@ impl SharedRegion {
 
     /// Maps a memfd received from another process after checking that it is sealed against
     /// shrinking and holds at least `len` bytes.
-    fn from_received(fd: SharedFd, len: usize) -> io::Result<Self> {
+    pub(crate) fn from_received(fd: SharedFd, len: usize) -> io::Result<Self> {
         let seals = rustix::fs::fcntl_get_seals(&fd)?;
         if !seals.contains(SealFlags::SHRINK) {
             return Err(io::Error::new(

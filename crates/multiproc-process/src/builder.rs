@@ -145,7 +145,8 @@ impl Builder {
     /// contain handles (pipe ends, locks, shared memory...), which arrive usable.
     ///
     /// # Errors
-    /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started.
+    /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started, and in a
+    /// setuid or setcap program, which spawns no children (see the guide).
     ///
     /// # Panics
     /// Outside a tokio runtime (with I/O and time drivers).
