@@ -74,6 +74,7 @@ use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -84,6 +85,7 @@ use crate::SharedFd;
 use crate::bootstrap::{self, EntryPoint};
 use crate::identity;
 use crate::pidfd::PidFd;
+use crate::reaper;
 use crate::shm::SharedRegion;
 use crate::spawner::{self, SpawnOptions};
 use crate::sys::{self, Direction};
@@ -179,7 +181,8 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
 /// writes each child's pid into.
 struct Server {
     socket: OwnedFd,
-    process: PidFd,
+    /// Shared with the reaper thread if the server outlives us (see `Drop`).
+    process: Arc<PidFd>,
     slot: SharedRegion,
     /// Killed (and reaped, if it died in time) by [`Server::abandon`].
     killed: bool,
@@ -247,7 +250,7 @@ impl Server {
         let arg0 = CString::new(name).expect("no NUL in the server's name");
         let env = spawner::environment(&SpawnOptions::default())?;
         let pid = spawner::posix_spawn_child(&theirs, &arg0, env)?;
-        let process = PidFd::open(pid)?;
+        let process = Arc::new(PidFd::open(pid)?);
         Ok(Server {
             socket,
             process,
@@ -398,11 +401,13 @@ impl Server {
 }
 
 impl Drop for Server {
+    /// Kills the server (it would exit on end-of-stream, but a wedged one needs the signal)
+    /// and leaves it to the reaper thread, so dropping never waits and it never stays a zombie.
     fn drop(&mut self) {
-        // It exits on end-of-stream; a wedged one needs the signal. Either way, reap it.
         if !self.killed {
-            self.kill_and_reap();
+            let _ = self.process.send_signal(libc::SIGKILL);
         }
+        reaper::reap_orphan(self.process.clone());
     }
 }
 
