@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use multiproc::pipe;
-use multiproc::{Lock, Pool, PoolError, Queue, SharedValue};
+use multiproc::{Lock, Pool, PoolError, Queue, SharedValue, TaskHandle};
 use multiproc_suite::{eventually, process_gone, within};
 
 fn square(x: u64) -> u64 {
@@ -803,6 +803,37 @@ async fn results_of_every_size_and_kind_arrive_in_order() {
         assert_eq!(handle.is_some(), i % 7 == 3, "item {i}");
         if let Some(value) = handle {
             assert_eq!(value.get(), i as u64 * 10);
+        }
+    }
+}
+
+fn spin_30us(x: u32) -> u32 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_micros(30) {
+        std::hint::spin_loop();
+    }
+    x
+}
+
+/// Aborting tasks kills their worker only for them: a task of another submission that the
+/// worker holds, or had just moved on to as the abort came, is not failed by the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_tasks_never_fails_another_task() {
+    let pool = Pool::new(1).unwrap();
+    // Teach the driver the function's pace, so that it hands the worker many tasks at once.
+    let warm = within("warm-up", pool.map(spin_30us, 0..300).chunksize(1)).await;
+    assert_eq!(warm.unwrap().len(), 300);
+    for round in 0..40 {
+        let (mut kept, mut aborted) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            kept.push(pool.submit(spin_30us, i));
+            aborted.push(pool.submit(spin_30us, i));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        aborted.iter().for_each(TaskHandle::abort);
+        for (i, task) in kept.into_iter().enumerate() {
+            let result = within("kept task", task).await;
+            assert_eq!(result.unwrap(), i as u32, "round {round}, task {i}");
         }
     }
 }

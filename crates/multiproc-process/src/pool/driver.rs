@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use multiproc_core::channel::{self, RawReceiver, RawSender};
+use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::message;
 
 use super::error::PoolError;
@@ -400,9 +400,11 @@ impl Conn {
             End::Broken(error) => shared.break_pool(error.clone()),
             End::Died | End::Retire | End::Drained => {}
         }
-        // Closing our end tells a healthy worker to exit.
+        // Closing our end tells a healthy worker to exit. A worker killed for abandoned work
+        // may have answered jobs since the driver last looked: keep its socket to take them.
         drop(self.tx);
-        drop(self.rx);
+        let abandoned = matches!(end, End::Abandoned);
+        let mut rx = Some(self.rx).filter(|_| abandoned);
         let exit = match self.handle.join_timeout(EXIT_GRACE).await {
             Err(e) if e.is_timeout() => {
                 let _ = self.handle.kill();
@@ -410,6 +412,9 @@ impl Conn {
             }
             other => other,
         };
+        if let Some(rx) = &mut rx {
+            take_last_results(rx, &mut self.ring, &mut self.record, &mut self.held);
+        }
         let end_requeues = matches!(end, End::Died | End::Garbled(_) | End::Abandoned);
         let (error, next) = match end {
             End::Terminate => (PoolError::terminated(), Next::Stop),
@@ -431,33 +436,49 @@ impl Conn {
         };
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
-        // had not sent yet) fail.
-        // The job it was running fails blaming the task it was running, not its first.
-        let in_flight = &mut self.held.in_flight;
+        // had not sent yet) fail; the one it was running blames the task it was running, not
+        // its first. Except when the worker was killed for abandoned work: then no job still
+        // wanted fails for it, not even one the worker had just started as the kill came (the
+        // job it then moved on to, from another submission): they all go to another worker.
+        let in_flight = std::mem::take(&mut self.held.in_flight);
         let last_started = self.ctrl.last_started();
         let running = self.ctrl.running_item();
         let started =
             last_started.and_then(|id| in_flight.iter().position(|sent| sent.job.meta.id == id));
-        let unstarted = match started {
-            Some(at) => in_flight.split_off(at + 1),
-            None => std::mem::take(in_flight),
-        };
-        for sent in in_flight.drain(..) {
-            let meta = sent.job.meta;
-            match Some(meta.id) == last_started {
-                true => meta.fail_running(error.clone(), running),
-                false => meta.fail(error.clone()),
+        let mut requeued = Vec::new();
+        for (at, sent) in in_flight.into_iter().enumerate() {
+            let job = sent.job;
+            let ran = started.is_some_and(|started| at <= started);
+            let wanted = !job.meta.sink.is_cancelled();
+            if (end_requeues && !ran) || (abandoned && wanted) {
+                requeued.push(job);
+            } else if Some(job.meta.id) == last_started {
+                job.meta.fail_running(error.clone(), running);
+            } else {
+                job.meta.fail(error.clone());
             }
         }
-        let unstarted: Vec<Job> = unstarted.into_iter().map(|sent| sent.job).collect();
-        match end_requeues {
-            true => shared.requeue(unstarted),
-            false => unstarted
-                .into_iter()
-                .for_each(|job| job.meta.fail(error.clone())),
-        }
+        shared.requeue(requeued);
         next
     }
+}
+
+/// Takes every answer a dead worker handed back since the driver last looked, from the ring
+/// and from its socket, so that the jobs left held are those it never answered.
+fn take_last_results(
+    rx: &mut RawReceiver,
+    ring: &mut RingReader,
+    record: &mut Vec<u8>,
+    held: &mut Held,
+) {
+    // What cannot be read or makes no sense stays unanswered: those jobs are settled as held.
+    if drain_ring(ring, record, held, None).is_err() {
+        return;
+    }
+    while let Ok(TryRecv::Frame(Ok(()))) =
+        rx.try_recv_with(|bytes, fds| on_socket_frame(ring, record, held, bytes, fds))
+    {}
+    let _ = drain_ring(ring, record, held, None);
 }
 
 /// Takes results from the ring, in order. With `until`, stops once job `until` is the next to

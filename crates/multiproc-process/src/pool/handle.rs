@@ -32,6 +32,9 @@ impl<R> TaskHandle<R> {
     /// and the other tasks that worker held go to another): the task stops wherever it is,
     /// without unwinding, as with `SIGKILL`. A task already finished is not affected.
     ///
+    /// The kill never fails another task: one the worker had just started as the kill came
+    /// (the aborted task having finished a moment before) runs again on another worker.
+    ///
     /// Awaiting the handle afterwards gives an error for which
     /// [`PoolError::is_cancelled`] is true, or the task's own outcome if it had arrived before
     /// the abort. Calling it again does nothing.
