@@ -675,6 +675,19 @@ async fn zero_options_are_errors_not_ones() {
     let err = zero_chunks.unwrap_err();
     assert!(err.is_invalid_option(), "{err}");
     assert!(err.to_string().contains("chunksize"), "{err}");
+    // The value set last counts, as with any builder: a later call corrects an earlier zero.
+    let corrected = Pool::builder()
+        .workers(0)
+        .workers(1)
+        .max_tasks_per_worker(0)
+        .max_tasks_per_worker(5)
+        .chunksize(0)
+        .chunksize(2)
+        .build();
+    let pool = corrected.unwrap();
+    let squares = within("corrected pool", pool.map(square, 0..4)).await;
+    assert_eq!(squares.unwrap(), [0, 1, 4, 9]);
+    drop(pool);
 
     let pool = Pool::new(1).unwrap();
     let err = within("map", pool.map(square, 0..10).chunksize(0))
