@@ -550,6 +550,29 @@ async fn abort_cancels_a_running_task_and_a_queued_one() {
     assert!(started.try_get().unwrap_err().is_empty());
 }
 
+/// `apply` is a future like any other: dropping it cancels its task (unlike dropping a
+/// `TaskHandle`, which detaches it), so the worker running it is killed and replaced.
+#[tokio::test]
+async fn dropping_an_apply_future_cancels_its_task() {
+    let pool = Pool::new(1).unwrap();
+    assert!(within("worker up", eventually(|| pool.worker_pids().len() == 1)).await);
+    let worker = pool.worker_pids()[0];
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let apply = pool.apply(announced_sleep, (started.clone(), done.clone(), 60_000, 1));
+    // The apply future is dropped as soon as its task has started.
+    within("task starts", async {
+        tokio::select! {
+            result = apply => panic!("a minute-long task returned: {result:?}"),
+            tag = started.get() => assert_eq!(tag.unwrap(), 1),
+        }
+    })
+    .await;
+    assert!(within("worker killed", eventually(|| process_gone(worker))).await);
+    assert_eq!(within("next task", pool.apply(square, 3)).await.unwrap(), 9);
+    assert!(done.try_get().unwrap_err().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks() {
     let pool = Pool::new(2).unwrap();
