@@ -550,6 +550,42 @@ async fn abort_cancels_a_running_task_and_a_queued_one() {
     assert!(started.try_get().unwrap_err().is_empty());
 }
 
+/// A worker running short tasks is handed the next ones ahead of time; aborting one of those
+/// still means it never runs: the worker is told, and skips it.
+#[tokio::test]
+async fn an_aborted_task_already_sent_to_its_worker_never_starts() {
+    let pool = Pool::new(1).unwrap();
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let args = |ms, tag| (started.clone(), done.clone(), ms, tag);
+    // Teach the driver the function's pace (short), so that it sends tasks ahead.
+    let warm = within(
+        "warm-up",
+        pool.map(announced_sleep, (0..20).map(|_| args(0, 0))),
+    )
+    .await;
+    warm.unwrap();
+    while started.try_get().is_ok() || done.try_get().is_ok() {}
+
+    let first = pool.submit(announced_sleep, args(300, 1));
+    let aborted: Vec<_> = (2..6)
+        .map(|tag| pool.submit(announced_sleep, args(0, tag)))
+        .collect();
+    let last = pool.submit(announced_sleep, args(0, 6));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    let worker = pool.worker_pids();
+    aborted.iter().for_each(TaskHandle::abort);
+    within("first", first).await.unwrap();
+    within("last", last).await.unwrap();
+    for task in aborted {
+        assert!(within("aborted", task).await.unwrap_err().is_cancelled());
+    }
+    // Only the two tasks kept ran, and no worker had to be killed for the others.
+    assert_eq!(started.try_get().unwrap(), 6);
+    assert!(started.try_get().unwrap_err().is_empty());
+    assert_eq!(pool.worker_pids(), worker);
+}
+
 /// `apply` is a future like any other: dropping it cancels its task (unlike dropping a
 /// `TaskHandle`, which detaches it), so the worker running it is killed and replaced.
 #[tokio::test]

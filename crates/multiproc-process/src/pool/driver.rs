@@ -13,7 +13,7 @@ use multiproc_core::message;
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};
-use super::ring::{Control, Cpu, RingReader};
+use super::ring::{Control, Cpu, JOBS_HELD, RingReader};
 use super::shared::{Job, JobMeta, Shared};
 use super::spin::{Outcome, Spin};
 use super::worker::{WorkerArgs, worker_main};
@@ -23,8 +23,8 @@ use crate::{Builder, JoinError, JoinHandle};
 /// of its jobs' functions: enough that it never waits for the next job, little enough that an
 /// idle worker can take the rest...
 const QUEUE_AHEAD_NS: u64 = 500_000;
-/// ...and never more than this many jobs.
-const MAX_IN_FLIGHT: usize = 512;
+/// ...and never more than this many jobs (each has a cancel bit in the shared region).
+const MAX_IN_FLIGHT: usize = JOBS_HELD;
 /// How long a worker that should exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
@@ -124,6 +124,9 @@ struct Conn {
     spin: Spin,
     /// Set while the driver has nothing to do but wait for a result.
     wait: Option<Wait>,
+    /// The pool's count of cancelled submissions when the driver last looked for cancelled
+    /// jobs among those the worker holds.
+    cancels_seen: u64,
 }
 
 /// A wait for a result.
@@ -195,6 +198,7 @@ impl Conn {
             frames_announced: 0,
             spin: Spin::new(RESULT_SPIN),
             wait: None,
+            cancels_seen: 0,
         })
     }
 
@@ -242,6 +246,7 @@ impl Conn {
                 };
                 self.spin.record(wait.since.elapsed(), outcome);
             }
+            self.mark_cancelled(shared);
             let mut took = false;
             while let Some(job) = shared.take_job_if(|job| self.wants(job, shared)) {
                 // The job keeps its descriptors (for another worker, should this one die).
@@ -252,6 +257,9 @@ impl Conn {
                         continue;
                     }
                 };
+                // The job's place among those sent to this worker, whose cancel bit it takes.
+                let seq = self.sent as u64;
+                self.ctrl.clear_cancelled(seq);
                 let pushed = self.tx.push(|buf| {
                     buf.extend_from_slice(&job.frame);
                     Ok(fds)
@@ -261,7 +269,11 @@ impl Conn {
                         let held = &mut self.held;
                         let estimate_ns = held.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
                         held.queued_ns += estimate_ns;
-                        held.in_flight.push_back(InFlight { job, estimate_ns });
+                        held.in_flight.push_back(InFlight {
+                            job,
+                            estimate_ns,
+                            seq,
+                        });
                         self.sent += 1;
                         self.frames += 1;
                         took = true;
@@ -298,9 +310,15 @@ impl Conn {
                     return Poll::Ready(End::Broken(error));
                 }
             } else if self.held.in_flight[0].job.meta.sink.is_cancelled() {
-                // The worker is busy with work nobody waits for: stop it, and let another
-                // worker take what it holds that still matters.
-                return Poll::Ready(End::Abandoned);
+                // The job the worker answers next is cancelled. If it has started it, it is
+                // busy with work nobody waits for: stop it, and let another worker take what
+                // it holds that still matters. Otherwise it skips the job when it comes to it
+                // (its bit is set before `last_started` is read: see `Control::set_started`).
+                let front = &self.held.in_flight[0];
+                self.ctrl.set_cancelled(front.seq);
+                if self.ctrl.last_started() == Some(front.job.meta.id) {
+                    return Poll::Ready(End::Abandoned);
+                }
             }
             if took {
                 continue;
@@ -312,6 +330,21 @@ impl Conn {
                 Poll::Ready(Err(end)) => return Poll::Ready(end),
                 Poll::Ready(Ok(())) => continue,
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// After a submission was cancelled, tells the worker which of the jobs it holds are
+    /// cancelled, so that it skips those it has not started.
+    fn mark_cancelled(&mut self, shared: &Shared) {
+        let cancels = shared.cancels();
+        if cancels == self.cancels_seen {
+            return;
+        }
+        self.cancels_seen = cancels;
+        for sent in &self.held.in_flight {
+            if sent.job.meta.sink.is_cancelled() {
+                self.ctrl.set_cancelled(sent.seq);
             }
         }
     }
@@ -575,6 +608,7 @@ impl Held {
                 job.fail(match why {
                     Rejected::Args(why) => PoolError::bad_args(why),
                     Rejected::Results(why) => PoolError::bad_result(why),
+                    Rejected::Cancelled => PoolError::cancelled(),
                 });
                 Ok(())
             }
@@ -587,6 +621,8 @@ impl Held {
 struct InFlight {
     job: Job,
     estimate_ns: u64,
+    /// Its place among the jobs sent to the worker (its cancel bit).
+    seq: u64,
 }
 
 /// A worker's running average of the time per task of each function it ran.

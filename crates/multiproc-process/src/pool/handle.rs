@@ -27,16 +27,12 @@ pub struct TaskHandle<R> {
 }
 
 impl<R> TaskHandle<R> {
-    /// Cancels the task (tokio's `JoinHandle::abort`). A task still waiting in the pool's
-    /// queue never runs. A task running now is stopped by killing its worker process (a fresh
-    /// one takes its place, and the other tasks that worker held go to another): the task stops
-    /// wherever it is, without unwinding, as with `SIGKILL`. A task already finished is not
-    /// affected.
-    ///
-    /// A worker running short tasks is handed the next ones before it finishes (up to about
-    /// half a millisecond of work): such a task was sent already and the worker does not know
-    /// of the abort, so it may start it before it is killed. An abort is a request to stop
-    /// work nobody wants, not a guarantee that the task has no effect.
+    /// Cancels the task (tokio's `JoinHandle::abort`). A task not started yet never runs: one
+    /// still in the pool's queue is dropped from it, and one already handed to a worker (a
+    /// worker running short tasks is given the next ones ahead) is skipped there. A task
+    /// running now is stopped by killing its worker process (a fresh one takes its place, and
+    /// the other tasks that worker held go to another): the task stops wherever it is, without
+    /// unwinding, as with `SIGKILL`. A task already finished is not affected.
     ///
     /// The kill never fails another task: one the worker had just started as the kill came
     /// (the aborted task having finished a moment before) runs again on another worker.

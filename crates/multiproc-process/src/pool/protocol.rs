@@ -109,4 +109,6 @@ pub(crate) enum Rejected {
     Args(String),
     /// The chunk ran but its results could not be encoded or sent.
     Results(String),
+    /// The pool cancelled the job after sending it; nothing ran.
+    Cancelled,
 }

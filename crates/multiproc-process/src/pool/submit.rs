@@ -165,7 +165,7 @@ impl<R> Results<R> {
     pub(crate) fn cancel(&self) {
         if !self.sink.cancelled.swap(true, Ordering::AcqRel) {
             // Drivers must look again: queued chunks go, a worker running one is stopped.
-            self.shared.wake_drivers();
+            self.shared.cancelled();
         }
     }
 
