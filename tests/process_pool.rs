@@ -304,6 +304,47 @@ async fn map_blames_the_item_that_killed_the_worker() {
     }
 }
 
+/// A result that aborts its process when it is encoded, for 3.
+#[derive(Debug, serde::Deserialize)]
+struct AbortWhenSent(u32);
+
+impl serde::Serialize for AbortWhenSent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 3 {
+            std::process::abort();
+        }
+        self.0.serialize(s)
+    }
+}
+
+fn abort_when_sent(x: u32) -> AbortWhenSent {
+    AbortWhenSent(x)
+}
+
+/// A worker that dies after every task of its chunk returned (as it hands the results back)
+/// is blamed on no task: not on the chunk's last one, which was not running.
+#[tokio::test]
+async fn a_death_after_the_tasks_blames_no_task() {
+    let pool = Pool::new(1).unwrap();
+    let results: Vec<_> = within(
+        "imap",
+        pool.imap(abort_when_sent, 0..5).chunksize(5).collect(),
+    )
+    .await;
+    assert_eq!(results.len(), 5);
+    for (i, result) in results.iter().enumerate() {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.is_worker_died(), "{err}");
+        assert_eq!(err.item(), Some(i), "{err}");
+        assert!(!err.to_string().contains("in the same chunk"), "{err}");
+    }
+    let err = within("map", pool.map(abort_when_sent, 0..5).chunksize(5))
+        .await
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.item(), Some(0), "{err}");
+}
+
 static INIT_COUNTER: OnceLock<SharedValue<u32>> = OnceLock::new();
 
 fn count_init(counter: SharedValue<u32>) {

@@ -164,6 +164,12 @@ impl Control {
         self.word(PROGRESS).load(Ordering::SeqCst).checked_sub(1)
     }
 
+    /// Worker: the current job's tasks are all done (its results are being handed back): a
+    /// death from now on is no task's doing.
+    pub(crate) fn clear_running_item(&self) {
+        self.word(ITEM).store(0, Ordering::Release);
+    }
+
     /// Driver: the position in the [last job started](Self::last_started) of the last task
     /// the worker started, if it started one (read it after that job's id).
     pub(crate) fn running_item(&self) -> Option<usize> {
