@@ -936,7 +936,7 @@ async fn aborting_tasks_never_fails_another_task() {
     // Teach the driver the function's pace, so that it hands the worker many tasks at once.
     let warm = within("warm-up", pool.map(spin_30us, 0..300).chunksize(1)).await;
     assert_eq!(warm.unwrap().len(), 300);
-    for round in 0..40 {
+    for round in 0..100 {
         let (mut kept, mut aborted) = (Vec::new(), Vec::new());
         for i in 0..100 {
             kept.push(pool.submit(spin_30us, i));
