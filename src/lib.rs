@@ -17,6 +17,18 @@ pub async fn within<T>(what: &str, f: impl IntoFuture<Output = T>) -> T {
     }
 }
 
+/// Runs the blocking call `f` on a thread of its own and waits for it at most [`TEST_LIMIT`],
+/// panicking with `what` if it takes longer (the thread is left behind) or panics.
+///
+/// For a blocking call that should return at once, so that a bug fails the test instead of
+/// hanging it.
+pub async fn within_blocking<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    returned(what, within(what, on_thread(f)).await)
+}
+
 /// How long [`blocked_until`] lets a blocking call run before it checks that it still waits.
 pub const STILL_WAITING: Duration = Duration::from_millis(200);
 
@@ -29,18 +41,35 @@ pub async fn blocked_until<T: Send + 'static, F: IntoFuture>(
     blocking: impl FnOnce() -> T + Send + 'static,
     unblock: impl FnOnce() -> F,
 ) -> (T, F::Output) {
-    let thread = std::thread::spawn(blocking);
+    let mut call = on_thread(blocking);
     tokio::time::sleep(STILL_WAITING).await;
-    if thread.is_finished() {
-        match thread.join() {
-            Ok(_) => panic!("{what}: returned before it could complete"),
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+    if let Ok(early) = call.try_recv() {
+        returned(what, Ok(early));
+        panic!("{what}: returned before it could complete");
     }
     let unblocked = within(what, unblock()).await;
-    let done = tokio::task::spawn_blocking(move || thread.join());
-    match within(what, done).await {
-        Ok(Ok(value)) => (value, unblocked),
+    (returned(what, within(what, call).await), unblocked)
+}
+
+/// Runs `f` on a thread of its own (not `spawn_blocking`: a runtime that drops waits for its
+/// blocking tasks, so a call that never returns would hang the test after it failed).
+fn on_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> tokio::sync::oneshot::Receiver<std::thread::Result<T>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)));
+    });
+    rx
+}
+
+/// The value of a call run by [`on_thread`]; its panic goes on here.
+fn returned<T>(
+    what: &str,
+    call: Result<std::thread::Result<T>, tokio::sync::oneshot::error::RecvError>,
+) -> T {
+    match call {
+        Ok(Ok(value)) => value,
         Ok(Err(panic)) => std::panic::resume_unwind(panic),
         Err(e) => panic!("{what}: {e}"),
     }

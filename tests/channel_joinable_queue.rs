@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use multiproc::error::GetError;
 use multiproc::{JoinableQueue, spawn};
-use multiproc_suite::{blocked_until, within};
+use multiproc_suite::{blocked_until, within, within_blocking};
 
 async fn worker(queue: JoinableQueue<u32>) -> Vec<u32> {
     let mut done = Vec::new();
@@ -89,10 +89,16 @@ async fn a_child_joins_while_another_finishes_the_tasks() {
 async fn a_huge_join_timeout_waits_until_every_task_is_done() {
     let queue: JoinableQueue<u32> = JoinableQueue::new().unwrap();
     // Nothing unfinished: at once.
-    queue.blocking_join_timeout(Duration::MAX).unwrap();
-    queue.join_timeout(Duration::MAX).await.unwrap();
+    let q = queue.clone();
+    within_blocking(
+        "blocking_join_timeout(MAX) with nothing unfinished",
+        move || q.blocking_join_timeout(Duration::MAX).unwrap(),
+    )
+    .await;
+    let joined = within("join_timeout(MAX)", queue.join_timeout(Duration::MAX)).await;
+    joined.unwrap();
     // One unfinished task: waits until a child finishes it.
-    queue.put(1).await.unwrap();
+    within("put", queue.put(1)).await.unwrap();
     let q = queue.clone();
     let (joined, finished) = blocked_until(
         "blocking_join_timeout(MAX) with a task unfinished",

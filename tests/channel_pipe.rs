@@ -10,7 +10,7 @@ use multiproc::core::{SharedFd, message};
 use multiproc::error::{RecvError, SendErrorKind};
 use multiproc::pipe::{self, Duplex, Receiver, Sender};
 use multiproc::spawn;
-use multiproc_suite::{blocked_until, within};
+use multiproc_suite::{blocked_until, within, within_blocking};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -385,12 +385,18 @@ fn send_later((mut tx, value): (Sender<u32>, u32)) {
 /// A huge timeout (`Duration::MAX`) waits forever, never panics.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_timeout_waits_until_a_message_comes() {
-    let (mut tx, mut rx) = pipe::simplex::<u32>().unwrap();
+    let (tx, rx) = pipe::simplex::<u32>().unwrap();
     // Room to send, then a message waiting: at once.
-    assert!(tx.blocking_send_timeout(1, Duration::MAX).unwrap());
-    assert_eq!(rx.blocking_recv_timeout(Duration::MAX).unwrap(), Some(1));
-    tx.send(2).await.unwrap();
-    assert_eq!(rx.recv_timeout(Duration::MAX).await.unwrap(), Some(2));
+    let (mut tx, mut rx) = within_blocking("blocking send and recv", move || {
+        let (mut tx, mut rx) = (tx, rx);
+        assert!(tx.blocking_send_timeout(1, Duration::MAX).unwrap());
+        assert_eq!(rx.blocking_recv_timeout(Duration::MAX).unwrap(), Some(1));
+        (tx, rx)
+    })
+    .await;
+    within("send", tx.send(2)).await.unwrap();
+    let got = within("recv_timeout(MAX)", rx.recv_timeout(Duration::MAX)).await;
+    assert_eq!(got.unwrap(), Some(2));
     // Nothing sent: the receive waits until a child sends.
     let (got, sent) = blocked_until(
         "blocking_recv_timeout(MAX) on an empty pipe",

@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use multiproc::error::{GetError, PutErrorKind, TryGetError};
 use multiproc::{Queue, spawn};
-use multiproc_suite::{blocked_until, eventually, within};
+use multiproc_suite::{blocked_until, eventually, within, within_blocking};
 use serde::{Deserialize, Serialize, Serializer};
 use serde_bytes::ByteBuf;
 
@@ -152,10 +152,25 @@ fn put_one((queue, value): (Queue<u32>, u32)) {
 async fn a_huge_timeout_waits_until_the_operation_can_complete() {
     let queue: Queue<u32> = Queue::bounded(1).unwrap();
     // Room, then a message: at once.
-    queue.blocking_put_timeout(1, Duration::MAX).unwrap();
-    assert_eq!(queue.blocking_get_timeout(Duration::MAX).unwrap(), 1);
-    queue.put_timeout(2, Duration::MAX).await.unwrap();
-    assert_eq!(queue.get_timeout(Duration::MAX).await.unwrap(), 2);
+    let q = queue.clone();
+    let got = within_blocking("blocking put and get with room and a message", move || {
+        q.blocking_put_timeout(1, Duration::MAX).unwrap();
+        q.blocking_get_timeout(Duration::MAX).unwrap()
+    })
+    .await;
+    assert_eq!(got, 1);
+    within(
+        "put_timeout(MAX) with room",
+        queue.put_timeout(2, Duration::MAX),
+    )
+    .await
+    .unwrap();
+    let got = within(
+        "get_timeout(MAX) with a message",
+        queue.get_timeout(Duration::MAX),
+    )
+    .await;
+    assert_eq!(got.unwrap(), 2);
 
     // Full: the put waits until a child takes a message.
     queue.blocking_put(3).unwrap();

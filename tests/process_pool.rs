@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use multiproc::pipe;
-use multiproc::{Lock, Pool, PoolError, Queue, SharedValue};
+use multiproc::{Lock, Pool, PoolError, Queue, SharedValue, TaskHandle};
 use multiproc_suite::{eventually, process_gone, within};
 
 fn square(x: u64) -> u64 {
@@ -304,6 +304,47 @@ async fn map_blames_the_item_that_killed_the_worker() {
     }
 }
 
+/// A result that aborts its process when it is encoded, for 3.
+#[derive(Debug, serde::Deserialize)]
+struct AbortWhenSent(u32);
+
+impl serde::Serialize for AbortWhenSent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 3 {
+            std::process::abort();
+        }
+        self.0.serialize(s)
+    }
+}
+
+fn abort_when_sent(x: u32) -> AbortWhenSent {
+    AbortWhenSent(x)
+}
+
+/// A worker that dies after every task of its chunk returned (as it hands the results back)
+/// is blamed on no task: not on the chunk's last one, which was not running.
+#[tokio::test]
+async fn a_death_after_the_tasks_blames_no_task() {
+    let pool = Pool::new(1).unwrap();
+    let results: Vec<_> = within(
+        "imap",
+        pool.imap(abort_when_sent, 0..5).chunksize(5).collect(),
+    )
+    .await;
+    assert_eq!(results.len(), 5);
+    for (i, result) in results.iter().enumerate() {
+        let err = result.as_ref().unwrap_err();
+        assert!(err.is_worker_died(), "{err}");
+        assert_eq!(err.item(), Some(i), "{err}");
+        assert!(!err.to_string().contains("in the same chunk"), "{err}");
+    }
+    let err = within("map", pool.map(abort_when_sent, 0..5).chunksize(5))
+        .await
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.item(), Some(0), "{err}");
+}
+
 static INIT_COUNTER: OnceLock<SharedValue<u32>> = OnceLock::new();
 
 fn count_init(counter: SharedValue<u32>) {
@@ -550,6 +591,65 @@ async fn abort_cancels_a_running_task_and_a_queued_one() {
     assert!(started.try_get().unwrap_err().is_empty());
 }
 
+/// A worker running short tasks is handed the next ones ahead of time; aborting one of those
+/// still means it never runs: the worker is told, and skips it.
+#[tokio::test]
+async fn an_aborted_task_already_sent_to_its_worker_never_starts() {
+    let pool = Pool::new(1).unwrap();
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let args = |ms, tag| (started.clone(), done.clone(), ms, tag);
+    // Teach the driver the function's pace (short), so that it sends tasks ahead.
+    let warm = within(
+        "warm-up",
+        pool.map(announced_sleep, (0..20).map(|_| args(0, 0))),
+    )
+    .await;
+    warm.unwrap();
+    while started.try_get().is_ok() || done.try_get().is_ok() {}
+
+    let first = pool.submit(announced_sleep, args(300, 1));
+    let aborted: Vec<_> = (2..6)
+        .map(|tag| pool.submit(announced_sleep, args(0, tag)))
+        .collect();
+    let last = pool.submit(announced_sleep, args(0, 6));
+    assert_eq!(within("first starts", started.get()).await.unwrap(), 1);
+    let worker = pool.worker_pids();
+    aborted.iter().for_each(TaskHandle::abort);
+    within("first", first).await.unwrap();
+    within("last", last).await.unwrap();
+    for task in aborted {
+        assert!(within("aborted", task).await.unwrap_err().is_cancelled());
+    }
+    // Only the two tasks kept ran, and no worker had to be killed for the others.
+    assert_eq!(started.try_get().unwrap(), 6);
+    assert!(started.try_get().unwrap_err().is_empty());
+    assert_eq!(pool.worker_pids(), worker);
+}
+
+/// `apply` is a future like any other: dropping it cancels its task (unlike dropping a
+/// `TaskHandle`, which detaches it), so the worker running it is killed and replaced.
+#[tokio::test]
+async fn dropping_an_apply_future_cancels_its_task() {
+    let pool = Pool::new(1).unwrap();
+    assert!(within("worker up", eventually(|| pool.worker_pids().len() == 1)).await);
+    let worker = pool.worker_pids()[0];
+    let started: Queue<u32> = Queue::new().unwrap();
+    let done: Queue<u32> = Queue::new().unwrap();
+    let apply = pool.apply(announced_sleep, (started.clone(), done.clone(), 60_000, 1));
+    // The apply future is dropped as soon as its task has started.
+    within("task starts", async {
+        tokio::select! {
+            result = apply => panic!("a minute-long task returned: {result:?}"),
+            tag = started.get() => assert_eq!(tag.unwrap(), 1),
+        }
+    })
+    .await;
+    assert!(within("worker killed", eventually(|| process_gone(worker))).await);
+    assert_eq!(within("next task", pool.apply(square, 3)).await.unwrap(), 9);
+    assert!(done.try_get().unwrap_err().is_empty());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_tasks() {
     let pool = Pool::new(2).unwrap();
@@ -675,6 +775,19 @@ async fn zero_options_are_errors_not_ones() {
     let err = zero_chunks.unwrap_err();
     assert!(err.is_invalid_option(), "{err}");
     assert!(err.to_string().contains("chunksize"), "{err}");
+    // The value set last counts, as with any builder: a later call corrects an earlier zero.
+    let corrected = Pool::builder()
+        .workers(0)
+        .workers(1)
+        .max_tasks_per_worker(0)
+        .max_tasks_per_worker(5)
+        .chunksize(0)
+        .chunksize(2)
+        .build();
+    let pool = corrected.unwrap();
+    let squares = within("corrected pool", pool.map(square, 0..4)).await;
+    assert_eq!(squares.unwrap(), [0, 1, 4, 9]);
+    drop(pool);
 
     let pool = Pool::new(1).unwrap();
     let err = within("map", pool.map(square, 0..10).chunksize(0))
@@ -803,6 +916,37 @@ async fn results_of_every_size_and_kind_arrive_in_order() {
         assert_eq!(handle.is_some(), i % 7 == 3, "item {i}");
         if let Some(value) = handle {
             assert_eq!(value.get(), i as u64 * 10);
+        }
+    }
+}
+
+fn spin_30us(x: u32) -> u32 {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_micros(30) {
+        std::hint::spin_loop();
+    }
+    x
+}
+
+/// Aborting tasks kills their worker only for them: a task of another submission that the
+/// worker holds, or had just moved on to as the abort came, is not failed by the kill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aborting_tasks_never_fails_another_task() {
+    let pool = Pool::new(1).unwrap();
+    // Teach the driver the function's pace, so that it hands the worker many tasks at once.
+    let warm = within("warm-up", pool.map(spin_30us, 0..300).chunksize(1)).await;
+    assert_eq!(warm.unwrap().len(), 300);
+    for round in 0..100 {
+        let (mut kept, mut aborted) = (Vec::new(), Vec::new());
+        for i in 0..100 {
+            kept.push(pool.submit(spin_30us, i));
+            aborted.push(pool.submit(spin_30us, i));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        aborted.iter().for_each(TaskHandle::abort);
+        for (i, task) in kept.into_iter().enumerate() {
+            let result = within("kept task", task).await;
+            assert_eq!(result.unwrap(), i as u32, "round {round}, task {i}");
         }
     }
 }

@@ -144,7 +144,8 @@ impl<T> JoinableQueue<T> {
         self.queue.engine.blocking_join(None).map(drop)
     }
 
-    /// Like [`blocking_join`](Self::blocking_join), but gives up after `timeout`. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
+    /// Like [`blocking_join`](Self::blocking_join), but gives up after `timeout`. A `timeout`
+    /// too large for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`join_timeout`](Self::join_timeout).

@@ -227,7 +227,8 @@ impl<T> std::error::Error for PutTimeoutError<T> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GetError {
-    /// The queue was [shut down](crate::Queue::shutdown) and every message has been taken: end of the queue.
+    /// The queue was [shut down](crate::Queue::shutdown) and every message has been taken: end
+    /// of the queue.
     #[error("the queue is shut down and empty")]
     Closed,
     /// A message arrived but is not the expected type; it was discarded.

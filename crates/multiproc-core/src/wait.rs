@@ -470,9 +470,11 @@ fn next_wake(deadline: Option<Instant>, tick: Option<Duration>) -> Option<Option
 /// The deadline `timeout` from now, or `None` (no deadline: wait forever) when that lies
 /// beyond what an [`Instant`] can hold, as `Duration::MAX` does.
 ///
-/// Every `*_timeout` of multiproc turns its duration into a deadline with this function, so a
-/// huge timeout means "wait forever" everywhere and never panics (`Instant::now() + timeout`
-/// would). A deadline that can be represented, however far, is waited for as such.
+/// Every `*_timeout` of multiproc that computes a deadline itself (the `blocking_*` ones, and
+/// the async waits of the sync primitives) does it with this function, so a huge timeout
+/// means "wait forever" and never panics (`Instant::now() + timeout` would); the other async
+/// ones use `tokio::time::timeout`, which treats such a duration the same way. A deadline
+/// that can be represented, however far, is waited for as such.
 ///
 /// # Examples
 /// ```

@@ -179,7 +179,8 @@ impl<T: DeserializeOwned> Receiver<T> {
         }
     }
 
-    /// Receives the next message, blocking the thread at most `timeout`. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
+    /// Receives the next message, blocking the thread at most `timeout`. A `timeout` too large
+    /// for the clock (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`recv_timeout`](Self::recv_timeout).

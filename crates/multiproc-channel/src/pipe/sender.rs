@@ -166,7 +166,8 @@ impl<T: Serialize> Sender<T> {
 
     /// Like [`blocking_send`](Self::blocking_send), but gives up waiting for buffer space after
     /// `timeout`. The message was accepted either way and stays queued for the next flush;
-    /// returns `Ok(false)` when it is not yet written. A `timeout` too large for the clock (`Duration::MAX`) waits forever.
+    /// returns `Ok(false)` when it is not yet written. A `timeout` too large for the clock
+    /// (`Duration::MAX`) waits forever.
     ///
     /// # Errors
     /// As [`send`](Self::send).

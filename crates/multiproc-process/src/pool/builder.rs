@@ -12,10 +12,10 @@ use super::error::PoolError;
 use super::protocol::ToWorker;
 use super::shared::{Config, Initializer, Shared};
 use super::task::{Plain, init_fn};
+use crate::function::ChildOutput;
 
 /// The error of a zero chunk size, wherever it is set.
 pub(crate) const CHUNKSIZE_ZERO: &str = "chunksize must be at least 1";
-use crate::function::ChildOutput;
 
 /// Options for a [`Pool`]; finish with [`build`](Self::build).
 ///
@@ -44,8 +44,6 @@ pub struct PoolBuilder {
     chunksize: Option<usize>,
     initializer: Option<Result<Initializer, PoolError>>,
     name: String,
-    /// The first option set out of range, reported by `build`.
-    invalid: Option<PoolError>,
 }
 
 impl Default for PoolBuilder {
@@ -76,24 +74,14 @@ impl PoolBuilder {
             chunksize: None,
             initializer: None,
             name: "multiproc-pool-worker".to_string(),
-            invalid: None,
         }
     }
 
     /// The number of worker processes (default: the number of CPUs available). Zero makes
     /// [`build`](Self::build) fail.
     pub fn workers(mut self, workers: usize) -> Self {
-        if workers == 0 {
-            self.reject("a pool needs at least one worker");
-        }
         self.workers = Some(workers);
         self
-    }
-
-    /// Records an option out of range; `build` fails with the first.
-    fn reject(&mut self, why: &'static str) {
-        self.invalid
-            .get_or_insert_with(|| PoolError::invalid_option(why));
     }
 
     /// Runs `f(args)` once in every worker before its first task, including the workers that
@@ -132,9 +120,6 @@ impl PoolBuilder {
     /// descriptors) at the price of a process start every `n` chunks. Zero makes
     /// [`build`](Self::build) fail (Python refuses it too).
     pub fn max_tasks_per_worker(mut self, tasks: usize) -> Self {
-        if tasks == 0 {
-            self.reject("max_tasks_per_worker must be at least 1");
-        }
         self.max_tasks_per_worker = Some(tasks);
         self
     }
@@ -143,9 +128,6 @@ impl PoolBuilder {
     /// about four chunks per worker for `map`, 1 for `imap`). Each call can still set its own.
     /// Zero makes [`build`](Self::build) fail.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
-        if chunksize == 0 {
-            self.reject(CHUNKSIZE_ZERO);
-        }
         self.chunksize = Some(chunksize);
         self
     }
@@ -166,8 +148,19 @@ impl PoolBuilder {
     /// initializer's arguments cannot be encoded. A worker that cannot be started is reported
     /// by the tasks ([`PoolError::is_spawn_failure`]).
     pub fn build(self) -> Result<Pool, PoolError> {
-        if let Some(invalid) = self.invalid {
-            return Err(invalid);
+        // Checked here, on the values as last set, so that a later call can correct an earlier.
+        let zero = [
+            (self.workers, "a pool needs at least one worker"),
+            (
+                self.max_tasks_per_worker,
+                "max_tasks_per_worker must be at least 1",
+            ),
+            (self.chunksize, CHUNKSIZE_ZERO),
+        ]
+        .into_iter()
+        .find(|(value, _)| *value == Some(0));
+        if let Some((_, why)) = zero {
+            return Err(PoolError::invalid_option(why));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| PoolError::no_runtime())?;
         let workers = self

@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use multiproc_core::channel::{self, RawReceiver, RawSender};
+use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::message;
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};
-use super::ring::{Control, Cpu, RingReader};
+use super::ring::{Control, Cpu, JOBS_HELD, RingReader};
 use super::shared::{Job, JobMeta, Shared};
 use super::spin::{Outcome, Spin};
 use super::worker::{WorkerArgs, worker_main};
@@ -23,8 +23,8 @@ use crate::{Builder, JoinError, JoinHandle};
 /// of its jobs' functions: enough that it never waits for the next job, little enough that an
 /// idle worker can take the rest...
 const QUEUE_AHEAD_NS: u64 = 500_000;
-/// ...and never more than this many jobs.
-const MAX_IN_FLIGHT: usize = 512;
+/// ...and never more than this many jobs (each has a cancel bit in the shared region).
+const MAX_IN_FLIGHT: usize = JOBS_HELD;
 /// How long a worker that should exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
@@ -124,6 +124,9 @@ struct Conn {
     spin: Spin,
     /// Set while the driver has nothing to do but wait for a result.
     wait: Option<Wait>,
+    /// The pool's count of cancelled submissions when the driver last looked for cancelled
+    /// jobs among those the worker holds.
+    cancels_seen: u64,
 }
 
 /// A wait for a result.
@@ -195,6 +198,7 @@ impl Conn {
             frames_announced: 0,
             spin: Spin::new(RESULT_SPIN),
             wait: None,
+            cancels_seen: 0,
         })
     }
 
@@ -242,6 +246,7 @@ impl Conn {
                 };
                 self.spin.record(wait.since.elapsed(), outcome);
             }
+            self.mark_cancelled(shared);
             let mut took = false;
             while let Some(job) = shared.take_job_if(|job| self.wants(job, shared)) {
                 // The job keeps its descriptors (for another worker, should this one die).
@@ -252,6 +257,9 @@ impl Conn {
                         continue;
                     }
                 };
+                // The job's place among those sent to this worker, whose cancel bit it takes.
+                let seq = self.sent as u64;
+                self.ctrl.clear_cancelled(seq);
                 let pushed = self.tx.push(|buf| {
                     buf.extend_from_slice(&job.frame);
                     Ok(fds)
@@ -261,7 +269,11 @@ impl Conn {
                         let held = &mut self.held;
                         let estimate_ns = held.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
                         held.queued_ns += estimate_ns;
-                        held.in_flight.push_back(InFlight { job, estimate_ns });
+                        held.in_flight.push_back(InFlight {
+                            job,
+                            estimate_ns,
+                            seq,
+                        });
                         self.sent += 1;
                         self.frames += 1;
                         took = true;
@@ -298,9 +310,15 @@ impl Conn {
                     return Poll::Ready(End::Broken(error));
                 }
             } else if self.held.in_flight[0].job.meta.sink.is_cancelled() {
-                // The worker is busy with work nobody waits for: stop it, and let another
-                // worker take what it holds that still matters.
-                return Poll::Ready(End::Abandoned);
+                // The job the worker answers next is cancelled. If it has started it, it is
+                // busy with work nobody waits for: stop it, and let another worker take what
+                // it holds that still matters. Otherwise it skips the job when it comes to it
+                // (its bit is set before `last_started` is read: see `Control::set_started`).
+                let front = &self.held.in_flight[0];
+                self.ctrl.set_cancelled(front.seq);
+                if self.ctrl.last_started() == Some(front.job.meta.id) {
+                    return Poll::Ready(End::Abandoned);
+                }
             }
             if took {
                 continue;
@@ -312,6 +330,21 @@ impl Conn {
                 Poll::Ready(Err(end)) => return Poll::Ready(end),
                 Poll::Ready(Ok(())) => continue,
                 Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+
+    /// After a submission was cancelled, tells the worker which of the jobs it holds are
+    /// cancelled, so that it skips those it has not started.
+    fn mark_cancelled(&mut self, shared: &Shared) {
+        let cancels = shared.cancels();
+        if cancels == self.cancels_seen {
+            return;
+        }
+        self.cancels_seen = cancels;
+        for sent in &self.held.in_flight {
+            if sent.job.meta.sink.is_cancelled() {
+                self.ctrl.set_cancelled(sent.seq);
             }
         }
     }
@@ -400,9 +433,11 @@ impl Conn {
             End::Broken(error) => shared.break_pool(error.clone()),
             End::Died | End::Retire | End::Drained => {}
         }
-        // Closing our end tells a healthy worker to exit.
+        // Closing our end tells a healthy worker to exit. A worker killed for abandoned work
+        // may have answered jobs since the driver last looked: keep its socket to take them.
         drop(self.tx);
-        drop(self.rx);
+        let abandoned = matches!(end, End::Abandoned);
+        let mut rx = Some(self.rx).filter(|_| abandoned);
         let exit = match self.handle.join_timeout(EXIT_GRACE).await {
             Err(e) if e.is_timeout() => {
                 let _ = self.handle.kill();
@@ -410,6 +445,9 @@ impl Conn {
             }
             other => other,
         };
+        if let Some(rx) = &mut rx {
+            take_last_results(rx, &mut self.ring, &mut self.record, &mut self.held);
+        }
         let end_requeues = matches!(end, End::Died | End::Garbled(_) | End::Abandoned);
         let (error, next) = match end {
             End::Terminate => (PoolError::terminated(), Next::Stop),
@@ -431,33 +469,49 @@ impl Conn {
         };
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
-        // had not sent yet) fail.
-        // The job it was running fails blaming the task it was running, not its first.
-        let in_flight = &mut self.held.in_flight;
+        // had not sent yet) fail; the one it was running blames the task it was running, not
+        // its first. Except when the worker was killed for abandoned work: then no job still
+        // wanted fails for it, not even one the worker had just started as the kill came (the
+        // job it then moved on to, from another submission): they all go to another worker.
+        let in_flight = std::mem::take(&mut self.held.in_flight);
         let last_started = self.ctrl.last_started();
         let running = self.ctrl.running_item();
         let started =
             last_started.and_then(|id| in_flight.iter().position(|sent| sent.job.meta.id == id));
-        let unstarted = match started {
-            Some(at) => in_flight.split_off(at + 1),
-            None => std::mem::take(in_flight),
-        };
-        for sent in in_flight.drain(..) {
-            let meta = sent.job.meta;
-            match Some(meta.id) == last_started {
-                true => meta.fail_running(error.clone(), running),
-                false => meta.fail(error.clone()),
+        let mut requeued = Vec::new();
+        for (at, sent) in in_flight.into_iter().enumerate() {
+            let job = sent.job;
+            let ran = started.is_some_and(|started| at <= started);
+            let wanted = !job.meta.sink.is_cancelled();
+            if (end_requeues && !ran) || (abandoned && wanted) {
+                requeued.push(job);
+            } else if Some(job.meta.id) == last_started {
+                job.meta.fail_running(error.clone(), running);
+            } else {
+                job.meta.fail(error.clone());
             }
         }
-        let unstarted: Vec<Job> = unstarted.into_iter().map(|sent| sent.job).collect();
-        match end_requeues {
-            true => shared.requeue(unstarted),
-            false => unstarted
-                .into_iter()
-                .for_each(|job| job.meta.fail(error.clone())),
-        }
+        shared.requeue(requeued);
         next
     }
+}
+
+/// Takes every answer a dead worker handed back since the driver last looked, from the ring
+/// and from its socket, so that the jobs left held are those it never answered.
+fn take_last_results(
+    rx: &mut RawReceiver,
+    ring: &mut RingReader,
+    record: &mut Vec<u8>,
+    held: &mut Held,
+) {
+    // What cannot be read or makes no sense stays unanswered: those jobs are settled as held.
+    if drain_ring(ring, record, held, None).is_err() {
+        return;
+    }
+    while let Ok(TryRecv::Frame(Ok(()))) =
+        rx.try_recv_with(|bytes, fds| on_socket_frame(ring, record, held, bytes, fds))
+    {}
+    let _ = drain_ring(ring, record, held, None);
 }
 
 /// Takes results from the ring, in order. With `until`, stops once job `until` is the next to
@@ -554,6 +608,7 @@ impl Held {
                 job.fail(match why {
                     Rejected::Args(why) => PoolError::bad_args(why),
                     Rejected::Results(why) => PoolError::bad_result(why),
+                    Rejected::Cancelled => PoolError::cancelled(),
                 });
                 Ok(())
             }
@@ -566,6 +621,8 @@ impl Held {
 struct InFlight {
     job: Job,
     estimate_ns: u64,
+    /// Its place among the jobs sent to the worker (its cancel bit).
+    seq: u64,
 }
 
 /// A worker's running average of the time per task of each function it ran.

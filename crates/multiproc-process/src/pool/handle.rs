@@ -27,10 +27,15 @@ pub struct TaskHandle<R> {
 }
 
 impl<R> TaskHandle<R> {
-    /// Cancels the task (tokio's `JoinHandle::abort`). A task not started yet never runs. A
-    /// task running now is stopped by killing its worker process (a fresh one takes its place,
-    /// and the other tasks that worker held go to another): the task stops wherever it is,
-    /// without unwinding, as with `SIGKILL`. A task already finished is not affected.
+    /// Cancels the task (tokio's `JoinHandle::abort`). A task not started yet never runs: one
+    /// still in the pool's queue is dropped from it, and one already handed to a worker (a
+    /// worker running short tasks is given the next ones ahead) is skipped there. A task
+    /// running now is stopped by killing its worker process (a fresh one takes its place, and
+    /// the other tasks that worker held go to another): the task stops wherever it is, without
+    /// unwinding, as with `SIGKILL`. A task already finished is not affected.
+    ///
+    /// The kill never fails another task: one the worker had just started as the kill came
+    /// (the aborted task having finished a moment before) runs again on another worker.
     ///
     /// Awaiting the handle afterwards gives an error for which
     /// [`PoolError::is_cancelled`] is true, or the task's own outcome if it had arrived before

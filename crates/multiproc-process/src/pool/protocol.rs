@@ -100,6 +100,14 @@ impl Call {
             progress.set_running_item(position);
         }
     }
+
+    /// Records that no task of the chunk runs any more: its results are being encoded, and a
+    /// worker that dies now (a result's `Serialize` aborting, say) is blamed on no task.
+    pub(crate) fn tasks_done(&self) {
+        if let Some(progress) = &self.progress {
+            progress.clear_running_item();
+        }
+    }
 }
 
 /// Why a whole chunk failed in the worker.
@@ -109,4 +117,6 @@ pub(crate) enum Rejected {
     Args(String),
     /// The chunk ran but its results could not be encoded or sent.
     Results(String),
+    /// The pool cancelled the job after sending it; nothing ran.
+    Cancelled,
 }

@@ -40,6 +40,12 @@ const SENT: usize = 4 * LINE;
 const WORKER_CPU: usize = 5 * LINE;
 /// The same for the driver, as it began to wait for a result. Written by the driver.
 const DRIVER_CPU: usize = 6 * LINE;
+/// Jobs cancelled after they were sent: bit `seq % JOBS_HELD` for the worker's `seq`-th job
+/// (counted from 0 over its life). Set by the driver; cleared by it before it sends the job
+/// that next uses the bit; read by the worker as it starts a job, to skip a cancelled one.
+const CANCELLED: usize = 7 * LINE;
+/// The most jobs a worker holds at once: a cancel bit names exactly one of them.
+pub(crate) const JOBS_HELD: usize = 512;
 /// The ring starts on a page of its own.
 const RING: usize = 4096;
 /// Bytes in the ring.
@@ -113,10 +119,38 @@ impl Control {
     }
 
     /// Worker: records that job `id` starts now (none of its tasks yet).
+    ///
+    /// Sequentially consistent, with [`is_cancelled`](Self::is_cancelled) after it and the
+    /// driver's [`set_cancelled`](Self::set_cancelled) then [`last_started`](Self::last_started)
+    /// (Dekker's pattern): either the worker sees the job cancelled and skips it, or the driver
+    /// sees it started and stops the worker, or both; never neither.
     pub(crate) fn set_started(&self, id: u64) {
         self.word(ITEM).store(0, Ordering::Relaxed);
         self.word(PROGRESS)
-            .store(id.wrapping_add(1), Ordering::Release);
+            .store(id.wrapping_add(1), Ordering::SeqCst);
+    }
+
+    fn cancel_bit(&self, seq: u64) -> (&AtomicU64, u64) {
+        let bit = (seq % JOBS_HELD as u64) as usize;
+        (self.word(CANCELLED + bit / 64 * 8), 1 << (bit % 64))
+    }
+
+    /// Driver: job `seq` is about to be sent, not cancelled.
+    pub(crate) fn clear_cancelled(&self, seq: u64) {
+        let (word, bit) = self.cancel_bit(seq);
+        word.fetch_and(!bit, Ordering::Release);
+    }
+
+    /// Driver: job `seq`, sent, was cancelled; the worker skips it unless it started it.
+    pub(crate) fn set_cancelled(&self, seq: u64) {
+        let (word, bit) = self.cancel_bit(seq);
+        word.fetch_or(bit, Ordering::SeqCst);
+    }
+
+    /// Worker: whether the driver cancelled job `seq`.
+    pub(crate) fn is_cancelled(&self, seq: u64) -> bool {
+        let (word, bit) = self.cancel_bit(seq);
+        word.load(Ordering::SeqCst) & bit != 0
     }
 
     /// Worker: records that the task at `position` in the current job starts now.
@@ -127,7 +161,13 @@ impl Control {
 
     /// Driver: the id of the last job the worker started.
     pub(crate) fn last_started(&self) -> Option<u64> {
-        self.word(PROGRESS).load(Ordering::Acquire).checked_sub(1)
+        self.word(PROGRESS).load(Ordering::SeqCst).checked_sub(1)
+    }
+
+    /// Worker: the current job's tasks are all done (its results are being handed back): a
+    /// death from now on is no task's doing.
+    pub(crate) fn clear_running_item(&self) {
+        self.word(ITEM).store(0, Ordering::Release);
     }
 
     /// Driver: the position in the [last job started](Self::last_started) of the last task

@@ -119,6 +119,9 @@ pub(crate) struct Shared {
     pids: Vec<AtomicU64>,
     live_drivers: AtomicUsize,
     drivers_done: Notify,
+    /// Submissions cancelled so far: a driver that sees it change looks for cancelled jobs
+    /// among those its worker holds.
+    cancels: AtomicU64,
     pub config: Config,
 }
 
@@ -136,6 +139,7 @@ impl Shared {
             pids: (0..config.workers).map(|_| AtomicU64::new(0)).collect(),
             live_drivers: AtomicUsize::new(config.workers),
             drivers_done: Notify::new(),
+            cancels: AtomicU64::new(0),
             config,
         }
     }
@@ -273,6 +277,18 @@ impl Shared {
     /// The error every job fails with, once the pool is broken.
     pub(crate) fn broken(&self) -> Option<PoolError> {
         self.lock().broken.clone()
+    }
+
+    /// A submission was cancelled: counts it and wakes the drivers (queued jobs are skipped,
+    /// held ones are told to their workers).
+    pub(crate) fn cancelled(&self) {
+        self.cancels.fetch_add(1, Ordering::Release);
+        self.wake_drivers();
+    }
+
+    /// How many submissions were cancelled so far.
+    pub(crate) fn cancels(&self) -> u64 {
+        self.cancels.load(Ordering::Acquire)
     }
 
     /// Wakes every driver to look at the queue and the phase again.

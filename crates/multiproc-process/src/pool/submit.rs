@@ -126,7 +126,8 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             .map(|i| {
                 let error = match running {
                     // A task lost with the worker that died running another one of its chunk.
-                    Some(at) if at != i && self.indexed => {
+                    // (The position is the dead worker's word: one out of range blames none.)
+                    Some(at) if at != i && at < job.items && self.indexed => {
                         error.clone().while_running(job.first_item + at)
                     }
                     _ => error.clone(),
@@ -164,7 +165,7 @@ impl<R> Results<R> {
     pub(crate) fn cancel(&self) {
         if !self.sink.cancelled.swap(true, Ordering::AcqRel) {
             // Drivers must look again: queued chunks go, a worker running one is stopped.
-            self.shared.wake_drivers();
+            self.shared.cancelled();
         }
     }
 

@@ -120,6 +120,7 @@ where
                 .push((i as u32, Failure::Panicked { message, location })),
         }
     }
+    call.tasks_done();
     encode_output(output, &mut call);
     call
 }

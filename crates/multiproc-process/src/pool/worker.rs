@@ -41,6 +41,8 @@ struct Worker {
     call: Call,
     /// The record being written (reused).
     record: Vec<u8>,
+    /// Jobs received so far (the next job's place in the pool's count, for its cancel bit).
+    jobs: u64,
 }
 
 /// The worker process's function (run by `spawn`).
@@ -61,6 +63,7 @@ pub(crate) fn worker_main(args: WorkerArgs) {
         },
         ctrl,
         record: Vec::new(),
+        jobs: 0,
     };
     worker.serve(rx);
 }
@@ -146,7 +149,18 @@ impl Worker {
                 sent
             }
             ToWorker::Run { id, func } => {
+                let seq = self.jobs;
+                self.jobs += 1;
+                // A job cancelled after it was sent is skipped: looked at once before it is
+                // marked started (the usual case, and the pool then has no reason to stop this
+                // worker), and once after (see `Control::set_started`).
+                if self.ctrl.is_cancelled(seq) {
+                    return self.skip(id);
+                }
                 self.ctrl.set_started(id);
+                if self.ctrl.is_cancelled(seq) {
+                    return self.skip(id);
+                }
                 self.ctrl.note_worker_cpu();
                 let started = Instant::now();
                 self.run(func, body, fds);
@@ -169,6 +183,15 @@ impl Worker {
         }
     }
 
+    /// Answers a cancelled job without running it.
+    fn skip(&mut self, id: u64) -> Step {
+        let why = Rejected::Cancelled;
+        match self.answer(&FromWorker::Rejected { id, why }, false) {
+            Ok(()) => Step::Continue,
+            Err(_) => Step::Stop,
+        }
+    }
+
     fn initialize(&mut self, func: TaskFn, body: &[u8], fds: Vec<OwnedFd>) -> FromWorker {
         self.run(func, body, fds);
         let failed = |message: String| FromWorker::InitFailed {
@@ -180,6 +203,7 @@ impl Worker {
                 failed(format!("cannot decode the initializer's argument: {why}"))
             }
             Some(Rejected::Results(why)) => failed(why),
+            Some(Rejected::Cancelled) => failed("the initializer was cancelled".into()),
             None => match message::decode::<ChunkOutput<()>>(&self.call.output, Vec::new()) {
                 Ok(mut output) => match output.failures.pop() {
                     Some((_, Failure::Panicked { message, location })) => {
