@@ -51,13 +51,22 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// microseconds before it sleeps, less and less when that does not pay (see ARCHITECTURE.md).
 ///
 /// # Capacity
-/// A [bounded](Self::bounded) queue holds at most `capacity` messages (capacities above 65,536
-/// hold 65,536): `put` waits while it is full. An [unbounded](Self::new) queue has no limit you
-/// set, but it holds at most 16,384 messages at once; beyond that `put` waits for consumers like
-/// a bounded queue and `try_put` reports [`Full`](TryPutError::Full). Large messages also need
-/// room in the socket's buffer, which the queue raises as far as the system allows
-/// (`net.core.wmem_max`); messages above 64 KiB live in memfds and take little of it each, but
-/// each holds a descriptor in flight, which counts against the producing user's
+/// A [bounded](Self::bounded) queue holds at most `capacity` messages (1 to 65,536; anything
+/// else is an error from the constructor): `put` waits while it is full. An
+/// [unbounded](Self::new) queue takes puts until memory runs out, with no consumer running:
+/// its messages live in shared memory that the queue owns (so the producer may exit), which
+/// takes memory for the messages it holds and gives it back as they are taken. (Its one hard
+/// limit is 2^26, some 67 million, messages at once.) `try_put` on it does not report
+/// [`Full`](TryPutError::Full), except for messages that carry handles, below.
+///
+/// Memory per message held: a message of up to 112 encoded bytes takes a 128-byte slot; a
+/// larger one a slot and its size rounded up to 4 KiB while it waits beyond what the socket
+/// buffer holds (which is where it goes first, when it has room), and always above 64 KiB.
+///
+/// A message that carries handles (descriptors) must travel through the queue's socket,
+/// whatever the capacity: when its buffer (raised as far as the system allows,
+/// `net.core.wmem_max`) is full, `put` waits for consumers, `try_put` reports `Full`, and
+/// nothing is lost. Descriptors in flight also count against the producing user's
 /// `RLIMIT_NOFILE` (unless privileged).
 ///
 /// # Close
@@ -124,12 +133,9 @@ impl<T> fmt::Debug for QueueBuilder<T> {
 }
 
 impl<T> QueueBuilder<T> {
-    /// Bounds the queue to `capacity` messages (default: unbounded).
-    ///
-    /// # Panics
-    /// When `capacity` is zero.
+    /// Bounds the queue to `capacity` messages, 1 to 65,536 (default: unbounded); anything
+    /// else makes [`build`](Self::build) fail.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        assert!(capacity > 0, "a queue's capacity must be at least 1");
         self.capacity = Some(capacity);
         self
     }
@@ -143,7 +149,8 @@ impl<T> QueueBuilder<T> {
     /// Creates the queue.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
+    /// [`io::ErrorKind::InvalidInput`] when the capacity is zero or above 65,536; otherwise when
+    /// the process is out of descriptors or memory.
     pub fn build(self) -> io::Result<Queue<T>> {
         Ok(Queue::from_engine(Engine::new(
             self.capacity,
@@ -155,7 +162,7 @@ impl<T> QueueBuilder<T> {
     /// Creates a [`JoinableQueue`] with this configuration.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
+    /// As [`build`](Self::build).
     pub fn build_joinable(self) -> io::Result<JoinableQueue<T>> {
         let engine = Engine::new(self.capacity, self.max_message_size, true)?;
         Ok(JoinableQueue::from_queue(Queue::from_engine(engine)))
@@ -181,10 +188,9 @@ impl<T> Queue<T> {
     /// Creates a queue that holds at most `capacity` messages.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
-    ///
-    /// # Panics
-    /// When `capacity` is zero.
+    /// [`io::ErrorKind::InvalidInput`] when `capacity` is zero or above 65,536 (for more, use an
+    /// [unbounded](Self::new) queue); otherwise when the process is out of descriptors or
+    /// memory.
     pub fn bounded(capacity: usize) -> io::Result<Self> {
         Self::builder().capacity(capacity).build()
     }

@@ -3,15 +3,24 @@
 //! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::ring`]).
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
-//! - Large messages and messages with descriptors: a `SOCK_SEQPACKET` pair
+//! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
 //!   ([`multiproc_core::packet`]) shared by every handle. Such a message is sent on the socket
-//!   with a *ticket* (its ring position) and a token takes its place on the ring, so it keeps its
-//!   place in the order. Producers send and publish, and consumers claim a token and receive,
-//!   under one cross-process [`Lock`]; so the socket holds the packets in token order, and a
-//!   consumer discards any packet with an older ticket than its token (left by a process that
-//!   died in between). The lock is only taken for these messages, and never across an `await`.
-//! - Shared state: a header with the capacity, size limit, closed flag, waiter counts and the
-//!   unfinished-task count of a joinable queue, then the ring, in one memfd region.
+//!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
+//!   takes its place on the ring, so it keeps its place in the order. Producers send and
+//!   publish, and consumers claim a token and receive, under one cross-process [`Lock`]; so the
+//!   socket holds the packets in token order, and a consumer discards any packet with an older
+//!   ticket than its token (left by a process that died in between). A packet whose seal does
+//!   not verify is not the queue's: the getter reports it as corrupt and leaves its token for
+//!   the next get, so a stray packet costs only itself. The lock is only taken for these
+//!   messages, and never across an `await`.
+//! - The log ([`PacketLog`]): a message without descriptors that the socket cannot take (above
+//!   64 KiB, or while the socket buffer is full) is written to a sparse memfd at an offset
+//!   reserved from a shared counter, and a log token (offset and length) takes its place on
+//!   the ring. The getter reads it and frees its pages. So how much a queue holds is bounded
+//!   by its ring and by memory, never by a socket buffer.
+//! - Shared state: a header with the capacity, size limit, closed flag, ticket key, log offset,
+//!   waiter counts and the unfinished-task count of a joinable queue, then the ring, in one
+//!   memfd region. An unbounded queue's ring is sparse (see [`crate::ring`]).
 //! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
 //!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
 //!   full queue) and `all_done` (joiners). `close` wakes the first two.
@@ -25,14 +34,15 @@ use std::time::{Duration, Instant};
 use multiproc_core::SharedFd;
 use multiproc_core::eventfd::EventFd;
 use multiproc_core::packet::{
-    self, Packet, PacketRecvError, PacketSocket, Received, TicketedRecv, TryRecv,
+    self, Packet, PacketLog, PacketRecvError, PacketSocket, Received, TicketKey, TicketedRecv,
+    TryRecv,
 };
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::wait::WaitQueue;
 use multiproc_sync::{Lock, LockGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ring::{Kind, Ring, SLOT_PAYLOAD, Take};
+use crate::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
 
 // Layout of the shared region: the header, then the ring.
 const OFF_MAGIC: usize = 0; // u32
@@ -41,20 +51,27 @@ const OFF_CAPACITY: usize = 8; // u64, 0 = unbounded
 const OFF_MAX_SIZE: usize = 16; // u64
 const OFF_SLOTS: usize = 24; // u64
 const OFF_CLOSED: usize = 32; // u32
+const OFF_KEY: usize = 40; // [u64; 2]
 // Read on every put and get, written only by sleepers: a cache line of their own.
 const OFF_GET_WAITERS: usize = 64; // u32
 const OFF_PUT_WAITERS: usize = 68; // u32
 const OFF_JOIN_WAITERS: usize = 72; // u32
 const OFF_UNFINISHED: usize = 128; // u64
-const RING_BASE: usize = 192;
+const OFF_LOG_TAIL: usize = 192; // u64: the next free offset in the log
+/// The ring's hints take 128 bytes, then its slots start on a page boundary (for a sparse ring).
+const RING_BASE: usize = ring::PAGE - 128;
 
-const MAGIC: u32 = 0x5155_4532; // "QUE2"
+const MAGIC: u32 = 0x5155_4533; // "QUE3"
 const FLAG_JOINABLE: u32 = 1;
 
-/// Slots of an unbounded queue's ring: how many messages it holds before `put` waits.
-pub(crate) const UNBOUNDED_SLOTS: u64 = 16 << 10;
-/// Slots of a bounded queue's ring at most (a larger capacity is capped to this).
-pub(crate) const MAX_BOUNDED_SLOTS: u64 = 1 << 16;
+/// Slots of an unbounded queue's ring: how many messages it holds before `put` waits. The ring
+/// is sparse: it takes memory for what it holds, not for its size.
+pub(crate) const UNBOUNDED_SLOTS: u64 = ring::MAX_SLOTS;
+/// The largest capacity of a bounded queue.
+pub(crate) const MAX_CAPACITY: usize = 1 << 16;
+
+/// A log token's payload: offset and length, little-endian `u64`s.
+const LOG_TOKEN_LEN: usize = 16;
 
 /// How often a waiter checks whether the process it waits behind has died.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
@@ -101,6 +118,8 @@ pub(crate) struct Engine {
     ring: Ring,
     tx: PacketSocket,
     rx: PacketSocket,
+    log: PacketLog,
+    key: TicketKey,
     oob: Lock,
     not_empty: WaitQueue<OFF_GET_WAITERS>,
     slot_freed: WaitQueue<OFF_PUT_WAITERS>,
@@ -122,17 +141,36 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// A new queue holding at most `capacity` messages (`None`: unbounded).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] for a capacity of zero or above [`MAX_CAPACITY`];
+    /// otherwise when the process is out of descriptors or memory.
     pub(crate) fn new(
         capacity: Option<usize>,
         max_size: usize,
         joinable: bool,
     ) -> io::Result<Self> {
-        let capacity = capacity.map_or(0, |c| c as u64);
-        let slots = if capacity == 0 {
-            UNBOUNDED_SLOTS
-        } else {
-            capacity.min(MAX_BOUNDED_SLOTS)
+        let slots = match capacity {
+            None => UNBOUNDED_SLOTS,
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a queue's capacity must be at least 1",
+                ));
+            }
+            Some(c) if c > MAX_CAPACITY => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "queue capacity {c} exceeds the limit of {MAX_CAPACITY} \
+                         (an unbounded queue has none)"
+                    ),
+                ));
+            }
+            Some(c) => c as u64,
         };
+        let capacity = capacity.map_or(0, |c| c as u64);
         let state = SharedRegion::new(RING_BASE + Ring::bytes_needed(slots))?;
         state
             .atomic_u32(OFF_FLAGS)
@@ -142,11 +180,15 @@ impl Engine {
             .atomic_u64(OFF_MAX_SIZE)
             .store(max_size as u64, SeqCst);
         state.atomic_u64(OFF_SLOTS).store(slots, SeqCst);
+        let [k0, k1] = TicketKey::random().words();
+        state.atomic_u64(OFF_KEY).store(k0, SeqCst);
+        state.atomic_u64(OFF_KEY + 8).store(k1, SeqCst);
         state.atomic_u32(OFF_MAGIC).store(MAGIC, SeqCst);
         let (tx, rx) = packet::packet_pair()?;
         Self::from_wire(Wire {
             tx,
             rx,
+            log: PacketLog::new()?.shared_fd().clone(),
             state,
             oob: Lock::new().map_err(io::Error::other)?,
             not_empty: EventFd::new()?,
@@ -169,9 +211,15 @@ impl Engine {
         let joinable = w.state.atomic_u32(OFF_FLAGS).load(SeqCst) & FLAG_JOINABLE != 0;
         let slots = w.state.atomic_u64(OFF_SLOTS).load(SeqCst);
         let ring = Ring::new(w.state.clone(), RING_BASE, slots).map_err(invalid)?;
+        let key = TicketKey::from_words([
+            w.state.atomic_u64(OFF_KEY).load(SeqCst),
+            w.state.atomic_u64(OFF_KEY + 8).load(SeqCst),
+        ]);
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
+            log: PacketLog::from_shared(w.log)?,
+            key,
             ring,
             oob: w.oob,
             not_empty: WaitQueue::in_region(w.state.clone(), w.not_empty),
@@ -221,7 +269,8 @@ impl Engine {
         &self,
         value: &T,
     ) -> Result<Packet, packet::PacketEncodeError> {
-        Packet::encode(value, self.max_size)
+        // A large plain message goes to the log as it is: no memfd of its own.
+        Packet::encode_unspilled(value, self.max_size)
     }
 
     /// Closes the queue for every handle in every process.
@@ -298,23 +347,68 @@ impl Engine {
         }
     }
 
-    /// Puts a message through the socket, holding the out-of-band lock.
+    /// Puts a message through the socket, holding the out-of-band lock; a plain message finding
+    /// the socket full goes to the log instead.
     fn attempt_oob(&self, packet: &Packet, _locked: &LockGuard<'_>) -> Attempt {
         let pos = match self.claim() {
             Ok(pos) => pos,
             Err(a) => return a,
         };
-        match self.tx.try_send_ticketed(packet, pos) {
+        let sent = match self.tx.try_send_ticketed(packet, pos, &self.key) {
             Ok(()) => {
                 self.ring.publish(pos, Kind::Token, &[]);
+                Ok(())
+            }
+            Err(e) => match (Self::send_error(e), packet.plain_bytes()) {
+                (PutFail::Full, Some(bytes)) => self.publish_logged(pos, bytes),
+                (fail, _) => Err(fail),
+            },
+        };
+        self.settle(pos, sent)
+    }
+
+    /// Puts a plain message through the log (one too large for the socket).
+    fn attempt_logged(&self, bytes: &[u8]) -> Attempt {
+        match self.claim() {
+            Ok(pos) => {
+                let logged = self.publish_logged(pos, bytes);
+                self.settle(pos, logged)
+            }
+            Err(a) => a,
+        }
+    }
+
+    /// Writes `bytes` to the log and publishes a log token at the claimed `pos`.
+    fn publish_logged(&self, pos: u64, bytes: &[u8]) -> Result<(), PutFail> {
+        let offset = self
+            .state
+            .atomic_u64(OFF_LOG_TAIL)
+            .fetch_add(PacketLog::span(bytes.len()), SeqCst);
+        if let Err(e) = self.log.write_at(offset, bytes) {
+            // Out of memory, probably: give back whatever part was written.
+            let _ = self.log.release(offset, bytes.len());
+            return Err(PutFail::Io(e));
+        }
+        let mut token = [0u8; LOG_TOKEN_LEN];
+        token[..8].copy_from_slice(&offset.to_le_bytes());
+        token[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.ring.publish(pos, Kind::Log, &token);
+        Ok(())
+    }
+
+    /// Ends a put that claimed `pos`: wakes getters if it was published, else gives the slot
+    /// (and the task) back.
+    fn settle(&self, pos: u64, outcome: Result<(), PutFail>) -> Attempt {
+        match outcome {
+            Ok(()) => {
                 self.published();
                 Attempt::Done
             }
-            Err(e) => {
+            Err(fail) => {
                 self.ring.abandon(pos);
                 self.unreserve_task();
                 self.freed();
-                match Self::send_error(e) {
+                match fail {
                     PutFail::Full => Attempt::SocketFull,
                     fail => Attempt::Fail(fail),
                 }
@@ -338,23 +432,35 @@ impl Engine {
 
     /// One attempt, waiting only for the out-of-band lock (held briefly by others).
     async fn attempt(&self, packet: &Packet) -> Attempt {
-        match Self::inline_bytes(packet) {
-            Some(bytes) => self.attempt_inline(bytes),
-            None => match self.oob.lock().await {
-                Ok(guard) => self.attempt_oob(packet, &guard),
-                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
-            },
+        if let Some(attempt) = self.attempt_unlocked(packet) {
+            return attempt;
         }
+        match self.oob.lock().await {
+            Ok(guard) => self.attempt_oob(packet, &guard),
+            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+        }
+    }
+
+    /// An attempt that needs no lock: a message for a ring slot or for the log.
+    fn attempt_unlocked(&self, packet: &Packet) -> Option<Attempt> {
+        if let Some(bytes) = Self::inline_bytes(packet) {
+            return Some(self.attempt_inline(bytes));
+        }
+        if !packet.fits_socket() {
+            let bytes = packet.plain_bytes()?;
+            return Some(self.attempt_logged(bytes));
+        }
+        None
     }
 
     /// The blocking twin of [`attempt`](Self::attempt).
     fn blocking_attempt(&self, packet: &Packet) -> Attempt {
-        match Self::inline_bytes(packet) {
-            Some(bytes) => self.attempt_inline(bytes),
-            None => match self.oob.blocking_lock() {
-                Ok(guard) => self.attempt_oob(packet, &guard),
-                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
-            },
+        if let Some(attempt) = self.attempt_unlocked(packet) {
+            return attempt;
+        }
+        match self.oob.blocking_lock() {
+            Ok(guard) => self.attempt_oob(packet, &guard),
+            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
         }
     }
 
@@ -456,7 +562,17 @@ impl Engine {
     /// One look at the head of the ring.
     fn look(&self) -> Result<Got, PacketRecvError> {
         Ok(match self.ring.take() {
-            Take::Message(bytes) => {
+            Take::Message(Kind::Log, token) => {
+                self.freed();
+                match self.read_logged(&token) {
+                    Ok(bytes) => Got::Message(Received::from_bytes(bytes)),
+                    Err(e) => {
+                        self.discarded();
+                        return Err(e);
+                    }
+                }
+            }
+            Take::Message(_, bytes) => {
                 self.freed();
                 Got::Message(Received::from_bytes(bytes))
             }
@@ -473,39 +589,67 @@ impl Engine {
         })
     }
 
+    /// Reads (and frees) the message of a log token taken off the ring.
+    fn read_logged(&self, token: &[u8]) -> Result<Vec<u8>, PacketRecvError> {
+        let corrupt = |reason: String| PacketRecvError::Corrupt { reason };
+        let (Ok(offset), Ok(len)) = (
+            <[u8; 8]>::try_from(token.get(..8).unwrap_or_default()),
+            <[u8; 8]>::try_from(token.get(8..).unwrap_or_default()),
+        ) else {
+            return Err(corrupt(format!("log token of {} bytes", token.len())));
+        };
+        let (offset, len) = (u64::from_le_bytes(offset), u64::from_le_bytes(len));
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > self.max_size {
+            return Err(PacketRecvError::TooLarge {
+                len,
+                limit: self.max_size,
+            });
+        }
+        let read = self.log.read_at(offset, len);
+        // Freeing pages is best effort: a failure costs memory, not the message.
+        let _ = self.log.release(offset, len);
+        read.map_err(|e| corrupt(format!("cannot read a queue message from the log: {e}")))
+    }
+
     /// Takes the out-of-band message of the token at `pos`, holding the out-of-band lock.
     /// `None` when another consumer took the token first.
+    ///
+    /// Only lock holders claim tokens, so the token stays unclaimed until this getter finds its
+    /// packet. A packet that is not the queue's (its seal does not verify) is returned as an
+    /// error and the token left in place: the next get looks again, so a stray packet costs
+    /// only itself. Packets with older tickets were orphaned by processes that died between
+    /// sending and publishing, or between claiming and receiving, and are skipped.
     fn take_token(
         &self,
         pos: u64,
         _locked: &LockGuard<'_>,
     ) -> Option<Result<Received, PacketRecvError>> {
-        if !self.ring.claim_token(pos) {
+        if !self.ring.has_token(pos) {
             return None;
         }
+        let missing = || PacketRecvError::Corrupt {
+            reason: format!("queue message {pos} is missing from the socket"),
+        };
         let result = loop {
-            match self.rx.try_recv_ticketed(self.max_size) {
-                // Left by a process that died between sending and publishing, or between
-                // claiming a token and receiving: nobody will ask for it.
-                Ok(TicketedRecv::Ticketed { ticket, .. }) if ticket < pos => {}
-                Ok(TicketedRecv::Ticketed { ticket, message }) if ticket == pos => break message,
-                Ok(TicketedRecv::Ticketed { ticket, .. }) => {
-                    break Err(PacketRecvError::Corrupt {
-                        reason: format!(
-                            "queue message {pos} is missing from the socket (found {ticket})"
-                        ),
-                    });
+            match self.rx.try_recv_ticketed(&self.key) {
+                Ok(TicketedRecv::Ticketed(p)) if p.position() < pos => {}
+                Ok(TicketedRecv::Ticketed(p)) if p.position() == pos => {
+                    break p.open(self.max_size);
                 }
-                // Not a queue packet: something else wrote to the queue's socket.
-                Ok(TicketedRecv::Unticketed(_)) => {}
-                Ok(TicketedRecv::Empty | TicketedRecv::Closed) => {
-                    break Err(PacketRecvError::Corrupt {
-                        reason: format!("queue message {pos} is missing from the socket"),
-                    });
+                // A later message's packet comes first: this one's was taken off the socket
+                // by something else than a getter of this queue. Both are lost.
+                Ok(TicketedRecv::Ticketed(_) | TicketedRecv::Empty | TicketedRecv::Closed) => {
+                    break Err(missing());
                 }
-                Err(e) => break Err(PacketRecvError::Io(e)),
+                Ok(TicketedRecv::Foreign(e)) => return Some(Err(foreign(e))),
+                Err(e) => return Some(Err(PacketRecvError::Io(e))),
             }
         };
+        if !self.ring.claim_token(pos) {
+            // Impossible while the lock is held; be safe rather than deliver twice.
+            return None;
+        }
         self.ring.free(pos);
         self.freed();
         if result.is_err() {
@@ -725,6 +869,16 @@ impl Engine {
     }
 }
 
+/// What a getter reports for a packet on the queue's socket that is not the queue's.
+fn foreign(e: PacketRecvError) -> PacketRecvError {
+    match e {
+        PacketRecvError::Corrupt { reason } => PacketRecvError::Corrupt {
+            reason: format!("not a message of this queue ({reason}); it was skipped"),
+        },
+        other => other,
+    }
+}
+
 /// The adaptive spin of a getter that found the queue empty, per handle in a process.
 ///
 /// Spinning pays when the next message comes within microseconds (a producer streaming on
@@ -799,6 +953,7 @@ impl Spin {
 struct Wire {
     tx: SharedFd,
     rx: SharedFd,
+    log: SharedFd,
     state: SharedRegion,
     oob: Lock,
     not_empty: EventFd,
@@ -811,6 +966,7 @@ impl Serialize for Engine {
         Wire {
             tx: self.tx.shared_fd().clone(),
             rx: self.rx.shared_fd().clone(),
+            log: self.log.shared_fd().clone(),
             state: self.state.clone(),
             oob: self.oob.clone(),
             not_empty: self.not_empty.eventfd().clone(),
@@ -833,7 +989,7 @@ mod tests {
     use super::*;
 
     fn packet(byte: u8, len: usize) -> Packet {
-        Packet::encode(&vec![byte; len], 1 << 20).unwrap()
+        Packet::encode_unspilled(&vec![byte; len], 8 << 20).unwrap()
     }
 
     async fn get_bytes(engine: &Engine) -> Vec<u8> {
@@ -866,7 +1022,10 @@ mod tests {
         let engine = Engine::new(None, 1 << 20, false).unwrap();
         // A producer that died after sending its packet and before publishing its token.
         let pos = engine.ring.claim().unwrap();
-        engine.tx.try_send_ticketed(&packet(7, 1000), pos).unwrap();
+        engine
+            .tx
+            .try_send_ticketed(&packet(7, 1000), pos, &engine.key)
+            .unwrap();
         engine.ring.abandon(pos);
         engine.put(&packet(8, 1000)).await.unwrap();
         assert_eq!(get_bytes(&engine).await, vec![8; 1000]);
@@ -905,6 +1064,109 @@ mod tests {
             panic!("no message")
         };
         assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![1]);
+    }
+
+    /// Bytes of memory a memfd holds right now.
+    fn resident(fd: &SharedFd) -> u64 {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A packet that is not the queue's, sent into its socket ahead of a real one.
+    fn forge(engine: &Engine, bytes: &[u8]) {
+        use std::os::fd::AsFd;
+        let fd = engine.tx.shared_fd().as_fd().try_clone_to_owned().unwrap();
+        std::os::unix::net::UnixDatagram::from(fd)
+            .send(bytes)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_forged_packet_costs_only_itself() {
+        let engine = Engine::new(None, 1 << 20, true).unwrap();
+        let next = |e: &Engine| e.state.atomic_u64(RING_BASE).load(SeqCst);
+        let forgeries: Vec<Vec<u8>> = vec![
+            b"zzz".to_vec(),
+            // A ticket for the very position the real message will take, without the key.
+            [&[0xA3][..], &next(&engine).to_le_bytes(), &[0; 8], &[0xA1, 1, 2]].concat(),
+            // A ticket for a later position.
+            [&[0xA3][..], &(next(&engine) + 5).to_le_bytes(), &[7; 8], &[0xA1]].concat(),
+            // The ticket format before seals, which matched by position alone.
+            [&[0xA3][..], &next(&engine).to_le_bytes(), &[0xA1, 3, 4, 5]].concat(),
+        ];
+        for forged in &forgeries {
+            forge(&engine, forged);
+            engine.put(&packet(9, 1000)).await.unwrap();
+            let e = engine.get().await.unwrap_err();
+            assert!(
+                matches!(&e, PacketRecvError::Corrupt { reason } if reason.contains("not a message of this queue")),
+                "{e}"
+            );
+            assert_eq!(engine.unfinished(), 1, "a forged packet is no task");
+            assert_eq!(get_bytes(&engine).await, vec![9; 1000]);
+            assert!(engine.finish_task());
+        }
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn large_and_overflowing_messages_go_to_the_log_and_give_memory_back() {
+        let engine = Engine::new(None, 4 << 20, false).unwrap();
+        // Above 64 KiB: the log, always.
+        for i in 0..16u8 {
+            engine.put(&packet(i, 1 << 20)).await.unwrap();
+        }
+        assert!(resident(engine.log.shared_fd()) >= 16 << 20);
+        for i in 0..16u8 {
+            assert_eq!(get_bytes(&engine).await, vec![i; 1 << 20]);
+        }
+        assert!(resident(engine.log.shared_fd()) < 1 << 20);
+        // Medium messages: the socket while it has room, then the log; one order.
+        let n = 20_000u32;
+        for i in 0..n {
+            engine.try_put(&packet(i as u8, 1000)).unwrap();
+        }
+        assert!(resident(engine.log.shared_fd()) > 0, "the socket overflowed");
+        for i in 0..n {
+            assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
+        }
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn an_unbounded_ring_gives_memory_back_as_it_drains() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        let n = 200_000u32;
+        for i in 0..n {
+            engine.try_put(&Packet::encode(&i, 64).unwrap()).unwrap();
+        }
+        let full = resident(engine.state.shared_fd());
+        assert!(full >= u64::from(n) * 128, "{full}");
+        for i in 0..n {
+            let got: u32 = get_any(&engine).await.decode().unwrap();
+            assert_eq!(got, i);
+        }
+        let drained = resident(engine.state.shared_fd());
+        assert!(drained < 64 << 10, "{drained} bytes still held");
+    }
+
+    async fn get_any(engine: &Engine) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), engine.get())
+            .await
+            .expect("get hung")
+            .unwrap()
+            .expect("queue ended")
+    }
+
+    #[test]
+    fn zero_and_oversized_capacities_are_refused() {
+        for bad in [0, MAX_CAPACITY + 1, usize::MAX] {
+            let e = Engine::new(Some(bad), 1 << 20, false).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+        assert!(Engine::new(Some(MAX_CAPACITY), 1 << 20, false).is_ok());
     }
 
     #[test]

@@ -14,7 +14,16 @@
 //!
 //! # Packet format
 //! - inline: `[TAG_INLINE] payload`, descriptors = the message's;
-//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`.
+//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`;
+//! - ticketed (a queue's, see [`PacketSocket::try_send_ticketed`]):
+//!   `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled packet. The seal
+//!   is a keyed hash of the position under the queue's [`TicketKey`], so a packet that did not
+//!   come from a holder of the key (garbage, or anything else written to the socket) is told
+//!   apart from the queue's own before anything else in it is looked at.
+//!
+//! Plain messages too large to travel inline can also be kept out of the socket altogether:
+//! [`Packet::encode_unspilled`] leaves them in memory for a [`PacketLog`], a sparse memfd that
+//! a queue uses as shared storage which no socket buffer limits.
 //!
 //! Packets are never empty, so a zero-length read always means end-of-stream (the sending side
 //! was shut down and every packet was read).
@@ -48,9 +57,10 @@ pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
 
 const TAG_INLINE: u8 = 0xA1;
 const TAG_SPILL: u8 = 0xA2;
-/// A ticketed packet: `[TAG_TICKET] ticket: u64 LE` then an inline or spilled packet.
+/// A ticketed packet: `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled
+/// packet.
 const TAG_TICKET: u8 = 0xA3;
-const TICKET_HEADER_LEN: usize = 1 + 8;
+const TICKET_HEADER_LEN: usize = 1 + 8 + 8;
 const SPILL_HEADER_LEN: usize = 1 + 8;
 /// Receive buffer: one byte more than the largest valid (ticketed) packet, so an oversized packet shows up
 /// as truncated instead of fitting by accident.
@@ -133,6 +143,28 @@ impl Packet {
         value: &T,
         max_size: usize,
     ) -> Result<Self, PacketEncodeError> {
+        Self::encode_with(value, max_size, true)
+    }
+
+    /// Encodes `value` like [`encode`](Self::encode), but leaves a large message that carries
+    /// no descriptor in memory ([`plain_bytes`](Self::plain_bytes)) instead of spilling it, for
+    /// a transport that stores plain bytes itself (a [`PacketLog`]). Such a packet is too large
+    /// for the socket: [`PacketSocket::try_send`] refuses it.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode).
+    pub fn encode_unspilled<T: Serialize + ?Sized>(
+        value: &T,
+        max_size: usize,
+    ) -> Result<Self, PacketEncodeError> {
+        Self::encode_with(value, max_size, false)
+    }
+
+    fn encode_with<T: Serialize + ?Sized>(
+        value: &T,
+        max_size: usize,
+        spill_plain: bool,
+    ) -> Result<Self, PacketEncodeError> {
         let mut bytes = Vec::with_capacity(64);
         bytes.push(TAG_INLINE);
         let mut fds = message::encode_into(value, &mut bytes)?;
@@ -143,7 +175,7 @@ impl Packet {
                 limit: max_size,
             });
         }
-        if len <= INLINE_LIMIT {
+        if len <= INLINE_LIMIT || (fds.is_empty() && !spill_plain) {
             if fds.len() > MAX_FDS_PER_SENDMSG {
                 return Err(PacketEncodeError::TooManyDescriptors {
                     count: fds.len(),
@@ -172,6 +204,12 @@ impl Packet {
             fds,
             encoded_len: len,
         })
+    }
+
+    /// True when the packet fits the socket: inline packets up to [`INLINE_LIMIT`] and spilled
+    /// ones (not a large packet made by [`encode_unspilled`](Self::encode_unspilled)).
+    pub fn fits_socket(&self) -> bool {
+        self.bytes.len() <= 1 + INLINE_LIMIT
     }
 
     /// Size of the encoded message in bytes (not counting the packet header).
@@ -210,6 +248,114 @@ fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
     let mut file = File::from(fd);
     file.write_all(bytes)?;
     Ok(file.into())
+}
+
+/// Shared storage for plain messages outside any socket: a sparse memfd written at offsets the
+/// users reserve (each message on pages of its own), read back, and freed page by page.
+///
+/// A queue keeps here the messages its socket cannot take (too large to travel inline, or the
+/// socket buffer is full), so how much it holds is bounded by memory, not by a socket buffer,
+/// and a producer may exit right after writing. The memfd takes memory only for the pages
+/// written and not yet [released](Self::release); offsets grow forever (a 64-bit file offset
+/// does not run out), so a page is never written twice.
+pub struct PacketLog {
+    fd: SharedFd,
+}
+
+impl PacketLog {
+    /// Messages start on page boundaries so that releasing one frees its pages.
+    pub const PAGE: u64 = 4096;
+
+    /// Creates an empty log.
+    ///
+    /// # Errors
+    /// When `memfd_create` fails (out of descriptors).
+    ///
+    /// # References
+    /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+    pub fn new() -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create("multiproc-queue-log", rustix::fs::MemfdFlags::CLOEXEC)?;
+        Ok(Self {
+            fd: SharedFd::new(fd),
+        })
+    }
+
+    /// The log behind `fd` (received from another process), which must be a memfd.
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidData`] when `fd` is not a memfd.
+    pub fn from_shared(fd: SharedFd) -> io::Result<Self> {
+        let is_file = rustix::fs::fstat(&fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        });
+        // Only memfds have seals (one made without `ALLOW_SEALING` reports `F_SEAL_SEAL`).
+        if !is_file || rustix::fs::fcntl_get_seals(&fd).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue log descriptor is not a memfd",
+            ));
+        }
+        Ok(Self { fd })
+    }
+
+    /// The memfd.
+    pub fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+
+    /// Bytes a message of `len` bytes occupies: whole pages, at least one.
+    pub fn span(len: usize) -> u64 {
+        (len as u64).max(1).div_ceil(Self::PAGE) * Self::PAGE
+    }
+
+    /// Writes `bytes` at `offset` (`pwrite(2)`); the log grows as needed.
+    ///
+    /// # Errors
+    /// When the system is out of memory, or the offset is beyond the largest file size.
+    pub fn write_at(&self, offset: u64, bytes: &[u8]) -> io::Result<()> {
+        let mut done = 0;
+        while done < bytes.len() {
+            match rustix::io::pwrite(&self.fd, &bytes[done..], offset + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads the `len` bytes at `offset` (`pread(2)`).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::UnexpectedEof`] when the log ends before; other errors of `pread`.
+    pub fn read_at(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Frees the pages of a message of `len` bytes written at `offset` (a page boundary).
+    ///
+    /// # Errors
+    /// When `fallocate` fails.
+    pub fn release(&self, offset: u64, len: usize) -> io::Result<()> {
+        crate::shm::punch_hole(&self.fd, offset, Self::span(len))
+    }
+}
+
+impl fmt::Debug for PacketLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PacketLog").field(&self.fd).finish()
+    }
 }
 
 /// A message taken off the socket: its bytes and the descriptors that came with it.
@@ -293,20 +439,96 @@ pub enum TryRecv {
 /// The outcome of a [`PacketSocket::try_recv_ticketed`].
 #[derive(Debug)]
 pub enum TicketedRecv {
-    /// A packet sent by [`PacketSocket::try_send_ticketed`], and its message (or why the
-    /// message could not be read; it was discarded).
-    Ticketed {
-        /// The ticket it was sent with.
-        ticket: u64,
-        /// The message.
-        message: Result<Received, PacketRecvError>,
-    },
-    /// A packet without a ticket, or one that could not be read at all; it was discarded.
-    Unticketed(PacketRecvError),
+    /// A packet sent by [`PacketSocket::try_send_ticketed`] with the same key.
+    Ticketed(TicketedPacket),
+    /// A packet that is not one of the queue's: no ticket, a ticket whose seal does not match
+    /// the key, or a packet that could not be read at all. It was taken off the socket and
+    /// discarded, descriptors included.
+    Foreign(PacketRecvError),
     /// Nothing is waiting right now.
     Empty,
     /// The sending side was shut down and every packet has been read.
     Closed,
+}
+
+/// An authentic ticketed packet taken off the socket, its message not parsed yet.
+pub struct TicketedPacket {
+    position: u64,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    fds_lost: bool,
+}
+
+impl TicketedPacket {
+    /// The queue position it was sent with.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The message: parsed, and read from its memfd if it was spilled.
+    ///
+    /// # Errors
+    /// [`PacketRecvError`] when the message is larger than `max_size`, damaged, or its
+    /// descriptors were lost on the way.
+    pub fn open(self, max_size: usize) -> Result<Received, PacketRecvError> {
+        if self.fds_lost {
+            return Err(PacketRecvError::LostDescriptors);
+        }
+        parse(self.bytes, self.fds, max_size)
+    }
+}
+
+impl fmt::Debug for TicketedPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketedPacket")
+            .field("position", &self.position)
+            .field("len", &self.bytes.len())
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+/// The secret that seals a queue's tickets: 128 random bits shared by every handle of the queue
+/// (it lives in the queue's shared memory).
+///
+/// A seal is SipHash-2-4 of the position under the key, so a packet written to the socket by
+/// anything that does not hold the key matches a position only with probability 2^-64. It is
+/// not a defence against a process that holds a handle (it could read the key, or the socket);
+/// it makes stray, corrupt or forged packets cost only themselves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TicketKey([u64; 2]);
+
+impl TicketKey {
+    /// A fresh key from the operating system's random source.
+    pub fn random() -> Self {
+        Self(crate::remote_fn::random_key())
+    }
+
+    /// The key made of `words` (as read back from shared memory).
+    pub fn from_words(words: [u64; 2]) -> Self {
+        Self(words)
+    }
+
+    /// The key as two words, to store in shared memory.
+    pub fn words(&self) -> [u64; 2] {
+        self.0
+    }
+
+    fn seal(&self, position: u64) -> u64 {
+        use std::hash::Hasher as _;
+        // SipHash-2-4 with a secret key is a PRF; std's is deprecated only as a general-purpose
+        // hasher, its output is stable.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(self.0[0], self.0[1]);
+        h.write_u64(position);
+        h.finish()
+    }
+}
+
+impl fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
 }
 
 /// One end of a packet socket pair, registered with tokio on first async use.
@@ -356,11 +578,24 @@ impl PacketSocket {
     ///
     /// # Errors
     /// [`io::ErrorKind::WouldBlock`] when the socket buffer is full;
-    /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown).
+    /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown);
+    /// [`io::ErrorKind::InvalidInput`] for a packet that does not
+    /// [fit the socket](Packet::fits_socket).
     pub fn try_send(&self, packet: &Packet) -> io::Result<()> {
+        self.send_parts(&packet.bytes, packet)
+    }
+
+    /// One `sendmsg(2)` of `bytes` with `packet`'s descriptors.
+    fn send_parts(&self, bytes: &[u8], packet: &Packet) -> io::Result<()> {
+        if !packet.fits_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unspilled packet is too large for the socket",
+            ));
+        }
         let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
         loop {
-            match sys::send_with_fds(self.socket.as_fd(), &packet.bytes, &fds) {
+            match sys::send_with_fds(self.socket.as_fd(), bytes, &fds) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -420,54 +655,72 @@ impl PacketSocket {
         match self.recv_raw()? {
             RawPacket::Empty => Ok(TryRecv::Empty),
             RawPacket::Closed => Ok(TryRecv::Closed),
-            RawPacket::Packet(bytes, fds) => parse(bytes, fds, max_size).map(TryRecv::Message),
-        }
-    }
-
-    /// Sends `packet` marked with `ticket` if the socket has room, without waiting; the
-    /// receiver gets the ticket back from [`try_recv_ticketed`](Self::try_recv_ticketed). A
-    /// queue whose order is kept elsewhere uses tickets to match packets to their places.
-    ///
-    /// # Errors
-    /// As [`try_send`](Self::try_send).
-    pub fn try_send_ticketed(&self, packet: &Packet, ticket: u64) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
-        bytes.push(TAG_TICKET);
-        bytes.extend_from_slice(&ticket.to_le_bytes());
-        bytes.extend_from_slice(&packet.bytes);
-        let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
-        loop {
-            match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            RawPacket::Packet {
+                fds_lost: true, ..
+            } => Err(PacketRecvError::LostDescriptors),
+            RawPacket::Packet { bytes, fds, .. } => {
+                parse(bytes, fds, max_size).map(TryRecv::Message)
             }
         }
     }
 
-    /// Takes one packet off the socket if one is waiting, without waiting, and reads its
-    /// ticket (see [`try_send_ticketed`](Self::try_send_ticketed)).
+    /// Sends `packet` marked with the queue position `position`, sealed with `key`, if the
+    /// socket has room, without waiting; the receiver gets the position back from
+    /// [`try_recv_ticketed`](Self::try_recv_ticketed). A queue whose order is kept elsewhere
+    /// uses tickets to match packets to their places.
     ///
     /// # Errors
-    /// Only when the socket fails; a bad packet is [`TicketedRecv::Unticketed`] or a
-    /// [`TicketedRecv::Ticketed`] with an error.
-    pub fn try_recv_ticketed(&self, max_size: usize) -> io::Result<TicketedRecv> {
-        let (mut bytes, fds) = match self.recv_raw() {
-            Ok(RawPacket::Packet(bytes, fds)) => (bytes, fds),
+    /// As [`try_send`](Self::try_send).
+    pub fn try_send_ticketed(
+        &self,
+        packet: &Packet,
+        position: u64,
+        key: &TicketKey,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
+        bytes.push(TAG_TICKET);
+        bytes.extend_from_slice(&position.to_le_bytes());
+        bytes.extend_from_slice(&key.seal(position).to_le_bytes());
+        bytes.extend_from_slice(&packet.bytes);
+        self.send_parts(&bytes, packet)
+    }
+
+    /// Takes one packet off the socket if one is waiting, without waiting, and checks its ticket
+    /// against `key` (see [`try_send_ticketed`](Self::try_send_ticketed)). Only the ticket is
+    /// looked at: the message stays unparsed until [`TicketedPacket::open`].
+    ///
+    /// # Errors
+    /// Only when the socket fails; a packet that is not a ticketed packet sealed with `key`
+    /// (whatever its content) is [`TicketedRecv::Foreign`].
+    pub fn try_recv_ticketed(&self, key: &TicketKey) -> io::Result<TicketedRecv> {
+        let (mut bytes, fds, fds_lost) = match self.recv_raw() {
+            Ok(RawPacket::Packet {
+                bytes,
+                fds,
+                fds_lost,
+            }) => (bytes, fds, fds_lost),
             Ok(RawPacket::Empty) => return Ok(TicketedRecv::Empty),
             Ok(RawPacket::Closed) => return Ok(TicketedRecv::Closed),
             Err(PacketRecvError::Io(e)) => return Err(e),
-            Err(e) => return Ok(TicketedRecv::Unticketed(e)),
+            Err(e) => return Ok(TicketedRecv::Foreign(e)),
         };
         if bytes.len() < TICKET_HEADER_LEN || bytes[0] != TAG_TICKET {
-            return Ok(TicketedRecv::Unticketed(corrupt("packet without a ticket")));
+            return Ok(TicketedRecv::Foreign(corrupt("packet without a ticket")));
         }
-        let ticket = u64::from_le_bytes(bytes[1..TICKET_HEADER_LEN].try_into().expect("8 bytes"));
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let (position, seal) = (word(1), word(9));
+        if seal != key.seal(position) {
+            return Ok(TicketedRecv::Foreign(corrupt(format!(
+                "packet with a forged ticket for position {position}"
+            ))));
+        }
         bytes.drain(..TICKET_HEADER_LEN);
-        Ok(TicketedRecv::Ticketed {
-            ticket,
-            message: parse(bytes, fds, max_size),
-        })
+        Ok(TicketedRecv::Ticketed(TicketedPacket {
+            position,
+            bytes,
+            fds,
+            fds_lost,
+        }))
     }
 
     /// The socket's registration with the current tokio runtime, to wait for room to send.
@@ -510,16 +763,17 @@ impl PacketSocket {
         if raw.len == 0 {
             return Ok(RawPacket::Closed);
         }
-        if raw.fds_truncated {
-            return Err(PacketRecvError::LostDescriptors);
-        }
         if raw.truncated {
             return Err(corrupt(format!(
                 "packet larger than {} bytes",
                 RECV_BUF_LEN - 1
             )));
         }
-        Ok(RawPacket::Packet(bytes, fds))
+        Ok(RawPacket::Packet {
+            bytes,
+            fds,
+            fds_lost: raw.fds_truncated,
+        })
     }
 
     /// Takes one message off the socket, waiting (asynchronously) until one arrives. `Ok(None)`
@@ -615,7 +869,12 @@ impl AsFd for PacketSocket {
 
 /// What one `recvmsg(2)` gave, before parsing.
 enum RawPacket {
-    Packet(Vec<u8>, Vec<OwnedFd>),
+    /// A packet, and whether the kernel dropped some of its descriptors.
+    Packet {
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        fds_lost: bool,
+    },
     Empty,
     Closed,
 }

@@ -157,6 +157,27 @@ impl SharedRegion {
         &self.fd
     }
 
+    /// Zeroes `offset..offset + len` and gives the whole pages inside it back to the system:
+    /// they read as zeroes afterwards, in every process, and take memory again only when
+    /// written. For large sparse regions whose parts are used one after another (a queue's
+    /// ring); align the range to pages for it to free anything.
+    ///
+    /// # Errors
+    /// When the range is not inside the region, or `fallocate` fails.
+    ///
+    /// # References
+    /// - [`fallocate(2)`](https://man7.org/linux/man-pages/man2/fallocate.2.html)
+    ///   (`FALLOC_FL_PUNCH_HOLE`)
+    pub fn punch_hole(&self, offset: usize, len: usize) -> io::Result<()> {
+        if offset.checked_add(len).is_none_or(|end| end > self.map.len) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "hole outside the shared region",
+            ));
+        }
+        punch_hole(&self.fd, offset as u64, len as u64)
+    }
+
     /// Whether `self` and `other` are the same shared memory (possibly mapped twice, e.g. after
     /// a round trip through another process).
     pub fn same_region(&self, other: &SharedRegion) -> bool {
@@ -259,6 +280,21 @@ impl SharedRegion {
             unsafe { p.add(i).write_volatile(*value) };
         }
     }
+}
+
+/// `fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, offset, len)`: frees the pages of
+/// a memfd range, which reads as zeroes afterwards.
+///
+/// # References
+/// - [`fallocate(2)`](https://man7.org/linux/man-pages/man2/fallocate.2.html)
+pub(crate) fn punch_hole(fd: &SharedFd, offset: u64, len: u64) -> io::Result<()> {
+    use rustix::fs::FallocateFlags;
+    Ok(rustix::fs::fallocate(
+        fd,
+        FallocateFlags::PUNCH_HOLE | FallocateFlags::KEEP_SIZE,
+        offset,
+        len,
+    )?)
 }
 
 /// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
