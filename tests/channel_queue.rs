@@ -644,7 +644,10 @@ async fn try_put_on_an_unbounded_queue_never_reports_full() {
         }
     }
     for i in 0..n {
-        assert!(within("get", queue.get()).await.unwrap() == item(i), "item {i}");
+        assert!(
+            within("get", queue.get()).await.unwrap() == item(i),
+            "item {i}"
+        );
     }
 }
 
@@ -681,7 +684,14 @@ struct Sealed {
 async fn produce_sealed((queue, producer, n): (Queue<Sealed>, u32, u32)) {
     for seq in 0..n {
         let body = ByteBuf::from(vec![seq as u8; 300]);
-        queue.put(Sealed { producer, seq, body }).await.unwrap();
+        queue
+            .put(Sealed {
+                producer,
+                seq,
+                body,
+            })
+            .await
+            .unwrap();
         if seq % 16 == 0 {
             tokio::task::yield_now().await;
         }
@@ -728,7 +738,14 @@ fn forge_packets(queue: &Queue<Sealed>, stop: &std::sync::atomic::AtomicBool) ->
         let position = (seed % 5000).to_le_bytes();
         let packet: Vec<u8> = match sent % 4 {
             // A ticket without a valid seal, then an inline message of the right type.
-            0 => [&[0xA3][..], &position, &seed.to_le_bytes(), &[0xA1], &payload].concat(),
+            0 => [
+                &[0xA3][..],
+                &position,
+                &seed.to_le_bytes(),
+                &[0xA1],
+                &payload,
+            ]
+            .concat(),
             // The ticket format of old: position then the message.
             1 => [&[0xA3][..], &position, &[0xA1], &payload].concat(),
             // No ticket at all.
@@ -780,6 +797,9 @@ async fn forged_packets_on_the_socket_cost_no_real_message() {
     assert!(forged > 0);
     // Forged packets still in the socket when it closed are never read; the others were
     // reported, each once.
-    assert!(reported <= forged, "{reported} reports for {forged} forgeries");
+    assert!(
+        reported <= forged,
+        "{reported} reports for {forged} forgeries"
+    );
     assert!(reported > 0, "no forged packet was read ({forged} sent)");
 }

@@ -45,9 +45,12 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// # How messages travel
 /// A message whose encoding fits in 112 bytes and carries no handle (most of them) is copied
 /// into a slot of a ring in shared memory and out again: no system call unless a consumer is
-/// asleep. Larger messages, and messages with handles, go through a Unix socket (above 64 KiB,
-/// in a memfd the socket carries), while a token keeps their place in the ring; so the order
-/// guarantees hold across sizes. A consumer that finds the queue empty spins for a few
+/// asleep. Messages with handles go through a Unix socket (above 64 KiB, in a memfd the socket
+/// carries); larger plain messages too while its buffer has room, else (and always above
+/// 64 KiB) through a log in shared memory. A token keeps their place in the ring, so the order
+/// guarantees hold across sizes. A packet written into the queue's socket by anything else
+/// than the queue is reported to the getter that meets it ([`GetError::Corrupt`]) and skipped;
+/// it never costs a real message. A consumer that finds the queue empty spins for a few
 /// microseconds before it sleeps, less and less when that does not pay (see ARCHITECTURE.md).
 ///
 /// # Capacity
@@ -82,7 +85,9 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// that waits behind it (within a few tens of milliseconds): a message half written was never
 /// put; a message half read is lost with the consumer that took it, as in every queue. A
 /// producer killed in the few instructions between counting a joinable queue's task and
-/// claiming its slot leaves the unfinished count one too high.
+/// claiming its slot leaves the unfinished count one too high. A process killed in the middle
+/// of putting or taking a message that went through the log leaks that message's memory until
+/// the queue is dropped.
 ///
 /// # Examples
 /// ```

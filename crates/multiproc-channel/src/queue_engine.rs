@@ -1090,9 +1090,21 @@ mod tests {
         let forgeries: Vec<Vec<u8>> = vec![
             b"zzz".to_vec(),
             // A ticket for the very position the real message will take, without the key.
-            [&[0xA3][..], &next(&engine).to_le_bytes(), &[0; 8], &[0xA1, 1, 2]].concat(),
+            [
+                &[0xA3][..],
+                &next(&engine).to_le_bytes(),
+                &[0; 8],
+                &[0xA1, 1, 2],
+            ]
+            .concat(),
             // A ticket for a later position.
-            [&[0xA3][..], &(next(&engine) + 5).to_le_bytes(), &[7; 8], &[0xA1]].concat(),
+            [
+                &[0xA3][..],
+                &(next(&engine) + 5).to_le_bytes(),
+                &[7; 8],
+                &[0xA1],
+            ]
+            .concat(),
             // The ticket format before seals, which matched by position alone.
             [&[0xA3][..], &next(&engine).to_le_bytes(), &[0xA1, 3, 4, 5]].concat(),
         ];
@@ -1128,7 +1140,10 @@ mod tests {
         for i in 0..n {
             engine.try_put(&packet(i as u8, 1000)).unwrap();
         }
-        assert!(resident(engine.log.shared_fd()) > 0, "the socket overflowed");
+        assert!(
+            resident(engine.log.shared_fd()) > 0,
+            "the socket overflowed"
+        );
         for i in 0..n {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
         }

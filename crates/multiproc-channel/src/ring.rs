@@ -440,7 +440,9 @@ impl Ring {
         let (slot, lap) = self.locate(pos);
         self.state(slot)
             .store(State::pack(lap + 1, EMPTY, 0), Ordering::SeqCst);
-        if self.sparse && pos % SLOTS_PER_PAGE == SLOTS_PER_PAGE - 1 && pos + 1 >= 2 * SLOTS_PER_PAGE
+        if self.sparse
+            && pos % SLOTS_PER_PAGE == SLOTS_PER_PAGE - 1
+            && pos + 1 >= 2 * SLOTS_PER_PAGE
         {
             self.punch_page(pos + 1 - 2 * SLOTS_PER_PAGE);
         }
@@ -721,7 +723,10 @@ mod tests {
             assert_eq!(take(&r).unwrap(), [i]);
         }
         // Freeing position 63 would punch page 0, but position 5 is still being read.
-        assert_eq!(State::unpack(r.state(slot).load(Ordering::SeqCst)).phase, READING);
+        assert_eq!(
+            State::unpack(r.state(slot).load(Ordering::SeqCst)).phase,
+            READING
+        );
         r.free(5);
         assert!(r.punch_page(0));
     }

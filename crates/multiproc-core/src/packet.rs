@@ -655,9 +655,7 @@ impl PacketSocket {
         match self.recv_raw()? {
             RawPacket::Empty => Ok(TryRecv::Empty),
             RawPacket::Closed => Ok(TryRecv::Closed),
-            RawPacket::Packet {
-                fds_lost: true, ..
-            } => Err(PacketRecvError::LostDescriptors),
+            RawPacket::Packet { fds_lost: true, .. } => Err(PacketRecvError::LostDescriptors),
             RawPacket::Packet { bytes, fds, .. } => {
                 parse(bytes, fds, max_size).map(TryRecv::Message)
             }
