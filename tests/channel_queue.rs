@@ -692,8 +692,9 @@ async fn produce_sealed((queue, producer, n): (Queue<Sealed>, u32, u32)) {
             })
             .await
             .unwrap();
-        if seq % 16 == 0 {
-            tokio::task::yield_now().await;
+        // Paced, so that forged packets land between real ones for a couple of seconds.
+        if seq % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
         }
     }
 }
@@ -736,7 +737,7 @@ fn forge_packets(queue: &Queue<Sealed>, stop: &std::sync::atomic::AtomicBool) ->
         seed ^= seed << 17;
         // Positions near the real ones (about 3 x 1500 messages), so that some match.
         let position = (seed % 5000).to_le_bytes();
-        let packet: Vec<u8> = match sent % 4 {
+        let packet: Vec<u8> = match sent % 5 {
             // A ticket without a valid seal, then an inline message of the right type.
             0 => [
                 &[0xA3][..],
@@ -751,7 +752,9 @@ fn forge_packets(queue: &Queue<Sealed>, stop: &std::sync::atomic::AtomicBool) ->
             // No ticket at all.
             2 => [&[0xA1][..], &payload].concat(),
             // Garbage.
-            _ => seed.to_le_bytes().to_vec(),
+            3 => seed.to_le_bytes().to_vec(),
+            // Nothing: an empty packet must not read as the end of the queue.
+            _ => Vec::new(),
         };
         if socket.send(&packet).is_ok() {
             sent += 1;
@@ -793,6 +796,7 @@ async fn forged_packets_on_the_socket_cost_no_real_message() {
         }
         reported += told;
     }
+    eprintln!("{forged} forged packets, {reported} reported");
     assert_eq!(all.len(), 3 * PER_PRODUCER as usize, "real messages lost");
     assert!(forged > 0);
     // Forged packets still in the socket when it closed are never read; the others were

@@ -62,9 +62,8 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// limit is 2^26, some 67 million, messages at once.) `try_put` on it does not report
 /// [`Full`](TryPutError::Full), except for messages that carry handles, below.
 ///
-/// Memory per message held: a message of up to 112 encoded bytes takes a 128-byte slot; a
-/// larger one a slot and its size rounded up to 4 KiB while it waits beyond what the socket
-/// buffer holds (which is where it goes first, when it has room), and always above 64 KiB.
+/// Memory per message held: a 128-byte slot, plus, for a message of more than 112 encoded
+/// bytes, those bytes (in the socket's buffer while it has room, else in shared memory).
 ///
 /// A message that carries handles (descriptors) must travel through the queue's socket,
 /// whatever the capacity: when its buffer (raised as far as the system allows,

@@ -34,8 +34,8 @@ use std::time::{Duration, Instant};
 use multiproc_core::SharedFd;
 use multiproc_core::eventfd::EventFd;
 use multiproc_core::packet::{
-    self, Packet, PacketLog, PacketRecvError, PacketSocket, Received, TicketKey, TicketedRecv,
-    TryRecv,
+    self, Packet, PacketLog, PacketRecvError, PacketSocket, Peeked, Received, TicketKey,
+    TicketedRecv, TryRecv,
 };
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::wait::WaitQueue;
@@ -57,7 +57,6 @@ const OFF_GET_WAITERS: usize = 64; // u32
 const OFF_PUT_WAITERS: usize = 68; // u32
 const OFF_JOIN_WAITERS: usize = 72; // u32
 const OFF_UNFINISHED: usize = 128; // u64
-const OFF_LOG_TAIL: usize = 192; // u64: the next free offset in the log
 /// The ring's hints take 128 bytes, then its slots start on a page boundary (for a sparse ring).
 const RING_BASE: usize = ring::PAGE - 128;
 
@@ -188,7 +187,7 @@ impl Engine {
         Self::from_wire(Wire {
             tx,
             rx,
-            log: PacketLog::new()?.shared_fd().clone(),
+            log: PacketLog::new()?,
             state,
             oob: Lock::new().map_err(io::Error::other)?,
             not_empty: EventFd::new()?,
@@ -218,7 +217,7 @@ impl Engine {
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
-            log: PacketLog::from_shared(w.log)?,
+            log: w.log,
             key,
             ring,
             oob: w.oob,
@@ -380,15 +379,7 @@ impl Engine {
 
     /// Writes `bytes` to the log and publishes a log token at the claimed `pos`.
     fn publish_logged(&self, pos: u64, bytes: &[u8]) -> Result<(), PutFail> {
-        let offset = self
-            .state
-            .atomic_u64(OFF_LOG_TAIL)
-            .fetch_add(PacketLog::span(bytes.len()), SeqCst);
-        if let Err(e) = self.log.write_at(offset, bytes) {
-            // Out of memory, probably: give back whatever part was written.
-            let _ = self.log.release(offset, bytes.len());
-            return Err(PutFail::Io(e));
-        }
+        let offset = self.log.append(bytes).map_err(PutFail::Io)?;
         let mut token = [0u8; LOG_TOKEN_LEN];
         token[..8].copy_from_slice(&offset.to_le_bytes());
         token[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -606,20 +597,25 @@ impl Engine {
                 limit: self.max_size,
             });
         }
-        let read = self.log.read_at(offset, len);
-        // Freeing pages is best effort: a failure costs memory, not the message.
-        let _ = self.log.release(offset, len);
+        let read = self.log.read(offset, len);
+        self.log.release(offset, len);
         read.map_err(|e| corrupt(format!("cannot read a queue message from the log: {e}")))
     }
 
     /// Takes the out-of-band message of the token at `pos`, holding the out-of-band lock.
-    /// `None` when another consumer took the token first.
+    /// `None` when there is none to take any more (another consumer took the token first, or
+    /// the message is gone): look again.
     ///
-    /// Only lock holders claim tokens, so the token stays unclaimed until this getter finds its
-    /// packet. A packet that is not the queue's (its seal does not verify) is returned as an
-    /// error and the token left in place: the next get looks again, so a stray packet costs
-    /// only itself. Packets with older tickets were orphaned by processes that died between
-    /// sending and publishing, or between claiming and receiving, and are skipped.
+    /// Only lock holders claim tokens, so the token stays unclaimed until this getter has its
+    /// packet. It looks at each packet's ticket before taking it off the socket:
+    /// - an older ticket was orphaned by a producer that died between sending and publishing:
+    ///   taken off and skipped;
+    /// - a packet that is not the queue's (its seal does not verify, or it is empty) is taken
+    ///   off and returned as an error, the token left in place: the next get looks again, so a
+    ///   stray packet costs only itself;
+    /// - a later ticket, or no packet at all, means this token's packet is gone: a getter took
+    ///   it and died before claiming the token (all of this happens under the lock). The later
+    ///   packet stays for its own token; this token is freed like the slot of a dead reader.
     fn take_token(
         &self,
         pos: u64,
@@ -628,19 +624,28 @@ impl Engine {
         if !self.ring.has_token(pos) {
             return None;
         }
-        let missing = || PacketRecvError::Corrupt {
-            reason: format!("queue message {pos} is missing from the socket"),
-        };
         let result = loop {
+            match self.rx.peek_ticket(&self.key) {
+                Ok(Peeked::Ticket(at)) if at > pos => break None,
+                Ok(Peeked::Empty) => break None,
+                // Zero bytes on a shut-down socket: the end, unless packets are still queued
+                // (then it is an empty packet, taken off below as a foreign one).
+                Ok(Peeked::Closed) if self.tx.unread_sent().is_ok_and(|n| n == 0) => break None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(PacketRecvError::Io(e))),
+            }
             match self.rx.try_recv_ticketed(&self.key) {
                 Ok(TicketedRecv::Ticketed(p)) if p.position() < pos => {}
                 Ok(TicketedRecv::Ticketed(p)) if p.position() == pos => {
-                    break p.open(self.max_size);
+                    break Some(p.open(self.max_size));
                 }
-                // A later message's packet comes first: this one's was taken off the socket
-                // by something else than a getter of this queue. Both are lost.
-                Ok(TicketedRecv::Ticketed(_) | TicketedRecv::Empty | TicketedRecv::Closed) => {
-                    break Err(missing());
+                // Not what the look showed: something else than a getter reads this socket.
+                Ok(TicketedRecv::Ticketed(_) | TicketedRecv::Empty) => break None,
+                // Zero bytes where the look saw queued packets: an empty packet, now taken off.
+                Ok(TicketedRecv::Closed) => {
+                    return Some(Err(foreign(PacketRecvError::Corrupt {
+                        reason: "empty packet".into(),
+                    })));
                 }
                 Ok(TicketedRecv::Foreign(e)) => return Some(Err(foreign(e))),
                 Err(e) => return Some(Err(PacketRecvError::Io(e))),
@@ -652,10 +657,10 @@ impl Engine {
         }
         self.ring.free(pos);
         self.freed();
-        if result.is_err() {
+        if !matches!(result, Some(Ok(_))) {
             self.discarded();
         }
-        Some(result)
+        result
     }
 
     /// What a getter that found nothing reports: `Closed` once the queue is closed and still
@@ -953,7 +958,7 @@ impl Spin {
 struct Wire {
     tx: SharedFd,
     rx: SharedFd,
-    log: SharedFd,
+    log: PacketLog,
     state: SharedRegion,
     oob: Lock,
     not_empty: EventFd,
@@ -966,7 +971,7 @@ impl Serialize for Engine {
         Wire {
             tx: self.tx.shared_fd().clone(),
             rx: self.rx.shared_fd().clone(),
-            log: self.log.shared_fd().clone(),
+            log: self.log.clone(),
             state: self.state.clone(),
             oob: self.oob.clone(),
             not_empty: self.not_empty.eventfd().clone(),
@@ -1089,6 +1094,8 @@ mod tests {
         let next = |e: &Engine| e.state.atomic_u64(RING_BASE).load(SeqCst);
         let forgeries: Vec<Vec<u8>> = vec![
             b"zzz".to_vec(),
+            // An empty packet, which must not read as the end of the queue.
+            Vec::new(),
             // A ticket for the very position the real message will take, without the key.
             [
                 &[0xA3][..],
@@ -1124,6 +1131,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_empty_packet_in_a_closed_queue_is_not_its_end() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        forge(&engine, &[]);
+        engine.put(&packet(4, 1000)).await.unwrap();
+        engine.close();
+        let e = engine.get().await.unwrap_err();
+        assert!(matches!(e, PacketRecvError::Corrupt { .. }), "{e}");
+        assert_eq!(get_bytes(&engine).await, vec![4; 1000]);
+        assert!(engine.get().await.unwrap().is_none(), "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_getter_that_died_after_receiving_costs_only_its_own_message() {
+        let engine = Engine::new(None, 1 << 20, true).unwrap();
+        for i in 0..3u8 {
+            engine.put(&packet(i, 1000)).await.unwrap();
+        }
+        // A getter took the first packet off the socket and died before claiming its token.
+        let TicketedRecv::Ticketed(taken) = engine.rx.try_recv_ticketed(&engine.key).unwrap()
+        else {
+            panic!("no packet")
+        };
+        assert_eq!(taken.position(), 0);
+        drop(taken);
+        assert_eq!(get_bytes(&engine).await, vec![1; 1000]);
+        assert_eq!(get_bytes(&engine).await, vec![2; 1000]);
+        assert_eq!(engine.unfinished(), 2, "the lost message's task is done");
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
     async fn large_and_overflowing_messages_go_to_the_log_and_give_memory_back() {
         let engine = Engine::new(None, 4 << 20, false).unwrap();
         // Above 64 KiB: the log, always.
@@ -1148,6 +1186,8 @@ mod tests {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
         }
         assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        // Packed, and freed as read: at most the page the log ends in is left.
+        assert!(resident(engine.log.shared_fd()) <= 4096);
     }
 
     #[tokio::test]
