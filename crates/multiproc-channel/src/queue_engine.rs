@@ -7,20 +7,20 @@
 //!   ([`multiproc_core::packet`]) shared by every handle. Such a message is sent on the socket
 //!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
-//!   publish, and consumers claim a token and receive, under one cross-process [`Lock`]; so the
-//!   socket holds the packets in token order, and a consumer discards any packet with an older
-//!   ticket than its token (left by a process that died in between). A packet whose seal does
-//!   not verify is not the queue's: the getter reports it as corrupt and leaves its token for
-//!   the next get, so a stray packet costs only itself. The lock is only taken for these
-//!   messages, and never across an `await`.
+//!   publish, and consumers find a token, receive its packet and claim the token, under one
+//!   cross-process [`Lock`]; so the socket holds the packets in token order. A consumer looks
+//!   at each ticket before taking the packet (see `take_token`): it skips older tickets (left
+//!   by a producer that died in between), reports packets whose seal does not verify (not the
+//!   queue's) and leaves its token for the next get, so a stray packet costs only itself. The
+//!   lock is only taken for these messages, and never across an `await`.
 //! - The log ([`PacketLog`]): a message without descriptors that the socket cannot take (above
-//!   64 KiB, or while the socket buffer is full) is written to a sparse memfd at an offset
-//!   reserved from a shared counter, and a log token (offset and length) takes its place on
-//!   the ring. The getter reads it and frees its pages. So how much a queue holds is bounded
-//!   by its ring and by memory, never by a socket buffer.
-//! - Shared state: a header with the capacity, size limit, closed flag, ticket key, log offset,
-//!   waiter counts and the unfinished-task count of a joinable queue, then the ring, in one
-//!   memfd region. An unbounded queue's ring is sparse (see [`crate::ring`]).
+//!   64 KiB, or while the socket buffer is full) is appended to a shared sparse memfd, and a
+//!   log token (offset and length) takes its place on the ring. The getter reads it and
+//!   releases it, which frees every page all of whose bytes were read. So how much a queue
+//!   holds is bounded by its ring and by memory, never by a socket buffer.
+//! - Shared state: a header with the capacity, size limit, closed flag, ticket key, waiter
+//!   counts and the unfinished-task count of a joinable queue, then the ring, in one memfd
+//!   region. An unbounded queue's ring is sparse (see [`crate::ring`]).
 //! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
 //!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
 //!   full queue) and `all_done` (joiners). `close` wakes the first two.
