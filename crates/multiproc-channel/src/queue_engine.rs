@@ -1204,7 +1204,7 @@ mod tests {
             assert_eq!(got, i);
         }
         let drained = resident(engine.state.shared_fd());
-        assert!(drained < 64 << 10, "{drained} bytes still held");
+        assert!(drained <= 256 << 10, "{drained} bytes still held");
     }
 
     async fn get_any(engine: &Engine) -> Received {
