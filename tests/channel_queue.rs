@@ -670,3 +670,244 @@ async fn a_producer_killed_while_streaming_leaves_a_working_queue() {
     assert_eq!(within("get", queue.get()).await.unwrap().seq, 2);
     assert_eq!(within("get", queue.get()).await.unwrap().seq, 3);
 }
+
+// ---- Unbounded means unbounded; capacities are checked (issue 11, items 9 and 14) ----
+
+const MILLION: u32 = 1_000_000;
+
+fn put_a_million(queue: Queue<u32>) {
+    for i in 0..MILLION {
+        // Never full: an unbounded queue takes puts until memory runs out.
+        queue.try_put(i).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn an_unbounded_queue_takes_a_million_items_from_a_producer_that_exits() {
+    let queue: Queue<u32> = Queue::new().unwrap();
+    // Python's "fill the queue, then start the consumers": the producer exits first.
+    within("producer", spawn(queue.clone(), put_a_million))
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), MILLION as usize);
+    for i in 0..MILLION {
+        assert_eq!(queue.try_get().unwrap(), i);
+    }
+    assert!(matches!(queue.try_get(), Err(TryGetError::Empty)));
+}
+
+const MIB: usize = 1 << 20;
+const MIB_ITEMS: u32 = 1000;
+
+fn mib_item(i: u32) -> Vec<u8> {
+    let mut item = vec![i as u8; MIB];
+    item[..4].copy_from_slice(&i.to_le_bytes());
+    item
+}
+
+fn put_a_gib(queue: Queue<ByteBuf>) {
+    for i in 0..MIB_ITEMS {
+        queue.try_put(ByteBuf::from(mib_item(i))).unwrap();
+    }
+}
+
+async fn read_a_gib(queue: Queue<ByteBuf>) -> u32 {
+    for i in 0..MIB_ITEMS {
+        let item = queue.get().await.unwrap();
+        assert!(item.as_slice() == mib_item(i).as_slice(), "item {i}");
+    }
+    assert!(matches!(queue.try_get(), Err(TryGetError::Empty)));
+    MIB_ITEMS
+}
+
+#[tokio::test]
+async fn an_unbounded_queue_holds_a_gib_of_1_mib_items_after_its_producer_exits() {
+    let queue: Queue<ByteBuf> = Queue::new().unwrap();
+    within("producer", spawn(queue.clone(), put_a_gib))
+        .await
+        .unwrap();
+    assert_eq!(queue.len(), MIB_ITEMS as usize);
+    // Read back by another process than the one that made the queue.
+    let read = within("reader", spawn(queue.clone(), read_a_gib))
+        .await
+        .unwrap();
+    assert_eq!(read, MIB_ITEMS);
+}
+
+#[tokio::test]
+async fn try_put_on_an_unbounded_queue_never_reports_full() {
+    // Sizes for each lane: a ring slot, the socket (then the log once the socket buffer is
+    // full), and the log.
+    let queue: Queue<ByteBuf> = Queue::new().unwrap();
+    let sizes = [8, 2000, 100_000];
+    let n = 30_000u32;
+    let item = |i: u32| ByteBuf::from(vec![i as u8; sizes[i as usize % 3]]);
+    for i in 0..n {
+        if let Err(e) = queue.try_put(item(i)) {
+            panic!("item {i}: {e}");
+        }
+    }
+    for i in 0..n {
+        assert!(
+            within("get", queue.get()).await.unwrap() == item(i),
+            "item {i}"
+        );
+    }
+}
+
+#[test]
+fn a_capacity_of_zero_or_above_the_limit_is_an_error() {
+    use multiproc::JoinableQueue;
+    for bad in [0, 65_537, usize::MAX] {
+        let errors = [
+            Queue::<u32>::bounded(bad).unwrap_err(),
+            Queue::<u32>::builder().capacity(bad).build().unwrap_err(),
+            JoinableQueue::<u32>::bounded(bad).unwrap_err(),
+        ];
+        for e in errors {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput, "{bad}: {e}");
+            assert!(e.to_string().contains("capacity"), "{e}");
+        }
+    }
+    assert_eq!(
+        Queue::<u32>::bounded(65_536).unwrap().capacity(),
+        Some(65_536)
+    );
+}
+
+// ---- Packets that are not the queue's (issue 11, item 12) ----
+
+/// A message that travels through the queue's socket (too large for a ring slot).
+#[derive(Serialize, Deserialize, Debug)]
+struct Sealed {
+    producer: u32,
+    seq: u32,
+    body: ByteBuf,
+}
+
+async fn produce_sealed((queue, producer, n): (Queue<Sealed>, u32, u32)) {
+    for seq in 0..n {
+        let body = ByteBuf::from(vec![seq as u8; 300]);
+        queue
+            .put(Sealed {
+                producer,
+                seq,
+                body,
+            })
+            .await
+            .unwrap();
+        // Paced, so that forged packets land between real ones for a couple of seconds.
+        if seq % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+/// The real messages a consumer got, and how many corrupt packets it was told about.
+async fn consume_sealed(queue: Queue<Sealed>) -> (Vec<Item>, u32) {
+    let (mut got, mut reported) = (Vec::new(), 0);
+    loop {
+        match queue.get().await {
+            Ok(m) => {
+                assert!(m.body.len() == 300 && m.body.iter().all(|&b| b == m.seq as u8));
+                got.push((m.producer, m.seq));
+            }
+            Err(GetError::Corrupt { .. }) => reported += 1,
+            Err(GetError::Closed) => return (got, reported),
+            Err(e) => panic!("consumer: {e}"),
+        }
+    }
+}
+
+/// Writes packets into the queue's socket that look like its own (right tag, plausible
+/// positions, a valid message inside) but were not put, until `stop`; returns how many.
+fn forge_packets(queue: &Queue<Sealed>, stop: &std::sync::atomic::AtomicBool) -> u32 {
+    use std::sync::atomic::Ordering;
+    // The queue's descriptors, as any holder of a handle has them: the first is the send end
+    // of its socket.
+    let (_, mut fds) = multiproc::core::message::encode(queue).unwrap();
+    let socket = std::os::unix::net::UnixDatagram::from(fds.remove(0));
+    socket.set_nonblocking(true).unwrap();
+    let fake = Sealed {
+        producer: 0,
+        seq: 7,
+        body: ByteBuf::from(vec![7; 300]),
+    };
+    let (payload, _) = multiproc::core::message::encode(&fake).unwrap();
+    let (mut sent, mut seed) = (0u32, 0x9e37_79b9_7f4a_7c15u64);
+    while !stop.load(Ordering::SeqCst) {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        // Positions near the real ones (about 3 x 1500 messages), so that some match.
+        let position = (seed % 5000).to_le_bytes();
+        let packet: Vec<u8> = match sent % 5 {
+            // A ticket without a valid seal, then an inline message of the right type.
+            0 => [
+                &[0xA3][..],
+                &position,
+                &seed.to_le_bytes(),
+                &[0xA1],
+                &payload,
+            ]
+            .concat(),
+            // The ticket format of old: position then the message.
+            1 => [&[0xA3][..], &position, &[0xA1], &payload].concat(),
+            // No ticket at all.
+            2 => [&[0xA1][..], &payload].concat(),
+            // Garbage.
+            3 => seed.to_le_bytes().to_vec(),
+            // Nothing: an empty packet must not read as the end of the queue.
+            _ => Vec::new(),
+        };
+        if socket.send(&packet).is_ok() {
+            sent += 1;
+        }
+        std::thread::sleep(Duration::from_micros(300));
+    }
+    sent
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_packets_on_the_socket_cost_no_real_message() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    const PER_PRODUCER: u32 = 1500;
+    let queue: Queue<Sealed> = Queue::new().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let forger = std::thread::spawn({
+        let (queue, stop) = (queue.clone(), stop.clone());
+        move || forge_packets(&queue, &stop)
+    });
+    let consumers: Vec<_> = (0..2)
+        .map(|_| spawn(queue.clone(), consume_sealed))
+        .collect();
+    let producers: Vec<_> = (0..3)
+        .map(|p| spawn((queue.clone(), p, PER_PRODUCER), produce_sealed))
+        .collect();
+    for p in producers {
+        within("producer", p).await.unwrap();
+    }
+    stop.store(true, Ordering::SeqCst);
+    let forged = forger.join().unwrap();
+    queue.shutdown();
+    let (mut all, mut reported) = (HashSet::new(), 0);
+    for c in consumers {
+        let (got, told) = within("consumer", c).await.unwrap();
+        assert_ordered_per_producer(&got);
+        for m in got {
+            assert!(all.insert(m), "{m:?} delivered twice");
+        }
+        reported += told;
+    }
+    eprintln!("{forged} forged packets, {reported} reported");
+    assert_eq!(all.len(), 3 * PER_PRODUCER as usize, "real messages lost");
+    assert!(forged > 0);
+    // Forged packets still in the socket when it closed are never read; the others were
+    // reported, each once.
+    assert!(
+        reported <= forged,
+        "{reported} reports for {forged} forgeries"
+    );
+    assert!(reported > 0, "no forged packet was read ({forged} sent)");
+}

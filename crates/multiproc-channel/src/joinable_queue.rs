@@ -71,10 +71,7 @@ impl<T> JoinableQueue<T> {
     /// Creates a joinable queue that holds at most `capacity` messages.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
-    ///
-    /// # Panics
-    /// When `capacity` is zero.
+    /// As [`Queue::bounded`]: `capacity` zero or above 65,536, or out of descriptors or memory.
     pub fn bounded(capacity: usize) -> io::Result<Self> {
         Queue::builder().capacity(capacity).build_joinable()
     }

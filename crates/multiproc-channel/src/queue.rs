@@ -46,19 +46,30 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// # How messages travel
 /// A message whose encoding fits in 112 bytes and carries no handle (most of them) is copied
 /// into a slot of a ring in shared memory and out again: no system call unless a consumer is
-/// asleep. Larger messages, and messages with handles, go through a Unix socket (above 64 KiB,
-/// in a memfd the socket carries), while a token keeps their place in the ring; so the order
-/// guarantees hold across sizes. A consumer that finds the queue empty spins for a few
+/// asleep. Messages with handles go through a Unix socket (above 64 KiB, in a memfd the socket
+/// carries); larger plain messages too while its buffer has room, else (and always above
+/// 64 KiB) through a log in shared memory. A token keeps their place in the ring, so the order
+/// guarantees hold across sizes. A packet written into the queue's socket by anything else
+/// than the queue is reported to the getter that meets it ([`GetError::Corrupt`]) and skipped;
+/// it never costs a real message. A consumer that finds the queue empty spins for a few
 /// microseconds before it sleeps, less and less when that does not pay (see ARCHITECTURE.md).
 ///
 /// # Capacity
-/// A [bounded](Self::bounded) queue holds at most `capacity` messages (capacities above 65,536
-/// hold 65,536): `put` waits while it is full. An [unbounded](Self::new) queue has no limit you
-/// set, but it holds at most 16,384 messages at once; beyond that `put` waits for consumers like
-/// a bounded queue and `try_put` reports [`Full`](TryPutError::Full). Large messages also need
-/// room in the socket's buffer, which the queue raises as far as the system allows
-/// (`net.core.wmem_max`); messages above 64 KiB live in memfds and take little of it each, but
-/// each holds a descriptor in flight, which counts against the producing user's
+/// A [bounded](Self::bounded) queue holds at most `capacity` messages (1 to 65,536; anything
+/// else is an error from the constructor): `put` waits while it is full. An
+/// [unbounded](Self::new) queue takes puts until memory runs out, with no consumer running:
+/// its messages live in shared memory that the queue owns (so the producer may exit), which
+/// takes memory for the messages it holds and gives it back as they are taken. (Its one hard
+/// limit is 2^26, some 67 million, messages at once.) `try_put` on it does not report
+/// [`Full`](TryPutError::Full), except for messages that carry handles, below.
+///
+/// Memory per message held: a 128-byte slot, plus, for a message of more than 112 encoded
+/// bytes, those bytes (in the socket's buffer while it has room, else in shared memory).
+///
+/// A message that carries handles (descriptors) must travel through the queue's socket,
+/// whatever the capacity: when its buffer (raised as far as the system allows,
+/// `net.core.wmem_max`) is full, `put` waits for consumers, `try_put` reports `Full`, and
+/// nothing is lost. Descriptors in flight also count against the producing user's
 /// `RLIMIT_NOFILE` (unless privileged).
 ///
 /// # Shutdown
@@ -72,7 +83,7 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// other handle. Dropping handles never ends the queue; it lives as long as any process holds
 /// a handle.
 ///
-/// ```compile_fail
+/// ```compile_fail,E0599
 /// let queue: multiproc_channel::Queue<u32> = multiproc_channel::Queue::new().unwrap();
 /// queue.close(); // no such method: drop the handle, or `shutdown()` to end the queue for all
 /// ```
@@ -84,7 +95,9 @@ const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 /// that waits behind it (within a few tens of milliseconds): a message half written was never
 /// put; a message half read is lost with the consumer that took it, as in every queue. A
 /// producer killed in the few instructions between counting a joinable queue's task and
-/// claiming its slot leaves the unfinished count one too high.
+/// claiming its slot leaves the unfinished count one too high. A process killed in the middle
+/// of putting or taking a message that went through the log leaks that message's memory until
+/// the queue is dropped.
 ///
 /// # Examples
 /// ```
@@ -135,12 +148,9 @@ impl<T> fmt::Debug for QueueBuilder<T> {
 }
 
 impl<T> QueueBuilder<T> {
-    /// Bounds the queue to `capacity` messages (default: unbounded).
-    ///
-    /// # Panics
-    /// When `capacity` is zero.
+    /// Bounds the queue to `capacity` messages, 1 to 65,536 (default: unbounded); anything
+    /// else makes [`build`](Self::build) fail.
     pub fn capacity(mut self, capacity: usize) -> Self {
-        assert!(capacity > 0, "a queue's capacity must be at least 1");
         self.capacity = Some(capacity);
         self
     }
@@ -154,7 +164,8 @@ impl<T> QueueBuilder<T> {
     /// Creates the queue.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
+    /// [`io::ErrorKind::InvalidInput`] when the capacity is zero or above 65,536; otherwise when
+    /// the process is out of descriptors or memory.
     pub fn build(self) -> io::Result<Queue<T>> {
         Ok(Queue::from_engine(Engine::new(
             self.capacity,
@@ -166,7 +177,7 @@ impl<T> QueueBuilder<T> {
     /// Creates a [`JoinableQueue`] with this configuration.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
+    /// As [`build`](Self::build).
     pub fn build_joinable(self) -> io::Result<JoinableQueue<T>> {
         let engine = Engine::new(self.capacity, self.max_message_size, true)?;
         Ok(JoinableQueue::from_queue(Queue::from_engine(engine)))
@@ -192,10 +203,9 @@ impl<T> Queue<T> {
     /// Creates a queue that holds at most `capacity` messages.
     ///
     /// # Errors
-    /// When the process is out of descriptors or memory.
-    ///
-    /// # Panics
-    /// When `capacity` is zero.
+    /// [`io::ErrorKind::InvalidInput`] when `capacity` is zero or above 65,536 (for more, use an
+    /// [unbounded](Self::new) queue); otherwise when the process is out of descriptors or
+    /// memory.
     pub fn bounded(capacity: usize) -> io::Result<Self> {
         Self::builder().capacity(capacity).build()
     }

@@ -3,15 +3,24 @@
 //! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::ring`]).
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
-//! - Large messages and messages with descriptors: a `SOCK_SEQPACKET` pair
+//! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
 //!   ([`multiproc_core::packet`]) shared by every handle. Such a message is sent on the socket
-//!   with a *ticket* (its ring position) and a token takes its place on the ring, so it keeps its
-//!   place in the order. Producers send and publish, and consumers claim a token and receive,
-//!   under one cross-process [`Lock`]; so the socket holds the packets in token order, and a
-//!   consumer discards any packet with an older ticket than its token (left by a process that
-//!   died in between). The lock is only taken for these messages, and never across an `await`.
-//! - Shared state: a header with the capacity, size limit, closed flag, waiter counts and the
-//!   unfinished-task count of a joinable queue, then the ring, in one memfd region.
+//!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
+//!   takes its place on the ring, so it keeps its place in the order. Producers send and
+//!   publish, and consumers find a token, receive its packet and claim the token, under one
+//!   cross-process [`Lock`]; so the socket holds the packets in token order. A consumer looks
+//!   at each ticket before taking the packet (see `take_token`): it skips older tickets (left
+//!   by a producer that died in between), reports packets whose seal does not verify (not the
+//!   queue's) and leaves its token for the next get, so a stray packet costs only itself. The
+//!   lock is only taken for these messages, and never across an `await`.
+//! - The log ([`PacketLog`]): a message without descriptors that the socket cannot take (above
+//!   64 KiB, or while the socket buffer is full) is appended to a shared sparse memfd, and a
+//!   log token (offset and length) takes its place on the ring. The getter reads it and
+//!   releases it, which frees every page all of whose bytes were read. So how much a queue
+//!   holds is bounded by its ring and by memory, never by a socket buffer.
+//! - Shared state: a header with the capacity, size limit, closed flag, ticket key, waiter
+//!   counts and the unfinished-task count of a joinable queue, then the ring, in one memfd
+//!   region. An unbounded queue's ring is sparse (see [`crate::ring`]).
 //! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
 //!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
 //!   full queue) and `all_done` (joiners). `close` wakes the first two.
@@ -25,14 +34,15 @@ use std::time::{Duration, Instant};
 use multiproc_core::SharedFd;
 use multiproc_core::eventfd::EventFd;
 use multiproc_core::packet::{
-    self, Packet, PacketRecvError, PacketSocket, Received, TicketedRecv, TryRecv,
+    self, Packet, PacketLog, PacketRecvError, PacketSocket, Peeked, Received, TicketKey,
+    TicketedRecv, TryRecv,
 };
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::wait::WaitQueue;
 use multiproc_sync::{Lock, LockGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::ring::{Kind, Ring, SLOT_PAYLOAD, Take};
+use crate::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
 
 // Layout of the shared region: the header, then the ring.
 const OFF_MAGIC: usize = 0; // u32
@@ -41,20 +51,26 @@ const OFF_CAPACITY: usize = 8; // u64, 0 = unbounded
 const OFF_MAX_SIZE: usize = 16; // u64
 const OFF_SLOTS: usize = 24; // u64
 const OFF_CLOSED: usize = 32; // u32
+const OFF_KEY: usize = 40; // [u64; 2]
 // Read on every put and get, written only by sleepers: a cache line of their own.
 const OFF_GET_WAITERS: usize = 64; // u32
 const OFF_PUT_WAITERS: usize = 68; // u32
 const OFF_JOIN_WAITERS: usize = 72; // u32
 const OFF_UNFINISHED: usize = 128; // u64
-const RING_BASE: usize = 192;
+/// The ring's hints take 128 bytes, then its slots start on a page boundary (for a sparse ring).
+const RING_BASE: usize = ring::PAGE - 128;
 
-const MAGIC: u32 = 0x5155_4532; // "QUE2"
+const MAGIC: u32 = 0x5155_4533; // "QUE3"
 const FLAG_JOINABLE: u32 = 1;
 
-/// Slots of an unbounded queue's ring: how many messages it holds before `put` waits.
-pub(crate) const UNBOUNDED_SLOTS: u64 = 16 << 10;
-/// Slots of a bounded queue's ring at most (a larger capacity is capped to this).
-pub(crate) const MAX_BOUNDED_SLOTS: u64 = 1 << 16;
+/// Slots of an unbounded queue's ring: how many messages it holds before `put` waits. The ring
+/// is sparse: it takes memory for what it holds, not for its size.
+pub(crate) const UNBOUNDED_SLOTS: u64 = ring::MAX_SLOTS;
+/// The largest capacity of a bounded queue.
+pub(crate) const MAX_CAPACITY: usize = 1 << 16;
+
+/// A log token's payload: offset and length, little-endian `u64`s.
+const LOG_TOKEN_LEN: usize = 16;
 
 /// How often a waiter checks whether the process it waits behind has died.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
@@ -101,6 +117,8 @@ pub(crate) struct Engine {
     ring: Ring,
     tx: PacketSocket,
     rx: PacketSocket,
+    log: PacketLog,
+    key: TicketKey,
     oob: Lock,
     not_empty: WaitQueue<OFF_GET_WAITERS>,
     slot_freed: WaitQueue<OFF_PUT_WAITERS>,
@@ -122,17 +140,36 @@ impl std::fmt::Debug for Engine {
 }
 
 impl Engine {
+    /// A new queue holding at most `capacity` messages (`None`: unbounded).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidInput`] for a capacity of zero or above [`MAX_CAPACITY`];
+    /// otherwise when the process is out of descriptors or memory.
     pub(crate) fn new(
         capacity: Option<usize>,
         max_size: usize,
         joinable: bool,
     ) -> io::Result<Self> {
-        let capacity = capacity.map_or(0, |c| c as u64);
-        let slots = if capacity == 0 {
-            UNBOUNDED_SLOTS
-        } else {
-            capacity.min(MAX_BOUNDED_SLOTS)
+        let slots = match capacity {
+            None => UNBOUNDED_SLOTS,
+            Some(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "a queue's capacity must be at least 1",
+                ));
+            }
+            Some(c) if c > MAX_CAPACITY => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "queue capacity {c} exceeds the limit of {MAX_CAPACITY} \
+                         (an unbounded queue has none)"
+                    ),
+                ));
+            }
+            Some(c) => c as u64,
         };
+        let capacity = capacity.map_or(0, |c| c as u64);
         let state = SharedRegion::new(RING_BASE + Ring::bytes_needed(slots))?;
         state
             .atomic_u32(OFF_FLAGS)
@@ -142,11 +179,15 @@ impl Engine {
             .atomic_u64(OFF_MAX_SIZE)
             .store(max_size as u64, SeqCst);
         state.atomic_u64(OFF_SLOTS).store(slots, SeqCst);
+        let [k0, k1] = TicketKey::random().words();
+        state.atomic_u64(OFF_KEY).store(k0, SeqCst);
+        state.atomic_u64(OFF_KEY + 8).store(k1, SeqCst);
         state.atomic_u32(OFF_MAGIC).store(MAGIC, SeqCst);
         let (tx, rx) = packet::packet_pair()?;
         Self::from_wire(Wire {
             tx,
             rx,
+            log: PacketLog::new()?,
             state,
             oob: Lock::new().map_err(io::Error::other)?,
             not_empty: EventFd::new()?,
@@ -169,9 +210,15 @@ impl Engine {
         let joinable = w.state.atomic_u32(OFF_FLAGS).load(SeqCst) & FLAG_JOINABLE != 0;
         let slots = w.state.atomic_u64(OFF_SLOTS).load(SeqCst);
         let ring = Ring::new(w.state.clone(), RING_BASE, slots).map_err(invalid)?;
+        let key = TicketKey::from_words([
+            w.state.atomic_u64(OFF_KEY).load(SeqCst),
+            w.state.atomic_u64(OFF_KEY + 8).load(SeqCst),
+        ]);
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
+            log: w.log,
+            key,
             ring,
             oob: w.oob,
             not_empty: WaitQueue::in_region(w.state.clone(), w.not_empty),
@@ -221,7 +268,8 @@ impl Engine {
         &self,
         value: &T,
     ) -> Result<Packet, packet::PacketEncodeError> {
-        Packet::encode(value, self.max_size)
+        // A large plain message goes to the log as it is: no memfd of its own.
+        Packet::encode_unspilled(value, self.max_size)
     }
 
     /// Closes the queue for every handle in every process.
@@ -298,23 +346,60 @@ impl Engine {
         }
     }
 
-    /// Puts a message through the socket, holding the out-of-band lock.
+    /// Puts a message through the socket, holding the out-of-band lock; a plain message finding
+    /// the socket full goes to the log instead.
     fn attempt_oob(&self, packet: &Packet, _locked: &LockGuard<'_>) -> Attempt {
         let pos = match self.claim() {
             Ok(pos) => pos,
             Err(a) => return a,
         };
-        match self.tx.try_send_ticketed(packet, pos) {
+        let sent = match self.tx.try_send_ticketed(packet, pos, &self.key) {
             Ok(()) => {
                 self.ring.publish(pos, Kind::Token, &[]);
+                Ok(())
+            }
+            Err(e) => match (Self::send_error(e), packet.plain_bytes()) {
+                (PutFail::Full, Some(bytes)) => self.publish_logged(pos, bytes),
+                (fail, _) => Err(fail),
+            },
+        };
+        self.settle(pos, sent)
+    }
+
+    /// Puts a plain message through the log (one too large for the socket).
+    fn attempt_logged(&self, bytes: &[u8]) -> Attempt {
+        match self.claim() {
+            Ok(pos) => {
+                let logged = self.publish_logged(pos, bytes);
+                self.settle(pos, logged)
+            }
+            Err(a) => a,
+        }
+    }
+
+    /// Writes `bytes` to the log and publishes a log token at the claimed `pos`.
+    fn publish_logged(&self, pos: u64, bytes: &[u8]) -> Result<(), PutFail> {
+        let offset = self.log.append(bytes).map_err(PutFail::Io)?;
+        let mut token = [0u8; LOG_TOKEN_LEN];
+        token[..8].copy_from_slice(&offset.to_le_bytes());
+        token[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+        self.ring.publish(pos, Kind::Log, &token);
+        Ok(())
+    }
+
+    /// Ends a put that claimed `pos`: wakes getters if it was published, else gives the slot
+    /// (and the task) back.
+    fn settle(&self, pos: u64, outcome: Result<(), PutFail>) -> Attempt {
+        match outcome {
+            Ok(()) => {
                 self.published();
                 Attempt::Done
             }
-            Err(e) => {
+            Err(fail) => {
                 self.ring.abandon(pos);
                 self.unreserve_task();
                 self.freed();
-                match Self::send_error(e) {
+                match fail {
                     PutFail::Full => Attempt::SocketFull,
                     fail => Attempt::Fail(fail),
                 }
@@ -338,23 +423,35 @@ impl Engine {
 
     /// One attempt, waiting only for the out-of-band lock (held briefly by others).
     async fn attempt(&self, packet: &Packet) -> Attempt {
-        match Self::inline_bytes(packet) {
-            Some(bytes) => self.attempt_inline(bytes),
-            None => match self.oob.lock().await {
-                Ok(guard) => self.attempt_oob(packet, &guard),
-                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
-            },
+        if let Some(attempt) = self.attempt_unlocked(packet) {
+            return attempt;
         }
+        match self.oob.lock().await {
+            Ok(guard) => self.attempt_oob(packet, &guard),
+            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+        }
+    }
+
+    /// An attempt that needs no lock: a message for a ring slot or for the log.
+    fn attempt_unlocked(&self, packet: &Packet) -> Option<Attempt> {
+        if let Some(bytes) = Self::inline_bytes(packet) {
+            return Some(self.attempt_inline(bytes));
+        }
+        if !packet.fits_socket() {
+            let bytes = packet.plain_bytes()?;
+            return Some(self.attempt_logged(bytes));
+        }
+        None
     }
 
     /// The blocking twin of [`attempt`](Self::attempt).
     fn blocking_attempt(&self, packet: &Packet) -> Attempt {
-        match Self::inline_bytes(packet) {
-            Some(bytes) => self.attempt_inline(bytes),
-            None => match self.oob.blocking_lock() {
-                Ok(guard) => self.attempt_oob(packet, &guard),
-                Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
-            },
+        if let Some(attempt) = self.attempt_unlocked(packet) {
+            return attempt;
+        }
+        match self.oob.blocking_lock() {
+            Ok(guard) => self.attempt_oob(packet, &guard),
+            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
         }
     }
 
@@ -456,7 +553,17 @@ impl Engine {
     /// One look at the head of the ring.
     fn look(&self) -> Result<Got, PacketRecvError> {
         Ok(match self.ring.take() {
-            Take::Message(bytes) => {
+            Take::Message(Kind::Log, token) => {
+                self.freed();
+                match self.read_logged(&token) {
+                    Ok(bytes) => Got::Message(Received::from_bytes(bytes)),
+                    Err(e) => {
+                        self.discarded();
+                        return Err(e);
+                    }
+                }
+            }
+            Take::Message(_, bytes) => {
                 self.freed();
                 Got::Message(Received::from_bytes(bytes))
             }
@@ -473,45 +580,87 @@ impl Engine {
         })
     }
 
+    /// Reads (and frees) the message of a log token taken off the ring.
+    fn read_logged(&self, token: &[u8]) -> Result<Vec<u8>, PacketRecvError> {
+        let corrupt = |reason: String| PacketRecvError::Corrupt { reason };
+        let (Ok(offset), Ok(len)) = (
+            <[u8; 8]>::try_from(token.get(..8).unwrap_or_default()),
+            <[u8; 8]>::try_from(token.get(8..).unwrap_or_default()),
+        ) else {
+            return Err(corrupt(format!("log token of {} bytes", token.len())));
+        };
+        let (offset, len) = (u64::from_le_bytes(offset), u64::from_le_bytes(len));
+        let len = usize::try_from(len).unwrap_or(usize::MAX);
+        if len > self.max_size {
+            return Err(PacketRecvError::TooLarge {
+                len,
+                limit: self.max_size,
+            });
+        }
+        let read = self.log.read(offset, len);
+        self.log.release(offset, len);
+        read.map_err(|e| corrupt(format!("cannot read a queue message from the log: {e}")))
+    }
+
     /// Takes the out-of-band message of the token at `pos`, holding the out-of-band lock.
-    /// `None` when another consumer took the token first.
+    /// `None` when there is none to take any more (another consumer took the token first, or
+    /// the message is gone): look again.
+    ///
+    /// Only lock holders claim tokens, so the token stays unclaimed until this getter has its
+    /// packet. It looks at each packet's ticket before taking it off the socket:
+    /// - an older ticket was orphaned by a producer that died between sending and publishing:
+    ///   taken off and skipped;
+    /// - a packet that is not the queue's (its seal does not verify, or it is empty) is taken
+    ///   off and returned as an error, the token left in place: the next get looks again, so a
+    ///   stray packet costs only itself;
+    /// - a later ticket, or no packet at all, means this token's packet is gone: a getter took
+    ///   it and died before claiming the token (all of this happens under the lock). The later
+    ///   packet stays for its own token; this token is freed like the slot of a dead reader.
     fn take_token(
         &self,
         pos: u64,
         _locked: &LockGuard<'_>,
     ) -> Option<Result<Received, PacketRecvError>> {
-        if !self.ring.claim_token(pos) {
+        if !self.ring.has_token(pos) {
             return None;
         }
         let result = loop {
-            match self.rx.try_recv_ticketed(self.max_size) {
-                // Left by a process that died between sending and publishing, or between
-                // claiming a token and receiving: nobody will ask for it.
-                Ok(TicketedRecv::Ticketed { ticket, .. }) if ticket < pos => {}
-                Ok(TicketedRecv::Ticketed { ticket, message }) if ticket == pos => break message,
-                Ok(TicketedRecv::Ticketed { ticket, .. }) => {
-                    break Err(PacketRecvError::Corrupt {
-                        reason: format!(
-                            "queue message {pos} is missing from the socket (found {ticket})"
-                        ),
-                    });
+            match self.rx.peek_ticket(&self.key) {
+                Ok(Peeked::Ticket(at)) if at > pos => break None,
+                Ok(Peeked::Empty) => break None,
+                // Zero bytes on a shut-down socket: the end, unless packets are still queued
+                // (then it is an empty packet, taken off below as a foreign one).
+                Ok(Peeked::Closed) if self.tx.unread_sent().is_ok_and(|n| n == 0) => break None,
+                Ok(_) => {}
+                Err(e) => return Some(Err(PacketRecvError::Io(e))),
+            }
+            match self.rx.try_recv_ticketed(&self.key) {
+                Ok(TicketedRecv::Ticketed(p)) if p.position() < pos => {}
+                Ok(TicketedRecv::Ticketed(p)) if p.position() == pos => {
+                    break Some(p.open(self.max_size));
                 }
-                // Not a queue packet: something else wrote to the queue's socket.
-                Ok(TicketedRecv::Unticketed(_)) => {}
-                Ok(TicketedRecv::Empty | TicketedRecv::Closed) => {
-                    break Err(PacketRecvError::Corrupt {
-                        reason: format!("queue message {pos} is missing from the socket"),
-                    });
+                // Not what the look showed: something else than a getter reads this socket.
+                Ok(TicketedRecv::Ticketed(_) | TicketedRecv::Empty) => break None,
+                // Zero bytes where the look saw queued packets: an empty packet, now taken off.
+                Ok(TicketedRecv::Closed) => {
+                    return Some(Err(foreign(PacketRecvError::Corrupt {
+                        reason: "empty packet".into(),
+                    })));
                 }
-                Err(e) => break Err(PacketRecvError::Io(e)),
+                Ok(TicketedRecv::Foreign(e)) => return Some(Err(foreign(e))),
+                Err(e) => return Some(Err(PacketRecvError::Io(e))),
             }
         };
+        if !self.ring.claim_token(pos) {
+            // Impossible while the lock is held; be safe rather than deliver twice.
+            return None;
+        }
         self.ring.free(pos);
         self.freed();
-        if result.is_err() {
+        if !matches!(result, Some(Ok(_))) {
             self.discarded();
         }
-        Some(result)
+        result
     }
 
     /// What a getter that found nothing reports: `Closed` once the queue is closed and still
@@ -725,6 +874,16 @@ impl Engine {
     }
 }
 
+/// What a getter reports for a packet on the queue's socket that is not the queue's.
+fn foreign(e: PacketRecvError) -> PacketRecvError {
+    match e {
+        PacketRecvError::Corrupt { reason } => PacketRecvError::Corrupt {
+            reason: format!("not a message of this queue ({reason}); it was skipped"),
+        },
+        other => other,
+    }
+}
+
 /// The adaptive spin of a getter that found the queue empty, per handle in a process.
 ///
 /// Spinning pays when the next message comes within microseconds (a producer streaming on
@@ -799,6 +958,7 @@ impl Spin {
 struct Wire {
     tx: SharedFd,
     rx: SharedFd,
+    log: PacketLog,
     state: SharedRegion,
     oob: Lock,
     not_empty: EventFd,
@@ -811,6 +971,7 @@ impl Serialize for Engine {
         Wire {
             tx: self.tx.shared_fd().clone(),
             rx: self.rx.shared_fd().clone(),
+            log: self.log.clone(),
             state: self.state.clone(),
             oob: self.oob.clone(),
             not_empty: self.not_empty.eventfd().clone(),
@@ -833,7 +994,7 @@ mod tests {
     use super::*;
 
     fn packet(byte: u8, len: usize) -> Packet {
-        Packet::encode(&vec![byte; len], 1 << 20).unwrap()
+        Packet::encode_unspilled(&vec![byte; len], 8 << 20).unwrap()
     }
 
     async fn get_bytes(engine: &Engine) -> Vec<u8> {
@@ -866,7 +1027,10 @@ mod tests {
         let engine = Engine::new(None, 1 << 20, false).unwrap();
         // A producer that died after sending its packet and before publishing its token.
         let pos = engine.ring.claim().unwrap();
-        engine.tx.try_send_ticketed(&packet(7, 1000), pos).unwrap();
+        engine
+            .tx
+            .try_send_ticketed(&packet(7, 1000), pos, &engine.key)
+            .unwrap();
         engine.ring.abandon(pos);
         engine.put(&packet(8, 1000)).await.unwrap();
         assert_eq!(get_bytes(&engine).await, vec![8; 1000]);
@@ -905,6 +1069,159 @@ mod tests {
             panic!("no message")
         };
         assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![1]);
+    }
+
+    /// Bytes of memory a memfd holds right now.
+    fn resident(fd: &SharedFd) -> u64 {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::MetadataExt;
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
+        std::fs::metadata(path).unwrap().blocks() * 512
+    }
+
+    /// A packet that is not the queue's, sent into its socket ahead of a real one.
+    fn forge(engine: &Engine, bytes: &[u8]) {
+        use std::os::fd::AsFd;
+        let fd = engine.tx.shared_fd().as_fd().try_clone_to_owned().unwrap();
+        std::os::unix::net::UnixDatagram::from(fd)
+            .send(bytes)
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_forged_packet_costs_only_itself() {
+        let engine = Engine::new(None, 1 << 20, true).unwrap();
+        let next = |e: &Engine| e.state.atomic_u64(RING_BASE).load(SeqCst);
+        let forgeries: Vec<Vec<u8>> = vec![
+            b"zzz".to_vec(),
+            // An empty packet, which must not read as the end of the queue.
+            Vec::new(),
+            // A ticket for the very position the real message will take, without the key.
+            [
+                &[0xA3][..],
+                &next(&engine).to_le_bytes(),
+                &[0; 8],
+                &[0xA1, 1, 2],
+            ]
+            .concat(),
+            // A ticket for a later position.
+            [
+                &[0xA3][..],
+                &(next(&engine) + 5).to_le_bytes(),
+                &[7; 8],
+                &[0xA1],
+            ]
+            .concat(),
+            // The ticket format before seals, which matched by position alone.
+            [&[0xA3][..], &next(&engine).to_le_bytes(), &[0xA1, 3, 4, 5]].concat(),
+        ];
+        for forged in &forgeries {
+            forge(&engine, forged);
+            engine.put(&packet(9, 1000)).await.unwrap();
+            let e = engine.get().await.unwrap_err();
+            assert!(
+                matches!(&e, PacketRecvError::Corrupt { reason } if reason.contains("not a message of this queue")),
+                "{e}"
+            );
+            assert_eq!(engine.unfinished(), 1, "a forged packet is no task");
+            assert_eq!(get_bytes(&engine).await, vec![9; 1000]);
+            assert!(engine.finish_task());
+        }
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn an_empty_packet_in_a_closed_queue_is_not_its_end() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        forge(&engine, &[]);
+        engine.put(&packet(4, 1000)).await.unwrap();
+        engine.close();
+        let e = engine.get().await.unwrap_err();
+        assert!(matches!(e, PacketRecvError::Corrupt { .. }), "{e}");
+        assert_eq!(get_bytes(&engine).await, vec![4; 1000]);
+        assert!(engine.get().await.unwrap().is_none(), "then the end");
+    }
+
+    #[tokio::test]
+    async fn a_getter_that_died_after_receiving_costs_only_its_own_message() {
+        let engine = Engine::new(None, 1 << 20, true).unwrap();
+        for i in 0..3u8 {
+            engine.put(&packet(i, 1000)).await.unwrap();
+        }
+        // A getter took the first packet off the socket and died before claiming its token.
+        let TicketedRecv::Ticketed(taken) = engine.rx.try_recv_ticketed(&engine.key).unwrap()
+        else {
+            panic!("no packet")
+        };
+        assert_eq!(taken.position(), 0);
+        drop(taken);
+        assert_eq!(get_bytes(&engine).await, vec![1; 1000]);
+        assert_eq!(get_bytes(&engine).await, vec![2; 1000]);
+        assert_eq!(engine.unfinished(), 2, "the lost message's task is done");
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+    }
+
+    #[tokio::test]
+    async fn large_and_overflowing_messages_go_to_the_log_and_give_memory_back() {
+        let engine = Engine::new(None, 4 << 20, false).unwrap();
+        // Above 64 KiB: the log, always.
+        for i in 0..16u8 {
+            engine.put(&packet(i, 1 << 20)).await.unwrap();
+        }
+        assert!(resident(engine.log.shared_fd()) >= 16 << 20);
+        for i in 0..16u8 {
+            assert_eq!(get_bytes(&engine).await, vec![i; 1 << 20]);
+        }
+        assert!(resident(engine.log.shared_fd()) < 1 << 20);
+        // Medium messages: the socket while it has room, then the log; one order.
+        let n = 20_000u32;
+        for i in 0..n {
+            engine.try_put(&packet(i as u8, 1000)).unwrap();
+        }
+        assert!(
+            resident(engine.log.shared_fd()) > 0,
+            "the socket overflowed"
+        );
+        for i in 0..n {
+            assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
+        }
+        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        // Packed, and freed as read: at most the page the log ends in is left.
+        assert!(resident(engine.log.shared_fd()) <= 4096);
+    }
+
+    #[tokio::test]
+    async fn an_unbounded_ring_gives_memory_back_as_it_drains() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        let n = 200_000u32;
+        for i in 0..n {
+            engine.try_put(&Packet::encode(&i, 64).unwrap()).unwrap();
+        }
+        let full = resident(engine.state.shared_fd());
+        assert!(full >= u64::from(n) * 128, "{full}");
+        for i in 0..n {
+            let got: u32 = get_any(&engine).await.decode().unwrap();
+            assert_eq!(got, i);
+        }
+        let drained = resident(engine.state.shared_fd());
+        assert!(drained <= 256 << 10, "{drained} bytes still held");
+    }
+
+    async fn get_any(engine: &Engine) -> Received {
+        tokio::time::timeout(Duration::from_secs(10), engine.get())
+            .await
+            .expect("get hung")
+            .unwrap()
+            .expect("queue ended")
+    }
+
+    #[test]
+    fn zero_and_oversized_capacities_are_refused() {
+        for bad in [0, MAX_CAPACITY + 1, usize::MAX] {
+            let e = Engine::new(Some(bad), 1 << 20, false).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+        assert!(Engine::new(Some(MAX_CAPACITY), 1 << 20, false).is_ok());
     }
 
     #[test]

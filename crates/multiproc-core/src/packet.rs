@@ -14,10 +14,22 @@
 //!
 //! # Packet format
 //! - inline: `[TAG_INLINE] payload`, descriptors = the message's;
-//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`.
+//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`;
+//! - ticketed (a queue's, see [`PacketSocket::try_send_ticketed`]):
+//!   `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled packet. The seal
+//!   is a keyed hash of the position under the queue's [`TicketKey`], so a packet that did not
+//!   come from a holder of the key (garbage, or anything else written to the socket) is told
+//!   apart from the queue's own before anything else in it is looked at.
 //!
-//! Packets are never empty, so a zero-length read always means end-of-stream (the sending side
-//! was shut down and every packet was read).
+//! Plain messages too large to travel inline can also be kept out of the socket altogether:
+//! [`Packet::encode_unspilled`] leaves them in memory for a [`PacketLog`], a sparse memfd that
+//! a queue uses as shared storage which no socket buffer limits.
+//!
+//! Our packets are never empty. A zero-length read is end-of-stream (the sending side was shut
+//! down and every packet was read) or an empty packet written by something else; they are told
+//! apart by whether the socket is shut down, and, where it matters, by what the send end still
+//! has queued ([`PacketSocket::unread_sent`]).
+#![allow(unsafe_code)]
 
 use std::cell::RefCell;
 use std::fmt;
@@ -25,6 +37,7 @@ use std::fs::File;
 use std::io::{self, Write as _};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt as _;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use rustix::event::{PollFd, PollFlags, Timespec};
@@ -33,6 +46,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{DecodeError, EncodeError};
+use crate::shm::SharedRegion;
 use crate::socket::Socket;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 use crate::{SharedFd, message};
@@ -48,9 +62,10 @@ pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
 
 const TAG_INLINE: u8 = 0xA1;
 const TAG_SPILL: u8 = 0xA2;
-/// A ticketed packet: `[TAG_TICKET] ticket: u64 LE` then an inline or spilled packet.
+/// A ticketed packet: `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled
+/// packet.
 const TAG_TICKET: u8 = 0xA3;
-const TICKET_HEADER_LEN: usize = 1 + 8;
+const TICKET_HEADER_LEN: usize = 1 + 8 + 8;
 const SPILL_HEADER_LEN: usize = 1 + 8;
 /// Receive buffer: one byte more than the largest valid (ticketed) packet, so an oversized packet shows up
 /// as truncated instead of fitting by accident.
@@ -133,6 +148,28 @@ impl Packet {
         value: &T,
         max_size: usize,
     ) -> Result<Self, PacketEncodeError> {
+        Self::encode_with(value, max_size, true)
+    }
+
+    /// Encodes `value` like [`encode`](Self::encode), but leaves a large message that carries
+    /// no descriptor in memory ([`plain_bytes`](Self::plain_bytes)) instead of spilling it, for
+    /// a transport that stores plain bytes itself (a [`PacketLog`]). Such a packet is too large
+    /// for the socket: [`PacketSocket::try_send`] refuses it.
+    ///
+    /// # Errors
+    /// As [`encode`](Self::encode).
+    pub fn encode_unspilled<T: Serialize + ?Sized>(
+        value: &T,
+        max_size: usize,
+    ) -> Result<Self, PacketEncodeError> {
+        Self::encode_with(value, max_size, false)
+    }
+
+    fn encode_with<T: Serialize + ?Sized>(
+        value: &T,
+        max_size: usize,
+        spill_plain: bool,
+    ) -> Result<Self, PacketEncodeError> {
         let mut bytes = Vec::with_capacity(64);
         bytes.push(TAG_INLINE);
         let mut fds = message::encode_into(value, &mut bytes)?;
@@ -143,7 +180,7 @@ impl Packet {
                 limit: max_size,
             });
         }
-        if len <= INLINE_LIMIT {
+        if len <= INLINE_LIMIT || (fds.is_empty() && !spill_plain) {
             if fds.len() > MAX_FDS_PER_SENDMSG {
                 return Err(PacketEncodeError::TooManyDescriptors {
                     count: fds.len(),
@@ -172,6 +209,12 @@ impl Packet {
             fds,
             encoded_len: len,
         })
+    }
+
+    /// True when the packet fits the socket: inline packets up to [`INLINE_LIMIT`] and spilled
+    /// ones (not a large packet made by [`encode_unspilled`](Self::encode_unspilled)).
+    pub fn fits_socket(&self) -> bool {
+        self.bytes.len() <= 1 + INLINE_LIMIT
     }
 
     /// Size of the encoded message in bytes (not counting the packet header).
@@ -210,6 +253,216 @@ fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
     let mut file = File::from(fd);
     file.write_all(bytes)?;
     Ok(file.into())
+}
+
+/// Shared storage for plain messages outside any socket: a sparse memfd that messages are
+/// appended to, read back from, and freed from page by page once every byte of a page was
+/// read.
+///
+/// A queue keeps here the messages its socket cannot take (too large to travel inline, or the
+/// socket buffer is full), so how much it holds is bounded by memory, not by a socket buffer,
+/// and a producer may exit right after appending. Every handle (in every process) shares the
+/// memfd and a small region of counters:
+///
+/// - **Appending** reserves the message's bytes at the end with one `fetch_add` on a shared
+///   offset, then `pwrite`s them. Messages are packed (a 200-byte message takes 200 bytes), and
+///   offsets only grow (a 64-bit file offset does not run out), so no byte is written twice.
+/// - **Releasing** a message that was read counts its bytes as consumed: the pages wholly
+///   inside it are punched at once (`fallocate(PUNCH_HOLE)`); for the first and last page,
+///   which it may share with its neighbours, it adds its share to that page's count, and the
+///   release that brings a page to 4096 punches it. So the log holds about the bytes not yet
+///   read, whatever order readers release in.
+/// - Counts live in a table of [`COUNTERS`](Self::COUNTERS) words, page `p` in word
+///   `p % COUNTERS`, tagged with `p / COUNTERS`. A count found with an older tag belongs to a
+///   page that was never finished (a process died between appending and publishing, or between
+///   reading and releasing): it is taken over, and that old page stays allocated until the log
+///   is dropped. A release for a page whose word has a newer tag counts nowhere: that page
+///   leaks the same way. Neither can ever free a page holding unread bytes: a page is punched
+///   only when its own bytes, each appended once and released at most once, add up to a page.
+#[derive(Clone)]
+pub struct PacketLog {
+    fd: SharedFd,
+    counts: SharedRegion,
+}
+
+impl PacketLog {
+    /// The unit of memory the log frees.
+    pub const PAGE: u64 = 4096;
+    /// Pages whose counts the table holds at once (the log's backlog can be any size; see the
+    /// type docs).
+    pub const COUNTERS: u64 = 1 << 16;
+    const OFF_END: usize = 0;
+    const OFF_COUNTS: usize = 64;
+    const TAG_SHIFT: u32 = 16;
+
+    /// Creates an empty log.
+    ///
+    /// # Errors
+    /// When `memfd_create` or the counter region fail (out of descriptors or memory).
+    ///
+    /// # References
+    /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
+    pub fn new() -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create("multiproc-queue-log", rustix::fs::MemfdFlags::CLOEXEC)?;
+        Ok(Self {
+            fd: SharedFd::new(fd),
+            counts: SharedRegion::new(Self::OFF_COUNTS + 8 * Self::COUNTERS as usize)?,
+        })
+    }
+
+    fn from_wire(fd: SharedFd, counts: SharedRegion) -> io::Result<Self> {
+        let is_file = rustix::fs::fstat(&fd).is_ok_and(|st| {
+            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
+        });
+        // Only memfds have seals (one made without `ALLOW_SEALING` reports `F_SEAL_SEAL`).
+        if !is_file || rustix::fs::fcntl_get_seals(&fd).is_err() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue log descriptor is not a memfd",
+            ));
+        }
+        if counts.len() < Self::OFF_COUNTS + 8 * Self::COUNTERS as usize {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "queue log counter region is too small",
+            ));
+        }
+        Ok(Self { fd, counts })
+    }
+
+    /// The memfd.
+    pub fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+
+    /// Appends `bytes` (`pwrite(2)`) and returns the offset to read them back from.
+    ///
+    /// # Errors
+    /// When the system is out of memory, or the file would exceed the largest file size;
+    /// nothing is kept then.
+    pub fn append(&self, bytes: &[u8]) -> io::Result<u64> {
+        let len = bytes.len() as u64;
+        let offset = self
+            .counts
+            .atomic_u64(Self::OFF_END)
+            .fetch_add(len, Ordering::SeqCst);
+        let mut done = 0;
+        while done < bytes.len() {
+            match rustix::io::pwrite(&self.fd, &bytes[done..], offset + done as u64) {
+                Ok(0) => {
+                    self.release(offset, bytes.len());
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => {
+                    // The reserved bytes count as read, so their pages can go.
+                    self.release(offset, bytes.len());
+                    return Err(e.into());
+                }
+            }
+        }
+        Ok(offset)
+    }
+
+    /// Reads the `len` bytes appended at `offset` (`pread(2)`).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::UnexpectedEof`] when the log ends before; other errors of `pread`.
+    pub fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0; len];
+        let mut done = 0;
+        while done < len {
+            match rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => done += n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(buf)
+    }
+
+    /// Marks the `len` bytes appended at `offset` as read, freeing every page all of whose bytes
+    /// now are. Best effort: a failure to free costs memory, never data.
+    pub fn release(&self, offset: u64, len: usize) {
+        let Some(end) = offset.checked_add(len as u64).filter(|_| len > 0) else {
+            return;
+        };
+        let (first, last) = (offset / Self::PAGE, (end - 1) / Self::PAGE);
+        if first == last {
+            self.consumed(first, len as u64);
+            return;
+        }
+        self.consumed(first, (first + 1) * Self::PAGE - offset);
+        if last > first + 1 {
+            // Pages wholly inside this message: nobody else has bytes there.
+            let _ = crate::shm::punch_hole(
+                &self.fd,
+                (first + 1) * Self::PAGE,
+                (last - first - 1) * Self::PAGE,
+            );
+        }
+        self.consumed(last, end - last * Self::PAGE);
+    }
+
+    /// Adds `bytes` read to the count of page `page`; punches the page once all of it was read.
+    fn consumed(&self, page: u64, bytes: u64) {
+        let word = self
+            .counts
+            .atomic_u64(Self::OFF_COUNTS + 8 * (page % Self::COUNTERS) as usize);
+        let tag = page / Self::COUNTERS;
+        let mut current = word.load(Ordering::SeqCst);
+        loop {
+            let (seen_tag, count) = (current >> Self::TAG_SHIFT, current & 0xffff);
+            let count = match seen_tag.cmp(&tag) {
+                std::cmp::Ordering::Equal => count + bytes,
+                std::cmp::Ordering::Less => bytes,
+                // The word already counts a later page: this one stays allocated.
+                std::cmp::Ordering::Greater => return,
+            };
+            let next = (tag << Self::TAG_SHIFT) | count.min(Self::PAGE);
+            match word.compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => {
+                    if count >= Self::PAGE {
+                        let _ = crate::shm::punch_hole(&self.fd, page * Self::PAGE, Self::PAGE);
+                    }
+                    return;
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+}
+
+impl fmt::Debug for PacketLog {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("PacketLog").field(&self.fd).finish()
+    }
+}
+
+/// What travels when a [`PacketLog`] is sent to another process.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LogWire {
+    fd: SharedFd,
+    counts: SharedRegion,
+}
+
+impl Serialize for PacketLog {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        LogWire {
+            fd: self.fd.clone(),
+            counts: self.counts.clone(),
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PacketLog {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let wire = <LogWire as serde::Deserialize>::deserialize(deserializer)?;
+        Self::from_wire(wire.fd, wire.counts).map_err(serde::de::Error::custom)
+    }
 }
 
 /// A message taken off the socket: its bytes and the descriptors that came with it.
@@ -293,20 +546,109 @@ pub enum TryRecv {
 /// The outcome of a [`PacketSocket::try_recv_ticketed`].
 #[derive(Debug)]
 pub enum TicketedRecv {
-    /// A packet sent by [`PacketSocket::try_send_ticketed`], and its message (or why the
-    /// message could not be read; it was discarded).
-    Ticketed {
-        /// The ticket it was sent with.
-        ticket: u64,
-        /// The message.
-        message: Result<Received, PacketRecvError>,
-    },
-    /// A packet without a ticket, or one that could not be read at all; it was discarded.
-    Unticketed(PacketRecvError),
+    /// A packet sent by [`PacketSocket::try_send_ticketed`] with the same key.
+    Ticketed(TicketedPacket),
+    /// A packet that is not one of the queue's: no ticket, a ticket whose seal does not match
+    /// the key, or a packet that could not be read at all. It was taken off the socket and
+    /// discarded, descriptors included.
+    Foreign(PacketRecvError),
     /// Nothing is waiting right now.
     Empty,
     /// The sending side was shut down and every packet has been read.
     Closed,
+}
+
+/// What [`PacketSocket::peek_ticket`] saw at the front of the socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Peeked {
+    /// A packet with an authentic ticket for this position.
+    Ticket(u64),
+    /// A packet that is not one of the queue's.
+    Foreign,
+    /// Nothing is waiting right now.
+    Empty,
+    /// The sending side was shut down and every packet has been read.
+    Closed,
+}
+
+/// An authentic ticketed packet taken off the socket, its message not parsed yet.
+pub struct TicketedPacket {
+    position: u64,
+    bytes: Vec<u8>,
+    fds: Vec<OwnedFd>,
+    fds_lost: bool,
+}
+
+impl TicketedPacket {
+    /// The queue position it was sent with.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// The message: parsed, and read from its memfd if it was spilled.
+    ///
+    /// # Errors
+    /// [`PacketRecvError`] when the message is larger than `max_size`, damaged, or its
+    /// descriptors were lost on the way.
+    pub fn open(self, max_size: usize) -> Result<Received, PacketRecvError> {
+        if self.fds_lost {
+            return Err(PacketRecvError::LostDescriptors);
+        }
+        parse(self.bytes, self.fds, max_size)
+    }
+}
+
+impl fmt::Debug for TicketedPacket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketedPacket")
+            .field("position", &self.position)
+            .field("len", &self.bytes.len())
+            .field("fds", &self.fds.len())
+            .finish()
+    }
+}
+
+/// The secret that seals a queue's tickets: 128 random bits shared by every handle of the queue
+/// (it lives in the queue's shared memory).
+///
+/// A seal is SipHash-2-4 of the position under the key, so a packet written to the socket by
+/// anything that does not hold the key matches a position only with probability 2^-64. It is
+/// not a defence against a process that holds a handle (it could read the key, or the socket);
+/// it makes stray, corrupt or forged packets cost only themselves.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TicketKey([u64; 2]);
+
+impl TicketKey {
+    /// A fresh key from the operating system's random source.
+    pub fn random() -> Self {
+        Self(crate::remote_fn::random_key())
+    }
+
+    /// The key made of `words` (as read back from shared memory).
+    pub fn from_words(words: [u64; 2]) -> Self {
+        Self(words)
+    }
+
+    /// The key as two words, to store in shared memory.
+    pub fn words(&self) -> [u64; 2] {
+        self.0
+    }
+
+    fn seal(&self, position: u64) -> u64 {
+        use std::hash::Hasher as _;
+        // SipHash-2-4 with a secret key is a PRF; std's is deprecated only as a general-purpose
+        // hasher, its output is stable.
+        #[allow(deprecated)]
+        let mut h = std::hash::SipHasher::new_with_keys(self.0[0], self.0[1]);
+        h.write_u64(position);
+        h.finish()
+    }
+}
+
+impl fmt::Debug for TicketKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TicketKey(..)")
+    }
 }
 
 /// One end of a packet socket pair, registered with tokio on first async use.
@@ -356,11 +698,24 @@ impl PacketSocket {
     ///
     /// # Errors
     /// [`io::ErrorKind::WouldBlock`] when the socket buffer is full;
-    /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown).
+    /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown);
+    /// [`io::ErrorKind::InvalidInput`] for a packet that does not
+    /// [fit the socket](Packet::fits_socket).
     pub fn try_send(&self, packet: &Packet) -> io::Result<()> {
+        self.send_parts(&packet.bytes, packet)
+    }
+
+    /// One `sendmsg(2)` of `bytes` with `packet`'s descriptors.
+    fn send_parts(&self, bytes: &[u8], packet: &Packet) -> io::Result<()> {
+        if !packet.fits_socket() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unspilled packet is too large for the socket",
+            ));
+        }
         let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
         loop {
-            match sys::send_with_fds(self.socket.as_fd(), &packet.bytes, &fds) {
+            match sys::send_with_fds(self.socket.as_fd(), bytes, &fds) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -420,54 +775,104 @@ impl PacketSocket {
         match self.recv_raw()? {
             RawPacket::Empty => Ok(TryRecv::Empty),
             RawPacket::Closed => Ok(TryRecv::Closed),
-            RawPacket::Packet(bytes, fds) => parse(bytes, fds, max_size).map(TryRecv::Message),
-        }
-    }
-
-    /// Sends `packet` marked with `ticket` if the socket has room, without waiting; the
-    /// receiver gets the ticket back from [`try_recv_ticketed`](Self::try_recv_ticketed). A
-    /// queue whose order is kept elsewhere uses tickets to match packets to their places.
-    ///
-    /// # Errors
-    /// As [`try_send`](Self::try_send).
-    pub fn try_send_ticketed(&self, packet: &Packet, ticket: u64) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
-        bytes.push(TAG_TICKET);
-        bytes.extend_from_slice(&ticket.to_le_bytes());
-        bytes.extend_from_slice(&packet.bytes);
-        let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
-        loop {
-            match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
-                Ok(_) => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(e),
+            RawPacket::Packet { fds_lost: true, .. } => Err(PacketRecvError::LostDescriptors),
+            RawPacket::Packet { bytes, fds, .. } => {
+                parse(bytes, fds, max_size).map(TryRecv::Message)
             }
         }
     }
 
-    /// Takes one packet off the socket if one is waiting, without waiting, and reads its
-    /// ticket (see [`try_send_ticketed`](Self::try_send_ticketed)).
+    /// Sends `packet` marked with the queue position `position`, sealed with `key`, if the
+    /// socket has room, without waiting; the receiver gets the position back from
+    /// [`try_recv_ticketed`](Self::try_recv_ticketed). A queue whose order is kept elsewhere
+    /// uses tickets to match packets to their places.
     ///
     /// # Errors
-    /// Only when the socket fails; a bad packet is [`TicketedRecv::Unticketed`] or a
-    /// [`TicketedRecv::Ticketed`] with an error.
-    pub fn try_recv_ticketed(&self, max_size: usize) -> io::Result<TicketedRecv> {
-        let (mut bytes, fds) = match self.recv_raw() {
-            Ok(RawPacket::Packet(bytes, fds)) => (bytes, fds),
+    /// As [`try_send`](Self::try_send).
+    pub fn try_send_ticketed(
+        &self,
+        packet: &Packet,
+        position: u64,
+        key: &TicketKey,
+    ) -> io::Result<()> {
+        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
+        bytes.push(TAG_TICKET);
+        bytes.extend_from_slice(&position.to_le_bytes());
+        bytes.extend_from_slice(&key.seal(position).to_le_bytes());
+        bytes.extend_from_slice(&packet.bytes);
+        self.send_parts(&bytes, packet)
+    }
+
+    /// Looks at the ticket of the packet at the front of the socket without taking it
+    /// (`MSG_PEEK`): what [`try_recv_ticketed`](Self::try_recv_ticketed) would find, so that a
+    /// reader can leave a packet that is not for it where it is.
+    ///
+    /// # Errors
+    /// Only when the socket fails.
+    ///
+    /// # References
+    /// - [`recv(2)`](https://man7.org/linux/man-pages/man2/recv.2.html) (`MSG_PEEK`)
+    pub fn peek_ticket(&self, key: &TicketKey) -> io::Result<Peeked> {
+        let mut header = [0u8; TICKET_HEADER_LEN];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        let n = loop {
+            match rustix::net::recv(self.socket.as_fd(), &mut header[..], flags) {
+                Ok((n, _)) => break n,
+                Err(rustix::io::Errno::INTR) => {}
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Peeked::Empty),
+                Err(e) => return Err(e.into()),
+            }
+        };
+        if n == 0 && self.is_shutdown() {
+            return Ok(Peeked::Closed);
+        }
+        if n < TICKET_HEADER_LEN || header[0] != TAG_TICKET {
+            return Ok(Peeked::Foreign);
+        }
+        let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
+        let position = word(1);
+        if word(9) != key.seal(position) {
+            return Ok(Peeked::Foreign);
+        }
+        Ok(Peeked::Ticket(position))
+    }
+
+    /// Takes one packet off the socket if one is waiting, without waiting, and checks its ticket
+    /// against `key` (see [`try_send_ticketed`](Self::try_send_ticketed)). Only the ticket is
+    /// looked at: the message stays unparsed until [`TicketedPacket::open`].
+    ///
+    /// # Errors
+    /// Only when the socket fails; a packet that is not a ticketed packet sealed with `key`
+    /// (whatever its content) is [`TicketedRecv::Foreign`].
+    pub fn try_recv_ticketed(&self, key: &TicketKey) -> io::Result<TicketedRecv> {
+        let (mut bytes, fds, fds_lost) = match self.recv_raw() {
+            Ok(RawPacket::Packet {
+                bytes,
+                fds,
+                fds_lost,
+            }) => (bytes, fds, fds_lost),
             Ok(RawPacket::Empty) => return Ok(TicketedRecv::Empty),
             Ok(RawPacket::Closed) => return Ok(TicketedRecv::Closed),
             Err(PacketRecvError::Io(e)) => return Err(e),
-            Err(e) => return Ok(TicketedRecv::Unticketed(e)),
+            Err(e) => return Ok(TicketedRecv::Foreign(e)),
         };
         if bytes.len() < TICKET_HEADER_LEN || bytes[0] != TAG_TICKET {
-            return Ok(TicketedRecv::Unticketed(corrupt("packet without a ticket")));
+            return Ok(TicketedRecv::Foreign(corrupt("packet without a ticket")));
         }
-        let ticket = u64::from_le_bytes(bytes[1..TICKET_HEADER_LEN].try_into().expect("8 bytes"));
+        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
+        let (position, seal) = (word(1), word(9));
+        if seal != key.seal(position) {
+            return Ok(TicketedRecv::Foreign(corrupt(format!(
+                "packet with a forged ticket for position {position}"
+            ))));
+        }
         bytes.drain(..TICKET_HEADER_LEN);
-        Ok(TicketedRecv::Ticketed {
-            ticket,
-            message: parse(bytes, fds, max_size),
-        })
+        Ok(TicketedRecv::Ticketed(TicketedPacket {
+            position,
+            bytes,
+            fds,
+            fds_lost,
+        }))
     }
 
     /// The socket's registration with the current tokio runtime, to wait for room to send.
@@ -508,10 +913,11 @@ impl PacketSocket {
             Err(e) => return Err(PacketRecvError::Io(e)),
         };
         if raw.len == 0 {
-            return Ok(RawPacket::Closed);
-        }
-        if raw.fds_truncated {
-            return Err(PacketRecvError::LostDescriptors);
+            // End of stream, or an empty packet (which a multiproc sender never sends).
+            if self.is_shutdown() {
+                return Ok(RawPacket::Closed);
+            }
+            return Err(corrupt("empty packet"));
         }
         if raw.truncated {
             return Err(corrupt(format!(
@@ -519,7 +925,11 @@ impl PacketSocket {
                 RECV_BUF_LEN - 1
             )));
         }
-        Ok(RawPacket::Packet(bytes, fds))
+        Ok(RawPacket::Packet {
+            bytes,
+            fds,
+            fds_lost: raw.fds_truncated,
+        })
     }
 
     /// Takes one message off the socket, waiting (asynchronously) until one arrives. `Ok(None)`
@@ -582,6 +992,33 @@ impl PacketSocket {
         Ok(rustix::io::ioctl_fionread(self.socket.as_fd())? > 0)
     }
 
+    /// Bytes of the packets sent on this (sending) end that no receiver has taken yet
+    /// (`SIOCOUTQ`: the memory they hold, so an empty packet counts too). Zero means the
+    /// receiving end's queue is empty.
+    ///
+    /// # Errors
+    /// When the ioctl fails.
+    ///
+    /// # References
+    /// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SIOCOUTQ`)
+    pub fn unread_sent(&self) -> io::Result<usize> {
+        use std::os::fd::AsRawFd as _;
+        let mut queued: libc::c_int = 0;
+        // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one `c_int` through its argument, which points
+        // to `queued`, alive and writable for the call; the descriptor is open (borrowed).
+        let r = unsafe {
+            libc::ioctl(
+                self.socket.as_fd().as_raw_fd(),
+                libc::TIOCOUTQ,
+                &raw mut queued,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(usize::try_from(queued).unwrap_or(0))
+    }
+
     /// Shuts the socket down for both directions (`shutdown(2)`, `SHUT_RDWR`). Called on the send
     /// end, this closes the pair for every process at once: sends fail with `BrokenPipe`, blocked
     /// senders and receivers wake, and receivers read what is left, then end-of-stream.
@@ -615,7 +1052,12 @@ impl AsFd for PacketSocket {
 
 /// What one `recvmsg(2)` gave, before parsing.
 enum RawPacket {
-    Packet(Vec<u8>, Vec<OwnedFd>),
+    /// A packet, and whether the kernel dropped some of its descriptors.
+    Packet {
+        bytes: Vec<u8>,
+        fds: Vec<OwnedFd>,
+        fds_lost: bool,
+    },
     Empty,
     Closed,
 }
@@ -810,6 +1252,90 @@ mod tests {
         assert!(!tx.blocking_send(&p, Some(Instant::now())).unwrap());
         assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Message(_)));
         eprintln!("{n} packets of 64 bytes fit in the socket buffer");
+    }
+
+    fn log_resident(log: &PacketLog) -> u64 {
+        rustix::fs::fstat(log.shared_fd()).unwrap().st_blocks as u64 * 512
+    }
+
+    #[test]
+    fn a_log_packs_messages_and_frees_a_page_once_all_of_it_was_read() {
+        let log = PacketLog::new().unwrap();
+        // 3000 messages of 200 bytes: about 147 pages, packed.
+        let messages: Vec<(u64, Vec<u8>)> = (0..3000u32)
+            .map(|i| {
+                let bytes = vec![i as u8; 200];
+                (log.append(&bytes).unwrap(), bytes)
+            })
+            .collect();
+        let held = log_resident(&log);
+        assert!((600_000..=700_000).contains(&held), "{held}");
+        // Release all but every 100th, in a scrambled order.
+        let mut order: Vec<usize> = (0..messages.len()).filter(|i| i % 100 != 0).collect();
+        order.sort_by_key(|&i| (i * 7919) % messages.len());
+        for &i in &order {
+            let (offset, bytes) = &messages[i];
+            assert_eq!(&log.read(*offset, bytes.len()).unwrap(), bytes);
+            log.release(*offset, bytes.len());
+        }
+        // The pages of the 30 unread messages stay, with their bytes intact.
+        assert!(
+            log_resident(&log) <= 60 * PacketLog::PAGE,
+            "{}",
+            log_resident(&log)
+        );
+        for (offset, bytes) in messages.iter().step_by(100) {
+            assert_eq!(&log.read(*offset, bytes.len()).unwrap(), bytes);
+            log.release(*offset, bytes.len());
+        }
+        // All read: only the page the log ends in (not full yet) is left.
+        assert!(
+            log_resident(&log) <= PacketLog::PAGE,
+            "{}",
+            log_resident(&log)
+        );
+        // A large message frees its inner pages at once.
+        let big = vec![5u8; 1 << 20];
+        let at = log.append(&big).unwrap();
+        assert_eq!(log.read(at, big.len()).unwrap(), big);
+        log.release(at, big.len());
+        assert!(
+            log_resident(&log) <= PacketLog::PAGE,
+            "{}",
+            log_resident(&log)
+        );
+    }
+
+    #[test]
+    fn a_log_count_left_by_a_dead_process_is_taken_over_without_freeing_unread_bytes() {
+        let log = PacketLog::new().unwrap();
+        let page = PacketLog::PAGE as usize;
+        // Page 0: half appended by a process that died before publishing (never released).
+        let lost = log.append(&vec![1; page / 2]).unwrap();
+        let kept = log.append(&vec![2; page / 2]).unwrap();
+        log.release(kept, page / 2);
+        assert_eq!(
+            log_resident(&log),
+            PacketLog::PAGE,
+            "page 0 is half read: kept"
+        );
+        assert_eq!(log.read(lost, page / 2).unwrap(), vec![1; page / 2]);
+        // Far later, a page sharing page 0's counter is read in full: it is freed, and page 0's
+        // stale count does not make it look read earlier.
+        let far = PacketLog::COUNTERS * PacketLog::PAGE;
+        log.counts
+            .atomic_u64(PacketLog::OFF_END)
+            .store(far, Ordering::SeqCst);
+        let a = log.append(&vec![3; page - 10]).unwrap();
+        log.release(a, page - 10);
+        assert!(log_resident(&log) >= 2 * PacketLog::PAGE);
+        let b = log.append(&[4; 10]).unwrap();
+        log.release(b, 10);
+        assert_eq!(
+            log_resident(&log),
+            PacketLog::PAGE,
+            "page 0 leaks, the later one is freed"
+        );
     }
 
     #[test]

@@ -523,7 +523,8 @@ fn blocking_twins_work_without_a_runtime() {
 
 #[tokio::test]
 async fn close_wakes_a_put_waiting_for_socket_room() {
-    let q: Queue<u64> = Queue::new().unwrap();
+    // An unbounded queue would take puts until memory runs out.
+    let q: Queue<u64> = Queue::bounded(1 << 16).unwrap();
     let mut n = 0u64;
     loop {
         match q.try_put(n) {
