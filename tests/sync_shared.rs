@@ -68,6 +68,12 @@ fn zero_bytes_of_shared_memory_is_an_error() {
 }
 
 #[test]
+fn an_array_too_large_to_address_is_an_error_not_a_panic() {
+    let err = SharedArray::<u64>::new(usize::MAX / 4).unwrap_err();
+    assert_eq!(err.io_error().kind(), std::io::ErrorKind::InvalidInput);
+}
+
+#[test]
 fn decoding_as_another_type_is_an_error_not_a_panic() {
     let value = SharedValue::new(7u32).unwrap();
     let (bytes, fds) = message::encode(&value).unwrap();

@@ -45,7 +45,16 @@ impl<T: Pod> Typed<T> {
         let bytes = size_of::<T>()
             .checked_mul(count)
             .and_then(|b| b.checked_add(DATA));
-        let region = SharedRegion::new(bytes.expect("shared array too large"))?;
+        let bytes = bytes.ok_or_else(|| {
+            CreateError(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a shared array of {count} elements of {} bytes is too large",
+                    size_of::<T>()
+                ),
+            ))
+        })?;
+        let region = SharedRegion::new(bytes)?;
         region
             .atomic_u64(SIZE)
             .store(size_of::<T>() as u64, Ordering::SeqCst);
@@ -311,10 +320,11 @@ impl<T: Pod> SharedArray<T> {
     /// Creates a zeroed array of `len` elements with a new lock.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the kernel refuses a memfd, mapping or eventfd, or the array's size in bytes does
+    /// not fit a `usize` ([`InvalidInput`](std::io::ErrorKind::InvalidInput)).
     ///
     /// # Panics
-    /// When `T` needs an alignment above 64, or the size overflows.
+    /// When `T` needs an alignment above 64.
     pub fn new(len: usize) -> Result<Self, CreateError> {
         Ok(Self {
             data: Typed::new(len)?,
