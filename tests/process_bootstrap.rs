@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use multiproc::core::SharedFd;
 use multiproc::{Builder, pipe};
-use multiproc_core::bootstrap::{self, BOOTSTRAP_ENV, BOOTSTRAP_FAILED_EXIT, EntryPoint};
+use multiproc_core::proc::bootstrap::{self, BOOTSTRAP_ENV, BOOTSTRAP_FAILED_EXIT, EntryPoint};
 use multiproc_suite::{TEST_LIMIT, within};
 
 /// The exit code of the forged function: seeing it means the forgery worked.

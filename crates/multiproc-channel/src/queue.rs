@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Sink, Stream};
-use multiproc_core::packet::{self, PacketRecvError, Received, TryRecv};
+use multiproc_core::transport::packet::{self, PacketRecvError, Received, TryRecv};
 use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -4,7 +4,7 @@
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
 //! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
-//!   ([`multiproc_core::packet`]) shared by every handle. Such a message is sent on the socket
+//!   ([`multiproc_core::transport::packet`]) shared by every handle. Such a message is sent on the socket
 //!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
 //!   publish, and consumers find a token, receive its packet and claim the token, under one
@@ -32,13 +32,13 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use multiproc_core::SharedFd;
-use multiproc_core::eventfd::EventFd;
-use multiproc_core::packet::{
+use multiproc_core::shm::SharedRegion;
+use multiproc_core::transport::packet::{
     self, Packet, PacketLog, PacketRecvError, PacketSocket, Peeked, Received, TicketKey,
     TicketedRecv, TryRecv,
 };
-use multiproc_core::shm::SharedRegion;
 use multiproc_core::wait::WaitQueue;
+use multiproc_core::wait::eventfd::EventFd;
 use multiproc_sync::{Lock, LockGuard};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 
 use multiproc_core::error::{DecodeError, EncodeError};
-use multiproc_core::packet::{PacketEncodeError, PacketRecvError};
+use multiproc_core::transport::packet::{PacketEncodeError, PacketRecvError};
 
 /// What went wrong in a [`put`](crate::Queue::put).
 #[derive(Debug, thiserror::Error)]

@@ -50,7 +50,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use multiproc_core::identity;
+use multiproc_core::proc::identity;
 use multiproc_core::shm::SharedRegion;
 
 /// Bytes of one slot.

@@ -5,9 +5,9 @@ use std::os::fd::OwnedFd;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::channel::Payload;
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
+use crate::transport::channel::Payload;
 
 /// Serializes `value` with postcard, appending the bytes to `buf`.
 ///

@@ -5,9 +5,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
-use multiproc_core::bootstrap::{self, EntryPoint};
-use multiproc_core::channel;
-use multiproc_core::spawner::{self, SpawnOptions};
+use multiproc_core::proc::bootstrap::{self, EntryPoint};
+use multiproc_core::proc::spawner::{self, SpawnOptions};
+use multiproc_core::transport::channel;
 use multiproc_core::{SharedFd, message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -2,8 +2,9 @@
 
 use std::os::fd::OwnedFd;
 
-use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
-use multiproc_core::{SharedFd, message, pidfd};
+use multiproc_core::proc::pidfd;
+use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
+use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;
 
 use crate::function::ChildOutput;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use multiproc_core::channel::RawReceiver;
 use multiproc_core::message;
-use multiproc_core::pidfd::PidFd;
-use multiproc_core::reaper;
+use multiproc_core::proc::pidfd::PidFd;
+use multiproc_core::proc::reaper;
+use multiproc_core::transport::channel::RawReceiver;
 use serde::de::DeserializeOwned;
 
 use crate::error::{JoinError, SpawnError};

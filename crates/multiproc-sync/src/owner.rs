@@ -1,10 +1,10 @@
-//! Who holds what: process identities (from [`multiproc_core::identity`]: immune to pid reuse,
+//! Who holds what: process identities (from [`multiproc_core::proc::identity`]: immune to pid reuse,
 //! so a recycled pid never inherits a dead owner's locks) and task identities.
 
-use multiproc_core::identity;
+use multiproc_core::proc::identity;
 use std::hash::{Hash, Hasher};
 
-/// This process's identity ([`multiproc_core::identity`]).
+/// This process's identity ([`multiproc_core::proc::identity`]).
 #[inline]
 pub(crate) fn me() -> u64 {
     identity::current()

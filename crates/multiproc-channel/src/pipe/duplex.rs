@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures::{Sink, Stream};
 use multiproc_core::SharedFd;
-use multiproc_core::channel;
+use multiproc_core::transport::channel;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

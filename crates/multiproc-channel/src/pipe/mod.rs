@@ -42,7 +42,7 @@ pub use duplex::Duplex;
 pub use receiver::Receiver;
 pub use sender::Sender;
 
-use multiproc_core::channel;
+use multiproc_core::transport::channel;
 
 /// Creates a duplex pipe: the first end sends `A` and receives `B`, the second the reverse.
 ///

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::Stream;
-use multiproc_core::channel::{RawReceiver, TryRecv};
+use multiproc_core::transport::channel::{RawReceiver, TryRecv};
 use multiproc_core::wait::deadline_after;
 use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use futures::Sink;
 use multiproc_core::SharedFd;
-use multiproc_core::channel::RawSender;
 use multiproc_core::message;
+use multiproc_core::transport::channel::RawSender;
 use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

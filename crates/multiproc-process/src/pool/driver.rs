@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
-use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::message;
+use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};

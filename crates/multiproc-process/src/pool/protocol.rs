@@ -6,7 +6,7 @@
 
 use std::os::fd::OwnedFd;
 
-use multiproc_core::remote_fn::RemoteFn;
+use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::{Deserialize, Serialize};
 
 use super::ring::Control;

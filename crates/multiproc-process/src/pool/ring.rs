@@ -221,7 +221,7 @@ pub(crate) struct Cpu(u64);
 impl Cpu {
     /// The CPU this thread runs on now (`getcpu`, through the vDSO: no system call).
     pub(crate) fn current() -> Cpu {
-        Cpu(multiproc_core::cpu::current() as u64 + 1)
+        Cpu(multiproc_core::proc::cpu::current() as u64 + 1)
     }
 
     /// Whether a peer last seen on `peer` may well be running alongside us, on another CPU.

@@ -4,7 +4,7 @@
 use std::sync::OnceLock;
 
 use multiproc_core::message;
-use multiproc_core::remote_fn::RemoteFn;
+use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

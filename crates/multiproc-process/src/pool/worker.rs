@@ -5,8 +5,8 @@
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use multiproc_core::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::shm::SharedRegion;
+use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::{SharedFd, message};
 use serde::{Deserialize, Serialize};
 

@@ -47,8 +47,8 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{DecodeError, EncodeError};
 use crate::shm::SharedRegion;
-use crate::socket::Socket;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
+use crate::transport::socket::Socket;
 use crate::{SharedFd, message};
 
 /// Largest encoded message sent inside the packet itself; larger ones are spilled to a memfd.
@@ -621,7 +621,7 @@ pub struct TicketKey([u64; 2]);
 impl TicketKey {
     /// A fresh key from the operating system's random source.
     pub fn random() -> Self {
-        Self(crate::remote_fn::random_key())
+        Self(crate::proc::remote_fn::random_key())
     }
 
     /// The key made of `words` (as read back from shared memory).

@@ -1,22 +1,4 @@
-//! A cross-process wait queue: a shared word that counts waiters, and an eventfd that is written
-//! only when that count is non-zero. The engine under every `multiproc-sync` primitive and the
-//! queue's waits.
-//!
-//! Waiting: announce (count += 1), take an edge-triggered registration of the eventfd, then
-//! loop { check the shared state; wait for an edge }. Notifying: change the shared state, then
-//! write the eventfd if the count is non-zero. All of it is `SeqCst`, so either the waiter's
-//! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
-//! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
-//!
-//! Registrations are reused: each wait queue (with its clones in this process) keeps one async
-//! registration (for the runtime that made it) and one blocking one, and a wait takes it
-//! *exclusively* and puts it back when it ends, however it ends. A registration only has to
-//! exist before the waiter's last check, which a cached one does; what it carries over from
-//! earlier waits is at most a stale readiness, which costs one spurious re-check. It must never
-//! serve two waits at once: one waiter's `clear_ready` could then swallow the edge another
-//! waiter has not yet looked at. A wait that finds the slot empty (another wait of this process
-//! holds it) or holding another runtime's registration makes a fresh one; whichever is put back
-//! last stays cached.
+//! The wait queue; its protocol is argued in the [area docs](super).
 
 use std::io;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -25,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use crate::eventfd::{BlockingWaiter, EventFd, Waiter};
 use crate::shm::SharedRegion;
-use crate::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
+use crate::wait::eventfd::{BlockingWaiter, EventFd, Waiter};
+use crate::wait::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
 
 /// A waiter count in a shared region plus an eventfd: a cross-process wait queue (see the
-/// [module docs](self)). Serializes as both descriptors.
+/// [module docs](crate::wait)). Serializes as both descriptors.
 ///
 /// The waiter count is the `AtomicU32` at byte `WAITERS_AT` of the region: 0 for a primitive
 /// with a region of its own; state that needs several wait queues in one region gives each its
@@ -44,7 +26,7 @@ pub struct WaitQueue<const WAITERS_AT: usize = 0> {
     cache: Arc<Registrations>,
 }
 
-/// The cached registrations of one [`WaitQueue`]'s eventfd; see the [module docs](self).
+/// The cached registrations of one [`WaitQueue`]'s eventfd; see the [module docs](crate::wait).
 #[derive(Default)]
 struct Registrations {
     /// An async registration and the runtime whose reactor it belongs to.

@@ -16,10 +16,10 @@ use std::time::{Duration, Instant};
 
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
-use crate::frame::{HEADER_LEN, Header};
-use crate::socket::Socket;
-use crate::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
+use crate::transport::frame::{HEADER_LEN, Header};
+use crate::transport::socket::Socket;
+use crate::wait::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
 
 /// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;

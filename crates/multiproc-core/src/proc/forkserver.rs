@@ -82,12 +82,12 @@ use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::SharedFd;
-use crate::bootstrap::{self, EntryPoint};
-use crate::identity;
-use crate::pidfd::PidFd;
-use crate::reaper;
+use crate::proc::bootstrap::{self, EntryPoint};
+use crate::proc::identity;
+use crate::proc::pidfd::PidFd;
+use crate::proc::reaper;
+use crate::proc::spawner::{self, SpawnOptions};
 use crate::shm::SharedRegion;
-use crate::spawner::{self, SpawnOptions};
 use crate::sys::{self, Direction};
 
 /// The environment variable that turns the fork server off when set to `0`.

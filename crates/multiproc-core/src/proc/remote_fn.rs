@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::bootstrap::{address_of, offset_of};
+use crate::proc::bootstrap::{address_of, offset_of};
 
 static PROGRAM_KEY: OnceLock<[u64; 2]> = OnceLock::new();
 
@@ -51,7 +51,7 @@ pub(crate) fn inherit_program_key(key: [u64; 2]) {
 ///
 /// # Examples
 /// ```
-/// use multiproc_core::remote_fn::RemoteFn;
+/// use multiproc_core::proc::remote_fn::RemoteFn;
 ///
 /// let double = RemoteFn::new(|x: u32| x * 2, |f, x| f(x));
 /// assert_eq!(double.call(21), 42);

@@ -179,7 +179,7 @@ pub(crate) fn send_hello(socket: &OwnedFd, entry: EntryPoint) -> io::Result<()> 
     hello.extend_from_slice(&entry.run.to_le_bytes());
     hello.extend_from_slice(&dev.to_le_bytes());
     hello.extend_from_slice(&ino.to_le_bytes());
-    for word in crate::remote_fn::program_key() {
+    for word in crate::proc::remote_fn::program_key() {
         hello.extend_from_slice(&word.to_le_bytes());
     }
     // A fresh socket buffer holds far more than the hello: this never blocks.
@@ -272,7 +272,7 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
     if maker.pid != parent
-        && (maker.pid <= 0 || crate::identity::is_running(maker.pid as u32, 0, 0))
+        && (maker.pid <= 0 || crate::proc::identity::is_running(maker.pid as u32, 0, 0))
     {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",
@@ -322,7 +322,7 @@ pub(crate) fn enter(control: OwnedFd) -> io::Result<()> {
     if sys::exe_identity()? != (dev, ino) {
         return Err(io::Error::other("the parent runs a different executable"));
     }
-    crate::remote_fn::inherit_program_key([word(40), word(48)]);
+    crate::proc::remote_fn::inherit_program_key([word(40), word(48)]);
     let shim_addr = address_of(shim);
     let run_addr = address_of(run);
     // SAFETY: the offset came from `EntryPoint::new` in the parent, which runs this identical

@@ -2,7 +2,7 @@
 //! `posix_spawn`.
 //!
 //! A daemon child asks the kernel to kill it when its parent goes away
-//! ([`die_with_parent`](crate::pidfd::die_with_parent), `PR_SET_PDEATHSIG`). The kernel's
+//! ([`die_with_parent`](crate::proc::pidfd::die_with_parent), `PR_SET_PDEATHSIG`). The kernel's
 //! "parent" there is the *thread* that forked the child: the signal fires as soon as that thread
 //! ends, even while the rest of the process lives on. Children must therefore be started from a
 //! thread that lives exactly as long as the process, never from a tokio blocking-pool thread or
@@ -18,7 +18,7 @@
 //! falls back to `fork` because the control socket needs a `pre_exec` hook; it is still used
 //! for custom stdio, which `std::process::Stdio` keeps opaque, and for a working directory.)
 //!
-//! [`child_command`]: crate::bootstrap::child_command
+//! [`child_command`]: crate::proc::bootstrap::child_command
 //!
 //! # References
 //! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html),
@@ -41,11 +41,11 @@ use std::sync::mpsc::{self, Receiver, Sender};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::bootstrap::BOOTSTRAP_ENV;
-use crate::forkserver;
+use crate::proc::bootstrap::BOOTSTRAP_ENV;
+use crate::proc::forkserver;
 
-pub use crate::forkserver::FORK_SERVER_ENV;
-use crate::pidfd::PidFd;
+pub use crate::proc::forkserver::FORK_SERVER_ENV;
+use crate::proc::pidfd::PidFd;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -129,7 +129,7 @@ fn serve(jobs: Receiver<Job>) {
 /// this process". Setting `current_dir` or a standard stream makes [`spawn`] take the slower
 /// `fork` path of `std::process::Command`.
 ///
-/// [`child_command`]: crate::bootstrap::child_command
+/// [`child_command`]: crate::proc::bootstrap::child_command
 #[derive(Debug, Default)]
 pub struct SpawnOptions {
     /// `argv[0]`, what `ps` shows (default: the program path).
@@ -167,7 +167,7 @@ impl SpawnOptions {
 /// default `SIGPIPE`), and `command` is not used; otherwise `command` is spawned with the
 /// options applied. The caller reaps the child: [`PidFd::wait`] or [`PidFd::try_wait`].
 ///
-/// [`child_command`]: crate::bootstrap::child_command
+/// [`child_command`]: crate::proc::bootstrap::child_command
 ///
 /// # Errors
 /// When the spawner thread cannot be started, an option cannot be passed to the child (a NUL

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use rustix::event::{EventfdFlags, PollFd, PollFlags};
 
-use crate::pidfd::PidFd;
+use crate::proc::pidfd::PidFd;
 
 /// The orphan queue, shared with the reaper thread.
 struct Orphans {

@@ -1,0 +1,16 @@
+//! Processes: how a re-executed or forked copy of the program becomes a child running one
+//! function ([`bootstrap`], [`remote_fn`]), starting it ([`spawner`], the private fork server),
+//! watching and reaping it ([`pidfd`], [`reaper`]), and who a process is ([`identity`],
+//! [`cpu`]).
+//!
+//! May import: `sys`, `shm`, `message`, `transport`. Nothing imports `proc` but the crates
+//! above core.
+
+pub mod bootstrap;
+pub mod cpu;
+mod forkserver;
+pub mod identity;
+pub mod pidfd;
+pub mod reaper;
+pub mod remote_fn;
+pub mod spawner;
