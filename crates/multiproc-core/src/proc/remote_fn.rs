@@ -14,7 +14,7 @@
 #![allow(unsafe_code)]
 
 use std::fmt;
-use std::hash::{BuildHasher, Hasher};
+use std::hash::Hasher;
 use std::marker::PhantomData;
 use std::sync::OnceLock;
 
@@ -27,15 +27,7 @@ static PROGRAM_KEY: OnceLock<[u64; 2]> = OnceLock::new();
 
 /// The key of this program tree: inherited from the parent, or drawn now by the first process.
 pub(crate) fn program_key() -> [u64; 2] {
-    *PROGRAM_KEY.get_or_init(random_key)
-}
-
-/// 128 bits nobody outside this process can predict.
-pub(crate) fn random_key() -> [u64; 2] {
-    // std seeds every `RandomState` from the OS's random source (getrandom), so hashes under a
-    // fresh one are values nobody outside this process can predict.
-    let secret = std::hash::RandomState::new();
-    [secret.hash_one(0u8), secret.hash_one(1u8)]
+    *PROGRAM_KEY.get_or_init(crate::sys::random_key)
 }
 
 /// Adopts the key of the parent; called by the bootstrap before anything else runs.

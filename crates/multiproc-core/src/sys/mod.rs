@@ -195,3 +195,12 @@ pub(crate) fn is_socket(fd: impl AsFd) -> bool {
         .map(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Socket)
         .unwrap_or(false)
 }
+
+/// 128 bits nobody outside this process can predict.
+pub(crate) fn random_key() -> [u64; 2] {
+    // std seeds every `RandomState` from the OS's random source (getrandom), so hashes under a
+    // fresh one are values nobody outside this process can predict.
+    use std::hash::BuildHasher;
+    let secret = std::hash::RandomState::new();
+    [secret.hash_one(0u8), secret.hash_one(1u8)]
+}

@@ -621,7 +621,7 @@ pub struct TicketKey([u64; 2]);
 impl TicketKey {
     /// A fresh key from the operating system's random source.
     pub fn random() -> Self {
-        Self(crate::proc::remote_fn::random_key())
+        Self(crate::sys::random_key())
     }
 
     /// The key made of `words` (as read back from shared memory).
