@@ -591,7 +591,7 @@ impl Payload<'_> {
     }
 
     /// The bytes in a `Vec` of their own (copied only when borrowed).
-    pub fn into_vec(self) -> Vec<u8> {
+    pub(crate) fn into_vec(self) -> Vec<u8> {
         match self {
             Payload::Borrowed(b) => b.to_vec(),
             Payload::Owned(v) => v,
@@ -1218,18 +1218,6 @@ impl RawReceiver {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
         self.poll_recv_inner(cx, true, f)
-    }
-
-    /// [`poll_recv_bytes`](Self::poll_recv_bytes) without waiting, as
-    /// [`try_recv_with`](Self::try_recv_with).
-    ///
-    /// # Errors
-    /// As [`poll_recv_with`](Self::poll_recv_with).
-    pub fn try_recv_bytes<R>(
-        &mut self,
-        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
-    ) -> Result<TryRecv<R>, RecvError> {
-        self.try_recv_inner(true, f)
     }
 
     /// [`poll_recv_bytes`](Self::poll_recv_bytes), blocking the thread, as

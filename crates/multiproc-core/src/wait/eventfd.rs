@@ -4,7 +4,7 @@
 //!
 //! * the truth lives in shared memory (a [`SharedRegion`](crate::shm::SharedRegion) word);
 //! * a waiter announces itself in shared memory (a waiter count), **then** creates a
-//!   [`Waiter`] (or [`BlockingWaiter`]), **then** re-checks the word, and only then waits;
+//!   `Waiter` (or `BlockingWaiter`), **then** re-checks the word, and only then waits;
 //! * a notifier changes the word, then calls [`EventFd::notify`] if the waiter count is
 //!   non-zero.
 //!
@@ -54,7 +54,7 @@ impl EventFd {
         })
     }
 
-    /// Wakes every current [`Waiter`] and [`BlockingWaiter`] of this eventfd, in every process
+    /// Wakes every current `Waiter` and `BlockingWaiter` of this eventfd, in every process
     /// (`write(2)` of 1).
     ///
     /// # Errors
@@ -79,7 +79,7 @@ impl EventFd {
     ///
     /// # Errors
     /// Outside a tokio runtime, or when out of descriptors.
-    pub fn waiter(&self) -> io::Result<Waiter> {
+    pub(crate) fn waiter(&self) -> io::Result<Waiter> {
         if tokio::runtime::Handle::try_current().is_err() {
             return Err(io::Error::other("async wait outside of a tokio runtime"));
         }
@@ -100,7 +100,7 @@ impl EventFd {
     ///
     /// # References
     /// - [`epoll(7)`](https://man7.org/linux/man-pages/man7/epoll.7.html)
-    pub fn blocking_waiter(&self) -> io::Result<BlockingWaiter> {
+    pub(crate) fn blocking_waiter(&self) -> io::Result<BlockingWaiter> {
         let epoll = epoll::create(epoll::CreateFlags::CLOEXEC)?;
         epoll::add(
             &epoll,
@@ -141,7 +141,7 @@ fn drain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
 /// notifications only makes the next `wait` return early, i.e. spuriously), but never two
 /// waits at once: `wait` clears the readiness it saw, which the other wait may not have
 /// acted on yet.
-pub struct Waiter {
+pub(crate) struct Waiter {
     afd: AsyncFd<OwnedFd>,
 }
 
@@ -154,7 +154,7 @@ impl Waiter {
     /// # Cancel safety
     /// Cancel safe: nothing is consumed; a notification that arrives meanwhile stays pending
     /// for the next call.
-    pub async fn wait(&self) -> io::Result<()> {
+    pub(crate) async fn wait(&self) -> io::Result<()> {
         let mut guard = self.afd.readable().await?;
         guard.clear_ready();
         Ok(())
@@ -167,8 +167,8 @@ impl fmt::Debug for Waiter {
     }
 }
 
-/// A blocking twin of [`Waiter`] for code outside a runtime.
-pub struct BlockingWaiter {
+/// A blocking twin of `Waiter` for code outside a runtime.
+pub(crate) struct BlockingWaiter {
     epoll: OwnedFd,
     // Keeps the eventfd open (and so registered) while the waiter exists.
     _fd: SharedFd,
@@ -180,7 +180,7 @@ impl BlockingWaiter {
     ///
     /// # Errors
     /// Only on an unexpected `epoll_wait` failure.
-    pub fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
+    pub(crate) fn wait(&self, deadline: Option<Instant>) -> io::Result<bool> {
         let mut events = Vec::with_capacity(1);
         loop {
             let timeout = match deadline {
