@@ -10,7 +10,8 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::{Sink, Stream};
-use multiproc_core::transport::packet::{self, PacketRecvError, Received, TryRecv};
+use multiproc_core::message::DEFAULT_MAX_MESSAGE_SIZE;
+use multiproc_core::transport::packet::{PacketRecvError, Received, TryRecv};
 use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -20,9 +21,6 @@ use crate::queue_engine::{Engine, PutFail};
 use crate::queue_error::{
     GetError, GetTimeoutError, PutError, PutErrorKind, PutTimeoutError, TryGetError, TryPutError,
 };
-
-/// Default largest encoded message a queue carries: 64 MiB.
-const DEFAULT_MAX_MESSAGE_SIZE: usize = packet::DEFAULT_MAX_MESSAGE_SIZE;
 
 /// A typed queue shared by any number of producer and consumer processes (Python's
 /// `multiprocessing.Queue`), async, bounded or unbounded.

@@ -9,6 +9,10 @@ use crate::error::{DecodeError, EncodeError};
 use crate::fd;
 use crate::transport::channel::Payload;
 
+/// Default largest message, in encoded bytes, that a pipe end or a queue sends or accepts:
+/// 64 MiB. Each end can set its own limit.
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
 /// Serializes `value` with postcard, appending the bytes to `buf`.
 ///
 /// Every [`SharedFd`](crate::SharedFd) inside `value` is duplicated into the returned list, in

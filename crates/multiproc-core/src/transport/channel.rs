@@ -16,13 +16,11 @@ use std::time::{Duration, Instant};
 
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
+use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 use crate::transport::frame::{HEADER_LEN, Header};
 use crate::transport::socket::Socket;
 use crate::wait::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
-
-/// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
 
 const READ_CHUNK: usize = 64 << 10;
 /// Buffers above this size are released once empty, so one huge message does not pin memory.

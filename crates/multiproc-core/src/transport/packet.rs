@@ -54,9 +54,6 @@ use crate::{SharedFd, message};
 /// Largest encoded message sent inside the packet itself; larger ones are spilled to a memfd.
 pub const INLINE_LIMIT: usize = 64 << 10;
 
-/// Default largest encoded message a packet socket sends or accepts: 64 MiB.
-pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
-
 /// Most descriptors one message may carry (one `sendmsg` slot is kept for a spill memfd).
 pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
 
@@ -1152,6 +1149,7 @@ fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 
     fn pair() -> (PacketSocket, PacketSocket) {
         let (a, b) = packet_pair().unwrap();
