@@ -7,11 +7,37 @@ use serde::de::DeserializeOwned;
 
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
-use crate::transport::channel::Payload;
 
 /// Default largest message, in encoded bytes, that a pipe end or a queue sends or accepts:
 /// 64 MiB. Each end can set its own limit.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
+
+/// The bytes of one received message, borrowed from a transport's receive buffer or in a
+/// buffer of their own. The transports hand it out; [`decode_bytes`] takes it.
+pub enum Payload<'a> {
+    /// In the receive buffer.
+    Borrowed(&'a [u8]),
+    /// Read into its own buffer (large frames received with `*_recv_bytes`).
+    Owned(Vec<u8>),
+}
+
+impl Payload<'_> {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        match self {
+            Payload::Borrowed(b) => b,
+            Payload::Owned(v) => v,
+        }
+    }
+
+    /// The bytes in a `Vec` of their own (copied only when borrowed).
+    pub(crate) fn into_vec(self) -> Vec<u8> {
+        match self {
+            Payload::Borrowed(b) => b.to_vec(),
+            Payload::Owned(v) => v,
+        }
+    }
+}
 
 /// Serializes `value` with postcard, appending the bytes to `buf`.
 ///

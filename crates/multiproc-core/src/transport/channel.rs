@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
+pub use crate::message::Payload;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 use crate::transport::frame::{HEADER_LEN, Header};
 use crate::transport::socket::Socket;
@@ -569,32 +570,6 @@ enum Next {
     Fill(usize),
     /// Read into the direct frame.
     FillDirect,
-}
-
-/// The payload of a received frame, borrowed from the receive buffer or in its own buffer.
-pub enum Payload<'a> {
-    /// In the receive buffer.
-    Borrowed(&'a [u8]),
-    /// Read into its own buffer (large frames received with `*_recv_bytes`).
-    Owned(Vec<u8>),
-}
-
-impl Payload<'_> {
-    /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
-        match self {
-            Payload::Borrowed(b) => b,
-            Payload::Owned(v) => v,
-        }
-    }
-
-    /// The bytes in a `Vec` of their own (copied only when borrowed).
-    pub(crate) fn into_vec(self) -> Vec<u8> {
-        match self {
-            Payload::Borrowed(b) => b.to_vec(),
-            Payload::Owned(v) => v,
-        }
-    }
 }
 
 /// Frames with a payload above this size that have not all arrived yet are read into a buffer
