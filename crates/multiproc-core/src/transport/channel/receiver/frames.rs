@@ -1,0 +1,225 @@
+//! Frame assembly in the receive buffer: what its front holds, which read makes progress, and
+//! large frames moved to a buffer of their own.
+
+use std::os::fd::OwnedFd;
+
+use crate::error::RecvError;
+use crate::message::Payload;
+use crate::sys::MAX_FDS_PER_SENDMSG;
+use crate::transport::channel::KEEP_CAPACITY;
+use crate::transport::frame::{HEADER_LEN, Header};
+
+use super::{READ_CHUNK, RawReceiver};
+
+/// What the receive buffer holds at its front.
+pub(super) enum Parsed {
+    /// A whole frame: payload range in the buffer and its descriptor count.
+    Frame {
+        start: usize,
+        end: usize,
+        fds: usize,
+    },
+    /// The header of a frame whose payload has not all arrived.
+    Incomplete { len: usize, fds: usize },
+    /// Need at least this many buffered bytes.
+    NeedBytes(usize),
+}
+
+/// A frame read straight into a buffer of its own ([`RawReceiver::poll_recv_bytes`]), so that
+/// its bytes are never copied in user space.
+pub(in crate::transport::channel) struct DirectFrame {
+    /// The bytes received so far; the capacity is exactly the frame's payload length, so a
+    /// read into the spare capacity never reads past the frame (and needs no zero-filling).
+    pub(super) payload: Vec<u8>,
+    pub(super) len: usize,
+    pub(super) fds: usize,
+}
+
+/// A whole frame, ready to hand out.
+pub(super) enum Whole {
+    /// In the receive buffer.
+    Buffered {
+        start: usize,
+        end: usize,
+        fds: usize,
+    },
+    /// In a buffer of its own.
+    Direct(DirectFrame),
+}
+
+/// What the receiver does next.
+pub(super) enum Next {
+    /// Hand out this frame.
+    Whole(Whole),
+    /// Read into the receive buffer until it holds this many bytes.
+    Fill(usize),
+    /// Read into the direct frame.
+    FillDirect,
+}
+
+/// Frames with a payload above this size that have not all arrived yet are read into a buffer
+/// of their own by the `*_recv_bytes` methods.
+pub(in crate::transport::channel) const DIRECT_MIN: usize = READ_CHUNK;
+
+impl RawReceiver {
+    /// Looks at the buffered bytes: a whole frame, a skip in progress, or how much is missing.
+    fn parse(&mut self) -> Result<Parsed, RecvError> {
+        loop {
+            let avail = self.end - self.start;
+            if let Some((remaining, fds)) = self.skip {
+                let n = remaining.min(avail);
+                self.start += n;
+                if n < remaining {
+                    self.skip = Some((remaining - n, fds));
+                    return Ok(Parsed::NeedBytes(1));
+                }
+                self.skip = None;
+                if self.fds.len() < fds {
+                    let arrived = self.fds.len();
+                    return Err(self.fatal(RecvError::LostDescriptors {
+                        declared: fds,
+                        arrived,
+                    }));
+                }
+                self.fds.drain(..fds);
+                continue;
+            }
+            if avail < HEADER_LEN {
+                return Ok(Parsed::NeedBytes(HEADER_LEN));
+            }
+            let raw: &[u8; HEADER_LEN] = self.buf[self.start..self.start + HEADER_LEN]
+                .try_into()
+                .expect("header slice");
+            let header = match Header::decode(raw) {
+                Ok(h) => h,
+                Err(e) => {
+                    return Err(self.fatal(RecvError::Corrupt {
+                        reason: e.to_string(),
+                    }));
+                }
+            };
+            let len = header.len as usize;
+            let fds = header.fds as usize;
+            if len > self.limit {
+                self.start += HEADER_LEN;
+                self.skip = Some((len, fds));
+                return Err(RecvError::TooLarge {
+                    len,
+                    limit: self.limit,
+                });
+            }
+            if avail < HEADER_LEN + len {
+                return Ok(Parsed::Incomplete { len, fds });
+            }
+            if self.fds.len() < fds {
+                let arrived = self.fds.len();
+                return Err(self.fatal(RecvError::LostDescriptors {
+                    declared: fds,
+                    arrived,
+                }));
+            }
+            let start = self.start + HEADER_LEN;
+            return Ok(Parsed::Frame {
+                start,
+                end: start + len,
+                fds,
+            });
+        }
+    }
+
+    /// What to do next: hand out a whole frame, or which read makes progress. With
+    /// `direct_large`, a large frame that has not all arrived moves to a buffer of its own.
+    pub(super) fn next(&mut self, direct_large: bool) -> Result<Next, RecvError> {
+        if let Some(direct) = &self.direct {
+            if direct.payload.len() < direct.len {
+                return Ok(Next::FillDirect);
+            }
+            let direct = self.direct.take().expect("checked above");
+            if self.fds.len() < direct.fds {
+                let arrived = self.fds.len();
+                return Err(self.fatal(RecvError::LostDescriptors {
+                    declared: direct.fds,
+                    arrived,
+                }));
+            }
+            return Ok(Next::Whole(Whole::Direct(direct)));
+        }
+        match self.parse()? {
+            Parsed::Frame { start, end, fds } => {
+                Ok(Next::Whole(Whole::Buffered { start, end, fds }))
+            }
+            // Descriptors come with the frame's first bytes (read by now) unless there are more
+            // than one `sendmsg` carries; the rest of the frame can then be read with `recv`.
+            Parsed::Incomplete { len, fds }
+                if direct_large
+                    && len > DIRECT_MIN
+                    && fds <= MAX_FDS_PER_SENDMSG
+                    && self.fds.len() >= fds =>
+            {
+                let mut payload = Vec::with_capacity(len);
+                if payload.capacity() != len {
+                    // `Vec` promises an exact capacity; without it, read the usual way.
+                    return Ok(Next::Fill(HEADER_LEN + len));
+                }
+                // Nothing after this frame is buffered (it is incomplete): move what arrived
+                // of it to its own buffer, and read the rest straight there.
+                payload.extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+                self.direct = Some(DirectFrame { payload, len, fds });
+                self.start = 0;
+                self.end = 0;
+                if self.buf.len() > KEEP_CAPACITY {
+                    self.buf = Vec::new();
+                }
+                Ok(Next::FillDirect)
+            }
+            Parsed::Incomplete { len, .. } => Ok(Next::Fill(HEADER_LEN + len)),
+            Parsed::NeedBytes(n) => Ok(Next::Fill(n)),
+        }
+    }
+
+    /// Hands the frame to `f` and consumes it.
+    pub(super) fn deliver<R>(
+        &mut self,
+        whole: Whole,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> R {
+        match whole {
+            Whole::Buffered { start, end, fds } => {
+                let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
+                let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
+                self.start = end;
+                if self.start == self.end {
+                    self.start = 0;
+                    self.end = 0;
+                    if self.buf.len() > KEEP_CAPACITY {
+                        self.buf = Vec::new();
+                    }
+                }
+                out
+            }
+            Whole::Direct(direct) => {
+                let fds: Vec<OwnedFd> = self.fds.drain(..direct.fds).collect();
+                f(Payload::Owned(direct.payload), fds)
+            }
+        }
+    }
+
+    /// Makes room for a read that can complete a frame of `need` bytes.
+    pub(super) fn reserve(&mut self, need: usize) {
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+        let want_total = need.max(READ_CHUNK);
+        if self.buf.len() - self.start < want_total || self.buf.len() - self.end < READ_CHUNK / 4 {
+            // Compact, then grow (zero-filled: the read side works on initialised memory).
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+            let target = want_total.max(self.end + READ_CHUNK);
+            if self.buf.len() < target {
+                self.buf.resize(target, 0);
+            }
+        }
+    }
+}

@@ -1,0 +1,454 @@
+use std::io::Write;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use super::receiver::{DIRECT_MIN, Waiting};
+use super::*;
+use crate::error::RecvError;
+use crate::transport::frame::{HEADER_LEN, Header};
+use crate::wait::spin::{CpuContention, Spin};
+
+/// A small deterministic generator, so a failure reproduces.
+struct XorShift(u64);
+
+impl XorShift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+fn valid_frame(payload: &[u8]) -> Vec<u8> {
+    let mut out = Header {
+        len: payload.len() as u32,
+        fds: 0,
+    }
+    .encode()
+    .to_vec();
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Feeds streams of random bytes, valid frames (some large enough to be read into a buffer
+/// of their own), damaged frames and lying headers into a receiver that receives with the
+/// typed and the bytes methods at random: it must never panic or hang, and must end with
+/// end-of-stream.
+#[test]
+fn receiver_survives_arbitrary_byte_streams() {
+    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    for round in 0..300 {
+        let (a, b) = socket_pair().unwrap();
+        let (_, mut rx) = split(b).unwrap();
+        rx.set_max_message_size(if round % 2 == 0 { 4096 } else { 1 << 20 });
+        let mut stream = Vec::new();
+        for _ in 0..rng.below(8) {
+            match rng.below(7) {
+                0 => stream.extend(valid_frame(&vec![
+                    rng.next() as u8;
+                    rng.below(100) as usize
+                ])),
+                1 => {
+                    let len = rng.below(64) as usize;
+                    stream.extend((0..len).map(|_| rng.next() as u8));
+                }
+                2 => {
+                    let mut f = valid_frame(&[1, 2, 3, 4, 5]);
+                    let cut = rng.below(f.len() as u64) as usize;
+                    f.truncate(cut);
+                    stream.extend(f);
+                }
+                3 => {
+                    // A header announcing more descriptors than will ever come.
+                    stream.extend(
+                        Header {
+                            len: 2,
+                            fds: rng.below(10) as u32 + 1,
+                        }
+                        .encode(),
+                    );
+                    stream.extend([0, 0]);
+                }
+                4 => {
+                    // Above `DIRECT_MIN`: the bytes methods read it into its own buffer.
+                    let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
+                    stream.extend(valid_frame(&vec![rng.next() as u8; len]));
+                }
+                5 => {
+                    // The same, cut short.
+                    let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
+                    let mut f = valid_frame(&vec![rng.next() as u8; len]);
+                    f.truncate(HEADER_LEN + rng.below(len as u64) as usize);
+                    stream.extend(f);
+                }
+                _ => stream.extend(
+                    Header {
+                        len: 100_000,
+                        fds: 0,
+                    }
+                    .encode(),
+                ),
+            }
+        }
+        let mut writer = std::os::unix::net::UnixStream::from(a.try_clone_owned().unwrap());
+        drop(a);
+        writer.set_nonblocking(false).unwrap();
+        // Large frames do not fit in the socket: write from a thread while receiving.
+        let writing = std::thread::spawn(move || {
+            let _ = writer.write_all(&stream);
+        });
+        let mut outcomes = 0;
+        loop {
+            let deadline = Some(Instant::now() + Duration::from_secs(5));
+            let got = if rng.below(2) == 0 {
+                rx.blocking_recv_with(deadline, |bytes, fds| (bytes.len(), fds.len()))
+            } else {
+                rx.blocking_recv_bytes(deadline, |payload, fds| {
+                    (payload.as_slice().len(), fds.len())
+                })
+            };
+            match got {
+                Ok(TryRecv::Frame(_)) | Err(_) => outcomes += 1,
+                Ok(TryRecv::Closed) => break,
+                Ok(TryRecv::Empty) => {
+                    panic!("round {round}: receiver waited on a closed socket")
+                }
+            }
+            assert!(
+                outcomes < 10_000,
+                "round {round}: receiver does not make progress"
+            );
+        }
+        assert!(rx.is_terminated());
+        // A writer blocked on a full socket fails once the receiver is gone.
+        drop(rx);
+        writing.join().unwrap();
+    }
+}
+
+/// Frames of every size, buffered or sent with `send_bytes`, arrive whole and in order,
+/// whichever method receives them.
+#[test]
+fn bytes_and_buffered_frames_interleave_in_order() {
+    let sizes = [0, 1, 100, DIRECT_MIN, DIRECT_MIN + 1, 300_000, 3 << 20];
+    let messages: Vec<Vec<u8>> = (0..42)
+        .map(|i| {
+            let len = sizes[i % sizes.len()];
+            (0..len).map(|j| (i * 31 + j) as u8).collect()
+        })
+        .collect();
+    let expected = messages.clone();
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, mut rx) = split(b).unwrap();
+    let sending = std::thread::spawn(move || {
+        for (i, m) in messages.iter().enumerate() {
+            if i % 3 == 0 {
+                // Left in the buffer now and then: `send_bytes` must write it first.
+                tx.push(|buf| {
+                    buf.extend_from_slice(m);
+                    Ok(Vec::new())
+                })
+                .unwrap();
+                if i % 2 == 0 {
+                    assert!(tx.blocking_flush(None).unwrap());
+                }
+            } else {
+                assert!(tx.blocking_send_bytes(m, None).unwrap());
+            }
+        }
+        assert!(tx.blocking_flush(None).unwrap());
+    });
+    for (i, m) in expected.iter().enumerate() {
+        let got = if i % 2 == 0 {
+            rx.blocking_recv_bytes(None, |payload, _| payload.into_vec())
+        } else {
+            rx.blocking_recv_with(None, |bytes, _| bytes.to_vec())
+        };
+        match got.unwrap() {
+            TryRecv::Frame(bytes) => assert!(bytes == *m, "message {i} differs"),
+            other => panic!("message {i}: {other:?}"),
+        }
+    }
+    sending.join().unwrap();
+    match rx.blocking_recv_bytes(None, |payload, _| payload.into_vec()) {
+        Ok(TryRecv::Closed) => {}
+        other => panic!("expected end-of-stream, got {other:?}"),
+    }
+}
+
+/// A `send_bytes` dropped part-way buffers the rest of its frame (one never polled sends
+/// nothing); a `recv_bytes` dropped part-way is finished by the next receive, of any kind.
+#[test]
+fn cancelled_bytes_transfers_lose_nothing() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx, _) = split(a).unwrap();
+        let (_, mut rx) = split(b).unwrap();
+        let big: Vec<u8> = (0..4 << 20).map(|i: u32| (i % 253) as u8).collect();
+
+        drop(tx.send_bytes(&big));
+        assert_eq!(tx.buffered(), 0, "a send never polled sent something");
+        // The socket holds about 1 MiB: one poll writes part of the frame.
+        assert!(futures::FutureExt::now_or_never(tx.send_bytes(&big)).is_none());
+        let rest = tx.buffered();
+        assert!(rest > 0 && rest < big.len(), "{rest} bytes buffered");
+
+        // Reads what the socket holds, then waits for the rest, which never comes: cancel.
+        let receiving =
+            std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, |payload, _| payload.into_vec()));
+        let waited = tokio::time::timeout(Duration::from_millis(200), receiving).await;
+        assert!(waited.is_err(), "received a frame that was not all sent");
+        assert!(
+            rx.direct.is_some(),
+            "a large frame is read into its own buffer"
+        );
+
+        let flushing = std::thread::spawn(move || {
+            assert!(tx.blocking_flush(None).unwrap());
+            assert!(tx.blocking_send_bytes(b"after", None).unwrap());
+        });
+        let got = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |bytes, _| bytes.to_vec()))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(got == big, "the cancelled frames arrived damaged");
+        let after =
+            std::future::poll_fn(|cx| rx.poll_recv_bytes(cx, |payload, _| payload.into_vec()))
+                .await
+                .unwrap();
+        assert_eq!(after.as_deref(), Some(&b"after"[..]));
+        flushing.join().unwrap();
+    });
+}
+
+/// `try_recv_buffered_with` hands out only frames already read, never touching the socket;
+/// `blocking_wait` reports bytes in the socket (or its end) without reading them.
+#[test]
+fn buffered_receive_and_wait_do_not_read() {
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, mut rx) = split(b).unwrap();
+    let short = Some(Instant::now() + Duration::from_millis(20));
+    assert!(
+        !rx.blocking_wait(short).unwrap(),
+        "an empty socket is not readable"
+    );
+    for i in 0..3u8 {
+        tx.push(|buf| {
+            buf.push(i);
+            Ok(Vec::new())
+        })
+        .unwrap();
+    }
+    assert!(tx.blocking_flush(None).unwrap());
+    // In the socket, not in the buffer: nothing to hand out without a read.
+    assert!(
+        rx.try_recv_buffered_with(|b, _| b.to_vec())
+            .unwrap()
+            .is_none()
+    );
+    assert!(rx.blocking_wait(None).unwrap());
+    // One read takes all three frames; the other two come from the buffer.
+    let first = rx.try_recv_with(|b, _| b.to_vec()).unwrap();
+    assert!(
+        matches!(first, TryRecv::Frame(ref b) if b == &[0]),
+        "{first:?}"
+    );
+    assert!(
+        !rx.blocking_wait(short).unwrap(),
+        "the read took every byte"
+    );
+    for i in 1..3u8 {
+        let got = rx.try_recv_buffered_with(|b, _| b.to_vec()).unwrap();
+        assert_eq!(got, Some(vec![i]));
+    }
+    assert!(
+        rx.try_recv_buffered_with(|b, _| b.to_vec())
+            .unwrap()
+            .is_none()
+    );
+    // The peer's end counts as readable.
+    drop(tx);
+    assert!(rx.blocking_wait(None).unwrap());
+    assert!(matches!(
+        rx.try_recv_with(|b, _| b.len()),
+        Ok(TryRecv::Closed)
+    ));
+}
+
+fn send_frame(tx: &mut RawSender, payload: &[u8]) {
+    tx.push(|buf| {
+        buf.extend_from_slice(payload);
+        Ok(Vec::new())
+    })
+    .unwrap();
+    assert!(tx.blocking_flush(None).unwrap());
+}
+
+fn poll_once(rx: &mut RawReceiver) -> Poll<Result<Option<Vec<u8>>, RecvError>> {
+    let waker = futures::task::noop_waker();
+    let mut cx = Context::from_waker(&waker);
+    rx.poll_recv_with(&mut cx, |bytes, _| bytes.to_vec())
+}
+
+/// Receives one frame on the runtime (the reactor runs while it waits), or panics.
+async fn recv_frame(rx: &mut RawReceiver) -> Vec<u8> {
+    let receiving = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+    tokio::time::timeout(Duration::from_secs(10), receiving)
+        .await
+        .expect("no frame within 10 s")
+        .unwrap()
+        .expect("end-of-stream instead of a frame")
+}
+
+/// A receiver spins only while an answer to something its socket sent may be on the way:
+/// not before anything was sent, not after the answer came; and a spin that finds nothing
+/// counts as a failure for the policy.
+#[test]
+fn receivers_spin_only_when_an_answer_is_due() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = socket_pair().unwrap();
+        let (mut tx_a, mut rx_a) = split(a).unwrap();
+        let (mut tx_b, _rx_b) = split(b).unwrap();
+
+        // Nothing sent: park at once, the policy untouched.
+        assert!(poll_once(&mut rx_a).is_pending());
+        assert_eq!(rx_a.waiting, Waiting::Untimed);
+        assert_eq!(rx_a.spin.misses(), 0);
+
+        // A request goes out, but the wait in progress already chose to park.
+        send_frame(&mut tx_a, b"request");
+        assert!(poll_once(&mut rx_a).is_pending());
+        assert_eq!(rx_a.spin.misses(), 0);
+
+        // The answer ends that wait; a wait after the answer does not spin either.
+        send_frame(&mut tx_b, b"answer");
+        assert_eq!(recv_frame(&mut rx_a).await, b"answer");
+        assert!(poll_once(&mut rx_a).is_pending());
+        assert_eq!(rx_a.spin.misses(), 0);
+
+        // A new request, then a wait: it spins, and nothing comes. (Unless other processes
+        // keep this CPU busy: then a step is slow, or spinning is off for a while.)
+        send_frame(&mut tx_b, b"notice");
+        assert_eq!(recv_frame(&mut rx_a).await, b"notice");
+        send_frame(&mut tx_a, b"request");
+        let cooling = CpuContention::global().cooling(Instant::now());
+        assert!(poll_once(&mut rx_a).is_pending());
+        match rx_a.spin.last() {
+            Some(Spin::Missed) => {
+                assert_eq!(rx_a.waiting, Waiting::Untimed);
+                assert_eq!(rx_a.spin.misses(), 1);
+                assert!(!rx_a.spin.spins_next(), "a missed spin backs off");
+            }
+            Some(Spin::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
+            None => assert!(cooling, "the wait neither spun nor found the CPU busy"),
+            Some(Spin::Caught(_)) => panic!("caught data nobody sent"),
+        }
+        let misses = rx_a.spin.misses();
+        // Being polled again in the same wait does not spin again.
+        assert!(poll_once(&mut rx_a).is_pending());
+        assert_eq!(rx_a.spin.misses(), misses);
+
+        // The data that arrives while parked is delivered as usual.
+        send_frame(&mut tx_b, b"late");
+        assert_eq!(recv_frame(&mut rx_a).await, b"late");
+    });
+}
+
+/// A blocking receive never spins past its deadline: with the deadline already gone it
+/// returns at once, without counting a failed spin.
+#[test]
+fn blocking_spins_stop_at_the_deadline() {
+    let (a, _b) = socket_pair().unwrap();
+    let (mut tx, mut rx) = split(a).unwrap();
+    send_frame(&mut tx, b"request");
+    let got = rx
+        .blocking_recv_with(Some(Instant::now()), |bytes, _| bytes.to_vec())
+        .unwrap();
+    assert!(matches!(got, TryRecv::Empty), "{got:?}");
+    assert_eq!(rx.spin.misses(), 0);
+}
+
+/// Answers and end-of-stream reach a receiver that spins for them, blocking or async.
+#[test]
+fn spinning_receivers_get_answers_and_end_of_stream() {
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx_a, mut rx_a) = split(a).unwrap();
+    let (mut tx_b, mut rx_b) = split(b).unwrap();
+    let echo = std::thread::spawn(move || {
+        let deadline = Some(Instant::now() + Duration::from_secs(10));
+        for i in 0..=200 {
+            match rx_b.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                Ok(TryRecv::Frame(bytes)) if i < 200 => send_frame(&mut tx_b, &bytes),
+                // The last request is not answered: closing both directions is.
+                Ok(TryRecv::Frame(_)) => {}
+                other => panic!("echo: {other:?}"),
+            }
+        }
+    });
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for i in 0..200u32 {
+            send_frame(&mut tx_a, &i.to_le_bytes());
+            let got = if i % 2 == 0 {
+                let deadline = Some(Instant::now() + Duration::from_secs(10));
+                match rx_a.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+                    Ok(TryRecv::Frame(bytes)) => bytes,
+                    other => panic!("answer {i}: {other:?}"),
+                }
+            } else {
+                recv_frame(&mut rx_a).await
+            };
+            assert_eq!(got, i.to_le_bytes());
+        }
+        // A last request that is never answered: the peer closes instead.
+        send_frame(&mut tx_a, b"unanswered");
+        let receiving =
+            std::future::poll_fn(|cx| rx_a.poll_recv_with(cx, |bytes, _| bytes.to_vec()));
+        let end = tokio::time::timeout(Duration::from_secs(10), receiving)
+            .await
+            .expect("end-of-stream never came");
+        assert!(matches!(end, Ok(None)), "{end:?}");
+    });
+    echo.join().unwrap();
+}
+
+#[test]
+fn frames_round_trip_in_one_batch() {
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, mut rx) = split(b).unwrap();
+    for i in 0..1000u32 {
+        tx.push(|buf| {
+            buf.extend_from_slice(&i.to_le_bytes()[..(i % 5) as usize]);
+            Ok(Vec::new())
+        })
+        .unwrap();
+    }
+    assert!(tx.blocking_flush(None).unwrap());
+    for i in 0..1000u32 {
+        let got = rx
+            .blocking_recv_with(None, |bytes, _| bytes.to_vec())
+            .unwrap();
+        match got {
+            TryRecv::Frame(bytes) => assert_eq!(bytes, &i.to_le_bytes()[..(i % 5) as usize]),
+            other => panic!("frame {i}: {other:?}"),
+        }
+    }
+}
