@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use futures::poll;
-use multiproc::sync_error::BarrierWaitError;
+use multiproc::error::BarrierWaitError;
 use multiproc::{Barrier, spawn};
 use multiproc_suite::within;
 

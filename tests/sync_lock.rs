@@ -8,8 +8,8 @@ use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use futures::poll;
+use multiproc::error::{LockTimeoutError, ReleaseError, TryLockError};
 use multiproc::pipe::{self, Duplex};
-use multiproc::sync_error::{LockTimeoutError, ReleaseError, TryLockError};
 use multiproc::{Event, Lock, LockGuard, RLock, SharedMemory, spawn};
 use multiproc_suite::within;
 

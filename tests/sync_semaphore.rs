@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use futures::poll;
-use multiproc::sync_error::{ReleaseError, TryAcquireError};
+use multiproc::error::{ReleaseError, TryAcquireError};
 use multiproc::{BoundedSemaphore, Event, Semaphore, SharedMemory, spawn};
 use multiproc_suite::{eventually, within};
 

@@ -56,6 +56,22 @@
 //! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
 //! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
 //!
+//! ## Where things are
+//!
+//! The types above are at the root, so `multiproc::Lock` or `multiproc::spawn` is all most
+//! programs write. Each area also has a namespace holding all of its types:
+//!
+//! - [`sync`]: [`Lock`], [`RLock`], [`Semaphore`], [`BoundedSemaphore`], [`Event`],
+//!   [`Condition`], [`Barrier`] and their guards;
+//! - [`shm`]: [`SharedValue`], [`SharedArray`], [`SharedMemory`];
+//! - [`pipe`]: [`pipe::duplex`], [`pipe::simplex`] and their ends;
+//! - [`queue`]: [`Queue`], [`JoinableQueue`] and their builder, sink and stream;
+//! - [`process`]: [`spawn`], [`Builder`], [`JoinHandle`], [`ExitStatus`];
+//! - [`pool`]: [`Pool`], its builder, futures and streams;
+//! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
+//!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
+//! - [`core`]: the lower-level pieces for building new handle types.
+//!
 //! ## The process model
 //!
 //! A child is this same executable, re-executed from `/proc/self/exe` (never `fork()`ed from
@@ -73,22 +89,15 @@
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
-#[doc(inline)]
-pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
-#[doc(inline)]
-pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
-/// The pool's futures, streams and helper traits ([`Pool`] returns them).
-pub mod pool {
-    #[doc(inline)]
-    pub use multiproc_process::pool::*;
-}
-
+// The headline types, at the root: what most programs name.
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
 pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
-/// Error types of the synchronization primitives ([`Lock`], [`Semaphore`], [`Event`], ...).
-pub use multiproc_sync::error as sync_error;
+#[doc(inline)]
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+#[doc(inline)]
+pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
 #[doc(inline)]
 pub use multiproc_sync::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
@@ -96,12 +105,56 @@ pub use multiproc_sync::{
     SharedMemory, SharedValue, SharedValueGuard,
 };
 
-/// Error types, one per operation.
+/// Cross-process synchronization: locks, semaphores, events, conditions and barriers, whose
+/// waits never block a runtime thread.
+pub mod sync {
+    #[doc(inline)]
+    pub use multiproc_sync::{
+        Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
+        LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
+    };
+}
+
+/// Shared memory: typed values and arrays (Python's `Value` and `Array`) and raw regions.
+pub mod shm {
+    #[doc(inline)]
+    pub use multiproc_sync::{
+        Pod, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
+    };
+}
+
+/// Queues shared by any number of producer and consumer processes.
+pub mod queue {
+    #[doc(inline)]
+    pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+}
+
+/// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
+/// what a child may be.
+pub mod process {
+    #[doc(inline)]
+    pub use multiproc_process::{
+        Builder, ChildOutput, ExitStatus, JoinHandle, Returns, ReturnsFuture, signal_name, spawn,
+    };
+}
+
+/// The process pool, with its futures, streams and helper traits ([`Pool`] returns them).
+pub mod pool {
+    #[doc(inline)]
+    pub use multiproc_process::pool::*;
+}
+
+/// Error types, one per operation, for every primitive: pipes and queues, synchronization,
+/// spawning, joining and the pool.
 pub mod error {
     #[doc(inline)]
     pub use multiproc_channel::error::*;
     #[doc(inline)]
     pub use multiproc_process::error::*;
+    #[doc(inline)]
+    pub use multiproc_process::pool::PoolError;
+    #[doc(inline)]
+    pub use multiproc_sync::error::*;
 }
 
 /// Lower-level pieces for building new handle types.
