@@ -31,11 +31,6 @@ impl SharedFd {
         Self(Arc::new(fd))
     }
 
-    /// Returns the raw descriptor number in this process.
-    pub fn raw(&self) -> RawFd {
-        self.0.as_raw_fd()
-    }
-
     /// Duplicates the descriptor into a new, independently owned one (close-on-exec).
     ///
     /// # Errors
@@ -65,7 +60,7 @@ impl From<OwnedFd> for SharedFd {
 
 impl fmt::Debug for SharedFd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("SharedFd").field(&self.raw()).finish()
+        f.debug_tuple("SharedFd").field(&self.as_raw_fd()).finish()
     }
 }
 

@@ -23,7 +23,7 @@ pub enum Payload<'a> {
 
 impl Payload<'_> {
     /// The bytes.
-    pub fn as_slice(&self) -> &[u8] {
+    pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Payload::Borrowed(b) => b,
             Payload::Owned(v) => v,

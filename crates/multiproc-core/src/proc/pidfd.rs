@@ -29,7 +29,7 @@ impl PidFd {
     ///
     /// # Errors
     /// `ESRCH` when no such process exists (or it was already reaped).
-    pub fn open(pid: u32) -> io::Result<Self> {
+    pub(crate) fn open(pid: u32) -> io::Result<Self> {
         let raw = Pid::from_raw(pid as i32)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = rustix::process::pidfd_open(raw, PidfdFlags::empty())?;

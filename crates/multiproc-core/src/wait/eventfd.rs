@@ -5,7 +5,7 @@
 //! * the truth lives in shared memory (a [`SharedRegion`](crate::shm::SharedRegion) word);
 //! * a waiter announces itself in shared memory (a waiter count), **then** creates a
 //!   `Waiter` (or `BlockingWaiter`), **then** re-checks the word, and only then waits;
-//! * a notifier changes the word, then calls [`EventFd::notify`] if the waiter count is
+//! * a notifier changes the word, then calls `EventFd::notify` if the waiter count is
 //!   non-zero.
 //!
 //! Each `Waiter` is its own edge-triggered epoll registration of a duplicate of the eventfd, so
@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use rustix::event::{EventfdFlags, Timespec, epoll};
@@ -59,7 +59,7 @@ impl EventFd {
     ///
     /// # Errors
     /// Only on an unexpected `write` failure.
-    pub fn notify(&self) -> io::Result<()> {
+    pub(crate) fn notify(&self) -> io::Result<()> {
         loop {
             match rustix::io::write(&self.fd, &1u64.to_ne_bytes()) {
                 Ok(_) => return Ok(()),
@@ -113,11 +113,6 @@ impl EventFd {
             _fd: self.fd.clone(),
         })
     }
-
-    /// The descriptor.
-    pub fn shared_fd(&self) -> &SharedFd {
-        &self.fd
-    }
 }
 
 fn drain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
@@ -134,7 +129,7 @@ fn drain(fd: std::os::fd::BorrowedFd<'_>) -> io::Result<u64> {
 }
 
 /// An async registration of an [`EventFd`]: [`wait`](Self::wait) completes after each
-/// [`EventFd::notify`] that happened since the previous `wait` (or since creation), possibly
+/// `EventFd::notify` that happened since the previous `wait` (or since creation), possibly
 /// spuriously. Always re-check the shared state after it returns.
 ///
 /// One `Waiter` may serve any number of successive waits (readiness left from earlier
@@ -218,7 +213,9 @@ impl fmt::Debug for BlockingWaiter {
 
 impl fmt::Debug for EventFd {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_tuple("EventFd").field(&self.fd.raw()).finish()
+        f.debug_tuple("EventFd")
+            .field(&self.fd.as_raw_fd())
+            .finish()
     }
 }
 
@@ -231,7 +228,7 @@ impl Serialize for EventFd {
 impl<'de> Deserialize<'de> for EventFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let fd = SharedFd::deserialize(deserializer)?;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.raw()))
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
             .map_err(|e| D::Error::custom(format!("cannot inspect received descriptor: {e}")))?;
         if link.as_os_str() != "anon_inode:[eventfd]" {
             return Err(D::Error::custom("received descriptor is not an eventfd"));

@@ -112,7 +112,8 @@ impl RawReceiver {
     }
 
     /// True once the end reported end-of-stream or a fatal error.
-    pub fn is_terminated(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_terminated(&self) -> bool {
         self.dead
     }
 
