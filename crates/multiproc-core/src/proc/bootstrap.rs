@@ -37,7 +37,6 @@
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::proc::identity;
@@ -67,44 +66,26 @@ static BOOTSTRAP_HOOK: extern "C" fn() = bootstrap_hook;
 /// which is checked at compile time.
 pub type EntryPoint = RemoteFn<OwnedFd, ()>;
 
-/// A command that starts this executable as a child running `entry`, plus the parent's end of
-/// the control socket. The hello is already queued on the socket.
-pub struct ChildCommand {
-    /// The command to spawn (`/proc/self/exe`); add arguments, environment and stdio freely.
-    pub command: Command,
-    /// The parent's end of the control socket.
+/// A control socket whose child end makes a new process of this executable run an entry point:
+/// the hello naming it is already queued. The spawner makes one for every child.
+#[derive(Debug)]
+pub struct ControlSocket {
+    /// The parent's end.
     pub parent_end: OwnedFd,
-    /// The child's end; it must stay open until the command is spawned, then be dropped.
+    /// The child's end, close-on-exec: the spawner hands it to the child and then drops it.
     pub child_end: OwnedFd,
 }
 
-/// Prepares a [`ChildCommand`] for `entry`.
+/// Makes a [`ControlSocket`] for a child that runs `entry`.
 ///
 /// # Errors
-/// When the control socket cannot be created or `/proc/self/exe` cannot be read; in a
-/// secure-execution program (setuid, setgid, file capabilities), which spawns no children
-/// (see the [module docs](self)).
-pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
+/// When the socket cannot be created or `/proc/self/exe` cannot be read; in a secure-execution
+/// program (setuid, setgid, file capabilities), which spawns no children (see the
+/// [module docs](self)).
+pub fn control_socket(entry: EntryPoint) -> io::Result<ControlSocket> {
     let (parent_end, child_end) = sys::stream_socketpair()?;
     send_hello(&parent_end, entry)?;
-
-    let mut command = Command::new("/proc/self/exe");
-    let raw = child_end.as_raw_fd();
-    command.env(BOOTSTRAP_ENV, raw.to_string());
-    // SAFETY: the closure runs in the forked child before exec and only makes one
-    // async-signal-safe system call (fcntl) on a value captured by copy.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(move || {
-            // `raw` is open in the child: it is the parent's `child_end`, still open when the
-            // fork happened; we only clear its close-on-exec flag.
-            let fd = rustix::fd::BorrowedFd::borrow_raw(raw);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
-    }
-    Ok(ChildCommand {
-        command,
+    Ok(ControlSocket {
         parent_end,
         child_end,
     })

@@ -83,10 +83,10 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::SharedFd;
 use crate::proc::bootstrap::{self, EntryPoint};
+use crate::proc::exec::{self, SpawnOptions};
 use crate::proc::identity;
 use crate::proc::pidfd::PidFd;
 use crate::proc::reaper;
-use crate::proc::spawner::{self, SpawnOptions};
 use crate::shm::SharedRegion;
 use crate::sys::{self, Direction};
 
@@ -248,8 +248,8 @@ impl Server {
         let mut name = String::from(SERVER_NAME);
         name.extend(std::iter::repeat_n(' ', NAME_ROOM - 1 - SERVER_NAME.len()));
         let arg0 = CString::new(name).expect("no NUL in the server's name");
-        let env = spawner::environment(&SpawnOptions::default())?;
-        let pid = spawner::posix_spawn_child(&theirs, &arg0, env)?;
+        let env = exec::environment(&SpawnOptions::default())?;
+        let pid = exec::posix_spawn_child(&theirs, &arg0, env)?;
         let process = Arc::new(PidFd::open(pid)?);
         Ok(Server {
             socket,

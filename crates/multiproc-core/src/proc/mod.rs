@@ -8,6 +8,7 @@
 
 pub mod bootstrap;
 pub mod cpu;
+mod exec;
 mod forkserver;
 pub mod identity;
 pub mod pidfd;
