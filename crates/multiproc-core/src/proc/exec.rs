@@ -25,9 +25,8 @@ use std::process::{Command, Stdio};
 use crate::proc::bootstrap::BOOTSTRAP_ENV;
 
 /// How to start a child, beyond the function it runs. Every field defaults to "as this
-/// process". Setting `current_dir` or a standard stream makes
-/// [`spawn`](crate::proc::spawner::spawn) take the slower `fork` path of
-/// `std::process::Command`.
+/// process". Setting `current_dir` or a standard stream makes `spawner::spawn` take the slower
+/// `fork` path of `std::process::Command`.
 #[derive(Debug, Default)]
 pub struct SpawnOptions {
     /// `argv[0]`, what `ps` shows (default: the program path).
