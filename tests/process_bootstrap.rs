@@ -3,7 +3,7 @@
 //! exited since is honoured, for detached children), and a setuid program ignores the
 //! bootstrap variable altogether and runs `main`.
 //!
-//! These tests play the forger: they build a genuine hello with core's `child_command` (so the
+//! These tests play the forger: they build a genuine hello with core's `control_socket` (so the
 //! hello itself, key included, is as good as a parent's) and hand the socket to a process that
 //! this test process did not start directly.
 
@@ -29,7 +29,7 @@ fn forged(_: Forged, _: OwnedFd) {
 /// A socket carrying a genuine hello for [`forged`], as an inheritable descriptor (the test
 /// cannot use `pre_exec`), and the parent's end, which must stay open meanwhile.
 fn forged_socket() -> (OwnedFd, OwnedFd) {
-    let boot = bootstrap::child_command(EntryPoint::new(Forged, forged)).unwrap();
+    let boot = bootstrap::control_socket(EntryPoint::new(Forged, forged)).unwrap();
     // `dup` leaves close-on-exec off on the copy.
     let inheritable = rustix::io::dup(&boot.child_end).unwrap();
     (inheritable, boot.parent_end)
@@ -78,7 +78,7 @@ fn a_hello_on_a_socket_not_made_by_the_parent_runs_nothing() {
 /// Runs in a child: makes a control socket with a hello for [`forged`], hands its child end
 /// over, and exits (closing the parent's end: the hello stays queued).
 async fn make_a_socket_and_exit(mut out: pipe::Sender<SharedFd>) {
-    let boot = bootstrap::child_command(EntryPoint::new(Forged, forged)).unwrap();
+    let boot = bootstrap::control_socket(EntryPoint::new(Forged, forged)).unwrap();
     out.send(SharedFd::new(boot.child_end)).await.unwrap();
 }
 

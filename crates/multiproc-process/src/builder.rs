@@ -1,14 +1,17 @@
 //! Options for starting a child process.
 
 use std::ffi::OsString;
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Instant;
 
-use multiproc_core::proc::bootstrap::{self, EntryPoint};
+use multiproc_core::proc::bootstrap::EntryPoint;
+use multiproc_core::proc::reaper;
 use multiproc_core::proc::spawner::{self, SpawnOptions};
-use multiproc_core::transport::channel;
-use multiproc_core::{SharedFd, message};
+use multiproc_core::transport::channel::{self, RawSender};
+use multiproc_core::{SendErrorKind, SharedFd, message};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -160,21 +163,13 @@ impl Builder {
         // reactor): refuse to start a child outside of one, as documented.
         let _ = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
-        let boot = bootstrap::child_command(entry).map_err(SpawnError::io)?;
-        let (mut tx, rx) =
-            channel::split(SharedFd::new(boot.parent_end)).map_err(SpawnError::io)?;
+        // Encoded before the child exists: arguments that do not encode start no process.
         let setup = Setup {
             parent_pid: std::process::id(),
             die_with_parent: self.daemon,
         };
-        tx.push(|buf| message::encode_into(&setup, buf))
-            .map_err(|e| SpawnError::io(std::io::Error::other(e)))?;
-        if let Err(e) = tx.push(|buf| message::encode_into(&args, buf)) {
-            return Err(match e {
-                multiproc_core::SendErrorKind::Encode(e) => SpawnError::encode(e),
-                other => SpawnError::io(std::io::Error::other(other)),
-            });
-        }
+        let setup = message::encode(&setup).map_err(|e| SpawnError::io(io::Error::other(e)))?;
+        let args = message::encode(&args).map_err(SpawnError::encode)?;
 
         let options = SpawnOptions {
             arg0: self.name.clone().map(Into::into),
@@ -185,15 +180,34 @@ impl Builder {
             stdout: self.stdout,
             stderr: self.stderr,
         };
-        let pidfd =
-            spawner::spawn(boot.command, boot.child_end, options).map_err(SpawnError::io)?;
+        let (pidfd, control) = spawner::spawn(entry, options).map_err(SpawnError::io)?;
+        let (mut tx, rx) = match channel::split(SharedFd::new(control)) {
+            Ok(halves) => halves,
+            Err(e) => {
+                // Nobody could talk to the child: end it (the reaper reaps it).
+                let _ = pidfd.send_signal(9);
+                reaper::reap_orphan(pidfd);
+                return Err(SpawnError::io(e));
+            }
+        };
         let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, rx);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
-        if let Err(e) = tx.blocking_flush(Some(Instant::now())) {
+        let sent = push(&mut tx, setup)
+            .and_then(|()| push(&mut tx, args))
+            .and_then(|()| tx.blocking_flush(Some(Instant::now())));
+        if let Err(e) = sent {
             // The child cannot get its arguments: end it (the dropped handle reaps it).
             let _ = handle.kill();
-            return Err(SpawnError::io(std::io::Error::other(e)));
+            return Err(SpawnError::io(io::Error::other(e)));
         }
         Ok(handle)
     }
+}
+
+/// Queues one frame already encoded (bytes and descriptors) on the control socket.
+fn push(tx: &mut RawSender, (bytes, fds): (Vec<u8>, Vec<OwnedFd>)) -> Result<(), SendErrorKind> {
+    tx.push(move |buf| {
+        buf.extend_from_slice(&bytes);
+        Ok(fds)
+    })
 }

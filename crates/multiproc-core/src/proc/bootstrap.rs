@@ -8,8 +8,8 @@
 //! spawn them recursively. A process without the variable is not touched. (A child forked from
 //! the fork server, itself such a copy, takes its socket from the server and enters at `enter`.)
 //!
-//! Functions are named by their address relative to an anchor in this binary, which survives
-//! address-space randomisation because the child runs the identical file.
+//! The entry point is an [`EntryPoint`]: a [`RemoteFn`] of the control socket, named and checked
+//! like every function one process names for another (see `remote_fn`).
 //!
 //! # Who may name the function
 //! Jumping to an offset read from a descriptor named by an environment variable is only sound
@@ -37,9 +37,10 @@
 
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::proc::identity;
+use crate::proc::remote_fn::{self, RemoteFn};
 use crate::sys::{self, Direction};
 
 /// The environment variable that turns a process into a multiproc child.
@@ -47,9 +48,10 @@ pub const BOOTSTRAP_ENV: &str = "MULTIPROC_BOOTSTRAP";
 /// Exit code of a child whose bootstrap failed before the entry point ran.
 pub const BOOTSTRAP_FAILED_EXIT: i32 = 121;
 
-const HELLO_MAGIC: [u8; 8] = *b"MPBOOT02";
-/// Magic, shim and run offsets, executable device and inode, program key (two words).
-const HELLO_LEN: usize = 8 + 8 + 8 + 8 + 8 + 16;
+const HELLO_MAGIC: [u8; 8] = *b"MPBOOT03";
+/// Magic, entry token (shim and run offsets, tag), executable device and inode, program key
+/// (two words).
+const HELLO_LEN: usize = 8 + 24 + 16 + 16;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[used]
@@ -58,104 +60,32 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 #[unsafe(link_section = ".init_array")]
 static BOOTSTRAP_HOOK: extern "C" fn() = bootstrap_hook;
 
-/// Names a function the child runs, as offsets from this binary's anchor.
-#[derive(Clone, Copy, Debug)]
-pub struct EntryPoint {
-    shim: i64,
-    run: i64,
-}
+/// What a child runs: `run(f, control)`, where `control` is the child end of its control
+/// socket, named like any function sent to another process. Make one with
+/// [`RemoteFn::new`]; `f` must be zero-sized (a `fn` item or a closure that captures nothing),
+/// which is checked at compile time.
+pub type EntryPoint = RemoteFn<OwnedFd, ()>;
 
-fn anchor() -> usize {
-    bootstrap_hook as extern "C" fn() as usize
-}
-
-/// The offset of a function address from the anchor: the same in every process of this
-/// executable.
-pub(crate) fn offset_of(addr: usize) -> i64 {
-    addr.wrapping_sub(anchor()) as i64
-}
-
-/// The address in this process of the function at `offset` from the anchor.
-pub(crate) fn address_of(offset: i64) -> usize {
-    anchor().wrapping_add(offset as usize)
-}
-
-impl EntryPoint {
-    /// The entry point that calls `run(f, control)` in the child, where `control` is the child
-    /// end of the bootstrap socket.
-    ///
-    /// `F` must be zero-sized (a `fn` item or a closure that captures nothing): the child
-    /// rebuilds the value from its type alone, which is only meaningful when there is no data.
-    /// Passing a capturing closure is a compile-time error.
-    pub fn new<F: Copy + 'static>(f: F, run: fn(F, OwnedFd)) -> EntryPoint {
-        const {
-            assert!(
-                std::mem::size_of::<F>() == 0,
-                "multiproc: the child function must be a fn item or a closure that captures nothing"
-            )
-        };
-        let _ = f;
-        // Keep the constructor linked into every program that spawns.
-        std::hint::black_box(&BOOTSTRAP_HOOK);
-        EntryPoint {
-            shim: offset_of(shim::<F> as fn(usize, OwnedFd) as usize),
-            run: offset_of(run as usize),
-        }
-    }
-}
-
-/// Rebuilds the zero-sized `F` and calls the `run` function found at `run_addr`.
-fn shim<F: Copy + 'static>(run_addr: usize, control: OwnedFd) {
-    // SAFETY: `run_addr` is `anchor + offset` where the offset was computed by
-    // `EntryPoint::new::<F>` from a `fn(F, OwnedFd)` in this same executable (the child checked
-    // the executable's identity before calling us), so it is the address of a function of
-    // exactly this type.
-    let run = unsafe { std::mem::transmute::<usize, fn(F, OwnedFd)>(run_addr) };
-    // SAFETY: `F` is zero-sized (asserted at compile time in `EntryPoint::new`), `Copy` (so it
-    // has no drop glue and any number of copies may exist), and inhabited (the parent held a
-    // value of it). A zero-sized value has no bytes, so the zeroed value equals that one.
-    let f: F = unsafe { std::mem::zeroed() };
-    run(f, control)
-}
-
-/// A command that starts this executable as a child running `entry`, plus the parent's end of
-/// the control socket. The hello is already queued on the socket.
-pub struct ChildCommand {
-    /// The command to spawn (`/proc/self/exe`); add arguments, environment and stdio freely.
-    pub command: Command,
-    /// The parent's end of the control socket.
+/// A control socket whose child end makes a new process of this executable run an entry point:
+/// the hello naming it is already queued. The spawner makes one for every child.
+#[derive(Debug)]
+pub struct ControlSocket {
+    /// The parent's end.
     pub parent_end: OwnedFd,
-    /// The child's end; it must stay open until the command is spawned, then be dropped.
+    /// The child's end, close-on-exec: the spawner hands it to the child and then drops it.
     pub child_end: OwnedFd,
 }
 
-/// Prepares a [`ChildCommand`] for `entry`.
+/// Makes a [`ControlSocket`] for a child that runs `entry`.
 ///
 /// # Errors
-/// When the control socket cannot be created or `/proc/self/exe` cannot be read; in a
-/// secure-execution program (setuid, setgid, file capabilities), which spawns no children
-/// (see the [module docs](self)).
-pub fn child_command(entry: EntryPoint) -> io::Result<ChildCommand> {
+/// When the socket cannot be created or `/proc/self/exe` cannot be read; in a secure-execution
+/// program (setuid, setgid, file capabilities), which spawns no children (see the
+/// [module docs](self)).
+pub fn control_socket(entry: EntryPoint) -> io::Result<ControlSocket> {
     let (parent_end, child_end) = sys::stream_socketpair()?;
     send_hello(&parent_end, entry)?;
-
-    let mut command = Command::new("/proc/self/exe");
-    let raw = child_end.as_raw_fd();
-    command.env(BOOTSTRAP_ENV, raw.to_string());
-    // SAFETY: the closure runs in the forked child before exec and only makes one
-    // async-signal-safe system call (fcntl) on a value captured by copy.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        command.pre_exec(move || {
-            // `raw` is open in the child: it is the parent's `child_end`, still open when the
-            // fork happened; we only clear its close-on-exec flag.
-            let fd = rustix::fd::BorrowedFd::borrow_raw(raw);
-            rustix::io::fcntl_setfd(fd, rustix::io::FdFlags::empty())?;
-            Ok(())
-        });
-    }
-    Ok(ChildCommand {
-        command,
+    Ok(ControlSocket {
         parent_end,
         child_end,
     })
@@ -172,14 +102,14 @@ pub(crate) fn send_hello(socket: &OwnedFd, entry: EntryPoint) -> io::Result<()> 
             "a setuid or setcap program cannot spawn children",
         ));
     }
+    // Keep the constructor linked into every program that spawns.
+    std::hint::black_box(&BOOTSTRAP_HOOK);
     let (dev, ino) = sys::exe_identity()?;
+    let (shim, run, tag) = entry.token();
+    let [k0, k1] = remote_fn::program_key();
     let mut hello = Vec::with_capacity(HELLO_LEN);
     hello.extend_from_slice(&HELLO_MAGIC);
-    hello.extend_from_slice(&entry.shim.to_le_bytes());
-    hello.extend_from_slice(&entry.run.to_le_bytes());
-    hello.extend_from_slice(&dev.to_le_bytes());
-    hello.extend_from_slice(&ino.to_le_bytes());
-    for word in crate::proc::remote_fn::program_key() {
+    for word in [shim as u64, run as u64, tag, dev, ino, k0, k1] {
         hello.extend_from_slice(&word.to_le_bytes());
     }
     // A fresh socket buffer holds far more than the hello: this never blocks.
@@ -271,9 +201,7 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
     }
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
-    if maker.pid != parent
-        && (maker.pid <= 0 || crate::proc::identity::is_running(maker.pid as u32, 0, 0))
-    {
+    if maker.pid != parent && (maker.pid <= 0 || identity::is_running(maker.pid as u32, 0, 0)) {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",
             maker.pid
@@ -318,17 +246,15 @@ pub(crate) fn enter(control: OwnedFd) -> io::Result<()> {
         ));
     }
     let word = |i: usize| u64::from_le_bytes(hello[i..i + 8].try_into().expect("8 bytes"));
-    let (shim, run, dev, ino) = (word(8) as i64, word(16) as i64, word(24), word(32));
-    if sys::exe_identity()? != (dev, ino) {
+    let token = (word(8) as i64, word(16) as i64, word(24));
+    if sys::exe_identity()? != (word(32), word(40)) {
         return Err(io::Error::other("the parent runs a different executable"));
     }
-    crate::proc::remote_fn::inherit_program_key([word(40), word(48)]);
-    let shim_addr = address_of(shim);
-    let run_addr = address_of(run);
-    // SAFETY: the offset came from `EntryPoint::new` in the parent, which runs this identical
-    // executable (checked just above), as the offset of `shim::<F>`, a `fn(usize, OwnedFd)`.
-    let shim = unsafe { std::mem::transmute::<usize, fn(usize, OwnedFd)>(shim_addr) };
-    shim(run_addr, control);
+    // Only now: the key (and so every token this process accepts) comes from the same program.
+    remote_fn::inherit_program_key([word(48), word(56)]);
+    let entry = EntryPoint::from_token(token)
+        .ok_or_else(|| io::Error::other("the hello names no entry point of this program"))?;
+    entry.call(control);
     Ok(())
 }
 

@@ -1,13 +1,16 @@
-//! Processes: how a re-executed or forked copy of the program becomes a child running one
-//! function ([`bootstrap`], [`remote_fn`]), starting it ([`spawner`], the private fork server),
-//! watching and reaping it ([`pidfd`], [`reaper`]), and who a process is ([`identity`],
-//! [`cpu`]).
+//! Processes: how one process names a function for another ([`remote_fn`], the one entry
+//! mechanism of spawns, pool tasks and later the Manager), how a re-executed or forked copy of
+//! the program becomes a child running one ([`bootstrap`]), starting it ([`spawner::spawn`],
+//! over the private `exec` and fork server), watching and reaping it ([`pidfd`], [`reaper`]),
+//! and who a process is ([`identity`], [`cpu`]).
 //!
 //! May import: `sys`, `shm`, `message`, `transport`. Nothing imports `proc` but the crates
-//! above core.
+//! above core. Inside, imports point one way: `spawner` → fork server → `exec` → `bootstrap`
+//! → `remote_fn`, with `pidfd`, `reaper` and `identity` below them all.
 
 pub mod bootstrap;
 pub mod cpu;
+mod exec;
 mod forkserver;
 pub mod identity;
 pub mod pidfd;

@@ -162,9 +162,8 @@ fn exit_status(status: &WaitIdStatus) -> Option<ExitStatus> {
 ///
 /// The kernel sends the signal when the *thread* that forked this process ends, not the whole
 /// parent process; so the parent must have started this process from a thread that lives as
-/// long as it does: [`spawner::run`](crate::proc::spawner::run). Call this from the thread that keeps
-/// running for the life of this process (the main thread); the setting is not inherited by
-/// children.
+/// long as it does, as the spawner's thread does. Call this from the thread that keeps running
+/// for the life of this process (the main thread); the setting is not inherited by children.
 ///
 /// # Errors
 /// When the kernel refuses the request.

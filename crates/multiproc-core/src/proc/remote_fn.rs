@@ -1,16 +1,21 @@
-//! Functions named across the processes of one program.
+//! Functions named across the processes of one program: the one way a process tells another
+//! which function to run.
 //!
 //! A [`RemoteFn`] names a `fn` item or non-capturing closure so that another process running the
-//! same executable (a multiproc child) can call it: it is what a pool sends to a long-lived
-//! worker to say which function a task runs. It travels as two offsets from an anchor in the
-//! binary (which survive address-space randomisation, as in the child bootstrap) plus a tag.
+//! same executable can call it. It is what a spawn sends in the bootstrap hello to say what the
+//! child runs (`bootstrap::EntryPoint`), and what a pool sends to a long-lived worker to say
+//! which function a task runs. It travels as two offsets from an anchor in this binary (which
+//! survive address-space randomisation, since every process of the program runs the identical
+//! file: the bootstrap checks it) plus a tag.
 //!
 //! Calling a function found by an address read from a socket would let whoever writes to that
 //! socket jump anywhere. So every token carries a keyed tag (SipHash-2-4) over the offsets and
 //! the call signature, with a 128-bit key drawn from the OS by the first process of the program
 //! and handed to every child in the bootstrap hello. A token that does not verify fails to
 //! deserialize; only processes of this program tree can make valid ones, and they all run the
-//! same executable (the bootstrap checks it).
+//! same executable. (In the hello itself the key and the token arrive together, so there the
+//! tag checks the token's integrity and signature; who may send a hello at all is settled by
+//! the socket's origin, see `bootstrap`.)
 #![allow(unsafe_code)]
 
 use std::fmt;
@@ -21,7 +26,27 @@ use std::sync::OnceLock;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::proc::bootstrap::{address_of, offset_of};
+/// The point every offset is measured from. The whole executable moves as one under
+/// address-space randomisation, so a function's distance from it is the same in every process
+/// running the file. A static, because a static has exactly one address in the program, while
+/// an optimised build may copy a small function into every codegen unit that uses it, each copy
+/// at its own address (offsets taken against one copy would then miss in another).
+static ANCHOR: u8 = 0;
+
+fn anchor() -> usize {
+    (&raw const ANCHOR) as usize
+}
+
+/// The offset of a function address from the anchor: the same in every process of this
+/// executable.
+fn offset_of(addr: usize) -> i64 {
+    addr.wrapping_sub(anchor()) as i64
+}
+
+/// The address in this process of the function at `offset` from the anchor.
+fn address_of(offset: i64) -> usize {
+    anchor().wrapping_add(offset as usize)
+}
 
 static PROGRAM_KEY: OnceLock<[u64; 2]> = OnceLock::new();
 
@@ -94,13 +119,28 @@ impl<I, O> RemoteFn<I, O> {
     /// Calls the function in this process.
     pub fn call(&self, input: I) -> O {
         let shim_addr = address_of(self.shim);
-        // SAFETY: this value was either made by `new` in this process, or deserialized after its
-        // tag verified: then it was made by `new` in a process of this program tree, which runs
-        // this identical executable (checked by the bootstrap), for this very signature (the
-        // tag covers its type name). Either way `shim` is the offset of `shim::<F, I, O>`, a
-        // `fn(usize, I) -> O`.
+        // SAFETY: this value was either made by `new` in this process, or rebuilt by
+        // `from_token` after its tag verified: then it was made by `new` in a process of this
+        // program tree, which runs this identical executable (the bootstrap checks it before it
+        // adopts the key), for this very signature (the tag covers its type name). Either way
+        // `shim` is the offset of `shim::<F, I, O>`, a `fn(usize, I) -> O`.
         let shim = unsafe { std::mem::transmute::<usize, fn(usize, I) -> O>(shim_addr) };
         shim(address_of(self.run), input)
+    }
+
+    /// The wire form: both offsets and their tag.
+    pub(crate) fn token(&self) -> (i64, i64, u64) {
+        (self.shim, self.run, Self::tag(self.shim, self.run))
+    }
+
+    /// The function a token names, if its tag verifies under this program's key for this
+    /// signature; `None` otherwise.
+    pub(crate) fn from_token((shim, run, tag): (i64, i64, u64)) -> Option<Self> {
+        (tag == Self::tag(shim, run)).then_some(RemoteFn {
+            shim,
+            run,
+            signature: PhantomData,
+        })
     }
 
     fn tag(shim: i64, run: i64) -> u64 {
@@ -152,22 +192,15 @@ impl<I, O> fmt::Debug for RemoteFn<I, O> {
 
 impl<I, O> Serialize for RemoteFn<I, O> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (self.shim, self.run, Self::tag(self.shim, self.run)).serialize(serializer)
+        self.token().serialize(serializer)
     }
 }
 
 impl<'de, I, O> Deserialize<'de> for RemoteFn<I, O> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let (shim, run, tag) = <(i64, i64, u64)>::deserialize(deserializer)?;
-        if tag != Self::tag(shim, run) {
-            return Err(D::Error::custom(
-                "function token not made by this program (or for another signature)",
-            ));
-        }
-        Ok(RemoteFn {
-            shim,
-            run,
-            signature: PhantomData,
+        let token = <(i64, i64, u64)>::deserialize(deserializer)?;
+        Self::from_token(token).ok_or_else(|| {
+            D::Error::custom("function token not made by this program (or for another signature)")
         })
     }
 }

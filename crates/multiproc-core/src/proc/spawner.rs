@@ -1,51 +1,42 @@
-//! Starting child processes: one long-lived thread that starts them all, by the fork server or
-//! `posix_spawn`.
+//! Starting child processes: [`spawn`], the one way core starts a child running an
+//! [`EntryPoint`], on one long-lived thread that starts them all, by the fork server or by
+//! re-executing this program.
 //!
 //! A daemon child asks the kernel to kill it when its parent goes away
 //! ([`die_with_parent`](crate::proc::pidfd::die_with_parent), `PR_SET_PDEATHSIG`). The kernel's
 //! "parent" there is the *thread* that forked the child: the signal fires as soon as that thread
 //! ends, even while the rest of the process lives on. Children must therefore be started from a
 //! thread that lives exactly as long as the process, never from a tokio blocking-pool thread or
-//! a caller's thread that may retire. [`run`] hands the start-up work to such a thread, started
+//! a caller's thread that may retire. `run` hands the start-up work to such a thread, started
 //! on first use and never stopped; it ends only with the process.
 //!
-//! [`spawn`] starts a child prepared by [`child_command`] on that thread. With the default
-//! standard streams and working directory it asks the fork server (a re-executed copy of this
-//! program that forks children for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]);
-//! without one (the first child, or the server off or gone) it calls `posix_spawn`, which glibc
-//! implements as `clone(CLONE_VM | CLONE_VFORK)` + `exec`: unlike `fork`, it neither copies this
-//! process's page tables nor leaves its pages copy-on-write behind. (`std::process::Command`
-//! falls back to `fork` because the control socket needs a `pre_exec` hook; it is still used
-//! for custom stdio, which `std::process::Stdio` keeps opaque, and for a working directory.)
-//!
-//! [`child_command`]: crate::proc::bootstrap::child_command
+//! [`spawn`] makes the control socket (with the bootstrap hello naming the entry point queued
+//! on it) and starts the child on that thread. With the default standard streams and working
+//! directory it asks the fork server (a re-executed copy of this program that forks children
+//! for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]); without one (the first child,
+//! or the server off or gone) it re-executes this program with `posix_spawn`, and with custom
+//! stdio or a working directory with `std::process::Command` (the `exec` module). The caller
+//! gets a pidfd and its end of the control socket, and speaks its own protocol on it.
 //!
 //! # References
-//! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html),
-//!   [`posix_spawn(3)`](https://man7.org/linux/man-pages/man3/posix_spawn.3.html)
-#![allow(unsafe_code)]
+//! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
 
 use std::any::Any;
-use std::collections::BTreeMap;
-use std::ffi::{CStr, CString, OsString, c_char};
 use std::io;
-use std::mem::MaybeUninit;
-use std::os::fd::{AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::process::CommandExt;
+use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::sync::mpsc::{self, Receiver, Sender};
 
 use rustix::process::{Pid, Signal, WaitOptions};
 
-use crate::proc::bootstrap::BOOTSTRAP_ENV;
+use crate::proc::bootstrap::{self, ControlSocket, EntryPoint};
+use crate::proc::exec;
 use crate::proc::forkserver;
-
-pub use crate::proc::forkserver::FORK_SERVER_ENV;
 use crate::proc::pidfd::PidFd;
+
+pub use crate::proc::exec::SpawnOptions;
+pub use crate::proc::forkserver::FORK_SERVER_ENV;
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -65,7 +56,7 @@ static SPAWNER: Mutex<Option<(u32, Sender<Job>)>> = Mutex::new(None);
 ///
 /// # Panics
 /// When `f` panics, with its payload.
-pub fn run<T, F>(f: F) -> io::Result<T>
+fn run<T, F>(f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> T + Send + 'static,
@@ -125,278 +116,49 @@ fn serve(jobs: Receiver<Job>) {
     }
 }
 
-/// How to start a child, beyond what [`child_command`] prepared. Every field defaults to "as
-/// this process". Setting `current_dir` or a standard stream makes [`spawn`] take the slower
-/// `fork` path of `std::process::Command`.
+/// Starts a child of this executable running `entry` with `options`, and returns a pidfd for
+/// it and the parent's end of its control socket (the child's end is passed to `entry`).
 ///
-/// [`child_command`]: crate::proc::bootstrap::child_command
-#[derive(Debug, Default)]
-pub struct SpawnOptions {
-    /// `argv[0]`, what `ps` shows (default: the program path).
-    pub arg0: Option<OsString>,
-    /// Start from an empty environment instead of this process's.
-    pub env_clear: bool,
-    /// Variables to set (`Some`) or remove (`None`), applied in order after `env_clear`.
-    pub env: Vec<(OsString, Option<OsString>)>,
-    /// The working directory.
-    pub current_dir: Option<PathBuf>,
-    /// Standard input.
-    pub stdin: Option<Stdio>,
-    /// Standard output.
-    pub stdout: Option<Stdio>,
-    /// Standard error.
-    pub stderr: Option<Stdio>,
-}
-
-impl SpawnOptions {
-    /// True when `posix_spawn` can do all of it. `Stdio` is opaque, and `current_dir` needs
-    /// `posix_spawn_file_actions_addchdir_np` (glibc 2.29), so those go through `Command`.
-    fn posix_spawnable(&self) -> bool {
-        self.current_dir.is_none()
-            && self.stdin.is_none()
-            && self.stdout.is_none()
-            && self.stderr.is_none()
-    }
-}
-
-/// Starts the child that `command` and `child_end` (from [`child_command`]) describe, with
-/// `options`, on the spawner thread, and returns a pidfd for it. `child_end` is closed here.
-///
-/// Without `current_dir` and custom stdio this is `posix_spawn` of `/proc/self/exe` with the
-/// control socket, environment and `arg0` and the same signal set-up as `Command` (empty mask,
-/// default `SIGPIPE`), and `command` is not used; otherwise `command` is spawned with the
-/// options applied. The caller reaps the child: [`PidFd::wait`] or [`PidFd::try_wait`].
-///
-/// [`child_command`]: crate::proc::bootstrap::child_command
+/// The start-up runs on the spawner thread (see the [module docs](self)). Without
+/// `current_dir` and custom stdio the child comes from the fork server or `posix_spawn`, else
+/// from `std::process::Command`; either way it has the same environment, name and signal
+/// set-up (empty mask, default `SIGPIPE`). The caller reaps the child: [`PidFd::wait`] or
+/// [`PidFd::try_wait`].
 ///
 /// # Errors
-/// When the spawner thread cannot be started, an option cannot be passed to the child (a NUL
-/// byte in `arg0` or the environment), or the process cannot be started.
-pub fn spawn(command: Command, child_end: OwnedFd, options: SpawnOptions) -> io::Result<PidFd> {
-    run(move || {
-        let pid = if options.posix_spawnable() {
-            let arg0 = arg0(&options)?;
-            let env = environment(&options)?;
-            match forkserver::spawn(&child_end, &arg0, &env)? {
-                Some(pid) => pid,
-                None => posix_spawn_child(&child_end, &arg0, env)?,
-            }
-        } else {
-            command_spawn_child(command, &child_end, options)?
-        };
-        drop(child_end);
-        // Not reaped yet (only we reap it), so the pidfd names exactly this child.
-        PidFd::open(pid).inspect_err(|_| {
-            // Without a pidfd nobody could reap it: end it here.
-            if let Some(pid) = Pid::from_raw(pid as i32) {
-                let _ = rustix::process::kill_process(pid, Signal::KILL);
-                let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
-            }
-        })
-    })?
+/// When the control socket or the spawner thread cannot be made, an option cannot be passed
+/// to the child (a NUL byte in `arg0` or the environment), or the process cannot be started;
+/// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
+/// (see [`bootstrap`]).
+pub fn spawn(entry: EntryPoint, options: SpawnOptions) -> io::Result<(PidFd, OwnedFd)> {
+    let ControlSocket {
+        parent_end,
+        child_end,
+    } = bootstrap::control_socket(entry)?;
+    let pidfd = run(move || start_child(child_end, options))??;
+    Ok((pidfd, parent_end))
 }
 
-/// The program every child runs: this executable.
-const PROGRAM: &std::ffi::CStr = c"/proc/self/exe";
-
-fn nul_error(what: &str) -> io::Error {
-    io::Error::new(
-        io::ErrorKind::InvalidInput,
-        format!("{what} contains a NUL byte"),
-    )
-}
-
-/// The slow path: `std::process::Command` (`fork`, since `command` has a `pre_exec` hook).
-fn command_spawn_child(
-    mut command: Command,
-    child_end: &OwnedFd,
-    options: SpawnOptions,
-) -> io::Result<u32> {
-    if let Some(arg0) = &options.arg0 {
-        command.arg0(arg0);
-    }
-    if options.env_clear {
-        command.env_clear();
-    }
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
-    // Last, so that the child finds it whatever the options did to the environment.
-    command.env(BOOTSTRAP_ENV, child_end.as_raw_fd().to_string());
-    if let Some(dir) = options.current_dir {
-        command.current_dir(dir);
-    }
-    if let Some(s) = options.stdin {
-        command.stdin(s);
-    }
-    if let Some(s) = options.stdout {
-        command.stdout(s);
-    }
-    if let Some(s) = options.stderr {
-        command.stderr(s);
-    }
-    // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
-    Ok(command.spawn()?.id())
-}
-
-/// `argv[0]` for a child: its name, or the program path.
-fn arg0(options: &SpawnOptions) -> io::Result<CString> {
-    match &options.arg0 {
-        Some(arg0) => CString::new(arg0.as_bytes()).map_err(|_| nul_error("the child's name")),
-        None => Ok(PROGRAM.to_owned()),
-    }
-}
-
-/// The fast path: `posix_spawn` of this executable with `argv[0]`, the environment `env`
-/// (from [`environment`]) and the control socket.
-pub(crate) fn posix_spawn_child(
-    child_end: &OwnedFd,
-    arg0: &CStr,
-    mut env: Vec<CString>,
-) -> io::Result<u32> {
-    // The child gets the control socket at `target`, a number free in this process and so in
-    // the child (whose descriptor table starts as a copy of ours), through `dup2`, which clears
-    // close-on-exec on the copy. (`dup2` onto the same number would only do so from glibc 2.29.)
-    let target = rustix::io::fcntl_dupfd_cloexec(child_end, 3)?;
-
-    let argv: [*const c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
-    let bootstrap = format!("{BOOTSTRAP_ENV}={}", target.as_raw_fd());
-    env.push(CString::new(bootstrap).expect("no NUL in a name and a number"));
-    let mut envp: Vec<*const c_char> = env.iter().map(|var| var.as_ptr()).collect();
-    envp.push(std::ptr::null());
-
-    let mut actions = FileActions::new()?;
-    actions.dup2(child_end.as_raw_fd(), target.as_raw_fd())?;
-    let attrs = Attributes::new()?;
-    let mut pid: libc::pid_t = 0;
-    // SAFETY: `PROGRAM` is NUL-terminated; `actions` and `attrs` are initialised and live until
-    // after the call; `argv` and `envp` are NULL-terminated arrays of pointers to NUL-terminated
-    // strings (`arg0`, `env`) that outlive the call. posix_spawn does not write through them
-    // (the `*mut` in its signature is historical).
-    let rc = unsafe {
-        libc::posix_spawn(
-            &mut pid,
-            PROGRAM.as_ptr(),
-            actions.as_ptr(),
-            attrs.as_ptr(),
-            argv.as_ptr().cast(),
-            envp.as_ptr().cast(),
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::from_raw_os_error(rc));
-    }
-    Ok(pid as u32)
-}
-
-/// The child's environment as `KEY=value` strings: ours (unless cleared) with the options'
-/// changes, never the bootstrap variable (the spawn path adds its own).
-pub(crate) fn environment(options: &SpawnOptions) -> io::Result<Vec<CString>> {
-    let mut vars: BTreeMap<OsString, OsString> = if options.env_clear {
-        BTreeMap::new()
-    } else {
-        std::env::vars_os().collect()
-    };
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => vars.insert(key.clone(), v.clone()),
-            None => vars.remove(key),
-        };
-    }
-    vars.remove(std::ffi::OsStr::new(BOOTSTRAP_ENV));
-    vars.iter()
-        .map(|(key, value)| {
-            let mut var = Vec::with_capacity(key.len() + value.len() + 1);
-            var.extend_from_slice(key.as_bytes());
-            var.push(b'=');
-            var.extend_from_slice(value.as_bytes());
-            CString::new(var).map_err(|_| nul_error(&format!("environment variable {key:?}")))
-        })
-        .collect()
-}
-
-/// `posix_spawn_file_actions_t`, destroyed on drop.
-struct FileActions(Box<MaybeUninit<libc::posix_spawn_file_actions_t>>);
-
-impl FileActions {
-    fn new() -> io::Result<Self> {
-        let mut actions = Box::new(MaybeUninit::uninit());
-        // SAFETY: initialises the object in place; it is destroyed only on drop, after success.
-        check(unsafe { libc::posix_spawn_file_actions_init(actions.as_mut_ptr()) })?;
-        Ok(Self(actions))
-    }
-
-    /// In the child, make `to` a copy of `from` (without close-on-exec).
-    fn dup2(&mut self, from: i32, to: i32) -> io::Result<()> {
-        // SAFETY: `self.0` was initialised by `posix_spawn_file_actions_init`.
-        check(unsafe { libc::posix_spawn_file_actions_adddup2(self.0.as_mut_ptr(), from, to) })
-    }
-
-    fn as_ptr(&self) -> *const libc::posix_spawn_file_actions_t {
-        self.0.as_ptr()
-    }
-}
-
-impl Drop for FileActions {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new` (a `FileActions` exists only after success), destroyed once.
-        unsafe { libc::posix_spawn_file_actions_destroy(self.0.as_mut_ptr()) };
-    }
-}
-
-/// `posix_spawnattr_t` set up like `std::process::Command` does: an empty signal mask and
-/// `SIGPIPE` back to its default action in the child. Destroyed on drop.
-struct Attributes(Box<MaybeUninit<libc::posix_spawnattr_t>>);
-
-impl Attributes {
-    fn new() -> io::Result<Self> {
-        let mut attrs = Box::new(MaybeUninit::uninit());
-        // SAFETY: initialises the object in place; it is destroyed only on drop, after success.
-        check(unsafe { libc::posix_spawnattr_init(attrs.as_mut_ptr()) })?;
-        let mut this = Self(attrs);
-        let mut set = MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: `sigemptyset` initialises `set`; `sigaddset` and the setters read it after
-        // that, and `this.0` is an initialised attribute object.
-        unsafe {
-            check(libc::sigemptyset(set.as_mut_ptr()))?;
-            check(libc::posix_spawnattr_setsigmask(
-                this.0.as_mut_ptr(),
-                set.as_ptr(),
-            ))?;
-            check(libc::sigaddset(set.as_mut_ptr(), libc::SIGPIPE))?;
-            check(libc::posix_spawnattr_setsigdefault(
-                this.0.as_mut_ptr(),
-                set.as_ptr(),
-            ))?;
-            let flags = libc::POSIX_SPAWN_SETSIGMASK | libc::POSIX_SPAWN_SETSIGDEF;
-            check(libc::posix_spawnattr_setflags(
-                this.0.as_mut_ptr(),
-                flags as libc::c_short,
-            ))?;
+/// On the spawner thread: starts the child whose control socket's child end is `child_end`,
+/// closes that end here, and opens a pidfd for the child.
+fn start_child(child_end: OwnedFd, options: SpawnOptions) -> io::Result<PidFd> {
+    let pid = if options.posix_spawnable() {
+        let arg0 = exec::arg0(&options)?;
+        let env = exec::environment(&options)?;
+        match forkserver::spawn(&child_end, &arg0, &env)? {
+            Some(pid) => pid,
+            None => exec::posix_spawn_child(&child_end, &arg0, env)?,
         }
-        Ok(this)
-    }
-
-    fn as_ptr(&self) -> *const libc::posix_spawnattr_t {
-        self.0.as_ptr()
-    }
-}
-
-impl Drop for Attributes {
-    fn drop(&mut self) {
-        // SAFETY: initialised in `new` (an `Attributes` exists only after success), destroyed once.
-        unsafe { libc::posix_spawnattr_destroy(self.0.as_mut_ptr()) };
-    }
-}
-
-/// `posix_spawn*` calls return an error number; `sig*` calls return -1 and set `errno`.
-fn check(rc: libc::c_int) -> io::Result<()> {
-    match rc {
-        0 => Ok(()),
-        -1 => Err(io::Error::last_os_error()),
-        errno => Err(io::Error::from_raw_os_error(errno)),
-    }
+    } else {
+        exec::command_spawn_child(&child_end, options)?
+    };
+    drop(child_end);
+    // Not reaped yet (only we reap it), so the pidfd names exactly this child.
+    PidFd::open(pid).inspect_err(|_| {
+        // Without a pidfd nobody could reap it: end it here.
+        if let Some(pid) = Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(pid, Signal::KILL);
+            let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());
+        }
+    })
 }

@@ -1,0 +1,302 @@
+//! The parent's side of the fork server: runs on the spawner thread only. Starts the server,
+//! sends it one request per child and reads the answer, and abandons and replaces a server that
+//! does not answer (see the fork server's module docs).
+#![allow(unsafe_code)]
+
+use std::cell::RefCell;
+use std::ffi::{CStr, CString};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use rustix::io::Errno;
+use rustix::net::{AddressFamily, SocketFlags, SocketType};
+
+use super::patience::{LOOK_EVERY, Patience, Seen};
+use super::request::{
+    HAS_STDERR, HAS_STDIN, HAS_STDOUT, NAME_ROOM, REQUEST_MAGIC, REQUEST_MAX, SERVER_NAME,
+    SLOT_MAGIC, put_bytes,
+};
+use super::server;
+use crate::proc::bootstrap;
+use crate::proc::exec::{self, SpawnOptions};
+use crate::proc::identity;
+use crate::proc::pidfd::PidFd;
+use crate::proc::reaper;
+use crate::shm::SharedRegion;
+use crate::sys::{self, Direction};
+
+/// The environment variable that turns the fork server off when set to `0`.
+pub const FORK_SERVER_ENV: &str = "MULTIPROC_FORK_SERVER";
+/// How long an abandoned server may take to die of `SIGKILL` before the spawn fails.
+pub(super) const DEATH_LIMIT: Duration = Duration::from_secs(2);
+
+enum State {
+    /// Not started yet (or wedged and killed, and to be started again).
+    Idle,
+    Running(Server),
+    /// Turned off by the environment, or the server cannot fork here.
+    Off,
+}
+
+thread_local! {
+    /// The spawner thread's server. (Thread-local, not global: the server must be started
+    /// from the spawner thread, which its children then have as their parent.)
+    static STATE: RefCell<State> = const { RefCell::new(State::Idle) };
+}
+
+/// Starts the child whose control socket's child end is `control` through the fork server,
+/// with name `arg0` and environment `env` (the default working directory and standard streams).
+/// Must run on the spawner thread.
+///
+/// `Ok(None)` when the server did not start it (not running yet, off, gone or abandoned):
+/// nothing was started, and the caller re-executes the child. The first call starts the server
+/// and returns `None`, so that this child's `exec` and the server's overlap.
+///
+/// # Errors
+/// When a server that stopped answering could not be killed and reaped in time: it may still
+/// start a child on `control`, which must then not be re-executed (the next spawn starts a new
+/// server).
+pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Result<Option<u32>> {
+    STATE.with_borrow_mut(|state| {
+        let server = match state {
+            State::Running(server) => server,
+            State::Off => return Ok(None),
+            State::Idle => {
+                let off = std::env::var_os(FORK_SERVER_ENV).is_some_and(|v| v == "0");
+                *state = match off {
+                    true => State::Off,
+                    false => Server::start().map_or(State::Off, State::Running),
+                };
+                return Ok(None);
+            }
+        };
+        match server.request(control, arg0, env) {
+            Answer::Started(pid) => Ok(Some(pid)),
+            Answer::Declined(Errno::NOSYS) => {
+                *state = State::Off;
+                Ok(None)
+            }
+            Answer::Declined(_) => Ok(None),
+            Answer::Unanswered => {
+                // Kill and reap it, learn whether it forked this child, and start the next
+                // server while this child (if it was not forked) is re-executed.
+                let forked = server.abandon();
+                *state = Server::start().map_or(State::Off, State::Running);
+                forked
+            }
+        }
+    })
+}
+
+/// The running server: our end of its socket, its pidfd to reap it, and the word its `clone`
+/// writes each child's pid into.
+struct Server {
+    socket: OwnedFd,
+    /// Shared with the reaper thread if the server outlives us (see `Drop`).
+    process: Arc<PidFd>,
+    slot: SharedRegion,
+    /// Killed (and reaped, if it died in time) by [`Server::abandon`].
+    killed: bool,
+}
+
+/// What came of a request.
+enum Answer {
+    Started(u32),
+    /// The server could not fork (an errno); nothing was started.
+    Declined(Errno),
+    /// No answer: the server is gone, stopped, stuck or garbled, and may have started a child.
+    Unanswered,
+}
+
+impl Server {
+    fn start() -> io::Result<Server> {
+        let (socket, theirs) = rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?;
+        bootstrap::send_hello(&socket, server::entry())?;
+        let slot = SharedRegion::new(std::mem::size_of::<u32>())?;
+        sys::send_with_fds(socket.as_fd(), &SLOT_MAGIC, &[slot.shared_fd().as_fd()])?;
+        let mut name = String::from(SERVER_NAME);
+        name.extend(std::iter::repeat_n(' ', NAME_ROOM - 1 - SERVER_NAME.len()));
+        let arg0 = CString::new(name).expect("no NUL in the server's name");
+        let env = exec::environment(&SpawnOptions::default())?;
+        let pid = exec::posix_spawn_child(&theirs, &arg0, env)?;
+        let process = Arc::new(PidFd::open(pid)?);
+        Ok(Server {
+            socket,
+            process,
+            slot,
+            killed: false,
+        })
+    }
+
+    fn request(&self, control: &OwnedFd, arg0: &CStr, env: &[CString]) -> Answer {
+        let name = arg0.to_bytes();
+        if name.len() >= NAME_ROOM {
+            return Answer::Declined(Errno::NAMETOOLONG);
+        }
+        let Ok(cwd) = rustix::fs::open(
+            ".",
+            rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        ) else {
+            return Answer::Declined(Errno::NOENT);
+        };
+
+        let mut bytes = Vec::with_capacity(1024);
+        bytes.extend_from_slice(&REQUEST_MAGIC);
+        let mut fds: Vec<BorrowedFd<'_>> = vec![control.as_fd(), cwd.as_fd()];
+        let mut present = 0u8;
+        for (bit, number) in [(HAS_STDIN, 0), (HAS_STDOUT, 1), (HAS_STDERR, 2)] {
+            // SAFETY: a borrow of a standard stream's number for this request only; if it is
+            // not open, `fcntl` says so and it is left out (a stream closed meanwhile by another
+            // thread makes `sendmsg` fail, and the child is re-executed).
+            let stream = unsafe { BorrowedFd::borrow_raw(number) };
+            if rustix::io::fcntl_getfd(stream).is_ok() {
+                present |= bit;
+                fds.push(stream);
+            }
+        }
+        bytes.push(present);
+        put_bytes(&mut bytes, name);
+        put_bytes(&mut bytes, &affinity());
+        for var in env {
+            put_bytes(&mut bytes, var.to_bytes());
+        }
+        if bytes.len() > REQUEST_MAX {
+            return Answer::Declined(Errno::MSGSIZE);
+        }
+
+        // Only this request's `clone` may write the slot from here on (the server reads the
+        // request after this store, through the socket).
+        self.slot.atomic_u32(0).store(0, Ordering::Relaxed);
+        let mut patience = Patience::default();
+        loop {
+            match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
+                Ok(_) => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if !self.wait(Direction::Write, &mut patience) {
+                        return Answer::Unanswered;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => match Errno::from_io_error(&e) {
+                    Some(Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED) | None => {
+                        return Answer::Unanswered;
+                    }
+                    Some(errno) => return Answer::Declined(errno),
+                },
+            }
+        }
+        drop(cwd);
+        self.answer(&mut patience)
+    }
+
+    /// Reads the one answer to a request: the child's pid, or why the server could not fork.
+    fn answer(&self, patience: &mut Patience) -> Answer {
+        loop {
+            if !self.wait(Direction::Read, patience) {
+                return Answer::Unanswered;
+            }
+            let mut buf = [0u8; 8];
+            let mut fds: Vec<OwnedFd> = Vec::new();
+            match sys::recv_with_fds(self.socket.as_fd(), &mut buf, &mut fds) {
+                Ok(got) if got.bytes == 4 && !got.truncated => {
+                    let value = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                    return match value {
+                        1.. => Answer::Started(value as u32),
+                        _ => Answer::Declined(Errno::from_raw_os_error(value.saturating_neg())),
+                    };
+                }
+                // End of stream (the server died), or a garbled answer.
+                Ok(_) => return Answer::Unanswered,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return Answer::Unanswered,
+            }
+        }
+    }
+
+    /// Waits until the socket is ready in `direction`, looking at the server every
+    /// [`LOOK_EVERY`]; false when `patience` gives up on it.
+    fn wait(&self, direction: Direction, patience: &mut Patience) -> bool {
+        loop {
+            let slice = Instant::now() + LOOK_EVERY;
+            match sys::wait_ready(self.socket.as_fd(), direction, Some(slice)) {
+                Ok(true) => return true,
+                Ok(false) => {}
+                Err(_) => return false,
+            }
+            let seen = if self.process.has_exited() {
+                Seen::Exited
+            } else if identity::is_stopped(self.process.pid()) {
+                Seen::Stopped
+            } else {
+                Seen::Alive
+            };
+            if patience.give_up(seen) {
+                return false;
+            }
+        }
+    }
+
+    /// Kills the server and reaps it, then says whether it forked a child for the request it
+    /// did not answer: the pid its `clone` left in the slot.
+    ///
+    /// # Errors
+    /// When it did not die within [`DEATH_LIMIT`]; it may then still fork that child.
+    fn abandon(&mut self) -> io::Result<Option<u32>> {
+        if !self.kill_and_reap() {
+            return Err(io::Error::other(
+                "the fork server stopped answering and could not be killed",
+            ));
+        }
+        // Dead and reaped: any `clone` it made has returned, so the slot is final.
+        let pid = self.slot.atomic_u32(0).load(Ordering::Acquire);
+        Ok((pid != 0).then_some(pid))
+    }
+
+    /// Sends `SIGKILL` and reaps the server; false if it is still alive after [`DEATH_LIMIT`].
+    fn kill_and_reap(&mut self) -> bool {
+        self.killed = true;
+        let _ = self.process.send_signal(libc::SIGKILL);
+        let deadline = Some(Instant::now() + DEATH_LIMIT);
+        match sys::wait_ready(self.process.as_fd(), Direction::Read, deadline) {
+            Ok(true) => {
+                let _ = self.process.try_wait();
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+impl Drop for Server {
+    /// Kills the server (it would exit on end-of-stream, but a wedged one needs the signal)
+    /// and leaves it to the reaper thread, so dropping never waits and it never stays a zombie.
+    fn drop(&mut self) {
+        if !self.killed {
+            let _ = self.process.send_signal(libc::SIGKILL);
+        }
+        reaper::reap_orphan(self.process.clone());
+    }
+}
+
+/// The calling thread's CPU affinity mask as bytes (empty when it cannot be read).
+fn affinity() -> Vec<u8> {
+    // SAFETY: `cpu_set_t` is plain bytes, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the kernel writes at most `size` bytes into `set`, which is that large.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: `set` is `size` initialised bytes, borrowed only for the copy.
+    unsafe { std::slice::from_raw_parts((&raw const set).cast::<u8>(), size) }.to_vec()
+}

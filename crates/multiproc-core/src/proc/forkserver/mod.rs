@@ -1,0 +1,88 @@
+//! The fork server: one re-executed copy of this program that forks the later children.
+//!
+//! Re-executing the program costs about 1.5 ms per child (`exec`, dynamic loading, the first
+//! page faults); forking a small single-threaded process costs a tenth of that. Forking the
+//! parent itself is unsound: it runs tokio's threads, and a forked child may find a lock (the
+//! allocator's, stdio's) held by a thread that does not exist there. So the first spawn
+//! re-executes one extra copy of the program, the *server*, which stops before `main` (in the
+//! bootstrap constructor), stays single-threaded, holds no lock, and forks every later child
+//! from that clean state. This is Python's `forkserver` start method.
+//!
+//! The server forks with `CLONE_PARENT`: its children are children of the *parent*, as if the
+//! spawner thread had started them. The parent reaps them by pidfd and reads their exit status
+//! as for a re-executed child, and a daemon child's parent-death signal follows the spawner
+//! thread as before. The server has no children of its own to reap.
+//!
+//! Each request carries what a re-executed child would take from the parent at that moment:
+//! the environment, the working directory (a descriptor), the standard streams, the CPU
+//! affinity and the name (`argv[0]`). Other attributes (resource limits, umask, nice value, credentials,
+//! signal dispositions, inherited non-close-on-exec descriptors) are the parent's as of the
+//! server's start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
+//!
+//! The server answers each request once, with the child's pid or why it could not fork, and the
+//! parent reads that answer before it sends the next request. The child lets go of the server's
+//! socket first thing, so once the server is dead the parent's end reads end-of-stream.
+//!
+//! # A server that does not answer
+//! The spawner thread waits for the answer and its caller, a runtime thread, waits for the
+//! spawner, so the wait must end soon when the server cannot answer (stopped with `SIGSTOP` or
+//! by a debugger, dead, wedged) yet never give up on one that is only late because the machine
+//! is busy: a tight timeout alone cannot do both, and on a loaded machine it would restart
+//! servers over and over. So the parent measures liveness instead. While no answer has come, it
+//! looks at the server every [`LOOK_EVERY`](patience::LOOK_EVERY) (20 ms): its pidfd says whether it exited, and
+//! `/proc/<pid>/stat` whether it is stopped (the pid names the server, an unreaped child of
+//! ours). An exited server is abandoned at once, one seen stopped at [`STOPPED_LOOKS`](patience::STOPPED_LOOKS) (two)
+//! looks in a row too, so within tens of milliseconds (two looks, so that job control resuming
+//! the whole process group never loses a server to the moment between our wake-up and its
+//! own). A server that is running, runnable or asleep may answer yet and gets
+//! [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks (2 s), then is abandoned all the same: a busy machine costs at most
+//! one restart per 2 s, never a storm. Looks are counted rather than time measured, so time
+//! this process itself spends stopped (job control) or waiting for a CPU does not run out the
+//! server's patience. (A pidfd alone cannot tell a stopped process from a busy one.) All of it
+//! is one policy type, [`Patience`](patience::Patience).
+//!
+//! Abandoning a server kills it with `SIGKILL` (which ends a stopped process at once) and reaps
+//! it, drops our end of its socket, and starts a new server for the next spawn. No answer of
+//! an abandoned server is ever read, so a late one cannot pass for the answer to a later
+//! request. Whether it forked a child for the request it left unanswered is not guessed: it
+//! forks with `CLONE_PARENT_SETTID`, which makes the kernel write the child's pid, inside the
+//! `clone` call, into a word of memory the parent shares with it (a memfd sent right after the
+//! hello, zeroed before each request). Once the server is reaped every `clone` it made has
+//! returned, so the word is final: a pid there is this spawn's child, used as if the server
+//! had answered; zero means no child exists, and the caller re-executes one on the same control
+//! socket. A spawn waits for the server for at most [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks plus
+//! [`DEATH_LIMIT`](client::DEATH_LIMIT)
+//! (a server that outlives `SIGKILL` that long fails the spawn: it might still fork).
+//!
+//! # Forking without glibc's `fork`
+//! `fork(3)` cannot ask for `CLONE_PARENT`, so the server calls `clone3` (or `clone`) itself and
+//! redoes the two parts of glibc's bookkeeping that matter in a single-threaded child: the
+//! thread descriptor's cached thread id (glibc's `raise`, `abort` and recursive mutexes read it),
+//! written by the kernel through `CLONE_CHILD_SETTID` at the address glibc registered with
+//! `set_tid_address` (read back with `PR_GET_TID_ADDRESS`); and the robust-mutex list, which the
+//! kernel does not carry into a child (read with `get_robust_list`, set again in the child). A
+//! server that cannot find either declines every request, and children are re-executed.
+//!
+//! # References
+//! - [`clone(2)`](https://man7.org/linux/man-pages/man2/clone.2.html) (`CLONE_PARENT`,
+//!   `CLONE_CHILD_SETTID`), [`PR_GET_TID_ADDRESS`](https://man7.org/linux/man-pages/man2/PR_GET_TID_ADDRESS.2const.html),
+//!   [`get_robust_list(2)`](https://man7.org/linux/man-pages/man2/get_robust_list.2.html),
+//!   [`proc_pid_stat(5)`](https://man7.org/linux/man-pages/man5/proc_pid_stat.5.html) (`arg_start`,
+//!   `state`), [`CLONE_PARENT_SETTID`](https://man7.org/linux/man-pages/man2/clone.2.html)
+//!
+//! # Layout
+//! - `client`: the parent's side, on the spawner thread: starts the server, sends requests,
+//!   reads answers, abandons and replaces a server that does not answer;
+//! - `patience`: when to stop waiting for an answer;
+//! - `request`: what the two sides say to each other (the request's bytes, the pid slot);
+//! - `server`: the server's loop and the forked child's set-up, in the re-executed copy;
+//! - `clone`: the raw `clone3`/`clone` call that forks with `CLONE_PARENT`.
+
+mod client;
+mod clone;
+mod patience;
+mod request;
+mod server;
+
+pub use client::FORK_SERVER_ENV;
+pub(crate) use client::spawn;
