@@ -272,7 +272,7 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
     if maker.pid != parent
-        && (maker.pid <= 0 || crate::proc::identity::is_running(maker.pid as u32, 0, 0))
+        && (maker.pid <= 0 || crate::sys::identity::is_running(maker.pid as u32, 0, 0))
     {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",

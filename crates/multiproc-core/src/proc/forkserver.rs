@@ -83,11 +83,11 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 
 use crate::SharedFd;
 use crate::proc::bootstrap::{self, EntryPoint};
-use crate::proc::identity;
 use crate::proc::pidfd::PidFd;
 use crate::proc::reaper;
 use crate::proc::spawner::{self, SpawnOptions};
 use crate::shm::SharedRegion;
+use crate::sys::identity;
 use crate::sys::{self, Direction};
 
 /// The environment variable that turns the fork server off when set to `0`.
