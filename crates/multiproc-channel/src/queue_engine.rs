@@ -8,7 +8,7 @@
 //!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
 //!   publish, and consumers find a token, receive its packet and claim the token, under one
-//!   cross-process [`Lock`]; so the socket holds the packets in token order. A consumer looks
+//!   cross-process [`RobustLock`]; so the socket holds the packets in token order. A consumer looks
 //!   at each ticket before taking the packet (see `take_token`): it skips older tickets (left
 //!   by a producer that died in between), reports packets whose seal does not verify (not the
 //!   queue's) and leaves its token for the next get, so a stray packet costs only itself. The
@@ -37,9 +37,8 @@ use multiproc_core::transport::packet::{
     self, Packet, PacketLog, PacketRecvError, PacketSocket, Peeked, Received, TicketKey,
     TicketedRecv, TryRecv,
 };
-use multiproc_core::wait::WaitQueue;
 use multiproc_core::wait::eventfd::EventFd;
-use multiproc_sync::{Lock, LockGuard};
+use multiproc_core::wait::{RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
@@ -119,7 +118,7 @@ pub(crate) struct Engine {
     rx: PacketSocket,
     log: PacketLog,
     key: TicketKey,
-    oob: Lock,
+    oob: RobustLock,
     not_empty: WaitQueue<OFF_GET_WAITERS>,
     slot_freed: WaitQueue<OFF_PUT_WAITERS>,
     all_done: WaitQueue<OFF_JOIN_WAITERS>,
@@ -189,7 +188,7 @@ impl Engine {
             rx,
             log: PacketLog::new()?,
             state,
-            oob: Lock::new().map_err(io::Error::other)?,
+            oob: RobustLock::new()?,
             not_empty: EventFd::new()?,
             slot_freed: EventFd::new()?,
             all_done: EventFd::new()?,
@@ -348,7 +347,7 @@ impl Engine {
 
     /// Puts a message through the socket, holding the out-of-band lock; a plain message finding
     /// the socket full goes to the log instead.
-    fn attempt_oob(&self, packet: &Packet, _locked: &LockGuard<'_>) -> Attempt {
+    fn attempt_oob(&self, packet: &Packet, _locked: &OobHeld<'_>) -> Attempt {
         let pos = match self.claim() {
             Ok(pos) => pos,
             Err(a) => return a,
@@ -417,8 +416,20 @@ impl Engine {
         }
     }
 
-    fn lock_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-        io::Error::other(e)
+    /// Takes the out-of-band lock: at once if it is free, else after a brief spin, else by
+    /// parking. Which earlier holder died does not matter: whatever it did under the lock is
+    /// repaired by the ticket and token checks.
+    async fn lock_oob(&self) -> io::Result<OobHeld<'_>> {
+        if self.oob.try_acquire(false).is_none() && self.oob.spin_acquire().is_none() {
+            self.oob.acquire().await?;
+        }
+        Ok(OobHeld(&self.oob))
+    }
+
+    /// The blocking twin of [`lock_oob`](Self::lock_oob).
+    fn blocking_lock_oob(&self) -> io::Result<OobHeld<'_>> {
+        self.oob.blocking_acquire()?;
+        Ok(OobHeld(&self.oob))
     }
 
     /// One attempt, waiting only for the out-of-band lock (held briefly by others).
@@ -426,9 +437,9 @@ impl Engine {
         if let Some(attempt) = self.attempt_unlocked(packet) {
             return attempt;
         }
-        match self.oob.lock().await {
+        match self.lock_oob().await {
             Ok(guard) => self.attempt_oob(packet, &guard),
-            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+            Err(e) => Attempt::Fail(PutFail::Io(e)),
         }
     }
 
@@ -449,9 +460,9 @@ impl Engine {
         if let Some(attempt) = self.attempt_unlocked(packet) {
             return attempt;
         }
-        match self.oob.blocking_lock() {
+        match self.blocking_lock_oob() {
             Ok(guard) => self.attempt_oob(packet, &guard),
-            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+            Err(e) => Attempt::Fail(PutFail::Io(e)),
         }
     }
 
@@ -619,7 +630,7 @@ impl Engine {
     fn take_token(
         &self,
         pos: u64,
-        _locked: &LockGuard<'_>,
+        _locked: &OobHeld<'_>,
     ) -> Option<Result<Received, PacketRecvError>> {
         if !self.ring.has_token(pos) {
             return None;
@@ -684,10 +695,7 @@ impl Engine {
             match self.look()? {
                 Got::Message(m) => return Ok(TryRecv::Message(m)),
                 Got::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .blocking_lock()
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.blocking_lock_oob().map_err(PacketRecvError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
                         return r.map(TryRecv::Message);
                     }
@@ -782,11 +790,7 @@ impl Engine {
                     });
                 }
                 Found::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .lock()
-                        .await
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.lock_oob().await.map_err(PacketRecvError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
                         return r.map(Some);
                     }
@@ -821,10 +825,7 @@ impl Engine {
             match found {
                 Found::Done(r) => return r,
                 Found::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .blocking_lock()
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.blocking_lock_oob().map_err(PacketRecvError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
                         return r.map(TryRecv::Message);
                     }
@@ -953,6 +954,15 @@ impl Spin {
     }
 }
 
+/// Holds the out-of-band lock; releases it when dropped.
+struct OobHeld<'a>(&'a RobustLock);
+
+impl Drop for OobHeld<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// What travels when a queue handle is sent to another process.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -960,7 +970,7 @@ struct Wire {
     rx: SharedFd,
     log: PacketLog,
     state: SharedRegion,
-    oob: Lock,
+    oob: RobustLock,
     not_empty: EventFd,
     slot_freed: EventFd,
     all_done: EventFd,
