@@ -201,7 +201,7 @@ pub(crate) fn is_socket(fd: impl AsFd) -> bool {
 }
 
 /// 128 bits nobody outside this process can predict.
-pub(crate) fn random_key() -> [u64; 2] {
+pub fn random_key() -> [u64; 2] {
     // std seeds every `RandomState` from the OS's random source (getrandom), so hashes under a
     // fresh one are values nobody outside this process can predict.
     use std::hash::BuildHasher;
