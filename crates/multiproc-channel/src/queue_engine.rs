@@ -413,7 +413,9 @@ impl Engine {
     /// repaired by the ticket and token checks.
     async fn lock_oob(&self) -> io::Result<OobHeld<'_>> {
         if self.oob.try_acquire(false).is_none() && self.oob.spin_acquire().is_none() {
-            self.oob.acquire().await?;
+            // Boxed: the parking future is large and seldom needed; `put` and `get` embed this
+            // one, so they stay small (as with `Lock::lock`'s boxed slow path).
+            Box::pin(self.oob.acquire()).await?;
         }
         Ok(OobHeld(&self.oob))
     }
