@@ -1,12 +1,5 @@
 //! [`RobustLock`]: the robust owner-word lock under `multiproc-sync`'s `Lock` and the queue's
 //! out-of-band lock, as tokio's semaphore is under its `Mutex`.
-//!
-//! The state is one word in a shared page: 0 when free, else the holder's process identity
-//! ([`identity`]: pid plus start time, so a recycled pid never passes for the holder). Taking a
-//! free lock and releasing one nobody waits for are one compare-and-swap each, no system call.
-//! A waiter parks on the [`WaitQueue`] and, every [`LIVENESS_TICK`], checks whether the holder
-//! died; if so it takes the lock over and is told so (`true`), like a robust mutex's
-//! `EOWNERDEAD`.
 
 use std::fmt;
 use std::io;
@@ -31,7 +24,12 @@ const OWNER: usize = 8;
 const LEN: usize = 64;
 
 /// A cross-process lock owned by a *process*, which a waiter takes over when the holder dies.
-/// See the [module docs](self).
+///
+/// The state is one word in a shared page: 0 when free, else the holder's process identity
+/// (pid plus start time, so a recycled pid never passes for the holder). Taking a free lock
+/// and releasing one nobody waits for are one compare-and-swap each, no system call. A waiter
+/// parks on a [`WaitQueue`] and, every [`LIVENESS_TICK`], checks whether the holder died; if
+/// so it takes the lock over and is told so (`true`), like a robust mutex's `EOWNERDEAD`.
 ///
 /// A handle: clones in this process and copies sent to other processes (it serializes as its
 /// descriptors) are the same lock. It has no guard: the caller pairs each acquisition with one
