@@ -420,3 +420,45 @@ fn handles_and_futures_are_send_and_sync() {
     let array = multiproc::SharedArray::<u8>::new(1).unwrap();
     check(&array.lock());
 }
+
+/// Locks `lock` over and over until `stop` is set, holding it across a yield each time;
+/// returns how many times it got it. Every single wait is bounded: a wait of more than
+/// `STARVED` is starvation, reported as a panic.
+async fn contend((lock, go, stop): (Lock, Event, Event)) -> u64 {
+    const STARVED: Duration = Duration::from_secs(20);
+    go.wait_timeout(STARVED).await.unwrap();
+    let mut count = 0;
+    while !stop.is_set() {
+        let guard = lock
+            .lock_timeout(STARVED)
+            .await
+            .expect("a waiter starved: no turn within 20 s");
+        count += 1;
+        tokio::task::yield_now().await;
+        drop(guard);
+    }
+    count
+}
+
+#[tokio::test]
+async fn every_contending_process_makes_progress() {
+    const PROCESSES: usize = 6;
+    let lock = Lock::new().unwrap();
+    let (go, stop) = (Event::new().unwrap(), Event::new().unwrap());
+    let children: Vec<_> = (0..PROCESSES)
+        .map(|_| spawn((lock.clone(), go.clone(), stop.clone()), contend))
+        .collect();
+    go.set();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.set();
+    let mut counts = Vec::new();
+    for child in children {
+        counts.push(within("contending child", child).await.unwrap());
+    }
+    let mean = counts.iter().sum::<u64>() / PROCESSES as u64;
+    eprintln!("turns per process: {counts:?}");
+    // A lower bound only: each process had at least 1% of the mean number of turns.
+    for (i, &n) in counts.iter().enumerate() {
+        assert!(n >= 1 && n >= mean / 100, "process {i} starved: {counts:?}");
+    }
+}

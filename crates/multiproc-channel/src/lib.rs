@@ -11,6 +11,8 @@ pub mod pipe;
 mod queue;
 mod queue_engine;
 mod queue_error;
+mod queue_message;
+mod queue_ticket;
 mod ring;
 
 pub use joinable_queue::JoinableQueue;

@@ -11,16 +11,16 @@ use std::time::Duration;
 
 use futures::{Sink, Stream};
 use multiproc_core::message::DEFAULT_MAX_MESSAGE_SIZE;
-use multiproc_core::transport::packet::{PacketRecvError, Received, TryRecv};
 use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::JoinableQueue;
-use crate::queue_engine::{Engine, PutFail};
+use crate::queue_engine::Engine;
 use crate::queue_error::{
     GetError, GetTimeoutError, PutError, PutErrorKind, PutTimeoutError, TryGetError, TryPutError,
 };
+use crate::queue_message::{GetOutcome, Message};
 
 /// A typed queue shared by any number of producer and consumer processes (Python's
 /// `multiprocessing.Queue`), async, bounded or unbounded.
@@ -268,15 +268,6 @@ impl<T> Queue<T> {
     }
 }
 
-fn put_kind(fail: PutFail) -> PutErrorKind {
-    match fail {
-        PutFail::Closed => PutErrorKind::Closed,
-        PutFail::Io(e) => PutErrorKind::Io(e),
-        PutFail::Full => PutErrorKind::Io(io::Error::from(io::ErrorKind::WouldBlock)),
-        PutFail::Timeout => PutErrorKind::Io(io::Error::from(io::ErrorKind::TimedOut)),
-    }
-}
-
 impl<T: Serialize> Queue<T> {
     /// Puts `msg` at the end of the queue, waiting while the queue is full.
     ///
@@ -306,11 +297,11 @@ impl<T: Serialize> Queue<T> {
     pub async fn put(&self, msg: T) -> Result<(), PutError<T>> {
         let packet = match self.engine.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(PutError::new(msg, PutErrorKind::from_encode(e))),
+            Err(e) => return Err(PutError::new(msg, e)),
         };
         match self.engine.put(&packet).await {
             Ok(()) => Ok(()),
-            Err(fail) => Err(PutError::new(msg, put_kind(fail))),
+            Err(kind) => Err(PutError::new(msg, kind)),
         }
     }
 
@@ -323,17 +314,14 @@ impl<T: Serialize> Queue<T> {
         let packet = match self.engine.encode(&msg) {
             Ok(p) => p,
             Err(e) => {
-                return Err(TryPutError::Failed(PutError::new(
-                    msg,
-                    PutErrorKind::from_encode(e),
-                )));
+                return Err(TryPutError::Failed(PutError::new(msg, e)));
             }
         };
         match self.engine.try_put(&packet) {
-            Ok(()) => Ok(()),
-            Err(PutFail::Full) => Err(TryPutError::Full(msg)),
-            Err(PutFail::Closed) => Err(TryPutError::Closed(msg)),
-            Err(fail) => Err(TryPutError::Failed(PutError::new(msg, put_kind(fail)))),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(TryPutError::Full(msg)),
+            Err(PutErrorKind::Closed) => Err(TryPutError::Closed(msg)),
+            Err(kind) => Err(TryPutError::Failed(PutError::new(msg, kind))),
         }
     }
 
@@ -352,17 +340,14 @@ impl<T: Serialize> Queue<T> {
         let packet = match self.engine.encode(&msg) {
             Ok(p) => p,
             Err(e) => {
-                return Err(PutTimeoutError::Failed(PutError::new(
-                    msg,
-                    PutErrorKind::from_encode(e),
-                )));
+                return Err(PutTimeoutError::Failed(PutError::new(msg, e)));
             }
         };
         match tokio::time::timeout(timeout, self.engine.put(&packet)).await {
             Ok(Ok(())) => Ok(()),
             Err(_) => Err(PutTimeoutError::Timeout(msg)),
-            Ok(Err(PutFail::Closed)) => Err(PutTimeoutError::Closed(msg)),
-            Ok(Err(fail)) => Err(PutTimeoutError::Failed(PutError::new(msg, put_kind(fail)))),
+            Ok(Err(PutErrorKind::Closed)) => Err(PutTimeoutError::Closed(msg)),
+            Ok(Err(kind)) => Err(PutTimeoutError::Failed(PutError::new(msg, kind))),
         }
     }
 
@@ -375,11 +360,11 @@ impl<T: Serialize> Queue<T> {
     pub fn blocking_put(&self, msg: T) -> Result<(), PutError<T>> {
         let packet = match self.engine.encode(&msg) {
             Ok(p) => p,
-            Err(e) => return Err(PutError::new(msg, PutErrorKind::from_encode(e))),
+            Err(e) => return Err(PutError::new(msg, e)),
         };
         match self.engine.blocking_put(&packet, None) {
-            Ok(()) => Ok(()),
-            Err(fail) => Err(PutError::new(msg, put_kind(fail))),
+            Ok(_) => Ok(()),
+            Err(kind) => Err(PutError::new(msg, kind)),
         }
     }
 
@@ -396,17 +381,14 @@ impl<T: Serialize> Queue<T> {
         let packet = match self.engine.encode(&msg) {
             Ok(p) => p,
             Err(e) => {
-                return Err(PutTimeoutError::Failed(PutError::new(
-                    msg,
-                    PutErrorKind::from_encode(e),
-                )));
+                return Err(PutTimeoutError::Failed(PutError::new(msg, e)));
             }
         };
         match self.engine.blocking_put(&packet, deadline_after(timeout)) {
-            Ok(()) => Ok(()),
-            Err(PutFail::Timeout) => Err(PutTimeoutError::Timeout(msg)),
-            Err(PutFail::Closed) => Err(PutTimeoutError::Closed(msg)),
-            Err(fail) => Err(PutTimeoutError::Failed(PutError::new(msg, put_kind(fail)))),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PutTimeoutError::Timeout(msg)),
+            Err(PutErrorKind::Closed) => Err(PutTimeoutError::Closed(msg)),
+            Err(kind) => Err(PutTimeoutError::Failed(PutError::new(msg, kind))),
         }
     }
 
@@ -423,7 +405,7 @@ impl<T: Serialize> Queue<T> {
 }
 
 impl<T: DeserializeOwned> Queue<T> {
-    fn decode(&self, received: Received) -> Result<T, GetError> {
+    fn decode(&self, received: Message) -> Result<T, GetError> {
         received.decode().map_err(|e| {
             self.engine.discarded();
             GetError::Decode(e)
@@ -456,7 +438,7 @@ impl<T: DeserializeOwned> Queue<T> {
         match self.engine.get().await {
             Ok(Some(received)) => self.decode(received),
             Ok(None) => Err(GetError::Closed),
-            Err(e) => Err(GetError::from_recv(e)),
+            Err(e) => Err(e),
         }
     }
 
@@ -467,10 +449,10 @@ impl<T: DeserializeOwned> Queue<T> {
     /// a shut-down queue, [`TryGetError::Failed`] as for [`get`](Self::get).
     pub fn try_get(&self) -> Result<T, TryGetError> {
         match self.engine.try_get() {
-            Ok(TryRecv::Message(received)) => self.decode(received).map_err(TryGetError::Failed),
-            Ok(TryRecv::Empty) => Err(TryGetError::Empty),
-            Ok(TryRecv::Closed) => Err(TryGetError::Closed),
-            Err(e) => Err(TryGetError::Failed(GetError::from_recv(e))),
+            Ok(GetOutcome::Message(received)) => self.decode(received).map_err(TryGetError::Failed),
+            Ok(GetOutcome::Empty) => Err(TryGetError::Empty),
+            Ok(GetOutcome::Closed) => Err(TryGetError::Closed),
+            Err(e) => Err(TryGetError::Failed(e)),
         }
     }
 
@@ -501,10 +483,10 @@ impl<T: DeserializeOwned> Queue<T> {
     /// As [`get`](Self::get).
     pub fn blocking_get(&self) -> Result<T, GetError> {
         match self.engine.blocking_get(None) {
-            Ok(TryRecv::Message(received)) => self.decode(received),
-            Ok(TryRecv::Closed) => Err(GetError::Closed),
-            Ok(TryRecv::Empty) => Err(GetError::Io(io::Error::from(io::ErrorKind::TimedOut))),
-            Err(e) => Err(GetError::from_recv(e)),
+            Ok(GetOutcome::Message(received)) => self.decode(received),
+            Ok(GetOutcome::Closed) => Err(GetError::Closed),
+            Ok(GetOutcome::Empty) => Err(GetError::Io(io::Error::from(io::ErrorKind::TimedOut))),
+            Err(e) => Err(e),
         }
     }
 
@@ -515,12 +497,12 @@ impl<T: DeserializeOwned> Queue<T> {
     /// As [`get_timeout`](Self::get_timeout).
     pub fn blocking_get_timeout(&self, timeout: Duration) -> Result<T, GetTimeoutError> {
         match self.engine.blocking_get(deadline_after(timeout)) {
-            Ok(TryRecv::Message(received)) => {
+            Ok(GetOutcome::Message(received)) => {
                 self.decode(received).map_err(GetTimeoutError::Failed)
             }
-            Ok(TryRecv::Closed) => Err(GetTimeoutError::Closed),
-            Ok(TryRecv::Empty) => Err(GetTimeoutError::Timeout),
-            Err(e) => Err(GetTimeoutError::Failed(GetError::from_recv(e))),
+            Ok(GetOutcome::Closed) => Err(GetTimeoutError::Closed),
+            Ok(GetOutcome::Empty) => Err(GetTimeoutError::Timeout),
+            Err(e) => Err(GetTimeoutError::Failed(e)),
         }
     }
 
@@ -589,8 +571,7 @@ impl<'de, T> Deserialize<'de> for Queue<T> {
     }
 }
 
-type GetFuture =
-    Pin<Box<dyn Future<Output = Result<Option<Received>, PacketRecvError>> + Send + Sync>>;
+type GetFuture = Pin<Box<dyn Future<Output = Result<Option<Message>, GetError>> + Send + Sync>>;
 
 /// The messages of a [`Queue`] as a [`Stream`]; made by [`Queue::stream`].
 ///
@@ -629,10 +610,10 @@ impl<T: DeserializeOwned> Stream for QueueStream<T> {
                 }
             },
             None => match this.engine.try_get() {
-                Ok(TryRecv::Message(m)) => Ok(Some(m)),
-                Ok(TryRecv::Closed) => Ok(None),
+                Ok(GetOutcome::Message(m)) => Ok(Some(m)),
+                Ok(GetOutcome::Closed) => Ok(None),
                 Err(e) => Err(e),
-                Ok(TryRecv::Empty) => {
+                Ok(GetOutcome::Empty) => {
                     let engine = this.engine.clone();
                     let mut fut: GetFuture = Box::pin(async move { engine.get().await });
                     match fut.as_mut().poll(cx) {
@@ -654,12 +635,12 @@ impl<T: DeserializeOwned> Stream for QueueStream<T> {
                 this.done = true;
                 None
             }
-            Err(e) => Some(Err(GetError::from_recv(e))),
+            Err(e) => Some(Err(e)),
         })
     }
 }
 
-type PutFuture = Pin<Box<dyn Future<Output = Result<(), PutFail>> + Send + Sync>>;
+type PutFuture = Pin<Box<dyn Future<Output = Result<(), PutErrorKind>> + Send + Sync>>;
 
 /// Puts into a [`Queue`] as a [`Sink`]; made by [`Queue::sink`].
 ///
@@ -694,7 +675,7 @@ impl<T> QueueSink<T> {
         };
         let result = std::task::ready!(fut.as_mut().poll(cx));
         let (msg, _) = self.pending.take().expect("pending put vanished");
-        Poll::Ready(result.map_err(|fail| PutError::new(msg, put_kind(fail))))
+        Poll::Ready(result.map_err(|kind| PutError::new(msg, kind)))
     }
 }
 
@@ -713,16 +694,16 @@ impl<T: Serialize> Sink<T> for QueueSink<T> {
         );
         let packet = match this.engine.encode(&item) {
             Ok(p) => p,
-            Err(e) => return Err(PutError::new(item, PutErrorKind::from_encode(e))),
+            Err(e) => return Err(PutError::new(item, e)),
         };
         match this.engine.try_put(&packet) {
-            Ok(()) => Ok(()),
-            Err(PutFail::Full) => {
+            Ok(true) => Ok(()),
+            Ok(false) => {
                 let engine = this.engine.clone();
                 this.pending = Some((item, Box::pin(async move { engine.put(&packet).await })));
                 Ok(())
             }
-            Err(fail) => Err(PutError::new(item, put_kind(fail))),
+            Err(kind) => Err(PutError::new(item, kind)),
         }
     }
 

@@ -4,11 +4,12 @@
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
 //! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
-//!   ([`multiproc_core::transport::packet`]) shared by every handle. Such a message is sent on the socket
-//!   with a *ticket* (its ring position, sealed with the queue's [`TicketKey`]) and a token
+//!   ([`multiproc_core::transport::packet`]) shared by every handle. Such a message is sent on
+//!   the socket with a *ticket* ([`crate::queue_ticket`]: its ring position, sealed with the
+//!   queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
 //!   publish, and consumers find a token, receive its packet and claim the token, under one
-//!   cross-process [`Lock`]; so the socket holds the packets in token order. A consumer looks
+//!   cross-process [`RobustLock`]; so the socket holds the packets in token order. A consumer looks
 //!   at each ticket before taking the packet (see `take_token`): it skips older tickets (left
 //!   by a producer that died in between), reports packets whose seal does not verify (not the
 //!   queue's) and leaves its token for the next get, so a stray packet costs only itself. The
@@ -33,15 +34,14 @@ use std::time::{Duration, Instant};
 
 use multiproc_core::SharedFd;
 use multiproc_core::shm::SharedRegion;
-use multiproc_core::transport::packet::{
-    self, Packet, PacketLog, PacketRecvError, PacketSocket, Peeked, Received, TicketKey,
-    TicketedRecv, TryRecv,
-};
-use multiproc_core::wait::WaitQueue;
+use multiproc_core::transport::packet::{self, PacketLog, PacketSocket};
 use multiproc_core::wait::eventfd::EventFd;
-use multiproc_sync::{Lock, LockGuard};
+use multiproc_core::wait::{RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::queue_error::{GetError, PutErrorKind};
+use crate::queue_message::{Encoded, GetOutcome, Message};
+use crate::queue_ticket::{Peeked, TicketKey, TicketedRecv};
 use crate::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
 
 // Layout of the shared region: the header, then the ring.
@@ -75,16 +75,6 @@ const LOG_TOKEN_LEN: usize = 16;
 /// How often a waiter checks whether the process it waits behind has died.
 const LIVENESS_TICK: Duration = Duration::from_millis(20);
 
-/// Why the engine did not put a message.
-#[derive(Debug)]
-pub(crate) enum PutFail {
-    Full,
-    /// Only from the blocking calls with a deadline.
-    Timeout,
-    Closed,
-    Io(io::Error),
-}
-
 /// One attempt at a put.
 enum Attempt {
     Done,
@@ -92,12 +82,19 @@ enum Attempt {
     RingFull,
     /// No room in the socket for an out-of-band packet.
     SocketFull,
-    Fail(PutFail),
+    Fail(PutErrorKind),
+}
+
+/// Why a put that claimed a slot did not publish it.
+enum Unpublished {
+    /// The socket had no room.
+    SocketFull,
+    Failed(PutErrorKind),
 }
 
 /// One attempt at a get, before the lock that tokens need.
 enum Got {
-    Message(Received),
+    Message(Message),
     Token(u64),
     Empty,
     Busy(u64),
@@ -106,7 +103,7 @@ enum Got {
 /// What a waiting getter found.
 enum Found {
     /// Return this (a message, or the end of the queue).
-    Done(Result<TryRecv, PacketRecvError>),
+    Done(Result<GetOutcome, GetError>),
     /// Take the token at this position, under the out-of-band lock.
     Token(u64),
 }
@@ -119,7 +116,7 @@ pub(crate) struct Engine {
     rx: PacketSocket,
     log: PacketLog,
     key: TicketKey,
-    oob: Lock,
+    oob: RobustLock,
     not_empty: WaitQueue<OFF_GET_WAITERS>,
     slot_freed: WaitQueue<OFF_PUT_WAITERS>,
     all_done: WaitQueue<OFF_JOIN_WAITERS>,
@@ -189,7 +186,7 @@ impl Engine {
             rx,
             log: PacketLog::new()?,
             state,
-            oob: Lock::new().map_err(io::Error::other)?,
+            oob: RobustLock::new()?,
             not_empty: EventFd::new()?,
             slot_freed: EventFd::new()?,
             all_done: EventFd::new()?,
@@ -264,12 +261,8 @@ impl Engine {
         self.unfinished_word().load(SeqCst)
     }
 
-    pub(crate) fn encode<T: Serialize>(
-        &self,
-        value: &T,
-    ) -> Result<Packet, packet::PacketEncodeError> {
-        // A large plain message goes to the log as it is: no memfd of its own.
-        Packet::encode_unspilled(value, self.max_size)
+    pub(crate) fn encode<T: Serialize>(&self, value: &T) -> Result<Encoded, PutErrorKind> {
+        Encoded::new(value, self.max_size)
     }
 
     /// Closes the queue for every handle in every process.
@@ -282,11 +275,6 @@ impl Engine {
     }
 
     // ---- put side ----
-
-    /// The message's bytes when it travels in a ring slot.
-    fn inline_bytes(packet: &Packet) -> Option<&[u8]> {
-        packet.plain_bytes().filter(|b| b.len() <= SLOT_PAYLOAD)
-    }
 
     /// Counts the task of a joinable queue's put before its message can be seen.
     fn reserve_task(&self) {
@@ -316,7 +304,7 @@ impl Engine {
     /// `close` gives it back, so once a getter saw the queue closed and empty, it stays empty.
     fn claim(&self) -> Result<u64, Attempt> {
         if self.is_closed() {
-            return Err(Attempt::Fail(PutFail::Closed));
+            return Err(Attempt::Fail(PutErrorKind::Closed));
         }
         self.reserve_task();
         let Some(pos) = self.ring.claim() else {
@@ -329,7 +317,7 @@ impl Engine {
             // Getters may be waiting behind this slot.
             self.published();
             self.freed();
-            return Err(Attempt::Fail(PutFail::Closed));
+            return Err(Attempt::Fail(PutErrorKind::Closed));
         }
         Ok(pos)
     }
@@ -348,18 +336,18 @@ impl Engine {
 
     /// Puts a message through the socket, holding the out-of-band lock; a plain message finding
     /// the socket full goes to the log instead.
-    fn attempt_oob(&self, packet: &Packet, _locked: &LockGuard<'_>) -> Attempt {
+    fn attempt_oob(&self, packet: &packet::Packet, _locked: &OobHeld<'_>) -> Attempt {
         let pos = match self.claim() {
             Ok(pos) => pos,
             Err(a) => return a,
         };
-        let sent = match self.tx.try_send_ticketed(packet, pos, &self.key) {
+        let sent = match self.key.send(&self.tx, packet, pos) {
             Ok(()) => {
                 self.ring.publish(pos, Kind::Token, &[]);
                 Ok(())
             }
             Err(e) => match (Self::send_error(e), packet.plain_bytes()) {
-                (PutFail::Full, Some(bytes)) => self.publish_logged(pos, bytes),
+                (Unpublished::SocketFull, Some(bytes)) => self.publish_logged(pos, bytes),
                 (fail, _) => Err(fail),
             },
         };
@@ -378,8 +366,11 @@ impl Engine {
     }
 
     /// Writes `bytes` to the log and publishes a log token at the claimed `pos`.
-    fn publish_logged(&self, pos: u64, bytes: &[u8]) -> Result<(), PutFail> {
-        let offset = self.log.append(bytes).map_err(PutFail::Io)?;
+    fn publish_logged(&self, pos: u64, bytes: &[u8]) -> Result<(), Unpublished> {
+        let offset = self
+            .log
+            .append(bytes)
+            .map_err(|e| Unpublished::Failed(PutErrorKind::Io(e)))?;
         let mut token = [0u8; LOG_TOKEN_LEN];
         token[..8].copy_from_slice(&offset.to_le_bytes());
         token[8..].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
@@ -389,7 +380,7 @@ impl Engine {
 
     /// Ends a put that claimed `pos`: wakes getters if it was published, else gives the slot
     /// (and the task) back.
-    fn settle(&self, pos: u64, outcome: Result<(), PutFail>) -> Attempt {
+    fn settle(&self, pos: u64, outcome: Result<(), Unpublished>) -> Attempt {
         match outcome {
             Ok(()) => {
                 self.published();
@@ -400,58 +391,69 @@ impl Engine {
                 self.unreserve_task();
                 self.freed();
                 match fail {
-                    PutFail::Full => Attempt::SocketFull,
-                    fail => Attempt::Fail(fail),
+                    Unpublished::SocketFull => Attempt::SocketFull,
+                    Unpublished::Failed(fail) => Attempt::Fail(fail),
                 }
             }
         }
     }
 
-    fn send_error(e: io::Error) -> PutFail {
+    fn send_error(e: io::Error) -> Unpublished {
         match e.kind() {
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::NotConnected => PutFail::Closed,
-            io::ErrorKind::WouldBlock => PutFail::Full,
-            _ => PutFail::Io(e),
+            | io::ErrorKind::NotConnected => Unpublished::Failed(PutErrorKind::Closed),
+            io::ErrorKind::WouldBlock => Unpublished::SocketFull,
+            _ => Unpublished::Failed(PutErrorKind::Io(e)),
         }
     }
 
-    fn lock_error(e: impl std::error::Error + Send + Sync + 'static) -> io::Error {
-        io::Error::other(e)
+    /// Takes the out-of-band lock: at once if it is free, else after a brief spin, else by
+    /// parking. Which earlier holder died does not matter: whatever it did under the lock is
+    /// repaired by the ticket and token checks.
+    async fn lock_oob(&self) -> io::Result<OobHeld<'_>> {
+        if self.oob.try_acquire(false).is_none() && self.oob.spin_acquire().is_none() {
+            // Boxed: the parking future is large and seldom needed; `put` and `get` embed this
+            // one, so they stay small (as with `Lock::lock`'s boxed slow path).
+            Box::pin(self.oob.acquire()).await?;
+        }
+        Ok(OobHeld(&self.oob))
+    }
+
+    /// The blocking twin of [`lock_oob`](Self::lock_oob).
+    fn blocking_lock_oob(&self) -> io::Result<OobHeld<'_>> {
+        self.oob.blocking_acquire()?;
+        Ok(OobHeld(&self.oob))
     }
 
     /// One attempt, waiting only for the out-of-band lock (held briefly by others).
-    async fn attempt(&self, packet: &Packet) -> Attempt {
-        if let Some(attempt) = self.attempt_unlocked(packet) {
-            return attempt;
-        }
-        match self.oob.lock().await {
-            Ok(guard) => self.attempt_oob(packet, &guard),
-            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+    async fn attempt(&self, encoded: &Encoded) -> Attempt {
+        match encoded {
+            Encoded::Plain(bytes) => self.attempt_unlocked(bytes),
+            Encoded::Packet(packet) => match self.lock_oob().await {
+                Ok(guard) => self.attempt_oob(packet, &guard),
+                Err(e) => Attempt::Fail(PutErrorKind::Io(e)),
+            },
         }
     }
 
-    /// An attempt that needs no lock: a message for a ring slot or for the log.
-    fn attempt_unlocked(&self, packet: &Packet) -> Option<Attempt> {
-        if let Some(bytes) = Self::inline_bytes(packet) {
-            return Some(self.attempt_inline(bytes));
+    /// An attempt that needs no lock: a plain message for a ring slot or for the log.
+    fn attempt_unlocked(&self, bytes: &[u8]) -> Attempt {
+        if bytes.len() <= SLOT_PAYLOAD {
+            self.attempt_inline(bytes)
+        } else {
+            self.attempt_logged(bytes)
         }
-        if !packet.fits_socket() {
-            let bytes = packet.plain_bytes()?;
-            return Some(self.attempt_logged(bytes));
-        }
-        None
     }
 
     /// The blocking twin of [`attempt`](Self::attempt).
-    fn blocking_attempt(&self, packet: &Packet) -> Attempt {
-        if let Some(attempt) = self.attempt_unlocked(packet) {
-            return attempt;
-        }
-        match self.oob.blocking_lock() {
-            Ok(guard) => self.attempt_oob(packet, &guard),
-            Err(e) => Attempt::Fail(PutFail::Io(Self::lock_error(e))),
+    fn blocking_attempt(&self, encoded: &Encoded) -> Attempt {
+        match encoded {
+            Encoded::Plain(bytes) => self.attempt_unlocked(bytes),
+            Encoded::Packet(packet) => match self.blocking_lock_oob() {
+                Ok(guard) => self.attempt_oob(packet, &guard),
+                Err(e) => Attempt::Fail(PutErrorKind::Io(e)),
+            },
         }
     }
 
@@ -477,72 +479,77 @@ impl Engine {
         (self.ring.has_room() || self.is_closed()).then_some(())
     }
 
-    /// Puts `packet`, waiting for a slot (and, for a large message, for room in the socket).
+    /// Puts a message, waiting for a slot (and, for a large message, for room in the socket).
     ///
     /// Cancel safe: a message is claimed, written and published within one poll, so a dropped
     /// future put the whole message or nothing.
-    pub(crate) async fn put(&self, packet: &Packet) -> Result<(), PutFail> {
+    pub(crate) async fn put(&self, encoded: &Encoded) -> Result<(), PutErrorKind> {
         let mut writable = None;
         loop {
-            match self.attempt(packet).await {
+            match self.attempt(encoded).await {
                 Attempt::Done => return Ok(()),
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
                     self.slot_freed
                         .wait_until(None, Some(LIVENESS_TICK), |ticked| self.room(ticked))
                         .await
-                        .map_err(PutFail::Io)?;
+                        .map_err(PutErrorKind::Io)?;
                 }
                 Attempt::SocketFull => {
-                    let registration = self.tx.writable_registration().map_err(PutFail::Io)?;
+                    let registration = self.tx.writable_registration().map_err(PutErrorKind::Io)?;
                     // Readiness seen before this failed attempt is stale: clear it, then wait.
                     if let Some(mut guard) = writable.take() {
                         tokio::io::unix::AsyncFdReadyGuard::clear_ready(&mut guard);
                     }
-                    writable = Some(registration.writable().await.map_err(PutFail::Io)?);
+                    writable = Some(registration.writable().await.map_err(PutErrorKind::Io)?);
                 }
             }
         }
     }
 
-    /// Puts `packet`, blocking the thread while the queue is full, until `deadline`.
+    /// Puts a message, blocking the thread while the queue is full; `Ok(false)` when
+    /// `deadline` passed first.
     pub(crate) fn blocking_put(
         &self,
-        packet: &Packet,
+        encoded: &Encoded,
         deadline: Option<Instant>,
-    ) -> Result<(), PutFail> {
+    ) -> Result<bool, PutErrorKind> {
         loop {
-            match self.blocking_attempt(packet) {
-                Attempt::Done => return Ok(()),
+            match self.blocking_attempt(encoded) {
+                Attempt::Done => return Ok(true),
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
-                    self.slot_freed
+                    let room = self
+                        .slot_freed
                         .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
                             self.room(ticked)
                         })
-                        .map_err(PutFail::Io)?
-                        .ok_or(PutFail::Timeout)?;
+                        .map_err(PutErrorKind::Io)?;
+                    if room.is_none() {
+                        return Ok(false);
+                    }
                 }
                 Attempt::SocketFull => {
                     if !self
                         .tx
                         .blocking_wait_writable(deadline)
-                        .map_err(PutFail::Io)?
+                        .map_err(PutErrorKind::Io)?
                     {
-                        return Err(PutFail::Timeout);
+                        return Ok(false);
                     }
                 }
             }
         }
     }
 
-    /// Puts `packet` if there is a slot (and room in the socket) right now.
-    pub(crate) fn try_put(&self, packet: &Packet) -> Result<(), PutFail> {
-        match self.blocking_attempt(packet) {
-            Attempt::Done => Ok(()),
+    /// Puts a message if there is a slot (and room in the socket) right now; `Ok(false)` when
+    /// the queue is full.
+    pub(crate) fn try_put(&self, encoded: &Encoded) -> Result<bool, PutErrorKind> {
+        match self.blocking_attempt(encoded) {
+            Attempt::Done => Ok(true),
             Attempt::RingFull | Attempt::SocketFull => {
                 self.repair_tail();
-                Err(PutFail::Full)
+                Ok(false)
             }
             Attempt::Fail(fail) => Err(fail),
         }
@@ -551,12 +558,12 @@ impl Engine {
     // ---- get side ----
 
     /// One look at the head of the ring.
-    fn look(&self) -> Result<Got, PacketRecvError> {
+    fn look(&self) -> Result<Got, GetError> {
         Ok(match self.ring.take() {
             Take::Message(Kind::Log, token) => {
                 self.freed();
                 match self.read_logged(&token) {
-                    Ok(bytes) => Got::Message(Received::from_bytes(bytes)),
+                    Ok(bytes) => Got::Message(Message::from_bytes(bytes)),
                     Err(e) => {
                         self.discarded();
                         return Err(e);
@@ -565,7 +572,7 @@ impl Engine {
             }
             Take::Message(_, bytes) => {
                 self.freed();
-                Got::Message(Received::from_bytes(bytes))
+                Got::Message(Message::from_bytes(bytes))
             }
             Take::Token(pos) => Got::Token(pos),
             Take::Empty => Got::Empty,
@@ -573,7 +580,7 @@ impl Engine {
             Take::Corrupt(len) => {
                 self.freed();
                 self.discarded();
-                return Err(PacketRecvError::Corrupt {
+                return Err(GetError::Corrupt {
                     reason: format!("queue slot claims {len} bytes, more than a slot holds"),
                 });
             }
@@ -581,8 +588,8 @@ impl Engine {
     }
 
     /// Reads (and frees) the message of a log token taken off the ring.
-    fn read_logged(&self, token: &[u8]) -> Result<Vec<u8>, PacketRecvError> {
-        let corrupt = |reason: String| PacketRecvError::Corrupt { reason };
+    fn read_logged(&self, token: &[u8]) -> Result<Vec<u8>, GetError> {
+        let corrupt = |reason: String| GetError::Corrupt { reason };
         let (Ok(offset), Ok(len)) = (
             <[u8; 8]>::try_from(token.get(..8).unwrap_or_default()),
             <[u8; 8]>::try_from(token.get(8..).unwrap_or_default()),
@@ -592,7 +599,7 @@ impl Engine {
         let (offset, len) = (u64::from_le_bytes(offset), u64::from_le_bytes(len));
         let len = usize::try_from(len).unwrap_or(usize::MAX);
         if len > self.max_size {
-            return Err(PacketRecvError::TooLarge {
+            return Err(GetError::TooLarge {
                 len,
                 limit: self.max_size,
             });
@@ -616,25 +623,21 @@ impl Engine {
     /// - a later ticket, or no packet at all, means this token's packet is gone: a getter took
     ///   it and died before claiming the token (all of this happens under the lock). The later
     ///   packet stays for its own token; this token is freed like the slot of a dead reader.
-    fn take_token(
-        &self,
-        pos: u64,
-        _locked: &LockGuard<'_>,
-    ) -> Option<Result<Received, PacketRecvError>> {
+    fn take_token(&self, pos: u64, _locked: &OobHeld<'_>) -> Option<Result<Message, GetError>> {
         if !self.ring.has_token(pos) {
             return None;
         }
         let result = loop {
-            match self.rx.peek_ticket(&self.key) {
+            match self.key.peek(&self.rx) {
                 Ok(Peeked::Ticket(at)) if at > pos => break None,
                 Ok(Peeked::Empty) => break None,
                 // Zero bytes on a shut-down socket: the end, unless packets are still queued
                 // (then it is an empty packet, taken off below as a foreign one).
                 Ok(Peeked::Closed) if self.tx.unread_sent().is_ok_and(|n| n == 0) => break None,
                 Ok(_) => {}
-                Err(e) => return Some(Err(PacketRecvError::Io(e))),
+                Err(e) => return Some(Err(GetError::Io(e))),
             }
-            match self.rx.try_recv_ticketed(&self.key) {
+            match self.key.recv(&self.rx) {
                 Ok(TicketedRecv::Ticketed(p)) if p.position() < pos => {}
                 Ok(TicketedRecv::Ticketed(p)) if p.position() == pos => {
                     break Some(p.open(self.max_size));
@@ -643,12 +646,12 @@ impl Engine {
                 Ok(TicketedRecv::Ticketed(_) | TicketedRecv::Empty) => break None,
                 // Zero bytes where the look saw queued packets: an empty packet, now taken off.
                 Ok(TicketedRecv::Closed) => {
-                    return Some(Err(foreign(PacketRecvError::Corrupt {
+                    return Some(Err(foreign(GetError::Corrupt {
                         reason: "empty packet".into(),
                     })));
                 }
                 Ok(TicketedRecv::Foreign(e)) => return Some(Err(foreign(e))),
-                Err(e) => return Some(Err(PacketRecvError::Io(e))),
+                Err(e) => return Some(Err(GetError::Io(e))),
             }
         };
         if !self.ring.claim_token(pos) {
@@ -665,31 +668,28 @@ impl Engine {
 
     /// What a getter that found nothing reports: `Closed` once the queue is closed and still
     /// empty after the close was seen, else `Empty`.
-    fn nothing(&self, closed_seen: &mut bool) -> Option<TryRecv> {
+    fn nothing(&self, closed_seen: &mut bool) -> Option<GetOutcome> {
         if *closed_seen {
-            return Some(TryRecv::Closed);
+            return Some(GetOutcome::Closed);
         }
         if self.is_closed() {
             // A put that claimed a slot before the close may still publish: look once more.
             *closed_seen = true;
             return None;
         }
-        Some(TryRecv::Empty)
+        Some(GetOutcome::Empty)
     }
 
     /// Takes a message if one is waiting.
-    pub(crate) fn try_get(&self) -> Result<TryRecv, PacketRecvError> {
+    pub(crate) fn try_get(&self) -> Result<GetOutcome, GetError> {
         let mut closed_seen = false;
         loop {
             match self.look()? {
-                Got::Message(m) => return Ok(TryRecv::Message(m)),
+                Got::Message(m) => return Ok(GetOutcome::Message(m)),
                 Got::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .blocking_lock()
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.blocking_lock_oob().map_err(GetError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
-                        return r.map(TryRecv::Message);
+                        return r.map(GetOutcome::Message);
                     }
                 }
                 Got::Empty => {
@@ -699,7 +699,7 @@ impl Engine {
                 }
                 Got::Busy(pos) => {
                     self.repair_head(pos);
-                    return Ok(TryRecv::Empty);
+                    return Ok(GetOutcome::Empty);
                 }
             }
         }
@@ -720,10 +720,10 @@ impl Engine {
         loop {
             match self.look() {
                 Err(e) => return Some(Found::Done(Err(e))),
-                Ok(Got::Message(m)) => return Some(Found::Done(Ok(TryRecv::Message(m)))),
+                Ok(Got::Message(m)) => return Some(Found::Done(Ok(GetOutcome::Message(m)))),
                 Ok(Got::Token(pos)) => return Some(Found::Token(pos)),
                 Ok(Got::Empty) => match self.nothing(closed_seen) {
-                    Some(TryRecv::Closed) => return Some(Found::Done(Ok(TryRecv::Closed))),
+                    Some(GetOutcome::Closed) => return Some(Found::Done(Ok(GetOutcome::Closed))),
                     Some(_) => return None,
                     None => {}
                 },
@@ -755,7 +755,7 @@ impl Engine {
     /// Takes a message, waiting until one arrives; `Ok(None)` at end of queue.
     ///
     /// Cancel safe: a message is taken off the ring (and the socket) within one poll.
-    pub(crate) async fn get(&self) -> Result<Option<Received>, PacketRecvError> {
+    pub(crate) async fn get(&self) -> Result<Option<Message>, GetError> {
         let (mut closed_seen, mut spun) = (false, false);
         loop {
             let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
@@ -768,7 +768,7 @@ impl Engine {
                             self.attempt_get(ticked, &mut closed_seen)
                         })
                         .await
-                        .map_err(PacketRecvError::Io)?
+                        .map_err(GetError::Io)?
                         .expect("a wait without deadline ends only with a value");
                     self.spin.slept(slept.elapsed());
                     found
@@ -777,16 +777,12 @@ impl Engine {
             match found {
                 Found::Done(r) => {
                     return r.map(|t| match t {
-                        TryRecv::Message(m) => Some(m),
-                        TryRecv::Empty | TryRecv::Closed => None,
+                        GetOutcome::Message(m) => Some(m),
+                        GetOutcome::Empty | GetOutcome::Closed => None,
                     });
                 }
                 Found::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .lock()
-                        .await
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.lock_oob().await.map_err(GetError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
                         return r.map(Some);
                     }
@@ -796,11 +792,8 @@ impl Engine {
     }
 
     /// Takes a message, blocking the thread until one arrives or `deadline` passes
-    /// (`TryRecv::Empty`).
-    pub(crate) fn blocking_get(
-        &self,
-        deadline: Option<Instant>,
-    ) -> Result<TryRecv, PacketRecvError> {
+    /// (`GetOutcome::Empty`).
+    pub(crate) fn blocking_get(&self, deadline: Option<Instant>) -> Result<GetOutcome, GetError> {
         let (mut closed_seen, mut spun) = (false, false);
         loop {
             let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
@@ -811,9 +804,9 @@ impl Engine {
                         .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
                             self.attempt_get(ticked, &mut closed_seen)
                         })
-                        .map_err(PacketRecvError::Io)?;
+                        .map_err(GetError::Io)?;
                     let Some(found) = found else {
-                        return Ok(TryRecv::Empty);
+                        return Ok(GetOutcome::Empty);
                     };
                     found
                 }
@@ -821,12 +814,9 @@ impl Engine {
             match found {
                 Found::Done(r) => return r,
                 Found::Token(pos) => {
-                    let guard = self
-                        .oob
-                        .blocking_lock()
-                        .map_err(|e| PacketRecvError::Io(Self::lock_error(e)))?;
+                    let guard = self.blocking_lock_oob().map_err(GetError::Io)?;
                     if let Some(r) = self.take_token(pos, &guard) {
-                        return r.map(TryRecv::Message);
+                        return r.map(GetOutcome::Message);
                     }
                 }
             }
@@ -875,9 +865,9 @@ impl Engine {
 }
 
 /// What a getter reports for a packet on the queue's socket that is not the queue's.
-fn foreign(e: PacketRecvError) -> PacketRecvError {
+fn foreign(e: GetError) -> GetError {
     match e {
-        PacketRecvError::Corrupt { reason } => PacketRecvError::Corrupt {
+        GetError::Corrupt { reason } => GetError::Corrupt {
             reason: format!("not a message of this queue ({reason}); it was skipped"),
         },
         other => other,
@@ -953,6 +943,15 @@ impl Spin {
     }
 }
 
+/// Holds the out-of-band lock; releases it when dropped.
+struct OobHeld<'a>(&'a RobustLock);
+
+impl Drop for OobHeld<'_> {
+    fn drop(&mut self) {
+        self.0.release();
+    }
+}
+
 /// What travels when a queue handle is sent to another process.
 #[derive(Serialize, Deserialize)]
 struct Wire {
@@ -960,7 +959,7 @@ struct Wire {
     rx: SharedFd,
     log: PacketLog,
     state: SharedRegion,
-    oob: Lock,
+    oob: RobustLock,
     not_empty: EventFd,
     slot_freed: EventFd,
     all_done: EventFd,
@@ -993,8 +992,8 @@ impl<'de> Deserialize<'de> for Engine {
 mod tests {
     use super::*;
 
-    fn packet(byte: u8, len: usize) -> Packet {
-        Packet::encode_unspilled(&vec![byte; len], 8 << 20).unwrap()
+    fn packet(byte: u8, len: usize) -> Encoded {
+        Encoded::new(&vec![byte; len], 8 << 20).unwrap()
     }
 
     async fn get_bytes(engine: &Engine) -> Vec<u8> {
@@ -1013,13 +1012,13 @@ mod tests {
         for (i, &len) in sizes.iter().enumerate() {
             engine.put(&packet(i as u8, len)).await.unwrap();
         }
-        assert!(Engine::inline_bytes(&packet(0, 1)).is_some());
-        assert!(Engine::inline_bytes(&packet(0, 2000)).is_none());
+        assert!(matches!(packet(0, 1), Encoded::Plain(_)), "a ring slot");
+        assert!(matches!(packet(0, 2000), Encoded::Packet(_)), "the socket");
         assert_eq!(engine.len(), sizes.len());
         for (i, &len) in sizes.iter().enumerate() {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; len]);
         }
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
     }
 
     #[tokio::test]
@@ -1027,14 +1026,14 @@ mod tests {
         let engine = Engine::new(None, 1 << 20, false).unwrap();
         // A producer that died after sending its packet and before publishing its token.
         let pos = engine.ring.claim().unwrap();
-        engine
-            .tx
-            .try_send_ticketed(&packet(7, 1000), pos, &engine.key)
-            .unwrap();
+        let Encoded::Packet(orphan) = packet(7, 1000) else {
+            panic!("not a socket message")
+        };
+        engine.key.send(&engine.tx, &orphan, pos).unwrap();
         engine.ring.abandon(pos);
         engine.put(&packet(8, 1000)).await.unwrap();
         assert_eq!(get_bytes(&engine).await, vec![8; 1000]);
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
     }
 
     #[tokio::test]
@@ -1045,7 +1044,7 @@ mod tests {
         engine.ring.forge_dead_writer(pos);
         engine.put(&packet(3, 10)).await.unwrap();
         assert_eq!(engine.unfinished(), 2);
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
         // The getter waits behind the dead writer's slot, notices it is dead, and goes on.
         assert_eq!(get_bytes(&engine).await, vec![3; 10]);
         assert_eq!(
@@ -1062,10 +1061,10 @@ mod tests {
         engine.ring.forge_dead_writer(pos);
         assert!(engine.is_full());
         // The first try finds the ring full and repairs it; the next one succeeds.
-        assert!(matches!(engine.try_put(&packet(1, 1)), Err(PutFail::Full)));
-        assert!(engine.try_put(&packet(1, 1)).is_ok());
+        assert!(matches!(engine.try_put(&packet(1, 1)), Ok(false)));
+        assert!(engine.try_put(&packet(1, 1)).unwrap());
         let deadline = Instant::now() + Duration::from_secs(10);
-        let TryRecv::Message(m) = engine.blocking_get(Some(deadline)).unwrap() else {
+        let GetOutcome::Message(m) = engine.blocking_get(Some(deadline)).unwrap() else {
             panic!("no message")
         };
         assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![1]);
@@ -1120,14 +1119,14 @@ mod tests {
             engine.put(&packet(9, 1000)).await.unwrap();
             let e = engine.get().await.unwrap_err();
             assert!(
-                matches!(&e, PacketRecvError::Corrupt { reason } if reason.contains("not a message of this queue")),
+                matches!(&e, GetError::Corrupt { reason } if reason.contains("not a message of this queue")),
                 "{e}"
             );
             assert_eq!(engine.unfinished(), 1, "a forged packet is no task");
             assert_eq!(get_bytes(&engine).await, vec![9; 1000]);
             assert!(engine.finish_task());
         }
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
     }
 
     #[tokio::test]
@@ -1137,7 +1136,7 @@ mod tests {
         engine.put(&packet(4, 1000)).await.unwrap();
         engine.close();
         let e = engine.get().await.unwrap_err();
-        assert!(matches!(e, PacketRecvError::Corrupt { .. }), "{e}");
+        assert!(matches!(e, GetError::Corrupt { .. }), "{e}");
         assert_eq!(get_bytes(&engine).await, vec![4; 1000]);
         assert!(engine.get().await.unwrap().is_none(), "then the end");
     }
@@ -1149,8 +1148,7 @@ mod tests {
             engine.put(&packet(i, 1000)).await.unwrap();
         }
         // A getter took the first packet off the socket and died before claiming its token.
-        let TicketedRecv::Ticketed(taken) = engine.rx.try_recv_ticketed(&engine.key).unwrap()
-        else {
+        let TicketedRecv::Ticketed(taken) = engine.key.recv(&engine.rx).unwrap() else {
             panic!("no packet")
         };
         assert_eq!(taken.position(), 0);
@@ -1158,7 +1156,7 @@ mod tests {
         assert_eq!(get_bytes(&engine).await, vec![1; 1000]);
         assert_eq!(get_bytes(&engine).await, vec![2; 1000]);
         assert_eq!(engine.unfinished(), 2, "the lost message's task is done");
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
     }
 
     #[tokio::test]
@@ -1176,7 +1174,7 @@ mod tests {
         // Medium messages: the socket while it has room, then the log; one order.
         let n = 20_000u32;
         for i in 0..n {
-            engine.try_put(&packet(i as u8, 1000)).unwrap();
+            assert!(engine.try_put(&packet(i as u8, 1000)).unwrap());
         }
         assert!(
             resident(engine.log.shared_fd()) > 0,
@@ -1185,7 +1183,7 @@ mod tests {
         for i in 0..n {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
         }
-        assert!(matches!(engine.try_get().unwrap(), TryRecv::Empty));
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
         // Packed, and freed as read: at most the page the log ends in is left.
         assert!(resident(engine.log.shared_fd()) <= 4096);
     }
@@ -1195,7 +1193,7 @@ mod tests {
         let engine = Engine::new(None, 1 << 20, false).unwrap();
         let n = 200_000u32;
         for i in 0..n {
-            engine.try_put(&Packet::encode(&i, 64).unwrap()).unwrap();
+            assert!(engine.try_put(&Encoded::new(&i, 64).unwrap()).unwrap());
         }
         let full = resident(engine.state.shared_fd());
         assert!(full >= u64::from(n) * 128, "{full}");
@@ -1207,7 +1205,7 @@ mod tests {
         assert!(drained <= 256 << 10, "{drained} bytes still held");
     }
 
-    async fn get_any(engine: &Engine) -> Received {
+    async fn get_any(engine: &Engine) -> Message {
         tokio::time::timeout(Duration::from_secs(10), engine.get())
             .await
             .expect("get hung")

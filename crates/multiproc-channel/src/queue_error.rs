@@ -8,7 +8,7 @@ use std::fmt;
 use std::io;
 
 use multiproc_core::error::{DecodeError, EncodeError};
-use multiproc_core::transport::packet::{PacketEncodeError, PacketRecvError};
+use multiproc_core::transport::packet::PacketRecvError;
 
 /// What went wrong in a [`put`](crate::Queue::put).
 #[derive(Debug, thiserror::Error)]
@@ -40,20 +40,6 @@ pub enum PutErrorKind {
     /// The operating system refused (out of memory or descriptors...); nothing was put.
     #[error("queue i/o error while putting: {0}")]
     Io(#[source] io::Error),
-}
-
-impl PutErrorKind {
-    pub(crate) fn from_encode(e: PacketEncodeError) -> Self {
-        match e {
-            PacketEncodeError::Encode(e) => Self::Encode(e),
-            PacketEncodeError::TooLarge { len, limit } => Self::TooLarge { len, limit },
-            PacketEncodeError::TooManyDescriptors { count, limit } => {
-                Self::TooManyDescriptors { count, limit }
-            }
-            PacketEncodeError::Spill(e) => Self::Io(e),
-            other => Self::Io(io::Error::other(other.to_string())),
-        }
-    }
 }
 
 /// Why [`put`](crate::Queue::put) did not enqueue a message; carries the message back.

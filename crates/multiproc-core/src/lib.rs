@@ -27,3 +27,4 @@ pub mod wait;
 
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};
 pub use fd::{DescriptorError, SharedFd};
+pub use sys::random_key;

@@ -1,20 +1,15 @@
-//! [`Lock`]: a cross-process mutual exclusion lock.
+//! [`Lock`]: a cross-process mutual exclusion lock, the public face of core's
+//! [`RobustLock`] (which holds the owner word, the dead-holder takeover and the waiting).
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use serde::de::Error as _;
+use multiproc_core::wait::RobustLock;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
-use crate::owner;
-use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
-
-/// Byte offset of the owner word: 0 when free, else the holder's process identity.
-const OWNER: usize = 8;
-const LEN: usize = 64;
+use crate::wait::fast_then_slow;
 
 /// A lock shared by any number of processes: Python's `multiprocessing.Lock`, with `.await`.
 ///
@@ -51,7 +46,7 @@ const LEN: usize = 64;
 /// ```
 #[derive(Clone)]
 pub struct Lock {
-    core: WaitQueue,
+    raw: RobustLock,
 }
 
 impl Lock {
@@ -61,44 +56,8 @@ impl Lock {
     /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: WaitQueue::new(LEN)?,
+            raw: RobustLock::new()?,
         })
-    }
-
-    #[inline]
-    fn word(&self) -> &AtomicU64 {
-        self.core.region().atomic_u64(OWNER)
-    }
-
-    /// One attempt; with `check_dead`, takes the lock from a dead holder. Returns whether the
-    /// previous holder died.
-    #[inline]
-    fn attempt(&self, check_dead: bool) -> Option<bool> {
-        let me = owner::me();
-        let word = self.word();
-        match word.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst) {
-            Ok(_) => Some(false),
-            Err(holder) if check_dead && holder != me && !owner::is_alive(holder) => word
-                .compare_exchange(holder, me, Ordering::SeqCst, Ordering::SeqCst)
-                .ok()
-                .map(|_| true),
-            Err(_) => None,
-        }
-    }
-
-    /// Spins briefly on a held lock; out of line, the uncontended path never needs it.
-    #[cold]
-    #[inline(never)]
-    fn spin(&self) -> Option<LockGuard<'_>> {
-        for _ in 0..SPIN {
-            if self.word().load(Ordering::Relaxed) == 0 {
-                if let Some(died) = self.attempt(false) {
-                    return Some(self.guard(died));
-                }
-            }
-            std::hint::spin_loop();
-        }
-        None
     }
 
     #[inline]
@@ -126,9 +85,13 @@ impl Lock {
     pub fn lock(&self) -> impl Future<Output = Result<LockGuard<'_>, LockError>> + '_ {
         fast_then_slow(
             self,
-            |lock: &Lock| match lock.attempt(false) {
+            |lock: &Lock| match lock.raw.try_acquire(false) {
                 Some(died) => Ok(Ok(lock.guard(died))),
-                None => lock.spin().map(Ok).ok_or(()),
+                None => lock
+                    .raw
+                    .spin_acquire()
+                    .map(|died| Ok(lock.guard(died)))
+                    .ok_or(()),
             },
             |lock: &Lock, ()| lock.lock_slow(),
         )
@@ -136,10 +99,7 @@ impl Lock {
 
     /// The part of [`Lock::lock`] that parks, once the fast attempts have failed.
     async fn lock_slow(&self) -> Result<LockGuard<'_>, LockError> {
-        let died = self
-            .core
-            .wait_forever(LIVENESS_TICK, |t| self.attempt(t))
-            .await?;
+        let died = self.raw.acquire().await?;
         Ok(self.guard(died))
     }
 
@@ -148,7 +108,8 @@ impl Lock {
     /// # Errors
     /// [`TryLockError::WouldBlock`] when a live process holds it.
     pub fn try_lock(&self) -> Result<LockGuard<'_>, TryLockError> {
-        self.attempt(true)
+        self.raw
+            .try_acquire(true)
             .map(|died| self.guard(died))
             .ok_or(TryLockError::WouldBlock)
     }
@@ -163,11 +124,7 @@ impl Lock {
     /// # Cancel safety
     /// Cancel safe, as [`Lock::lock`].
     pub async fn lock_timeout(&self, timeout: Duration) -> Result<LockGuard<'_>, LockTimeoutError> {
-        let got = self
-            .core
-            .wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
-            .await
-            .map_err(LockError)?;
+        let got = self.raw.acquire_timeout(timeout).await.map_err(LockError)?;
         got.map(|died| self.guard(died))
             .ok_or(LockTimeoutError::Timeout)
     }
@@ -178,12 +135,7 @@ impl Lock {
     /// # Errors
     /// [`LockError`] when out of descriptors.
     pub fn blocking_lock(&self) -> Result<LockGuard<'_>, LockError> {
-        if let Some(g) = self.spin() {
-            return Ok(g);
-        }
-        let died = self
-            .core
-            .blocking_wait_forever(LIVENESS_TICK, |t| self.attempt(t))?;
+        let died = self.raw.blocking_acquire()?;
         Ok(self.guard(died))
     }
 
@@ -196,8 +148,8 @@ impl Lock {
         timeout: Duration,
     ) -> Result<LockGuard<'_>, LockTimeoutError> {
         let got = self
-            .core
-            .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| self.attempt(t))
+            .raw
+            .blocking_acquire_timeout(timeout)
             .map_err(LockError)?;
         got.map(|died| self.guard(died))
             .ok_or(LockTimeoutError::Timeout)
@@ -205,33 +157,23 @@ impl Lock {
 
     /// Whether some process holds the lock (possibly a dead one not yet noticed).
     pub fn is_locked(&self) -> bool {
-        self.word().load(Ordering::SeqCst) != 0
+        self.raw.is_locked()
     }
 
     /// The pid of the holding process, if any.
     pub fn owner_pid(&self) -> Option<u32> {
-        match self.word().load(Ordering::SeqCst) {
-            0 => None,
-            id => Some(owner::pid_of(id)),
-        }
+        self.raw.owner_pid()
     }
 
     /// Releases a hold taken by this process, used by `Condition`, which re-acquires later.
     #[inline]
     pub(crate) fn unlock(&self) {
-        let me = owner::me();
-        if self
-            .word()
-            .compare_exchange(me, 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-        {
-            self.core.wake();
-        }
+        self.raw.release();
     }
 
     /// Whether `self` and `other` are the same lock.
     pub fn same_lock(&self, other: &Lock) -> bool {
-        self.core.region().same_region(other.core.region())
+        self.raw.same_lock(&other.raw)
     }
 }
 
@@ -245,15 +187,15 @@ impl fmt::Debug for Lock {
 
 impl Serialize for Lock {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.core.serialize(serializer)
+        self.raw.serialize(serializer)
     }
 }
 
 impl<'de> Deserialize<'de> for Lock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let core = WaitQueue::deserialize(deserializer)?;
-        core.check_len(LEN).map_err(D::Error::custom)?;
-        Ok(Self { core })
+        Ok(Self {
+            raw: RobustLock::deserialize(deserializer)?,
+        })
     }
 }
 
@@ -289,33 +231,5 @@ impl fmt::Debug for LockGuard<'_> {
         f.debug_struct("LockGuard")
             .field("owner_died", &self.owner_died)
             .finish()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn dead_owner_is_detected_by_try_lock() {
-        let lock = Lock::new().unwrap();
-        // A holder with our pid but another start time: a recycled pid, i.e. a dead holder.
-        lock.word().store(owner::me() ^ 1, Ordering::SeqCst);
-        assert!(lock.is_locked());
-        let g = lock.try_lock().unwrap();
-        assert!(g.owner_died());
-        drop(g);
-        assert!(!lock.is_locked());
-    }
-
-    #[tokio::test]
-    async fn dead_owner_is_detected_by_waiter() {
-        let lock = Lock::new().unwrap();
-        lock.word().store(owner::me() ^ 1, Ordering::SeqCst);
-        let g = tokio::time::timeout(Duration::from_secs(10), lock.lock())
-            .await
-            .unwrap()
-            .unwrap();
-        assert!(g.owner_died());
     }
 }

@@ -39,8 +39,8 @@ use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
-use crate::proc::identity;
 use crate::proc::remote_fn::{self, RemoteFn};
+use crate::sys::identity;
 use crate::sys::{self, Direction};
 
 /// The environment variable that turns a process into a multiproc child.

@@ -2,7 +2,8 @@
 //! mechanism of spawns, pool tasks and later the Manager), how a re-executed or forked copy of
 //! the program becomes a child running one ([`bootstrap`]), starting it ([`spawner::spawn`],
 //! over the private `exec` and fork server), watching and reaping it ([`pidfd`], [`reaper`]),
-//! and who a process is ([`identity`], [`cpu`]).
+//! and who a process is ([`cpu`]; [`identity`], which lives in `sys` so that `wait` can use it
+//! too).
 //!
 //! May import: `sys`, `shm`, `message`, `transport`. Nothing imports `proc` but the crates
 //! above core. Inside, imports point one way: `spawner` → fork server → `exec` → `bootstrap`
@@ -12,7 +13,7 @@ pub mod bootstrap;
 pub mod cpu;
 mod exec;
 mod forkserver;
-pub mod identity;
+pub use crate::sys::identity;
 pub mod pidfd;
 pub mod reaper;
 pub mod remote_fn;

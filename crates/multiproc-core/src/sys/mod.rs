@@ -1,5 +1,7 @@
 //! Thin wrappers over the Linux calls the core needs. Everything here is safe Rust over rustix;
 //! the one unsafe spot in this crate that touches raw descriptor numbers is `bootstrap`.
+//! Process identities ([`identity`]) live here too: reading `/proc` is an OS service that both
+//! `wait` (the robust lock) and `proc` need.
 
 use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
@@ -11,6 +13,8 @@ use rustix::net::{
     AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
+
+pub mod identity;
 
 /// Most descriptors Linux accepts in one `sendmsg` (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_SENDMSG: usize = 253;
@@ -197,7 +201,7 @@ pub(crate) fn is_socket(fd: impl AsFd) -> bool {
 }
 
 /// 128 bits nobody outside this process can predict.
-pub(crate) fn random_key() -> [u64; 2] {
+pub fn random_key() -> [u64; 2] {
     // std seeds every `RandomState` from the OS's random source (getrandom), so hashes under a
     // fresh one are values nobody outside this process can predict.
     use std::hash::BuildHasher;

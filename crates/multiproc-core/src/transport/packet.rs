@@ -1,34 +1,29 @@
 //! Atomic packets of bytes plus descriptors over a Unix `SOCK_SEQPACKET` socket pair that any
 //! number of senders and receivers, in any number of processes, share.
 //!
-//! This is the transport under the cross-process `Queue`. Every message is one packet: the kernel
-//! delivers it whole to exactly one receiver (it arbitrates between readers), and a sender or
-//! receiver killed in the middle of a call leaves nothing half-written behind. Descriptors ride on
-//! the packet as `SCM_RIGHTS`.
+//! This is the transport under the cross-process `Queue`, which owns everything a packet
+//! *means* (its encoding, its tickets, its errors); this module only moves bytes and
+//! descriptors. Every packet is one `sendmsg(2)`: the kernel delivers it whole to exactly one
+//! receiver (it arbitrates between readers), and a sender or receiver killed in the middle of a
+//! call leaves nothing half-written behind. Descriptors ride on the packet as `SCM_RIGHTS`.
 //!
-//! A message whose encoding exceeds [`INLINE_LIMIT`] is *spilled*: its bytes go into a fresh
-//! memfd, and the packet carries only the length and the memfd. This keeps the socket buffer for
-//! many small messages, lets one message be far larger than the socket buffer, and lets the
-//! producer exit right after a `send` (the data lives in the memfd, owned by the packet in
-//! flight, not in the producer).
+//! A payload larger than [`INLINE_LIMIT`] is *spilled*: its bytes go into a fresh memfd, and
+//! the packet carries only the length and the memfd. This keeps the socket buffer for many
+//! small packets, lets one payload be far larger than the socket buffer, and lets the sender
+//! exit right after a send (the data lives in the memfd, owned by the packet in flight).
 //!
 //! # Packet format
-//! - inline: `[TAG_INLINE] payload`, descriptors = the message's;
-//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the message's...]`;
-//! - ticketed (a queue's, see [`PacketSocket::try_send_ticketed`]):
-//!   `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled packet. The seal
-//!   is a keyed hash of the position under the queue's [`TicketKey`], so a packet that did not
-//!   come from a holder of the key (garbage, or anything else written to the socket) is told
-//!   apart from the queue's own before anything else in it is looked at.
+//! `header` (the caller's, at most [`MAX_HEADER_LEN`] bytes, opaque here) then
+//! - inline: `[TAG_INLINE] payload`, descriptors = the payload's;
+//! - spilled: `[TAG_SPILL] len: u64 LE`, descriptors = `[memfd, the payload's...]`.
 //!
-//! Plain messages too large to travel inline can also be kept out of the socket altogether:
-//! [`Packet::encode_unspilled`] leaves them in memory for a [`PacketLog`], a sparse memfd that
-//! a queue uses as shared storage which no socket buffer limits.
+//! Plain payloads too large to travel inline can also be kept out of the socket altogether,
+//! in a [`PacketLog`]: a sparse memfd used as shared storage that no socket buffer limits.
 //!
-//! Our packets are never empty. A zero-length read is end-of-stream (the sending side was shut
-//! down and every packet was read) or an empty packet written by something else; they are told
-//! apart by whether the socket is shut down, and, where it matters, by what the send end still
-//! has queued ([`PacketSocket::unread_sent`]).
+//! A zero-length read is end-of-stream (the sending side was shut down and every packet was
+//! read) or an empty packet written by something else; they are told apart by whether the
+//! socket is shut down, and, where it matters, by what the send end still has queued
+//! ([`PacketSocket::unread_sent`]).
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -43,30 +38,25 @@ use std::time::Instant;
 use rustix::event::{PollFd, PollFlags, Timespec};
 use rustix::net::{AddressFamily, Shutdown, SocketFlags, SocketType};
 use serde::Serialize;
-use serde::de::DeserializeOwned;
 
-use crate::error::{DecodeError, EncodeError};
+use crate::SharedFd;
 use crate::shm::SharedRegion;
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 use crate::transport::socket::Socket;
-use crate::{SharedFd, message};
 
-/// Largest encoded message sent inside the packet itself; larger ones are spilled to a memfd.
+/// Largest payload sent inside the packet itself; larger ones are spilled to a memfd.
 pub const INLINE_LIMIT: usize = 64 << 10;
 
-/// Most descriptors one message may carry (one `sendmsg` slot is kept for a spill memfd).
-pub const MAX_MESSAGE_FDS: usize = MAX_FDS_PER_SENDMSG - 1;
+/// Longest header a caller may put in front of a packet (the receive buffer has room for it
+/// and no more, so an oversized packet shows up as truncated).
+pub const MAX_HEADER_LEN: usize = 17;
 
 const TAG_INLINE: u8 = 0xA1;
 const TAG_SPILL: u8 = 0xA2;
-/// A ticketed packet: `[TAG_TICKET] position: u64 LE, seal: u64 LE` then an inline or spilled
-/// packet.
-const TAG_TICKET: u8 = 0xA3;
-const TICKET_HEADER_LEN: usize = 1 + 8 + 8;
 const SPILL_HEADER_LEN: usize = 1 + 8;
-/// Receive buffer: one byte more than the largest valid (ticketed) packet, so an oversized packet shows up
+/// Receive buffer: one byte more than the largest valid packet, so an oversized packet shows up
 /// as truncated instead of fitting by accident.
-const RECV_BUF_LEN: usize = TICKET_HEADER_LEN + 1 + INLINE_LIMIT + 1;
+const RECV_BUF_LEN: usize = MAX_HEADER_LEN + 1 + INLINE_LIMIT + 1;
 /// Send buffer we ask for (the kernel doubles it; without privileges it is clamped to
 /// `net.core.wmem_max`).
 const WANTED_SNDBUF: usize = 4 << 20;
@@ -97,135 +87,52 @@ pub fn packet_pair() -> io::Result<(SharedFd, SharedFd)> {
     Ok((SharedFd::new(send), SharedFd::new(recv)))
 }
 
-/// Why a value could not become a [`Packet`].
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum PacketEncodeError {
-    /// The value could not be serialized (or a descriptor in it duplicated).
-    #[error(transparent)]
-    Encode(#[from] EncodeError),
-    /// The encoded value exceeds the size limit.
-    #[error("message of {len} bytes exceeds the limit of {limit} bytes")]
-    TooLarge {
-        /// Encoded size in bytes.
-        len: usize,
-        /// The limit.
-        limit: usize,
-    },
-    /// The value carries more descriptors than one packet can.
-    #[error("message carries {count} descriptors; at most {limit} fit in one message")]
-    TooManyDescriptors {
-        /// Descriptors in the value.
-        count: usize,
-        /// The most a message may carry.
-        limit: usize,
-    },
-    /// Creating or filling the memfd for a large message failed.
-    #[error("cannot store a large message in a memfd: {0}")]
-    Spill(#[source] io::Error),
-}
-
-/// An encoded message, ready to send; large payloads already live in a memfd.
+/// A payload and its descriptors, ready to send; a large payload already lives in a memfd.
 ///
 /// Sending borrows the packet, so a send that could not complete leaves it with the caller.
 pub struct Packet {
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
-    encoded_len: usize,
 }
 
 impl Packet {
-    /// Encodes `value` (postcard plus descriptors), spilling it to a memfd above
-    /// [`INLINE_LIMIT`].
+    /// Most descriptors a packet with a payload of `len` bytes can carry: one `sendmsg`'s worth,
+    /// less the slot of the memfd when it is spilled.
+    pub fn max_fds(len: usize) -> usize {
+        if len <= INLINE_LIMIT {
+            MAX_FDS_PER_SENDMSG
+        } else {
+            MAX_FDS_PER_SENDMSG - 1
+        }
+    }
+
+    /// `payload` with `fds`, spilled to a memfd above [`INLINE_LIMIT`].
     ///
     /// # Errors
-    /// [`PacketEncodeError`]: the value cannot be encoded, is larger than `max_size`, carries
-    /// more than [`MAX_MESSAGE_FDS`] descriptors, or the memfd cannot be made.
-    pub fn encode<T: Serialize + ?Sized>(
-        value: &T,
-        max_size: usize,
-    ) -> Result<Self, PacketEncodeError> {
-        Self::encode_with(value, max_size, true)
-    }
-
-    /// Encodes `value` like [`encode`](Self::encode), but leaves a large message that carries
-    /// no descriptor in memory ([`plain_bytes`](Self::plain_bytes)) instead of spilling it, for
-    /// a transport that stores plain bytes itself (a [`PacketLog`]). Such a packet is too large
-    /// for the socket: [`PacketSocket::try_send`] refuses it.
-    ///
-    /// # Errors
-    /// As [`encode`](Self::encode).
-    pub fn encode_unspilled<T: Serialize + ?Sized>(
-        value: &T,
-        max_size: usize,
-    ) -> Result<Self, PacketEncodeError> {
-        Self::encode_with(value, max_size, false)
-    }
-
-    fn encode_with<T: Serialize + ?Sized>(
-        value: &T,
-        max_size: usize,
-        spill_plain: bool,
-    ) -> Result<Self, PacketEncodeError> {
-        let mut bytes = Vec::with_capacity(64);
-        bytes.push(TAG_INLINE);
-        let mut fds = message::encode_into(value, &mut bytes)?;
-        let len = bytes.len() - 1;
-        if len > max_size {
-            return Err(PacketEncodeError::TooLarge {
-                len,
-                limit: max_size,
-            });
+    /// [`io::ErrorKind::InvalidInput`] for more than [`max_fds`](Self::max_fds) descriptors;
+    /// otherwise when the memfd cannot be made or filled.
+    pub fn new(payload: &[u8], mut fds: Vec<OwnedFd>) -> io::Result<Self> {
+        if fds.len() > Self::max_fds(payload.len()) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "too many descriptors for one packet",
+            ));
         }
-        if len <= INLINE_LIMIT || (fds.is_empty() && !spill_plain) {
-            if fds.len() > MAX_FDS_PER_SENDMSG {
-                return Err(PacketEncodeError::TooManyDescriptors {
-                    count: fds.len(),
-                    limit: MAX_FDS_PER_SENDMSG,
-                });
-            }
-            return Ok(Self {
-                bytes,
-                fds,
-                encoded_len: len,
-            });
+        if payload.len() <= INLINE_LIMIT {
+            let mut bytes = Vec::with_capacity(1 + payload.len());
+            bytes.push(TAG_INLINE);
+            bytes.extend_from_slice(payload);
+            return Ok(Self { bytes, fds });
         }
-        if fds.len() > MAX_MESSAGE_FDS {
-            return Err(PacketEncodeError::TooManyDescriptors {
-                count: fds.len(),
-                limit: MAX_MESSAGE_FDS,
-            });
-        }
-        let memfd = spill(&bytes[1..]).map_err(PacketEncodeError::Spill)?;
-        let mut header = Vec::with_capacity(SPILL_HEADER_LEN);
-        header.push(TAG_SPILL);
-        header.extend_from_slice(&(len as u64).to_le_bytes());
-        fds.insert(0, memfd);
-        Ok(Self {
-            bytes: header,
-            fds,
-            encoded_len: len,
-        })
+        fds.insert(0, spill(payload)?);
+        let mut bytes = Vec::with_capacity(SPILL_HEADER_LEN);
+        bytes.push(TAG_SPILL);
+        bytes.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        Ok(Self { bytes, fds })
     }
 
-    /// True when the packet fits the socket: inline packets up to [`INLINE_LIMIT`] and spilled
-    /// ones (not a large packet made by [`encode_unspilled`](Self::encode_unspilled)).
-    pub fn fits_socket(&self) -> bool {
-        self.bytes.len() <= 1 + INLINE_LIMIT
-    }
-
-    /// Size of the encoded message in bytes (not counting the packet header).
-    pub fn encoded_len(&self) -> usize {
-        self.encoded_len
-    }
-
-    /// True when the payload was spilled into a memfd.
-    pub fn is_spilled(&self) -> bool {
-        self.bytes[0] == TAG_SPILL
-    }
-
-    /// The encoded message when it is plain bytes (not spilled, no descriptors): what a
-    /// transport other than the socket, such as a shared-memory ring, can carry by copying.
+    /// The payload when it is plain bytes (not spilled, no descriptors): what a transport other
+    /// than the socket, such as a [`PacketLog`], can carry by copying.
     pub fn plain_bytes(&self) -> Option<&[u8]> {
         (self.bytes[0] == TAG_INLINE && self.fds.is_empty()).then(|| &self.bytes[1..])
     }
@@ -234,8 +141,7 @@ impl Packet {
 impl fmt::Debug for Packet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Packet")
-            .field("encoded_len", &self.encoded_len)
-            .field("spilled", &self.is_spilled())
+            .field("spilled", &(self.bytes[0] == TAG_SPILL))
             .field("fds", &self.fds.len())
             .finish()
     }
@@ -462,51 +368,12 @@ impl<'de> serde::Deserialize<'de> for PacketLog {
     }
 }
 
-/// A message taken off the socket: its bytes and the descriptors that came with it.
-pub struct Received {
-    bytes: Vec<u8>,
-    fds: Vec<OwnedFd>,
-}
-
-impl Received {
-    /// A message that arrived by another way than the socket (see [`Packet::plain_bytes`]),
-    /// without descriptors.
-    pub fn from_bytes(bytes: Vec<u8>) -> Self {
-        Self {
-            bytes,
-            fds: Vec::new(),
-        }
-    }
-
-    /// The encoded message.
-    pub fn bytes(&self) -> &[u8] {
-        &self.bytes
-    }
-
-    /// Decodes the message as a `T`, handing it the descriptors (see [`message::decode`]).
-    ///
-    /// # Errors
-    /// As [`message::decode`].
-    pub fn decode<T: DeserializeOwned>(self) -> Result<T, DecodeError> {
-        message::decode(&self.bytes, self.fds)
-    }
-}
-
-impl fmt::Debug for Received {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Received")
-            .field("len", &self.bytes.len())
-            .field("fds", &self.fds.len())
-            .finish()
-    }
-}
-
 /// Why a packet could not be received. After any of these the socket stays usable: the faulty
 /// packet was taken off the socket and discarded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PacketRecvError {
-    /// The message is larger than this end accepts; it was discarded.
+    /// The payload is larger than this end accepts; it was discarded.
     #[error("incoming message of {len} bytes exceeds the limit of {limit} bytes; discarded")]
     TooLarge {
         /// Announced size in bytes.
@@ -514,14 +381,14 @@ pub enum PacketRecvError {
         /// This end's limit.
         limit: usize,
     },
-    /// The packet is not a multiproc packet (or its memfd is damaged); it was discarded.
+    /// The packet is not one of ours (or its memfd is damaged); it was discarded.
     #[error("corrupt packet: {reason}; discarded")]
     Corrupt {
         /// What was wrong.
         reason: String,
     },
     /// Descriptors sent with the packet did not arrive (this process is out of descriptors?);
-    /// the message was discarded.
+    /// the packet was discarded.
     #[error("descriptors sent with a message were lost (out of descriptors?); message discarded")]
     LostDescriptors,
     /// The socket failed.
@@ -529,122 +396,66 @@ pub enum PacketRecvError {
     Io(#[source] io::Error),
 }
 
-/// The outcome of a [`PacketSocket::try_recv`].
+/// What one [`PacketSocket::try_recv`] took off the socket.
 #[derive(Debug)]
-pub enum TryRecv {
-    /// A message.
-    Message(Received),
+pub enum PacketRecv {
+    /// A packet, its payload not opened yet.
+    Packet(Incoming),
     /// Nothing is waiting right now.
     Empty,
     /// The sending side was shut down and every packet has been read.
     Closed,
 }
 
-/// The outcome of a [`PacketSocket::try_recv_ticketed`].
-#[derive(Debug)]
-pub enum TicketedRecv {
-    /// A packet sent by [`PacketSocket::try_send_ticketed`] with the same key.
-    Ticketed(TicketedPacket),
-    /// A packet that is not one of the queue's: no ticket, a ticket whose seal does not match
-    /// the key, or a packet that could not be read at all. It was taken off the socket and
-    /// discarded, descriptors included.
-    Foreign(PacketRecvError),
-    /// Nothing is waiting right now.
-    Empty,
-    /// The sending side was shut down and every packet has been read.
-    Closed,
-}
-
-/// What [`PacketSocket::peek_ticket`] saw at the front of the socket.
+/// What [`PacketSocket::peek`] saw at the front of the socket.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Peeked {
-    /// A packet with an authentic ticket for this position.
-    Ticket(u64),
-    /// A packet that is not one of the queue's.
-    Foreign,
+pub enum PacketPeek {
+    /// A packet, whose first this many bytes were copied out.
+    Bytes(usize),
     /// Nothing is waiting right now.
     Empty,
     /// The sending side was shut down and every packet has been read.
     Closed,
 }
 
-/// An authentic ticketed packet taken off the socket, its message not parsed yet.
-pub struct TicketedPacket {
-    position: u64,
+/// A packet taken off the socket: the caller's header and the payload, not parsed yet.
+pub struct Incoming {
     bytes: Vec<u8>,
     fds: Vec<OwnedFd>,
     fds_lost: bool,
 }
 
-impl TicketedPacket {
-    /// The queue position it was sent with.
-    pub fn position(&self) -> u64 {
-        self.position
+impl Incoming {
+    /// The packet's bytes as received: the caller's header, then the payload's format.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
     }
 
-    /// The message: parsed, and read from its memfd if it was spilled.
+    /// The payload after a header of `header_len` bytes and its descriptors: read from its
+    /// memfd if it was spilled.
     ///
     /// # Errors
-    /// [`PacketRecvError`] when the message is larger than `max_size`, damaged, or its
+    /// [`PacketRecvError`] when the payload is larger than `max_size`, damaged, or its
     /// descriptors were lost on the way.
-    pub fn open(self, max_size: usize) -> Result<Received, PacketRecvError> {
+    pub fn open(
+        mut self,
+        header_len: usize,
+        max_size: usize,
+    ) -> Result<(Vec<u8>, Vec<OwnedFd>), PacketRecvError> {
         if self.fds_lost {
             return Err(PacketRecvError::LostDescriptors);
         }
+        self.bytes.drain(..header_len.min(self.bytes.len()));
         parse(self.bytes, self.fds, max_size)
     }
 }
 
-impl fmt::Debug for TicketedPacket {
+impl fmt::Debug for Incoming {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TicketedPacket")
-            .field("position", &self.position)
+        f.debug_struct("Incoming")
             .field("len", &self.bytes.len())
             .field("fds", &self.fds.len())
             .finish()
-    }
-}
-
-/// The secret that seals a queue's tickets: 128 random bits shared by every handle of the queue
-/// (it lives in the queue's shared memory).
-///
-/// A seal is SipHash-2-4 of the position under the key, so a packet written to the socket by
-/// anything that does not hold the key matches a position only with probability 2^-64. It is
-/// not a defence against a process that holds a handle (it could read the key, or the socket);
-/// it makes stray, corrupt or forged packets cost only themselves.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct TicketKey([u64; 2]);
-
-impl TicketKey {
-    /// A fresh key from the operating system's random source.
-    pub fn random() -> Self {
-        Self(crate::sys::random_key())
-    }
-
-    /// The key made of `words` (as read back from shared memory).
-    pub fn from_words(words: [u64; 2]) -> Self {
-        Self(words)
-    }
-
-    /// The key as two words, to store in shared memory.
-    pub fn words(&self) -> [u64; 2] {
-        self.0
-    }
-
-    fn seal(&self, position: u64) -> u64 {
-        use std::hash::Hasher as _;
-        // SipHash-2-4 with a secret key is a PRF; std's is deprecated only as a general-purpose
-        // hasher, its output is stable.
-        #[allow(deprecated)]
-        let mut h = std::hash::SipHasher::new_with_keys(self.0[0], self.0[1]);
-        h.write_u64(position);
-        h.finish()
-    }
-}
-
-impl fmt::Debug for TicketKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("TicketKey(..)")
     }
 }
 
@@ -690,29 +501,26 @@ impl PacketSocket {
         self.socket.shared_fd()
     }
 
-    /// Sends `packet` if the socket has room, without waiting. The packet is sent whole or not
-    /// at all.
+    /// Sends `header` followed by `packet` as one packet, if the socket has room, without
+    /// waiting: sent whole or not at all.
     ///
     /// # Errors
     /// [`io::ErrorKind::WouldBlock`] when the socket buffer is full;
     /// [`io::ErrorKind::BrokenPipe`] once the send end was [shut down](Self::shutdown);
-    /// [`io::ErrorKind::InvalidInput`] for a packet that does not
-    /// [fit the socket](Packet::fits_socket).
-    pub fn try_send(&self, packet: &Packet) -> io::Result<()> {
-        self.send_parts(&packet.bytes, packet)
-    }
-
-    /// One `sendmsg(2)` of `bytes` with `packet`'s descriptors.
-    fn send_parts(&self, bytes: &[u8], packet: &Packet) -> io::Result<()> {
-        if !packet.fits_socket() {
+    /// [`io::ErrorKind::InvalidInput`] for a header longer than [`MAX_HEADER_LEN`].
+    pub fn try_send(&self, header: &[u8], packet: &Packet) -> io::Result<()> {
+        if header.len() > MAX_HEADER_LEN {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "an unspilled packet is too large for the socket",
+                "packet header too long",
             ));
         }
+        let mut bytes = Vec::with_capacity(header.len() + packet.bytes.len());
+        bytes.extend_from_slice(header);
+        bytes.extend_from_slice(&packet.bytes);
         let fds: Vec<BorrowedFd<'_>> = packet.fds.iter().map(|f| f.as_fd()).collect();
         loop {
-            match sys::send_with_fds(self.socket.as_fd(), bytes, &fds) {
+            match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
                 Ok(_) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -720,155 +528,77 @@ impl PacketSocket {
         }
     }
 
-    /// Sends `packet`, waiting (asynchronously) while the socket buffer is full.
-    ///
-    /// # Errors
-    /// As [`try_send`](Self::try_send), except that it waits instead of `WouldBlock`.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: the packet is sent by one system call, so a dropped future sent it whole or
-    /// not at all, and the caller still owns it.
-    pub async fn send(&self, packet: &Packet) -> io::Result<()> {
-        match self.try_send(packet) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
-        let registered = self.socket.writable()?;
-        loop {
-            let mut guard = registered.writable().await?;
-            match self.try_send(packet) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                other => return other,
-            }
-        }
-    }
-
-    /// Sends `packet`, blocking the thread while the socket is full; gives up at `deadline`
-    /// (returns `Ok(false)`).
-    ///
-    /// # Errors
-    /// As [`try_send`](Self::try_send).
-    pub fn blocking_send(&self, packet: &Packet, deadline: Option<Instant>) -> io::Result<bool> {
-        loop {
-            match self.try_send(packet) {
-                Ok(()) => return Ok(true),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    if !sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline)? {
-                        return Ok(false);
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
-    }
-
-    /// Takes one message off the socket if one is waiting, without waiting.
-    ///
-    /// `max_size` bounds the size of a spilled message this end accepts.
-    ///
-    /// # Errors
-    /// [`PacketRecvError`]; the socket stays usable.
-    pub fn try_recv(&self, max_size: usize) -> Result<TryRecv, PacketRecvError> {
-        match self.recv_raw()? {
-            RawPacket::Empty => Ok(TryRecv::Empty),
-            RawPacket::Closed => Ok(TryRecv::Closed),
-            RawPacket::Packet { fds_lost: true, .. } => Err(PacketRecvError::LostDescriptors),
-            RawPacket::Packet { bytes, fds, .. } => {
-                parse(bytes, fds, max_size).map(TryRecv::Message)
-            }
-        }
-    }
-
-    /// Sends `packet` marked with the queue position `position`, sealed with `key`, if the
-    /// socket has room, without waiting; the receiver gets the position back from
-    /// [`try_recv_ticketed`](Self::try_recv_ticketed). A queue whose order is kept elsewhere
-    /// uses tickets to match packets to their places.
-    ///
-    /// # Errors
-    /// As [`try_send`](Self::try_send).
-    pub fn try_send_ticketed(
-        &self,
-        packet: &Packet,
-        position: u64,
-        key: &TicketKey,
-    ) -> io::Result<()> {
-        let mut bytes = Vec::with_capacity(TICKET_HEADER_LEN + packet.bytes.len());
-        bytes.push(TAG_TICKET);
-        bytes.extend_from_slice(&position.to_le_bytes());
-        bytes.extend_from_slice(&key.seal(position).to_le_bytes());
-        bytes.extend_from_slice(&packet.bytes);
-        self.send_parts(&bytes, packet)
-    }
-
-    /// Looks at the ticket of the packet at the front of the socket without taking it
-    /// (`MSG_PEEK`): what [`try_recv_ticketed`](Self::try_recv_ticketed) would find, so that a
-    /// reader can leave a packet that is not for it where it is.
+    /// Copies the first bytes of the packet at the front of the socket into `buf` without
+    /// taking it (`MSG_PEEK`), so that a reader can leave a packet that is not for it where
+    /// it is.
     ///
     /// # Errors
     /// Only when the socket fails.
     ///
     /// # References
     /// - [`recv(2)`](https://man7.org/linux/man-pages/man2/recv.2.html) (`MSG_PEEK`)
-    pub fn peek_ticket(&self, key: &TicketKey) -> io::Result<Peeked> {
-        let mut header = [0u8; TICKET_HEADER_LEN];
+    pub fn peek(&self, buf: &mut [u8]) -> io::Result<PacketPeek> {
         let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
         let n = loop {
-            match rustix::net::recv(self.socket.as_fd(), &mut header[..], flags) {
+            match rustix::net::recv(self.socket.as_fd(), &mut *buf, flags) {
                 Ok((n, _)) => break n,
                 Err(rustix::io::Errno::INTR) => {}
-                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(Peeked::Empty),
+                Err(rustix::io::Errno::WOULDBLOCK) => return Ok(PacketPeek::Empty),
                 Err(e) => return Err(e.into()),
             }
         };
         if n == 0 && self.is_shutdown() {
-            return Ok(Peeked::Closed);
+            return Ok(PacketPeek::Closed);
         }
-        if n < TICKET_HEADER_LEN || header[0] != TAG_TICKET {
-            return Ok(Peeked::Foreign);
-        }
-        let word = |at: usize| u64::from_le_bytes(header[at..at + 8].try_into().expect("8 bytes"));
-        let position = word(1);
-        if word(9) != key.seal(position) {
-            return Ok(Peeked::Foreign);
-        }
-        Ok(Peeked::Ticket(position))
+        Ok(PacketPeek::Bytes(n.min(buf.len())))
     }
 
-    /// Takes one packet off the socket if one is waiting, without waiting, and checks its ticket
-    /// against `key` (see [`try_send_ticketed`](Self::try_send_ticketed)). Only the ticket is
-    /// looked at: the message stays unparsed until [`TicketedPacket::open`].
+    /// Takes one packet off the socket if one is waiting, without waiting (one `recvmsg(2)`).
+    /// The payload stays unparsed until [`Incoming::open`].
     ///
     /// # Errors
-    /// Only when the socket fails; a packet that is not a ticketed packet sealed with `key`
-    /// (whatever its content) is [`TicketedRecv::Foreign`].
-    pub fn try_recv_ticketed(&self, key: &TicketKey) -> io::Result<TicketedRecv> {
-        let (mut bytes, fds, fds_lost) = match self.recv_raw() {
-            Ok(RawPacket::Packet {
-                bytes,
-                fds,
-                fds_lost,
-            }) => (bytes, fds, fds_lost),
-            Ok(RawPacket::Empty) => return Ok(TicketedRecv::Empty),
-            Ok(RawPacket::Closed) => return Ok(TicketedRecv::Closed),
-            Err(PacketRecvError::Io(e)) => return Err(e),
-            Err(e) => return Ok(TicketedRecv::Foreign(e)),
+    /// [`PacketRecvError::Io`] when the socket fails; [`PacketRecvError::Corrupt`] for an
+    /// empty packet on a socket not shut down, or one too large to be ours (it was discarded).
+    pub fn try_recv(&self) -> Result<PacketRecv, PacketRecvError> {
+        let mut fds = Vec::new();
+        let raw = RECV_BUF.with(|buf| {
+            let mut buf = buf.borrow_mut();
+            if buf.len() < RECV_BUF_LEN {
+                buf.resize(RECV_BUF_LEN, 0);
+            }
+            let raw = loop {
+                match sys::recv_with_fds(self.socket.as_fd(), &mut buf, &mut fds) {
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    other => break other,
+                }
+            };
+            raw.map(|r| {
+                let bytes = buf[..r.bytes.min(buf.len())].to_vec();
+                (r, bytes)
+            })
+        });
+        let (raw, bytes) = match raw {
+            Ok(r) => r,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(PacketRecv::Empty),
+            Err(e) => return Err(PacketRecvError::Io(e)),
         };
-        if bytes.len() < TICKET_HEADER_LEN || bytes[0] != TAG_TICKET {
-            return Ok(TicketedRecv::Foreign(corrupt("packet without a ticket")));
+        if raw.bytes == 0 {
+            // End of stream, or an empty packet (which a multiproc sender never sends).
+            if self.is_shutdown() {
+                return Ok(PacketRecv::Closed);
+            }
+            return Err(corrupt("empty packet"));
         }
-        let word = |at: usize| u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"));
-        let (position, seal) = (word(1), word(9));
-        if seal != key.seal(position) {
-            return Ok(TicketedRecv::Foreign(corrupt(format!(
-                "packet with a forged ticket for position {position}"
-            ))));
+        if raw.truncated {
+            return Err(corrupt(format!(
+                "packet larger than {} bytes",
+                RECV_BUF_LEN - 1
+            )));
         }
-        bytes.drain(..TICKET_HEADER_LEN);
-        Ok(TicketedRecv::Ticketed(TicketedPacket {
-            position,
+        Ok(PacketRecv::Packet(Incoming {
             bytes,
             fds,
-            fds_lost,
+            fds_lost: raw.fds_truncated,
         }))
     }
 
@@ -886,107 +616,6 @@ impl PacketSocket {
     /// When `poll(2)` fails.
     pub fn blocking_wait_writable(&self, deadline: Option<Instant>) -> io::Result<bool> {
         sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline)
-    }
-
-    /// One `recvmsg(2)`: the packet's bytes and descriptors, not yet parsed.
-    fn recv_raw(&self) -> Result<RawPacket, PacketRecvError> {
-        let mut fds = Vec::new();
-        let raw = RECV_BUF.with(|buf| {
-            let mut buf = buf.borrow_mut();
-            if buf.len() < RECV_BUF_LEN {
-                buf.resize(RECV_BUF_LEN, 0);
-            }
-            let raw = loop {
-                match recv_packet(self.socket.as_fd(), &mut buf, &mut fds) {
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                    other => break other,
-                }
-            };
-            raw.map(|r| (r, buf[..r.len.min(buf.len())].to_vec()))
-        });
-        let (raw, bytes) = match raw {
-            Ok(r) => r,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(RawPacket::Empty),
-            Err(e) => return Err(PacketRecvError::Io(e)),
-        };
-        if raw.len == 0 {
-            // End of stream, or an empty packet (which a multiproc sender never sends).
-            if self.is_shutdown() {
-                return Ok(RawPacket::Closed);
-            }
-            return Err(corrupt("empty packet"));
-        }
-        if raw.truncated {
-            return Err(corrupt(format!(
-                "packet larger than {} bytes",
-                RECV_BUF_LEN - 1
-            )));
-        }
-        Ok(RawPacket::Packet {
-            bytes,
-            fds,
-            fds_lost: raw.fds_truncated,
-        })
-    }
-
-    /// Takes one message off the socket, waiting (asynchronously) until one arrives. `Ok(None)`
-    /// means the sending side was shut down and every message was read.
-    ///
-    /// # Errors
-    /// [`PacketRecvError`]; the socket stays usable.
-    ///
-    /// # Cancel safety
-    /// Cancel safe: a message is taken off the socket and returned within one poll, so a dropped
-    /// future never took one.
-    pub async fn recv(&self, max_size: usize) -> Result<Option<Received>, PacketRecvError> {
-        match self.try_recv(max_size)? {
-            TryRecv::Message(m) => return Ok(Some(m)),
-            TryRecv::Closed => return Ok(None),
-            TryRecv::Empty => {}
-        }
-        let registered = self.socket.readable().map_err(PacketRecvError::Io)?;
-        loop {
-            let mut guard = registered.readable().await.map_err(PacketRecvError::Io)?;
-            match self.try_recv(max_size)? {
-                TryRecv::Message(m) => return Ok(Some(m)),
-                TryRecv::Closed => return Ok(None),
-                TryRecv::Empty => guard.clear_ready(),
-            }
-        }
-    }
-
-    /// Takes one message off the socket, blocking the thread until one arrives or `deadline`
-    /// passes (`TryRecv::Empty`).
-    ///
-    /// # Errors
-    /// As [`try_recv`](Self::try_recv).
-    pub fn blocking_recv(
-        &self,
-        max_size: usize,
-        deadline: Option<Instant>,
-    ) -> Result<TryRecv, PacketRecvError> {
-        loop {
-            match self.try_recv(max_size)? {
-                TryRecv::Empty => {}
-                other => return Ok(other),
-            }
-            if !sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline)
-                .map_err(PacketRecvError::Io)?
-            {
-                return Ok(TryRecv::Empty);
-            }
-        }
-    }
-
-    /// True when a packet is waiting to be read on this (receiving) end right now (`FIONREAD`).
-    ///
-    /// # Errors
-    /// When the ioctl fails.
-    ///
-    /// # References
-    /// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SIOCINQ`)
-    pub fn has_pending(&self) -> io::Result<bool> {
-        Ok(rustix::io::ioctl_fionread(self.socket.as_fd())? > 0)
     }
 
     /// Bytes of the packets sent on this (sending) end that no receiver has taken yet
@@ -1031,7 +660,7 @@ impl PacketSocket {
 
     /// True once this end was [shut down](Self::shutdown) (by any process): `poll(2)` reports
     /// `POLLHUP`.
-    pub fn is_shutdown(&self) -> bool {
+    fn is_shutdown(&self) -> bool {
         let mut pfd = [PollFd::new(&self.socket, PollFlags::OUT)];
         let zero = Timespec {
             tv_sec: 0,
@@ -1047,51 +676,19 @@ impl AsFd for PacketSocket {
     }
 }
 
-/// What one `recvmsg(2)` gave, before parsing.
-enum RawPacket {
-    /// A packet, and whether the kernel dropped some of its descriptors.
-    Packet {
-        bytes: Vec<u8>,
-        fds: Vec<OwnedFd>,
-        fds_lost: bool,
-    },
-    Empty,
-    Closed,
-}
-
-#[derive(Clone, Copy)]
-struct RawRecv {
-    len: usize,
-    truncated: bool,
-    fds_truncated: bool,
-}
-
-/// `recvmsg(2)` of one packet into `buf`, pushing its descriptors (close-on-exec) onto `fds`.
-fn recv_packet(
-    socket: BorrowedFd<'_>,
-    buf: &mut [u8],
-    fds: &mut Vec<OwnedFd>,
-) -> io::Result<RawRecv> {
-    let got = crate::sys::recv_with_fds(socket, buf, fds)?;
-    Ok(RawRecv {
-        len: got.bytes,
-        truncated: got.truncated,
-        fds_truncated: got.fds_truncated,
-    })
-}
-
 fn corrupt(reason: impl Into<String>) -> PacketRecvError {
     PacketRecvError::Corrupt {
         reason: reason.into(),
     }
 }
 
-/// Turns one packet into a message, reading a spilled payload from its memfd.
+/// Turns a payload's format into its bytes and descriptors, reading a spilled one from its
+/// memfd.
 fn parse(
     mut bytes: Vec<u8>,
     mut fds: Vec<OwnedFd>,
     max_size: usize,
-) -> Result<Received, PacketRecvError> {
+) -> Result<(Vec<u8>, Vec<OwnedFd>), PacketRecvError> {
     match bytes.first().copied() {
         Some(TAG_INLINE) => {
             let len = bytes.len() - 1;
@@ -1102,7 +699,7 @@ fn parse(
                 });
             }
             bytes.remove(0);
-            Ok(Received { bytes, fds })
+            Ok((bytes, fds))
         }
         Some(TAG_SPILL) => {
             if bytes.len() != SPILL_HEADER_LEN {
@@ -1136,10 +733,7 @@ fn parse(
             let mut payload = vec![0; len];
             file.read_exact_at(&mut payload, 0)
                 .map_err(|e| corrupt(format!("cannot read memfd: {e}")))?;
-            Ok(Received {
-                bytes: payload,
-                fds,
-            })
+            Ok((payload, fds))
         }
         Some(tag) => Err(corrupt(format!("unknown packet tag {tag:#x}"))),
         None => Err(corrupt("empty packet")),
@@ -1149,73 +743,100 @@ fn parse(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 
     fn pair() -> (PacketSocket, PacketSocket) {
         let (a, b) = packet_pair().unwrap();
         (PacketSocket::new(a).unwrap(), PacketSocket::new(b).unwrap())
     }
 
+    /// A packet of the message `value` (postcard plus descriptors), as a queue would make it.
+    fn packet<T: Serialize + ?Sized>(value: &T) -> Packet {
+        let mut bytes = Vec::new();
+        let fds = crate::message::encode_into(value, &mut bytes).unwrap();
+        Packet::new(&bytes, fds).unwrap()
+    }
+
+    /// One receive, opened as a header-less packet of at most `max_size` bytes: `Ok(None)` for
+    /// nothing waiting, `Ok(Some(Err(())))` at the end.
+    #[allow(clippy::type_complexity)]
+    fn recv(
+        rx: &PacketSocket,
+        max_size: usize,
+    ) -> Result<Option<Result<(Vec<u8>, Vec<OwnedFd>), ()>>, PacketRecvError> {
+        Ok(match rx.try_recv()? {
+            PacketRecv::Packet(p) => Some(Ok(p.open(0, max_size)?)),
+            PacketRecv::Empty => None,
+            PacketRecv::Closed => Some(Err(())),
+        })
+    }
+
+    fn decode<T: serde::de::DeserializeOwned>(got: (Vec<u8>, Vec<OwnedFd>)) -> T {
+        crate::message::decode(&got.0, got.1).unwrap()
+    }
+
+    const LIMIT: usize = 64 << 20;
+
     #[test]
     fn inline_and_spilled_round_trip() {
         let (tx, rx) = pair();
-        let small = Packet::encode(&(1u32, "hi".to_string()), DEFAULT_MAX_MESSAGE_SIZE).unwrap();
-        assert!(!small.is_spilled());
+        let small = packet(&(1u32, "hi".to_string()));
+        assert!(small.plain_bytes().is_some(), "inline");
         let big_value = vec![7u8; INLINE_LIMIT * 3];
-        let big = Packet::encode(&big_value, DEFAULT_MAX_MESSAGE_SIZE).unwrap();
-        assert!(big.is_spilled());
-        tx.try_send(&small).unwrap();
-        tx.try_send(&big).unwrap();
+        let big = packet(&big_value);
+        assert!(big.plain_bytes().is_none(), "spilled");
+        tx.try_send(&[], &small).unwrap();
+        tx.try_send(b"hd", &big).unwrap();
         drop(big);
-        let TryRecv::Message(m) = rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap() else {
+        let m = recv(&rx, LIMIT).unwrap().unwrap().unwrap();
+        assert_eq!(decode::<(u32, String)>(m), (1, "hi".to_string()));
+        let PacketRecv::Packet(p) = rx.try_recv().unwrap() else {
             panic!()
         };
-        assert_eq!(m.decode::<(u32, String)>().unwrap(), (1, "hi".to_string()));
-        let TryRecv::Message(m) = rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap() else {
-            panic!()
-        };
-        assert_eq!(m.decode::<Vec<u8>>().unwrap(), big_value);
-        assert!(matches!(
-            rx.try_recv(DEFAULT_MAX_MESSAGE_SIZE).unwrap(),
-            TryRecv::Empty
-        ));
+        assert_eq!(&p.bytes()[..2], b"hd");
+        assert_eq!(decode::<Vec<u8>>(p.open(2, LIMIT).unwrap()), big_value);
+        assert!(recv(&rx, LIMIT).unwrap().is_none());
     }
 
     #[test]
     fn limits_are_enforced_on_both_sides() {
         let (tx, rx) = pair();
-        let value = vec![1u8; 1000];
+        let fds: Vec<OwnedFd> = (0..=MAX_FDS_PER_SENDMSG)
+            .map(|_| rustix::io::dup(rx.shared_fd()).unwrap())
+            .collect();
+        let e = Packet::new(b"x", fds).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        assert_eq!(Packet::max_fds(INLINE_LIMIT + 1), MAX_FDS_PER_SENDMSG - 1);
+        assert!(
+            tx.try_send(&[0; MAX_HEADER_LEN + 1], &packet(&5u8))
+                .is_err()
+        );
+        tx.try_send(&[], &packet(&vec![1u8; 1000])).unwrap();
+        tx.try_send(&[], &packet(&5u8)).unwrap();
         assert!(matches!(
-            Packet::encode(&value, 100),
-            Err(PacketEncodeError::TooLarge { limit: 100, .. })
-        ));
-        tx.try_send(&Packet::encode(&value, DEFAULT_MAX_MESSAGE_SIZE).unwrap())
-            .unwrap();
-        tx.try_send(&Packet::encode(&5u8, DEFAULT_MAX_MESSAGE_SIZE).unwrap())
-            .unwrap();
-        assert!(matches!(
-            rx.try_recv(100),
+            recv(&rx, 100),
             Err(PacketRecvError::TooLarge { .. })
         ));
-        let TryRecv::Message(m) = rx.try_recv(100).unwrap() else {
-            panic!()
-        };
-        assert_eq!(m.decode::<u8>().unwrap(), 5);
+        let m = recv(&rx, 100).unwrap().unwrap().unwrap();
+        assert_eq!(decode::<u8>(m), 5);
     }
 
     #[test]
     fn shutdown_drains_then_ends() {
         let (tx, rx) = pair();
-        tx.try_send(&Packet::encode(&1u8, 10).unwrap()).unwrap();
+        tx.try_send(&[], &packet(&1u8)).unwrap();
         assert!(!tx.is_shutdown());
-        assert!(rx.has_pending().unwrap());
+        assert!(matches!(
+            rx.peek(&mut [0; 4]).unwrap(),
+            PacketPeek::Bytes(2)
+        ));
         tx.shutdown().unwrap();
         assert!(tx.is_shutdown());
-        let e = tx.try_send(&Packet::encode(&2u8, 10).unwrap()).unwrap_err();
+        let e = tx.try_send(&[], &packet(&2u8)).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
-        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Message(_)));
-        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Closed));
-        assert!(matches!(rx.try_recv(10).unwrap(), TryRecv::Closed));
+        assert!(matches!(recv(&rx, 10).unwrap(), Some(Ok(_))));
+        assert_eq!(rx.peek(&mut [0; 4]).unwrap(), PacketPeek::Closed);
+        assert!(matches!(recv(&rx, 10).unwrap(), Some(Err(()))));
+        assert!(matches!(recv(&rx, 10).unwrap(), Some(Err(()))));
     }
 
     #[test]
@@ -1227,28 +848,28 @@ mod tests {
         sys::send_with_fds(a.as_fd(), &vec![TAG_INLINE; RECV_BUF_LEN + 10], &[]).unwrap();
         for _ in 0..3 {
             assert!(matches!(
-                rx.try_recv(100),
+                recv(&rx, 100),
                 Err(PacketRecvError::Corrupt { .. })
             ));
         }
-        assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Empty));
+        assert!(recv(&rx, 100).unwrap().is_none());
     }
 
     #[test]
     fn full_socket_would_block_and_capacity_is_large() {
         let (tx, rx) = pair();
-        let p = Packet::encode(&[0u8; 64][..], DEFAULT_MAX_MESSAGE_SIZE).unwrap();
+        let p = packet(&[0u8; 64][..]);
         let mut n = 0usize;
         loop {
-            match tx.try_send(&p) {
+            match tx.try_send(&[], &p) {
                 Ok(()) => n += 1,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) => panic!("{e}"),
             }
         }
         assert!(n >= 100, "only {n} small packets fit");
-        assert!(!tx.blocking_send(&p, Some(Instant::now())).unwrap());
-        assert!(matches!(rx.try_recv(100).unwrap(), TryRecv::Message(_)));
+        assert!(!tx.blocking_wait_writable(Some(Instant::now())).unwrap());
+        assert!(matches!(recv(&rx, 100).unwrap(), Some(Ok(_))));
         eprintln!("{n} packets of 64 bytes fit in the socket buffer");
     }
 
@@ -1359,9 +980,9 @@ mod tests {
             let extra = (round % 5 == 0).then(|| rustix::io::dup(&a).unwrap());
             let fds: Vec<BorrowedFd<'_>> = extra.iter().map(|f| f.as_fd()).collect();
             sys::send_with_fds(a.as_fd(), &bytes, &fds).unwrap();
-            match rx.try_recv(1 << 20) {
-                Ok(TryRecv::Message(m)) => {
-                    let _ = m.decode::<(u32, String, Vec<u8>)>();
+            match recv(&rx, 1 << 20) {
+                Ok(Some(Ok((bytes, fds)))) => {
+                    let _ = crate::message::decode::<(u32, String, Vec<u8>)>(&bytes, fds);
                 }
                 Ok(other) => panic!("round {round}: {other:?}"),
                 Err(PacketRecvError::Io(e)) => panic!("round {round}: {e}"),

@@ -19,13 +19,17 @@
 //! last stays cached.
 //!
 //! **The area.** Waiting across processes without blocking a runtime thread: the eventfd wake-up
-//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the spin
+//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the robust
+//! lock over it that `multiproc-sync`'s `Lock` and the queue share ([`RobustLock`]), the spin
 //! policy that decides when to park, and the timeout-to-deadline rule ([`deadline_after`]).
 //!
-//! May import: `shm`, `sys`, `message` (for handles that travel). Never `transport` or `proc`.
+//! May import: `shm`, `sys` (process identities too), `message` (for handles that travel).
+//! Never `transport` or `proc`.
 
 pub mod eventfd;
+mod lock;
 mod queue;
 pub(crate) mod spin;
 
+pub use lock::{LIVENESS_TICK, RobustLock};
 pub use queue::{WaitQueue, deadline_after};

@@ -22,10 +22,10 @@ use super::request::{
 use super::server;
 use crate::proc::bootstrap;
 use crate::proc::exec::{self, SpawnOptions};
-use crate::proc::identity;
 use crate::proc::pidfd::PidFd;
 use crate::proc::reaper;
 use crate::shm::SharedRegion;
+use crate::sys::identity;
 use crate::sys::{self, Direction};
 
 /// The environment variable that turns the fork server off when set to `0`.
