@@ -438,9 +438,11 @@ async fn a_consumer_killed_mid_stream_does_not_break_the_queue() {
         queue.put((0, i)).await.unwrap();
     }
     let mut victim = spawn((queue.clone(), progress.clone()), slow_consumer);
+    // The survivor starts once the victim consumes: started together, it could drain the
+    // queue before the victim took anything, and the victim would never report progress.
+    within("victim progress", progress.get()).await.unwrap();
     let survivor = spawn(queue.clone(), consume_all);
     // Kill the victim while it is consuming.
-    within("victim progress", progress.get()).await.unwrap();
     victim.kill().unwrap();
     assert!(
         within("victim", victim.join())
