@@ -12,14 +12,14 @@ use std::io::{self, IoSlice};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::SharedFd;
 use crate::error::{EncodeError, RecvError, SendErrorKind};
 use crate::sys::{self, Direction, MAX_FDS_PER_SENDMSG};
 use crate::transport::frame::{HEADER_LEN, Header};
 use crate::transport::socket::Socket;
-use crate::wait::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
+use crate::wait::spin::{self, SpinPolicy, Spun};
 
 /// Default largest message, in encoded bytes, an end sends or accepts: 64 MiB.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
@@ -980,83 +980,61 @@ impl RawReceiver {
         }
     }
 
-    /// A wait for data begins: how long to spin before parking, if at all.
+    /// Whether a wait for data that begins now may spin.
     ///
     /// Spinning pays when an answer is due soon, so a receiver spins only if its socket sent
     /// something since data last arrived and since the previous wait began (a request, or the
-    /// reply that lets the peer send its next request), and the spin policy agrees. A wait
+    /// reply that lets the peer send its next request); then the spin policy decides. A wait
     /// that follows no such send (a consumer waiting on a stream, a pool driver idle between
     /// jobs that another task must hand it) parks at once and does not count for the policy.
-    fn begin_wait(&mut self) -> Option<Duration> {
-        if !self.socket.take_sent() {
+    fn answer_due(&mut self) -> bool {
+        let due = self.socket.take_sent();
+        if !due {
             self.waiting = Waiting::Untimed;
-            return None;
         }
-        let now = Instant::now();
-        let budget = self.spin.begin_wait(now, CpuContention::global());
-        if budget.is_none() {
-            self.waiting = Waiting::Timed(now);
-        }
-        budget
+        due
     }
 
-    /// Spins for data at the start of a wait, if [`begin_wait`](Self::begin_wait) says so:
-    /// yields the CPU (which runs the peer when it shares this CPU) and tries the socket, until
-    /// something arrives or the budget is spent. `Ok(true)` when a read returned something.
-    /// Spins at most once per wait, and only with tokio's cooperative budget left, as a read
-    /// that finds data would use it.
+    /// Spins for data at the start of a wait, by the one rule for async waits
+    /// ([`spin::poll_spin`]), if an [answer is due](Self::answer_due): yields the CPU (which
+    /// runs the peer when it shares this CPU) and tries the socket, until something arrives or
+    /// the policy's budget is spent. `Ok(true)` when a read returned something. Spins at most
+    /// once per wait.
     fn poll_spin(&mut self, cx: &mut Context<'_>, next: &Next) -> Result<bool, RecvError> {
         if self.waiting != Waiting::No {
             // Woken in the middle of a wait that already spun or chose to park.
             return Ok(false);
         }
-        let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
-            // Out of budget: the task yields first (tokio wakes it), and the wait has not begun.
+        if !self.answer_due() {
             return Ok(false);
-        };
-        let Some(budget) = self.begin_wait() else {
-            return Ok(false);
-        };
-        let caught = self.spin_reads(budget, |rx| match rx.read_once(next) {
-            Ok(_) => Ok(true),
-            Err(e) if nothing_yet(&e) => Ok(false),
-            Err(e) => Err(rx.read_error(e)),
-        })?;
-        if caught {
-            coop.made_progress();
         }
-        Ok(caught)
+        let mut policy = std::mem::take(&mut self.spin);
+        let spun = spin::poll_spin(cx, &mut policy, None, None, || match self.read_once(next) {
+            Ok(_) => Some(Ok(())),
+            Err(e) if nothing_yet(&e) => None,
+            Err(e) => Some(Err(self.read_error(e))),
+        });
+        self.spin = policy;
+        match spun {
+            // Out of cooperative budget: the task yields first (tokio wakes it), and the wait
+            // has not begun.
+            Poll::Pending => {
+                self.socket.note_sent();
+                Ok(false)
+            }
+            Poll::Ready(spun) => self.caught(spun),
+        }
     }
 
-    /// Yields and calls `attempt` until it returns `Ok(true)` or `budget` is spent, and tells
-    /// the spin policy how that went. A slow step (the yield ran another busy process) ends the
-    /// spin at once.
-    fn spin_reads(
-        &mut self,
-        budget: Duration,
-        mut attempt: impl FnMut(&mut Self) -> Result<bool, RecvError>,
-    ) -> Result<bool, RecvError> {
-        let start = Instant::now();
-        let mut step_start = start;
-        loop {
-            std::thread::yield_now();
-            let caught = attempt(self)?;
-            let now = Instant::now();
-            let how = if now - step_start > SLOW_STEP {
-                Spin::Contended
-            } else if caught {
-                Spin::Caught(now - start)
-            } else if now - start >= budget {
-                Spin::Missed
-            } else {
-                step_start = now;
-                continue;
-            };
-            self.spin.spun(how, now, CpuContention::global());
-            if !caught {
-                self.waiting = Waiting::Untimed;
+    /// Whether a spin caught something; if not, the wait parks from now on (timed for the
+    /// policy when it chose not to spin).
+    fn caught(&mut self, spun: Spun<Result<(), RecvError>>) -> Result<bool, RecvError> {
+        match spun {
+            Spun::Caught(r) => r.map(|()| true),
+            Spun::Park(since) => {
+                self.waiting = since.map_or(Waiting::Untimed, Waiting::Timed);
+                Ok(false)
             }
-            return Ok(caught);
         }
     }
 
@@ -1110,15 +1088,15 @@ impl RawReceiver {
             if attempt(self)? {
                 break;
             }
-            if self.waiting == Waiting::No {
-                // A wait begins: spin first if an answer is due, never past `deadline`.
-                if let Some(budget) = self.begin_wait() {
-                    let budget = deadline.map_or(budget, |d| {
-                        budget.min(d.saturating_duration_since(Instant::now()))
-                    });
-                    if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
-                        break;
-                    }
+            if self.waiting == Waiting::No && self.answer_due() {
+                // A wait begins: spin first, never past `deadline`.
+                let mut policy = std::mem::take(&mut self.spin);
+                let spun = spin::spin(&mut policy, deadline, None, || {
+                    attempt(self).map(|caught| caught.then_some(())).transpose()
+                });
+                self.spin = policy;
+                if self.caught(spun)? {
+                    break;
                 }
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
@@ -1289,6 +1267,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::wait::spin::{CpuContention, SpinOutcome};
 
     /// A small deterministic generator, so a failure reproduces.
     struct XorShift(u64);
@@ -1630,14 +1609,14 @@ mod tests {
             let cooling = CpuContention::global().cooling(Instant::now());
             assert!(poll_once(&mut rx_a).is_pending());
             match rx_a.spin.last() {
-                Some(Spin::Missed) => {
+                Some(SpinOutcome::Missed) => {
                     assert_eq!(rx_a.waiting, Waiting::Untimed);
                     assert_eq!(rx_a.spin.misses(), 1);
                     assert!(!rx_a.spin.spins_next(), "a missed spin backs off");
                 }
-                Some(Spin::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
+                Some(SpinOutcome::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
                 None => assert!(cooling, "the wait neither spun nor found the CPU busy"),
-                Some(Spin::Caught(_)) => panic!("caught data nobody sent"),
+                Some(SpinOutcome::Caught(_)) => panic!("caught data nobody sent"),
             }
             let misses = rx_a.spin.misses();
             // Being polled again in the same wait does not spin again.

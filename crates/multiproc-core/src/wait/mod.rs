@@ -19,13 +19,14 @@
 //! last stays cached.
 //!
 //! **The area.** Waiting across processes without blocking a runtime thread: the eventfd wake-up
-//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the spin
-//! policy that decides when to park, and the timeout-to-deadline rule ([`deadline_after`]).
+//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the one spin
+//! policy that decides when to park and its driver loop ([`spin`]), the liveness tick
+//! ([`LIVENESS_TICK`]) and the timeout-to-deadline rule ([`deadline_after`]).
 //!
 //! May import: `shm`, `sys`, `message` (for handles that travel). Never `transport` or `proc`.
 
 pub mod eventfd;
 mod queue;
-pub(crate) mod spin;
+pub mod spin;
 
-pub use queue::{WaitQueue, deadline_after};
+pub use queue::{LIVENESS_TICK, WaitQueue, deadline_after};
