@@ -10,7 +10,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
 use crate::owner;
-use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
+use crate::wait::{LIVENESS_TICK, WaitQueue, fast_then_slow};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -86,21 +86,6 @@ impl Lock {
         }
     }
 
-    /// Spins briefly on a held lock; out of line, the uncontended path never needs it.
-    #[cold]
-    #[inline(never)]
-    fn spin(&self) -> Option<LockGuard<'_>> {
-        for _ in 0..SPIN {
-            if self.word().load(Ordering::Relaxed) == 0 {
-                if let Some(died) = self.attempt(false) {
-                    return Some(self.guard(died));
-                }
-            }
-            std::hint::spin_loop();
-        }
-        None
-    }
-
     #[inline]
     fn guard(&self, owner_died: bool) -> LockGuard<'_> {
         LockGuard {
@@ -128,7 +113,7 @@ impl Lock {
             self,
             |lock: &Lock| match lock.attempt(false) {
                 Some(died) => Ok(Ok(lock.guard(died))),
-                None => lock.spin().map(Ok).ok_or(()),
+                None => Err(()),
             },
             |lock: &Lock, ()| lock.lock_slow(),
         )
@@ -178,8 +163,8 @@ impl Lock {
     /// # Errors
     /// [`LockError`] when out of descriptors.
     pub fn blocking_lock(&self) -> Result<LockGuard<'_>, LockError> {
-        if let Some(g) = self.spin() {
-            return Ok(g);
+        if let Some(died) = self.attempt(false) {
+            return Ok(self.guard(died));
         }
         let died = self
             .core

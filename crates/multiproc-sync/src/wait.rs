@@ -1,18 +1,11 @@
-//! What the primitives add to the core's [`WaitQueue`]: the fast-path-then-park future shape,
-//! and their spin and liveness constants.
+//! What the primitives add to the core's [`WaitQueue`]: the fast-path-then-park future shape.
+//! Spinning before parking and the liveness tick are core's (`multiproc_core::wait`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-pub(crate) use multiproc_core::wait::{WaitQueue, deadline_after};
-
-/// How often a waiter that watches for a dead owner re-checks liveness.
-pub(crate) const LIVENESS_TICK: Duration = Duration::from_millis(50);
-
-/// Spins of the uncontended retry before parking.
-pub(crate) const SPIN: u32 = 64;
+pub(crate) use multiproc_core::wait::{LIVENESS_TICK, WaitQueue, deadline_after};
 
 /// The shape of every `lock()`/`acquire()`/`wait()`: at the first poll, `fast(ctx)` runs
 /// synchronously (no state machine around it, nothing allocated); only when it returns
