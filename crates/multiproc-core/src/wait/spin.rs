@@ -35,7 +35,8 @@
 //!
 //! **The peer's CPU.** A waiter that knows where its peer runs (the pool's driver and workers
 //! publish their CPU in shared memory) passes that cue to [`spin`]: while the peer runs on
-//! another CPU the spin busy-waits (a yield would only add a system call), and it stops at once,
+//! another CPU the spin busy-waits (a yield would only add a system call, and the contention
+//! cooldown, which is about yields, does not apply), and it stops at once,
 //! without counting as a miss, when the peer is on the waiter's own CPU (then spinning only keeps
 //! it from running) or the process has a single CPU. A waiter without the cue yields between
 //! tries, which runs the peer directly when they share a CPU.
@@ -247,16 +248,16 @@ pub enum Spun<T> {
     Park(Option<Instant>),
 }
 
-/// How long a step tries busily (a `spin_loop` hint before each try) before it yields: a
+/// How long a step tries busily (a `spin_loop` hint between tries), after its yield: a
 /// shared-memory try costs a few loads, so dozens of them; a try that is a system call (a
-/// socket read) takes about this long, so it yields after each.
-const BUSY_STEP: Duration = Duration::from_micros(1);
+/// socket read) takes about this long, so one.
+pub const BUSY_STEP: Duration = Duration::from_micros(1);
 
 /// The driver loop: spins on `attempt` as `policy` says, and tells the policy how it went.
 ///
 /// For a waiter that has just tried and found nothing: if the policy wants a spin, tries
-/// `attempt` in steps (a burst of busy tries, then, unless `peer_apart` says the peer runs on
-/// another CPU, a yield and one more try) until it succeeds, [`SPIN_BUDGET`] or `deadline` has passed, or a step is slow (the CPU is contended).
+/// `attempt` in steps (a yield, unless `peer_apart` says the peer runs on another CPU, then busy
+/// tries for [`BUSY_STEP`]) until it succeeds, [`SPIN_BUDGET`] or `deadline` has passed, or a step is slow (the CPU is contended).
 /// `peer_apart`, when the waiter can tell, says whether the peer runs on another CPU now; it is
 /// asked before the spin and after each step, and a `false` ends the spin without counting it.
 ///
@@ -276,27 +277,37 @@ pub fn spin<T>(
     {
         return Spun::Park(None);
     }
-    let cpu = CpuContention::global();
+    // With the peer's CPU known, the spin never yields, so the process's contention record
+    // (which is about yields that run someone else) neither stops it nor learns from it.
+    let unshared;
+    let cpu = match peer_apart {
+        Some(_) => {
+            unshared = CpuContention::new();
+            &unshared
+        }
+        None => CpuContention::global(),
+    };
     let Some(budget) = policy.begin_wait(start, cpu) else {
         return Spun::Park(Some(start));
     };
     let end = deadline.map_or(start + budget, |d| d.min(start + budget));
     let mut step_start = start;
     loop {
-        let mut got;
-        let mut now;
+        let tries_from = match peer_apart {
+            Some(_) => step_start,
+            None => {
+                std::thread::yield_now();
+                Instant::now()
+            }
+        };
+        let (mut got, mut now);
         loop {
-            std::hint::spin_loop();
             got = attempt();
             now = Instant::now();
-            if got.is_some() || now - step_start >= BUSY_STEP {
+            if got.is_some() || now - tries_from >= BUSY_STEP {
                 break;
             }
-        }
-        if got.is_none() && peer_apart.is_none() {
-            std::thread::yield_now();
-            got = attempt();
-            now = Instant::now();
+            std::hint::spin_loop();
         }
         let how = if now - step_start > SLOW_STEP {
             SpinOutcome::Contended
