@@ -25,18 +25,19 @@
 //! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
 //!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
 //!   full queue) and `all_done` (joiners). `close` wakes the first two.
-//! - A getter that finds the queue empty first spins briefly (adaptively, see [`Spin`]) before
-//!   it sleeps, so a steady stream is handed over without a wake-up per message.
+//! - Every wait (a getter on an empty queue, a putter on a full one, a joiner) first spins as
+//!   core's one spin policy says ([`WaitQueue::spin_then_wait_until`]) before it sleeps, so a
+//!   steady stream is handed over without a wake-up per message.
 
 use std::io;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering::SeqCst};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use multiproc_core::SharedFd;
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::transport::packet::{self, PacketLog, PacketSocket};
 use multiproc_core::wait::eventfd::EventFd;
-use multiproc_core::wait::{RobustLock, WaitQueue};
+use multiproc_core::wait::{LIVENESS_TICK, RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::queue_error::{GetError, PutErrorKind};
@@ -71,9 +72,6 @@ pub(crate) const MAX_CAPACITY: usize = 1 << 16;
 
 /// A log token's payload: offset and length, little-endian `u64`s.
 const LOG_TOKEN_LEN: usize = 16;
-
-/// How often a waiter checks whether the process it waits behind has died.
-const LIVENESS_TICK: Duration = Duration::from_millis(20);
 
 /// One attempt at a put.
 enum Attempt {
@@ -123,7 +121,6 @@ pub(crate) struct Engine {
     capacity: u64,
     max_size: usize,
     joinable: bool,
-    spin: Spin,
 }
 
 impl std::fmt::Debug for Engine {
@@ -225,7 +222,6 @@ impl Engine {
             capacity,
             max_size,
             joinable,
-            spin: Spin::default(),
         })
     }
 
@@ -408,11 +404,11 @@ impl Engine {
         }
     }
 
-    /// Takes the out-of-band lock: at once if it is free, else after a brief spin, else by
-    /// parking. Which earlier holder died does not matter: whatever it did under the lock is
+    /// Takes the out-of-band lock: at once if it is free, else by spinning then parking, as
+    /// core's spin policy decides. Which earlier holder died does not matter: whatever it did under the lock is
     /// repaired by the ticket and token checks.
     async fn lock_oob(&self) -> io::Result<OobHeld<'_>> {
-        if self.oob.try_acquire(false).is_none() && self.oob.spin_acquire().is_none() {
+        if self.oob.try_acquire(false).is_none() {
             // Boxed: the parking future is large and seldom needed; `put` and `get` embed this
             // one, so they stay small (as with `Lock::lock`'s boxed slow path).
             Box::pin(self.oob.acquire()).await?;
@@ -491,7 +487,7 @@ impl Engine {
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
                     self.slot_freed
-                        .wait_until(None, Some(LIVENESS_TICK), |ticked| self.room(ticked))
+                        .spin_then_wait_until(None, Some(LIVENESS_TICK), |ticked| self.room(ticked))
                         .await
                         .map_err(PutErrorKind::Io)?;
                 }
@@ -521,7 +517,7 @@ impl Engine {
                 Attempt::RingFull => {
                     let room = self
                         .slot_freed
-                        .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
+                        .blocking_spin_then_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
                             self.room(ticked)
                         })
                         .map_err(PutErrorKind::Io)?;
@@ -736,43 +732,22 @@ impl Engine {
         }
     }
 
-    /// A getter's looks before it sleeps: one, and once per get a spin and another look.
-    fn look_then_spin(&self, closed_seen: &mut bool, spun: &mut bool) -> Option<Found> {
-        loop {
-            if let Some(found) = self.attempt_get(false, closed_seen) {
-                return Some(found);
-            }
-            if std::mem::replace(spun, true)
-                || !self
-                    .spin
-                    .wait(|| self.ring.head_ready() || self.is_closed())
-            {
-                return None;
-            }
-        }
-    }
-
     /// Takes a message, waiting until one arrives; `Ok(None)` at end of queue.
     ///
     /// Cancel safe: a message is taken off the ring (and the socket) within one poll.
     pub(crate) async fn get(&self) -> Result<Option<Message>, GetError> {
-        let (mut closed_seen, mut spun) = (false, false);
+        let mut closed_seen = false;
         loop {
-            let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
+            let found = match self.attempt_get(false, &mut closed_seen) {
                 Some(found) => found,
-                None => {
-                    let slept = Instant::now();
-                    let found = self
-                        .not_empty
-                        .wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                            self.attempt_get(ticked, &mut closed_seen)
-                        })
-                        .await
-                        .map_err(GetError::Io)?
-                        .expect("a wait without deadline ends only with a value");
-                    self.spin.slept(slept.elapsed());
-                    found
-                }
+                None => self
+                    .not_empty
+                    .spin_then_wait_until(None, Some(LIVENESS_TICK), |ticked| {
+                        self.attempt_get(ticked, &mut closed_seen)
+                    })
+                    .await
+                    .map_err(GetError::Io)?
+                    .expect("a wait without deadline ends only with a value"),
             };
             match found {
                 Found::Done(r) => {
@@ -794,14 +769,14 @@ impl Engine {
     /// Takes a message, blocking the thread until one arrives or `deadline` passes
     /// (`GetOutcome::Empty`).
     pub(crate) fn blocking_get(&self, deadline: Option<Instant>) -> Result<GetOutcome, GetError> {
-        let (mut closed_seen, mut spun) = (false, false);
+        let mut closed_seen = false;
         loop {
-            let found = match self.look_then_spin(&mut closed_seen, &mut spun) {
+            let found = match self.attempt_get(false, &mut closed_seen) {
                 Some(found) => found,
                 None => {
                     let found = self
                         .not_empty
-                        .blocking_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
+                        .blocking_spin_then_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
                             self.attempt_get(ticked, &mut closed_seen)
                         })
                         .map_err(GetError::Io)?;
@@ -851,7 +826,7 @@ impl Engine {
     /// Waits until no task is outstanding.
     pub(crate) async fn join(&self) -> io::Result<()> {
         self.all_done
-            .wait_until(None, None, |_| (self.unfinished() == 0).then_some(()))
+            .spin_then_wait_until(None, None, |_| (self.unfinished() == 0).then_some(()))
             .await
             .map(drop)
     }
@@ -859,7 +834,9 @@ impl Engine {
     /// Blocks the thread until no task is outstanding or `deadline` passes (`Ok(false)`).
     pub(crate) fn blocking_join(&self, deadline: Option<Instant>) -> io::Result<bool> {
         self.all_done
-            .blocking_wait_until(deadline, None, |_| (self.unfinished() == 0).then_some(()))
+            .blocking_spin_then_wait_until(deadline, None, |_| {
+                (self.unfinished() == 0).then_some(())
+            })
             .map(|done| done.is_some())
     }
 }
@@ -871,75 +848,6 @@ fn foreign(e: GetError) -> GetError {
             reason: format!("not a message of this queue ({reason}); it was skipped"),
         },
         other => other,
-    }
-}
-
-/// The adaptive spin of a getter that found the queue empty, per handle in a process.
-///
-/// Spinning pays when the next message comes within microseconds (a producer streaming on
-/// another CPU): it saves the producer's `write` to the eventfd and this process's sleep and
-/// wake-up. It wastes a CPU when messages come seldom. So the budget halves each time a spin
-/// ends empty-handed, and doubles (up to [`Spin::MAX`]) each time a sleep ends within the most
-/// a spin could have waited: evidence that a longer spin would have caught the message. The
-/// spin yields the CPU between checks, so on one CPU (or a busy machine) it lets the producer
-/// run instead of competing with it.
-#[derive(Debug)]
-struct Spin {
-    budget_ns: AtomicU64,
-}
-
-impl Default for Spin {
-    fn default() -> Self {
-        Self {
-            budget_ns: AtomicU64::new(Self::START.as_nanos() as u64),
-        }
-    }
-}
-
-impl Spin {
-    const MAX: Duration = Duration::from_micros(100);
-    const START: Duration = Duration::from_micros(20);
-    const MIN: Duration = Duration::from_micros(1);
-
-    fn budget(&self) -> Duration {
-        Duration::from_nanos(self.budget_ns.load(std::sync::atomic::Ordering::Relaxed))
-    }
-
-    fn set(&self, budget: Duration) {
-        let clamped = budget.min(Self::MAX);
-        self.budget_ns.store(
-            clamped.as_nanos() as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    /// Spins until `ready()` or the budget is spent; true when `ready()` became true.
-    fn wait(&self, ready: impl Fn() -> bool) -> bool {
-        let budget = self.budget();
-        if budget < Self::MIN {
-            return false;
-        }
-        let start = Instant::now();
-        loop {
-            for _ in 0..32 {
-                if ready() {
-                    return true;
-                }
-                std::hint::spin_loop();
-            }
-            if start.elapsed() >= budget {
-                self.set(budget / 2);
-                return false;
-            }
-            std::thread::yield_now();
-        }
-    }
-
-    /// A sleep of `slept` ended with a notification.
-    fn slept(&self, slept: Duration) {
-        if slept <= Self::MAX {
-            self.set((self.budget() * 2).max(Self::MIN * 2));
-        }
     }
 }
 
@@ -990,6 +898,8 @@ impl<'de> Deserialize<'de> for Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     fn packet(byte: u8, len: usize) -> Encoded {
@@ -1220,30 +1130,5 @@ mod tests {
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
         }
         assert!(Engine::new(Some(MAX_CAPACITY), 1 << 20, false).is_ok());
-    }
-
-    #[test]
-    fn spin_budget_adapts() {
-        let spin = Spin::default();
-        assert!(spin.wait(|| true));
-        assert_eq!(
-            spin.budget(),
-            Spin::START,
-            "a successful spin keeps its budget"
-        );
-        assert!(!spin.wait(|| false));
-        assert_eq!(spin.budget(), Spin::START / 2);
-        while spin.budget() >= Spin::MIN {
-            assert!(!spin.wait(|| false));
-        }
-        // Spinning is off now; a short sleep turns it back on, a long one does not.
-        spin.slept(Duration::from_millis(5));
-        assert!(spin.budget() < Spin::MIN);
-        spin.slept(Duration::from_micros(30));
-        assert!(spin.budget() >= Spin::MIN);
-        for _ in 0..20 {
-            spin.slept(Duration::from_micros(30));
-        }
-        assert_eq!(spin.budget(), Spin::MAX);
     }
 }

@@ -233,7 +233,7 @@ impl Barrier {
         };
         let got = self
             .core
-            .wait_until(deadline, None, |_| self.outcome(gen_))
+            .spin_then_wait_until(deadline, None, |_| self.outcome(gen_))
             .await;
         arrival.done = true;
         let result = match got {

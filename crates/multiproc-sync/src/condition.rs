@@ -354,7 +354,7 @@ impl<'a> ConditionGuard<'a> {
         };
         let got = cond
             .core
-            .wait_until(deadline, None, |_| place.notified())
+            .spin_then_wait_until(deadline, None, |_| place.notified())
             .await;
         let notified = match got {
             Ok(Some(())) => true,

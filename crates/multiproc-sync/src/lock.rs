@@ -87,11 +87,7 @@ impl Lock {
             self,
             |lock: &Lock| match lock.raw.try_acquire(false) {
                 Some(died) => Ok(Ok(lock.guard(died))),
-                None => lock
-                    .raw
-                    .spin_acquire()
-                    .map(|died| Ok(lock.guard(died)))
-                    .ok_or(()),
+                None => Err(()),
             },
             |lock: &Lock, ()| lock.lock_slow(),
         )

@@ -29,7 +29,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::owner;
 use crate::table::{Layout, Liveness, Table};
-use crate::wait::{LIVENESS_TICK, SPIN, WaitQueue, fast_then_slow};
+use crate::wait::{LIVENESS_TICK, WaitQueue, fast_then_slow};
 
 // Layout of the shared page.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
@@ -244,29 +244,13 @@ impl Engine {
         }))
     }
 
-    /// Spins briefly while no permit is available; out of line, the uncontended path never
-    /// needs it.
-    #[cold]
-    #[inline(never)]
-    fn spin(&self) -> Option<Result<usize, HoldersFull>> {
-        for _ in 0..SPIN {
-            if self.count().load(Ordering::Relaxed) > 0 {
-                if let Some(got) = self.attempt(false) {
-                    return Some(got);
-                }
-            }
-            std::hint::spin_loop();
-        }
-        None
-    }
-
     #[inline]
     fn acquire(&self) -> impl Future<Output = Result<SemaphorePermit<'_>, AcquireError>> + '_ {
         fast_then_slow(
             self,
             |engine: &Engine| match engine.attempt(false) {
                 Some(got) => Ok(engine.permit(got)),
-                None => engine.spin().map(|got| engine.permit(got)).ok_or(()),
+                None => Err(()),
             },
             |engine: &Engine, ()| engine.acquire_slow(),
         )
@@ -299,7 +283,7 @@ impl Engine {
     }
 
     fn blocking_acquire(&self) -> Result<SemaphorePermit<'_>, AcquireError> {
-        let got = match self.spin() {
+        let got = match self.attempt(false) {
             Some(got) => got,
             None => self
                 .core

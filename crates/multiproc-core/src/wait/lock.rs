@@ -10,14 +10,7 @@ use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::sys::identity;
-use crate::wait::WaitQueue;
-
-/// How often a waiter that watches for a dead owner re-checks liveness.
-pub const LIVENESS_TICK: Duration = Duration::from_millis(50);
-
-/// Spins of the retry on a held lock before parking (the count `multiproc-sync`'s other
-/// primitives use too; the one spin policy of issue 12 replaces both).
-const SPIN: u32 = 64;
+use crate::wait::{LIVENESS_TICK, WaitQueue};
 
 /// Byte offset of the owner word: 0 when free, else the holder's process identity.
 const OWNER: usize = 8;
@@ -71,21 +64,6 @@ impl RobustLock {
         }
     }
 
-    /// Spins briefly on a held lock; out of line, the uncontended path never needs it.
-    #[cold]
-    #[inline(never)]
-    pub fn spin_acquire(&self) -> Option<bool> {
-        for _ in 0..SPIN {
-            if self.word().load(Ordering::Relaxed) == 0 {
-                if let Some(died) = self.try_acquire(false) {
-                    return Some(died);
-                }
-            }
-            std::hint::spin_loop();
-        }
-        None
-    }
-
     /// Parks until the lock is taken; whether the previous holder died.
     ///
     /// # Errors
@@ -114,12 +92,12 @@ impl RobustLock {
             .await
     }
 
-    /// Takes the lock, blocking the thread (spinning briefly first).
+    /// Takes the lock, blocking the thread (spinning first, as the spin policy decides).
     ///
     /// # Errors
     /// When out of descriptors.
     pub fn blocking_acquire(&self) -> io::Result<bool> {
-        if let Some(died) = self.spin_acquire() {
+        if let Some(died) = self.try_acquire(false) {
             return Ok(died);
         }
         self.queue

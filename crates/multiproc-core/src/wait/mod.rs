@@ -20,8 +20,9 @@
 //!
 //! **The area.** Waiting across processes without blocking a runtime thread: the eventfd wake-up
 //! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the robust
-//! lock over it that `multiproc-sync`'s `Lock` and the queue share ([`RobustLock`]), the spin
-//! policy that decides when to park, and the timeout-to-deadline rule ([`deadline_after`]).
+//! lock over it that `multiproc-sync`'s `Lock` and the queue share ([`RobustLock`]), the one
+//! spin policy that decides when to park and its driver loop ([`spin`]), the liveness tick
+//! ([`LIVENESS_TICK`]) and the timeout-to-deadline rule ([`deadline_after`]).
 //!
 //! May import: `shm`, `sys` (process identities too), `message` (for handles that travel).
 //! Never `transport` or `proc`.
@@ -29,7 +30,7 @@
 pub mod eventfd;
 mod lock;
 mod queue;
-pub(crate) mod spin;
+pub mod spin;
 
-pub use lock::{LIVENESS_TICK, RobustLock};
-pub use queue::{WaitQueue, deadline_after};
+pub use lock::RobustLock;
+pub use queue::{LIVENESS_TICK, WaitQueue, deadline_after};

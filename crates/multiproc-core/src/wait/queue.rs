@@ -9,7 +9,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::shm::SharedRegion;
 use crate::wait::eventfd::{BlockingWaiter, EventFd, Waiter};
-use crate::wait::spin::{CpuContention, SLOW_STEP, Spin, SpinPolicy};
+use crate::wait::spin::{self, SpinPolicy, Spun};
+
+/// How often a waiter that watches for a dead owner (a lock's holder, a queue slot's writer)
+/// re-checks its liveness: the `tick` every such wait of multiproc passes.
+pub const LIVENESS_TICK: Duration = Duration::from_millis(50);
 
 /// A waiter count in a shared region plus an eventfd: a cross-process wait queue (see the
 /// [module docs](crate::wait)). Serializes as both descriptors.
@@ -32,7 +36,7 @@ struct Registrations {
     /// An async registration and the runtime whose reactor it belongs to.
     tokio: Slot<(tokio::runtime::Id, Waiter)>,
     blocking: Slot<BlockingWaiter>,
-    /// Whether [`WaitQueue::spin_then_wait_until`] spins, from how its spins went.
+    /// Whether this handle's waits spin, from how their spins went.
     spin: Mutex<SpinPolicy>,
 }
 
@@ -212,7 +216,30 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         let _ = self.efd.notify();
     }
 
-    /// Waits until `attempt` returns `Some`, or until `deadline` (then `Ok(None)`, never early).
+    /// [`Self::wait_until`], after a spin on `attempt(false)` as the
+    /// [spin policy](crate::wait::spin) says (inside `poll`, by the one rule for async waits):
+    /// a change that comes within microseconds (a peer answering, a lock handed over) is then
+    /// caught without a sleep and a wake-up. The spin runs on the caller's thread, before the
+    /// waiter announces itself.
+    ///
+    /// Cancel safe, as [`Self::wait_until`].
+    pub async fn spin_then_wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let parked_at = match self.spin_first(deadline, &mut attempt).await {
+            Spun::Caught(v) => return Ok(Some(v)),
+            Spun::Park(at) => at,
+        };
+        let got = self.wait_until(deadline, tick, attempt).await;
+        self.parked(parked_at);
+        got
+    }
+
+    /// Waits until `attempt` returns `Some`, or until `deadline` (then `Ok(None)`, never early),
+    /// parking at once: for a caller that has spun itself, or whose wake-up never comes soon.
     ///
     /// `attempt(ticked)` runs first, after every wake-up, and with `ticked == true` every `tick`
     /// (if given) so it can check for dead owners.
@@ -254,78 +281,33 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
     }
 
-    /// [`Self::wait_until`], after trying `attempt` for up to 50 us, yielding the CPU
-    /// between tries. When the state changes soon (a peer answering at once), the spin catches it
-    /// without a sleep and a wake-up, which cost tens of microseconds across CPUs on a virtual
-    /// machine; with one CPU the yield runs the peer directly. Whether to spin adapts per handle
-    /// as for a pipe receiver: spins that miss make the next waits park at once (exponentially
-    /// more of them), and a yield that ran another busy process turns spinning off in this
-    /// whole process for a cooldown. For waits whose wake-up usually comes quickly (an event
-    /// answered by a peer, a lock handed over); the spin runs on the caller's thread.
-    pub async fn spin_then_wait_until<T>(
-        &self,
-        deadline: Option<Instant>,
-        tick: Option<Duration>,
-        mut attempt: impl FnMut(bool) -> Option<T>,
-    ) -> io::Result<Option<T>> {
-        let parked_at = match self.spin(deadline, &mut attempt) {
-            Ok(v) => return Ok(Some(v)),
-            Err(parked_at) => parked_at,
-        };
-        let got = self.wait_until(deadline, tick, attempt).await;
-        self.parked(parked_at);
-        got
-    }
-
-    /// The blocking twin of [`Self::spin_then_wait_until`].
-    pub fn blocking_spin_then_wait_until<T>(
-        &self,
-        deadline: Option<Instant>,
-        tick: Option<Duration>,
-        mut attempt: impl FnMut(bool) -> Option<T>,
-    ) -> io::Result<Option<T>> {
-        let parked_at = match self.spin(deadline, &mut attempt) {
-            Ok(v) => return Ok(Some(v)),
-            Err(parked_at) => parked_at,
-        };
-        let got = self.blocking_wait_until(deadline, tick, attempt);
-        self.parked(parked_at);
-        got
-    }
-
-    /// The spin of [`Self::spin_then_wait_until`], if the policy wants one: `Ok` with what
-    /// `attempt` gave, or `Err` to park, with the instant it was decided not to spin at all
-    /// (which [`Self::parked`] needs) or `None` after a spin that missed.
-    fn spin<T>(
+    /// The spin before an async wait parks; see [`spin::poll_spin`]. The policy is copied out
+    /// for the spin, so that this process's other waits on the handle never wait for it (a lost
+    /// update only costs the hint).
+    async fn spin_first<T>(
         &self,
         deadline: Option<Instant>,
         attempt: &mut impl FnMut(bool) -> Option<T>,
-    ) -> Result<T, Option<Instant>> {
-        let cpu = CpuContention::global();
-        let start = Instant::now();
-        let budget = self.spin_policy().begin_wait(start, cpu);
-        let Some(budget) = budget else {
-            return Err(Some(start));
-        };
-        let end = deadline.map_or(start + budget, |d| d.min(start + budget));
-        let mut step_start = start;
-        loop {
-            std::thread::yield_now();
-            let got = attempt(false);
-            let now = Instant::now();
-            let how = if now - step_start > SLOW_STEP {
-                Spin::Contended
-            } else if got.is_some() {
-                Spin::Caught(now - start)
-            } else if now >= end {
-                Spin::Missed
-            } else {
-                step_start = now;
-                continue;
-            };
-            self.spin_policy().spun(how, now, cpu);
-            return got.ok_or(None);
-        }
+    ) -> Spun<T> {
+        let mut policy = self.spin_policy().clone();
+        let spun = std::future::poll_fn(|cx| {
+            spin::poll_spin(cx, &mut policy, deadline, None, || attempt(false))
+        })
+        .await;
+        *self.spin_policy() = policy;
+        spun
+    }
+
+    /// The blocking twin of [`Self::spin_first`].
+    fn blocking_spin_first<T>(
+        &self,
+        deadline: Option<Instant>,
+        attempt: &mut impl FnMut(bool) -> Option<T>,
+    ) -> Spun<T> {
+        let mut policy = self.spin_policy().clone();
+        let spun = spin::spin(&mut policy, deadline, None, || attempt(false));
+        *self.spin_policy() = policy;
+        spun
     }
 
     /// Tells the spin policy how long a wait that parked without spinning took.
@@ -340,6 +322,22 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
             .spin
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The blocking twin of [`Self::spin_then_wait_until`].
+    pub fn blocking_spin_then_wait_until<T>(
+        &self,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
+        mut attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        let parked_at = match self.blocking_spin_first(deadline, &mut attempt) {
+            Spun::Caught(v) => return Ok(Some(v)),
+            Spun::Park(at) => at,
+        };
+        let got = self.blocking_wait_until(deadline, tick, attempt);
+        self.parked(parked_at);
+        got
     }
 
     /// The blocking twin of [`Self::wait_until`].
@@ -364,19 +362,25 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
     }
 
-    /// Waits with no deadline until `attempt` succeeds. `attempt` gets `true` on its first call
-    /// and at every `tick`, so a dead owner is noticed at once and then periodically.
+    /// Waits with no deadline until `attempt` succeeds. After the spin of
+    /// [`Self::spin_then_wait_until`], `attempt` gets `true` on its first call and at every `tick`, so a
+    /// dead owner is noticed at once and then periodically.
     pub async fn wait_forever<T>(
         &self,
         tick: Duration,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<T> {
+        let parked_at = match self.spin_first(None, &mut attempt).await {
+            Spun::Caught(v) => return Ok(v),
+            Spun::Park(at) => at,
+        };
         let mut first = true;
         let got = self
             .wait_until(None, Some(tick), |ticked| {
                 attempt(ticked || std::mem::take(&mut first))
             })
             .await?;
+        self.parked(parked_at);
         Ok(got.expect("an unbounded wait ends only with a value"))
     }
 
@@ -386,10 +390,15 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Duration,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<T> {
+        let parked_at = match self.blocking_spin_first(None, &mut attempt) {
+            Spun::Caught(v) => return Ok(v),
+            Spun::Park(at) => at,
+        };
         let mut first = true;
         let got = self.blocking_wait_until(None, Some(tick), |ticked| {
             attempt(ticked || std::mem::take(&mut first))
         })?;
+        self.parked(parked_at);
         Ok(got.expect("an unbounded wait ends only with a value"))
     }
 
@@ -409,7 +418,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.wait_until(deadline, tick, attempt).await
+        self.spin_then_wait_until(deadline, tick, attempt).await
     }
 
     /// The blocking twin of [`Self::wait_timeout`].
@@ -426,7 +435,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.blocking_wait_until(deadline, tick, attempt)
+        self.blocking_spin_then_wait_until(deadline, tick, attempt)
     }
 }
 

@@ -1,6 +1,9 @@
-//! When a receiver should spin before it parks, and for how long. Used by the channel's
-//! receiver (for the socket) and by [`WaitQueue::spin_then_wait_until`](crate::wait::WaitQueue::spin_then_wait_until)
-//! (for shared state, such as an event's flag); "data" below is whatever they wait for.
+//! The one spin-or-park policy of the workspace: when a waiter should spin before it parks,
+//! and for how long. Every wait uses it: [`WaitQueue`](crate::wait::WaitQueue)'s waits (so every
+//! `multiproc-sync` primitive and the queue's getters, putters and joiners), the pipe receiver
+//! (for its socket), and the pool's driver and workers (for their shared ring), each through the
+//! one driver loop, [`spin`] (or its async form, [`poll_spin`]); "data" below is whatever they
+//! wait for.
 //!
 //! Parking a receiver (tokio's `epoll_wait`, or `poll(2)` on the blocking path) and waking it
 //! again costs a sleep and a wake-up in the kernel: a few microseconds when both processes share
@@ -28,42 +31,61 @@
 //!   CPU (with a busy process beside them, some yields still happen to run the peer); only
 //!   `RECENT` without contention does. A permanently busy CPU thus costs about one slow yield
 //!   per `COOLDOWN_MAX` after its first second. The CPU is the process's, not a channel's,
-//!   hence one [`CpuContention`] for all receivers.
+//!   hence one `CpuContention` for all receivers.
 //!
-//! The policy is pure bookkeeping; the caller measures time and does the trying.
+//! **The peer's CPU.** A waiter that knows where its peer runs (the pool's driver and workers
+//! publish their CPU in shared memory) passes that cue to [`spin`]: while the peer runs on
+//! another CPU the spin busy-waits (a yield would only add a system call, and the contention
+//! cooldown, which is about yields, does not apply), and it stops at once,
+//! without counting as a miss, when the peer is on the waiter's own CPU (then spinning only keeps
+//! it from running) or the process has a single CPU. A waiter without the cue yields between
+//! tries, which runs the peer directly when they share a CPU.
+//!
+//! **The one rule for async waits: spin inside `poll`, once per wait, for at most the policy's
+//! budget, and only with the task's cooperative budget left** ([`poll_spin`]; a spin that catches
+//! the data spends one unit, as the read it replaces would). The thread is held for at most
+//! [`SPIN_BUDGET`] plus one yield, a cost the policy only pays while spins are catching data, and
+//! the coop budget keeps a task that always catches from starving its neighbours. The
+//! alternative, a cooperative self-wake (`wake_by_ref` and `Pending`, then look again), goes
+//! through the scheduler for every look, so each look also costs the runtime's own bookkeeping
+//! and now and then an `epoll_wait`; its step time measures the other tasks rather than the CPU,
+//! which blinds the contention cue above; and on a busy runtime the look comes too late to beat
+//! a wake-up anyway.
+//!
+//! The policy is pure bookkeeping; the driver loop measures time and does the trying.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The longest a receiver spins before it parks.
-pub(crate) const SPIN_BUDGET: Duration = Duration::from_micros(50);
+/// The longest a waiter spins before it parks.
+pub const SPIN_BUDGET: Duration = Duration::from_micros(50);
 
 /// A spin step (yield, then read) longer than this means the yield ran someone else for long:
 /// the CPU is contended. Above a peer's turnaround (microseconds, or some hundreds while a child
 /// starts up) and at the low end of what a yield to a busy process takes (the rest of its time
 /// slice, 1 to 8 ms measured with a 250 Hz kernel).
-pub(crate) const SLOW_STEP: Duration = Duration::from_millis(1);
+pub const SLOW_STEP: Duration = Duration::from_millis(1);
 
 /// Most waits in a row that park without spinning after repeated missed spins.
-pub(crate) const MAX_SKIP: u32 = 255;
+pub const MAX_SKIP: u32 = 255;
 
 /// How long no receiver spins after contention is found.
-pub(crate) const COOLDOWN_MIN: Duration = Duration::from_millis(5);
+pub const COOLDOWN_MIN: Duration = Duration::from_millis(5);
 
 /// Contention found again soon after a cooldown multiplies the next one by this.
 const COOLDOWN_GROWTH: u32 = 4;
 
 /// The longest cooldown.
-pub(crate) const COOLDOWN_MAX: Duration = Duration::from_millis(800);
+pub const COOLDOWN_MAX: Duration = Duration::from_millis(800);
 
 /// Contention found within this time after a cooldown ended makes the next cooldown longer;
 /// after this long without contention, the next cooldown is the shortest again.
-pub(crate) const RECENT: Duration = Duration::from_secs(1);
+pub const RECENT: Duration = Duration::from_secs(1);
 
-/// How a spin ended.
+/// How a spin ended, as the policy learns from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Spin {
+pub(crate) enum SpinOutcome {
     /// Data arrived after this long, with every step quick.
     Caught(Duration),
     /// The budget ran out, every step quick.
@@ -132,21 +154,21 @@ impl CpuContention {
     }
 }
 
-/// Spin-or-park bookkeeping of one receiver.
+/// Spin-or-park bookkeeping of one waiter (a receiver, a handle's waits, a pool side).
 #[derive(Debug, Clone, Default)]
-pub(crate) struct SpinPolicy {
+pub struct SpinPolicy {
     /// Missed spins since the last one that caught data.
     misses: u32,
     /// Waits still to park without spinning.
     skip: u32,
     /// How the last spin ended.
     #[cfg(test)]
-    last: Option<Spin>,
+    last: Option<SpinOutcome>,
 }
 
 impl SpinPolicy {
     /// A policy that spins at its first wait.
-    pub(crate) const fn new() -> Self {
+    pub const fn new() -> Self {
         Self {
             misses: 0,
             skip: 0,
@@ -166,18 +188,18 @@ impl SpinPolicy {
     }
 
     /// A spin ended at `now`, as `how`.
-    pub(crate) fn spun(&mut self, how: Spin, now: Instant, cpu: &CpuContention) {
+    pub(crate) fn spun(&mut self, how: SpinOutcome, now: Instant, cpu: &CpuContention) {
         #[cfg(test)]
         {
             self.last = Some(how);
         }
         match how {
-            Spin::Contended => cpu.contended(now),
-            Spin::Caught(after) if after <= SPIN_BUDGET => {
+            SpinOutcome::Contended => cpu.contended(now),
+            SpinOutcome::Caught(after) if after <= SPIN_BUDGET => {
                 self.misses = 0;
                 self.skip = 0;
             }
-            Spin::Caught(_) | Spin::Missed => {
+            SpinOutcome::Caught(_) | SpinOutcome::Missed => {
                 self.misses = self.misses.saturating_add(1);
                 self.skip = 1u32
                     .checked_shl(self.misses)
@@ -186,8 +208,9 @@ impl SpinPolicy {
         }
     }
 
-    /// A wait that parked without spinning ended after `waited`.
-    pub(crate) fn parked(&mut self, waited: Duration) {
+    /// A wait that parked without spinning ([`Spun::Park`] with an instant) ended after
+    /// `waited`.
+    pub fn parked(&mut self, waited: Duration) {
         if waited <= SPIN_BUDGET {
             self.skip /= 2;
         }
@@ -207,9 +230,129 @@ impl SpinPolicy {
 
     /// How the last spin ended, if there was one.
     #[cfg(test)]
-    pub(crate) fn last(&self) -> Option<Spin> {
+    pub(crate) fn last(&self) -> Option<SpinOutcome> {
         self.last
     }
+}
+
+/// What a [`spin`] came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum Spun<T> {
+    /// The attempt succeeded while spinning.
+    Caught(T),
+    /// Park. With `Some(since)` the policy chose not to spin at `since`: once the parked wait
+    /// ends, report how long it took with [`SpinPolicy::parked`]. With `None` (a spin that
+    /// missed or was cut short, a peer on this CPU, a deadline already gone) there is nothing
+    /// to report.
+    Park(Option<Instant>),
+}
+
+/// How long a step tries busily (a `spin_loop` hint between tries), after its yield: a
+/// shared-memory try costs a few loads, so dozens of them; a try that is a system call (a
+/// socket read) takes about this long, so one.
+pub const BUSY_STEP: Duration = Duration::from_micros(1);
+
+/// The driver loop: spins on `attempt` as `policy` says, and tells the policy how it went.
+///
+/// For a waiter that has just tried and found nothing: if the policy wants a spin, tries
+/// `attempt` in steps (a yield, unless `peer_apart` says the peer runs on another CPU, then busy
+/// tries for [`BUSY_STEP`]) until it succeeds, [`SPIN_BUDGET`] or `deadline` has passed, or a step is slow (the CPU is contended).
+/// `peer_apart`, when the waiter can tell, says whether the peer runs on another CPU now; it is
+/// asked before the spin and after each step, and a `false` ends the spin without counting it.
+///
+/// Blocks the thread for up to the budget: async code calls [`poll_spin`] instead.
+pub fn spin<T>(
+    policy: &mut SpinPolicy,
+    deadline: Option<Instant>,
+    mut peer_apart: Option<&mut dyn FnMut() -> bool>,
+    mut attempt: impl FnMut() -> Option<T>,
+) -> Spun<T> {
+    let start = Instant::now();
+    if deadline.is_some_and(|d| start >= d) {
+        return Spun::Park(None);
+    }
+    if let Some(apart) = peer_apart.as_mut()
+        && !(several_cpus() && apart())
+    {
+        return Spun::Park(None);
+    }
+    // With the peer's CPU known, the spin never yields, so the process's contention record
+    // (which is about yields that run someone else) neither stops it nor learns from it.
+    let unshared;
+    let cpu = match peer_apart {
+        Some(_) => {
+            unshared = CpuContention::new();
+            &unshared
+        }
+        None => CpuContention::global(),
+    };
+    let Some(budget) = policy.begin_wait(start, cpu) else {
+        return Spun::Park(Some(start));
+    };
+    let end = deadline.map_or(start + budget, |d| d.min(start + budget));
+    let mut step_start = start;
+    loop {
+        let tries_from = match peer_apart {
+            Some(_) => step_start,
+            None => {
+                std::thread::yield_now();
+                Instant::now()
+            }
+        };
+        let (mut got, mut now);
+        loop {
+            got = attempt();
+            now = Instant::now();
+            if got.is_some() || now - tries_from >= BUSY_STEP {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        let how = if now - step_start > SLOW_STEP {
+            SpinOutcome::Contended
+        } else if got.is_some() {
+            SpinOutcome::Caught(now - start)
+        } else if now >= end {
+            SpinOutcome::Missed
+        } else if peer_apart.as_mut().is_some_and(|apart| !apart()) {
+            // The peer came onto this CPU: the cut-short spin says nothing of its pace.
+            return Spun::Park(None);
+        } else {
+            step_start = now;
+            continue;
+        };
+        policy.spun(how, now, cpu);
+        return got.map_or(Spun::Park(None), Spun::Caught);
+    }
+}
+
+/// The async form of [`spin`], for use inside `poll`: the one rule for async waits (see the
+/// [module docs](self)). `Pending` when the task's cooperative budget is spent: the task has
+/// been woken to run again after its neighbours, and the wait should not begin before then.
+/// A spin that catches the data spends a unit of the budget.
+pub fn poll_spin<T>(
+    cx: &mut std::task::Context<'_>,
+    policy: &mut SpinPolicy,
+    deadline: Option<Instant>,
+    peer_apart: Option<&mut dyn FnMut() -> bool>,
+    attempt: impl FnMut() -> Option<T>,
+) -> std::task::Poll<Spun<T>> {
+    let std::task::Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
+        return std::task::Poll::Pending;
+    };
+    let spun = spin(policy, deadline, peer_apart, attempt);
+    if let Spun::Caught(_) = spun {
+        coop.made_progress();
+    }
+    std::task::Poll::Ready(spun)
+}
+
+/// Whether this process may run on more than one CPU (its affinity and cgroup quota allow it):
+/// with one, a peer can never run alongside.
+fn several_cpus() -> bool {
+    static SEVERAL: OnceLock<bool> = OnceLock::new();
+    *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }
 
 #[cfg(test)]
@@ -235,7 +378,7 @@ mod tests {
     }
 
     /// Spins (asserting that the policy wants to) and reports `how`.
-    fn spin(policy: &mut SpinPolicy, cpu: &CpuContention, how: Spin) {
+    fn spin(policy: &mut SpinPolicy, cpu: &CpuContention, how: SpinOutcome) {
         let now = Instant::now();
         assert_eq!(policy.begin_wait(now, cpu), Some(SPIN_BUDGET));
         policy.spun(how, now, cpu);
@@ -246,7 +389,7 @@ mod tests {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
         for _ in 0..1000 {
-            spin(&mut policy, &cpu, Spin::Caught(SHORT));
+            spin(&mut policy, &cpu, SpinOutcome::Caught(SHORT));
         }
     }
 
@@ -256,7 +399,7 @@ mod tests {
         let mut policy = SpinPolicy::new();
         let mut skipped = Vec::new();
         for _ in 0..12 {
-            spin(&mut policy, &cpu, Spin::Missed);
+            spin(&mut policy, &cpu, SpinOutcome::Missed);
             skipped.push(parks_before_next_spin(&mut policy, &cpu, LONG));
         }
         assert_eq!(
@@ -273,8 +416,8 @@ mod tests {
             misses: u32::MAX - 1,
             ..SpinPolicy::new()
         };
-        policy.spun(Spin::Missed, Instant::now(), &cpu);
-        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        policy.spun(SpinOutcome::Missed, Instant::now(), &cpu);
+        policy.spun(SpinOutcome::Missed, Instant::now(), &cpu);
         assert_eq!(policy.skip, MAX_SKIP);
     }
 
@@ -283,13 +426,13 @@ mod tests {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
         for _ in 0..6 {
-            spin(&mut policy, &cpu, Spin::Missed);
+            spin(&mut policy, &cpu, SpinOutcome::Missed);
             parks_before_next_spin(&mut policy, &cpu, LONG);
         }
-        spin(&mut policy, &cpu, Spin::Caught(SHORT));
+        spin(&mut policy, &cpu, SpinOutcome::Caught(SHORT));
         assert!(policy.spins_next());
         // The next miss starts the backoff from the beginning.
-        spin(&mut policy, &cpu, Spin::Missed);
+        spin(&mut policy, &cpu, SpinOutcome::Missed);
         assert_eq!(parks_before_next_spin(&mut policy, &cpu, LONG), 1);
     }
 
@@ -297,9 +440,9 @@ mod tests {
     fn a_catch_after_the_budget_is_a_miss() {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
-        spin(&mut policy, &cpu, Spin::Caught(SPIN_BUDGET));
+        spin(&mut policy, &cpu, SpinOutcome::Caught(SPIN_BUDGET));
         assert!(policy.spins_next(), "caught just in time");
-        spin(&mut policy, &cpu, Spin::Caught(SPIN_BUDGET + SHORT));
+        spin(&mut policy, &cpu, SpinOutcome::Caught(SPIN_BUDGET + SHORT));
         assert_eq!(policy.misses(), 1);
         assert_eq!(parks_before_next_spin(&mut policy, &cpu, LONG), 1);
     }
@@ -309,11 +452,11 @@ mod tests {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
         for _ in 0..20 {
-            spin(&mut policy, &cpu, Spin::Missed);
+            spin(&mut policy, &cpu, SpinOutcome::Missed);
             parks_before_next_spin(&mut policy, &cpu, LONG);
         }
         // Fully backed off: long waits keep it parking for MAX_SKIP waits...
-        spin(&mut policy, &cpu, Spin::Missed);
+        spin(&mut policy, &cpu, SpinOutcome::Missed);
         assert_eq!(
             parks_before_next_spin(&mut policy.clone(), &cpu, LONG),
             MAX_SKIP
@@ -326,8 +469,8 @@ mod tests {
     fn a_wait_of_exactly_the_budget_counts_as_short() {
         let cpu = CpuContention::new();
         let mut policy = SpinPolicy::new();
-        policy.spun(Spin::Missed, Instant::now(), &cpu);
-        policy.spun(Spin::Missed, Instant::now(), &cpu);
+        policy.spun(SpinOutcome::Missed, Instant::now(), &cpu);
+        policy.spun(SpinOutcome::Missed, Instant::now(), &cpu);
         assert_eq!(policy.skip, 3);
         assert!(policy.begin_wait(Instant::now(), &cpu).is_none());
         policy.parked(SPIN_BUDGET);
@@ -349,7 +492,7 @@ mod tests {
             match policy.begin_wait(now, &cpu) {
                 Some(_) => {
                     spins += 1;
-                    policy.spun(Spin::Missed, now, &cpu);
+                    policy.spun(SpinOutcome::Missed, now, &cpu);
                 }
                 None => policy.parked(LONG),
             }
@@ -367,7 +510,7 @@ mod tests {
         let mut b = SpinPolicy::new();
         let t0 = Instant::now();
         assert!(a.begin_wait(t0, &cpu).is_some());
-        a.spun(Spin::Contended, t0, &cpu);
+        a.spun(SpinOutcome::Contended, t0, &cpu);
         let mut expected = COOLDOWN_MIN;
         let mut start = t0;
         for round in 0..10 {
@@ -382,14 +525,14 @@ mod tests {
                 Some(SPIN_BUDGET),
                 "round {round}"
             );
-            b.spun(Spin::Caught(SHORT), after, &cpu);
+            b.spun(SpinOutcome::Caught(SHORT), after, &cpu);
             let later = after + RECENT / 2;
             assert_eq!(
                 a.begin_wait(later, &cpu),
                 Some(SPIN_BUDGET),
                 "round {round}"
             );
-            a.spun(Spin::Contended, later, &cpu);
+            a.spun(SpinOutcome::Contended, later, &cpu);
             start = later;
             expected = (expected * COOLDOWN_GROWTH).min(COOLDOWN_MAX);
         }
@@ -402,20 +545,20 @@ mod tests {
         let mut policy = SpinPolicy::new();
         let mut now = Instant::now();
         for _ in 0..5 {
-            policy.spun(Spin::Contended, now, &cpu);
+            policy.spun(SpinOutcome::Contended, now, &cpu);
             now += COOLDOWN_MAX;
         }
         assert!(!cpu.cooling(now + RECENT));
         // Within RECENT of the last cooldown's end: longer again.
         policy.spun(
-            Spin::Contended,
+            SpinOutcome::Contended,
             now + RECENT - Duration::from_millis(1),
             &cpu,
         );
         assert!(cpu.cooling(now + RECENT + COOLDOWN_MIN));
         // After a quiet RECENT: the shortest.
         let quiet = now + RECENT + COOLDOWN_MAX + RECENT;
-        policy.spun(Spin::Contended, quiet, &cpu);
+        policy.spun(SpinOutcome::Contended, quiet, &cpu);
         assert!(cpu.cooling(quiet + COOLDOWN_MIN - Duration::from_nanos(1)));
         assert!(!cpu.cooling(quiet + COOLDOWN_MIN));
     }
@@ -432,7 +575,7 @@ mod tests {
         for _ in 0..3_000_000u32 {
             if policy.begin_wait(now, &cpu).is_some() {
                 spins += 1;
-                policy.spun(Spin::Contended, now, &cpu);
+                policy.spun(SpinOutcome::Contended, now, &cpu);
             }
             now += Duration::from_micros(20);
         }

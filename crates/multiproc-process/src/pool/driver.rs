@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use multiproc_core::message;
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
+use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 
 use super::error::PoolError;
 use super::protocol::{FromWorker, Rejected, TaskFn};
 use super::ring::{Control, Cpu, JOBS_HELD, RingReader};
 use super::shared::{Job, JobMeta, Shared};
-use super::spin::{Outcome, Spin};
 use super::worker::{WorkerArgs, worker_main};
 use crate::{Builder, JoinError, JoinHandle};
 
@@ -29,9 +29,6 @@ const MAX_IN_FLIGHT: usize = JOBS_HELD;
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
 const START_ATTEMPTS: u32 = 4;
-/// The most a driver spins (yielding to the runtime's other tasks) for a result expected
-/// sooner than that, before it parks.
-const RESULT_SPIN: Duration = Duration::from_micros(50);
 
 /// Runs slot `slot` of the pool until the pool ends.
 pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
@@ -121,7 +118,7 @@ struct Conn {
     /// (once flushed).
     frames: u64,
     frames_announced: u64,
-    spin: Spin,
+    spin: SpinPolicy,
     /// Set while the driver has nothing to do but wait for a result.
     wait: Option<Wait>,
     /// The pool's count of cancelled submissions when the driver last looked for cancelled
@@ -129,15 +126,10 @@ struct Conn {
     cancels_seen: u64,
 }
 
-/// A wait for a result.
+/// A wait for a result, past its spin.
 struct Wait {
-    since: Instant,
-    /// The CPU the driver runs on (as the wait began).
-    cpu: Cpu,
-    /// Spinning (else parked).
-    spinning: bool,
-    /// The spin ran for its whole budget.
-    ran_out: bool,
+    /// When the spin policy chose to park without spinning (to report how long the wait took).
+    parked_at: Option<Instant>,
 }
 
 /// The jobs a worker holds, and what was learnt of their pace.
@@ -196,7 +188,7 @@ impl Conn {
             // The `Init` frame.
             frames: 1,
             frames_announced: 0,
-            spin: Spin::new(RESULT_SPIN),
+            spin: SpinPolicy::new(),
             wait: None,
             cancels_seen: 0,
         })
@@ -238,13 +230,9 @@ impl Conn {
             }
             if self.held.answered != answered
                 && let Some(wait) = self.wait.take()
+                && let Some(at) = wait.parked_at
             {
-                let outcome = match (wait.spinning, wait.ran_out) {
-                    (true, _) => Outcome::Caught,
-                    (false, true) => Outcome::RanOut,
-                    (false, false) => Outcome::Parked,
-                };
-                self.spin.record(wait.since.elapsed(), outcome);
+                self.spin.parked(at.elapsed());
             }
             self.mark_cancelled(shared);
             let mut took = false;
@@ -376,35 +364,44 @@ impl Conn {
         Ok(())
     }
 
-    /// Nothing to do but wait for a result: spin a little if one is due soon and spinning has
-    /// been paying off, else ask the worker for a nudge and park. `Ready(Ok)` when a result
-    /// came in meanwhile and the driver should look again.
+    /// Nothing to do but wait for a result: as the wait begins, spin if one is due within the
+    /// spin budget (by the one rule for async waits, with the worker's CPU as the peer cue), else
+    /// ask the worker for a nudge and park. `Ready(Ok)` when a result came in meanwhile and the
+    /// driver should look again.
     fn wait_for_results(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), End>> {
-        let budget = self.spin.budget();
-        let Conn {
-            ctrl, held, wait, ..
-        } = self;
-        let wait = wait.get_or_insert_with(|| {
+        if self.wait.is_none() {
+            let Conn {
+                ctrl,
+                ring,
+                held,
+                spin: policy,
+                ..
+            } = self;
             let cpu = ctrl.note_driver_cpu();
-            // Spin when a result is due within the budget and the worker runs elsewhere.
-            let due_soon = !budget.is_zero() && held.queued_ns <= budget.as_nanos() as u64;
-            Wait {
-                since: Instant::now(),
-                cpu,
-                spinning: due_soon && cpu.apart_from(ctrl.worker_cpu()),
-                ran_out: false,
+            let due_soon = held.queued_ns <= SPIN_BUDGET.as_nanos() as u64;
+            let spun = match due_soon {
+                true => {
+                    // The spin polls the ring itself: no nudge needed from an earlier park.
+                    ctrl.unpark();
+                    spin::poll_spin(
+                        cx,
+                        policy,
+                        None,
+                        Some(&mut || Cpu::current() == cpu && cpu.apart_from(ctrl.worker_cpu())),
+                        || ring.has_record().then_some(()),
+                    )
+                }
+                false => Poll::Ready(Spun::Park(None)),
+            };
+            match spun {
+                // Out of cooperative budget: yield first; the wait begins at the next poll.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Spun::Caught(())) => {
+                    self.wait = Some(Wait { parked_at: None });
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Ready(Spun::Park(parked_at)) => self.wait = Some(Wait { parked_at }),
             }
-        });
-        if wait.spinning {
-            let elsewhere = Cpu::current() == wait.cpu && wait.cpu.apart_from(ctrl.worker_cpu());
-            if elsewhere && wait.since.elapsed() < budget {
-                // Yield to the runtime's other tasks, and look at the ring again right after.
-                ctrl.unpark();
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            wait.spinning = false;
-            wait.ran_out = elsewhere;
         }
         if !self.ctrl.park(&self.ring) {
             return Poll::Pending;

@@ -31,7 +31,6 @@ mod map;
 mod protocol;
 mod ring;
 mod shared;
-mod spin;
 mod submit;
 mod task;
 mod worker;

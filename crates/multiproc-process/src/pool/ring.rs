@@ -212,9 +212,9 @@ impl Control {
     }
 }
 
-/// A CPU number plus one (zero: unknown), as the two sides publish where they run: spinning
-/// for a peer pays only while it runs on another CPU; on the same one, the spin only keeps it
-/// from running.
+/// A CPU number plus one (zero: unknown), as the two sides publish where they run: the "peer's
+/// CPU" cue of core's spin policy (`multiproc_core::wait::spin`). Spinning for a peer pays only
+/// while it runs on another CPU; on the same one, the spin only keeps it from running.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) struct Cpu(u64);
 
@@ -324,6 +324,12 @@ impl RingReader {
             tail: 0,
             published: 0,
         }
+    }
+
+    /// Whether the worker has appended something not taken yet: what a waiting driver spins
+    /// on (one load).
+    pub(crate) fn has_record(&self) -> bool {
+        self.ctrl.word(HEAD).load(Ordering::Acquire) != self.tail
     }
 
     /// Copies the next record into `out` without taking it; returns its size in the ring, to

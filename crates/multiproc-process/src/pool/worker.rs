@@ -3,20 +3,17 @@
 //! the socket.
 
 use std::os::fd::OwnedFd;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
+use multiproc_core::wait::spin::{self, SpinPolicy, Spun};
 use multiproc_core::{SharedFd, message};
 use serde::{Deserialize, Serialize};
 
 use super::protocol::{Call, ChunkOutput, Failure, FromWorker, Rejected, TaskFn, ToWorker};
 use super::ring::{Control, Cpu, MAX_RECORD, RingWriter};
-use super::spin::{Outcome, Spin, spin_until};
 use crate::panic;
-
-/// The most an idle worker spins for its next job before it parks.
-const IDLE_SPIN: Duration = Duration::from_micros(50);
 
 /// What a worker is started with.
 #[derive(Serialize, Deserialize)]
@@ -74,7 +71,7 @@ impl Worker {
         // Frames read so far, against the pool's count of frames written: while they differ,
         // a read will find something, and when they agree there is no point reading.
         let mut frames: u64 = 0;
-        let mut spin = Spin::new(IDLE_SPIN);
+        let mut policy = SpinPolicy::new();
         // The socket was seen readable, or the last read found part of a frame.
         let mut readable = false;
         loop {
@@ -100,33 +97,29 @@ impl Worker {
                 Some(Step::Stop) => return,
                 None => {}
             }
-            // Idle: spin a little for the next job if that has been paying off, then park.
-            let idle_since = Instant::now();
-            let budget = spin.budget();
+            // Idle: spin for the next job as the spin policy says, while the pool runs on
+            // another CPU, then park.
             let me = self.ctrl.note_worker_cpu();
             let ctrl = &self.ctrl;
-            let spun = !readable && !budget.is_zero() && me.apart_from(ctrl.driver_cpu());
-            let caught = spun
-                && spin_until(
-                    budget,
-                    || ctrl.sent() > frames,
-                    || Cpu::current() == me && me.apart_from(ctrl.driver_cpu()),
-                );
-            if caught {
-                spin.record(idle_since.elapsed(), Outcome::Caught);
-                continue;
-            }
-            // A spin cut short because the pool moved onto our CPU says nothing of the pace.
-            let ran_out = spun && idle_since.elapsed() >= budget;
+            let spun = match readable {
+                true => Spun::Park(None),
+                false => spin::spin(
+                    &mut policy,
+                    None,
+                    Some(&mut || Cpu::current() == me && me.apart_from(ctrl.driver_cpu())),
+                    || (ctrl.sent() > frames).then_some(()),
+                ),
+            };
+            let parked_at = match spun {
+                Spun::Caught(()) => continue,
+                Spun::Park(at) => at,
+            };
             if rx.blocking_wait(None).is_err() {
                 return;
             }
-            let outcome = if ran_out {
-                Outcome::RanOut
-            } else {
-                Outcome::Parked
-            };
-            spin.record(idle_since.elapsed(), outcome);
+            if let Some(at) = parked_at {
+                policy.parked(at.elapsed());
+            }
             readable = true;
         }
     }

@@ -6,7 +6,7 @@ use super::receiver::{DIRECT_MIN, Waiting};
 use super::*;
 use crate::error::RecvError;
 use crate::transport::frame::{HEADER_LEN, Header};
-use crate::wait::spin::{CpuContention, Spin};
+use crate::wait::spin::{CpuContention, SpinOutcome};
 
 /// A small deterministic generator, so a failure reproduces.
 struct XorShift(u64);
@@ -348,14 +348,14 @@ fn receivers_spin_only_when_an_answer_is_due() {
         let cooling = CpuContention::global().cooling(Instant::now());
         assert!(poll_once(&mut rx_a).is_pending());
         match rx_a.spin.last() {
-            Some(Spin::Missed) => {
+            Some(SpinOutcome::Missed) => {
                 assert_eq!(rx_a.waiting, Waiting::Untimed);
                 assert_eq!(rx_a.spin.misses(), 1);
                 assert!(!rx_a.spin.spins_next(), "a missed spin backs off");
             }
-            Some(Spin::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
+            Some(SpinOutcome::Contended) => assert_eq!(rx_a.waiting, Waiting::Untimed),
             None => assert!(cooling, "the wait neither spun nor found the CPU busy"),
-            Some(Spin::Caught(_)) => panic!("caught data nobody sent"),
+            Some(SpinOutcome::Caught(_)) => panic!("caught data nobody sent"),
         }
         let misses = rx_a.spin.misses();
         // Being polled again in the same wait does not spin again.

@@ -14,7 +14,7 @@ use crate::message::{DEFAULT_MAX_MESSAGE_SIZE, Payload};
 use crate::sys::{self, Direction};
 use crate::transport::frame::HEADER_LEN;
 use crate::transport::socket::Socket;
-use crate::wait::spin::SpinPolicy;
+use crate::wait::spin::{self, SpinPolicy};
 
 use super::split;
 
@@ -298,15 +298,15 @@ impl RawReceiver {
             if attempt(self)? {
                 break;
             }
-            if self.waiting == Waiting::No {
-                // A wait begins: spin first if an answer is due, never past `deadline`.
-                if let Some(budget) = self.begin_wait() {
-                    let budget = deadline.map_or(budget, |d| {
-                        budget.min(d.saturating_duration_since(Instant::now()))
-                    });
-                    if !budget.is_zero() && self.spin_reads(budget, &mut attempt)? {
-                        break;
-                    }
+            if self.waiting == Waiting::No && self.answer_due() {
+                // A wait begins: spin first, never past `deadline`.
+                let mut policy = std::mem::take(&mut self.spin);
+                let spun = spin::spin(&mut policy, deadline, None, || {
+                    attempt(self).map(|caught| caught.then_some(())).transpose()
+                });
+                self.spin = policy;
+                if self.caught(spun)? {
+                    break;
                 }
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {

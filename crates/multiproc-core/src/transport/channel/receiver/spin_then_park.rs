@@ -1,41 +1,35 @@
-//! The start of a wait for data: spin for an answer that is due, or park at once, as the spin
-//! policy decides (see the `RawReceiver` docs, "Waiting").
+//! The start of a wait for data: spin for an answer that is due, or park at once, as the one
+//! spin policy decides (see the `RawReceiver` docs, "Waiting", and `wait::spin`).
 
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
 
 use crate::error::RecvError;
-use crate::wait::spin::{CpuContention, SLOW_STEP, Spin};
+use crate::wait::spin::{self, Spun};
 
 use super::frames::Next;
 use super::{RawReceiver, Waiting, nothing_yet};
 
 impl RawReceiver {
-    /// A wait for data begins: how long to spin before parking, if at all.
+    /// Whether a wait for data that begins now may spin.
     ///
     /// Spinning pays when an answer is due soon, so a receiver spins only if its socket sent
     /// something since data last arrived and since the previous wait began (a request, or the
-    /// reply that lets the peer send its next request), and the spin policy agrees. A wait
+    /// reply that lets the peer send its next request); then the spin policy decides. A wait
     /// that follows no such send (a consumer waiting on a stream, a pool driver idle between
     /// jobs that another task must hand it) parks at once and does not count for the policy.
-    pub(super) fn begin_wait(&mut self) -> Option<Duration> {
-        if !self.socket.take_sent() {
+    pub(super) fn answer_due(&mut self) -> bool {
+        let due = self.socket.take_sent();
+        if !due {
             self.waiting = Waiting::Untimed;
-            return None;
         }
-        let now = Instant::now();
-        let budget = self.spin.begin_wait(now, CpuContention::global());
-        if budget.is_none() {
-            self.waiting = Waiting::Timed(now);
-        }
-        budget
+        due
     }
 
-    /// Spins for data at the start of a wait, if [`begin_wait`](Self::begin_wait) says so:
-    /// yields the CPU (which runs the peer when it shares this CPU) and tries the socket, until
-    /// something arrives or the budget is spent. `Ok(true)` when a read returned something.
-    /// Spins at most once per wait, and only with tokio's cooperative budget left, as a read
-    /// that finds data would use it.
+    /// Spins for data at the start of a wait, by the one rule for async waits
+    /// ([`spin::poll_spin`]), if an [answer is due](Self::answer_due): yields the CPU (which
+    /// runs the peer when it shares this CPU) and tries the socket, until something arrives or
+    /// the policy's budget is spent. `Ok(true)` when a read returned something. Spins at most
+    /// once per wait.
     pub(super) fn poll_spin(
         &mut self,
         cx: &mut Context<'_>,
@@ -45,53 +39,36 @@ impl RawReceiver {
             // Woken in the middle of a wait that already spun or chose to park.
             return Ok(false);
         }
-        let Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
-            // Out of budget: the task yields first (tokio wakes it), and the wait has not begun.
+        if !self.answer_due() {
             return Ok(false);
-        };
-        let Some(budget) = self.begin_wait() else {
-            return Ok(false);
-        };
-        let caught = self.spin_reads(budget, |rx| match rx.read_once(next) {
-            Ok(_) => Ok(true),
-            Err(e) if nothing_yet(&e) => Ok(false),
-            Err(e) => Err(rx.read_error(e)),
-        })?;
-        if caught {
-            coop.made_progress();
         }
-        Ok(caught)
+        let mut policy = std::mem::take(&mut self.spin);
+        let spun = spin::poll_spin(cx, &mut policy, None, None, || match self.read_once(next) {
+            Ok(_) => Some(Ok(())),
+            Err(e) if nothing_yet(&e) => None,
+            Err(e) => Some(Err(self.read_error(e))),
+        });
+        self.spin = policy;
+        match spun {
+            // Out of cooperative budget: the task yields first (tokio wakes it), and the wait
+            // has not begun.
+            Poll::Pending => {
+                self.socket.note_sent();
+                Ok(false)
+            }
+            Poll::Ready(spun) => self.caught(spun),
+        }
     }
 
-    /// Yields and calls `attempt` until it returns `Ok(true)` or `budget` is spent, and tells
-    /// the spin policy how that went. A slow step (the yield ran another busy process) ends the
-    /// spin at once.
-    pub(super) fn spin_reads(
-        &mut self,
-        budget: Duration,
-        mut attempt: impl FnMut(&mut Self) -> Result<bool, RecvError>,
-    ) -> Result<bool, RecvError> {
-        let start = Instant::now();
-        let mut step_start = start;
-        loop {
-            std::thread::yield_now();
-            let caught = attempt(self)?;
-            let now = Instant::now();
-            let how = if now - step_start > SLOW_STEP {
-                Spin::Contended
-            } else if caught {
-                Spin::Caught(now - start)
-            } else if now - start >= budget {
-                Spin::Missed
-            } else {
-                step_start = now;
-                continue;
-            };
-            self.spin.spun(how, now, CpuContention::global());
-            if !caught {
-                self.waiting = Waiting::Untimed;
+    /// Whether a spin caught something; if not, the wait parks from now on (timed for the
+    /// policy when it chose not to spin).
+    pub(super) fn caught(&mut self, spun: Spun<Result<(), RecvError>>) -> Result<bool, RecvError> {
+        match spun {
+            Spun::Caught(r) => r.map(|()| true),
+            Spun::Park(since) => {
+                self.waiting = since.map_or(Waiting::Untimed, Waiting::Timed);
+                Ok(false)
             }
-            return Ok(caught);
         }
     }
 }
