@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::shm::SharedRegion;
 use crate::wait::eventfd::{BlockingWaiter, EventFd, Waiter};
-use crate::wait::spin::{self, SpinPolicy, Spun};
+use crate::wait::spin::{self, Contention, SpinPolicy, Spun};
 
 /// How often a waiter that watches for a dead owner (a lock's holder, a queue slot's writer)
 /// re-checks its liveness: the `tick` every such wait of multiproc passes.
@@ -227,9 +227,20 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         &self,
         deadline: Option<Instant>,
         tick: Option<Duration>,
+        attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        self.spin_then_wait_until_in(Contention::Process, deadline, tick, attempt)
+            .await
+    }
+
+    async fn spin_then_wait_until_in<T>(
+        &self,
+        scope: Contention,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        let parked_at = match self.spin_first(deadline, &mut attempt).await {
+        let parked_at = match self.spin_first(scope, deadline, &mut attempt).await {
             Spun::Caught(v) => return Ok(Some(v)),
             Spun::Park(at) => at,
         };
@@ -286,12 +297,13 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// update only costs the hint).
     async fn spin_first<T>(
         &self,
+        scope: Contention,
         deadline: Option<Instant>,
         attempt: &mut impl FnMut(bool) -> Option<T>,
     ) -> Spun<T> {
         let mut policy = self.spin_policy().clone();
         let spun = std::future::poll_fn(|cx| {
-            spin::poll_spin(cx, &mut policy, deadline, None, || attempt(false))
+            spin::poll_spin_in(scope, cx, &mut policy, deadline, None, || attempt(false))
         })
         .await;
         *self.spin_policy() = policy;
@@ -301,11 +313,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// The blocking twin of [`Self::spin_first`].
     fn blocking_spin_first<T>(
         &self,
+        scope: Contention,
         deadline: Option<Instant>,
         attempt: &mut impl FnMut(bool) -> Option<T>,
     ) -> Spun<T> {
         let mut policy = self.spin_policy().clone();
-        let spun = spin::spin(&mut policy, deadline, None, || attempt(false));
+        let spun = spin::spin_in(scope, &mut policy, deadline, None, || attempt(false));
         *self.spin_policy() = policy;
         spun
     }
@@ -329,9 +342,19 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         &self,
         deadline: Option<Instant>,
         tick: Option<Duration>,
+        attempt: impl FnMut(bool) -> Option<T>,
+    ) -> io::Result<Option<T>> {
+        self.blocking_spin_then_wait_until_in(Contention::Process, deadline, tick, attempt)
+    }
+
+    fn blocking_spin_then_wait_until_in<T>(
+        &self,
+        scope: Contention,
+        deadline: Option<Instant>,
+        tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        let parked_at = match self.blocking_spin_first(deadline, &mut attempt) {
+        let parked_at = match self.blocking_spin_first(scope, deadline, &mut attempt) {
             Spun::Caught(v) => return Ok(Some(v)),
             Spun::Park(at) => at,
         };
@@ -365,12 +388,20 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// Waits with no deadline until `attempt` succeeds. After the spin of
     /// [`Self::spin_then_wait_until`], `attempt` gets `true` on its first call and at every `tick`, so a
     /// dead owner is noticed at once and then periodically.
+    ///
+    /// This and [`Self::wait_timeout`] are the shapes of acquiring something other contenders
+    /// want too (a lock, a permit): their spins keep CPU contention to themselves
+    /// ([`Contention::Unshared`](crate::wait::spin)), so a storm of contenders does not stop
+    /// the process's answer-waits (pipes, events, queues) from spinning after it.
     pub async fn wait_forever<T>(
         &self,
         tick: Duration,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<T> {
-        let parked_at = match self.spin_first(None, &mut attempt).await {
+        let parked_at = match self
+            .spin_first(Contention::Unshared, None, &mut attempt)
+            .await
+        {
             Spun::Caught(v) => return Ok(v),
             Spun::Park(at) => at,
         };
@@ -390,7 +421,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Duration,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<T> {
-        let parked_at = match self.blocking_spin_first(None, &mut attempt) {
+        let parked_at = match self.blocking_spin_first(Contention::Unshared, None, &mut attempt) {
             Spun::Caught(v) => return Ok(v),
             Spun::Park(at) => at,
         };
@@ -418,7 +449,8 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.spin_then_wait_until(deadline, tick, attempt).await
+        self.spin_then_wait_until_in(Contention::Unshared, deadline, tick, attempt)
+            .await
     }
 
     /// The blocking twin of [`Self::wait_timeout`].
@@ -435,7 +467,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
         }
-        self.blocking_spin_then_wait_until(deadline, tick, attempt)
+        self.blocking_spin_then_wait_until_in(Contention::Unshared, deadline, tick, attempt)
     }
 }
 

@@ -265,6 +265,31 @@ pub const BUSY_STEP: Duration = Duration::from_micros(1);
 pub fn spin<T>(
     policy: &mut SpinPolicy,
     deadline: Option<Instant>,
+    peer_apart: Option<&mut dyn FnMut() -> bool>,
+    attempt: impl FnMut() -> Option<T>,
+) -> Spun<T> {
+    spin_in(Contention::Process, policy, deadline, peer_apart, attempt)
+}
+
+/// Whose record of CPU contention a spin obeys and feeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Contention {
+    /// The process's ([`CpuContention::global`]): a wait for a peer's answer (a pipe's reply,
+    /// an event, a queue's next item), where a slow yield means a busy process shares the CPU.
+    Process,
+    /// None kept beyond this spin: a wait for a resource other contenders want as well (a
+    /// lock, a permit). With more contenders than CPUs a yield mostly runs another contender,
+    /// which says nothing of the CPU the process's answer-waits will run on; so such spins
+    /// neither stop for nor start the process's cooldown (the waiter's own backoff still
+    /// learns from them).
+    Unshared,
+}
+
+/// [`spin`], with the contention record `scope` says.
+pub(crate) fn spin_in<T>(
+    scope: Contention,
+    policy: &mut SpinPolicy,
+    deadline: Option<Instant>,
     mut peer_apart: Option<&mut dyn FnMut() -> bool>,
     mut attempt: impl FnMut() -> Option<T>,
 ) -> Spun<T> {
@@ -280,12 +305,12 @@ pub fn spin<T>(
     // With the peer's CPU known, the spin never yields, so the process's contention record
     // (which is about yields that run someone else) neither stops it nor learns from it.
     let unshared;
-    let cpu = match peer_apart {
-        Some(_) => {
+    let cpu = match (&peer_apart, scope) {
+        (None, Contention::Process) => CpuContention::global(),
+        _ => {
             unshared = CpuContention::new();
             &unshared
         }
-        None => CpuContention::global(),
     };
     let Some(budget) = policy.begin_wait(start, cpu) else {
         return Spun::Park(Some(start));
@@ -338,10 +363,29 @@ pub fn poll_spin<T>(
     peer_apart: Option<&mut dyn FnMut() -> bool>,
     attempt: impl FnMut() -> Option<T>,
 ) -> std::task::Poll<Spun<T>> {
+    poll_spin_in(
+        Contention::Process,
+        cx,
+        policy,
+        deadline,
+        peer_apart,
+        attempt,
+    )
+}
+
+/// [`poll_spin`], with the contention record `scope` says.
+pub(crate) fn poll_spin_in<T>(
+    scope: Contention,
+    cx: &mut std::task::Context<'_>,
+    policy: &mut SpinPolicy,
+    deadline: Option<Instant>,
+    peer_apart: Option<&mut dyn FnMut() -> bool>,
+    attempt: impl FnMut() -> Option<T>,
+) -> std::task::Poll<Spun<T>> {
     let std::task::Poll::Ready(coop) = tokio::task::coop::poll_proceed(cx) else {
         return std::task::Poll::Pending;
     };
-    let spun = spin(policy, deadline, peer_apart, attempt);
+    let spun = spin_in(scope, policy, deadline, peer_apart, attempt);
     if let Spun::Caught(_) = spun {
         coop.made_progress();
     }
