@@ -40,7 +40,7 @@ impl RecvTimeoutError {
 }
 
 #[doc(inline)]
-pub use crate::queue_error::{
+pub use crate::queue::error::{
     GetError, GetTimeoutError, JoinTimeoutError, PutError, PutErrorKind, PutTimeoutError,
     TaskDoneError, TryGetError, TryPutError,
 };

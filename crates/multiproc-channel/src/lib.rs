@@ -6,14 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
-mod joinable_queue;
 pub mod pipe;
 mod queue;
-mod queue_engine;
-mod queue_error;
-mod queue_message;
-mod queue_ticket;
-mod ring;
 
-pub use joinable_queue::JoinableQueue;
-pub use queue::{Queue, QueueBuilder, QueueSink, QueueStream};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};

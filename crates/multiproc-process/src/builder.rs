@@ -19,7 +19,7 @@ use crate::child::child_main;
 use crate::error::SpawnError;
 use crate::function::ChildOutput;
 use crate::join::JoinHandle;
-use crate::protocol::Setup;
+use crate::spawn_protocol::Setup;
 
 /// Options for a child process: name, environment, stdio, lifetime. Finish with
 /// [`spawn`](Self::spawn).

@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 
 use crate::function::ChildOutput;
 use crate::panic::{self, PanicReport};
-use crate::protocol::{Report, Setup};
+use crate::spawn_protocol::{Report, Setup};
 
 /// Exit code of a child that could not talk to its parent at all.
 const CONTROL_LOST_EXIT: i32 = 122;

@@ -14,7 +14,7 @@ use multiproc_core::transport::channel::RawReceiver;
 use serde::de::DeserializeOwned;
 
 use crate::error::{JoinError, SpawnError};
-use crate::protocol::Report;
+use crate::spawn_protocol::Report;
 use crate::status::ExitStatus;
 
 type JoinFuture<R> = Pin<Box<dyn Future<Output = Result<R, JoinError>> + Send>>;

@@ -17,7 +17,7 @@ mod function;
 mod join;
 mod panic;
 pub mod pool;
-mod protocol;
+mod spawn_protocol;
 mod status;
 
 pub use builder::Builder;

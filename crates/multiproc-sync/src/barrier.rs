@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use multiproc_core::wait::{WaitQueue, deadline_after};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{BarrierWaitError, CreateError};
-use crate::wait::{WaitQueue, deadline_after};
 
 // Word: generation << 32 | BROKEN | RESET1 | RESET2 | arrived count, where RESET1 says the
 // previous generation ended by `reset` and RESET2 the one before it. A waiter of generation g

@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use multiproc_core::wait::{WaitQueue, deadline_after};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -12,7 +13,6 @@ use crate::lock::{Lock, LockGuard};
 use crate::owner::CLAIMING;
 use crate::rlock::{RLock, RLockGuard};
 use crate::table::{Layout, Liveness, Table};
-use crate::wait::{WaitQueue, deadline_after};
 
 const TICKET: usize = 8; // u64: last ticket handed out
 const WINDOW: usize = 16; // u64: the waiter table's window

@@ -5,11 +5,12 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use multiproc_core::wait::WaitQueue;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, EventWaitError};
-use crate::wait::{WaitQueue, fast_then_slow};
+use crate::fast_then_slow::fast_then_slow;
 
 /// Byte offset of the state word: bit 0 is the flag, the rest counts how often it was set.
 const WORD: usize = 8;

@@ -32,13 +32,13 @@ mod barrier;
 mod condition;
 pub mod error;
 mod event;
+mod fast_then_slow;
 mod lock;
 mod owner;
 mod rlock;
 mod semaphore;
-mod shared;
+mod shared_memory;
 mod table;
-mod wait;
 
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use condition::{Condition, ConditionGuard};
@@ -47,4 +47,6 @@ pub use lock::{Lock, LockGuard};
 pub use multiproc_core::shm::Pod;
 pub use rlock::{RLock, RLockGuard};
 pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
-pub use shared::{SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard};
+pub use shared_memory::{
+    SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
+};

@@ -9,7 +9,7 @@ use multiproc_core::wait::RobustLock;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, TryLockError};
-use crate::wait::fast_then_slow;
+use crate::fast_then_slow::fast_then_slow;
 
 /// A lock shared by any number of processes: Python's `multiprocessing.Lock`, with `.await`.
 ///

@@ -5,12 +5,13 @@ use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use multiproc_core::wait::{LIVENESS_TICK, WaitQueue};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{CreateError, LockError, LockTimeoutError, ReleaseError, TryLockError};
+use crate::fast_then_slow::fast_then_slow;
 use crate::owner::{self, CLAIMING};
-use crate::wait::{LIVENESS_TICK, WaitQueue, fast_then_slow};
 
 const OWNER: usize = 8; // u64: holder process identity (| CLAIMING while it fills in the rest)
 const TASK: usize = 16; // u64: holder task within the process

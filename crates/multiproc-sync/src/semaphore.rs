@@ -23,13 +23,14 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use multiproc_core::wait::{LIVENESS_TICK, WaitQueue};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
+use crate::fast_then_slow::fast_then_slow;
 use crate::owner;
 use crate::table::{Layout, Liveness, Table};
-use crate::wait::{LIVENESS_TICK, WaitQueue, fast_then_slow};
 
 // Layout of the shared page.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted

@@ -28,9 +28,9 @@
 //! Never `transport` or `proc`.
 
 pub mod eventfd;
-mod lock;
-mod queue;
+mod robust_lock;
 pub mod spin;
+mod wait_queue;
 
-pub use lock::RobustLock;
-pub use queue::{LIVENESS_TICK, WaitQueue, deadline_after};
+pub use robust_lock::RobustLock;
+pub use wait_queue::{LIVENESS_TICK, WaitQueue, deadline_after};

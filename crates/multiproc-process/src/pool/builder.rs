@@ -9,9 +9,9 @@ use serde::de::DeserializeOwned;
 use super::Pool;
 use super::driver::run_slot;
 use super::error::PoolError;
-use super::protocol::ToWorker;
-use super::shared::{Config, Initializer, Shared};
+use super::state::{Config, Initializer, Shared};
 use super::task::{Plain, init_fn};
+use super::worker_protocol::ToWorker;
 use crate::function::ChildOutput;
 
 /// The error of a zero chunk size, wherever it is set.

@@ -13,10 +13,10 @@ use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 
 use super::error::PoolError;
-use super::protocol::{FromWorker, Rejected, TaskFn};
-use super::ring::{Control, Cpu, JOBS_HELD, RingReader};
-use super::shared::{Job, JobMeta, Shared};
+use super::result_ring::{Control, Cpu, JOBS_HELD, RingReader};
+use super::state::{Job, JobMeta, Shared};
 use super::worker::{WorkerArgs, worker_main};
+use super::worker_protocol::{FromWorker, Rejected, TaskFn};
 use crate::{Builder, JoinError, JoinHandle};
 
 /// Give a busy worker another job while it holds less than this much work by the recent pace

@@ -28,12 +28,12 @@ mod driver;
 mod error;
 mod handle;
 mod map;
-mod protocol;
-mod ring;
-mod shared;
+mod result_ring;
+mod state;
 mod submit;
 mod task;
 mod worker;
+mod worker_protocol;
 
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ pub use map::{Imap, ImapUnordered, Map, MapFuture};
 pub use task::StarmapFn;
 
 use crate::function::ChildOutput;
-use shared::Shared;
+use state::Shared;
 use submit::{Batches, Results};
 use task::{Plain, Spread, chunk_fn};
 
@@ -152,7 +152,7 @@ impl Pool {
 
     fn map_with<A, R>(
         &self,
-        func: protocol::TaskFn,
+        func: worker_protocol::TaskFn,
         items: impl IntoIterator<Item = A>,
     ) -> Map<A, R>
     where
@@ -208,7 +208,7 @@ impl Pool {
 
     fn stream_batches<A, R, I>(
         &self,
-        func: protocol::TaskFn,
+        func: worker_protocol::TaskFn,
         items: I,
     ) -> Result<Batches<A, R>, PoolError>
     where

@@ -13,8 +13,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use super::error::PoolError;
-use super::protocol::{ChunkOutput, Failure, TaskFn, ToWorker};
-use super::shared::{Job, JobMeta, ResultSink, Shared};
+use super::state::{Job, JobMeta, ResultSink, Shared};
+use super::worker_protocol::{ChunkOutput, Failure, TaskFn, ToWorker};
 
 /// The results of one chunk: the values of the tasks that returned, in order, and the errors
 /// of the others by position in the chunk (increasing).

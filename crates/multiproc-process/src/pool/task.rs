@@ -8,7 +8,7 @@ use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::protocol::{Call, ChunkOutput, Failure, Rejected, TaskFn};
+use super::worker_protocol::{Call, ChunkOutput, Failure, Rejected, TaskFn};
 use crate::function::ChildOutput;
 use crate::panic::{self, PanicReport};
 

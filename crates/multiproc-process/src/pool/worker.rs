@@ -11,8 +11,8 @@ use multiproc_core::wait::spin::{self, SpinPolicy, Spun};
 use multiproc_core::{SharedFd, message};
 use serde::{Deserialize, Serialize};
 
-use super::protocol::{Call, ChunkOutput, Failure, FromWorker, Rejected, TaskFn, ToWorker};
-use super::ring::{Control, Cpu, MAX_RECORD, RingWriter};
+use super::result_ring::{Control, Cpu, MAX_RECORD, RingWriter};
+use super::worker_protocol::{Call, ChunkOutput, Failure, FromWorker, Rejected, TaskFn, ToWorker};
 use crate::panic;
 
 /// What a worker is started with.
@@ -20,7 +20,7 @@ use crate::panic;
 pub(crate) struct WorkerArgs {
     /// The worker's end of its socket to the pool.
     pub socket: SharedFd,
-    /// The memory shared with the pool (see `ring`): where the worker records the job it
+    /// The memory shared with the pool (see `result_ring`): where the worker records the job it
     /// starts, so that the pool knows, if the worker dies, which jobs never started; and the
     /// ring its results go through.
     pub shared: SharedRegion,

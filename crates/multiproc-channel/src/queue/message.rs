@@ -10,8 +10,8 @@ use multiproc_core::transport::packet::{INLINE_LIMIT, Packet};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::queue_error::PutErrorKind;
-use crate::ring::SLOT_PAYLOAD;
+use super::error::PutErrorKind;
+use super::ring::SLOT_PAYLOAD;
 
 /// A message encoded for a put, sorted by the lane it can take.
 #[derive(Debug)]

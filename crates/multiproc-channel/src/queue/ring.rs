@@ -21,7 +21,7 @@
 //! A slot carries either a whole message (up to [`SLOT_PAYLOAD`] bytes), a *token* that marks
 //! the place of a message sent through the queue's socket (messages with descriptors, and
 //! larger ones while the socket has room), or a *log token*: where a message stored in the
-//! queue's log lies; see `queue_engine`.
+//! queue's log lies; see `engine`.
 //!
 //! # Sparse rings
 //! An unbounded queue has a ring of [`MAX_SLOTS`] slots (8 GiB of address space), far more

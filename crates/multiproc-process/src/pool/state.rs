@@ -10,7 +10,7 @@ use futures::task::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::error::PoolError;
-use super::protocol::{TaskFn, ToWorker};
+use super::worker_protocol::{TaskFn, ToWorker};
 
 /// A chunk of tasks, encoded and waiting for a worker.
 pub(crate) struct Job {

@@ -1,11 +1,11 @@
 //! The untyped engine under [`Queue`](crate::Queue) and [`JoinableQueue`](crate::JoinableQueue).
 //!
-//! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::ring`]).
+//! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::queue::ring`]).
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
 //! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
 //!   ([`multiproc_core::transport::packet`]) shared by every handle. Such a message is sent on
-//!   the socket with a *ticket* ([`crate::queue_ticket`]: its ring position, sealed with the
+//!   the socket with a *ticket* ([`crate::queue::ticket`]: its ring position, sealed with the
 //!   queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
 //!   publish, and consumers find a token, receive its packet and claim the token, under one
@@ -21,7 +21,7 @@
 //!   holds is bounded by its ring and by memory, never by a socket buffer.
 //! - Shared state: a header with the capacity, size limit, closed flag, ticket key, waiter
 //!   counts and the unfinished-task count of a joinable queue, then the ring, in one memfd
-//!   region. An unbounded queue's ring is sparse (see [`crate::ring`]).
+//!   region. An unbounded queue's ring is sparse (see [`crate::queue::ring`]).
 //! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
 //!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
 //!   full queue) and `all_done` (joiners). `close` wakes the first two.
@@ -40,10 +40,10 @@ use multiproc_core::wait::eventfd::EventFd;
 use multiproc_core::wait::{LIVENESS_TICK, RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::queue_error::{GetError, PutErrorKind};
-use crate::queue_message::{Encoded, GetOutcome, Message};
-use crate::queue_ticket::{Peeked, TicketKey, TicketedRecv};
-use crate::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
+use super::error::{GetError, PutErrorKind};
+use super::message::{Encoded, GetOutcome, Message};
+use super::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
+use super::ticket::{Peeked, TicketKey, TicketedRecv};
 
 // Layout of the shared region: the header, then the ring.
 const OFF_MAGIC: usize = 0; // u32

@@ -8,9 +8,9 @@ use std::time::Duration;
 use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::queue::{Queue, QueueBuilder};
-use crate::queue_engine::Engine;
-use crate::queue_error::{JoinTimeoutError, TaskDoneError};
+use super::engine::Engine;
+use super::error::{JoinTimeoutError, TaskDoneError};
+use super::{Queue, QueueBuilder};
 
 /// A [`Queue`] whose consumers report each message done, so that someone can wait until every
 /// message put has been processed (Python's `multiprocessing.JoinableQueue`).

@@ -14,8 +14,8 @@ use multiproc_core::transport::packet::{
     Incoming, MAX_HEADER_LEN, Packet, PacketPeek, PacketRecv, PacketRecvError, PacketSocket,
 };
 
-use crate::queue_error::GetError;
-use crate::queue_message::Message;
+use super::error::GetError;
+use super::message::Message;
 
 /// A ticket's first byte.
 const TAG_TICKET: u8 = 0xA3;

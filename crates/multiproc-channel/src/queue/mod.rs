@@ -1,4 +1,18 @@
 //! [`Queue`]: a typed, async, multi-producer multi-consumer queue shared by processes.
+//!
+//! The queue's area: [`Queue`] here, [`JoinableQueue`] over it (`joinable`), the untyped engine
+//! under both (`engine`) with its shared-memory slot ring (`ring`), message format
+//! (`message`), socket tickets (`ticket`) and errors (`error`, re-exported from
+//! [`crate::error`]). It imports only `multiproc-core`.
+
+mod engine;
+pub(crate) mod error;
+mod joinable;
+mod message;
+mod ring;
+mod ticket;
+
+pub use joinable::JoinableQueue;
 
 use std::fmt;
 use std::future::Future;
@@ -15,12 +29,11 @@ use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::JoinableQueue;
-use crate::queue_engine::Engine;
-use crate::queue_error::{
+use engine::Engine;
+use error::{
     GetError, GetTimeoutError, PutError, PutErrorKind, PutTimeoutError, TryGetError, TryPutError,
 };
-use crate::queue_message::{GetOutcome, Message};
+use message::{GetOutcome, Message};
 
 /// A typed queue shared by any number of producer and consumer processes (Python's
 /// `multiprocessing.Queue`), async, bounded or unbounded.

@@ -9,7 +9,7 @@ use std::os::fd::OwnedFd;
 use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::{Deserialize, Serialize};
 
-use super::ring::Control;
+use super::result_ring::Control;
 
 /// A function a worker can run: decodes `call.input`, runs, encodes into `call.output`.
 pub(crate) type TaskFn = RemoteFn<Call, Call>;
@@ -36,7 +36,7 @@ pub(crate) enum FromWorker {
         location: Option<String>,
     },
     /// A chunk ran; a `ChunkOutput<R>` follows. `busy_ns` is how long it took. Sent through the
-    /// shared ring when it fits there (see `ring`), else through the socket.
+    /// shared ring when it fits there (see `result_ring`), else through the socket.
     Done { id: u64, busy_ns: u64 },
     /// A chunk could not run (its arguments did not decode) or its results could not be sent.
     Rejected { id: u64, why: Rejected },

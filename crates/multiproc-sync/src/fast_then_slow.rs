@@ -1,11 +1,9 @@
-//! What the primitives add to the core's [`WaitQueue`]: the fast-path-then-park future shape.
+//! What the primitives add to the core's [`WaitQueue`](multiproc_core::wait::WaitQueue): the fast-path-then-park future shape.
 //! Spinning before parking and the liveness tick are core's (`multiproc_core::wait`).
 
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-
-pub(crate) use multiproc_core::wait::{LIVENESS_TICK, WaitQueue, deadline_after};
 
 /// The shape of every `lock()`/`acquire()`/`wait()`: at the first poll, `fast(ctx)` runs
 /// synchronously (no state machine around it, nothing allocated); only when it returns
