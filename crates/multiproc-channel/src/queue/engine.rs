@@ -41,7 +41,7 @@ use multiproc_core::wait::{LIVENESS_TICK, RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::error::{GetError, PutErrorKind};
-use super::message::{Encoded, GetOutcome, Message};
+use super::lane::{Encoded, GetOutcome, Message};
 use super::ring::{self, Kind, Ring, SLOT_PAYLOAD, Take};
 use super::ticket::{Peeked, TicketKey, TicketedRecv};
 

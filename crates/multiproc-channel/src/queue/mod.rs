@@ -8,7 +8,7 @@
 mod engine;
 pub(crate) mod error;
 mod joinable;
-mod message;
+mod lane;
 mod ring;
 mod ticket;
 
@@ -33,7 +33,7 @@ use engine::Engine;
 use error::{
     GetError, GetTimeoutError, PutError, PutErrorKind, PutTimeoutError, TryGetError, TryPutError,
 };
-use message::{GetOutcome, Message};
+use lane::{GetOutcome, Message};
 
 /// A typed queue shared by any number of producer and consumer processes (Python's
 /// `multiprocessing.Queue`), async, bounded or unbounded.

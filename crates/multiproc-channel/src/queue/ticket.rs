@@ -15,7 +15,7 @@ use multiproc_core::transport::packet::{
 };
 
 use super::error::GetError;
-use super::message::Message;
+use super::lane::Message;
 
 /// A ticket's first byte.
 const TAG_TICKET: u8 = 0xA3;
