@@ -4,6 +4,7 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use multiproc_core::wait::spin::Contention;
 use multiproc_core::wait::{WaitQueue, deadline_after};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -233,7 +234,7 @@ impl Barrier {
         };
         let got = self
             .core
-            .spin_then_wait_until(deadline, None, |_| self.outcome(gen_))
+            .spin_then_wait_until_in(Contention::Unshared, deadline, None, |_| self.outcome(gen_))
             .await;
         arrival.done = true;
         let result = match got {

@@ -37,6 +37,7 @@ use multiproc_core::SharedFd;
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::transport::packet::{self, PacketLog, PacketSocket};
 use multiproc_core::wait::eventfd::EventFd;
+use multiproc_core::wait::spin::Contention;
 use multiproc_core::wait::{LIVENESS_TICK, RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -487,7 +488,12 @@ impl Engine {
                 Attempt::Fail(fail) => return Err(fail),
                 Attempt::RingFull => {
                     self.slot_freed
-                        .spin_then_wait_until(None, Some(LIVENESS_TICK), |ticked| self.room(ticked))
+                        .spin_then_wait_until_in(
+                            Contention::Unshared,
+                            None,
+                            Some(LIVENESS_TICK),
+                            |ticked| self.room(ticked),
+                        )
                         .await
                         .map_err(PutErrorKind::Io)?;
                 }
@@ -517,9 +523,12 @@ impl Engine {
                 Attempt::RingFull => {
                     let room = self
                         .slot_freed
-                        .blocking_spin_then_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
-                            self.room(ticked)
-                        })
+                        .blocking_spin_then_wait_until_in(
+                            Contention::Unshared,
+                            deadline,
+                            Some(LIVENESS_TICK),
+                            |ticked| self.room(ticked),
+                        )
                         .map_err(PutErrorKind::Io)?;
                     if room.is_none() {
                         return Ok(false);
@@ -742,9 +751,12 @@ impl Engine {
                 Some(found) => found,
                 None => self
                     .not_empty
-                    .spin_then_wait_until(None, Some(LIVENESS_TICK), |ticked| {
-                        self.attempt_get(ticked, &mut closed_seen)
-                    })
+                    .spin_then_wait_until_in(
+                        Contention::Unshared,
+                        None,
+                        Some(LIVENESS_TICK),
+                        |ticked| self.attempt_get(ticked, &mut closed_seen),
+                    )
                     .await
                     .map_err(GetError::Io)?
                     .expect("a wait without deadline ends only with a value"),
@@ -776,9 +788,12 @@ impl Engine {
                 None => {
                     let found = self
                         .not_empty
-                        .blocking_spin_then_wait_until(deadline, Some(LIVENESS_TICK), |ticked| {
-                            self.attempt_get(ticked, &mut closed_seen)
-                        })
+                        .blocking_spin_then_wait_until_in(
+                            Contention::Unshared,
+                            deadline,
+                            Some(LIVENESS_TICK),
+                            |ticked| self.attempt_get(ticked, &mut closed_seen),
+                        )
                         .map_err(GetError::Io)?;
                     let Some(found) = found else {
                         return Ok(GetOutcome::Empty);
@@ -826,7 +841,9 @@ impl Engine {
     /// Waits until no task is outstanding.
     pub(crate) async fn join(&self) -> io::Result<()> {
         self.all_done
-            .spin_then_wait_until(None, None, |_| (self.unfinished() == 0).then_some(()))
+            .spin_then_wait_until_in(Contention::Unshared, None, None, |_| {
+                (self.unfinished() == 0).then_some(())
+            })
             .await
             .map(drop)
     }
@@ -834,7 +851,7 @@ impl Engine {
     /// Blocks the thread until no task is outstanding or `deadline` passes (`Ok(false)`).
     pub(crate) fn blocking_join(&self, deadline: Option<Instant>) -> io::Result<bool> {
         self.all_done
-            .blocking_spin_then_wait_until(deadline, None, |_| {
+            .blocking_spin_then_wait_until_in(Contention::Unshared, deadline, None, |_| {
                 (self.unfinished() == 0).then_some(())
             })
             .map(|done| done.is_some())

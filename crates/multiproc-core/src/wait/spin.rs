@@ -273,15 +273,16 @@ pub fn spin<T>(
 
 /// Whose record of CPU contention a spin obeys and feeds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Contention {
-    /// The process's ([`CpuContention::global`]): a wait for a peer's answer (a pipe's reply,
-    /// an event, a queue's next item), where a slow yield means a busy process shares the CPU.
+pub enum Contention {
+    /// The process's record, shared by all its waits: a wait for a peer's answer (a pipe's
+    /// reply, an event, a condition's notification), where a slow yield means a busy process
+    /// shares the CPU.
     Process,
-    /// None kept beyond this spin: a wait for a resource other contenders want as well (a
-    /// lock, a permit). With more contenders than CPUs a yield mostly runs another contender,
-    /// which says nothing of the CPU the process's answer-waits will run on; so such spins
-    /// neither stop for nor start the process's cooldown (the waiter's own backoff still
-    /// learns from them).
+    /// None kept beyond this spin: a wait among contenders (a lock, a permit, a barrier's
+    /// parties, a queue's producers and consumers). With more contenders than CPUs a yield
+    /// mostly runs another contender, which says nothing of the CPU the process's answer-waits
+    /// will run on; so such spins neither stop for nor start the process's cooldown (the
+    /// waiter's own backoff still learns from them).
     Unshared,
 }
 

@@ -233,7 +233,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
             .await
     }
 
-    async fn spin_then_wait_until_in<T>(
+    /// [`Self::spin_then_wait_until`], with the contention record `scope` says: a wait among
+    /// contenders (a barrier's parties, a queue's consumers and producers) keeps what it finds
+    /// to itself.
+    ///
+    /// Cancel safe, as [`Self::wait_until`].
+    pub async fn spin_then_wait_until_in<T>(
         &self,
         scope: Contention,
         deadline: Option<Instant>,
@@ -347,7 +352,8 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         self.blocking_spin_then_wait_until_in(Contention::Process, deadline, tick, attempt)
     }
 
-    fn blocking_spin_then_wait_until_in<T>(
+    /// The blocking twin of [`Self::spin_then_wait_until_in`].
+    pub fn blocking_spin_then_wait_until_in<T>(
         &self,
         scope: Contention,
         deadline: Option<Instant>,
@@ -391,7 +397,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     ///
     /// This and [`Self::wait_timeout`] are the shapes of acquiring something other contenders
     /// want too (a lock, a permit): their spins keep CPU contention to themselves
-    /// ([`Contention::Unshared`](crate::wait::spin)), so a storm of contenders does not stop
+    /// ([`Contention::Unshared`](crate::wait::spin::Contention::Unshared)), so a storm of contenders does not stop
     /// the process's answer-waits (pipes, events, queues) from spinning after it.
     pub async fn wait_forever<T>(
         &self,
