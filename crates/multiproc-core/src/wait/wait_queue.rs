@@ -392,13 +392,14 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     }
 
     /// Waits with no deadline until `attempt` succeeds. After the spin of
-    /// [`Self::spin_then_wait_until`], `attempt` gets `true` on its first call and at every `tick`, so a
-    /// dead owner is noticed at once and then periodically.
+    /// [`Self::spin_then_wait_until`], `attempt` gets `true` on its first call and at every `tick`,
+    /// so a dead owner is noticed at once and then periodically.
     ///
-    /// This and [`Self::wait_timeout`] are the shapes of acquiring something other contenders
-    /// want too (a lock, a permit): their spins keep CPU contention to themselves
-    /// ([`Contention::Unshared`](crate::wait::spin::Contention::Unshared)), so a storm of contenders does not stop
-    /// the process's answer-waits (pipes, events, queues) from spinning after it.
+    /// This and [`Self::wait_timeout`] are the shapes of acquiring something other contenders want
+    /// too (a lock, a permit): their spins keep CPU contention to themselves
+    /// ([`Contention::Unshared`](crate::wait::spin::Contention::Unshared)), so a storm of
+    /// contenders does not stop the process's answer-waits (pipes, events, queues) from spinning
+    /// after it.
     pub async fn wait_forever<T>(
         &self,
         tick: Duration,
@@ -448,13 +449,10 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        if let Some(v) = try_now(&mut attempt) {
-            return Ok(Some(v));
-        }
-        let deadline = deadline_after(timeout);
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(None);
-        }
+        let deadline = match timed_start(timeout, &mut attempt) {
+            TimedStart::Done(v) => return Ok(v),
+            TimedStart::Wait(deadline) => deadline,
+        };
         self.spin_then_wait_until_in(Contention::Unshared, deadline, tick, attempt)
             .await
     }
@@ -466,15 +464,33 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        if let Some(v) = try_now(&mut attempt) {
-            return Ok(Some(v));
-        }
-        let deadline = deadline_after(timeout);
-        if deadline.is_some_and(|d| Instant::now() >= d) {
-            return Ok(None);
-        }
+        let deadline = match timed_start(timeout, &mut attempt) {
+            TimedStart::Done(v) => return Ok(v),
+            TimedStart::Wait(deadline) => deadline,
+        };
         self.blocking_spin_then_wait_until_in(Contention::Unshared, deadline, tick, attempt)
     }
+}
+
+/// How a `*_timeout` wait begins.
+enum TimedStart<T> {
+    /// Over at once: a value, or none because the timeout is zero.
+    Done(Option<T>),
+    /// Wait until this deadline (`None`: forever).
+    Wait(Option<Instant>),
+}
+
+/// The shared start of [`WaitQueue::wait_timeout`] and its blocking twin: one immediate try,
+/// then the deadline by the one timeout rule ([`deadline_after`]).
+fn timed_start<T>(timeout: Duration, attempt: &mut impl FnMut(bool) -> Option<T>) -> TimedStart<T> {
+    if let Some(v) = try_now(attempt) {
+        return TimedStart::Done(Some(v));
+    }
+    let deadline = deadline_after(timeout);
+    if deadline.is_some_and(|d| Instant::now() >= d) {
+        return TimedStart::Done(None);
+    }
+    TimedStart::Wait(deadline)
 }
 
 /// One immediate try: the cheap attempt first, then the one that also checks for a dead owner.
