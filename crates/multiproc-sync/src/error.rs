@@ -47,8 +47,9 @@ wait_failure!(
 );
 
 wait_failure!(
-    /// Error of [`Event::wait`](crate::Event::wait), [`Event::wait_timeout`](crate::Event::wait_timeout)
-    /// and their blocking twins: the process could not wait.
+    /// Error of [`Event::wait`](crate::Event::wait),
+    /// [`Event::wait_timeout`](crate::Event::wait_timeout) and their blocking twins: the process
+    /// could not wait.
     EventWaitError,
     "cannot wait for the event"
 );

@@ -1,5 +1,6 @@
-//! What the primitives add to the core's [`WaitQueue`](multiproc_core::wait::WaitQueue): the fast-path-then-park future shape.
-//! Spinning before parking and the liveness tick are core's (`multiproc_core::wait`).
+//! What the primitives add to the core's [`WaitQueue`](multiproc_core::wait::WaitQueue): the
+//! fast-path-then-park future shape. Spinning before parking and the liveness tick are core's
+//! (`multiproc_core::wait`).
 
 use std::future::Future;
 use std::pin::Pin;

@@ -1,5 +1,5 @@
-//! Who holds what: process identities (from [`multiproc_core::proc::identity`]: immune to pid reuse,
-//! so a recycled pid never inherits a dead owner's locks) and task identities.
+//! Who holds what: process identities (from [`multiproc_core::proc::identity`]: immune to pid
+//! reuse, so a recycled pid never inherits a dead owner's locks) and task identities.
 
 use multiproc_core::proc::identity;
 use std::hash::{Hash, Hasher};

@@ -1,9 +1,9 @@
 //! # multiproc: async-first multiprocessing for Rust and tokio
 //!
-//! Python's `multiprocessing`, for tokio services: child processes you `.await`, a process
-//! [`Pool`] whose results are futures and streams, typed pipes and queues between processes,
-//! and cross-process locks, semaphores and events whose waits never block a runtime thread. Linux only (it is built on `SCM_RIGHTS`, eventfd, memfd and
-//! pidfd).
+//! Python's `multiprocessing`, for tokio services: child processes you `.await`, a process [`Pool`]
+//! whose results are futures and streams, typed pipes and queues between processes, and
+//! cross-process locks, semaphores and events whose waits never block a runtime thread. Linux only
+//! (it is built on `SCM_RIGHTS`, eventfd, memfd and pidfd).
 //!
 //! ## A first example
 //!

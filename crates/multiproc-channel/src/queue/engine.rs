@@ -1,6 +1,7 @@
 //! The untyped engine under [`Queue`](crate::Queue) and [`JoinableQueue`](crate::JoinableQueue).
 //!
-//! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see [`crate::queue::ring`]).
+//! - Order and small messages: a shared-memory [`Ring`] of fixed slots (see
+//!   [`crate::queue::ring`]).
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
 //! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
@@ -405,9 +406,9 @@ impl Engine {
         }
     }
 
-    /// Takes the out-of-band lock: at once if it is free, else by spinning then parking, as
-    /// core's spin policy decides. Which earlier holder died does not matter: whatever it did under the lock is
-    /// repaired by the ticket and token checks.
+    /// Takes the out-of-band lock: at once if it is free, else by spinning then parking, as core's
+    /// spin policy decides. Which earlier holder died does not matter: whatever it did under the
+    /// lock is repaired by the ticket and token checks.
     async fn lock_oob(&self) -> io::Result<OobHeld<'_>> {
         if self.oob.try_acquire(false).is_none() {
             // Boxed: the parking future is large and seldom needed; `put` and `get` embed this

@@ -166,7 +166,8 @@ impl<T> QueueBuilder<T> {
         self
     }
 
-    /// Sets the largest encoded message the queue carries (default 64 MiB): a larger one is an error from `put`, and nothing is put.
+    /// Sets the largest encoded message the queue carries (default 64 MiB): a larger one is an
+    /// error from `put`, and nothing is put.
     pub fn max_message_size(mut self, bytes: usize) -> Self {
         self.max_message_size = bytes;
         self
@@ -382,7 +383,8 @@ impl<T: Serialize> Queue<T> {
     }
 
     /// Puts `msg`, blocking the thread at most `timeout` while the queue is full; the twin of
-    /// [`put_timeout`](Self::put_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
+    /// [`put_timeout`](Self::put_timeout). A `timeout` too large for the clock (`Duration::MAX`)
+    /// waits forever.
     ///
     /// # Errors
     /// As [`put_timeout`](Self::put_timeout).
@@ -503,8 +505,9 @@ impl<T: DeserializeOwned> Queue<T> {
         }
     }
 
-    /// Takes the message at the front of the queue, blocking the thread at most `timeout`; the
-    /// twin of [`get_timeout`](Self::get_timeout). A `timeout` too large for the clock (`Duration::MAX`) waits forever.
+    /// Takes the message at the front of the queue, blocking the thread at most `timeout`; the twin
+    /// of [`get_timeout`](Self::get_timeout). A `timeout` too large for the clock (`Duration::MAX`)
+    /// waits forever.
     ///
     /// # Errors
     /// As [`get_timeout`](Self::get_timeout).

@@ -255,11 +255,12 @@ pub const BUSY_STEP: Duration = Duration::from_micros(1);
 
 /// The driver loop: spins on `attempt` as `policy` says, and tells the policy how it went.
 ///
-/// For a waiter that has just tried and found nothing: if the policy wants a spin, tries
-/// `attempt` in steps (a yield, unless `peer_apart` says the peer runs on another CPU, then busy
-/// tries for [`BUSY_STEP`]) until it succeeds, [`SPIN_BUDGET`] or `deadline` has passed, or a step is slow (the CPU is contended).
-/// `peer_apart`, when the waiter can tell, says whether the peer runs on another CPU now; it is
-/// asked before the spin and after each step, and a `false` ends the spin without counting it.
+/// For a waiter that has just tried and found nothing: if the policy wants a spin, tries `attempt`
+/// in steps (a yield, unless `peer_apart` says the peer runs on another CPU, then busy tries for
+/// [`BUSY_STEP`]) until it succeeds, [`SPIN_BUDGET`] or `deadline` has passed, or a step is slow
+/// (the CPU is contended). `peer_apart`, when the waiter can tell, says whether the peer runs on
+/// another CPU now; it is asked before the spin and after each step, and a `false` ends the spin
+/// without counting it.
 ///
 /// Blocks the thread for up to the budget: async code calls [`poll_spin`] instead.
 pub fn spin<T>(

@@ -13,11 +13,11 @@
 //! as for a re-executed child, and a daemon child's parent-death signal follows the spawner
 //! thread as before. The server has no children of its own to reap.
 //!
-//! Each request carries what a re-executed child would take from the parent at that moment:
-//! the environment, the working directory (a descriptor), the standard streams, the CPU
-//! affinity and the name (`argv[0]`). Other attributes (resource limits, umask, nice value, credentials,
-//! signal dispositions, inherited non-close-on-exec descriptors) are the parent's as of the
-//! server's start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
+//! Each request carries what a re-executed child would take from the parent at that moment: the
+//! environment, the working directory (a descriptor), the standard streams, the CPU affinity and
+//! the name (`argv[0]`). Other attributes (resource limits, umask, nice value, credentials, signal
+//! dispositions, inherited non-close-on-exec descriptors) are the parent's as of the server's
+//! start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!
 //! The server answers each request once, with the child's pid or why it could not fork, and the
 //! parent reads that answer before it sends the next request. The child lets go of the server's
@@ -41,18 +41,18 @@
 //! server's patience. (A pidfd alone cannot tell a stopped process from a busy one.) All of it
 //! is one policy type, [`Patience`](patience::Patience).
 //!
-//! Abandoning a server kills it with `SIGKILL` (which ends a stopped process at once) and reaps
-//! it, drops our end of its socket, and starts a new server for the next spawn. No answer of
-//! an abandoned server is ever read, so a late one cannot pass for the answer to a later
-//! request. Whether it forked a child for the request it left unanswered is not guessed: it
-//! forks with `CLONE_PARENT_SETTID`, which makes the kernel write the child's pid, inside the
-//! `clone` call, into a word of memory the parent shares with it (a memfd sent right after the
-//! hello, zeroed before each request). Once the server is reaped every `clone` it made has
-//! returned, so the word is final: a pid there is this spawn's child, used as if the server
-//! had answered; zero means no child exists, and the caller re-executes one on the same control
-//! socket. A spawn waits for the server for at most [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks plus
-//! [`DEATH_LIMIT`](client::DEATH_LIMIT)
-//! (a server that outlives `SIGKILL` that long fails the spawn: it might still fork).
+//! Abandoning a server kills it with `SIGKILL` (which ends a stopped process at once) and reaps it,
+//! drops our end of its socket, and starts a new server for the next spawn. No answer of an
+//! abandoned server is ever read, so a late one cannot pass for the answer to a later request.
+//! Whether it forked a child for the request it left unanswered is not guessed: it forks with
+//! `CLONE_PARENT_SETTID`, which makes the kernel write the child's pid, inside the `clone` call,
+//! into a word of memory the parent shares with it (a memfd sent right after the hello, zeroed
+//! before each request). Once the server is reaped every `clone` it made has returned, so the word
+//! is final: a pid there is this spawn's child, used as if the server had answered; zero means no
+//! child exists, and the caller re-executes one on the same control socket. A spawn waits for the
+//! server for at most [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks plus
+//! [`DEATH_LIMIT`](client::DEATH_LIMIT) (a server that outlives `SIGKILL` that long fails the
+//! spawn: it might still fork).
 //!
 //! # Forking without glibc's `fork`
 //! `fork(3)` cannot ask for `CLONE_PARENT`, so the server calls `clone3` (or `clone`) itself and
