@@ -70,7 +70,9 @@
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
-//! - [`core`]: the lower-level pieces for building new handle types.
+//! - [`core`]: the lower-level pieces for building new handle types;
+//! - `nats` (feature `nats`): the distributed [`Queue`]/[`JoinableQueue`], pool, `Lock`,
+//!   `Semaphore` and `Event` on NATS JetStream, for work that spans hosts.
 //!
 //! ## The process model
 //!
@@ -155,6 +157,16 @@ pub mod error {
     pub use multiproc_process::pool::PoolError;
     #[doc(inline)]
     pub use multiproc_sync::error::*;
+}
+
+/// Queues, pools and locks across hosts, on a NATS JetStream server (feature `nats`).
+///
+/// The same types as the local ones, opened by name on a [`nats::Nats`] connection; see the
+/// [`multiproc_nats`] crate docs for the tour.
+#[cfg(feature = "nats")]
+pub mod nats {
+    #[doc(inline)]
+    pub use multiproc_nats::*;
 }
 
 /// Lower-level pieces for building new handle types.

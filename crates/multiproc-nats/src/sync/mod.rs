@@ -1,0 +1,14 @@
+//! `Lock`, `Semaphore` and `Event` on the JetStream key-value store. The lease engine shared
+//! by the lock and the semaphore is in `lease`; one primitive per file beside it.
+
+mod event;
+mod lease;
+mod lock;
+mod semaphore;
+
+pub use event::Event;
+pub use lock::{LeaseLost, Lock, LockGuard};
+pub use semaphore::{Semaphore, SemaphorePermit};
+
+/// The lease of a lock or semaphore permit unless chosen otherwise.
+pub(crate) const DEFAULT_LEASE: std::time::Duration = std::time::Duration::from_secs(10);
