@@ -66,6 +66,7 @@
 mod connect;
 pub mod error;
 mod name;
+pub mod pool;
 mod queue;
 pub mod server;
 mod sync;

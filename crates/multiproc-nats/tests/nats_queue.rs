@@ -6,10 +6,11 @@
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
-use multiproc::nats::error::{GetTimeoutError, TryGetError};
-use multiproc::nats::server::NatsServer;
-use multiproc::nats::{JoinableQueue, Nats};
-use multiproc_suite::within;
+use multiproc_nats::error::{GetTimeoutError, TryGetError};
+use multiproc_nats::server::NatsServer;
+use multiproc_nats::{JoinableQueue, Nats};
+mod support;
+use support::within;
 
 /// Short enough that redelivery tests take a few seconds.
 const ACK_TIMEOUT: Duration = Duration::from_secs(1);
@@ -123,7 +124,7 @@ async fn a_task_of_a_killed_consumer_is_delivered_again() {
     let jobs = jobs(&nats).await;
     let taken = within("open", nats.queue::<u64>("taken")).await.unwrap();
     within("put", jobs.put(42)).await.unwrap();
-    let child = multiproc::spawn((server.url(), "taken".to_string()), take_and_hang);
+    let child = multiproc_process::spawn((server.url(), "taken".to_string()), take_and_hang);
     assert_eq!(within("child took it", taken.get()).await.unwrap(), 42);
     // Not done: still stored.
     assert_eq!(
@@ -145,7 +146,7 @@ async fn a_task_of_a_paused_consumer_goes_to_another_after_the_ack_timeout() {
     let jobs = jobs(&nats).await;
     let taken = within("open", nats.queue::<u64>("taken")).await.unwrap();
     within("put", jobs.put(7)).await.unwrap();
-    let child = multiproc::spawn((server.url(), "taken".to_string()), take_and_hang);
+    let child = multiproc_process::spawn((server.url(), "taken".to_string()), take_and_hang);
     assert_eq!(within("child took it", taken.get()).await.unwrap(), 7);
     child
         .signal(rustix::process::Signal::STOP.as_raw())
@@ -188,8 +189,8 @@ async fn join_waits_for_every_task_of_every_consumer() {
     for i in 0..10 {
         within("put", jobs.put(i)).await.unwrap();
     }
-    let a = multiproc::spawn((server.url(), 5usize), double_n);
-    let b = multiproc::spawn((server.url(), 5usize), double_n);
+    let a = multiproc_process::spawn((server.url(), 5usize), double_n);
+    let b = multiproc_process::spawn((server.url(), 5usize), double_n);
     within("join", jobs.join()).await.unwrap();
     assert_eq!(within("a", a).await.unwrap(), 5);
     assert_eq!(within("b", b).await.unwrap(), 5);

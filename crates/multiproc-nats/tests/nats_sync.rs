@@ -6,9 +6,10 @@
 
 use std::time::Duration;
 
-use multiproc::nats::Nats;
-use multiproc::nats::server::NatsServer;
-use multiproc_suite::within;
+use multiproc_nats::Nats;
+use multiproc_nats::server::NatsServer;
+mod support;
+use support::within;
 
 /// Short enough that expiry tests take a few seconds.
 const LEASE: Duration = Duration::from_secs(1);
@@ -85,7 +86,7 @@ async fn a_paused_holder_loses_its_lease_to_the_next_waiter() {
     let report = within("open", nats.queue::<(String, u64)>("report"))
         .await
         .unwrap();
-    let child = multiproc::spawn((server.url(), "paused".to_string()), hold_and_report);
+    let child = multiproc_process::spawn((server.url(), "paused".to_string()), hold_and_report);
     let (what, stale) = within("child token", report.get()).await.unwrap();
     assert_eq!(what, "token");
     child
@@ -126,7 +127,7 @@ async fn a_killed_holders_lock_goes_to_the_next_waiter() {
     let report = within("open", nats.queue::<(String, u64)>("report"))
         .await
         .unwrap();
-    let child = multiproc::spawn((server.url(), "killed".to_string()), hold_and_report);
+    let child = multiproc_process::spawn((server.url(), "killed".to_string()), hold_and_report);
     let (_, dead_token) = within("child token", report.get()).await.unwrap();
     child.kill().unwrap();
     let lock = within("open", nats.lock_with_lease("killed", LEASE))
@@ -185,7 +186,7 @@ async fn an_event_wakes_a_waiter_in_another_process() {
     let report = within("open", nats.queue::<(String, u64)>("report"))
         .await
         .unwrap();
-    let child = multiproc::spawn(server.url(), wait_for_event);
+    let child = multiproc_process::spawn(server.url(), wait_for_event);
     within("child waits", report.get()).await.unwrap();
     within("set", event.set()).await.unwrap();
     assert!(within("child woke", child).await.unwrap());

@@ -1,0 +1,279 @@
+//! The distributed pool on a real `nats-server`, with worker hosts in real child processes
+//! (each running its own local pool of worker processes): map/imap/imap_unordered/submit, a
+//! host SIGKILLed mid-run, a host paused (SIGSTOP) past the ack timeout, an always-crashing
+//! task (retry cap, dead letter, error to the submitter, no loop), a panic, mismatched
+//! fingerprints and an unknown function.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use multiproc_nats::Nats;
+use multiproc_nats::pool::{OnWorkerDeath, Registry, RemoteFn, WorkerHost};
+use multiproc_nats::server::NatsServer;
+mod support;
+use support::within;
+
+/// Short enough that redelivery tests take a few seconds.
+const ACK_TIMEOUT: Duration = Duration::from_secs(2);
+
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+/// Records that it started (a file named after the item and the worker's pid), then works a
+/// while.
+fn slow_square((dir, x, millis): (PathBuf, u64, u64)) -> u64 {
+    let _ = std::fs::write(dir.join(format!("{x}-{}", std::process::id())), b"");
+    std::thread::sleep(Duration::from_millis(millis));
+    x * x
+}
+
+fn crash(_: u64) -> u64 {
+    std::process::abort()
+}
+
+fn panics(x: u64) -> u64 {
+    panic!("no good: {x}")
+}
+
+const SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square");
+const SLOW: RemoteFn<(PathBuf, u64, u64), u64> = RemoteFn::new("slow_square");
+const CRASH: RemoteFn<u64, u64> = RemoteFn::new("crash");
+const PANICS: RemoteFn<u64, u64> = RemoteFn::new("panics");
+
+fn registry() -> Registry {
+    Registry::new()
+        .register(SQUARE, square)
+        .register(SLOW, slow_square)
+        .register(CRASH, crash)
+        .register(PANICS, panics)
+}
+
+/// A worker host process: serves the pool until killed.
+async fn host((url, retry): (String, bool)) -> u32 {
+    let nats = Nats::builder()
+        .url(url)
+        .namespace("p")
+        .connect()
+        .await
+        .unwrap();
+    let policy = if retry {
+        OnWorkerDeath::Retry
+    } else {
+        OnWorkerDeath::Report
+    };
+    WorkerHost::builder(&nats, "work", registry())
+        .workers(2)
+        .ack_timeout(ACK_TIMEOUT)
+        .max_attempts(3)
+        .on_worker_death(policy)
+        .serve()
+        .await
+        .unwrap();
+    0
+}
+
+async fn submitter(server: &NatsServer) -> multiproc_nats::pool::Pool {
+    let nats = within(
+        "connect",
+        Nats::builder().url(server.url()).namespace("p").connect(),
+    )
+    .await
+    .unwrap();
+    within(
+        "open pool",
+        nats.pool_builder("work")
+            .ack_timeout(ACK_TIMEOUT)
+            .max_attempts(3)
+            .open(),
+    )
+    .await
+    .unwrap()
+}
+
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "multiproc-nats-pool-{what}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+#[tokio::test]
+async fn map_imap_and_submit_across_two_hosts() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let b = multiproc_process::spawn((server.url(), false), host);
+    let squares = within("map", pool.map(SQUARE, 0..200u64)).await.unwrap();
+    assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
+    let ordered: Vec<u64> = within(
+        "imap",
+        pool.imap(SQUARE, (0..50u64).collect())
+            .map(Result::unwrap)
+            .collect(),
+    )
+    .await;
+    assert_eq!(ordered, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
+    let mut unordered: Vec<(usize, u64)> = within(
+        "imap_unordered",
+        pool.imap_unordered(SQUARE, (0..50u64).collect())
+            .map(Result::unwrap)
+            .collect(),
+    )
+    .await;
+    unordered.sort();
+    assert_eq!(
+        unordered,
+        (0..50u64).map(|x| (x as usize, x * x)).collect::<Vec<_>>()
+    );
+    let mut handle = within("submit", pool.submit(SQUARE, 12)).await.unwrap();
+    assert_eq!(
+        within("result", handle.result_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap(),
+        144
+    );
+    assert_eq!(within("apply", pool.apply(SQUARE, 3)).await.unwrap(), 9);
+    let _ = (a.kill(), b.kill());
+}
+
+#[tokio::test]
+async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("kill");
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let b = multiproc_process::spawn((server.url(), false), host);
+    let n = 40u64;
+    let items: Vec<_> = (0..n).map(|x| (dir.clone(), x, 100)).collect();
+    let mut results = pool.imap(SLOW, items);
+    let mut got = Vec::new();
+    for _ in 0..5 {
+        got.push(
+            within("first results", results.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    a.kill().unwrap();
+    while let Some(r) = within("the rest", results.next()).await {
+        got.push(r.expect("every task finishes on the surviving host"));
+    }
+    assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
+    let _ = b.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_paused_hosts_tasks_go_to_another_after_the_ack_timeout() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("stop");
+    let a = multiproc_process::spawn((server.url(), false), host);
+    // A serves (this ran on it: it is the only host).
+    assert_eq!(within("warm up", pool.apply(SQUARE, 2)).await.unwrap(), 4);
+    let h1 = within("submit", pool.submit(SLOW, (dir.clone(), 1, 1500)))
+        .await
+        .unwrap();
+    let h2 = within("submit", pool.submit(SLOW, (dir.clone(), 2, 1500)))
+        .await
+        .unwrap();
+    // Both started on A's workers: pause A (its workers finish, but A can neither heartbeat
+    // nor publish).
+    within("A started both", async {
+        while std::fs::read_dir(&dir).unwrap().count() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    a.signal(rustix::process::Signal::STOP.as_raw()).unwrap();
+    let paused = std::time::Instant::now();
+    let b = multiproc_process::spawn((server.url(), false), host);
+    assert_eq!(within("h1", h1).await.unwrap(), 1);
+    assert_eq!(within("h2", h2).await.unwrap(), 4);
+    assert!(
+        paused.elapsed() >= ACK_TIMEOUT / 2,
+        "finished before any redelivery"
+    );
+    // They ran twice (A's workers, then B's)...
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+    // ...and once A resumes, its late results are dropped; the pool goes on.
+    a.signal(rustix::process::Signal::CONT.as_raw()).unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        within("after", pool.map(SQUARE, 0..10u64)).await.unwrap()[3],
+        9
+    );
+    let _ = (a.kill(), b.kill());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn an_always_crashing_task_is_dead_lettered_after_its_attempts() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let a = multiproc_process::spawn((server.url(), true), host);
+    let err = within("crash", pool.apply(CRASH, 1)).await.unwrap_err();
+    assert!(err.is_retries_exhausted(), "{err}");
+    assert_eq!(err.attempts(), Some(3));
+    assert_eq!(err.dead_letter_subject(), Some(pool.dead_letter_subject()));
+    let text = err.to_string();
+    assert!(
+        text.contains("3 attempts") && text.contains("dead-letter"),
+        "{text}"
+    );
+    assert_eq!(
+        within("dead letters", pool.dead_letters()).await.unwrap(),
+        1
+    );
+    // No loop: the host serves the next task.
+    assert_eq!(within("after", pool.apply(SQUARE, 5)).await.unwrap(), 25);
+    let _ = a.kill();
+}
+
+#[tokio::test]
+async fn panics_mismatches_and_unknown_functions_are_clear_errors() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let err = within("panic", pool.apply(PANICS, 7)).await.unwrap_err();
+    assert!(err.is_panic(), "{err}");
+    assert_eq!(err.panic_message(), Some("no good: 7"));
+
+    // Another build's idea of `square`.
+    const SQUARE_U32: RemoteFn<u32, u64> = RemoteFn::new("square");
+    let err = within("mismatch", pool.apply(SQUARE_U32, 3))
+        .await
+        .unwrap_err();
+    assert!(err.is_fingerprint_mismatch(), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.contains("fn(u64) -> u64") && text.contains("fn(u32) -> u64"),
+        "{text}"
+    );
+
+    const NOPE: RemoteFn<u64, u64> = RemoteFn::new("nope");
+    let err = within("unknown", pool.apply(NOPE, 3)).await.unwrap_err();
+    assert!(err.is_unknown_function(), "{err}");
+
+    let err = within("map error", pool.map(PANICS, [1u64]))
+        .await
+        .unwrap_err();
+    assert_eq!(err.item(), Some(0));
+    let seen: HashSet<u64> = within("still serving", pool.map(SQUARE, 0..5u64))
+        .await
+        .unwrap()
+        .into_iter()
+        .collect();
+    assert_eq!(seen.len(), 5);
+    let _ = a.kill();
+}
