@@ -37,8 +37,9 @@ echo "nats-server: $server ($("$server" --version))"
 
 cargo test --workspace
 # The distributed backend is behind the facade's `nats` feature, off in the workspace build (so
-# the suite's own crates never link the NATS client): check the facade with it on.
-cargo check -p multiproc --features nats
+# the suite's own crates never link the NATS client): check the facade and the distributed
+# benchmark binary with it on.
+cargo check -p multiproc -p multiproc-bench --features multiproc/nats,multiproc-bench/nats
 cargo test --release --test process_spawn --test process_pool --test process_fork_server \
     --test process_exit --test process_bootstrap
 # Servers before 2.11 have no per-message TTL and announce expiries differently: when Debian's
