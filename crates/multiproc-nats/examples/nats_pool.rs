@@ -30,7 +30,12 @@ const COLLATZ: RemoteFn<u64, u64> = RemoteFn::new("collatz_steps");
 
 /// A worker host: its own local pool of two worker processes, serving until killed.
 async fn host((url, name): (String, String)) -> () {
-    let nats = Nats::builder().url(url).namespace("example").connect().await.unwrap();
+    let nats = Nats::builder()
+        .url(url)
+        .namespace("example")
+        .connect()
+        .await
+        .unwrap();
     let registry = Registry::new().register(COLLATZ, collatz_steps);
     WorkerHost::builder(&nats, "collatz", registry)
         .workers(2)
@@ -45,8 +50,16 @@ async fn host((url, name): (String, String)) -> () {
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = NatsServer::start()?;
     println!("nats-server {} at {}", server.version(), server.url());
-    let nats = Nats::builder().url(server.url()).namespace("example").connect().await?;
-    let pool = nats.pool_builder("collatz").ack_timeout(ACK_TIMEOUT).open().await?;
+    let nats = Nats::builder()
+        .url(server.url())
+        .namespace("example")
+        .connect()
+        .await?;
+    let pool = nats
+        .pool_builder("collatz")
+        .ack_timeout(ACK_TIMEOUT)
+        .open()
+        .await?;
 
     let a = multiproc_process::spawn((server.url(), "host-a".to_string()), host);
     let b = multiproc_process::spawn((server.url(), "host-b".to_string()), host);
