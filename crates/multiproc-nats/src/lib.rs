@@ -63,6 +63,7 @@
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
+mod backend;
 mod connect;
 pub mod error;
 mod name;
@@ -71,6 +72,7 @@ mod queue;
 pub mod server;
 mod sync;
 
+pub use backend::QueueBackend;
 pub use connect::{Nats, NatsBuilder};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream, Task};
 pub use sync::{Event, LeaseLost, Lock, LockGuard, Semaphore, SemaphorePermit};

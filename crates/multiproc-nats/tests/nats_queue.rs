@@ -8,7 +8,7 @@ use std::time::Duration;
 use futures::{SinkExt, StreamExt};
 use multiproc_nats::error::{GetTimeoutError, TryGetError};
 use multiproc_nats::server::NatsServer;
-use multiproc_nats::{JoinableQueue, Nats};
+use multiproc_nats::{JoinableQueue, Nats, QueueBackend};
 mod support;
 use support::within;
 
@@ -324,4 +324,90 @@ async fn a_wrong_credential_is_refused() {
     .await
     .unwrap_err();
     assert!(err.is_auth(), "{err:?}");
+}
+
+/// Written once for any backend.
+async fn double_all<Q: QueueBackend<u64>>(input: Q, output: Q, n: usize) {
+    for _ in 0..n {
+        let x = input.get().await.unwrap();
+        output.put(x * 2).await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_same_code_runs_on_a_local_or_a_nats_queue() {
+    let (a, b) = (
+        multiproc_channel::Queue::<u64>::new().unwrap(),
+        multiproc_channel::Queue::<u64>::new().unwrap(),
+    );
+    for i in 0..3 {
+        a.put(i).await.unwrap();
+    }
+    within("local", double_all(a, b.clone(), 3)).await;
+    for i in 0..3 {
+        assert_eq!(within("local get", b.get()).await.unwrap(), i * 2);
+    }
+
+    let server = NatsServer::start().expect("nats-server");
+    let nats = connect(&server).await;
+    let (a, b) = (
+        within("open", nats.queue::<u64>("in")).await.unwrap(),
+        within("open", nats.queue::<u64>("out")).await.unwrap(),
+    );
+    for i in 0..3 {
+        within("put", a.put(i)).await.unwrap();
+    }
+    within("nats", double_all(a, b.clone(), 3)).await;
+    for i in 0..3 {
+        assert_eq!(within("nats get", b.get()).await.unwrap(), i * 2);
+    }
+}
+
+#[tokio::test]
+async fn a_dropped_get_loses_no_item() {
+    let server = NatsServer::start().expect("nats-server");
+    let nats = connect(&server).await;
+    let q = within(
+        "open",
+        nats.queue_builder("cancel")
+            .ack_timeout(ACK_TIMEOUT)
+            .build::<u32>(),
+    )
+    .await
+    .unwrap();
+    // A get that is waiting when it is dropped...
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), q.get())
+            .await
+            .is_err()
+    );
+    // ...may have left a pull request on the server; an item it catches comes back after the
+    // ack timeout, never lost.
+    within("put", q.put(11)).await.unwrap();
+    assert_eq!(within("get", q.get()).await.unwrap(), 11);
+}
+
+#[tokio::test]
+async fn a_foreign_message_is_an_error_and_is_dropped() {
+    let server = NatsServer::start().expect("nats-server");
+    let nats = connect(&server).await;
+    let q = within("open", nats.queue::<(u64, String)>("strict"))
+        .await
+        .unwrap();
+    // Something else publishes bytes that are not a `(u64, String)` onto the queue's subject.
+    within(
+        "raw publish",
+        nats.client().publish("t.q.strict", vec![0xff; 40].into()),
+    )
+    .await
+    .unwrap();
+    within("flush", nats.client().flush()).await.unwrap();
+    within("put", q.put((1, "real".into()))).await.unwrap();
+    let err = within("get", q.get()).await.unwrap_err();
+    assert!(
+        matches!(err, multiproc_nats::error::GetError::Decode { .. }),
+        "{err:?}"
+    );
+    // Dropped, not delivered again: the real item is next.
+    assert_eq!(within("get", q.get()).await.unwrap(), (1, "real".into()));
 }
