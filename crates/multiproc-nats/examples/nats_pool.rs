@@ -66,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("hosts: a = pid {:?}, b = pid {:?}", a.pid(), b.pid());
 
     let started = Instant::now();
-    let mut results = pool.imap(COLLATZ, (1..=ITEMS).collect());
+    let mut results = pool.imap(COLLATZ, 1..=ITEMS);
     let mut got = Vec::with_capacity(ITEMS as usize);
     while let Some(r) = results.next().await {
         got.push(r?);

@@ -116,24 +116,19 @@ async fn map_imap_and_submit_across_two_hosts() {
     assert_eq!(squares, (0..200u64).map(|x| x * x).collect::<Vec<_>>());
     let ordered: Vec<u64> = within(
         "imap",
-        pool.imap(SQUARE, (0..50u64).collect())
-            .map(Result::unwrap)
-            .collect(),
+        pool.imap(SQUARE, 0..50u64).map(Result::unwrap).collect(),
     )
     .await;
     assert_eq!(ordered, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
-    let mut unordered: Vec<(usize, u64)> = within(
+    let mut unordered: Vec<u64> = within(
         "imap_unordered",
-        pool.imap_unordered(SQUARE, (0..50u64).collect())
+        pool.imap_unordered(SQUARE, 0..50u64)
             .map(Result::unwrap)
             .collect(),
     )
     .await;
     unordered.sort();
-    assert_eq!(
-        unordered,
-        (0..50u64).map(|x| (x as usize, x * x)).collect::<Vec<_>>()
-    );
+    assert_eq!(unordered, (0..50u64).map(|x| x * x).collect::<Vec<_>>());
     let mut handle = within("submit", pool.submit(SQUARE, 12)).await.unwrap();
     assert_eq!(
         within("result", handle.result_timeout(Duration::from_secs(30)))
@@ -204,8 +199,8 @@ async fn a_paused_hosts_tasks_go_to_another_after_the_ack_timeout() {
         paused.elapsed() >= ACK_TIMEOUT / 2,
         "finished before any redelivery"
     );
-    // They ran twice (A's workers, then B's)...
-    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 4);
+    // They ran twice (A's workers, then B's; more if a loaded machine delayed a heartbeat)...
+    assert!(std::fs::read_dir(&dir).unwrap().count() >= 4);
     // ...and once A resumes, its late results are dropped; the pool goes on.
     a.signal(rustix::process::Signal::CONT.as_raw()).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -276,4 +271,34 @@ async fn panics_mismatches_and_unknown_functions_are_clear_errors() {
         .collect();
     assert_eq!(seen.len(), 5);
     let _ = a.kill();
+}
+
+#[tokio::test]
+async fn a_server_restart_mid_map_loses_no_task_and_duplicates_no_result() {
+    let mut server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("restart");
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let b = multiproc_process::spawn((server.url(), false), host);
+    let n = 100u64;
+    let items: Vec<_> = (0..n).map(|x| (dir.clone(), x, 20)).collect();
+    let mut results = pool.imap(SLOW, items);
+    let mut got = Vec::new();
+    for _ in 0..10 {
+        got.push(
+            within("first results", results.next())
+                .await
+                .unwrap()
+                .unwrap(),
+        );
+    }
+    server.restart().expect("restart");
+    while let Some(r) = within("the rest", results.next()).await {
+        got.push(r.expect("every task finishes after the restart"));
+    }
+    assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
+    // The pool goes on after the restart.
+    assert_eq!(within("after", pool.apply(SQUARE, 6)).await.unwrap(), 36);
+    let _ = (a.kill(), b.kill());
+    let _ = std::fs::remove_dir_all(&dir);
 }

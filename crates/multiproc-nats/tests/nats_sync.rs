@@ -12,7 +12,7 @@ mod support;
 use support::within;
 
 /// Short enough that expiry tests take a few seconds.
-const LEASE: Duration = Duration::from_secs(1);
+const LEASE: Duration = Duration::from_secs(2);
 
 async fn connect(url: String) -> Nats {
     within("connect", Nats::builder().url(url).namespace("s").connect())

@@ -133,15 +133,18 @@ impl PoolBuilder {
             .get_stream(&layout.results_stream)
             .await
             .map_err(|e| RemoteError::new("results stream", e))?;
-        let consumer = results
-            .create_consumer(pull::Config {
-                name: Some(client_id.clone()),
-                filter_subject: reply_subject.clone(),
-                ack_policy: jetstream::consumer::AckPolicy::Explicit,
-                inactive_threshold: CLIENT_INACTIVE,
-                max_ack_pending: -1,
-                ..Default::default()
-            })
+        // Durable, so that it survives a server restart; the server deletes it once this client
+        // has been gone for CLIENT_INACTIVE.
+        let config = pull::Config {
+            durable_name: Some(client_id.clone()),
+            filter_subject: reply_subject.clone(),
+            ack_policy: jetstream::consumer::AckPolicy::Explicit,
+            inactive_threshold: CLIENT_INACTIVE,
+            max_ack_pending: -1,
+            ..Default::default()
+        };
+        results
+            .create_consumer(config.clone())
             .await
             .map_err(|e| RemoteError::new("results consumer", e))?;
         let shared = Arc::new(Shared {
@@ -153,7 +156,7 @@ impl PoolBuilder {
             pending: Mutex::new(HashMap::new()),
             router: Mutex::new(None),
         });
-        let router = tokio::spawn(route(Arc::downgrade(&shared), consumer));
+        let router = tokio::spawn(route(Arc::downgrade(&shared), results, config));
         *shared.router.lock().unwrap_or_else(|e| e.into_inner()) = Some(router);
         Ok(Pool { shared })
     }
@@ -172,59 +175,80 @@ fn client_id() -> String {
     )
 }
 
-/// Reads this client's results and hands each to its waiting handle.
+/// Reads this client's results and hands each to its waiting handle, reopening its consumer
+/// after a failure (a server restart).
 async fn route(
     shared: std::sync::Weak<Shared>,
-    consumer: jetstream::consumer::Consumer<pull::Config>,
+    results: jetstream::stream::Stream,
+    config: pull::Config,
 ) {
+    let name = config.durable_name.clone().unwrap_or_default();
     loop {
-        let mut messages = match consumer.messages().await {
-            Ok(m) => m,
+        if shared.strong_count() == 0 {
+            return;
+        }
+        let messages = match results.get_or_create_consumer(&name, config.clone()).await {
+            Ok(consumer) => consumer.messages().await,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
         };
+        let Ok(mut messages) = messages else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut errors = 0;
         while let Some(next) = messages.next().await {
-            let Ok(msg) = next else {
-                // A missed heartbeat or a reconnection: the stream goes on or is renewed.
-                continue;
+            let msg = match next {
+                Ok(msg) => msg,
+                // A missed heartbeat or a reconnection: the stream may go on; after a few in a
+                // row, the consumer is opened again.
+                Err(_) => {
+                    errors += 1;
+                    if errors >= 3 {
+                        break;
+                    }
+                    continue;
+                }
             };
+            errors = 0;
             let Some(shared) = shared.upgrade() else {
                 return;
             };
-            let task = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(layout::H_TASK))
-                .and_then(|v| v.as_str().rsplit('-').next()?.parse::<u64>().ok());
-            let ok = msg
-                .headers
-                .as_ref()
-                .and_then(|h| h.get(layout::H_STATUS))
-                .is_some_and(|v| v.as_str() == "ok");
-            if let Some(task) = task {
-                let waiter = shared
-                    .pending
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .remove(&task);
-                // No waiter: a second result of a task that ran twice, or a dropped handle.
-                if let Some(waiter) = waiter {
-                    let outcome = if ok {
-                        Ok(msg.payload.clone())
-                    } else {
-                        Err(match postcard::from_bytes::<WireError>(&msg.payload) {
-                            Ok(e) => PoolError::wire(e),
-                            Err(e) => PoolError::bad_result(e.to_string()),
-                        })
-                    };
-                    let _ = waiter.send(outcome);
-                }
-            }
+            deliver(&shared, &msg);
             let _ = msg.ack().await;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Hands one result to the handle waiting for it, if any.
+fn deliver(shared: &Shared, msg: &jetstream::Message) {
+    let headers = msg.headers.as_ref();
+    let task = headers
+        .and_then(|h| h.get(layout::H_TASK))
+        .and_then(|v| v.as_str().rsplit('-').next()?.parse::<u64>().ok());
+    let ok = headers
+        .and_then(|h| h.get(layout::H_STATUS))
+        .is_some_and(|v| v.as_str() == "ok");
+    let Some(task) = task else { return };
+    let waiter = shared
+        .pending
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&task);
+    // No waiter: a second result of a task that ran twice, or a dropped handle.
+    if let Some(waiter) = waiter {
+        let outcome = if ok {
+            Ok(msg.payload.clone())
+        } else {
+            Err(match postcard::from_bytes::<WireError>(&msg.payload) {
+                Ok(e) => PoolError::wire(e),
+                Err(e) => PoolError::bad_result(e.to_string()),
+            })
+        };
+        let _ = waiter.send(outcome);
     }
 }
 
@@ -358,11 +382,14 @@ impl Pool {
 
     /// As [`map`](Self::map), as a [`Stream`] of results in item order (Python's `imap`);
     /// an item's error does not end the stream.
-    pub fn imap<A, R>(&self, f: RemoteFn<A, R>, items: Vec<A>) -> Results<R>
+    pub fn imap<A, R, I>(&self, f: RemoteFn<A, R>, items: I) -> Results<R>
     where
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
     {
+        let items = items.into_iter();
         let pool = self.clone();
         let stream = futures::stream::once(async move { pool.submit_all(f, items).await })
             .map(|submitted| match submitted {
@@ -380,18 +407,21 @@ impl Pool {
 
     /// As [`imap`](Self::imap), with results in completion order (Python's
     /// `imap_unordered`); [`PoolError::item`] tells which item failed.
-    pub fn imap_unordered<A, R>(&self, f: RemoteFn<A, R>, items: Vec<A>) -> Results<(usize, R)>
+    pub fn imap_unordered<A, R, I>(&self, f: RemoteFn<A, R>, items: I) -> Results<R>
     where
         A: Serialize + Send + 'static,
         R: DeserializeOwned + Send + 'static,
+        I: IntoIterator<Item = A>,
+        I::IntoIter: Send + 'static,
     {
+        let items = items.into_iter();
         let pool = self.clone();
         let stream = futures::stream::once(async move { pool.submit_all(f, items).await })
             .map(|submitted| match submitted {
                 Ok(handles) => handles
                     .into_iter()
                     .enumerate()
-                    .map(|(i, h)| async move { h.await.map(|r| (i, r)).map_err(|e| e.at_item(i)) })
+                    .map(|(i, h)| async move { h.await.map_err(|e| e.at_item(i)) })
                     .collect::<FuturesUnordered<_>>()
                     .boxed(),
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
