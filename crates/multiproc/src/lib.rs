@@ -71,8 +71,8 @@
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
 //! - [`core`]: the lower-level pieces for building new handle types;
-//! - `nats` (feature `nats`): the distributed [`Queue`]/[`JoinableQueue`], pool, `Lock`,
-//!   `Semaphore` and `Event` on NATS JetStream, for work that spans hosts.
+//! - `nats` (feature `nats`): the same queues, pool, `Lock`, `Semaphore` and `Event` on a NATS
+//!   JetStream server, for work that spans hosts.
 //!
 //! ## The process model
 //!

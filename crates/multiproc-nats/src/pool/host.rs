@@ -36,7 +36,7 @@ pub enum OnWorkerDeath {
     Retry,
 }
 
-/// Why [`WorkerHost::serve`] stopped or could not start.
+/// Why [`WorkerHostBuilder::serve`] stopped or could not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
