@@ -16,10 +16,12 @@ find_nats_server() {
     if [ -n "${MULTIPROC_NATS_SERVER:-}" ] && [ -x "$MULTIPROC_NATS_SERVER" ]; then
         echo "$MULTIPROC_NATS_SERVER"; return 0
     fi
-    local scripts
+    local scripts userbin
     scripts="$(python3 -c "import sysconfig; print(sysconfig.get_paths()['scripts'])" 2>/dev/null || true)"
+    userbin="$(python3 -c "import site; print(site.USER_BASE + '/bin')" 2>/dev/null || true)"
     for candidate in "$(command -v nats-server 2>/dev/null || true)" "$scripts/nats-server" \
-        /usr/sbin/nats-server /usr/bin/nats-server /usr/local/bin/nats-server; do
+        "$userbin/nats-server" /usr/sbin/nats-server /usr/bin/nats-server \
+        /usr/local/bin/nats-server; do
         if [ -n "$candidate" ] && [ -x "$candidate" ]; then echo "$candidate"; return 0; fi
     done
     return 1

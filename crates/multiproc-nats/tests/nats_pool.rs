@@ -256,6 +256,13 @@ async fn panics_mismatches_and_unknown_functions_are_clear_errors() {
         "{text}"
     );
 
+    // The host's policy here is to report a dead worker process, as the local pool does.
+    let err = within("worker died", pool.apply(CRASH, 1))
+        .await
+        .unwrap_err();
+    assert!(err.is_worker_died(), "{err}");
+    assert_eq!(err.attempts(), Some(1));
+
     const NOPE: RemoteFn<u64, u64> = RemoteFn::new("nope");
     let err = within("unknown", pool.apply(NOPE, 3)).await.unwrap_err();
     assert!(err.is_unknown_function(), "{err}");
@@ -299,6 +306,26 @@ async fn a_server_restart_mid_map_loses_no_task_and_duplicates_no_result() {
     assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
     // The pool goes on after the restart.
     assert_eq!(within("after", pool.apply(SQUARE, 6)).await.unwrap(), 36);
+    let _ = (a.kill(), b.kill());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_task_longer_than_the_ack_timeout_runs_once_while_its_host_lives() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("long");
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let b = multiproc_process::spawn((server.url(), false), host);
+    let millis = (ACK_TIMEOUT * 5 / 2).as_millis() as u64;
+    assert_eq!(
+        within("long task", pool.apply(SLOW, (dir.clone(), 3, millis)))
+            .await
+            .unwrap(),
+        9
+    );
+    // The heartbeats kept it: no other host started it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     let _ = (a.kill(), b.kill());
     let _ = std::fs::remove_dir_all(&dir);
 }

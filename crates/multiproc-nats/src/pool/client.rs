@@ -389,20 +389,7 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
     {
-        let items = items.into_iter();
-        let pool = self.clone();
-        let stream = futures::stream::once(async move { pool.submit_all(f, items).await })
-            .map(|submitted| match submitted {
-                Ok(handles) => handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, h)| async move { h.await.map_err(|e| e.at_item(i)) })
-                    .collect::<FuturesOrdered<_>>()
-                    .boxed(),
-                Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
-            })
-            .flatten();
-        Results(stream.boxed())
+        self.results(f, items.into_iter(), true)
     }
 
     /// As [`imap`](Self::imap), with results in completion order (Python's
@@ -414,16 +401,35 @@ impl Pool {
         I: IntoIterator<Item = A>,
         I::IntoIter: Send + 'static,
     {
-        let items = items.into_iter();
+        self.results(f, items.into_iter(), false)
+    }
+
+    /// Submits every item when first polled, then yields the results in item or completion
+    /// order.
+    fn results<A, R>(
+        &self,
+        f: RemoteFn<A, R>,
+        items: impl Iterator<Item = A> + Send + 'static,
+        ordered: bool,
+    ) -> Results<R>
+    where
+        A: Serialize + Send + 'static,
+        R: DeserializeOwned + Send + 'static,
+    {
         let pool = self.clone();
         let stream = futures::stream::once(async move { pool.submit_all(f, items).await })
-            .map(|submitted| match submitted {
-                Ok(handles) => handles
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, h)| async move { h.await.map_err(|e| e.at_item(i)) })
-                    .collect::<FuturesUnordered<_>>()
-                    .boxed(),
+            .map(move |submitted| match submitted {
+                Ok(handles) => {
+                    let each = handles
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, h)| async move { h.await.map_err(|e| e.at_item(i)) });
+                    if ordered {
+                        each.collect::<FuturesOrdered<_>>().boxed()
+                    } else {
+                        each.collect::<FuturesUnordered<_>>().boxed()
+                    }
+                }
                 Err(e) => futures::stream::once(async move { Err(e) }).boxed(),
             })
             .flatten();

@@ -176,8 +176,8 @@ impl Drop for LockGuard {
     }
 }
 
-/// Resolves when a lease is lost; made by [`LockGuard::lease_lost`] and
-/// [`SemaphorePermit::lease_lost`](crate::SemaphorePermit::lease_lost).
+/// Resolves when a lease is lost; made by [`LockGuard::lease_lost`] (also for a
+/// [`SemaphorePermit`](crate::SemaphorePermit)).
 pub struct LeaseLost(pub(crate) BoxFuture<'static, ()>);
 
 impl fmt::Debug for LeaseLost {

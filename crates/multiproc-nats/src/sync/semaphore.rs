@@ -1,12 +1,13 @@
 //! [`Semaphore`]: `n` lease slots under one name, with its [`SemaphorePermit`].
 
 use std::fmt;
+use std::ops::Deref;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::lease::{self, Held, Slots};
-use super::lock::LeaseLost;
+use super::lease::{self, Slots};
+use super::lock::LockGuard;
 use crate::connect::Nats;
 use crate::error::{AcquireError, AcquireTimeoutError, OpenError, ReleaseError};
 
@@ -15,7 +16,8 @@ use crate::error::{AcquireError, AcquireTimeoutError, OpenError, ReleaseError};
 ///
 /// # Crash behavior
 /// A permit whose holder stops renewing is taken over by a waiter one lease later, and
-/// [`SemaphorePermit::owner_died`] says so: permits are never leaked by a dead process.
+/// the new permit's [`owner_died`](crate::LockGuard::owner_died) says so: permits are never
+/// leaked by a dead process.
 ///
 /// # Examples
 ///
@@ -82,7 +84,7 @@ impl Semaphore {
     /// As [`Lock::lock`](crate::Lock::lock).
     pub async fn acquire(&self) -> Result<SemaphorePermit, AcquireError> {
         match self.slots.acquire(None).await {
-            Ok(held) => Ok(SemaphorePermit { held: Some(held) }),
+            Ok(held) => Ok(SemaphorePermit(LockGuard::new(held))),
             Err(AcquireTimeoutError::Failed(e)) => Err(e),
             Err(AcquireTimeoutError::Timeout) => unreachable!("no deadline"),
         }
@@ -100,67 +102,33 @@ impl Semaphore {
         timeout: Duration,
     ) -> Result<SemaphorePermit, AcquireTimeoutError> {
         let held = self.slots.acquire(Some(Instant::now() + timeout)).await?;
-        Ok(SemaphorePermit { held: Some(held) })
+        Ok(SemaphorePermit(LockGuard::new(held)))
     }
 }
 
 /// One permit of a [`Semaphore`]; given back when dropped (in the background) or by
-/// [`release`](Self::release).
-pub struct SemaphorePermit {
-    held: Option<Held>,
-}
+/// [`release`](Self::release). A permit is a lease like a lock's: it derefs to a [`LockGuard`]
+/// for its fencing token, `owner_died` and `lease_lost`.
+#[derive(Debug)]
+pub struct SemaphorePermit(LockGuard);
 
-impl fmt::Debug for SemaphorePermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SemaphorePermit")
-            .field("fencing_token", &self.fencing_token())
-            .finish()
+impl Deref for SemaphorePermit {
+    type Target = LockGuard;
+    fn deref(&self) -> &LockGuard {
+        &self.0
     }
 }
 
 impl SemaphorePermit {
-    fn held(&self) -> &Held {
-        self.held
-            .as_ref()
-            .expect("a permit holds its lease until released")
-    }
-
-    /// The fencing token of this permit's slot.
-    pub fn fencing_token(&self) -> u64 {
-        self.held().token()
-    }
-
-    /// True when this permit was taken over from a holder that stopped renewing.
-    pub fn owner_died(&self) -> bool {
-        self.held().owner_died()
-    }
-
-    /// A future that resolves when the lease is lost (or the permit released).
-    pub fn lease_lost(&self) -> LeaseLost {
-        LeaseLost(Box::pin(lease::wait_lost(self.held().lost())))
-    }
-
     /// Gives the permit back now.
     ///
     /// # Errors
-    /// As [`LockGuard::unlock`](crate::LockGuard::unlock).
+    /// As [`LockGuard::unlock`].
     ///
     /// # Cancel safety
     /// Cancel safe: if dropped, the lease is no longer renewed and expires.
-    pub async fn release(mut self) -> Result<(), ReleaseError> {
-        let held = self
-            .held
-            .take()
-            .expect("a permit holds its lease until released");
-        held.release().await
-    }
-}
-
-impl Drop for SemaphorePermit {
-    fn drop(&mut self) {
-        if let Some(held) = self.held.take() {
-            held.release_in_background();
-        }
+    pub async fn release(self) -> Result<(), ReleaseError> {
+        self.0.unlock().await
     }
 }
 
