@@ -240,7 +240,7 @@ fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
 }
 
 /// Runs one task and reports its outcome.
-async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphorePermit) {
+async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePermit) {
     let delivered = msg
         .info()
         .map(|i| u32::try_from(i.delivered).unwrap_or(u32::MAX))
@@ -301,6 +301,8 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, _permit: OwnedSemaphoreP
     };
     let outcome = (entry.run)(&ctx.local, msg.payload.clone()).await;
     heartbeat.abort();
+    // The local worker is free: the next task may come in while this result goes out.
+    drop(permit);
 
     let result = match outcome {
         Ok(bytes) => Ok(bytes),

@@ -277,7 +277,9 @@ impl Held {
             .await
         {
             Ok(()) => Ok(()),
-            Err(e) if e.to_string().contains("wrong last sequence") => Err(ReleaseError::LeaseLost),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                Err(ReleaseError::LeaseLost)
+            }
             Err(e) => Err(ReleaseError::Remote(RemoteError::new("key delete", e))),
         }
     }
