@@ -623,10 +623,11 @@ fn main() -> ExitCode {
         }
     };
     if opts.pin
-        && let Err(e) = pin_to_cpu0() {
-            eprintln!("multiproc-bench: cannot pin to CPU 0: {e}");
-            return ExitCode::FAILURE;
-        }
+        && let Err(e) = pin_to_cpu0()
+    {
+        eprintln!("multiproc-bench: cannot pin to CPU 0: {e}");
+        return ExitCode::FAILURE;
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -216,7 +216,9 @@ impl Ring {
             return Err(format!("a queue ring of {slots} slots"));
         }
         let sparse = slots >= SPARSE_SLOTS;
-        if sparse && (!(base + SLOTS).is_multiple_of(PAGE) || !slots.is_multiple_of(SLOTS_PER_CHUNK)) {
+        if sparse
+            && (!(base + SLOTS).is_multiple_of(PAGE) || !slots.is_multiple_of(SLOTS_PER_CHUNK))
+        {
             return Err(format!("a sparse queue ring of {slots} slots at {base}"));
         }
         if !base.is_multiple_of(64) || region.len() < base + Self::bytes_needed(slots) {

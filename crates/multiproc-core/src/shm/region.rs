@@ -172,7 +172,9 @@ impl SharedRegion {
     /// - [`madvise(2)`](https://man7.org/linux/man-pages/man2/madvise.2.html)
     ///   (`MADV_POPULATE_WRITE`)
     pub fn populate(&self, offset: usize, len: usize) {
-        if !offset.is_multiple_of(4096) || offset.checked_add(len).is_none_or(|end| end > self.map.len) {
+        if !offset.is_multiple_of(4096)
+            || offset.checked_add(len).is_none_or(|end| end > self.map.len)
+        {
             return;
         }
         // SAFETY: the range lies inside this region's mapping (checked above), which lives as

@@ -392,7 +392,7 @@ pub enum PacketRecvError {
     #[error("descriptors sent with a message were lost (out of descriptors?); message discarded")]
     LostDescriptors,
     /// The socket failed.
-    #[error("socket error while receiving: {0}")]
+    #[error("socket error while receiving")]
     Io(#[source] io::Error),
 }
 

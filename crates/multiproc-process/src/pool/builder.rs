@@ -109,7 +109,7 @@ impl PoolBuilder {
         // Find out now, not in every worker, whether the arguments can be encoded.
         let checked = match encode(&mut Vec::new()) {
             Ok(_) => Ok(encode),
-            Err(e) => Err(PoolError::encode(format!("initializer arguments: {e}"))),
+            Err(e) => Err(PoolError::encode_initializer(e)),
         };
         self.initializer = Some(checked);
         self

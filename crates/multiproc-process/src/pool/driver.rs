@@ -45,17 +45,17 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
                 shared.set_pid(slot, None);
                 conn.finish(end, &shared).await
             }
-            Err(e) => Next::StartFailed(format!("cannot start a worker process: {e}")),
+            Err(e) => Next::StartFailed(PoolError::spawn(e)),
         };
         match next {
             Next::Replace => failed_starts = 0,
             Next::Stop => break,
             // Retry a few times (the system may be briefly out of processes or memory), then
             // fail the pool's work rather than retry forever.
-            Next::StartFailed(why) => {
+            Next::StartFailed(error) => {
                 failed_starts += 1;
                 if failed_starts >= START_ATTEMPTS {
-                    shared.break_pool(PoolError::spawn(why));
+                    shared.break_pool(error);
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(25 << failed_starts)).await;
@@ -72,7 +72,7 @@ enum Next {
     /// The pool needs no more workers in this slot.
     Stop,
     /// The worker could not be started or died before it was ready.
-    StartFailed(String),
+    StartFailed(PoolError),
 }
 
 /// No new worker is needed: the pool is terminated or broken, or closed with nothing left.
@@ -241,7 +241,7 @@ impl Conn {
                 let fds = match job.fds.iter().map(|fd| fd.try_clone()).collect() {
                     Ok(fds) => fds,
                     Err(e) => {
-                        job.meta.fail(PoolError::encode(e.to_string()));
+                        job.meta.fail(PoolError::encode(e));
                         continue;
                     }
                 };
@@ -268,7 +268,7 @@ impl Conn {
                     }
                     // Too large for the worker's socket: only this job fails.
                     Err(e @ multiproc_core::SendErrorKind::TooLarge { .. }) => {
-                        job.meta.fail(PoolError::encode(e.to_string()));
+                        job.meta.fail(PoolError::encode(e));
                     }
                     Err(_) => {
                         shared.requeue(vec![job]);
@@ -457,7 +457,8 @@ impl Conn {
                     self.pid,
                     death_cause(&exit)
                 );
-                (PoolError::spawn(why.clone()), Next::StartFailed(why))
+                let error = PoolError::spawn(why);
+                (error.clone(), Next::StartFailed(error))
             }
             End::Died | End::Retire | End::Abandoned => (
                 PoolError::worker_died(self.pid, death_cause(&exit)),

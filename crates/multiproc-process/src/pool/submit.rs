@@ -228,7 +228,7 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
         match encoded {
             Ok(fds) => Some(Job { frame, fds, meta }),
             Err(e) => {
-                meta.fail(PoolError::encode(e.to_string()));
+                meta.fail(PoolError::encode(e));
                 None
             }
         }
