@@ -105,6 +105,12 @@ pub use multiproc_sync::{
     SharedMemory, SharedValue, SharedValueGuard,
 };
 
+/// Spinning before parking: whether waits may keep a CPU busy for a few microseconds to catch
+/// an answer that is about to come, process-wide. See [`set_spinning`] and the variable
+/// `MULTIPROC_SPIN=0`.
+#[doc(inline)]
+pub use multiproc_core::wait::spin::{SPIN_ENV, set_spinning, spinning, spins_begun};
+
 /// Cross-process synchronization: locks, semaphores, events, conditions and barriers, whose
 /// waits never block a runtime thread.
 pub mod sync {
