@@ -101,8 +101,8 @@ pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnErr
 #[doc(inline)]
 pub use multiproc_sync::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray, SharedArrayGuard,
-    SharedMemory, SharedValue, SharedValueGuard,
+    LockGuard, OwnedLockGuard, OwnedSemaphorePermit, Pod, RLock, RLockGuard, Semaphore,
+    SemaphorePermit, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
 };
 
 /// Spinning before parking: whether waits may keep a CPU busy for a few microseconds to catch
@@ -117,7 +117,8 @@ pub mod sync {
     #[doc(inline)]
     pub use multiproc_sync::{
         Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-        LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
+        LockGuard, OwnedLockGuard, OwnedSemaphorePermit, RLock, RLockGuard, Semaphore,
+        SemaphorePermit,
     };
 }
 
