@@ -36,6 +36,9 @@ pub mod shm;
 #[cfg(target_os = "linux")]
 mod sys;
 #[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod trace;
+#[cfg(target_os = "linux")]
 pub mod transport;
 #[cfg(target_os = "linux")]
 pub mod wait;

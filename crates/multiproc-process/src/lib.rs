@@ -19,12 +19,16 @@ mod panic;
 pub mod pool;
 mod spawn_protocol;
 mod status;
+mod trace;
 
 pub use builder::Builder;
 pub use error::{JoinError, SpawnError};
 pub use function::{ChildOutput, Returns, ReturnsFuture};
 pub use join::JoinHandle;
 pub use status::{ExitStatus, signal_name};
+#[cfg(feature = "tracing")]
+pub use trace::child_span;
+pub use trace::{RemoteSpan, remote_parent};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;

@@ -139,9 +139,13 @@ pub mod queue {
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
 /// what a child may be.
 pub mod process {
+    #[cfg(feature = "tracing")]
+    #[doc(inline)]
+    pub use multiproc_process::child_span;
     #[doc(inline)]
     pub use multiproc_process::{
-        Builder, ChildOutput, ExitStatus, JoinHandle, Returns, ReturnsFuture, signal_name, spawn,
+        Builder, ChildOutput, ExitStatus, JoinHandle, RemoteSpan, Returns, ReturnsFuture,
+        remote_parent, signal_name, spawn,
     };
 }
 

@@ -523,7 +523,10 @@ impl Ring {
         self.state(slot)
             .compare_exchange(word, freed, Ordering::SeqCst, Ordering::Relaxed)
             .ok()
-            .map(|_| repaired)
+            .map(|_| {
+                multiproc_core::trace_warn!(pos, ?repaired, "queue slot freed: its holder died");
+                repaired
+            })
     }
 
     /// [`repair`](Self::repair) of the slot at the tail: what a producer finding the ring full

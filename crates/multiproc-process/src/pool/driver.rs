@@ -39,6 +39,7 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
         }
         let next = match Conn::start(&shared, slot) {
             Ok(mut conn) => {
+                multiproc_core::trace_debug!(slot, pid = conn.pid, "pool worker started");
                 shared.set_pid(slot, Some(conn.pid));
                 let end = poll_fn(|cx| conn.poll(cx, &shared, slot)).await;
                 // Before the jobs it held fail: whoever sees the error must not see the pid.
@@ -48,13 +49,18 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
             Err(e) => Next::StartFailed(PoolError::spawn(e)),
         };
         match next {
-            Next::Replace => failed_starts = 0,
+            Next::Replace => {
+                multiproc_core::trace_info!(slot, "replacing a pool worker");
+                failed_starts = 0
+            }
             Next::Stop => break,
             // Retry a few times (the system may be briefly out of processes or memory), then
             // fail the pool's work rather than retry forever.
             Next::StartFailed(error) => {
                 failed_starts += 1;
+                multiproc_core::trace_warn!(slot, failed_starts, error = %error, "pool worker did not start");
                 if failed_starts >= START_ATTEMPTS {
+                    multiproc_core::trace_error!(error = %error, "pool broken: its workers cannot start");
                     shared.break_pool(error);
                     break;
                 }
@@ -450,7 +456,14 @@ impl Conn {
             End::Terminate => (PoolError::terminated(), Next::Stop),
             End::Drained => (PoolError::closed(), Next::Stop),
             End::Broken(error) => (error, Next::Stop),
-            End::Garbled(why) => (PoolError::worker_died(self.pid, why), Next::Replace),
+            End::Garbled(why) => {
+                multiproc_core::trace_warn!(
+                    pid = self.pid,
+                    why,
+                    "pool worker garbled its answers; replacing it"
+                );
+                (PoolError::worker_died(self.pid, why), Next::Replace)
+            }
             End::Died if !self.held.ready => {
                 let why = format!(
                     "worker process {} died while starting: {}",
@@ -460,10 +473,15 @@ impl Conn {
                 let error = PoolError::spawn(why);
                 (error.clone(), Next::StartFailed(error))
             }
-            End::Died | End::Retire | End::Abandoned => (
+            End::Retire => (
                 PoolError::worker_died(self.pid, death_cause(&exit)),
                 Next::Replace,
             ),
+            End::Died | End::Abandoned => {
+                let error = PoolError::worker_died(self.pid, death_cause(&exit));
+                multiproc_core::trace_warn!(pid = self.pid, error = %error, "pool worker died");
+                (error, Next::Replace)
+            }
         };
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
@@ -593,6 +611,7 @@ impl Held {
                 Ok(())
             }
             FromWorker::InitFailed { message, location } => {
+                multiproc_core::trace_error!(message, location, "pool initializer panicked");
                 Err(End::Broken(PoolError::initializer(message, location)))
             }
             FromWorker::Done { id, busy_ns } => {

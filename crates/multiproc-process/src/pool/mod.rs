@@ -266,6 +266,7 @@ impl Pool {
     /// Stops accepting work (later submissions fail with [`PoolError::is_closed`]); what was
     /// submitted still runs, then the workers exit.
     pub fn close(&self) {
+        multiproc_core::trace_info!("pool closed: finishing the submitted work");
         self.shared.close();
     }
 
@@ -273,6 +274,7 @@ impl Pool {
     /// later submissions fail with [`PoolError::is_closed`]. Await [`join`](Self::join) to wait
     /// until the workers are gone.
     pub fn terminate(&self) {
+        multiproc_core::trace_info!("pool terminated: killing its workers");
         self.shared.terminate();
     }
 
