@@ -147,6 +147,11 @@ fn one<'a>(
     found[0]
 }
 
+/// A task that ends its worker process.
+fn exit_with(code: i32) {
+    std::process::exit(code)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fanned_out_trace_reads_as_one_tree_and_the_pool_reports_worker_deaths() {
     let recorder = install();
@@ -221,12 +226,9 @@ async fn a_fanned_out_trace_reads_as_one_tree_and_the_pool_reports_worker_deaths
 
     // A pool worker that dies is an event, and so is its replacement.
     let pool = Pool::new(1).unwrap();
-    let died = within(
-        "task that kills its worker",
-        pool.apply(|code: i32| -> () { std::process::exit(code) }, 3),
-    )
-    .await
-    .unwrap_err();
+    let died = within("task that kills its worker", pool.apply(exit_with, 3))
+        .await
+        .unwrap_err();
     assert!(died.is_worker_died(), "{died}");
     let saw = |text: &str| {
         recorder

@@ -93,9 +93,11 @@
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
-pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use multiproc_channel::{
+    JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+};
 #[doc(inline)]
-pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, PoolStats, TaskHandle};
 #[doc(inline)]
 pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
 #[doc(inline)]
@@ -133,7 +135,9 @@ pub mod shm {
 /// Queues shared by any number of producer and consumer processes.
 pub mod queue {
     #[doc(inline)]
-    pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+    pub use multiproc_channel::{
+        JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+    };
 }
 
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and

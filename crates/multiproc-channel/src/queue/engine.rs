@@ -255,6 +255,10 @@ impl Engine {
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_word().load(SeqCst) != 0
     }
+    /// Getters and putters parked now, in every process.
+    pub(crate) fn waiting(&self) -> (usize, usize) {
+        (self.not_empty.waiting(), self.slot_freed.waiting())
+    }
     pub(crate) fn unfinished(&self) -> u64 {
         self.unfinished_word().load(SeqCst)
     }

@@ -10,9 +10,11 @@ pub(crate) mod error;
 mod joinable;
 mod lane;
 mod ring;
+mod stats;
 mod ticket;
 
 pub use joinable::JoinableQueue;
+pub use stats::QueueStats;
 
 use std::fmt;
 use std::future::Future;
@@ -279,6 +281,35 @@ impl<T> Queue<T> {
     /// True once some handle, in any process, [shut the queue down](Self::shutdown).
     pub fn is_shutdown(&self) -> bool {
         self.engine.is_closed()
+    }
+
+    /// What a service can export about the queue, across all processes: its length, getters
+    /// and putters waiting, unfinished tasks of a [`JoinableQueue`] (see [`QueueStats`]).
+    /// Approximate like [`len`](Self::len); a few atomic loads.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = multiproc_channel::Queue::<u32>::bounded(4)?;
+    /// queue.put(1).await?;
+    /// let stats = queue.stats();
+    /// assert_eq!((stats.len, stats.capacity), (1, Some(4)));
+    /// assert_eq!(stats.unfinished_tasks, None); // not a JoinableQueue
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> QueueStats {
+        let (getters_waiting, putters_waiting) = self.engine.waiting();
+        QueueStats {
+            len: self.len(),
+            capacity: self.capacity(),
+            shutdown: self.is_shutdown(),
+            getters_waiting,
+            putters_waiting,
+            unfinished_tasks: self
+                .engine
+                .is_joinable()
+                .then(|| usize::try_from(self.engine.unfinished()).unwrap_or(usize::MAX)),
+        }
     }
 }
 

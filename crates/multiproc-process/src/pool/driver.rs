@@ -15,6 +15,7 @@ use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 use super::error::PoolError;
 use super::result_ring::{Control, Cpu, JOBS_HELD, RingReader};
 use super::state::{Job, JobMeta, Shared};
+use super::stats::Counters;
 use super::worker::{WorkerArgs, worker_main};
 use super::worker_protocol::{FromWorker, Rejected, TaskFn};
 use crate::{Builder, JoinError, JoinHandle};
@@ -51,6 +52,7 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
         match next {
             Next::Replace => {
                 multiproc_core::trace_info!(slot, "replacing a pool worker");
+                Counters::add(&shared.counters.replaced, 1);
                 failed_starts = 0
             }
             Next::Stop => break,
@@ -152,6 +154,8 @@ struct Held {
     ready: bool,
     /// Jobs answered so far.
     answered: u64,
+    /// The pool's counters (tasks running: those in `in_flight`).
+    counters: Arc<Counters>,
 }
 
 impl Conn {
@@ -189,6 +193,7 @@ impl Conn {
                 queued_ns: 0,
                 ready: false,
                 answered: 0,
+                counters: shared.counters.clone(),
             },
             sent: 0,
             // The `Init` frame.
@@ -263,6 +268,7 @@ impl Conn {
                         let held = &mut self.held;
                         let estimate_ns = held.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
                         held.queued_ns += estimate_ns;
+                        Counters::add(&held.counters.running, job.meta.items);
                         held.in_flight.push_back(InFlight {
                             job,
                             estimate_ns,
@@ -490,6 +496,8 @@ impl Conn {
         // wanted fails for it, not even one the worker had just started as the kill came (the
         // job it then moved on to, from another submission): they all go to another worker.
         let in_flight = std::mem::take(&mut self.held.in_flight);
+        let tasks = in_flight.iter().map(|sent| sent.job.meta.items).sum();
+        Counters::sub(&self.held.counters.running, tasks);
         let last_started = self.ctrl.last_started();
         let running = self.ctrl.running_item();
         let started =
@@ -597,6 +605,7 @@ impl Held {
         let mut finished = |id: u64| match self.in_flight.front() {
             Some(sent) if sent.job.meta.id == id => {
                 let sent = self.in_flight.pop_front().expect("front exists");
+                Counters::sub(&self.counters.running, sent.job.meta.items);
                 self.queued_ns -= sent.estimate_ns;
                 self.answered += 1;
                 Ok(sent.job.meta)
