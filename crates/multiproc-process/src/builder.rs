@@ -28,7 +28,7 @@ use crate::spawn_protocol::Setup;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let child = multiproc_process::Builder::new()
+/// let child = multiproc::Builder::new()
 ///     .name("worker-1")
 ///     .env("RUST_LOG", "debug")
 ///     .kill_on_drop(true)

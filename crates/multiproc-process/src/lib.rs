@@ -50,8 +50,8 @@ use serde::de::DeserializeOwned;
 ///     x * x
 /// }
 ///
-/// let a = multiproc_process::spawn(7, square);
-/// let b = multiproc_process::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
+/// let a = multiproc::spawn(7, square);
+/// let b = multiproc::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
 /// assert_eq!(a.await?, 49);
 /// assert_eq!(b.await?, 8);
 /// # Ok(())

@@ -54,11 +54,11 @@ pub(crate) fn set_remote_parent(parent: Option<RemoteSpan>) {
 /// # fn install_my_subscriber() {}
 /// fn child(n: u32) -> u32 {
 ///     install_my_subscriber(); // a child never runs `main`
-///     let _span = multiproc_process::child_span().entered();
+///     let _span = multiproc::process::child_span().entered();
 ///     n * 2
 /// }
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// assert_eq!(multiproc_process::spawn(21, child).await?, 42);
+/// assert_eq!(multiproc::spawn(21, child).await?, 42);
 /// # Ok(()) }
 /// ```
 #[cfg(feature = "tracing")]

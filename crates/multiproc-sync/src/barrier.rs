@@ -74,7 +74,7 @@ impl BarrierWaitResult {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Barrier;
+/// use multiproc::Barrier;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let barrier = Barrier::new(2)?;
 /// let other = barrier.clone(); // or: pass `barrier` to a child process

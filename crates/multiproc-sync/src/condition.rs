@@ -53,7 +53,7 @@ const NOTIFIED: u64 = 2;
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::{Condition, SharedValue};
+/// use multiproc::{Condition, SharedValue};
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cond = Condition::new()?;
 /// let ready = SharedValue::new(0u32)?;

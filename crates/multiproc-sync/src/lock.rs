@@ -32,7 +32,7 @@ use crate::fast_then_slow::fast_then_slow;
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Lock;
+/// use multiproc::Lock;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let lock = Lock::new()?;
 /// let other = lock.clone(); // or: pass `lock` to a child process
@@ -163,7 +163,7 @@ impl Lock {
     ///
     /// # Examples
     /// ```
-    /// use multiproc_sync::Lock;
+    /// use multiproc::Lock;
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let lock = Lock::new()?;
     /// let guard = lock.clone().lock_owned().await?;

@@ -540,7 +540,7 @@ macro_rules! semaphore_methods {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Semaphore;
+/// use multiproc::Semaphore;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let sem = Semaphore::new(2)?;
 /// let a = sem.acquire().await?;
@@ -622,8 +622,8 @@ impl<'de> Deserialize<'de> for Semaphore {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::BoundedSemaphore;
-/// use multiproc_sync::error::ReleaseError;
+/// use multiproc::BoundedSemaphore;
+/// use multiproc::error::ReleaseError;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let sem = BoundedSemaphore::new(1)?;
 /// sem.acquire().await?.forget();

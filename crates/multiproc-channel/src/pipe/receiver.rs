@@ -116,7 +116,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<u32>()?;
     /// tx.send(7).await?;
     /// drop(tx);
     /// assert_eq!(rx.recv().await?, Some(7));

@@ -97,7 +97,7 @@ use lane::{GetOutcome, Message};
 /// a handle.
 ///
 /// ```compile_fail,E0599
-/// let queue: multiproc_channel::Queue<u32> = multiproc_channel::Queue::new().unwrap();
+/// let queue: multiproc::Queue<u32> = multiproc::Queue::new().unwrap();
 /// queue.close(); // no such method: drop the handle, or `shutdown()` to end the queue for all
 /// ```
 ///
@@ -114,7 +114,7 @@ use lane::{GetOutcome, Message};
 ///
 /// # Examples
 /// ```
-/// use multiproc_channel::Queue;
+/// use multiproc::Queue;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let queue: Queue<(u32, String)> = Queue::bounded(16)?;
@@ -138,7 +138,7 @@ pub struct Queue<T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc_channel::Queue;
+/// use multiproc::Queue;
 /// # fn main() -> std::io::Result<()> {
 /// let queue: Queue<Vec<u8>> = Queue::builder().capacity(8).max_message_size(1 << 20).build()?;
 /// assert_eq!(queue.capacity(), Some(8));
@@ -290,7 +290,7 @@ impl<T> Queue<T> {
     /// # Examples
     /// ```
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let queue = multiproc_channel::Queue::<u32>::bounded(4)?;
+    /// let queue = multiproc::Queue::<u32>::bounded(4)?;
     /// queue.put(1).await?;
     /// let stats = queue.stats();
     /// assert_eq!((stats.len, stats.capacity), (1, Some(4)));
@@ -330,7 +330,7 @@ impl<T: Serialize> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let queue = Queue::new()?;
@@ -471,7 +471,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let queue = Queue::new()?;
@@ -561,7 +561,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// use futures::TryStreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -23,7 +23,7 @@ pub(crate) const CHUNKSIZE_ZERO: &str = "chunksize must be at least 1";
 /// ```no_run
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_process::pool::Pool;
+/// use multiproc::Pool;
 ///
 /// fn setup(greeting: String) {
 ///     eprintln!("{greeting} from worker {}", std::process::id());

@@ -63,7 +63,7 @@ use task::{Plain, Spread, chunk_fn};
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use futures::StreamExt;
-/// use multiproc_process::pool::Pool;
+/// use multiproc::Pool;
 ///
 /// let pool = Pool::new(4)?;
 /// let squares = pool.map(|x: u64| x * x, 0..10).await?;
@@ -278,7 +278,7 @@ impl Pool {
     /// # Examples
     /// ```no_run
     /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let pool = multiproc_process::pool::Pool::new(2)?;
+    /// let pool = multiproc::Pool::new(2)?;
     /// assert_eq!(pool.map(|x: u32| x * 2, 0..10).await?.len(), 10);
     /// let stats = pool.stats();
     /// assert_eq!(stats.tasks_done, 10);
