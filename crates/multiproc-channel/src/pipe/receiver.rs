@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures_core::Stream;
 use multiproc_core::transport::channel::{RawReceiver, TryRecv};
 use multiproc_core::wait::deadline_after;
 use multiproc_core::{SharedFd, message};

@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::Sink;
+use futures_sink::Sink;
 use multiproc_core::SharedFd;
 use multiproc_core::message;
 use multiproc_core::transport::channel::RawSender;

@@ -25,7 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 use multiproc_core::message::DEFAULT_MAX_MESSAGE_SIZE;
 use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;

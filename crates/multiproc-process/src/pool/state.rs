@@ -6,7 +6,7 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::task::AtomicWaker;
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::error::PoolError;
