@@ -20,6 +20,7 @@
 //! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`),
 //! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
 //! Results and their reading: `docs/BENCHMARKS.md`.
+#![forbid(unsafe_code)]
 
 mod multiproc_impl;
 mod payload;
