@@ -196,7 +196,7 @@ impl Workload {
                 Impl::MultiprocBlocking,
                 Impl::PythonMp,
             ],
-            // Issue 5 compares the pool with Python's; there is no syscall floor for a pool.
+            // The pool is compared with Python's; there is no syscall floor for a pool.
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],

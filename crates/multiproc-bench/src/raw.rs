@@ -69,7 +69,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Resu
             stream(rt, n, 1 << 20).map(|secs| n as f64 /* MiB */ / secs)
         }
         Workload::SpawnJoin => spawn_join(n),
-        // Issue 3 and 4 workloads live in `sync_bench` and `queue_bench`.
+        // The lock, event and queue workloads live in `sync_bench` and `queue_bench`.
         _ => Err(io::Error::other("not a pipe or spawn workload")),
     }
 }
