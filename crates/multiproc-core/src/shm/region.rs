@@ -131,7 +131,10 @@ impl SharedRegion {
         if !seals.contains(SealFlags::SHRINK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "shared region descriptor is not a memfd sealed against shrinking",
+                format!(
+                    "shared region descriptor {} is not a memfd sealed against shrinking",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ),
             ));
         }
         let size = rustix::fs::fstat(&fd)?.st_size;
