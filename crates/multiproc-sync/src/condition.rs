@@ -328,6 +328,18 @@ impl Drop for Place<'_> {
     }
 }
 
+/// Whether a `wait_for_timeout` is over: `Some(true)` when `predicate` holds, `Some(false)` when
+/// it does not and `deadline` has passed, `None` to wait again.
+fn settled(deadline: Option<Instant>, predicate: &mut impl FnMut() -> bool) -> Option<bool> {
+    if predicate() {
+        Some(true)
+    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Holds the lock of a [`Condition`]; waits and notifies through it. Dropping it releases the
 /// lock.
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -472,11 +484,8 @@ impl<'a> ConditionGuard<'a> {
     ) -> Result<(Self, bool), ConditionWaitError> {
         let deadline = deadline_after(timeout);
         loop {
-            if predicate() {
-                return Ok((self, true));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok((self, false));
+            if let Some(holds) = settled(deadline, &mut predicate) {
+                return Ok((self, holds));
             }
             self = self.blocking_wait_inner(deadline)?.0;
         }
@@ -539,11 +548,8 @@ impl<'a> ConditionGuard<'a> {
     ) -> Result<(Self, bool), ConditionWaitError> {
         let deadline = deadline_after(timeout);
         loop {
-            if predicate() {
-                return Ok((self, true));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok((self, false));
+            if let Some(holds) = settled(deadline, &mut predicate) {
+                return Ok((self, holds));
             }
             self = self.wait_inner(deadline).await?.0;
         }
