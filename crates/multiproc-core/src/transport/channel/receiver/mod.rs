@@ -19,6 +19,7 @@ use crate::wait::spin::{self, SpinPolicy};
 use super::split;
 
 mod frames;
+mod ready;
 mod spin_then_park;
 
 #[cfg(test)]
