@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 /// | `('localhost', 6000)` (`AF_INET`) | [`Address::tcp`] or a [`SocketAddr`] |
 ///
 /// Handles (pipe ends, locks, queues, shared memory) travel inside messages only over the Unix
-/// kinds; over TCP a message holding one fails to send.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+/// kinds; over TCP a message holding one fails to send. An address is plain data: it can be a
+/// spawn argument or a field of a message.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[non_exhaustive]
 pub enum Address {
     /// A socket file. The listener creates it, reclaims it if a dead listener left it behind,
