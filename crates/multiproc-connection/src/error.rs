@@ -1,6 +1,7 @@
 //! Errors of endpoint operations, one per operation: [`BindError`], [`AcceptError`],
 //! [`ConnectError`], and the [`HandshakeError`] the last two share.
 
+use std::fmt;
 use std::io;
 
 use crate::challenge::ChallengeError;
@@ -13,8 +14,7 @@ pub use multiproc_core::error::{DecodeError, EncodeError, RecvError, SendError, 
 pub use multiproc_channel::error::{RecvTimeoutError, TryRecvError};
 
 /// Why [`Listener::bind`](crate::Listener::bind) failed.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot listen on {address}: {kind}")]
+#[derive(Debug)]
 pub struct BindError {
     address: String,
     kind: BindErrorKind,
@@ -66,14 +66,14 @@ impl BindError {
 
 /// Why a handshake failed: the peer's authentication, a timeout, or the connection.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[error(transparent)]
 pub struct HandshakeError {
     kind: HandshakeErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum HandshakeErrorKind {
-    #[error("authentication failed: {0}")]
+    #[error("authentication failed")]
     Challenge(#[source] ChallengeError),
     #[error("authentication failed: the peer runs as uid {peer}, not as uid {ours}")]
     OtherUser { peer: u32, ours: u32 },
@@ -137,8 +137,7 @@ impl From<io::Error> for HandshakeError {
 /// Most are about one client whose handshake failed ([`is_handshake`](Self::is_handshake)):
 /// the listener goes on serving, so log them and accept again. Only a
 /// [`is_fatal`](Self::is_fatal) one means the listener itself stopped.
-#[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[derive(Debug)]
 pub struct AcceptError {
     kind: AcceptErrorKind,
     peer: Option<Peer>,
@@ -207,8 +206,7 @@ impl AcceptError {
 }
 
 /// Why [`connect`](crate::connect) gave no connection.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot connect to {address}: {kind}")]
+#[derive(Debug)]
 pub struct ConnectError {
     address: String,
     kind: ConnectErrorKind,
@@ -263,5 +261,43 @@ impl ConnectError {
             ConnectErrorKind::Handshake(e) => Some(e),
             _ => None,
         }
+    }
+}
+
+// The outer errors print their own message and hand the cause out through `source()` only.
+
+impl fmt::Display for BindError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot listen on {}: {}", self.address, self.kind)
+    }
+}
+
+impl std::error::Error for BindError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+impl fmt::Display for AcceptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.kind, f)
+    }
+}
+
+impl std::error::Error for AcceptError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
+    }
+}
+
+impl fmt::Display for ConnectError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot connect to {}: {}", self.address, self.kind)
+    }
+}
+
+impl std::error::Error for ConnectError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.kind.source()
     }
 }
