@@ -77,7 +77,9 @@ async fn a_wrong_key_fails_on_both_sides_over_tcp() {
 #[tokio::test]
 async fn an_empty_key_is_a_key() {
     let path = unique_path("empty");
-    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::key(b"")).await.unwrap();
+    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::key(b""))
+        .await
+        .unwrap();
     let child = spawn((Address::path(&path), b"x".to_vec()), client_with_key);
     let err = within("accept", listener.accept()).await.unwrap_err();
     assert!(err.is_auth(), "{err}");
@@ -169,8 +171,13 @@ async fn a_thousand_idle_connections_while_real_clients_are_served() {
             hold_idle((path, n, ctl))
         },
     );
-    assert_eq!(within("idle clients", ctl.recv()).await.unwrap(), Some(IDLE));
-    let clients: Vec<_> = (0..REAL).map(|_| spawn(path.clone(), ping_client)).collect();
+    assert_eq!(
+        within("idle clients", ctl.recv()).await.unwrap(),
+        Some(IDLE)
+    );
+    let clients: Vec<_> = (0..REAL)
+        .map(|_| spawn(path.clone(), ping_client))
+        .collect();
     for _ in 0..REAL {
         let (mut end, _) = within("accept a real client", listener.accept())
             .await
@@ -182,7 +189,10 @@ async fn a_thousand_idle_connections_while_real_clients_are_served() {
         });
     }
     for client in clients {
-        assert_eq!(within("client", client).await.unwrap(), (1..=10).sum::<u32>());
+        assert_eq!(
+            within("client", client).await.unwrap(),
+            (1..=10).sum::<u32>()
+        );
     }
     drop(ctl);
     within("holder", holder).await.unwrap();
@@ -196,7 +206,9 @@ async fn a_thousand_idle_connections_while_real_clients_are_served() {
 #[tokio::test]
 async fn a_keyed_client_of_a_keyless_listener_fails_in_bounded_time() {
     let path = unique_path("mismatch");
-    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::none()).await.unwrap();
+    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
     let started = Instant::now();
     let err = connect::<u8, u8>(
         &*path,
@@ -270,7 +282,14 @@ fn make_certificate() -> (Vec<u8>, Vec<u8>) {
     std::fs::create_dir_all(&dir).unwrap();
     let (key, cert) = (dir.join("key.pem"), dir.join("cert.pem"));
     let status = std::process::Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
         .args(["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"])
         .args(["-addext", "basicConstraints=critical,CA:FALSE"])
@@ -283,7 +302,10 @@ fn make_certificate() -> (Vec<u8>, Vec<u8>) {
         .expect("openssl is needed for the TLS tests");
     assert!(status.success());
     let cert = CertificateDer::from_pem_file(&cert).unwrap().to_vec();
-    let private = PrivateKeyDer::from_pem_file(&key).unwrap().secret_der().to_vec();
+    let private = PrivateKeyDer::from_pem_file(&key)
+        .unwrap()
+        .secret_der()
+        .to_vec();
     std::fs::remove_dir_all(&dir).unwrap();
     (cert, private)
 }
@@ -357,15 +379,22 @@ async fn tls_with_and_without_a_key_and_an_untrusted_certificate() {
 
         // A client that does not trust the certificate: both sides fail authentication.
         let child = spawn((address.clone(), key.clone(), other.0.clone()), tls_client);
-        let err = within("accept untrusted", listener.accept()).await.unwrap_err();
+        let err = within("accept untrusted", listener.accept())
+            .await
+            .unwrap_err();
         assert!(err.is_auth(), "{err}");
         let (auth_err, text) = within("child", child).await.unwrap().unwrap_err();
         assert!(auth_err, "{text}");
 
         if key.is_some() {
             // The right certificate but the wrong key.
-            let child = spawn((address, Some(b"wrong".to_vec()), pair.0.clone()), tls_client);
-            let err = within("accept wrong key", listener.accept()).await.unwrap_err();
+            let child = spawn(
+                (address, Some(b"wrong".to_vec()), pair.0.clone()),
+                tls_client,
+            );
+            let err = within("accept wrong key", listener.accept())
+                .await
+                .unwrap_err();
             assert!(err.is_auth(), "{err}");
             let (auth_err, text) = within("child", child).await.unwrap().unwrap_err();
             assert!(auth_err, "{text}");
@@ -379,17 +408,26 @@ async fn a_message_holding_a_handle_fails_to_send_over_tcp_and_the_connection_go
         Listener::<pipe::Sender<u8>, u8>::bind(Address::tcp("127.0.0.1:0"), Auth::none())
             .await
             .unwrap();
-    let mut client = connect::<u8, pipe::Sender<u8>>(listener.local_address().clone(), Auth::none())
-        .await
-        .unwrap();
+    let mut client =
+        connect::<u8, pipe::Sender<u8>>(listener.local_address().clone(), Auth::none())
+            .await
+            .unwrap();
     let (mut server, _) = within("accept", listener.accept()).await.unwrap();
     let (tx, _rx) = pipe::simplex::<u8>().unwrap();
     let err = server.send(tx).await.expect_err("no descriptors over TCP");
-    assert!(matches!(err.kind(), SendErrorKind::HandlesNotSupported { count: 1 }));
+    assert!(matches!(
+        err.kind(),
+        SendErrorKind::HandlesNotSupported { count: 1 }
+    ));
     assert!(err.to_string().contains("handle"), "{err}");
     let _tx_back = err.into_inner();
     // Nothing was sent; plain messages still flow.
     client.send(4).await.unwrap();
     assert_eq!(within("recv", server.recv()).await.unwrap(), Some(4));
-    assert!(!client.ready_timeout(Duration::from_millis(20)).await.unwrap());
+    assert!(
+        !client
+            .ready_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+    );
 }

@@ -40,7 +40,9 @@ async fn still_serves(listener: &mut Listener<u32, u32>) {
 #[tokio::test]
 async fn oversized_and_corrupt_frames_over_a_unix_socket() {
     let path = unique_path("unix");
-    let mut listener = Listener::<u32, u32>::bind(&*path, Auth::none()).await.unwrap();
+    let mut listener = Listener::<u32, u32>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
 
     // Announces 1 GiB against a 1 MiB limit: skipped with a clear error, the end goes on.
     let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
@@ -48,7 +50,9 @@ async fn oversized_and_corrupt_frames_over_a_unix_socket() {
     end.set_max_message_size(1 << 20);
     bad.write_all(&mpf1_header(1 << 30)).unwrap();
     let err = within("oversized", end.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::TooLarge { len, limit } if len == 1 << 30 && limit == 1 << 20));
+    assert!(
+        matches!(err, RecvError::TooLarge { len, limit } if len == 1 << 30 && limit == 1 << 20)
+    );
     assert!(!err.is_fatal());
     drop(bad);
     // Gone in the middle of the skipped frame.
@@ -60,8 +64,15 @@ async fn oversized_and_corrupt_frames_over_a_unix_socket() {
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
     bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let err = within("corrupt", end.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Corrupt { .. }) && err.is_fatal(), "{err}");
-    assert_eq!(end.recv().await.unwrap(), None, "a corrupt stream ends the connection");
+    assert!(
+        matches!(err, RecvError::Corrupt { .. }) && err.is_fatal(),
+        "{err}"
+    );
+    assert_eq!(
+        end.recv().await.unwrap(),
+        None,
+        "a corrupt stream ends the connection"
+    );
 
     still_serves(&mut listener).await;
 }
@@ -84,17 +95,32 @@ async fn oversized_and_corrupt_frames_over_tcp() {
     bad.write_all(&1u32.to_be_bytes()).unwrap();
     bad.write_all(&[7]).unwrap(); // postcard of 7u32
     let err = within("oversized", end.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::TooLarge { len: 100, limit: 16 }), "{err}");
+    assert!(
+        matches!(
+            err,
+            RecvError::TooLarge {
+                len: 100,
+                limit: 16
+            }
+        ),
+        "{err}"
+    );
     assert_eq!(within("after the skip", end.recv()).await.unwrap(), Some(7));
     // A frame that does not decode as the type: skipped, the stream goes on.
     bad.write_all(&3u32.to_be_bytes()).unwrap();
     bad.write_all(&[0xff, 0xff, 0xff]).unwrap();
     let err = within("decode", end.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Decode(_)) && !err.is_fatal(), "{err}");
+    assert!(
+        matches!(err, RecvError::Decode(_)) && !err.is_fatal(),
+        "{err}"
+    );
     // A negative length is not Python's framing: fatal.
     bad.write_all(&(-5i32).to_be_bytes()).unwrap();
     let err = within("corrupt", end.recv()).await.unwrap_err();
-    assert!(matches!(err, RecvError::Corrupt { .. }) && err.is_fatal(), "{err}");
+    assert!(
+        matches!(err, RecvError::Corrupt { .. }) && err.is_fatal(),
+        "{err}"
+    );
     assert_eq!(end.recv().await.unwrap(), None);
 
     still_serves(&mut listener).await;
@@ -103,12 +129,17 @@ async fn oversized_and_corrupt_frames_over_tcp() {
 #[tokio::test]
 async fn a_handshake_with_an_oversized_answer_fails_and_the_listener_goes_on() {
     let path = unique_path("handshake");
-    let mut listener = Listener::<u32, u32>::bind(&*path, Auth::key(b"k")).await.unwrap();
+    let mut listener = Listener::<u32, u32>::bind(&*path, Auth::key(b"k"))
+        .await
+        .unwrap();
     let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
     // Python's framing: a 1 MiB "answer" to the challenge (Python reads at most 256 bytes).
     bad.write_all(&(1u32 << 20).to_be_bytes()).unwrap();
     let err = within("accept", listener.accept()).await.unwrap_err();
-    assert!(err.is_handshake() && !err.is_auth() && !err.is_fatal(), "{err}");
+    assert!(
+        err.is_handshake() && !err.is_auth() && !err.is_fatal(),
+        "{err}"
+    );
     drop(bad);
     let mut good = connect::<u32, u32>(&*path, Auth::key(b"k")).await.unwrap();
     let (mut end, _) = within("accept good", listener.accept()).await.unwrap();

@@ -155,7 +155,10 @@ async fn a_peer_of_another_uid_is_refused_under_same_user() {
     assert_eq!(err.peer().and_then(|p| p.uid()), Some(65534));
     assert!(err.to_string().contains("handshake"), "{err}");
     let (refused, auth) = within("child", child).await.unwrap();
-    assert!(refused && auth, "the client refuses a listener of another uid too");
+    assert!(
+        refused && auth,
+        "the client refuses a listener of another uid too"
+    );
     // The listener goes on serving its own user.
     let _client = connect::<u8, u8>(listener.local_address().clone(), Auth::same_user())
         .await
@@ -185,11 +188,18 @@ async fn a_stale_socket_file_of_a_killed_listener_is_reclaimed() {
     child.kill().unwrap();
     let _ = within("child killed", child).await;
     // SIGKILL ran no destructor: the socket file is still there, and nobody listens on it.
-    assert!(std::fs::symlink_metadata(&path).unwrap().file_type().is_socket());
+    assert!(
+        std::fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_socket()
+    );
     let std_err = std::os::unix::net::UnixStream::connect(&path).unwrap_err();
     assert_eq!(std_err.kind(), std::io::ErrorKind::ConnectionRefused);
     // The next bind reclaims it, and works.
-    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::none()).await.unwrap();
+    let mut listener = Listener::<u8, u8>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
     let mut client = connect::<u8, u8>(&*path, Auth::none()).await.unwrap();
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
     client.send(9).await.unwrap();
@@ -211,7 +221,9 @@ async fn a_live_socket_of_another_program_is_not_taken() {
     assert!(path.exists());
     drop(foreign);
     // Now stale: reclaimed.
-    let listener = Listener::<u8, u8>::bind(&*path, Auth::none()).await.unwrap();
+    let listener = Listener::<u8, u8>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
     drop(listener);
     assert!(!path.exists());
 }
@@ -231,7 +243,9 @@ async fn a_file_that_is_not_a_socket_is_never_removed() {
 #[tokio::test]
 async fn the_listener_removes_only_its_own_file() {
     let path = unique_path("replaced");
-    let listener = Listener::<u8, u8>::bind(&*path, Auth::none()).await.unwrap();
+    let listener = Listener::<u8, u8>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
     // Someone replaces the file behind the listener's back.
     std::fs::remove_file(&path).unwrap();
     std::fs::write(&path, b"not yours").unwrap();
@@ -244,7 +258,10 @@ async fn race_for((path, barrier, mut end): (PathBuf, Barrier, Duplex<bool, ()>)
     barrier.wait().await.unwrap();
     let bound = Listener::<u8, u8>::bind(&*path, Auth::none()).await;
     if let Err(e) = &bound {
-        assert!(e.is_addr_in_use(), "a loser is told the address is in use: {e}");
+        assert!(
+            e.is_addr_in_use(),
+            "a loser is told the address is in use: {e}"
+        );
     }
     end.send(bound.is_ok()).await.unwrap();
     // Hold the listener (or not) until the parent has every answer.
@@ -302,15 +319,28 @@ async fn a_listener_killed_mid_conversation_gives_its_clients_an_error_not_a_han
     let (tx, mut rx) = pipe::simplex::<()>().unwrap();
     let server = spawn((path.clone(), tx), echo_server);
     within("server ready", rx.recv()).await.unwrap().unwrap();
-    let mut a = connect::<String, String>(&*path, Auth::key(b"k")).await.unwrap();
-    let mut b = connect::<String, String>(&*path, Auth::key(b"k")).await.unwrap();
+    let mut a = connect::<String, String>(&*path, Auth::key(b"k"))
+        .await
+        .unwrap();
+    let mut b = connect::<String, String>(&*path, Auth::key(b"k"))
+        .await
+        .unwrap();
     a.send("one".into()).await.unwrap();
-    assert_eq!(within("echo", a.recv()).await.unwrap().as_deref(), Some("one"));
+    assert_eq!(
+        within("echo", a.recv()).await.unwrap().as_deref(),
+        Some("one")
+    );
     server.kill().unwrap();
     let _ = within("server killed", server).await;
     // Waiting clients wake with end-of-stream; sending fails.
-    assert!(matches!(within("a after kill", a.recv()).await, Ok(None) | Err(_)));
-    assert!(matches!(within("b after kill", b.recv()).await, Ok(None) | Err(_)));
+    assert!(matches!(
+        within("a after kill", a.recv()).await,
+        Ok(None) | Err(_)
+    ));
+    assert!(matches!(
+        within("b after kill", b.recv()).await,
+        Ok(None) | Err(_)
+    ));
     let mut failed = false;
     for _ in 0..10 {
         if b.send("anyone?".into()).await.is_err() {
@@ -335,11 +365,18 @@ async fn ready_timeout_is_pythons_poll_and_takes_nothing() {
     let mut client = connect::<u32, u32>(address, Auth::none()).await.unwrap();
     let (mut server, _) = within("accept", listener.accept()).await.unwrap();
     assert!(!server.ready_timeout(Duration::ZERO).await.unwrap());
-    assert!(!server.ready_timeout(Duration::from_millis(20)).await.unwrap());
+    assert!(
+        !server
+            .ready_timeout(Duration::from_millis(20))
+            .await
+            .unwrap()
+    );
     client.send(3).await.unwrap();
-    assert!(within("poll", server.ready_timeout(Duration::from_secs(30)))
-        .await
-        .unwrap());
+    assert!(
+        within("poll", server.ready_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+    );
     assert!(server.ready_timeout(Duration::ZERO).await.unwrap());
     assert_eq!(server.try_recv().unwrap(), 3);
     drop(client);
@@ -349,7 +386,9 @@ async fn ready_timeout_is_pythons_poll_and_takes_nothing() {
 }
 
 async fn one_client(path: PathBuf) -> u32 {
-    let mut end = connect::<u32, u32>(&*path, Auth::key(b"many")).await.unwrap();
+    let mut end = connect::<u32, u32>(&*path, Auth::key(b"many"))
+        .await
+        .unwrap();
     let mut sum = 0;
     for i in 0..20 {
         end.send(i).await.unwrap();
@@ -381,6 +420,9 @@ async fn incoming_serves_many_client_processes_at_once() {
         served += 1;
     }
     for child in children {
-        assert_eq!(within("client", child).await.unwrap(), 2 * (0..20).sum::<u32>());
+        assert_eq!(
+            within("client", child).await.unwrap(),
+            2 * (0..20).sum::<u32>()
+        );
     }
 }

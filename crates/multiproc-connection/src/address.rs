@@ -94,3 +94,34 @@ impl fmt::Display for Address {
         }
     }
 }
+
+impl std::str::FromStr for Address {
+    type Err = std::convert::Infallible;
+
+    /// Reads an address from text, as a command line would give it: `@name` is an abstract
+    /// name, `unix:PATH` or anything containing a `/` a socket path, `tcp://host:port` or
+    /// the rest `host:port`. What [`Display`](fmt::Display) writes reads back the same.
+    ///
+    /// ```
+    /// use multiproc_connection::Address;
+    ///
+    /// assert_eq!("@app".parse(), Ok(Address::abstract_name("app")));
+    /// assert_eq!("/run/app.sock".parse(), Ok(Address::path("/run/app.sock")));
+    /// assert_eq!("unix:app.sock".parse(), Ok(Address::path("app.sock")));
+    /// assert_eq!("localhost:6000".parse(), Ok(Address::tcp("localhost:6000")));
+    /// assert_eq!("tcp://127.0.0.1:1".parse(), Ok(Address::tcp("127.0.0.1:1")));
+    /// ```
+    fn from_str(text: &str) -> Result<Address, Self::Err> {
+        Ok(if let Some(host_port) = text.strip_prefix("tcp://") {
+            Address::tcp(host_port)
+        } else if let Some(name) = text.strip_prefix('@') {
+            Address::abstract_name(name)
+        } else if let Some(path) = text.strip_prefix("unix:") {
+            Address::path(path)
+        } else if text.contains('/') {
+            Address::path(text)
+        } else {
+            Address::tcp(text)
+        })
+    }
+}

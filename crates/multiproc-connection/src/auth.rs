@@ -44,7 +44,10 @@ pub(crate) enum AuthKind {
     SameUser,
     Key,
     TlsServer(Arc<rustls::ServerConfig>),
-    TlsClient(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>),
+    TlsClient(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    ),
 }
 
 impl Auth {

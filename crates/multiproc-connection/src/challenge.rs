@@ -207,7 +207,10 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert_eq!(answer(b"k", b"hello"), Err(ChallengeError::NotAChallenge));
-        assert_eq!(answer(b"k", b"#CHALLENGE#abc"), Err(ChallengeError::TooShort(3)));
+        assert_eq!(
+            answer(b"k", b"#CHALLENGE#abc"),
+            Err(ChallengeError::TooShort(3))
+        );
         assert_eq!(
             answer(b"k", b"#CHALLENGE#{sha3_999}0123456789012345678901234"),
             Err(ChallengeError::UnsupportedDigest)

@@ -147,7 +147,9 @@ impl<S, R> Connection<S, R> {
     pub async fn recv_bytes(&mut self) -> Result<Option<Vec<u8>>, RecvError> {
         match &mut self.inner {
             Inner::Unix(d) => d.recv_bytes().await,
-            Inner::Stream(f, _) => std::future::poll_fn(|cx| f.poll_frame(cx, <[u8]>::to_vec)).await,
+            Inner::Stream(f, _) => {
+                std::future::poll_fn(|cx| f.poll_frame(cx, <[u8]>::to_vec)).await
+            }
         }
     }
 

@@ -9,9 +9,9 @@ use crate::peer::Peer;
 use crate::wire::ReadFrameError;
 
 #[doc(inline)]
-pub use multiproc_core::error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};
-#[doc(inline)]
 pub use multiproc_channel::error::{RecvTimeoutError, TryRecvError};
+#[doc(inline)]
+pub use multiproc_core::error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};
 
 /// Why [`Listener::bind`](crate::Listener::bind) failed.
 #[derive(Debug)]
@@ -182,7 +182,8 @@ impl AcceptError {
     }
     /// True when a client's handshake timed out (it said nothing, or not what we expected).
     pub fn is_timeout(&self) -> bool {
-        self.handshake_error().is_some_and(HandshakeError::is_timeout)
+        self.handshake_error()
+            .is_some_and(HandshakeError::is_timeout)
     }
     /// True when the listener can accept nothing more.
     pub fn is_fatal(&self) -> bool {
@@ -248,7 +249,8 @@ impl ConnectError {
     }
     /// True when connecting or the handshake took longer than the handshake timeout.
     pub fn is_timeout(&self) -> bool {
-        self.handshake_error().is_some_and(HandshakeError::is_timeout)
+        self.handshake_error()
+            .is_some_and(HandshakeError::is_timeout)
     }
     /// True when nobody listens there (`ECONNREFUSED`, or no such socket file).
     pub fn is_refused(&self) -> bool {

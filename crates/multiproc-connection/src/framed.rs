@@ -263,7 +263,8 @@ impl FramedIo {
         let (head, n) = wire::header(len);
         if n > 4 {
             // Above 2 GiB: the header grows to 12 bytes.
-            self.wbuf.splice(mark + 4..mark + 4, head[4..n].iter().copied());
+            self.wbuf
+                .splice(mark + 4..mark + 4, head[4..n].iter().copied());
         }
         self.wbuf[mark..mark + 4].copy_from_slice(&head[..4]);
         Ok(())
@@ -314,7 +315,10 @@ mod tests {
         raw.write_all(&[9; 20]).await.unwrap();
         raw.write_all(&[0, 0, 0, 1, b'!']).await.unwrap();
         assert_eq!(next(&mut f).await.unwrap().unwrap(), b"hi");
-        assert!(matches!(next(&mut f).await, Err(RecvError::TooLarge { len: 20, .. })));
+        assert!(matches!(
+            next(&mut f).await,
+            Err(RecvError::TooLarge { len: 20, .. })
+        ));
         // Skipped, and the stream goes on.
         assert_eq!(next(&mut f).await.unwrap().unwrap(), b"!");
         raw.write_all(&[0xff, 0xff, 0xff, 0x80]).await.unwrap();
@@ -343,7 +347,10 @@ mod tests {
         drop(raw);
         assert!(matches!(
             next(&mut f).await,
-            Err(RecvError::Truncated { received: 6, expected: 14 })
+            Err(RecvError::Truncated {
+                received: 6,
+                expected: 14
+            })
         ));
     }
 }

@@ -114,7 +114,11 @@ fn tls_error(e: std::io::Error) -> HandshakeError {
 }
 
 /// The server's side of the handshake (without its timeout, which the caller applies).
-pub(crate) async fn server(raw: Raw, peer: &Peer, auth: &Auth) -> Result<Established, HandshakeError> {
+pub(crate) async fn server(
+    raw: Raw,
+    peer: &Peer,
+    auth: &Auth,
+) -> Result<Established, HandshakeError> {
     match (&auth.kind, raw) {
         (AuthKind::None, raw) => Ok(plain(raw)),
         (AuthKind::SameUser, raw) => {
@@ -145,15 +149,19 @@ pub(crate) async fn server(raw: Raw, peer: &Peer, auth: &Auth) -> Result<Establi
         // Bind refuses the other combinations.
         (_, raw) => {
             drop(raw);
-            Err(HandshakeError::new(HandshakeErrorKind::Io(std::io::Error::other(
-                "this authentication does not fit this transport",
-            ))))
+            Err(HandshakeError::new(HandshakeErrorKind::Io(
+                std::io::Error::other("this authentication does not fit this transport"),
+            )))
         }
     }
 }
 
 /// The client's side of the handshake (without its timeout).
-pub(crate) async fn client(raw: Raw, peer: &Peer, auth: &Auth) -> Result<Established, HandshakeError> {
+pub(crate) async fn client(
+    raw: Raw,
+    peer: &Peer,
+    auth: &Auth,
+) -> Result<Established, HandshakeError> {
     match (&auth.kind, raw) {
         (AuthKind::None, raw) => Ok(plain(raw)),
         (AuthKind::SameUser, raw) => {
@@ -174,7 +182,10 @@ pub(crate) async fn client(raw: Raw, peer: &Peer, auth: &Auth) -> Result<Establi
         }
         (AuthKind::TlsClient(config, name), Raw::Tcp(s)) => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
-            let mut tls = connector.connect(name.clone(), s).await.map_err(tls_error)?;
+            let mut tls = connector
+                .connect(name.clone(), s)
+                .await
+                .map_err(tls_error)?;
             if let Some(key) = auth.key.as_deref() {
                 answer(&mut tls, key).await?;
                 deliver(&mut tls, key).await?;
@@ -183,9 +194,9 @@ pub(crate) async fn client(raw: Raw, peer: &Peer, auth: &Auth) -> Result<Establi
         }
         (_, raw) => {
             drop(raw);
-            Err(HandshakeError::new(HandshakeErrorKind::Io(std::io::Error::other(
-                "this authentication does not fit this transport",
-            ))))
+            Err(HandshakeError::new(HandshakeErrorKind::Io(
+                std::io::Error::other("this authentication does not fit this transport"),
+            )))
         }
     }
 }

@@ -50,7 +50,6 @@ use crate::error::{AcceptError, BindError, ConnectError, RecvError, SendError};
 use crate::framed::FramedIo;
 use crate::peer::Peer;
 
-
 /// A listener speaking Python's `multiprocessing.connection` protocol; see the
 /// [module](self). Like [`crate::Listener`], handshakes run concurrently under a timeout.
 pub struct Listener {
@@ -86,7 +85,10 @@ impl Listener {
     /// Cancel safe.
     pub async fn accept(&mut self) -> Result<(Connection, Peer), AcceptError> {
         let (established, peer) = std::future::poll_fn(|cx| self.acceptor.poll_accept(cx)).await?;
-        Ok((Connection::new(FramedIo::new(established.into_byte_stream()), peer.clone()), peer))
+        Ok((
+            Connection::new(FramedIo::new(established.into_byte_stream()), peer.clone()),
+            peer,
+        ))
     }
 }
 
@@ -107,7 +109,10 @@ impl fmt::Debug for Listener {
 /// Dropping the future abandons the connection.
 pub async fn connect(address: impl Into<Address>, auth: Auth) -> Result<Connection, ConnectError> {
     let (established, peer) = crate::connect::establish(&address.into(), &auth).await?;
-    Ok(Connection::new(FramedIo::new(established.into_byte_stream()), peer))
+    Ok(Connection::new(
+        FramedIo::new(established.into_byte_stream()),
+        peer,
+    ))
 }
 
 /// A byte connection in Python's protocol: `send_bytes`, `recv_bytes`, `poll`.

@@ -135,6 +135,9 @@ mod tests {
         let mut rest = Vec::new();
         b.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest.len(), 300);
-        assert!(matches!(read_frame(&mut b, 256).await, Err(ReadFrameError::Closed)));
+        assert!(matches!(
+            read_frame(&mut b, 256).await,
+            Err(ReadFrameError::Closed)
+        ));
     }
 }
