@@ -294,7 +294,7 @@ async fn the_tutorial_examples_run_with_the_rust_and_the_python_client() {
         let (mut server, address) = start_server("127.0.0.1:0");
         let out = Command::new("python3")
             .arg(&script)
-            .arg(&address.replace("tcp://", ""))
+            .arg(&address)
             .output()
             .unwrap();
         assert!(

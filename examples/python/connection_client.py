@@ -8,6 +8,7 @@ import sys
 from multiprocessing.connection import Client
 
 text = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1:6000"
+text = text.removeprefix("tcp://")  # as connection_server prints it
 if text.startswith("@"):
     address = "\0" + text[1:]
 elif "/" in text:

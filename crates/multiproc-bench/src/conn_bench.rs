@@ -62,7 +62,9 @@ async fn round_trip(end: &mut Connection<Payload, Payload>, payload: &Payload) -
     end.send(payload.clone()).await.map_err(other)?;
     match end.recv().await.map_err(other)? {
         Some(back) if back.as_slice().len() == payload.as_slice().len() => Ok(()),
-        _ => Err(io::Error::other("echo client answered wrongly or went away")),
+        _ => Err(io::Error::other(
+            "echo client answered wrongly or went away",
+        )),
     }
 }
 

@@ -76,6 +76,8 @@ impl<S, R> Connection<S, R> {
     ///
     /// # Errors
     /// Gives `self` back over TCP or TLS.
+    // The connection itself is what comes back, as a failed send gives its message back.
+    #[allow(clippy::result_large_err)]
     pub fn into_duplex(self) -> Result<Duplex<S, R>, Self> {
         match self.inner {
             Inner::Unix(duplex) => Ok(duplex),

@@ -79,6 +79,7 @@ impl<S, R> Listener<S, R> {
     }
 
     /// Polls for the next client; see [`accept`](Self::accept).
+    #[allow(clippy::type_complexity)] // `accept`'s result, spelled out for the reader
     pub fn poll_accept(
         &mut self,
         cx: &mut Context<'_>,
