@@ -185,9 +185,19 @@ fn python_listener(
     (child, address, lines)
 }
 
+/// The Python listener's next line, once it exited successfully.
+fn last_line(
+    mut child: std::process::Child,
+    mut lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+) -> String {
+    let line = lines.next().unwrap().unwrap();
+    assert!(child.wait().unwrap().success());
+    line
+}
+
 async fn multiproc_client_to_python(python: &Path, address: Address) {
     let python_ = python.to_path_buf();
-    let (mut child, address, mut lines) = within_blocking("python listener", move || {
+    let (child, address, lines) = within_blocking("python listener", move || {
         python_listener(&python_, &address)
     })
     .await;
@@ -199,12 +209,7 @@ async fn multiproc_client_to_python(python: &Path, address: Address) {
         within("reply", conn.recv_bytes()).await.unwrap().as_deref(),
         Some(&b"SHOUT"[..])
     );
-    let rest = within_blocking("python done", move || {
-        let line = lines.next().unwrap().unwrap();
-        assert!(child.wait().unwrap().success());
-        line
-    })
-    .await;
+    let rest = within_blocking("python done", move || last_line(child, lines)).await;
     assert_eq!(rest, "done", "{}", python.display());
 
     // A wrong key: both sides see an authentication error.
@@ -213,18 +218,13 @@ async fn multiproc_client_to_python(python: &Path, address: Address) {
         _ => Address::path(unique_path("pylistener")),
     };
     let python_ = python.to_path_buf();
-    let (mut child, address, mut lines) =
+    let (child, address, lines) =
         within_blocking("python listener", move || python_listener(&python_, &again)).await;
     let err = python::connect(address, Auth::key(b"wrong"))
         .await
         .unwrap_err();
     assert!(err.is_auth(), "{err}");
-    let rest = within_blocking("python done", move || {
-        let line = lines.next().unwrap().unwrap();
-        assert!(child.wait().unwrap().success());
-        line
-    })
-    .await;
+    let rest = within_blocking("python done", move || last_line(child, lines)).await;
     assert_eq!(rest, "AuthenticationError: digest received was wrong");
 }
 
@@ -267,46 +267,39 @@ fn start_server(address: &str) -> (std::process::Child, String) {
     (server, address)
 }
 
+/// Runs `client` (a command taking the address last) against the example server on
+/// `address` and checks what it printed.
+fn client_against_server(address: &str, mut client: Command, who: &str) {
+    let (mut server, address) = start_server(address);
+    let out = client.arg(&address).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        format!(
+            "hello\nsum 2 3 4 -> 9\nupper hello from {who} -> HELLO FROM {}\n",
+            who.to_uppercase()
+        )
+    );
+    assert!(server.wait().unwrap().success());
+}
+
 #[tokio::test]
 async fn the_tutorial_examples_run_with_the_rust_and_the_python_client() {
     let path = unique_path("example");
     let path = path.to_str().unwrap().to_string();
     within_blocking("rust client", move || {
-        let (mut server, address) = start_server(&path);
-        let out = Command::new(example("connection_client"))
-            .arg(&address)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "hello\nsum 2 3 4 -> 9\nupper hello from rust -> HELLO FROM RUST\n"
-        );
-        assert!(server.wait().unwrap().success());
+        client_against_server(&path, Command::new(example("connection_client")), "rust");
     })
     .await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/python/connection_client.py");
     within_blocking("python client", move || {
-        let (mut server, address) = start_server("127.0.0.1:0");
-        let out = Command::new("python3")
-            .arg(&script)
-            .arg(&address)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert_eq!(
-            String::from_utf8(out.stdout).unwrap(),
-            "hello\nsum 2 3 4 -> 9\nupper hello from python -> HELLO FROM PYTHON\n"
-        );
-        assert!(server.wait().unwrap().success());
+        let mut python = Command::new("python3");
+        python.arg(&script);
+        client_against_server("127.0.0.1:0", python, "python");
     })
     .await;
 }

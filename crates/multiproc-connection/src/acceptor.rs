@@ -23,7 +23,7 @@ use crate::address::Address;
 use crate::auth::Auth;
 use crate::bind::{PathGuard, bind_path};
 use crate::error::{AcceptError, BindError, HandshakeError, HandshakeErrorKind};
-use crate::handshake::{self, Established, Raw};
+use crate::handshake::{self, Established, Raw, Side};
 use crate::peer::Peer;
 
 /// Most connections in handshakes or waiting for `accept` at once.
@@ -112,7 +112,12 @@ impl Drop for Acceptor {
 
 async fn handshake_one(raw: Raw, auth: Auth) -> Accepted {
     let peer = handshake::peer_of(&raw);
-    match tokio::time::timeout(auth.timeout, handshake::server(raw, &peer, &auth)).await {
+    match tokio::time::timeout(
+        auth.timeout,
+        handshake::run(raw, &peer, &auth, Side::Server),
+    )
+    .await
+    {
         Ok(Ok(established)) => Ok((established, peer)),
         Ok(Err(e)) => Err(AcceptError::handshake(e, peer)),
         Err(_) => Err(AcceptError::handshake(

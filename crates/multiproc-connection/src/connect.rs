@@ -6,7 +6,7 @@ use crate::address::Address;
 use crate::auth::Auth;
 use crate::connection::Connection;
 use crate::error::{ConnectError, HandshakeError, HandshakeErrorKind};
-use crate::handshake::{self, Established, Raw};
+use crate::handshake::{self, Established, Raw, Side};
 use crate::peer::Peer;
 
 /// Connects to a listener at `address` and authenticates as `auth` says (Python's
@@ -76,7 +76,7 @@ pub(crate) async fn establish(
             }
         };
         let peer = handshake::peer_of(&raw);
-        let established = handshake::client(raw, &peer, auth)
+        let established = handshake::run(raw, &peer, auth, Side::Client)
             .await
             .map_err(|e| ConnectError::handshake(address, e))?;
         Ok((established, peer))

@@ -113,55 +113,38 @@ fn tls_error(e: std::io::Error) -> HandshakeError {
     HandshakeError::new(HandshakeErrorKind::Tls(e))
 }
 
-/// The server's side of the handshake (without its timeout, which the caller applies).
-pub(crate) async fn server(
-    raw: Raw,
-    peer: &Peer,
-    auth: &Auth,
-) -> Result<Established, HandshakeError> {
-    match (&auth.kind, raw) {
-        (AuthKind::None, raw) => Ok(plain(raw)),
-        (AuthKind::SameUser, raw) => {
-            check_same_user(peer)?;
-            Ok(plain(raw))
-        }
-        (AuthKind::Key, Raw::Unix(mut s)) => {
-            let key = auth.key.as_deref().unwrap_or_default();
-            deliver(&mut s, key).await?;
-            answer(&mut s, key).await?;
-            Ok(Established::Unix(s))
-        }
-        (AuthKind::Key, Raw::Tcp(mut s)) => {
-            let key = auth.key.as_deref().unwrap_or_default();
-            deliver(&mut s, key).await?;
-            answer(&mut s, key).await?;
-            Ok(Established::Stream(Box::new(s)))
-        }
-        (AuthKind::TlsServer(config), Raw::Tcp(s)) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
-            let mut tls = acceptor.accept(s).await.map_err(tls_error)?;
-            if let Some(key) = auth.key.as_deref() {
-                deliver(&mut tls, key).await?;
-                answer(&mut tls, key).await?;
-            }
-            Ok(Established::Stream(Box::new(tls)))
-        }
-        // Bind refuses the other combinations.
-        (_, raw) => {
-            drop(raw);
-            Err(HandshakeError::new(HandshakeErrorKind::Io(
-                std::io::Error::other("this authentication does not fit this transport"),
-            )))
-        }
+/// Which end of the connection runs the handshake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The listener's: it challenges first.
+    Server,
+    /// The client's: it answers first.
+    Client,
+}
+
+/// The mutual challenge, in Python's order: the listener delivers first, then answers.
+async fn mutual<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    io: &mut I,
+    key: &[u8],
+    side: Side,
+) -> Result<(), HandshakeError> {
+    if side == Side::Server {
+        deliver(io, key).await?;
+        answer(io, key).await
+    } else {
+        answer(io, key).await?;
+        deliver(io, key).await
     }
 }
 
-/// The client's side of the handshake (without its timeout).
-pub(crate) async fn client(
+/// One side of the handshake (without its timeout, which the caller applies).
+pub(crate) async fn run(
     raw: Raw,
     peer: &Peer,
     auth: &Auth,
+    side: Side,
 ) -> Result<Established, HandshakeError> {
+    let key = auth.key.as_deref();
     match (&auth.kind, raw) {
         (AuthKind::None, raw) => Ok(plain(raw)),
         (AuthKind::SameUser, raw) => {
@@ -169,35 +152,36 @@ pub(crate) async fn client(
             Ok(plain(raw))
         }
         (AuthKind::Key, Raw::Unix(mut s)) => {
-            let key = auth.key.as_deref().unwrap_or_default();
-            answer(&mut s, key).await?;
-            deliver(&mut s, key).await?;
+            mutual(&mut s, key.unwrap_or_default(), side).await?;
             Ok(Established::Unix(s))
         }
         (AuthKind::Key, Raw::Tcp(mut s)) => {
-            let key = auth.key.as_deref().unwrap_or_default();
-            answer(&mut s, key).await?;
-            deliver(&mut s, key).await?;
+            mutual(&mut s, key.unwrap_or_default(), side).await?;
             Ok(Established::Stream(Box::new(s)))
         }
-        (AuthKind::TlsClient(config, name), Raw::Tcp(s)) => {
+        (AuthKind::TlsServer(config), Raw::Tcp(s)) if side == Side::Server => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let mut tls = acceptor.accept(s).await.map_err(tls_error)?;
+            if let Some(key) = key {
+                mutual(&mut tls, key, side).await?;
+            }
+            Ok(Established::Stream(Box::new(tls)))
+        }
+        (AuthKind::TlsClient(config, name), Raw::Tcp(s)) if side == Side::Client => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             let mut tls = connector
                 .connect(name.clone(), s)
                 .await
                 .map_err(tls_error)?;
-            if let Some(key) = auth.key.as_deref() {
-                answer(&mut tls, key).await?;
-                deliver(&mut tls, key).await?;
+            if let Some(key) = key {
+                mutual(&mut tls, key, side).await?;
             }
             Ok(Established::Stream(Box::new(tls)))
         }
-        (_, raw) => {
-            drop(raw);
-            Err(HandshakeError::new(HandshakeErrorKind::Io(
-                std::io::Error::other("this authentication does not fit this transport"),
-            )))
-        }
+        // `fits` refuses the other combinations before a connection is made.
+        _ => Err(HandshakeError::new(HandshakeErrorKind::Io(
+            std::io::Error::other("this authentication does not fit this transport"),
+        ))),
     }
 }
 

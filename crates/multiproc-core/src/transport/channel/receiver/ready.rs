@@ -5,8 +5,8 @@ use std::task::{Context, Poll};
 
 use crate::error::RecvError;
 
+use super::RawReceiver;
 use super::frames::{Next, Whole};
-use super::{RawReceiver, ReadOutcome};
 
 impl RawReceiver {
     /// Ready once a receive would not wait: a whole frame is buffered, the peer closed, or the
@@ -46,12 +46,8 @@ impl RawReceiver {
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
                 Poll::Pending => return Poll::Pending,
             };
-            match self.read_once(&next) {
-                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            if let Err(e) = self.read_when_ready(&next, &mut guard) {
+                return Poll::Ready(Err(e));
             }
         }
     }
