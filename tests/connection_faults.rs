@@ -166,3 +166,22 @@ async fn python_protocol_connections_grade_bad_frames_the_same_way() {
     drop(bad);
     assert!(within("truncated", conn.recv_bytes()).await.is_err());
 }
+
+#[tokio::test]
+async fn a_receive_cancelled_mid_frame_over_tcp_loses_nothing() {
+    let mut listener = Listener::<u32, u32>::bind(Address::tcp("127.0.0.1:0"), Auth::none())
+        .await
+        .unwrap();
+    let Address::Tcp(host_port) = listener.local_address().clone() else {
+        unreachable!()
+    };
+    let mut raw = std::net::TcpStream::connect(&host_port).unwrap();
+    raw.set_nodelay(true).unwrap();
+    let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+    // Half a frame: the header and one byte of a two-byte payload (postcard of 300u32).
+    raw.write_all(&[0, 0, 0, 2, 0xac]).unwrap();
+    let cut = tokio::time::timeout(std::time::Duration::from_millis(50), end.recv()).await;
+    assert!(cut.is_err(), "the frame is not whole yet");
+    raw.write_all(&[0x02]).unwrap();
+    assert_eq!(within("the rest", end.recv()).await.unwrap(), Some(300));
+}

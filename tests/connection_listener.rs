@@ -426,3 +426,40 @@ async fn incoming_serves_many_client_processes_at_once() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_client_may_send_and_close_before_the_listener_accepts() {
+    // Python's test_issue14725: the message is still received.
+    let address = unique_name("early");
+    let mut listener = Listener::<u8, String>::bind(address.clone(), Auth::none())
+        .await
+        .unwrap();
+    let child = spawn(address, |address: Address| async move {
+        let mut end = connect::<String, u8>(address, Auth::none()).await.unwrap();
+        end.send("before accept".into()).await.unwrap();
+    });
+    within("child", child).await.unwrap();
+    let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+    assert_eq!(
+        within("recv", end.recv()).await.unwrap().as_deref(),
+        Some("before accept")
+    );
+    assert_eq!(within("eof", end.recv()).await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_dropped_accept_takes_no_connection() {
+    use futures::FutureExt;
+    let address = unique_name("cancel-accept");
+    let mut listener = Listener::<u8, u8>::bind(address.clone(), Auth::key(b"k"))
+        .await
+        .unwrap();
+    // Polled once with nothing there, then dropped; and a wait cut short by a timeout.
+    assert!(listener.accept().now_or_never().is_none());
+    let cut = tokio::time::timeout(Duration::from_millis(20), listener.accept()).await;
+    assert!(cut.is_err(), "nobody connected yet");
+    let mut client = connect::<u8, u8>(address, Auth::key(b"k")).await.unwrap();
+    let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+    client.send(8).await.unwrap();
+    assert_eq!(within("recv", end.recv()).await.unwrap(), Some(8));
+}
