@@ -463,3 +463,34 @@ async fn a_dropped_accept_takes_no_connection() {
     client.send(8).await.unwrap();
     assert_eq!(within("recv", end.recv()).await.unwrap(), Some(8));
 }
+
+#[tokio::test]
+async fn a_queue_and_a_lock_travel_to_a_program_that_connected_by_name() {
+    use multiproc::{Lock, Queue};
+    let address = unique_name("queue-lock");
+    let mut listener = Listener::<(Queue<u32>, Lock), ()>::bind(address.clone(), Auth::same_user())
+        .await
+        .unwrap();
+    let child = spawn(address, |address: Address| async move {
+        let mut end = connect::<(), (Queue<u32>, Lock)>(address, Auth::same_user())
+            .await
+            .unwrap();
+        let (queue, lock) = end.recv().await.unwrap().expect("handles");
+        let _held = lock.lock().await.unwrap();
+        for i in 0..3 {
+            queue.put(i).await.unwrap();
+        }
+    });
+    let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+    let queue = Queue::<u32>::new().unwrap();
+    let lock = Lock::new().unwrap();
+    end.send((queue.clone(), lock.clone())).await.unwrap();
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        got.push(within("get", queue.get()).await.unwrap());
+    }
+    assert_eq!(got, [0, 1, 2]);
+    within("child", child).await.unwrap();
+    // The child released the lock when it was done.
+    let _guard = within("lock", lock.lock()).await.unwrap();
+}

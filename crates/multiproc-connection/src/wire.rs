@@ -57,7 +57,7 @@ pub(crate) enum ReadFrameError {
     TooLong { len: u64, max: usize },
     #[error("not a frame: {0}")]
     Corrupt(String),
-    #[error("socket error: {0}")]
+    #[error("socket error")]
     Io(#[source] std::io::Error),
 }
 
