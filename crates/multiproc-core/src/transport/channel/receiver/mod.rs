@@ -19,6 +19,7 @@ use crate::wait::spin::{self, SpinPolicy};
 use super::split;
 
 mod frames;
+mod ready;
 mod spin_then_park;
 
 #[cfg(test)]
@@ -118,6 +119,7 @@ impl RawReceiver {
     }
 
     fn fatal(&mut self, e: RecvError) -> RecvError {
+        crate::trace_warn!(error = %e, "channel closed: the peer is lost or the stream is damaged");
         self.dead = true;
         self.buf = Vec::new();
         self.start = 0;
@@ -192,6 +194,7 @@ impl RawReceiver {
         }
         let received = self.end - self.start;
         if received == 0 && self.skip.is_none() {
+            crate::trace_debug!("channel peer closed: end-of-stream");
             self.dead = true;
             return Ok(None);
         }
@@ -236,16 +239,29 @@ impl RawReceiver {
                     Err(e) => return Poll::Ready(Err(e)),
                 },
             };
-            match self.read_once(&next) {
-                // The read drained the socket: drop readiness now instead of paying a failing
-                // recvmsg later (tokio keeps readiness from any newer edge).
-                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            if let Err(e) = self.read_when_ready(&next, &mut guard) {
+                return Poll::Ready(Err(e));
             }
         }
+    }
+
+    /// One read after readiness was reported, clearing the readiness when the socket is
+    /// drained. `Err` is fatal (the end is dead).
+    fn read_when_ready(
+        &mut self,
+        next: &Next,
+        guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, SharedFd>,
+    ) -> Result<(), RecvError> {
+        match self.read_once(next) {
+            // The read drained the socket: drop readiness now instead of paying a failing
+            // recvmsg later (tokio keeps readiness from any newer edge).
+            Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(self.read_error(e)),
+        }
+        Ok(())
     }
 
     fn try_recv_inner<R>(
