@@ -8,6 +8,8 @@
 //! - [`wait`]: eventfd wake-ups, the wait queue, the spin policy, deadlines;
 //! - [`transport`]: the stream channel and the seqpacket lane over Unix sockets;
 //! - [`proc`]: bootstrap, spawning, the fork server, pidfds, reaping, identity;
+//! - [`named`]: values published under a name (abstract sockets) and looked up by name;
+//! - [`fs`]: file locks and FIFOs;
 //! - a private `sys`: raw sockets, `SCM_RIGHTS`, `poll`.
 //!
 //! Most users want the `multiproc` crate; this one is for building new handle types.
@@ -17,8 +19,10 @@
 #![deny(unsafe_code)]
 
 pub mod error;
+pub mod fs;
 mod fd;
 pub mod message;
+pub mod named;
 pub mod proc;
 pub mod shm;
 mod sys;
