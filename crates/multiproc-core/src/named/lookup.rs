@@ -37,7 +37,7 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// use multiproc_core::named;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let name = format!("doc-lookup-{}", std::process::id());
-/// let _publication = named::publish(&name, "hello")?;
+/// let _publication = named::publish(&name, &String::from("hello"))?;
 /// let value: String = named::lookup(&name).await?;
 /// assert_eq!(value, "hello");
 /// assert!(named::lookup::<String>("doc-lookup-missing").await.unwrap_err().is_not_found());
