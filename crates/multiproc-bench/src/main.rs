@@ -21,6 +21,7 @@
 //! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
 //! Results and their reading: `docs/BENCHMARKS.md`.
 
+mod file_lock_bench;
 mod multiproc_impl;
 mod payload;
 mod pool_bench;
@@ -65,10 +66,15 @@ pub(crate) enum Workload {
     PoolMapSmallChunk1,
     /// Sequential `apply` of `x * x` on a `Pool(2)`.
     PoolApplyRoundtrip,
+    // Issue 13, named resources: file locks.
+    /// Lock and unlock a free `flock` file lock, in one process.
+    FileLockUncontended,
+    /// Two processes incrementing one shared counter under one `flock` file lock.
+    FileLockContended2p,
 }
 
 impl Workload {
-    const ALL: [Workload; 13] = [
+    const ALL: [Workload; 15] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -82,6 +88,8 @@ impl Workload {
         Workload::PoolMapSmall,
         Workload::PoolMapSmallChunk1,
         Workload::PoolApplyRoundtrip,
+        Workload::FileLockUncontended,
+        Workload::FileLockContended2p,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -100,6 +108,8 @@ impl Workload {
             Workload::PoolMapSmall => "pool_map_small",
             Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
+            Workload::FileLockUncontended => "file_lock_uncontended",
+            Workload::FileLockContended2p => "file_lock_contended_2p",
         }
     }
 
@@ -116,6 +126,8 @@ impl Workload {
             Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
+            Workload::FileLockUncontended => "ns_per_op",
+            Workload::FileLockContended2p => "ops_per_s",
         }
     }
 
@@ -131,6 +143,7 @@ impl Workload {
                 | Workload::Queue2p2c
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
+                | Workload::FileLockContended2p
         )
     }
 
@@ -163,6 +176,10 @@ impl Workload {
             (Workload::PoolMapSmallChunk1, true) => 5_000,
             (Workload::PoolApplyRoundtrip, false) => 2_000,
             (Workload::PoolApplyRoundtrip, true) => 500,
+            (Workload::FileLockUncontended, false) => 200_000,
+            (Workload::FileLockUncontended, true) => 50_000,
+            (Workload::FileLockContended2p, false) => 100_000,
+            (Workload::FileLockContended2p, true) => 20_000,
         }
     }
 
@@ -199,6 +216,10 @@ impl Workload {
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
+            // Issue 13: against Python's fcntl.flock; the syscall floor is its blocking twin.
+            Workload::FileLockUncontended | Workload::FileLockContended2p => {
+                &[Impl::Multiproc, Impl::MultiprocBlocking, Impl::PythonMp]
+            }
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -308,7 +329,7 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
-                 pool_apply_roundtrip
+                 pool_apply_roundtrip, file_lock_uncontended, file_lock_contended_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes
@@ -476,6 +497,10 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
             Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
+            Workload::FileLockUncontended => "fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN)",
+            Workload::FileLockContended2p => {
+                "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -529,6 +554,9 @@ fn run_trial(
             | Workload::EventPingpong,
         ) => sync_bench::run(rt, w, imp, n),
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
+            file_lock_bench::run(rt, w, imp, n)
+        }
         (
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
