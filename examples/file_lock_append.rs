@@ -27,9 +27,11 @@ async fn append_lines((lock_path, data_path, tag): (PathBuf, PathBuf, char)) -> 
     let line: String = std::iter::repeat_n(tag, WIDTH).collect();
     for _ in 0..LINES {
         let _guard = lock.lock().await.expect("lock");
-        file.write_all(&line.as_bytes()[..WIDTH / 2]).expect("write");
+        file.write_all(&line.as_bytes()[..WIDTH / 2])
+            .expect("write");
         tokio::task::yield_now().await;
-        file.write_all(&line.as_bytes()[WIDTH / 2..]).expect("write");
+        file.write_all(&line.as_bytes()[WIDTH / 2..])
+            .expect("write");
         file.write_all(b"\n").expect("write");
     }
     LINES
@@ -38,8 +40,14 @@ async fn append_lines((lock_path, data_path, tag): (PathBuf, PathBuf, char)) -> 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir();
-    let lock_path = dir.join(format!("multiproc-file-lock-append-{}.lock", std::process::id()));
-    let data_path = dir.join(format!("multiproc-file-lock-append-{}.txt", std::process::id()));
+    let lock_path = dir.join(format!(
+        "multiproc-file-lock-append-{}.lock",
+        std::process::id()
+    ));
+    let data_path = dir.join(format!(
+        "multiproc-file-lock-append-{}.txt",
+        std::process::id()
+    ));
     std::fs::write(&data_path, "")?;
 
     let a = multiproc::spawn((lock_path.clone(), data_path.clone(), 'a'), append_lines);
@@ -76,7 +84,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .count()
     };
     let (wa, wb, ws) = (whole('a'), whole('b'), whole('s'));
-    println!("file: {} lines, whole: a={wa} b={wb} shell={ws}", lines.len());
+    println!(
+        "file: {} lines, whole: a={wa} b={wb} shell={ws}",
+        lines.len()
+    );
     if wa == a && wb == b && ws == shell_lines && lines.len() == a + b + shell_lines {
         println!("no line was torn: the FileLock kept the writers apart");
         Ok(())

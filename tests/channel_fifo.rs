@@ -25,7 +25,9 @@ fn fifo_path(what: &str) -> PathBuf {
 /// Writer `id` sends `count` messages `(id, i, filler)` with fillers of varying size up to the
 /// atomic limit, so that torn writes would show.
 async fn write_many((path, id, count): (PathBuf, u32, u32)) {
-    let mut tx = FifoSender::<(u32, u32, Vec<u8>)>::open(&path).await.unwrap();
+    let mut tx = FifoSender::<(u32, u32, Vec<u8>)>::open(&path)
+        .await
+        .unwrap();
     for i in 0..count {
         let len = (i as usize * 397 + id as usize * 1009) % (MAX_SHARED_MESSAGE - 32);
         tx.send(&(id, i, vec![id as u8; len])).await.unwrap();
@@ -37,7 +39,9 @@ async fn several_writers_messages_arrive_whole_and_in_order_per_writer() {
     let path = fifo_path("writers");
     let mut rx = FifoReceiver::<(u32, u32, Vec<u8>)>::open(&path).unwrap();
     // A writer of our own keeps the stream open until every child has written.
-    let keep_open = FifoSender::<(u32, u32, Vec<u8>)>::open(&path).await.unwrap();
+    let keep_open = FifoSender::<(u32, u32, Vec<u8>)>::open(&path)
+        .await
+        .unwrap();
     let children: Vec<_> = (0..4)
         .map(|id| spawn((path.clone(), id, 300), write_many))
         .collect();
@@ -71,14 +75,23 @@ async fn a_message_over_pipe_buf_is_refused_when_the_fifo_may_have_several_write
     );
     assert!(err.to_string().contains("atomic"));
     tx.send(&vec![3; 10]).await.unwrap();
-    assert_eq!(rx.recv().await.unwrap().unwrap().len(), MAX_SHARED_MESSAGE - 2);
-    assert_eq!(rx.recv().await.unwrap(), Some(vec![3; 10]), "the refused message was written");
+    assert_eq!(
+        rx.recv().await.unwrap().unwrap().len(),
+        MAX_SHARED_MESSAGE - 2
+    );
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        Some(vec![3; 10]),
+        "the refused message was written"
+    );
     fifo::remove(&path).unwrap();
 }
 
 /// Sends one large message as the single writer, once `reader` is set.
 async fn send_large((path, ready): (PathBuf, Event)) -> bool {
-    let mut tx = FifoSender::<Vec<u32>>::open_single_writer(&path).await.unwrap();
+    let mut tx = FifoSender::<Vec<u32>>::open_single_writer(&path)
+        .await
+        .unwrap();
     ready.set();
     tx.send(&(0..100_000).collect()).await.unwrap();
     tx.is_single_writer()
@@ -114,7 +127,10 @@ async fn handles_cannot_go_through_a_fifo() {
     let _rx = FifoReceiver::<Event>::open(&path).unwrap();
     let mut tx = FifoSender::<Event>::open(&path).await.unwrap();
     let err = tx.send(&Event::new().unwrap()).await.unwrap_err();
-    assert!(matches!(err, FifoSendError::Descriptors(n) if n >= 1), "{err}");
+    assert!(
+        matches!(err, FifoSendError::Descriptors(n) if n >= 1),
+        "{err}"
+    );
     assert!(err.to_string().contains("cannot be sent through a FIFO"));
     fifo::remove(&path).unwrap();
 }
@@ -164,7 +180,9 @@ fn write_raw((path, bytes): (PathBuf, Vec<u8>)) {
 #[tokio::test]
 async fn wrong_types_truncated_frames_and_garbage_are_errors_not_panics() {
     let path = fifo_path("garbage");
-    let mut rx = FifoReceiver::<u32>::open(&path).unwrap().with_max_message_size(1024);
+    let mut rx = FifoReceiver::<u32>::open(&path)
+        .unwrap()
+        .with_max_message_size(1024);
     // A writer of our own keeps the stream open between the children (no end of stream).
     let keep_open = FifoSender::<u32>::open(&path).await.unwrap();
     // A whole frame that is not a u32 (postcard varint with no end), then a good one.
@@ -172,7 +190,10 @@ async fn wrong_types_truncated_frames_and_garbage_are_errors_not_panics() {
         (path.clone(), vec![2, 0, 0, 0, 0xff, 0xff, 1, 0, 0, 0, 7]),
         write_raw,
     );
-    assert!(matches!(within("bad", rx.recv()).await, Err(FifoRecvError::Decode(_))));
+    assert!(matches!(
+        within("bad", rx.recv()).await,
+        Err(FifoRecvError::Decode(_))
+    ));
     assert_eq!(within("good", rx.recv()).await.unwrap(), Some(7));
     within("child", child).await.unwrap();
     // A frame whose writer died in the middle, noticed when the last writer closes.

@@ -20,15 +20,17 @@ type Bundle = (Queue<String>, Lock, Event, SharedMemory);
 async fn use_bundle(name: String) -> bool {
     let (queue, lock, event, shm): Bundle = named::lookup(&name).await.unwrap();
     let guard = lock.try_lock().is_ok();
-    queue.put(format!("hello from {}", std::process::id())).await.unwrap();
+    queue
+        .put(format!("hello from {}", std::process::id()))
+        .await
+        .unwrap();
     shm.write(0, b"seen");
     event.set();
     guard
 }
 
 #[tokio::test]
-async fn handles_published_under_a_name_are_the_same_primitives_in_a_process_that_looks_them_up()
-{
+async fn handles_published_under_a_name_are_the_same_primitives_in_a_process_that_looks_them_up() {
     let name = unique("bundle");
     let bundle: Bundle = (
         Queue::new().unwrap(),
@@ -40,7 +42,9 @@ async fn handles_published_under_a_name_are_the_same_primitives_in_a_process_tha
     assert_eq!(publication.name(), name);
     let held = bundle.1.lock().await.unwrap();
     let child = spawn(name.clone(), use_bundle);
-    within("event set by the child", bundle.2.wait()).await.unwrap();
+    within("event set by the child", bundle.2.wait())
+        .await
+        .unwrap();
     let got_lock = within("child", child).await.unwrap();
     assert!(!got_lock, "the child's lock is not the same lock");
     drop(held);
@@ -79,10 +83,20 @@ async fn missing_names_wrong_types_and_duplicates_are_clear_errors() {
     assert_eq!(named::blocking_lookup::<u32>(&name).unwrap(), 7);
     assert!(named::publish("", &1u8).unwrap_err().is_invalid_name());
     assert!(named::publish("a/b", &1u8).unwrap_err().is_invalid_name());
-    assert!(named::lookup::<u8>(&"n".repeat(120)).await.unwrap_err().is_invalid_name());
+    assert!(
+        named::lookup::<u8>(&"n".repeat(120))
+            .await
+            .unwrap_err()
+            .is_invalid_name()
+    );
     drop(publication);
     // Withdrawn at once: the lookup fails, and the name can be published again.
-    assert!(named::lookup::<u32>(&name).await.unwrap_err().is_not_found());
+    assert!(
+        named::lookup::<u32>(&name)
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
     let _again = named::publish(&name, &9u32).unwrap();
     assert_eq!(named::lookup::<u32>(&name).await.unwrap(), 9);
 }
@@ -103,7 +117,12 @@ async fn a_publisher_killed_with_sigkill_takes_its_names_with_it() {
     let found: Event = named::lookup(&name).await.unwrap();
     assert!(found.is_set());
     child.kill().unwrap();
-    assert!(within("killed", child.join()).await.unwrap_err().is_killed());
+    assert!(
+        within("killed", child.join())
+            .await
+            .unwrap_err()
+            .is_killed()
+    );
     let gone = multiproc_suite::eventually(|| {
         named::blocking_lookup::<Event>(&name).is_err_and(|e| e.is_not_found())
     })
@@ -139,15 +158,22 @@ async fn as_nobody<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) ->
 
 fn seqpacket() -> std::os::fd::OwnedFd {
     use rustix::net::{AddressFamily, SocketFlags, SocketType};
-    rustix::net::socket_with(AddressFamily::UNIX, SocketType::SEQPACKET, SocketFlags::CLOEXEC, None)
-        .unwrap()
+    rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap()
 }
 
 /// The abstract socket name the registry uses for `name` (its documented layout).
 fn socket_name(name: &str) -> rustix::net::SocketAddrUnix {
     let uid = rustix::process::geteuid().as_raw();
-    rustix::net::SocketAddrUnix::new_abstract_name(format!("multiproc/{uid}/registry/{name}").as_bytes())
-        .unwrap()
+    rustix::net::SocketAddrUnix::new_abstract_name(
+        format!("multiproc/{uid}/registry/{name}").as_bytes(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -184,5 +210,9 @@ async fn other_users_are_refused_on_both_sides() {
     .await;
     let err = named::lookup::<u32>(&squatted).await.unwrap_err();
     assert!(err.is_other_user(), "{err}");
-    assert!(named::publish(&squatted, &1u32).unwrap_err().is_already_exists());
+    assert!(
+        named::publish(&squatted, &1u32)
+            .unwrap_err()
+            .is_already_exists()
+    );
 }

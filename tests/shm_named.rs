@@ -36,7 +36,9 @@ async fn a_process_attaches_by_name_and_both_see_each_others_writes() {
     assert_eq!(shm.name(), Some(name.as_str()));
     assert_eq!(shm.len(), 512);
     shm.write(0, b"HELLO");
-    let seen = within("child", spawn(name.clone(), attach_and_write)).await.unwrap();
+    let seen = within("child", spawn(name.clone(), attach_and_write))
+        .await
+        .unwrap();
     assert_eq!(seen, b"HELLO");
     let mut buf = [0u8; 5];
     shm.read(100, &mut buf);
@@ -44,7 +46,10 @@ async fn a_process_attaches_by_name_and_both_see_each_others_writes() {
     // A second handle in this process is the same memory, and keeps the name while it lives.
     let clone = shm.clone();
     drop(shm);
-    assert_eq!(SharedMemory::attach(&name).unwrap().to_vec()[100..105], *b"howdy");
+    assert_eq!(
+        SharedMemory::attach(&name).unwrap().to_vec()[100..105],
+        *b"howdy"
+    );
     drop(clone);
     assert!(SharedMemory::attach(&name).unwrap_err().is_not_found());
 }
@@ -54,13 +59,29 @@ fn python_error_rules() {
     let name = unique("rules");
     let shm = SharedMemory::create(&name, 100).unwrap();
     // FileExistsError, FileNotFoundError, size zero, bad names.
-    assert!(SharedMemory::create(&name, 100).unwrap_err().is_already_exists());
-    assert!(SharedMemory::attach(&unique("missing")).unwrap_err().is_not_found());
-    assert!(SharedMemory::create(&unique("zero"), 0).unwrap_err().is_invalid());
+    assert!(
+        SharedMemory::create(&name, 100)
+            .unwrap_err()
+            .is_already_exists()
+    );
+    assert!(
+        SharedMemory::attach(&unique("missing"))
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        SharedMemory::create(&unique("zero"), 0)
+            .unwrap_err()
+            .is_invalid()
+    );
     assert!(SharedMemory::create("a\0b", 10).unwrap_err().is_invalid());
     assert!(SharedMemory::create("a/b", 10).unwrap_err().is_invalid());
     assert!(SharedMemory::create("", 10).unwrap_err().is_invalid());
-    assert!(SharedMemory::attach(&"x".repeat(200)).unwrap_err().is_invalid());
+    assert!(
+        SharedMemory::attach(&"x".repeat(200))
+            .unwrap_err()
+            .is_invalid()
+    );
     // unlink withdraws the name; a second unlink is not found (as Python's).
     shm.unlink().unwrap();
     assert!(shm.unlink().unwrap_err().is_not_found());
@@ -94,11 +115,18 @@ async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
     let name = unique("sigkill");
     let created = Event::new().unwrap();
     let mut owner = spawn((name.clone(), created.clone()), own_forever);
-    within("owner created the memory", created.wait()).await.unwrap();
+    within("owner created the memory", created.wait())
+        .await
+        .unwrap();
     let attached = SharedMemory::attach(&name).unwrap();
     assert_eq!(&attached.to_vec()[..14], b"from the owner");
     owner.kill().unwrap();
-    assert!(within("killed owner", owner.join()).await.unwrap_err().is_killed());
+    assert!(
+        within("killed owner", owner.join())
+            .await
+            .unwrap_err()
+            .is_killed()
+    );
     // The name died with its owner, and nothing of it is in /dev/shm...
     let gone = within_blocking("name withdrawn", {
         let name = name.clone();
@@ -194,7 +222,11 @@ async fn python_attaches_a_segment_multiproc_created() {
     shm.read(100, &mut buf);
     assert_eq!(&buf, b"PYTHN");
     // Python's FileExistsError rule on our name, and unlink as Python does it.
-    assert!(SharedMemory::create_posix(&name, 10).unwrap_err().is_already_exists());
+    assert!(
+        SharedMemory::create_posix(&name, 10)
+            .unwrap_err()
+            .is_already_exists()
+    );
     shm.unlink().unwrap();
     assert!(!Path::new(&format!("/dev/shm/{name}")).exists());
     assert!(shm.unlink().unwrap_err().is_not_found());
@@ -216,7 +248,9 @@ async fn multiproc_attaches_a_segment_python_created() {
     assert_eq!(shm.len(), 1000);
     assert_eq!(&shm.to_vec()[..6], b"python");
     assert_eq!(
-        within("child", spawn(name.clone(), attach_posix_in_child)).await.unwrap(),
+        within("child", spawn(name.clone(), attach_posix_in_child))
+            .await
+            .unwrap(),
         b"python"
     );
     // A POSIX handle travels by name (as Python pickles it) and is the same memory.
@@ -232,5 +266,9 @@ async fn multiproc_attaches_a_segment_python_created() {
     assert_eq!(via_handle.as_deref(), Some(name.as_str()));
     assert_eq!(&shm.to_vec()[..6], b"rust!!");
     shm.unlink().unwrap();
-    assert!(SharedMemory::attach_posix(&name).unwrap_err().is_not_found());
+    assert!(
+        SharedMemory::attach_posix(&name)
+            .unwrap_err()
+            .is_not_found()
+    );
 }

@@ -68,7 +68,12 @@ async fn holder_killed_with_sigkill_releases_the_lock_to_the_next_waiter() {
         .unwrap()
         .unwrap();
     assert!(!shared);
-    assert!(within("killed child", child.join()).await.unwrap_err().is_killed());
+    assert!(
+        within("killed child", child.join())
+            .await
+            .unwrap_err()
+            .is_killed()
+    );
     std::fs::remove_file(&path).unwrap();
 }
 
@@ -80,13 +85,18 @@ async fn shared_locks_coexist_across_processes_and_exclude_an_exclusive_one() {
         (path.clone(), false, true, WHOLE, locked.clone()),
         hold_forever,
     );
-    within("child holds a shared lock", locked.wait()).await.unwrap();
+    within("child holds a shared lock", locked.wait())
+        .await
+        .unwrap();
     let lock = FileLock::open(&path).unwrap();
     let shared = lock.try_lock_shared().unwrap();
     assert!(shared.is_shared());
     drop(shared);
     let start = Instant::now();
-    let err = lock.lock_timeout(Duration::from_millis(100)).await.unwrap_err();
+    let err = lock
+        .lock_timeout(Duration::from_millis(100))
+        .await
+        .unwrap_err();
     assert!(err.is_timeout(), "{err}");
     assert!(start.elapsed() >= Duration::from_millis(100));
     child.kill().unwrap();
@@ -106,11 +116,18 @@ async fn byte_ranges_lock_independently_across_processes() {
         (path.clone(), false, false, (0, 10), locked.clone()),
         hold_forever,
     );
-    within("child holds bytes 0..10", locked.wait()).await.unwrap();
+    within("child holds bytes 0..10", locked.wait())
+        .await
+        .unwrap();
     let lock = FileLock::open(&path).unwrap();
     let tail = lock.range(10..).try_lock().unwrap();
     // 5..15 overlaps our own 10..: this process's error comes first.
-    assert!(lock.range(5..15).try_lock().unwrap_err().is_held_by_this_process());
+    assert!(
+        lock.range(5..15)
+            .try_lock()
+            .unwrap_err()
+            .is_held_by_this_process()
+    );
     drop(tail);
     assert!(lock.range(5..15).try_lock().unwrap_err().is_would_block());
     assert!(lock.range(..=9).try_lock().unwrap_err().is_would_block());
@@ -130,7 +147,12 @@ async fn a_second_lock_of_the_same_range_in_one_process_is_an_error() {
     let second = FileLock::open(&path).unwrap(); // another open of the same file
     let guard = first.lock().await.unwrap();
     assert!(second.try_lock().unwrap_err().is_held_by_this_process());
-    assert!(first.try_lock_shared().unwrap_err().is_held_by_this_process());
+    assert!(
+        first
+            .try_lock_shared()
+            .unwrap_err()
+            .is_held_by_this_process()
+    );
     assert!(matches!(
         second.lock().await,
         Err(FileLockError::HeldByThisProcess)
@@ -139,12 +161,23 @@ async fn a_second_lock_of_the_same_range_in_one_process_is_an_error() {
         second.lock_timeout(Duration::from_secs(1)).await,
         Err(FileLockTimeoutError::HeldByThisProcess)
     ));
-    assert!(second.blocking_lock().unwrap_err().is_held_by_this_process());
+    assert!(
+        second
+            .blocking_lock()
+            .unwrap_err()
+            .is_held_by_this_process()
+    );
     drop(guard);
     // Disjoint ranges are fine; overlapping ones are not, whatever the kinds.
     let a = second.range(0..100).lock_shared().await.unwrap();
     let b = first.range(100..200).try_lock().unwrap();
-    assert!(first.range(50..150).try_lock_shared().unwrap_err().is_held_by_this_process());
+    assert!(
+        first
+            .range(50..150)
+            .try_lock_shared()
+            .unwrap_err()
+            .is_held_by_this_process()
+    );
     drop((a, b));
     let flock = FileLock::open_flock(&path).unwrap();
     let g = flock.try_lock().unwrap();
@@ -182,10 +215,7 @@ async fn a_cancelled_lock_future_leaves_nothing_locked() {
         // it again, and then after a pause in which it could have retried.
         release.set();
         within("holder exits", holder).await.unwrap();
-        assert!(matches!(
-            lock.lock_timeout(Duration::from_millis(1)).await,
-            Ok(_)
-        ));
+        assert!(lock.lock_timeout(Duration::from_millis(1)).await.is_ok());
         tokio::time::sleep(Duration::from_millis(30)).await;
     } // dropped here
     // Nothing holds the lock: not this process, and another process can take it.
@@ -197,7 +227,12 @@ async fn a_cancelled_lock_future_leaves_nothing_locked() {
     let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
     let holder = spawn((path.clone(), locked.clone(), release.clone()), hold_until);
     within("holder locked again", locked.wait()).await.unwrap();
-    assert!(lock.lock_timeout(Duration::from_millis(30)).await.unwrap_err().is_timeout());
+    assert!(
+        lock.lock_timeout(Duration::from_millis(30))
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     release.set();
     within("holder exits", holder).await.unwrap();
     let child = spawn(path.clone(), try_once);
@@ -248,19 +283,34 @@ async fn flock_mode_excludes_and_is_excluded_by_flock_1() {
     // flock(1) without waiting fails (exit 1) while we hold the lock...
     let args = ["-n".to_owned(), s(&path), "true".to_owned()];
     assert_eq!(exit_code("flock", &args).await, 1);
-    assert_eq!(exit_code("flock", &["-n".into(), "-s".into(), s(&path), "true".into()]).await, 1);
+    assert_eq!(
+        exit_code(
+            "flock",
+            &["-n".into(), "-s".into(), s(&path), "true".into()]
+        )
+        .await,
+        1
+    );
     drop(guard);
     // ...and takes it once we let go.
     assert_eq!(exit_code("flock", &args).await, 0);
     // The other way: flock(1) holds it, we wait until it is killed.
     // (flock(1) runs the command with the locked descriptor inherited: both must die.)
-    let (mut holder, shell) = started("flock", &[&s(&path), "-c", "echo ready $$; exec sleep 600"]).await;
+    let (mut holder, shell) =
+        started("flock", &[&s(&path), "-c", "echo ready $$; exec sleep 600"]).await;
     assert!(lock.try_lock().unwrap_err().is_would_block());
-    assert!(lock.lock_timeout(Duration::from_millis(50)).await.unwrap_err().is_timeout());
+    assert!(
+        lock.lock_timeout(Duration::from_millis(50))
+            .await
+            .unwrap_err()
+            .is_timeout()
+    );
     let shell = rustix::process::Pid::from_raw(shell.parse().unwrap()).unwrap();
     rustix::process::kill_process(shell, rustix::process::Signal::KILL).unwrap();
     holder.kill().unwrap();
-    let _guard = within("lock after flock(1) was killed", lock.lock()).await.unwrap();
+    let _guard = within("lock after flock(1) was killed", lock.lock())
+        .await
+        .unwrap();
     holder.wait().unwrap();
     std::fs::remove_file(&path).unwrap();
 }
@@ -275,7 +325,11 @@ async fn flock_mode_interoperates_with_python_fcntl_flock() {
                  try:\n    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n    sys.exit(3)\n\
                  fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)\n";
     let args = ["-c".to_owned(), probe.to_owned(), s(&path)];
-    assert_eq!(exit_code("python3", &args).await, 3, "python took an exclusive lock we share");
+    assert_eq!(
+        exit_code("python3", &args).await,
+        3,
+        "python took an exclusive lock we share"
+    );
     drop(guard);
     assert_eq!(exit_code("python3", &args).await, 0);
     let holder_script = "import fcntl, sys, time\n\
@@ -286,7 +340,9 @@ async fn flock_mode_interoperates_with_python_fcntl_flock() {
     let (mut holder, _) = started("python3", &["-c", holder_script, &s(&path)]).await;
     assert!(lock.try_lock_shared().unwrap_err().is_would_block());
     holder.kill().unwrap();
-    let _guard = within("lock after python was killed", lock.lock()).await.unwrap();
+    let _guard = within("lock after python was killed", lock.lock())
+        .await
+        .unwrap();
     holder.wait().unwrap();
     std::fs::remove_file(&path).unwrap();
 }
@@ -302,7 +358,14 @@ async fn ofd_ranges_conflict_with_python_fcntl_lockf_ranges() {
                  f = open(sys.argv[1], 'r+')\n\
                  start = int(sys.argv[2])\n\
                  try:\n    fcntl.lockf(f, fcntl.LOCK_EX | fcntl.LOCK_NB, 10, start)\nexcept OSError:\n    sys.exit(3)\n";
-    let run = |start: &str| vec!["-c".to_owned(), probe.to_owned(), s(&path), start.to_owned()];
+    let run = |start: &str| {
+        vec![
+            "-c".to_owned(),
+            probe.to_owned(),
+            s(&path),
+            start.to_owned(),
+        ]
+    };
     assert_eq!(exit_code("python3", &run("50")).await, 3);
     assert_eq!(exit_code("python3", &run("100")).await, 0);
     std::fs::remove_file(&path).unwrap();

@@ -7,7 +7,7 @@
 //! broken exclusion fails the trial), timed as the other multi-process workloads are.
 
 use std::io;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
@@ -45,7 +45,7 @@ fn lock_path() -> PathBuf {
 }
 
 /// Lock and unlock `n` times in one process: ns per lock/unlock pair.
-async fn uncontended(path: &PathBuf, n: u64, blocking: bool) -> io::Result<f64> {
+async fn uncontended(path: &Path, n: u64, blocking: bool) -> io::Result<f64> {
     let lock = FileLock::open_flock(path).map_err(other)?;
     let t0 = Instant::now();
     for _ in 0..n {
@@ -96,7 +96,7 @@ async fn child_body(a: &Args) -> Result<u64, String> {
 }
 
 /// Two processes, `n / 2` lock/unlock pairs each: pairs per second, all processes together.
-async fn contended(path: &PathBuf, n: u64, blocking: bool) -> io::Result<f64> {
+async fn contended(path: &Path, n: u64, blocking: bool) -> io::Result<f64> {
     let per = n / 2;
     let barrier = Barrier::new(3).map_err(other)?;
     let reports: Queue<Result<u64, String>> = Queue::new()?;
@@ -104,7 +104,7 @@ async fn contended(path: &PathBuf, n: u64, blocking: bool) -> io::Result<f64> {
     let children = (0..2)
         .map(|_| {
             let args = Args {
-                path: path.clone(),
+                path: path.to_owned(),
                 blocking,
                 ops: per,
                 counter: counter.clone(),

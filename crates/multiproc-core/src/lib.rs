@@ -19,8 +19,8 @@
 #![deny(unsafe_code)]
 
 pub mod error;
-pub mod fs;
 mod fd;
+pub mod fs;
 pub mod message;
 pub mod named;
 pub mod proc;

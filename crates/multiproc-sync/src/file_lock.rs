@@ -245,7 +245,10 @@ impl FileLock {
     ///
     /// # Cancel safety
     /// As [`lock`](Self::lock).
-    pub async fn lock_timeout(&self, timeout: Duration) -> Result<FileLockGuard, FileLockTimeoutError> {
+    pub async fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<FileLockGuard, FileLockTimeoutError> {
         self.lock_kind_timeout(LockKind::Exclusive, timeout).await
     }
 

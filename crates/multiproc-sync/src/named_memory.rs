@@ -137,7 +137,8 @@ impl SharedMemory {
     /// # Ok(()) }
     /// ```
     pub fn create_posix(name: &str, len: usize) -> Result<Self, CreateNamedError> {
-        let region = shm::create_posix(name, len).map_err(|e| CreateNamedError::from_io(name, e))?;
+        let region =
+            shm::create_posix(name, len).map_err(|e| CreateNamedError::from_io(name, e))?;
         Ok(Self::posix(name, region))
     }
 
@@ -188,10 +189,7 @@ impl SharedMemory {
                 shm::unlink_posix(&name.name).map_err(|e| UnlinkError::from_io(&name.name, e))
             }
             Lifetime::Served(publication) => {
-                let taken = publication
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .take();
+                let taken = publication.lock().unwrap_or_else(|e| e.into_inner()).take();
                 match taken {
                     Some(publication) => {
                         drop(publication);

@@ -66,7 +66,9 @@ pub fn blocking_lookup<T: DeserializeOwned>(name: &str) -> Result<T, LookupError
 pub async fn lookup_in<T: DeserializeOwned>(namespace: &str, name: &str) -> Result<T, LookupError> {
     let socket = connect(namespace, name, Instant::now() + LOOKUP_TIMEOUT)?;
     if tokio::runtime::Handle::try_current().is_err() {
-        return Err(io_error(io::Error::other("async lookup outside of a tokio runtime")));
+        return Err(io_error(io::Error::other(
+            "async lookup outside of a tokio runtime",
+        )));
     }
     // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which keeps it open (same file
     // description, same number) for as long as it is registered.
