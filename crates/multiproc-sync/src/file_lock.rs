@@ -1,39 +1,5 @@
 //! [`FileLock`]: a lock on a file (or a byte range of it) that unrelated programs meet by path.
-//!
-//! **Kernel locks.** By default an open-file-description lock (`F_OFD_SETLK`): it belongs to the
-//! `FileLock`'s own open of the file, so closing another descriptor of the same file (a library
-//! reading it, say) does not drop it, which is the trap of classic POSIX `fcntl` locks; it
-//! covers byte ranges, shared or exclusive. [`FileLock::open_flock`] uses `flock(2)` instead,
-//! whole-file, which is what `flock(1)` and Python's `fcntl.flock` take, so a multiproc program
-//! and a shell script or Python script exclude each other. (The two kinds do not see each
-//! other on Linux: every party must use the same kind.)
-//!
-//! **Waiting.** There is no readiness to wait for on a file lock (no descriptor becomes
-//! readable when a lock is released). Two ways were weighed: a helper thread blocked in
-//! `F_OFD_SETLKW`, or non-blocking attempts with a growing pause. The blocked thread is woken
-//! only by the lock or by a signal, so a cancelled or timed-out wait would leave the thread
-//! blocked (perhaps forever) and, worse, let it take the lock after its future is gone unless
-//! it unlocks again; interrupting it needs a signal handler installed in the user's process.
-//! Attempts with a pause need none of that: each attempt is one non-blocking system call made
-//! inside `poll`, that either takes the lock and returns the guard in the same poll or takes
-//! nothing, so a dropped future can never leave a lock taken, and no runtime thread blocks. The
-//! price is latency and fairness under contention: a waiter notices a release only at its next
-//! attempt, after a pause that starts at [`FileLock::FIRST_PAUSE`] and doubles up to
-//! [`FileLock::MAX_PAUSE`]. File locks guard files, whose work is measured in milliseconds;
-//! for fast cross-process locking use [`Lock`](crate::Lock). The blocking twins
-//! ([`FileLock::blocking_lock`]) have no cancellation to worry about and wait in the kernel
-//! (`F_OFD_SETLKW`, `flock` without `LOCK_NB`), which is fair and wakes at once.
-//!
-//! **One process, one lock per range.** The kernel lets two open descriptions in one process
-//! conflict like two processes (an `F_OFD_SETLKW` on a range this process holds through
-//! another `FileLock` would wait forever), while classic locks would silently succeed. Both
-//! hide bugs, so a process-wide table of the `(device, inode, range)`s this process holds makes
-//! a second lock of an overlapping range an error
-//! ([`FileLockError::HeldByThisProcess`]), whatever the kinds.
-//!
-//! **Crash behavior.** The kernel releases a lock when the last descriptor of its open file
-//! description closes, which includes the holder's death by any signal: the next waiter gets
-//! the lock. What the holder was writing to the file is left as it was.
+//! The kernel locks, the waiting strategy and the process table are argued on [`FileLock`].
 
 use std::collections::HashMap;
 use std::fmt;
@@ -93,8 +59,42 @@ struct Inner {
 }
 
 /// A lock on a file, or on a byte range of it, shared with every process that locks the same
-/// file by path: Python's `fcntl.flock` / `fcntl.lockf`, async. See the
-/// [module docs](self) for the kernel locks used, how waiting works and why.
+/// file by path: Python's `fcntl.flock` / `fcntl.lockf`, async.
+///
+/// **Kernel locks.** By default an open-file-description lock (`F_OFD_SETLK`): it belongs to the
+/// `FileLock`'s own open of the file, so closing another descriptor of the same file (a library
+/// reading it, say) does not drop it, which is the trap of classic POSIX `fcntl` locks; it
+/// covers byte ranges, shared or exclusive. [`FileLock::open_flock`] uses `flock(2)` instead,
+/// whole-file, which is what `flock(1)` and Python's `fcntl.flock` take, so a multiproc program
+/// and a shell script or Python script exclude each other. (The two kinds do not see each
+/// other on Linux: every party must use the same kind.)
+///
+/// **Waiting.** There is no readiness to wait for on a file lock (no descriptor becomes
+/// readable when a lock is released). Two ways were weighed: a helper thread blocked in
+/// `F_OFD_SETLKW`, or non-blocking attempts with a growing pause. The blocked thread is woken
+/// only by the lock or by a signal, so a cancelled or timed-out wait would leave the thread
+/// blocked (perhaps forever) and, worse, let it take the lock after its future is gone unless
+/// it unlocks again; interrupting it needs a signal handler installed in the user's process.
+/// Attempts with a pause need none of that: each attempt is one non-blocking system call made
+/// inside `poll`, that either takes the lock and returns the guard in the same poll or takes
+/// nothing, so a dropped future can never leave a lock taken, and no runtime thread blocks. The
+/// price is latency and fairness under contention: a waiter notices a release only at its next
+/// attempt, after a pause that starts at [`FileLock::FIRST_PAUSE`] and doubles up to
+/// [`FileLock::MAX_PAUSE`]. File locks guard files, whose work is measured in milliseconds;
+/// for fast cross-process locking use [`Lock`](crate::Lock). The blocking twins
+/// ([`FileLock::blocking_lock`]) have no cancellation to worry about and wait in the kernel
+/// (`F_OFD_SETLKW`, `flock` without `LOCK_NB`), which is fair and wakes at once.
+///
+/// **One process, one lock per range.** The kernel lets two open descriptions in one process
+/// conflict like two processes (an `F_OFD_SETLKW` on a range this process holds through
+/// another `FileLock` would wait forever), while classic locks would silently succeed. Both
+/// hide bugs, so a process-wide table of the `(device, inode, range)`s this process holds makes
+/// a second lock of an overlapping range an error
+/// ([`FileLockError::HeldByThisProcess`]), whatever the kinds.
+///
+/// **Crash behavior.** The kernel releases a lock when the last descriptor of its open file
+/// description closes, which includes the holder's death by any signal: the next waiter gets
+/// the lock. What the holder was writing to the file is left as it was.
 ///
 /// A `FileLock` is an open file plus a range (the whole file unless [`range`](Self::range) says
 /// otherwise). Locking returns a [`FileLockGuard`] that unlocks when dropped. Clones share the
