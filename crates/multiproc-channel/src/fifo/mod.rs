@@ -59,9 +59,10 @@ const HEADER: usize = 4;
 /// use multiproc_channel::fifo::{self, FifoReceiver, FifoSender};
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let path = std::env::temp_dir().join(format!("doc-fifo-{}", std::process::id()));
+/// # let _ = fifo::remove(&path); // a leftover of a crashed run with the same pid
 /// fifo::create(&path)?;
 /// let mut rx = FifoReceiver::<(u32, String)>::open(&path)?; // e.g. in a server program
-/// let mut tx = FifoSender::open(&path).await?;               // e.g. in a client program
+/// let mut tx = FifoSender::<(u32, String)>::open(&path).await?; // e.g. in a client program
 /// tx.send(&(1, "job".to_string())).await?;
 /// assert_eq!(rx.recv().await?, Some((1, "job".to_string())));
 /// drop(tx);
