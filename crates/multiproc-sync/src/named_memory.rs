@@ -62,22 +62,14 @@ impl SharedMemory {
     pub fn create(name: &str, len: usize) -> Result<Self, CreateNamedError> {
         let region = SharedRegion::new(len).map_err(|e| CreateNamedError::from_io(name, e))?;
         let publication = named::publish_in(SHM_NAMESPACE, name, &region).map_err(|e| {
-            let kind = if e.is_already_exists() {
-                NamedErrorKind::AlreadyExists
-            } else if e.is_invalid_name() {
-                NamedErrorKind::Invalid
-            } else {
-                NamedErrorKind::Other
-            };
+            let kind = classify(
+                e.is_already_exists(),
+                NamedErrorKind::AlreadyExists,
+                e.is_invalid_name(),
+            );
             CreateNamedError::new(name, kind, e.into())
         })?;
-        Ok(Self {
-            region,
-            name: Some(Arc::new(Name {
-                name: name.to_owned(),
-                lifetime: Lifetime::Served(Mutex::new(Some(publication))),
-            })),
-        })
+        Ok(Self::served(name, region, Some(publication)))
     }
 
     /// Attaches the memory another process of this user [`create`](Self::create)d under
@@ -91,22 +83,14 @@ impl SharedMemory {
     /// a process of another user holds the name or the owner does not answer.
     pub fn attach(name: &str) -> Result<Self, AttachError> {
         let region: SharedRegion = named::blocking_lookup_in(SHM_NAMESPACE, name).map_err(|e| {
-            let kind = if e.is_not_found() {
-                NamedErrorKind::NotFound
-            } else if e.is_invalid_name() {
-                NamedErrorKind::Invalid
-            } else {
-                NamedErrorKind::Other
-            };
+            let kind = classify(
+                e.is_not_found(),
+                NamedErrorKind::NotFound,
+                e.is_invalid_name(),
+            );
             AttachError::new(name, kind, e.into())
         })?;
-        Ok(Self {
-            region,
-            name: Some(Arc::new(Name {
-                name: name.to_owned(),
-                lifetime: Lifetime::Served(Mutex::new(None)),
-            })),
-        })
+        Ok(Self::served(name, region, None))
     }
 
     /// Creates the POSIX shared memory object `name` of `len` zeroed bytes, exactly as Python's
@@ -152,6 +136,17 @@ impl SharedMemory {
     pub fn attach_posix(name: &str) -> Result<Self, AttachError> {
         let region = shm::open_posix(name).map_err(|e| AttachError::from_io(name, e))?;
         Ok(Self::posix(name, region))
+    }
+
+    /// Served memory under `name`; an owner holds the `publication`.
+    fn served(name: &str, region: SharedRegion, publication: Option<Publication>) -> Self {
+        Self {
+            region,
+            name: Some(Arc::new(Name {
+                name: name.to_owned(),
+                lifetime: Lifetime::Served(Mutex::new(publication)),
+            })),
+        }
     }
 
     fn posix(name: &str, region: SharedRegion) -> Self {
@@ -240,13 +235,7 @@ impl<'de> Deserialize<'de> for SharedMemory {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         Ok(match Wire::deserialize(deserializer)? {
             Wire::Anonymous(region) => Self { region, name: None },
-            Wire::Served { name, region } => Self {
-                region,
-                name: Some(Arc::new(Name {
-                    name,
-                    lifetime: Lifetime::Served(Mutex::new(None)),
-                })),
-            },
+            Wire::Served { name, region } => Self::served(&name, region, None),
             Wire::Posix { name } => {
                 let region = shm::open_posix(&name).map_err(|e| {
                     D::Error::custom(format!("cannot open shared memory `{name}`: {e}"))
@@ -254,6 +243,18 @@ impl<'de> Deserialize<'de> for SharedMemory {
                 Self::posix(&name, region)
             }
         })
+    }
+}
+
+/// The kind of a core `named` error: `expected` when `is_expected`, invalid for a bad name,
+/// other otherwise.
+fn classify(is_expected: bool, expected: NamedErrorKind, is_invalid: bool) -> NamedErrorKind {
+    if is_expected {
+        expected
+    } else if is_invalid {
+        NamedErrorKind::Invalid
+    } else {
+        NamedErrorKind::Other
     }
 }
 
