@@ -222,10 +222,23 @@ impl Server {
                 let mut buf = [0u8; 64];
                 while matches!(rustix::io::read(&self.wake_rx, &mut buf), Ok(n) if n > 0) {}
             }
+            let mut starved = false;
             for (entry, _) in snapshot.iter().zip(&ready[1..]).filter(|(_, r)| **r) {
-                while let Ok(Some(conn)) = accept(&*entry.listener) {
-                    serve(&conn, &entry.record, uid);
+                loop {
+                    match accept(&*entry.listener) {
+                        Ok(Some(conn)) => serve(&conn, &entry.record, uid),
+                        Ok(None) => break,
+                        // Out of descriptors (EMFILE) or memory: the connection stays queued
+                        // and the socket readable; pause rather than spin on it.
+                        Err(_) => {
+                            starved = true;
+                            break;
+                        }
+                    }
                 }
+            }
+            if starved {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
             drop(snapshot);
         }
