@@ -22,6 +22,8 @@
 //! Results and their reading: `docs/BENCHMARKS.md`.
 
 mod file_lock_bench;
+// Named endpoints (issue 13).
+mod conn_bench;
 mod multiproc_impl;
 mod payload;
 mod pool_bench;
@@ -71,10 +73,19 @@ pub(crate) enum Workload {
     FileLockUncontended,
     /// Two processes incrementing one shared counter under one `flock` file lock.
     FileLockContended2p,
+    // Named endpoints (issue 13).
+    /// Request/response round trips of 64 bytes over one keyed connection, Unix socket.
+    ConnRoundtripUnix,
+    /// The same over TCP loopback.
+    ConnRoundtripTcp,
+    /// Connections accepted per second (connect, key handshake, one reply), Unix socket.
+    ConnAcceptUnix,
+    /// The same over TCP loopback.
+    ConnAcceptTcp,
 }
 
 impl Workload {
-    const ALL: [Workload; 15] = [
+    const ALL: [Workload; 19] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -90,6 +101,11 @@ impl Workload {
         Workload::PoolApplyRoundtrip,
         Workload::FileLockUncontended,
         Workload::FileLockContended2p,
+        // Named endpoints.
+        Workload::ConnRoundtripUnix,
+        Workload::ConnRoundtripTcp,
+        Workload::ConnAcceptUnix,
+        Workload::ConnAcceptTcp,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -110,6 +126,11 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
             Workload::FileLockUncontended => "file_lock_uncontended",
             Workload::FileLockContended2p => "file_lock_contended_2p",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix => "conn_roundtrip_unix",
+            Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
+            Workload::ConnAcceptUnix => "conn_accept_unix",
+            Workload::ConnAcceptTcp => "conn_accept_tcp",
         }
     }
 
@@ -128,6 +149,9 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "us_per_task",
             Workload::FileLockUncontended => "ns_per_op",
             Workload::FileLockContended2p => "ops_per_s",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
         }
     }
 
@@ -144,6 +168,11 @@ impl Workload {
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
                 | Workload::FileLockContended2p
+                // Named endpoints.
+                | Workload::ConnRoundtripUnix
+                | Workload::ConnRoundtripTcp
+                | Workload::ConnAcceptUnix
+                | Workload::ConnAcceptTcp
         )
     }
 
@@ -180,6 +209,11 @@ impl Workload {
             (Workload::FileLockUncontended, true) => 50_000,
             (Workload::FileLockContended2p, false) => 100_000,
             (Workload::FileLockContended2p, true) => 20_000,
+            // Named endpoints.
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, false) => 20_000,
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
         }
     }
 
@@ -220,6 +254,11 @@ impl Workload {
             Workload::FileLockUncontended | Workload::FileLockContended2p => {
                 &[Impl::Multiproc, Impl::MultiprocBlocking, Impl::PythonMp]
             }
+            // Named endpoints: multiproc against Python's multiprocessing.connection.
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -329,7 +368,9 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
-                 pool_apply_roundtrip, file_lock_uncontended, file_lock_contended_2p
+                 pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
+                 conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
+                 file_lock_contended_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes
@@ -501,6 +542,13 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::FileLockContended2p => {
                 "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1"
             }
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => {
+                "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)"
+            }
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
+                "Client(address, authkey) + recv(); Listener.accept() + send()"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -561,6 +609,14 @@ fn run_trial(
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
         ) => pool_bench::run(rt, w, n).map(Sample::from),
+        // Named endpoints.
+        (
+            Impl::Multiproc,
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp,
+        ) => conn_bench::run(rt, w, n).map(Sample::from),
         (Impl::Multiproc, _) => multiproc_impl::run(rt, w, n, false).map(Sample::from),
         (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
