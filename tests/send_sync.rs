@@ -99,10 +99,34 @@ async fn named_resources_and_their_futures_are_send() {
     sync::<FifoSender<String>>();
     send::<FifoReceiver<String>>();
     sync::<FifoReceiver<String>>();
-    send::<(FileLockError, TryFileLockError, PublishError, LookupError, CreateNamedError)>();
-    sync::<(FileLockError, TryFileLockError, PublishError, LookupError, CreateNamedError)>();
-    send::<(AttachError, UnlinkError, FifoOpenError, FifoSendError, FifoRecvError)>();
-    sync::<(AttachError, UnlinkError, FifoOpenError, FifoSendError, FifoRecvError)>();
+    send::<(
+        FileLockError,
+        TryFileLockError,
+        PublishError,
+        LookupError,
+        CreateNamedError,
+    )>();
+    sync::<(
+        FileLockError,
+        TryFileLockError,
+        PublishError,
+        LookupError,
+        CreateNamedError,
+    )>();
+    send::<(
+        AttachError,
+        UnlinkError,
+        FifoOpenError,
+        FifoSendError,
+        FifoRecvError,
+    )>();
+    sync::<(
+        AttachError,
+        UnlinkError,
+        FifoOpenError,
+        FifoSendError,
+        FifoRecvError,
+    )>();
     let path = std::env::temp_dir().join(format!("multiproc-send-sync-{}", std::process::id()));
     let lock = FileLock::open(&path).unwrap();
     send_val(&lock.lock());

@@ -12,8 +12,9 @@ use tokio::io::unix::AsyncFd;
 use super::error::{LookupError, LookupErrorKind};
 use super::serve::MAX_RECORD;
 use crate::message;
-use crate::sys::abstract_socket::{connect_abstract, effective_uid, peer_uid};
+use crate::sys::abstract_socket::connect_abstract;
 use crate::sys::{Direction, Received, recv_with_fds, wait_ready};
+use crate::transport::endpoint::{effective_uid, peer_credentials};
 
 /// How long a lookup waits for the publisher's answer. The publisher answers from a thread that
 /// does nothing else, in microseconds; only a stopped or starved publisher takes this long.
@@ -140,7 +141,7 @@ fn connect(namespace: &str, name: &str, deadline: Instant) -> Result<OwnedFd, Lo
             Err(e) => return Err(io_error(e)),
         }
     };
-    let uid = peer_uid(&socket).map_err(io_error)?;
+    let uid = peer_credentials(socket.as_fd()).map_err(io_error)?.uid;
     if uid != effective_uid() {
         return Err(LookupError::new(LookupErrorKind::OtherUser {
             name: name.to_owned(),

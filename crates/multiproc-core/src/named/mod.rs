@@ -32,7 +32,8 @@
 //! garbled value. (Type names are the same for the same type in builds from the same source and
 //! compiler, which is what two cooperating programs are.)
 //!
-//! May import: `sys`, `message`, `fd`. Never `wait`, `transport` or `proc`.
+//! May import: `sys`, `message`, `fd`, and `transport::endpoint` (peer credentials). Never
+//! `wait`, the rest of `transport`, or `proc`.
 
 mod error;
 mod lookup;
@@ -42,7 +43,8 @@ pub use error::{LookupError, PublishError};
 pub use lookup::{LOOKUP_TIMEOUT, blocking_lookup, blocking_lookup_in, lookup, lookup_in};
 pub use serve::{Publication, publish, publish_in};
 
-use crate::sys::abstract_socket::{MAX_ABSTRACT_NAME, effective_uid};
+use crate::sys::abstract_socket::MAX_ABSTRACT_NAME;
+use crate::transport::endpoint::effective_uid;
 
 /// The namespace of names published through [`publish`]; other users of the mechanism (named
 /// shared memory) pass their own to the `_in` functions so names do not clash across kinds.

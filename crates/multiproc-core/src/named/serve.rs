@@ -10,8 +10,9 @@ use serde::Serialize;
 
 use super::error::{PublishError, PublishErrorKind};
 use crate::message;
-use crate::sys::abstract_socket::{accept, effective_uid, listen_abstract, peer_uid};
+use crate::sys::abstract_socket::{accept, listen_abstract};
 use crate::sys::{MAX_FDS_PER_SENDMSG, send_with_fds};
+use crate::transport::endpoint::{effective_uid, peer_credentials};
 
 /// Largest encoded value a name can carry (one `SOCK_SEQPACKET` packet).
 pub(crate) const MAX_RECORD: usize = 64 * 1024;
@@ -248,7 +249,7 @@ impl Server {
 /// Answers one lookup: the record, if the peer is of our user; otherwise nothing (the peer
 /// sees the connection closed).
 fn serve(conn: &OwnedFd, record: &Record, uid: u32) {
-    if peer_uid(conn).ok() != Some(uid) {
+    if peer_credentials(conn.as_fd()).map(|c| c.uid).ok() != Some(uid) {
         return;
     }
     let fds: Vec<BorrowedFd<'_>> = record.fds.iter().map(|fd| fd.as_fd()).collect();

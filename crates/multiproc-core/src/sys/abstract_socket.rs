@@ -1,6 +1,6 @@
 //! Listening and connecting on Linux abstract Unix socket names (no file: the name vanishes
-//! when the last descriptor of the listening socket closes, including when its process dies),
-//! and the peer's credentials.
+//! when the last descriptor of the listening socket closes, including when its process dies).
+//! The peer's credentials are `transport::endpoint`'s.
 
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -43,20 +43,6 @@ pub(crate) fn accept(listener: impl AsFd) -> io::Result<Option<OwnedFd>> {
         Err(rustix::io::Errno::AGAIN) => Ok(None),
         Err(e) => Err(e.into()),
     }
-}
-
-/// The effective user id of the peer of a connected Unix socket, as the kernel recorded it
-/// when the peer connected or listened (`SO_PEERCRED`).
-///
-/// # References
-/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), `SO_PEERCRED`
-pub(crate) fn peer_uid(socket: impl AsFd) -> io::Result<u32> {
-    Ok(rustix::net::sockopt::socket_peercred(socket)?.uid.as_raw())
-}
-
-/// This process's effective user id.
-pub(crate) fn effective_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
 }
 
 fn seqpacket() -> io::Result<OwnedFd> {
