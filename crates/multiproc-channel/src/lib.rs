@@ -10,4 +10,4 @@ pub mod fifo;
 pub mod pipe;
 mod queue;
 
-pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream};
