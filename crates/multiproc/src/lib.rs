@@ -157,6 +157,18 @@ pub mod error {
     pub use multiproc_sync::error::*;
 }
 
+// --- manager (issue 15) ---
+/// Served typed state (Python's `Manager`): a [`Manager`](manager::Manager) process serves
+/// maps, lists, values and counters to every process through proxies that travel like any
+/// handle, with atomic `update`s run inside the manager, batches, pipelines and `watch`.
+///
+/// Locks, queues, events and the other primitives need no manager: hand the real handle out.
+pub mod manager {
+    #[doc(inline)]
+    pub use multiproc_manager::*;
+}
+// --- end manager ---
+
 /// Lower-level pieces for building new handle types.
 pub mod core {
     #[doc(inline)]

@@ -1,0 +1,49 @@
+//! What every proxy is underneath: the process's link to its manager and the value's id.
+//!
+//! A proxy serializes as the manager's [`Connector`] and the id, nothing else (no secret, no
+//! connection state); the receiving process joins its own link to that manager on first use.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::OpError;
+use crate::link::{Connector, Link};
+use crate::op::{Batch, Pipeline};
+
+/// A served value's address in the manager, with this process's link to it.
+#[derive(Clone, Debug)]
+pub(crate) struct Target {
+    pub(crate) link: Arc<Link>,
+    pub(crate) id: u32,
+}
+
+impl Target {
+    pub(crate) fn manager(&self) -> u64 {
+        self.link.connector.manager
+    }
+
+    pub(crate) fn batch(&self) -> Batch {
+        Batch::new(self.link.clone())
+    }
+
+    pub(crate) async fn pipeline(&self) -> Result<Pipeline, OpError> {
+        Pipeline::open(&self.link.connector).await
+    }
+}
+
+impl Serialize for Target {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        (&self.link.connector, self.id).serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Target {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let (connector, id) = <(Connector, u32)>::deserialize(deserializer)?;
+        Ok(Target {
+            link: Link::shared(connector),
+            id,
+        })
+    }
+}
