@@ -5,16 +5,19 @@
 //! `Op` can instead go into a batch or a pipeline, which give back a [`Slot`] per operation to
 //! take its typed result from.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
+use std::future::Future;
+
 use futures::SinkExt;
+use multiproc_channel::pipe;
 
 use crate::error::OpError;
-use crate::link::{ClientEnd, Connector, Link, read_answer};
-use crate::wire::{self, Failure, Reply, Request};
+use crate::link::{Connector, Link};
+use crate::wire::{self, Failure, Reply, Request, Response};
 
 /// Turns one answer into the operation's typed result.
 pub(crate) type Decode<R> = fn(Result<Reply, Failure>) -> Result<R, OpError>;
@@ -159,15 +162,16 @@ impl BatchResults {
     }
 }
 
-/// Most requests a pipeline leaves unanswered before it reads answers (past this, both sides
-/// could fill their socket buffers writing to each other).
+/// Most requests a pipeline leaves unanswered before it waits for answers.
 const WINDOW: u64 = 512;
 
 /// Operations sent one after another without waiting for each answer: the round trip is paid
 /// once for many operations, and operations of one pipeline are applied in order.
 ///
 /// A pipeline has its own connection to the manager. [`push`](Self::push) sends (buffered), and
-/// [`wait`](Self::wait) or [`finish`](Self::finish) collect answers.
+/// [`wait`](Self::wait) or [`finish`](Self::finish) collect answers. While it writes, it also
+/// reads the answers that arrive (and keeps them), so the manager is never stuck writing
+/// answers nobody reads, however large they are.
 ///
 /// # Examples
 /// ```no_run
@@ -187,32 +191,95 @@ const WINDOW: u64 = 512;
 /// ```
 pub struct Pipeline {
     manager: u64,
-    end: ClientEnd,
+    tx: pipe::Sender<Request>,
+    answers: Answers,
     next_id: u64,
-    /// Requests sent whose answers were not read yet: ids `answered..next_id`.
+    flushed: bool,
+}
+
+/// The receiving side of a pipeline: answers read so far.
+struct Answers {
+    rx: pipe::Receiver<Response>,
+    /// Answers were read for ids `..answered`.
     answered: u64,
     /// Answers read but not taken yet.
     kept: HashMap<u64, Result<Reply, Failure>>,
-    flushed: bool,
+    /// Requests whose answers are dropped as they arrive (failures are kept in `failed`).
+    forgotten: HashSet<u64>,
+    /// The first failure of a forgotten request.
+    failed: Option<Failure>,
+}
+
+impl Answers {
+    /// Reads the next answer and keeps it.
+    async fn read_one(&mut self) -> Result<(), OpError> {
+        let id = self.answered;
+        let mut results = loop {
+            match self.rx.recv().await {
+                Ok(Some(Response::Done { id: got, results })) if got == id => break results,
+                Ok(Some(_)) => continue,
+                Ok(None) => return Err(OpError::gone()),
+                Err(e) if e.is_fatal() => return Err(OpError::gone_with(e)),
+                Err(e) => return Err(OpError::protocol_with(e)),
+            }
+        };
+        self.answered += 1;
+        let result = results
+            .pop()
+            .ok_or_else(|| OpError::protocol("empty answer"))?;
+        if self.forgotten.remove(&id) {
+            if let Err(failure) = result {
+                self.failed.get_or_insert(failure);
+            }
+        } else {
+            self.kept.insert(id, result);
+        }
+        Ok(())
+    }
+
+    /// Runs `write` (a send or flush) while reading answers, so that neither side can block
+    /// the other with full socket buffers.
+    async fn while_writing<W>(&mut self, sent: u64, write: W) -> Result<(), OpError>
+    where
+        W: Future<Output = Result<(), multiproc_core::SendError>>,
+    {
+        let mut write = std::pin::pin!(write);
+        loop {
+            if self.answered >= sent {
+                return write.await.map_err(send_error);
+            }
+            tokio::select! {
+                biased;
+                done = &mut write => return done.map_err(send_error),
+                read = self.read_one() => read?,
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
             .field("sent", &self.next_id)
-            .field("answered", &self.answered)
+            .field("answered", &self.answers.answered)
             .finish_non_exhaustive()
     }
 }
 
 impl Pipeline {
     pub(crate) async fn open(connector: &Connector) -> Result<Self, OpError> {
+        let (tx, rx) = connector.open().await?.split();
         Ok(Self {
             manager: connector.manager,
-            end: connector.open().await?,
+            tx,
+            answers: Answers {
+                rx,
+                answered: 0,
+                kept: HashMap::new(),
+                forgotten: HashSet::new(),
+                failed: None,
+            },
             next_id: 0,
-            answered: 0,
-            kept: HashMap::new(),
             flushed: true,
         })
     }
@@ -223,27 +290,54 @@ impl Pipeline {
     /// When `op` belongs to another manager, or the manager is gone.
     ///
     /// # Cancel safety
-    /// Once polled, the operation may be sent even if the future is dropped.
+    /// Once polled, the operation may be sent even if the future is dropped; its slot is then
+    /// lost.
     pub async fn push<R>(&mut self, op: Op<R>) -> Result<Slot<R>, OpError> {
         if op.manager != self.manager {
             return Err(OpError::other_manager());
         }
-        while self.next_id - self.answered >= WINDOW {
-            self.read_one().await?;
+        while self.next_id - self.answers.answered >= WINDOW {
+            self.flush().await?;
+            self.answers.read_one().await?;
         }
         let id = self.next_id;
         let request = Request {
             id,
             ops: vec![op.wire],
         };
-        self.end.feed(request).await.map_err(send_error)?;
         self.next_id += 1;
         self.flushed = false;
+        self.answers
+            .while_writing(id, self.tx.feed(request))
+            .await?;
         Ok(Slot {
             at: id,
             decode: op.decode,
             _marker: PhantomData,
         })
+    }
+
+    /// Sends `op` without waiting for its answer, which is dropped when it arrives (a failure
+    /// is kept for [`finish`](Self::finish)): for writes whose results nobody needs, so that a
+    /// long pipeline holds no answers.
+    ///
+    /// # Errors
+    /// When `op` belongs to another manager, or the manager is gone.
+    ///
+    /// # Cancel safety
+    /// Once polled, the operation may be sent even if the future is dropped.
+    pub async fn push_forget<R>(&mut self, op: Op<R>) -> Result<(), OpError> {
+        let slot = self.push(op).await?;
+        match self.answers.kept.remove(&slot.at) {
+            Some(Err(failure)) => {
+                self.answers.failed.get_or_insert(failure);
+            }
+            Some(Ok(_)) => {}
+            None => {
+                self.answers.forgotten.insert(slot.at);
+            }
+        }
+        Ok(())
     }
 
     /// Writes every operation pushed so far.
@@ -255,7 +349,8 @@ impl Pipeline {
     /// Cancel safe: what was pushed is still sent by a later flush.
     pub async fn flush(&mut self) -> Result<(), OpError> {
         if !self.flushed {
-            self.end.flush().await.map_err(send_error)?;
+            let sent = self.next_id;
+            self.answers.while_writing(sent, self.tx.flush()).await?;
             self.flushed = true;
         }
         Ok(())
@@ -271,15 +366,15 @@ impl Pipeline {
     pub async fn wait<R>(&mut self, slot: Slot<R>) -> Result<R, OpError> {
         self.flush().await?;
         loop {
-            if let Some(result) = self.kept.remove(&slot.at) {
+            if let Some(result) = self.answers.kept.remove(&slot.at) {
                 return (slot.decode)(result);
             }
-            if slot.at >= self.next_id || slot.at < self.answered {
+            if slot.at >= self.next_id || slot.at < self.answers.answered {
                 return Err(OpError::protocol(
                     "this slot's result was taken or is not in this pipeline",
                 ));
             }
-            self.read_one().await?;
+            self.answers.read_one().await?;
         }
     }
 
@@ -293,27 +388,16 @@ impl Pipeline {
     /// Cancel safe.
     pub async fn finish(&mut self) -> Result<(), OpError> {
         self.flush().await?;
-        while self.answered < self.next_id {
-            self.read_one().await?;
+        while self.answers.answered < self.next_id {
+            self.answers.read_one().await?;
         }
-        let mut kept: Vec<_> = self.kept.drain().collect();
+        let mut kept: Vec<_> = self.answers.kept.drain().collect();
         kept.sort_by_key(|(id, _)| *id);
-        match kept.into_iter().find_map(|(_, r)| r.err()) {
+        let failed = self.answers.failed.take();
+        match failed.or_else(|| kept.into_iter().find_map(|(_, r)| r.err())) {
             Some(failure) => Err(OpError::failed(failure)),
             None => Ok(()),
         }
-    }
-
-    async fn read_one(&mut self) -> Result<(), OpError> {
-        self.flush().await?;
-        let id = self.answered;
-        let mut results = read_answer(&mut self.end, id).await?;
-        self.answered += 1;
-        let result = results
-            .pop()
-            .ok_or_else(|| OpError::protocol("empty answer"))?;
-        self.kept.insert(id, result);
-        Ok(())
     }
 }
 
