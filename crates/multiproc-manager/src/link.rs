@@ -76,7 +76,7 @@ fn is_gone(e: &io::Error) -> bool {
 
 enum State {
     Unconnected,
-    Open { end: ClientEnd, next_id: u64 },
+    Open { end: Box<ClientEnd>, next_id: u64 },
     Gone,
 }
 
@@ -123,7 +123,12 @@ impl Link {
         let mut state = self.state.lock().await;
         if let State::Unconnected = *state {
             match self.connector.open().await {
-                Ok(end) => *state = State::Open { end, next_id: 0 },
+                Ok(end) => {
+                    *state = State::Open {
+                        end: Box::new(end),
+                        next_id: 0,
+                    }
+                }
                 Err(e) => {
                     if e.is_manager_gone() {
                         *state = State::Gone;

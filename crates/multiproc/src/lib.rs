@@ -55,6 +55,7 @@
 //! | `pool.map`, `starmap`, `imap`, `imap_unordered` | [`Pool::map`]`(f, items).await`, [`Pool::starmap`], [`Pool::imap`] and [`Pool::imap_unordered`] (`Stream`s) |
 //! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
 //! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
+//! | `Manager().dict()`, `.list()`, `.Namespace()` | [`manager::Manager`]`::start().await`, then `map(name)`, `list(name)`, `value(name, init)`; [`manager::Map::update`] runs a `fn` in the manager, so a nested mutation is never lost |
 //!
 //! ## Where things are
 //!
@@ -70,6 +71,8 @@
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
+//! - [`manager`]: the [`Manager`](manager::Manager) serving maps, lists, values and counters
+//!   (Python's `Manager()`), with atomic `update`s, batches, pipelines and `watch`;
 //! - [`core`]: the lower-level pieces for building new handle types.
 //!
 //! ## The process model
