@@ -274,3 +274,65 @@ async fn an_operation_dropped_while_waiting_does_not_mix_up_answers() {
         2
     );
 }
+
+#[tokio::test]
+async fn garbage_from_a_client_never_stops_the_manager() {
+    use multiproc_core::SharedFd;
+    use multiproc_core::transport::packet::{Packet, PacketSocket};
+
+    let manager = Manager::start().await.unwrap();
+    let m = manager.map::<String, u64>("m").await.unwrap();
+    m.insert("k".into(), 1).await.unwrap();
+    // A client is the manager's id and its connector; take the connector out.
+    let (bytes, fds) = multiproc::core::message::encode(&manager.client()).unwrap();
+    let (_, connector): (u64, SharedFd) = multiproc::core::message::decode(&bytes, fds).unwrap();
+    let socket = PacketSocket::new(connector).unwrap();
+    // A packet that is not a pipe end.
+    socket
+        .try_send(&[], &Packet::new(b"not a pipe end", Vec::new()).unwrap())
+        .unwrap();
+    // A real pipe end, then bytes that are not frames on it.
+    let (mine, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .unwrap();
+    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs)).unwrap();
+    socket
+        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
+        .unwrap();
+    rustix::io::write(&mine, b"\xff\xffgarbage that is not a frame").unwrap();
+    // A frame header announcing far more than the limit.
+    let (mine2, theirs2) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .unwrap();
+    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs2)).unwrap();
+    socket
+        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
+        .unwrap();
+    let mut header = b"MPF1".to_vec();
+    header.extend_from_slice(&u32::MAX.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    rustix::io::write(&mine2, &header).unwrap();
+    // The manager dropped those connections and serves everyone else.
+    let mut buf = [0u8; 16];
+    let n = within("closed", async {
+        loop {
+            match rustix::io::read(&mine, &mut buf) {
+                Ok(n) => return n,
+                Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+            }
+        }
+    })
+    .await;
+    assert_eq!(n, 0, "the manager answered garbage instead of closing");
+    assert_eq!(within("serving", m.get("k")).await.unwrap(), Some(1));
+    assert!(manager.is_alive());
+    drop(mine2);
+}

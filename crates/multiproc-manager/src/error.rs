@@ -103,8 +103,11 @@ impl OpError {
     pub fn is_wrong_type(&self) -> bool {
         matches!(
             self.kind,
-            Kind::Decode(_) | Kind::Failed(Failure::WrongKind { .. } | Failure::WrongType { .. })
-        ) || matches!(&self.kind, Kind::Failed(Failure::Undecodable(_)))
+            Kind::Decode(_)
+                | Kind::Failed(
+                    Failure::WrongKind { .. } | Failure::WrongType { .. } | Failure::Undecodable(_)
+                )
+        )
     }
 
     /// True when a list index was out of range (nothing was changed).

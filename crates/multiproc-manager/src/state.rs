@@ -354,3 +354,104 @@ fn value_op(value: &mut crate::wire::Blob, op: ValueOp) -> Result<(Reply, bool),
         }
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Blob;
+
+    fn open(state: &mut State, name: &str, kind: Kind, ty: &str) -> Result<u32, Failure> {
+        let init = Blob::encode(&0i64).unwrap();
+        match state.apply(Op::Open {
+            name: name.into(),
+            kind,
+            type_name: ty.into(),
+            init,
+        })? {
+            Reply::Id(id) => Ok(id),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn key(k: &str) -> ByteBuf {
+        crate::wire::encode_key(k).unwrap()
+    }
+
+    #[test]
+    fn a_name_is_opened_once_and_checked_on_every_open() {
+        let mut s = State::default();
+        let a = open(&mut s, "a", Kind::Map, "t").unwrap();
+        assert_eq!(open(&mut s, "a", Kind::Map, "t").unwrap(), a);
+        assert!(matches!(
+            open(&mut s, "a", Kind::List, "t"),
+            Err(Failure::WrongKind { .. })
+        ));
+        assert!(matches!(
+            open(&mut s, "a", Kind::Map, "u"),
+            Err(Failure::WrongType { .. })
+        ));
+        assert_ne!(open(&mut s, "b", Kind::Map, "t").unwrap(), a);
+    }
+
+    #[test]
+    fn an_unknown_id_or_a_wrong_kind_changes_nothing() {
+        let mut s = State::default();
+        let l = open(&mut s, "l", Kind::List, "t").unwrap();
+        assert!(matches!(
+            s.apply(Op::Map(99, MapOp::Len)),
+            Err(Failure::NoSuchValue)
+        ));
+        assert!(matches!(
+            s.apply(Op::Map(l, MapOp::Clear)),
+            Err(Failure::WrongKind { .. })
+        ));
+        assert!(matches!(
+            s.apply(Op::List(l, ListOp::Remove(0))),
+            Err(Failure::OutOfRange { index: 0, len: 0 })
+        ));
+        assert!(matches!(
+            s.apply(Op::List(l, ListOp::Len)),
+            Ok(Reply::Len(0))
+        ));
+    }
+
+    #[test]
+    fn a_snapshot_restores_names_kinds_types_and_contents() {
+        let mut s = State::default();
+        let m = open(&mut s, "m", Kind::Map, "t").unwrap();
+        let c = open(&mut s, "c", Kind::Counter, "i64").unwrap();
+        let v = Blob::encode(&7u8).unwrap();
+        s.apply(Op::Map(m, MapOp::Insert(key("x"), v))).unwrap();
+        s.apply(Op::Counter(c, CounterOp::Add(5))).unwrap();
+        let mut r = State::restore(s.snapshot());
+        assert_eq!(open(&mut r, "m", Kind::Map, "t").unwrap(), m);
+        assert!(open(&mut r, "m", Kind::Map, "other").is_err());
+        match r.apply(Op::Map(m, MapOp::Get(key("x")))).unwrap() {
+            Reply::MaybeBlob(Some(b)) => assert_eq!(b.decode::<u8>().unwrap(), 7),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            r.apply(Op::Counter(c, CounterOp::Get)),
+            Ok(Reply::Int(5))
+        ));
+    }
+
+    #[test]
+    fn watchers_get_changes_and_leave_when_gone() {
+        let mut s = State::default();
+        let m = open(&mut s, "m", Kind::Map, "t").unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        s.watch(m, tx).unwrap();
+        let v = Blob::encode(&1u8).unwrap();
+        s.apply(Op::Map(m, MapOp::Insert(key("a"), v))).unwrap();
+        s.apply(Op::Map(m, MapOp::Get(key("a")))).unwrap();
+        s.apply(Op::Map(m, MapOp::Remove(key("a")))).unwrap();
+        s.apply(Op::Map(m, MapOp::Remove(key("a")))).unwrap(); // nothing removed: no event
+        assert!(matches!(rx.try_recv(), Ok(Event::MapInserted(..))));
+        assert!(matches!(rx.try_recv(), Ok(Event::MapRemoved(_))));
+        assert!(rx.try_recv().is_err());
+        drop(rx);
+        s.apply(Op::Map(m, MapOp::Clear)).unwrap();
+        assert!(s.values[m as usize].watchers.is_empty());
+    }
+}
