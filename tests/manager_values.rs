@@ -374,3 +374,86 @@ async fn dropping_the_last_owner_stops_the_manager() {
     let err = within("gone", m.insert(2, 2)).await.unwrap_err();
     assert!(err.is_manager_gone(), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tasks_of_one_process_share_one_connection() {
+    let manager = Manager::start().await.unwrap();
+    let m = manager.map::<u32, u32>("m").await.unwrap();
+    let tasks: Vec<_> = (0..50u32)
+        .map(|t| {
+            let m = m.clone();
+            tokio::spawn(async move {
+                for i in 0..20u32 {
+                    let k = t * 100 + i;
+                    m.insert(k, k * 2).await.unwrap();
+                    assert_eq!(m.get(&k).await.unwrap(), Some(k * 2));
+                    if i % 5 == 0 {
+                        // A cancelled operation in the middle of others' traffic.
+                        let _ = tokio::time::timeout(
+                            std::time::Duration::from_micros(1),
+                            m.contains_key(&k),
+                        )
+                        .await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        within("task", t).await.unwrap();
+    }
+    assert_eq!(m.len().await.unwrap(), 1000);
+}
+
+fn record((l, x): (List<u64>, u64)) -> u64 {
+    // A pool task is sync here: run the proxy on a runtime of its own.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async move { l.push(x).await.unwrap() as u64 })
+}
+
+#[tokio::test]
+async fn proxies_travel_to_pool_tasks_and_inside_messages() {
+    let manager = Manager::start().await.unwrap();
+    let l = manager.list::<u64>("l").await.unwrap();
+    let pool = multiproc::Pool::new(2).unwrap();
+    let lens = within("pool", pool.map(record, (0..10).map(|x| (l.clone(), x))))
+        .await
+        .unwrap();
+    assert_eq!(lens.len(), 10);
+    let mut items = l.items().await.unwrap();
+    items.sort();
+    assert_eq!(items, (0..10).collect::<Vec<_>>());
+
+    // Inside a message: a queue carries the proxy to a child.
+    let q = Queue::<Counter>::new().unwrap();
+    q.put(manager.counter("c").await.unwrap()).await.unwrap();
+    let child = spawn(q.clone(), |q: Queue<Counter>| async move {
+        q.get().await.unwrap().add(5).await.unwrap()
+    });
+    assert_eq!(within("child", child).await.unwrap(), 5);
+}
+
+async fn read_nested(outer: Map<String, List<u32>>) -> Vec<u32> {
+    let inner = outer.get("inner").await.unwrap().unwrap();
+    inner.push(3).await.unwrap();
+    inner.items().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_proxy_stored_in_a_served_map_works_wherever_it_is_read() {
+    let manager = Manager::start().await.unwrap();
+    let inner = manager.list::<u32>("inner").await.unwrap();
+    inner.extend([1, 2]).await.unwrap();
+    let outer = manager.map::<String, List<u32>>("outer").await.unwrap();
+    outer.insert("inner".into(), inner.clone()).await.unwrap();
+    drop(inner);
+    let got = within("child", spawn(outer.clone(), read_nested))
+        .await
+        .unwrap();
+    assert_eq!(got, [1, 2, 3]);
+    let inner = outer.get("inner").await.unwrap().unwrap();
+    assert_eq!(inner.items().await.unwrap(), [1, 2, 3]);
+}

@@ -10,6 +10,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use multiproc_channel::pipe;
@@ -74,16 +75,66 @@ fn is_gone(e: &io::Error) -> bool {
     )
 }
 
-enum State {
-    Unconnected,
-    Open { end: Box<ClientEnd>, next_id: u64 },
-    Gone,
+/// The results of one request.
+type Results = Vec<Result<Reply, Failure>>;
+
+/// An open connection, shared by every caller in this process.
+///
+/// Callers send under `tx` and take turns reading under `rx`: whoever holds `rx` reads one
+/// answer and, if it is another caller's, leaves it in `arrived` for that caller (who waits for
+/// `rx` in the queue, and looks in `arrived` first once it has it). So concurrent operations of
+/// one process are in flight together, and every answer reaches its caller without a task of
+/// its own (the link works from any runtime, and from none between calls).
+struct Conn {
+    tx: tokio::sync::Mutex<pipe::Sender<Request>>,
+    rx: tokio::sync::Mutex<pipe::Receiver<Response>>,
+    next_id: AtomicU64,
+    /// One entry per caller waiting for an answer, filled by whoever read it.
+    arrived: Mutex<HashMap<u64, Option<Results>>>,
 }
 
-/// One connection to a manager, shared by every proxy of that manager in this process.
+impl Conn {
+    fn arrived(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Option<Results>>> {
+        self.arrived.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A caller's entry in `arrived`; removed when the caller stops waiting (or is cancelled), so
+/// a late answer is dropped.
+struct Waiting<'a> {
+    conn: &'a Conn,
+    id: u64,
+}
+
+impl<'a> Waiting<'a> {
+    fn new(conn: &'a Conn, id: u64) -> Self {
+        conn.arrived().insert(id, None);
+        Self { conn, id }
+    }
+
+    fn take(&self) -> Option<Results> {
+        self.conn.arrived().get_mut(&self.id).and_then(Option::take)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.conn.arrived().remove(&self.id);
+    }
+}
+
+/// This process's connection to a manager, shared by every proxy of that manager here.
+///
+/// A connection's socket is registered with the tokio runtime that opened it, so the link keeps
+/// one per runtime: a call from another runtime (a pool task's, a later test's) opens a new
+/// connection for it, and the old one closes once its last caller is done.
 pub(crate) struct Link {
     pub(crate) connector: Connector,
-    state: tokio::sync::Mutex<State>,
+    conn: Mutex<Option<(tokio::runtime::Id, Arc<Conn>)>>,
+    /// Held while a connection is being opened, so concurrent first calls open one.
+    connecting: tokio::sync::Mutex<()>,
+    /// Set once the manager was seen gone: every later call fails at once.
+    gone: AtomicBool,
 }
 
 impl fmt::Debug for Link {
@@ -109,47 +160,47 @@ impl Link {
         let id = connector.manager;
         let link = Arc::new(Link {
             connector,
-            state: tokio::sync::Mutex::new(State::Unconnected),
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            gone: AtomicBool::new(false),
         });
         links.insert(id, Arc::downgrade(&link));
         link
+    }
+
+    /// Notes what `e` says about the manager, and passes it on.
+    fn seen(&self, e: OpError) -> OpError {
+        if e.is_manager_gone() {
+            self.gone.store(true, Ordering::Relaxed);
+        }
+        e
     }
 
     /// Sends `ops` as one request and waits for their results.
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
-    pub(crate) async fn call(&self, ops: Vec<Op>) -> Result<Vec<Result<Reply, Failure>>, OpError> {
-        let mut state = self.state.lock().await;
-        if let State::Unconnected = *state {
-            match self.connector.open().await {
-                Ok(end) => {
-                    *state = State::Open {
-                        end: Box::new(end),
-                        next_id: 0,
-                    }
-                }
-                Err(e) => {
-                    if e.is_manager_gone() {
-                        *state = State::Gone;
-                    }
-                    return Err(e);
-                }
-            }
-        }
-        let State::Open { end, next_id } = &mut *state else {
+    pub(crate) async fn call(&self, ops: Vec<Op>) -> Result<Results, OpError> {
+        if self.gone.load(Ordering::Relaxed) {
             return Err(OpError::gone());
-        };
-        let id = *next_id;
-        *next_id += 1;
-        let n = ops.len();
-        let result = exchange(end, Request { id, ops }).await;
-        if let Err(e) = &result {
-            if e.is_manager_gone() {
-                *state = State::Gone;
-            }
         }
-        let results = result?;
+        let conn = self.conn().await.map_err(|e| self.seen(e))?;
+        let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
+        let n = ops.len();
+        let waiting = Waiting::new(&conn, id);
+        conn.tx
+            .lock()
+            .await
+            .send(Request { id, ops })
+            .await
+            .map_err(|e| {
+                self.seen(if e.is_closed() {
+                    OpError::gone()
+                } else {
+                    OpError::send(e.into_parts().1)
+                })
+            })?;
+        let results = self.answer(&conn, &waiting).await?;
         if results.len() != n {
             return Err(OpError::protocol(
                 "the manager answered a different number of operations",
@@ -157,22 +208,72 @@ impl Link {
         }
         Ok(results)
     }
-}
 
-/// Sends `request` and reads answers until its own (skipping those of cancelled requests).
-async fn exchange(
-    end: &mut ClientEnd,
-    request: Request,
-) -> Result<Vec<Result<Reply, Failure>>, OpError> {
-    let id = request.id;
-    end.send(request).await.map_err(|e| {
-        if e.is_closed() {
-            OpError::gone()
-        } else {
-            OpError::send(e.into_parts().1)
+    /// The connection for the current runtime, opened if there is none.
+    async fn conn(&self) -> Result<Arc<Conn>, OpError> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|e| OpError::io(io::Error::other(e)))?
+            .id();
+        let current = || {
+            let conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+            conn.as_ref()
+                .filter(|(id, _)| *id == runtime)
+                .map(|(_, c)| c.clone())
+        };
+        if let Some(conn) = current() {
+            return Ok(conn);
         }
-    })?;
-    read_answer(end, id).await
+        let _opening = self.connecting.lock().await;
+        if let Some(conn) = current() {
+            return Ok(conn);
+        }
+        let (tx, rx) = self.connector.open().await?.split();
+        let conn = Arc::new(Conn {
+            tx: tokio::sync::Mutex::new(tx),
+            rx: tokio::sync::Mutex::new(rx),
+            next_id: AtomicU64::new(0),
+            arrived: Mutex::new(HashMap::new()),
+        });
+        *self.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some((runtime, conn.clone()));
+        Ok(conn)
+    }
+
+    /// Waits for the answer `waiting` is for, reading answers (for anyone) in turn.
+    async fn answer(&self, conn: &Conn, waiting: &Waiting<'_>) -> Result<Results, OpError> {
+        loop {
+            if let Some(results) = waiting.take() {
+                return Ok(results);
+            }
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(OpError::gone());
+            }
+            let mut rx = conn.rx.lock().await;
+            // Another reader may have left it while this one waited for its turn.
+            if let Some(results) = waiting.take() {
+                return Ok(results);
+            }
+            if self.gone.load(Ordering::Relaxed) {
+                return Err(OpError::gone());
+            }
+            match rx.recv().await {
+                Ok(Some(Response::Done { id, results })) if id == waiting.id => return Ok(results),
+                Ok(Some(Response::Done { id, results })) => {
+                    if let Some(slot) = conn.arrived().get_mut(&id) {
+                        *slot = Some(results);
+                    }
+                }
+                Ok(Some(Response::Event(_))) => {}
+                Ok(None) => return Err(self.seen(OpError::gone())),
+                Err(e) if e.is_fatal() => return Err(self.seen(OpError::gone_with(e))),
+                Err(e) => {
+                    // An answer that does not decode: whose it was is unknown, so the link
+                    // cannot be trusted any more.
+                    self.gone.store(true, Ordering::Relaxed);
+                    return Err(OpError::protocol_with(e));
+                }
+            }
+        }
+    }
 }
 
 /// Reads answers until the one for request `id`.
