@@ -13,28 +13,28 @@ use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::wire::{Blob, Failure, UpdateCall, UpdateFn};
+use crate::wire::{Blob, Failure, FnToken, UpdateCall};
 
 /// The token for `f(&mut T, A) -> R`, for a value that must exist.
-pub(crate) fn update_fn<T, A, R, F>(f: F) -> UpdateFn
+pub(crate) fn update_fn<T, A, R, F>(f: F) -> FnToken
 where
     F: Fn(&mut T, A) -> R + Copy + Send + 'static,
     T: Serialize + DeserializeOwned + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    RemoteFn::new(f, run::<T, A, R, F>)
+    FnToken::new(RemoteFn::new(f, run::<T, A, R, F>))
 }
 
 /// The token for `f(&mut T, A) -> R`, for a map entry that starts as `T::default()` when absent.
-pub(crate) fn update_or_default_fn<T, A, R, F>(f: F) -> UpdateFn
+pub(crate) fn update_or_default_fn<T, A, R, F>(f: F) -> FnToken
 where
     F: Fn(&mut T, A) -> R + Copy + Send + 'static,
     T: Serialize + DeserializeOwned + Default + 'static,
     A: DeserializeOwned + 'static,
     R: Serialize + 'static,
 {
-    RemoteFn::new(f, run_or_default::<T, A, R, F>)
+    FnToken::new(RemoteFn::new(f, run_or_default::<T, A, R, F>))
 }
 
 fn run<T, A, R, F>(f: F, call: UpdateCall) -> UpdateCall
@@ -103,12 +103,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
 }
 
 /// Runs `f` on `current` in this process (the manager): the new value and the result.
-pub(crate) fn call(
-    f: &UpdateFn,
-    current: Option<Blob>,
-    arg: Blob,
-) -> Result<(Blob, Blob), Failure> {
-    let out = f.call(UpdateCall {
+pub(crate) fn call(f: &FnToken, current: Option<Blob>, arg: Blob) -> Result<(Blob, Blob), Failure> {
+    let out = f.resolve()?.call(UpdateCall {
         current,
         arg,
         outcome: None,
@@ -152,6 +148,17 @@ mod tests {
         );
         let err = call(&f, None, Blob::encode(&1u32).unwrap()).unwrap_err();
         assert!(matches!(err, Failure::NoSuchValue), "{err}");
+    }
+
+    #[test]
+    fn a_token_that_does_not_verify_fails_the_operation_only() {
+        let mut bytes = [0u8; 24].to_vec();
+        bytes[0] = 1;
+        let (token, _) =
+            multiproc_core::message::encode(&serde_bytes::ByteBuf::from(bytes)).unwrap();
+        let forged: FnToken = multiproc_core::message::decode(&token, Vec::new()).unwrap();
+        let err = call(&forged, None, Blob::encode(&1u32).unwrap()).unwrap_err();
+        assert!(matches!(err, Failure::UnknownFunction), "{err}");
     }
 
     #[test]

@@ -112,6 +112,27 @@ pub(crate) struct UpdateCall {
 /// A function run inside the manager by `update`.
 pub(crate) type UpdateFn = RemoteFn<UpdateCall, UpdateCall>;
 
+/// An [`UpdateFn`] as it travels: its encoded token, checked only when the manager applies the
+/// operation, so a token this program did not make (another program's client) fails that one
+/// operation ([`Failure::UnknownFunction`]) instead of the whole request.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct FnToken(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl FnToken {
+    pub(crate) fn new(f: UpdateFn) -> Self {
+        // A token is three integers: encoding cannot fail.
+        Self(
+            message::encode(&f)
+                .map(|(bytes, _)| bytes)
+                .unwrap_or_default(),
+        )
+    }
+
+    pub(crate) fn resolve(&self) -> Result<UpdateFn, Failure> {
+        message::decode(&self.0, Vec::new()).map_err(|_| Failure::UnknownFunction)
+    }
+}
+
 /// One request: operations applied together, answered together.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
@@ -153,7 +174,7 @@ pub(crate) enum MapOp {
     Items,
     Clear,
     Extend(Vec<(ByteBuf, Blob)>),
-    Update(ByteBuf, UpdateFn, Blob),
+    Update(ByteBuf, FnToken, Blob),
 }
 
 /// An operation on a list.
@@ -169,7 +190,7 @@ pub(crate) enum ListOp {
     Len,
     Items,
     Clear,
-    Update(u64, UpdateFn, Blob),
+    Update(u64, FnToken, Blob),
 }
 
 /// An operation on a single value.
@@ -177,7 +198,7 @@ pub(crate) enum ListOp {
 pub(crate) enum ValueOp {
     Get,
     Set(Blob),
-    Update(UpdateFn, Blob),
+    Update(FnToken, Blob),
 }
 
 /// An operation on a counter.
@@ -234,6 +255,8 @@ pub(crate) enum Failure {
     Unencodable(String),
     #[error("a watch must be the only operation of its request")]
     BadWatch,
+    #[error("the update function was not made by this program")]
+    UnknownFunction,
 }
 
 /// What the manager sends.
