@@ -1,13 +1,9 @@
 //! [`Counter`]: a served integer, and its [`CounterOps`] view.
 
-use std::fmt;
-
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::decode;
 use crate::error::OpError;
 use crate::op::{self, Op};
-use crate::target::Target;
+use crate::target::{Target, proxy_traits};
 use crate::watch::{self, Watch};
 use crate::wire::{CounterOp, Op as WireOp};
 
@@ -33,12 +29,15 @@ use crate::wire::{CounterOp, Op as WireOp};
 /// # Ok(())
 /// # }
 /// ```
-#[derive(Clone)]
 pub struct Counter {
     pub(crate) target: Target,
 }
 
 impl Counter {
+    pub(crate) fn new(target: Target) -> Self {
+        Self { target }
+    }
+
     /// The operations of this counter as values, to put in a [`Batch`](crate::Batch) or a
     /// [`Pipeline`](crate::Pipeline).
     pub fn ops(&self) -> CounterOps<'_> {
@@ -131,23 +130,4 @@ impl CounterOps<'_> {
     }
 }
 
-impl fmt::Debug for Counter {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Counter")
-            .field("id", &self.target.id)
-            .field("manager", &self.target.link.connector)
-            .finish()
-    }
-}
-
-impl Serialize for Counter {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.target.serialize(serializer)
-    }
-}
-
-impl<'de> Deserialize<'de> for Counter {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Target::deserialize(deserializer).map(|target| Counter { target })
-    }
-}
+proxy_traits!(Counter);

@@ -8,16 +8,15 @@ use crate::wire::{Blob, Failure, Reply};
 
 type Answer = Result<Reply, Failure>;
 
-fn unexpected(reply: &Reply) -> OpError {
-    let _ = reply;
+fn unexpected(_: &Reply) -> OpError {
     OpError::protocol("the manager answered with an unexpected shape")
 }
 
-fn blob<T: DeserializeOwned>(b: &Blob) -> Result<T, OpError> {
+pub(crate) fn blob<T: DeserializeOwned>(b: &Blob) -> Result<T, OpError> {
     b.decode().map_err(OpError::decode)
 }
 
-fn key<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, OpError> {
+pub(crate) fn key<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, OpError> {
     multiproc_core::message::decode(bytes, Vec::new())
         .map_err(|e| OpError::decode(crate::wire::BlobError::Decode(e)))
 }

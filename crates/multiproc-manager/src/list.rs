@@ -3,13 +3,13 @@
 use std::fmt;
 use std::marker::PhantomData;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::decode;
 use crate::error::OpError;
 use crate::op::{self, Op};
-use crate::target::Target;
+use crate::target::{Target, proxy_traits};
 use crate::update::update_fn;
 use crate::watch::{self, Watch};
 use crate::wire::{Blob, ListOp, Op as WireOp};
@@ -330,29 +330,4 @@ impl<T: Serialize + DeserializeOwned> ListOps<'_, T> {
     }
 }
 
-impl<T> Clone for List<T> {
-    fn clone(&self) -> Self {
-        Self::new(self.target.clone())
-    }
-}
-
-impl<T> fmt::Debug for List<T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("List")
-            .field("id", &self.target.id)
-            .field("manager", &self.target.link.connector)
-            .finish()
-    }
-}
-
-impl<T> Serialize for List<T> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.target.serialize(serializer)
-    }
-}
-
-impl<'de, T> Deserialize<'de> for List<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Target::deserialize(deserializer).map(Self::new)
-    }
-}
+proxy_traits!(List<T>);

@@ -130,7 +130,7 @@ impl Client {
     pub async fn counter(&self, name: &str) -> Result<Counter, OpError> {
         let init = Blob::encode(&0i64).map_err(OpError::encode)?;
         let target = self.open(name, Kind::Counter, "i64", init).await?;
-        Ok(Counter { target })
+        Ok(Counter::new(target))
     }
 
     /// A batch for operations on this manager's values: one round trip, applied atomically.

@@ -4,13 +4,13 @@ use std::borrow::Borrow;
 use std::fmt;
 use std::marker::PhantomData;
 
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::decode;
 use crate::error::OpError;
 use crate::op::{self, Batch, Op, Pipeline};
-use crate::target::Target;
+use crate::target::{Target, proxy_traits};
 use crate::update::update_or_default_fn;
 use crate::watch::{self, MapEvent, Watch};
 use crate::wire::{Blob, MapOp, Op as WireOp, encode_key};
@@ -445,29 +445,4 @@ where
     }
 }
 
-impl<K, V> Clone for Map<K, V> {
-    fn clone(&self) -> Self {
-        Self::new(self.target.clone())
-    }
-}
-
-impl<K, V> fmt::Debug for Map<K, V> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Map")
-            .field("id", &self.target.id)
-            .field("manager", &self.target.link.connector)
-            .finish()
-    }
-}
-
-impl<K, V> Serialize for Map<K, V> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.target.serialize(serializer)
-    }
-}
-
-impl<'de, K, V> Deserialize<'de> for Map<K, V> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Target::deserialize(deserializer).map(Self::new)
-    }
-}
+proxy_traits!(Map<K, V>);

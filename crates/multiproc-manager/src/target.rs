@@ -47,3 +47,39 @@ impl<'de> Deserialize<'de> for Target {
         })
     }
 }
+
+/// The traits every proxy has, all through its [`Target`]: `Clone` and `Debug`, and
+/// `Serialize`/`Deserialize` as the target alone. A proxy is a struct with a `target` field and
+/// a `new(Target)` constructor.
+macro_rules! proxy_traits {
+    ($name:ident $(<$($p:ident),+>)?) => {
+        impl$(<$($p),+>)? Clone for $name$(<$($p),+>)? {
+            fn clone(&self) -> Self {
+                Self::new(self.target.clone())
+            }
+        }
+
+        impl$(<$($p),+>)? std::fmt::Debug for $name$(<$($p),+>)? {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("id", &self.target.id)
+                    .field("manager", &self.target.link.connector)
+                    .finish()
+            }
+        }
+
+        impl$(<$($p),+>)? serde::Serialize for $name$(<$($p),+>)? {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(&self.target, serializer)
+            }
+        }
+
+        impl<'de $(, $($p),+)?> serde::Deserialize<'de> for $name$(<$($p),+>)? {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                <$crate::target::Target as serde::Deserialize>::deserialize(deserializer)
+                    .map(Self::new)
+            }
+        }
+    };
+}
+pub(crate) use proxy_traits;

@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use futures::Stream;
 use serde::de::DeserializeOwned;
 
+use crate::decode;
 use crate::error::OpError;
 use crate::link::{ClientEnd, Connector, read_answer};
 use crate::wire::{self, Event, Request, Response};
@@ -110,25 +111,16 @@ impl<E> Stream for Watch<E> {
     }
 }
 
-fn decode_blob<T: DeserializeOwned>(b: &wire::Blob) -> Result<T, OpError> {
-    b.decode().map_err(OpError::decode)
-}
-
-fn decode_key<K: DeserializeOwned>(bytes: &[u8]) -> Result<K, OpError> {
-    multiproc_core::message::decode(bytes, Vec::new())
-        .map_err(|e| OpError::decode(wire::BlobError::Decode(e)))
-}
-
 pub(crate) fn map_event<K: DeserializeOwned, V: DeserializeOwned>(
     event: Event,
 ) -> Result<MapEvent<K, V>, OpError> {
     match event {
         Event::MapInserted(k, v) => Ok(MapEvent::Inserted {
-            key: decode_key(&k)?,
-            value: decode_blob(&v)?,
+            key: decode::key(&k)?,
+            value: decode::blob(&v)?,
         }),
         Event::MapRemoved(k) => Ok(MapEvent::Removed {
-            key: decode_key(&k)?,
+            key: decode::key(&k)?,
         }),
         Event::MapCleared => Ok(MapEvent::Cleared),
         _ => Err(OpError::protocol("a change of another kind of value")),
@@ -137,14 +129,14 @@ pub(crate) fn map_event<K: DeserializeOwned, V: DeserializeOwned>(
 
 pub(crate) fn list_event<T: DeserializeOwned>(event: Event) -> Result<Vec<T>, OpError> {
     match event {
-        Event::List(items) => items.iter().map(decode_blob).collect(),
+        Event::List(items) => items.iter().map(decode::blob).collect(),
         _ => Err(OpError::protocol("a change of another kind of value")),
     }
 }
 
 pub(crate) fn value_event<T: DeserializeOwned>(event: Event) -> Result<T, OpError> {
     match event {
-        Event::Value(v) => decode_blob(&v),
+        Event::Value(v) => decode::blob(&v),
         _ => Err(OpError::protocol("a change of another kind of value")),
     }
 }
