@@ -2,7 +2,7 @@
 
 use crate::decode;
 use crate::error::OpError;
-use crate::op::{self, Op};
+use crate::op::Op;
 use crate::target::{Target, proxy_traits};
 use crate::watch::{self, Watch};
 use crate::wire::{CounterOp, Op as WireOp};
@@ -44,10 +44,6 @@ impl Counter {
         CounterOps { counter: self }
     }
 
-    async fn run<R>(&self, op: Op<R>) -> Result<R, OpError> {
-        op::run(&self.target.link, op).await
-    }
-
     /// The current value.
     ///
     /// # Errors
@@ -56,7 +52,7 @@ impl Counter {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn get(&self) -> Result<i64, OpError> {
-        self.run(self.ops().get()).await
+        self.target.run(self.ops().get()).await
     }
 
     /// Adds `by` (wrapping on overflow); the new value.
@@ -67,7 +63,7 @@ impl Counter {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn add(&self, by: i64) -> Result<i64, OpError> {
-        self.run(self.ops().add(by)).await
+        self.target.run(self.ops().add(by)).await
     }
 
     /// Sets the value; the old one.
@@ -78,7 +74,7 @@ impl Counter {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn set(&self, to: i64) -> Result<i64, OpError> {
-        self.run(self.ops().set(to)).await
+        self.target.run(self.ops().set(to)).await
     }
 
     /// A stream of the value after each change, from now on.

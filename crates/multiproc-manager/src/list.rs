@@ -62,10 +62,6 @@ impl<T> List<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> List<T> {
-    async fn run<R>(&self, op: Op<R>) -> Result<R, OpError> {
-        op::run(&self.target.link, op).await
-    }
-
     /// Appends `item`; the new length.
     ///
     /// # Errors
@@ -74,7 +70,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn push(&self, item: T) -> Result<usize, OpError> {
-        self.run(self.ops().push(&item)?).await
+        self.target.run(self.ops().push(&item)?).await
     }
 
     /// Appends every item, atomically; the new length.
@@ -85,7 +81,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn extend(&self, items: impl IntoIterator<Item = T>) -> Result<usize, OpError> {
-        self.run(self.ops().extend(items)?).await
+        self.target.run(self.ops().extend(items)?).await
     }
 
     /// A copy of the item at `index`, `None` past the end.
@@ -96,7 +92,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn get(&self, index: usize) -> Result<Option<T>, OpError> {
-        self.run(self.ops().get(index)).await
+        self.target.run(self.ops().get(index)).await
     }
 
     /// Replaces the item at `index`; the old item.
@@ -107,7 +103,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn set(&self, index: usize, item: T) -> Result<T, OpError> {
-        self.run(self.ops().set(index, &item)?).await
+        self.target.run(self.ops().set(index, &item)?).await
     }
 
     /// Inserts `item` at `index` (at most the length).
@@ -118,7 +114,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn insert(&self, index: usize, item: T) -> Result<(), OpError> {
-        self.run(self.ops().insert(index, &item)?).await
+        self.target.run(self.ops().insert(index, &item)?).await
     }
 
     /// Removes and returns the item at `index`.
@@ -129,7 +125,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn remove(&self, index: usize) -> Result<T, OpError> {
-        self.run(self.ops().remove(index)).await
+        self.target.run(self.ops().remove(index)).await
     }
 
     /// Removes and returns the last item.
@@ -140,7 +136,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn pop(&self) -> Result<Option<T>, OpError> {
-        self.run(self.ops().pop()).await
+        self.target.run(self.ops().pop()).await
     }
 
     /// The number of items.
@@ -151,7 +147,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn len(&self) -> Result<usize, OpError> {
-        self.run(self.ops().len()).await
+        self.target.run(self.ops().len()).await
     }
 
     /// True when the list has no item.
@@ -173,7 +169,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn items(&self) -> Result<Vec<T>, OpError> {
-        self.run(self.ops().items()).await
+        self.target.run(self.ops().items()).await
     }
 
     /// Removes every item.
@@ -184,7 +180,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn clear(&self) -> Result<(), OpError> {
-        self.run(self.ops().clear()).await
+        self.target.run(self.ops().clear()).await
     }
 
     /// Runs `f(&mut item, arg)` inside the manager on the item at `index`, atomically; what
@@ -203,7 +199,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.run(self.ops().update(index, f, &arg)?).await
+        self.target.run(self.ops().update(index, f, &arg)?).await
     }
 
     /// A stream of the list as it is after each change, from now on.

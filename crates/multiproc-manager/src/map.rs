@@ -92,10 +92,6 @@ where
     K: Serialize + DeserializeOwned,
     V: Serialize + DeserializeOwned,
 {
-    async fn run<R>(&self, op: Op<R>) -> Result<R, OpError> {
-        op::run(&self.target.link, op).await
-    }
-
     /// Inserts `value` under `key`; the value it replaced, if any.
     ///
     /// # Errors
@@ -104,7 +100,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn insert(&self, key: K, value: V) -> Result<Option<V>, OpError> {
-        self.run(self.ops().insert(&key, &value)?).await
+        self.target.run(self.ops().insert(&key, &value)?).await
     }
 
     /// A copy of the value under `key`.
@@ -119,7 +115,7 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        self.run(self.ops().get(key)?).await
+        self.target.run(self.ops().get(key)?).await
     }
 
     /// Copies of the values under `keys`, in order, in one round trip.
@@ -137,7 +133,7 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized + 'q,
     {
-        self.run(self.ops().get_many(keys)?).await
+        self.target.run(self.ops().get_many(keys)?).await
     }
 
     /// Removes `key`; the value it had, if any.
@@ -152,7 +148,7 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        self.run(self.ops().remove(key)?).await
+        self.target.run(self.ops().remove(key)?).await
     }
 
     /// True when `key` is in the map.
@@ -167,7 +163,7 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        self.run(self.ops().contains_key(key)?).await
+        self.target.run(self.ops().contains_key(key)?).await
     }
 
     /// The number of entries.
@@ -178,7 +174,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn len(&self) -> Result<usize, OpError> {
-        self.run(self.ops().len()).await
+        self.target.run(self.ops().len()).await
     }
 
     /// True when the map has no entry.
@@ -200,7 +196,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn keys(&self) -> Result<Vec<K>, OpError> {
-        self.run(self.ops().keys()).await
+        self.target.run(self.ops().keys()).await
     }
 
     /// Copies of the values, in insertion order.
@@ -211,7 +207,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn values(&self) -> Result<Vec<V>, OpError> {
-        self.run(self.ops().values()).await
+        self.target.run(self.ops().values()).await
     }
 
     /// A snapshot of every entry, in insertion order (Python's `d.items()` / `d.copy()`).
@@ -222,7 +218,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn items(&self) -> Result<Vec<(K, V)>, OpError> {
-        self.run(self.ops().items()).await
+        self.target.run(self.ops().items()).await
     }
 
     /// Removes every entry.
@@ -233,7 +229,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn clear(&self) -> Result<(), OpError> {
-        self.run(self.ops().clear()).await
+        self.target.run(self.ops().clear()).await
     }
 
     /// Inserts every pair, in one round trip and atomically (Python's `d.update(other)`).
@@ -244,7 +240,7 @@ where
     /// # Cancel safety
     /// See the type's docs.
     pub async fn extend(&self, items: impl IntoIterator<Item = (K, V)>) -> Result<(), OpError> {
-        self.run(self.ops().extend(items)?).await
+        self.target.run(self.ops().extend(items)?).await
     }
 
     /// Runs `f(&mut value, arg)` inside the manager on the value under `key` (starting from
@@ -270,7 +266,7 @@ where
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.run(self.ops().update(key, f, &arg)?).await
+        self.target.run(self.ops().update(key, f, &arg)?).await
     }
 
     /// A stream of this map's changes from now on.

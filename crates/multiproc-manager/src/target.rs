@@ -23,6 +23,11 @@ impl Target {
         self.link.connector.manager
     }
 
+    /// Runs one operation on this target's manager and decodes its result.
+    pub(crate) async fn run<R>(&self, op: crate::op::Op<R>) -> Result<R, OpError> {
+        crate::op::run(&self.link, op).await
+    }
+
     pub(crate) fn batch(&self) -> Batch {
         Batch::new(self.link.clone())
     }

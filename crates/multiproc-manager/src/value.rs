@@ -86,10 +86,6 @@ impl<T> Value<T> {
 }
 
 impl<T: Serialize + DeserializeOwned> Value<T> {
-    async fn run<R>(&self, op: Op<R>) -> Result<R, OpError> {
-        op::run(&self.target.link, op).await
-    }
-
     /// A copy of the value.
     ///
     /// # Errors
@@ -98,7 +94,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn get(&self) -> Result<T, OpError> {
-        self.run(self.ops().get()).await
+        self.target.run(self.ops().get()).await
     }
 
     /// Replaces the value; the old one.
@@ -109,7 +105,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// # Cancel safety
     /// See the type's docs.
     pub async fn set(&self, value: T) -> Result<T, OpError> {
-        self.run(self.ops().set(&value)?).await
+        self.target.run(self.ops().set(&value)?).await
     }
 
     /// Runs `f(&mut value, arg)` inside the manager, atomically; what `f` returned. See
@@ -127,7 +123,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
         A: Serialize + DeserializeOwned + 'static,
         R: Serialize + DeserializeOwned + 'static,
     {
-        self.run(self.ops().update(f, &arg)?).await
+        self.target.run(self.ops().update(f, &arg)?).await
     }
 
     /// A stream of the value after each change, from now on.
