@@ -17,8 +17,8 @@ use crate::wire::{Blob, MapOp, Op as WireOp, encode_key};
 
 /// A proxy for a map served by a manager: Python's `manager.dict()`, typed.
 ///
-/// Keys and values are serde types; values may hold handles (a [`Queue`], a `Lock`, even
-/// another proxy), keys may not. Reads return copies (`get`, `items`...): changing a copy
+/// Keys and values are serde types; values may hold handles (a `multiproc::Queue`, a `Lock`,
+/// even another proxy), keys may not. Reads return copies (`get`, `items`...): changing a copy
 /// changes nothing in the manager, which the types make plain (there is no `&mut` into the
 /// map). To change a value in place, [`update`](Self::update) runs a function *inside* the
 /// manager, atomically, so Python's lost nested mutation (`d[k].append(x)`) cannot happen.
@@ -36,8 +36,6 @@ use crate::wire::{Blob, MapOp, Op as WireOp, encode_key};
 /// # Cancel safety
 /// Every async method may be dropped at any point; an operation dropped after it was sent may
 /// still be applied, and its answer is discarded.
-///
-/// [`Queue`]: https://docs.rs/multiproc/latest/multiproc/struct.Queue.html
 ///
 /// # Examples
 /// ```no_run
