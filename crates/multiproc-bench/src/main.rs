@@ -23,6 +23,8 @@
 
 // manager (issue 15)
 mod manager_bench;
+// Named endpoints (issue 13).
+mod conn_bench;
 mod multiproc_impl;
 mod payload;
 mod pool_bench;
@@ -70,10 +72,19 @@ pub(crate) enum Workload {
     // manager (issue 15)
     /// Two processes setting and getting keys of one served dict.
     ManagerDict2p,
+    // Named endpoints (issue 13).
+    /// Request/response round trips of 64 bytes over one keyed connection, Unix socket.
+    ConnRoundtripUnix,
+    /// The same over TCP loopback.
+    ConnRoundtripTcp,
+    /// Connections accepted per second (connect, key handshake, one reply), Unix socket.
+    ConnAcceptUnix,
+    /// The same over TCP loopback.
+    ConnAcceptTcp,
 }
 
 impl Workload {
-    const ALL: [Workload; 14] = [
+    const ALL: [Workload; 18] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -89,6 +100,11 @@ impl Workload {
         Workload::PoolApplyRoundtrip,
         // manager (issue 15)
         Workload::ManagerDict2p,
+        // Named endpoints.
+        Workload::ConnRoundtripUnix,
+        Workload::ConnRoundtripTcp,
+        Workload::ConnAcceptUnix,
+        Workload::ConnAcceptTcp,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -109,6 +125,11 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
             // manager (issue 15)
             Workload::ManagerDict2p => "manager_dict_2p",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix => "conn_roundtrip_unix",
+            Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
+            Workload::ConnAcceptUnix => "conn_accept_unix",
+            Workload::ConnAcceptTcp => "conn_accept_tcp",
         }
     }
 
@@ -127,6 +148,9 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "us_per_task",
             // manager (issue 15)
             Workload::ManagerDict2p => "ops_per_s",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
         }
     }
 
@@ -144,6 +168,11 @@ impl Workload {
                 | Workload::PoolMapSmallChunk1
                 // manager (issue 15)
                 | Workload::ManagerDict2p
+                // Named endpoints.
+                | Workload::ConnRoundtripUnix
+                | Workload::ConnRoundtripTcp
+                | Workload::ConnAcceptUnix
+                | Workload::ConnAcceptTcp
         )
     }
 
@@ -179,6 +208,11 @@ impl Workload {
             // manager (issue 15): Python's Manager dict manages some 10k operations a second.
             (Workload::ManagerDict2p, false) => 20_000,
             (Workload::ManagerDict2p, true) => 4_000,
+            // Named endpoints.
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, false) => 20_000,
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
         }
     }
 
@@ -222,6 +256,11 @@ impl Workload {
                 Impl::MultiprocPipeline,
                 Impl::PythonMp,
             ],
+            // Named endpoints: multiproc against Python's multiprocessing.connection.
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -342,7 +381,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
-                 pool_apply_roundtrip, manager_dict_2p
+                 pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
+                 conn_accept_unix, conn_accept_tcp, manager_dict_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline
@@ -512,6 +552,13 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
             // manager (issue 15)
             Workload::ManagerDict2p => "Manager().dict(): d[k] = i; d[k], from two processes",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => {
+                "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)"
+            }
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
+                "Client(address, authkey) + recv(); Listener.accept() + send()"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -571,6 +618,14 @@ fn run_trial(
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
         ) => pool_bench::run(rt, w, n).map(Sample::from),
+        // Named endpoints.
+        (
+            Impl::Multiproc,
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp,
+        ) => conn_bench::run(rt, w, n).map(Sample::from),
         (Impl::Multiproc, _) => multiproc_impl::run(rt, w, n, false).map(Sample::from),
         (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
