@@ -86,7 +86,7 @@ impl Counter {
     /// Cancel safe.
     pub async fn watch(&self) -> Result<Watch<i64>, OpError> {
         Watch::open(
-            &self.target.link.connector,
+            &self.target.link.endpoint,
             self.target.id,
             watch::counter_event,
         )

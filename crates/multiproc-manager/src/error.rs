@@ -29,6 +29,7 @@ enum Kind {
     Send(SendErrorKind),
     Protocol(String, Option<RecvError>),
     OtherManager,
+    Connect(multiproc_connection::error::ConnectError),
 }
 
 impl OpError {
@@ -81,6 +82,15 @@ impl OpError {
             ),
         }
     }
+    /// A connection to a remote manager could not be made: refused means gone.
+    pub(crate) fn connect(e: multiproc_connection::error::ConnectError) -> Self {
+        if e.is_refused() {
+            return Self::gone();
+        }
+        Self {
+            kind: Kind::Connect(e),
+        }
+    }
     pub(crate) fn other_manager() -> Self {
         Self {
             kind: Kind::OtherManager,
@@ -108,6 +118,11 @@ impl OpError {
                     Failure::WrongKind { .. } | Failure::WrongType { .. } | Failure::Undecodable(_)
                 )
         )
+    }
+
+    /// True when a remote manager refused this process's authentication.
+    pub fn is_auth(&self) -> bool {
+        matches!(&self.kind, Kind::Connect(e) if e.is_auth())
     }
 
     /// True when a list index was out of range (nothing was changed).
@@ -157,6 +172,7 @@ impl fmt::Display for OpError {
             Kind::OtherManager => {
                 f.write_str("a batch or pipeline holds operations of two different managers")
             }
+            Kind::Connect(_) => f.write_str("could not connect to the remote manager"),
         }
     }
 }
@@ -169,6 +185,7 @@ impl std::error::Error for OpError {
             Kind::Decode(e) => Some(e),
             Kind::Io(e) => Some(e),
             Kind::Send(e) => Some(e),
+            Kind::Connect(e) => Some(e),
             _ => None,
         }
     }

@@ -3,9 +3,12 @@
 //!
 //! A [`Connector`] is what travels: the manager's id and the sending end of its connector
 //! socket (see `server`). [`Connector::open`] makes a new pipe and sends the manager one end of
-//! it; [`Link`] is the request/answer exchange over such a pipe. Requests carry increasing ids;
-//! an operation whose future was dropped after sending leaves its answer behind, which the next
-//! one skips by id, so cancelling never mixes up answers.
+//! it. A remote manager is reached through an [`Endpoint::Remote`] instead: an address and its
+//! authentication, each connection made with `multiproc_connection::connect`. Either way a
+//! connection is a [`Requests`] sink and a [`Responses`] stream, and [`Link`] is the
+//! request/answer exchange over one. Requests carry increasing ids; an operation whose future
+//! was dropped after sending leaves its answer behind, which is dropped by id, so cancelling
+//! never mixes up answers.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -13,16 +16,127 @@ use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
+use std::pin::Pin;
+
+use futures::{Sink, SinkExt, Stream, StreamExt};
 use multiproc_channel::pipe;
-use multiproc_core::SharedFd;
-use multiproc_core::message;
+use multiproc_connection::{Address, Auth};
 use multiproc_core::transport::packet::{Packet, PacketSocket};
+use multiproc_core::{RecvError, SendError, SharedFd, message};
 use serde::{Deserialize, Serialize};
 
 use crate::error::OpError;
 use crate::wire::{Failure, Op, Reply, Request, Response};
 
-/// The pipe end a client keeps.
+/// The sending side of a connection to a manager.
+pub(crate) type Requests = Pin<Box<dyn Sink<Request, Error = OpError> + Send>>;
+/// The receiving side of a connection to a manager; its end means the manager is gone.
+pub(crate) type Responses = Pin<Box<dyn Stream<Item = Result<Response, OpError>> + Send>>;
+
+/// Any typed end of the protocol (a pipe end, an endpoint's connection) as the two sides.
+pub(crate) fn sides<C>(end: C) -> (Requests, Responses)
+where
+    C: Stream<Item = Result<Response, RecvError>>
+        + Sink<Request, Error = SendError>
+        + Send
+        + 'static,
+{
+    let (tx, rx) = end.split();
+    let tx = tx.sink_map_err(send_error);
+    let rx = rx.map(|r| {
+        r.map_err(|e| {
+            if e.is_fatal() {
+                OpError::gone_with(e)
+            } else {
+                OpError::protocol_with(e)
+            }
+        })
+    });
+    (Box::pin(tx), Box::pin(rx))
+}
+
+/// What a failed send means.
+pub(crate) fn send_error<T>(e: SendError<T>) -> OpError {
+    if e.is_closed() {
+        OpError::gone()
+    } else {
+        OpError::send(e.into_parts().1)
+    }
+}
+
+/// How this process reaches a manager.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    /// A manager of this program tree, through its connector.
+    Local(Connector),
+    /// A manager served at an address (`Manager::serve`), reached with `connect`.
+    Remote {
+        /// Random, drawn by `Manager::connect`: tells links apart.
+        id: u64,
+        address: Address,
+        auth: Auth,
+    },
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Local(c) => c.fmt(f),
+            Endpoint::Remote { address, .. } => f
+                .debug_struct("Remote")
+                .field("address", address)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+impl Endpoint {
+    /// The connector, for a local manager: what a proxy serializes as.
+    ///
+    /// # Errors
+    /// For a remote manager, whose proxies would have to carry the key.
+    pub(crate) fn connector<E: serde::ser::Error>(&self) -> Result<&Connector, E> {
+        match self {
+            Endpoint::Local(c) => Ok(c),
+            Endpoint::Remote { .. } => Err(E::custom(
+                "a proxy of a remote manager cannot be sent to another process (connect there)",
+            )),
+        }
+    }
+
+    /// Tells managers apart within a process.
+    pub(crate) fn manager(&self) -> u64 {
+        match self {
+            Endpoint::Local(c) => c.manager,
+            Endpoint::Remote { id, .. } => *id,
+        }
+    }
+
+    /// Opens a new connection to the manager.
+    ///
+    /// # Errors
+    /// [`OpError::is_manager_gone`] when the manager cannot be reached.
+    pub(crate) async fn open(&self) -> Result<(Requests, Responses), OpError> {
+        match self {
+            Endpoint::Local(connector) => Ok(sides(connector.open().await?)),
+            Endpoint::Remote { address, auth, .. } => {
+                let conn = multiproc_connection::connect::<Request, Response>(
+                    address.clone(),
+                    auth.clone(),
+                )
+                .await
+                .map_err(OpError::connect)?;
+                // Over a Unix socket the connection is a pipe end: use it as one.
+                match conn.into_duplex() {
+                    Ok(duplex) => Ok(sides(duplex)),
+                    Err(conn) => Ok(sides(conn)),
+                }
+            }
+        }
+    }
+}
+
+/// The pipe end a local client keeps.
 pub(crate) type ClientEnd = pipe::Duplex<Request, Response>;
 
 /// How to reach a manager: what a proxy carries (no secret: a descriptor only processes that
@@ -49,13 +163,25 @@ impl Connector {
     /// [`OpError::is_manager_gone`] when the manager's end is closed.
     pub(crate) async fn open(&self) -> Result<ClientEnd, OpError> {
         let (mine, theirs) = pipe::duplex::<Request, Response>().map_err(OpError::io)?;
-        let (bytes, fds) = message::encode(&theirs).map_err(OpError::encode)?;
-        drop(theirs);
+        self.hand_over(theirs).await?;
+        Ok(mine)
+    }
+
+    /// Sends the manager the server's end of a connection, which it then serves.
+    ///
+    /// # Errors
+    /// [`OpError::is_manager_gone`] when the manager's end is closed.
+    pub(crate) async fn hand_over(
+        &self,
+        end: pipe::Duplex<Response, Request>,
+    ) -> Result<(), OpError> {
+        let (bytes, fds) = message::encode(&end).map_err(OpError::encode)?;
+        drop(end);
         let packet = Packet::new(&bytes, fds).map_err(OpError::io)?;
         let socket = PacketSocket::new(self.socket.clone()).map_err(OpError::io)?;
         loop {
             match socket.try_send(&[], &packet) {
-                Ok(()) => return Ok(mine),
+                Ok(()) => return Ok(()),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     let registration = socket.writable_registration().map_err(OpError::io)?;
                     let mut ready = registration.writable().await.map_err(OpError::io)?;
@@ -86,8 +212,8 @@ type Results = Vec<Result<Reply, Failure>>;
 /// one process are in flight together, and every answer reaches its caller without a task of
 /// its own (the link works from any runtime, and from none between calls).
 struct Conn {
-    tx: tokio::sync::Mutex<pipe::Sender<Request>>,
-    rx: tokio::sync::Mutex<pipe::Receiver<Response>>,
+    tx: tokio::sync::Mutex<Requests>,
+    rx: tokio::sync::Mutex<Responses>,
     next_id: AtomicU64,
     /// One entry per caller waiting for an answer, filled by whoever read it.
     arrived: Mutex<HashMap<u64, Option<Results>>>,
@@ -129,7 +255,7 @@ impl Drop for Waiting<'_> {
 /// one per runtime: a call from another runtime (a pool task's, a later test's) opens a new
 /// connection for it, and the old one closes once its last caller is done.
 pub(crate) struct Link {
-    pub(crate) connector: Connector,
+    pub(crate) endpoint: Endpoint,
     conn: Mutex<Option<(tokio::runtime::Id, Arc<Conn>)>>,
     /// Held while a connection is being opened, so concurrent first calls open one.
     connecting: tokio::sync::Mutex<()>,
@@ -140,7 +266,7 @@ pub(crate) struct Link {
 impl fmt::Debug for Link {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Link")
-            .field("connector", &self.connector)
+            .field("endpoint", &self.endpoint)
             .finish_non_exhaustive()
     }
 }
@@ -159,13 +285,23 @@ impl Link {
         links.retain(|_, l| l.strong_count() > 0);
         let id = connector.manager;
         let link = Arc::new(Link {
-            connector,
+            endpoint: Endpoint::Local(connector),
             conn: Mutex::new(None),
             connecting: tokio::sync::Mutex::new(()),
             gone: AtomicBool::new(false),
         });
         links.insert(id, Arc::downgrade(&link));
         link
+    }
+
+    /// A link of its own to a remote manager.
+    pub(crate) fn remote(id: u64, address: Address, auth: Auth) -> Arc<Link> {
+        Arc::new(Link {
+            endpoint: Endpoint::Remote { id, address, auth },
+            conn: Mutex::new(None),
+            connecting: tokio::sync::Mutex::new(()),
+            gone: AtomicBool::new(false),
+        })
     }
 
     /// Notes what `e` says about the manager, and passes it on.
@@ -193,13 +329,7 @@ impl Link {
             .await
             .send(Request { id, ops })
             .await
-            .map_err(|e| {
-                self.seen(if e.is_closed() {
-                    OpError::gone()
-                } else {
-                    OpError::send(e.into_parts().1)
-                })
-            })?;
+            .map_err(|e| self.seen(e))?;
         let results = self.answer(&conn, &waiting).await?;
         if results.len() != n {
             return Err(OpError::protocol(
@@ -227,7 +357,7 @@ impl Link {
         if let Some(conn) = current() {
             return Ok(conn);
         }
-        let (tx, rx) = self.connector.open().await?.split();
+        let (tx, rx) = self.endpoint.open().await?;
         let conn = Arc::new(Conn {
             tx: tokio::sync::Mutex::new(tx),
             rx: tokio::sync::Mutex::new(rx),
@@ -255,39 +385,34 @@ impl Link {
             if self.gone.load(Ordering::Relaxed) {
                 return Err(OpError::gone());
             }
-            match rx.recv().await {
-                Ok(Some(Response::Done { id, results })) if id == waiting.id => return Ok(results),
-                Ok(Some(Response::Done { id, results })) => {
+            match rx.next().await {
+                Some(Ok(Response::Done { id, results })) if id == waiting.id => return Ok(results),
+                Some(Ok(Response::Done { id, results })) => {
                     if let Some(slot) = conn.arrived().get_mut(&id) {
                         *slot = Some(results);
                     }
                 }
-                Ok(Some(Response::Event(_))) => {}
-                Ok(None) => return Err(self.seen(OpError::gone())),
-                Err(e) if e.is_fatal() => return Err(self.seen(OpError::gone_with(e))),
-                Err(e) => {
-                    // An answer that does not decode: whose it was is unknown, so the link
-                    // cannot be trusted any more.
+                Some(Ok(Response::Event(_))) => {}
+                None => return Err(self.seen(OpError::gone())),
+                Some(Err(e)) => {
+                    // Gone, or an answer that does not decode: whose it was is unknown, so the
+                    // link cannot be trusted any more either way.
                     self.gone.store(true, Ordering::Relaxed);
-                    return Err(OpError::protocol_with(e));
+                    return Err(e);
                 }
             }
         }
     }
 }
 
-/// Reads answers until the one for request `id`.
-pub(crate) async fn read_answer(
-    end: &mut ClientEnd,
-    id: u64,
-) -> Result<Vec<Result<Reply, Failure>>, OpError> {
+/// Reads answers until the one for request `id` (dropping others).
+pub(crate) async fn read_answer(rx: &mut Responses, id: u64) -> Result<Results, OpError> {
     loop {
-        match end.recv().await {
-            Ok(Some(Response::Done { id: got, results })) if got == id => return Ok(results),
-            Ok(Some(_)) => continue,
-            Ok(None) => return Err(OpError::gone()),
-            Err(e) if e.is_fatal() => return Err(OpError::gone_with(e)),
-            Err(e) => return Err(OpError::protocol_with(e)),
+        match rx.next().await {
+            Some(Ok(Response::Done { id: got, results })) if got == id => return Ok(results),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => return Err(e),
+            None => return Err(OpError::gone()),
         }
     }
 }

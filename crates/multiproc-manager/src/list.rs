@@ -211,7 +211,7 @@ impl<T: Serialize + DeserializeOwned> List<T> {
     /// Cancel safe.
     pub async fn watch(&self) -> Result<Watch<Vec<T>>, OpError> {
         Watch::open(
-            &self.target.link.connector,
+            &self.target.link.endpoint,
             self.target.id,
             watch::list_event::<T>,
         )

@@ -146,7 +146,7 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn pipeline(&self) -> Result<Pipeline, OpError> {
-        Pipeline::open(&self.link.connector).await
+        Pipeline::open(&self.link.endpoint).await
     }
 
     /// A copy of everything the manager serves, taken atomically: what
@@ -183,14 +183,14 @@ impl Client {
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("manager", &self.link.connector)
+            .field("manager", &self.link.endpoint)
             .finish()
     }
 }
 
 impl Serialize for Client {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.link.connector.serialize(serializer)
+        self.link.endpoint.connector()?.serialize(serializer)
     }
 }
 

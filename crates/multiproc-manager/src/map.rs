@@ -276,7 +276,7 @@ where
     /// Cancel safe (a dropped watch is unregistered by the manager).
     pub async fn watch(&self) -> Result<Watch<MapEvent<K, V>>, OpError> {
         Watch::open(
-            &self.target.link.connector,
+            &self.target.link.endpoint,
             self.target.id,
             watch::map_event::<K, V>,
         )

@@ -12,11 +12,10 @@ use std::sync::Arc;
 
 use std::future::Future;
 
-use futures::SinkExt;
-use multiproc_channel::pipe;
+use futures::{SinkExt, StreamExt};
 
 use crate::error::OpError;
-use crate::link::{Connector, Link};
+use crate::link::{Endpoint, Link, Requests, Responses};
 use crate::wire::{self, Failure, Reply, Request, Response};
 
 /// Turns one answer into the operation's typed result.
@@ -100,7 +99,7 @@ impl Batch {
     /// # Errors
     /// When `op` belongs to another manager.
     pub fn push<R>(&mut self, op: Op<R>) -> Result<Slot<R>, OpError> {
-        if op.manager != self.link.connector.manager {
+        if op.manager != self.link.endpoint.manager() {
             return Err(OpError::other_manager());
         }
         self.ops.push(op.wire);
@@ -191,7 +190,7 @@ const WINDOW: u64 = 512;
 /// ```
 pub struct Pipeline {
     manager: u64,
-    tx: pipe::Sender<Request>,
+    tx: Requests,
     answers: Answers,
     next_id: u64,
     flushed: bool,
@@ -199,7 +198,7 @@ pub struct Pipeline {
 
 /// The receiving side of a pipeline: answers read so far.
 struct Answers {
-    rx: pipe::Receiver<Response>,
+    rx: Responses,
     /// Answers were read for ids `..answered`.
     answered: u64,
     /// Answers read but not taken yet.
@@ -215,12 +214,11 @@ impl Answers {
     async fn read_one(&mut self) -> Result<(), OpError> {
         let id = self.answered;
         let mut results = loop {
-            match self.rx.recv().await {
-                Ok(Some(Response::Done { id: got, results })) if got == id => break results,
-                Ok(Some(_)) => continue,
-                Ok(None) => return Err(OpError::gone()),
-                Err(e) if e.is_fatal() => return Err(OpError::gone_with(e)),
-                Err(e) => return Err(OpError::protocol_with(e)),
+            match self.rx.next().await {
+                Some(Ok(Response::Done { id: got, results })) if got == id => break results,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Err(e),
+                None => return Err(OpError::gone()),
             }
         };
         self.answered += 1;
@@ -241,16 +239,16 @@ impl Answers {
     /// the other with full socket buffers.
     async fn while_writing<W>(&mut self, sent: u64, write: W) -> Result<(), OpError>
     where
-        W: Future<Output = Result<(), multiproc_core::SendError>>,
+        W: Future<Output = Result<(), OpError>>,
     {
         let mut write = std::pin::pin!(write);
         loop {
             if self.answered >= sent {
-                return write.await.map_err(send_error);
+                return write.await;
             }
             tokio::select! {
                 biased;
-                done = &mut write => return done.map_err(send_error),
+                done = &mut write => return done,
                 read = self.read_one() => read?,
             }
         }
@@ -267,10 +265,10 @@ impl fmt::Debug for Pipeline {
 }
 
 impl Pipeline {
-    pub(crate) async fn open(connector: &Connector) -> Result<Self, OpError> {
-        let (tx, rx) = connector.open().await?.split();
+    pub(crate) async fn open(endpoint: &Endpoint) -> Result<Self, OpError> {
+        let (tx, rx) = endpoint.open().await?;
         Ok(Self {
-            manager: connector.manager,
+            manager: endpoint.manager(),
             tx,
             answers: Answers {
                 rx,
@@ -398,13 +396,5 @@ impl Pipeline {
             Some(failure) => Err(OpError::failed(failure)),
             None => Ok(()),
         }
-    }
-}
-
-fn send_error(e: multiproc_core::SendError) -> OpError {
-    if e.is_closed() {
-        OpError::gone()
-    } else {
-        OpError::send(e.into_parts().1)
     }
 }

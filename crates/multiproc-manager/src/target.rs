@@ -20,7 +20,7 @@ pub(crate) struct Target {
 
 impl Target {
     pub(crate) fn manager(&self) -> u64 {
-        self.link.connector.manager
+        self.link.endpoint.manager()
     }
 
     /// Runs one operation on this target's manager and decodes its result.
@@ -33,13 +33,13 @@ impl Target {
     }
 
     pub(crate) async fn pipeline(&self) -> Result<Pipeline, OpError> {
-        Pipeline::open(&self.link.connector).await
+        Pipeline::open(&self.link.endpoint).await
     }
 }
 
 impl Serialize for Target {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        (&self.link.connector, self.id).serialize(serializer)
+        (self.link.endpoint.connector()?, self.id).serialize(serializer)
     }
 }
 
@@ -68,7 +68,7 @@ macro_rules! proxy_traits {
             fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.debug_struct(stringify!($name))
                     .field("id", &self.target.id)
-                    .field("manager", &self.target.link.connector)
+                    .field("manager", &self.target.link.endpoint)
                     .finish()
             }
         }

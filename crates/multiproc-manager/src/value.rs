@@ -135,7 +135,7 @@ impl<T: Serialize + DeserializeOwned> Value<T> {
     /// Cancel safe.
     pub async fn watch(&self) -> Result<Watch<T>, OpError> {
         Watch::open(
-            &self.target.link.connector,
+            &self.target.link.endpoint,
             self.target.id,
             watch::value_event::<T>,
         )

@@ -4,12 +4,12 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures::Stream;
+use futures::{SinkExt, Stream};
 use serde::de::DeserializeOwned;
 
 use crate::decode;
 use crate::error::OpError;
-use crate::link::{ClientEnd, Connector, read_answer};
+use crate::link::{Endpoint, Requests, Responses, read_answer};
 use crate::wire::{self, Event, Request, Response};
 
 /// A change of a served [`Map`](crate::Map), as [`Map::watch`](crate::Map::watch) reports it.
@@ -40,7 +40,9 @@ pub enum MapEvent<K, V> {
 /// none is skipped. When the manager is gone the stream yields one error
 /// ([`OpError::is_manager_gone`]) and ends. Dropping the stream ends the watch.
 pub struct Watch<E> {
-    end: Option<ClientEnd>,
+    /// Kept so the connection stays open; nothing is sent on it after the watch request.
+    _requests: Requests,
+    end: Option<Responses>,
     decode: fn(Event) -> Result<E, OpError>,
 }
 
@@ -55,25 +57,20 @@ impl<E> fmt::Debug for Watch<E> {
 impl<E> Watch<E> {
     /// Opens a connection that watches value `id`; returns once the manager registered it.
     pub(crate) async fn open(
-        connector: &Connector,
+        endpoint: &Endpoint,
         id: u32,
         decode: fn(Event) -> Result<E, OpError>,
     ) -> Result<Self, OpError> {
-        let mut end = connector.open().await?;
+        let (mut requests, mut end) = endpoint.open().await?;
         let request = Request {
             id: 0,
             ops: vec![wire::Op::Watch(id)],
         };
-        end.send(request).await.map_err(|e| {
-            if e.is_closed() {
-                OpError::gone()
-            } else {
-                OpError::send(e.into_parts().1)
-            }
-        })?;
+        requests.send(request).await?;
         let mut results = read_answer(&mut end, 0).await?;
         match results.pop() {
             Some(Ok(_)) => Ok(Self {
+                _requests: requests,
                 end: Some(end),
                 decode,
             }),
@@ -92,15 +89,14 @@ impl<E> Stream for Watch<E> {
             let Some(end) = this.end.as_mut() else {
                 return Poll::Ready(None);
             };
-            match futures::ready!(Pin::new(end).poll_next(cx)) {
+            match futures::ready!(end.as_mut().poll_next(cx)) {
                 Some(Ok(Response::Event(event))) => return Poll::Ready(Some((this.decode)(event))),
                 Some(Ok(Response::Done { .. })) => continue,
-                Some(Err(e)) if !e.is_fatal() => {
-                    return Poll::Ready(Some(Err(OpError::protocol_with(e))));
-                }
                 Some(Err(e)) => {
-                    this.end = None;
-                    return Poll::Ready(Some(Err(OpError::gone_with(e))));
+                    if e.is_manager_gone() {
+                        this.end = None;
+                    }
+                    return Poll::Ready(Some(Err(e)));
                 }
                 None => {
                     this.end = None;
