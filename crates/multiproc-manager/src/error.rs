@@ -1,5 +1,6 @@
 //! Errors of manager operations: [`OpError`] for every operation on a served value (and
-//! opening one), [`StartError`] for starting a manager, [`ShutdownError`] for stopping one.
+//! opening one), [`StartError`] for starting a manager, [`ShutdownError`] for stopping one,
+//! [`ServeError`] and [`ConnectError`] for serving one on an endpoint and connecting to it.
 
 use std::fmt;
 use std::io;
@@ -84,7 +85,19 @@ impl OpError {
     }
     /// A connection to a remote manager could not be made: refused means gone.
     pub(crate) fn connect(e: multiproc_connection::error::ConnectError) -> Self {
-        if e.is_refused() {
+        // Refused, or closed by the listener before the handshake was done: nobody serves it.
+        let closed = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<io::Error>())
+            .is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    io::ErrorKind::ConnectionReset
+                        | io::ErrorKind::ConnectionAborted
+                        | io::ErrorKind::BrokenPipe
+                        | io::ErrorKind::UnexpectedEof
+                )
+            });
+        if e.is_refused() || closed {
             return Self::gone();
         }
         Self {
@@ -223,5 +236,49 @@ impl ShutdownError {
     /// The join error: how the manager process ended (killed by a signal, ...).
     pub fn join_error(&self) -> &multiproc_process::JoinError {
         &self.source
+    }
+}
+
+/// Why [`connect`](crate::connect) could not reach a served manager.
+#[derive(Debug, thiserror::Error)]
+#[error("could not connect to the manager")]
+pub struct ConnectError {
+    #[source]
+    source: OpError,
+}
+
+impl ConnectError {
+    pub(crate) fn new(source: OpError) -> Self {
+        Self { source }
+    }
+
+    /// True when the manager refused this client's authentication (a wrong key, say).
+    pub fn is_auth(&self) -> bool {
+        self.source.is_auth()
+    }
+
+    /// True when nothing answered at the address (no manager served there, or it is gone, or
+    /// it stopped serving).
+    pub fn is_unreachable(&self) -> bool {
+        self.source.is_manager_gone()
+    }
+}
+
+/// Why [`Client::serve`](crate::Client::serve) could not serve the manager.
+#[derive(Debug, thiserror::Error)]
+#[error("could not serve the manager")]
+pub struct ServeError {
+    #[source]
+    source: multiproc_connection::error::BindError,
+}
+
+impl ServeError {
+    pub(crate) fn new(source: multiproc_connection::error::BindError) -> Self {
+        Self { source }
+    }
+
+    /// True when another listener (of any program) has the address.
+    pub fn is_addr_in_use(&self) -> bool {
+        self.source.is_addr_in_use()
     }
 }

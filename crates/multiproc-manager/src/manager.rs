@@ -41,6 +41,14 @@ pub struct Client {
 }
 
 impl Client {
+    pub(crate) fn from_link(link: Arc<Link>) -> Self {
+        Self { link }
+    }
+
+    pub(crate) fn link(&self) -> &Link {
+        &self.link
+    }
+
     async fn open(
         &self,
         name: &str,
