@@ -111,6 +111,12 @@ async fn manager_handles_and_futures_are_send() {
     sync::<StartError>();
     send::<ShutdownError>();
     sync::<ShutdownError>();
+    send::<multiproc::manager::Serving>();
+    sync::<multiproc::manager::Serving>();
+    send::<multiproc::manager::ConnectError>();
+    sync::<multiproc::manager::ConnectError>();
+    send::<multiproc::manager::ServeError>();
+    sync::<multiproc::manager::ServeError>();
     let manager = Manager::start().await.unwrap();
     let m = manager.map::<String, u64>("m").await.unwrap();
     let v = manager.value("v", 0u64).await.unwrap();
@@ -125,6 +131,12 @@ async fn manager_handles_and_futures_are_send() {
     send_val(&manager.batch().run());
     send_val(&manager.snapshot());
     send_val(&manager.shutdown());
+    let address = multiproc::connection::Address::tcp("127.0.0.1:0");
+    send_val(&manager.serve(address.clone(), multiproc::connection::Auth::none()));
+    send_val(&multiproc::manager::connect(
+        address,
+        multiproc::connection::Auth::none(),
+    ));
     let mut p = m.pipeline().await.unwrap();
     let slot = p.push(m.ops().len()).await.unwrap();
     send_val(&p.wait(slot));

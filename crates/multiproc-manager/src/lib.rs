@@ -49,6 +49,14 @@
 //! - **A dead manager hangs its clients**: every pending and later operation fails promptly
 //!   with [`OpError::is_manager_gone`].
 //!
+//! # Remote managers
+//! [`Client::serve`] serves a manager on an endpoint (`multiproc::connection`'s addresses: TCP,
+//! a Unix socket path or abstract name) with its authentication (a key with Python's mutual
+//! challenge, same user, TLS); [`connect`] reaches it from any program. A wrong key is
+//! refused ([`ConnectError::is_auth`]) and the manager goes on serving. A client of another
+//! program can use every operation but `update` (functions are found by address, in this
+//! program only).
+//!
 //! # Locks, queues and events need no manager
 //! Python serves `Lock`, `Queue`, `Event` and friends from the manager because its own cannot
 //! be passed to a running process. multiproc's can: hand the real handle (`multiproc::Lock`,

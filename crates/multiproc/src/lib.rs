@@ -56,7 +56,7 @@
 //! | `pool.map`, `starmap`, `imap`, `imap_unordered` | [`Pool::map`]`(f, items).await`, [`Pool::starmap`], [`Pool::imap`] and [`Pool::imap_unordered`] (`Stream`s) |
 //! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
 //! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
-//! | `Manager().dict()`, `.list()`, `.Namespace()` | [`manager::Manager`]`::start().await`, then `map(name)`, `list(name)`, `value(name, init)`; [`manager::Map::update`] runs a `fn` in the manager, so a nested mutation is never lost |
+//! | `Manager().dict()`, `.list()`, `.Namespace()` | [`manager::Manager`]`::start().await`, then `map(name)`, `list(name)`, `value(name, init)`; [`manager::Map::update`] runs a `fn` in the manager, so a nested mutation is never lost; [`manager::connect`] for a served one |
 //!
 //! ## Where things are
 //!
