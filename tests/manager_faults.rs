@@ -172,8 +172,8 @@ async fn a_client_killed_mid_operation_leaves_whole_values_and_a_serving_manager
     let pair = manager.map::<String, Pair>("pair").await.unwrap();
     let writer = spawn(m.clone(), hammer);
     let updater = spawn(pair.clone(), update_pair_forever);
-    within("writer started", async {
-        while m.get(&99).await.unwrap().is_none() {
+    within("writer and updater started", async {
+        while m.get(&99).await.unwrap().is_none() || pair.get("p").await.unwrap().is_none() {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     })
