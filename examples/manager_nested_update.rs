@@ -21,7 +21,7 @@ fn append(list: &mut Vec<u32>, x: u32) {
 async fn worker((lists, who): (Map<String, Vec<u32>>, u32)) {
     for i in 0..PER_PROCESS {
         let x = who * PER_PROCESS + i;
-        let key = if x % 2 == 0 { "evens" } else { "odds" };
+        let key = if x.is_multiple_of(2) { "evens" } else { "odds" };
         lists.update(key, append, x).await.expect("manager gone");
     }
 }

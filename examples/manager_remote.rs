@@ -38,10 +38,10 @@ async fn client(address: String) -> Result<(), Box<dyn std::error::Error>> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if let [role, address] = &args[..] {
-        if role == "client" {
-            return client(address.clone()).await;
-        }
+    if let [role, address] = &args[..]
+        && role == "client"
+    {
+        return client(address.clone()).await;
     }
     let manager = Manager::start().await?;
     let serving = manager

@@ -387,7 +387,7 @@ async fn concurrent_tasks_of_one_process_share_one_connection() {
                     let k = t * 100 + i;
                     m.insert(k, k * 2).await.unwrap();
                     assert_eq!(m.get(&k).await.unwrap(), Some(k * 2));
-                    if i % 5 == 0 {
+                    if i.is_multiple_of(5) {
                         // A cancelled operation in the middle of others' traffic.
                         let _ = tokio::time::timeout(
                             std::time::Duration::from_micros(1),

@@ -22,7 +22,7 @@ use crate::wire::{CounterOp, Op as WireOp};
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let hits = manager.counter("hits").await?;
 /// assert_eq!(hits.add(5).await?, 5);
 /// assert_eq!(hits.add(-2).await?, 3);

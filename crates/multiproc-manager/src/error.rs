@@ -1,6 +1,7 @@
 //! Errors of manager operations: [`OpError`] for every operation on a served value (and
 //! opening one), [`StartError`] for starting a manager, [`ShutdownError`] for stopping one,
-//! [`ServeError`] and [`ConnectError`] for serving one on an endpoint and connecting to it.
+//! `ServeError` and `ConnectError` (feature `remote`) for serving one on an endpoint and
+//! connecting to it.
 
 use std::fmt;
 use std::io;
@@ -30,6 +31,7 @@ enum Kind {
     Send(SendErrorKind),
     Protocol(String, Option<RecvError>),
     OtherManager,
+    #[cfg(feature = "remote")]
     Connect(multiproc_connection::error::ConnectError),
 }
 
@@ -84,6 +86,7 @@ impl OpError {
         }
     }
     /// A connection to a remote manager could not be made: refused means gone.
+    #[cfg(feature = "remote")]
     pub(crate) fn connect(e: multiproc_connection::error::ConnectError) -> Self {
         // Refused, or closed by the listener before the handshake was done: nobody serves it.
         let closed = std::error::Error::source(&e)
@@ -135,7 +138,11 @@ impl OpError {
 
     /// True when a remote manager refused this process's authentication.
     pub fn is_auth(&self) -> bool {
-        matches!(&self.kind, Kind::Connect(e) if e.is_auth())
+        #[cfg(feature = "remote")]
+        if let Kind::Connect(e) = &self.kind {
+            return e.is_auth();
+        }
+        false
     }
 
     /// True when a list index was out of range (nothing was changed).
@@ -185,6 +192,7 @@ impl fmt::Display for OpError {
             Kind::OtherManager => {
                 f.write_str("a batch or pipeline holds operations of two different managers")
             }
+            #[cfg(feature = "remote")]
             Kind::Connect(_) => f.write_str("could not connect to the remote manager"),
         }
     }
@@ -198,6 +206,7 @@ impl std::error::Error for OpError {
             Kind::Decode(e) => Some(e),
             Kind::Io(e) => Some(e),
             Kind::Send(e) => Some(e),
+            #[cfg(feature = "remote")]
             Kind::Connect(e) => Some(e),
             _ => None,
         }
@@ -240,6 +249,7 @@ impl ShutdownError {
 }
 
 /// Why [`connect`](crate::connect) could not reach a served manager.
+#[cfg(feature = "remote")]
 #[derive(Debug, thiserror::Error)]
 #[error("could not connect to the manager")]
 pub struct ConnectError {
@@ -247,6 +257,7 @@ pub struct ConnectError {
     source: OpError,
 }
 
+#[cfg(feature = "remote")]
 impl ConnectError {
     pub(crate) fn new(source: OpError) -> Self {
         Self { source }
@@ -265,6 +276,7 @@ impl ConnectError {
 }
 
 /// Why [`Client::serve`](crate::Client::serve) could not serve the manager.
+#[cfg(feature = "remote")]
 #[derive(Debug, thiserror::Error)]
 #[error("could not serve the manager")]
 pub struct ServeError {
@@ -272,6 +284,7 @@ pub struct ServeError {
     source: multiproc_connection::error::BindError,
 }
 
+#[cfg(feature = "remote")]
 impl ServeError {
     pub(crate) fn new(source: multiproc_connection::error::BindError) -> Self {
         Self { source }

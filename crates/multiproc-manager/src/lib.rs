@@ -9,7 +9,7 @@
 //! ```no_run
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use multiproc_manager::{Manager, Map};
+//! use multiproc::manager::{Manager, Map};
 //!
 //! fn push(list: &mut Vec<u32>, x: u32) {
 //!     list.push(x);
@@ -23,7 +23,7 @@
 //! let manager = Manager::start().await?;
 //! let results = manager.map::<String, Vec<u32>>("results").await?;
 //! let children: Vec<_> = (0..4)
-//!     .map(|i| multiproc_process::spawn((results.clone(), i), worker))
+//!     .map(|i| multiproc::spawn((results.clone(), i), worker))
 //!     .collect();
 //! for child in children {
 //!     child.await?;
@@ -50,10 +50,11 @@
 //!   with [`OpError::is_manager_gone`].
 //!
 //! # Remote managers
-//! [`Client::serve`] serves a manager on an endpoint (`multiproc::connection`'s addresses: TCP,
+//! With the `remote` feature (on in the `multiproc` facade with its `connection` feature),
+//! `Client::serve` serves a manager on an endpoint (`multiproc::connection`'s addresses: TCP,
 //! a Unix socket path or abstract name) with its authentication (a key with Python's mutual
-//! challenge, same user, TLS); [`connect`] reaches it from any program. A wrong key is
-//! refused ([`ConnectError::is_auth`]) and the manager goes on serving. A client of another
+//! challenge, same user, TLS); `connect` reaches it from any program. A wrong key is
+//! refused (`ConnectError::is_auth`) and the manager goes on serving. A client of another
 //! program can use every operation but `update` (functions are found by address, in this
 //! program only).
 //!
@@ -92,6 +93,7 @@ mod list;
 mod manager;
 mod map;
 mod op;
+#[cfg(feature = "remote")]
 mod remote;
 mod server;
 mod state;
@@ -102,11 +104,14 @@ mod watch;
 mod wire;
 
 pub use counter::{Counter, CounterOps};
-pub use error::{ConnectError, OpError, ServeError, ShutdownError, StartError};
+#[cfg(feature = "remote")]
+pub use error::{ConnectError, ServeError};
+pub use error::{OpError, ShutdownError, StartError};
 pub use list::{List, ListOps};
 pub use manager::{Client, Manager, ManagerBuilder, Snapshot};
 pub use map::{Map, MapOps};
 pub use op::{Batch, BatchResults, Op, Pipeline, Slot};
+#[cfg(feature = "remote")]
 pub use remote::{Serving, connect};
 pub use value::{Value, ValueOps};
 pub use watch::{MapEvent, Watch};

@@ -20,6 +20,7 @@ use std::pin::Pin;
 
 use futures::{Sink, SinkExt, Stream, StreamExt};
 use multiproc_channel::pipe;
+#[cfg(feature = "remote")]
 use multiproc_connection::{Address, Auth};
 use multiproc_core::transport::packet::{Packet, PacketSocket};
 use multiproc_core::{RecvError, SendError, SharedFd, message};
@@ -70,6 +71,7 @@ pub(crate) enum Endpoint {
     /// A manager of this program tree, through its connector.
     Local(Connector),
     /// A manager served at an address (`Manager::serve`), reached with `connect`.
+    #[cfg(feature = "remote")]
     Remote {
         /// Random, drawn by `Manager::connect`: tells links apart.
         id: u64,
@@ -82,6 +84,7 @@ impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Local(c) => c.fmt(f),
+            #[cfg(feature = "remote")]
             Endpoint::Remote { address, .. } => f
                 .debug_struct("Remote")
                 .field("address", address)
@@ -98,6 +101,7 @@ impl Endpoint {
     pub(crate) fn connector<E: serde::ser::Error>(&self) -> Result<&Connector, E> {
         match self {
             Endpoint::Local(c) => Ok(c),
+            #[cfg(feature = "remote")]
             Endpoint::Remote { .. } => Err(E::custom(
                 "a proxy of a remote manager cannot be sent to another process (connect there)",
             )),
@@ -108,6 +112,7 @@ impl Endpoint {
     pub(crate) fn manager(&self) -> u64 {
         match self {
             Endpoint::Local(c) => c.manager,
+            #[cfg(feature = "remote")]
             Endpoint::Remote { id, .. } => *id,
         }
     }
@@ -119,6 +124,7 @@ impl Endpoint {
     pub(crate) async fn open(&self) -> Result<(Requests, Responses), OpError> {
         match self {
             Endpoint::Local(connector) => Ok(sides(connector.open().await?)),
+            #[cfg(feature = "remote")]
             Endpoint::Remote { address, auth, .. } => {
                 let conn = multiproc_connection::connect::<Request, Response>(
                     address.clone(),
@@ -295,6 +301,7 @@ impl Link {
     }
 
     /// A link of its own to a remote manager.
+    #[cfg(feature = "remote")]
     pub(crate) fn remote(id: u64, address: Address, auth: Auth) -> Arc<Link> {
         Arc::new(Link {
             endpoint: Endpoint::Remote { id, address, auth },

@@ -32,7 +32,7 @@ use crate::wire::{Blob, ListOp, Op as WireOp};
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let l = manager.list::<u32>("l").await?;
 /// l.extend(11..16).await?;
 /// l.push(16).await?;

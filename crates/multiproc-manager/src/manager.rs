@@ -41,10 +41,12 @@ pub struct Client {
 }
 
 impl Client {
+    #[cfg(feature = "remote")]
     pub(crate) fn from_link(link: Arc<Link>) -> Self {
         Self { link }
     }
 
+    #[cfg(feature = "remote")]
     pub(crate) fn link(&self) -> &Link {
         &self.link
     }
@@ -328,9 +330,9 @@ struct Owner {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_manager::Manager;
+/// use multiproc::manager::Manager;
 ///
-/// async fn child((d, l): (multiproc_manager::Map<String, u64>, multiproc_manager::List<u64>)) {
+/// async fn child((d, l): (multiproc::manager::Map<String, u64>, multiproc::manager::List<u64>)) {
 ///     for i in 0..10 {
 ///         d.insert(format!("arg{i}"), i * i).await.unwrap();
 ///     }
@@ -340,7 +342,7 @@ struct Owner {
 /// let manager = Manager::start().await?;
 /// let d = manager.map::<String, u64>("d").await?;
 /// let l = manager.list::<u64>("l").await?;
-/// multiproc_process::spawn((d.clone(), l.clone()), child).await?;
+/// multiproc::spawn((d.clone(), l.clone()), child).await?;
 /// assert_eq!(d.len().await?, 10);
 /// assert_eq!(l.items().await?, [11, 12, 13, 14, 15]);
 /// manager.shutdown().await?;

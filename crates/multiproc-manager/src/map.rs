@@ -41,7 +41,7 @@ use crate::wire::{Blob, MapOp, Op as WireOp, encode_key};
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let d = manager.map::<String, Vec<u32>>("d").await?;
 /// d.insert("k".into(), vec![1]).await?;
 /// // Python's `d['k'].append(2)` is lost; this is not:

@@ -68,7 +68,7 @@ impl<R> fmt::Debug for Slot<R> {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let scores = manager.map::<String, u32>("scores").await?;
 /// let mut batch = manager.batch();
 /// batch.push(scores.ops().insert(&"ann".to_string(), &3)?)?;
@@ -176,7 +176,7 @@ const WINDOW: u64 = 512;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let squares = manager.map::<u64, u64>("squares").await?;
 /// let mut pipeline = squares.pipeline().await?;
 /// for i in 0..1000 {

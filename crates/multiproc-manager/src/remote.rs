@@ -67,13 +67,13 @@ impl Client {
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// use multiproc_connection::{Address, Auth};
+    /// use multiproc::connection::{Address, Auth};
     ///
-    /// let manager = multiproc_manager::Manager::start().await?;
+    /// let manager = multiproc::manager::Manager::start().await?;
     /// let serving = manager.serve(Address::tcp("127.0.0.1:0"), Auth::key(b"secret")).await?;
     /// // In another program:
     /// let remote =
-    ///     multiproc_manager::connect(serving.local_address().clone(), Auth::key(b"secret")).await?;
+    ///     multiproc::manager::connect(serving.local_address().clone(), Auth::key(b"secret")).await?;
     /// remote.map::<String, u32>("m").await?.insert("k".into(), 1).await?;
     /// # Ok(())
     /// # }
@@ -123,10 +123,10 @@ async fn accept_loop(mut listener: Listener<Response, Request>, endpoint: Endpoi
         };
         match (&endpoint, conn.into_duplex()) {
             (Endpoint::Local(connector), Ok(end)) => {
-                if let Err(e) = connector.hand_over(end).await {
-                    if e.is_manager_gone() {
-                        return;
-                    }
+                if let Err(e) = connector.hand_over(end).await
+                    && e.is_manager_gone()
+                {
+                    return;
                 }
             }
             (_, Ok(end)) => {

@@ -23,7 +23,7 @@ use crate::wire::{Blob, Op as WireOp, ValueOp};
 /// each call atomic. A typed proxy is then a thin wrapper of your own:
 ///
 /// ```no_run
-/// use multiproc_manager::{OpError, Value};
+/// use multiproc::manager::{OpError, Value};
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]
@@ -50,7 +50,7 @@ use crate::wire::{Blob, Op as WireOp, ValueOp};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let manager = multiproc_manager::Manager::start().await?;
+/// let manager = multiproc::manager::Manager::start().await?;
 /// let account = AccountProxy(manager.value("account", Account { balance: 0 }).await?);
 /// assert_eq!(account.deposit(10).await?, 10);
 /// # Ok(())

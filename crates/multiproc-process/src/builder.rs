@@ -28,7 +28,7 @@ use crate::spawn_protocol::Setup;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let child = multiproc_process::Builder::new()
+/// let child = multiproc::Builder::new()
 ///     .name("worker-1")
 ///     .env("RUST_LOG", "debug")
 ///     .kill_on_drop(true)
@@ -163,10 +163,16 @@ impl Builder {
         // reactor): refuse to start a child outside of one, as documented.
         let _ = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
+        #[cfg(feature = "tracing")]
+        let (span, trace_parent) =
+            crate::trace::spawn_span(self.name.as_deref(), std::any::type_name::<F>());
+        #[cfg(not(feature = "tracing"))]
+        let trace_parent = None;
         // Encoded before the child exists: arguments that do not encode start no process.
         let setup = Setup {
             parent_pid: std::process::id(),
             die_with_parent: self.daemon,
+            trace_parent,
         };
         let setup = message::encode(&setup).map_err(|e| SpawnError::io(io::Error::other(e)))?;
         let args = message::encode(&args).map_err(SpawnError::encode)?;
@@ -180,7 +186,12 @@ impl Builder {
             stdout: self.stdout,
             stderr: self.stderr,
         };
-        let (pidfd, control) = spawner::spawn(entry, options).map_err(SpawnError::io)?;
+        let (pidfd, control) = spawner::spawn(entry, options).map_err(|e| {
+            multiproc_core::trace_warn!(error = %e, "cannot start a child process");
+            SpawnError::io(e)
+        })?;
+        #[cfg(feature = "tracing")]
+        span.record("pid", pidfd.pid());
         let (mut tx, rx) = match channel::split(SharedFd::new(control)) {
             Ok(halves) => halves,
             Err(e) => {
@@ -191,6 +202,8 @@ impl Builder {
             }
         };
         let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, rx);
+        #[cfg(feature = "tracing")]
+        let handle = handle.traced(span);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
         let sent = push(&mut tx, setup)
             .and_then(|()| push(&mut tx, args))

@@ -96,6 +96,23 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
     }
 }
 
+impl<R: Send + 'static> JoinHandle<R> {
+    /// Runs the join inside the child's `multiproc.child` span, which records how it ended.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn traced(mut self, span: tracing::Span) -> Self {
+        use tracing::Instrument;
+        if let State::Running(join) = std::mem::replace(&mut self.state, State::Done) {
+            let join = async move {
+                let result = join.await;
+                crate::trace::joined(&result);
+                result
+            };
+            self.state = State::Running(Box::pin(join.instrument(span)));
+        }
+        self
+    }
+}
+
 impl<R> JoinHandle<R> {
     pub(crate) fn not_started(e: SpawnError) -> Self {
         Self {

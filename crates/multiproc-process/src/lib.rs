@@ -19,12 +19,16 @@ mod panic;
 pub mod pool;
 mod spawn_protocol;
 mod status;
+mod trace;
 
 pub use builder::Builder;
 pub use error::{JoinError, SpawnError};
 pub use function::{ChildOutput, Returns, ReturnsFuture};
 pub use join::JoinHandle;
 pub use status::{ExitStatus, signal_name};
+#[cfg(feature = "tracing")]
+pub use trace::child_span;
+pub use trace::{RemoteSpan, remote_parent};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -46,8 +50,8 @@ use serde::de::DeserializeOwned;
 ///     x * x
 /// }
 ///
-/// let a = multiproc_process::spawn(7, square);
-/// let b = multiproc_process::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
+/// let a = multiproc::spawn(7, square);
+/// let b = multiproc::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
 /// assert_eq!(a.await?, 49);
 /// assert_eq!(b.await?, 8);
 /// # Ok(())

@@ -8,6 +8,8 @@ use serde::{Deserialize, Serialize};
 pub(crate) struct Setup {
     pub parent_pid: u32,
     pub die_with_parent: bool,
+    /// The parent's span for this child, for the child's spans to name as their parent.
+    pub trace_parent: Option<crate::trace::RemoteSpan>,
 }
 
 /// The child's one report to the parent.

@@ -99,17 +99,25 @@
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
-pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use multiproc_channel::{
+    JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+};
 #[doc(inline)]
-pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, PoolStats, TaskHandle};
 #[doc(inline)]
 pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
 #[doc(inline)]
 pub use multiproc_sync::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray, SharedArrayGuard,
-    SharedMemory, SharedValue, SharedValueGuard,
+    LockGuard, OwnedLockGuard, OwnedSemaphorePermit, Pod, RLock, RLockGuard, Semaphore,
+    SemaphorePermit, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
 };
+
+/// Spinning before parking: whether waits may keep a CPU busy for a few microseconds to catch
+/// an answer that is about to come, process-wide. See [`set_spinning`] and the variable
+/// `MULTIPROC_SPIN=0`.
+#[doc(inline)]
+pub use multiproc_core::wait::spin::{SPIN_ENV, set_spinning, spinning, spins_begun};
 
 /// Cross-process synchronization: locks, semaphores, events, conditions and barriers, whose
 /// waits never block a runtime thread.
@@ -117,7 +125,8 @@ pub mod sync {
     #[doc(inline)]
     pub use multiproc_sync::{
         Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-        LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
+        LockGuard, OwnedLockGuard, OwnedSemaphorePermit, RLock, RLockGuard, Semaphore,
+        SemaphorePermit,
     };
 }
 
@@ -132,15 +141,21 @@ pub mod shm {
 /// Queues shared by any number of producer and consumer processes.
 pub mod queue {
     #[doc(inline)]
-    pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+    pub use multiproc_channel::{
+        JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+    };
 }
 
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
 /// what a child may be.
 pub mod process {
+    #[cfg(feature = "tracing")]
+    #[doc(inline)]
+    pub use multiproc_process::child_span;
     #[doc(inline)]
     pub use multiproc_process::{
-        Builder, ChildOutput, ExitStatus, JoinHandle, Returns, ReturnsFuture, signal_name, spawn,
+        Builder, ChildOutput, ExitStatus, JoinHandle, RemoteSpan, Returns, ReturnsFuture,
+        remote_parent, signal_name, spawn,
     };
 }
 
@@ -162,6 +177,7 @@ pub mod error {
     #[doc(inline)]
     pub use multiproc_sync::error::*;
     // Named endpoints.
+    #[cfg(feature = "connection")]
     #[doc(inline)]
     pub use multiproc_connection::error::{AcceptError, BindError, ConnectError, HandshakeError};
 }
@@ -187,12 +203,14 @@ pub mod error {
 /// # Ok(())
 /// # }
 /// ```
+#[cfg(feature = "connection")]
 pub mod connection {
     #[doc(inline)]
     pub use multiproc_connection::*;
 }
 
 // --- manager (issue 15) ---
+#[cfg(feature = "manager")]
 /// Served typed state (Python's `Manager`): a [`Manager`](manager::Manager) process serves
 /// maps, lists, values and counters to every process through proxies that travel like any
 /// handle, with atomic `update`s run inside the manager, batches, pipelines and `watch`.

@@ -5,7 +5,7 @@
 //! and who a process is ([`cpu`]; [`identity`], which lives in `sys` so that `wait` can use it
 //! too).
 //!
-//! May import: `sys`, `shm`, `message`, `transport`. Nothing imports `proc` but the crates
+//! May import: `sys`, `shm`, `message`, `transport`, `wait` (the spin setting a child inherits). Nothing imports `proc` but the crates
 //! above core. Inside, imports point one way: `spawner` → fork server → `exec` → `bootstrap`
 //! → `remote_fn`, with `pidfd`, `reaper` and `identity` below them all.
 
