@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 // manager (issue 15)
+mod file_lock_bench;
 mod manager_bench;
 // Named endpoints (issue 13).
 mod conn_bench;
@@ -73,6 +74,11 @@ pub(crate) enum Workload {
     // manager (issue 15)
     /// Two processes setting and getting keys of one served dict.
     ManagerDict2p,
+    // Issue 13, named resources: file locks.
+    /// Lock and unlock a free `flock` file lock, in one process.
+    FileLockUncontended,
+    /// Two processes incrementing one shared counter under one `flock` file lock.
+    FileLockContended2p,
     // Named endpoints (issue 13).
     /// Request/response round trips of 64 bytes over one keyed connection, Unix socket.
     ConnRoundtripUnix,
@@ -85,7 +91,7 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 18] = [
+    const ALL: [Workload; 20] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -101,6 +107,8 @@ impl Workload {
         Workload::PoolApplyRoundtrip,
         // manager (issue 15)
         Workload::ManagerDict2p,
+        Workload::FileLockUncontended,
+        Workload::FileLockContended2p,
         // Named endpoints.
         Workload::ConnRoundtripUnix,
         Workload::ConnRoundtripTcp,
@@ -126,6 +134,8 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
             // manager (issue 15)
             Workload::ManagerDict2p => "manager_dict_2p",
+            Workload::FileLockUncontended => "file_lock_uncontended",
+            Workload::FileLockContended2p => "file_lock_contended_2p",
             // Named endpoints.
             Workload::ConnRoundtripUnix => "conn_roundtrip_unix",
             Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
@@ -149,6 +159,8 @@ impl Workload {
             Workload::PoolApplyRoundtrip => "us_per_task",
             // manager (issue 15)
             Workload::ManagerDict2p => "ops_per_s",
+            Workload::FileLockUncontended => "ns_per_op",
+            Workload::FileLockContended2p => "ops_per_s",
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
@@ -169,6 +181,7 @@ impl Workload {
                 | Workload::PoolMapSmallChunk1
                 // manager (issue 15)
                 | Workload::ManagerDict2p
+                | Workload::FileLockContended2p
                 // Named endpoints.
                 | Workload::ConnRoundtripUnix
                 | Workload::ConnRoundtripTcp
@@ -209,6 +222,10 @@ impl Workload {
             // manager (issue 15): Python's Manager dict manages some 10k operations a second.
             (Workload::ManagerDict2p, false) => 20_000,
             (Workload::ManagerDict2p, true) => 4_000,
+            (Workload::FileLockUncontended, false) => 200_000,
+            (Workload::FileLockUncontended, true) => 50_000,
+            (Workload::FileLockContended2p, false) => 100_000,
+            (Workload::FileLockContended2p, true) => 20_000,
             // Named endpoints.
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, false) => 20_000,
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
@@ -257,6 +274,10 @@ impl Workload {
                 Impl::MultiprocPipeline,
                 Impl::PythonMp,
             ],
+            // Issue 13: against Python's fcntl.flock; the syscall floor is its blocking twin.
+            Workload::FileLockUncontended | Workload::FileLockContended2p => {
+                &[Impl::Multiproc, Impl::MultiprocBlocking, Impl::PythonMp]
+            }
             // Named endpoints: multiproc against Python's multiprocessing.connection.
             Workload::ConnRoundtripUnix
             | Workload::ConnRoundtripTcp
@@ -383,7 +404,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
-                 conn_accept_unix, conn_accept_tcp, manager_dict_2p
+                 conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
+                 file_lock_contended_2p, manager_dict_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline
@@ -553,6 +575,10 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
             // manager (issue 15)
             Workload::ManagerDict2p => "Manager().dict(): d[k] = i; d[k], from two processes",
+            Workload::FileLockUncontended => "fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN)",
+            Workload::FileLockContended2p => {
+                "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1"
+            }
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => {
                 "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)"
@@ -615,6 +641,9 @@ fn run_trial(
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
         // manager (issue 15)
         (_, Workload::ManagerDict2p) => manager_bench::run(rt, imp, n),
+        (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
+            file_lock_bench::run(rt, w, imp, n)
+        }
         (
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
