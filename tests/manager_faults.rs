@@ -275,6 +275,28 @@ async fn an_operation_dropped_while_waiting_does_not_mix_up_answers() {
     );
 }
 
+/// Connects to the manager by hand: a raw socket pair whose other end goes through the
+/// connector. The socket we keep, to write anything on it.
+fn connect_raw(
+    connector: &multiproc_core::transport::packet::PacketSocket,
+) -> std::os::fd::OwnedFd {
+    use multiproc_core::SharedFd;
+    use multiproc_core::transport::packet::Packet;
+
+    let (mine, theirs) = rustix::net::socketpair(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::STREAM,
+        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
+        None,
+    )
+    .unwrap();
+    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs)).unwrap();
+    connector
+        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
+        .unwrap();
+    mine
+}
+
 #[tokio::test]
 async fn garbage_from_a_client_never_stops_the_manager() {
     use multiproc_core::SharedFd;
@@ -292,30 +314,10 @@ async fn garbage_from_a_client_never_stops_the_manager() {
         .try_send(&[], &Packet::new(b"not a pipe end", Vec::new()).unwrap())
         .unwrap();
     // A real pipe end, then bytes that are not frames on it.
-    let (mine, theirs) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-        None,
-    )
-    .unwrap();
-    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs)).unwrap();
-    socket
-        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
-        .unwrap();
+    let mine = connect_raw(&socket);
     rustix::io::write(&mine, b"\xff\xffgarbage that is not a frame").unwrap();
     // A frame header announcing far more than the limit.
-    let (mine2, theirs2) = rustix::net::socketpair(
-        rustix::net::AddressFamily::UNIX,
-        rustix::net::SocketType::STREAM,
-        rustix::net::SocketFlags::CLOEXEC | rustix::net::SocketFlags::NONBLOCK,
-        None,
-    )
-    .unwrap();
-    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs2)).unwrap();
-    socket
-        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
-        .unwrap();
+    let mine2 = connect_raw(&socket);
     let mut header = b"MPF1".to_vec();
     header.extend_from_slice(&u32::MAX.to_le_bytes());
     header.extend_from_slice(&0u32.to_le_bytes());
