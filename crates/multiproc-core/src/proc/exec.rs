@@ -66,9 +66,34 @@ fn nul_error(what: &str) -> io::Error {
     )
 }
 
+/// The parent's ends of a child's standard streams that were set to `Stdio::piped()`.
+#[derive(Debug, Default)]
+pub struct StdioPipes {
+    /// The write end of the child's standard input.
+    pub stdin: Option<OwnedFd>,
+    /// The read end of the child's standard output.
+    pub stdout: Option<OwnedFd>,
+    /// The read end of the child's standard error.
+    pub stderr: Option<OwnedFd>,
+}
+
+impl StdioPipes {
+    /// Takes the pipe ends of a spawned `std::process::Child`.
+    pub(crate) fn take(child: &mut std::process::Child) -> Self {
+        Self {
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+        }
+    }
+}
+
 /// The slow path: `std::process::Command` of this executable with the control socket and
 /// `options` (it uses `fork`, since the socket needs a `pre_exec` hook).
-pub(crate) fn command_spawn_child(child_end: &OwnedFd, options: SpawnOptions) -> io::Result<u32> {
+pub(crate) fn command_spawn_child(
+    child_end: &OwnedFd,
+    options: SpawnOptions,
+) -> io::Result<(u32, StdioPipes)> {
     let mut command = Command::new(PROGRAM.to_str().expect("an ASCII path"));
     if let Some(arg0) = &options.arg0 {
         command.arg0(arg0);
@@ -109,7 +134,8 @@ pub(crate) fn command_spawn_child(child_end: &OwnedFd, options: SpawnOptions) ->
         command.stderr(s);
     }
     // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
-    Ok(command.spawn()?.id())
+    let mut child = command.spawn()?;
+    Ok((child.id(), StdioPipes::take(&mut child)))
 }
 
 /// `argv[0]` for a child: its name, or the program path.
