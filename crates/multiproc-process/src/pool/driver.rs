@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use multiproc_core::message;
+use multiproc_core::proc::limits;
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 
@@ -124,6 +125,8 @@ struct Conn {
     /// The pool's count of cancelled submissions when the driver last looked for cancelled
     /// jobs among those the worker holds.
     cancels_seen: u64,
+    /// The worker's memory passed the recycling threshold: it takes no more jobs and retires.
+    over_memory: bool,
 }
 
 /// A wait for a result, past its spin.
@@ -158,6 +161,7 @@ impl Conn {
         let handle = Builder::new()
             .name(format!("{}-{slot}", shared.config.name))
             .kill_on_drop(true)
+            .limits(shared.config.limits)
             .spawn(
                 WorkerArgs {
                     socket: theirs,
@@ -191,6 +195,7 @@ impl Conn {
             spin: SpinPolicy::new(),
             wait: None,
             cancels_seen: 0,
+            over_memory: false,
         })
     }
 
@@ -203,7 +208,8 @@ impl Conn {
             .max_tasks_per_worker
             .is_none_or(|max| self.sent < max);
         let held = &self.held;
-        if !held.ready || !under_quota || held.in_flight.len() >= MAX_IN_FLIGHT {
+        if !held.ready || !under_quota || self.over_memory || held.in_flight.len() >= MAX_IN_FLIGHT
+        {
             return false;
         }
         held.in_flight.is_empty()
@@ -211,10 +217,22 @@ impl Conn {
     }
 
     fn retiring(&self, shared: &Shared) -> bool {
-        shared
-            .config
-            .max_tasks_per_worker
-            .is_some_and(|max| self.sent >= max)
+        self.over_memory
+            || shared
+                .config
+                .max_tasks_per_worker
+                .is_some_and(|max| self.sent >= max)
+    }
+
+    /// After answers came: whether the worker's resident memory passed the pool's recycling
+    /// threshold. If so it takes no more jobs, and retires once it answered those it holds.
+    fn check_memory(&mut self, shared: &Shared) {
+        if let Some(threshold) = shared.config.recycle_above
+            && !self.over_memory
+            && limits::resident_bytes(self.pid).is_ok_and(|rss| rss > threshold)
+        {
+            self.over_memory = true;
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared, slot: usize) -> Poll<End> {
@@ -227,6 +245,9 @@ impl Conn {
             let answered = self.held.answered;
             if let Err(end) = self.take_results(cx) {
                 return Poll::Ready(end);
+            }
+            if self.held.answered != answered {
+                self.check_memory(shared);
             }
             if self.held.answered != answered
                 && let Some(wait) = self.wait.take()
@@ -450,7 +471,7 @@ impl Conn {
             End::Terminate => (PoolError::terminated(), Next::Stop),
             End::Drained => (PoolError::closed(), Next::Stop),
             End::Broken(error) => (error, Next::Stop),
-            End::Garbled(why) => (PoolError::worker_died(self.pid, why), Next::Replace),
+            End::Garbled(why) => (PoolError::worker_died(self.pid, why, None), Next::Replace),
             End::Died if !self.held.ready => {
                 let why = format!(
                     "worker process {} died while starting: {}",
@@ -460,7 +481,11 @@ impl Conn {
                 (PoolError::spawn(why.clone()), Next::StartFailed(why))
             }
             End::Died | End::Retire | End::Abandoned => (
-                PoolError::worker_died(self.pid, death_cause(&exit)),
+                PoolError::worker_died(
+                    self.pid,
+                    death_cause(&exit),
+                    exit.as_ref().err().and_then(JoinError::memory_limit),
+                ),
                 Next::Replace,
             ),
         };
@@ -648,6 +673,10 @@ impl Pace {
 fn death_cause(exit: &Result<(), JoinError>) -> String {
     match exit {
         Ok(()) => "it exited normally".to_string(),
+        Err(e) if e.is_out_of_memory() => format!(
+            "it ran out of memory (limit {} bytes)",
+            e.memory_limit().unwrap_or(0)
+        ),
         Err(e) => match (e.signal(), e.exit_code()) {
             (Some(sig), _) => format!("killed by signal {sig} ({})", crate::signal_name(sig)),
             (None, Some(code)) => format!("it exited with code {code}"),
