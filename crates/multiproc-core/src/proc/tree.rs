@@ -4,7 +4,7 @@
 //! form its *tree*. A child made a subreaper ([`become_subreaper`]) keeps its orphaned
 //! descendants in that tree instead of losing them to `init`, so [`kill_tree`] finds them too.
 //!
-//! [`kill_tree`] stops the tree before it kills it: `SIGSTOP` top-down, looking again until no
+//! [`kill_tree`] and [`signal_tree`] stop the tree before they signal it: `SIGSTOP` top-down, looking again until no
 //! new process shows up (a stopped process cannot fork, and cannot reap the children it has,
 //! so their pids stay theirs until the `SIGKILL`), then `SIGKILL` to every one. A process that
 //! escapes both (one that moved to another parent outside the tree before the walk) is not
@@ -93,30 +93,12 @@ fn signal_pid(pid: u32, signal: Signal) {
     }
 }
 
-/// Sends signal number `signal` to `root` (through its pidfd) and to every descendant it has
-/// now. Processes started after the look are not signalled.
-///
-/// # Errors
-/// When `signal` is not a signal number or cannot be sent to `root`.
-pub fn signal_tree(root: &PidFd, signal: i32) -> io::Result<()> {
-    root.send_signal(signal)?;
-    let sig = Signal::from_named_raw(signal).expect("checked by send_signal");
-    for pid in descendants(root.pid()) {
-        signal_pid(pid, sig);
-    }
-    Ok(())
-}
-
-/// Kills `root` and its whole tree: stops every process in it top-down until no new one
-/// appears, then sends `SIGKILL` to all (see the [module docs](self)). `root` is left for its
-/// parent to reap.
-///
-/// # Errors
-/// When `root` cannot be signalled (permissions).
-pub fn kill_tree(root: &PidFd) -> io::Result<()> {
+/// Stops `root` and every process of its tree, top-down, looking again until no new one
+/// appears; gives the descendants stopped.
+fn freeze(root: &PidFd) -> io::Result<BTreeSet<u32>> {
     root.send_signal(Signal::STOP.as_raw())?;
     let mut stopped = BTreeSet::new();
-    // Bounded: a tree that keeps growing faster than we stop it gets killed as it is.
+    // Bounded: a tree that keeps growing faster than we stop it is taken as it is.
     for _ in 0..64 {
         let fresh: Vec<u32> = descendants(root.pid())
             .into_iter()
@@ -130,6 +112,43 @@ pub fn kill_tree(root: &PidFd) -> io::Result<()> {
             stopped.insert(pid);
         }
     }
+    Ok(stopped)
+}
+
+/// Sends signal number `signal` to `root` and its whole tree: stops the tree first (so that
+/// no process in it exits, forks or loses its place while we look), sends `signal` to every
+/// process in it, then lets them all continue. A process that catches `signal` handles it once
+/// it runs again.
+///
+/// # Errors
+/// When `signal` is not a signal number or cannot be sent to `root`.
+pub fn signal_tree(root: &PidFd, signal: i32) -> io::Result<()> {
+    let sig = Signal::from_named_raw(signal).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{signal} is not a signal number"),
+        )
+    })?;
+    let stopped = freeze(root)?;
+    root.send_signal(signal)?;
+    for &pid in &stopped {
+        signal_pid(pid, sig);
+    }
+    for &pid in &stopped {
+        signal_pid(pid, Signal::CONT);
+    }
+    root.send_signal(Signal::CONT.as_raw())?;
+    Ok(())
+}
+
+/// Kills `root` and its whole tree: stops every process in it top-down until no new one
+/// appears, then sends `SIGKILL` to all (see the [module docs](self)). `root` is left for its
+/// parent to reap.
+///
+/// # Errors
+/// When `root` cannot be signalled (permissions).
+pub fn kill_tree(root: &PidFd) -> io::Result<()> {
+    let stopped = freeze(root)?;
     root.send_signal(Signal::KILL.as_raw())?;
     for pid in stopped {
         signal_pid(pid, Signal::KILL);
