@@ -39,7 +39,8 @@ impl ResourceLimits {
     }
 
     /// Applies the limits to this process, soft and hard alike (a child cannot raise them
-    /// again). A limit above the current hard limit is lowered to it.
+    /// again), except CPU time, whose hard limit is a second later (`SIGXCPU` first, so the
+    /// cause shows). A limit above the current hard limit is lowered to it.
     ///
     /// # Errors
     /// When the kernel refuses one.
@@ -53,11 +54,15 @@ impl ResourceLimits {
             let Some(limit) = limit else { continue };
             let hard = rustix::process::getrlimit(resource).maximum;
             let limit = hard.map_or(limit, |h| h.min(limit));
+            let maximum = match resource {
+                Resource::Cpu => hard.map_or(limit + 1, |h| h.min(limit + 1)),
+                _ => limit,
+            };
             rustix::process::setrlimit(
                 resource,
                 Rlimit {
                     current: Some(limit),
-                    maximum: Some(limit),
+                    maximum: Some(maximum),
                 },
             )?;
         }
