@@ -11,4 +11,5 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 cargo test --workspace
 cargo test --release --test process_spawn --test process_pool --test process_fork_server \
-    --test process_exit --test process_bootstrap
+    --test process_exit --test process_bootstrap --test process_family --test process_identity \
+    --test process_tree --test process_stdio --test process_limits
