@@ -65,8 +65,15 @@ async fn the_sentinel_works_in_select_any_number_of_times() {
     a.unwrap();
     b.unwrap();
     // Watching took nothing: the join still gives the result.
-    assert_eq!(within("join after the sentinel", child.join()).await.unwrap(), 300);
-    within("sentinel after the join", child.exited()).await.unwrap();
+    assert_eq!(
+        within("join after the sentinel", child.join())
+            .await
+            .unwrap(),
+        300
+    );
+    within("sentinel after the join", child.exited())
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
@@ -98,18 +105,33 @@ async fn set_shutdown_stops_gracefully_and_kills_who_ignores_it() {
     })
     .unwrap();
     for event in &ready {
-        assert!(within("child ready", event.wait_timeout(Duration::from_secs(60))).await.unwrap());
+        assert!(
+            within("child ready", event.wait_timeout(Duration::from_secs(60)))
+                .await
+                .unwrap()
+        );
     }
     let pids: Vec<u32> = set.iter().map(|(_, h)| h.pid().unwrap()).collect();
     let grace = Duration::from_millis(500);
     let started = Instant::now();
     let mut results = within("shutdown", set.shutdown(grace)).await;
-    assert!(started.elapsed() >= grace, "the stubborn child got its grace period");
+    assert!(
+        started.elapsed() >= grace,
+        "the stubborn child got its grace period"
+    );
     results.sort_by_key(|(k, _)| *k);
     let [(_, graceful), (_, plain), (_, stubborn)] = results.try_into().unwrap();
     assert_eq!(graceful.unwrap(), "stopped cleanly");
-    assert_eq!(plain.unwrap_err().signal(), Some(15), "SIGTERM ends a child that did not ask");
-    assert_eq!(stubborn.unwrap_err().signal(), Some(9), "escalated to SIGKILL");
+    assert_eq!(
+        plain.unwrap_err().signal(),
+        Some(15),
+        "SIGTERM ends a child that did not ask"
+    );
+    assert_eq!(
+        stubborn.unwrap_err().signal(),
+        Some(9),
+        "escalated to SIGKILL"
+    );
     assert!(set.is_empty());
     for pid in pids {
         assert!(process_gone(pid));
@@ -134,15 +156,25 @@ async fn a_dropped_set_leaves_nothing_running() {
 async fn shutdown_of_one_handle_gives_a_graceful_childs_result() {
     let ready = Event::new().unwrap();
     let mut child = spawn(ready.clone(), graceful);
-    assert!(within("ready", ready.wait_timeout(Duration::from_secs(60))).await.unwrap());
+    assert!(
+        within("ready", ready.wait_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
     let result = within("shutdown", child.shutdown(Duration::from_secs(30))).await;
     assert_eq!(result.unwrap(), "stopped cleanly");
 }
 
 #[tokio::test]
 async fn active_children_lists_the_running_ones_and_reaps_the_rest() {
-    let a = Builder::new().name("ac-sleeper-a").spawn((), sleep_forever).unwrap();
-    let mut b = Builder::new().name("ac-sleeper-b").spawn((), sleep_forever).unwrap();
+    let a = Builder::new()
+        .name("ac-sleeper-a")
+        .spawn((), sleep_forever)
+        .unwrap();
+    let mut b = Builder::new()
+        .name("ac-sleeper-b")
+        .spawn((), sleep_forever)
+        .unwrap();
     let ours = |names: &[&str]| {
         let mut found: Vec<String> = active_children()
             .into_iter()
@@ -161,7 +193,9 @@ async fn active_children_lists_the_running_ones_and_reaps_the_rest() {
     // Reaped by `active_children`, and no zombie left...
     assert!(process_gone(b.pid().unwrap()));
     // ...but the status is kept for the join.
-    let err = within("join of a reaped child", b.join()).await.unwrap_err();
+    let err = within("join of a reaped child", b.join())
+        .await
+        .unwrap_err();
     assert_eq!(err.signal(), Some(9));
     a.kill().unwrap();
     drop(a);
@@ -198,7 +232,11 @@ async fn blocking_join_works_outside_of_async() {
 #[test]
 fn blocking_join_needs_no_runtime_once_spawned() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let mut child = runtime.block_on(async { spawn(20, |x: u32| x + 1) });
+    // Spawned inside the runtime (its handle registers there), joined after it is gone.
+    let mut child = {
+        let _inside = runtime.enter();
+        spawn(20, |x: u32| x + 1)
+    };
     // The runtime that spawned it is gone: a blocking join still works.
     drop(runtime);
     assert_eq!(child.blocking_join().unwrap(), 21);

@@ -38,7 +38,10 @@ fn look(_: ()) -> Seen {
         daemon: me.daemon(),
         parent_pid: parent.as_ref().map(|p| p.pid()),
         parent_alive: parent.as_ref().is_some_and(|p| p.is_alive()),
-        comm: std::fs::read_to_string("/proc/self/comm").unwrap().trim_end().to_string(),
+        comm: std::fs::read_to_string("/proc/self/comm")
+            .unwrap()
+            .trim_end()
+            .to_string(),
         arg0: String::from_utf8_lossy(cmdline.split(|b| *b == 0).next().unwrap()).into_owned(),
         reexecuted: environ
             .split(|b| *b == 0)

@@ -27,7 +27,10 @@ async fn a_child_past_its_memory_limit_is_out_of_memory() {
         .memory_limit(LIMIT)
         .spawn(16, allocate)
         .unwrap();
-    assert_eq!(within("small allocation", within_limit).await.unwrap(), 16 * MIB);
+    assert_eq!(
+        within("small allocation", within_limit).await.unwrap(),
+        16 * MIB
+    );
 
     let past_limit = Builder::new()
         .memory_limit(LIMIT)
@@ -81,7 +84,9 @@ async fn the_open_files_limit_holds_in_the_child() {
     let outcome = within("limited child", limited).await.unwrap();
     let err = outcome.unwrap_err();
     assert!(err.contains("Too many open files"), "{err}");
-    let free = within("unlimited child", spawn(64, open_many)).await.unwrap();
+    let free = within("unlimited child", spawn(64, open_many))
+        .await
+        .unwrap();
     assert_eq!(free, Ok(64));
 }
 
@@ -115,7 +120,10 @@ async fn a_pool_task_past_the_workers_limit_fails_as_out_of_memory() {
     let err = within("abort", killed).await.unwrap_err();
     assert!(err.is_worker_died() && !err.is_out_of_memory(), "{err}");
     // And the pool goes on.
-    assert_eq!(within("apply", pool.apply(allocate, 8)).await.unwrap(), 8 * MIB);
+    assert_eq!(
+        within("apply", pool.apply(allocate, 8)).await.unwrap(),
+        8 * MIB
+    );
 }
 
 /// Leaks `mib` MiB (touched) and gives the worker's pid.
@@ -134,10 +142,18 @@ async fn a_pool_recycles_a_worker_above_its_memory_threshold() {
         .unwrap();
     let mut pids = Vec::new();
     for _ in 0..3 {
-        pids.push(within("leaky task", recycling.apply(leak, 160)).await.unwrap());
+        pids.push(
+            within("leaky task", recycling.apply(leak, 160))
+                .await
+                .unwrap(),
+        );
     }
     pids.dedup();
-    assert_eq!(pids.len(), 3, "each leaky task should get a fresh worker: {pids:?}");
+    assert_eq!(
+        pids.len(),
+        3,
+        "each leaky task should get a fresh worker: {pids:?}"
+    );
 
     let keeping = Pool::builder().workers(1).build().unwrap();
     let mut pids = Vec::new();

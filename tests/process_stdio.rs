@@ -50,7 +50,9 @@ async fn piped_stdio_works_both_ways() {
     let expected: String = (0..20_000).map(|i| format!("LINE {i}\n")).collect();
     assert!(out == expected, "stdout differs ({} bytes)", out.len());
     let mut err = String::new();
-    within("stderr", stderr.read_to_string(&mut err)).await.unwrap();
+    within("stderr", stderr.read_to_string(&mut err))
+        .await
+        .unwrap();
     assert_eq!(err, "20000 lines\n");
     assert_eq!(within("join", child).await.unwrap(), 20_000);
 }
@@ -66,9 +68,12 @@ async fn an_external_program_gets_piped_stdio() {
     stdin.write_all(b"through cat\n").await.unwrap();
     drop(stdin);
     let mut out = String::new();
-    within("cat's output", cat.stdout().unwrap().read_to_string(&mut out))
-        .await
-        .unwrap();
+    within(
+        "cat's output",
+        cat.stdout().unwrap().read_to_string(&mut out),
+    )
+    .await
+    .unwrap();
     assert_eq!(out, "through cat\n");
     assert!(within("cat", cat.wait()).await.unwrap().success());
 }
@@ -119,9 +124,12 @@ async fn python_uses_descriptors_passed_at_fixed_numbers() {
     .await;
     assert_eq!(reply, "python saw: hello from rust\n");
     let mut out = String::new();
-    within("python's stdout", python.stdout().unwrap().read_to_string(&mut out))
-        .await
-        .unwrap();
+    within(
+        "python's stdout",
+        python.stdout().unwrap().read_to_string(&mut out),
+    )
+    .await
+    .unwrap();
     assert_eq!(out, "fds 3 4\n");
     let status = within("python", python.wait()).await.unwrap();
     assert!(status.success(), "python failed: {status}");

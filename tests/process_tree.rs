@@ -24,7 +24,12 @@ async fn grandchild(pids: Sender<Vec<u32>>) {
         .spawn()
         .unwrap();
     let mut out = String::new();
-    shell.stdout().unwrap().read_to_string(&mut out).await.unwrap();
+    shell
+        .stdout()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
     assert!(shell.wait().await.unwrap().success());
     let orphan: u32 = out.trim().parse().unwrap();
     pids.send(vec![std::process::id(), sleeper.pid(), orphan])
@@ -37,7 +42,9 @@ async fn grandchild(pids: Sender<Vec<u32>>) {
 async fn child(pids: Sender<Vec<u32>>) {
     let mut pids = pids;
     let sleeper = Command::new("sleep").arg("3600").spawn().unwrap();
-    pids.send(vec![std::process::id(), sleeper.pid()]).await.unwrap();
+    pids.send(vec![std::process::id(), sleeper.pid()])
+        .await
+        .unwrap();
     let below = spawn(pids, grandchild);
     let _ = below.await;
     std::future::pending::<()>().await;
@@ -68,7 +75,9 @@ async fn tree_torn_down(builder: Builder, terminate: bool) {
     assert!(
         eventually(|| all.iter().all(|&pid| process_gone(pid))).await,
         "survivors: {:?}",
-        all.iter().filter(|&&p| !process_gone(p)).collect::<Vec<_>>()
+        all.iter()
+            .filter(|&&p| !process_gone(p))
+            .collect::<Vec<_>>()
     );
 }
 

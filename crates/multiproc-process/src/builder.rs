@@ -20,10 +20,10 @@ use crate::child::child_main;
 use crate::children::Child;
 use crate::error::SpawnError;
 use crate::function::ChildOutput;
+use crate::identity;
 use crate::join::JoinHandle;
 use crate::spawn_protocol::Setup;
 use crate::stdio::Pipes;
-use crate::identity;
 
 /// Options for a child process: name, environment, stdio, lifetime. Finish with
 /// [`spawn`](Self::spawn).

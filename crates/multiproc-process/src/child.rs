@@ -49,7 +49,13 @@ where
     );
     if let Err(e) = setup.limits.apply() {
         let message = format!("cannot apply the child's resource limits: {e}");
-        fail::<R::Output>(&mut tx, Report::Panicked { message, location: None });
+        fail::<R::Output>(
+            &mut tx,
+            Report::Panicked {
+                message,
+                location: None,
+            },
+        );
     }
     let args: A = match recv(&mut rx) {
         Ok(args) => args,

@@ -1,8 +1,8 @@
 //! The parent's handle on a running child.
 
 use std::fmt;
-use std::os::fd::OwnedFd;
 use std::future::Future;
+use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};

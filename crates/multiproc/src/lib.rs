@@ -144,8 +144,8 @@ pub mod process {
     pub use multiproc_process::{
         Builder, ChildInfo, ChildOutput, ChildStderr, ChildStdin, ChildStdout, Command,
         CommandChild, ExitStatus, FD_ENV_PREFIX, JoinHandle, ParentProcess, ProcessInfo,
-        ProcessSet, Returns, ReturnsFuture, active_children, current_process,
-        is_stop_requested, parent_process, signal_name, spawn, stop_requested,
+        ProcessSet, Returns, ReturnsFuture, active_children, current_process, is_stop_requested,
+        parent_process, signal_name, spawn, stop_requested,
     };
 }
 

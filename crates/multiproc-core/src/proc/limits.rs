@@ -110,7 +110,7 @@ pub fn delegated_cgroup() -> Option<PathBuf> {
     let uid = rustix::process::geteuid().as_raw();
     let owned = |file: &str| {
         std::fs::metadata(dir.join(file)).is_ok_and(|m| m.uid() == uid)
-            && rustix::fs::access(&dir.join(file), rustix::fs::Access::WRITE_OK).is_ok()
+            && rustix::fs::access(dir.join(file), rustix::fs::Access::WRITE_OK).is_ok()
     };
     (owned("cgroup.subtree_control") && owned("cgroup.procs")).then_some(dir)
 }
@@ -145,7 +145,10 @@ pub fn cpu_quota() -> Option<usize> {
         let path = text.lines().find_map(|l| {
             let mut parts = l.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == "cpu").then(|| path.to_owned())
+            controllers
+                .split(',')
+                .any(|c| c == "cpu")
+                .then(|| path.to_owned())
         });
         if let Some(path) = path {
             for base in ["/sys/fs/cgroup/cpu,cpuacct", "/sys/fs/cgroup/cpu"] {

@@ -205,9 +205,7 @@ impl PoolBuilder {
             return Err(PoolError::invalid_option(why));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| PoolError::no_runtime())?;
-        let workers = self
-            .workers
-            .unwrap_or_else(default_workers);
+        let workers = self.workers.unwrap_or_else(default_workers);
         let initializer = self.initializer.transpose()?;
         let shared = Arc::new(Shared::new(Config {
             workers,
@@ -229,5 +227,7 @@ impl PoolBuilder {
 /// the CPU quota of its cgroup (`cpu.max`, or v1's `cpu.cfs_quota_us`), at least one.
 pub(crate) fn default_workers() -> usize {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    limits::cpu_quota().map_or(cpus, |quota| cpus.min(quota)).max(1)
+    limits::cpu_quota()
+        .map_or(cpus, |quota| cpus.min(quota))
+        .max(1)
 }
