@@ -16,7 +16,9 @@ struct Me {
     name: String,
     identity: Vec<u32>,
     daemon: bool,
-    parent: Option<ParentProcess>,
+    parent_pid: u32,
+    /// Opened at the first [`parent_process`] (a descriptor only for children that ask).
+    parent: OnceLock<ParentProcess>,
 }
 
 static ME: OnceLock<Me> = OnceLock::new();
@@ -26,23 +28,28 @@ static CHILDREN: AtomicU32 = AtomicU32::new(0);
 
 /// In a child, before its function: records what the parent said.
 pub(crate) fn set_child(name: String, identity: Vec<u32>, daemon: bool, parent_pid: u32) {
-    // Opened only while the parent is still ours (checked before and after): after it
-    // exited, the pid may name another process, and the parent is simply gone.
+    let _ = ME.set(Me {
+        name,
+        identity,
+        daemon,
+        parent_pid,
+        parent: OnceLock::new(),
+    });
+}
+
+/// Opens the parent's pidfd, only while the parent is still ours (checked before and after):
+/// once it exited this process was handed to another, the pid may name someone else, and the
+/// parent is simply gone.
+fn open_parent(parent_pid: u32) -> ParentProcess {
     let ours = || std::os::unix::process::parent_id() == parent_pid;
     let pidfd = ours()
         .then(|| PidFd::open(parent_pid).ok())
         .flatten()
         .filter(|_| ours());
-    let parent = ParentProcess {
+    ParentProcess {
         pid: parent_pid,
         pidfd: pidfd.map(Arc::new),
-    };
-    let _ = ME.set(Me {
-        name,
-        identity,
-        daemon,
-        parent: Some(parent),
-    });
+    }
 }
 
 /// The identity and default name of the next child this process starts.
@@ -143,7 +150,8 @@ pub fn current_process() -> ProcessInfo {
 /// A child that must not outlive its parent even when started with `daemon(false)` can
 /// `select!` on [`exited`](ParentProcess::exited) and stop its work.
 pub fn parent_process() -> Option<ParentProcess> {
-    ME.get().and_then(|me| me.parent.clone())
+    let me = ME.get()?;
+    Some(me.parent.get_or_init(|| open_parent(me.parent_pid)).clone())
 }
 
 /// The parent of this process (see [`parent_process`]).
