@@ -242,3 +242,80 @@ fn blocking_join_needs_no_runtime_once_spawned() {
     assert_eq!(child.blocking_join().unwrap(), 21);
     assert!(child.blocking_join().unwrap_err().is_already_joined());
 }
+
+#[tokio::test]
+async fn a_dropped_join_next_loses_no_member() {
+    let mut set = ProcessSet::new();
+    set.spawn("sleeper", (), sleep_forever).unwrap();
+    // Cancelled mid-wait: the member stays, joinable.
+    let waited = tokio::time::timeout(Duration::from_millis(50), set.join_next()).await;
+    assert!(waited.is_err());
+    assert_eq!(set.len(), 1);
+    set.kill_all();
+    let (key, result) = within("join after a cancelled wait", set.join_next()).await.unwrap();
+    assert_eq!(key, "sleeper");
+    assert_eq!(result.unwrap_err().signal(), Some(9));
+}
+
+#[tokio::test]
+async fn a_dropped_sentinel_or_join_leaves_the_handle_joinable() {
+    let mut child = spawn(150, nap);
+    assert!(tokio::time::timeout(Duration::from_millis(1), child.exited()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(1), child.join()).await.is_err());
+    assert_eq!(within("join", child.join()).await.unwrap(), 150);
+}
+
+/// Drops a first wait for a stop request, then waits again: the request reaches the second.
+async fn stop_after_a_cancelled_wait(ready: Event) -> bool {
+    let first = tokio::time::timeout(Duration::from_millis(1), stop_requested()).await;
+    assert!(first.is_err(), "no stop was requested yet");
+    ready.set();
+    stop_requested().await.is_ok() && multiproc::process::is_stop_requested()
+}
+
+#[tokio::test]
+async fn a_stop_request_is_not_lost_to_a_dropped_wait() {
+    let ready = Event::new().unwrap();
+    let mut child = spawn(ready.clone(), stop_after_a_cancelled_wait);
+    assert!(within("ready", ready.wait_timeout(Duration::from_secs(60))).await.unwrap());
+    assert!(within("shutdown", child.shutdown(Duration::from_secs(30))).await.unwrap());
+}
+
+fn send<T: Send>() {}
+fn sync<T: Sync>() {}
+
+#[test]
+fn family_types_are_send_and_sync() {
+    use multiproc::process::{
+        ChildInfo, ChildStderr, ChildStdin, ChildStdout, Command, CommandChild, ParentProcess,
+        ProcessInfo,
+    };
+    send::<ProcessSet<String, u64>>();
+    send::<CommandChild>();
+    sync::<CommandChild>();
+    send::<Command>();
+    send::<ChildStdin>();
+    send::<ChildStdout>();
+    send::<ChildStderr>();
+    send::<ProcessInfo>();
+    sync::<ProcessInfo>();
+    send::<ParentProcess>();
+    sync::<ParentProcess>();
+    send::<ChildInfo>();
+    sync::<ChildInfo>();
+}
+
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn family_futures_are_send() {
+    fn send_val<T: Send>(_: &T) {}
+    let mut set: ProcessSet<u32, u64> = ProcessSet::new();
+    send_val(&set.join_next());
+    send_val(&set.shutdown(Duration::ZERO));
+    let mut child = spawn(0, nap);
+    send_val(&child.exited());
+    send_val(&child.shutdown(Duration::ZERO));
+    send_val(&stop_requested());
+    child.kill().unwrap();
+    let _ = within("join", child).await;
+}

@@ -167,10 +167,14 @@ impl<R> JoinHandle<R> {
     /// # Ok(())
     /// # }
     /// ```
-    pub async fn exited(&self) -> std::io::Result<()> {
-        match &self.child {
-            Some(child) => child.pidfd.exited().await,
-            None => Ok(()),
+    pub fn exited(&self) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        // Owns what it watches, so the future is `Send` and outlives a borrow of the handle.
+        let child = self.child.clone();
+        async move {
+            match child {
+                Some(child) => child.pidfd.exited().await,
+                None => Ok(()),
+            }
         }
     }
 

@@ -115,6 +115,15 @@ pub fn delegated_cgroup() -> Option<PathBuf> {
     (owned("cgroup.subtree_control") && owned("cgroup.procs")).then_some(dir)
 }
 
+/// A cgroup v2 `cpu.max` (`"<quota> <period>"`, or `"max <period>"` for no quota) as
+/// (quota, period) in microseconds; `None` without a quota.
+fn parse_cpu_max(text: &str) -> Option<(u64, u64)> {
+    let mut fields = text.split_ascii_whitespace();
+    let quota = fields.next()?.parse().ok()?;
+    let period = fields.next()?.parse().ok()?;
+    Some((quota, period))
+}
+
 /// How many CPUs the quota of this process's cgroup allows (cgroup v2 `cpu.max` of its cgroup
 /// and each ancestor, or v1 `cpu.cfs_quota_us` / `cpu.cfs_period_us`), rounded up; `None`
 /// when there is no quota.
@@ -128,13 +137,11 @@ pub fn cpu_quota() -> Option<usize> {
     };
     if let Some(mut dir) = own_cgroup_v2() {
         loop {
-            if let Ok(max) = std::fs::read_to_string(dir.join("cpu.max")) {
-                let mut f = max.split_ascii_whitespace();
-                if let (Some(q), Some(p)) = (f.next(), f.next())
-                    && let (Ok(q), Ok(p)) = (q.parse(), p.parse())
-                {
-                    take(q, p);
-                }
+            if let Some((q, p)) = std::fs::read_to_string(dir.join("cpu.max"))
+                .ok()
+                .and_then(|max| parse_cpu_max(&max))
+            {
+                take(q, p);
             }
             if dir == Path::new("/sys/fs/cgroup") || !dir.pop() {
                 break;
@@ -168,4 +175,33 @@ pub fn cpu_quota() -> Option<usize> {
         }
     }
     best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_max_gives_a_quota_only_when_set() {
+        assert_eq!(parse_cpu_max("max 100000\n"), None);
+        assert_eq!(parse_cpu_max("150000 100000\n"), Some((150_000, 100_000)));
+        assert_eq!(parse_cpu_max(""), None);
+        assert_eq!(parse_cpu_max("garbage"), None);
+    }
+
+    #[test]
+    fn the_quota_of_this_machine_is_sane() {
+        // No quota here, or a positive one: never zero CPUs.
+        assert!(cpu_quota().is_none_or(|cpus| cpus >= 1));
+    }
+
+    #[test]
+    fn no_limit_is_empty() {
+        assert!(ResourceLimits::default().is_empty());
+        let limits = ResourceLimits {
+            open_files: Some(64),
+            ..ResourceLimits::default()
+        };
+        assert!(!limits.is_empty());
+    }
 }
