@@ -252,7 +252,9 @@ async fn a_dropped_join_next_loses_no_member() {
     assert!(waited.is_err());
     assert_eq!(set.len(), 1);
     set.kill_all();
-    let (key, result) = within("join after a cancelled wait", set.join_next()).await.unwrap();
+    let (key, result) = within("join after a cancelled wait", set.join_next())
+        .await
+        .unwrap();
     assert_eq!(key, "sleeper");
     assert_eq!(result.unwrap_err().signal(), Some(9));
 }
@@ -260,8 +262,16 @@ async fn a_dropped_join_next_loses_no_member() {
 #[tokio::test]
 async fn a_dropped_sentinel_or_join_leaves_the_handle_joinable() {
     let mut child = spawn(150, nap);
-    assert!(tokio::time::timeout(Duration::from_millis(1), child.exited()).await.is_err());
-    assert!(tokio::time::timeout(Duration::from_millis(1), child.join()).await.is_err());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), child.exited())
+            .await
+            .is_err()
+    );
+    assert!(
+        tokio::time::timeout(Duration::from_millis(1), child.join())
+            .await
+            .is_err()
+    );
     assert_eq!(within("join", child.join()).await.unwrap(), 150);
 }
 
@@ -277,8 +287,16 @@ async fn stop_after_a_cancelled_wait(ready: Event) -> bool {
 async fn a_stop_request_is_not_lost_to_a_dropped_wait() {
     let ready = Event::new().unwrap();
     let mut child = spawn(ready.clone(), stop_after_a_cancelled_wait);
-    assert!(within("ready", ready.wait_timeout(Duration::from_secs(60))).await.unwrap());
-    assert!(within("shutdown", child.shutdown(Duration::from_secs(30))).await.unwrap());
+    assert!(
+        within("ready", ready.wait_timeout(Duration::from_secs(60)))
+            .await
+            .unwrap()
+    );
+    assert!(
+        within("shutdown", child.shutdown(Duration::from_secs(30)))
+            .await
+            .unwrap()
+    );
 }
 
 fn send<T: Send>() {}
