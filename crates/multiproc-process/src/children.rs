@@ -109,7 +109,9 @@ impl ChildInfo {
 }
 
 /// The children of this process that are still running and whose handles are alive (Python's
-/// `multiprocessing.active_children()`). Like Python's, it reaps the ones that finished: their
+/// `multiprocessing.active_children()`): those started by [`spawn`](crate::spawn) and
+/// [`Builder`](crate::Builder) (pool workers included), and programs started by
+/// [`Command`](crate::Command). Like Python's, it reaps the ones that finished: their
 /// status is kept for their handle's join, which still gives the result.
 ///
 /// A child whose handle was dropped is not listed (the reaper thread owns it then).
@@ -118,8 +120,8 @@ impl ChildInfo {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let child = multiproc::spawn((), |()| std::thread::sleep(std::time::Duration::from_secs(1)));
-/// let names: Vec<String> = multiproc::process::active_children()
+/// let child = multiproc_process::spawn((), |()| std::thread::sleep(std::time::Duration::from_secs(1)));
+/// let names: Vec<String> = multiproc_process::active_children()
 ///     .iter()
 ///     .map(|c| c.name().to_string())
 ///     .collect();

@@ -31,7 +31,7 @@ pub const FD_ENV_PREFIX: &str = "MULTIPROC_FD_";
 /// use std::os::unix::net::UnixStream;
 ///
 /// let (ours, theirs) = UnixStream::pair()?;
-/// let mut child = multiproc::process::Command::new("python3")
+/// let mut child = multiproc_process::Command::new("python3")
 ///     .arg("-c")
 ///     .arg("import os; os.write(int(os.environ['MULTIPROC_FD_REPLY']), b'hi')")
 ///     .pass_fd("reply", theirs)
@@ -46,6 +46,8 @@ pub struct Command {
     options: ProgramOptions,
     next_fd: i32,
     kill_on_drop: bool,
+    /// A descriptor that could not be duplicated: reported by `spawn`.
+    fd_error: Option<io::Error>,
 }
 
 impl Command {
@@ -61,6 +63,7 @@ impl Command {
             },
             next_fd: 3,
             kill_on_drop: false,
+            fd_error: None,
         }
     }
 
@@ -133,9 +136,10 @@ impl Command {
 
     /// Passes `fd` to the program at exactly `number` (3 or more), without naming it.
     pub fn fd_at(mut self, number: i32, fd: impl AsFd) -> Self {
-        // A failed duplicate (out of descriptors) shows up at spawn as a missing number.
-        if let Ok(copy) = fd.as_fd().try_clone_to_owned() {
-            self.options.fds.push((number, copy));
+        match fd.as_fd().try_clone_to_owned() {
+            Ok(copy) => self.options.fds.push((number, copy)),
+            // Out of descriptors, say: `spawn` reports it.
+            Err(e) => self.fd_error = self.fd_error.take().or(Some(e)),
         }
         self.next_fd = self.next_fd.max(number + 1);
         self
@@ -161,13 +165,17 @@ impl Command {
     /// Starts the program.
     ///
     /// # Errors
-    /// When the program cannot be started (not found, not executable), a descriptor number
-    /// is below 3 or used twice, or the pipes cannot be registered with the runtime.
+    /// When the program cannot be started (not found, not executable), a descriptor could
+    /// not be duplicated, a descriptor number is below 3 or used twice, or the pipes cannot be
+    /// registered with the runtime.
     ///
     /// # Panics
     /// Outside a tokio runtime (with the I/O driver).
     pub fn spawn(self) -> Result<CommandChild, SpawnError> {
         let _ = tokio::runtime::Handle::current();
+        if let Some(e) = self.fd_error {
+            return Err(SpawnError::io(e));
+        }
         let name = self.options.program.to_string_lossy().into_owned();
         let (pidfd, pipes) = spawner::spawn_program(self.options).map_err(SpawnError::io)?;
         let pipes = match Pipes::new(pipes) {

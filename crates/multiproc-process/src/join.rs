@@ -156,7 +156,7 @@ impl<R> JoinHandle<R> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     ///
-    /// let mut child = multiproc::spawn((), |()| std::thread::sleep(Duration::from_millis(200)));
+    /// let mut child = multiproc_process::spawn((), |()| std::thread::sleep(Duration::from_millis(200)));
     /// loop {
     ///     tokio::select! {
     ///         exited = child.exited() => { exited?; break }
@@ -300,7 +300,7 @@ impl<R> JoinHandle<R> {
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let child = multiproc::spawn(6, |x: u32| x * 7);
+    /// let child = multiproc_process::spawn(6, |x: u32| x * 7);
     /// let answer = std::thread::spawn(move || {
     ///     let mut child = child;
     ///     child.blocking_join()

@@ -31,18 +31,18 @@ static STOP: Mutex<Option<watch::Receiver<bool>>> = Mutex::new(None);
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use std::time::Duration;
 ///
-/// async fn serve(_: ()) -> &'static str {
-///     let stop = multiproc::process::stop_requested();
+/// async fn serve(_: ()) -> String {
+///     let stop = multiproc_process::stop_requested();
 ///     tokio::pin!(stop);
 ///     loop {
 ///         tokio::select! {
-///             _ = &mut stop => return "stopped cleanly",
+///             _ = &mut stop => return "stopped cleanly".to_string(),
 ///             _ = tokio::time::sleep(Duration::from_millis(10)) => { /* a unit of work */ }
 ///         }
 ///     }
 /// }
 ///
-/// let mut child = multiproc::spawn((), serve);
+/// let mut child = multiproc_process::spawn((), serve);
 /// tokio::time::sleep(Duration::from_millis(200)).await;
 /// assert_eq!(child.shutdown(Duration::from_secs(5)).await?, "stopped cleanly");
 /// # Ok(())
