@@ -150,8 +150,7 @@ impl Builder {
     /// kernel sends `SIGXCPU`, which ends the child ([`JoinError::signal`](crate::JoinError::signal)
     /// is 24).
     pub fn cpu_time_limit(mut self, limit: Duration) -> Self {
-        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-        self.limits.cpu_seconds = Some(secs.max(1));
+        self.limits.set_cpu_time(limit);
         self
     }
 

@@ -10,6 +10,7 @@
 
 use std::io;
 use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use multiproc_core::proc::pidfd::PidFd;
 use multiproc_core::proc::tree;
@@ -77,6 +78,21 @@ impl Child {
             return Ok(());
         }
         tree::signal_tree(&self.pidfd, signal)
+    }
+
+    /// Stops the child gracefully: `SIGTERM` to its tree, up to `grace` for it to exit, then
+    /// `SIGKILL` to the tree. Does not reap it.
+    pub(crate) async fn stop(&self, grace: Duration) {
+        if self.pidfd.has_exited() {
+            return;
+        }
+        let _ = self.signal_tree(15);
+        if tokio::time::timeout(grace, self.pidfd.exited())
+            .await
+            .is_err()
+        {
+            let _ = self.kill_tree();
+        }
     }
 
     /// Kills the child and its whole tree.

@@ -81,45 +81,48 @@ impl Command {
 
     /// Sets an environment variable for the program.
     pub fn env(mut self, key: impl Into<OsString>, value: impl Into<OsString>) -> Self {
-        self.options.env.push((key.into(), Some(value.into())));
+        self.options
+            .common
+            .env
+            .push((key.into(), Some(value.into())));
         self
     }
 
     /// Removes an environment variable for the program.
     pub fn env_remove(mut self, key: impl Into<OsString>) -> Self {
-        self.options.env.push((key.into(), None));
+        self.options.common.env.push((key.into(), None));
         self
     }
 
     /// Starts the program with an empty environment (plus what [`env`](Self::env) and
     /// [`pass_fd`](Self::pass_fd) add).
     pub fn env_clear(mut self) -> Self {
-        self.options.env_clear = true;
-        self.options.env.clear();
+        self.options.common.env_clear = true;
+        self.options.common.env.clear();
         self
     }
 
     /// Sets the program's working directory.
     pub fn current_dir(mut self, dir: impl Into<PathBuf>) -> Self {
-        self.options.current_dir = Some(dir.into());
+        self.options.common.current_dir = Some(dir.into());
         self
     }
 
     /// The program's standard input; `Stdio::piped()` gives [`CommandChild::stdin`].
     pub fn stdin(mut self, stdio: impl Into<Stdio>) -> Self {
-        self.options.stdin = Some(stdio.into());
+        self.options.common.stdin = Some(stdio.into());
         self
     }
 
     /// The program's standard output; `Stdio::piped()` gives [`CommandChild::stdout`].
     pub fn stdout(mut self, stdio: impl Into<Stdio>) -> Self {
-        self.options.stdout = Some(stdio.into());
+        self.options.common.stdout = Some(stdio.into());
         self
     }
 
     /// The program's standard error; `Stdio::piped()` gives [`CommandChild::stderr`].
     pub fn stderr(mut self, stdio: impl Into<Stdio>) -> Self {
-        self.options.stderr = Some(stdio.into());
+        self.options.common.stderr = Some(stdio.into());
         self
     }
 
@@ -271,12 +274,7 @@ impl CommandChild {
     /// # Cancel safety
     /// As [`wait`](Self::wait); the signals already sent stay sent.
     pub async fn shutdown(&mut self, grace: Duration) -> io::Result<ExitStatus> {
-        if self.is_alive() {
-            self.terminate()?;
-            if tokio::time::timeout(grace, self.exited()).await.is_err() {
-                self.kill()?;
-            }
-        }
+        self.child.stop(grace).await;
         self.wait().await
     }
 

@@ -249,11 +249,8 @@ impl<R> JoinHandle<R> {
     /// Cancel safe in the sense that the handle stays joinable; the signals already sent
     /// stay sent.
     pub async fn shutdown(&mut self, grace: Duration) -> Result<R, JoinError> {
-        if self.is_alive() {
-            let _ = self.terminate();
-            if tokio::time::timeout(grace, self.exited()).await.is_err() {
-                let _ = self.kill();
-            }
+        if let Some(child) = self.child.clone() {
+            child.stop(grace).await;
         }
         self.join().await
     }

@@ -95,18 +95,7 @@ pub(crate) fn command_spawn_child(
     options: SpawnOptions,
 ) -> io::Result<(u32, StdioPipes)> {
     let mut command = Command::new(PROGRAM.to_str().expect("an ASCII path"));
-    if let Some(arg0) = &options.arg0 {
-        command.arg0(arg0);
-    }
-    if options.env_clear {
-        command.env_clear();
-    }
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
+    configure(&mut command, options);
     // Last, so that the child finds it whatever the options did to the environment.
     let raw = child_end.as_raw_fd();
     command.env(BOOTSTRAP_ENV, raw.to_string());
@@ -121,6 +110,26 @@ pub(crate) fn command_spawn_child(
             Ok(())
         });
     }
+    // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
+    let mut child = command.spawn()?;
+    Ok((child.id(), StdioPipes::take(&mut child)))
+}
+
+/// Applies `options` to `command`: `argv[0]`, the environment, the working directory and the
+/// standard streams.
+pub(crate) fn configure(command: &mut Command, options: SpawnOptions) {
+    if let Some(arg0) = &options.arg0 {
+        command.arg0(arg0);
+    }
+    if options.env_clear {
+        command.env_clear();
+    }
+    for (key, value) in &options.env {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
     if let Some(dir) = options.current_dir {
         command.current_dir(dir);
     }
@@ -133,9 +142,6 @@ pub(crate) fn command_spawn_child(
     if let Some(s) = options.stderr {
         command.stderr(s);
     }
-    // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
-    let mut child = command.spawn()?;
-    Ok((child.id(), StdioPipes::take(&mut child)))
 }
 
 /// `argv[0]` for a child: its name, or the program path.

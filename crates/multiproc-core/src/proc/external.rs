@@ -14,10 +14,9 @@ use std::ffi::OsString;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
-use crate::proc::exec::StdioPipes;
+use crate::proc::exec::{self, SpawnOptions, StdioPipes};
 use crate::proc::pidfd::PidFd;
 use crate::proc::spawner;
 
@@ -28,18 +27,8 @@ pub struct ProgramOptions {
     pub program: OsString,
     /// Its arguments (without `argv[0]`).
     pub args: Vec<OsString>,
-    /// Start from an empty environment instead of this process's.
-    pub env_clear: bool,
-    /// Variables to set (`Some`) or remove (`None`), applied in order after `env_clear`.
-    pub env: Vec<(OsString, Option<OsString>)>,
-    /// The working directory.
-    pub current_dir: Option<PathBuf>,
-    /// Standard input (default: inherited).
-    pub stdin: Option<Stdio>,
-    /// Standard output (default: inherited).
-    pub stdout: Option<Stdio>,
-    /// Standard error (default: inherited).
-    pub stderr: Option<Stdio>,
+    /// `argv[0]`, environment, working directory and standard streams, as for our children.
+    pub common: SpawnOptions,
     /// Descriptors for the child, each at its number (3 or more, all different).
     pub fds: Vec<(i32, OwnedFd)>,
     /// Kill the child (`SIGKILL`) when this process exits.
@@ -73,18 +62,7 @@ pub fn spawn_program(options: ProgramOptions) -> io::Result<(PidFd, StdioPipes)>
 fn start(options: ProgramOptions, moves: Vec<(i32, OwnedFd)>) -> io::Result<(PidFd, StdioPipes)> {
     let mut command = Command::new(&options.program);
     command.args(&options.args);
-    if options.env_clear {
-        command.env_clear();
-    }
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
-    if let Some(dir) = &options.current_dir {
-        command.current_dir(dir);
-    }
+    exec::configure(&mut command, options.common);
     let raw: Vec<(i32, i32)> = moves.iter().map(|(t, fd)| (fd.as_raw_fd(), *t)).collect();
     let die_with_parent = options.die_with_parent;
     // SAFETY: the closure runs in the forked child before exec and makes only
@@ -102,15 +80,6 @@ fn start(options: ProgramOptions, moves: Vec<(i32, OwnedFd)>) -> io::Result<(Pid
             }
             Ok(())
         });
-    }
-    if let Some(s) = options.stdin {
-        command.stdin(s);
-    }
-    if let Some(s) = options.stdout {
-        command.stdout(s);
-    }
-    if let Some(s) = options.stderr {
-        command.stderr(s);
     }
     let mut child = command.spawn()?;
     drop(moves);

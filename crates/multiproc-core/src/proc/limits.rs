@@ -38,6 +38,12 @@ impl ResourceLimits {
         *self == Self::default()
     }
 
+    /// Sets the CPU-time limit to `limit`, rounded up to whole seconds (at least one).
+    pub fn set_cpu_time(&mut self, limit: std::time::Duration) {
+        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
+        self.cpu_seconds = Some(secs.max(1));
+    }
+
     /// Applies the limits to this process, soft and hard alike (a child cannot raise them
     /// again), except CPU time, whose hard limit is a second later (`SIGXCPU` first, so the
     /// cause shows). A limit above the current hard limit is lowered to it.

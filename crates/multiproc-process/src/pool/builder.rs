@@ -160,8 +160,7 @@ impl PoolBuilder {
     /// (the worker's total, over all its tasks: combine with
     /// [`max_tasks_per_worker`](Self::max_tasks_per_worker)).
     pub fn worker_cpu_time_limit(mut self, limit: std::time::Duration) -> Self {
-        let secs = limit.as_secs() + u64::from(limit.subsec_nanos() > 0);
-        self.limits.cpu_seconds = Some(secs.max(1));
+        self.limits.set_cpu_time(limit);
         self
     }
 
