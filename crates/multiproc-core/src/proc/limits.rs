@@ -9,7 +9,10 @@
 //! memory rather than address space and could kill a whole tree, but only a cgroup delegated to
 //! this process may be used for that (never a v1 hierarchy, never a cgroup we do not own):
 //! [`delegated_cgroup`] detects one. Enforcing limits through it is not implemented yet, so the
-//! rlimits are what applies everywhere.
+//! rlimits are what applies everywhere: a delegated cgroup that this process lives in cannot
+//! hand the memory controller to child cgroups while it has members (cgroup v2's "no internal
+//! processes" rule), so using one means first moving this process into a leaf of its own, a
+//! step a library should not take behind a program's back.
 //!
 //! # References
 //! - [`setrlimit(2)`](https://man7.org/linux/man-pages/man2/setrlimit.2.html),
