@@ -74,3 +74,37 @@ async fn pool_handles_and_futures_are_send() {
     send_val(&task.result_timeout(std::time::Duration::ZERO));
     pool.terminate();
 }
+
+// Named endpoints.
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn connection_types_and_futures_are_send() {
+    use multiproc::connection::{Address, Auth, Connection, Listener, Peer, connect, python};
+    send::<Listener<u8, String>>();
+    sync::<Listener<u8, String>>();
+    send::<Connection<u8, String>>();
+    sync::<Connection<u8, String>>();
+    send::<python::Connection>();
+    send::<python::Listener>();
+    send::<Peer>();
+    send::<Auth>();
+    sync::<Auth>();
+    send::<multiproc::error::AcceptError>();
+    sync::<multiproc::error::AcceptError>();
+    send::<multiproc::error::ConnectError>();
+    sync::<multiproc::error::ConnectError>();
+    send::<multiproc::error::BindError>();
+    sync::<multiproc::error::BindError>();
+    let address = Address::abstract_name(format!("send-sync-{}", std::process::id()));
+    send_val(&Listener::<u8, u8>::bind(address.clone(), Auth::none()));
+    send_val(&connect::<u8, u8>(address.clone(), Auth::none()));
+    send_val(&python::connect(address.clone(), Auth::none()));
+    let mut listener = Listener::<u8, u8>::bind(address.clone(), Auth::none())
+        .await
+        .unwrap();
+    let mut end = connect::<u8, u8>(address, Auth::none()).await.unwrap();
+    send_val(&listener.accept());
+    send_val(&end.send(1));
+    send_val(&end.recv());
+    send_val(&end.ready_timeout(std::time::Duration::ZERO));
+}

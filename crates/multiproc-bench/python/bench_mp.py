@@ -18,6 +18,12 @@ Same workloads and payloads as `multiproc-bench`, with the `fork` start method a
   pool_map_small     items_per_s       Pool(2).map(square, range(500_000)), default chunksize
   pool_map_small_chunk1  items_per_s   the same over 20,000 items with chunksize=1
   pool_apply_roundtrip   us_per_task   Pool(2).apply(square, (i,)), one after another
+  conn_roundtrip_unix    reqs_per_s    connection.Listener/Client with an authkey, AF_UNIX:
+                                       64-byte bytes (pickled) to the client and back
+  conn_roundtrip_tcp     reqs_per_s    the same over TCP loopback
+  conn_accept_unix       conns_per_s   the client: Client(address, authkey) + recv(), n times;
+                                       the listener: accept() + send(1)
+  conn_accept_tcp        conns_per_s   the same over TCP loopback
 
 Multi-process workloads meet at a Barrier with the parent (its clock starts) and put a report
 on a Queue when done (the clock stops at the last one), as `multiproc-bench` does.
@@ -48,6 +54,11 @@ APIS = {
     "pool_map_small": "Pool(2).map(square, range(n))",
     "pool_map_small_chunk1": "Pool(2).map(square, range(n), chunksize=1)",
     "pool_apply_roundtrip": "Pool(2).apply(square, (i,)), sequentially",
+    # Named endpoints (issue 13).
+    "conn_roundtrip_unix": "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)",
+    "conn_roundtrip_tcp": "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)",
+    "conn_accept_unix": "Client(address, authkey) + recv(); Listener.accept() + send()",
+    "conn_accept_tcp": "Client(address, authkey) + recv(); Listener.accept() + send()",
 }
 PATIENCE = 120  # seconds any wait for a child may take
 SEM_PROCESSES = 8
@@ -68,6 +79,11 @@ WORKLOADS = {
     "pool_map_small": ("items_per_s", 500_000, 500_000),
     "pool_map_small_chunk1": ("items_per_s", 20_000, 5_000),
     "pool_apply_roundtrip": ("us_per_task", 2_000, 500),
+    # Named endpoints (issue 13).
+    "conn_roundtrip_unix": ("reqs_per_s", 20_000, 5_000),
+    "conn_roundtrip_tcp": ("reqs_per_s", 20_000, 5_000),
+    "conn_accept_unix": ("conns_per_s", 2_000, 500),
+    "conn_accept_tcp": ("conns_per_s", 2_000, 500),
 }
 
 
@@ -363,7 +379,75 @@ def pool_bench(name, n):
         return n / secs
 
 
+# Named endpoints (issue 13): multiprocessing.connection with an authkey.
+CONN_KEY = b"bench key"
+
+
+def _conn_address(name):
+    if name.endswith("_tcp"):
+        return ("127.0.0.1", 0)
+    return os.path.join("/tmp", f"mp-bench-py-{os.getpid()}-{time.monotonic_ns()}.sock")
+
+
+def _conn_echo(address):
+    from multiprocessing.connection import Client
+    with Client(address, authkey=CONN_KEY) as c:
+        while True:
+            msg = c.recv()
+            if msg is None:
+                break
+            c.send(msg)
+
+
+def conn_roundtrip(name, n):
+    from multiprocessing.connection import Listener
+    with Listener(_conn_address(name), authkey=CONN_KEY) as listener:
+        child = CTX.Process(target=_conn_echo, args=(listener.address,))
+        child.start()
+        with listener.accept() as c:
+            payload = bytes(64)
+            for _ in range(n // 10 + 1):
+                c.send(payload)
+                c.recv()
+            t0 = time.perf_counter()
+            for _ in range(n):
+                c.send(payload)
+                c.recv()
+            elapsed = time.perf_counter() - t0
+            c.send(None)
+        child.join(PATIENCE)
+    return n / elapsed
+
+
+def _conn_connect_many(address, n, report):
+    from multiprocessing.connection import Client
+    t0 = time.perf_counter()
+    for _ in range(n):
+        with Client(address, authkey=CONN_KEY) as c:
+            if c.recv() != 1:
+                raise RuntimeError("wrong reply")
+    report.send(time.perf_counter() - t0)
+
+
+def conn_accept(name, n):
+    from multiprocessing.connection import Listener
+    with Listener(_conn_address(name), authkey=CONN_KEY) as listener:
+        here, there = CTX.Pipe()
+        child = CTX.Process(target=_conn_connect_many, args=(listener.address, n, there))
+        child.start()
+        for _ in range(n):
+            with listener.accept() as c:
+                c.send(1)
+        secs = here.recv()
+        child.join(PATIENCE)
+    return n / secs
+
+
 def trial(name, n):
+    if name.startswith("conn_roundtrip_"):
+        return conn_roundtrip(name, n)
+    if name.startswith("conn_accept_"):
+        return conn_accept(name, n)
     if name.startswith("pool_"):
         return pool_bench(name, n)
     if name == "pipe_pingpong_64B":

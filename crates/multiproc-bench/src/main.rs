@@ -21,6 +21,8 @@
 //! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
 //! Results and their reading: `docs/BENCHMARKS.md`.
 
+// Named endpoints (issue 13).
+mod conn_bench;
 mod multiproc_impl;
 mod payload;
 mod pool_bench;
@@ -65,10 +67,19 @@ pub(crate) enum Workload {
     PoolMapSmallChunk1,
     /// Sequential `apply` of `x * x` on a `Pool(2)`.
     PoolApplyRoundtrip,
+    // Named endpoints (issue 13).
+    /// Request/response round trips of 64 bytes over one keyed connection, Unix socket.
+    ConnRoundtripUnix,
+    /// The same over TCP loopback.
+    ConnRoundtripTcp,
+    /// Connections accepted per second (connect, key handshake, one reply), Unix socket.
+    ConnAcceptUnix,
+    /// The same over TCP loopback.
+    ConnAcceptTcp,
 }
 
 impl Workload {
-    const ALL: [Workload; 13] = [
+    const ALL: [Workload; 17] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -82,6 +93,11 @@ impl Workload {
         Workload::PoolMapSmall,
         Workload::PoolMapSmallChunk1,
         Workload::PoolApplyRoundtrip,
+        // Named endpoints.
+        Workload::ConnRoundtripUnix,
+        Workload::ConnRoundtripTcp,
+        Workload::ConnAcceptUnix,
+        Workload::ConnAcceptTcp,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -100,6 +116,11 @@ impl Workload {
             Workload::PoolMapSmall => "pool_map_small",
             Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix => "conn_roundtrip_unix",
+            Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
+            Workload::ConnAcceptUnix => "conn_accept_unix",
+            Workload::ConnAcceptTcp => "conn_accept_tcp",
         }
     }
 
@@ -116,6 +137,9 @@ impl Workload {
             Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
         }
     }
 
@@ -131,6 +155,11 @@ impl Workload {
                 | Workload::Queue2p2c
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
+                // Named endpoints.
+                | Workload::ConnRoundtripUnix
+                | Workload::ConnRoundtripTcp
+                | Workload::ConnAcceptUnix
+                | Workload::ConnAcceptTcp
         )
     }
 
@@ -163,6 +192,11 @@ impl Workload {
             (Workload::PoolMapSmallChunk1, true) => 5_000,
             (Workload::PoolApplyRoundtrip, false) => 2_000,
             (Workload::PoolApplyRoundtrip, true) => 500,
+            // Named endpoints.
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, false) => 20_000,
+            (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
+            (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
         }
     }
 
@@ -199,6 +233,11 @@ impl Workload {
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
+            // Named endpoints: multiproc against Python's multiprocessing.connection.
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -308,7 +347,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
-                 pool_apply_roundtrip
+                 pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
+                 conn_accept_unix, conn_accept_tcp
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes
@@ -476,6 +516,13 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
             Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
+            // Named endpoints.
+            Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => {
+                "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)"
+            }
+            Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
+                "Client(address, authkey) + recv(); Listener.accept() + send()"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -533,6 +580,14 @@ fn run_trial(
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,
         ) => pool_bench::run(rt, w, n).map(Sample::from),
+        // Named endpoints.
+        (
+            Impl::Multiproc,
+            Workload::ConnRoundtripUnix
+            | Workload::ConnRoundtripTcp
+            | Workload::ConnAcceptUnix
+            | Workload::ConnAcceptTcp,
+        ) => conn_bench::run(rt, w, n).map(Sample::from),
         (Impl::Multiproc, _) => multiproc_impl::run(rt, w, n, false).map(Sample::from),
         (Impl::MultiprocBlocking, _) => multiproc_impl::run(rt, w, n, true).map(Sample::from),
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),

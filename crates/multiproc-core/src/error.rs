@@ -138,6 +138,16 @@ pub enum SendErrorKind {
     /// The message could not be encoded; nothing was sent.
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    /// The message holds handles (`count` descriptors) and the transport cannot carry
+    /// descriptors (a TCP or TLS connection); nothing was sent and the end stays usable.
+    #[error(
+        "message holds {count} handle(s), which cannot travel over this transport \
+         (descriptors cross only Unix sockets); nothing was sent"
+    )]
+    HandlesNotSupported {
+        /// How many descriptors the message holds.
+        count: usize,
+    },
     /// The socket failed.
     #[error("socket error while sending: {0}")]
     Io(#[source] io::Error),
@@ -174,7 +184,8 @@ impl<T> SendError<T> {
 }
 
 impl SendErrorKind {
-    pub(crate) fn from_io(e: io::Error) -> Self {
+    /// The kind for a failed write: `Closed` when the peer is gone, else `Io`.
+    pub fn from_io(e: io::Error) -> Self {
         match e.kind() {
             io::ErrorKind::BrokenPipe
             | io::ErrorKind::ConnectionReset

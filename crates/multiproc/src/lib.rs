@@ -46,7 +46,8 @@
 //! | `current_process()`, `parent_process()`, `active_children()` | [`process::current_process`], [`process::parent_process`], [`process::active_children`]; sets of children: [`process::ProcessSet`] |
 //! | `subprocess.Popen(..., pass_fds=...)`, pipes | [`process::Command`] (`pass_fd`), `Stdio::piped()` with [`JoinHandle::stdout`]... |
 //! | `Pipe()`, `Pipe(duplex=False)`           | [`pipe::duplex`], [`pipe::simplex`]                    |
-//! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `recv_timeout(t)`      |
+//! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `ready_timeout(t)` (takes nothing), `recv_timeout(t)` |
+//! | `connection.Listener(addr, authkey=k)`, `Client(addr, authkey=k)` | [`connection::Listener::bind`]`(addr, Auth::key(k))`, [`connection::connect`]; [`connection::python`] for Python peers |
 //! | `Lock()`, `RLock()`                      | [`Lock`], [`RLock`]: `lock().await` gives a guard; a dead holder is detected ([`LockGuard::owner_died`]) |
 //! | `Semaphore(n)`, `BoundedSemaphore(n)`    | [`Semaphore`], [`BoundedSemaphore`] (over-release is an error) |
 //! | `Event()`                                | [`Event`]: `set`, `clear`, `is_set`, `wait().await`, `wait_timeout` |
@@ -74,6 +75,8 @@
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
+//! - [`connection`]: named endpoints between unrelated programs (`Listener`, `connect`,
+//!   authentication, Python-protocol connections);
 //! - [`core`]: the lower-level pieces for building new handle types.
 //!
 //! ## The process model
@@ -166,6 +169,35 @@ pub mod error {
     pub use multiproc_process::pool::PoolError;
     #[doc(inline)]
     pub use multiproc_sync::error::*;
+    // Named endpoints.
+    #[doc(inline)]
+    pub use multiproc_connection::error::{AcceptError, BindError, ConnectError, HandshakeError};
+}
+
+/// Named endpoints: unrelated programs meet at an address (a Unix socket path, an abstract
+/// name, TCP), authenticate (same user, a Python-compatible key, TLS) and talk through typed
+/// ends; Python's `multiprocessing.connection` (`Listener`, `Client`, `authkey`, `poll`).
+///
+/// ```
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// use multiproc::connection::{Address, Auth, Listener, connect};
+///
+/// let address = Address::abstract_name(format!("facade-doc-{}", std::process::id()));
+/// let mut listener = Listener::<String, usize>::bind(address.clone(), Auth::same_user()).await?;
+/// let mut client = connect::<usize, String>(address, Auth::same_user()).await?;
+/// let (mut server, peer) = listener.accept().await?;
+/// assert_eq!(peer.uid(), client.peer().uid());
+/// client.send(5).await?;
+/// let n = server.recv().await?.unwrap();
+/// server.send("x".repeat(n)).await?;
+/// assert_eq!(client.recv().await?.as_deref(), Some("xxxxx"));
+/// # Ok(())
+/// # }
+/// ```
+pub mod connection {
+    #[doc(inline)]
+    pub use multiproc_connection::*;
 }
 
 /// Lower-level pieces for building new handle types.

@@ -34,6 +34,15 @@ impl<S, R> Duplex<S, R> {
         })
     }
 
+    /// An end over a connected Unix stream socket whose peer speaks the same frames: the other
+    /// end of a socket pair, or a connection a listener accepted (see `multiproc::connection`).
+    ///
+    /// # Errors
+    /// When `socket` is not a socket.
+    pub fn from_socket(socket: std::os::fd::OwnedFd) -> std::io::Result<Self> {
+        Self::from_fd(SharedFd::new(socket))
+    }
+
     /// Splits the end into its sending and receiving halves.
     pub fn split(self) -> (Sender<S>, Receiver<R>) {
         (self.tx, self.rx)
@@ -83,6 +92,28 @@ impl<S, R> Duplex<S, R> {
     /// As [`Sender::send_bytes`].
     pub fn blocking_send_bytes(&mut self, bytes: &[u8]) -> Result<(), SendError> {
         self.tx.blocking_send_bytes(bytes)
+    }
+
+    /// Waits until a receive would not wait, taking nothing; see [`Receiver::ready`].
+    ///
+    /// # Errors
+    /// As [`Receiver::ready`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::ready`].
+    pub async fn ready(&mut self) -> Result<(), RecvError> {
+        self.rx.ready().await
+    }
+
+    /// Python's `poll(timeout)`; see [`Receiver::ready_timeout`].
+    ///
+    /// # Errors
+    /// As [`Receiver::ready`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::ready`].
+    pub async fn ready_timeout(&mut self, timeout: Duration) -> Result<bool, RecvError> {
+        self.rx.ready_timeout(timeout).await
     }
 
     /// Receives the next message as plain bytes; see [`Receiver::recv_bytes`].

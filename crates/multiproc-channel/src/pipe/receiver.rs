@@ -1,4 +1,5 @@
 use std::fmt;
+use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -86,6 +87,69 @@ impl<T> Receiver<T> {
         match self.raw.blocking_recv_bytes(None, message::decode_bytes)? {
             TryRecv::Frame(bytes) => Ok(Some(bytes?)),
             TryRecv::Empty | TryRecv::Closed => Ok(None),
+        }
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Polls until a receive would not wait; see [`ready`](Self::ready).
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
+        self.raw.poll_ready(cx)
+    }
+
+    /// Waits until a receive would not wait (a whole message has arrived, or the sending end
+    /// is closed), without taking the message: Python's `conn.poll(None)`.
+    ///
+    /// # Errors
+    /// What the next receive would have reported (a message over the size limit, a corrupt
+    /// stream); it is reported here instead, once.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: nothing is taken; bytes read stay buffered for the next receive.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    ///
+    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// assert!(!rx.ready_timeout(Duration::from_millis(10)).await?); // Python: poll(0.01)
+    /// tx.send(5).await?;
+    /// rx.ready().await?;
+    /// assert!(rx.ready_timeout(Duration::ZERO).await?); // still there: nothing was taken
+    /// assert_eq!(rx.recv().await?, Some(5));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn ready(&mut self) -> Result<(), RecvError> {
+        std::future::poll_fn(|cx| self.raw.poll_ready(cx)).await
+    }
+
+    /// Like [`ready`](Self::ready), waiting at most `timeout`: `Ok(true)` when a receive would
+    /// not wait, `Ok(false)` on timeout (Python's `conn.poll(timeout)`). A zero timeout only
+    /// looks.
+    ///
+    /// # Errors
+    /// As [`ready`](Self::ready).
+    ///
+    /// # Panics
+    /// Inside a tokio runtime without the time driver (`enable_time`), for a non-zero timeout.
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`ready`](Self::ready).
+    pub async fn ready_timeout(&mut self, timeout: Duration) -> Result<bool, RecvError> {
+        let mut once = std::pin::pin!(self.ready());
+        if timeout.is_zero() {
+            let waker = std::task::Waker::noop();
+            return match once.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Ready(r) => r.map(|()| true),
+                Poll::Pending => Ok(false),
+            };
+        }
+        match tokio::time::timeout(timeout, once).await {
+            Ok(r) => r.map(|()| true),
+            Err(_) => Ok(false),
         }
     }
 }

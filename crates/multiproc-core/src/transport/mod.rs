@@ -1,11 +1,13 @@
 //! Moving bytes and descriptors between processes over Unix sockets: the framed stream
 //! channel under pipes and the spawner's control socket ([`channel`]), and the
-//! `SOCK_SEQPACKET` lane with memfd spill under queues ([`packet`]).
+//! `SOCK_SEQPACKET` lane with memfd spill under queues ([`packet`]), and the OS pieces of named
+//! endpoints ([`endpoint`]: peer credentials, the socket path lock).
 //!
 //! May import: `sys`, `fd`, `message`, `error`, `shm` (spill), `wait` (the spin policy).
 //! Never `proc`.
 
 pub mod channel;
+pub mod endpoint;
 mod frame;
 pub mod packet;
 mod socket;

@@ -19,6 +19,7 @@ use crate::wait::spin::{self, SpinPolicy};
 use super::split;
 
 mod frames;
+mod ready;
 mod spin_then_park;
 
 #[cfg(test)]
@@ -236,16 +237,29 @@ impl RawReceiver {
                     Err(e) => return Poll::Ready(Err(e)),
                 },
             };
-            match self.read_once(&next) {
-                // The read drained the socket: drop readiness now instead of paying a failing
-                // recvmsg later (tokio keeps readiness from any newer edge).
-                Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(self.read_error(e))),
+            if let Err(e) = self.read_when_ready(&next, &mut guard) {
+                return Poll::Ready(Err(e));
             }
         }
+    }
+
+    /// One read after readiness was reported, clearing the readiness when the socket is
+    /// drained. `Err` is fatal (the end is dead).
+    fn read_when_ready(
+        &mut self,
+        next: &Next,
+        guard: &mut tokio::io::unix::AsyncFdReadyGuard<'_, SharedFd>,
+    ) -> Result<(), RecvError> {
+        match self.read_once(next) {
+            // The read drained the socket: drop readiness now instead of paying a failing
+            // recvmsg later (tokio keeps readiness from any newer edge).
+            Ok(ReadOutcome { drained: true }) => guard.clear_ready(),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(self.read_error(e)),
+        }
+        Ok(())
     }
 
     fn try_recv_inner<R>(

@@ -1,0 +1,210 @@
+//! The handshake each kind of [`Auth`] runs on a fresh connection, server and client side.
+//!
+//! | kind | bytes exchanged | checks |
+//! |---|---|---|
+//! | none | none | none |
+//! | same-user | none | each side compares the peer's `SO_PEERCRED` uid with its own euid |
+//! | key | Python's challenge, server first, then client ([`crate::challenge`]) | HMAC |
+//! | TLS | the TLS handshake, then the key challenge inside it if there is a key | certificates (+ HMAC) |
+//!
+//! On a Unix socket the challenge reads exactly its frames and nothing more, so the socket is
+//! handed to the descriptor-carrying channel with nothing the peer sent after it swallowed.
+
+use std::os::fd::AsFd;
+
+use multiproc_core::transport::endpoint::{effective_uid, peer_credentials};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpStream, UnixStream};
+
+use crate::auth::{Auth, AuthKind};
+use crate::challenge::{self, ChallengeError, FAILURE, MAX_HANDSHAKE_MESSAGE, WELCOME};
+use crate::error::{HandshakeError, HandshakeErrorKind};
+use crate::framed::BoxStream;
+use crate::peer::Peer;
+use crate::wire::{read_frame, write_frame};
+
+/// A fresh connection, before the handshake.
+pub(crate) enum Raw {
+    Unix(UnixStream),
+    Tcp(TcpStream),
+}
+
+/// A connection whose handshake succeeded.
+pub(crate) enum Established {
+    /// A Unix socket: descriptors can travel.
+    Unix(UnixStream),
+    /// A byte stream (TCP, TLS): no descriptors.
+    Stream(BoxStream),
+}
+
+impl Established {
+    /// The connection as a plain byte stream (for Python-compatible connections).
+    pub(crate) fn into_byte_stream(self) -> BoxStream {
+        match self {
+            Established::Unix(s) => Box::new(s),
+            Established::Stream(s) => s,
+        }
+    }
+}
+
+/// What is known of the peer of a fresh connection.
+pub(crate) fn peer_of(raw: &Raw) -> Peer {
+    match raw {
+        Raw::Unix(s) => Peer {
+            credentials: peer_credentials(s.as_fd()).ok(),
+            addr: None,
+        },
+        Raw::Tcp(s) => Peer {
+            credentials: None,
+            addr: s.peer_addr().ok(),
+        },
+    }
+}
+
+/// Python's `deliver_challenge`: we challenge, the peer answers.
+async fn deliver<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    io: &mut I,
+    key: &[u8],
+) -> Result<(), HandshakeError> {
+    let (frame, message) = challenge::new_challenge()?;
+    write_frame(io, &frame).await?;
+    let reply = read_frame(io, MAX_HANDSHAKE_MESSAGE).await?;
+    match challenge::verify(key, &message, &reply) {
+        Ok(()) => Ok(write_frame(io, WELCOME).await?),
+        Err(e) => {
+            // Tell the peer, as Python does; it may be gone already.
+            let _ = write_frame(io, FAILURE).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Python's `answer_challenge`: the peer challenges, we answer.
+async fn answer<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    io: &mut I,
+    key: &[u8],
+) -> Result<(), HandshakeError> {
+    let frame = read_frame(io, MAX_HANDSHAKE_MESSAGE).await?;
+    let reply = challenge::answer(key, &frame)?;
+    write_frame(io, &reply).await?;
+    let verdict = read_frame(io, MAX_HANDSHAKE_MESSAGE).await?;
+    if verdict == WELCOME {
+        Ok(())
+    } else {
+        Err(ChallengeError::Rejected.into())
+    }
+}
+
+fn check_same_user(peer: &Peer) -> Result<(), HandshakeError> {
+    let ours = effective_uid();
+    match peer.uid() {
+        Some(uid) if uid == ours => Ok(()),
+        Some(uid) => Err(HandshakeError::new(HandshakeErrorKind::OtherUser {
+            peer: uid,
+            ours,
+        })),
+        None => Err(HandshakeError::new(HandshakeErrorKind::Io(
+            std::io::Error::other("the peer's credentials are unknown"),
+        ))),
+    }
+}
+
+fn tls_error(e: std::io::Error) -> HandshakeError {
+    HandshakeError::new(HandshakeErrorKind::Tls(e))
+}
+
+/// Which end of the connection runs the handshake.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// The listener's: it challenges first.
+    Server,
+    /// The client's: it answers first.
+    Client,
+}
+
+/// The mutual challenge, in Python's order: the listener delivers first, then answers.
+async fn mutual<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
+    io: &mut I,
+    key: &[u8],
+    side: Side,
+) -> Result<(), HandshakeError> {
+    if side == Side::Server {
+        deliver(io, key).await?;
+        answer(io, key).await
+    } else {
+        answer(io, key).await?;
+        deliver(io, key).await
+    }
+}
+
+/// One side of the handshake (without its timeout, which the caller applies).
+pub(crate) async fn run(
+    raw: Raw,
+    peer: &Peer,
+    auth: &Auth,
+    side: Side,
+) -> Result<Established, HandshakeError> {
+    let key = auth.key.as_deref();
+    match (&auth.kind, raw) {
+        (AuthKind::None, raw) => Ok(plain(raw)),
+        (AuthKind::SameUser, raw) => {
+            check_same_user(peer)?;
+            Ok(plain(raw))
+        }
+        (AuthKind::Key, Raw::Unix(mut s)) => {
+            mutual(&mut s, key.unwrap_or_default(), side).await?;
+            Ok(Established::Unix(s))
+        }
+        (AuthKind::Key, Raw::Tcp(mut s)) => {
+            mutual(&mut s, key.unwrap_or_default(), side).await?;
+            Ok(Established::Stream(Box::new(s)))
+        }
+        (AuthKind::TlsServer(config), Raw::Tcp(s)) if side == Side::Server => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let mut tls = acceptor.accept(s).await.map_err(tls_error)?;
+            if let Some(key) = key {
+                mutual(&mut tls, key, side).await?;
+            }
+            Ok(Established::Stream(Box::new(tls)))
+        }
+        (AuthKind::TlsClient(config, name), Raw::Tcp(s)) if side == Side::Client => {
+            let connector = tokio_rustls::TlsConnector::from(config.clone());
+            let mut tls = connector
+                .connect(name.clone(), s)
+                .await
+                .map_err(tls_error)?;
+            if let Some(key) = key {
+                mutual(&mut tls, key, side).await?;
+            }
+            Ok(Established::Stream(Box::new(tls)))
+        }
+        // `fits` refuses the other combinations before a connection is made.
+        _ => Err(HandshakeError::new(HandshakeErrorKind::Io(
+            std::io::Error::other("this authentication does not fit this transport"),
+        ))),
+    }
+}
+
+fn plain(raw: Raw) -> Established {
+    match raw {
+        Raw::Unix(s) => Established::Unix(s),
+        Raw::Tcp(s) => Established::Stream(Box::new(s)),
+    }
+}
+
+/// Whether `auth` can run over `address`; the reason if not.
+pub(crate) fn fits(auth: &Auth, unix: bool, listening: bool) -> Result<(), &'static str> {
+    match (&auth.kind, unix) {
+        (AuthKind::SameUser, false) => Err("same-user authentication needs a Unix socket address"),
+        (AuthKind::TlsServer(_) | AuthKind::TlsClient(..), true) => {
+            Err("TLS runs over TCP addresses only")
+        }
+        (AuthKind::TlsClient(..), false) if listening => {
+            Err("a listener needs the server side of TLS (Auth::tls_server)")
+        }
+        (AuthKind::TlsServer(_), false) if !listening => {
+            Err("a client needs the client side of TLS (Auth::tls_client)")
+        }
+        _ => Ok(()),
+    }
+}

@@ -1,0 +1,54 @@
+//! Waiting until a receive would not wait, without taking anything (Python's `poll`).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use crate::error::RecvError;
+
+use super::RawReceiver;
+use super::frames::{Next, Whole};
+
+impl RawReceiver {
+    /// Ready once a receive would not wait: a whole frame is buffered, the peer closed, or the
+    /// stream failed. Reads into the receive buffer as needed but hands nothing out; the frame
+    /// stays for the next receive of either kind.
+    ///
+    /// An error found while looking (a frame over the size limit, a corrupt stream) is returned
+    /// here and not again by the next receive, exactly as a receive would have returned it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: everything read stays in `self`.
+    pub fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
+        loop {
+            if self.dead {
+                return Poll::Ready(Ok(()));
+            }
+            let next = match self.next(false)? {
+                Next::Whole(whole) => {
+                    if let Whole::Direct(direct) = whole {
+                        // `next` moved the finished frame out of `direct`: put it back.
+                        self.direct = Some(direct);
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                next => next,
+            };
+            if self.eof {
+                return Poll::Ready(self.at_eof(&next).map(|_| ()));
+            }
+            let socket = Arc::clone(&self.socket);
+            let registered = match socket.readable() {
+                Ok(r) => r,
+                Err(e) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+            };
+            let mut guard = match registered.poll_read_ready(cx) {
+                Poll::Ready(Ok(g)) => g,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
+                Poll::Pending => return Poll::Pending,
+            };
+            if let Err(e) = self.read_when_ready(&next, &mut guard) {
+                return Poll::Ready(Err(e));
+            }
+        }
+    }
+}
