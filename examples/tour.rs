@@ -105,6 +105,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     // 5. Failures are data: a panic, a kill, a timeout.
+    println!("5. (the child below panics on purpose: its message on stderr is expected)");
     let err = multiproc::spawn((), |()| -> u32 { panic!("something broke") })
         .await
         .unwrap_err();

@@ -114,7 +114,12 @@ async fn a_hello_from_a_maker_that_has_exited_is_honoured() {
 async fn setuid_copy_main() {
     let spawned = Builder::new().spawn((), |()| ());
     let error = spawned.expect_err("a setuid program spawned a child");
-    assert!(error.to_string().contains("setuid"), "{error}");
+    // The reason is the error's cause (its `source()`), not part of its own message.
+    let chain: Vec<String> =
+        std::iter::successors(Some(&error as &dyn std::error::Error), |e| e.source())
+            .map(|e| e.to_string())
+            .collect();
+    assert!(chain.iter().any(|e| e.contains("setuid")), "{chain:?}");
 }
 
 /// A copy of this test binary, owned by root and setuid, in a fresh directory anyone may enter.

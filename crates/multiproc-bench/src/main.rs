@@ -20,6 +20,7 @@
 //! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`),
 //! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
 //! Results and their reading: `docs/BENCHMARKS.md`.
+#![forbid(unsafe_code)]
 
 // Named endpoints (issue 13).
 mod conn_bench;
@@ -229,7 +230,7 @@ impl Workload {
                 Impl::MultiprocBlocking,
                 Impl::PythonMp,
             ],
-            // Issue 5 compares the pool with Python's; there is no syscall floor for a pool.
+            // The pool is compared with Python's; there is no syscall floor for a pool.
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
@@ -677,11 +678,11 @@ fn main() -> ExitCode {
             };
         }
     };
-    if opts.pin {
-        if let Err(e) = pin_to_cpu0() {
-            eprintln!("multiproc-bench: cannot pin to CPU 0: {e}");
-            return ExitCode::FAILURE;
-        }
+    if opts.pin
+        && let Err(e) = pin_to_cpu0()
+    {
+        eprintln!("multiproc-bench: cannot pin to CPU 0: {e}");
+        return ExitCode::FAILURE;
     }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -31,7 +31,7 @@ pub(crate) fn run(
         (Workload::Stream64, _) => rt.block_on(stream(n, 64, true)),
         (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false)),
         (Workload::SpawnJoin, _) => rt.block_on(spawn_join(n)),
-        // Issue 3 and 4 workloads live in `sync_bench` and `queue_bench`.
+        // The lock, event and queue workloads live in `sync_bench` and `queue_bench`.
         _ => Err(io::Error::other("not a pipe or spawn workload")),
     }
 }

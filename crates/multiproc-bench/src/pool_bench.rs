@@ -1,4 +1,4 @@
-//! Issue 5's workloads (`pool_map_small`, `pool_map_small_chunk1`, `pool_apply_roundtrip`)
+//! The pool's workloads (`pool_map_small`, `pool_map_small_chunk1`, `pool_apply_roundtrip`)
 //! for `multiproc`: a `Pool` of two workers running `x * x`, against Python's `Pool(2)`.
 //!
 //! The pool is started and warmed up (every worker has run a task) before the clock starts,

@@ -1,4 +1,4 @@
-//! Issue 4's workloads (`queue_1p1c_64B`, `queue_2p2c_64B`): producer and consumer processes
+//! The queue workloads (`queue_1p1c_64B`, `queue_2p2c_64B`): producer and consumer processes
 //! around one queue, 64-byte messages, no loss and no duplicate (checked).
 //!
 //! Protocol, the same for every implementation: `P` producer and `C` consumer children and the

@@ -14,8 +14,7 @@ use std::time::Instant;
 use multiproc::core::SharedFd;
 use rustix::io::Errno;
 use rustix::net::{AddressFamily, SocketFlags, SocketType};
-use tokio::io::Interest;
-use tokio::io::unix::AsyncFd;
+use tokio::net::UnixStream;
 
 use crate::{EXIT_AT_ONCE_ENV, Workload};
 
@@ -70,7 +69,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Resu
             stream(rt, n, 1 << 20).map(|secs| n as f64 /* MiB */ / secs)
         }
         Workload::SpawnJoin => spawn_join(n),
-        // Issue 3 and 4 workloads live in `sync_bench` and `queue_bench`.
+        // The lock, event and queue workloads live in `sync_bench` and `queue_bench`.
         _ => Err(io::Error::other("not a pipe or spawn workload")),
     }
 }
@@ -117,29 +116,27 @@ fn pingpong(rt: &tokio::runtime::Runtime, n: u64) -> io::Result<f64> {
     Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
 }
 
-/// A non-blocking socket registered with the current tokio runtime for read readiness only.
-fn reactor_socket(fd: OwnedFd) -> io::Result<AsyncFd<OwnedFd>> {
+/// A non-blocking socket registered with the current tokio runtime (tokio's `UnixStream`, whose
+/// `try_read` is one `read(2)`: no `unsafe` registration of a raw descriptor is needed).
+fn reactor_socket(fd: OwnedFd) -> io::Result<UnixStream> {
     let std = std::os::unix::net::UnixStream::from(fd);
     std.set_nonblocking(true)?;
-    // SAFETY: the `AsyncFd` owns the `OwnedFd`, which stays open, with the same number, until
-    // the `AsyncFd` is dropped; nothing here ever replaces it (`get_mut` is not used).
-    unsafe { AsyncFd::register_with_interest(OwnedFd::from(std), Interest::READABLE) }
-        .map_err(|e| e.into_parts().1)
+    UnixStream::from_std(std)
 }
 
 /// Reads exactly `buf.len()` bytes: `read(2)`, and wait for readiness in the reactor on
 /// `EAGAIN`. `Ok(false)` on end-of-stream before the first byte.
-async fn reactor_read_exact(socket: &AsyncFd<OwnedFd>, buf: &mut [u8]) -> io::Result<bool> {
+async fn reactor_read_exact(socket: &UnixStream, buf: &mut [u8]) -> io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
-        let mut guard = socket.readable().await?;
-        match guard.try_io(|fd| Ok(rustix::io::read(fd, &mut buf[got..])?)) {
-            Ok(Ok(0)) if got == 0 => return Ok(false),
-            Ok(Ok(0)) => return Err(io::ErrorKind::UnexpectedEof.into()),
-            Ok(Ok(k)) => got += k,
-            Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
-            Ok(Err(e)) => return Err(e),
-            Err(_would_block) => {}
+        socket.readable().await?;
+        match socket.try_read(&mut buf[got..]) {
+            Ok(0) if got == 0 => return Ok(false),
+            Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(true)

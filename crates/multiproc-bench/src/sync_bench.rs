@@ -1,4 +1,4 @@
-//! Issue 3's workloads (`lock_uncontended`, `lock_contended_2p`, `semaphore_limit`,
+//! The synchronization workloads (`lock_uncontended`, `lock_contended_2p`, `semaphore_limit`,
 //! `event_pingpong`) for `multiproc`, `multiproc-blocking` and `raw-os`.
 //!
 //! The `raw-os` floor for the locks is a process-shared futex mutex in a shared page

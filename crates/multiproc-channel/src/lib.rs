@@ -9,4 +9,4 @@ pub mod error;
 pub mod pipe;
 mod queue;
 
-pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream};

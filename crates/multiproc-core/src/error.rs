@@ -7,16 +7,16 @@ use crate::fd::DescriptorError;
 
 /// A value could not be turned into a message.
 #[derive(thiserror::Error)]
-#[error("{kind}")]
+#[error(transparent)]
 pub struct EncodeError {
     kind: EncodeErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum EncodeErrorKind {
-    #[error("cannot encode message: {0}")]
+    #[error("cannot encode message")]
     Serde(#[source] postcard::Error),
-    #[error("cannot duplicate a descriptor for the message: {0}")]
+    #[error("cannot duplicate a descriptor for the message")]
     Descriptor(#[source] io::Error),
 }
 
@@ -45,14 +45,14 @@ impl fmt::Debug for EncodeError {
 
 /// Received bytes could not be turned into the expected type.
 #[derive(thiserror::Error)]
-#[error("{kind}")]
+#[error(transparent)]
 pub struct DecodeError {
     kind: DecodeErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum DecodeErrorKind {
-    #[error("cannot decode message as `{ty}` (does the other side send this type?): {source}")]
+    #[error("cannot decode message as `{ty}` (does the other side send this type?)")]
     Serde {
         ty: &'static str,
         #[source]
@@ -67,7 +67,7 @@ enum DecodeErrorKind {
         rest: usize,
         total: usize,
     },
-    #[error("bad descriptor in message: {0}")]
+    #[error("bad descriptor in message")]
     Descriptor(#[source] DescriptorError),
     #[error(
         "message carries handles ({count} descriptor(s)), which plain bytes cannot hold; \
@@ -149,7 +149,7 @@ pub enum SendErrorKind {
         count: usize,
     },
     /// The socket failed.
-    #[error("socket error while sending: {0}")]
+    #[error("socket error while sending")]
     Io(#[source] io::Error),
 }
 
@@ -264,7 +264,7 @@ pub enum RecvError {
         arrived: usize,
     },
     /// The socket failed; the channel is closed.
-    #[error("socket error while receiving: {0}")]
+    #[error("socket error while receiving")]
     Io(#[source] io::Error),
 }
 

@@ -13,18 +13,39 @@
 //! Most users want the `multiproc` crate; this one is for building new handle types.
 //!
 //! Linux only: it relies on `SCM_RIGHTS`, eventfd, memfd and `/proc/self/exe`.
-#![cfg(target_os = "linux")]
 #![deny(unsafe_code)]
 
+// Every crate of multiproc sits on this one, so this is where a build for another target stops,
+// with one message instead of a page of unresolved imports.
+#[cfg(not(target_os = "linux"))]
+compile_error!(
+    "multiproc is Linux-only: it is built on SCM_RIGHTS descriptor passing, eventfd, memfd, \
+     pidfd and /proc/self/exe, which this target does not have"
+);
+
+#[cfg(target_os = "linux")]
 pub mod error;
+#[cfg(target_os = "linux")]
 mod fd;
+#[cfg(target_os = "linux")]
 pub mod message;
+#[cfg(target_os = "linux")]
 pub mod proc;
+#[cfg(target_os = "linux")]
 pub mod shm;
+#[cfg(target_os = "linux")]
 mod sys;
+#[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod trace;
+#[cfg(target_os = "linux")]
 pub mod transport;
+#[cfg(target_os = "linux")]
 pub mod wait;
 
+#[cfg(target_os = "linux")]
 pub use error::{DecodeError, EncodeError, RecvError, SendError, SendErrorKind};
+#[cfg(target_os = "linux")]
 pub use fd::{DescriptorError, SharedFd};
+#[cfg(target_os = "linux")]
 pub use sys::random_key;

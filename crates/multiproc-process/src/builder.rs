@@ -32,7 +32,7 @@ use crate::stdio::Pipes;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let child = multiproc_process::Builder::new()
+/// let child = multiproc::Builder::new()
 ///     .name("worker-1")
 ///     .env("RUST_LOG", "debug")
 ///     .kill_on_drop(true)
@@ -207,15 +207,21 @@ impl Builder {
         // reactor): refuse to start a child outside of one, as documented.
         let _ = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
-        // Encoded before the child exists: arguments that do not encode start no process.
         let (identity, default_name) = identity::next_child();
         let name = self.name.unwrap_or(default_name);
+        #[cfg(feature = "tracing")]
+        let (span, trace_parent) =
+            crate::trace::spawn_span(Some(&name), std::any::type_name::<F>());
+        #[cfg(not(feature = "tracing"))]
+        let trace_parent = None;
+        // Encoded before the child exists: arguments that do not encode start no process.
         let setup = Setup {
             parent_pid: std::process::id(),
             die_with_parent: self.daemon,
             name: name.clone(),
             identity,
             limits: self.limits,
+            trace_parent,
         };
         let setup = message::encode(&setup).map_err(|e| SpawnError::io(io::Error::other(e)))?;
         let args = message::encode(&args).map_err(SpawnError::encode)?;
@@ -229,8 +235,13 @@ impl Builder {
             stdout: self.stdout,
             stderr: self.stderr,
         };
-        let spawned = spawner::spawn(entry, options).map_err(SpawnError::io)?;
+        let spawned = spawner::spawn(entry, options).map_err(|e| {
+            multiproc_core::trace_warn!(error = %e, "cannot start a child process");
+            SpawnError::io(e)
+        })?;
         let pidfd = spawned.pidfd;
+        #[cfg(feature = "tracing")]
+        span.record("pid", pidfd.pid());
         let halves = channel::split(SharedFd::new(spawned.control))
             .and_then(|halves| Ok((halves, Pipes::new(spawned.pipes)?)));
         let ((mut tx, rx), pipes) = match halves {
@@ -244,6 +255,8 @@ impl Builder {
         };
         let child = Child::register(pidfd, name, self.limits.memory);
         let handle = JoinHandle::start(child, self.kill_on_drop, rx, pipes);
+        #[cfg(feature = "tracing")]
+        let handle = handle.traced(span);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
         let sent = push(&mut tx, setup)
             .and_then(|()| push(&mut tx, args))

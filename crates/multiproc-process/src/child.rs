@@ -34,6 +34,7 @@ where
         Ok(setup) => setup,
         Err(_) => std::process::exit(CONTROL_LOST_EXIT),
     };
+    crate::trace::set_remote_parent(setup.trace_parent);
     if setup.die_with_parent && pidfd::die_with_parent(setup.parent_pid).is_err() {
         std::process::exit(CONTROL_LOST_EXIT);
     }

@@ -136,8 +136,8 @@ impl ChildInfo {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// let child = multiproc_process::spawn((), |()| std::thread::sleep(std::time::Duration::from_secs(1)));
-/// let names: Vec<String> = multiproc_process::active_children()
+/// let child = multiproc::spawn((), |()| std::thread::sleep(std::time::Duration::from_secs(1)));
+/// let names: Vec<String> = multiproc::process::active_children()
 ///     .iter()
 ///     .map(|c| c.name().to_string())
 ///     .collect();

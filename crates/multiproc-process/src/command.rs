@@ -31,7 +31,7 @@ pub const FD_ENV_PREFIX: &str = "MULTIPROC_FD_";
 /// use std::os::unix::net::UnixStream;
 ///
 /// let (ours, theirs) = UnixStream::pair()?;
-/// let mut child = multiproc_process::Command::new("python3")
+/// let mut child = multiproc::process::Command::new("python3")
 ///     .arg("-c")
 ///     .arg("import os; os.write(int(os.environ['MULTIPROC_FD_REPLY']), b'hi')")
 ///     .pass_fd("reply", theirs)

@@ -9,16 +9,16 @@ use crate::status::{ExitStatus, signal_name};
 
 /// A child process could not be started.
 #[derive(Debug, thiserror::Error)]
-#[error("{kind}")]
+#[error(transparent)]
 pub struct SpawnError {
     kind: SpawnErrorKind,
 }
 
 #[derive(Debug, thiserror::Error)]
 enum SpawnErrorKind {
-    #[error("cannot start child process: {0}")]
+    #[error("cannot start child process")]
     Io(#[source] io::Error),
-    #[error("cannot encode the child's arguments: {0}")]
+    #[error("cannot encode the child's arguments")]
     Encode(#[source] EncodeError),
 }
 
@@ -258,7 +258,7 @@ impl fmt::Display for JoinError {
                 "timed out joining child process{pid}; it is still running"
             ),
             JoinErrorKind::AlreadyJoined => write!(f, "child process{pid} was already joined"),
-            JoinErrorKind::Io(e) => write!(f, "cannot wait for child process{pid}: {e}"),
+            JoinErrorKind::Io(_) => write!(f, "cannot wait for child process{pid}"),
         }
     }
 }
@@ -272,7 +272,9 @@ impl fmt::Debug for JoinError {
 impl std::error::Error for JoinError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match &self.kind {
-            JoinErrorKind::Spawn(e) => Some(e),
+            // A spawn failure is shown as the spawn error itself (its text is this error's), so
+            // the chain goes on with that error's cause, not with the same text again.
+            JoinErrorKind::Spawn(e) => e.source(),
             JoinErrorKind::Io(e) => Some(e),
             _ => None,
         }

@@ -111,10 +111,10 @@ impl ProcessInfo {
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_process::current_process;
+/// use multiproc::process::current_process;
 ///
 /// assert_eq!(current_process().name(), "MainProcess");
-/// let (name, depth) = multiproc_process::spawn((), |()| {
+/// let (name, depth) = multiproc::spawn((), |()| {
 ///     let me = current_process();
 ///     (me.name().to_string(), me.depth())
 /// })

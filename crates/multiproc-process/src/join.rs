@@ -73,6 +73,9 @@ pub struct JoinHandle<R> {
     kill_on_drop: bool,
     pipes: Pipes,
     state: State<R>,
+    /// The child's `multiproc.child` span: joins run in it, and it records how the child ended.
+    #[cfg(feature = "tracing")]
+    span: Option<tracing::Span>,
 }
 
 impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
@@ -97,7 +100,18 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
                     Err(e) => Heard::Garbled(e.to_string()),
                 },
             })),
+            #[cfg(feature = "tracing")]
+            span: None,
         }
+    }
+}
+
+impl<R: Send + 'static> JoinHandle<R> {
+    /// Runs the join inside the child's `multiproc.child` span, which records how it ended.
+    #[cfg(feature = "tracing")]
+    pub(crate) fn traced(mut self, span: tracing::Span) -> Self {
+        self.span = Some(span);
+        self
     }
 }
 
@@ -110,6 +124,8 @@ impl<R> JoinHandle<R> {
             kill_on_drop: false,
             pipes: Pipes::default(),
             state: State::NotStarted(e),
+            #[cfg(feature = "tracing")]
+            span: None,
         }
     }
 
@@ -156,7 +172,7 @@ impl<R> JoinHandle<R> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     ///
-    /// let mut child = multiproc_process::spawn((), |()| std::thread::sleep(Duration::from_millis(200)));
+    /// let mut child = multiproc::spawn((), |()| std::thread::sleep(Duration::from_millis(200)));
     /// loop {
     ///     tokio::select! {
     ///         exited = child.exited() => { exited?; break }
@@ -297,7 +313,7 @@ impl<R> JoinHandle<R> {
     /// ```no_run
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let child = multiproc_process::spawn(6, |x: u32| x * 7);
+    /// let child = multiproc::spawn(6, |x: u32| x * 7);
     /// let answer = std::thread::spawn(move || {
     ///     let mut child = child;
     ///     child.blocking_join()
@@ -322,6 +338,8 @@ impl<R> JoinHandle<R> {
     }
 
     fn blocking_join_until(&mut self, deadline: Option<Instant>) -> Result<R, JoinError> {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.clone().map(tracing::Span::entered);
         let pid = self.pid.unwrap_or(0);
         let (State::Running(run), Some(child)) = (&mut self.state, self.child.clone()) else {
             return match std::mem::replace(&mut self.state, State::Done) {
@@ -357,6 +375,8 @@ impl<R> JoinHandle<R> {
     }
 
     fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, JoinError>> {
+        #[cfg(feature = "tracing")]
+        let _entered = self.span.clone().map(tracing::Span::entered);
         let (State::Running(run), Some(child)) = (&mut self.state, self.child.clone()) else {
             return Poll::Ready(match std::mem::replace(&mut self.state, State::Done) {
                 State::NotStarted(e) => Err(JoinError::spawn(e)),
@@ -394,8 +414,15 @@ impl<R> JoinHandle<R> {
         })
     }
 
-    /// The outcome once the child is reaped with status `exit`.
+    /// The outcome once the child is reaped with status `exit` (recorded in its span).
     fn finish(&mut self, exit: ExitStatus) -> Result<R, JoinError> {
+        let result = self.outcome(exit);
+        #[cfg(feature = "tracing")]
+        crate::trace::joined(&result);
+        result
+    }
+
+    fn outcome(&mut self, exit: ExitStatus) -> Result<R, JoinError> {
         let pid = self.pid.unwrap_or(0);
         let heard = match std::mem::replace(&mut self.state, State::Done) {
             State::Running(run) => run.heard.unwrap_or(Heard::Nothing),
@@ -427,7 +454,10 @@ impl<R> JoinHandle<R> {
         if let Some(child) = &self.child {
             reaper::reap_orphan(child.pidfd.clone());
         }
-        Err(JoinError::io(self.pid.unwrap_or(0), e))
+        let result = Err(JoinError::io(self.pid.unwrap_or(0), e));
+        #[cfg(feature = "tracing")]
+        crate::trace::joined(&result);
+        result
     }
 }
 

@@ -31,6 +31,7 @@ mod spawn_protocol;
 mod status;
 mod stdio;
 mod stop;
+mod trace;
 
 pub use builder::Builder;
 pub use children::{ChildInfo, active_children};
@@ -43,6 +44,9 @@ pub use set::ProcessSet;
 pub use status::{ExitStatus, signal_name};
 pub use stdio::{ChildStderr, ChildStdin, ChildStdout};
 pub use stop::{is_stop_requested, stop_requested};
+#[cfg(feature = "tracing")]
+pub use trace::child_span;
+pub use trace::{RemoteSpan, remote_parent};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -64,8 +68,8 @@ use serde::de::DeserializeOwned;
 ///     x * x
 /// }
 ///
-/// let a = multiproc_process::spawn(7, square);
-/// let b = multiproc_process::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
+/// let a = multiproc::spawn(7, square);
+/// let b = multiproc::spawn((2, 3), |(x, y): (u32, u32)| x.pow(y));
 /// assert_eq!(a.await?, 49);
 /// assert_eq!(b.await?, 8);
 /// # Ok(())

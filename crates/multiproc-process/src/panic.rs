@@ -13,7 +13,9 @@ pub(crate) struct PanicReport {
 }
 
 /// Records every panic's message and location for [`catch`]. With `print`, the default hook
-/// still prints it; a pool worker stays quiet, since the error reaches the caller anyway.
+/// still prints it, after a line saying whose panic it is and that the parent gets it (so a
+/// deliberate panic in a test or demo reads as handled, not as a crash); a pool worker stays
+/// quiet, since the error reaches the caller anyway.
 pub(crate) fn install_hook(print: bool) {
     let default = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
@@ -24,6 +26,11 @@ pub(crate) fn install_hook(print: bool) {
         *LAST_PANIC.lock().unwrap_or_else(|p| p.into_inner()) =
             Some(PanicReport { message, location });
         if print {
+            eprintln!(
+                "multiproc: child process {} panicked; its parent receives this panic as a \
+                 JoinError (is_panic):",
+                std::process::id()
+            );
             default(info);
         }
     }));

@@ -25,7 +25,7 @@ use crate::join::JoinHandle;
 /// ```no_run
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_process::ProcessSet;
+/// use multiproc::process::ProcessSet;
 ///
 /// let mut set = ProcessSet::new();
 /// for n in 0..4u64 {

@@ -14,6 +14,8 @@ pub(crate) struct Setup {
     /// Python's `_identity`: the child's place in the tree (1-based counters, one per level).
     pub identity: Vec<u32>,
     pub limits: ResourceLimits,
+    /// The parent's span for this child, for the child's spans to name as their parent.
+    pub trace_parent: Option<crate::trace::RemoteSpan>,
 }
 
 /// The child's one report to the parent.

@@ -32,7 +32,7 @@ static STOP: Mutex<Option<watch::Receiver<bool>>> = Mutex::new(None);
 /// use std::time::Duration;
 ///
 /// async fn serve(_: ()) -> String {
-///     let stop = multiproc_process::stop_requested();
+///     let stop = multiproc::process::stop_requested();
 ///     tokio::pin!(stop);
 ///     loop {
 ///         tokio::select! {
@@ -42,7 +42,7 @@ static STOP: Mutex<Option<watch::Receiver<bool>>> = Mutex::new(None);
 ///     }
 /// }
 ///
-/// let mut child = multiproc_process::spawn((), serve);
+/// let mut child = multiproc::spawn((), serve);
 /// tokio::time::sleep(Duration::from_millis(200)).await;
 /// assert_eq!(child.shutdown(Duration::from_secs(5)).await?, "stopped cleanly");
 /// # Ok(())

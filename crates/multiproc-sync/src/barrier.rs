@@ -74,7 +74,7 @@ impl BarrierWaitResult {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Barrier;
+/// use multiproc::Barrier;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let barrier = Barrier::new(2)?;
 /// let other = barrier.clone(); // or: pass `barrier` to a child process
@@ -237,6 +237,35 @@ impl Barrier {
             .spin_then_wait_until_in(Contention::Unshared, deadline, None, |_| self.outcome(gen_))
             .await;
         arrival.done = true;
+        self.finish(gen_, index, got)
+    }
+
+    /// The blocking twin of `wait_inner`.
+    fn blocking_wait_inner(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<BarrierWaitResult, BarrierWaitError> {
+        let (gen_, index) = match self.arrive()? {
+            Ok(result) => return Ok(result),
+            Err(pending) => pending,
+        };
+        let got = self.core.blocking_spin_then_wait_until_in(
+            Contention::Unshared,
+            deadline,
+            None,
+            |_| self.outcome(gen_),
+        );
+        self.finish(gen_, index, got)
+    }
+
+    /// What a non-leader's wait for phase `gen_` came to, as `got` ended it: a wait that ran
+    /// out of time or failed breaks the phase.
+    fn finish(
+        &self,
+        gen_: u64,
+        index: usize,
+        got: std::io::Result<Option<Result<(), BarrierWaitError>>>,
+    ) -> Result<BarrierWaitResult, BarrierWaitError> {
         let result = match got {
             Ok(Some(r)) => r,
             Ok(None) => {
@@ -255,6 +284,26 @@ impl Barrier {
             index,
             leader: false,
         })
+    }
+
+    /// The blocking twin of [`wait`](Self::wait), for code outside tokio: blocks the thread.
+    /// Do not call it on a runtime thread.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait(&self) -> Result<BarrierWaitResult, BarrierWaitError> {
+        self.blocking_wait_inner(None)
+    }
+
+    /// The blocking twin of [`wait_timeout`](Self::wait_timeout).
+    ///
+    /// # Errors
+    /// As [`wait_timeout`](Self::wait_timeout).
+    pub fn blocking_wait_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<BarrierWaitResult, BarrierWaitError> {
+        self.blocking_wait_inner(deadline_after(timeout))
     }
 
     /// Waits until `parties` parties have arrived.

@@ -53,7 +53,7 @@ const NOTIFIED: u64 = 2;
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::{Condition, SharedValue};
+/// use multiproc::{Condition, SharedValue};
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let cond = Condition::new()?;
 /// let ready = SharedValue::new(0u32)?;
@@ -161,6 +161,25 @@ impl Condition {
         Ok(ConditionGuard {
             cond: self,
             held: self.acquire().await?,
+        })
+    }
+
+    fn blocking_acquire(&self) -> Result<Held<'_>, LockError> {
+        Ok(match &self.lock {
+            CondLock::Lock(l) => Held::Lock(l.blocking_lock()?),
+            CondLock::RLock(l) => Held::RLock(l.blocking_lock()?),
+        })
+    }
+
+    /// Acquires the lock from synchronous code, blocking the thread (the twin of
+    /// [`lock`](Self::lock), for code outside tokio). Do not call it on a runtime thread.
+    ///
+    /// # Errors
+    /// As [`Lock::blocking_lock`].
+    pub fn blocking_lock(&self) -> Result<ConditionGuard<'_>, LockError> {
+        Ok(ConditionGuard {
+            cond: self,
+            held: self.blocking_acquire()?,
         })
     }
 
@@ -309,6 +328,18 @@ impl Drop for Place<'_> {
     }
 }
 
+/// Whether a `wait_for_timeout` is over: `Some(true)` when `predicate` holds, `Some(false)` when
+/// it does not and `deadline` has passed, `None` to wait again.
+fn settled(deadline: Option<Instant>, predicate: &mut impl FnMut() -> bool) -> Option<bool> {
+    if predicate() {
+        Some(true)
+    } else if deadline.is_some_and(|d| Instant::now() >= d) {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 /// Holds the lock of a [`Condition`]; waits and notifies through it. Dropping it releases the
 /// lock.
 #[must_use = "the lock is released as soon as the guard is dropped"]
@@ -326,19 +357,17 @@ impl<'a> ConditionGuard<'a> {
         }
     }
 
-    async fn wait_inner(
-        self,
-        deadline: Option<Instant>,
-    ) -> Result<(Self, bool), ConditionWaitError> {
+    /// The start of every wait: takes a place in the queue, then releases the lock entirely
+    /// (every level of an RLock); gives the place and the depth to restore.
+    fn begin_wait(self) -> Result<(Place<'a>, usize), ConditionWaitError> {
         let cond = self.cond;
         let (slot, ticket) = cond.enqueue()?;
-        let mut place = Place {
+        let place = Place {
             cond,
             slot,
             ticket,
             consumed: false,
         };
-        // Release the lock entirely (every level of an RLock), remembering the depth.
         let depth = match self.held {
             Held::Lock(guard) => {
                 drop(guard);
@@ -352,23 +381,114 @@ impl<'a> ConditionGuard<'a> {
                 }
             }
         };
+        Ok((place, depth))
+    }
+
+    /// Whether the wait that `got` ended was notified (withdrawing the place if not).
+    fn notified(
+        place: &mut Place<'a>,
+        got: std::io::Result<Option<()>>,
+    ) -> Result<bool, ConditionWaitError> {
+        match got {
+            Ok(Some(())) => Ok(true),
+            Ok(None) => Ok(place.withdraw()),
+            Err(e) => Err(ConditionWaitError::Failed(e)),
+        }
+    }
+
+    /// The end of every wait: the lock re-acquired as `held`, at its old depth.
+    fn relocked(cond: &'a Condition, held: Held<'a>, depth: usize) -> Self {
+        if let (CondLock::RLock(l), true) = (&cond.lock, depth > 1) {
+            l.restore_depth(depth);
+        }
+        ConditionGuard { cond, held }
+    }
+
+    async fn wait_inner(
+        self,
+        deadline: Option<Instant>,
+    ) -> Result<(Self, bool), ConditionWaitError> {
+        let cond = self.cond;
+        let (mut place, depth) = self.begin_wait()?;
         let got = cond
             .core
             .spin_then_wait_until(deadline, None, |_| place.notified())
             .await;
-        let notified = match got {
-            Ok(Some(())) => true,
-            Ok(None) => place.withdraw(),
-            Err(e) => return Err(ConditionWaitError::Failed(e)),
-        };
+        let notified = Self::notified(&mut place, got)?;
         let held = cond
             .acquire()
             .await
             .map_err(|e| ConditionWaitError::Failed(e.0))?;
-        if let (CondLock::RLock(l), true) = (&cond.lock, depth > 1) {
-            l.restore_depth(depth);
+        Ok((Self::relocked(cond, held, depth), notified))
+    }
+
+    /// The blocking twin of `wait_inner`.
+    fn blocking_wait_inner(
+        self,
+        deadline: Option<Instant>,
+    ) -> Result<(Self, bool), ConditionWaitError> {
+        let cond = self.cond;
+        let (mut place, depth) = self.begin_wait()?;
+        let got = cond
+            .core
+            .blocking_spin_then_wait_until(deadline, None, |_| place.notified());
+        let notified = Self::notified(&mut place, got)?;
+        let held = cond
+            .blocking_acquire()
+            .map_err(|e| ConditionWaitError::Failed(e.0))?;
+        Ok((Self::relocked(cond, held, depth), notified))
+    }
+
+    /// The blocking twin of [`wait`](Self::wait), for code outside tokio: blocks the thread.
+    /// Do not call it on a runtime thread.
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait(self) -> Result<Self, ConditionWaitError> {
+        Ok(self.blocking_wait_inner(None)?.0)
+    }
+
+    /// The blocking twin of [`wait_timeout`](Self::wait_timeout).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait_timeout(
+        self,
+        timeout: Duration,
+    ) -> Result<(Self, bool), ConditionWaitError> {
+        self.blocking_wait_inner(deadline_after(timeout))
+    }
+
+    /// The blocking twin of [`wait_for`](Self::wait_for).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait_for(
+        mut self,
+        mut predicate: impl FnMut() -> bool,
+    ) -> Result<Self, ConditionWaitError> {
+        while !predicate() {
+            self = self.blocking_wait()?;
         }
-        Ok((ConditionGuard { cond, held }, notified))
+        Ok(self)
+    }
+
+    /// The blocking twin of [`wait_for_timeout`](Self::wait_for_timeout).
+    ///
+    /// # Errors
+    /// As [`wait`](Self::wait).
+    pub fn blocking_wait_for_timeout(
+        mut self,
+        timeout: Duration,
+        mut predicate: impl FnMut() -> bool,
+    ) -> Result<(Self, bool), ConditionWaitError> {
+        let deadline = deadline_after(timeout);
+        loop {
+            if let Some(holds) = settled(deadline, &mut predicate) {
+                return Ok((self, holds));
+            }
+            self = self.blocking_wait_inner(deadline)?.0;
+        }
     }
 
     /// Releases the lock, waits for a notification, re-acquires the lock.
@@ -428,11 +548,8 @@ impl<'a> ConditionGuard<'a> {
     ) -> Result<(Self, bool), ConditionWaitError> {
         let deadline = deadline_after(timeout);
         loop {
-            if predicate() {
-                return Ok((self, true));
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok((self, false));
+            if let Some(holds) = settled(deadline, &mut predicate) {
+                return Ok((self, holds));
             }
             self = self.wait_inner(deadline).await?.0;
         }

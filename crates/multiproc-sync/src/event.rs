@@ -31,7 +31,7 @@ const LEN: usize = 64;
 /// # Examples
 /// ```
 /// use std::time::Duration;
-/// use multiproc_sync::Event;
+/// use multiproc::Event;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let event = Event::new()?;
 /// let remote = event.clone(); // or: pass `event` to a child process

@@ -43,10 +43,10 @@ mod table;
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
-pub use lock::{Lock, LockGuard};
+pub use lock::{Lock, LockGuard, OwnedLockGuard};
 pub use multiproc_core::shm::Pod;
 pub use rlock::{RLock, RLockGuard};
-pub use semaphore::{BoundedSemaphore, Semaphore, SemaphorePermit};
+pub use semaphore::{BoundedSemaphore, OwnedSemaphorePermit, Semaphore, SemaphorePermit};
 pub use shared_memory::{
     SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
 };

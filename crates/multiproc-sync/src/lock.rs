@@ -32,7 +32,7 @@ use crate::fast_then_slow::fast_then_slow;
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Lock;
+/// use multiproc::Lock;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let lock = Lock::new()?;
 /// let other = lock.clone(); // or: pass `lock` to a child process
@@ -151,6 +151,50 @@ impl Lock {
             .ok_or(LockTimeoutError::Timeout)
     }
 
+    /// [`Lock::lock`], with a guard that owns a clone of the handle instead of borrowing it, so
+    /// it can move into a spawned task (tokio's `Mutex::lock_owned`). Clone the lock first to
+    /// keep using it here: a clone is the same lock.
+    ///
+    /// # Errors
+    /// As [`Lock::lock`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Lock::lock`].
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc::Lock;
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let lock = Lock::new()?;
+    /// let guard = lock.clone().lock_owned().await?;
+    /// let task = tokio::spawn(async move {
+    ///     // ... work under the lock ...
+    ///     drop(guard);
+    /// });
+    /// task.await?;
+    /// assert!(!lock.is_locked());
+    /// # Ok(()) }
+    /// ```
+    pub async fn lock_owned(self) -> Result<OwnedLockGuard, LockError> {
+        let owner_died = self.lock().await?.into_held();
+        Ok(OwnedLockGuard {
+            lock: self,
+            owner_died,
+        })
+    }
+
+    /// [`Lock::try_lock`], with an owned guard as [`Lock::lock_owned`] gives.
+    ///
+    /// # Errors
+    /// As [`Lock::try_lock`].
+    pub fn try_lock_owned(self) -> Result<OwnedLockGuard, TryLockError> {
+        let owner_died = self.try_lock()?.into_held();
+        Ok(OwnedLockGuard {
+            lock: self,
+            owner_died,
+        })
+    }
+
     /// Whether some process holds the lock (possibly a dead one not yet noticed).
     pub fn is_locked(&self) -> bool {
         self.raw.is_locked()
@@ -212,6 +256,48 @@ impl<'a> LockGuard<'a> {
     /// The lock this guard holds.
     pub fn lock(&self) -> &'a Lock {
         self.lock
+    }
+
+    /// Keeps the lock held past this guard, for an owned guard to release; gives `owner_died`.
+    fn into_held(self) -> bool {
+        let owner_died = self.owner_died;
+        std::mem::forget(self);
+        owner_died
+    }
+}
+
+/// Holds a [`Lock`] through its own clone of the handle ([`Lock::lock_owned`]), so it is
+/// `'static` and can move into a spawned task; releases the lock when dropped.
+#[must_use = "the lock is released as soon as the guard is dropped"]
+pub struct OwnedLockGuard {
+    lock: Lock,
+    owner_died: bool,
+}
+
+impl OwnedLockGuard {
+    /// As [`LockGuard::owner_died`].
+    pub fn owner_died(&self) -> bool {
+        self.owner_died
+    }
+
+    /// The lock this guard holds.
+    pub fn lock(&self) -> &Lock {
+        &self.lock
+    }
+}
+
+impl Drop for OwnedLockGuard {
+    #[inline]
+    fn drop(&mut self) {
+        self.lock.unlock();
+    }
+}
+
+impl fmt::Debug for OwnedLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedLockGuard")
+            .field("owner_died", &self.owner_died)
+            .finish()
     }
 }
 

@@ -32,8 +32,8 @@ const LEN: usize = 64;
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::RLock;
-/// use multiproc_sync::error::ReleaseError;
+/// use multiproc::RLock;
+/// use multiproc::error::ReleaseError;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let lock = RLock::new()?;
 /// let outer = lock.lock().await?;

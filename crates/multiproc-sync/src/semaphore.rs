@@ -340,6 +340,18 @@ impl SemaphorePermit<'_> {
     }
 }
 
+impl<'a> SemaphorePermit<'a> {
+    /// Hands the permit over to an owned one: its slot, with this guard no longer releasing it.
+    fn into_owned(mut self) -> OwnedSemaphorePermit {
+        self.live = false;
+        OwnedSemaphorePermit {
+            engine: self.engine.clone(),
+            slot: self.slot,
+            live: true,
+        }
+    }
+}
+
 impl Drop for SemaphorePermit<'_> {
     fn drop(&mut self) {
         if self.live {
@@ -354,6 +366,40 @@ impl Drop for SemaphorePermit<'_> {
 impl fmt::Debug for SemaphorePermit<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SemaphorePermit").finish_non_exhaustive()
+    }
+}
+
+/// A permit of a [`Semaphore`] or [`BoundedSemaphore`] that owns a clone of the handle
+/// (`acquire_owned`), so it is `'static` and can move into a spawned task; released when
+/// dropped.
+#[must_use = "the permit is released as soon as it is dropped"]
+pub struct OwnedSemaphorePermit {
+    engine: Engine,
+    slot: usize,
+    live: bool,
+}
+
+impl OwnedSemaphorePermit {
+    /// As [`SemaphorePermit::forget`].
+    pub fn forget(mut self) {
+        self.engine.untrack(self.slot);
+        self.live = false;
+    }
+}
+
+impl Drop for OwnedSemaphorePermit {
+    fn drop(&mut self) {
+        if self.live {
+            self.engine.untrack(self.slot);
+            let _ = self.engine.give(1);
+        }
+    }
+}
+
+impl fmt::Debug for OwnedSemaphorePermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OwnedSemaphorePermit")
+            .finish_non_exhaustive()
     }
 }
 
@@ -423,6 +469,27 @@ macro_rules! semaphore_methods {
                 self.engine.blocking_acquire_timeout(timeout)
             }
 
+            /// `acquire`, with a permit that owns a clone of the handle instead of borrowing it,
+            /// so it can move into a spawned task (tokio's `Semaphore::acquire_owned`). Clone
+            /// the semaphore first to keep using it here.
+            ///
+            /// # Errors
+            /// As `acquire`.
+            ///
+            /// # Cancel safety
+            /// Cancel safe, as `acquire`.
+            pub async fn acquire_owned(self) -> Result<OwnedSemaphorePermit, AcquireError> {
+                Ok(self.acquire().await?.into_owned())
+            }
+
+            /// `try_acquire`, with an owned permit as `acquire_owned` gives.
+            ///
+            /// # Errors
+            /// As `try_acquire`.
+            pub fn try_acquire_owned(self) -> Result<OwnedSemaphorePermit, TryAcquireError> {
+                Ok(self.try_acquire()?.into_owned())
+            }
+
             /// The number of permits available now (Python's `get_value()`).
             pub fn available_permits(&self) -> usize {
                 self.engine.available()
@@ -473,7 +540,7 @@ macro_rules! semaphore_methods {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::Semaphore;
+/// use multiproc::Semaphore;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let sem = Semaphore::new(2)?;
 /// let a = sem.acquire().await?;
@@ -555,8 +622,8 @@ impl<'de> Deserialize<'de> for Semaphore {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::BoundedSemaphore;
-/// use multiproc_sync::error::ReleaseError;
+/// use multiproc::BoundedSemaphore;
+/// use multiproc::error::ReleaseError;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let sem = BoundedSemaphore::new(1)?;
 /// sem.acquire().await?.forget();

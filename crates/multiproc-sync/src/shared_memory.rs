@@ -149,7 +149,7 @@ impl<'de, T: Pod> Deserialize<'de> for Typed<T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::SharedValue;
+/// use multiproc::SharedValue;
 /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let counter = SharedValue::new(0u64)?;
 /// let other = counter.clone(); // or: pass `counter` to child processes
@@ -300,7 +300,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for SharedValueGuard<'_, T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::SharedArray;
+/// use multiproc::SharedArray;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let squares = SharedArray::<u32>::new(4)?;
 /// for i in 0..4 {
@@ -483,7 +483,7 @@ impl<T: Pod + fmt::Debug> fmt::Debug for SharedArrayGuard<'_, T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc_sync::SharedMemory;
+/// use multiproc::SharedMemory;
 /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let shm = SharedMemory::new(16)?;
 /// shm.write(4, b"hi");

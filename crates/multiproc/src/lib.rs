@@ -100,17 +100,25 @@
 #[doc(inline)]
 pub use multiproc_channel::pipe;
 #[doc(inline)]
-pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+pub use multiproc_channel::{
+    JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+};
 #[doc(inline)]
-pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, TaskHandle};
+pub use multiproc_process::pool::{Pool, PoolBuilder, PoolError, PoolStats, TaskHandle};
 #[doc(inline)]
 pub use multiproc_process::{Builder, ExitStatus, JoinError, JoinHandle, SpawnError, spawn};
 #[doc(inline)]
 pub use multiproc_sync::{
     Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-    LockGuard, Pod, RLock, RLockGuard, Semaphore, SemaphorePermit, SharedArray, SharedArrayGuard,
-    SharedMemory, SharedValue, SharedValueGuard,
+    LockGuard, OwnedLockGuard, OwnedSemaphorePermit, Pod, RLock, RLockGuard, Semaphore,
+    SemaphorePermit, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
 };
+
+/// Spinning before parking: whether waits may keep a CPU busy for a few microseconds to catch
+/// an answer that is about to come, process-wide. See [`set_spinning`] and the variable
+/// `MULTIPROC_SPIN=0`.
+#[doc(inline)]
+pub use multiproc_core::wait::spin::{SPIN_ENV, set_spinning, spinning, spins_begun};
 
 /// Cross-process synchronization: locks, semaphores, events, conditions and barriers, whose
 /// waits never block a runtime thread.
@@ -118,7 +126,8 @@ pub mod sync {
     #[doc(inline)]
     pub use multiproc_sync::{
         Barrier, BarrierWaitResult, BoundedSemaphore, Condition, ConditionGuard, Event, Lock,
-        LockGuard, RLock, RLockGuard, Semaphore, SemaphorePermit,
+        LockGuard, OwnedLockGuard, OwnedSemaphorePermit, RLock, RLockGuard, Semaphore,
+        SemaphorePermit,
     };
 }
 
@@ -133,7 +142,9 @@ pub mod shm {
 /// Queues shared by any number of producer and consumer processes.
 pub mod queue {
     #[doc(inline)]
-    pub use multiproc_channel::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream};
+    pub use multiproc_channel::{
+        JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStats, QueueStream,
+    };
 }
 
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
@@ -143,12 +154,15 @@ pub mod queue {
 /// graceful stop ([`stop_requested`](process::stop_requested)), piped stdio and external
 /// programs with passed descriptors ([`Command`](process::Command)).
 pub mod process {
+    #[cfg(feature = "tracing")]
+    #[doc(inline)]
+    pub use multiproc_process::child_span;
     #[doc(inline)]
     pub use multiproc_process::{
         Builder, ChildInfo, ChildOutput, ChildStderr, ChildStdin, ChildStdout, Command,
         CommandChild, ExitStatus, FD_ENV_PREFIX, JoinHandle, ParentProcess, ProcessInfo,
-        ProcessSet, Returns, ReturnsFuture, active_children, current_process, is_stop_requested,
-        parent_process, signal_name, spawn, stop_requested,
+        ProcessSet, RemoteSpan, Returns, ReturnsFuture, active_children, current_process,
+        is_stop_requested, parent_process, remote_parent, signal_name, spawn, stop_requested,
     };
 }
 
@@ -170,6 +184,7 @@ pub mod error {
     #[doc(inline)]
     pub use multiproc_sync::error::*;
     // Named endpoints.
+    #[cfg(feature = "connection")]
     #[doc(inline)]
     pub use multiproc_connection::error::{AcceptError, BindError, ConnectError, HandshakeError};
 }
@@ -195,6 +210,7 @@ pub mod error {
 /// # Ok(())
 /// # }
 /// ```
+#[cfg(feature = "connection")]
 pub mod connection {
     #[doc(inline)]
     pub use multiproc_connection::*;

@@ -3,7 +3,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 use multiproc_core::SharedFd;
 use multiproc_core::transport::channel;
 use serde::de::DeserializeOwned;

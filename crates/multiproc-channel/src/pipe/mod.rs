@@ -10,14 +10,14 @@
 //!
 //! ```compile_fail
 //! # async fn wrong() -> Result<(), Box<dyn std::error::Error>> {
-//! let (tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+//! let (tx, mut rx) = multiproc::pipe::simplex::<u32>()?;
 //! rx.send(1).await?; // a Receiver has no `send`
 //! # Ok(()) }
 //! ```
 //!
 //! ```compile_fail
 //! # async fn wrong() -> Result<(), Box<dyn std::error::Error>> {
-//! let (mut tx, rx) = multiproc_channel::pipe::simplex::<u32>()?;
+//! let (mut tx, rx) = multiproc::pipe::simplex::<u32>()?;
 //! let _ = tx.recv().await?; // a Sender has no `recv`
 //! # Ok(()) }
 //! ```
@@ -53,7 +53,7 @@ use multiproc_core::transport::channel;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_channel::pipe;
+/// use multiproc::pipe;
 ///
 /// let (mut parent, mut child) = pipe::duplex::<String, usize>()?;
 /// parent.send("ping".to_string()).await?;
@@ -79,7 +79,7 @@ pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use futures::{SinkExt, TryStreamExt};
 ///
-/// let (mut tx, rx) = multiproc_channel::pipe::simplex::<u64>()?;
+/// let (mut tx, rx) = multiproc::pipe::simplex::<u64>()?;
 /// for i in 0..3 {
 ///     tx.feed(i).await?; // buffered: one write for the batch
 /// }

@@ -5,7 +5,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures_core::Stream;
 use multiproc_core::transport::channel::{RawReceiver, TryRecv};
 use multiproc_core::wait::deadline_after;
 use multiproc_core::{SharedFd, message};
@@ -180,7 +180,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<u32>()?;
     /// tx.send(7).await?;
     /// drop(tx);
     /// assert_eq!(rx.recv().await?, Some(7));

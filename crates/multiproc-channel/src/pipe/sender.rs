@@ -4,7 +4,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::Sink;
+use futures_sink::Sink;
 use multiproc_core::SharedFd;
 use multiproc_core::message;
 use multiproc_core::transport::channel::RawSender;
@@ -87,7 +87,7 @@ impl<T> Sender<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<()>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<()>()?;
     /// tx.send_bytes(b"raw bytes").await?;
     /// assert_eq!(rx.recv_bytes().await?, Some(b"raw bytes".to_vec()));
     /// # Ok(())
@@ -134,7 +134,7 @@ impl<T: Serialize> Sender<T> {
     /// ```
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<String>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<String>()?;
     /// tx.send("hello".to_string()).await?;
     /// assert_eq!(rx.recv().await?, Some("hello".to_string()));
     /// # Ok(())

@@ -195,7 +195,10 @@ impl Engine {
     fn from_wire(w: Wire) -> io::Result<Self> {
         let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidData, m);
         if w.state.len() < RING_BASE {
-            return Err(invalid("queue state region is too small".into()));
+            return Err(invalid(format!(
+                "queue state region of {} bytes is too small: it needs {RING_BASE}",
+                w.state.len()
+            )));
         }
         if w.state.atomic_u32(OFF_MAGIC).load(SeqCst) != MAGIC {
             return Err(invalid("shared region is not a queue's state".into()));
@@ -254,6 +257,10 @@ impl Engine {
     }
     pub(crate) fn is_closed(&self) -> bool {
         self.closed_word().load(SeqCst) != 0
+    }
+    /// Getters and putters parked now, in every process.
+    pub(crate) fn waiting(&self) -> (usize, usize) {
+        (self.not_empty.waiting(), self.slot_freed.waiting())
     }
     pub(crate) fn unfinished(&self) -> u64 {
         self.unfinished_word().load(SeqCst)

@@ -38,7 +38,7 @@ pub enum PutErrorKind {
         limit: usize,
     },
     /// The operating system refused (out of memory or descriptors...); nothing was put.
-    #[error("queue i/o error while putting: {0}")]
+    #[error("queue i/o error while putting")]
     Io(#[source] io::Error),
 }
 
@@ -241,7 +241,7 @@ pub enum GetError {
     #[error("descriptors sent with a message were lost (out of descriptors?); message discarded")]
     LostDescriptors,
     /// The operating system failed; no message was taken.
-    #[error("queue i/o error while getting: {0}")]
+    #[error("queue i/o error while getting")]
     Io(#[source] io::Error),
 }
 
@@ -330,7 +330,7 @@ pub enum JoinTimeoutError {
     #[error("timed out waiting for every task to be done")]
     Timeout,
     /// The operating system failed while waiting.
-    #[error("queue i/o error while joining: {0}")]
+    #[error("queue i/o error while joining")]
     Io(#[source] io::Error),
 }
 

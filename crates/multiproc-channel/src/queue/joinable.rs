@@ -31,7 +31,7 @@ use super::{Queue, QueueBuilder};
 ///
 /// # Examples
 /// ```
-/// use multiproc_channel::JoinableQueue;
+/// use multiproc::JoinableQueue;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let queue = JoinableQueue::new()?;

@@ -10,9 +10,11 @@ pub(crate) mod error;
 mod joinable;
 mod lane;
 mod ring;
+mod stats;
 mod ticket;
 
 pub use joinable::JoinableQueue;
+pub use stats::QueueStats;
 
 use std::fmt;
 use std::future::Future;
@@ -23,7 +25,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 use multiproc_core::message::DEFAULT_MAX_MESSAGE_SIZE;
 use multiproc_core::wait::deadline_after;
 use serde::de::DeserializeOwned;
@@ -95,7 +98,7 @@ use lane::{GetOutcome, Message};
 /// a handle.
 ///
 /// ```compile_fail,E0599
-/// let queue: multiproc_channel::Queue<u32> = multiproc_channel::Queue::new().unwrap();
+/// let queue: multiproc::Queue<u32> = multiproc::Queue::new().unwrap();
 /// queue.close(); // no such method: drop the handle, or `shutdown()` to end the queue for all
 /// ```
 ///
@@ -112,7 +115,7 @@ use lane::{GetOutcome, Message};
 ///
 /// # Examples
 /// ```
-/// use multiproc_channel::Queue;
+/// use multiproc::Queue;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// let queue: Queue<(u32, String)> = Queue::bounded(16)?;
@@ -136,7 +139,7 @@ pub struct Queue<T> {
 ///
 /// # Examples
 /// ```
-/// use multiproc_channel::Queue;
+/// use multiproc::Queue;
 /// # fn main() -> std::io::Result<()> {
 /// let queue: Queue<Vec<u8>> = Queue::builder().capacity(8).max_message_size(1 << 20).build()?;
 /// assert_eq!(queue.capacity(), Some(8));
@@ -280,6 +283,35 @@ impl<T> Queue<T> {
     pub fn is_shutdown(&self) -> bool {
         self.engine.is_closed()
     }
+
+    /// What a service can export about the queue, across all processes: its length, getters
+    /// and putters waiting, unfinished tasks of a [`JoinableQueue`] (see [`QueueStats`]).
+    /// Approximate like [`len`](Self::len); a few atomic loads.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let queue = multiproc::Queue::<u32>::bounded(4)?;
+    /// queue.put(1).await?;
+    /// let stats = queue.stats();
+    /// assert_eq!((stats.len, stats.capacity), (1, Some(4)));
+    /// assert_eq!(stats.unfinished_tasks, None); // not a JoinableQueue
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> QueueStats {
+        let (getters_waiting, putters_waiting) = self.engine.waiting();
+        QueueStats {
+            len: self.len(),
+            capacity: self.capacity(),
+            shutdown: self.is_shutdown(),
+            getters_waiting,
+            putters_waiting,
+            unfinished_tasks: self
+                .engine
+                .is_joinable()
+                .then(|| usize::try_from(self.engine.unfinished()).unwrap_or(usize::MAX)),
+        }
+    }
 }
 
 impl<T: Serialize> Queue<T> {
@@ -299,7 +331,7 @@ impl<T: Serialize> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let queue = Queue::new()?;
@@ -440,7 +472,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let queue = Queue::new()?;
@@ -530,7 +562,7 @@ impl<T: DeserializeOwned> Queue<T> {
     ///
     /// # Examples
     /// ```
-    /// # use multiproc_channel::Queue;
+    /// # use multiproc::Queue;
     /// use futures::TryStreamExt;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -216,10 +216,12 @@ impl Ring {
             return Err(format!("a queue ring of {slots} slots"));
         }
         let sparse = slots >= SPARSE_SLOTS;
-        if sparse && ((base + SLOTS) % PAGE != 0 || slots % SLOTS_PER_CHUNK != 0) {
+        if sparse
+            && (!(base + SLOTS).is_multiple_of(PAGE) || !slots.is_multiple_of(SLOTS_PER_CHUNK))
+        {
             return Err(format!("a sparse queue ring of {slots} slots at {base}"));
         }
-        if base % 64 != 0 || region.len() < base + Self::bytes_needed(slots) {
+        if !base.is_multiple_of(64) || region.len() < base + Self::bytes_needed(slots) {
             return Err(format!(
                 "queue ring of {slots} slots does not fit a shared region of {} bytes",
                 region.len()
@@ -298,7 +300,7 @@ impl Ring {
                             continue;
                         }
                         Self::advance(self.tail(), pos);
-                        if self.sparse && pos % SLOTS_PER_CHUNK == 0 {
+                        if self.sparse && pos.is_multiple_of(SLOTS_PER_CHUNK) {
                             // The first of a chunk: fault the next chunk in now, in one call.
                             let (next, _) = self.locate(pos + SLOTS_PER_CHUNK);
                             self.region.populate(next, CHUNK);
@@ -521,7 +523,10 @@ impl Ring {
         self.state(slot)
             .compare_exchange(word, freed, Ordering::SeqCst, Ordering::Relaxed)
             .ok()
-            .map(|_| repaired)
+            .map(|_| {
+                multiproc_core::trace_warn!(pos, ?repaired, "queue slot freed: its holder died");
+                repaired
+            })
     }
 
     /// [`repair`](Self::repair) of the slot at the tail: what a producer finding the ring full

@@ -7,7 +7,7 @@
 //! killed together), [`limits`] (rlimits, the cgroup's CPU quota and delegation). External
 //! programs with descriptors at fixed numbers: [`spawner::spawn_program`].
 //!
-//! May import: `sys`, `shm`, `message`, `transport`. Nothing imports `proc` but the crates
+//! May import: `sys`, `shm`, `message`, `transport`, `wait` (the spin setting a child inherits). Nothing imports `proc` but the crates
 //! above core. Inside, imports point one way: `spawner` → fork server → `exec` → `bootstrap`
 //! → `remote_fn`, with `pidfd`, `reaper` and `identity` below them all; `tree` uses `pidfd`; `limits` and
 //! `title` import nothing of proc.

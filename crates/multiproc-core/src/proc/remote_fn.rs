@@ -105,7 +105,10 @@ impl<I, O> RemoteFn<I, O> {
         const {
             assert!(
                 std::mem::size_of::<F>() == 0,
-                "multiproc: the function must be a fn item or a closure that captures nothing"
+                "multiproc: a function run in another process (by spawn or a pool) must be a `fn` \
+                 item or a closure that captures nothing; pass what it needs in its argument. \
+                 Which closure: the `{{closure@file:line:col}}` in the notes of this error \
+                 (this check runs in `cargo build`, not in `cargo check`)"
             )
         };
         let _ = f;

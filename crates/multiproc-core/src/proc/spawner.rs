@@ -131,7 +131,13 @@ fn serve(jobs: Receiver<Job>) {
 /// to the child (a NUL byte in `arg0` or the environment), or the process cannot be started;
 /// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
 /// (see [`bootstrap`]).
-pub fn spawn(entry: EntryPoint, options: SpawnOptions) -> io::Result<Spawned> {
+pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<Spawned> {
+    // Spinning turned off through the API reaches the child as the variable (first, so that
+    // the caller's own setting of it wins).
+    if crate::wait::spin::turned_off_here() {
+        let off = (crate::wait::spin::SPIN_ENV.into(), Some("0".into()));
+        options.env.insert(0, off);
+    }
     let ControlSocket {
         parent_end,
         child_end,

@@ -131,7 +131,10 @@ impl SharedRegion {
         if !seals.contains(SealFlags::SHRINK) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "shared region descriptor is not a memfd sealed against shrinking",
+                format!(
+                    "shared region descriptor {} is not a memfd sealed against shrinking",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ),
             ));
         }
         let size = rustix::fs::fstat(&fd)?.st_size;
@@ -172,7 +175,9 @@ impl SharedRegion {
     /// - [`madvise(2)`](https://man7.org/linux/man-pages/man2/madvise.2.html)
     ///   (`MADV_POPULATE_WRITE`)
     pub fn populate(&self, offset: usize, len: usize) {
-        if offset % 4096 != 0 || offset.checked_add(len).is_none_or(|end| end > self.map.len) {
+        if !offset.is_multiple_of(4096)
+            || offset.checked_add(len).is_none_or(|end| end > self.map.len)
+        {
             return;
         }
         // SAFETY: the range lies inside this region's mapping (checked above), which lives as
@@ -226,7 +231,7 @@ impl SharedRegion {
     #[inline]
     fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         match offset.checked_add(size) {
-            Some(end) if end <= self.map.len && offset % align == 0 => {
+            Some(end) if end <= self.map.len && offset.is_multiple_of(align) => {
                 // SAFETY: `offset + size <= len`, so the result stays inside the mapping.
                 unsafe { self.map.ptr.as_ptr().add(offset) }
             }

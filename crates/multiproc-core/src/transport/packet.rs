@@ -115,7 +115,11 @@ impl Packet {
         if fds.len() > Self::max_fds(payload.len()) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "too many descriptors for one packet",
+                format!(
+                    "{} descriptors in one packet; at most {} fit",
+                    fds.len(),
+                    Self::max_fds(payload.len())
+                ),
             ));
         }
         if payload.len() <= INLINE_LIMIT {
@@ -227,7 +231,11 @@ impl PacketLog {
         if counts.len() < Self::OFF_COUNTS + 8 * Self::COUNTERS as usize {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
-                "queue log counter region is too small",
+                format!(
+                    "queue log counter region of {} bytes is too small: it needs {}",
+                    counts.len(),
+                    Self::OFF_COUNTS + 8 * Self::COUNTERS as usize
+                ),
             ));
         }
         Ok(Self { fd, counts })
@@ -392,7 +400,7 @@ pub enum PacketRecvError {
     #[error("descriptors sent with a message were lost (out of descriptors?); message discarded")]
     LostDescriptors,
     /// The socket failed.
-    #[error("socket error while receiving: {0}")]
+    #[error("socket error while receiving")]
     Io(#[source] io::Error),
 }
 
@@ -488,7 +496,10 @@ impl PacketSocket {
         if !sys::is_socket(&fd) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                "queue descriptor is not a socket",
+                format!(
+                    "queue descriptor {} is not a socket",
+                    std::os::fd::AsRawFd::as_raw_fd(&fd)
+                ),
             ));
         }
         Ok(Self {

@@ -52,10 +52,17 @@
 //! which blinds the contention cue above; and on a busy runtime the look comes too late to beat
 //! a wake-up anyway.
 //!
+//! **Spin-free mode.** A user who prefers never to burn a CPU on a wait turns spinning off for
+//! the whole process with [`set_spinning`]`(false)` or by starting it with `MULTIPROC_SPIN=0`
+//! ([`SPIN_ENV`]). It is checked here, in the driver loop every wait goes through, so no wait
+//! spins: each parks at once. Children started afterwards inherit the setting (the spawner
+//! passes them the variable). [`spins_begun`] counts the spins a process began, so a test or a
+//! metrics exporter can see that it holds.
+//!
 //! The policy is pure bookkeeping; the driver loop measures time and does the trying.
 
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// The longest a waiter spins before it parks.
@@ -82,6 +89,61 @@ pub const COOLDOWN_MAX: Duration = Duration::from_millis(800);
 /// Contention found within this time after a cooldown ended makes the next cooldown longer;
 /// after this long without contention, the next cooldown is the shortest again.
 pub const RECENT: Duration = Duration::from_secs(1);
+
+/// The environment variable that turns spinning off for a process and its children when it is
+/// `0` (any other value leaves spinning on).
+pub const SPIN_ENV: &str = "MULTIPROC_SPIN";
+
+/// The process's spin setting: not read yet, on, or off.
+static SPINNING: AtomicU8 = AtomicU8::new(UNREAD);
+const UNREAD: u8 = 0;
+const ON: u8 = 1;
+const OFF: u8 = 2;
+
+/// Spins begun in this process.
+static SPINS_BEGUN: AtomicU64 = AtomicU64::new(0);
+
+/// Turns spinning before parking on or off for every wait of this process (pipes, queues, locks,
+/// events, the pool), and for the children it starts from now on.
+///
+/// Off, a wait that finds nothing parks at once: it never keeps a CPU busy, at the price of a
+/// sleep and a wake-up for answers that would have come within microseconds. Overrides
+/// [`SPIN_ENV`].
+pub fn set_spinning(on: bool) {
+    SPINNING.store(if on { ON } else { OFF }, Ordering::Relaxed);
+}
+
+/// Whether waits spin before they park: as [`set_spinning`] last said, else as [`SPIN_ENV`] says
+/// (on unless it is `0`).
+pub fn spinning() -> bool {
+    match SPINNING.load(Ordering::Relaxed) {
+        ON => true,
+        OFF => false,
+        _ => {
+            let on = std::env::var_os(SPIN_ENV).is_none_or(|v| v != "0");
+            // A racing `set_spinning` wins over the environment.
+            let _ = SPINNING.compare_exchange(
+                UNREAD,
+                if on { ON } else { OFF },
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            SPINNING.load(Ordering::Relaxed) == ON
+        }
+    }
+}
+
+/// Whether this process's spin setting was chosen through [`set_spinning`] to be off (which its
+/// children then inherit through [`SPIN_ENV`]).
+pub(crate) fn turned_off_here() -> bool {
+    SPINNING.load(Ordering::Relaxed) == OFF && std::env::var_os(SPIN_ENV).is_none_or(|v| v != "0")
+}
+
+/// How many spins this process has begun (each wait spins at most once). Stays put while
+/// spinning is off.
+pub fn spins_begun() -> u64 {
+    SPINS_BEGUN.load(Ordering::Relaxed)
+}
 
 /// How a spin ended, as the policy learns from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -295,6 +357,9 @@ pub(crate) fn spin_in<T>(
     mut peer_apart: Option<&mut dyn FnMut() -> bool>,
     mut attempt: impl FnMut() -> Option<T>,
 ) -> Spun<T> {
+    if !spinning() {
+        return Spun::Park(None);
+    }
     let start = Instant::now();
     if deadline.is_some_and(|d| start >= d) {
         return Spun::Park(None);
@@ -317,6 +382,7 @@ pub(crate) fn spin_in<T>(
     let Some(budget) = policy.begin_wait(start, cpu) else {
         return Spun::Park(Some(start));
     };
+    SPINS_BEGUN.fetch_add(1, Ordering::Relaxed);
     let end = deadline.map_or(start + budget, |d| d.min(start + budget));
     let mut step_start = start;
     loop {

@@ -199,6 +199,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         self.region.atomic_u32(WAITERS_AT)
     }
 
+    /// How many waiters, in every process, are parked on this queue now (spinning ones are not
+    /// counted). A snapshot, for statistics.
+    pub fn waiting(&self) -> usize {
+        self.waiters().load(Ordering::Relaxed) as usize
+    }
+
     /// Wakes every waiter, if there is any. Call after changing the shared state.
     #[inline]
     pub fn wake(&self) {

@@ -24,7 +24,7 @@ pub(crate) const CHUNKSIZE_ZERO: &str = "chunksize must be at least 1";
 /// ```no_run
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_process::pool::Pool;
+/// use multiproc::Pool;
 ///
 /// fn setup(greeting: String) {
 ///     eprintln!("{greeting} from worker {}", std::process::id());
@@ -117,7 +117,7 @@ impl PoolBuilder {
         // Find out now, not in every worker, whether the arguments can be encoded.
         let checked = match encode(&mut Vec::new()) {
             Ok(_) => Ok(encode),
-            Err(e) => Err(PoolError::encode(format!("initializer arguments: {e}"))),
+            Err(e) => Err(PoolError::encode_initializer(e)),
         };
         self.initializer = Some(checked);
         self

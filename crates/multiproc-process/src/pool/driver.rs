@@ -16,6 +16,7 @@ use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 use super::error::PoolError;
 use super::result_ring::{Control, Cpu, JOBS_HELD, RingReader};
 use super::state::{Job, JobMeta, Shared};
+use super::stats::Counters;
 use super::worker::{WorkerArgs, worker_main};
 use super::worker_protocol::{FromWorker, Rejected, TaskFn};
 use crate::{Builder, JoinError, JoinHandle};
@@ -40,23 +41,30 @@ pub(crate) async fn run_slot(shared: Arc<Shared>, slot: usize) {
         }
         let next = match Conn::start(&shared, slot) {
             Ok(mut conn) => {
+                multiproc_core::trace_debug!(slot, pid = conn.pid, "pool worker started");
                 shared.set_pid(slot, Some(conn.pid));
                 let end = poll_fn(|cx| conn.poll(cx, &shared, slot)).await;
                 // Before the jobs it held fail: whoever sees the error must not see the pid.
                 shared.set_pid(slot, None);
                 conn.finish(end, &shared).await
             }
-            Err(e) => Next::StartFailed(format!("cannot start a worker process: {e}")),
+            Err(e) => Next::StartFailed(PoolError::spawn(e)),
         };
         match next {
-            Next::Replace => failed_starts = 0,
+            Next::Replace => {
+                multiproc_core::trace_info!(slot, "replacing a pool worker");
+                Counters::add(&shared.counters.replaced, 1);
+                failed_starts = 0
+            }
             Next::Stop => break,
             // Retry a few times (the system may be briefly out of processes or memory), then
             // fail the pool's work rather than retry forever.
-            Next::StartFailed(why) => {
+            Next::StartFailed(error) => {
                 failed_starts += 1;
+                multiproc_core::trace_warn!(slot, failed_starts, error = %error, "pool worker did not start");
                 if failed_starts >= START_ATTEMPTS {
-                    shared.break_pool(PoolError::spawn(why));
+                    multiproc_core::trace_error!(error = %error, "pool broken: its workers cannot start");
+                    shared.break_pool(error);
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(25 << failed_starts)).await;
@@ -73,7 +81,7 @@ enum Next {
     /// The pool needs no more workers in this slot.
     Stop,
     /// The worker could not be started or died before it was ready.
-    StartFailed(String),
+    StartFailed(PoolError),
 }
 
 /// No new worker is needed: the pool is terminated or broken, or closed with nothing left.
@@ -149,6 +157,8 @@ struct Held {
     ready: bool,
     /// Jobs answered so far.
     answered: u64,
+    /// The pool's counters (tasks running: those in `in_flight`).
+    counters: Arc<Counters>,
 }
 
 impl Conn {
@@ -187,6 +197,7 @@ impl Conn {
                 queued_ns: 0,
                 ready: false,
                 answered: 0,
+                counters: shared.counters.clone(),
             },
             sent: 0,
             // The `Init` frame.
@@ -262,7 +273,7 @@ impl Conn {
                 let fds = match job.fds.iter().map(|fd| fd.try_clone()).collect() {
                     Ok(fds) => fds,
                     Err(e) => {
-                        job.meta.fail(PoolError::encode(e.to_string()));
+                        job.meta.fail(PoolError::encode(e));
                         continue;
                     }
                 };
@@ -278,6 +289,7 @@ impl Conn {
                         let held = &mut self.held;
                         let estimate_ns = held.pace.estimate(&job.meta).unwrap_or(QUEUE_AHEAD_NS);
                         held.queued_ns += estimate_ns;
+                        Counters::add(&held.counters.running, job.meta.items);
                         held.in_flight.push_back(InFlight {
                             job,
                             estimate_ns,
@@ -289,7 +301,7 @@ impl Conn {
                     }
                     // Too large for the worker's socket: only this job fails.
                     Err(e @ multiproc_core::SendErrorKind::TooLarge { .. }) => {
-                        job.meta.fail(PoolError::encode(e.to_string()));
+                        job.meta.fail(PoolError::encode(e));
                     }
                     Err(_) => {
                         shared.requeue(vec![job]);
@@ -467,27 +479,38 @@ impl Conn {
             take_last_results(rx, &mut self.ring, &mut self.record, &mut self.held);
         }
         let end_requeues = matches!(end, End::Died | End::Garbled(_) | End::Abandoned);
+        // A worker that ran out of memory under its limit: the task it ran gets the limit.
+        let out_of_memory = exit.as_ref().err().and_then(JoinError::memory_limit);
         let (error, next) = match end {
             End::Terminate => (PoolError::terminated(), Next::Stop),
             End::Drained => (PoolError::closed(), Next::Stop),
             End::Broken(error) => (error, Next::Stop),
-            End::Garbled(why) => (PoolError::worker_died(self.pid, why, None), Next::Replace),
+            End::Garbled(why) => {
+                multiproc_core::trace_warn!(
+                    pid = self.pid,
+                    why,
+                    "pool worker garbled its answers; replacing it"
+                );
+                (PoolError::worker_died(self.pid, why, None), Next::Replace)
+            }
             End::Died if !self.held.ready => {
                 let why = format!(
                     "worker process {} died while starting: {}",
                     self.pid,
                     death_cause(&exit)
                 );
-                (PoolError::spawn(why.clone()), Next::StartFailed(why))
+                let error = PoolError::spawn(why);
+                (error.clone(), Next::StartFailed(error))
             }
-            End::Died | End::Retire | End::Abandoned => (
-                PoolError::worker_died(
-                    self.pid,
-                    death_cause(&exit),
-                    exit.as_ref().err().and_then(JoinError::memory_limit),
-                ),
+            End::Retire => (
+                PoolError::worker_died(self.pid, death_cause(&exit), out_of_memory),
                 Next::Replace,
             ),
+            End::Died | End::Abandoned => {
+                let error = PoolError::worker_died(self.pid, death_cause(&exit), out_of_memory);
+                multiproc_core::trace_warn!(pid = self.pid, error = %error, "pool worker died");
+                (error, Next::Replace)
+            }
         };
         // The worker runs jobs in order: those after the one it started last never ran, and
         // go to another worker. The others (the one it was running, and any whose results it
@@ -496,6 +519,8 @@ impl Conn {
         // wanted fails for it, not even one the worker had just started as the kill came (the
         // job it then moved on to, from another submission): they all go to another worker.
         let in_flight = std::mem::take(&mut self.held.in_flight);
+        let tasks = in_flight.iter().map(|sent| sent.job.meta.items).sum();
+        Counters::sub(&self.held.counters.running, tasks);
         let last_started = self.ctrl.last_started();
         let running = self.ctrl.running_item();
         let started =
@@ -603,6 +628,7 @@ impl Held {
         let mut finished = |id: u64| match self.in_flight.front() {
             Some(sent) if sent.job.meta.id == id => {
                 let sent = self.in_flight.pop_front().expect("front exists");
+                Counters::sub(&self.counters.running, sent.job.meta.items);
                 self.queued_ns -= sent.estimate_ns;
                 self.answered += 1;
                 Ok(sent.job.meta)
@@ -617,6 +643,7 @@ impl Held {
                 Ok(())
             }
             FromWorker::InitFailed { message, location } => {
+                multiproc_core::trace_error!(message, location, "pool initializer panicked");
                 Err(End::Broken(PoolError::initializer(message, location)))
             }
             FromWorker::Done { id, busy_ns } => {

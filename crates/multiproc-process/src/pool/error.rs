@@ -1,6 +1,10 @@
 //! Why a pool task has no result.
 
 use std::fmt;
+use std::sync::Arc;
+
+/// The error underneath a pool error, shared by its clones and reachable through `source()`.
+type Cause = Arc<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Why a task submitted to a [`Pool`](super::Pool) has no result.
 ///
@@ -36,8 +40,12 @@ enum Kind {
         message: String,
         location: Option<String>,
     },
-    Spawn(String),
-    Encode(String),
+    Spawn(Cause),
+    Encode {
+        cause: Cause,
+        /// The initializer's arguments, not a task's.
+        initializer: bool,
+    },
     BadArgs(String),
     BadResult(String),
     Closed,
@@ -68,11 +76,22 @@ impl PoolError {
     pub(crate) fn initializer(message: String, location: Option<String>) -> Self {
         Self::new(Kind::Initializer { message, location })
     }
-    pub(crate) fn spawn(cause: String) -> Self {
-        Self::new(Kind::Spawn(cause))
+    pub(crate) fn spawn(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::new(Kind::Spawn(Arc::from(cause.into())))
     }
-    pub(crate) fn encode(cause: String) -> Self {
-        Self::new(Kind::Encode(cause))
+    pub(crate) fn encode(cause: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::new(Kind::Encode {
+            cause: Arc::from(cause.into()),
+            initializer: false,
+        })
+    }
+    pub(crate) fn encode_initializer(
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::new(Kind::Encode {
+            cause: Arc::from(cause.into()),
+            initializer: true,
+        })
     }
     pub(crate) fn bad_args(cause: String) -> Self {
         Self::new(Kind::BadArgs(cause))
@@ -207,7 +226,7 @@ impl PoolError {
     /// True when the task's arguments could not be encoded (nothing was sent), or the worker
     /// could not decode them.
     pub fn is_bad_args(&self) -> bool {
-        matches!(self.0.kind, Kind::Encode(_) | Kind::BadArgs(_))
+        matches!(self.0.kind, Kind::Encode { .. } | Kind::BadArgs(_))
     }
 
     /// True when the task ran but its result could not be encoded or decoded.
@@ -285,8 +304,12 @@ impl fmt::Display for PoolError {
                 }
                 write!(f, ": {message}")
             }
-            Kind::Spawn(cause) => write!(f, "cannot start a pool worker: {cause}"),
-            Kind::Encode(cause) => write!(f, "cannot encode the {task}'s arguments: {cause}"),
+            // The cause is the `source()`, not part of this text.
+            Kind::Spawn(_) => f.write_str("cannot start a pool worker"),
+            Kind::Encode {
+                initializer: true, ..
+            } => f.write_str("cannot encode the initializer's arguments"),
+            Kind::Encode { .. } => write!(f, "cannot encode the {task}'s arguments"),
             Kind::BadArgs(cause) => {
                 write!(
                     f,
@@ -311,4 +334,11 @@ impl fmt::Debug for PoolError {
     }
 }
 
-impl std::error::Error for PoolError {}
+impl std::error::Error for PoolError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match &self.0.kind {
+            Kind::Spawn(cause) | Kind::Encode { cause, .. } => Some(&**cause),
+            _ => None,
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::Stream;
+use futures_core::Stream;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 

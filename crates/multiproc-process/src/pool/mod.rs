@@ -30,6 +30,7 @@ mod handle;
 mod map;
 mod result_ring;
 mod state;
+mod stats;
 mod submit;
 mod task;
 mod worker;
@@ -45,6 +46,7 @@ pub use error::PoolError;
 use handle::AbortOnDrop;
 pub use handle::TaskHandle;
 pub use map::{Imap, ImapUnordered, Map, MapFuture};
+pub use stats::PoolStats;
 pub use task::StarmapFn;
 
 use crate::function::ChildOutput;
@@ -61,7 +63,7 @@ use task::{Plain, Spread, chunk_fn};
 /// # #[tokio::main]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use futures::StreamExt;
-/// use multiproc_process::pool::Pool;
+/// use multiproc::Pool;
 ///
 /// let pool = Pool::new(4)?;
 /// let squares = pool.map(|x: u64| x * x, 0..10).await?;
@@ -266,13 +268,41 @@ impl Pool {
     /// Stops accepting work (later submissions fail with [`PoolError::is_closed`]); what was
     /// submitted still runs, then the workers exit.
     pub fn close(&self) {
+        multiproc_core::trace_info!("pool closed: finishing the submitted work");
         self.shared.close();
+    }
+
+    /// Counters a service can export: workers alive and replaced, tasks queued, running, done
+    /// and failed (see [`PoolStats`]). Cheap: a few atomic loads and a walk of the queue.
+    ///
+    /// # Examples
+    /// ```no_run
+    /// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let pool = multiproc::Pool::new(2)?;
+    /// assert_eq!(pool.map(|x: u32| x * 2, 0..10).await?.len(), 10);
+    /// let stats = pool.stats();
+    /// assert_eq!(stats.tasks_done, 10);
+    /// assert_eq!(stats.tasks_queued + stats.tasks_running, 0);
+    /// # Ok(()) }
+    /// ```
+    pub fn stats(&self) -> PoolStats {
+        let counters = &self.shared.counters;
+        PoolStats {
+            workers: self.shared.config.workers,
+            workers_alive: self.shared.pids().len(),
+            workers_replaced: stats::Counters::get(&counters.replaced),
+            tasks_queued: self.shared.tasks_queued(),
+            tasks_running: stats::Counters::get(&counters.running),
+            tasks_done: stats::Counters::get(&counters.done),
+            tasks_failed: stats::Counters::get(&counters.failed),
+        }
     }
 
     /// Kills every worker now. Tasks not finished fail with [`PoolError::is_terminated`];
     /// later submissions fail with [`PoolError::is_closed`]. Await [`join`](Self::join) to wait
     /// until the workers are gone.
     pub fn terminate(&self) {
+        multiproc_core::trace_info!("pool terminated: killing its workers");
         self.shared.terminate();
     }
 

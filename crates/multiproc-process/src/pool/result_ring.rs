@@ -344,7 +344,7 @@ impl RingReader {
             if used == 0 {
                 return Ok(None);
             }
-            if used > RING_LEN as u64 || used % 8 != 0 {
+            if used > RING_LEN as u64 || !used.is_multiple_of(8) {
                 return Err(RingError(format!(
                     "{used} bytes announced in a ring of {RING_LEN}"
                 )));

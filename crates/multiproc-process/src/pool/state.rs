@@ -7,10 +7,11 @@ use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::task::AtomicWaker;
+use atomic_waker::AtomicWaker;
 use tokio::sync::Notify;
 
 use super::error::PoolError;
+use super::stats::Counters;
 use super::worker_protocol::{TaskFn, ToWorker};
 
 /// A chunk of tasks, encoded and waiting for a worker.
@@ -127,6 +128,8 @@ pub(crate) struct Shared {
     /// Submissions cancelled so far: a driver that sees it change looks for cancelled jobs
     /// among those its worker holds.
     cancels: AtomicU64,
+    /// What `Pool::stats` reports (beside what the queue and the pids tell).
+    pub counters: Arc<Counters>,
     pub config: Config,
 }
 
@@ -145,6 +148,7 @@ impl Shared {
             live_drivers: AtomicUsize::new(config.workers),
             drivers_done: Notify::new(),
             cancels: AtomicU64::new(0),
+            counters: Arc::default(),
             config,
         }
     }
@@ -225,6 +229,15 @@ impl Shared {
             };
         }
         None
+    }
+
+    /// Tasks (not chunks) waiting for a worker.
+    pub(crate) fn tasks_queued(&self) -> u64 {
+        self.lock()
+            .jobs
+            .iter()
+            .map(|job| job.meta.items as u64)
+            .sum()
     }
 
     /// True when no job waits for a worker.

@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use super::error::PoolError;
 use super::state::{Job, JobMeta, ResultSink, Shared};
+use super::stats::Counters;
 use super::worker_protocol::{ChunkOutput, Failure, TaskFn, ToWorker};
 
 /// The results of one chunk: the values of the tasks that returned, in order, and the errors
@@ -68,6 +69,8 @@ struct ChunkSink<R> {
     indexed: bool,
     /// Nobody wants the results any more: the work not done yet is dropped.
     cancelled: AtomicBool,
+    /// The pool's, for the tasks done and failed.
+    counters: Arc<Counters>,
 }
 
 impl<R> ChunkSink<R> {
@@ -83,6 +86,7 @@ impl<R> ChunkSink<R> {
 impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     fn done(&self, job: &JobMeta, body: &[u8], fds: Vec<OwnedFd>) {
         if self.is_cancelled() {
+            Counters::add(&self.counters.failed, job.items);
             return;
         }
         let output = match message::decode::<ChunkOutput<R>>(body, fds) {
@@ -99,6 +103,8 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             let why = "the worker's results do not match the chunk's tasks".to_string();
             return self.failed(job, PoolError::bad_result(why), None);
         }
+        Counters::add(&self.counters.done, output.values.len());
+        Counters::add(&self.counters.failed, output.failures.len());
         let errors = output
             .failures
             .into_iter()
@@ -119,6 +125,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
     }
 
     fn failed(&self, job: &JobMeta, error: PoolError, running: Option<usize>) {
+        Counters::add(&self.counters.failed, job.items);
         if self.is_cancelled() {
             return;
         }
@@ -184,9 +191,11 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
     pub(crate) fn new(shared: Arc<Shared>, indexed: bool) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let cancelled = AtomicBool::new(false);
+        let counters = shared.counters.clone();
         Self {
             shared,
             sink: Arc::new(ChunkSink {
+                counters,
                 tx,
                 indexed,
                 cancelled,
@@ -228,7 +237,7 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
         match encoded {
             Ok(fds) => Some(Job { frame, fds, meta }),
             Err(e) => {
-                meta.fail(PoolError::encode(e.to_string()));
+                meta.fail(PoolError::encode(e));
                 None
             }
         }

@@ -68,7 +68,7 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
                 let off = std::env::var_os(FORK_SERVER_ENV).is_some_and(|v| v == "0");
                 *state = match off {
                     true => State::Off,
-                    false => Server::start().map_or(State::Off, State::Running),
+                    false => Server::start().map_or_else(off_after, State::Running),
                 };
                 return Ok(None);
             }
@@ -76,6 +76,7 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
         match server.request(control, arg0, env) {
             Answer::Started(pid) => Ok(Some(pid)),
             Answer::Declined(Errno::NOSYS) => {
+                crate::trace_info!("the fork server cannot fork here; re-executing every child");
                 *state = State::Off;
                 Ok(None)
             }
@@ -83,12 +84,19 @@ pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Resu
             Answer::Unanswered => {
                 // Kill and reap it, learn whether it forked this child, and start the next
                 // server while this child (if it was not forked) is re-executed.
+                crate::trace_warn!("the fork server stopped answering; restarting it");
                 let forked = server.abandon();
-                *state = Server::start().map_or(State::Off, State::Running);
+                *state = Server::start().map_or_else(off_after, State::Running);
                 forked
             }
         }
     })
+}
+
+/// The state after the server could not start: off, children re-executed.
+fn off_after(_e: io::Error) -> State {
+    crate::trace_warn!(error = %_e, "cannot start the fork server; re-executing every child");
+    State::Off
 }
 
 /// The running server: our end of its socket, its pidfd to reap it, and the word its `clone`

@@ -61,7 +61,7 @@ impl Forker {
             )
         };
         let tid = rustix::thread::gettid().as_raw_nonzero().get();
-        if rc != 0 || address == 0 || address % std::mem::align_of::<i32>() != 0 {
+        if rc != 0 || address == 0 || !address.is_multiple_of(std::mem::align_of::<i32>()) {
             return Err(Errno::NOSYS);
         }
         // SAFETY: the kernel recorded this address from glibc's `set_tid_address(&self->tid)`:

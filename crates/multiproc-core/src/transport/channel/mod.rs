@@ -51,7 +51,10 @@ pub fn split(fd: SharedFd) -> io::Result<(RawSender, RawReceiver)> {
     if !sys::is_socket(&fd) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
-            "channel descriptor is not a socket",
+            format!(
+                "channel descriptor {} is not a socket",
+                std::os::fd::AsRawFd::as_raw_fd(&fd)
+            ),
         ));
     }
     let socket = Arc::new(Socket::new(fd));

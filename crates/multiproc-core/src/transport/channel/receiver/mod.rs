@@ -119,6 +119,7 @@ impl RawReceiver {
     }
 
     fn fatal(&mut self, e: RecvError) -> RecvError {
+        crate::trace_warn!(error = %e, "channel closed: the peer is lost or the stream is damaged");
         self.dead = true;
         self.buf = Vec::new();
         self.start = 0;
@@ -193,6 +194,7 @@ impl RawReceiver {
         }
         let received = self.end - self.start;
         if received == 0 && self.skip.is_none() {
+            crate::trace_debug!("channel peer closed: end-of-stream");
             self.dead = true;
             return Ok(None);
         }
