@@ -139,13 +139,27 @@ async fn python_uses_descriptors_passed_at_fixed_numbers() {
 async fn descriptor_numbers_are_checked() {
     let (_ours, theirs) = UnixStream::pair().unwrap();
     let err = Command::new("true").fd_at(2, &theirs).spawn().unwrap_err();
-    assert!(err.to_string().contains("3 or more"), "{err}");
+    let why = chain(&err);
+    assert!(why.contains("3 or more"), "{why}");
     let err = Command::new("true")
         .fd_at(5, &theirs)
         .fd_at(5, &theirs)
         .spawn()
         .unwrap_err();
-    assert!(err.to_string().contains("once"), "{err}");
+    let why = chain(&err);
+    assert!(why.contains("once"), "{why}");
     let mut ok = Command::new("true").fd_at(7, &theirs).spawn().unwrap();
     assert!(within("true", ok.wait()).await.unwrap().success());
+}
+
+/// An error and its causes, as one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        out.push_str(": ");
+        out.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    out
 }
