@@ -14,6 +14,9 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
+pub(crate) mod abstract_socket;
+pub(crate) mod fifo;
+pub(crate) mod file_lock;
 pub mod identity;
 
 /// Most descriptors Linux accepts in one `sendmsg` (`SCM_MAX_FD`).
