@@ -46,7 +46,8 @@ cargo test --workspace
 # benchmark binary with it on.
 cargo check -p multiproc -p multiproc-bench --features multiproc/nats,multiproc-bench/nats
 cargo test --release --test process_spawn --test process_pool --test process_fork_server \
-    --test process_exit --test process_bootstrap
+    --test process_exit --test process_bootstrap --test process_family --test process_identity \
+    --test process_tree --test process_stdio --test process_limits
 # Servers before 2.11 have no per-message TTL and announce expiries differently: when Debian's
 # older server is here too, run the distributed tests against it as well.
 for other in /usr/sbin/nats-server /usr/bin/nats-server; do

@@ -5,9 +5,10 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use multiproc_core::proc::bootstrap::EntryPoint;
+use multiproc_core::proc::limits::ResourceLimits;
 use multiproc_core::proc::reaper;
 use multiproc_core::proc::spawner::{self, SpawnOptions};
 use multiproc_core::transport::channel::{self, RawSender};
@@ -16,10 +17,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::child::child_main;
+use crate::children::Child;
 use crate::error::SpawnError;
 use crate::function::ChildOutput;
+use crate::identity;
 use crate::join::JoinHandle;
 use crate::spawn_protocol::Setup;
+use crate::stdio::Pipes;
 
 /// Options for a child process: name, environment, stdio, lifetime. Finish with
 /// [`spawn`](Self::spawn).
@@ -48,6 +52,7 @@ pub struct Builder {
     stderr: Option<Stdio>,
     kill_on_drop: bool,
     daemon: bool,
+    limits: ResourceLimits,
 }
 
 impl Default for Builder {
@@ -70,11 +75,14 @@ impl Builder {
             stderr: None,
             kill_on_drop: false,
             daemon: true,
+            limits: ResourceLimits::default(),
         }
     }
 
-    /// Names the child: shown by `ps` (as `argv[0]`), in errors and by
-    /// [`JoinHandle::name`].
+    /// Names the child: shown by `ps` (as `argv[0]`, and the first 15 bytes as its command
+    /// name in `/proc/<pid>/comm`), by [`current_process`](crate::current_process) in the
+    /// child and by [`JoinHandle::name`]. Without one, the child is named as in Python:
+    /// `Process-N` (`Process-N:M` for a child's child).
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
         self
@@ -105,21 +113,57 @@ impl Builder {
         self
     }
 
-    /// The child's standard input (default: inherited).
+    /// The child's standard input (default: inherited). With `Stdio::piped()`, take the
+    /// parent's end with [`JoinHandle::stdin`] (a tokio `AsyncWrite`).
     pub fn stdin(mut self, stdio: impl Into<Stdio>) -> Self {
         self.stdin = Some(stdio.into());
         self
     }
 
-    /// The child's standard output (default: inherited).
+    /// The child's standard output (default: inherited). With `Stdio::piped()`, take the
+    /// parent's end with [`JoinHandle::stdout`] (a tokio `AsyncRead`).
     pub fn stdout(mut self, stdio: impl Into<Stdio>) -> Self {
         self.stdout = Some(stdio.into());
         self
     }
 
-    /// The child's standard error (default: inherited).
+    /// The child's standard error (default: inherited). With `Stdio::piped()`, take the
+    /// parent's end with [`JoinHandle::stderr`] (a tokio `AsyncRead`).
     pub fn stderr(mut self, stdio: impl Into<Stdio>) -> Self {
         self.stderr = Some(stdio.into());
+        self
+    }
+
+    /// Limits the child's memory to `bytes` of address space (`RLIMIT_AS`, set by the child on
+    /// itself before its function runs). An allocation past it fails and the child aborts;
+    /// the join then reports [`JoinError::is_out_of_memory`](crate::JoinError::is_out_of_memory)
+    /// with the limit. Address space counts more than resident memory (thread stacks,
+    /// reservations), so leave room: tens of megabytes above what the function needs.
+    ///
+    /// This is an rlimit everywhere today; see the guide on cgroups.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// Limits the child's CPU time (`RLIMIT_CPU`, whole seconds, rounded up): past it the
+    /// kernel sends `SIGXCPU`, which ends the child ([`JoinError::signal`](crate::JoinError::signal)
+    /// is 24).
+    pub fn cpu_time_limit(mut self, limit: Duration) -> Self {
+        self.limits.set_cpu_time(limit);
+        self
+    }
+
+    /// Limits the number of descriptors the child may have open (`RLIMIT_NOFILE`): opening
+    /// one more fails with `EMFILE`.
+    pub fn open_files_limit(mut self, files: u64) -> Self {
+        self.limits.open_files = Some(files);
+        self
+    }
+
+    /// All of a pool worker's limits at once.
+    pub(crate) fn limits(mut self, limits: ResourceLimits) -> Self {
+        self.limits = limits;
         self
     }
 
@@ -163,22 +207,27 @@ impl Builder {
         // reactor): refuse to start a child outside of one, as documented.
         let _ = tokio::runtime::Handle::current();
         let entry = EntryPoint::new(f, child_main::<A, R, M, F>);
+        let (identity, default_name) = identity::next_child();
+        let name = self.name.unwrap_or(default_name);
         #[cfg(feature = "tracing")]
         let (span, trace_parent) =
-            crate::trace::spawn_span(self.name.as_deref(), std::any::type_name::<F>());
+            crate::trace::spawn_span(Some(&name), std::any::type_name::<F>());
         #[cfg(not(feature = "tracing"))]
         let trace_parent = None;
         // Encoded before the child exists: arguments that do not encode start no process.
         let setup = Setup {
             parent_pid: std::process::id(),
             die_with_parent: self.daemon,
+            name: name.clone(),
+            identity,
+            limits: self.limits,
             trace_parent,
         };
         let setup = message::encode(&setup).map_err(|e| SpawnError::io(io::Error::other(e)))?;
         let args = message::encode(&args).map_err(SpawnError::encode)?;
 
         let options = SpawnOptions {
-            arg0: self.name.clone().map(Into::into),
+            arg0: Some(name.clone().into()),
             env_clear: self.env_clear,
             env: self.env,
             current_dir: self.current_dir,
@@ -186,14 +235,17 @@ impl Builder {
             stdout: self.stdout,
             stderr: self.stderr,
         };
-        let (pidfd, control) = spawner::spawn(entry, options).map_err(|e| {
+        let spawned = spawner::spawn(entry, options).map_err(|e| {
             multiproc_core::trace_warn!(error = %e, "cannot start a child process");
             SpawnError::io(e)
         })?;
+        let pidfd = spawned.pidfd;
         #[cfg(feature = "tracing")]
         span.record("pid", pidfd.pid());
-        let (mut tx, rx) = match channel::split(SharedFd::new(control)) {
-            Ok(halves) => halves,
+        let halves = channel::split(SharedFd::new(spawned.control))
+            .and_then(|halves| Ok((halves, Pipes::new(spawned.pipes)?)));
+        let ((mut tx, rx), pipes) = match halves {
+            Ok(parts) => parts,
             Err(e) => {
                 // Nobody could talk to the child: end it (the reaper reaps it).
                 let _ = pidfd.send_signal(9);
@@ -201,7 +253,8 @@ impl Builder {
                 return Err(SpawnError::io(e));
             }
         };
-        let handle = JoinHandle::start(pidfd, self.name, self.kill_on_drop, rx);
+        let child = Child::register(pidfd, name, self.limits.memory);
+        let handle = JoinHandle::start(child, self.kill_on_drop, rx, pipes);
         #[cfg(feature = "tracing")]
         let handle = handle.traced(span);
         // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.

@@ -2,12 +2,13 @@
 
 use std::os::fd::OwnedFd;
 
-use multiproc_core::proc::pidfd;
+use multiproc_core::proc::{pidfd, title, tree};
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;
 
 use crate::function::ChildOutput;
+use crate::identity;
 use crate::panic::{self, PanicReport};
 use crate::spawn_protocol::{Report, Setup};
 
@@ -36,6 +37,26 @@ where
     crate::trace::set_remote_parent(setup.trace_parent);
     if setup.die_with_parent && pidfd::die_with_parent(setup.parent_pid).is_err() {
         std::process::exit(CONTROL_LOST_EXIT);
+    }
+    // Cosmetic and best effort: `ps` and `/proc/<pid>/comm` show the name.
+    let _ = title::set_process_name(&setup.name);
+    // Orphans of our descendants stay in our tree, where a kill of the tree finds them.
+    let _ = tree::become_subreaper();
+    identity::set_child(
+        setup.name,
+        setup.identity,
+        setup.die_with_parent,
+        setup.parent_pid,
+    );
+    if let Err(e) = setup.limits.apply() {
+        let message = format!("cannot apply the child's resource limits: {e}");
+        fail::<R::Output>(
+            &mut tx,
+            Report::Panicked {
+                message,
+                location: None,
+            },
+        );
     }
     let args: A = match recv(&mut rx) {
         Ok(args) => args,

@@ -55,6 +55,8 @@ enum JoinErrorKind {
         location: Option<String>,
     },
     Exited(ExitStatus),
+    /// Ended by a failed allocation under its memory limit (in bytes).
+    OutOfMemory(ExitStatus, u64),
     BadArgs(String),
     BadResult(String),
     Timeout,
@@ -78,6 +80,12 @@ impl JoinError {
     pub(crate) fn exited(pid: u32, status: ExitStatus) -> Self {
         Self {
             kind: JoinErrorKind::Exited(status),
+            pid: Some(pid),
+        }
+    }
+    pub(crate) fn out_of_memory(pid: u32, status: ExitStatus, limit: u64) -> Self {
+        Self {
+            kind: JoinErrorKind::OutOfMemory(status, limit),
             pid: Some(pid),
         }
     }
@@ -145,24 +153,33 @@ impl JoinError {
 
     /// The signal that killed the child, if one did.
     pub fn signal(&self) -> Option<i32> {
-        match &self.kind {
-            JoinErrorKind::Exited(status) => status.signal(),
-            _ => None,
-        }
+        self.exit_status().and_then(|s| s.signal())
     }
 
     /// The exit code, when the child exited (e.g. `std::process::exit(3)`) without returning.
     pub fn exit_code(&self) -> Option<i32> {
-        match &self.kind {
-            JoinErrorKind::Exited(status) => status.code(),
-            _ => None,
-        }
+        self.exit_status().and_then(|s| s.code())
     }
 
     /// How the child ended, when it ended without returning a result.
     pub fn exit_status(&self) -> Option<ExitStatus> {
         match &self.kind {
-            JoinErrorKind::Exited(status) => Some(*status),
+            JoinErrorKind::Exited(status) | JoinErrorKind::OutOfMemory(status, _) => Some(*status),
+            _ => None,
+        }
+    }
+
+    /// True when the child ran out of memory under the limit it was started with
+    /// ([`Builder::memory_limit`](crate::Builder::memory_limit)): an allocation failed and the
+    /// process aborted. [`memory_limit`](Self::memory_limit) gives the limit.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self.kind, JoinErrorKind::OutOfMemory(..))
+    }
+
+    /// The memory limit in bytes, for [`is_out_of_memory`](Self::is_out_of_memory) errors.
+    pub fn memory_limit(&self) -> Option<u64> {
+        match &self.kind {
+            JoinErrorKind::OutOfMemory(_, limit) => Some(*limit),
             _ => None,
         }
     }
@@ -223,6 +240,10 @@ impl fmt::Display for JoinError {
                     "child process{pid} ended with {status} before returning a result"
                 ),
             },
+            JoinErrorKind::OutOfMemory(status, limit) => write!(
+                f,
+                "child process{pid} ran out of memory (limit {limit} bytes) and ended with {status}"
+            ),
             JoinErrorKind::BadArgs(why) => {
                 write!(
                     f,

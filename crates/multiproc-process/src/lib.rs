@@ -6,26 +6,44 @@
 //! `main` recognises it and jumps to the function, so there is no setup to write, in binaries,
 //! examples and test binaries alike, and `main` never runs twice.
 //!
+//! Children as a family: [`ProcessSet`] (keyed children joined as they finish, stopped
+//! together), [`JoinHandle::exited`] (a sentinel), [`active_children`], [`current_process`] and
+//! [`parent_process`], graceful stop ([`stop_requested`], [`JoinHandle::shutdown`]), whole-tree
+//! kills, resource limits ([`Builder::memory_limit`]...), piped stdio, and external programs
+//! with descriptors passed at fixed numbers ([`Command`]).
+//!
 //! Linux only.
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 mod builder;
 mod child;
+mod children;
+mod command;
 pub mod error;
 mod function;
+mod identity;
 mod join;
 mod panic;
 pub mod pool;
+mod set;
 mod spawn_protocol;
 mod status;
+mod stdio;
+mod stop;
 mod trace;
 
 pub use builder::Builder;
+pub use children::{ChildInfo, active_children};
+pub use command::{Command, CommandChild, FD_ENV_PREFIX};
 pub use error::{JoinError, SpawnError};
 pub use function::{ChildOutput, Returns, ReturnsFuture};
+pub use identity::{ParentProcess, ProcessInfo, current_process, parent_process};
 pub use join::JoinHandle;
+pub use set::ProcessSet;
 pub use status::{ExitStatus, signal_name};
+pub use stdio::{ChildStderr, ChildStdin, ChildStdout};
+pub use stop::{is_stop_requested, stop_requested};
 #[cfg(feature = "tracing")]
 pub use trace::child_span;
 pub use trace::{RemoteSpan, remote_parent};

@@ -42,6 +42,9 @@
 //! | `p.exitcode`, `p.pid`, `p.is_alive()`    | [`JoinHandle::exit_status`], [`JoinHandle::pid`], [`JoinHandle::is_alive`] |
 //! | `p.terminate()`, `p.kill()`              | [`JoinHandle::terminate`], [`JoinHandle::kill`]        |
 //! | `p.daemon = True`                        | [`Builder::daemon`] (the default: children die with their parent) |
+//! | `p.sentinel`, `connection.wait`          | [`JoinHandle::exited`] in `select!`                     |
+//! | `current_process()`, `parent_process()`, `active_children()` | [`process::current_process`], [`process::parent_process`], [`process::active_children`]; sets of children: [`process::ProcessSet`] |
+//! | `subprocess.Popen(..., pass_fds=...)`, pipes | [`process::Command`] (`pass_fd`), `Stdio::piped()` with [`JoinHandle::stdout`]... |
 //! | `Pipe()`, `Pipe(duplex=False)`           | [`pipe::duplex`], [`pipe::simplex`]                    |
 //! | `conn.send`, `recv`, `poll(t)`           | `send().await`, `recv().await`, `ready_timeout(t)` (takes nothing), `recv_timeout(t)` |
 //! | `connection.Listener(addr, authkey=k)`, `Client(addr, authkey=k)` | [`connection::Listener::bind`]`(addr, Auth::key(k))`, [`connection::connect`]; [`connection::python`] for Python peers |
@@ -72,7 +75,8 @@
 //! - [`shm`]: [`SharedValue`], [`SharedArray`], [`SharedMemory`];
 //! - [`pipe`]: [`pipe::duplex`], [`pipe::simplex`] and their ends;
 //! - [`queue`]: [`Queue`], [`JoinableQueue`] and their builder, sink and stream;
-//! - [`process`]: [`spawn`], [`Builder`], [`JoinHandle`], [`ExitStatus`];
+//! - [`process`]: [`spawn`], [`Builder`], [`JoinHandle`], [`ExitStatus`], `ProcessSet`,
+//!   `current_process`, `Command`...;
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
 //! - [`named`]: handles published under a name and looked up by unrelated programs;
 //! - [`fifo`]: typed named FIFOs;
@@ -195,15 +199,21 @@ pub mod queue {
 }
 
 /// Child processes: [`spawn`], the [`Builder`] for options, the [`JoinHandle`] to await, and
-/// what a child may be.
+/// what a child may be; families of them ([`ProcessSet`](process::ProcessSet),
+/// [`active_children`](process::active_children)), identity
+/// ([`current_process`](process::current_process), [`parent_process`](process::parent_process)),
+/// graceful stop ([`stop_requested`](process::stop_requested)), piped stdio and external
+/// programs with passed descriptors ([`Command`](process::Command)).
 pub mod process {
     #[cfg(feature = "tracing")]
     #[doc(inline)]
     pub use multiproc_process::child_span;
     #[doc(inline)]
     pub use multiproc_process::{
-        Builder, ChildOutput, ExitStatus, JoinHandle, RemoteSpan, Returns, ReturnsFuture,
-        remote_parent, signal_name, spawn,
+        Builder, ChildInfo, ChildOutput, ChildStderr, ChildStdin, ChildStdout, Command,
+        CommandChild, ExitStatus, FD_ENV_PREFIX, JoinHandle, ParentProcess, ProcessInfo,
+        ProcessSet, RemoteSpan, Returns, ReturnsFuture, active_children, current_process,
+        is_stop_requested, parent_process, remote_parent, signal_name, spawn, stop_requested,
     };
 }
 

@@ -66,22 +66,36 @@ fn nul_error(what: &str) -> io::Error {
     )
 }
 
+/// The parent's ends of a child's standard streams that were set to `Stdio::piped()`.
+#[derive(Debug, Default)]
+pub struct StdioPipes {
+    /// The write end of the child's standard input.
+    pub stdin: Option<OwnedFd>,
+    /// The read end of the child's standard output.
+    pub stdout: Option<OwnedFd>,
+    /// The read end of the child's standard error.
+    pub stderr: Option<OwnedFd>,
+}
+
+impl StdioPipes {
+    /// Takes the pipe ends of a spawned `std::process::Child`.
+    pub(crate) fn take(child: &mut std::process::Child) -> Self {
+        Self {
+            stdin: child.stdin.take().map(OwnedFd::from),
+            stdout: child.stdout.take().map(OwnedFd::from),
+            stderr: child.stderr.take().map(OwnedFd::from),
+        }
+    }
+}
+
 /// The slow path: `std::process::Command` of this executable with the control socket and
 /// `options` (it uses `fork`, since the socket needs a `pre_exec` hook).
-pub(crate) fn command_spawn_child(child_end: &OwnedFd, options: SpawnOptions) -> io::Result<u32> {
+pub(crate) fn command_spawn_child(
+    child_end: &OwnedFd,
+    options: SpawnOptions,
+) -> io::Result<(u32, StdioPipes)> {
     let mut command = Command::new(PROGRAM.to_str().expect("an ASCII path"));
-    if let Some(arg0) = &options.arg0 {
-        command.arg0(arg0);
-    }
-    if options.env_clear {
-        command.env_clear();
-    }
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => command.env(key, v),
-            None => command.env_remove(key),
-        };
-    }
+    configure(&mut command, options);
     // Last, so that the child finds it whatever the options did to the environment.
     let raw = child_end.as_raw_fd();
     command.env(BOOTSTRAP_ENV, raw.to_string());
@@ -96,6 +110,26 @@ pub(crate) fn command_spawn_child(child_end: &OwnedFd, options: SpawnOptions) ->
             Ok(())
         });
     }
+    // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
+    let mut child = command.spawn()?;
+    Ok((child.id(), StdioPipes::take(&mut child)))
+}
+
+/// Applies `options` to `command`: `argv[0]`, the environment, the working directory and the
+/// standard streams.
+pub(crate) fn configure(command: &mut Command, options: SpawnOptions) {
+    if let Some(arg0) = &options.arg0 {
+        command.arg0(arg0);
+    }
+    if options.env_clear {
+        command.env_clear();
+    }
+    for (key, value) in &options.env {
+        match value {
+            Some(v) => command.env(key, v),
+            None => command.env_remove(key),
+        };
+    }
     if let Some(dir) = options.current_dir {
         command.current_dir(dir);
     }
@@ -108,8 +142,6 @@ pub(crate) fn command_spawn_child(child_end: &OwnedFd, options: SpawnOptions) ->
     if let Some(s) = options.stderr {
         command.stderr(s);
     }
-    // `std::process::Child` neither kills nor reaps on drop; the caller reaps by pidfd.
-    Ok(command.spawn()?.id())
 }
 
 /// `argv[0]` for a child: its name, or the program path.

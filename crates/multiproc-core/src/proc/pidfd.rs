@@ -29,7 +29,7 @@ impl PidFd {
     ///
     /// # Errors
     /// `ESRCH` when no such process exists (or it was already reaped).
-    pub(crate) fn open(pid: u32) -> io::Result<Self> {
+    pub fn open(pid: u32) -> io::Result<Self> {
         let raw = Pid::from_raw(pid as i32)
             .ok_or_else(|| io::Error::from(io::ErrorKind::InvalidInput))?;
         let fd = rustix::process::pidfd_open(raw, PidfdFlags::empty())?;
@@ -131,6 +131,44 @@ impl PidFd {
             }
             ready.clear_ready();
         }
+    }
+}
+
+impl PidFd {
+    /// Waits without blocking a thread until the process has exited, without reaping it: a
+    /// sentinel. Any number of waits may run at once, each on its own duplicate of the pidfd.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when the descriptor cannot be duplicated or registered.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only watches.
+    pub async fn exited(&self) -> io::Result<()> {
+        if self.has_exited() {
+            return Ok(());
+        }
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(io::Error::other("async wait outside of a tokio runtime"));
+        }
+        // A duplicate of our own: epoll refuses a second registration of one descriptor, and
+        // a join may be watching `self.fd` already.
+        let own = rustix::io::fcntl_dupfd_cloexec(&self.fd, 3)?;
+        // SAFETY: `own` is a descriptor of ours that stays open until the end of this
+        // function, after the `AsyncFd` borrowing it is dropped.
+        let watch = unsafe { AsyncFd::register_with_interest(own.as_fd(), Interest::READABLE) }
+            .map_err(|e| e.into_parts().1)?;
+        // A pidfd stays readable once its process exited: nothing to clear.
+        let _ready = watch.readable().await?;
+        Ok(())
+    }
+
+    /// Blocks the calling thread until the process has exited or `deadline` passed (`None`:
+    /// no deadline); true once it has exited. It does not reap the process.
+    ///
+    /// # Errors
+    /// When `poll(2)` fails.
+    pub fn blocking_exited(&self, deadline: Option<Instant>) -> io::Result<bool> {
+        sys::wait_ready(self.fd.as_fd(), Direction::Read, deadline)
     }
 }
 

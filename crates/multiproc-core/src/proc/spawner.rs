@@ -35,7 +35,8 @@ use crate::proc::exec;
 use crate::proc::forkserver;
 use crate::proc::pidfd::PidFd;
 
-pub use crate::proc::exec::SpawnOptions;
+pub use crate::proc::exec::{SpawnOptions, StdioPipes};
+pub use crate::proc::external::{ProgramOptions, spawn_program};
 pub use crate::proc::forkserver::FORK_SERVER_ENV;
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -130,7 +131,7 @@ fn serve(jobs: Receiver<Job>) {
 /// to the child (a NUL byte in `arg0` or the environment), or the process cannot be started;
 /// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
 /// (see [`bootstrap`]).
-pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<(PidFd, OwnedFd)> {
+pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<Spawned> {
     // Spinning turned off through the API reaches the child as the variable (first, so that
     // the caller's own setting of it wins).
     if crate::wait::spin::turned_off_here() {
@@ -141,27 +142,58 @@ pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<(PidFd,
         parent_end,
         child_end,
     } = bootstrap::control_socket(entry)?;
-    let pidfd = run(move || start_child(child_end, options))??;
-    Ok((pidfd, parent_end))
+    let (pidfd, pipes) = run(move || start_child(child_end, options))??;
+    Ok(Spawned {
+        pidfd,
+        control: parent_end,
+        pipes,
+    })
+}
+
+/// A child that [`spawn`] started.
+#[derive(Debug)]
+pub struct Spawned {
+    /// The child's pidfd; the caller reaps it.
+    pub pidfd: PidFd,
+    /// The parent's end of the control socket.
+    pub control: OwnedFd,
+    /// The parent's ends of the standard streams set to `Stdio::piped()`.
+    pub pipes: StdioPipes,
+}
+
+/// Runs `f` on the spawner thread (see [`run`]): for the external-program path, whose
+/// children may ask to die with this process too.
+pub(crate) fn on_spawner_thread<T, F>(f: F) -> io::Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    run(f)
 }
 
 /// On the spawner thread: starts the child whose control socket's child end is `child_end`,
 /// closes that end here, and opens a pidfd for the child.
-fn start_child(child_end: OwnedFd, options: SpawnOptions) -> io::Result<PidFd> {
-    let pid = if options.posix_spawnable() {
+fn start_child(child_end: OwnedFd, options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
+    let (pid, pipes) = if options.posix_spawnable() {
         let arg0 = exec::arg0(&options)?;
         let env = exec::environment(&options)?;
-        match forkserver::spawn(&child_end, &arg0, &env)? {
+        let pid = match forkserver::spawn(&child_end, &arg0, &env)? {
             Some(pid) => pid,
             None => exec::posix_spawn_child(&child_end, &arg0, env)?,
-        }
+        };
+        (pid, StdioPipes::default())
     } else {
         exec::command_spawn_child(&child_end, options)?
     };
     drop(child_end);
-    // Not reaped yet (only we reap it), so the pidfd names exactly this child.
+    Ok((open_pidfd(pid)?, pipes))
+}
+
+/// Opens the pidfd of a child just started here. Not reaped yet (only its parent reaps it),
+/// so the pidfd names exactly this child; without one nobody could reap it, so a failure
+/// kills and reaps it here.
+pub(crate) fn open_pidfd(pid: u32) -> io::Result<PidFd> {
     PidFd::open(pid).inspect_err(|_| {
-        // Without a pidfd nobody could reap it: end it here.
         if let Some(pid) = Pid::from_raw(pid as i32) {
             let _ = rustix::process::kill_process(pid, Signal::KILL);
             let _ = rustix::process::waitpid(Some(pid), WaitOptions::empty());

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use multiproc_core::message;
+use multiproc_core::proc::limits::{self, ResourceLimits};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -44,6 +45,8 @@ pub struct PoolBuilder {
     chunksize: Option<usize>,
     initializer: Option<Result<Initializer, PoolError>>,
     name: String,
+    limits: ResourceLimits,
+    recycle_above: Option<u64>,
 }
 
 impl Default for PoolBuilder {
@@ -60,6 +63,8 @@ impl std::fmt::Debug for PoolBuilder {
             .field("chunksize", &self.chunksize)
             .field("initializer", &self.initializer.is_some())
             .field("name", &self.name)
+            .field("limits", &self.limits)
+            .field("recycle_above", &self.recycle_above)
             .finish()
     }
 }
@@ -74,10 +79,13 @@ impl PoolBuilder {
             chunksize: None,
             initializer: None,
             name: "multiproc-pool-worker".to_string(),
+            limits: ResourceLimits::default(),
+            recycle_above: None,
         }
     }
 
-    /// The number of worker processes (default: the number of CPUs available). Zero makes
+    /// The number of worker processes (default: the number of CPUs available, capped by the
+    /// CPU quota of this process's cgroup). Zero makes
     /// [`build`](Self::build) fail.
     pub fn workers(mut self, workers: usize) -> Self {
         self.workers = Some(workers);
@@ -139,6 +147,39 @@ impl PoolBuilder {
         self
     }
 
+    /// Limits each worker's memory to `bytes` of address space, as
+    /// [`Builder::memory_limit`](crate::Builder::memory_limit). A task that allocates past it
+    /// kills its worker; its error (and that of the tasks of its chunk) says so:
+    /// [`PoolError::is_out_of_memory`], with the limit. The pool starts a new worker and goes on.
+    pub fn worker_memory_limit(mut self, bytes: u64) -> Self {
+        self.limits.memory = Some(bytes);
+        self
+    }
+
+    /// Limits each worker's CPU time, as [`Builder::cpu_time_limit`](crate::Builder::cpu_time_limit)
+    /// (the worker's total, over all its tasks: combine with
+    /// [`max_tasks_per_worker`](Self::max_tasks_per_worker)).
+    pub fn worker_cpu_time_limit(mut self, limit: std::time::Duration) -> Self {
+        self.limits.set_cpu_time(limit);
+        self
+    }
+
+    /// Limits each worker's open descriptors, as
+    /// [`Builder::open_files_limit`](crate::Builder::open_files_limit).
+    pub fn worker_open_files_limit(mut self, files: u64) -> Self {
+        self.limits.open_files = Some(files);
+        self
+    }
+
+    /// Retires a worker, between tasks, once its resident memory (`/proc/<pid>/statm`) is
+    /// above `bytes`: it takes no new job, finishes those it holds, exits, and a fresh worker
+    /// takes its place. For tasks that leak or fragment memory (Celery's
+    /// `worker_max_memory_per_child`).
+    pub fn recycle_above_memory(mut self, bytes: u64) -> Self {
+        self.recycle_above = Some(bytes);
+        self
+    }
+
     /// Starts the pool: its workers start in the background and take tasks as soon as they are
     /// ready.
     ///
@@ -163,9 +204,7 @@ impl PoolBuilder {
             return Err(PoolError::invalid_option(why));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| PoolError::no_runtime())?;
-        let workers = self
-            .workers
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let workers = self.workers.unwrap_or_else(default_workers);
         let initializer = self.initializer.transpose()?;
         let shared = Arc::new(Shared::new(Config {
             workers,
@@ -173,10 +212,21 @@ impl PoolBuilder {
             chunksize: self.chunksize,
             initializer,
             name: self.name,
+            limits: self.limits,
+            recycle_above: self.recycle_above,
         }));
         for slot in 0..workers {
             runtime.spawn(run_slot(shared.clone(), slot));
         }
         Ok(Pool { shared })
     }
+}
+
+/// The default number of workers: the CPUs this process may use (its affinity mask), capped by
+/// the CPU quota of its cgroup (`cpu.max`, or v1's `cpu.cfs_quota_us`), at least one.
+pub(crate) fn default_workers() -> usize {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    limits::cpu_quota()
+        .map_or(cpus, |quota| cpus.min(quota))
+        .max(1)
 }

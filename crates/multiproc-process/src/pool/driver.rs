@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use multiproc_core::message;
+use multiproc_core::proc::limits;
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::wait::spin::{self, SPIN_BUDGET, SpinPolicy, Spun};
 
@@ -132,6 +133,8 @@ struct Conn {
     /// The pool's count of cancelled submissions when the driver last looked for cancelled
     /// jobs among those the worker holds.
     cancels_seen: u64,
+    /// The worker's memory passed the recycling threshold: it takes no more jobs and retires.
+    over_memory: bool,
 }
 
 /// A wait for a result, past its spin.
@@ -168,6 +171,7 @@ impl Conn {
         let handle = Builder::new()
             .name(format!("{}-{slot}", shared.config.name))
             .kill_on_drop(true)
+            .limits(shared.config.limits)
             .spawn(
                 WorkerArgs {
                     socket: theirs,
@@ -202,6 +206,7 @@ impl Conn {
             spin: SpinPolicy::new(),
             wait: None,
             cancels_seen: 0,
+            over_memory: false,
         })
     }
 
@@ -214,7 +219,8 @@ impl Conn {
             .max_tasks_per_worker
             .is_none_or(|max| self.sent < max);
         let held = &self.held;
-        if !held.ready || !under_quota || held.in_flight.len() >= MAX_IN_FLIGHT {
+        if !held.ready || !under_quota || self.over_memory || held.in_flight.len() >= MAX_IN_FLIGHT
+        {
             return false;
         }
         held.in_flight.is_empty()
@@ -222,10 +228,22 @@ impl Conn {
     }
 
     fn retiring(&self, shared: &Shared) -> bool {
-        shared
-            .config
-            .max_tasks_per_worker
-            .is_some_and(|max| self.sent >= max)
+        self.over_memory
+            || shared
+                .config
+                .max_tasks_per_worker
+                .is_some_and(|max| self.sent >= max)
+    }
+
+    /// After answers came: whether the worker's resident memory passed the pool's recycling
+    /// threshold. If so it takes no more jobs, and retires once it answered those it holds.
+    fn check_memory(&mut self, shared: &Shared) {
+        if let Some(threshold) = shared.config.recycle_above
+            && !self.over_memory
+            && limits::resident_bytes(self.pid).is_ok_and(|rss| rss > threshold)
+        {
+            self.over_memory = true;
+        }
     }
 
     fn poll(&mut self, cx: &mut Context<'_>, shared: &Shared, slot: usize) -> Poll<End> {
@@ -238,6 +256,9 @@ impl Conn {
             let answered = self.held.answered;
             if let Err(end) = self.take_results(cx) {
                 return Poll::Ready(end);
+            }
+            if self.held.answered != answered {
+                self.check_memory(shared);
             }
             if self.held.answered != answered
                 && let Some(wait) = self.wait.take()
@@ -458,6 +479,8 @@ impl Conn {
             take_last_results(rx, &mut self.ring, &mut self.record, &mut self.held);
         }
         let end_requeues = matches!(end, End::Died | End::Garbled(_) | End::Abandoned);
+        // A worker that ran out of memory under its limit: the task it ran gets the limit.
+        let out_of_memory = exit.as_ref().err().and_then(JoinError::memory_limit);
         let (error, next) = match end {
             End::Terminate => (PoolError::terminated(), Next::Stop),
             End::Drained => (PoolError::closed(), Next::Stop),
@@ -468,7 +491,7 @@ impl Conn {
                     why,
                     "pool worker garbled its answers; replacing it"
                 );
-                (PoolError::worker_died(self.pid, why), Next::Replace)
+                (PoolError::worker_died(self.pid, why, None), Next::Replace)
             }
             End::Died if !self.held.ready => {
                 let why = format!(
@@ -480,11 +503,11 @@ impl Conn {
                 (error.clone(), Next::StartFailed(error))
             }
             End::Retire => (
-                PoolError::worker_died(self.pid, death_cause(&exit)),
+                PoolError::worker_died(self.pid, death_cause(&exit), out_of_memory),
                 Next::Replace,
             ),
             End::Died | End::Abandoned => {
-                let error = PoolError::worker_died(self.pid, death_cause(&exit));
+                let error = PoolError::worker_died(self.pid, death_cause(&exit), out_of_memory);
                 multiproc_core::trace_warn!(pid = self.pid, error = %error, "pool worker died");
                 (error, Next::Replace)
             }
@@ -677,6 +700,10 @@ impl Pace {
 fn death_cause(exit: &Result<(), JoinError>) -> String {
     match exit {
         Ok(()) => "it exited normally".to_string(),
+        Err(e) if e.is_out_of_memory() => format!(
+            "it ran out of memory (limit {} bytes)",
+            e.memory_limit().unwrap_or(0)
+        ),
         Err(e) => match (e.signal(), e.exit_code()) {
             (Some(sig), _) => format!("killed by signal {sig} ({})", crate::signal_name(sig)),
             (None, Some(code)) => format!("it exited with code {code}"),

@@ -33,6 +33,8 @@ enum Kind {
         /// For a task lost with its chunk: the item whose task was running when the worker
         /// died (the culprit, or the victim of an outside kill).
         running: Option<usize>,
+        /// The worker ran out of memory under this limit (bytes).
+        out_of_memory: Option<u64>,
     },
     Initializer {
         message: String,
@@ -63,9 +65,10 @@ impl PoolError {
     pub(crate) fn panicked(message: String, location: Option<String>) -> Self {
         Self::new(Kind::Panicked { message, location })
     }
-    pub(crate) fn worker_died(pid: u32, cause: String) -> Self {
+    pub(crate) fn worker_died(pid: u32, cause: String, out_of_memory: Option<u64>) -> Self {
         Self::new(Kind::WorkerDied {
             pid,
+            out_of_memory,
             cause,
             running: None,
         })
@@ -179,6 +182,29 @@ impl PoolError {
         matches!(self.0.kind, Kind::WorkerDied { .. })
     }
 
+    /// True when the worker died because it ran out of memory under its limit
+    /// ([`PoolBuilder::worker_memory_limit`](super::PoolBuilder::worker_memory_limit)), while
+    /// running this task (or, with [`item`](Self::item) different from the running one, the
+    /// task of its chunk that was running). [`memory_limit`](Self::memory_limit) gives it.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(
+            self.0.kind,
+            Kind::WorkerDied {
+                out_of_memory: Some(_),
+                ..
+            }
+        )
+    }
+
+    /// The worker's memory limit in bytes, for [`is_out_of_memory`](Self::is_out_of_memory)
+    /// errors.
+    pub fn memory_limit(&self) -> Option<u64> {
+        match self.0.kind {
+            Kind::WorkerDied { out_of_memory, .. } => out_of_memory,
+            _ => None,
+        }
+    }
+
     /// The pid of the worker that died, for [`is_worker_died`](Self::is_worker_died) errors.
     pub fn worker_pid(&self) -> Option<u32> {
         match self.0.kind {
@@ -256,6 +282,7 @@ impl fmt::Display for PoolError {
                 pid,
                 cause,
                 running: None,
+                ..
             } => write!(
                 f,
                 "worker process {pid} died while running the {task}: {cause}"
@@ -264,6 +291,7 @@ impl fmt::Display for PoolError {
                 pid,
                 cause,
                 running: Some(running),
+                ..
             } => write!(
                 f,
                 "worker process {pid} died while running the task for item {running}, and \

@@ -1,6 +1,7 @@
 //! State shared by a pool's handle, its submissions and its worker drivers: the queue of jobs
 //! not yet given to a worker, and the pool's phase.
 
+use multiproc_core::proc::limits::ResourceLimits;
 use std::collections::VecDeque;
 use std::os::fd::OwnedFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -90,6 +91,10 @@ pub(crate) struct Config {
     pub chunksize: Option<usize>,
     pub initializer: Option<Initializer>,
     pub name: String,
+    /// Every worker's resource limits.
+    pub limits: ResourceLimits,
+    /// Retire a worker, between tasks, once its resident memory passed this many bytes.
+    pub recycle_above: Option<u64>,
 }
 
 /// Encodes the initializer's frame (`ToWorker::Init` and its argument), afresh for each worker
