@@ -219,8 +219,7 @@ mod tests {
 
     #[test]
     fn a_lock_path_that_is_not_a_file_is_refused() {
-        let dir =
-            std::env::temp_dir().join(format!("mp-pathlock-dir-{}.lock", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("mp-pathlock-dir-{}.lock", std::process::id()));
         let _ = std::fs::create_dir(&dir);
         // Opening a directory for writing fails with EISDIR before our check; either way, no.
         assert!(PathLock::try_acquire(&dir).is_err());
