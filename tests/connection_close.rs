@@ -46,9 +46,11 @@ async fn a_tcp_peer_that_drops_or_closes_its_end_is_end_of_stream() {
     }
 }
 
-/// In a child: connects and sends one message, then waits for the listener to hang up.
+/// In a child: connects, waits for the listener's go, sends one message, then waits for the
+/// listener to hang up.
 async fn send_one(address: Address) {
     let mut end = connect::<u32, u32>(address, Auth::none()).await.unwrap();
+    assert_eq!(end.recv().await.unwrap(), Some(0));
     end.send(5).await.unwrap();
     let _ = end.recv().await;
 }
@@ -83,6 +85,8 @@ async fn a_poll_zero_loop_sees_a_message_on_a_current_thread_runtime() {
             .unwrap();
         let child = spawn(listener.local_address().clone(), send_one);
         let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+        // The message arrives only after the loop began: no earlier await saw it come.
+        end.send(0).await.unwrap();
         poll_zero_sees(&mut end).await;
         drop(end);
         within("child", child).await.unwrap();
