@@ -22,7 +22,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use multiproc_connection::{Address, Auth, python};
+//! use multiproc::connection::{Address, Auth, python};
 //!
 //! let mut listener = python::Listener::bind(Address::tcp("127.0.0.1:0"), Auth::key(b"k")).await?;
 //! let address = listener.local_address().clone();

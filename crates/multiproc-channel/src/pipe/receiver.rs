@@ -112,7 +112,7 @@ impl<T> Receiver<T> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     ///
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<u32>()?;
     /// assert!(!rx.ready_timeout(Duration::from_millis(10)).await?); // Python: poll(0.01)
     /// tx.send(5).await?;
     /// rx.ready().await?;
