@@ -45,6 +45,9 @@ pub struct JoinHandle<R> {
     /// The exit status, once a join reaped the child or [`exit_status`](Self::exit_status) saw it.
     status: Arc<Mutex<Option<ExitStatus>>>,
     state: State<R>,
+    /// The child's `multiproc.child` span, for the exit event of a handle dropped unjoined.
+    #[cfg(feature = "tracing")]
+    span: Option<tracing::Span>,
 }
 
 impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
@@ -92,6 +95,8 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
             kill_on_drop,
             status,
             state: State::Running(Box::pin(future)),
+            #[cfg(feature = "tracing")]
+            span: None,
         }
     }
 }
@@ -101,6 +106,7 @@ impl<R: Send + 'static> JoinHandle<R> {
     #[cfg(feature = "tracing")]
     pub(crate) fn traced(mut self, span: tracing::Span) -> Self {
         use tracing::Instrument;
+        self.span = Some(span.clone());
         if let State::Running(join) = std::mem::replace(&mut self.state, State::Done) {
             let join = async move {
                 let result = join.await;
@@ -122,6 +128,8 @@ impl<R> JoinHandle<R> {
             kill_on_drop: false,
             status: Arc::new(Mutex::new(None)),
             state: State::NotStarted(e),
+            #[cfg(feature = "tracing")]
+            span: None,
         }
     }
 
@@ -258,6 +266,12 @@ impl<R> Drop for JoinHandle<R> {
         };
         if self.kill_on_drop {
             let _ = pidfd.send_signal(9);
+        }
+        // Nobody will await the join that records the exit: the reaper records it instead.
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span.take() {
+            let on_reaped = crate::trace::exit_unjoined(span, self.kill_on_drop);
+            return reaper::reap_orphan_then(pidfd, Some(on_reaped));
         }
         reaper::reap_orphan(pidfd);
     }
