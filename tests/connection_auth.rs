@@ -85,7 +85,10 @@ async fn an_empty_key_is_a_key() {
     assert!(err.is_auth(), "{err}");
     assert_eq!(within("child", child).await.unwrap(), (false, true));
     let child = spawn((Address::path(&path), Vec::new()), client_with_key);
-    within("accept empty key", listener.accept()).await.unwrap();
+    // Keep the accepted end until the child is done: dropping it at once could close the
+    // connection before the child's `send`, which would then fail with `Closed`.
+    let (mut end, _) = within("accept empty key", listener.accept()).await.unwrap();
+    assert_eq!(within("recv", end.recv()).await.unwrap(), Some(1));
     assert_eq!(within("child", child).await.unwrap(), (true, false));
 }
 

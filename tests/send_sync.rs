@@ -75,6 +75,68 @@ async fn pool_handles_and_futures_are_send() {
     pool.terminate();
 }
 
+// ---- Named resources ----
+
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn named_resources_and_their_futures_are_send() {
+    use multiproc::error::{
+        AttachError, CreateNamedError, FifoOpenError, FifoRecvError, FifoSendError, FileLockError,
+        LookupError, PublishError, TryFileLockError, UnlinkError,
+    };
+    use multiproc::fifo::{FifoReceiver, FifoSender};
+    use multiproc::named::Publication;
+    use multiproc::sync::{FileLock, FileLockGuard};
+    send::<FileLock>();
+    sync::<FileLock>();
+    send::<FileLockGuard>();
+    sync::<FileLockGuard>();
+    send::<Publication>();
+    sync::<Publication>();
+    send::<multiproc::SharedMemory>();
+    sync::<multiproc::SharedMemory>();
+    send::<FifoSender<String>>();
+    sync::<FifoSender<String>>();
+    send::<FifoReceiver<String>>();
+    sync::<FifoReceiver<String>>();
+    send::<(
+        FileLockError,
+        TryFileLockError,
+        PublishError,
+        LookupError,
+        CreateNamedError,
+    )>();
+    sync::<(
+        FileLockError,
+        TryFileLockError,
+        PublishError,
+        LookupError,
+        CreateNamedError,
+    )>();
+    send::<(
+        AttachError,
+        UnlinkError,
+        FifoOpenError,
+        FifoSendError,
+        FifoRecvError,
+    )>();
+    sync::<(
+        AttachError,
+        UnlinkError,
+        FifoOpenError,
+        FifoSendError,
+        FifoRecvError,
+    )>();
+    let path = std::env::temp_dir().join(format!("multiproc-send-sync-{}", std::process::id()));
+    let lock = FileLock::open(&path).unwrap();
+    send_val(&lock.lock());
+    send_val(&lock.lock_shared());
+    send_val(&lock.lock_timeout(std::time::Duration::ZERO));
+    send_val(&multiproc::named::lookup::<u32>("x"));
+    send_val(&FifoSender::<u32>::open(&path));
+    std::fs::remove_file(&path).unwrap();
+}
+
 // Named endpoints.
 #[allow(clippy::let_underscore_future)]
 #[tokio::test]

@@ -18,6 +18,8 @@ Same workloads and payloads as `multiproc-bench`, with the `fork` start method a
   pool_map_small     items_per_s       Pool(2).map(square, range(500_000)), default chunksize
   pool_map_small_chunk1  items_per_s   the same over 20,000 items with chunksize=1
   pool_apply_roundtrip   us_per_task   Pool(2).apply(square, (i,)), one after another
+  file_lock_uncontended  ns_per_op     fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN), one process
+  file_lock_contended_2p ops_per_s     two processes, each its own open file: flock around v.value += 1
   conn_roundtrip_unix    reqs_per_s    connection.Listener/Client with an authkey, AF_UNIX:
                                        64-byte bytes (pickled) to the client and back
   conn_roundtrip_tcp     reqs_per_s    the same over TCP loopback
@@ -32,11 +34,13 @@ Prints one JSON line per workload: {"workload", "impl": "python-mp", "value", "u
 with the median over --trials. `multiproc-bench` runs it with `python3 -c` one trial at a time.
 """
 import argparse
+import fcntl
 import json
 import multiprocessing
 import os
 import statistics
 import sys
+import tempfile
 import time
 
 CTX = multiprocessing.get_context("fork")
@@ -54,6 +58,8 @@ APIS = {
     "pool_map_small": "Pool(2).map(square, range(n))",
     "pool_map_small_chunk1": "Pool(2).map(square, range(n), chunksize=1)",
     "pool_apply_roundtrip": "Pool(2).apply(square, (i,)), sequentially",
+    "file_lock_uncontended": "fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN)",
+    "file_lock_contended_2p": "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1",
     # Named endpoints (issue 13).
     "conn_roundtrip_unix": "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)",
     "conn_roundtrip_tcp": "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)",
@@ -79,6 +85,8 @@ WORKLOADS = {
     "pool_map_small": ("items_per_s", 500_000, 500_000),
     "pool_map_small_chunk1": ("items_per_s", 20_000, 5_000),
     "pool_apply_roundtrip": ("us_per_task", 2_000, 500),
+    "file_lock_uncontended": ("ns_per_op", 200_000, 50_000),
+    "file_lock_contended_2p": ("ops_per_s", 100_000, 20_000),
     # Named endpoints (issue 13).
     "conn_roundtrip_unix": ("reqs_per_s", 20_000, 5_000),
     "conn_roundtrip_tcp": ("reqs_per_s", 20_000, 5_000),
@@ -379,6 +387,57 @@ def pool_bench(name, n):
         return n / secs
 
 
+def _lock_file():
+    return os.path.join(tempfile.gettempdir(), f"multiproc-bench-py-{os.getpid()}.lock")
+
+
+def file_lock_uncontended(n):
+    path = _lock_file()
+    try:
+        with open(path, "a") as f:
+            for _ in range(n):
+                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            t0 = time.perf_counter()
+            for _ in range(n):
+                fcntl.flock(f, fcntl.LOCK_EX)
+                fcntl.flock(f, fcntl.LOCK_UN)
+            return (time.perf_counter() - t0) * 1e9 / n
+    finally:
+        os.unlink(path)
+
+
+def _file_lock_worker(path, value, barrier, reports, ops):
+    try:
+        with open(path, "a") as f:  # each process its own open file, as separate programs
+            barrier.wait(PATIENCE)
+            for _ in range(ops):
+                fcntl.flock(f, fcntl.LOCK_EX)
+                value.value += 1
+                fcntl.flock(f, fcntl.LOCK_UN)
+        reports.put(ops)
+    except Exception as e:  # report, or the parent waits for nothing
+        reports.put(f"file lock worker: {e!r}")
+
+
+def file_lock_contended(n):
+    per = n // 2
+    path = _lock_file()
+    value = CTX.Value("q", 0, lock=False)
+    barrier = CTX.Barrier(3)
+    reports = CTX.Queue()
+    children = [CTX.Process(target=_file_lock_worker, args=(path, value, barrier, reports, per))
+                for _ in range(2)]
+    try:
+        secs, _ = _timed_gang(barrier, reports, children)
+    finally:
+        if os.path.exists(path):
+            os.unlink(path)
+    if value.value != 2 * per:
+        raise RuntimeError(f"file_lock_contended_2p: counter {value.value}, expected {2 * per}")
+    return 2 * per / secs
+
+
 # Named endpoints (issue 13): multiprocessing.connection with an authkey.
 CONN_KEY = b"bench key"
 
@@ -470,6 +529,10 @@ def trial(name, n):
         return queue_bench(n, 1, 1)
     if name == "queue_2p2c_64B":
         return queue_bench(n, 2, 2)
+    if name == "file_lock_uncontended":
+        return file_lock_uncontended(n)
+    if name == "file_lock_contended_2p":
+        return file_lock_contended(n)
     raise ValueError(name)
 
 

@@ -22,6 +22,7 @@
 //! Results and their reading: `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
+mod file_lock_bench;
 // Named endpoints (issue 13).
 mod conn_bench;
 mod multiproc_impl;
@@ -68,6 +69,11 @@ pub(crate) enum Workload {
     PoolMapSmallChunk1,
     /// Sequential `apply` of `x * x` on a `Pool(2)`.
     PoolApplyRoundtrip,
+    // Issue 13, named resources: file locks.
+    /// Lock and unlock a free `flock` file lock, in one process.
+    FileLockUncontended,
+    /// Two processes incrementing one shared counter under one `flock` file lock.
+    FileLockContended2p,
     // Named endpoints (issue 13).
     /// Request/response round trips of 64 bytes over one keyed connection, Unix socket.
     ConnRoundtripUnix,
@@ -80,7 +86,7 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 17] = [
+    const ALL: [Workload; 19] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -94,6 +100,8 @@ impl Workload {
         Workload::PoolMapSmall,
         Workload::PoolMapSmallChunk1,
         Workload::PoolApplyRoundtrip,
+        Workload::FileLockUncontended,
+        Workload::FileLockContended2p,
         // Named endpoints.
         Workload::ConnRoundtripUnix,
         Workload::ConnRoundtripTcp,
@@ -117,6 +125,8 @@ impl Workload {
             Workload::PoolMapSmall => "pool_map_small",
             Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
+            Workload::FileLockUncontended => "file_lock_uncontended",
+            Workload::FileLockContended2p => "file_lock_contended_2p",
             // Named endpoints.
             Workload::ConnRoundtripUnix => "conn_roundtrip_unix",
             Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
@@ -138,6 +148,8 @@ impl Workload {
             Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
+            Workload::FileLockUncontended => "ns_per_op",
+            Workload::FileLockContended2p => "ops_per_s",
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
@@ -156,6 +168,7 @@ impl Workload {
                 | Workload::Queue2p2c
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
+                | Workload::FileLockContended2p
                 // Named endpoints.
                 | Workload::ConnRoundtripUnix
                 | Workload::ConnRoundtripTcp
@@ -193,6 +206,10 @@ impl Workload {
             (Workload::PoolMapSmallChunk1, true) => 5_000,
             (Workload::PoolApplyRoundtrip, false) => 2_000,
             (Workload::PoolApplyRoundtrip, true) => 500,
+            (Workload::FileLockUncontended, false) => 200_000,
+            (Workload::FileLockUncontended, true) => 50_000,
+            (Workload::FileLockContended2p, false) => 100_000,
+            (Workload::FileLockContended2p, true) => 20_000,
             // Named endpoints.
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, false) => 20_000,
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
@@ -234,6 +251,10 @@ impl Workload {
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
+            // Issue 13: against Python's fcntl.flock; the syscall floor is its blocking twin.
+            Workload::FileLockUncontended | Workload::FileLockContended2p => {
+                &[Impl::Multiproc, Impl::MultiprocBlocking, Impl::PythonMp]
+            }
             // Named endpoints: multiproc against Python's multiprocessing.connection.
             Workload::ConnRoundtripUnix
             | Workload::ConnRoundtripTcp
@@ -349,7 +370,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
-                 conn_accept_unix, conn_accept_tcp
+                 conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
+                 file_lock_contended_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes
@@ -517,6 +539,10 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
             Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
+            Workload::FileLockUncontended => "fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN)",
+            Workload::FileLockContended2p => {
+                "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1"
+            }
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => {
                 "connection.Listener/Client(authkey) Connection.send/recv of bytes (pickled)"
@@ -577,6 +603,9 @@ fn run_trial(
             | Workload::EventPingpong,
         ) => sync_bench::run(rt, w, imp, n),
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
+            file_lock_bench::run(rt, w, imp, n)
+        }
         (
             Impl::Multiproc,
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 | Workload::PoolApplyRoundtrip,

@@ -154,7 +154,7 @@ fn raw_lock_uncontended(n: u64) -> io::Result<f64> {
 
 /// Waits at `barrier` with the children (clock starts), collects one report per child from
 /// `reports` (clock stops), then joins the children. Returns the seconds and the reports.
-async fn timed_gang<R>(
+pub(crate) async fn timed_gang<R>(
     barrier: &Barrier,
     reports: &Queue<Result<R, String>>,
     children: Vec<JoinHandle<()>>,

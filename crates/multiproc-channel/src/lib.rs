@@ -1,4 +1,4 @@
-//! Typed channels between processes for multiproc: [`pipe`]s now, queues beside them.
+//! Typed channels between processes for multiproc: [`pipe`]s, queues, and named [`fifo`]s.
 //!
 //! Messages are serde values encoded with postcard; handles inside them (pipe ends, locks,
 //! shared memory) travel as file descriptors and arrive usable. Linux only.
@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod error;
+pub mod fifo;
 pub mod pipe;
 mod queue;
 

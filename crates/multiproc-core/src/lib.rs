@@ -8,6 +8,8 @@
 //! - [`wait`]: eventfd wake-ups, the wait queue, the spin policy, deadlines;
 //! - [`transport`]: the stream channel and the seqpacket lane over Unix sockets;
 //! - [`proc`]: bootstrap, spawning, the fork server, pidfds, reaping, identity;
+//! - [`named`]: values published under a name (abstract sockets) and looked up by name;
+//! - [`fs`]: file locks and FIFOs;
 //! - a private `sys`: raw sockets, `SCM_RIGHTS`, `poll`.
 //!
 //! Most users want the `multiproc` crate; this one is for building new handle types.
@@ -28,7 +30,11 @@ pub mod error;
 #[cfg(target_os = "linux")]
 mod fd;
 #[cfg(target_os = "linux")]
+pub mod fs;
+#[cfg(target_os = "linux")]
 pub mod message;
+#[cfg(target_os = "linux")]
+pub mod named;
 #[cfg(target_os = "linux")]
 pub mod proc;
 #[cfg(target_os = "linux")]

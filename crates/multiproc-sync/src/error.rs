@@ -192,3 +192,172 @@ impl From<io::Error> for CreateError {
         Self(e)
     }
 }
+
+/// Error of [`FileLock::open`](crate::FileLock::open) and
+/// [`FileLock::open_flock`](crate::FileLock::open_flock): the file could not be opened or
+/// created.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open the lock file")]
+pub struct OpenFileLockError(#[source] pub(crate) io::Error);
+
+impl OpenFileLockError {
+    /// The underlying I/O error.
+    pub fn io_error(&self) -> &io::Error {
+        &self.0
+    }
+}
+
+/// Error of [`FileLock::lock`](crate::FileLock::lock),
+/// [`FileLock::lock_shared`](crate::FileLock::lock_shared) and their blocking twins.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileLockError {
+    /// This process already holds a lock on an overlapping range of the file (through this or
+    /// another `FileLock`).
+    #[error("this process already holds a lock on this part of the file")]
+    HeldByThisProcess,
+    /// The kernel refused the lock, or the process could not wait.
+    #[error("cannot lock the file")]
+    Io(#[source] io::Error),
+}
+
+impl FileLockError {
+    /// Whether this process already holds an overlapping lock.
+    pub fn is_held_by_this_process(&self) -> bool {
+        matches!(self, Self::HeldByThisProcess)
+    }
+}
+
+/// Error of [`FileLock::try_lock`](crate::FileLock::try_lock) and
+/// [`FileLock::try_lock_shared`](crate::FileLock::try_lock_shared).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TryFileLockError {
+    /// Another process holds a conflicting lock.
+    #[error("the file is locked by another process")]
+    WouldBlock,
+    /// As [`FileLockError::HeldByThisProcess`].
+    #[error("this process already holds a lock on this part of the file")]
+    HeldByThisProcess,
+    /// The kernel refused the lock.
+    #[error("cannot lock the file")]
+    Io(#[source] io::Error),
+}
+
+impl TryFileLockError {
+    /// Whether another process holds a conflicting lock.
+    pub fn is_would_block(&self) -> bool {
+        matches!(self, Self::WouldBlock)
+    }
+
+    /// Whether this process already holds an overlapping lock.
+    pub fn is_held_by_this_process(&self) -> bool {
+        matches!(self, Self::HeldByThisProcess)
+    }
+}
+
+/// Error of [`FileLock::lock_timeout`](crate::FileLock::lock_timeout) and
+/// [`FileLock::lock_shared_timeout`](crate::FileLock::lock_shared_timeout).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FileLockTimeoutError {
+    /// Another process still held a conflicting lock when the timeout elapsed.
+    #[error("timed out waiting for the file lock")]
+    Timeout,
+    /// As [`FileLockError::HeldByThisProcess`].
+    #[error("this process already holds a lock on this part of the file")]
+    HeldByThisProcess,
+    /// As [`FileLockError::Io`].
+    #[error("cannot lock the file")]
+    Io(#[source] io::Error),
+}
+
+impl FileLockTimeoutError {
+    /// Whether the timeout elapsed.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Timeout)
+    }
+
+    /// Whether this process already holds an overlapping lock.
+    pub fn is_held_by_this_process(&self) -> bool {
+        matches!(self, Self::HeldByThisProcess)
+    }
+}
+
+/// What went wrong with a name (shared by the named shared memory errors).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum NamedErrorKind {
+    AlreadyExists,
+    NotFound,
+    Invalid,
+    Other,
+}
+
+macro_rules! named_error {
+    ($(#[$doc:meta])* $name:ident, $msg:literal, $($pred:ident => $kind:ident, $pdoc:literal;)*) => {
+        $(#[$doc])*
+        #[derive(Debug, thiserror::Error)]
+        #[error($msg, name = self.name)]
+        pub struct $name {
+            name: String,
+            kind: NamedErrorKind,
+            #[source]
+            source: Box<dyn std::error::Error + Send + Sync>,
+        }
+
+        impl $name {
+            pub(crate) fn new(
+                name: &str,
+                kind: NamedErrorKind,
+                source: Box<dyn std::error::Error + Send + Sync>,
+            ) -> Self {
+                Self { name: name.to_owned(), kind, source }
+            }
+
+            pub(crate) fn from_io(name: &str, e: io::Error) -> Self {
+                Self::new(name, crate::named_memory::kind_of(&e), e.into())
+            }
+
+            /// The name the operation was given.
+            pub fn name(&self) -> &str {
+                &self.name
+            }
+
+            /// Whether the name or a size was invalid (empty, too long, a NUL or a `/` in the
+            /// name; a zero size).
+            pub fn is_invalid(&self) -> bool {
+                self.kind == NamedErrorKind::Invalid
+            }
+
+            $(
+                #[doc = $pdoc]
+                pub fn $pred(&self) -> bool {
+                    self.kind == NamedErrorKind::$kind
+                }
+            )*
+        }
+    };
+}
+
+named_error!(
+    /// Error of [`SharedMemory::create`](crate::SharedMemory::create) and
+    /// [`SharedMemory::create_posix`](crate::SharedMemory::create_posix).
+    CreateNamedError,
+    "cannot create shared memory named `{name}`",
+    is_already_exists => AlreadyExists, "Whether the name exists already (Python's `FileExistsError`).";
+);
+
+named_error!(
+    /// Error of [`SharedMemory::attach`](crate::SharedMemory::attach) and
+    /// [`SharedMemory::attach_posix`](crate::SharedMemory::attach_posix).
+    AttachError,
+    "cannot attach shared memory named `{name}`",
+    is_not_found => NotFound, "Whether nothing exists under the name (Python's `FileNotFoundError`).";
+);
+
+named_error!(
+    /// Error of [`SharedMemory::unlink`](crate::SharedMemory::unlink).
+    UnlinkError,
+    "cannot unlink shared memory named `{name}`",
+    is_not_found => NotFound, "Whether the name was already gone (Python's `FileNotFoundError`).";
+);

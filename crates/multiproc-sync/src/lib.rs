@@ -15,6 +15,7 @@
 //! | `Event()` | [`Event`] |
 //! | `Condition(lock)` | [`Condition`] |
 //! | `Barrier(n)` | [`Barrier`] |
+//! | `fcntl.flock(f, LOCK_EX)` / `fcntl.lockf` | [`FileLock`] (by path, no handle to send) |
 //! | `Value(t)` / `Array(t, n)` / `shared_memory.SharedMemory` | [`SharedValue`] / [`SharedArray`] / [`SharedMemory`] |
 //!
 //! The state lives in a shared page changed with atomics, so an uncontended operation makes no
@@ -33,7 +34,9 @@ mod condition;
 pub mod error;
 mod event;
 mod fast_then_slow;
+mod file_lock;
 mod lock;
+mod named_memory;
 mod owner;
 mod rlock;
 mod semaphore;
@@ -43,6 +46,7 @@ mod table;
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
+pub use file_lock::{FileLock, FileLockGuard};
 pub use lock::{Lock, LockGuard, OwnedLockGuard};
 pub use multiproc_core::shm::Pod;
 pub use rlock::{RLock, RLockGuard};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::mem::{align_of, size_of};
 use std::ops::{Deref, DerefMut};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use multiproc_core::shm::{Pod, SharedRegion};
@@ -472,14 +473,27 @@ impl<T: Pod + fmt::Debug> fmt::Debug for SharedArrayGuard<'_, T> {
     }
 }
 
-/// A raw block of shared memory (a sealed memfd): Python's `shared_memory.SharedMemory`,
-/// without a name: it travels as a handle instead.
+/// A raw block of shared memory: Python's `shared_memory.SharedMemory`.
+///
+/// [`new`](Self::new) makes an anonymous block (a sealed memfd) that travels as a handle.
+/// Named blocks are found by name from unrelated processes, with two lifetimes:
+/// - [`create`](Self::create) / [`attach`](Self::attach): the name lives while the creating
+///   process (its owner) keeps a handle, and vanishes with it, even when it is killed: nothing is
+///   ever left behind in `/dev/shm` (the owner serves the memfd on an abstract socket, see
+///   `multiproc::named`). Attached processes keep their mapping after the owner is gone.
+/// - [`create_posix`](Self::create_posix) / [`attach_posix`](Self::attach_posix) /
+///   [`unlink`](Self::unlink): a POSIX shared memory object named exactly as Python names it
+///   (`/dev/shm/<name>`), so Python scripts attach to it and the other way round; it stays
+///   until unlinked, as in Python.
 ///
 /// Reads and writes copy bytes in and out; there is no locking (pair it with a [`Lock`] when
-/// needed). The memory lives as long as any process holds a handle.
+/// needed). The memory lives as long as any process holds a handle (or the POSIX name exists).
 ///
 /// # Crash behavior
-/// Nothing is owned: the bytes stay as last written.
+/// Nothing is locked: the bytes stay as last written. An owner's death withdraws a
+/// [`create`](Self::create)d name (later attaches fail with `is_not_found`); a POSIX object
+/// stays until someone unlinks it, as in Python (without Python's resource tracker, which
+/// unlinks it when its creator dies uncleanly).
 ///
 /// # Examples
 /// ```
@@ -492,9 +506,11 @@ impl<T: Pod + fmt::Debug> fmt::Debug for SharedArrayGuard<'_, T> {
 /// assert_eq!(&buf, b"hi");
 /// # Ok(()) }
 /// ```
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone)]
 pub struct SharedMemory {
-    region: SharedRegion,
+    pub(crate) region: SharedRegion,
+    /// The name, for named memory (see `named_memory.rs`).
+    pub(crate) name: Option<Arc<crate::named_memory::Name>>,
 }
 
 impl SharedMemory {
@@ -507,6 +523,7 @@ impl SharedMemory {
     pub fn new(len: usize) -> Result<Self, CreateError> {
         Ok(Self {
             region: SharedRegion::new(len)?,
+            name: None,
         })
     }
 
@@ -552,6 +569,7 @@ impl SharedMemory {
 impl fmt::Debug for SharedMemory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SharedMemory")
+            .field("name", &self.name())
             .field("len", &self.len())
             .finish()
     }

@@ -54,6 +54,10 @@
 //! | `Value('i', 0)`, `Array('d', n)`         | [`SharedValue<T>`], [`SharedArray<T>`] (with `get_lock()`), [`SharedMemory`] |
 //! | `Pool(n, initializer, initargs)`         | [`Pool::builder`]`().workers(n).initializer(args, f).build()?` (the arguments may hold handles) |
 //! | `pool.map`, `starmap`, `imap`, `imap_unordered` | [`Pool::map`]`(f, items).await`, [`Pool::starmap`], [`Pool::imap`] and [`Pool::imap_unordered`] (`Stream`s) |
+//! | `SharedMemory(name=n, create=True, size=s)`, `SharedMemory(name=n)`, `unlink()` | [`SharedMemory::create`] / [`attach`](SharedMemory::attach) (gone with its owner, nothing left in `/dev/shm`), or [`create_posix`](SharedMemory::create_posix) / [`attach_posix`](SharedMemory::attach_posix) / [`unlink`](SharedMemory::unlink) (Python's own names: each attaches the other's) |
+//! | a `Manager` registry of shared objects    | [`named::publish`]`(name, &handle)` and [`named::lookup`]`(name).await` from unrelated programs of the same user, no server process |
+//! | `fcntl.flock(f, LOCK_EX)`, `fcntl.lockf` | [`sync::FileLock`]: `lock().await`, `lock_shared`, `try_lock`, `lock_timeout`, byte ranges; `open_flock` to exclude `flock(1)` and Python |
+//! | `os.mkfifo(path)` + `open`               | [`fifo::create`], [`fifo::FifoSender`], [`fifo::FifoReceiver`]: typed messages, the `PIPE_BUF` rule enforced |
 //! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
 //! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
 //!
@@ -69,6 +73,8 @@
 //! - [`queue`]: [`Queue`], [`JoinableQueue`] and their builder, sink and stream;
 //! - [`process`]: [`spawn`], [`Builder`], [`JoinHandle`], [`ExitStatus`];
 //! - [`pool`]: [`Pool`], its builder, futures and streams;
+//! - [`named`]: handles published under a name and looked up by unrelated programs;
+//! - [`fifo`]: typed named FIFOs;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
 //! - [`connection`]: named endpoints between unrelated programs (`Listener`, `connect`,
@@ -125,6 +131,9 @@ pub mod sync {
         LockGuard, OwnedLockGuard, OwnedSemaphorePermit, RLock, RLockGuard, Semaphore,
         SemaphorePermit,
     };
+    // Named resources: locks on files that unrelated programs meet by path.
+    #[doc(inline)]
+    pub use multiproc_sync::{FileLock, FileLockGuard};
 }
 
 /// Shared memory: typed values and arrays (Python's `Value` and `Array`) and raw regions.
@@ -134,6 +143,43 @@ pub mod shm {
         Pod, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,
     };
 }
+
+// ---- Named resources (issue 13, named half): the registry and FIFOs ----
+
+/// Handles published under a name and looked up by unrelated programs of the same user: the
+/// registry Python users build with a `Manager`, without a server process holding the objects.
+///
+/// A publisher keeps its [`Publication`](named::Publication) alive; the name lives exactly
+/// that long (and vanishes if the publisher dies, even by `SIGKILL`: it is a Linux abstract
+/// socket, no file). Lookups from processes of other users are refused on both sides.
+///
+/// ```
+/// use multiproc::{Queue, named};
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let name = format!("doc-jobs-{}", std::process::id());
+/// let jobs = Queue::<u32>::new()?;
+/// let _publication = named::publish(&name, &jobs)?;
+/// // In another program of the same user:
+/// let found: Queue<u32> = named::lookup(&name).await?;
+/// found.put(7).await?;
+/// assert_eq!(jobs.get().await?, 7);
+/// # Ok(()) }
+/// ```
+pub mod named {
+    #[doc(inline)]
+    pub use multiproc_core::named::{
+        LOOKUP_TIMEOUT, LookupError, Publication, PublishError, blocking_lookup, lookup, publish,
+    };
+}
+
+/// Typed named FIFOs (`os.mkfifo`): create one at a path, open its ends from unrelated
+/// programs, send and receive typed messages with the `PIPE_BUF` atomic-write rule enforced.
+pub mod fifo {
+    #[doc(inline)]
+    pub use multiproc_channel::fifo::*;
+}
+
+// ---- end of named resources ----
 
 /// Queues shared by any number of producer and consumer processes.
 pub mod queue {
@@ -173,6 +219,11 @@ pub mod error {
     pub use multiproc_process::pool::PoolError;
     #[doc(inline)]
     pub use multiproc_sync::error::*;
+    // Named resources.
+    #[doc(inline)]
+    pub use multiproc_channel::fifo::{FifoOpenError, FifoRecvError, FifoSendError};
+    #[doc(inline)]
+    pub use multiproc_core::named::{LookupError, PublishError};
     // Named endpoints.
     #[cfg(feature = "connection")]
     #[doc(inline)]

@@ -1,9 +1,13 @@
 //! Shared memory: a sealed memfd mapped `MAP_SHARED` ([`SharedRegion`]) that travels as its
-//! descriptor, and the plain-old-data rule ([`Pod`]) for what may live in it.
+//! descriptor, the plain-old-data rule ([`Pod`]) for what may live in it, and POSIX shared
+//! memory objects named as Python names them ([`create_posix`], [`open_posix`],
+//! [`unlink_posix`]).
 //!
 //! May import: `sys`, `message`, `fd`. Never `wait`, `transport` or `proc`.
 
+mod posix;
 mod region;
 
+pub use posix::{create_posix, open_posix, unlink_posix};
 pub(crate) use region::punch_hole;
 pub use region::{Pod, SharedRegion};

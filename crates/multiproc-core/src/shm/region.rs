@@ -151,6 +151,23 @@ impl SharedRegion {
         })
     }
 
+    /// Maps a file that is not sealed (a POSIX shared memory object), all `len` bytes of it.
+    /// Another process that shrinks the file makes accesses past its new end fault (`SIGBUS`),
+    /// as they would in every other program mapping it; see `shm::posix`.
+    pub(crate) fn from_unsealed_file(fd: SharedFd, len: usize) -> io::Result<Self> {
+        if len == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "cannot map an empty shared memory object",
+            ));
+        }
+        let map = map(&fd, len)?;
+        Ok(Self {
+            map: Arc::new(map),
+            fd,
+        })
+    }
+
     /// Length in bytes.
     pub fn len(&self) -> usize {
         self.map.len

@@ -15,6 +15,9 @@ use rustix::net::{
     SendAncillaryBuffer, SendAncillaryMessage, SendFlags, SocketFlags, SocketType,
 };
 
+pub(crate) mod abstract_socket;
+pub(crate) mod fifo;
+pub(crate) mod file_lock;
 pub mod identity;
 mod peercred;
 pub(crate) use peercred::peer_ucred;

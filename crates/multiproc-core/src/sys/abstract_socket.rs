@@ -1,0 +1,55 @@
+//! Listening and connecting on Linux abstract Unix socket names (no file: the name vanishes
+//! when the last descriptor of the listening socket closes, including when its process dies).
+//! The peer's credentials are `transport::endpoint`'s.
+
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+
+use rustix::net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType};
+
+/// Longest abstract name: `sun_path` is 108 bytes, and the leading NUL takes one.
+pub(crate) const MAX_ABSTRACT_NAME: usize = 107;
+
+/// A `SOCK_SEQPACKET` socket listening on the abstract name `name`, close-on-exec and
+/// non-blocking. [`io::ErrorKind::AddrInUse`] when the name is taken.
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), "Abstract sockets"
+pub(crate) fn listen_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = seqpacket()?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::listen(&fd, 128)?;
+    Ok(fd)
+}
+
+/// A non-blocking `SOCK_SEQPACKET` socket connected to the abstract name `name`.
+/// [`io::ErrorKind::ConnectionRefused`] when nothing listens there;
+/// [`io::ErrorKind::WouldBlock`] when the listener's backlog is full.
+///
+/// # References
+/// - [`connect(2)`](https://man7.org/linux/man-pages/man2/connect.2.html)
+pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = seqpacket()?;
+    rustix::net::connect(&fd, &addr)?;
+    Ok(fd)
+}
+
+/// `accept4(listener, SOCK_CLOEXEC | SOCK_NONBLOCK)`; `Ok(None)` when nobody waits.
+pub(crate) fn accept(listener: impl AsFd) -> io::Result<Option<OwnedFd>> {
+    match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {
+        Ok(fd) => Ok(Some(fd)),
+        Err(rustix::io::Errno::AGAIN) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn seqpacket() -> io::Result<OwnedFd> {
+    Ok(rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?)
+}

@@ -1,0 +1,484 @@
+//! [`FileLock`]: a lock on a file (or a byte range of it) that unrelated programs meet by path.
+//! The kernel locks, the waiting strategy and the process table are argued on [`FileLock`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::ops::{Bound, RangeBounds};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use multiproc_core::fs::{LockKind, flock, ofd_lock};
+
+use crate::error::{FileLockError, FileLockTimeoutError, OpenFileLockError, TryFileLockError};
+
+/// Which kernel lock a [`FileLock`] takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Flavor {
+    Ofd,
+    Flock,
+}
+
+/// Byte range `start..end`; `end == u64::MAX` means to the end of the file, however it grows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    start: u64,
+    end: u64,
+}
+
+impl Span {
+    const WHOLE: Span = Span {
+        start: 0,
+        end: u64::MAX,
+    };
+
+    fn overlaps(self, other: Span) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    /// `(start, len)` for `fcntl`, where `len == 0` means to the end of the file.
+    fn start_len(self) -> (u64, u64) {
+        if self.end == u64::MAX {
+            (self.start, 0)
+        } else {
+            (self.start, self.end - self.start)
+        }
+    }
+}
+
+struct Inner {
+    file: File,
+    path: PathBuf,
+    flavor: Flavor,
+    /// `(st_dev, st_ino)`: what the process-wide table keys on.
+    id: (u64, u64),
+}
+
+/// A lock on a file, or on a byte range of it, shared with every process that locks the same
+/// file by path: Python's `fcntl.flock` / `fcntl.lockf`, async.
+///
+/// **Kernel locks.** By default an open-file-description lock (`F_OFD_SETLK`): it belongs to the
+/// `FileLock`'s own open of the file, so closing another descriptor of the same file (a library
+/// reading it, say) does not drop it, which is the trap of classic POSIX `fcntl` locks; it
+/// covers byte ranges, shared or exclusive. [`FileLock::open_flock`] uses `flock(2)` instead,
+/// whole-file, which is what `flock(1)` and Python's `fcntl.flock` take, so a multiproc program
+/// and a shell script or Python script exclude each other. (The two kinds do not see each
+/// other on Linux: every party must use the same kind.)
+///
+/// **Waiting.** There is no readiness to wait for on a file lock (no descriptor becomes
+/// readable when a lock is released). Two ways were weighed: a helper thread blocked in
+/// `F_OFD_SETLKW`, or non-blocking attempts with a growing pause. The blocked thread is woken
+/// only by the lock or by a signal, so a cancelled or timed-out wait would leave the thread
+/// blocked (perhaps forever) and, worse, let it take the lock after its future is gone unless
+/// it unlocks again; interrupting it needs a signal handler installed in the user's process.
+/// Attempts with a pause need none of that: each attempt is one non-blocking system call made
+/// inside `poll`, that either takes the lock and returns the guard in the same poll or takes
+/// nothing, so a dropped future can never leave a lock taken, and no runtime thread blocks. The
+/// price is latency and fairness under contention: a waiter notices a release only at its next
+/// attempt, after a pause that starts at [`FileLock::FIRST_PAUSE`] and doubles up to
+/// [`FileLock::MAX_PAUSE`]. File locks guard files, whose work is measured in milliseconds;
+/// for fast cross-process locking use [`Lock`](crate::Lock). The blocking twins
+/// ([`FileLock::blocking_lock`]) have no cancellation to worry about and wait in the kernel
+/// (`F_OFD_SETLKW`, `flock` without `LOCK_NB`), which is fair and wakes at once.
+///
+/// **One process, one lock per range.** The kernel lets two open descriptions in one process
+/// conflict like two processes (an `F_OFD_SETLKW` on a range this process holds through
+/// another `FileLock` would wait forever), while classic locks would silently succeed. Both
+/// hide bugs, so a process-wide table of the `(device, inode, range)`s this process holds makes
+/// a second lock of an overlapping range an error
+/// ([`FileLockError::HeldByThisProcess`]), whatever the kinds.
+///
+/// **Crash behavior.** The kernel releases a lock when the last descriptor of its open file
+/// description closes, which includes the holder's death by any signal: the next waiter gets
+/// the lock. What the holder was writing to the file is left as it was.
+///
+/// A `FileLock` is an open file plus a range (the whole file unless [`range`](Self::range) says
+/// otherwise). Locking returns a [`FileLockGuard`] that unlocks when dropped. Clones share the
+/// open file. Unlike the other primitives it is not a handle to send to other processes:
+/// each process opens the path itself (that is the point of a file lock).
+///
+/// # Errors
+/// Locking a range that this process already holds (through any `FileLock` on the same file)
+/// is [`FileLockError::HeldByThisProcess`], never a silent success or a wait for ourselves.
+///
+/// # Crash behavior
+/// A holder that dies, even by `SIGKILL`, releases its locks (the kernel closes its files);
+/// the next waiter gets the lock. The file's contents stay as the holder left them.
+///
+/// # Examples
+/// ```
+/// use multiproc_sync::FileLock;
+/// # #[tokio::main] async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// # let dir = std::env::temp_dir().join(format!("doc-file-lock-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let lock = FileLock::open(dir.join("app.lock"))?;
+/// {
+///     let _guard = lock.lock().await?;
+///     // ... this process alone writes the file ...
+///     assert!(lock.try_lock().unwrap_err().is_held_by_this_process());
+/// } // unlocked here
+/// let _shared = lock.try_lock_shared()?;
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct FileLock {
+    inner: Arc<Inner>,
+    span: Span,
+}
+
+impl FileLock {
+    /// The first pause of an async wait between two attempts.
+    pub const FIRST_PAUSE: Duration = Duration::from_millis(1);
+    /// The longest pause of an async wait between two attempts.
+    pub const MAX_PAUSE: Duration = Duration::from_millis(16);
+
+    /// Opens (creating it if missing, mode `0644` before the umask) the file at `path` for
+    /// open-file-description locks over the whole file.
+    ///
+    /// # Errors
+    /// When the file cannot be opened for reading and writing or created.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, OpenFileLockError> {
+        Self::open_with(path.as_ref(), Flavor::Ofd)
+    }
+
+    /// Opens (creating it if missing) the file at `path` for `flock(2)` locks, which
+    /// `flock(1)` and Python's `fcntl.flock` take too: use this mode to exclude scripts using
+    /// those. `flock` locks cover the whole file ([`range`](Self::range) panics).
+    ///
+    /// # Errors
+    /// As [`open`](Self::open).
+    pub fn open_flock(path: impl AsRef<Path>) -> Result<Self, OpenFileLockError> {
+        Self::open_with(path.as_ref(), Flavor::Flock)
+    }
+
+    fn open_with(path: &Path, flavor: Flavor) -> Result<Self, OpenFileLockError> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .open(path)
+            .map_err(OpenFileLockError)?;
+        let meta = file.metadata().map_err(OpenFileLockError)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                file,
+                path: path.to_owned(),
+                flavor,
+                id: (meta.dev(), meta.ino()),
+            }),
+            span: Span::WHOLE,
+        })
+    }
+
+    /// A lock on the byte range `range` of the same open file (`..` is the whole file, `n..`
+    /// runs to the end of the file however it grows). Non-overlapping ranges are locked
+    /// independently, by this process or others.
+    ///
+    /// # Panics
+    /// When the lock was opened with [`open_flock`](Self::open_flock) (`flock` has no ranges),
+    /// or the range is empty.
+    pub fn range(&self, range: impl RangeBounds<u64>) -> FileLock {
+        assert!(
+            self.inner.flavor == Flavor::Ofd,
+            "flock locks cover whole files; open the lock with FileLock::open for ranges"
+        );
+        let start = match range.start_bound() {
+            Bound::Included(&s) => s,
+            Bound::Excluded(&s) => s.saturating_add(1),
+            Bound::Unbounded => 0,
+        };
+        let end = match range.end_bound() {
+            Bound::Included(&e) => e.saturating_add(1),
+            Bound::Excluded(&e) => e,
+            Bound::Unbounded => u64::MAX,
+        };
+        assert!(start < end, "a file lock range cannot be empty");
+        FileLock {
+            inner: self.inner.clone(),
+            span: Span { start, end },
+        }
+    }
+
+    /// The path the lock was opened with.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Takes the lock exclusively, waiting as long as another process holds any part of the
+    /// range.
+    ///
+    /// # Errors
+    /// [`FileLockError::HeldByThisProcess`] when this process holds an overlapping range;
+    /// [`FileLockError::Io`] when the kernel refuses (`ENOLCK`, a file system without locks) or
+    /// outside a tokio runtime with time enabled.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: each attempt takes the lock and returns in the same poll, or takes nothing;
+    /// a dropped future never leaves the lock taken.
+    pub async fn lock(&self) -> Result<FileLockGuard, FileLockError> {
+        self.lock_kind(LockKind::Exclusive).await
+    }
+
+    /// Takes the lock shared (a read lock): any number of shared holders, no exclusive one.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    /// As [`lock`](Self::lock).
+    pub async fn lock_shared(&self) -> Result<FileLockGuard, FileLockError> {
+        self.lock_kind(LockKind::Shared).await
+    }
+
+    /// [`lock`](Self::lock), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// [`FileLockTimeoutError::Timeout`] when the lock was still held by another process;
+    /// otherwise as [`lock`](Self::lock).
+    ///
+    /// # Cancel safety
+    /// As [`lock`](Self::lock).
+    pub async fn lock_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<FileLockGuard, FileLockTimeoutError> {
+        self.lock_kind_timeout(LockKind::Exclusive, timeout).await
+    }
+
+    /// [`lock_shared`](Self::lock_shared), giving up after `timeout`.
+    ///
+    /// # Errors
+    /// As [`lock_timeout`](Self::lock_timeout).
+    ///
+    /// # Cancel safety
+    /// As [`lock`](Self::lock).
+    pub async fn lock_shared_timeout(
+        &self,
+        timeout: Duration,
+    ) -> Result<FileLockGuard, FileLockTimeoutError> {
+        self.lock_kind_timeout(LockKind::Shared, timeout).await
+    }
+
+    /// Takes the lock exclusively if no other process holds any of the range, without waiting.
+    ///
+    /// # Errors
+    /// [`TryFileLockError::WouldBlock`] when another process holds a conflicting lock;
+    /// [`TryFileLockError::HeldByThisProcess`] and [`TryFileLockError::Io`] as in
+    /// [`lock`](Self::lock).
+    pub fn try_lock(&self) -> Result<FileLockGuard, TryFileLockError> {
+        self.attempt(LockKind::Exclusive)
+    }
+
+    /// [`try_lock`](Self::try_lock) for a shared lock.
+    ///
+    /// # Errors
+    /// As [`try_lock`](Self::try_lock).
+    pub fn try_lock_shared(&self) -> Result<FileLockGuard, TryFileLockError> {
+        self.attempt(LockKind::Shared)
+    }
+
+    /// The blocking twin of [`lock`](Self::lock), for code outside a runtime: it waits in the
+    /// kernel (`F_OFD_SETLKW` or `flock`), which wakes it as soon as the lock is free.
+    ///
+    /// # Errors
+    /// As [`lock`](Self::lock) (the kernel reports `EDEADLK` for a deadlock it detects).
+    pub fn blocking_lock(&self) -> Result<FileLockGuard, FileLockError> {
+        self.blocking_kind(LockKind::Exclusive)
+    }
+
+    /// The blocking twin of [`lock_shared`](Self::lock_shared).
+    ///
+    /// # Errors
+    /// As [`blocking_lock`](Self::blocking_lock).
+    pub fn blocking_lock_shared(&self) -> Result<FileLockGuard, FileLockError> {
+        self.blocking_kind(LockKind::Shared)
+    }
+
+    async fn lock_kind(&self, kind: LockKind) -> Result<FileLockGuard, FileLockError> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(FileLockError::Io(io::Error::other(
+                "async file lock outside of a tokio runtime",
+            )));
+        }
+        let mut pause = Self::FIRST_PAUSE;
+        loop {
+            match self.attempt(kind) {
+                Ok(guard) => return Ok(guard),
+                Err(TryFileLockError::WouldBlock) => {}
+                Err(TryFileLockError::HeldByThisProcess) => {
+                    return Err(FileLockError::HeldByThisProcess);
+                }
+                Err(TryFileLockError::Io(e)) => return Err(FileLockError::Io(e)),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Self::MAX_PAUSE);
+        }
+    }
+
+    async fn lock_kind_timeout(
+        &self,
+        kind: LockKind,
+        timeout: Duration,
+    ) -> Result<FileLockGuard, FileLockTimeoutError> {
+        // The first attempt does not depend on the timer, so a zero timeout still tries once.
+        match self.attempt(kind) {
+            Ok(guard) => return Ok(guard),
+            Err(TryFileLockError::WouldBlock) => {}
+            Err(TryFileLockError::HeldByThisProcess) => {
+                return Err(FileLockTimeoutError::HeldByThisProcess);
+            }
+            Err(TryFileLockError::Io(e)) => return Err(FileLockTimeoutError::Io(e)),
+        }
+        match tokio::time::timeout(timeout, self.lock_kind(kind)).await {
+            Ok(Ok(guard)) => Ok(guard),
+            Ok(Err(FileLockError::HeldByThisProcess)) => {
+                Err(FileLockTimeoutError::HeldByThisProcess)
+            }
+            Ok(Err(FileLockError::Io(e))) => Err(FileLockTimeoutError::Io(e)),
+            Err(_) => Err(FileLockTimeoutError::Timeout),
+        }
+    }
+
+    /// One non-blocking attempt, registered in the process table under its lock so that the
+    /// check and the registration are one step.
+    fn attempt(&self, kind: LockKind) -> Result<FileLockGuard, TryFileLockError> {
+        let mut table = table();
+        if self.held_here(&table) {
+            return Err(TryFileLockError::HeldByThisProcess);
+        }
+        match self.kernel(Some(kind), false) {
+            Ok(true) => Ok(self.register(&mut table, kind)),
+            Ok(false) => Err(TryFileLockError::WouldBlock),
+            Err(e) => Err(TryFileLockError::Io(e)),
+        }
+    }
+
+    fn blocking_kind(&self, kind: LockKind) -> Result<FileLockGuard, FileLockError> {
+        if self.held_here(&table()) {
+            return Err(FileLockError::HeldByThisProcess);
+        }
+        // Not under the table's lock: this may wait for a long time.
+        self.kernel(Some(kind), true).map_err(FileLockError::Io)?;
+        let mut table = table();
+        if self.held_here(&table) {
+            // Another task of this process took an overlapping range meanwhile (two shared
+            // locks); give ours back rather than record two holders of one range.
+            let _ = self.kernel(None, false);
+            return Err(FileLockError::HeldByThisProcess);
+        }
+        Ok(self.register(&mut table, kind))
+    }
+
+    fn held_here(&self, table: &Table) -> bool {
+        table
+            .get(&self.inner.id)
+            .is_some_and(|spans| spans.iter().any(|s| s.overlaps(self.span)))
+    }
+
+    fn register(&self, table: &mut Table, kind: LockKind) -> FileLockGuard {
+        table.entry(self.inner.id).or_default().push(self.span);
+        FileLockGuard {
+            lock: self.clone(),
+            kind,
+        }
+    }
+
+    /// The kernel call: lock `kind` (or unlock for `None`) this lock's range.
+    fn kernel(&self, kind: Option<LockKind>, wait: bool) -> io::Result<bool> {
+        let fd = self.inner.file.as_fd();
+        match self.inner.flavor {
+            Flavor::Flock => flock(fd, kind, wait),
+            Flavor::Ofd => {
+                let (start, len) = self.span.start_len();
+                ofd_lock(fd, kind, start, len, wait)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for FileLock {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLock")
+            .field("path", &self.inner.path)
+            .field("flock", &(self.inner.flavor == Flavor::Flock))
+            .field("range", &(self.span.start..self.span.end))
+            .finish()
+    }
+}
+
+/// A held [`FileLock`]; the range is unlocked when the guard is dropped.
+#[must_use = "the file is unlocked as soon as the guard is dropped"]
+pub struct FileLockGuard {
+    lock: FileLock,
+    kind: LockKind,
+}
+
+impl FileLockGuard {
+    /// Whether this is a shared (read) lock rather than an exclusive one.
+    pub fn is_shared(&self) -> bool {
+        self.kind == LockKind::Shared
+    }
+
+    /// The lock this guard holds.
+    pub fn file_lock(&self) -> &FileLock {
+        &self.lock
+    }
+}
+
+impl Drop for FileLockGuard {
+    fn drop(&mut self) {
+        let mut table = table();
+        // Unlocking an open file description's own lock cannot fail short of a bad descriptor.
+        let _ = self.lock.kernel(None, false);
+        if let Some(spans) = table.get_mut(&self.lock.inner.id) {
+            if let Some(i) = spans.iter().position(|s| *s == self.lock.span) {
+                spans.swap_remove(i);
+            }
+            if spans.is_empty() {
+                table.remove(&self.lock.inner.id);
+            }
+        }
+    }
+}
+
+impl fmt::Debug for FileLockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileLockGuard")
+            .field("lock", &self.lock)
+            .field("shared", &self.is_shared())
+            .finish()
+    }
+}
+
+/// The ranges this process holds, by file.
+type Table = HashMap<(u64, u64), Vec<Span>>;
+
+fn table() -> MutexGuard<'static, Table> {
+    static TABLE: OnceLock<Mutex<Table>> = OnceLock::new();
+    TABLE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spans_overlap_only_when_they_share_a_byte() {
+        let a = Span { start: 0, end: 10 };
+        assert!(a.overlaps(Span { start: 9, end: 20 }));
+        assert!(!a.overlaps(Span { start: 10, end: 20 }));
+        assert!(a.overlaps(Span::WHOLE));
+        assert_eq!(Span::WHOLE.start_len(), (0, 0));
+        assert_eq!(Span { start: 5, end: 8 }.start_len(), (5, 3));
+    }
+}
