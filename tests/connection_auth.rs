@@ -1,6 +1,6 @@
 //! Authentication of named endpoints across real processes: wrong keys, silent clients, a
 //! thousand idle connections while real clients are served, kind mismatches in bounded time,
-//! TLS (with and without a key), and what may not go together.
+//! TLS (with and without a key, and its clean end), and what may not go together.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -402,6 +402,47 @@ async fn tls_with_and_without_a_key_and_an_untrusted_certificate() {
             let (auth_err, text) = within("child", child).await.unwrap().unwrap_err();
             assert!(auth_err, "{text}");
         }
+    }
+}
+
+/// In a child: connects over TLS, sends one message, then drops its end, or closes it and
+/// stays alive until the listener hangs up (so the end the listener sees is the close alert).
+async fn tls_send_then_end((address, trusted, explicit_close): (Address, Vec<u8>, bool)) {
+    let auth = Auth::tls_client(client_config(&trusted), "localhost").unwrap();
+    let mut end = connect::<u8, u8>(address, auth).await.unwrap();
+    end.send(9).await.unwrap();
+    if explicit_close {
+        end.close().await.unwrap();
+        assert_eq!(end.recv().await.unwrap(), None);
+    }
+}
+
+#[tokio::test]
+async fn a_tls_peer_that_drops_or_closes_its_end_is_end_of_stream() {
+    let pair = make_certificate();
+    let server = server_config(&pair);
+    for explicit_close in [false, true] {
+        let mut listener = Listener::<u8, u8>::bind(
+            Address::tcp("127.0.0.1:0"),
+            Auth::tls_server(server.clone()),
+        )
+        .await
+        .unwrap();
+        let address = listener.local_address().clone();
+        let child = spawn((address, pair.0.clone(), explicit_close), tls_send_then_end);
+        let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+        assert_eq!(within("message", end.recv()).await.unwrap(), Some(9));
+        assert_eq!(
+            within("end", end.recv()).await.unwrap(),
+            None,
+            "closed cleanly: {explicit_close}"
+        );
+        if explicit_close {
+            // The child waits for our end: our close alert reaches it too.
+            within("close", end.close()).await.unwrap();
+        }
+        drop(end);
+        within("child", child).await.unwrap();
     }
 }
 

@@ -1,16 +1,18 @@
 //! Tracing across processes: a child's spans hang under the parent's span for that child, which
 //! hangs under the span the parent spawned it from, so a request that fans out to a child reads
-//! as one tree; and the pool reports a dead worker and its replacement as events.
+//! as one tree; pool tasks hang under the span they were submitted from with no code in the
+//! task; a child whose handle is dropped unjoined still has its exit recorded (by the reaper);
+//! and the pool reports a dead worker and its replacement as events.
 //!
 //! Both processes record with the same small subscriber; the child sends its records back as
 //! its result (over the control socket), and the parent joins the two by pid.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 
-use multiproc::{Pool, spawn};
+use multiproc::{Builder, Pool, spawn};
 use multiproc_suite::{eventually, within};
 use serde::{Deserialize, Serialize};
 use tracing::field::{Field, Visit};
@@ -39,6 +41,8 @@ struct Recorder {
     next: AtomicU64,
     spans: Mutex<Vec<SpanRecord>>,
     events: Mutex<Vec<EventRecord>>,
+    /// Each span's metadata, for `Span::current()`.
+    metadata: Mutex<BTreeMap<u64, &'static Metadata<'static>>>,
 }
 
 thread_local! {
@@ -77,6 +81,7 @@ impl Subscriber for Installed {
         };
         let mut fields = BTreeMap::new();
         attrs.record(&mut Fields(&mut fields));
+        self.0.metadata.lock().unwrap().insert(id, attrs.metadata());
         self.0.spans.lock().unwrap().push(SpanRecord {
             id,
             parent,
@@ -92,6 +97,12 @@ impl Subscriber for Installed {
         }
     }
     fn record_follows_from(&self, _: &Id, _: &Id) {}
+    fn current_span(&self) -> tracing_core::span::Current {
+        match current().and_then(|id| Some((id, *self.0.metadata.lock().unwrap().get(&id)?))) {
+            Some((id, metadata)) => tracing_core::span::Current::new(Id::from_u64(id), metadata),
+            None => tracing_core::span::Current::none(),
+        }
+    }
     fn event(&self, event: &Event<'_>) {
         let mut fields = BTreeMap::new();
         event.record(&mut Fields(&mut fields));
@@ -145,6 +156,32 @@ fn one<'a>(
     let found: Vec<_> = spans.iter().filter(|s| pred(s)).collect();
     assert_eq!(found.len(), 1, "expected one {what} in {spans:#?}");
     found[0]
+}
+
+/// A pool worker's recorder, installed by the pool's initializer.
+static WORKER: OnceLock<&'static Recorder> = OnceLock::new();
+
+fn install_in_worker(_: ()) {
+    let _ = WORKER.set(install());
+}
+
+/// Runs `f` inside a fresh `request` span (spawning needs no await).
+fn request_in<T>(f: impl FnOnce() -> T) -> T {
+    tracing::info_span!("request", id = 8).in_scope(f)
+}
+
+/// A pool task: a span of its own (under whatever the worker put around it), then the
+/// worker's pid and spans so far.
+fn traced_task(x: u32) -> (u32, Vec<SpanRecord>) {
+    {
+        let _work = tracing::info_span!("task-work", x).entered();
+    }
+    let spans = WORKER.get().expect("initializer ran").spans.lock().unwrap();
+    (std::process::id(), spans.clone())
+}
+
+fn sleep_long(_: ()) {
+    std::thread::sleep(std::time::Duration::from_secs(600));
 }
 
 /// A task that ends its worker process.
@@ -222,6 +259,85 @@ async fn a_fanned_out_trace_reads_as_one_tree_and_the_pool_reports_worker_deaths
     assert_eq!(
         path,
         ["work", "multiproc.remote", "multiproc.child", "request"]
+    );
+
+    // Pool tasks submitted inside a request hang under it, with no tracing code in the task.
+    let pool = Pool::builder()
+        .workers(1)
+        .initializer((), install_in_worker)
+        .build()
+        .unwrap();
+    let request = tracing::info_span!("pool-request");
+    let results = within(
+        "traced pool map",
+        async { pool.map(traced_task, 0..2u32).await }.instrument(request.clone()),
+    )
+    .await
+    .unwrap();
+    let request_id = request.id().unwrap().into_u64();
+    let (worker_pid, worker_spans) = results.last().unwrap().clone();
+    assert_ne!(worker_pid, me);
+    let tasks: Vec<_> = worker_spans
+        .iter()
+        .filter(|s| s.name == "multiproc.task")
+        .collect();
+    assert!(!tasks.is_empty(), "{worker_spans:#?}");
+    for task in &tasks {
+        assert_eq!(task.fields["parent.pid"], me.to_string(), "{task:?}");
+        assert_eq!(
+            task.fields["parent.span"],
+            request_id.to_string(),
+            "{task:?}"
+        );
+    }
+    let work: Vec<_> = worker_spans
+        .iter()
+        .filter(|s| s.name == "task-work")
+        .collect();
+    assert_eq!(work.len(), 2, "{worker_spans:#?}");
+    assert!(
+        work.iter()
+            .all(|w| tasks.iter().any(|t| w.parent == Some(t.id))),
+        "{worker_spans:#?}"
+    );
+    pool.close();
+    within("traced pool join", pool.join()).await.unwrap();
+
+    // A child whose handle is dropped unjoined (detached, or killed by kill_on_drop): its
+    // exit is still an event in its span, recorded once the reaper reaps it.
+    let quick = request_in(|| spawn((), |()| ()));
+    let killed = request_in(|| {
+        Builder::new()
+            .kill_on_drop(true)
+            .spawn((), sleep_long)
+            .unwrap()
+    });
+    let span_of = |pid: Option<u32>| {
+        let spans = recorder.spans.lock().unwrap().clone();
+        one(&spans, "multiproc.child span", |s| {
+            s.name == "multiproc.child" && s.fields.get("pid") == Some(&pid.unwrap().to_string())
+        })
+        .id
+    };
+    let (quick_span, killed_span) = (span_of(quick.pid()), span_of(killed.pid()));
+    drop((quick, killed));
+    let exited_in = |span: u64| {
+        recorder
+            .events
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|e| e.span == Some(span) && e.message.contains("reaped unjoined"))
+    };
+    assert!(
+        eventually(|| exited_in(quick_span)).await,
+        "{:#?}",
+        recorder.events.lock().unwrap()
+    );
+    assert!(
+        eventually(|| exited_in(killed_span)).await,
+        "{:#?}",
+        recorder.events.lock().unwrap()
     );
 
     // A pool worker that dies is an event, and so is its replacement.

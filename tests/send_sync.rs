@@ -238,4 +238,38 @@ async fn connection_types_and_futures_are_send() {
     send_val(&end.send(1));
     send_val(&end.recv());
     send_val(&end.ready_timeout(std::time::Duration::ZERO));
+    send_val(&end.close());
+}
+
+// Owned guards and permits, the stats snapshots, and the span context that crosses to a child.
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn owned_guards_stats_and_span_context_are_send_and_sync() {
+    use multiproc::process::RemoteSpan;
+    use multiproc::{
+        BoundedSemaphore, Lock, OwnedLockGuard, OwnedSemaphorePermit, PoolStats, QueueStats,
+        Semaphore,
+    };
+    send::<OwnedLockGuard>();
+    sync::<OwnedLockGuard>();
+    send::<OwnedSemaphorePermit>();
+    sync::<OwnedSemaphorePermit>();
+    send::<PoolStats>();
+    sync::<PoolStats>();
+    send::<QueueStats>();
+    sync::<QueueStats>();
+    send::<RemoteSpan>();
+    sync::<RemoteSpan>();
+    let lock = Lock::new().unwrap();
+    send_val(&lock.clone().lock_owned());
+    let sem = Semaphore::new(1).unwrap();
+    send_val(&sem.clone().acquire_owned());
+    let bounded = BoundedSemaphore::new(1).unwrap();
+    send_val(&bounded.clone().acquire_owned());
+    // And the guards themselves move into spawned tasks.
+    let guard = lock.lock_owned().await.unwrap();
+    let permit = sem.acquire_owned().await.unwrap();
+    tokio::spawn(async move { drop((guard, permit)) })
+        .await
+        .unwrap();
 }

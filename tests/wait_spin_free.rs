@@ -52,6 +52,15 @@ async fn event_rounds() {
     within("join the event child", child).await.unwrap();
 }
 
+/// In a child started with `MULTIPROC_SPIN=0`: turns spinning back on through the API, then
+/// reports whether a grandchild spins.
+async fn turned_on_again(_: ()) -> (bool, bool, u64) {
+    let inherited = spinning();
+    set_spinning(true);
+    let (grandchild_spins, grandchild_count) = ping_pong(Builder::new()).await;
+    (inherited, grandchild_spins, grandchild_count)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spin_free_mode_spins_nowhere_and_children_inherit_it() {
     assert!(
@@ -97,4 +106,20 @@ async fn spin_free_mode_spins_nowhere_and_children_inherit_it() {
     // And back on.
     set_spinning(true);
     assert!(spinning());
+
+    // A process started with MULTIPROC_SPIN=0 that turns spinning on passes that on too.
+    let child = Builder::new()
+        .env(SPIN_ENV, "0")
+        .spawn((), turned_on_again)
+        .unwrap();
+    let (inherited, grandchild_spins, grandchild_count) =
+        within("the child that turns spinning on", child)
+            .await
+            .unwrap();
+    assert!(!inherited, "the child did not start with {SPIN_ENV}=0");
+    assert!(
+        grandchild_spins,
+        "set_spinning(true) did not reach the grandchild of a {SPIN_ENV}=0 process"
+    );
+    assert!(grandchild_count > 0, "the grandchild began no spin");
 }

@@ -3,21 +3,25 @@
 //! runs their handshakes concurrently, each under the handshake timeout, and queues the
 //! outcomes for `accept`.
 //!
-//! Handshakes run in the task, not in `accept`'s future: a silent client never delays another
-//! one, handshakes progress while the program is busy elsewhere, and dropping an `accept`
-//! future loses nothing (the queue keeps what is done). At most [`MAX_PENDING`] connections
-//! wait in handshakes or in the queue; beyond that the task stops accepting and the kernel's
-//! backlog holds new clients. Running out of descriptors (`EMFILE`) pauses accepting briefly
-//! instead of failing the listener.
+//! Handshakes run in tasks of their own (a `JoinSet` owned by the accepting task), not in
+//! `accept`'s future: a silent client never delays another one, handshakes progress while the
+//! program is busy elsewhere, and dropping an `accept` future loses nothing (the queue keeps
+//! what is done). Each connection takes one of [`MAX_PENDING`] slots when accepted and gives it
+//! back when `accept` hands it out: beyond that the task stops accepting and the kernel's
+//! backlog holds new clients. Dropping the listener aborts the accepting task, which aborts
+//! the handshakes with it.
+//!
+//! An `accept(2)` error never spins the task: running out of descriptors (`EMFILE`) or memory
+//! pauses accepting briefly, any other error that repeats backs off (doubling up to a second),
+//! and an error that says the listening socket itself is broken stops the listener.
 
-use std::collections::VecDeque;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use futures::StreamExt;
-use futures::stream::FuturesUnordered;
 use tokio::net::{TcpListener, UnixListener};
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::task::JoinSet;
 
 use crate::address::Address;
 use crate::auth::Auth;
@@ -28,10 +32,12 @@ use crate::peer::Peer;
 
 /// Most connections in handshakes or waiting for `accept` at once.
 pub const MAX_PENDING: usize = 4096;
-/// Finished handshakes queued for `accept`.
+/// Finished handshakes queued for `accept` (more wait in their tasks, holding their slots).
 const QUEUE: usize = 64;
-/// Pause after the process ran out of descriptors.
+/// Pause after the process ran out of descriptors or memory.
 const EMFILE_PAUSE: Duration = Duration::from_millis(50);
+/// Longest pause between attempts when an unknown `accept` error repeats.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 
 pub(crate) type Accepted = Result<(Established, Peer), AcceptError>;
 
@@ -53,8 +59,11 @@ impl RawListener {
     }
 }
 
+/// An outcome and the slot it holds until `accept` takes it.
+type Queued = (Accepted, OwnedSemaphorePermit);
+
 pub(crate) struct Acceptor {
-    rx: mpsc::Receiver<Accepted>,
+    rx: mpsc::Receiver<Queued>,
     task: tokio::task::AbortHandle,
     local: Address,
     // Removes the socket file after the task is told to stop.
@@ -98,9 +107,10 @@ impl Acceptor {
     }
 
     pub(crate) fn poll_accept(&mut self, cx: &mut Context<'_>) -> Poll<Accepted> {
+        // The slot goes back as the outcome is handed out.
         self.rx
             .poll_recv(cx)
-            .map(|item| item.unwrap_or_else(|| Err(AcceptError::closed())))
+            .map(|item| item.map_or_else(|| Err(AcceptError::closed()), |(outcome, _slot)| outcome))
     }
 }
 
@@ -127,9 +137,9 @@ async fn handshake_one(raw: Raw, auth: Auth) -> Accepted {
     }
 }
 
-/// `accept(2)` errors after which the listener goes on: the connection died before we took it,
-/// or we are out of descriptors or memory for a moment.
-fn transient(e: &std::io::Error) -> Option<Duration> {
+/// What to do after an `accept(2)` error, the `failures`-th in a row: go on after a pause, or
+/// stop (`None`) when the listening socket itself is broken.
+fn after_error(e: &std::io::Error, failures: u32) -> Option<Duration> {
     // EMFILE, ENFILE, ENOBUFS, ENOMEM: wait for resources to free up.
     const SHORTAGE: [i32; 4] = [24, 23, 105, 12];
     // EBADF, EINVAL, ENOTSOCK, EOPNOTSUPP: the listening socket itself is broken.
@@ -137,37 +147,74 @@ fn transient(e: &std::io::Error) -> Option<Duration> {
     match e.raw_os_error() {
         Some(code) if SHORTAGE.contains(&code) => Some(EMFILE_PAUSE),
         Some(code) if BROKEN.contains(&code) => None,
-        _ => Some(Duration::ZERO),
+        // A connection that died before we took it (ECONNABORTED) is retried at once; the same
+        // error again and again (a policy refusing every connection, say) backs off, so it
+        // costs a wake-up a second rather than a core.
+        _ => Some(backoff(failures)),
     }
 }
 
-async fn run(listener: RawListener, auth: Auth, tx: mpsc::Sender<Accepted>) {
-    let mut pending = FuturesUnordered::new();
-    let mut done: VecDeque<Accepted> = VecDeque::new();
-    let mut stopped = false;
+/// No pause for the first error of a run, then 1 ms doubling up to [`MAX_BACKOFF`].
+fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 | 1 => Duration::ZERO,
+        n => Duration::from_millis(1u64 << (n - 2).min(10)).min(MAX_BACKOFF),
+    }
+}
+
+async fn run(listener: RawListener, auth: Auth, tx: mpsc::Sender<Queued>) {
+    let slots = Arc::new(Semaphore::new(MAX_PENDING));
+    let mut handshakes = JoinSet::new();
+    let mut failures = 0u32;
     loop {
-        if stopped && pending.is_empty() && done.is_empty() {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
-        }
-        let room = !stopped && pending.len() + done.len() < MAX_PENDING;
-        tokio::select! {
-            permit = tx.reserve(), if !done.is_empty() => match permit {
-                Ok(permit) => permit.send(done.pop_front().expect("checked non-empty")),
-                Err(_) => return,
-            },
-            Some(outcome) = pending.next(), if !pending.is_empty() => done.push_back(outcome),
-            accepted = listener.accept(), if room => match accepted {
-                Ok(raw) => pending.push(handshake_one(raw, auth.clone())),
-                Err(e) => match transient(&e) {
+        };
+        // Forget the handshakes that finished (their outcomes are queued or dropped).
+        while handshakes.try_join_next().is_some() {}
+        match listener.accept().await {
+            Ok(raw) => {
+                failures = 0;
+                let (auth, tx) = (auth.clone(), tx.clone());
+                handshakes.spawn(async move {
+                    let outcome = handshake_one(raw, auth).await;
+                    // The listener may be gone: then so is the connection.
+                    let _ = tx.send((outcome, slot)).await;
+                });
+            }
+            Err(e) => {
+                failures = failures.saturating_add(1);
+                match after_error(&e, failures) {
                     Some(pause) if pause.is_zero() => {}
                     Some(pause) => tokio::time::sleep(pause).await,
                     None => {
-                        done.push_back(Err(AcceptError::stopped(e)));
-                        stopped = true;
+                        // Deliver the handshakes under way, then say why accepting stopped.
+                        while handshakes.join_next().await.is_some() {}
+                        let _ = tx.send((Err(AcceptError::stopped(e)), slot)).await;
+                        return;
                     }
-                },
-            },
-            () = tx.closed(), if done.is_empty() => return,
+                }
+            }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_repeating_unknown_error_backs_off_and_a_broken_listener_stops() {
+        let unknown = std::io::Error::from_raw_os_error(1); // EPERM, from a policy
+        assert_eq!(after_error(&unknown, 1), Some(Duration::ZERO));
+        let pauses: Vec<_> = (2..40).map(|n| after_error(&unknown, n).unwrap()).collect();
+        assert!(pauses.iter().all(|p| !p.is_zero()), "{pauses:?}");
+        assert!(pauses.windows(2).all(|w| w[0] <= w[1]), "{pauses:?}");
+        assert_eq!(*pauses.last().unwrap(), MAX_BACKOFF);
+        assert_eq!(after_error(&unknown, u32::MAX), Some(MAX_BACKOFF));
+        let emfile = std::io::Error::from_raw_os_error(24);
+        assert_eq!(after_error(&emfile, 1), Some(EMFILE_PAUSE));
+        let ebadf = std::io::Error::from_raw_os_error(9);
+        assert_eq!(after_error(&ebadf, 1), None);
     }
 }

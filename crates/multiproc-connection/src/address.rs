@@ -86,9 +86,23 @@ impl From<&Path> for Address {
 }
 
 impl fmt::Display for Address {
+    /// `/run/app.sock` (a path with a `/`), `unix:app.sock` (a path that would otherwise read
+    /// as something else), `@name`, `tcp://host:port`: text that [`FromStr`](std::str::FromStr)
+    /// reads back as the same address, for UTF-8 paths and names (others are shown lossily).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Address::Path(p) => write!(f, "{}", p.display()),
+            Address::Path(p) => {
+                let text = p.display().to_string();
+                let plain = text.contains('/')
+                    && !text.starts_with('@')
+                    && !text.starts_with("unix:")
+                    && !text.starts_with("tcp://");
+                if plain {
+                    f.write_str(&text)
+                } else {
+                    write!(f, "unix:{text}")
+                }
+            }
             Address::Abstract(name) => write!(f, "@{}", String::from_utf8_lossy(name)),
             Address::Tcp(hp) => write!(f, "tcp://{hp}"),
         }
@@ -100,10 +114,22 @@ impl std::str::FromStr for Address {
 
     /// Reads an address from text, as a command line would give it: `@name` is an abstract
     /// name, `unix:PATH` or anything containing a `/` a socket path, `tcp://host:port` or
-    /// the rest `host:port`. What [`Display`](fmt::Display) writes reads back the same.
+    /// the rest `host:port`. What [`Display`](fmt::Display) writes reads back as the same
+    /// address (for UTF-8 paths and names).
     ///
     /// ```
-    /// use multiproc_connection::Address;
+    /// use multiproc::connection::Address;
+    ///
+    /// for address in [
+    ///     Address::path("/run/app.sock"),
+    ///     Address::path("app.sock"),
+    ///     Address::path("@odd.sock"),
+    ///     Address::abstract_name("app"),
+    ///     Address::tcp("localhost:6000"),
+    /// ] {
+    ///     assert_eq!(address.to_string().parse(), Ok(address));
+    /// }
+    /// assert_eq!(Address::path("app.sock").to_string(), "unix:app.sock");
     ///
     /// assert_eq!("@app".parse(), Ok(Address::abstract_name("app")));
     /// assert_eq!("/run/app.sock".parse(), Ok(Address::path("/run/app.sock")));
@@ -123,5 +149,32 @@ impl std::str::FromStr for Address {
         } else {
             Address::tcp(text)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_reads_back_as_written() {
+        let addresses = [
+            Address::path("/tmp/a.sock"),
+            Address::path("./a.sock"),
+            Address::path("a.sock"),
+            Address::path("@a.sock"),
+            Address::path("unix:a.sock"),
+            Address::path("tcp://a/b"),
+            Address::path("dir/a.sock"),
+            Address::abstract_name("name"),
+            Address::abstract_name(""),
+            Address::tcp("127.0.0.1:0"),
+            Address::tcp("[::1]:6000"),
+            Address::from("127.0.0.1:80".parse::<SocketAddr>().unwrap()),
+        ];
+        for address in addresses {
+            let text = address.to_string();
+            assert_eq!(text.parse::<Address>(), Ok(address), "{text}");
+        }
     }
 }

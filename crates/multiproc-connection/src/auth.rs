@@ -16,8 +16,8 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// - [`Auth::key`]: a shared key and a mutual HMAC challenge, byte-compatible with Python's
 ///   `authkey` (`multiprocessing.connection`); SHA-256, constant-time comparison. An empty key
 ///   is a key like any other, never "no authentication".
-/// - [`Auth::tls_server`] / [`Auth::tls_client`]: TLS over TCP (rustls), optionally with a key
-///   on top ([`Auth::with_key`]).
+/// - `Auth::tls_server` / `Auth::tls_client` (the `tls` feature): TLS over TCP (rustls),
+///   optionally with a key on top ([`Auth::with_key`]).
 ///
 /// Every handshake is bounded by a timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`], see
 /// [`handshake_timeout`](Auth::handshake_timeout)): a client that says nothing is dropped, and
@@ -26,7 +26,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// # Examples
 /// ```
 /// use std::time::Duration;
-/// use multiproc_connection::Auth;
+/// use multiproc::connection::Auth;
 ///
 /// let auth = Auth::key(b"secret password").handshake_timeout(Duration::from_secs(2));
 /// # let _ = auth;
@@ -43,7 +43,9 @@ pub(crate) enum AuthKind {
     None,
     SameUser,
     Key,
+    #[cfg(feature = "tls")]
     TlsServer(Arc<rustls::ServerConfig>),
+    #[cfg(feature = "tls")]
     TlsClient(
         Arc<rustls::ClientConfig>,
         rustls::pki_types::ServerName<'static>,
@@ -75,16 +77,19 @@ impl Auth {
         Auth::with(AuthKind::Key, Some(key.as_ref().into()))
     }
 
-    /// TLS, the listening side (TCP addresses only). Add a key with [`with_key`](Self::with_key)
+    /// TLS, the listening side (TCP addresses only; the `tls` feature). Add a key with [`with_key`](Self::with_key)
     /// to also demand one inside the encrypted connection.
+    #[cfg(feature = "tls")]
     pub fn tls_server(config: Arc<rustls::ServerConfig>) -> Auth {
         Auth::with(AuthKind::TlsServer(config), None)
     }
 
-    /// TLS, the connecting side: `server_name` is checked against the server's certificate.
+    /// TLS, the connecting side: `server_name` is checked against the server's certificate
+    /// (the `tls` feature).
     ///
     /// # Errors
     /// When `server_name` is neither a DNS name nor an IP address.
+    #[cfg(feature = "tls")]
     pub fn tls_client(
         config: Arc<rustls::ClientConfig>,
         server_name: &str,
@@ -116,7 +121,9 @@ impl Auth {
             AuthKind::None => "none",
             AuthKind::SameUser => "same-user",
             AuthKind::Key => "key",
+            #[cfg(feature = "tls")]
             AuthKind::TlsServer(_) => "tls-server",
+            #[cfg(feature = "tls")]
             AuthKind::TlsClient(..) => "tls-client",
         }
     }

@@ -12,7 +12,14 @@
 //!    only if the path still names that same socket, then the lock file.
 //!
 //! Two listeners racing for one path serialize on the lock: exactly one binds, the other gets
-//! "address in use". A stale file is never removed by two processes, nor a live one by anyone.
+//! "address in use". A stale file is never removed by two multiproc listeners, nor a live one
+//! by another multiproc listener. A program that does not take the lock is not serialized with
+//! us: if it binds the path in the moment between our refused `connect` and our removal of the
+//! stale file, its fresh socket is the one removed.
+//!
+//! The lock file is opened without following symlinks and must be a regular file owned by us:
+//! a lock file another user planted in a shared directory is reported, naming its owner,
+//! instead of being waited on forever.
 
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};

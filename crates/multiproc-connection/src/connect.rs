@@ -29,7 +29,7 @@ use crate::peer::Peer;
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-/// use multiproc_connection::{Address, Auth, Listener, connect};
+/// use multiproc::connection::{Address, Auth, Listener, connect};
 ///
 /// let name = format!("doc-connect-{}", std::process::id());
 /// let mut listener = Listener::<String, String>::bind(Address::abstract_name(&name), Auth::key(b"k")).await?;

@@ -6,7 +6,8 @@ use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use futures::{Sink, Stream};
+use futures_core::Stream;
+use futures_sink::Sink;
 use multiproc_channel::pipe::Duplex;
 use multiproc_core::message;
 use serde::Serialize;
@@ -114,6 +115,28 @@ impl<S, R> Connection<S, R> {
         }
     }
 
+    /// Writes every buffered message and ends this end's sending direction: over TCP the peer
+    /// then sees end-of-stream (`Ok(None)`) once it has read everything, and over TLS this
+    /// sends the close alert that makes the end clean rather than cut. Over a Unix socket it
+    /// only flushes: the socket may be shared with other processes through the handles it
+    /// carried, and the peer sees the end when every copy of this end is dropped.
+    ///
+    /// Dropping a connection makes one non-blocking attempt at the same.
+    ///
+    /// # Errors
+    /// [`SendErrorKind::Closed`] when the peer is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: calling it again goes on where the last call stopped.
+    pub async fn close(&mut self) -> Result<(), SendError> {
+        match &mut self.inner {
+            Inner::Unix(d) => d.flush().await,
+            Inner::Stream(f, _) => std::future::poll_fn(|cx| f.poll_shutdown(cx))
+                .await
+                .map_err(|kind| SendError::new((), kind)),
+        }
+    }
+
     /// Sends `bytes` as one message, as they are (Python's `send_bytes`); the peer takes it
     /// with [`recv_bytes`](Self::recv_bytes).
     ///
@@ -177,7 +200,10 @@ impl<S, R> Connection<S, R> {
     }
 
     /// Python's `conn.poll(timeout)`: `Ok(true)` once a receive would not wait, `Ok(false)`
-    /// when `timeout` passes first. A zero timeout only looks.
+    /// when `timeout` passes first. A zero timeout only looks, but really looks: over a Unix
+    /// socket with a non-blocking read, over TCP and TLS after yielding once to the runtime so
+    /// its I/O driver can report what arrived. A `while !ready_timeout(ZERO)` loop therefore
+    /// sees data even on a current-thread runtime.
     ///
     /// # Errors
     /// As [`ready`](Self::ready).
@@ -189,10 +215,17 @@ impl<S, R> Connection<S, R> {
     /// Cancel safe: nothing is taken.
     pub async fn ready_timeout(&mut self, timeout: Duration) -> Result<bool, RecvError> {
         if timeout.is_zero() {
-            let waker = std::task::Waker::noop();
-            return match self.poll_ready(&mut Context::from_waker(waker)) {
-                Poll::Ready(r) => r.map(|()| true),
-                Poll::Pending => Ok(false),
+            return match &mut self.inner {
+                Inner::Unix(d) => d.ready_timeout(Duration::ZERO).await,
+                Inner::Stream(f, _) => {
+                    // Only the reactor reads a stream's readiness: let it run, then look.
+                    tokio::task::yield_now().await;
+                    let waker = std::task::Waker::noop();
+                    match f.poll_ready(&mut Context::from_waker(waker)) {
+                        Poll::Ready(r) => r.map(|()| true),
+                        Poll::Pending => Ok(false),
+                    }
+                }
             };
         }
         match tokio::time::timeout(timeout, self.ready()).await {
@@ -225,9 +258,10 @@ impl<S: Serialize, R> Connection<S, R> {
     ///
     /// # Cancel safety
     /// The message is accepted before the first wait; if the future is dropped after that, it
-    /// is written by the next send or flush. Over a Unix socket a dropped connection still
-    /// delivers it (as a pipe does); over TCP, bytes not yet written when the connection is
-    /// dropped are lost.
+    /// is written by the next send, flush, or receive (so a request whose send was cancelled by
+    /// a timeout, followed by a wait for the answer, does not hang). Over a Unix socket a
+    /// dropped connection still delivers it (as a pipe does); over TCP, bytes the socket does
+    /// not take at once when the connection is dropped are lost.
     pub async fn send(&mut self, msg: S) -> Result<(), SendError<S>> {
         match &mut self.inner {
             Inner::Unix(d) => d.send(msg).await,
@@ -347,8 +381,12 @@ impl<S: Serialize, R> Sink<S> for Connection<S, R> {
         }
     }
 
+    /// As [`Connection::close`]: flushes, then over TCP and TLS shuts the stream down.
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        Sink::<S>::poll_flush(self, cx)
+        match &mut self.get_mut().inner {
+            Inner::Unix(d) => Pin::new(d).poll_close(cx),
+            Inner::Stream(f, _) => f.poll_shutdown(cx).map_err(|kind| SendError::new((), kind)),
+        }
     }
 }
 

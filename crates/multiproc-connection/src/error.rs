@@ -83,6 +83,7 @@ pub(crate) enum HandshakeErrorKind {
     Closed,
     #[error("handshake failed: unexpected message from the peer")]
     Protocol(#[source] ReadFrameError),
+    #[cfg(feature = "tls")]
     #[error("TLS handshake failed")]
     Tls(#[source] io::Error),
     #[error("handshake failed: socket error")]
@@ -98,10 +99,16 @@ impl HandshakeError {
     pub fn is_auth(&self) -> bool {
         matches!(
             self.kind,
-            HandshakeErrorKind::Challenge(_)
-                | HandshakeErrorKind::OtherUser { .. }
-                | HandshakeErrorKind::Tls(_)
-        )
+            HandshakeErrorKind::Challenge(_) | HandshakeErrorKind::OtherUser { .. }
+        ) || self.is_tls()
+    }
+    #[cfg(feature = "tls")]
+    fn is_tls(&self) -> bool {
+        matches!(self.kind, HandshakeErrorKind::Tls(_))
+    }
+    #[cfg(not(feature = "tls"))]
+    fn is_tls(&self) -> bool {
+        false
     }
     /// True when the handshake did not finish in time (a silent peer, or one expecting
     /// another kind of authentication).

@@ -4,7 +4,16 @@
 //!
 //! The grading of errors follows the Unix channel's: a frame over the size limit is skipped
 //! (the stream stays usable), a negative length means the bytes are not frames (fatal), a
-//! peer gone mid-frame is a truncated frame (fatal).
+//! peer gone mid-frame is a truncated frame (fatal). A TLS peer that ends the stream without
+//! its close alert is treated as one that closed: only a cut inside a frame is an error.
+//!
+//! The receive buffer grows with the bytes that arrive, not with what a header announces: a
+//! peer that announces a 64 MiB frame and sends nothing more costs one read chunk.
+//!
+//! Bytes a cancelled send left buffered are written by the next receive as well (and by the
+//! next send or flush): a request cancelled by a timeout in `select!` followed by a wait for the
+//! answer does not hang. Closing (or dropping) shuts the stream down, which over TLS sends the
+//! close alert the peer needs to see a clean end.
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
@@ -37,6 +46,8 @@ pub(crate) struct FramedIo {
     skip: u64,
     eof: bool,
     dead: bool,
+    /// The stream was shut down (close alert sent over TLS).
+    shut: bool,
     limit: usize,
     /// `wbuf[wpos..]` is still to be written.
     wbuf: Vec<u8>,
@@ -61,6 +72,7 @@ impl FramedIo {
             skip: 0,
             eof: false,
             dead: false,
+            shut: false,
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             wbuf: Vec::new(),
             wpos: 0,
@@ -129,13 +141,18 @@ impl FramedIo {
         }
     }
 
-    /// Makes room for `need` buffered bytes and a useful read.
+    /// Makes room for a useful read towards `need` buffered bytes. The buffer grows with what
+    /// has arrived (at most doubling the buffered bytes per step), never straight to a size
+    /// announced by a header: memory is committed only for bytes the peer really sent.
     fn reserve(&mut self, need: usize) {
         if self.start == self.end {
             self.start = 0;
             self.end = 0;
         }
-        let want = need.max(READ_CHUNK);
+        let buffered = self.end - self.start;
+        let want = need
+            .min(buffered.saturating_mul(2).max(READ_CHUNK))
+            .max(READ_CHUNK);
         if self.rbuf.len() - self.start < want || self.rbuf.len() - self.end < READ_CHUNK / 4 {
             self.rbuf.copy_within(self.start..self.end, 0);
             self.end -= self.start;
@@ -161,7 +178,14 @@ impl FramedIo {
                 Poll::Ready(Ok(()))
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => Poll::Ready(Ok(())),
-            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+            // `UnexpectedEof`: a TLS peer gone without its close alert. At a frame boundary
+            // that is an end like any other; inside a frame `at_eof` reports the truncation.
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
                 self.eof = true;
                 Poll::Ready(Ok(()))
             }
@@ -190,6 +214,7 @@ impl FramedIo {
         cx: &mut Context<'_>,
         f: impl FnOnce(&[u8]) -> T,
     ) -> Poll<Result<Option<T>, RecvError>> {
+        self.advance_flush(cx);
         loop {
             if self.dead {
                 return Poll::Ready(Ok(None));
@@ -220,6 +245,7 @@ impl FramedIo {
     /// Ready once a receive would not wait (a whole frame, end-of-stream or an error), taking
     /// nothing.
     pub(crate) fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), RecvError>> {
+        self.advance_flush(cx);
         loop {
             if self.dead {
                 return Poll::Ready(Ok(()));
@@ -270,6 +296,30 @@ impl FramedIo {
         Ok(())
     }
 
+    /// Writes what a cancelled send left buffered, as far as the stream takes it now, before a
+    /// receive waits (the peer may be waiting for those bytes before it answers). A write error
+    /// is left for the next send or flush to report; the receive goes on.
+    fn advance_flush(&mut self, cx: &mut Context<'_>) {
+        if self.buffered() > 0 && !self.shut {
+            let _ = self.poll_flush(cx);
+        }
+    }
+
+    /// Writes everything buffered, then shuts the stream down: over TLS this sends the close
+    /// alert, so the peer sees a clean end of stream.
+    pub(crate) fn poll_shutdown(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), SendErrorKind>> {
+        if self.shut {
+            return Poll::Ready(Ok(()));
+        }
+        ready!(self.poll_flush(cx))?;
+        ready!(Pin::new(&mut self.io).poll_shutdown(cx)).map_err(SendErrorKind::from_io)?;
+        self.shut = true;
+        Poll::Ready(Ok(()))
+    }
+
     /// Bytes accepted but not yet written.
     pub(crate) fn buffered(&self) -> usize {
         self.wbuf.len() - self.wpos
@@ -293,6 +343,18 @@ impl FramedIo {
         Pin::new(&mut self.io)
             .poll_flush(cx)
             .map_err(SendErrorKind::from_io)
+    }
+}
+
+impl Drop for FramedIo {
+    /// One non-blocking attempt to write what is buffered and shut down (the close alert over
+    /// TLS), so that a dropped end still looks closed rather than cut to a TLS peer. Whatever the
+    /// stream does not take at once is dropped, as closing the socket would.
+    fn drop(&mut self) {
+        if !self.shut && !self.dead {
+            let waker = std::task::Waker::noop();
+            let _ = self.poll_shutdown(&mut Context::from_waker(waker));
+        }
     }
 }
 
@@ -351,6 +413,88 @@ mod tests {
                 received: 6,
                 expected: 14
             })
+        ));
+    }
+
+    #[tokio::test]
+    async fn an_announced_frame_is_not_allocated_before_its_bytes_arrive() {
+        let (a, mut raw) = tokio::io::duplex(1 << 16);
+        let mut f = FramedIo::new(Box::new(a));
+        // 64 MiB announced (within the default limit), then silence.
+        raw.write_all(&(64u32 << 20).to_be_bytes()).await.unwrap();
+        raw.write_all(&[7; 100]).await.unwrap();
+        let waker = std::task::Waker::noop();
+        for _ in 0..4 {
+            assert!(
+                f.poll_frame(&mut Context::from_waker(waker), <[u8]>::to_vec)
+                    .is_pending()
+            );
+        }
+        assert_eq!(f.end - f.start, 104, "the header and the bytes that came");
+        assert!(
+            f.rbuf.capacity() <= 2 * READ_CHUNK,
+            "receive buffer of {} bytes for 104 received",
+            f.rbuf.capacity()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_large_frame_still_arrives_whole() {
+        let (a, mut raw) = tokio::io::duplex(1 << 16);
+        let mut f = FramedIo::new(Box::new(a));
+        let payload: Vec<u8> = (0..(3 << 20) + 17).map(|i| (i % 251) as u8).collect();
+        let mut wire = (payload.len() as u32).to_be_bytes().to_vec();
+        wire.extend_from_slice(&payload);
+        let writer = tokio::spawn(async move { raw.write_all(&wire).await.unwrap() });
+        assert_eq!(next(&mut f).await.unwrap().unwrap(), payload);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_eof_without_close_alert_at_a_boundary_is_an_end() {
+        /// Reads end with `UnexpectedEof`, as rustls reports a TCP end without close_notify.
+        struct CutAfter(Vec<u8>);
+        impl AsyncRead for CutAfter {
+            fn poll_read(
+                mut self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                buf: &mut ReadBuf<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                if self.0.is_empty() {
+                    return Poll::Ready(Err(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                let n = self.0.len().min(buf.remaining());
+                buf.put_slice(&self.0[..n]);
+                self.0.drain(..n);
+                Poll::Ready(Ok(()))
+            }
+        }
+        impl AsyncWrite for CutAfter {
+            fn poll_write(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+                b: &[u8],
+            ) -> Poll<std::io::Result<usize>> {
+                Poll::Ready(Ok(b.len()))
+            }
+            fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+            fn poll_shutdown(
+                self: Pin<&mut Self>,
+                _: &mut Context<'_>,
+            ) -> Poll<std::io::Result<()>> {
+                Poll::Ready(Ok(()))
+            }
+        }
+        let mut f = FramedIo::new(Box::new(CutAfter(vec![0, 0, 0, 1, b'x'])));
+        assert_eq!(next(&mut f).await.unwrap().unwrap(), b"x");
+        assert!(next(&mut f).await.unwrap().is_none());
+        // Inside a frame, the same end is a truncation.
+        let mut f = FramedIo::new(Box::new(CutAfter(vec![0, 0, 0, 9, b'x'])));
+        assert!(matches!(
+            next(&mut f).await,
+            Err(RecvError::Truncated { .. })
         ));
     }
 

@@ -109,6 +109,7 @@ fn check_same_user(peer: &Peer) -> Result<(), HandshakeError> {
     }
 }
 
+#[cfg(feature = "tls")]
 fn tls_error(e: std::io::Error) -> HandshakeError {
     HandshakeError::new(HandshakeErrorKind::Tls(e))
 }
@@ -159,6 +160,7 @@ pub(crate) async fn run(
             mutual(&mut s, key.unwrap_or_default(), side).await?;
             Ok(Established::Stream(Box::new(s)))
         }
+        #[cfg(feature = "tls")]
         (AuthKind::TlsServer(config), Raw::Tcp(s)) if side == Side::Server => {
             let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
             let mut tls = acceptor.accept(s).await.map_err(tls_error)?;
@@ -167,6 +169,7 @@ pub(crate) async fn run(
             }
             Ok(Established::Stream(Box::new(tls)))
         }
+        #[cfg(feature = "tls")]
         (AuthKind::TlsClient(config, name), Raw::Tcp(s)) if side == Side::Client => {
             let connector = tokio_rustls::TlsConnector::from(config.clone());
             let mut tls = connector
@@ -179,6 +182,7 @@ pub(crate) async fn run(
             Ok(Established::Stream(Box::new(tls)))
         }
         // `fits` refuses the other combinations before a connection is made.
+        #[cfg(feature = "tls")]
         _ => Err(HandshakeError::new(HandshakeErrorKind::Io(
             std::io::Error::other("this authentication does not fit this transport"),
         ))),
@@ -194,14 +198,19 @@ fn plain(raw: Raw) -> Established {
 
 /// Whether `auth` can run over `address`; the reason if not.
 pub(crate) fn fits(auth: &Auth, unix: bool, listening: bool) -> Result<(), &'static str> {
+    #[cfg(not(feature = "tls"))]
+    let _ = listening; // Only TLS has a side.
     match (&auth.kind, unix) {
         (AuthKind::SameUser, false) => Err("same-user authentication needs a Unix socket address"),
+        #[cfg(feature = "tls")]
         (AuthKind::TlsServer(_) | AuthKind::TlsClient(..), true) => {
             Err("TLS runs over TCP addresses only")
         }
+        #[cfg(feature = "tls")]
         (AuthKind::TlsClient(..), false) if listening => {
             Err("a listener needs the server side of TLS (Auth::tls_server)")
         }
+        #[cfg(feature = "tls")]
         (AuthKind::TlsServer(_), false) if !listening => {
             Err("a client needs the client side of TLS (Auth::tls_client)")
         }

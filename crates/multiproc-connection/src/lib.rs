@@ -5,7 +5,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use multiproc_connection::{Address, Auth, Listener, connect};
+//! use multiproc::connection::{Address, Auth, Listener, connect};
 //!
 //! // The server program.
 //! let path = std::env::temp_dir().join(format!("doc-tour-{}.sock", std::process::id()));
@@ -28,8 +28,8 @@
 //!   file left behind by a listener that was killed is reclaimed by the next bind; of two
 //!   listeners racing for one path exactly one wins; the listener removes its file when dropped.
 //! - **Authentication** ([`Auth`]): none; same user (the kernel's peer credentials, no round
-//!   trip); a shared key with Python's mutual HMAC challenge; TLS over TCP (rustls), optionally
-//!   with a key on top. Every handshake has a timeout: a silent client is dropped while the
+//!   trip); a shared key with Python's mutual HMAC challenge; TLS over TCP (rustls, the `tls`
+//!   feature), optionally with a key on top. Every handshake has a timeout: a silent client is dropped while the
 //!   listener serves the others, and a wrong key fails on both sides.
 //! - **Ends** ([`Connection`]): over Unix sockets a [`pipe::Duplex`](multiproc_channel::pipe::Duplex)
 //!   underneath, so handles travel inside messages; over TCP, bytes, and a message holding a
@@ -37,6 +37,11 @@
 //!   is Python's `poll(timeout)`.
 //! - **Python** ([`python`]): byte connections in Python's own protocol, so a Python
 //!   `Client(address, authkey=...)` talks to a multiproc listener and the other way round.
+//!
+//! # Features
+//! - `tls` (off by default): TLS over TCP, `Auth::tls_server` and `Auth::tls_client`, and the
+//!   `rustls` re-export. It brings rustls and ring (C and assembly); key and same-user
+//!   authentication do not need it. The facade forwards it as `multiproc`'s `tls` feature.
 //!
 //! Linux only.
 #![cfg(target_os = "linux")]
@@ -65,6 +70,7 @@ pub use connection::Connection;
 pub use listener::{Incoming, Listener};
 pub use peer::Peer;
 
+#[cfg(feature = "tls")]
 /// The rustls crate this one is built with, to build [`Auth::tls_server`] and
 /// [`Auth::tls_client`] configurations with matching types.
 pub use rustls;

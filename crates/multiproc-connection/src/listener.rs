@@ -5,7 +5,7 @@ use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use futures::Stream;
+use futures_core::Stream;
 
 use crate::acceptor::Acceptor;
 use crate::address::Address;
@@ -34,7 +34,7 @@ use crate::peer::Peer;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
 /// use futures::StreamExt;
-/// use multiproc_connection::{Address, Auth, Listener, connect};
+/// use multiproc::connection::{Address, Auth, Listener, connect};
 ///
 /// let mut listener = Listener::<u64, u64>::bind(Address::tcp("127.0.0.1:0"), Auth::none()).await?;
 /// let address = listener.local_address().clone(); // the port the system chose

@@ -15,9 +15,10 @@ pub struct Peer {
 
 impl Peer {
     /// The peer's process id (Unix sockets only): the process that connected, or for a client,
-    /// the process that listens.
+    /// the process that listens. `None` also when that process is not visible from our PID
+    /// namespace (a peer in a container that shares the socket path).
     pub fn pid(&self) -> Option<u32> {
-        self.credentials.map(|c| c.pid)
+        self.credentials.and_then(|c| c.pid)
     }
     /// The peer's effective user id (Unix sockets only).
     pub fn uid(&self) -> Option<u32> {

@@ -22,7 +22,7 @@
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! use multiproc_connection::{Address, Auth, python};
+//! use multiproc::connection::{Address, Auth, python};
 //!
 //! let mut listener = python::Listener::bind(Address::tcp("127.0.0.1:0"), Auth::key(b"k")).await?;
 //! let address = listener.local_address().clone();
@@ -162,6 +162,21 @@ impl Connection {
             .map_err(|kind| SendError::new((), kind))
     }
 
+    /// Writes what is buffered and shuts the stream down (Python's `close`, which over TLS
+    /// also sends the close alert); the peer then receives `Ok(None)` once it read everything.
+    /// Dropping the connection makes one non-blocking attempt at the same.
+    ///
+    /// # Errors
+    /// [`SendError`] when the peer is gone.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: calling it again goes on where the last call stopped.
+    pub async fn close(&mut self) -> Result<(), SendError> {
+        std::future::poll_fn(|cx| self.io.poll_shutdown(cx))
+            .await
+            .map_err(|kind| SendError::new((), kind))
+    }
+
     /// Receives one message (Python's `recv_bytes`); `Ok(None)` when the peer closed (Python
     /// raises `EOFError`).
     ///
@@ -201,6 +216,16 @@ impl Connection {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn ready_timeout(&mut self, timeout: Duration) -> Result<bool, RecvError> {
+        if timeout.is_zero() {
+            // Only the reactor reads a stream's readiness: let it run, then look, so that a
+            // `while !poll(0)` loop sees data even on a current-thread runtime.
+            tokio::task::yield_now().await;
+            let waker = std::task::Waker::noop();
+            return match self.poll_ready(&mut Context::from_waker(waker)) {
+                Poll::Ready(r) => r.map(|()| true),
+                Poll::Pending => Ok(false),
+            };
+        }
         match tokio::time::timeout(timeout, self.ready()).await {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),

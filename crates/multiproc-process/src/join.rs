@@ -73,7 +73,8 @@ pub struct JoinHandle<R> {
     kill_on_drop: bool,
     pipes: Pipes,
     state: State<R>,
-    /// The child's `multiproc.child` span: joins run in it, and it records how the child ended.
+    /// The child's `multiproc.child` span: joins run in it, it records how the child ended, and
+    /// the reaper records the exit of a handle dropped unjoined.
     #[cfg(feature = "tracing")]
     span: Option<tracing::Span>,
 }
@@ -490,6 +491,12 @@ impl<R> Drop for JoinHandle<R> {
         }
         // Reaped already (by `active_children`): nothing left for the reaper.
         if matches!(child.reap(), Ok(None)) {
+            // Nobody will await the join that records the exit: the reaper records it instead.
+            #[cfg(feature = "tracing")]
+            if let Some(span) = self.span.take() {
+                let on_reaped = crate::trace::exit_unjoined(span, self.kill_on_drop);
+                return reaper::reap_orphan_then(child.pidfd.clone(), Some(on_reaped));
+            }
             reaper::reap_orphan(child.pidfd.clone());
         }
     }

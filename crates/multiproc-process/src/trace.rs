@@ -3,16 +3,27 @@
 //! one tree.
 //!
 //! The parent opens a `multiproc.child` span (fields `pid`, `name`, `function`) inside its
-//! current span for every child it spawns; the child's exit, panic or death is an event in it.
+//! current span for every child it spawns; the child's exit, panic or death is an event in it:
+//! from the join when the handle is awaited, else from the reaper thread once the child whose
+//! handle was dropped (detached, or killed by `kill_on_drop`) exits.
 //! Span ids are per process, so the child cannot enter that span itself: it receives the span
 //! as data, a [`RemoteSpan`] (the parent's pid and the span's id there), and
 //! [`child_span`] opens the child's root span, `multiproc.remote`, with fields
 //! `parent.pid` and `parent.span` naming it. A collector that gathers spans from every
 //! process (by pid) joins the two: the child's tree hangs under the parent's `multiproc.child`.
 //!
-//! A child never runs `main`, so it has no subscriber until its function installs one: call
-//! [`child_span`] after that and enter it (for a pool, install the subscriber in the
-//! initializer).
+//! Pool tasks carry the span current where they were submitted (`map`, `apply`, `submit`, ...):
+//! a worker runs each chunk inside a `multiproc.task` span (fields `parent.pid`,
+//! `parent.span`, `pid`, `job`) naming it, so a request that fans out through a pool reads as
+//! one tree with no code in the task. Work submitted outside any recorded span opens no task
+//! span.
+//!
+//! A child never runs `main`, so it has no subscriber until its function installs one, and a
+//! span created before a subscriber exists stays disabled for good (tracing decides when a
+//! span is created, not when it is entered). That is why a spawned child's root span cannot be
+//! opened for it: its function calls [`child_span`] after installing its subscriber and enters
+//! it. A pool does this by itself: install the subscriber in the pool's initializer, which runs
+//! before any task, and every task span is recorded.
 
 use std::sync::OnceLock;
 
@@ -73,6 +84,34 @@ pub fn child_span() -> tracing::Span {
     )
 }
 
+/// The current span as another process is to name it: `None` without the `tracing` feature, or
+/// when no subscriber records the current span.
+pub(crate) fn current_remote() -> Option<RemoteSpan> {
+    #[cfg(feature = "tracing")]
+    {
+        tracing::Span::current().id().map(|id| RemoteSpan {
+            pid: std::process::id(),
+            span_id: id.into_u64(),
+        })
+    }
+    #[cfg(not(feature = "tracing"))]
+    None
+}
+
+/// In a pool worker: the span a chunk of tasks runs in, `multiproc.task` (info level, target
+/// `multiproc`), naming the span it was submitted from.
+#[cfg(feature = "tracing")]
+pub(crate) fn task_span(parent: RemoteSpan, job: u64) -> tracing::Span {
+    tracing::info_span!(
+        target: "multiproc",
+        "multiproc.task",
+        parent.pid = parent.pid,
+        parent.span = parent.span_id,
+        pid = std::process::id(),
+        job,
+    )
+}
+
 /// In the parent: the span of a child about to be spawned running `function`, inside the
 /// current span, and what the child is to receive of it (`None` when no subscriber records it).
 #[cfg(feature = "tracing")]
@@ -92,6 +131,38 @@ pub(crate) fn spawn_span(
         span_id: id.into_u64(),
     });
     (span, remote)
+}
+
+/// In the parent, for a child whose handle was dropped before it was joined: an event now, and
+/// the call the reaper makes once it reaps the child, which records its exit status in the
+/// child's span. The reaper's thread has no subscriber of its own, so the call runs under the
+/// one the span was recorded by.
+#[cfg(feature = "tracing")]
+pub(crate) fn exit_unjoined(
+    span: tracing::Span,
+    killed: bool,
+) -> multiproc_core::proc::reaper::OnReaped {
+    use multiproc_core::{trace_debug, trace_warn};
+    span.in_scope(|| {
+        trace_debug!(
+            kill_on_drop = killed,
+            "child process handle dropped before the join; the child is reaped in the background"
+        );
+    });
+    Box::new(move |status| {
+        let status = crate::ExitStatus::new(status);
+        span.with_subscriber(|(_, dispatch)| {
+            tracing::dispatcher::with_default(dispatch, || {
+                span.in_scope(|| {
+                    if status.success() {
+                        trace_debug!(%status, "child process exited (reaped unjoined)");
+                    } else {
+                        trace_warn!(%status, "child process exited (reaped unjoined)");
+                    }
+                });
+            });
+        });
+    })
 }
 
 /// In the parent, inside a child's span: how its join ended, as an event.

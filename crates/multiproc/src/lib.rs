@@ -246,8 +246,9 @@ pub mod error {
 }
 
 /// Named endpoints: unrelated programs meet at an address (a Unix socket path, an abstract
-/// name, TCP), authenticate (same user, a Python-compatible key, TLS) and talk through typed
-/// ends; Python's `multiprocessing.connection` (`Listener`, `Client`, `authkey`, `poll`).
+/// name, TCP), authenticate (same user, a Python-compatible key, TLS with the `tls` feature)
+/// and talk through typed ends; Python's `multiprocessing.connection` (`Listener`, `Client`,
+/// `authkey`, `poll`).
 ///
 /// ```
 /// # #[tokio::main(flavor = "current_thread")]

@@ -1,5 +1,4 @@
 use std::fmt;
-use std::future::Future;
 use std::marker::PhantomData;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -113,7 +112,7 @@ impl<T> Receiver<T> {
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// use std::time::Duration;
     ///
-    /// let (mut tx, mut rx) = multiproc_channel::pipe::simplex::<u32>()?;
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<u32>()?;
     /// assert!(!rx.ready_timeout(Duration::from_millis(10)).await?); // Python: poll(0.01)
     /// tx.send(5).await?;
     /// rx.ready().await?;
@@ -128,7 +127,7 @@ impl<T> Receiver<T> {
 
     /// Like [`ready`](Self::ready), waiting at most `timeout`: `Ok(true)` when a receive would
     /// not wait, `Ok(false)` on timeout (Python's `conn.poll(timeout)`). A zero timeout only
-    /// looks.
+    /// looks, with a non-blocking read of the socket.
     ///
     /// # Errors
     /// As [`ready`](Self::ready).
@@ -139,15 +138,12 @@ impl<T> Receiver<T> {
     /// # Cancel safety
     /// Cancel safe, as [`ready`](Self::ready).
     pub async fn ready_timeout(&mut self, timeout: Duration) -> Result<bool, RecvError> {
-        let mut once = std::pin::pin!(self.ready());
         if timeout.is_zero() {
-            let waker = std::task::Waker::noop();
-            return match once.as_mut().poll(&mut Context::from_waker(waker)) {
-                Poll::Ready(r) => r.map(|()| true),
-                Poll::Pending => Ok(false),
-            };
+            // A real non-blocking read, not the readiness the runtime last saw: a
+            // `while !ready_timeout(ZERO)` loop sees data even on a current-thread runtime.
+            return self.raw.try_ready();
         }
-        match tokio::time::timeout(timeout, once).await {
+        match tokio::time::timeout(timeout, self.ready()).await {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),
         }

@@ -36,7 +36,7 @@
 #![allow(unsafe_code)]
 
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use crate::proc::remote_fn::{self, RemoteFn};
@@ -214,27 +214,7 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
 /// user and group. (Not rustix's, whose `Pid` cannot hold the 0 the kernel reports for a
 /// process in a pid namespace we cannot see.)
 fn socket_maker(socket: &OwnedFd) -> io::Result<libc::ucred> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: the kernel writes at most `len` bytes, the size of `cred`, into `cred`, a plain
-    // struct of integers; `socket` is an open descriptor for the call.
-    let rc = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&raw mut cred).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cred)
+    crate::sys::peer_ucred(socket.as_fd())
 }
 
 /// Reads the hello on `control`, checks it, and runs the entry point it names with `control`.

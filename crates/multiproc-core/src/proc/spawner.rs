@@ -132,11 +132,11 @@ fn serve(jobs: Receiver<Job>) {
 /// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
 /// (see [`bootstrap`]).
 pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<Spawned> {
-    // Spinning turned off through the API reaches the child as the variable (first, so that
-    // the caller's own setting of it wins).
-    if crate::wait::spin::turned_off_here() {
-        let off = (crate::wait::spin::SPIN_ENV.into(), Some("0".into()));
-        options.env.insert(0, off);
+    // Spinning turned on or off through the API reaches the child as the variable (first, so
+    // that the caller's own setting of it wins).
+    if let Some(value) = crate::wait::spin::env_for_children() {
+        let setting = (crate::wait::spin::SPIN_ENV.into(), Some(value.into()));
+        options.env.insert(0, setting);
     }
     let ControlSocket {
         parent_end,

@@ -1,5 +1,6 @@
-//! Thin wrappers over the Linux calls the core needs. Everything here is safe Rust over rustix;
-//! the one unsafe spot in this crate that touches raw descriptor numbers is `bootstrap`.
+//! Thin wrappers over the Linux calls the core needs. Everything here is safe Rust over rustix,
+//! except `peercred` (a raw `SO_PEERCRED` read, where rustix's typed answer cannot hold pid 0);
+//! the other unsafe spot in this crate that touches raw descriptor numbers is `bootstrap`.
 //! Process identities ([`identity`]) live here too: reading `/proc` is an OS service that both
 //! `wait` (the robust lock) and `proc` need.
 
@@ -18,6 +19,8 @@ pub(crate) mod abstract_socket;
 pub(crate) mod fifo;
 pub(crate) mod file_lock;
 pub mod identity;
+mod peercred;
+pub(crate) use peercred::peer_ucred;
 
 /// Most descriptors Linux accepts in one `sendmsg` (`SCM_MAX_FD`).
 pub(crate) const MAX_FDS_PER_SENDMSG: usize = 253;

@@ -2,7 +2,7 @@
 //! socket, the lock file that decides which listener owns a socket path, and random bytes for
 //! challenges.
 //!
-//! Safe Rust over rustix; no unsafe.
+//! Safe Rust over rustix and the private `sys`; no unsafe here.
 //!
 //! # The path lock
 //! A Unix socket file outlives a listener that was SIGKILLed, so a new listener must be able to
@@ -31,8 +31,9 @@ use rustix::fs::{FlockOperation, flock};
 /// recorded them when the connection was made (`SO_PEERCRED`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PeerCredentials {
-    /// Process id.
-    pub pid: u32,
+    /// Process id; `None` when the peer's process is not visible from our PID namespace (the
+    /// kernel then reports 0, e.g. for a peer in a container sharing the socket path).
+    pub pid: Option<u32>,
     /// Effective user id.
     pub uid: u32,
     /// Effective group id.
@@ -48,12 +49,16 @@ pub struct PeerCredentials {
 /// # References
 /// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SO_PEERCRED`)
 pub fn peer_credentials(socket: BorrowedFd<'_>) -> io::Result<PeerCredentials> {
-    let cred = rustix::net::sockopt::socket_peercred(socket)?;
-    Ok(PeerCredentials {
-        pid: cred.pid.as_raw_nonzero().get() as u32,
-        uid: cred.uid.as_raw(),
-        gid: cred.gid.as_raw(),
-    })
+    crate::sys::peer_ucred(socket).map(credentials_of)
+}
+
+/// The kernel's record as we expose it: pid 0 (not visible in our PID namespace) is `None`.
+fn credentials_of(cred: libc::ucred) -> PeerCredentials {
+    PeerCredentials {
+        pid: u32::try_from(cred.pid).ok().filter(|&pid| pid != 0),
+        uid: cred.uid,
+        gid: cred.gid,
+    }
 }
 
 /// This process's effective user id.
@@ -95,8 +100,13 @@ impl PathLock {
     /// Takes the lock on `path` (created if missing, mode 0600) without waiting; `Ok(None)`
     /// when another process holds it.
     ///
+    /// The file is opened without following symlinks and must be a regular file owned by our
+    /// effective user: in a shared directory such as `/tmp`, a file another user created could
+    /// be held locked by them forever.
+    ///
     /// # Errors
-    /// When the file cannot be created or opened.
+    /// When the file cannot be created or opened, is a symlink (`ELOOP`), is not a regular
+    /// file, or belongs to another user (the error names the owner).
     ///
     /// # References
     /// - [`flock(2)`](https://man7.org/linux/man-pages/man2/flock.2.html)
@@ -109,7 +119,10 @@ impl PathLock {
                 .create(true)
                 .truncate(false)
                 .mode(0o600)
+                // Never follow a symlink someone else planted at the lock path.
+                .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
                 .open(path)?;
+            check_lock_file(&file, path)?;
             match flock(file.as_fd(), FlockOperation::NonBlockingLockExclusive) {
                 Ok(()) => {}
                 Err(rustix::io::Errno::WOULDBLOCK) => return Ok(None),
@@ -136,6 +149,29 @@ impl PathLock {
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// Refuses a lock file that is not a regular file of ours.
+fn check_lock_file(file: &File, path: &Path) -> io::Result<()> {
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("lock file {} is not a regular file", path.display()),
+        ));
+    }
+    let me = effective_uid();
+    if meta.uid() != me {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "lock file {} belongs to uid {}, not to us (uid {me})",
+                path.display(),
+                meta.uid()
+            ),
+        ));
+    }
+    Ok(())
 }
 
 impl Drop for PathLock {
@@ -169,10 +205,50 @@ mod tests {
     }
 
     #[test]
+    fn a_symlink_at_the_lock_path_is_refused() {
+        let dir = std::env::temp_dir();
+        let target = dir.join(format!("mp-pathlock-target-{}", std::process::id()));
+        let link = dir.join(format!("mp-pathlock-link-{}.lock", std::process::id()));
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let err = PathLock::try_acquire(&link).unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ELOOP), "{err}");
+        assert!(!target.exists(), "nothing created through the symlink");
+        std::fs::remove_file(&link).unwrap();
+    }
+
+    #[test]
+    fn a_lock_path_that_is_not_a_file_is_refused() {
+        let dir = std::env::temp_dir().join(format!("mp-pathlock-dir-{}.lock", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        // Opening a directory for writing fails with EISDIR before our check; either way, no.
+        assert!(PathLock::try_acquire(&dir).is_err());
+        std::fs::remove_dir(&dir).unwrap();
+    }
+
+    #[test]
     fn credentials_of_a_socket_pair_are_ours() {
         let (a, _b) = crate::sys::stream_socketpair().unwrap();
         let cred = peer_credentials(a.as_fd()).unwrap();
-        assert_eq!(cred.pid, std::process::id());
+        assert_eq!(cred.pid, Some(std::process::id()));
         assert_eq!(cred.uid, effective_uid());
+    }
+
+    #[test]
+    fn a_peer_outside_our_pid_namespace_has_no_pid() {
+        // The kernel reports pid 0 for a peer whose pid is not visible from our namespace.
+        let hidden = credentials_of(libc::ucred {
+            pid: 0,
+            uid: 1000,
+            gid: 1000,
+        });
+        assert_eq!(hidden.pid, None);
+        assert_eq!((hidden.uid, hidden.gid), (1000, 1000));
+        let seen = credentials_of(libc::ucred {
+            pid: 42,
+            uid: 0,
+            gid: 0,
+        });
+        assert_eq!(seen.pid, Some(42));
     }
 }

@@ -133,10 +133,17 @@ pub fn spinning() -> bool {
     }
 }
 
-/// Whether this process's spin setting was chosen through [`set_spinning`] to be off (which its
-/// children then inherit through [`SPIN_ENV`]).
-pub(crate) fn turned_off_here() -> bool {
-    SPINNING.load(Ordering::Relaxed) == OFF && std::env::var_os(SPIN_ENV).is_none_or(|v| v != "0")
+/// The value of [`SPIN_ENV`] children must be given so that they follow this process's
+/// setting, when [`set_spinning`] chose one the environment does not say: `"0"` when it turned
+/// spinning off, `"1"` when it turned it on in a process started with `MULTIPROC_SPIN=0`.
+/// `None` when the inherited environment already says the same.
+pub(crate) fn env_for_children() -> Option<&'static str> {
+    let env_on = std::env::var_os(SPIN_ENV).is_none_or(|v| v != "0");
+    match SPINNING.load(Ordering::Relaxed) {
+        ON if !env_on => Some("1"),
+        OFF if env_on => Some("0"),
+        _ => None,
+    }
 }
 
 /// How many spins this process has begun (each wait spins at most once). Stays put while

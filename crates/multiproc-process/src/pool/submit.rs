@@ -165,6 +165,8 @@ pub(crate) struct Results<R> {
     outstanding: usize,
     /// Dropping leaves the work running (a task handle) rather than cancelling it (a map).
     detach_on_drop: bool,
+    /// The span current when the work was submitted, which its chunks carry to the workers.
+    span: Option<crate::RemoteSpan>,
 }
 
 impl<R> Results<R> {
@@ -203,6 +205,7 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
             rx,
             outstanding: 0,
             detach_on_drop: false,
+            span: crate::trace::current_remote(),
         }
     }
 
@@ -232,7 +235,8 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
             sink: self.sink.clone(),
         };
         let mut frame = Vec::new();
-        let encoded = message::encode_into(&ToWorker::Run { id, func }, &mut frame)
+        let span = self.span;
+        let encoded = message::encode_into(&ToWorker::Run { id, func, span }, &mut frame)
             .and_then(|_| message::encode_into(items, &mut frame));
         match encoded {
             Ok(fds) => Some(Job { frame, fds, meta }),

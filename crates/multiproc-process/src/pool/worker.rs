@@ -141,7 +141,7 @@ impl Worker {
                 }
                 sent
             }
-            ToWorker::Run { id, func } => {
+            ToWorker::Run { id, func, span } => {
                 let seq = self.jobs;
                 self.jobs += 1;
                 // A job cancelled after it was sent is skipped: looked at once before it is
@@ -156,6 +156,12 @@ impl Worker {
                 }
                 self.ctrl.note_worker_cpu();
                 let started = Instant::now();
+                // The chunk's tasks hang under the submitter's span (the initializer, which
+                // installs a subscriber if the program wants one, has run by now).
+                #[cfg(feature = "tracing")]
+                let _task = span.map(|parent| crate::trace::task_span(parent, id).entered());
+                #[cfg(not(feature = "tracing"))]
+                let _ = span;
                 self.run(func, body, fds);
                 let busy_ns = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
                 match self.call.rejected.take() {

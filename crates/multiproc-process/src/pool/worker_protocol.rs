@@ -21,8 +21,13 @@ pub(crate) enum ToWorker {
     /// `Ready` or `InitFailed`.
     Init { func: Option<TaskFn> },
     /// Run a chunk of tasks; a `Vec` of their arguments follows. Answered by `Done` or
-    /// `Rejected`, in the order the chunks were sent.
-    Run { id: u64, func: TaskFn },
+    /// `Rejected`, in the order the chunks were sent. `span`: the submitter's span, which the
+    /// worker's `multiproc.task` span names as its parent.
+    Run {
+        id: u64,
+        func: TaskFn,
+        span: Option<crate::RemoteSpan>,
+    },
 }
 
 /// Worker to parent.

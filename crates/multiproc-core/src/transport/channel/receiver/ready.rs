@@ -1,5 +1,6 @@
 //! Waiting until a receive would not wait, without taking anything (Python's `poll`).
 
+use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -48,6 +49,41 @@ impl RawReceiver {
             };
             if let Err(e) = self.read_when_ready(&next, &mut guard) {
                 return Poll::Ready(Err(e));
+            }
+        }
+    }
+
+    /// Whether a receive would not wait, found out now: reads what the socket holds with
+    /// non-blocking `recvmsg` calls (into the receive buffer, handing nothing out) instead of
+    /// trusting the readiness the runtime last saw. Python's `poll(0)`.
+    ///
+    /// An error found while looking is returned here and not again, as for
+    /// [`poll_ready`](Self::poll_ready).
+    ///
+    /// # Errors
+    /// As [`poll_ready`](Self::poll_ready).
+    pub fn try_ready(&mut self) -> Result<bool, RecvError> {
+        loop {
+            if self.dead {
+                return Ok(true);
+            }
+            let next = match self.next(false)? {
+                Next::Whole(whole) => {
+                    if let Whole::Direct(direct) = whole {
+                        self.direct = Some(direct);
+                    }
+                    return Ok(true);
+                }
+                next => next,
+            };
+            if self.eof {
+                return self.at_eof(&next).map(|_| true);
+            }
+            match self.read_once(&next) {
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(self.read_error(e)),
             }
         }
     }
