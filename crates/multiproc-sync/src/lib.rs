@@ -47,6 +47,8 @@ pub use barrier::{Barrier, BarrierWaitResult};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
 pub use file_lock::{FileLock, FileLockGuard};
+#[doc(hidden)]
+pub use file_lock::BLOCKING_LOCK_TEST_PAUSE_MS;
 pub use lock::{Lock, LockGuard, OwnedLockGuard};
 pub use multiproc_core::shm::Pod;
 pub use rlock::{RLock, RLockGuard};

@@ -134,6 +134,8 @@ pub mod sync {
     // Named resources: locks on files that unrelated programs meet by path.
     #[doc(inline)]
     pub use multiproc_sync::{FileLock, FileLockGuard};
+    #[doc(hidden)]
+    pub use multiproc_sync::BLOCKING_LOCK_TEST_PAUSE_MS;
 }
 
 /// Shared memory: typed values and arrays (Python's `Value` and `Array`) and raw regions.
