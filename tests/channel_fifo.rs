@@ -215,3 +215,63 @@ async fn wrong_types_truncated_frames_and_garbage_are_errors_not_panics() {
     within("child", child).await.unwrap();
     fifo::remove(&path).unwrap();
 }
+
+/// Sends one message as a fresh writer, then closes the FIFO.
+async fn send_one((path, value): (PathBuf, u32)) {
+    let mut tx = FifoSender::<u32>::open(&path).await.unwrap();
+    tx.send(&value).await.unwrap();
+}
+
+/// Review finding: after the last writer closed, every later `recv` returned `Ok(None)` at once
+/// (the kernel keeps reporting hang-up), so the canonical server loop spun a core.
+#[tokio::test]
+async fn after_the_end_of_the_stream_recv_waits_for_the_next_writer() {
+    let path = fifo_path("reopen");
+    let mut rx = FifoReceiver::<u32>::open(&path).unwrap();
+    for round in 0..3 {
+        let child = spawn((path.clone(), round), send_one);
+        within("child", child).await.unwrap();
+        assert_eq!(within("message", rx.recv()).await.unwrap(), Some(round));
+        assert_eq!(within("end", rx.recv()).await.unwrap(), None);
+        // No writer now: the next receive waits instead of reporting the end again at once.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "recv returned at once with no writer (round {round})"
+        );
+    }
+    fifo::remove(&path).unwrap();
+}
+
+/// Review finding: a single writer moved its whole frame to the pending buffer before writing a
+/// byte, so a send cancelled while the FIFO was full was delivered later anyway.
+#[tokio::test]
+async fn a_single_writer_send_cancelled_before_writing_sends_nothing() {
+    let path = fifo_path("cancel-send");
+    let mut rx = FifoReceiver::<(u32, Vec<u8>)>::open(&path).unwrap();
+    let mut tx = FifoSender::<(u32, Vec<u8>)>::open_single_writer(&path)
+        .await
+        .unwrap();
+    // Small frames (written whole or not at all) until the FIFO is full and a send times out.
+    let mut sent = 0u32;
+    while tokio::time::timeout(Duration::from_millis(50), tx.send(&(sent, vec![7; 100])))
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        sent += 1;
+        assert!(sent < 100_000, "the FIFO never filled");
+    }
+    for i in 0..sent {
+        assert_eq!(within("filler", rx.recv()).await.unwrap().unwrap().0, i);
+    }
+    within("send after", tx.send(&(u32::MAX, Vec::new())))
+        .await
+        .unwrap();
+    // The cancelled message (number `sent`) never arrives.
+    assert_eq!(
+        within("after", rx.recv()).await.unwrap().unwrap().0,
+        u32::MAX
+    );
+    fifo::remove(&path).unwrap();
+}
