@@ -275,3 +275,63 @@ async fn a_single_writer_send_cancelled_before_writing_sends_nothing() {
     );
     fifo::remove(&path).unwrap();
 }
+
+/// Tries to open a receiver on the FIFO; whether it was refused as a second reader.
+fn second_reader_refused(path: PathBuf) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = runtime.enter();
+    matches!(
+        FifoReceiver::<u32>::open(&path),
+        Err(FifoOpenError::ReaderConflict)
+    )
+}
+
+/// Review finding: two receivers on one FIFO tear each other's frames (each reads whatever
+/// bytes are there); a second receiver is now refused, in this process or another.
+#[tokio::test]
+async fn a_fifo_has_one_receiver() {
+    let path = fifo_path("one-reader");
+    let rx = FifoReceiver::<u32>::open(&path).unwrap();
+    assert!(matches!(
+        FifoReceiver::<u32>::open(&path),
+        Err(FifoOpenError::ReaderConflict)
+    ));
+    let child = spawn(path.clone(), second_reader_refused);
+    assert!(within("child", child).await.unwrap());
+    drop(rx);
+    let mut rx = FifoReceiver::<u32>::open(&path).unwrap();
+    let child = spawn((path.clone(), 5), send_one);
+    within("child", child).await.unwrap();
+    assert_eq!(within("message", rx.recv()).await.unwrap(), Some(5));
+    fifo::remove(&path).unwrap();
+}
+
+/// Review finding: opening a path that is not a FIFO opened it for reading or writing first
+/// (a terminal would become the controlling terminal); the type is now checked on an `O_PATH`
+/// descriptor, and a regular file is refused without being opened.
+#[tokio::test]
+async fn a_path_that_is_not_a_fifo_is_refused() {
+    let file = std::env::temp_dir().join(format!("multiproc-test-notfifo-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    let e = FifoReceiver::<u32>::open(&file).unwrap_err();
+    assert!(
+        matches!(&e, FifoOpenError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    let e = FifoSender::<u32>::try_open(&file).unwrap_err();
+    assert!(
+        matches!(&e, FifoOpenError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    // A FIFO reached through a symbolic link still opens.
+    let path = fifo_path("linked");
+    let link = path.with_extension("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let _rx = FifoReceiver::<u32>::open(&link).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    fifo::remove(&path).unwrap();
+}

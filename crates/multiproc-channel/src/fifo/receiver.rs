@@ -3,10 +3,10 @@
 use std::fmt;
 use std::io;
 use std::marker::PhantomData;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
-use multiproc_core::fs::{open_fifo_read, reopen_fifo_read};
+use multiproc_core::fs::{claim_fifo_reader, open_fifo_read, reopen_fifo_read};
 use multiproc_core::message;
 use serde::de::DeserializeOwned;
 use tokio::net::unix::pipe;
@@ -25,13 +25,22 @@ pub struct FifoReceiver<T> {
     max_message: usize,
     /// Set once a frame announced more than `max_message`: the stream cannot be resynchronized.
     corrupt: Option<usize>,
+    /// The claim that makes this the FIFO's only multiproc receiver, held while it lives.
+    _claim: OwnedFd,
     _t: PhantomData<fn() -> T>,
 }
 
 impl<T: DeserializeOwned> FifoReceiver<T> {
     /// Opens the FIFO at `path` for reading. Never waits for a writer.
     ///
+    /// A FIFO has **one reader**: its byte stream has no message boundaries, so two readers
+    /// would each read parts of the other's frames. While this receiver lives, another
+    /// `FifoReceiver` on the same FIFO, in any process of this user, fails to open with
+    /// [`FifoOpenError::ReaderConflict`] (programs reading the FIFO without multiproc are not
+    /// covered).
+    ///
     /// # Errors
+    /// [`FifoOpenError::ReaderConflict`] when another receiver has the FIFO open;
     /// [`FifoOpenError::Io`] when the path does not exist or is not a FIFO, or outside a tokio
     /// runtime.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, FifoOpenError> {
@@ -41,12 +50,16 @@ impl<T: DeserializeOwned> FifoReceiver<T> {
             )));
         }
         let fd = open_fifo_read(path.as_ref()).map_err(FifoOpenError::Io)?;
+        let claim = claim_fifo_reader(fd.as_fd())
+            .map_err(FifoOpenError::Io)?
+            .ok_or(FifoOpenError::ReaderConflict)?;
         let pipe = pipe::Receiver::from_owned_fd(fd).map_err(FifoOpenError::Io)?;
         Ok(Self {
             pipe,
             buf: Vec::new(),
             max_message: DEFAULT_MAX_MESSAGE,
             corrupt: None,
+            _claim: claim,
             _t: PhantomData,
         })
     }

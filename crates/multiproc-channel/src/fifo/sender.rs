@@ -40,6 +40,10 @@ impl<T: Serialize> FifoSender<T> {
     /// [`FifoOpenError::Io`] when the path does not exist or is not a FIFO, or outside a tokio
     /// runtime.
     ///
+    /// # Panics
+    /// On a tokio runtime built without timers (`enable_time`) when it has to wait for a
+    /// reader, as `tokio::time::sleep` does.
+    ///
     /// # Cancel safety
     /// Cancel safe: nothing is open until the future returns.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, FifoOpenError> {
@@ -52,6 +56,9 @@ impl<T: Serialize> FifoSender<T> {
     /// # Errors
     /// [`FifoOpenError::WriterConflict`] when other senders have the FIFO open; otherwise as
     /// [`open`](Self::open).
+    ///
+    /// # Panics
+    /// As [`open`](Self::open).
     ///
     /// # Cancel safety
     /// As [`open`](Self::open).

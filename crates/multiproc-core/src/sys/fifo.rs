@@ -54,6 +54,32 @@ pub fn reopen_fifo_read(fifo: BorrowedFd<'_>) -> io::Result<OwnedFd> {
     reopen(fifo, OFlags::RDONLY)
 }
 
+/// Claims the reading side of the FIFO `fifo` (any descriptor of it) for this caller: `Ok(None)`
+/// when another reader of this user, in any process, holds the claim. A FIFO's byte stream
+/// has no message boundaries, so two readers would each take parts of the others' frames.
+///
+/// The claim is an abstract Unix socket bound to a name made of the user and the FIFO's
+/// device and inode (`multiproc/<uid>/fifo-reader/<dev>:<ino>`): no file is created, and the
+/// kernel drops the claim when the returned descriptor closes, including when its process
+/// dies. Readers that do not use multiproc are not covered.
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), "Abstract sockets"
+pub fn claim_fifo_reader(fifo: BorrowedFd<'_>) -> io::Result<Option<OwnedFd>> {
+    let st = rustix::fs::fstat(fifo)?;
+    let name = format!(
+        "multiproc/{}/fifo-reader/{}:{}",
+        rustix::process::geteuid().as_raw(),
+        st.st_dev,
+        st.st_ino
+    );
+    match super::abstract_socket::bind_abstract(name.as_bytes()) {
+        Ok(claim) => Ok(Some(claim)),
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// Opens the FIFO at `path` for writing, close-on-exec and non-blocking. `Ok(None)` when no
 /// process has it open for reading (`ENXIO`: a non-blocking open for writing never waits for a
 /// reader). Refuses a path that is not a FIFO ([`io::ErrorKind::InvalidInput`]) without
