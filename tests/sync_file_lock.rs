@@ -477,3 +477,47 @@ async fn async_lock_is_not_starved_by_processes_waiting_in_the_kernel() {
     }
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Review finding: `lock_timeout` built its tokio timer before checking for a runtime, so
+/// outside one it panicked instead of returning the documented error.
+#[test]
+fn async_locking_outside_a_runtime_is_an_error_not_a_panic() {
+    let path = lock_path("no-runtime");
+    let lock = FileLock::open(&path).unwrap();
+    let timed = futures::executor::block_on(lock.lock_timeout(Duration::from_secs(1)));
+    assert!(
+        matches!(timed, Err(FileLockTimeoutError::Io(_))),
+        "{timed:?}"
+    );
+    let plain = futures::executor::block_on(lock.lock());
+    assert!(matches!(plain, Err(FileLockError::Io(_))), "{plain:?}");
+    // Nothing was left locked.
+    drop(lock.try_lock().unwrap());
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A wait that moved to the kernel-waiting thread and is then cancelled leaves nothing behind:
+/// its range is free in this process at once, and the thread gives the lock back as soon as it
+/// gets it.
+#[tokio::test]
+async fn a_cancelled_wait_in_the_kernel_leaves_nothing_locked() {
+    let path = lock_path("cancel-thread");
+    let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let holder = spawn((path.clone(), locked.clone(), release.clone()), hold_until);
+    within("holder locked", locked.wait()).await.unwrap();
+    let lock = FileLock::open(&path).unwrap();
+    // Long enough to outlast the polled attempts (31 ms of pauses).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), lock.lock())
+            .await
+            .is_err()
+    );
+    // Not reserved any more: the holder still has it, so this is contention, not our own.
+    assert!(lock.try_lock().unwrap_err().is_would_block());
+    release.set();
+    within("holder exits", holder).await.unwrap();
+    assert!(multiproc_suite::eventually(|| lock.try_lock().is_ok()).await);
+    let child = spawn(path.clone(), try_once);
+    assert!(within("child takes the lock", child).await.unwrap());
+    std::fs::remove_file(&path).unwrap();
+}

@@ -132,10 +132,10 @@ pub mod sync {
         SemaphorePermit,
     };
     // Named resources: locks on files that unrelated programs meet by path.
-    #[doc(inline)]
-    pub use multiproc_sync::{FileLock, FileLockGuard};
     #[doc(hidden)]
     pub use multiproc_sync::BLOCKING_LOCK_TEST_PAUSE_MS;
+    #[doc(inline)]
+    pub use multiproc_sync::{FileLock, FileLockGuard};
 }
 
 /// Shared memory: typed values and arrays (Python's `Value` and `Array`) and raw regions.

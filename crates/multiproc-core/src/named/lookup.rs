@@ -183,7 +183,9 @@ fn check_owner(socket: &OwnedFd, name: &str) -> Result<(), LookupError> {
 /// resets the connection: that is a name no longer published, as for a refused connection.
 fn answer_error(name: &str, e: io::Error) -> LookupError {
     match e.kind() {
-        io::ErrorKind::ConnectionReset | io::ErrorKind::BrokenPipe | io::ErrorKind::NotConnected => {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected => {
             LookupError::new(LookupErrorKind::Refused(name.to_owned()))
         }
         _ => io_error(e),
