@@ -316,3 +316,42 @@ fn attach_posix_refuses_a_symbolic_link_in_dev_shm() {
     assert_eq!(std::fs::read(&target).unwrap(), vec![0u8; 4096]);
     std::fs::remove_file(&target).unwrap();
 }
+
+/// Attaches the POSIX object, says so, waits for `shrunk`, then reads its last byte.
+fn read_after_shrink((name, attached, shrunk): (String, Event, Event)) -> u8 {
+    let shm = SharedMemory::attach_posix(&name).unwrap();
+    attached.set();
+    shrunk.blocking_wait().unwrap();
+    let mut last = [0u8; 1];
+    shm.read(shm.len() - 1, &mut last);
+    last[0]
+}
+
+/// Review finding (documentation): a POSIX object is not sealed, so another process that
+/// shrinks it makes an attached process's access fault. The documented outcome is death by
+/// SIGBUS, never a silent wrong value.
+#[tokio::test]
+async fn a_shrunk_posix_object_kills_its_reader_with_sigbus_as_documented() {
+    let name = unique("shrink");
+    let shm = SharedMemory::create_posix(&name, 3 * 4096).unwrap();
+    let (attached, shrunk) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn(
+        (name.clone(), attached.clone(), shrunk.clone()),
+        read_after_shrink,
+    );
+    within("child attached", attached.wait()).await.unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new("/dev/shm").join(&name))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    shrunk.set();
+    let e = within("child", child).await.unwrap_err();
+    assert_eq!(
+        e.signal(),
+        Some(rustix::process::Signal::BUS.as_raw()),
+        "{e:?}"
+    );
+    shm.unlink().unwrap();
+}
