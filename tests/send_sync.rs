@@ -75,6 +75,75 @@ async fn pool_handles_and_futures_are_send() {
     pool.terminate();
 }
 
+// --- manager (issue 15) ---
+fn add_one(x: &mut u64, by: u64) -> u64 {
+    *x += by;
+    *x
+}
+
+#[allow(clippy::let_underscore_future)]
+#[tokio::test]
+async fn manager_handles_and_futures_are_send() {
+    use multiproc::manager::{
+        Batch, BatchResults, Client, Counter, List, Manager, Map, MapEvent, OpError, Pipeline,
+        ShutdownError, Snapshot, StartError, Value, Watch,
+    };
+    send::<Manager>();
+    sync::<Manager>();
+    send::<Client>();
+    sync::<Client>();
+    send::<Map<String, u64>>();
+    sync::<Map<String, u64>>();
+    send::<List<u64>>();
+    sync::<List<u64>>();
+    send::<Value<u64>>();
+    sync::<Value<u64>>();
+    send::<Counter>();
+    sync::<Counter>();
+    send::<Batch>();
+    send::<BatchResults>();
+    send::<Pipeline>();
+    send::<Watch<MapEvent<String, u64>>>();
+    send::<Snapshot>();
+    send::<OpError>();
+    sync::<OpError>();
+    send::<StartError>();
+    sync::<StartError>();
+    send::<ShutdownError>();
+    sync::<ShutdownError>();
+    send::<multiproc::manager::Serving>();
+    sync::<multiproc::manager::Serving>();
+    send::<multiproc::manager::ConnectError>();
+    sync::<multiproc::manager::ConnectError>();
+    send::<multiproc::manager::ServeError>();
+    sync::<multiproc::manager::ServeError>();
+    let manager = Manager::start().await.unwrap();
+    let m = manager.map::<String, u64>("m").await.unwrap();
+    let v = manager.value("v", 0u64).await.unwrap();
+    send_val(&Manager::start());
+    send_val(&manager.map::<String, u64>("m"));
+    send_val(&m.insert("k".into(), 1));
+    send_val(&m.get("k"));
+    send_val(&m.update("k", add_one, 1));
+    send_val(&v.update(add_one, 1));
+    send_val(&m.watch());
+    send_val(&m.pipeline());
+    send_val(&manager.batch().run());
+    send_val(&manager.snapshot());
+    send_val(&manager.shutdown());
+    let address = multiproc::connection::Address::tcp("127.0.0.1:0");
+    send_val(&manager.serve(address.clone(), multiproc::connection::Auth::none()));
+    send_val(&multiproc::manager::connect(
+        address,
+        multiproc::connection::Auth::none(),
+    ));
+    let mut p = m.pipeline().await.unwrap();
+    let slot = p.push(m.ops().len()).await.unwrap();
+    send_val(&p.wait(slot));
+    send_val(&p.finish());
+    manager.shutdown().await.unwrap();
+}
+// --- end manager ---
 // ---- Named resources ----
 
 #[allow(clippy::let_underscore_future)]

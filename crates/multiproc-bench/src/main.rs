@@ -22,7 +22,9 @@
 //! Results and their reading: `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
+// manager (issue 15)
 mod file_lock_bench;
+mod manager_bench;
 // Named endpoints (issue 13).
 mod conn_bench;
 mod multiproc_impl;
@@ -69,6 +71,9 @@ pub(crate) enum Workload {
     PoolMapSmallChunk1,
     /// Sequential `apply` of `x * x` on a `Pool(2)`.
     PoolApplyRoundtrip,
+    // manager (issue 15)
+    /// Two processes setting and getting keys of one served dict.
+    ManagerDict2p,
     // Issue 13, named resources: file locks.
     /// Lock and unlock a free `flock` file lock, in one process.
     FileLockUncontended,
@@ -86,7 +91,7 @@ pub(crate) enum Workload {
 }
 
 impl Workload {
-    const ALL: [Workload; 19] = [
+    const ALL: [Workload; 20] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -100,6 +105,8 @@ impl Workload {
         Workload::PoolMapSmall,
         Workload::PoolMapSmallChunk1,
         Workload::PoolApplyRoundtrip,
+        // manager (issue 15)
+        Workload::ManagerDict2p,
         Workload::FileLockUncontended,
         Workload::FileLockContended2p,
         // Named endpoints.
@@ -125,6 +132,8 @@ impl Workload {
             Workload::PoolMapSmall => "pool_map_small",
             Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
+            // manager (issue 15)
+            Workload::ManagerDict2p => "manager_dict_2p",
             Workload::FileLockUncontended => "file_lock_uncontended",
             Workload::FileLockContended2p => "file_lock_contended_2p",
             // Named endpoints.
@@ -148,6 +157,8 @@ impl Workload {
             Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
+            // manager (issue 15)
+            Workload::ManagerDict2p => "ops_per_s",
             Workload::FileLockUncontended => "ns_per_op",
             Workload::FileLockContended2p => "ops_per_s",
             // Named endpoints.
@@ -168,6 +179,8 @@ impl Workload {
                 | Workload::Queue2p2c
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
+                // manager (issue 15)
+                | Workload::ManagerDict2p
                 | Workload::FileLockContended2p
                 // Named endpoints.
                 | Workload::ConnRoundtripUnix
@@ -206,6 +219,9 @@ impl Workload {
             (Workload::PoolMapSmallChunk1, true) => 5_000,
             (Workload::PoolApplyRoundtrip, false) => 2_000,
             (Workload::PoolApplyRoundtrip, true) => 500,
+            // manager (issue 15): Python's Manager dict manages some 10k operations a second.
+            (Workload::ManagerDict2p, false) => 20_000,
+            (Workload::ManagerDict2p, true) => 4_000,
             (Workload::FileLockUncontended, false) => 200_000,
             (Workload::FileLockUncontended, true) => 50_000,
             (Workload::FileLockContended2p, false) => 100_000,
@@ -251,6 +267,13 @@ impl Workload {
             Workload::PoolMapSmall
             | Workload::PoolMapSmallChunk1
             | Workload::PoolApplyRoundtrip => &[Impl::Multiproc, Impl::PythonMp],
+            // manager (issue 15): no syscall floor for a served dict.
+            Workload::ManagerDict2p => &[
+                Impl::Multiproc,
+                Impl::MultiprocBatch,
+                Impl::MultiprocPipeline,
+                Impl::PythonMp,
+            ],
             // Issue 13: against Python's fcntl.flock; the syscall floor is its blocking twin.
             Workload::FileLockUncontended | Workload::FileLockContended2p => {
                 &[Impl::Multiproc, Impl::MultiprocBlocking, Impl::PythonMp]
@@ -288,10 +311,15 @@ enum Impl {
     RawOs,
     /// Unframed bytes, waiting in tokio's reactor (ping-pong only): what a wake-up costs.
     TokioReactor,
+    // manager (issue 15)
+    /// Manager only: the operations sent 100 per `Batch`.
+    MultiprocBatch,
+    /// Manager only: the operations sent on a `Pipeline`.
+    MultiprocPipeline,
 }
 
 impl Impl {
-    const ALL: [Impl; 7] = [
+    const ALL: [Impl; 9] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -299,6 +327,9 @@ impl Impl {
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
+        // manager (issue 15)
+        Impl::MultiprocBatch,
+        Impl::MultiprocPipeline,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -314,6 +345,9 @@ impl Impl {
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
+            // manager (issue 15)
+            Impl::MultiprocBatch => "multiproc-batch",
+            Impl::MultiprocPipeline => "multiproc-pipeline",
         }
     }
 }
@@ -371,10 +405,10 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
-                 file_lock_contended_2p
+                 file_lock_contended_2p, manager_dict_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os, multiproc-bytes
+                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -539,6 +573,8 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
             Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
+            // manager (issue 15)
+            Workload::ManagerDict2p => "Manager().dict(): d[k] = i; d[k], from two processes",
             Workload::FileLockUncontended => "fcntl.flock(f, LOCK_EX); fcntl.flock(f, LOCK_UN)",
             Workload::FileLockContended2p => {
                 "fcntl.flock LOCK_EX/LOCK_UN around Value('q', lock=False).value += 1"
@@ -603,6 +639,8 @@ fn run_trial(
             | Workload::EventPingpong,
         ) => sync_bench::run(rt, w, imp, n),
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        // manager (issue 15)
+        (_, Workload::ManagerDict2p) => manager_bench::run(rt, imp, n),
         (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
             file_lock_bench::run(rt, w, imp, n)
         }
@@ -624,6 +662,10 @@ fn run_trial(
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
+        // manager (issue 15)
+        (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
+            "batch and pipeline rows are the manager's only",
+        )),
     }
 }
 
@@ -678,6 +720,17 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
         paired_ratio(mp, raw),
         speedup
     );
+    // manager (issue 15)
+    for imp in [Impl::MultiprocBatch, Impl::MultiprocPipeline] {
+        if let Some(s) = get(imp) {
+            eprintln!(
+                "# {:<18} {} speedup vs python-mp = {:>6}x",
+                w.name(),
+                imp.name(),
+                vs_python(Some(s))
+            );
+        }
+    }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(
             "# {:<18} multiproc-bytes/raw-os = {:>6}   multiproc-bytes speedup vs python-mp = {:>6}x",

@@ -11,6 +11,9 @@ use crate::{Sample, Workload};
 
 /// The script, as it is in `crates/multiproc-bench/python/bench_mp.py`.
 const SCRIPT: &str = include_str!("../python/bench_mp.py");
+// manager (issue 15)
+/// The manager's script, `crates/multiproc-bench/python/bench_manager.py`.
+const MANAGER_SCRIPT: &str = include_str!("../python/bench_manager.py");
 
 /// A working `python3` with `multiprocessing`.
 pub(crate) struct Python {
@@ -36,7 +39,7 @@ impl Python {
     /// Runs one trial of `w` with `n` operations and returns its value (and peak, if any).
     pub(crate) fn run(&self, w: Workload, n: u64) -> io::Result<Sample> {
         let out = Command::new(&self.program)
-            .args(["-c", SCRIPT, "--only", w.name(), "--n"])
+            .args(["-c", script(w), "--only", w.name(), "--n"])
             .arg(n.to_string())
             .args(["--trials", "1"])
             .stdin(Stdio::null())
@@ -60,6 +63,15 @@ impl Python {
                 "no result in python output: {text:?}"
             ))),
         }
+    }
+}
+
+// manager (issue 15)
+/// The script that measures `w`.
+fn script(w: Workload) -> &'static str {
+    match w {
+        Workload::ManagerDict2p => MANAGER_SCRIPT,
+        _ => SCRIPT,
     }
 }
 

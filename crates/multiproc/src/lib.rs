@@ -60,6 +60,7 @@
 //! | `os.mkfifo(path)` + `open`               | [`fifo::create`], [`fifo::FifoSender`], [`fifo::FifoReceiver`]: typed messages, the `PIPE_BUF` rule enforced |
 //! | `pool.apply`, `apply_async`, `AsyncResult.get(t)` | [`Pool::apply`]`.await`, [`Pool::submit`] gives a [`TaskHandle`]; `result_timeout(t)` |
 //! | `close`, `join`, `terminate`, `maxtasksperchild` | [`Pool::close`], [`Pool::join`]`.await`, [`Pool::terminate`], [`PoolBuilder::max_tasks_per_worker`]; a dead worker fails its task instead of hanging ([`PoolError::is_worker_died`]) |
+//! | `Manager().dict()`, `.list()`, `.Namespace()` | [`manager::Manager`]`::start().await`, then `map(name)`, `list(name)`, `value(name, init)`; [`manager::Map::update`] runs a `fn` in the manager, so a nested mutation is never lost; [`manager::connect`] for a served one |
 //!
 //! ## Where things are
 //!
@@ -77,6 +78,8 @@
 //! - [`fifo`]: typed named FIFOs;
 //! - [`error`]: every error type, one per operation ([`error::LockTimeoutError`],
 //!   [`error::RecvTimeoutError`], [`error::PutError`], [`SpawnError`], [`PoolError`]...);
+//! - [`manager`]: the [`Manager`](manager::Manager) serving maps, lists, values and counters
+//!   (Python's `Manager()`), with atomic `update`s, batches, pipelines and `watch`;
 //! - [`connection`]: named endpoints between unrelated programs (`Listener`, `connect`,
 //!   authentication, Python-protocol connections);
 //! - [`core`]: the lower-level pieces for building new handle types.
@@ -258,6 +261,19 @@ pub mod connection {
     #[doc(inline)]
     pub use multiproc_connection::*;
 }
+
+// --- manager (issue 15) ---
+#[cfg(feature = "manager")]
+/// Served typed state (Python's `Manager`): a [`Manager`](manager::Manager) process serves
+/// maps, lists, values and counters to every process through proxies that travel like any
+/// handle, with atomic `update`s run inside the manager, batches, pipelines and `watch`.
+///
+/// Locks, queues, events and the other primitives need no manager: hand the real handle out.
+pub mod manager {
+    #[doc(inline)]
+    pub use multiproc_manager::*;
+}
+// --- end manager ---
 
 /// Lower-level pieces for building new handle types.
 pub mod core {

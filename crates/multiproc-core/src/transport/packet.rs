@@ -621,6 +621,15 @@ impl PacketSocket {
         self.socket.writable()
     }
 
+    /// The socket's registration with the current tokio runtime, to wait for packets to
+    /// arrive (then [`try_recv`](Self::try_recv); clear the readiness when it finds nothing).
+    ///
+    /// # Errors
+    /// Outside a tokio runtime.
+    pub fn readable_registration(&self) -> io::Result<&tokio::io::unix::AsyncFd<SharedFd>> {
+        self.socket.readable()
+    }
+
     /// Blocks the thread until the socket has room to send or `deadline` passes (`Ok(false)`).
     ///
     /// # Errors
