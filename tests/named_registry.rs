@@ -143,6 +143,26 @@ async fn lookups_of_a_stopped_then_killed_publisher_block_no_thread_and_end_not_
     within("published", published.wait()).await.unwrap();
     let pid = Pid::from_raw(child.pid().unwrap() as i32).unwrap();
     kill_process(pid, Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until every thread of the child (its serving thread
+    // included) is stopped, state `T` in /proc.
+    let raw = pid.as_raw_nonzero().get();
+    let stopped = multiproc_suite::eventually(|| {
+        std::fs::read_dir(format!("/proc/{raw}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('T')
+                    })
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(stopped, "the publisher did not stop");
     // More lookups than the backlog holds (128): some are queued, the rest retry connecting.
     let lookups: Vec<_> = (0..200)
         .map(|_| {
