@@ -215,3 +215,123 @@ async fn wrong_types_truncated_frames_and_garbage_are_errors_not_panics() {
     within("child", child).await.unwrap();
     fifo::remove(&path).unwrap();
 }
+
+/// Sends one message as a fresh writer, then closes the FIFO.
+async fn send_one((path, value): (PathBuf, u32)) {
+    let mut tx = FifoSender::<u32>::open(&path).await.unwrap();
+    tx.send(&value).await.unwrap();
+}
+
+/// Review finding: after the last writer closed, every later `recv` returned `Ok(None)` at once
+/// (the kernel keeps reporting hang-up), so the canonical server loop spun a core.
+#[tokio::test]
+async fn after_the_end_of_the_stream_recv_waits_for_the_next_writer() {
+    let path = fifo_path("reopen");
+    let mut rx = FifoReceiver::<u32>::open(&path).unwrap();
+    for round in 0..3 {
+        let child = spawn((path.clone(), round), send_one);
+        within("child", child).await.unwrap();
+        assert_eq!(within("message", rx.recv()).await.unwrap(), Some(round));
+        assert_eq!(within("end", rx.recv()).await.unwrap(), None);
+        // No writer now: the next receive waits instead of reporting the end again at once.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(200), rx.recv())
+                .await
+                .is_err(),
+            "recv returned at once with no writer (round {round})"
+        );
+    }
+    fifo::remove(&path).unwrap();
+}
+
+/// Review finding: a single writer moved its whole frame to the pending buffer before writing a
+/// byte, so a send cancelled while the FIFO was full was delivered later anyway.
+#[tokio::test]
+async fn a_single_writer_send_cancelled_before_writing_sends_nothing() {
+    let path = fifo_path("cancel-send");
+    let mut rx = FifoReceiver::<(u32, Vec<u8>)>::open(&path).unwrap();
+    let mut tx = FifoSender::<(u32, Vec<u8>)>::open_single_writer(&path)
+        .await
+        .unwrap();
+    // Small frames (written whole or not at all) until the FIFO is full and a send times out.
+    let mut sent = 0u32;
+    while tokio::time::timeout(Duration::from_millis(50), tx.send(&(sent, vec![7; 100])))
+        .await
+        .is_ok_and(|r| r.is_ok())
+    {
+        sent += 1;
+        assert!(sent < 100_000, "the FIFO never filled");
+    }
+    for i in 0..sent {
+        assert_eq!(within("filler", rx.recv()).await.unwrap().unwrap().0, i);
+    }
+    within("send after", tx.send(&(u32::MAX, Vec::new())))
+        .await
+        .unwrap();
+    // The cancelled message (number `sent`) never arrives.
+    assert_eq!(
+        within("after", rx.recv()).await.unwrap().unwrap().0,
+        u32::MAX
+    );
+    fifo::remove(&path).unwrap();
+}
+
+/// Tries to open a receiver on the FIFO; whether it was refused as a second reader.
+fn second_reader_refused(path: PathBuf) -> bool {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let _enter = runtime.enter();
+    matches!(
+        FifoReceiver::<u32>::open(&path),
+        Err(FifoOpenError::ReaderConflict)
+    )
+}
+
+/// Review finding: two receivers on one FIFO tear each other's frames (each reads whatever
+/// bytes are there); a second receiver is now refused, in this process or another.
+#[tokio::test]
+async fn a_fifo_has_one_receiver() {
+    let path = fifo_path("one-reader");
+    let rx = FifoReceiver::<u32>::open(&path).unwrap();
+    assert!(matches!(
+        FifoReceiver::<u32>::open(&path),
+        Err(FifoOpenError::ReaderConflict)
+    ));
+    let child = spawn(path.clone(), second_reader_refused);
+    assert!(within("child", child).await.unwrap());
+    drop(rx);
+    let mut rx = FifoReceiver::<u32>::open(&path).unwrap();
+    let child = spawn((path.clone(), 5), send_one);
+    within("child", child).await.unwrap();
+    assert_eq!(within("message", rx.recv()).await.unwrap(), Some(5));
+    fifo::remove(&path).unwrap();
+}
+
+/// Review finding: opening a path that is not a FIFO opened it for reading or writing first
+/// (a terminal would become the controlling terminal); the type is now checked on an `O_PATH`
+/// descriptor, and a regular file is refused without being opened.
+#[tokio::test]
+async fn a_path_that_is_not_a_fifo_is_refused() {
+    let file = std::env::temp_dir().join(format!("multiproc-test-notfifo-{}", std::process::id()));
+    std::fs::write(&file, b"x").unwrap();
+    let e = FifoReceiver::<u32>::open(&file).unwrap_err();
+    assert!(
+        matches!(&e, FifoOpenError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    let e = FifoSender::<u32>::try_open(&file).unwrap_err();
+    assert!(
+        matches!(&e, FifoOpenError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput),
+        "{e:?}"
+    );
+    // A FIFO reached through a symbolic link still opens.
+    let path = fifo_path("linked");
+    let link = path.with_extension("link");
+    std::os::unix::fs::symlink(&path, &link).unwrap();
+    let _rx = FifoReceiver::<u32>::open(&link).unwrap();
+    std::fs::remove_file(&link).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    fifo::remove(&path).unwrap();
+}

@@ -130,6 +130,68 @@ async fn a_publisher_killed_with_sigkill_takes_its_names_with_it() {
     assert!(gone);
 }
 
+/// Review findings: with the publisher stopped, lookups queue in its backlog and then (once it
+/// is full) retry their connect; that retry slept a runtime thread, freezing a current-thread
+/// runtime. When the stopped publisher is then killed, the queued connections are reset, which
+/// was reported as an I/O error instead of `is_not_found`.
+#[tokio::test(flavor = "current_thread")]
+async fn lookups_of_a_stopped_then_killed_publisher_block_no_thread_and_end_not_found() {
+    use rustix::process::{Pid, Signal, kill_process};
+    let name = unique("stopped");
+    let published = Event::new().unwrap();
+    let mut child = spawn((name.clone(), published.clone()), publish_forever);
+    within("published", published.wait()).await.unwrap();
+    let pid = Pid::from_raw(child.pid().unwrap() as i32).unwrap();
+    kill_process(pid, Signal::STOP).unwrap();
+    // The signal is asynchronous: wait until every thread of the child (its serving thread
+    // included) is stopped, state `T` in /proc.
+    let raw = pid.as_raw_nonzero().get();
+    let stopped = multiproc_suite::eventually(|| {
+        std::fs::read_dir(format!("/proc/{raw}/task"))
+            .map(|tasks| {
+                tasks.flatten().all(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|st| {
+                        st.rsplit(')')
+                            .next()
+                            .unwrap_or("")
+                            .trim_start()
+                            .starts_with('T')
+                    })
+                })
+            })
+            .unwrap_or(false)
+    })
+    .await;
+    assert!(stopped, "the publisher did not stop");
+    // More lookups than the backlog holds (128): some are queued, the rest retry connecting.
+    let lookups: Vec<_> = (0..200)
+        .map(|_| {
+            let name = name.clone();
+            tokio::spawn(async move { named::lookup::<Event>(&name).await })
+        })
+        .collect();
+    // The runtime's only thread keeps running other tasks meanwhile; no lookup can finish
+    // (the publisher is stopped; they would time out only after LOOKUP_TIMEOUT, 10 s).
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        lookups.iter().all(|l| !l.is_finished()),
+        "a lookup ended while its publisher was stopped (it blocked the runtime until its timeout)"
+    );
+    child.kill().unwrap();
+    assert!(
+        within("killed", child.join())
+            .await
+            .unwrap_err()
+            .is_killed()
+    );
+    for lookup in lookups {
+        let e = within("lookup", lookup).await.unwrap().unwrap_err();
+        assert!(e.is_not_found(), "{e:?}");
+    }
+}
+
 #[tokio::test]
 async fn many_lookups_at_once_are_all_answered() {
     let name = unique("many");

@@ -110,6 +110,18 @@ fn dev_shm_mentions(name: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Whether a socket is bound to the abstract name that serves `name` (`/proc/net/unix`).
+fn abstract_name_bound(name: &str) -> bool {
+    let listed = format!(
+        "@multiproc/{}/shm/{name}",
+        rustix::process::geteuid().as_raw()
+    );
+    std::fs::read_to_string("/proc/net/unix")
+        .unwrap()
+        .lines()
+        .any(|l| l.ends_with(&listed))
+}
+
 #[tokio::test]
 async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
     let name = unique("sigkill");
@@ -120,6 +132,10 @@ async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
         .unwrap();
     let attached = SharedMemory::attach(&name).unwrap();
     assert_eq!(&attached.to_vec()[..14], b"from the owner");
+    assert!(
+        abstract_name_bound(&name),
+        "the live owner's name is listed (so the check after its death can fail)"
+    );
     owner.kill().unwrap();
     assert!(
         within("killed owner", owner.join())
@@ -138,7 +154,11 @@ async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
     })
     .await;
     assert!(gone);
+    // Served memory is a memfd, never in /dev/shm (documentation of the model; this cannot
+    // fail). What could leak is the abstract name, inherited by some other process: no
+    // listener of it may remain in /proc/net/unix.
     assert!(dev_shm_mentions(&name).is_empty());
+    assert!(!abstract_name_bound(&name), "the name is still bound");
     // ...while a process that had attached keeps its memory.
     assert_eq!(&attached.to_vec()[..14], b"from the owner");
 }
@@ -271,4 +291,67 @@ async fn multiproc_attaches_a_segment_python_created() {
             .unwrap_err()
             .is_not_found()
     );
+}
+
+/// Review finding: `attach_posix` followed a symbolic link planted in the world-writable
+/// `/dev/shm`, mapping (and so writing) the file it pointed to. glibc and Python open with
+/// `O_NOFOLLOW`.
+#[test]
+fn attach_posix_refuses_a_symbolic_link_in_dev_shm() {
+    let target = std::env::temp_dir().join(unique("shm_target"));
+    std::fs::write(&target, [0u8; 4096]).unwrap();
+    let name = unique("link");
+    let link = Path::new("/dev/shm").join(&name);
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let attached = SharedMemory::attach_posix(&name);
+    std::fs::remove_file(&link).unwrap();
+    let e = match attached {
+        Ok(shm) => {
+            shm.write(0, b"written through a link");
+            panic!("attach_posix mapped the link's target");
+        }
+        Err(e) => e,
+    };
+    assert!(e.is_invalid(), "{e:?}");
+    assert_eq!(std::fs::read(&target).unwrap(), vec![0u8; 4096]);
+    std::fs::remove_file(&target).unwrap();
+}
+
+/// Attaches the POSIX object, says so, waits for `shrunk`, then reads its last byte.
+fn read_after_shrink((name, attached, shrunk): (String, Event, Event)) -> u8 {
+    let shm = SharedMemory::attach_posix(&name).unwrap();
+    attached.set();
+    shrunk.blocking_wait().unwrap();
+    let mut last = [0u8; 1];
+    shm.read(shm.len() - 1, &mut last);
+    last[0]
+}
+
+/// Review finding (documentation): a POSIX object is not sealed, so another process that
+/// shrinks it makes an attached process's access fault. The documented outcome is death by
+/// SIGBUS, never a silent wrong value.
+#[tokio::test]
+async fn a_shrunk_posix_object_kills_its_reader_with_sigbus_as_documented() {
+    let name = unique("shrink");
+    let shm = SharedMemory::create_posix(&name, 3 * 4096).unwrap();
+    let (attached, shrunk) = (Event::new().unwrap(), Event::new().unwrap());
+    let child = spawn(
+        (name.clone(), attached.clone(), shrunk.clone()),
+        read_after_shrink,
+    );
+    within("child attached", attached.wait()).await.unwrap();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(Path::new("/dev/shm").join(&name))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    shrunk.set();
+    let e = within("child", child).await.unwrap_err();
+    assert_eq!(
+        e.signal(),
+        Some(rustix::process::Signal::BUS.as_raw()),
+        "{e:?}"
+    );
+    shm.unlink().unwrap();
 }

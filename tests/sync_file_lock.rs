@@ -392,3 +392,132 @@ async fn blocking_lock_waits_in_the_kernel_for_another_process() {
     within("holder exits", holder).await.unwrap();
     std::fs::remove_file(&path).unwrap();
 }
+
+/// Review finding: `blocking_lock` checked the process table, then waited in the kernel. A
+/// clone (same open file description, whose locks merge rather than conflict) taking the lock
+/// in that window made the wait return at once, and its rollback unlock dropped the clone's
+/// lock in the kernel while the clone's guard still believed it held it.
+#[tokio::test]
+async fn a_clone_cannot_slip_in_while_blocking_lock_is_about_to_wait() {
+    let path = lock_path("reserve");
+    let lock = FileLock::open(&path).unwrap();
+    // Widen the window between the table check and the kernel wait of `blocking_lock`.
+    multiproc::sync::BLOCKING_LOCK_TEST_PAUSE_MS.store(400, Ordering::Relaxed);
+    let waiter = std::thread::spawn({
+        let lock = lock.clone();
+        move || lock.blocking_lock().map(drop)
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let clone = lock.clone().try_lock();
+    let waited = within_blocking("blocking_lock", move || waiter.join().unwrap()).await;
+    multiproc::sync::BLOCKING_LOCK_TEST_PAUSE_MS.store(0, Ordering::Relaxed);
+    match clone {
+        // The clone came first (a slow start of the thread): the waiter must refuse, and the
+        // clone's lock must still exclude other processes.
+        Ok(guard) => {
+            assert!(waited.unwrap_err().is_held_by_this_process());
+            let child = spawn(path.clone(), try_once);
+            assert!(
+                !within("child tries", child).await.unwrap(),
+                "another process took a lock this process's guard holds"
+            );
+            drop(guard);
+        }
+        // The waiter had reserved the range before waiting: the clone is refused.
+        Err(e) => {
+            assert!(e.is_held_by_this_process(), "{e:?}");
+            waited.unwrap();
+        }
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Takes and releases the lock in a loop with `blocking_lock`, holding it 2 ms each time,
+/// until `stop` is set: a kernel waiter is almost always queued, which starves a poller.
+fn churn((path, stop, started): (PathBuf, Event, Event)) {
+    let lock = FileLock::open(&path).unwrap();
+    started.set();
+    while !stop.is_set() {
+        let guard = lock.blocking_lock().unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        drop(guard);
+    }
+}
+
+/// Review finding: the async `lock` only polled, and the kernel hands a released lock straight
+/// to blocked waiters, so two processes looping on `blocking_lock` could starve it for good.
+#[tokio::test]
+async fn async_lock_is_not_starved_by_processes_waiting_in_the_kernel() {
+    let path = lock_path("starve");
+    let stop = Event::new().unwrap();
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            let started = Event::new().unwrap();
+            let child = spawn((path.clone(), stop.clone(), started.clone()), churn);
+            (child, started)
+        })
+        .collect();
+    for (_, started) in &children {
+        within("churner started", started.wait()).await.unwrap();
+    }
+    let lock = FileLock::open(&path).unwrap();
+    for _ in 0..5 {
+        let guard = tokio::time::timeout(Duration::from_secs(10), lock.lock())
+            .await
+            .expect("the async lock starved behind kernel waiters")
+            .unwrap();
+        // The guard excludes the other processes while held.
+        let child = spawn(path.clone(), try_once);
+        assert!(!within("child tries", child).await.unwrap());
+        drop(guard);
+    }
+    stop.set();
+    for (child, _) in children {
+        within("churner exits", child).await.unwrap();
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// Review finding: `lock_timeout` built its tokio timer before checking for a runtime, so
+/// outside one it panicked instead of returning the documented error.
+#[test]
+fn async_locking_outside_a_runtime_is_an_error_not_a_panic() {
+    let path = lock_path("no-runtime");
+    let lock = FileLock::open(&path).unwrap();
+    let timed = futures::executor::block_on(lock.lock_timeout(Duration::from_secs(1)));
+    assert!(
+        matches!(timed, Err(FileLockTimeoutError::Io(_))),
+        "{timed:?}"
+    );
+    let plain = futures::executor::block_on(lock.lock());
+    assert!(matches!(plain, Err(FileLockError::Io(_))), "{plain:?}");
+    // Nothing was left locked.
+    drop(lock.try_lock().unwrap());
+    std::fs::remove_file(&path).unwrap();
+}
+
+/// A wait that moved to the kernel-waiting thread and is then cancelled leaves nothing behind:
+/// its range is free in this process at once, and the thread gives the lock back as soon as it
+/// gets it.
+#[tokio::test]
+async fn a_cancelled_wait_in_the_kernel_leaves_nothing_locked() {
+    let path = lock_path("cancel-thread");
+    let (locked, release) = (Event::new().unwrap(), Event::new().unwrap());
+    let holder = spawn((path.clone(), locked.clone(), release.clone()), hold_until);
+    within("holder locked", locked.wait()).await.unwrap();
+    let lock = FileLock::open(&path).unwrap();
+    // Long enough to outlast the polled attempts (31 ms of pauses).
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), lock.lock())
+            .await
+            .is_err()
+    );
+    // Not reserved any more: the holder still has it, so this is contention, not our own.
+    assert!(lock.try_lock().unwrap_err().is_would_block());
+    release.set();
+    within("holder exits", holder).await.unwrap();
+    assert!(multiproc_suite::eventually(|| lock.try_lock().is_ok()).await);
+    let child = spawn(path.clone(), try_once);
+    assert!(within("child takes the lock", child).await.unwrap());
+    std::fs::remove_file(&path).unwrap();
+}

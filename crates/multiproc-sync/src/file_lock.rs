@@ -6,9 +6,10 @@ use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::ops::{Bound, RangeBounds};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
@@ -70,27 +71,27 @@ struct Inner {
 /// other on Linux: every party must use the same kind.)
 ///
 /// **Waiting.** There is no readiness to wait for on a file lock (no descriptor becomes
-/// readable when a lock is released). Two ways were weighed: a helper thread blocked in
-/// `F_OFD_SETLKW`, or non-blocking attempts with a growing pause. The blocked thread is woken
-/// only by the lock or by a signal, so a cancelled or timed-out wait would leave the thread
-/// blocked (perhaps forever) and, worse, let it take the lock after its future is gone unless
-/// it unlocks again; interrupting it needs a signal handler installed in the user's process.
-/// Attempts with a pause need none of that: each attempt is one non-blocking system call made
-/// inside `poll`, that either takes the lock and returns the guard in the same poll or takes
-/// nothing, so a dropped future can never leave a lock taken, and no runtime thread blocks. The
-/// price is latency and fairness under contention: a waiter notices a release only at its next
-/// attempt, after a pause that starts at [`FileLock::FIRST_PAUSE`] and doubles up to
-/// [`FileLock::MAX_PAUSE`]. File locks guard files, whose work is measured in milliseconds;
-/// for fast cross-process locking use [`Lock`](crate::Lock). The blocking twins
-/// ([`FileLock::blocking_lock`]) have no cancellation to worry about and wait in the kernel
-/// (`F_OFD_SETLKW`, `flock` without `LOCK_NB`), which is fair and wakes at once.
+/// readable when a lock is released). An async wait first makes a few non-blocking attempts
+/// with a growing pause ([`FileLock::FIRST_PAUSE`] doubling up to [`FileLock::MAX_PAUSE`]):
+/// each is one system call inside `poll` that takes the lock and returns the guard in the same
+/// poll, or takes nothing. Attempts alone would starve, though: the kernel hands a released
+/// lock straight to a *blocked* waiter (another process's `blocking_lock`, `flock(1)`, Python's
+/// `fcntl.flock`), so a poller may never find it free. So a wait that outlasts the attempts
+/// moves to a helper thread blocked in the kernel (`F_OFD_SETLKW`, `flock` without `LOCK_NB`),
+/// queued fairly with the other waiters, on a **private open file description** of the file
+/// (a reopen through `/proc/self/fd`). The guard keeps that description and unlocks by closing
+/// it. If the future is dropped meanwhile, the thread stays blocked until it gets the lock (or
+/// the process ends) and then closes its description at once, which releases the lock: a dead
+/// future never keeps a lock, and no signal handler is needed. The blocking twins
+/// ([`FileLock::blocking_lock`]) wait in the kernel directly.
 ///
 /// **One process, one lock per range.** The kernel lets two open descriptions in one process
 /// conflict like two processes (an `F_OFD_SETLKW` on a range this process holds through
-/// another `FileLock` would wait forever), while classic locks would silently succeed. Both
-/// hide bugs, so a process-wide table of the `(device, inode, range)`s this process holds makes
-/// a second lock of an overlapping range an error
-/// ([`FileLockError::HeldByThisProcess`]), whatever the kinds.
+/// another `FileLock` would wait forever), while locks of one description (clones) merge
+/// silently. Both hide bugs, so a process-wide table of the `(device, inode, range)`s this
+/// process holds *or is waiting for* makes a second lock of an overlapping range an error
+/// ([`FileLockError::HeldByThisProcess`]), whatever the kinds. A wait reserves its range in the
+/// table before it blocks, so no other lock of this process can slip in meanwhile.
 ///
 /// **Crash behavior.** The kernel releases a lock when the last descriptor of its open file
 /// description closes, which includes the holder's death by any signal: the next waiter gets
@@ -102,8 +103,9 @@ struct Inner {
 /// each process opens the path itself (that is the point of a file lock).
 ///
 /// # Errors
-/// Locking a range that this process already holds (through any `FileLock` on the same file)
-/// is [`FileLockError::HeldByThisProcess`], never a silent success or a wait for ourselves.
+/// Locking a range that this process already holds or is waiting for (through any `FileLock`
+/// on the same file) is [`FileLockError::HeldByThisProcess`], never a silent success or a wait
+/// for ourselves.
 ///
 /// # Crash behavior
 /// A holder that dies, even by `SIGKILL`, releases its locks (the kernel closes its files);
@@ -134,7 +136,8 @@ pub struct FileLock {
 impl FileLock {
     /// The first pause of an async wait between two attempts.
     pub const FIRST_PAUSE: Duration = Duration::from_millis(1);
-    /// The longest pause of an async wait between two attempts.
+    /// The longest pause of an async wait between two attempts; once a pause would exceed
+    /// it, the wait moves to a thread blocked in the kernel.
     pub const MAX_PAUSE: Duration = Duration::from_millis(16);
 
     /// Opens (creating it if missing, mode `0644` before the umask) the file at `path` for
@@ -215,13 +218,17 @@ impl FileLock {
     /// range.
     ///
     /// # Errors
-    /// [`FileLockError::HeldByThisProcess`] when this process holds an overlapping range;
-    /// [`FileLockError::Io`] when the kernel refuses (`ENOLCK`, a file system without locks) or
-    /// outside a tokio runtime with time enabled.
+    /// [`FileLockError::HeldByThisProcess`] when this process holds (or waits for) an
+    /// overlapping range; [`FileLockError::Io`] when the kernel refuses (`ENOLCK`, a file system
+    /// without locks), when `/proc/self/fd` cannot reopen the file, or outside a tokio runtime.
+    ///
+    /// # Panics
+    /// On a tokio runtime built without timers (`enable_time`), as `tokio::time::sleep` does.
     ///
     /// # Cancel safety
-    /// Cancel safe: each attempt takes the lock and returns in the same poll, or takes nothing;
-    /// a dropped future never leaves the lock taken.
+    /// Cancel safe: a dropped future never leaves the lock taken. Each polled attempt takes the
+    /// lock and returns in the same poll, or takes nothing; a helper thread still blocked when
+    /// the future is dropped releases the lock as soon as it gets it.
     pub async fn lock(&self) -> Result<FileLockGuard, FileLockError> {
         self.lock_kind(LockKind::Exclusive).await
     }
@@ -229,6 +236,9 @@ impl FileLock {
     /// Takes the lock shared (a read lock): any number of shared holders, no exclusive one.
     ///
     /// # Errors
+    /// As [`lock`](Self::lock).
+    ///
+    /// # Panics
     /// As [`lock`](Self::lock).
     ///
     /// # Cancel safety
@@ -243,6 +253,9 @@ impl FileLock {
     /// [`FileLockTimeoutError::Timeout`] when the lock was still held by another process;
     /// otherwise as [`lock`](Self::lock).
     ///
+    /// # Panics
+    /// As [`lock`](Self::lock).
+    ///
     /// # Cancel safety
     /// As [`lock`](Self::lock).
     pub async fn lock_timeout(
@@ -256,6 +269,9 @@ impl FileLock {
     ///
     /// # Errors
     /// As [`lock_timeout`](Self::lock_timeout).
+    ///
+    /// # Panics
+    /// As [`lock`](Self::lock).
     ///
     /// # Cancel safety
     /// As [`lock`](Self::lock).
@@ -302,11 +318,7 @@ impl FileLock {
     }
 
     async fn lock_kind(&self, kind: LockKind) -> Result<FileLockGuard, FileLockError> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(FileLockError::Io(io::Error::other(
-                "async file lock outside of a tokio runtime",
-            )));
-        }
+        no_runtime_is_error()?;
         let mut pause = Self::FIRST_PAUSE;
         loop {
             match self.attempt(kind) {
@@ -317,9 +329,46 @@ impl FileLock {
                 }
                 Err(TryFileLockError::Io(e)) => return Err(FileLockError::Io(e)),
             }
+            if pause > Self::MAX_PAUSE {
+                return self.lock_in_thread(kind).await;
+            }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Self::MAX_PAUSE);
+            pause *= 2;
         }
+    }
+
+    /// The slow path of an async wait: a thread blocked in the kernel on a private open file
+    /// description, queued fairly with other processes' blocked waiters.
+    async fn lock_in_thread(&self, kind: LockKind) -> Result<FileLockGuard, FileLockError> {
+        let reservation = self.reserve().ok_or(FileLockError::HeldByThisProcess)?;
+        let private = self.reopen().map_err(FileLockError::Io)?;
+        let (flavor, span) = (self.inner.flavor, self.span);
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("multiproc-file-lock".into())
+            .spawn(move || {
+                let locked = kernel_on(&private, flavor, span, Some(kind), true).map(|_| private);
+                // When the future is gone, the send fails (or the value is dropped with the
+                // channel): the private description closes, releasing the lock at once.
+                let _ = tx.send(locked);
+            })
+            .map_err(FileLockError::Io)?;
+        match rx.await {
+            Ok(Ok(private)) => Ok(reservation.into_guard(kind, Some(private))),
+            Ok(Err(e)) => Err(FileLockError::Io(e)),
+            Err(_) => Err(FileLockError::Io(io::Error::other(
+                "the file lock's waiting thread ended without an answer",
+            ))),
+        }
+    }
+
+    /// A new open file description of the locked file (through `/proc/self/fd`, so a rename or
+    /// removal of the path does not matter), whose locks are independent of `self`'s.
+    fn reopen(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(format!("/proc/self/fd/{}", self.inner.file.as_raw_fd()))
     }
 
     async fn lock_kind_timeout(
@@ -327,6 +376,11 @@ impl FileLock {
         kind: LockKind,
         timeout: Duration,
     ) -> Result<FileLockGuard, FileLockTimeoutError> {
+        // Before building the timer, which panics outside a runtime.
+        no_runtime_is_error().map_err(|e| match e {
+            FileLockError::Io(e) => FileLockTimeoutError::Io(e),
+            FileLockError::HeldByThisProcess => FileLockTimeoutError::HeldByThisProcess,
+        })?;
         // The first attempt does not depend on the timer, so a zero timeout still tries once.
         match self.attempt(kind) {
             Ok(guard) => return Ok(guard),
@@ -354,26 +408,41 @@ impl FileLock {
             return Err(TryFileLockError::HeldByThisProcess);
         }
         match self.kernel(Some(kind), false) {
-            Ok(true) => Ok(self.register(&mut table, kind)),
+            Ok(true) => {
+                table.entry(self.inner.id).or_default().push(self.span);
+                Ok(FileLockGuard {
+                    lock: self.clone(),
+                    kind,
+                    private: None,
+                })
+            }
             Ok(false) => Err(TryFileLockError::WouldBlock),
             Err(e) => Err(TryFileLockError::Io(e)),
         }
     }
 
     fn blocking_kind(&self, kind: LockKind) -> Result<FileLockGuard, FileLockError> {
-        if self.held_here(&table()) {
-            return Err(FileLockError::HeldByThisProcess);
-        }
+        // The range is ours in the table before the kernel wait, so no clone (which shares the
+        // open file description, whose locks merge rather than conflict) can take it meanwhile
+        // and no rollback is ever needed.
+        let reservation = self.reserve().ok_or(FileLockError::HeldByThisProcess)?;
+        blocking_hook();
         // Not under the table's lock: this may wait for a long time.
         self.kernel(Some(kind), true).map_err(FileLockError::Io)?;
+        Ok(reservation.into_guard(kind, None))
+    }
+
+    /// Records this lock's range in the process table, or `None` when this process already
+    /// holds or waits for an overlapping range.
+    fn reserve(&self) -> Option<Reservation> {
         let mut table = table();
         if self.held_here(&table) {
-            // Another task of this process took an overlapping range meanwhile (two shared
-            // locks); give ours back rather than record two holders of one range.
-            let _ = self.kernel(None, false);
-            return Err(FileLockError::HeldByThisProcess);
+            return None;
         }
-        Ok(self.register(&mut table, kind))
+        table.entry(self.inner.id).or_default().push(self.span);
+        Some(Reservation {
+            lock: Some(self.clone()),
+        })
     }
 
     fn held_here(&self, table: &Table) -> bool {
@@ -382,24 +451,86 @@ impl FileLock {
             .is_some_and(|spans| spans.iter().any(|s| s.overlaps(self.span)))
     }
 
-    fn register(&self, table: &mut Table, kind: LockKind) -> FileLockGuard {
-        table.entry(self.inner.id).or_default().push(self.span);
-        FileLockGuard {
-            lock: self.clone(),
-            kind,
-        }
-    }
-
     /// The kernel call: lock `kind` (or unlock for `None`) this lock's range.
     fn kernel(&self, kind: Option<LockKind>, wait: bool) -> io::Result<bool> {
-        let fd = self.inner.file.as_fd();
-        match self.inner.flavor {
-            Flavor::Flock => flock(fd, kind, wait),
-            Flavor::Ofd => {
-                let (start, len) = self.span.start_len();
-                ofd_lock(fd, kind, start, len, wait)
-            }
+        kernel_on(&self.inner.file, self.inner.flavor, self.span, kind, wait)
+    }
+}
+
+/// Locks `kind` (or unlocks for `None`) `span` of `file` with the `flavor`'s kernel lock.
+fn kernel_on(
+    file: &File,
+    flavor: Flavor,
+    span: Span,
+    kind: Option<LockKind>,
+    wait: bool,
+) -> io::Result<bool> {
+    let fd = file.as_fd();
+    match flavor {
+        Flavor::Flock => flock(fd, kind, wait),
+        Flavor::Ofd => {
+            let (start, len) = span.start_len();
+            ofd_lock(fd, kind, start, len, wait)
         }
+    }
+}
+
+/// `Err(FileLockError::Io)` outside a tokio runtime, whose timers the async waits need.
+fn no_runtime_is_error() -> Result<(), FileLockError> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(_) => Ok(()),
+        Err(_) => Err(FileLockError::Io(io::Error::other(
+            "async file lock outside of a tokio runtime",
+        ))),
+    }
+}
+
+/// A range recorded in the process table for a lock being taken: removed again when dropped,
+/// unless it became a guard.
+struct Reservation {
+    /// `None` once it became a guard.
+    lock: Option<FileLock>,
+}
+
+impl Reservation {
+    fn into_guard(mut self, kind: LockKind, private: Option<File>) -> FileLockGuard {
+        let lock = self.lock.take().expect("a reservation becomes one guard");
+        FileLockGuard {
+            lock,
+            kind,
+            private,
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(lock) = &self.lock {
+            unregister(&mut table(), lock);
+        }
+    }
+}
+
+fn unregister(table: &mut Table, lock: &FileLock) {
+    if let Some(spans) = table.get_mut(&lock.inner.id) {
+        if let Some(i) = spans.iter().position(|s| *s == lock.span) {
+            spans.swap_remove(i);
+        }
+        if spans.is_empty() {
+            table.remove(&lock.inner.id);
+        }
+    }
+}
+
+#[doc(hidden)]
+/// Test hook: a pause inside [`FileLock::blocking_lock`] between the process-table check and the
+/// kernel wait, set in milliseconds, to make races in that window deterministic in tests.
+pub static BLOCKING_LOCK_TEST_PAUSE_MS: AtomicU64 = AtomicU64::new(0);
+
+fn blocking_hook() {
+    let ms = BLOCKING_LOCK_TEST_PAUSE_MS.load(Ordering::Relaxed);
+    if ms > 0 {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
@@ -418,6 +549,9 @@ impl fmt::Debug for FileLock {
 pub struct FileLockGuard {
     lock: FileLock,
     kind: LockKind,
+    /// The private open file description a waiting thread locked through, if any: closing it
+    /// unlocks.
+    private: Option<File>,
 }
 
 impl FileLockGuard {
@@ -435,16 +569,16 @@ impl FileLockGuard {
 impl Drop for FileLockGuard {
     fn drop(&mut self) {
         let mut table = table();
-        // Unlocking an open file description's own lock cannot fail short of a bad descriptor.
-        let _ = self.lock.kernel(None, false);
-        if let Some(spans) = table.get_mut(&self.lock.inner.id) {
-            if let Some(i) = spans.iter().position(|s| *s == self.lock.span) {
-                spans.swap_remove(i);
-            }
-            if spans.is_empty() {
-                table.remove(&self.lock.inner.id);
+        match self.private.take() {
+            // The private description holds nothing else: closing it releases the lock.
+            Some(private) => drop(private),
+            // Unlocking an open file description's own lock cannot fail short of a bad
+            // descriptor.
+            None => {
+                let _ = self.lock.kernel(None, false);
             }
         }
+        unregister(&mut table, &self.lock);
     }
 }
 

@@ -46,6 +46,8 @@ mod table;
 pub use barrier::{Barrier, BarrierWaitResult};
 pub use condition::{Condition, ConditionGuard};
 pub use event::Event;
+#[doc(hidden)]
+pub use file_lock::BLOCKING_LOCK_TEST_PAUSE_MS;
 pub use file_lock::{FileLock, FileLockGuard};
 pub use lock::{Lock, LockGuard, OwnedLockGuard};
 pub use multiproc_core::shm::Pod;

@@ -130,9 +130,19 @@ impl SharedMemory {
     /// [`create_posix`](Self::create_posix) or by Python's
     /// `SharedMemory(name=name, create=True, ...)`, all of it.
     ///
+    /// The object is opened without following a symbolic link (`O_NOFOLLOW`, as glibc's
+    /// `shm_open` and so Python do): `/dev/shm` is writable by every user, and a link planted
+    /// there must not make us map the file it points to.
+    ///
     /// # Errors
     /// [`AttachError::is_not_found`] when there is no such object (Python's
-    /// `FileNotFoundError`); [`AttachError::is_invalid`] for an invalid name or an empty object.
+    /// `FileNotFoundError`); [`AttachError::is_invalid`] for an invalid name, an empty object,
+    /// or a `/dev/shm` entry that is a symbolic link or not a regular file.
+    ///
+    /// # Crash behavior
+    /// A POSIX object is not sealed: another process that shrinks it (`ftruncate`) makes this
+    /// process's accesses past the new end fault with `SIGBUS`, which terminates it, as it
+    /// would any other program (Python included) mapping the object.
     pub fn attach_posix(name: &str) -> Result<Self, AttachError> {
         let region = shm::open_posix(name).map_err(|e| AttachError::from_io(name, e))?;
         Ok(Self::posix(name, region))

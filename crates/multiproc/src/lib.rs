@@ -141,6 +141,8 @@ pub mod sync {
         SemaphorePermit,
     };
     // Named resources: locks on files that unrelated programs meet by path.
+    #[doc(hidden)]
+    pub use multiproc_sync::BLOCKING_LOCK_TEST_PAUSE_MS;
     #[doc(inline)]
     pub use multiproc_sync::{FileLock, FileLockGuard};
 }

@@ -16,6 +16,10 @@ pub enum FifoOpenError {
     /// A single writer has the FIFO open, or (opening a single writer) other senders do.
     #[error("the FIFO is held by a sender that excludes this one")]
     WriterConflict,
+    /// Another receiver (in any process of this user) has the FIFO open: a FIFO has one
+    /// reader, since two would tear each other's frames.
+    #[error("another receiver has the FIFO open")]
+    ReaderConflict,
     /// The path does not exist, is not a FIFO, or cannot be opened.
     #[error("cannot open the FIFO")]
     Io(#[source] io::Error),

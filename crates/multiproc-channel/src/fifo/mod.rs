@@ -16,6 +16,14 @@
 //!   cannot open while other senders have the FIFO open, nor they while it does.
 //!   (Programs writing the FIFO without multiproc are not covered by the `flock`.)
 //!
+//! **One reader.** The rule has a read side: a reader takes whatever bytes are there, several
+//! frames and part of the next, so two readers of one FIFO (the shell "work queue" pattern)
+//! would each start mid-frame and decode garbage, or a wrong value (postcard is not
+//! self-describing). A [`FifoReceiver`] therefore claims the FIFO's reading side while it
+//! lives, and a second one, in any process of the user, fails to open with
+//! [`FifoOpenError::ReaderConflict`]. For a work queue shared by several consumers use a
+//! `Queue`.
+//!
 //! **Descriptors** cannot travel through a FIFO (it is not a socket): a message holding a
 //! handle fails to send with [`FifoSendError::Descriptors`]. Use `multiproc::named` to hand
 //! handles to unrelated programs.
@@ -75,6 +83,10 @@ pub fn create(path: impl AsRef<Path>) -> io::Result<()> {
 }
 
 /// Removes the FIFO at `path`. Open ends keep working; later opens fail.
+///
+/// The type check and the removal are two steps: a process that can write the directory and
+/// replaces the FIFO with another file between them gets that file removed (Python's
+/// `os.unlink` checks nothing at all). Use a directory only you can write for FIFOs.
 ///
 /// # Errors
 /// [`io::ErrorKind::NotFound`] when nothing is at `path`; [`io::ErrorKind::InvalidInput`]

@@ -40,6 +40,10 @@ impl<T: Serialize> FifoSender<T> {
     /// [`FifoOpenError::Io`] when the path does not exist or is not a FIFO, or outside a tokio
     /// runtime.
     ///
+    /// # Panics
+    /// On a tokio runtime built without timers (`enable_time`) when it has to wait for a
+    /// reader, as `tokio::time::sleep` does.
+    ///
     /// # Cancel safety
     /// Cancel safe: nothing is open until the future returns.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, FifoOpenError> {
@@ -52,6 +56,9 @@ impl<T: Serialize> FifoSender<T> {
     /// # Errors
     /// [`FifoOpenError::WriterConflict`] when other senders have the FIFO open; otherwise as
     /// [`open`](Self::open).
+    ///
+    /// # Panics
+    /// As [`open`](Self::open).
     ///
     /// # Cancel safety
     /// As [`open`](Self::open).
@@ -123,11 +130,13 @@ impl<T: Serialize> FifoSender<T> {
     ///
     /// # Cancel safety
     /// Cancel safe. A shared sender writes each frame with one atomic `write` inside one poll,
-    /// so a dropped future sent the whole message or nothing. A single writer's large frame may
-    /// be part-written when the future is dropped: the rest is kept and written first by the
-    /// next [`send`](Self::send) or [`flush`](Self::flush), so the stream is never torn while
-    /// the sender lives (dropping the sender then leaves the reader a truncated frame, which
-    /// it reports as [`FifoRecvError::Truncated`](super::FifoRecvError::Truncated)).
+    /// so a dropped future sent the whole message or nothing. A single writer's future dropped
+    /// before any byte of its frame was written sent nothing, and a retry does not duplicate
+    /// the message. **But a single writer's large frame may be part-written when the future is
+    /// dropped: that message counts as sent**, the rest is kept and written first by the next
+    /// [`send`](Self::send) or [`flush`](Self::flush), so the stream is never torn while the
+    /// sender lives (dropping the sender then leaves the reader a truncated frame, which it
+    /// reports as [`FifoRecvError::Truncated`](super::FifoRecvError::Truncated)).
     pub async fn send(&mut self, value: &T) -> Result<(), FifoSendError> {
         self.flush().await?;
         let mut frame = vec![0u8; HEADER];
@@ -148,8 +157,21 @@ impl<T: Serialize> FifoSender<T> {
         })?;
         frame[..HEADER].copy_from_slice(&header.to_le_bytes());
         if self.single_writer {
-            self.pending = frame;
-            return self.flush().await;
+            // The frame stays local to this future until a first byte is written: a send
+            // dropped before that sends nothing. Only a part-written frame moves to `pending`,
+            // to be completed by the next send or flush.
+            loop {
+                self.pipe.writable().await.map_err(FifoSendError::Io)?;
+                match self.pipe.try_write(&frame) {
+                    Ok(n) if n == frame.len() => return Ok(()),
+                    Ok(n) => {
+                        frame.drain(..n);
+                        self.pending = frame;
+                        return self.flush().await;
+                    }
+                    Err(e) => classify(e)?,
+                }
+            }
         }
         loop {
             self.pipe.writable().await.map_err(FifoSendError::Io)?;

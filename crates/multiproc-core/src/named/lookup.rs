@@ -65,12 +65,22 @@ pub fn blocking_lookup<T: DeserializeOwned>(name: &str) -> Result<T, LookupError
 /// # Cancel safety
 /// As [`lookup`].
 pub async fn lookup_in<T: DeserializeOwned>(namespace: &str, name: &str) -> Result<T, LookupError> {
-    let socket = connect(namespace, name, Instant::now() + LOOKUP_TIMEOUT)?;
     if tokio::runtime::Handle::try_current().is_err() {
         return Err(io_error(io::Error::other(
             "async lookup outside of a tokio runtime",
         )));
     }
+    let socket_name = socket_name(namespace, name)?;
+    let deadline = Instant::now() + LOOKUP_TIMEOUT;
+    // A full backlog (the publisher is busy, stopped or starved): retry with a timer, never
+    // a sleep that would block a runtime thread.
+    let socket = loop {
+        if let Some(socket) = try_connect(&socket_name, name, deadline)? {
+            break socket;
+        }
+        tokio::time::sleep(CONNECT_RETRY).await;
+    };
+    check_owner(&socket, name)?;
     // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, which keeps it open (same file
     // description, same number) for as long as it is registered.
     let socket = unsafe { AsyncFd::register_with_interest(socket, Interest::READABLE) }
@@ -89,7 +99,7 @@ pub async fn lookup_in<T: DeserializeOwned>(namespace: &str, name: &str) -> Resu
     })
     .await
     .map_err(|_| LookupError::new(LookupErrorKind::TimedOut(name.to_owned())))?
-    .map_err(io_error)?;
+    .map_err(|e| answer_error(name, e))?;
     finish(name, received)
 }
 
@@ -101,8 +111,15 @@ pub fn blocking_lookup_in<T: DeserializeOwned>(
     namespace: &str,
     name: &str,
 ) -> Result<T, LookupError> {
+    let socket_name = socket_name(namespace, name)?;
     let deadline = Instant::now() + LOOKUP_TIMEOUT;
-    let socket = connect(namespace, name, deadline)?;
+    let socket = loop {
+        if let Some(socket) = try_connect(&socket_name, name, deadline)? {
+            break socket;
+        }
+        std::thread::sleep(CONNECT_RETRY);
+    };
+    check_owner(&socket, name)?;
     let mut buf = vec![0u8; MAX_RECORD + 1];
     let mut fds = Vec::new();
     loop {
@@ -112,35 +129,45 @@ pub fn blocking_lookup_in<T: DeserializeOwned>(
         match recv_with_fds(socket.as_fd(), &mut buf, &mut fds) {
             Ok(received) => return finish(name, (received, buf, fds)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(io_error(e)),
+            Err(e) => return Err(answer_error(name, e)),
         }
     }
 }
 
-/// Connects to the name's socket and checks that its publisher is of our user.
-fn connect(namespace: &str, name: &str, deadline: Instant) -> Result<OwnedFd, LookupError> {
-    let socket_name = super::socket_name(namespace, name).map_err(|why| {
+/// The pause before connecting again to a publisher whose backlog is full.
+const CONNECT_RETRY: Duration = Duration::from_millis(1);
+
+fn socket_name(namespace: &str, name: &str) -> Result<Vec<u8>, LookupError> {
+    super::socket_name(namespace, name).map_err(|why| {
         LookupError::new(LookupErrorKind::InvalidName {
             name: name.to_owned(),
             why,
         })
-    })?;
-    let socket = loop {
-        match connect_abstract(&socket_name) {
-            Ok(socket) => break socket,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
-                return Err(LookupError::new(LookupErrorKind::NotFound(name.to_owned())));
-            }
-            // The publisher's backlog is full: it is answering others; try again shortly.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(LookupError::new(LookupErrorKind::TimedOut(name.to_owned())));
-            }
-            Err(e) => return Err(io_error(e)),
+    })
+}
+
+/// One connection attempt to the name's socket: `Ok(None)` when the publisher's backlog is
+/// full (it is answering others, or stopped) and `deadline` has not passed, to retry shortly.
+fn try_connect(
+    socket_name: &[u8],
+    name: &str,
+    deadline: Instant,
+) -> Result<Option<OwnedFd>, LookupError> {
+    match connect_abstract(socket_name) {
+        Ok(socket) => Ok(Some(socket)),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            Err(LookupError::new(LookupErrorKind::NotFound(name.to_owned())))
         }
-    };
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(LookupError::new(LookupErrorKind::TimedOut(name.to_owned())))
+        }
+        Err(e) => Err(io_error(e)),
+    }
+}
+
+/// Checks that the connected publisher is a process of our user.
+fn check_owner(socket: &OwnedFd, name: &str) -> Result<(), LookupError> {
     let uid = peer_credentials(socket.as_fd()).map_err(io_error)?.uid;
     if uid != effective_uid() {
         return Err(LookupError::new(LookupErrorKind::OtherUser {
@@ -148,7 +175,21 @@ fn connect(namespace: &str, name: &str, deadline: Instant) -> Result<OwnedFd, Lo
             uid,
         }));
     }
-    Ok(socket)
+    Ok(())
+}
+
+/// A failed receive of the publisher's answer. When the listener closes (the publication was
+/// withdrawn, or its owner died) with our connection still queued in its backlog, the kernel
+/// resets the connection: that is a name no longer published, as for a refused connection.
+fn answer_error(name: &str, e: io::Error) -> LookupError {
+    match e.kind() {
+        io::ErrorKind::ConnectionReset
+        | io::ErrorKind::BrokenPipe
+        | io::ErrorKind::NotConnected => {
+            LookupError::new(LookupErrorKind::Refused(name.to_owned()))
+        }
+        _ => io_error(e),
+    }
 }
 
 fn finish<T: DeserializeOwned>(

@@ -46,6 +46,10 @@ fn object_name(name: &str) -> io::Result<String> {
 /// [`io::ErrorKind::InvalidInput`] when `len` is zero or the name is invalid; others as
 /// `shm_open(3)`, `ftruncate(2)`, `mmap(2)`.
 ///
+/// # Crash behavior
+/// As for [`open_posix`]: the object is not sealed, so another process shrinking it makes
+/// accesses past the new end fault with `SIGBUS`.
+///
 /// # References
 /// - [`shm_open(3)`](https://man7.org/linux/man-pages/man3/shm_open.3.html)
 pub fn create_posix(name: &str, len: usize) -> io::Result<SharedRegion> {
@@ -73,18 +77,51 @@ pub fn create_posix(name: &str, len: usize) -> io::Result<SharedRegion> {
 /// Opens and maps the existing POSIX shared memory object `name`, all of it (Python's
 /// `SharedMemory(name)`, whose size is the object's).
 ///
+/// The object is opened as `/dev/shm/<name>` with `O_NOFOLLOW`, as glibc's `shm_open` (and so
+/// Python) does: `/dev/shm` is writable by every user, and a symbolic link planted there under
+/// an expected name must not make us map (and write) the file it points to. Anything but a
+/// regular file is refused too.
+///
 /// # Errors
 /// [`io::ErrorKind::NotFound`] when there is no such object (Python's `FileNotFoundError`);
-/// [`io::ErrorKind::InvalidInput`] for an invalid name; [`io::ErrorKind::InvalidData`] when the
-/// object is empty.
+/// [`io::ErrorKind::InvalidInput`] for an invalid name, or when `/dev/shm/<name>` is a symbolic
+/// link or not a regular file; [`io::ErrorKind::InvalidData`] when the object is empty or
+/// shrank while it was being mapped.
+///
+/// # Crash behavior
+/// The object is not sealed: a process that shrinks it (`ftruncate`) afterwards makes this
+/// process's accesses past the new end fault with `SIGBUS`, which terminates it, exactly as
+/// for every other program (Python included) mapping the object.
 ///
 /// # References
-/// - [`shm_open(3)`](https://man7.org/linux/man-pages/man3/shm_open.3.html)
+/// - [`shm_open(3)`](https://man7.org/linux/man-pages/man3/shm_open.3.html),
+///   [`open(2)`](https://man7.org/linux/man-pages/man2/open.2.html) (`O_NOFOLLOW`)
 pub fn open_posix(name: &str) -> io::Result<SharedRegion> {
-    let path = object_name(name)?;
-    let fd = rustix::shm::open(path.as_str(), OFlags::RDWR, Mode::empty())?;
-    let size = rustix::fs::fstat(&fd)?.st_size;
-    let len = usize::try_from(size).map_err(|_| io::ErrorKind::InvalidData)?;
+    use rustix::fs::{FileType, OFlags as FsFlags};
+    let path = format!("/dev/shm{}", object_name(name)?);
+    let fd = match rustix::fs::open(
+        path.as_str(),
+        FsFlags::RDWR | FsFlags::NOFOLLOW | FsFlags::CLOEXEC | FsFlags::NOCTTY,
+        Mode::empty(),
+    ) {
+        Ok(fd) => fd,
+        // O_NOFOLLOW on a symbolic link.
+        Err(rustix::io::Errno::LOOP) => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the shared memory object is a symbolic link",
+            ));
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let st = rustix::fs::fstat(&fd)?;
+    if FileType::from_raw_mode(st.st_mode) != FileType::RegularFile {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the shared memory object is not a regular file",
+        ));
+    }
+    let len = usize::try_from(st.st_size).map_err(|_| io::ErrorKind::InvalidData)?;
     SharedRegion::from_unsealed_file(SharedFd::new(fd), len)
 }
 

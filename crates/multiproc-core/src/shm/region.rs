@@ -81,8 +81,13 @@ impl Drop for Mapping {
 /// `MAP_SHARED`, zero-filled at creation.
 ///
 /// Clones share the mapping within a process. Serializing the region (inside
-/// [`crate::message::encode`]) sends its descriptor; decoding maps the same pages again. The
-/// memfd is sealed against shrinking, so no process can make another's mapping fault.
+/// [`crate::message::encode`]) sends its descriptor; decoding maps the same pages again. A
+/// memfd region is sealed against shrinking, so no process can make another's mapping fault.
+/// A region mapping a POSIX shared memory object ([`crate::shm::create_posix`],
+/// [`crate::shm::open_posix`]) is not sealed: a process shrinking the object makes accesses
+/// past its new end fault with `SIGBUS` (no undefined behaviour: accesses are volatile or
+/// atomic and no reference into the mapping exists, but the process dies), as in every other
+/// program mapping it.
 ///
 /// Every accessor checks bounds and alignment and panics on a violation, which is a bug in the
 /// caller's layout, never a consequence of input from another process.
@@ -161,7 +166,15 @@ impl SharedRegion {
                 "cannot map an empty shared memory object",
             ));
         }
-        let map = map(&fd, len)?;
+        let map = map_unsealed(&fd, len)?;
+        // Narrow the window of a concurrent shrink: refuse an object that already shrank.
+        let size = rustix::fs::fstat(&fd)?.st_size;
+        if size < 0 || (size as u64) < len as u64 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("shared memory object shrank to {size} bytes while being mapped"),
+            ));
+        }
         Ok(Self {
             map: Arc::new(map),
             fd,
@@ -349,11 +362,32 @@ pub(crate) fn punch_hole(fd: &SharedFd, offset: u64, len: u64) -> io::Result<()>
     )?)
 }
 
-/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
+/// [`mmap_shared`] of a memfd sealed against shrinking that holds at least `len` bytes (the
+/// callers check both): every page of the mapping stays backed for its whole life.
 fn map(fd: &SharedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: the file holds at least `len` bytes and is sealed against shrinking (checked or
+    // set by every caller), so every page stays backed; see `mmap_shared` for the rest.
+    unsafe { mmap_shared(fd, len) }
+}
+
+/// [`mmap_shared`] of a file that is not sealed (a POSIX shared memory object): another process
+/// may shrink it at any time, after which an access past the new end raises `SIGBUS`.
+fn map_unsealed(fd: &SharedFd, len: usize) -> io::Result<Mapping> {
+    // SAFETY: a shrink by another process does not make the mapping alias Rust memory or
+    // invalidate a reference: no Rust reference into a mapping ever exists, every access is
+    // volatile or atomic through a raw pointer, so a page losing its backing faults (`SIGBUS`,
+    // which terminates the process) rather than being undefined behaviour; that crash is
+    // documented on `shm::create_posix`/`shm::open_posix` and `SharedRegion`.
+    unsafe { mmap_shared(fd, len) }
+}
+
+/// `mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)`.
+///
+/// # Safety
+/// The caller states what keeps the pages of `fd` backed (or what happens when they are not).
+unsafe fn mmap_shared(fd: &SharedFd, len: usize) -> io::Result<Mapping> {
     // SAFETY: a fresh mapping chosen by the kernel (null hint, no MAP_FIXED) aliases no Rust
-    // memory; the file holds at least `len` bytes and is sealed against shrinking, so every
-    // page of the mapping stays backed.
+    // memory; the caller's contract covers what backs its pages.
     let ptr = unsafe {
         rustix::mm::mmap(
             std::ptr::null_mut(),

@@ -23,6 +23,18 @@ pub(crate) fn listen_abstract(name: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A `SOCK_SEQPACKET` socket bound (not listening) to the abstract name `name`: a claim on the
+/// name that lasts as long as the descriptor. [`io::ErrorKind::AddrInUse`] when it is taken.
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), "Abstract sockets"
+pub(crate) fn bind_abstract(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = seqpacket()?;
+    rustix::net::bind(&fd, &addr)?;
+    Ok(fd)
+}
+
 /// A non-blocking `SOCK_SEQPACKET` socket connected to the abstract name `name`.
 /// [`io::ErrorKind::ConnectionRefused`] when nothing listens there;
 /// [`io::ErrorKind::WouldBlock`] when the listener's backlog is full.
