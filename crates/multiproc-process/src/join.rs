@@ -489,14 +489,20 @@ impl<R> Drop for JoinHandle<R> {
         if self.kill_on_drop {
             let _ = child.kill_tree();
         }
-        // Reaped already (by `active_children`): nothing left for the reaper.
-        if matches!(child.reap(), Ok(None)) {
-            // Nobody will await the join that records the exit: the reaper records it instead.
-            #[cfg(feature = "tracing")]
-            if let Some(span) = self.span.take() {
-                let on_reaped = crate::trace::exit_unjoined(span, self.kill_on_drop);
-                return reaper::reap_orphan_then(child.pidfd.clone(), Some(on_reaped));
+        // Nobody will await the join that records the exit: it is recorded here if the child
+        // was reaped already (it exited, or `active_children` saw it), else by the reaper.
+        let reaped = child.reap();
+        #[cfg(feature = "tracing")]
+        if let Some(span) = self.span.take() {
+            let on_reaped = crate::trace::exit_unjoined(span.clone(), self.kill_on_drop);
+            match reaped {
+                Ok(Some(status)) => crate::trace::exited_unjoined(&span, status),
+                Ok(None) => return reaper::reap_orphan_then(child.pidfd.clone(), Some(on_reaped)),
+                Err(_) => {}
             }
+            return;
+        }
+        if matches!(reaped, Ok(None)) {
             reaper::reap_orphan(child.pidfd.clone());
         }
     }

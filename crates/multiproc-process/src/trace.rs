@@ -149,20 +149,25 @@ pub(crate) fn exit_unjoined(
             "child process handle dropped before the join; the child is reaped in the background"
         );
     });
-    Box::new(move |status| {
-        let status = crate::ExitStatus::new(status);
-        span.with_subscriber(|(_, dispatch)| {
-            tracing::dispatcher::with_default(dispatch, || {
-                span.in_scope(|| {
-                    if status.success() {
-                        trace_debug!(%status, "child process exited (reaped unjoined)");
-                    } else {
-                        trace_warn!(%status, "child process exited (reaped unjoined)");
-                    }
-                });
+    Box::new(move |status| exited_unjoined(&span, crate::ExitStatus::new(status)))
+}
+
+/// Records, in `span`, the exit of a child whose handle was dropped unjoined: from the reaper's
+/// thread, or at once when the child had already been reaped.
+#[cfg(feature = "tracing")]
+pub(crate) fn exited_unjoined(span: &tracing::Span, status: crate::ExitStatus) {
+    use multiproc_core::{trace_debug, trace_warn};
+    span.with_subscriber(|(_, dispatch)| {
+        tracing::dispatcher::with_default(dispatch, || {
+            span.in_scope(|| {
+                if status.success() {
+                    trace_debug!(%status, "child process exited (reaped unjoined)");
+                } else {
+                    trace_warn!(%status, "child process exited (reaped unjoined)");
+                }
             });
         });
-    })
+    });
 }
 
 /// In the parent, inside a child's span: how its join ended, as an event.
