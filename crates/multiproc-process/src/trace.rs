@@ -142,7 +142,7 @@ pub(crate) fn exit_unjoined(
     span: tracing::Span,
     killed: bool,
 ) -> multiproc_core::proc::reaper::OnReaped {
-    use multiproc_core::{trace_debug, trace_warn};
+    use multiproc_core::trace_debug;
     span.in_scope(|| {
         trace_debug!(
             kill_on_drop = killed,
