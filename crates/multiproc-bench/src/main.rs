@@ -292,12 +292,23 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocBlocking,
                 Impl::TokioReactor,
+                Impl::TokioFloor,
+                Impl::IpcChannel,
+                Impl::PythonMp,
+            ],
+            Workload::Stream64 => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::TokioFloor,
+                Impl::IpcChannel,
                 Impl::PythonMp,
             ],
             Workload::Stream1M => &[
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
+                Impl::TokioFloor,
+                Impl::IpcChannel,
                 Impl::PythonMp,
             ],
             Workload::LockContended2p | Workload::EventPingpong => &[
@@ -401,10 +412,12 @@ enum Impl {
     MultiprocPipeline,
     /// servo's `ipc-channel` 0.22, typed blocking API (`peers::ipc_channel`).
     IpcChannel,
+    /// The hand-rolled tokio floor: length prefix and buffered I/O (`peers::tokio_floor`).
+    TokioFloor,
 }
 
 impl Impl {
-    const ALL: [Impl; 10] = [
+    const ALL: [Impl; 11] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -416,6 +429,7 @@ impl Impl {
         Impl::MultiprocBatch,
         Impl::MultiprocPipeline,
         Impl::IpcChannel,
+        Impl::TokioFloor,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -440,6 +454,7 @@ impl Impl {
             Impl::MultiprocBatch => "multiproc-batch",
             Impl::MultiprocPipeline => "multiproc-pipeline",
             Impl::IpcChannel => "ipc-channel",
+            Impl::TokioFloor => "tokio-floor",
         }
     }
 }
@@ -502,7 +517,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  file_lock_contended_2p, manager_dict_2p
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel
+                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
+                 tokio-floor
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -772,6 +788,7 @@ fn run_trial(
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
         (Impl::IpcChannel, _) => peers::ipc_channel::pipe(w, n).map(Sample::from),
+        (Impl::TokioFloor, _) => peers::tokio_floor::pipe(rt, w, n).map(Sample::from),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(

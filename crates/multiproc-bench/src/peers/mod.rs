@@ -17,10 +17,15 @@
 //! - [`procspawn`]: `procspawn` 1.0's `spawn` + `join` (spawning only).
 
 pub(crate) mod ipc_channel;
+pub(crate) mod tokio_floor;
 
 use std::io;
+use std::os::linux::net::SocketAddrExt;
 use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use tokio::net::UnixStream;
 
 use crate::sync_bench::PATIENCE;
 
@@ -42,6 +47,7 @@ pub(crate) fn child_main() -> Option<ExitCode> {
     let (peer, task) = role.split_once('/').unwrap_or((role.as_str(), ""));
     let result = match peer {
         ipc_channel::PEER => ipc_channel::child(task, &arg),
+        tokio_floor::PEER => tokio_floor::child(task, &arg),
         _ => Err(io::Error::other(format!("unknown role {role:?}"))),
     };
     Some(match result {
@@ -118,6 +124,16 @@ impl Drop for PeerChild {
     }
 }
 
+/// A name unique to this process and call, for sockets the children connect to.
+pub(crate) fn unique_name(what: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "multiproc-bench-{what}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
 /// Runs `f` on a thread and waits for it at most [`PATIENCE`]: for the blocking calls of a
 /// peer that have no timeout of their own (an accept). On timeout the thread is left behind.
 pub(crate) fn with_patience<T: Send + 'static>(
@@ -130,4 +146,50 @@ pub(crate) fn with_patience<T: Send + 'static>(
     });
     rx.recv_timeout(PATIENCE)
         .map_err(|_| io::Error::other(format!("{what}: no answer in {PATIENCE:?}")))
+}
+
+/// A listening tokio `UnixListener` on the abstract socket address `name` (nothing in the
+/// filesystem to clean up).
+pub(crate) fn unix_listen(name: &str) -> io::Result<tokio::net::UnixListener> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let listener = std::os::unix::net::UnixListener::bind_addr(&addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::UnixListener::from_std(listener)
+}
+
+/// The one connection a peer child makes to [`unix_listen`]`(name)`.
+pub(crate) async fn unix_accept(listener: &tokio::net::UnixListener) -> io::Result<UnixStream> {
+    match tokio::time::timeout(PATIENCE, listener.accept()).await {
+        Ok(accepted) => Ok(accepted?.0),
+        Err(_) => Err(io::Error::other("the peer child never connected")),
+    }
+}
+
+/// Connects to the parent's [`unix_listen`]`(name)` (in a peer child, inside its runtime).
+pub(crate) fn unix_connect(name: &str) -> io::Result<UnixStream> {
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    let stream = std::os::unix::net::UnixStream::connect_addr(&addr)?;
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}
+
+/// A current-thread tokio runtime for a peer child (as multiproc's children have).
+pub(crate) fn child_runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// Parses `key=value` pairs separated by `,` (the role argument of the socket peers).
+pub(crate) fn arg_field<'a>(arg: &'a str, key: &str) -> io::Result<&'a str> {
+    arg.split(',')
+        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+        .ok_or_else(|| io::Error::other(format!("role argument {arg:?} lacks {key}")))
+}
+
+/// [`arg_field`] as a number.
+pub(crate) fn arg_u64(arg: &str, key: &str) -> io::Result<u64> {
+    let v = arg_field(arg, key)?;
+    v.parse()
+        .map_err(|_| io::Error::other(format!("{key}={v:?} is not a number")))
 }
