@@ -293,13 +293,23 @@ impl Workload {
                 Impl::MultiprocBlocking,
                 Impl::TokioReactor,
                 Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
                 Impl::IpcChannel,
+                Impl::PythonMp,
+            ],
+            Workload::SpawnJoin => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::Procspawn,
                 Impl::PythonMp,
             ],
             Workload::Stream64 => &[
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
                 Impl::IpcChannel,
                 Impl::PythonMp,
             ],
@@ -308,6 +318,8 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
                 Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
                 Impl::IpcChannel,
                 Impl::PythonMp,
             ],
@@ -414,10 +426,17 @@ enum Impl {
     IpcChannel,
     /// The hand-rolled tokio floor: length prefix and buffered I/O (`peers::tokio_floor`).
     TokioFloor,
+    /// tokio's `UnixStream` + `LengthDelimitedCodec` + postcard (`peers::tokio_codec`).
+    TokioCodec,
+    /// `interprocess` 2.x local sockets on tokio + `LengthDelimitedCodec` + postcard
+    /// (`peers::interprocess`).
+    Interprocess,
+    /// `procspawn` 1.0 (`peers::procspawn`), spawning only.
+    Procspawn,
 }
 
 impl Impl {
-    const ALL: [Impl; 11] = [
+    const ALL: [Impl; 14] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -430,6 +449,9 @@ impl Impl {
         Impl::MultiprocPipeline,
         Impl::IpcChannel,
         Impl::TokioFloor,
+        Impl::TokioCodec,
+        Impl::Interprocess,
+        Impl::Procspawn,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -455,6 +477,9 @@ impl Impl {
             Impl::MultiprocPipeline => "multiproc-pipeline",
             Impl::IpcChannel => "ipc-channel",
             Impl::TokioFloor => "tokio-floor",
+            Impl::TokioCodec => "tokio-codec",
+            Impl::Interprocess => "interprocess",
+            Impl::Procspawn => "procspawn",
         }
     }
 }
@@ -518,7 +543,7 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
-                 tokio-floor
+                 tokio-floor, tokio-codec, interprocess, procspawn
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -789,6 +814,10 @@ fn run_trial(
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
         (Impl::IpcChannel, _) => peers::ipc_channel::pipe(w, n).map(Sample::from),
         (Impl::TokioFloor, _) => peers::tokio_floor::pipe(rt, w, n).map(Sample::from),
+        (Impl::TokioCodec, _) => peers::tokio_codec::pipe(rt, w, n).map(Sample::from),
+        (Impl::Interprocess, _) => peers::interprocess::pipe(rt, w, n).map(Sample::from),
+        (Impl::Procspawn, Workload::SpawnJoin) => peers::procspawn::spawn_join(n).map(Sample::from),
+        (Impl::Procspawn, _) => Err(io::Error::other("procspawn only runs spawn_join")),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
@@ -878,6 +907,8 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
 }
 
 fn main() -> ExitCode {
+    // procspawn's children are this binary too: its setup line comes first.
+    procspawn::init();
     if std::env::var_os(EXIT_AT_ONCE_ENV).is_some() {
         // The raw-os spawn floor's child: exec'd, then straight out.
         return ExitCode::SUCCESS;

@@ -16,7 +16,11 @@
 //!   I/O, no codec crate: the hand-rolled tokio floor;
 //! - [`procspawn`]: `procspawn` 1.0's `spawn` + `join` (spawning only).
 
+pub(crate) mod framed;
+pub(crate) mod interprocess;
 pub(crate) mod ipc_channel;
+pub(crate) mod procspawn;
+pub(crate) mod tokio_codec;
 pub(crate) mod tokio_floor;
 
 use std::io;
@@ -48,6 +52,8 @@ pub(crate) fn child_main() -> Option<ExitCode> {
     let result = match peer {
         ipc_channel::PEER => ipc_channel::child(task, &arg),
         tokio_floor::PEER => tokio_floor::child(task, &arg),
+        tokio_codec::PEER => tokio_codec::child(task, &arg),
+        interprocess::PEER => interprocess::child(task, &arg),
         _ => Err(io::Error::other(format!("unknown role {role:?}"))),
     };
     Some(match result {
