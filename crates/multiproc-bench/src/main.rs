@@ -30,6 +30,7 @@ mod conn_bench;
 mod multiproc_impl;
 mod payload;
 mod peers;
+mod physical;
 mod pool_bench;
 mod python;
 mod queue_bench;
@@ -97,10 +98,17 @@ pub(crate) enum Workload {
     ConnAcceptUnix,
     /// The same over TCP loopback.
     ConnAcceptTcp,
+    /// The machine's limit: `memcpy` bandwidth of a large buffer.
+    MemcpyBandwidth,
+    /// The machine's limit: one cache line bounced between two spinning processes.
+    CachelineRoundtrip,
 }
 
 impl Workload {
-    const ALL: [Workload; 26] = [
+    const ALL: [Workload; 28] = [
+        // The machine's limits first: the summary compares later rows with them.
+        Workload::MemcpyBandwidth,
+        Workload::CachelineRoundtrip,
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -162,6 +170,8 @@ impl Workload {
             Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
             Workload::ConnAcceptUnix => "conn_accept_unix",
             Workload::ConnAcceptTcp => "conn_accept_tcp",
+            Workload::MemcpyBandwidth => "memcpy_bandwidth",
+            Workload::CachelineRoundtrip => "cacheline_roundtrip",
         }
     }
 
@@ -192,6 +202,8 @@ impl Workload {
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
+            Workload::MemcpyBandwidth => "GB_per_s",
+            Workload::CachelineRoundtrip => "ns_per_roundtrip",
         }
     }
 
@@ -221,6 +233,7 @@ impl Workload {
                 | Workload::ConnRoundtripTcp
                 | Workload::ConnAcceptUnix
                 | Workload::ConnAcceptTcp
+                | Workload::MemcpyBandwidth
         )
     }
 
@@ -281,6 +294,11 @@ impl Workload {
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
+            // Copies of 64 MiB.
+            (Workload::MemcpyBandwidth, false) => 32,
+            (Workload::MemcpyBandwidth, true) => 8,
+            (Workload::CachelineRoundtrip, false) => 1_000_000,
+            (Workload::CachelineRoundtrip, true) => 100_000,
         }
     }
 
@@ -364,6 +382,8 @@ impl Workload {
             | Workload::ConnRoundtripTcp
             | Workload::ConnAcceptUnix
             | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
+            // Reference rows: what the machine allows.
+            Workload::MemcpyBandwidth | Workload::CachelineRoundtrip => &[Impl::Machine],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -433,10 +453,12 @@ enum Impl {
     Interprocess,
     /// `procspawn` 1.0 (`peers::procspawn`), spawning only.
     Procspawn,
+    /// The machine's limits (`physical`): no library at all.
+    Machine,
 }
 
 impl Impl {
-    const ALL: [Impl; 14] = [
+    const ALL: [Impl; 15] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -452,6 +474,7 @@ impl Impl {
         Impl::TokioCodec,
         Impl::Interprocess,
         Impl::Procspawn,
+        Impl::Machine,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -480,6 +503,7 @@ impl Impl {
             Impl::TokioCodec => "tokio-codec",
             Impl::Interprocess => "interprocess",
             Impl::Procspawn => "procspawn",
+            Impl::Machine => "machine",
         }
     }
 }
@@ -539,11 +563,13 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
-                 file_lock_contended_2p, manager_dict_2p
+                 file_lock_contended_2p, manager_dict_2p, memcpy_bandwidth,
+                 cacheline_roundtrip
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
-                 tokio-floor, tokio-codec, interprocess, procspawn
+                 tokio-floor, tokio-codec, interprocess, procspawn,
+                 machine
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -753,6 +779,15 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         }
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
+        (Impl::Machine, Workload::MemcpyBandwidth) => {
+            Some("one process, memcpy of a 64 MiB buffer into another")
+        }
+        (Impl::Machine, Workload::CachelineRoundtrip) if pinned => Some(
+            "both processes on CPU 0: a waiter yields the CPU, so a round trip is two context switches",
+        ),
+        (Impl::Machine, Workload::CachelineRoundtrip) => Some(
+            "a shared counter bounced between two spinning processes placed on two different CPUs",
+        ),
         (Impl::RawOs, w) if w.queue_shape().is_some() => {
             Some("blocking send/recv on a shared SOCK_SEQPACKET pair")
         }
@@ -818,6 +853,13 @@ fn run_trial(
         (Impl::Interprocess, _) => peers::interprocess::pipe(rt, w, n).map(Sample::from),
         (Impl::Procspawn, Workload::SpawnJoin) => peers::procspawn::spawn_join(n).map(Sample::from),
         (Impl::Procspawn, _) => Err(io::Error::other("procspawn only runs spawn_join")),
+        (Impl::Machine, Workload::MemcpyBandwidth) => {
+            physical::memcpy_bandwidth(n).map(Sample::from)
+        }
+        (Impl::Machine, Workload::CachelineRoundtrip) => {
+            physical::cacheline_roundtrip(rt, n).map(Sample::from)
+        }
+        (Impl::Machine, _) => Err(io::Error::other("not a reference row")),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
@@ -857,8 +899,30 @@ fn paired_ratio(num: Option<&Series>, den: Option<&Series>) -> String {
     median(&ratios).map_or_else(|| "-".into(), |r| format!("{r:.2}"))
 }
 
-fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
+/// The machine's limits measured so far in this run (the reference rows run first).
+#[derive(Default)]
+struct Limits {
+    memcpy_gb_per_s: Option<f64>,
+    cacheline_ns: Option<f64>,
+}
+
+fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits: &mut Limits) {
     let get = |imp: Impl| all.iter().find(|s| s.imp == imp);
+    if let Some(machine) = get(Impl::Machine) {
+        let value = machine.median();
+        match w {
+            Workload::MemcpyBandwidth => limits.memcpy_gb_per_s = value,
+            Workload::CachelineRoundtrip => limits.cacheline_ns = value,
+            _ => {}
+        }
+        eprintln!(
+            "# {:<18} the machine's limit: {} {} (a reference row)",
+            w.name(),
+            value.map_or_else(|| "-".into(), json_number),
+            w.unit()
+        );
+        return;
+    }
     let (mp, raw, py) = (get(Impl::Multiproc), get(Impl::RawOs), get(Impl::PythonMp));
     // "speedup vs python": how many times better multiproc is, whatever the unit's direction.
     let vs_python = |s: Option<&Series>| {
@@ -885,6 +949,23 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
          CPU steal {steal})",
         w.name(),
     );
+    // Against the machine's limits, where this run measured them.
+    let mp_median = mp.and_then(Series::median);
+    match (w, mp_median, limits.cacheline_ns, limits.memcpy_gb_per_s) {
+        (Workload::Pingpong64, Some(us), Some(ns), _) => eprintln!(
+            "# {:<18} multiproc takes {:.1}x the cache-line round trip ({} ns)",
+            w.name(),
+            us * 1e3 / ns,
+            json_number(ns)
+        ),
+        (Workload::Stream1M, Some(mib), _, Some(gb)) => eprintln!(
+            "# {:<18} multiproc moves {:.2}x the memcpy bandwidth ({} GB/s)",
+            w.name(),
+            mib * (1u64 << 20) as f64 / 1e9 / gb,
+            json_number(gb)
+        ),
+        _ => {}
+    }
     // manager (issue 15)
     for imp in [Impl::MultiprocBatch, Impl::MultiprocPipeline] {
         if let Some(s) = get(imp) {
@@ -962,6 +1043,7 @@ fn main() -> ExitCode {
     };
     let trials = opts.trials.unwrap_or(if opts.quick { 5 } else { 9 });
     let mut failed = false;
+    let mut limits = Limits::default();
     for w in workloads {
         let n = w.n(opts.quick);
         let mut series: Vec<Series> = w
@@ -1005,7 +1087,7 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
         }
-        summarize(w, &series, steal);
+        summarize(w, &series, steal, &mut limits);
         for s in &series {
             if w == Workload::SemaphoreLimit && s.peaks.iter().all(|p| *p < 2) {
                 eprintln!(
