@@ -35,11 +35,14 @@ mod pool_bench;
 mod python;
 mod queue_bench;
 mod raw;
+mod scale;
 mod sync_bench;
 
 use std::fmt::Write as _;
 use std::io;
 use std::process::ExitCode;
+
+use scale::{Measure, Primitive};
 
 /// Set in the environment of the `raw-os` spawn floor's child: exit at the top of `main`.
 pub(crate) const EXIT_AT_ONCE_ENV: &str = "MULTIPROC_BENCH_EXIT_AT_ONCE";
@@ -102,10 +105,12 @@ pub(crate) enum Workload {
     MemcpyBandwidth,
     /// The machine's limit: one cache line bounced between two spinning processes.
     CachelineRoundtrip,
+    /// What one primitive costs, or how many fit under a 1,024-descriptor limit (`scale`).
+    Scale(scale::Primitive, scale::Measure),
 }
 
 impl Workload {
-    const ALL: [Workload; 28] = [
+    const ALL: [Workload; 48] = [
         // The machine's limits first: the summary compares later rows with them.
         Workload::MemcpyBandwidth,
         Workload::CachelineRoundtrip,
@@ -137,6 +142,26 @@ impl Workload {
         Workload::ConnRoundtripTcp,
         Workload::ConnAcceptUnix,
         Workload::ConnAcceptTcp,
+        Workload::Scale(Primitive::Lock, Measure::Fds),
+        Workload::Scale(Primitive::Lock, Measure::ShmBytes),
+        Workload::Scale(Primitive::Lock, Measure::ShmResident),
+        Workload::Scale(Primitive::Lock, Measure::Max1024),
+        Workload::Scale(Primitive::Event, Measure::Fds),
+        Workload::Scale(Primitive::Event, Measure::ShmBytes),
+        Workload::Scale(Primitive::Event, Measure::ShmResident),
+        Workload::Scale(Primitive::Event, Measure::Max1024),
+        Workload::Scale(Primitive::Semaphore, Measure::Fds),
+        Workload::Scale(Primitive::Semaphore, Measure::ShmBytes),
+        Workload::Scale(Primitive::Semaphore, Measure::ShmResident),
+        Workload::Scale(Primitive::Semaphore, Measure::Max1024),
+        Workload::Scale(Primitive::Queue, Measure::Fds),
+        Workload::Scale(Primitive::Queue, Measure::ShmBytes),
+        Workload::Scale(Primitive::Queue, Measure::ShmResident),
+        Workload::Scale(Primitive::Queue, Measure::Max1024),
+        Workload::Scale(Primitive::Pipe, Measure::Fds),
+        Workload::Scale(Primitive::Pipe, Measure::ShmBytes),
+        Workload::Scale(Primitive::Pipe, Measure::ShmResident),
+        Workload::Scale(Primitive::Pipe, Measure::Max1024),
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -172,6 +197,7 @@ impl Workload {
             Workload::ConnAcceptTcp => "conn_accept_tcp",
             Workload::MemcpyBandwidth => "memcpy_bandwidth",
             Workload::CachelineRoundtrip => "cacheline_roundtrip",
+            Workload::Scale(p, m) => scale::workload_name(p, m),
         }
     }
 
@@ -204,11 +230,15 @@ impl Workload {
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
             Workload::MemcpyBandwidth => "GB_per_s",
             Workload::CachelineRoundtrip => "ns_per_roundtrip",
+            Workload::Scale(_, m) => m.unit(),
         }
     }
 
     /// Whether a larger value is better (a throughput) or worse (a latency).
     fn higher_is_better(self) -> bool {
+        if let Workload::Scale(_, m) = self {
+            return m.higher_is_better();
+        }
         matches!(
             self,
             Workload::Stream64
@@ -299,6 +329,9 @@ impl Workload {
             (Workload::MemcpyBandwidth, true) => 8,
             (Workload::CachelineRoundtrip, false) => 1_000_000,
             (Workload::CachelineRoundtrip, true) => 100_000,
+            (Workload::Scale(_, Measure::Max1024), false) => scale::MAX,
+            (Workload::Scale(_, Measure::Max1024), true) => scale::MAX_QUICK,
+            (Workload::Scale(..), _) => scale::K,
         }
     }
 
@@ -384,6 +417,7 @@ impl Workload {
             | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
             // Reference rows: what the machine allows.
             Workload::MemcpyBandwidth | Workload::CachelineRoundtrip => &[Impl::Machine],
+            Workload::Scale(..) => &[Impl::Multiproc, Impl::PythonMp],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -564,7 +598,8 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
                  file_lock_contended_2p, manager_dict_2p, memcpy_bandwidth,
-                 cacheline_roundtrip
+                 cacheline_roundtrip, scale_<p>_fds, scale_<p>_shm_bytes,
+                 scale_<p>_shm_resident, scale_<p>_max_1024fds for <p> = lock, event, semaphore, queue, pipe
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
@@ -649,6 +684,8 @@ struct Series {
     error: Option<String>,
     /// Why this implementation cannot run the workload (a row without figures).
     not_applicable: Option<&'static str>,
+    /// The scale rows: what the last trial found besides its value.
+    scale: Option<scale::Found>,
 }
 
 /// The result of one trial.
@@ -759,9 +796,20 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
                 "Client(address, authkey) + recv(); Listener.accept() + send()"
             }
+            Workload::Scale(..) => {
+                "Lock(), Event(), Semaphore(1), Queue() or Pipe() created in a loop (bench_scale.py)"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
+    }
+    if let Some(found) = &s.scale {
+        if w.unit() == Measure::Max1024.unit() {
+            let _ = write!(line, ", \"capped\": {}", found.capped);
+        }
+        if let Some(e) = &found.stopped_by {
+            let _ = write!(line, ", \"stopped_by\": {}", json_string(e));
+        }
     }
     if !s.peaks.is_empty() {
         let max = s.peaks.iter().max().copied().unwrap_or(0);
@@ -932,6 +980,19 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits: &mut Limit
             paired_ratio(py, s)
         }
     };
+    if let Workload::Scale(..) = w {
+        let mut values = String::new();
+        for s in all {
+            let value = match (s.median(), &s.scale) {
+                (_, Some(found)) if found.capped => format!(">= {}", json_number(found.value)),
+                (Some(v), _) => json_number(v),
+                (None, _) => "-".into(),
+            };
+            let _ = write!(values, "  {} {value}", s.imp.name());
+        }
+        eprintln!("# {:<18}{values} ({})", w.name(), w.unit());
+        return;
+    }
     let steal = steal.map_or_else(|| "?".into(), |s| format!("{s:.1}%"));
     // multiproc against every peer and floor of the row, each "how many times better"
     // (above 1: multiproc is faster), whatever the unit's direction.
@@ -1057,16 +1118,32 @@ fn main() -> ExitCode {
                 peaks: Vec::new(),
                 error: None,
                 not_applicable: w.not_applicable(imp),
+                scale: None,
             })
             .collect();
         let start = CpuTimes::now();
+        // Counts do not vary from trial to trial.
+        let trials = if matches!(w, Workload::Scale(..)) {
+            1
+        } else {
+            trials
+        };
         // Interleave: trial t of every implementation runs before trial t+1 of any.
         for _ in 0..trials {
             for s in &mut series {
                 if s.error.is_some() || s.not_applicable.is_some() {
                     continue;
                 }
-                match run_trial(&rt, python.as_ref(), w, s.imp, n) {
+                let result = match w {
+                    Workload::Scale(p, m) => {
+                        scale::run(p, m, s.imp, python.as_ref(), n).map(|(sample, found)| {
+                            s.scale = Some(found);
+                            sample
+                        })
+                    }
+                    _ => run_trial(&rt, python.as_ref(), w, s.imp, n),
+                };
+                match result {
                     Ok(sample) => {
                         s.values.push(sample.value);
                         s.peaks.extend(sample.peak);

@@ -38,20 +38,11 @@ impl Python {
 
     /// Runs one trial of `w` with `n` operations and returns its value (and peak, if any).
     pub(crate) fn run(&self, w: Workload, n: u64) -> io::Result<Sample> {
-        let out = Command::new(&self.program)
-            .args(["-c", script(w), "--only", w.name(), "--n"])
-            .arg(n.to_string())
-            .args(["--trials", "1"])
-            .stdin(Stdio::null())
-            .stderr(Stdio::inherit())
-            .output()?;
-        if !out.status.success() {
-            return Err(io::Error::other(format!(
-                "python3 bench_mp.py failed: {}",
-                out.status
-            )));
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
+        let text = self.run_script(
+            script(w),
+            &["--only", w.name(), "--trials", "1"],
+            &[("--n", n)],
+        )?;
         let line = text
             .lines()
             .find(|l| l.contains(&format!("\"workload\": \"{}\"", w.name())));
@@ -63,6 +54,30 @@ impl Python {
                 "no result in python output: {text:?}"
             ))),
         }
+    }
+}
+
+impl Python {
+    /// Runs `script` with `args` and the numeric options `numbers`; its standard output.
+    pub(crate) fn run_script(
+        &self,
+        script: &str,
+        args: &[&str],
+        numbers: &[(&str, u64)],
+    ) -> io::Result<String> {
+        let mut cmd = Command::new(&self.program);
+        cmd.args(["-c", script]).args(args);
+        for (option, value) in numbers {
+            cmd.arg(option).arg(value.to_string());
+        }
+        let out = cmd.stdin(Stdio::null()).stderr(Stdio::inherit()).output()?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "python3 {args:?} failed: {}",
+                out.status
+            )));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 

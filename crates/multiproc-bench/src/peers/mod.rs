@@ -54,6 +54,7 @@ pub(crate) fn child_main() -> Option<ExitCode> {
         tokio_floor::PEER => tokio_floor::child(task, &arg),
         tokio_codec::PEER => tokio_codec::child(task, &arg),
         interprocess::PEER => interprocess::child(task, &arg),
+        crate::scale::PEER => crate::scale::child(task, &arg),
         _ => Err(io::Error::other(format!("unknown role {role:?}"))),
     };
     Some(match result {
@@ -94,6 +95,11 @@ impl PeerChild {
             child: Some(child),
             role: role.to_string(),
         })
+    }
+
+    /// The child's standard output, if [`PeerChild::spawn_with`] asked for a pipe.
+    pub(crate) fn take_stdout(&mut self) -> Option<std::process::ChildStdout> {
+        self.child.as_mut()?.stdout.take()
     }
 
     /// Waits (at most [`PATIENCE`]) for the child to exit, and wants a success.
