@@ -1,25 +1,39 @@
-//! `multiproc-bench`: one scenario matrix, three implementations, same payloads.
+//! `multiproc-bench`: one scenario matrix, many implementations, same payloads.
 //!
 //! For every workload it measures `multiproc`, Python's `multiprocessing` (`python-mp`, a
-//! stdlib-only script run with `python3`) and the raw OS floor (`raw-os`: blocking syscalls
+//! stdlib-only script run with `python3`), the raw OS floor (`raw-os`: blocking syscalls
 //! between processes: a socketpair for the pipes, futexes for the locks, eventfds for the
-//! events, a `SOCK_SEQPACKET` pair for the queues), interleaved trial by trial so that the
-//! ratios are measured side by side under the same machine noise. Each result is one JSON line
-//! on stdout:
+//! events, a `SOCK_SEQPACKET` pair for the queues) and, where they do the same job, the Rust
+//! peers (`peers`): `ipc-channel` 0.22 (pipes and single-consumer queues), `interprocess` 2.x
+//! and tokio's `UnixStream`, both with `LengthDelimitedCodec` + postcard (`interprocess`,
+//! `tokio-codec`), the hand-rolled tokio floor (`tokio-floor`: a length prefix and buffered
+//! I/O) and `procspawn` 1.0 (`spawn_join`). Every peer's other end runs in a separate process
+//! (this binary re-executed with a role in its environment). Trials are interleaved (trial `t`
+//! of every implementation before trial `t + 1` of any) so that the ratios are measured side by
+//! side under the same machine noise.
+//!
+//! Workload families, one module each: the pipes and spawning (`multiproc_impl`, `raw`, the
+//! peers), locks, semaphores and events (`sync_bench`), queues with 1 to 16 producers and 1 to
+//! 4 consumers (`queue_bench`), the pool, the Manager, file locks and named endpoints, the
+//! machine's limits (`physical`: `memcpy` bandwidth, a cache line bounced between two
+//! processes) and the scale rows (`scale`: descriptors and shared bytes per primitive, the
+//! most primitives under a 1,024-descriptor limit). Each result is one JSON line on stdout:
 //!
 //! ```text
 //! {"workload": "pipe_pingpong_64B", "impl": "multiproc", "value": 21.4, "unit": "us_per_roundtrip", "n": 20000, ...}
 //! ```
 //!
 //! `value` is the median over the trials (`min`/`max` are given too, and `steal_pct`, the CPU
-//! time the hypervisor took meanwhile: a noise gauge). A summary with the ratios goes to stderr.
-//! Options: `--quick` (the whole run well under a minute), `--only <workload>` and
-//! `--impl <impl>` (repeatable, or comma lists), `--pin` (everything, children included, on
-//! CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows, `multiproc-blocking` and
-//! `tokio-reactor`; the contended lock, the event ping-pong and the queues have
-//! `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink` (`Sink`/`Stream`),
-//! and the 1 MiB stream `multiproc-bytes` (the untyped `send_bytes`/`recv_bytes`).
-//! Results and their reading: `docs/BENCHMARKS.md`.
+//! time the hypervisor took meanwhile: a noise gauge); a row a peer cannot run has
+//! `"value": null` and `not_applicable` saying why. The summary on stderr gives, for each row,
+//! how many times better multiproc is than each peer and floor (`report`). Options
+//! (`options`): `--quick` (small `n`, 5 trials: the whole matrix in a few minutes),
+//! `--only <workload>` and `--impl <impl>` (repeatable, or comma lists), `--pin` (everything,
+//! children included, on CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows,
+//! `multiproc-blocking` and `tokio-reactor`; the contended lock, the event ping-pong and the
+//! queues have `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink`
+//! (`Sink`/`Stream`), and the 1 MiB stream `multiproc-bytes` (the untyped
+//! `send_bytes`/`recv_bytes`). Results and their reading: `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
 // manager (issue 15)
