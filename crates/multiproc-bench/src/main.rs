@@ -64,6 +64,20 @@ use scale::{Measure, Primitive};
 /// Set in the environment of the `raw-os` spawn floor's child: exit at the top of `main`.
 pub(crate) const EXIT_AT_ONCE_ENV: &str = "MULTIPROC_BENCH_EXIT_AT_ONCE";
 
+/// The queue workloads, as a pattern.
+macro_rules! queue_workloads {
+    () => {
+        Workload::Queue1p1c
+            | Workload::Queue2p2c
+            | Workload::Queue2p1c
+            | Workload::Queue4p1c
+            | Workload::Queue8p1c
+            | Workload::Queue16p1c
+            | Workload::Queue1p2c
+            | Workload::Queue1p4c
+    };
+}
+
 /// One benchmarked scenario.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Workload {
@@ -228,14 +242,7 @@ impl Workload {
             Workload::LockUncontended => "ns_per_op",
             Workload::LockContended2p | Workload::SemaphoreLimit => "ops_per_s",
             Workload::EventPingpong => "us_per_roundtrip",
-            Workload::Queue1p1c
-            | Workload::Queue2p2c
-            | Workload::Queue2p1c
-            | Workload::Queue4p1c
-            | Workload::Queue8p1c
-            | Workload::Queue16p1c
-            | Workload::Queue1p2c
-            | Workload::Queue1p4c => "msgs_per_s",
+            queue_workloads!() => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
             // manager (issue 15)
@@ -262,14 +269,7 @@ impl Workload {
                 | Workload::Stream1M
                 | Workload::LockContended2p
                 | Workload::SemaphoreLimit
-                | Workload::Queue1p1c
-                | Workload::Queue2p2c
-                | Workload::Queue2p1c
-                | Workload::Queue4p1c
-                | Workload::Queue8p1c
-                | Workload::Queue16p1c
-                | Workload::Queue1p2c
-                | Workload::Queue1p4c
+                | queue_workloads!()
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
                 // manager (issue 15)
@@ -305,17 +305,7 @@ impl Workload {
             (Workload::EventPingpong, false) => 5_000,
             (Workload::EventPingpong, true) => 1_000,
             // Every queue shape moves the same number of messages in all.
-            (
-                Workload::Queue1p1c
-                | Workload::Queue2p2c
-                | Workload::Queue2p1c
-                | Workload::Queue4p1c
-                | Workload::Queue8p1c
-                | Workload::Queue16p1c
-                | Workload::Queue1p2c
-                | Workload::Queue1p4c,
-                quick,
-            ) => {
+            (queue_workloads!(), quick) => {
                 if quick {
                     20_000
                 } else {

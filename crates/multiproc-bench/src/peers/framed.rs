@@ -23,7 +23,7 @@ use serde::de::DeserializeOwned;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::{PeerChild, WARMUP_DIVISOR};
+use super::{PeerChild, time_rounds};
 use crate::Workload;
 use crate::payload::Payload;
 
@@ -147,24 +147,17 @@ async fn pingpong<S: AsyncRead + AsyncWrite + Unpin>(
 ) -> io::Result<f64> {
     let mut end = End::new(stream);
     let payload = Payload::zeros(64);
-    let mut once = async || -> io::Result<()> {
+    let us = time_rounds(n, async || {
         end.send(&payload).await?;
         match end.recv::<Payload>().await? {
             Some(back) if back.as_slice().len() == payload.as_slice().len() => Ok(()),
             _ => Err(io::Error::other("echo child answered wrongly or went away")),
         }
-    };
-    for _ in 0..n / WARMUP_DIVISOR + 1 {
-        once().await?;
-    }
-    let t0 = Instant::now();
-    for _ in 0..n {
-        once().await?;
-    }
-    let elapsed = t0.elapsed();
+    })
+    .await?;
     drop(end);
     child.join()?;
-    Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
+    Ok(us)
 }
 
 /// `n` messages of `size` bytes one way to a connected `child`, batched (`feed`, one `flush`)

@@ -205,3 +205,37 @@ pub(crate) fn arg_u64(arg: &str, key: &str) -> io::Result<u64> {
     v.parse()
         .map_err(|_| io::Error::other(format!("{key}={v:?} is not a number")))
 }
+
+/// Starts `<peer>/<task>` with `name=<socket>,n=<n>,size=<size>` and accepts its connection
+/// on a fresh abstract Unix socket (the tokio socket peers).
+pub(crate) async fn start_unix_child(
+    peer: &str,
+    task: &str,
+    n: u64,
+    size: usize,
+) -> io::Result<(PeerChild, UnixStream)> {
+    let name = unique_name(peer);
+    let listener = unix_listen(&name)?;
+    let child = PeerChild::spawn(
+        &format!("{peer}/{task}"),
+        &format!("name={name},n={n},size={size}"),
+    )?;
+    let stream = unix_accept(&listener).await?;
+    Ok((child, stream))
+}
+
+/// Runs `round` `n / WARMUP_DIVISOR + 1` times untimed, then `n` times timed: microseconds
+/// per timed round (the ping-pong of the async peers).
+pub(crate) async fn time_rounds(
+    n: u64,
+    mut round: impl AsyncFnMut() -> io::Result<()>,
+) -> io::Result<f64> {
+    for _ in 0..n / WARMUP_DIVISOR + 1 {
+        round().await?;
+    }
+    let t0 = Instant::now();
+    for _ in 0..n {
+        round().await?;
+    }
+    Ok(t0.elapsed().as_secs_f64() * 1e6 / n as f64)
+}

@@ -4,10 +4,7 @@
 
 use std::io;
 
-use super::{
-    PeerChild, arg_field, arg_u64, child_runtime, framed, unique_name, unix_accept, unix_connect,
-    unix_listen,
-};
+use super::{arg_field, arg_u64, child_runtime, framed, start_unix_child, unix_connect};
 use crate::Workload;
 
 /// The role prefix of this peer's children.
@@ -27,13 +24,7 @@ pub(crate) fn child(task: &str, arg: &str) -> io::Result<()> {
 pub(crate) fn pipe(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
     let (task, size) = framed::task(w)?;
     rt.block_on(async {
-        let name = unique_name(PEER);
-        let listener = unix_listen(&name)?;
-        let child = PeerChild::spawn(
-            &format!("{PEER}/{task}"),
-            &format!("name={name},n={n},size={size}"),
-        )?;
-        let stream = unix_accept(&listener).await?;
+        let (child, stream) = start_unix_child(PEER, task, n, size).await?;
         framed::parent(w, child, stream, n).await
     })
 }

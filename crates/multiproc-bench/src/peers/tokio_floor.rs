@@ -24,8 +24,7 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::{
-    PeerChild, WARMUP_DIVISOR, arg_field, arg_u64, child_runtime, unique_name, unix_accept,
-    unix_connect, unix_listen,
+    PeerChild, arg_field, arg_u64, child_runtime, start_unix_child, time_rounds, unix_connect,
 };
 use crate::Workload;
 
@@ -167,38 +166,25 @@ pub(crate) fn pipe(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Res
 
 /// Starts the child for `task` and accepts its connection.
 async fn start(task: &str, n: u64, size: usize) -> io::Result<(PeerChild, End)> {
-    let name = unique_name(PEER);
-    let listener = unix_listen(&name)?;
-    let child = PeerChild::spawn(
-        &format!("{PEER}/{task}"),
-        &format!("name={name},n={n},size={size}"),
-    )?;
-    let stream = unix_accept(&listener).await?;
+    let (child, stream) = start_unix_child(PEER, task, n, size).await?;
     Ok((child, End::new(stream)))
 }
 
 async fn pingpong(n: u64) -> io::Result<f64> {
     let (child, mut end) = start("pingpong", n, 64).await?;
     let payload = [0u8; 64];
-    let mut once = async || -> io::Result<()> {
+    let us = time_rounds(n, async || {
         end.send(&payload).await?;
         end.flush().await?;
         if !end.recv().await? || end.frame.len() != payload.len() {
             return Err(io::Error::other("echo child answered wrongly or went away"));
         }
         Ok(())
-    };
-    for _ in 0..n / WARMUP_DIVISOR + 1 {
-        once().await?;
-    }
-    let t0 = Instant::now();
-    for _ in 0..n {
-        once().await?;
-    }
-    let elapsed = t0.elapsed();
+    })
+    .await?;
     drop(end);
     child.join()?;
-    Ok(elapsed.as_secs_f64() * 1e6 / n as f64)
+    Ok(us)
 }
 
 /// `n` frames of `size` bytes one way; seconds from the first write to the child's count.
