@@ -33,6 +33,8 @@ mod pool_bench;
 mod python;
 mod queue_bench;
 mod raw;
+// Spawn rows (issue 18): the fork floor and concurrent spawns.
+mod spawn_bench;
 mod sync_bench;
 
 use std::fmt::Write as _;
@@ -88,10 +90,17 @@ pub(crate) enum Workload {
     ConnAcceptUnix,
     /// The same over TCP loopback.
     ConnAcceptTcp,
+    // Spawn rows (issue 18).
+    /// Start 1 trivial child, then join it, in rounds (`spawn_bench`).
+    SpawnConcurrent1,
+    /// Start 8 trivial children at once, then join them all.
+    SpawnConcurrent8,
+    /// Start 64 trivial children at once, then join them all.
+    SpawnConcurrent64,
 }
 
 impl Workload {
-    const ALL: [Workload; 20] = [
+    const ALL: [Workload; 23] = [
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -114,6 +123,10 @@ impl Workload {
         Workload::ConnRoundtripTcp,
         Workload::ConnAcceptUnix,
         Workload::ConnAcceptTcp,
+        // Spawn rows (issue 18).
+        Workload::SpawnConcurrent1,
+        Workload::SpawnConcurrent8,
+        Workload::SpawnConcurrent64,
     ];
 
     /// The name printed in the JSON `workload` field and accepted by `--only`.
@@ -141,6 +154,10 @@ impl Workload {
             Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
             Workload::ConnAcceptUnix => "conn_accept_unix",
             Workload::ConnAcceptTcp => "conn_accept_tcp",
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1 => "spawn_concurrent_1",
+            Workload::SpawnConcurrent8 => "spawn_concurrent_8",
+            Workload::SpawnConcurrent64 => "spawn_concurrent_64",
         }
     }
 
@@ -164,6 +181,10 @@ impl Workload {
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => "procs_per_s",
         }
     }
 
@@ -187,6 +208,10 @@ impl Workload {
                 | Workload::ConnRoundtripTcp
                 | Workload::ConnAcceptUnix
                 | Workload::ConnAcceptTcp
+                // Spawn rows (issue 18).
+                | Workload::SpawnConcurrent1
+                | Workload::SpawnConcurrent8
+                | Workload::SpawnConcurrent64
         )
     }
 
@@ -231,6 +256,13 @@ impl Workload {
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
+            // Spawn rows (issue 18).
+            (
+                Workload::SpawnConcurrent1
+                | Workload::SpawnConcurrent8
+                | Workload::SpawnConcurrent64,
+                quick,
+            ) => spawn_bench::n(self, quick),
         }
     }
 
@@ -283,6 +315,16 @@ impl Workload {
             | Workload::ConnRoundtripTcp
             | Workload::ConnAcceptUnix
             | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
+            // Spawn rows (issue 18): against fork + exit + wait and the re-exec floor.
+            Workload::SpawnJoin
+            | Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => &[
+                Impl::ForkExitWait,
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::PythonMp,
+            ],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
@@ -316,10 +358,13 @@ enum Impl {
     MultiprocBatch,
     /// Manager only: the operations sent on a `Pipeline`.
     MultiprocPipeline,
+    // Spawn rows (issue 18).
+    /// Spawn rows only: `fork`, the child `_exit`s at once, the parent waits.
+    ForkExitWait,
 }
 
 impl Impl {
-    const ALL: [Impl; 9] = [
+    const ALL: [Impl; 10] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -330,6 +375,8 @@ impl Impl {
         // manager (issue 15)
         Impl::MultiprocBatch,
         Impl::MultiprocPipeline,
+        // Spawn rows (issue 18).
+        Impl::ForkExitWait,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -348,6 +395,8 @@ impl Impl {
             // manager (issue 15)
             Impl::MultiprocBatch => "multiproc-batch",
             Impl::MultiprocPipeline => "multiproc-pipeline",
+            // Spawn rows (issue 18).
+            Impl::ForkExitWait => "fork-exit-wait",
         }
     }
 }
@@ -405,10 +454,12 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
-                 file_lock_contended_2p, manager_dict_2p
+                 file_lock_contended_2p, manager_dict_2p,
+                 spawn_concurrent_1, spawn_concurrent_8, spawn_concurrent_64
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline
+                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline,
+                 fork-exit-wait
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -586,6 +637,12 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
                 "Client(address, authkey) + recv(); Listener.accept() + send()"
             }
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => {
+                "k x get_context('fork').Process(target=noop).start(), then join() each"
+            }
             _ => "Pipe() Connection.send/recv of bytes (pickled), fork",
         };
         let _ = write!(line, ", \"api\": {}", json_string(api));
@@ -606,6 +663,15 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         }
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
+        // Spawn rows (issue 18).
+        (Impl::ForkExitWait, _) => Some("fork(); the child _exit(0)s at once; waitpid"),
+        (
+            Impl::RawOs,
+            Workload::SpawnJoin
+            | Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64,
+        ) => Some("fork + exec of this executable, which exits at the top of main; wait"),
         (Impl::RawOs, Workload::Queue1p1c | Workload::Queue2p2c) => {
             Some("blocking send/recv on a shared SOCK_SEQPACKET pair")
         }
@@ -641,6 +707,12 @@ fn run_trial(
         (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
         // manager (issue 15)
         (_, Workload::ManagerDict2p) => manager_bench::run(rt, imp, n),
+        // Spawn rows (issue 18).
+        (Impl::ForkExitWait, _) => spawn_bench::run(rt, w, imp, n).map(Sample::from),
+        (
+            _,
+            Workload::SpawnConcurrent1 | Workload::SpawnConcurrent8 | Workload::SpawnConcurrent64,
+        ) => spawn_bench::run(rt, w, imp, n).map(Sample::from),
         (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
             file_lock_bench::run(rt, w, imp, n)
         }
@@ -720,6 +792,18 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
         paired_ratio(mp, raw),
         speedup
     );
+    // Spawn rows (issue 18).
+    if let Some(fork) = get(Impl::ForkExitWait) {
+        let ratio = if w.higher_is_better() {
+            paired_ratio(Some(fork), mp)
+        } else {
+            paired_ratio(mp, Some(fork))
+        };
+        eprintln!(
+            "# {:<18} multiproc cost / fork-exit-wait cost = {ratio:>6}",
+            w.name()
+        );
+    }
     // manager (issue 15)
     for imp in [Impl::MultiprocBatch, Impl::MultiprocPipeline] {
         if let Some(s) = get(imp) {
