@@ -131,23 +131,51 @@ fn serve(jobs: Receiver<Job>) {
 /// to the child (a NUL byte in `arg0` or the environment), or the process cannot be started;
 /// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
 /// (see [`bootstrap`]).
-pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<Spawned> {
+pub fn spawn(entry: EntryPoint, options: SpawnOptions) -> io::Result<Spawned> {
+    let ControlSocket {
+        parent_end,
+        child_end,
+    } = bootstrap::control_socket(entry)?;
+    let (pidfd, pipes) = spawn_on(child_end, options)?;
+    Ok(Spawned {
+        pidfd,
+        control: parent_end,
+        pipes,
+    })
+}
+
+/// Starts a child of this executable on the child end of a [`ControlSocket`] (made with
+/// [`bootstrap::control_socket`]), and returns a pidfd for it and the parent's ends of its
+/// piped standard streams: [`spawn`] for a caller that queues its first messages on the
+/// parent's end *before* the child exists, so that the child finds them at once instead of
+/// waiting for a second wake-up. `child_end` is closed here, whatever happens.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
     // Spinning turned on or off through the API reaches the child as the variable (first, so
     // that the caller's own setting of it wins).
     if let Some(value) = crate::wait::spin::env_for_children() {
         let setting = (crate::wait::spin::SPIN_ENV.into(), Some(value.into()));
         options.env.insert(0, setting);
     }
-    let ControlSocket {
-        parent_end,
-        child_end,
-    } = bootstrap::control_socket(entry)?;
-    let (pidfd, pipes) = run(move || start_child(child_end, options))??;
-    Ok(Spawned {
-        pidfd,
-        control: parent_end,
-        pipes,
-    })
+    if options.posix_spawnable() {
+        let arg0 = exec::arg0(&options)?;
+        let env = exec::environment(&options)?;
+        // The fast path, on this thread: the running fork server forks the child (as the
+        // spawner thread's child, see `forkserver`), with no hop to the spawner thread.
+        if let forkserver::Asked::Started(pid) = forkserver::ask(&child_end, &arg0, &env)? {
+            drop(child_end);
+            return Ok((open_pidfd(pid)?, StdioPipes::default()));
+        }
+        return run(move || {
+            forkserver::start_if_idle();
+            let pid = exec::posix_spawn_child(&child_end, &arg0, env)?;
+            drop(child_end);
+            Ok((open_pidfd(pid)?, StdioPipes::default()))
+        })?;
+    }
+    run(move || start_child(child_end, options))?
 }
 
 /// A child that [`spawn`] started.
@@ -171,20 +199,11 @@ where
     run(f)
 }
 
-/// On the spawner thread: starts the child whose control socket's child end is `child_end`,
-/// closes that end here, and opens a pidfd for the child.
+/// On the spawner thread: starts the child whose control socket's child end is `child_end`
+/// with custom stdio or working directory (`std::process::Command`), closes that end here, and
+/// opens a pidfd for the child.
 fn start_child(child_end: OwnedFd, options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
-    let (pid, pipes) = if options.posix_spawnable() {
-        let arg0 = exec::arg0(&options)?;
-        let env = exec::environment(&options)?;
-        let pid = match forkserver::spawn(&child_end, &arg0, &env)? {
-            Some(pid) => pid,
-            None => exec::posix_spawn_child(&child_end, &arg0, env)?,
-        };
-        (pid, StdioPipes::default())
-    } else {
-        exec::command_spawn_child(&child_end, options)?
-    };
+    let (pid, pipes) = exec::command_spawn_child(&child_end, options)?;
     drop(child_end);
     Ok((open_pidfd(pid)?, pipes))
 }

@@ -85,4 +85,4 @@ mod request;
 mod server;
 
 pub use client::FORK_SERVER_ENV;
-pub(crate) use client::spawn;
+pub(crate) use client::{Asked, ask, start_if_idle};
