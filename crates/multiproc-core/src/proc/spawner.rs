@@ -11,12 +11,16 @@
 //! on first use and never stopped; it ends only with the process.
 //!
 //! [`spawn`] makes the control socket (with the bootstrap hello naming the entry point queued
-//! on it) and starts the child on that thread. With the default standard streams and working
-//! directory it asks the fork server (a re-executed copy of this program that forks children
-//! for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]); without one (the first child,
-//! or the server off or gone) it re-executes this program with `posix_spawn`, and with custom
-//! stdio or a working directory with `std::process::Command` (the `exec` module). The caller
-//! gets a pidfd and its end of the control socket, and speaks its own protocol on it.
+//! on it) and starts the child ([`spawn_on`] starts it on a control socket the caller made, and
+//! queued its first messages on, with [`bootstrap::control_socket`]). With the default standard
+//! streams and working directory it asks the fork server (a re-executed copy of this program
+//! that forks children for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]) *from the
+//! calling thread*: the server was started by the spawner thread and forks with
+//! `CLONE_PARENT`, so its children are that thread's children whoever asks, and the request
+//! saves two thread hand-offs. Without a server (the first child, or the server off or gone)
+//! the spawner thread re-executes this program with `posix_spawn`, and with custom stdio or a
+//! working directory with `std::process::Command` (the `exec` module). The caller gets a pidfd
+//! and its end of the control socket, and speaks its own protocol on it.
 //!
 //! # References
 //! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
@@ -120,7 +124,9 @@ fn serve(jobs: Receiver<Job>) {
 /// Starts a child of this executable running `entry` with `options`, and returns a pidfd for
 /// it and the parent's end of its control socket (the child's end is passed to `entry`).
 ///
-/// The start-up runs on the spawner thread (see the [module docs](self)). Without
+/// A fork-server request goes from the calling thread (the server's children are the spawner
+/// thread's whatever thread asks); any other start-up runs on the spawner thread (see the
+/// [module docs](self)). Without
 /// `current_dir` and custom stdio the child comes from the fork server or `posix_spawn`, else
 /// from `std::process::Command`; either way it has the same environment, name and signal
 /// set-up (empty mask, default `SIGPIPE`). The caller reaps the child: [`PidFd::wait`] or

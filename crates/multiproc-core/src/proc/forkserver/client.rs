@@ -1,4 +1,6 @@
-//! The parent's side of the fork server: runs on the spawner thread only. Starts the server,
+//! The parent's side of the fork server. Requests go from the spawning thread itself, one at a
+//! time under a lock ([`ask`]); only the spawner thread starts a server ([`start_if_idle`]).
+//! Starts the server,
 //! sends it one request per child and reads the answer, and abandons and replaces a server that
 //! does not answer (see the fork server's module docs).
 #![allow(unsafe_code)]
@@ -6,8 +8,8 @@
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
