@@ -52,6 +52,8 @@ mod queue_bench;
 mod raw;
 mod report;
 mod scale;
+// Spawn rows (issue 18): the fork floor and concurrent spawns.
+mod spawn_bench;
 mod sync_bench;
 
 use std::io;
@@ -138,10 +140,17 @@ pub(crate) enum Workload {
     CachelineRoundtrip,
     /// What one primitive costs, or how many fit under a 1,024-descriptor limit (`scale`).
     Scale(scale::Primitive, scale::Measure),
+    // Spawn rows (issue 18).
+    /// Start 1 trivial child, then join it, in rounds (`spawn_bench`).
+    SpawnConcurrent1,
+    /// Start 8 trivial children at once, then join them all.
+    SpawnConcurrent8,
+    /// Start 64 trivial children at once, then join them all.
+    SpawnConcurrent64,
 }
 
 impl Workload {
-    const ALL: [Workload; 48] = [
+    const ALL: [Workload; 51] = [
         // The machine's limits first: the summary compares later rows with them.
         Workload::MemcpyBandwidth,
         Workload::CachelineRoundtrip,
@@ -149,6 +158,10 @@ impl Workload {
         Workload::Stream64,
         Workload::Stream1M,
         Workload::SpawnJoin,
+        // Spawn rows (issue 18).
+        Workload::SpawnConcurrent1,
+        Workload::SpawnConcurrent8,
+        Workload::SpawnConcurrent64,
         Workload::LockUncontended,
         Workload::LockContended2p,
         Workload::SemaphoreLimit,
@@ -229,6 +242,10 @@ impl Workload {
             Workload::MemcpyBandwidth => "memcpy_bandwidth",
             Workload::CachelineRoundtrip => "cacheline_roundtrip",
             Workload::Scale(p, m) => scale::workload_name(p, m),
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1 => "spawn_concurrent_1",
+            Workload::SpawnConcurrent8 => "spawn_concurrent_8",
+            Workload::SpawnConcurrent64 => "spawn_concurrent_64",
         }
     }
 
@@ -255,6 +272,10 @@ impl Workload {
             Workload::MemcpyBandwidth => "GB_per_s",
             Workload::CachelineRoundtrip => "ns_per_roundtrip",
             Workload::Scale(_, m) => m.unit(),
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => "procs_per_s",
         }
     }
 
@@ -281,6 +302,10 @@ impl Workload {
                 | Workload::ConnAcceptUnix
                 | Workload::ConnAcceptTcp
                 | Workload::MemcpyBandwidth
+                // Spawn rows (issue 18).
+                | Workload::SpawnConcurrent1
+                | Workload::SpawnConcurrent8
+                | Workload::SpawnConcurrent64
         )
     }
 
@@ -339,6 +364,13 @@ impl Workload {
             (Workload::Scale(_, Measure::Max1024), false) => scale::MAX,
             (Workload::Scale(_, Measure::Max1024), true) => scale::MAX_QUICK,
             (Workload::Scale(..), _) => scale::K,
+            // Spawn rows (issue 18).
+            (
+                Workload::SpawnConcurrent1
+                | Workload::SpawnConcurrent8
+                | Workload::SpawnConcurrent64,
+                quick,
+            ) => spawn_bench::n(self, quick),
         }
     }
 
@@ -356,10 +388,20 @@ impl Workload {
                 Impl::IpcChannel,
                 Impl::PythonMp,
             ],
+            // Spawn rows (issue 18): against fork + exit + wait and the re-exec floor.
             Workload::SpawnJoin => &[
+                Impl::ForkExitWait,
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::Procspawn,
+                Impl::PythonMp,
+            ],
+            Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => &[
+                Impl::ForkExitWait,
+                Impl::RawOs,
+                Impl::Multiproc,
                 Impl::PythonMp,
             ],
             Workload::Stream64 => &[
@@ -496,10 +538,13 @@ enum Impl {
     Procspawn,
     /// The machine's limits (`physical`): no library at all.
     Machine,
+    // Spawn rows (issue 18).
+    /// Spawn rows only: `fork`, the child `_exit`s at once, the parent waits.
+    ForkExitWait,
 }
 
 impl Impl {
-    const ALL: [Impl; 15] = [
+    const ALL: [Impl; 16] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -516,6 +561,8 @@ impl Impl {
         Impl::Interprocess,
         Impl::Procspawn,
         Impl::Machine,
+        // Spawn rows (issue 18).
+        Impl::ForkExitWait,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -545,6 +592,8 @@ impl Impl {
             Impl::Interprocess => "interprocess",
             Impl::Procspawn => "procspawn",
             Impl::Machine => "machine",
+            // Spawn rows (issue 18).
+            Impl::ForkExitWait => "fork-exit-wait",
         }
     }
 }
@@ -595,6 +644,12 @@ fn run_trial(
         (_, w) if w.queue_shape().is_some() => queue_bench::run(rt, w, imp, n),
         // manager (issue 15)
         (_, Workload::ManagerDict2p) => manager_bench::run(rt, imp, n),
+        // Spawn rows (issue 18).
+        (Impl::ForkExitWait, _) => spawn_bench::run(rt, w, imp, n).map(Sample::from),
+        (
+            _,
+            Workload::SpawnConcurrent1 | Workload::SpawnConcurrent8 | Workload::SpawnConcurrent64,
+        ) => spawn_bench::run(rt, w, imp, n).map(Sample::from),
         (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
             file_lock_bench::run(rt, w, imp, n)
         }

@@ -27,14 +27,15 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
-                 file_lock_contended_2p, manager_dict_2p, memcpy_bandwidth,
+                 file_lock_contended_2p, manager_dict_2p, spawn_concurrent_1,
+                 spawn_concurrent_8, spawn_concurrent_64, memcpy_bandwidth,
                  cacheline_roundtrip, scale_<p>_fds, scale_<p>_shm_bytes,
                  scale_<p>_shm_resident, scale_<p>_max_1024fds for <p> = lock, event, semaphore, queue, pipe
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
                  tokio-floor, tokio-codec, interprocess, procspawn,
-                 machine
+                 machine, fork-exit-wait
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";

@@ -14,6 +14,9 @@ const SCRIPT: &str = include_str!("../python/bench_mp.py");
 // manager (issue 15)
 /// The manager's script, `crates/multiproc-bench/python/bench_manager.py`.
 const MANAGER_SCRIPT: &str = include_str!("../python/bench_manager.py");
+// Spawn rows (issue 18).
+/// The concurrent-spawn script, `crates/multiproc-bench/python/bench_spawn.py`.
+const SPAWN_SCRIPT: &str = include_str!("../python/bench_spawn.py");
 
 /// A working `python3` with `multiprocessing`.
 pub(crate) struct Python {
@@ -86,6 +89,10 @@ impl Python {
 fn script(w: Workload) -> &'static str {
     match w {
         Workload::ManagerDict2p => MANAGER_SCRIPT,
+        // Spawn rows (issue 18).
+        Workload::SpawnConcurrent1 | Workload::SpawnConcurrent8 | Workload::SpawnConcurrent64 => {
+            SPAWN_SCRIPT
+        }
         _ => SCRIPT,
     }
 }

@@ -148,6 +148,12 @@ pub(crate) fn json_line(
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => {
                 "Client(address, authkey) + recv(); Listener.accept() + send()"
             }
+            // Spawn rows (issue 18).
+            Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64 => {
+                "k x get_context('fork').Process(target=noop).start(), then join() each"
+            }
             Workload::Scale(..) => {
                 "Lock(), Event(), Semaphore(1), Queue() or Pipe() created in a loop (bench_scale.py)"
             }
@@ -179,6 +185,15 @@ pub(crate) fn json_line(
         }
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
+        // Spawn rows (issue 18).
+        (Impl::ForkExitWait, _) => Some("fork(); the child _exit(0)s at once; waitpid"),
+        (
+            Impl::RawOs,
+            Workload::SpawnJoin
+            | Workload::SpawnConcurrent1
+            | Workload::SpawnConcurrent8
+            | Workload::SpawnConcurrent64,
+        ) => Some("fork + exec of this executable, which exits at the top of main; wait"),
         (Impl::Machine, Workload::MemcpyBandwidth) => {
             Some("one process, memcpy of a 64 MiB buffer into another")
         }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use multiproc_core::proc::bootstrap::EntryPoint;
+use multiproc_core::proc::bootstrap::{self, ControlSocket, EntryPoint};
 use multiproc_core::proc::limits::ResourceLimits;
 use multiproc_core::proc::reaper;
 use multiproc_core::proc::spawner::{self, SpawnOptions};
@@ -235,17 +235,26 @@ impl Builder {
             stdout: self.stdout,
             stderr: self.stderr,
         };
-        let spawned = spawner::spawn(entry, options).map_err(|e| {
+        // The setup and the arguments are queued behind the hello before the child exists, so
+        // that it finds everything at once instead of waiting for a second wake-up. What does
+        // not fit in the socket now is sent by the dropped sender in the background.
+        let ControlSocket {
+            parent_end,
+            child_end,
+        } = bootstrap::control_socket(entry).map_err(SpawnError::io)?;
+        let (mut tx, rx) = channel::split(SharedFd::new(parent_end)).map_err(SpawnError::io)?;
+        push(&mut tx, setup)
+            .and_then(|()| push(&mut tx, args))
+            .and_then(|()| tx.blocking_flush(Some(Instant::now())))
+            .map_err(|e| SpawnError::io(io::Error::other(e)))?;
+        let (pidfd, pipes) = spawner::spawn_on(child_end, options).map_err(|e| {
             multiproc_core::trace_warn!(error = %e, "cannot start a child process");
             SpawnError::io(e)
         })?;
-        let pidfd = spawned.pidfd;
         #[cfg(feature = "tracing")]
         span.record("pid", pidfd.pid());
-        let halves = channel::split(SharedFd::new(spawned.control))
-            .and_then(|halves| Ok((halves, Pipes::new(spawned.pipes)?)));
-        let ((mut tx, rx), pipes) = match halves {
-            Ok(parts) => parts,
+        let pipes = match Pipes::new(pipes) {
+            Ok(pipes) => pipes,
             Err(e) => {
                 // Nobody could talk to the child: end it (the reaper reaps it).
                 let _ = pidfd.send_signal(9);
@@ -257,15 +266,6 @@ impl Builder {
         let handle = JoinHandle::start(child, self.kill_on_drop, rx, pipes);
         #[cfg(feature = "tracing")]
         let handle = handle.traced(span);
-        // Hand what fits to the kernel now; a dropped sender finishes the rest in the background.
-        let sent = push(&mut tx, setup)
-            .and_then(|()| push(&mut tx, args))
-            .and_then(|()| tx.blocking_flush(Some(Instant::now())));
-        if let Err(e) = sent {
-            // The child cannot get its arguments: end it (the dropped handle reaps it).
-            let _ = handle.kill();
-            return Err(SpawnError::io(io::Error::other(e)));
-        }
         Ok(handle)
     }
 }

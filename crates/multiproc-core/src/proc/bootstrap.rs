@@ -35,7 +35,7 @@
 //!   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (`SO_PEERCRED`)
 #![allow(unsafe_code)]
 
-use std::io::{self, Read};
+use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
@@ -242,18 +242,19 @@ fn read_hello(control: &OwnedFd) -> io::Result<[u8; HELLO_LEN]> {
     let deadline = Instant::now() + HELLO_TIMEOUT;
     let mut hello = [0u8; HELLO_LEN];
     let mut got = 0;
-    let mut file = std::fs::File::from(control.try_clone()?);
     while got < HELLO_LEN {
-        match file.read(&mut hello[got..]) {
+        // Exactly the hello's bytes: what follows it (the caller's first messages, often
+        // queued already) stays in the socket for the entry point.
+        match rustix::io::read(control, &mut hello[got..]) {
             Ok(0) => return Err(io::Error::other("parent closed before the hello")),
             Ok(n) => got += n,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(rustix::io::Errno::AGAIN) => {
                 if !sys::wait_ready(control.as_fd(), Direction::Read, Some(deadline))? {
                     return Err(io::Error::other("timed out waiting for the hello"));
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
+            Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(hello)

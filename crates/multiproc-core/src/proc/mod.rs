@@ -16,6 +16,8 @@ pub mod bootstrap;
 pub mod cpu;
 mod exec;
 mod external;
+#[doc(hidden)]
+pub mod fork_floor;
 mod forkserver;
 pub use crate::sys::identity;
 pub mod limits;

@@ -11,12 +11,16 @@
 //! on first use and never stopped; it ends only with the process.
 //!
 //! [`spawn`] makes the control socket (with the bootstrap hello naming the entry point queued
-//! on it) and starts the child on that thread. With the default standard streams and working
-//! directory it asks the fork server (a re-executed copy of this program that forks children
-//! for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]); without one (the first child,
-//! or the server off or gone) it re-executes this program with `posix_spawn`, and with custom
-//! stdio or a working directory with `std::process::Command` (the `exec` module). The caller
-//! gets a pidfd and its end of the control socket, and speaks its own protocol on it.
+//! on it) and starts the child ([`spawn_on`] starts it on a control socket the caller made, and
+//! queued its first messages on, with [`bootstrap::control_socket`]). With the default standard
+//! streams and working directory it asks the fork server (a re-executed copy of this program
+//! that forks children for it: see the `forkserver` module, and [`FORK_SERVER_ENV`]) *from the
+//! calling thread*: the server was started by the spawner thread and forks with
+//! `CLONE_PARENT`, so its children are that thread's children whoever asks, and the request
+//! saves two thread hand-offs. Without a server (the first child, or the server off or gone)
+//! the spawner thread re-executes this program with `posix_spawn`, and with custom stdio or a
+//! working directory with `std::process::Command` (the `exec` module). The caller gets a pidfd
+//! and its end of the control socket, and speaks its own protocol on it.
 //!
 //! # References
 //! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
@@ -120,7 +124,9 @@ fn serve(jobs: Receiver<Job>) {
 /// Starts a child of this executable running `entry` with `options`, and returns a pidfd for
 /// it and the parent's end of its control socket (the child's end is passed to `entry`).
 ///
-/// The start-up runs on the spawner thread (see the [module docs](self)). Without
+/// A fork-server request goes from the calling thread (the server's children are the spawner
+/// thread's whatever thread asks); any other start-up runs on the spawner thread (see the
+/// [module docs](self)). Without
 /// `current_dir` and custom stdio the child comes from the fork server or `posix_spawn`, else
 /// from `std::process::Command`; either way it has the same environment, name and signal
 /// set-up (empty mask, default `SIGPIPE`). The caller reaps the child: [`PidFd::wait`] or
@@ -131,23 +137,51 @@ fn serve(jobs: Receiver<Job>) {
 /// to the child (a NUL byte in `arg0` or the environment), or the process cannot be started;
 /// in a secure-execution program (setuid, setgid, file capabilities), which spawns no children
 /// (see [`bootstrap`]).
-pub fn spawn(entry: EntryPoint, mut options: SpawnOptions) -> io::Result<Spawned> {
+pub fn spawn(entry: EntryPoint, options: SpawnOptions) -> io::Result<Spawned> {
+    let ControlSocket {
+        parent_end,
+        child_end,
+    } = bootstrap::control_socket(entry)?;
+    let (pidfd, pipes) = spawn_on(child_end, options)?;
+    Ok(Spawned {
+        pidfd,
+        control: parent_end,
+        pipes,
+    })
+}
+
+/// Starts a child of this executable on the child end of a [`ControlSocket`] (made with
+/// [`bootstrap::control_socket`]), and returns a pidfd for it and the parent's ends of its
+/// piped standard streams: [`spawn`] for a caller that queues its first messages on the
+/// parent's end *before* the child exists, so that the child finds them at once instead of
+/// waiting for a second wake-up. `child_end` is closed here, whatever happens.
+///
+/// # Errors
+/// As [`spawn`].
+pub fn spawn_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
     // Spinning turned on or off through the API reaches the child as the variable (first, so
     // that the caller's own setting of it wins).
     if let Some(value) = crate::wait::spin::env_for_children() {
         let setting = (crate::wait::spin::SPIN_ENV.into(), Some(value.into()));
         options.env.insert(0, setting);
     }
-    let ControlSocket {
-        parent_end,
-        child_end,
-    } = bootstrap::control_socket(entry)?;
-    let (pidfd, pipes) = run(move || start_child(child_end, options))??;
-    Ok(Spawned {
-        pidfd,
-        control: parent_end,
-        pipes,
-    })
+    if options.posix_spawnable() {
+        let arg0 = exec::arg0(&options)?;
+        let env = exec::environment(&options)?;
+        // The fast path, on this thread: the running fork server forks the child (as the
+        // spawner thread's child, see `forkserver`), with no hop to the spawner thread.
+        if let forkserver::Asked::Started(pid) = forkserver::ask(&child_end, &arg0, &env)? {
+            drop(child_end);
+            return Ok((open_pidfd(pid)?, StdioPipes::default()));
+        }
+        return run(move || {
+            forkserver::start_if_idle();
+            let pid = exec::posix_spawn_child(&child_end, &arg0, env)?;
+            drop(child_end);
+            Ok((open_pidfd(pid)?, StdioPipes::default()))
+        })?;
+    }
+    run(move || start_child(child_end, options))?
 }
 
 /// A child that [`spawn`] started.
@@ -171,20 +205,11 @@ where
     run(f)
 }
 
-/// On the spawner thread: starts the child whose control socket's child end is `child_end`,
-/// closes that end here, and opens a pidfd for the child.
+/// On the spawner thread: starts the child whose control socket's child end is `child_end`
+/// with custom stdio or working directory (`std::process::Command`), closes that end here, and
+/// opens a pidfd for the child.
 fn start_child(child_end: OwnedFd, options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
-    let (pid, pipes) = if options.posix_spawnable() {
-        let arg0 = exec::arg0(&options)?;
-        let env = exec::environment(&options)?;
-        let pid = match forkserver::spawn(&child_end, &arg0, &env)? {
-            Some(pid) => pid,
-            None => exec::posix_spawn_child(&child_end, &arg0, env)?,
-        };
-        (pid, StdioPipes::default())
-    } else {
-        exec::command_spawn_child(&child_end, options)?
-    };
+    let (pid, pipes) = exec::command_spawn_child(&child_end, options)?;
     drop(child_end);
     Ok((open_pidfd(pid)?, pipes))
 }

@@ -132,9 +132,9 @@ impl PoolBuilder {
         self
     }
 
-    /// The default chunk size of `map`, `starmap` and the `imap` streams (by default Python's:
-    /// about four chunks per worker for `map`, 1 for `imap`). Each call can still set its own.
-    /// Zero makes [`build`](Self::build) fail.
+    /// The default chunk size of `map`, `starmap` and the `imap` streams (by default for
+    /// `map`, Python's choice of about four chunks per worker, at most 1,024 items; 1 for
+    /// `imap`). Each call can still set its own. Zero makes [`build`](Self::build) fail.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
         self.chunksize = Some(chunksize);
         self

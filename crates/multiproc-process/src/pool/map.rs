@@ -126,8 +126,8 @@ where
     R: DeserializeOwned + Send + 'static,
 {
     /// Sends the items to the workers `chunksize` at a time (default: the pool's chunk size,
-    /// else Python's choice, about four chunks per worker). Bigger chunks cost fewer messages;
-    /// smaller ones balance uneven tasks better. Zero makes the map fail
+    /// else Python's choice, about four chunks per worker, at most 1,024 items). Bigger chunks
+    /// cost fewer messages; smaller ones balance uneven tasks better. Zero makes the map fail
     /// ([`PoolError::is_invalid_option`]) without running anything.
     pub fn chunksize(mut self, chunksize: usize) -> Self {
         set_chunksize(&mut self.batches, chunksize, |b| b, |e| e);

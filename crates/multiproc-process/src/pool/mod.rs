@@ -118,7 +118,8 @@ impl Pool {
     /// (Python's `map`).
     ///
     /// The items are collected first (as Python does) to choose the chunk size: about four
-    /// chunks per worker, unless [`Map::chunksize`] or the pool's default says otherwise. An
+    /// chunks per worker, at most 1,024 items, unless [`Map::chunksize`] or the pool's default
+    /// says otherwise. An
     /// empty input gives an empty result at once.
     ///
     /// # Errors
@@ -163,10 +164,11 @@ impl Pool {
     {
         let items: Vec<A> = items.into_iter().collect();
         let len = items.len();
-        let chunksize = self.shared.config.chunksize.unwrap_or_else(|| {
-            // Python's choice: about four chunks per worker.
-            len.div_ceil(self.workers() * 4).max(1)
-        });
+        let chunksize = self
+            .shared
+            .config
+            .chunksize
+            .unwrap_or_else(|| default_chunksize(len, self.workers()));
         let batches = self.shared.check_open().map(|()| {
             Batches::new(
                 self.shared.clone(),
@@ -335,5 +337,38 @@ impl std::fmt::Debug for Pool {
             .field("workers", &self.workers())
             .field("pids", &self.worker_pids())
             .finish()
+    }
+}
+
+/// The most items a default-sized chunk holds (a [`Map::chunksize`] or the pool's own default
+/// is taken as given).
+///
+/// Python's rule alone (four chunks per worker) makes chunks of 62,500 items for a map of
+/// 500,000 on two workers: every chunk's buffers (the encoded items, the worker's decoded
+/// `Vec`, the encoded and decoded results, hundreds of KiB each) are above the allocator's
+/// `mmap` threshold, so each is mapped, faulted in page by page and unmapped again, and the
+/// workers wait while the whole input is encoded. Chunks of at most 1,024 items keep every
+/// buffer on the heap, let the workers start on the first chunk while the next are encoded,
+/// and keep a chunk of small results within one record of the shared result ring (no system
+/// call to hand it back).
+const MAX_DEFAULT_CHUNK: usize = 1024;
+
+/// The chunk size of a map of `len` items over `workers` workers when none was given:
+/// Python's choice (about four chunks per worker), at most [`MAX_DEFAULT_CHUNK`].
+fn default_chunksize(len: usize, workers: usize) -> usize {
+    len.div_ceil(workers.max(1) * 4).clamp(1, MAX_DEFAULT_CHUNK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_chunks_follow_python_below_the_cap() {
+        assert_eq!(default_chunksize(0, 2), 1);
+        assert_eq!(default_chunksize(10, 2), 2);
+        assert_eq!(default_chunksize(8_000, 2), 1_000);
+        assert_eq!(default_chunksize(500_000, 2), MAX_DEFAULT_CHUNK);
+        assert_eq!(default_chunksize(100, 0), 25);
     }
 }

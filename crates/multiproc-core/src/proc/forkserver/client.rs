@@ -1,14 +1,15 @@
-//! The parent's side of the fork server: runs on the spawner thread only. Starts the server,
+//! The parent's side of the fork server. Requests go from the spawning thread itself, one at a
+//! time under a lock ([`ask`]); only the spawner thread starts a server ([`start_if_idle`]).
+//! Starts the server,
 //! sends it one request per child and reads the answer, and abandons and replaces a server that
 //! does not answer (see the fork server's module docs).
 #![allow(unsafe_code)]
 
-use std::cell::RefCell;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rustix::io::Errno;
@@ -41,56 +42,86 @@ enum State {
     Off,
 }
 
-thread_local! {
-    /// The spawner thread's server. (Thread-local, not global: the server must be started
-    /// from the spawner thread, which its children then have as their parent.)
-    static STATE: RefCell<State> = const { RefCell::new(State::Idle) };
+/// The server, with the pid of the process that started it. Any thread may send it a request
+/// (its children are the spawner thread's whatever thread asks, since it forks with
+/// `CLONE_PARENT`), one at a time under this lock; only the spawner thread starts one. A
+/// process `fork`ed (by someone else) from one with a server must not use that server (its
+/// children would be the other process's): it finds another pid here and starts its own.
+static STATE: Mutex<Option<(u32, State)>> = Mutex::new(None);
+
+/// Runs `f` on this process's server state (`Idle` in a process that has not started one).
+fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
+    let mut slot = STATE.lock().unwrap_or_else(|p| p.into_inner());
+    let me = std::process::id();
+    match slot.as_mut() {
+        Some((pid, state)) if *pid == me => f(state),
+        _ => {
+            // Another process's server (we were forked from it): not ours to use, kill or reap.
+            if let Some((_, inherited)) = slot.take() {
+                std::mem::forget(inherited);
+            }
+            f(&mut slot.insert((me, State::Idle)).1)
+        }
+    }
 }
 
-/// Starts the child whose control socket's child end is `control` through the fork server,
-/// with name `arg0` and environment `env` (the default working directory and standard streams).
-/// Must run on the spawner thread.
-///
-/// `Ok(None)` when the server did not start it (not running yet, off, gone or abandoned):
-/// nothing was started, and the caller re-executes the child. The first call starts the server
-/// and returns `None`, so that this child's `exec` and the server's overlap.
+/// What came of asking the running server from the caller's thread ([`ask`]).
+pub(crate) enum Asked {
+    /// The server forked the child: its pid.
+    Started(u32),
+    /// Nothing was started: no server runs (yet), it is off, it declined, or it was abandoned
+    /// without forking. The spawner thread starts the child ([`start_if_idle`], then `exec`).
+    NotStarted,
+}
+
+/// Asks the running server, from any thread, to start the child whose control socket's child
+/// end is `control`, with name `arg0` and environment `env` (the default working directory and
+/// standard streams). The fast path: a spawn that gets `NotStarted` goes to the spawner
+/// thread, which starts a server when none runs and re-executes the child.
 ///
 /// # Errors
 /// When a server that stopped answering could not be killed and reaped in time: it may still
 /// start a child on `control`, which must then not be re-executed (the next spawn starts a new
 /// server).
-pub(crate) fn spawn(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Result<Option<u32>> {
-    STATE.with_borrow_mut(|state| {
-        let server = match state {
-            State::Running(server) => server,
-            State::Off => return Ok(None),
-            State::Idle => {
-                let off = std::env::var_os(FORK_SERVER_ENV).is_some_and(|v| v == "0");
-                *state = match off {
-                    true => State::Off,
-                    false => Server::start().map_or_else(off_after, State::Running),
-                };
-                return Ok(None);
-            }
+pub(crate) fn ask(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Result<Asked> {
+    with_state(|state| {
+        let State::Running(server) = state else {
+            return Ok(Asked::NotStarted);
         };
         match server.request(control, arg0, env) {
-            Answer::Started(pid) => Ok(Some(pid)),
+            Answer::Started(pid) => Ok(Asked::Started(pid)),
             Answer::Declined(Errno::NOSYS) => {
                 crate::trace_info!("the fork server cannot fork here; re-executing every child");
                 *state = State::Off;
-                Ok(None)
+                Ok(Asked::NotStarted)
             }
-            Answer::Declined(_) => Ok(None),
+            Answer::Declined(_) => Ok(Asked::NotStarted),
             Answer::Unanswered => {
-                // Kill and reap it, learn whether it forked this child, and start the next
-                // server while this child (if it was not forked) is re-executed.
+                // Kill and reap it and learn whether it forked this child; the spawner thread
+                // starts the next server (and re-executes this child if it was not forked).
                 crate::trace_warn!("the fork server stopped answering; restarting it");
                 let forked = server.abandon();
-                *state = Server::start().map_or_else(off_after, State::Running);
-                forked
+                *state = State::Idle;
+                Ok(forked?.map_or(Asked::NotStarted, Asked::Started))
             }
         }
     })
+}
+
+/// On the spawner thread, for a child [`ask`] did not start: starts the server if none runs
+/// (turned off by [`FORK_SERVER_ENV`]), so that the next spawn finds one; the caller then
+/// re-executes this child, whose `exec` overlaps the server's. Must run on the spawner thread:
+/// the server's children are that thread's children (`CLONE_PARENT`).
+pub(crate) fn start_if_idle() {
+    with_state(|state| {
+        if let State::Idle = state {
+            let off = std::env::var_os(FORK_SERVER_ENV).is_some_and(|v| v == "0");
+            *state = match off {
+                true => State::Off,
+                false => Server::start().map_or_else(off_after, State::Running),
+            };
+        }
+    });
 }
 
 /// The state after the server could not start: off, children re-executed.

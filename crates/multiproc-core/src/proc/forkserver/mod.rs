@@ -24,9 +24,8 @@
 //! socket first thing, so once the server is dead the parent's end reads end-of-stream.
 //!
 //! # A server that does not answer
-//! The spawner thread waits for the answer and its caller, a runtime thread, waits for the
-//! spawner, so the wait must end soon when the server cannot answer (stopped with `SIGSTOP` or
-//! by a debugger, dead, wedged) yet never give up on one that is only late because the machine
+//! The spawning thread (often a runtime thread) waits for the answer, so the wait must end soon
+//! when the server cannot answer (stopped with `SIGSTOP` or by a debugger, dead, wedged) yet never give up on one that is only late because the machine
 //! is busy: a tight timeout alone cannot do both, and on a loaded machine it would restart
 //! servers over and over. So the parent measures liveness instead. While no answer has come, it
 //! looks at the server every [`LOOK_EVERY`](patience::LOOK_EVERY) (20 ms): its pidfd says whether it exited, and
@@ -71,7 +70,9 @@
 //!   `state`), [`CLONE_PARENT_SETTID`](https://man7.org/linux/man-pages/man2/clone.2.html)
 //!
 //! # Layout
-//! - `client`: the parent's side, on the spawner thread: starts the server, sends requests,
+//! - `client`: the parent's side: sends requests from the spawning thread (the server's
+//!   children are the spawner thread's all the same, by `CLONE_PARENT`), starts the server on
+//!   the spawner thread,
 //!   reads answers, abandons and replaces a server that does not answer;
 //! - `patience`: when to stop waiting for an answer;
 //! - `request`: what the two sides say to each other (the request's bytes, the pid slot);
@@ -85,4 +86,4 @@ mod request;
 mod server;
 
 pub use client::FORK_SERVER_ENV;
-pub(crate) use client::spawn;
+pub(crate) use client::{Asked, ask, start_if_idle};

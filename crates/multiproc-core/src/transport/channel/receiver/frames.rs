@@ -217,7 +217,12 @@ impl RawReceiver {
             self.end -= self.start;
             self.start = 0;
             let target = want_total.max(self.end + READ_CHUNK);
-            if self.buf.len() < target {
+            if self.buf.capacity() == 0 {
+                // A first buffer comes zeroed from the allocator (`calloc`), which need not
+                // touch fresh pages: a receiver that only ever gets a few small frames (a
+                // child's control socket) faults in one page instead of all sixteen.
+                self.buf = vec![0; target];
+            } else if self.buf.len() < target {
                 self.buf.resize(target, 0);
             }
         }

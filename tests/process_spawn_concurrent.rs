@@ -1,0 +1,136 @@
+//! Spawns from many threads at once: fork-server requests go from the spawning thread itself,
+//! yet every child stays a child of this process tied to the long-lived spawner thread (a daemon
+//! child outlives the thread that spawned it), and every spawn gets its own child and result.
+
+use std::time::Duration;
+
+use multiproc::{Builder, spawn};
+use multiproc_suite::{TEST_LIMIT, eventually, process_gone, within, zombie_children};
+
+/// A variable every child gets from its builder: a re-executed child finds it in the
+/// environment block the kernel built at `exec` (`/proc/<pid>/environ`), a child forked from
+/// the server does not (that block is the server's).
+const MARKER: &str = "MULTIPROC_TEST_CONCURRENT_MARKER";
+
+/// Whether `pid` (a child of ours) was forked by the fork server rather than re-executed.
+fn forked_from_server(pid: u32) -> bool {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let marker = format!("{MARKER}=");
+    !environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(marker.as_bytes()))
+}
+
+/// Makes sure this process's fork server is running: the first spawn starts it.
+async fn warm_up() {
+    within("warm-up child", spawn((), |()| ())).await.unwrap();
+}
+
+/// What each child reports: its argument doubled, its parent and whether it was forked.
+fn report(x: u64) -> (u64, u32, bool) {
+    let environ = std::fs::read("/proc/self/environ").unwrap();
+    let marker = format!("{MARKER}=");
+    let forked = !environ
+        .split(|b| *b == 0)
+        .any(|var| var.starts_with(marker.as_bytes()));
+    (x * 2, std::os::unix::process::parent_id(), forked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn children_spawned_from_many_threads_at_once_each_report_to_their_spawner() {
+    warm_up().await;
+    const TASKS: u64 = 8;
+    const EACH: u64 = 8;
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|t| {
+            tokio::spawn(async move {
+                // Start this task's children together, then join them all.
+                let handles: Vec<_> = (0..EACH)
+                    .map(|i| {
+                        Builder::new()
+                            .env(MARKER, "1")
+                            .spawn(t * EACH + i, report)
+                            .unwrap()
+                    })
+                    .collect();
+                let mut seen = Vec::new();
+                for handle in handles {
+                    seen.push(within("concurrent child", handle).await.unwrap());
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut doubled = Vec::new();
+    let mut forked = 0;
+    for task in tasks {
+        for (value, parent, was_forked) in within("spawning task", task).await.unwrap() {
+            assert_eq!(parent, std::process::id(), "every child is ours");
+            doubled.push(value);
+            forked += usize::from(was_forked);
+        }
+    }
+    doubled.sort_unstable();
+    let expected: Vec<u64> = (0..TASKS * EACH).map(|x| x * 2).collect();
+    assert_eq!(doubled, expected, "each spawn ran its own child once");
+    // The server ran all along (a server abandoned under load re-executes a child or two).
+    assert!(forked > 0, "no child came from the fork server");
+    assert!(
+        eventually(|| zombie_children().is_empty()).await,
+        "zombies left: {:?}",
+        zombie_children()
+    );
+}
+
+/// A daemon child that waits to be killed.
+fn wait_forever(_: ()) {
+    std::thread::sleep(TEST_LIMIT);
+}
+
+#[tokio::test]
+async fn a_daemon_child_outlives_the_thread_that_spawned_it() {
+    warm_up().await;
+    // Spawned from a thread (with its own runtime) that ends right after: the request went
+    // from that thread, but the kernel's parent-death signal follows the thread that started
+    // the server, which lives as long as the process.
+    let spawn_from_a_thread = || {
+        std::thread::spawn(|| {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _entered = rt.enter();
+            Builder::new()
+                .env(MARKER, "1")
+                .spawn((), wait_forever)
+                .unwrap()
+        })
+        .join()
+        .unwrap()
+    };
+    // A server abandoned under load (2 s without an answer) re-executes one child: try again.
+    let mut child = spawn_from_a_thread();
+    for _ in 0..4 {
+        if forked_from_server(child.pid().unwrap()) {
+            break;
+        }
+        child.kill().unwrap();
+        let _ = within("re-executed child", child.join()).await;
+        child = spawn_from_a_thread();
+    }
+    let pid = child.pid().unwrap();
+    assert!(
+        forked_from_server(pid),
+        "the child was re-executed, not forked"
+    );
+    // The thread is gone: a child tied to it would have had SIGKILL by now.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.is_alive() && !process_gone(pid),
+        "the child died with the thread that spawned it: {:?}",
+        child.exit_status()
+    );
+    child.kill().unwrap();
+    let err = within("killed child", child.join()).await.unwrap_err();
+    assert!(err.is_killed(), "{err}");
+}
