@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use multiproc::pipe::{self, Duplex};
-use multiproc::{Builder, Event, Lock, SharedMemory, spawn};
+use multiproc::{Builder, Event, Lock, Semaphore, SharedMemory, spawn};
 use multiproc_core::wait::arena::{ARENA_SLOTS, WAKE_LANES};
 use multiproc_suite::within;
 use serde::{Deserialize, Serialize};
@@ -106,6 +106,30 @@ fn make_many(kind: u8) -> Result<Made, String> {
             }
             Measure::take(events.len(), fds, shm, || drop(events))
         }
+        2 => {
+            let sems = (0..N)
+                .map(|i| Semaphore::new(1).map_err(|e| format!("semaphore {i}: {e}")))
+                .collect::<Result<Vec<_>, _>>()?;
+            // Idle (never acquired), each costs its slot alone.
+            let idle = shm_bytes().saturating_sub(shm);
+            if idle > (N * 64 + N.div_ceil(ARENA_SLOTS - 1) * 4096) as u64 {
+                return Err(format!("{N} idle semaphores cost {idle} bytes"));
+            }
+            for (i, sem) in sems.iter().enumerate() {
+                let permit = sem.try_acquire().map_err(|e| e.to_string())?;
+                if i % 1000 == 0 && sem.try_acquire().is_ok() {
+                    return Err("a semaphore of one permit gave two".into());
+                }
+                drop(permit);
+            }
+            // Each handle that acquired keeps a 16-byte holder entry while it lives.
+            let used = shm_bytes().saturating_sub(shm);
+            if used > (N * (64 + 16) + 2 * N.div_ceil(ARENA_SLOTS - 1) * 4096) as u64 {
+                return Err(format!("{N} used semaphores cost {used} bytes"));
+            }
+            let made = Measure::take(sems.len(), fds, shm, || drop(sems));
+            Made { shm: idle, ..made }
+        }
         _ => return Err(format!("no kind {kind}")),
     };
     Ok(Made { limit, ..made })
@@ -167,6 +191,11 @@ async fn a_hundred_thousand_locks_under_a_1024_descriptor_limit() {
 #[tokio::test]
 async fn a_hundred_thousand_events_under_a_1024_descriptor_limit() {
     made_under_the_limit(1, "events").await;
+}
+
+#[tokio::test]
+async fn a_hundred_thousand_semaphores_under_a_1024_descriptor_limit() {
+    made_under_the_limit(2, "semaphores").await;
 }
 
 // ---- handles of one arena sent to another process ----

@@ -3,7 +3,9 @@
 //! addresses onto a few queues.
 //!
 //! **Layout.** An arena is a sealed memfd of [`ARENA_SLOTS`] slots of [`SLOT_LEN`] bytes (slot 0
-//! is the header: a magic word), plus [`WAKE_LANES`] eventfds. A primitive is `(arena, slot)`:
+//! is the header: a magic word and the owner table's window) and an owner table of
+//! [`TABLE_ENTRIES`] entries shared by the arena's primitives ([`TABLE_AT`]: the semaphores
+//! record there which process holds how many of their permits), plus [`WAKE_LANES`] eventfds. A primitive is `(arena, slot)`:
 //! its waiter count and state words live in its 64 bytes, and it parks on the eventfd of lane
 //! `slot % WAKE_LANES`. A releaser writes that eventfd only when the slot's own waiter count is
 //! non-zero; every waiter of the lane (in every process) wakes and re-checks its own slot, so a
@@ -55,7 +57,18 @@ pub const WAKE_LANES: usize = 8;
 /// Slots per arena, the header's included (1 MiB of sparse memfd).
 pub const ARENA_SLOTS: usize = 16_384;
 
-const ARENA_LEN: usize = ARENA_SLOTS * SLOT_LEN;
+/// Byte offset of the arena's owner table, after the slots: a table that the primitives of
+/// the arena share for what must outlive a process (a semaphore's permits held by each
+/// process), in the format of `multiproc-sync`'s owner tables (16-byte entries: owner, value).
+pub const TABLE_AT: usize = ARENA_SLOTS * SLOT_LEN;
+
+/// Byte offset of the owner table's window word, in the header (slot 0).
+pub const TABLE_WINDOW_AT: usize = 8;
+
+/// Entries in the arena's owner table (1 MiB of sparse memfd).
+pub const TABLE_ENTRIES: usize = 1 << 16;
+
+const ARENA_LEN: usize = TABLE_AT + TABLE_ENTRIES * 16;
 
 /// The arena's header word (slot 0), checked on receipt.
 const MAGIC: u64 = u64::from_le_bytes(*b"MPARENA1");
@@ -229,6 +242,11 @@ impl Slot {
     /// The arena's region.
     pub(crate) fn region(&self) -> &SharedRegion {
         &self.arena.region
+    }
+
+    /// The slot's index in its arena.
+    pub(crate) fn index(&self) -> u32 {
+        self.index
     }
 
     /// The slot's byte offset in [`Self::region`].

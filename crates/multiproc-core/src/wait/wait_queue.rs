@@ -213,6 +213,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
     }
 
+    /// The index of the arena slot the state lives in (its offset in [`Self::region`] is
+    /// `index * SLOT_LEN`), if it lives in one.
+    pub fn arena_slot(&self) -> Option<usize> {
+        self.slot.as_ref().map(|s| s.index() as usize)
+    }
+
     /// Whether `self` and `other` are the same queue (the same region, or the same slot).
     pub fn same_queue(&self, other: &Self) -> bool {
         match (&self.slot, &other.slot) {
