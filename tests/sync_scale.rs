@@ -370,7 +370,9 @@ async fn fill_send_and_kill(_: ()) -> Result<(), String> {
     let (mut here, there) = pipe::duplex::<Vec<Lock>, ()>().map_err(|e| e.to_string())?;
     let child = spawn((there, 7), hold_until_killed);
     here.send(locks.clone()).await.map_err(|e| e.to_string())?;
-    within("holding", here.recv()).await.map_err(|e| e.to_string())?;
+    within("holding", here.recv())
+        .await
+        .map_err(|e| e.to_string())?;
     child.kill().map_err(|e| e.to_string())?;
     let _ = within("killed child", child).await;
 

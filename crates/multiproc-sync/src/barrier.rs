@@ -116,9 +116,7 @@ impl Barrier {
 
     /// The number of parties of each phase.
     pub fn parties(&self) -> usize {
-        self.core
-            .atomic_u64(PARTIES)
-            .load(Ordering::SeqCst) as usize
+        self.core.atomic_u64(PARTIES).load(Ordering::SeqCst) as usize
     }
 
     /// How many parties are waiting in the current phase.

@@ -335,7 +335,9 @@ impl Drop for Slot {
         }
         if let Some(mut alloc) = self.arena.alloc() {
             // No other handle of the slot exists anywhere: clear it for its next primitive.
-            self.arena.region.write_slice(self.base(), &[0u64; SLOT_LEN / 8]);
+            self.arena
+                .region
+                .write_slice(self.base(), &[0u64; SLOT_LEN / 8]);
             alloc.free.push(self.index);
         }
     }
@@ -376,17 +378,28 @@ mod tests {
     fn a_private_slot_is_reused_and_a_sent_one_is_not() {
         let a = Slot::allocate().unwrap();
         let (arena, index) = (a.arena.clone(), a.index);
-        a.region().atomic_u64(a.base() + 8).store(7, Ordering::SeqCst);
+        a.region()
+            .atomic_u64(a.base() + 8)
+            .store(7, Ordering::SeqCst);
         drop(a);
         // Whichever slot comes next, the freed one is zero again and back on the free list.
-        assert_eq!(arena.region.atomic_u64(index as usize * SLOT_LEN + 8).load(Ordering::SeqCst), 0);
+        assert_eq!(
+            arena
+                .region
+                .atomic_u64(index as usize * SLOT_LEN + 8)
+                .load(Ordering::SeqCst),
+            0
+        );
         assert!(arena.alloc().unwrap().free.contains(&index));
 
         let b = Slot::allocate().unwrap();
         let (bytes, fds) = message::encode(&b.to_wire()).unwrap();
         let (arena, index) = (b.arena.clone(), b.index);
         drop(b);
-        assert!(!arena.alloc().unwrap().free.contains(&index), "a sent slot is retired");
+        assert!(
+            !arena.alloc().unwrap().free.contains(&index),
+            "a sent slot is retired"
+        );
         // Received back in its own process: the same arena, no second mapping.
         let wire: SlotWire = message::decode(&bytes, fds).unwrap();
         let back = Slot::from_wire(wire).unwrap();

@@ -237,12 +237,10 @@ impl EventFd {
     /// # Errors
     /// When it is not an eventfd, or cannot be inspected.
     pub(crate) fn from_received(fd: SharedFd) -> io::Result<Self> {
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot inspect received descriptor: {e}"),
-            )
-        })?;
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot inspect received descriptor: {e}"))
+            })?;
         if link.as_os_str() != "anon_inode:[eventfd]" {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

@@ -608,15 +608,21 @@ impl<'de, const WAITERS_AT: usize> Deserialize<'de> for WaitQueue<WAITERS_AT> {
         match Wire::deserialize(deserializer)? {
             Wire::Own { region, efd } => {
                 if region.len() < WAITERS_AT + 4 {
-                    return Err(D::Error::custom("shared state too small for its waiter count"));
+                    return Err(D::Error::custom(
+                        "shared state too small for its waiter count",
+                    ));
                 }
                 Ok(Self::in_region(region, efd))
             }
             Wire::Slot(wire) => {
                 if WAITERS_AT + 4 > SLOT_LEN {
-                    return Err(D::Error::custom("an arena slot cannot hold this wait queue"));
+                    return Err(D::Error::custom(
+                        "an arena slot cannot hold this wait queue",
+                    ));
                 }
-                Ok(Self::of_slot(Slot::from_wire(wire).map_err(D::Error::custom)?))
+                Ok(Self::of_slot(
+                    Slot::from_wire(wire).map_err(D::Error::custom)?,
+                ))
             }
         }
     }
