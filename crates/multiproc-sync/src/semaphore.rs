@@ -589,7 +589,8 @@ macro_rules! semaphore_methods {
 /// `multiprocessing.Semaphore`, with `.await`.
 ///
 /// A handle like every primitive here: clone it, pass it to a child process, send it in a
-/// message. The count lives in a shared page; acquiring an available permit and releasing one
+/// message. The count lives in a 64-byte slot of a shared arena (thousands of semaphores share
+/// one memfd and eight wake-up eventfds); acquiring an available permit and releasing one
 /// nobody waits for make no system call.
 ///
 /// [`acquire`](Self::acquire) returns a [`SemaphorePermit`] that gives the permit back when
@@ -597,15 +598,16 @@ macro_rules! semaphore_methods {
 /// as a signal), up to [`Semaphore::MAX_PERMITS`].
 ///
 /// # Crash behavior
-/// Each process's permits (the live [`SemaphorePermit`]s) are counted in a table in the shared
-/// state, one entry per process (pid and start time). When a process dies holding permits, all
-/// of them are returned to the semaphore by the next waiter (within about 50 ms), by the next
-/// `try_acquire` that finds none available, or by the next process that needs a new entry
-/// while the table is full; the dead process's entry is reused.
+/// Each process's permits (the live [`SemaphorePermit`]s) are counted in a table shared by the
+/// semaphores of the arena, one entry per handle and process that has acquired (pid and start
+/// time; the semaphore; the permits held), released when the process drops the handle. When a
+/// process dies holding permits, all of them are returned to the semaphore by the next waiter
+/// (within about 50 ms), by the next `try_acquire` that finds none available, or by the next
+/// process that needs a new entry while the table is full; the dead process's entry is reused.
 ///
-/// Up to [`Semaphore::MAX_HOLDERS`] (65,536) processes can hold permits at once; the table is
-/// sized for that when the semaphore is created, but only the part in use costs memory (16
-/// bytes a process). A process beyond the limit is refused rather than given a permit that
+/// Up to [`Semaphore::MAX_HOLDERS`] (65,536) such entries can be live at once in one arena
+/// (whose up to 16,383 semaphores share the table); only the part in use costs memory (16
+/// bytes an entry). A process beyond the limit is refused rather than given a permit that
 /// could not be recovered: `try_acquire` fails with [`TryAcquireError::TooManyHolders`] and
 /// the waiting forms with an error whose source it is, and the permit stays in the semaphore.
 /// A process killed in the instant between taking a permit and recording it can lose that one
@@ -632,14 +634,15 @@ impl Semaphore {
     /// The most permits a semaphore can hold.
     pub const MAX_PERMITS: usize = u32::MAX as usize;
 
-    /// The most processes that can hold permits of one semaphore at once (65,536); see
-    /// `# Crash behavior`.
+    /// The most holder entries (one per semaphore handle and process that has acquired) live
+    /// at once among the semaphores of one arena (65,536); see `# Crash behavior`.
     pub const MAX_HOLDERS: usize = 1 << 16;
 
     /// Creates a semaphore holding `permits` permits.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     ///
     /// # Panics
     /// When `permits` exceeds [`Semaphore::MAX_PERMITS`].
@@ -714,7 +717,8 @@ impl BoundedSemaphore {
     /// Creates a semaphore holding `permits` permits, which is also its bound.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     ///
     /// # Panics
     /// When `permits` exceeds [`Semaphore::MAX_PERMITS`].
