@@ -106,7 +106,10 @@ struct Holder {
 impl Holder {
     fn new(core: &WaitQueue) -> Arc<Self> {
         Arc::new(Self {
-            region: core.region().clone(),
+            region: core
+                .arena_region()
+                .expect("a semaphore lives in an arena")
+                .clone(),
             entry: AtomicUsize::new(NO_ENTRY),
         })
     }
@@ -193,8 +196,13 @@ impl Engine {
             .expect("a semaphore lives in an arena")
     }
 
+    /// The arena this semaphore's slot is in.
+    fn arena(&self) -> &SharedRegion {
+        &self.holder.region
+    }
+
     fn holders(&self) -> Table<'_> {
-        Table::new(self.core.region(), HOLDERS)
+        Table::new(self.arena(), HOLDERS)
     }
 
     fn entry_value(&self, i: usize) -> &AtomicU64 {
@@ -230,7 +238,7 @@ impl Engine {
     /// Returns the permits a reclaimed entry held to the semaphore it names, waking this
     /// semaphore's waiters if it is this one (another's find them at their next tick).
     fn give_back(&self, value: u64) {
-        let region = self.core.region();
+        let region = self.arena();
         if let Some((slot, held)) = recorded(region, value) {
             give_capped_at(region, slot, held);
             if slot == self.slot() {
@@ -791,8 +799,7 @@ mod tests {
             .find(|&i| table.owner(i).load(Ordering::SeqCst) == 0)
             .unwrap();
         sem.engine
-            .core
-            .region()
+            .arena()
             .atomic_u64(TABLE_WINDOW_AT)
             .fetch_max((i + 1) as u64, Ordering::SeqCst);
         assert_eq!(table.owner(i).load(Ordering::SeqCst), 0);
@@ -834,7 +841,7 @@ mod tests {
         assert_eq!(sem.available_permits(), 2);
         let table = sem.engine.holders();
         assert_eq!(table.owner(entry).load(Ordering::SeqCst), owner::me());
-        let region = sem.engine.core.region().clone();
+        let region = sem.engine.arena().clone();
         drop(sem);
         // The handle is gone: its entry is free again.
         let table = Table::new(&region, HOLDERS);
@@ -873,13 +880,11 @@ mod tests {
         let guard = lock.try_lock().unwrap();
         let lock_slot = (1..ARENA_SLOTS)
             .find(|&s| {
-                o.core
-                    .region()
+                o.arena()
                     .atomic_u64(s * SLOT_LEN + 8)
                     .load(Ordering::SeqCst)
                     == owner::me()
-                    && o.core
-                        .region()
+                    && o.arena()
                         .atomic_u64(s * SLOT_LEN + KIND)
                         .load(Ordering::SeqCst)
                         == 0

@@ -181,11 +181,26 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
     }
 
-    /// The shared region. For a queue in an arena slot that is the whole arena: use
-    /// [`Self::atomic_u32`] and [`Self::atomic_u64`], whose offsets start at the slot.
+    /// The shared region of a queue with a region of its own ([`Self::new`],
+    /// [`Self::in_region`]).
+    ///
+    /// # Panics
+    /// For a queue in an arena slot, whose region is the whole arena, shared with thousands of
+    /// other primitives: offsets into it would land on other primitives' words. Use
+    /// [`Self::atomic_u32`] and [`Self::atomic_u64`] (whose offsets start at the slot), or
+    /// [`Self::arena_region`] for the arena's shared parts.
     #[inline]
     pub fn region(&self) -> &SharedRegion {
+        if self.slot.is_some() {
+            region_of_slot();
+        }
         &self.region
+    }
+
+    /// The whole arena, for a queue in an arena slot (see [`arena`](crate::wait::arena) for
+    /// its layout); `None` for a queue with a region of its own.
+    pub fn arena_region(&self) -> Option<&SharedRegion> {
+        self.slot.as_ref().map(|_| &self.region)
     }
 
     /// The `AtomicU32` at byte `offset` of the queue's state.
@@ -573,6 +588,14 @@ fn out_of_slot(offset: usize) -> ! {
     panic!("wait queue state offset {offset} past its {SLOT_LEN}-byte arena slot")
 }
 
+/// The panic of [`WaitQueue::region`] for a queue in an arena slot, out of line.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn region_of_slot() -> ! {
+    panic!("a wait queue in an arena slot has no region of its own: use its atomic accessors")
+}
+
 /// A [`WaitQueue`] on the wire (sending).
 #[derive(Serialize)]
 enum WireRef<'a> {
@@ -755,6 +778,31 @@ mod tests {
         assert_eq!(got, None);
         assert!(Instant::now() >= deadline);
         assert_eq!(core.waiters().load(Ordering::SeqCst), 0);
+    }
+
+    // ---- arena slots ----
+
+    #[test]
+    fn a_queue_in_an_arena_addresses_its_own_slot_only() {
+        let a = WaitQueue::<0>::in_arena().unwrap();
+        let b = WaitQueue::<0>::in_arena().unwrap();
+        assert!(!a.same_queue(&b));
+        assert!(a.same_queue(&a.clone()));
+        a.atomic_u64(8).store(1, Ordering::SeqCst);
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 0);
+        let (ia, ib) = (a.arena_slot().unwrap(), b.arena_slot().unwrap());
+        let arena = a.arena_region().unwrap();
+        if b.arena_region().unwrap().same_region(arena) {
+            assert_ne!(ia, ib);
+            assert_eq!(
+                arena.atomic_u64(ia * SLOT_LEN + 8).load(Ordering::SeqCst),
+                1
+            );
+        }
+        assert!(std::panic::catch_unwind(|| a.atomic_u64(SLOT_LEN)).is_err());
+        assert!(std::panic::catch_unwind(|| a.region().len()).is_err());
+        assert_eq!(a.check_len(SLOT_LEN), Ok(()));
+        assert!(a.check_len(SLOT_LEN + 1).is_err());
     }
 
     // ---- reused registrations ----
