@@ -848,6 +848,18 @@ mod tests {
         assert_ne!(table.owner(entry).load(Ordering::SeqCst), owner::me());
     }
 
+    /// What a claim that finds the table full does: reclaims every dead holder's entry, of
+    /// any semaphore of the arena, and gives each one's permits back.
+    fn sweep_every_holder(engine: &Engine) {
+        let mut values = Vec::new();
+        engine
+            .holders()
+            .sweep(&mut Liveness::default(), |v| values.push(v));
+        for v in values {
+            engine.give_back(v);
+        }
+    }
+
     #[test]
     fn a_dead_holders_permits_go_back_to_the_semaphore_its_entry_names() {
         let _serial = serial();
@@ -866,13 +878,7 @@ mod tests {
         mine.engine.recover();
         assert_eq!(other.available_permits(), 0);
         // ... and a full-window claim's sweep returns them to it, within its bound.
-        let mut values = Vec::new();
-        mine.engine
-            .holders()
-            .sweep(&mut Liveness::default(), |v| values.push(v));
-        for v in values {
-            mine.engine.give_back(v);
-        }
+        sweep_every_holder(&mine.engine);
         assert_eq!(other.available_permits(), 2);
         assert_eq!(mine.available_permits(), 1);
         // An entry naming a slot that is no semaphore (a lock's) gives nothing to anyone.
@@ -895,13 +901,7 @@ mod tests {
             .store(owner::me() ^ 1, Ordering::SeqCst);
         o.entry_value(i)
             .store(((lock_slot as u64) << 32) | 5, Ordering::SeqCst);
-        let mut values = Vec::new();
-        mine.engine
-            .holders()
-            .sweep(&mut Liveness::default(), |v| values.push(v));
-        for v in values {
-            mine.engine.give_back(v);
-        }
+        sweep_every_holder(&mine.engine);
         assert_eq!(o.holders().owner(i).load(Ordering::SeqCst), 0);
         assert!(lock.is_locked());
         assert_eq!(lock.owner_pid(), Some(std::process::id()));
