@@ -76,12 +76,6 @@ pub enum DescriptorError {
         /// How many descriptors arrived with the message.
         count: usize,
     },
-    /// The payload names the same descriptor twice.
-    #[error("descriptor index {index} is used twice in one message")]
-    Reused {
-        /// The index found twice.
-        index: u32,
-    },
     /// A handle was decoded by something other than a multiproc channel.
     #[error("a descriptor-carrying handle can only be decoded by a multiproc channel")]
     NoContext,
@@ -94,12 +88,25 @@ thread_local! {
 
 struct Outgoing {
     fds: Vec<OwnedFd>,
+    /// The index each `SharedFd` already in `fds` got, by the address of its shared
+    /// descriptor, so that clones of one `SharedFd` travel once. Made at the first descriptor;
+    /// each key's `SharedFd` is kept beside its index, so no address is reused meanwhile.
+    seen: Option<std::collections::HashMap<usize, (u32, SharedFd)>>,
     error: Option<std::io::Error>,
 }
 
 struct Incoming {
-    fds: Vec<Option<OwnedFd>>,
+    /// The message's descriptors; each is wrapped at its first claim and shared by later ones.
+    fds: Vec<Claim>,
     error: Option<DescriptorError>,
+}
+
+/// A received descriptor before and after its first claim.
+enum Claim {
+    Unclaimed(OwnedFd),
+    Claimed(SharedFd),
+    /// Only while a claim swaps one for the other.
+    Moving,
 }
 
 /// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
@@ -110,6 +117,7 @@ pub(crate) fn collect_outgoing<R>(
     let saved = OUTGOING.with(|c| {
         c.replace(Some(Outgoing {
             fds: Vec::new(),
+            seen: None,
             error: None,
         }))
     });
@@ -131,7 +139,7 @@ pub(crate) fn with_incoming<R>(
     f: impl FnOnce() -> R,
 ) -> (R, Option<DescriptorError>) {
     let incoming = Incoming {
-        fds: fds.into_iter().map(Some).collect(),
+        fds: fds.into_iter().map(Claim::Unclaimed).collect(),
         error: None,
     };
     let saved = INCOMING.with(|c| c.replace(Some(incoming)));
@@ -151,10 +159,17 @@ impl Serialize for SharedFd {
                     "a descriptor-carrying handle can only be encoded by a multiproc channel",
                 );
             };
+            let key = Arc::as_ptr(&self.0) as usize;
+            let seen = ctx.seen.get_or_insert_with(Default::default);
+            if let Some((index, _)) = seen.get(&key) {
+                return Ok(*index);
+            }
             match self.0.try_clone() {
                 Ok(fd) => {
                     ctx.fds.push(fd);
-                    Ok((ctx.fds.len() - 1) as u32)
+                    let index = (ctx.fds.len() - 1) as u32;
+                    seen.insert(key, (index, self.clone()));
+                    Ok(index)
                 }
                 Err(e) => {
                     ctx.error.get_or_insert(e);
@@ -180,15 +195,28 @@ impl<'de> Deserialize<'de> for SharedFd {
             let count = ctx.fds.len();
             let result = match ctx.fds.get_mut(index as usize) {
                 None => Err(DescriptorError::OutOfRange { index, count }),
-                Some(entry) => entry.take().ok_or(DescriptorError::Reused { index }),
+                Some(entry) => Ok(entry.claim()),
             };
             if let Err(e) = &result {
                 ctx.error.get_or_insert_with(|| e.clone());
             }
             result
         });
-        taken
-            .map(SharedFd::new)
-            .map_err(|e| D::Error::custom(e.to_string()))
+        taken.map_err(|e| D::Error::custom(e.to_string()))
+    }
+}
+
+impl Claim {
+    /// The descriptor as a `SharedFd`, shared with every other claim of it in the message.
+    fn claim(&mut self) -> SharedFd {
+        if let Claim::Claimed(fd) = self {
+            return fd.clone();
+        }
+        let Claim::Unclaimed(fd) = std::mem::replace(self, Claim::Moving) else {
+            unreachable!("a claim is never left moving")
+        };
+        let fd = SharedFd::new(fd);
+        *self = Claim::Claimed(fd.clone());
+        fd
     }
 }

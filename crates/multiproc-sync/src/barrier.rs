@@ -94,7 +94,8 @@ impl Barrier {
     /// Creates a barrier for `parties` parties.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     ///
     /// # Panics
     /// When `parties` is zero or above 2^29 - 1.
@@ -103,23 +104,19 @@ impl Barrier {
             parties > 0 && (parties as u64) <= COUNT,
             "a barrier needs 1..2^29 parties"
         );
-        let core = WaitQueue::new(LEN)?;
-        core.region()
-            .atomic_u64(PARTIES)
+        let core = WaitQueue::in_arena()?;
+        core.atomic_u64(PARTIES)
             .store(parties as u64, Ordering::SeqCst);
         Ok(Self { core })
     }
 
     fn word(&self) -> &AtomicU64 {
-        self.core.region().atomic_u64(WORD)
+        self.core.atomic_u64(WORD)
     }
 
     /// The number of parties of each phase.
     pub fn parties(&self) -> usize {
-        self.core
-            .region()
-            .atomic_u64(PARTIES)
-            .load(Ordering::SeqCst) as usize
+        self.core.atomic_u64(PARTIES).load(Ordering::SeqCst) as usize
     }
 
     /// How many parties are waiting in the current phase.

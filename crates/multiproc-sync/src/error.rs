@@ -91,8 +91,9 @@ pub enum TryAcquireError {
     #[error("no permits available")]
     NoPermits,
     /// A permit was available, but [`Semaphore::MAX_HOLDERS`](crate::Semaphore::MAX_HOLDERS)
-    /// other live processes hold permits already, so this one could not be recorded as a
-    /// holder (and its permit recovered if it died); the permit stays in the semaphore.
+    /// live holder entries exist already among the semaphores of its arena, so this one could
+    /// not be recorded as a holder (and its permit recovered if it died); the permit stays in
+    /// the semaphore.
     #[error(
         "too many processes hold permits (the limit is {})",
         crate::Semaphore::MAX_HOLDERS

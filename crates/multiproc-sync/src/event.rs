@@ -52,16 +52,17 @@ impl Event {
     /// Creates a cleared event.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: WaitQueue::new(LEN)?,
+            core: WaitQueue::in_arena()?,
         })
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.core.region().atomic_u64(WORD)
+        self.core.atomic_u64(WORD)
     }
 
     /// Sets the flag and wakes every waiter in every process.

@@ -18,11 +18,13 @@
 //! | `fcntl.flock(f, LOCK_EX)` / `fcntl.lockf` | [`FileLock`] (by path, no handle to send) |
 //! | `Value(t)` / `Array(t, n)` / `shared_memory.SharedMemory` | [`SharedValue`] / [`SharedArray`] / [`SharedMemory`] |
 //!
-//! The state lives in a shared page changed with atomics, so an uncontended operation makes no
+//! The state lives in shared memory changed with atomics, so an uncontended operation makes no
 //! system call; contended waiters park on an eventfd registered with their own tokio reactor.
-//! A handle keeps that registration once it has waited and reuses it for later waits: one more
-//! descriptor per handle and process for async waits, one for blocking waits, closed with the
-//! handle's last clone in that process.
+//! [`Lock`], [`RLock`], [`Event`], [`Semaphore`], [`BoundedSemaphore`] and [`Barrier`] are each
+//! a 64-byte slot of an arena that thousands of them share, with its eight wake-up eventfds
+//! (core's `wait::arena`), so 100,000 of them fit under a 1,024-descriptor limit. Registrations
+//! are kept once made and reused by later waits: one more descriptor per eventfd (per arena
+//! lane, for those primitives) and process for async waits, one for blocking waits.
 //! Unlike Python, a process that dies holding a lock or permit does not deadlock the others:
 //! see each type's `# Crash behavior`.
 //!

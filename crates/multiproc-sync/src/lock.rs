@@ -15,9 +15,12 @@ use crate::fast_then_slow::fast_then_slow;
 ///
 /// `Lock` is a handle: clone it within a process, pass it to `multiproc::spawn` as (part of) an
 /// argument, or send it inside a pipe or queue message; every copy in every process is the same
-/// lock. Its state is one word in a shared page, changed with atomics: taking a free lock or
-/// releasing one nobody waits for makes no system call. Waiters park on an eventfd registered
-/// with their own process's tokio reactor, so waiting never blocks a runtime thread.
+/// lock. Its state is one word in a 64-byte slot of a shared arena, changed with atomics: taking
+/// a free lock or releasing one nobody waits for makes no system call. Waiters park on one of
+/// the arena's few eventfds, registered with their own process's tokio reactor, so waiting never
+/// blocks a runtime thread. Thousands of locks share an arena's memfd and eventfds, so a process
+/// can hold 100,000 locks under a 1,024-descriptor limit, and sending many locks of one arena
+/// sends its descriptors once.
 ///
 /// Ownership belongs to the *process*: any task of the holding process may drop the guard.
 /// The lock is not re-entrant: locking it again from the holding process waits forever (use
@@ -53,7 +56,8 @@ impl Lock {
     /// Creates an unlocked lock.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
             raw: RobustLock::new()?,

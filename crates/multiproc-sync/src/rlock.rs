@@ -54,15 +54,16 @@ impl RLock {
     /// Creates an unlocked re-entrant lock.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     pub fn new() -> Result<Self, CreateError> {
         Ok(Self {
-            core: WaitQueue::new(LEN)?,
+            core: WaitQueue::in_arena()?,
         })
     }
 
     fn word(&self, offset: usize) -> &AtomicU64 {
-        self.core.region().atomic_u64(offset)
+        self.core.atomic_u64(offset)
     }
 
     fn owned_by_caller(&self) -> bool {

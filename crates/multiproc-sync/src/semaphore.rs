@@ -1,21 +1,22 @@
 //! [`Semaphore`] and [`BoundedSemaphore`]: cross-process counting semaphores.
 //!
-//! The count is one shared word. So that permits of a process that dies come back, each
-//! process's permits are also counted in a [holder table](crate::table): one slot per process
-//! (pid and start time), claimed at its first acquire, kept until it dies, then reclaimed by
-//! whoever sweeps the table (a waiter, every 50 ms; a `try_acquire` that finds no permit; a
-//! claim that finds the table full), which returns the count it held.
+//! A semaphore's state (count, bound, kind, waiter count) is a 64-byte slot of one of the
+//! process's [arenas](multiproc_core::wait::arena), so 100,000 of them cost a few descriptors.
+//! So that permits of a process that dies come back, the permits each handle holds are also
+//! counted in the arena's [owner table](crate::table), which every semaphore of the arena
+//! shares: one entry per handle and process that has acquired (owner: pid and start time;
+//! value: the semaphore's slot and the permits held), claimed at the handle's first acquire and
+//! released when the process's last clone of that handle is dropped. A dead owner's entry is
+//! reclaimed by whoever sweeps the table (a waiter, every 50 ms; a `try_acquire` that finds no
+//! permit; a claim that finds the table full), which returns the permits to the semaphore the
+//! entry names (waking its waiters if it is the sweeper's own; the others' waiters find them at
+//! their next 50 ms tick).
 //!
-//! The count in a slot cannot overflow (a process holds at most `MAX_PERMITS`). The number of
-//! slots is the one limit: [`Semaphore::MAX_HOLDERS`] processes holding permits at once. A
-//! table sized for every process Linux can run at once (2^22) would need no limit at all,
-//! and would cost nothing in memory (the memfd is sparse and scans stop at the part in use),
-//! but 64 MiB of address space per semaphore, which a program run under an address-space
-//! limit (`ulimit -v`) would soon exhaust; 65,536 processes at once is beyond what one
-//! machine runs in practice, and costs 1 MiB of address space. Past it, the
-//! acquire fails with an error naming the limit and the permit stays in the semaphore: a
-//! permit that could not be recovered is never handed out. Each process's searches for its
-//! slot are serialized (within the process), so a process never takes two slots.
+//! The count in an entry cannot overflow (a process holds at most `MAX_PERMITS`). The number of
+//! entries is the one limit: [`Semaphore::MAX_HOLDERS`] handles holding (or having held)
+//! permits of the semaphores of one arena at once, in all processes; 16 bytes of address space
+//! each, touched only when used. Past it, the acquire fails with an error naming the limit and
+//! the permit stays in the semaphore: a permit that could not be recovered is never handed out.
 
 use std::fmt;
 use std::future::Future;
@@ -23,40 +24,48 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use multiproc_core::shm::SharedRegion;
+use multiproc_core::wait::arena::{
+    ARENA_SLOTS, SLOT_LEN, TABLE_AT, TABLE_ENTRIES, TABLE_WINDOW_AT,
+};
 use multiproc_core::wait::{LIVENESS_TICK, WaitQueue};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::error::{AcquireError, AcquireTimeoutError, CreateError, ReleaseError, TryAcquireError};
 use crate::fast_then_slow::fast_then_slow;
-use crate::owner;
 use crate::table::{Layout, Liveness, Table};
 
-// Layout of the shared page.
+// Layout of the semaphore's slot.
 const FLAGS: usize = 4; // u32: bit 0 = a release above the bound was attempted
 const COUNT: usize = 8; // u64: available permits
 const BOUND: usize = 16; // u64: most permits a release may reach
 const KIND: usize = 24; // u64: KIND_PLAIN or KIND_BOUNDED
-const WINDOW: usize = 32; // u64: the holder table's window
-/// The holder table: one slot per process that has held permits, valued with how many it
-/// holds now (see [`Engine::track`]).
+const LEN: usize = 32;
+/// The arena's owner table: one entry per handle and process that has held permits, valued
+/// with the semaphore's slot (high half) and how many permits it holds now (low half).
 const HOLDERS: Layout = Layout {
-    window_at: WINDOW,
-    base: 64,
-    capacity: Semaphore::MAX_HOLDERS,
+    window_at: TABLE_WINDOW_AT,
+    base: TABLE_AT,
+    capacity: TABLE_ENTRIES,
 };
-const LEN: usize = HOLDERS.len();
 
 const KIND_PLAIN: u64 = 1;
 const KIND_BOUNDED: u64 = 2;
 const OVER_RELEASED: u32 = 1;
 
-/// Serializes this process's searches for its slot in any holder table, so that it never
-/// claims two: the table's capacity is then a number of processes.
+/// No entry claimed yet.
+const NO_ENTRY: usize = usize::MAX;
+
+/// Serializes this process's claims of entries, so that a handle never claims two.
 static CLAIMS: Mutex<()> = Mutex::new(());
 
-/// The holder table could not record a holder: [`Semaphore::MAX_HOLDERS`] live processes
-/// already have a slot.
+/// Where this process's next claim starts looking: after its last one, so that claims do not
+/// scan every live entry of the arena.
+static NEXT_CLAIM: AtomicUsize = AtomicUsize::new(0);
+
+/// The owner table could not record a holder: [`Semaphore::MAX_HOLDERS`] live entries
+/// already exist in the arena.
 #[derive(Debug)]
 struct HoldersFull;
 
@@ -82,58 +91,121 @@ impl From<HoldersFull> for TryAcquireError {
 #[derive(Clone)]
 struct Engine {
     core: WaitQueue,
-    /// This process's guess at its slot in the holder table.
-    hint: Arc<AtomicUsize>,
+    /// This handle's entry in the arena's owner table, shared by its clones in this process.
+    holder: Arc<Holder>,
+}
+
+/// A handle's entry in the owner table (claimed at its first acquire); released when the
+/// process's last clone of the handle is dropped, when it holds no permit (every permit
+/// borrows or owns a clone).
+struct Holder {
+    region: SharedRegion,
+    entry: AtomicUsize,
+}
+
+impl Holder {
+    fn new(core: &WaitQueue) -> Arc<Self> {
+        Arc::new(Self {
+            region: core
+                .arena_region()
+                .expect("a semaphore lives in an arena")
+                .clone(),
+            entry: AtomicUsize::new(NO_ENTRY),
+        })
+    }
+}
+
+impl Drop for Holder {
+    fn drop(&mut self) {
+        let entry = *self.entry.get_mut();
+        if entry != NO_ENTRY {
+            Table::new(&self.region, HOLDERS).release(entry);
+        }
+    }
+}
+
+/// The permits an owner-table value records, if it names a semaphore of the arena: its slot
+/// and the count. A value written by a broken or hostile process is checked, never trusted.
+fn recorded(region: &SharedRegion, value: u64) -> Option<(usize, u64)> {
+    let slot = (value >> 32) as usize;
+    let held = value & u64::from(u32::MAX);
+    if slot == 0 || slot >= ARENA_SLOTS || held == 0 {
+        return None;
+    }
+    let kind = region
+        .atomic_u64(slot * SLOT_LEN + KIND)
+        .load(Ordering::SeqCst);
+    (kind == KIND_PLAIN || kind == KIND_BOUNDED).then_some((slot, held))
+}
+
+/// Adds up to `n` recovered permits to the count at `slot` of `region`, never passing the bound.
+fn give_capped_at(region: &SharedRegion, slot: usize, n: u64) {
+    let bound = region
+        .atomic_u64(slot * SLOT_LEN + BOUND)
+        .load(Ordering::Relaxed);
+    let _ = region.atomic_u64(slot * SLOT_LEN + COUNT).fetch_update(
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+        |c| Some(c.saturating_add(n).min(bound.max(c))),
+    );
 }
 
 impl Engine {
     fn new(permits: usize, bound: u64, kind: u64) -> Result<Self, CreateError> {
-        let core = WaitQueue::new(LEN)?;
-        core.region()
-            .atomic_u64(COUNT)
+        let core = WaitQueue::in_arena()?;
+        core.atomic_u64(COUNT)
             .store(permits as u64, Ordering::SeqCst);
-        core.region()
-            .atomic_u64(BOUND)
-            .store(bound, Ordering::SeqCst);
-        core.region().atomic_u64(KIND).store(kind, Ordering::SeqCst);
+        core.atomic_u64(BOUND).store(bound, Ordering::SeqCst);
+        core.atomic_u64(KIND).store(kind, Ordering::SeqCst);
         Ok(Self {
+            holder: Holder::new(&core),
             core,
-            hint: Arc::default(),
         })
     }
 
     fn decode(core: WaitQueue, kind: u64) -> Result<Self, String> {
         core.check_len(LEN)?;
-        if core.region().atomic_u64(KIND).load(Ordering::SeqCst) != kind {
+        if core.arena_slot().is_none() {
+            return Err("received shared state is not a semaphore's arena slot".into());
+        }
+        if core.atomic_u64(KIND).load(Ordering::SeqCst) != kind {
             return Err("received shared state is not a semaphore of this kind".into());
         }
         Ok(Self {
+            holder: Holder::new(&core),
             core,
-            hint: Arc::default(),
         })
     }
 
     fn count(&self) -> &AtomicU64 {
-        self.core.region().atomic_u64(COUNT)
+        self.core.atomic_u64(COUNT)
     }
 
     fn flags(&self) -> &AtomicU32 {
-        self.core.region().atomic_u32(FLAGS)
+        self.core.atomic_u32(FLAGS)
     }
 
     fn bound(&self) -> u64 {
-        self.core.region().atomic_u64(BOUND).load(Ordering::Relaxed)
+        self.core.atomic_u64(BOUND).load(Ordering::Relaxed)
+    }
+
+    /// This semaphore's slot in its arena.
+    fn slot(&self) -> usize {
+        self.core
+            .arena_slot()
+            .expect("a semaphore lives in an arena")
+    }
+
+    /// The arena this semaphore's slot is in.
+    fn arena(&self) -> &SharedRegion {
+        &self.holder.region
     }
 
     fn holders(&self) -> Table<'_> {
-        Table::new(self.core.region(), HOLDERS)
+        Table::new(self.arena(), HOLDERS)
     }
 
-    fn slot_owner(&self, i: usize) -> &AtomicU64 {
-        self.holders().owner(i)
-    }
-
-    fn slot_held(&self, i: usize) -> &AtomicU64 {
+    fn entry_value(&self, i: usize) -> &AtomicU64 {
         self.holders().value(i)
     }
 
@@ -163,71 +235,80 @@ impl Engine {
         }
     }
 
-    /// Adds up to `n` recovered permits, never passing the bound.
-    fn give_capped(&self, n: u64) {
-        let bound = self.bound();
-        let _ = self
-            .count()
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| {
-                Some(c.saturating_add(n).min(bound.max(c)))
-            });
-        self.core.wake();
-    }
-
-    /// Records one more permit held by this process; returns its slot in the holder table.
-    ///
-    /// Each process has at most one slot (found through a per-handle hint, then a search under
-    /// [`CLAIMS`]), kept until it dies; dead processes' slots are reclaimed (their permits
-    /// returned) by the next claim that finds the table's window full, or by [`Self::recover`].
-    /// So the table fills only with [`Semaphore::MAX_HOLDERS`] *live* holders; `Err` then,
-    /// and the caller gives the permit back rather than hand out one that could not be
-    /// recovered.
-    fn track(&self) -> Result<usize, HoldersFull> {
-        let me = owner::me();
-        let hint = self.hint.load(Ordering::Relaxed);
-        if self.slot_owner(hint).load(Ordering::SeqCst) == me {
-            self.slot_held(hint).fetch_add(1, Ordering::SeqCst);
-            return Ok(hint);
+    /// Returns the permits a reclaimed entry held to the semaphore it names, waking this
+    /// semaphore's waiters if it is this one (another's find them at their next tick).
+    fn give_back(&self, value: u64) {
+        let region = self.arena();
+        if let Some((slot, held)) = recorded(region, value) {
+            give_capped_at(region, slot, held);
+            if slot == self.slot() {
+                self.core.wake();
+            }
         }
-        self.track_slow(me)
     }
 
-    /// The search of [`Self::track`] when the hint misses: once per handle and process.
+    /// Records one more permit held by this handle; returns its entry in the owner table.
+    ///
+    /// Each handle claims one entry (at its first acquire, under [`CLAIMS`]) and keeps it while
+    /// a clone of it lives in this process; dead processes' entries are reclaimed (their
+    /// permits returned) by the next claim that finds the table's window full, or by
+    /// [`Self::recover`]. So the table fills only with [`Semaphore::MAX_HOLDERS`] *live*
+    /// entries; `Err` then, and the caller gives the permit back rather than hand out one that
+    /// could not be recovered.
+    fn track(&self) -> Result<usize, HoldersFull> {
+        let entry = self.holder.entry.load(Ordering::Acquire);
+        let entry = if entry == NO_ENTRY {
+            self.claim()?
+        } else {
+            entry
+        };
+        self.entry_value(entry).fetch_add(1, Ordering::SeqCst);
+        Ok(entry)
+    }
+
+    /// The claim of [`Self::track`] at a handle's first acquire.
     #[cold]
     #[inline(never)]
-    fn track_slow(&self, me: u64) -> Result<usize, HoldersFull> {
-        let holders = self.holders();
+    fn claim(&self) -> Result<usize, HoldersFull> {
         let _claims = CLAIMS.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = match holders.find(me) {
-            Some(i) => i,
-            None => {
-                let mut recovered = 0u64;
-                let slot = holders.claim(&mut Liveness::default(), |held| {
-                    recovered = recovered.saturating_add(held);
-                });
-                if recovered > 0 {
-                    self.give_capped(recovered);
-                }
-                slot.ok_or(HoldersFull)?
-            }
-        };
-        self.hint.store(slot, Ordering::Relaxed);
-        self.slot_held(slot).fetch_add(1, Ordering::SeqCst);
-        Ok(slot)
+        let entry = self.holder.entry.load(Ordering::Acquire);
+        if entry != NO_ENTRY {
+            return Ok(entry);
+        }
+        let mut recovered = Vec::new();
+        let entry = self.holders().claim_from(
+            NEXT_CLAIM.load(Ordering::Relaxed),
+            &mut Liveness::default(),
+            |value| recovered.push(value),
+        );
+        for value in recovered {
+            self.give_back(value);
+        }
+        let entry = entry.ok_or(HoldersFull)?;
+        NEXT_CLAIM.store(entry + 1, Ordering::Relaxed);
+        self.entry_value(entry)
+            .store((self.slot() as u64) << 32, Ordering::SeqCst);
+        self.holder.entry.store(entry, Ordering::Release);
+        Ok(entry)
     }
 
-    fn untrack(&self, slot: usize) {
-        self.slot_held(slot).fetch_sub(1, Ordering::SeqCst);
+    fn untrack(&self, entry: usize) {
+        self.entry_value(entry).fetch_sub(1, Ordering::SeqCst);
     }
 
-    /// Returns the permits of dead holders to the count; frees their slots.
+    /// Returns the permits of this semaphore's dead holders to the count; frees their entries.
+    /// (Other semaphores' dead holders are left to them, and to claims that find the table
+    /// full, so that a failed `try_acquire` checks the liveness of its own holders only.)
     fn recover(&self) {
-        let mut recovered = 0u64;
-        self.holders().sweep(&mut Liveness::default(), |held| {
-            recovered = recovered.saturating_add(held);
-        });
-        if recovered > 0 {
-            self.give_capped(recovered);
+        let mut recovered = Vec::new();
+        let mine = self.slot() as u64;
+        self.holders().sweep_if(
+            &mut Liveness::default(),
+            |value| value >> 32 == mine,
+            |value| recovered.push(value),
+        );
+        for value in recovered {
+            self.give_back(value);
         }
     }
 
@@ -313,7 +394,7 @@ impl Engine {
     ) -> Result<SemaphorePermit<'_>, E> {
         Ok(SemaphorePermit {
             engine: self,
-            slot: got?,
+            entry: got?,
             live: true,
         })
     }
@@ -327,7 +408,7 @@ impl Engine {
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct SemaphorePermit<'a> {
     engine: &'a Engine,
-    slot: usize,
+    entry: usize,
     live: bool,
 }
 
@@ -335,18 +416,18 @@ impl SemaphorePermit<'_> {
     /// Keeps the permit taken forever (Python's `acquire()` without `release()`): the count
     /// stays one lower, and the permit is no longer recovered if this process dies.
     pub fn forget(mut self) {
-        self.engine.untrack(self.slot);
+        self.engine.untrack(self.entry);
         self.live = false;
     }
 }
 
 impl<'a> SemaphorePermit<'a> {
-    /// Hands the permit over to an owned one: its slot, with this guard no longer releasing it.
+    /// Hands the permit over to an owned one: its entry, with this guard no longer releasing it.
     fn into_owned(mut self) -> OwnedSemaphorePermit {
         self.live = false;
         OwnedSemaphorePermit {
             engine: self.engine.clone(),
-            slot: self.slot,
+            entry: self.entry,
             live: true,
         }
     }
@@ -355,7 +436,7 @@ impl<'a> SemaphorePermit<'a> {
 impl Drop for SemaphorePermit<'_> {
     fn drop(&mut self) {
         if self.live {
-            self.engine.untrack(self.slot);
+            self.engine.untrack(self.entry);
             // Above the bound only after an unmatched `release`, which was accepted then; the
             // flag records it and the count stays at the bound.
             let _ = self.engine.give(1);
@@ -375,14 +456,14 @@ impl fmt::Debug for SemaphorePermit<'_> {
 #[must_use = "the permit is released as soon as it is dropped"]
 pub struct OwnedSemaphorePermit {
     engine: Engine,
-    slot: usize,
+    entry: usize,
     live: bool,
 }
 
 impl OwnedSemaphorePermit {
     /// As [`SemaphorePermit::forget`].
     pub fn forget(mut self) {
-        self.engine.untrack(self.slot);
+        self.engine.untrack(self.entry);
         self.live = false;
     }
 }
@@ -390,7 +471,7 @@ impl OwnedSemaphorePermit {
 impl Drop for OwnedSemaphorePermit {
     fn drop(&mut self) {
         if self.live {
-            self.engine.untrack(self.slot);
+            self.engine.untrack(self.entry);
             let _ = self.engine.give(1);
         }
     }
@@ -516,7 +597,8 @@ macro_rules! semaphore_methods {
 /// `multiprocessing.Semaphore`, with `.await`.
 ///
 /// A handle like every primitive here: clone it, pass it to a child process, send it in a
-/// message. The count lives in a shared page; acquiring an available permit and releasing one
+/// message. The count lives in a 64-byte slot of a shared arena (thousands of semaphores share
+/// one memfd and eight wake-up eventfds); acquiring an available permit and releasing one
 /// nobody waits for make no system call.
 ///
 /// [`acquire`](Self::acquire) returns a [`SemaphorePermit`] that gives the permit back when
@@ -524,15 +606,16 @@ macro_rules! semaphore_methods {
 /// as a signal), up to [`Semaphore::MAX_PERMITS`].
 ///
 /// # Crash behavior
-/// Each process's permits (the live [`SemaphorePermit`]s) are counted in a table in the shared
-/// state, one entry per process (pid and start time). When a process dies holding permits, all
-/// of them are returned to the semaphore by the next waiter (within about 50 ms), by the next
-/// `try_acquire` that finds none available, or by the next process that needs a new entry
-/// while the table is full; the dead process's entry is reused.
+/// Each process's permits (the live [`SemaphorePermit`]s) are counted in a table shared by the
+/// semaphores of the arena, one entry per handle and process that has acquired (pid and start
+/// time; the semaphore; the permits held), released when the process drops the handle. When a
+/// process dies holding permits, all of them are returned to the semaphore by the next waiter
+/// (within about 50 ms), by the next `try_acquire` that finds none available, or by the next
+/// process that needs a new entry while the table is full; the dead process's entry is reused.
 ///
-/// Up to [`Semaphore::MAX_HOLDERS`] (65,536) processes can hold permits at once; the table is
-/// sized for that when the semaphore is created, but only the part in use costs memory (16
-/// bytes a process). A process beyond the limit is refused rather than given a permit that
+/// Up to [`Semaphore::MAX_HOLDERS`] (65,536) such entries can be live at once in one arena
+/// (whose up to 16,383 semaphores share the table); only the part in use costs memory (16
+/// bytes an entry). A process beyond the limit is refused rather than given a permit that
 /// could not be recovered: `try_acquire` fails with [`TryAcquireError::TooManyHolders`] and
 /// the waiting forms with an error whose source it is, and the permit stays in the semaphore.
 /// A process killed in the instant between taking a permit and recording it can lose that one
@@ -559,14 +642,15 @@ impl Semaphore {
     /// The most permits a semaphore can hold.
     pub const MAX_PERMITS: usize = u32::MAX as usize;
 
-    /// The most processes that can hold permits of one semaphore at once (65,536); see
-    /// `# Crash behavior`.
+    /// The most holder entries (one per semaphore handle and process that has acquired) live
+    /// at once among the semaphores of one arena (65,536); see `# Crash behavior`.
     pub const MAX_HOLDERS: usize = 1 << 16;
 
     /// Creates a semaphore holding `permits` permits.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     ///
     /// # Panics
     /// When `permits` exceeds [`Semaphore::MAX_PERMITS`].
@@ -641,7 +725,8 @@ impl BoundedSemaphore {
     /// Creates a semaphore holding `permits` permits, which is also its bound.
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd.
+    /// When the process's arenas are full and the kernel refuses a new arena's memfd, mapping or
+    /// eventfds (out of memory or descriptors).
     ///
     /// # Panics
     /// When `permits` exceeds [`Semaphore::MAX_PERMITS`].
@@ -688,81 +773,160 @@ impl<'de> Deserialize<'de> for BoundedSemaphore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::owner;
+
+    /// Records `held` permits of `sem` for `owner` in entry `i` of its arena's owner table.
+    fn record(sem: &Semaphore, i: usize, owner: u64, held: u64) {
+        let e = &sem.engine;
+        e.holders().owner(i).store(owner, Ordering::SeqCst);
+        e.entry_value(i)
+            .store(((e.slot() as u64) << 32) | held, Ordering::SeqCst);
+    }
+
+    /// The tests share their arena's owner table: one at a time.
+    static SERIAL: Mutex<()> = Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A free entry of the arena's owner table (the last one free), with the window grown to
+    /// include it, for a test to fake a holder in.
+    fn spare_entry(sem: &Semaphore) -> usize {
+        let table = sem.engine.holders();
+        let i = (0..TABLE_ENTRIES)
+            .rev()
+            .find(|&i| table.owner(i).load(Ordering::SeqCst) == 0)
+            .unwrap();
+        sem.engine
+            .arena()
+            .atomic_u64(TABLE_WINDOW_AT)
+            .fetch_max((i + 1) as u64, Ordering::SeqCst);
+        assert_eq!(table.owner(i).load(Ordering::SeqCst), 0);
+        i
+    }
 
     #[test]
     fn dead_holders_permits_come_back() {
+        let _serial = serial();
         let sem = Semaphore::new(1).unwrap();
         let e = &sem.engine;
-        // Simulate a dead process (our pid, another start time) holding the only permit.
+        // A dead process (our pid, another start time) holds the only permit.
         assert!(e.take());
-        e.slot_owner(5).store(owner::me() ^ 1, Ordering::SeqCst);
-        e.slot_held(5).store(1, Ordering::SeqCst);
+        let fake = spare_entry(&sem);
+        record(&sem, fake, owner::me() ^ 1, 1);
         assert_eq!(sem.available_permits(), 0);
         let p = sem.try_acquire().unwrap();
-        assert_eq!(e.slot_owner(5).load(Ordering::SeqCst), 0);
+        assert_eq!(e.holders().owner(fake).load(Ordering::SeqCst), 0);
         drop(p);
         assert_eq!(sem.available_permits(), 1);
     }
 
     #[test]
-    fn table_counts_own_permits() {
+    fn the_table_counts_a_handles_permits_in_one_entry_and_frees_it_with_the_handle() {
+        let _serial = serial();
         let sem = Semaphore::new(3).unwrap();
         let a = sem.try_acquire().unwrap();
         let b = sem.try_acquire().unwrap();
-        let slot = a.slot;
-        assert_eq!(b.slot, slot);
-        assert_eq!(sem.engine.slot_held(slot).load(Ordering::SeqCst), 2);
+        let entry = a.entry;
+        assert_eq!(b.entry, entry);
+        let value = sem.engine.entry_value(entry).load(Ordering::SeqCst);
+        assert_eq!(value, ((sem.engine.slot() as u64) << 32) | 2);
         b.forget();
         drop(a);
-        assert_eq!(sem.engine.slot_held(slot).load(Ordering::SeqCst), 0);
+        assert_eq!(
+            sem.engine.entry_value(entry).load(Ordering::SeqCst) & 0xffff_ffff,
+            0
+        );
         assert_eq!(sem.available_permits(), 2);
+        let table = sem.engine.holders();
+        assert_eq!(table.owner(entry).load(Ordering::SeqCst), owner::me());
+        let region = sem.engine.arena().clone();
+        drop(sem);
+        // The handle is gone: its entry is free again.
+        let table = Table::new(&region, HOLDERS);
+        assert_ne!(table.owner(entry).load(Ordering::SeqCst), owner::me());
     }
 
-    #[test]
-    fn one_slot_per_process_across_handles() {
-        let sem = Semaphore::new(3).unwrap();
-        // A second handle of the same semaphore in this process (as if received twice).
-        let other = Semaphore {
-            engine: Engine {
-                core: sem.engine.core.clone(),
-                hint: Arc::default(),
-            },
-        };
-        // Occupy slot 0 with a live stranger (pid 1, any start time) so that the hint misses.
-        sem.engine.slot_owner(0).store(1 << 32, Ordering::SeqCst);
-        let a = sem.try_acquire().unwrap();
-        let b = other.try_acquire().unwrap();
-        assert_ne!(a.slot, 0);
-        assert_eq!(a.slot, b.slot);
-        assert_eq!(sem.engine.slot_held(a.slot).load(Ordering::SeqCst), 2);
-    }
-
-    #[test]
-    fn a_full_table_of_dead_holders_is_reclaimed_on_claim() {
-        let sem = Semaphore::new(300).unwrap();
-        let e = &sem.engine;
-        // 252 dead holders (the first window) with one permit each.
-        for i in 0..252 {
-            assert!(e.take());
-            e.slot_owner(i).store(owner::me() ^ 1, Ordering::SeqCst);
-            e.slot_held(i).store(1, Ordering::SeqCst);
+    /// What a claim that finds the table full does: reclaims every dead holder's entry, of
+    /// any semaphore of the arena, and gives each one's permits back.
+    fn sweep_every_holder(engine: &Engine) {
+        let mut values = Vec::new();
+        engine
+            .holders()
+            .sweep(&mut Liveness::default(), |v| values.push(v));
+        for v in values {
+            engine.give_back(v);
         }
-        assert_eq!(sem.available_permits(), 48);
-        let p = sem.try_acquire().unwrap();
-        assert_eq!(p.slot, 0);
-        assert_eq!(e.holders().window(), 252, "reclaimed, not grown");
-        assert_eq!(sem.available_permits(), 299);
+    }
+
+    #[test]
+    fn a_dead_holders_permits_go_back_to_the_semaphore_its_entry_names() {
+        let _serial = serial();
+        let mine = Semaphore::new(1).unwrap();
+        let other = BoundedSemaphore::new(2).unwrap();
+        assert!(other.engine.take());
+        assert!(other.engine.take());
+        let i = spare_entry(&mine);
+        let o = &other.engine;
+        o.holders()
+            .owner(i)
+            .store(owner::me() ^ 1, Ordering::SeqCst);
+        o.entry_value(i)
+            .store(((o.slot() as u64) << 32) | 2, Ordering::SeqCst);
+        // A sweep by another semaphore of the arena leaves them to `other` ...
+        mine.engine.recover();
+        assert_eq!(other.available_permits(), 0);
+        // ... and a full-window claim's sweep returns them to it, within its bound.
+        sweep_every_holder(&mine.engine);
+        assert_eq!(other.available_permits(), 2);
+        assert_eq!(mine.available_permits(), 1);
+        // An entry naming a slot that is no semaphore (a lock's) gives nothing to anyone.
+        let lock = crate::Lock::new().unwrap();
+        let guard = lock.try_lock().unwrap();
+        let lock_slot = (1..ARENA_SLOTS)
+            .find(|&s| {
+                o.arena()
+                    .atomic_u64(s * SLOT_LEN + 8)
+                    .load(Ordering::SeqCst)
+                    == owner::me()
+                    && o.arena()
+                        .atomic_u64(s * SLOT_LEN + KIND)
+                        .load(Ordering::SeqCst)
+                        == 0
+            })
+            .unwrap();
+        o.holders()
+            .owner(i)
+            .store(owner::me() ^ 1, Ordering::SeqCst);
+        o.entry_value(i)
+            .store(((lock_slot as u64) << 32) | 5, Ordering::SeqCst);
+        sweep_every_holder(&mine.engine);
+        assert_eq!(o.holders().owner(i).load(Ordering::SeqCst), 0);
+        assert!(lock.is_locked());
+        assert_eq!(lock.owner_pid(), Some(std::process::id()));
+        drop(guard);
+        assert_eq!(mine.available_permits(), 1);
+        assert_eq!(other.available_permits(), 2);
     }
 
     #[tokio::test]
+    // The serial guard must span the whole test, and the await inside fails at once.
+    #[allow(clippy::await_holding_lock)]
     async fn a_table_full_of_live_holders_refuses_and_keeps_the_permit() {
+        let _serial = serial();
         let sem = Semaphore::new(2).unwrap();
         let e = &sem.engine;
-        // Every slot held by a live stranger (pid 1, any start time).
-        for i in 0..Semaphore::MAX_HOLDERS {
-            e.slot_owner(i).store(1 << 32, Ordering::SeqCst);
-        }
-        assert_eq!(e.holders().claim(&mut Liveness::default(), |_| {}), None);
+        let table = e.holders();
+        let taken: Vec<usize> = (0..Semaphore::MAX_HOLDERS)
+            .filter(|&i| {
+                table
+                    .owner(i)
+                    .compare_exchange(0, 1 << 32, Ordering::SeqCst, Ordering::SeqCst)
+                    .is_ok()
+            })
+            .collect();
+        assert_eq!(table.claim(&mut Liveness::default(), |_| {}), None);
         assert_eq!(
             sem.try_acquire().unwrap_err(),
             TryAcquireError::TooManyHolders
@@ -774,9 +938,16 @@ mod tests {
             "too many processes hold permits (the limit is 65536)"
         );
         assert_eq!(sem.available_permits(), 2);
-        // A slot freed by its owner is found again.
-        e.slot_owner(70).store(0, Ordering::SeqCst);
+        // An entry freed by its owner is found again.
+        let freed = taken[taken.len() / 2];
+        table.owner(freed).store(0, Ordering::SeqCst);
         let p = sem.try_acquire().unwrap();
-        assert_eq!(p.slot, 70);
+        assert_eq!(p.entry, freed);
+        drop(p);
+        for i in taken {
+            let _ = table
+                .owner(i)
+                .compare_exchange(1 << 32, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
     }
 }

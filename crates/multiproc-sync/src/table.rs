@@ -123,6 +123,7 @@ impl<'a> Table<'a> {
     }
 
     /// The first slot in the window owned by `id`, if any.
+    #[cfg(test)]
     pub(crate) fn find(&self, id: u64) -> Option<usize> {
         (0..self.window()).find(|&i| self.owner(i).load(Ordering::SeqCst) == id)
     }
@@ -130,8 +131,15 @@ impl<'a> Table<'a> {
     /// Claims a free slot for this process, with value 0. When the window is full, first
     /// reclaims the slots of dead owners (handing each one's value to `reclaimed`), then grows
     /// the window. `None` only when all `capacity` slots have live owners.
-    pub(crate) fn claim(
+    pub(crate) fn claim(&self, alive: &mut Liveness, reclaimed: impl FnMut(u64)) -> Option<usize> {
+        self.claim_from(0, alive, reclaimed)
+    }
+
+    /// [`Self::claim`], looking from slot `start` on (then from 0): for a table shared by many
+    /// primitives, where the lowest free slot would cost a scan of every live one.
+    pub(crate) fn claim_from(
         &self,
+        start: usize,
         alive: &mut Liveness,
         mut reclaimed: impl FnMut(u64),
     ) -> Option<usize> {
@@ -139,7 +147,8 @@ impl<'a> Table<'a> {
         let mut swept = false;
         loop {
             let w = self.window();
-            if let Some(i) = (0..w).find(|&i| {
+            let start = start.min(w);
+            if let Some(i) = (start..w).chain(0..start).find(|&i| {
                 let o = self.owner(i);
                 o.load(Ordering::SeqCst) == 0
                     && o.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
@@ -193,10 +202,24 @@ impl<'a> Table<'a> {
 
     /// Reclaims every slot in the window whose owner is dead, handing each one's value to
     /// `reclaimed`; returns how many slots it freed.
-    pub(crate) fn sweep(&self, alive: &mut Liveness, mut reclaimed: impl FnMut(u64)) -> usize {
+    pub(crate) fn sweep(&self, alive: &mut Liveness, reclaimed: impl FnMut(u64)) -> usize {
+        self.sweep_if(alive, |_| true, reclaimed)
+    }
+
+    /// [`Self::sweep`] of the slots whose value `wanted` accepts (looked at before the owner's
+    /// liveness, which costs a read of `/proc`): for a table shared by many primitives.
+    pub(crate) fn sweep_if(
+        &self,
+        alive: &mut Liveness,
+        wanted: impl Fn(u64) -> bool,
+        mut reclaimed: impl FnMut(u64),
+    ) -> usize {
         let mut freed = 0;
         for i in 0..self.window() {
             let o = self.owner(i).load(Ordering::SeqCst);
+            if o == 0 || !wanted(self.value(i).load(Ordering::SeqCst)) {
+                continue;
+            }
             if let Some(value) = self.reclaim(i, o, alive) {
                 reclaimed(value);
                 freed += 1;

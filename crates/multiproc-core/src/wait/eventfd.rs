@@ -54,6 +54,11 @@ impl EventFd {
         })
     }
 
+    /// The descriptor.
+    pub(crate) fn shared_fd(&self) -> &SharedFd {
+        &self.fd
+    }
+
     /// Wakes every current `Waiter` and `BlockingWaiter` of this eventfd, in every process
     /// (`write(2)` of 1).
     ///
@@ -225,15 +230,31 @@ impl Serialize for EventFd {
     }
 }
 
+impl EventFd {
+    /// An eventfd received from another process, after checking (through `/proc`) that it is
+    /// one.
+    ///
+    /// # Errors
+    /// When it is not an eventfd, or cannot be inspected.
+    pub(crate) fn from_received(fd: SharedFd) -> io::Result<Self> {
+        let link =
+            std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).map_err(|e| {
+                io::Error::new(e.kind(), format!("cannot inspect received descriptor: {e}"))
+            })?;
+        if link.as_os_str() != "anon_inode:[eventfd]" {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "received descriptor is not an eventfd",
+            ));
+        }
+        Ok(Self { fd })
+    }
+}
+
 impl<'de> Deserialize<'de> for EventFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let fd = SharedFd::deserialize(deserializer)?;
-        let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd()))
-            .map_err(|e| D::Error::custom(format!("cannot inspect received descriptor: {e}")))?;
-        if link.as_os_str() != "anon_inode:[eventfd]" {
-            return Err(D::Error::custom("received descriptor is not an eventfd"));
-        }
-        Ok(Self { fd })
+        Self::from_received(fd).map_err(D::Error::custom)
     }
 }
 

@@ -19,7 +19,9 @@
 //! last stays cached.
 //!
 //! **The area.** Waiting across processes without blocking a runtime thread: the eventfd wake-up
-//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the robust
+//! ([`eventfd`]), the wait queue every primitive and queue parks on ([`WaitQueue`]), the arenas
+//! that hold thousands of small primitives' state and share a few eventfds among them
+//! ([`arena`]), the robust
 //! lock over it that `multiproc-sync`'s `Lock` and the queue share ([`RobustLock`]), the one
 //! spin policy that decides when to park and its driver loop ([`spin`]), the liveness tick
 //! ([`LIVENESS_TICK`]) and the timeout-to-deadline rule ([`deadline_after`]).
@@ -27,6 +29,7 @@
 //! May import: `shm`, `sys` (process identities too), `message` (for handles that travel).
 //! Never `transport` or `proc`.
 
+pub mod arena;
 pub mod eventfd;
 mod robust_lock;
 pub mod spin;

@@ -18,7 +18,7 @@ const LEN: usize = 64;
 
 /// A cross-process lock owned by a *process*, which a waiter takes over when the holder dies.
 ///
-/// The state is one word in a shared page: 0 when free, else the holder's process identity
+/// The state is one word in a 64-byte arena slot: 0 when free, else the holder's process identity
 /// (pid plus start time, so a recycled pid never passes for the holder). Taking a free lock
 /// and releasing one nobody waits for are one compare-and-swap each, no system call. A waiter
 /// parks on a [`WaitQueue`] and, every [`LIVENESS_TICK`], checks whether the holder died; if
@@ -33,19 +33,21 @@ pub struct RobustLock {
 }
 
 impl RobustLock {
-    /// Creates an unlocked lock.
+    /// Creates an unlocked lock, in a 64-byte slot of one of the process's
+    /// [arenas](crate::wait::arena).
     ///
     /// # Errors
-    /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
+    /// When every arena is full and the kernel refuses a new one's memfd, mapping or eventfds
+    /// (out of memory or descriptors).
     pub fn new() -> io::Result<Self> {
         Ok(Self {
-            queue: WaitQueue::new(LEN)?,
+            queue: WaitQueue::in_arena()?,
         })
     }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.queue.region().atomic_u64(OWNER)
+        self.queue.atomic_u64(OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. `Some(died)` when
@@ -141,7 +143,7 @@ impl RobustLock {
 
     /// Whether `self` and `other` are the same lock.
     pub fn same_lock(&self, other: &RobustLock) -> bool {
-        self.queue.region().same_region(other.queue.region())
+        self.queue.same_queue(&other.queue)
     }
 }
 

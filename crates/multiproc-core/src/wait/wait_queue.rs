@@ -1,13 +1,15 @@
 //! The wait queue; its protocol is argued in the [area docs](super).
 
 use std::io;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::shm::SharedRegion;
+use crate::wait::arena::{SLOT_LEN, Slot, SlotWire};
 use crate::wait::eventfd::{BlockingWaiter, EventFd, Waiter};
 use crate::wait::spin::{self, Contention, SpinPolicy, Spun};
 
@@ -16,28 +18,39 @@ use crate::wait::spin::{self, Contention, SpinPolicy, Spun};
 pub const LIVENESS_TICK: Duration = Duration::from_millis(50);
 
 /// A waiter count in a shared region plus an eventfd: a cross-process wait queue (see the
-/// [module docs](crate::wait)). Serializes as both descriptors.
+/// [module docs](crate::wait)). Serializes as its descriptors.
 ///
-/// The waiter count is the `AtomicU32` at byte `WAITERS_AT` of the region: 0 for a primitive
-/// with a region of its own; state that needs several wait queues in one region gives each its
-/// own offset. A constant, so that the waker's bounds check folds away on unlock paths.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// The waiter count is the `AtomicU32` at byte `WAITERS_AT` of the queue's state: 0 for a
+/// primitive with a region or arena slot of its own; state that needs several wait queues in one
+/// region gives each its own offset. A constant, so that the waker's bounds check folds away on
+/// unlock paths.
+///
+/// The state is either a region of its own ([`WaitQueue::new`], [`WaitQueue::in_region`]) or
+/// a 64-byte slot of an [arena](crate::wait::arena) shared with thousands of other primitives
+/// ([`WaitQueue::in_arena`]), which parks on one of the arena's few eventfds. Offsets given to
+/// [`WaitQueue::atomic_u32`] and [`WaitQueue::atomic_u64`] are relative to the state's start in
+/// both cases.
+#[derive(Clone, Debug)]
 pub struct WaitQueue<const WAITERS_AT: usize = 0> {
     region: SharedRegion,
+    /// Where the state starts in `region`: 0, or the arena slot's offset.
+    base: usize,
     efd: EventFd,
-    /// This process's reusable registrations of `efd`, shared by the clones of the handle.
-    #[serde(skip)]
+    /// This process's reusable registrations of `efd`, shared by the clones of the handle (and,
+    /// in an arena, by every slot of the lane).
     cache: Arc<Registrations>,
+    /// Whether this handle's waits spin, from how their spins went.
+    spin: Arc<Mutex<SpinPolicy>>,
+    /// The arena slot the state lives in, if it does.
+    slot: Option<Arc<Slot>>,
 }
 
-/// The cached registrations of one [`WaitQueue`]'s eventfd; see the [module docs](crate::wait).
+/// The cached registrations of one eventfd; see the [module docs](crate::wait).
 #[derive(Default)]
-struct Registrations {
+pub(crate) struct Registrations {
     /// An async registration and the runtime whose reactor it belongs to.
-    tokio: Slot<(tokio::runtime::Id, Waiter)>,
-    blocking: Slot<BlockingWaiter>,
-    /// Whether this handle's waits spin, from how their spins went.
-    spin: Mutex<SpinPolicy>,
+    tokio: Slot1<(tokio::runtime::Id, Waiter)>,
+    blocking: Slot1<BlockingWaiter>,
 }
 
 impl std::fmt::Debug for Registrations {
@@ -47,15 +60,15 @@ impl std::fmt::Debug for Registrations {
 }
 
 /// At most one cached value, taken exclusively.
-struct Slot<T>(Mutex<Option<T>>);
+struct Slot1<T>(Mutex<Option<T>>);
 
-impl<T> Default for Slot<T> {
+impl<T> Default for Slot1<T> {
     fn default() -> Self {
         Self(Mutex::new(None))
     }
 }
 
-impl<T> Slot<T> {
+impl<T> Slot1<T> {
     fn take(&self) -> Option<T> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
@@ -73,7 +86,7 @@ impl<T> Slot<T> {
 
 /// A registration taken from a [`Slot`] (or made fresh) for one wait; goes back on drop.
 struct Taken<'a, T> {
-    slot: &'a Slot<T>,
+    slot: &'a Slot1<T>,
     value: Option<T>,
 }
 
@@ -116,9 +129,39 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     pub fn new(len: usize) -> io::Result<Self> {
         Ok(Self {
             region: SharedRegion::new(len.max(WAITERS_AT + 4))?,
+            base: 0,
             efd: EventFd::new()?,
             cache: Arc::default(),
+            spin: Arc::default(),
+            slot: None,
         })
+    }
+
+    /// A wait queue whose state is a fresh, zeroed [`SLOT_LEN`]-byte slot of an
+    /// [arena](crate::wait::arena) (the waiter count included): for primitives whose state fits,
+    /// so that thousands of them share one memfd and a few eventfds.
+    ///
+    /// # Errors
+    /// When every arena of the process is full and a new one's memfd, mapping or eventfds
+    /// cannot be made.
+    ///
+    /// # Panics
+    /// When `WAITERS_AT` lies outside the slot.
+    pub fn in_arena() -> io::Result<Self> {
+        assert!(WAITERS_AT + 4 <= SLOT_LEN, "waiter count outside the slot");
+        Ok(Self::of_slot(Slot::allocate()?))
+    }
+
+    fn of_slot(slot: Arc<Slot>) -> Self {
+        let lane = slot.lane();
+        Self {
+            region: slot.region().clone(),
+            base: slot.base(),
+            efd: lane.efd.clone(),
+            cache: lane.cache.clone(),
+            spin: Arc::default(),
+            slot: Some(slot),
+        }
     }
 
     /// A wait queue over an existing `region` (its waiter count at `WAITERS_AT`), woken
@@ -130,15 +173,74 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         region.atomic_u32(WAITERS_AT);
         Self {
             region,
+            base: 0,
             efd,
             cache: Arc::default(),
+            spin: Arc::default(),
+            slot: None,
         }
     }
 
-    /// The shared region.
+    /// The shared region of a queue with a region of its own ([`Self::new`],
+    /// [`Self::in_region`]).
+    ///
+    /// # Panics
+    /// For a queue in an arena slot, whose region is the whole arena, shared with thousands of
+    /// other primitives: offsets into it would land on other primitives' words. Use
+    /// [`Self::atomic_u32`] and [`Self::atomic_u64`] (whose offsets start at the slot), or
+    /// [`Self::arena_region`] for the arena's shared parts.
     #[inline]
     pub fn region(&self) -> &SharedRegion {
+        if self.slot.is_some() {
+            region_of_slot();
+        }
         &self.region
+    }
+
+    /// The whole arena, for a queue in an arena slot (see [`arena`](crate::wait::arena) for
+    /// its layout); `None` for a queue with a region of its own.
+    pub fn arena_region(&self) -> Option<&SharedRegion> {
+        self.slot.as_ref().map(|_| &self.region)
+    }
+
+    /// The `AtomicU32` at byte `offset` of the queue's state.
+    ///
+    /// # Panics
+    /// Out of the state's bounds (as [`SharedRegion::atomic_u32`] for a region; past the slot
+    /// for an arena slot) or misaligned.
+    #[inline]
+    pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        self.check_slot(offset, 4);
+        self.region.atomic_u32(self.base + offset)
+    }
+
+    /// The `AtomicU64` at byte `offset` of the queue's state; panics as [`Self::atomic_u32`].
+    #[inline]
+    pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        self.check_slot(offset, 8);
+        self.region.atomic_u64(self.base + offset)
+    }
+
+    #[inline]
+    fn check_slot(&self, offset: usize, size: usize) {
+        if self.slot.is_some() && offset + size > SLOT_LEN {
+            out_of_slot(offset);
+        }
+    }
+
+    /// The index of the arena slot the state lives in (its offset in [`Self::region`] is
+    /// `index * SLOT_LEN`), if it lives in one.
+    pub fn arena_slot(&self) -> Option<usize> {
+        self.slot.as_ref().map(|s| s.index() as usize)
+    }
+
+    /// Whether `self` and `other` are the same queue (the same region, or the same slot).
+    pub fn same_queue(&self, other: &Self) -> bool {
+        match (&self.slot, &other.slot) {
+            (Some(a), Some(b)) => a.same_slot(b),
+            (None, None) => self.region.same_region(&other.region),
+            _ => false,
+        }
     }
 
     /// The eventfd.
@@ -184,10 +286,13 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// # Errors
     /// A message saying what was expected.
     pub fn check_len(&self, len: usize) -> Result<(), String> {
-        if self.region.len() < len {
+        let have = match self.slot {
+            Some(_) => SLOT_LEN,
+            None => self.region.len(),
+        };
+        if have < len {
             Err(format!(
-                "shared state of {} bytes, expected at least {len}",
-                self.region.len()
+                "shared state of {have} bytes, expected at least {len}"
             ))
         } else {
             Ok(())
@@ -196,7 +301,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
 
     #[inline]
     fn waiters(&self) -> &AtomicU32 {
-        self.region.atomic_u32(WAITERS_AT)
+        self.region.atomic_u32(self.base + WAITERS_AT)
     }
 
     /// How many waiters, in every process, are parked on this queue now (spinning ones are not
@@ -342,10 +447,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     }
 
     fn spin_policy(&self) -> std::sync::MutexGuard<'_, SpinPolicy> {
-        self.cache
-            .spin
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.spin.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The blocking twin of [`Self::spin_then_wait_until`].
@@ -478,6 +580,77 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     }
 }
 
+/// The panic of [`WaitQueue::atomic_u32`] past an arena slot, out of line.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn out_of_slot(offset: usize) -> ! {
+    panic!("wait queue state offset {offset} past its {SLOT_LEN}-byte arena slot")
+}
+
+/// The panic of [`WaitQueue::region`] for a queue in an arena slot, out of line.
+#[cold]
+#[inline(never)]
+#[track_caller]
+fn region_of_slot() -> ! {
+    panic!("a wait queue in an arena slot has no region of its own: use its atomic accessors")
+}
+
+/// A [`WaitQueue`] on the wire (sending).
+#[derive(Serialize)]
+enum WireRef<'a> {
+    Own {
+        region: &'a SharedRegion,
+        efd: &'a EventFd,
+    },
+    Slot(SlotWire),
+}
+
+/// A [`WaitQueue`] on the wire (receiving); the variants as in [`WireRef`].
+#[derive(Deserialize)]
+enum Wire {
+    Own { region: SharedRegion, efd: EventFd },
+    Slot(SlotWire),
+}
+
+impl<const WAITERS_AT: usize> Serialize for WaitQueue<WAITERS_AT> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match &self.slot {
+            Some(slot) => WireRef::Slot(slot.to_wire()),
+            None => WireRef::Own {
+                region: &self.region,
+                efd: &self.efd,
+            },
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de, const WAITERS_AT: usize> Deserialize<'de> for WaitQueue<WAITERS_AT> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        match Wire::deserialize(deserializer)? {
+            Wire::Own { region, efd } => {
+                if region.len() < WAITERS_AT + 4 {
+                    return Err(D::Error::custom(
+                        "shared state too small for its waiter count",
+                    ));
+                }
+                Ok(Self::in_region(region, efd))
+            }
+            Wire::Slot(wire) => {
+                if WAITERS_AT + 4 > SLOT_LEN {
+                    return Err(D::Error::custom(
+                        "an arena slot cannot hold this wait queue",
+                    ));
+                }
+                Ok(Self::of_slot(
+                    Slot::from_wire(wire).map_err(D::Error::custom)?,
+                ))
+            }
+        }
+    }
+}
+
 /// How a `*_timeout` wait begins.
 enum TimedStart<T> {
     /// Over at once: a value, or none because the timeout is zero.
@@ -605,6 +778,31 @@ mod tests {
         assert_eq!(got, None);
         assert!(Instant::now() >= deadline);
         assert_eq!(core.waiters().load(Ordering::SeqCst), 0);
+    }
+
+    // ---- arena slots ----
+
+    #[test]
+    fn a_queue_in_an_arena_addresses_its_own_slot_only() {
+        let a = WaitQueue::<0>::in_arena().unwrap();
+        let b = WaitQueue::<0>::in_arena().unwrap();
+        assert!(!a.same_queue(&b));
+        assert!(a.same_queue(&a.clone()));
+        a.atomic_u64(8).store(1, Ordering::SeqCst);
+        assert_eq!(b.atomic_u64(8).load(Ordering::SeqCst), 0);
+        let (ia, ib) = (a.arena_slot().unwrap(), b.arena_slot().unwrap());
+        let arena = a.arena_region().unwrap();
+        if b.arena_region().unwrap().same_region(arena) {
+            assert_ne!(ia, ib);
+            assert_eq!(
+                arena.atomic_u64(ia * SLOT_LEN + 8).load(Ordering::SeqCst),
+                1
+            );
+        }
+        assert!(std::panic::catch_unwind(|| a.atomic_u64(SLOT_LEN)).is_err());
+        assert!(std::panic::catch_unwind(|| a.region().len()).is_err());
+        assert_eq!(a.check_len(SLOT_LEN), Ok(()));
+        assert!(a.check_len(SLOT_LEN + 1).is_err());
     }
 
     // ---- reused registrations ----
