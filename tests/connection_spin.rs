@@ -72,7 +72,10 @@ async fn tcp_round_trips_come_back_whole_caught_or_parked() {
     for i in 0..3 {
         let bytes = pattern(64, i);
         end.send(Ask::Late(150, bytes.clone())).await.unwrap();
-        assert_eq!(within("late answer", end.recv()).await.unwrap(), Some(bytes));
+        assert_eq!(
+            within("late answer", end.recv()).await.unwrap(),
+            Some(bytes)
+        );
         asked += 1;
     }
     // The peer closes while an answer is due: end of stream, not a hang or an error.

@@ -157,7 +157,9 @@ pub(crate) fn parts(outcomes: &[Result<Bytes, WireError>]) -> Vec<(usize, usize,
 }
 
 /// The outcomes in a result part: each task's encoded result, or its error.
-pub(crate) fn outcomes(payload: &Bytes) -> Result<Vec<Result<Bytes, Result<WireError, String>>>, String> {
+pub(crate) fn outcomes(
+    payload: &Bytes,
+) -> Result<Vec<Result<Bytes, Result<WireError, String>>>, String> {
     let mut at = 0;
     let n = count(payload, &mut at)?;
     let mut out = Vec::with_capacity(n);
@@ -172,7 +174,10 @@ pub(crate) fn outcomes(payload: &Bytes) -> Result<Vec<Result<Bytes, Result<WireE
         });
     }
     if at != payload.len() {
-        return Err(format!("{} bytes after the last outcome", payload.len() - at));
+        return Err(format!(
+            "{} bytes after the last outcome",
+            payload.len() - at
+        ));
     }
     Ok(out)
 }

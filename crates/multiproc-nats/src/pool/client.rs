@@ -390,9 +390,10 @@ impl Pool {
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<TaskHandle<R>>, PoolError> {
         let items: Vec<A> = items.into_iter().collect();
-        let per_chunk = self.shared.chunksize.unwrap_or_else(|| {
-            items.len().div_ceil(AUTO_CHUNKS).clamp(1, MAX_AUTO_CHUNK)
-        });
+        let per_chunk = self
+            .shared
+            .chunksize
+            .unwrap_or_else(|| items.len().div_ceil(AUTO_CHUNKS).clamp(1, MAX_AUTO_CHUNK));
         let mut handles = Vec::with_capacity(items.len());
         let mut acks = Vec::new();
         let mut chunk = ChunkBuf::default();

@@ -289,8 +289,16 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePe
         let cause = "the hosts running it died or stopped answering".to_string();
         let all: Vec<usize> = (0..items.len()).collect();
         let mut outcomes = vec![Ok(Bytes::new()); items.len()];
-        ctx.exhaust(&chunk, &msg, &items, &all, delivered - 1, cause, &mut outcomes)
-            .await;
+        ctx.exhaust(
+            &chunk,
+            &msg,
+            &items,
+            &all,
+            delivered - 1,
+            cause,
+            &mut outcomes,
+        )
+        .await;
         return;
     }
     let Some(entry) = ctx.registry.get(&chunk.function).cloned() else {
@@ -372,8 +380,16 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePe
         // The whole chunk runs again (its results are delivered once all the same).
         let _ = msg.ack_with(AckKind::Nak(None)).await;
     } else {
-        ctx.exhaust(&chunk, &msg, &items, &retry, delivered, last_cause, &mut outcomes)
-            .await;
+        ctx.exhaust(
+            &chunk,
+            &msg,
+            &items,
+            &retry,
+            delivered,
+            last_cause,
+            &mut outcomes,
+        )
+        .await;
     }
 }
 
