@@ -156,10 +156,12 @@ pub(crate) fn parts(outcomes: &[Result<Bytes, WireError>]) -> Vec<(usize, usize,
     parts
 }
 
+/// One task's outcome as read from a result part: its encoded result, or its error (or why the
+/// error did not decode).
+pub(crate) type ReadOutcome = Result<Bytes, Result<WireError, String>>;
+
 /// The outcomes in a result part: each task's encoded result, or its error.
-pub(crate) fn outcomes(
-    payload: &Bytes,
-) -> Result<Vec<Result<Bytes, Result<WireError, String>>>, String> {
+pub(crate) fn outcomes(payload: &Bytes) -> Result<Vec<ReadOutcome>, String> {
     let mut at = 0;
     let n = count(payload, &mut at)?;
     let mut out = Vec::with_capacity(n);
