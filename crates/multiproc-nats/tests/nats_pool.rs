@@ -179,18 +179,20 @@ async fn map_imap_and_submit_across_two_hosts() {
     let _ = (a.kill(), b.kill());
 }
 
-#[tokio::test]
-async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
-    let server = NatsServer::start().expect("nats-server");
-    let pool = submitter(&server).await;
-    let dir = scratch_dir("kill");
+/// Runs `SLOW` over `n` items of `millis` each on two hosts, SIGKILLs the first host after
+/// `first` results, and checks that every result comes, once and in order.
+async fn kill_a_host_mid_run(
+    server: &NatsServer,
+    pool: &multiproc_nats::pool::Pool,
+    dir: &std::path::Path,
+    (n, millis, first): (u64, u64, usize),
+) {
     let a = multiproc_process::spawn((server.url(), false), host);
     let b = multiproc_process::spawn((server.url(), false), host);
-    let n = 40u64;
-    let items: Vec<_> = (0..n).map(|x| (dir.clone(), x, 100)).collect();
+    let items: Vec<_> = (0..n).map(|x| (dir.to_path_buf(), x, millis)).collect();
     let mut results = pool.imap(SLOW, items);
     let mut got = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..first {
         got.push(
             within("first results", results.next())
                 .await
@@ -204,6 +206,14 @@ async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
     }
     assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
     let _ = b.kill();
+}
+
+#[tokio::test]
+async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("kill");
+    kill_a_host_mid_run(&server, &pool, &dir, (40, 100, 5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -406,31 +416,13 @@ async fn a_chunk_with_one_failing_item_reports_that_item_and_the_others_results(
 #[tokio::test]
 async fn a_host_killed_mid_chunk_has_its_chunk_run_elsewhere_with_each_result_once() {
     let server = NatsServer::start().expect("nats-server");
+    // Eight tasks per message: the host killed after the third result is in the middle of a
+    // chunk (8 x 50 ms over its two workers).
     let pool = chunked_submitter(&server, Some(8)).await;
     let dir = scratch_dir("chunk-kill");
-    let a = multiproc_process::spawn((server.url(), false), host);
-    let b = multiproc_process::spawn((server.url(), false), host);
-    let n = 48u64;
-    let items: Vec<_> = (0..n).map(|x| (dir.clone(), x, 50)).collect();
-    let mut results = pool.imap(SLOW, items);
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        got.push(
-            within("first results", results.next())
-                .await
-                .unwrap()
-                .unwrap(),
-        );
-    }
-    // A is in the middle of a chunk (its chunks take 8 x 50 ms over two workers).
-    a.kill().unwrap();
-    while let Some(r) = within("the rest", results.next()).await {
-        got.push(r.expect("every task finishes on the surviving host"));
-    }
-    assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
-    let started = starts(&dir);
-    assert_eq!(started.len() as u64, n, "every task started");
-    let _ = b.kill();
+    let n = 48;
+    kill_a_host_mid_run(&server, &pool, &dir, (n, 50, 3)).await;
+    assert_eq!(starts(&dir).len() as u64, n, "every task started");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

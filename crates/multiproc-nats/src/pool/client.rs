@@ -398,12 +398,16 @@ impl Pool {
         let mut acks = Vec::new();
         let mut chunk = ChunkBuf::default();
         let mut args = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            args.clear();
-            postcard::to_io(&item, &mut args)
-                .map_err(|e| PoolError::encode(e.to_string()).at_item(i))?;
-            drop(item);
-            if chunk.full_for(&args, per_chunk) {
+        let mut items = items.into_iter().enumerate();
+        loop {
+            let next = items.next();
+            if let Some((i, item)) = &next {
+                args.clear();
+                postcard::to_io(item, &mut args)
+                    .map_err(|e| PoolError::encode(e.to_string()).at_item(*i))?;
+            }
+            // The chunk goes when the next item would not fit, or there is none.
+            if chunk.len() > 0 && (next.is_none() || chunk.full_for(&args, per_chunk)) {
                 let first = handles.len();
                 let (more, ack) = self
                     .publish(f, &mut chunk)
@@ -415,16 +419,10 @@ impl Pool {
                     futures::future::try_join_all(acks.drain(..)).await?;
                 }
             }
+            if next.is_none() {
+                break;
+            }
             chunk.push(&args);
-        }
-        if chunk.len() > 0 {
-            let first = handles.len();
-            let (more, ack) = self
-                .publish(f, &mut chunk)
-                .await
-                .map_err(|e| e.at_item(first))?;
-            handles.extend(more);
-            acks.push(ack);
         }
         futures::future::try_join_all(acks).await?;
         Ok(handles)
