@@ -14,7 +14,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::error::{RecvError, RecvTimeoutError, SendError, SendErrorKind, TryRecvError};
-use crate::framed::FramedIo;
+use crate::framed::{FramedIo, Io};
 use crate::handshake::Established;
 use crate::peer::Peer;
 
@@ -56,6 +56,9 @@ impl<S, R> Connection<S, R> {
             Established::Unix(stream) => {
                 let fd = std::os::fd::OwnedFd::from(stream.into_std()?);
                 Inner::Unix(Duplex::from_socket(fd)?)
+            }
+            Established::Tcp(stream) => {
+                Inner::Stream(FramedIo::from_io(Io::Tcp(stream)), PhantomData)
             }
             Established::Stream(stream) => Inner::Stream(FramedIo::new(stream), PhantomData),
         };

@@ -14,13 +14,29 @@
 //! next send or flush): a request cancelled by a timeout in `select!` followed by a wait for the
 //! answer does not hang. Closing (or dropping) shuts the stream down, which over TLS sends the
 //! close alert the peer needs to see a clean end.
+//!
+//! **Spinning before parking**, as the Unix pipe's receiver does (core `wait::spin`, the one
+//! policy): a receive that finds nothing on a plain socket (TCP, or a Unix socket speaking
+//! Python's protocol), when this end has sent something since data last arrived (a request
+//! whose answer may be on its way), keeps trying a non-blocking `recv` for up to the policy's
+//! budget, yielding the CPU between tries, before it parks in tokio's reactor. An answer that
+//! comes within microseconds is then read without a sleep and a wake-up (the cost of a parked
+//! round trip over TCP); the policy makes a receiver whose spins miss park at once for its next
+//! waits, and stops spinning in the whole process while the CPU is contended, so an idle or
+//! slow peer costs no core. Reading past tokio is safe: its readiness is left as it was, so a
+//! later read at worst finds nothing once and parks. TLS streams park at once (their bytes
+//! must go through rustls).
 
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
 use multiproc_core::error::{RecvError, SendErrorKind};
 use multiproc_core::message::DEFAULT_MAX_MESSAGE_SIZE;
+use multiproc_core::transport::endpoint::recv_now;
+use multiproc_core::wait::spin::{self, SpinPolicy, Spun};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
 
 use crate::wire::{self, Prefix};
 
@@ -31,13 +47,41 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static> ByteStream for T
 /// A boxed byte stream: TCP, TLS over TCP, or a Unix stream.
 pub(crate) type BoxStream = Box<dyn ByteStream>;
 
+/// What a [`FramedIo`] runs on: a plain socket (which a receive may read directly while it
+/// spins) or any other byte stream.
+pub(crate) enum Io {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Other(BoxStream),
+}
+
+impl Io {
+    fn stream(&mut self) -> Pin<&mut dyn ByteStream> {
+        match self {
+            Io::Tcp(s) => Pin::new(s),
+            Io::Unix(s) => Pin::new(s),
+            Io::Other(s) => Pin::new(&mut **s),
+        }
+    }
+
+    /// The socket to read directly while spinning, for a plain socket.
+    fn socket(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
+        use std::os::fd::AsFd;
+        match self {
+            Io::Tcp(s) => Some(s.as_fd()),
+            Io::Unix(s) => Some(s.as_fd()),
+            Io::Other(_) => None,
+        }
+    }
+}
+
 const READ_CHUNK: usize = 64 << 10;
 /// Buffers above this size are released once empty.
 const KEEP_CAPACITY: usize = 4 << 20;
 
 /// Framed messages over a [`BoxStream`].
 pub(crate) struct FramedIo {
-    io: BoxStream,
+    io: Io,
     /// `rbuf[start..end]` holds unread bytes (the rest is initialised spare room).
     rbuf: Vec<u8>,
     start: usize,
@@ -52,6 +96,12 @@ pub(crate) struct FramedIo {
     /// `wbuf[wpos..]` is still to be written.
     wbuf: Vec<u8>,
     wpos: usize,
+    /// Bytes were written since data last arrived: an answer may be on its way (a receive
+    /// that finds nothing spins first).
+    answer_due: bool,
+    spin: SpinPolicy,
+    /// When the policy chose to park at once: reported to it when data comes.
+    parked_since: Option<Instant>,
 }
 
 /// What the receive buffer holds at its front.
@@ -64,6 +114,10 @@ enum Front {
 
 impl FramedIo {
     pub(crate) fn new(io: BoxStream) -> FramedIo {
+        FramedIo::from_io(Io::Other(io))
+    }
+
+    pub(crate) fn from_io(io: Io) -> FramedIo {
         FramedIo {
             io,
             rbuf: Vec::new(),
@@ -76,6 +130,9 @@ impl FramedIo {
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             wbuf: Vec::new(),
             wpos: 0,
+            answer_due: false,
+            spin: SpinPolicy::new(),
+            parked_since: None,
         }
     }
 
@@ -164,15 +221,24 @@ impl FramedIo {
         }
     }
 
-    /// Reads once; `Ready(Ok(()))` after progress (or end-of-file).
+    /// Reads once; `Ready(Ok(()))` after progress (or end-of-file). When nothing is there and
+    /// an answer is due, spins first (see the module docs).
     fn poll_fill(&mut self, cx: &mut Context<'_>, need: usize) -> Poll<Result<(), RecvError>> {
         self.reserve(need);
         let mut buf = ReadBuf::new(&mut self.rbuf[self.end..]);
-        match ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf)) {
-            Ok(()) => {
-                let n = buf.filled().len();
+        let read = match self.io.stream().poll_read(cx, &mut buf) {
+            Poll::Ready(r) => r.map(|()| buf.filled().len()),
+            Poll::Pending => ready!(self.poll_spin(cx)),
+        };
+        match read {
+            Ok(n) => {
                 if n == 0 {
                     self.eof = true;
+                } else {
+                    self.answer_due = false;
+                    if let Some(since) = self.parked_since.take() {
+                        self.spin.parked(since.elapsed());
+                    }
                 }
                 self.end += n;
                 Poll::Ready(Ok(()))
@@ -193,6 +259,29 @@ impl FramedIo {
         }
     }
 
+    /// Nothing to read (tokio has registered the waker): on a plain socket with an answer
+    /// due, tries `recv` directly as the spin policy says; `Pending` to park.
+    fn poll_spin(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<usize>> {
+        if !self.answer_due {
+            return Poll::Pending;
+        }
+        let Some(socket) = self.io.socket() else {
+            return Poll::Pending;
+        };
+        let spare = &mut self.rbuf[self.end..];
+        let spun = ready!(spin::poll_spin(cx, &mut self.spin, None, None, || {
+            recv_now(socket, spare).transpose()
+        }));
+        match spun {
+            Spun::Caught(read) => Poll::Ready(read),
+            Spun::Park(since) => {
+                // One spin per wait: until data comes, further polls park at once.
+                self.answer_due = false;
+                self.parked_since = since;
+                Poll::Pending
+            }
+        }
+    }
     /// End of file reached with `need` bytes wanted: end-of-stream or a truncated frame.
     fn at_eof(&mut self, need: usize) -> Result<(), RecvError> {
         let received = self.end - self.start;
@@ -315,7 +404,7 @@ impl FramedIo {
             return Poll::Ready(Ok(()));
         }
         ready!(self.poll_flush(cx))?;
-        ready!(Pin::new(&mut self.io).poll_shutdown(cx)).map_err(SendErrorKind::from_io)?;
+        ready!(self.io.stream().poll_shutdown(cx)).map_err(SendErrorKind::from_io)?;
         self.shut = true;
         Poll::Ready(Ok(()))
     }
@@ -328,9 +417,12 @@ impl FramedIo {
     /// Writes everything buffered.
     pub(crate) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendErrorKind>> {
         while self.wpos < self.wbuf.len() {
-            match ready!(Pin::new(&mut self.io).poll_write(cx, &self.wbuf[self.wpos..])) {
+            match ready!(self.io.stream().poll_write(cx, &self.wbuf[self.wpos..])) {
                 Ok(0) => return Poll::Ready(Err(SendErrorKind::Closed)),
-                Ok(n) => self.wpos += n,
+                Ok(n) => {
+                    self.wpos += n;
+                    self.answer_due = true;
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Poll::Ready(Err(SendErrorKind::from_io(e))),
             }
@@ -340,7 +432,8 @@ impl FramedIo {
         if self.wbuf.capacity() > KEEP_CAPACITY {
             self.wbuf = Vec::new();
         }
-        Pin::new(&mut self.io)
+        self.io
+            .stream()
             .poll_flush(cx)
             .map_err(SendErrorKind::from_io)
     }

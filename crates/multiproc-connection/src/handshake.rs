@@ -19,7 +19,7 @@ use tokio::net::{TcpStream, UnixStream};
 use crate::auth::{Auth, AuthKind};
 use crate::challenge::{self, ChallengeError, FAILURE, MAX_HANDSHAKE_MESSAGE, WELCOME};
 use crate::error::{HandshakeError, HandshakeErrorKind};
-use crate::framed::BoxStream;
+use crate::framed::{BoxStream, Io};
 use crate::peer::Peer;
 use crate::wire::{read_frame, write_frame};
 
@@ -33,16 +33,20 @@ pub(crate) enum Raw {
 pub(crate) enum Established {
     /// A Unix socket: descriptors can travel.
     Unix(UnixStream),
-    /// A byte stream (TCP, TLS): no descriptors.
+    /// Plain TCP: no descriptors.
+    Tcp(TcpStream),
+    /// Another byte stream (TLS): no descriptors.
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Stream(BoxStream),
 }
 
 impl Established {
-    /// The connection as a plain byte stream (for Python-compatible connections).
-    pub(crate) fn into_byte_stream(self) -> BoxStream {
+    /// The connection as a byte stream (for Python-compatible connections).
+    pub(crate) fn into_io(self) -> Io {
         match self {
-            Established::Unix(s) => Box::new(s),
-            Established::Stream(s) => s,
+            Established::Unix(s) => Io::Unix(s),
+            Established::Tcp(s) => Io::Tcp(s),
+            Established::Stream(s) => Io::Other(s),
         }
     }
 }
@@ -158,7 +162,7 @@ pub(crate) async fn run(
         }
         (AuthKind::Key, Raw::Tcp(mut s)) => {
             mutual(&mut s, key.unwrap_or_default(), side).await?;
-            Ok(Established::Stream(Box::new(s)))
+            Ok(Established::Tcp(s))
         }
         #[cfg(feature = "tls")]
         (AuthKind::TlsServer(config), Raw::Tcp(s)) if side == Side::Server => {
@@ -192,7 +196,7 @@ pub(crate) async fn run(
 fn plain(raw: Raw) -> Established {
     match raw {
         Raw::Unix(s) => Established::Unix(s),
-        Raw::Tcp(s) => Established::Stream(Box::new(s)),
+        Raw::Tcp(s) => Established::Tcp(s),
     }
 }
 

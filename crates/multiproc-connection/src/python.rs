@@ -86,7 +86,7 @@ impl Listener {
     pub async fn accept(&mut self) -> Result<(Connection, Peer), AcceptError> {
         let (established, peer) = std::future::poll_fn(|cx| self.acceptor.poll_accept(cx)).await?;
         Ok((
-            Connection::new(FramedIo::new(established.into_byte_stream()), peer.clone()),
+            Connection::new(FramedIo::from_io(established.into_io()), peer.clone()),
             peer,
         ))
     }
@@ -110,7 +110,7 @@ impl fmt::Debug for Listener {
 pub async fn connect(address: impl Into<Address>, auth: Auth) -> Result<Connection, ConnectError> {
     let (established, peer) = crate::connect::establish(&address.into(), &auth).await?;
     Ok(Connection::new(
-        FramedIo::new(established.into_byte_stream()),
+        FramedIo::from_io(established.into_io()),
         peer,
     ))
 }

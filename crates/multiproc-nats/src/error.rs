@@ -504,3 +504,8 @@ impl ReleaseError {
 #[derive(Debug, thiserror::Error)]
 #[error("distributed event operation failed")]
 pub struct EventError(#[source] pub(crate) RemoteError);
+
+/// Why a [`Barrier`](crate::Barrier) wait failed: the server or the network.
+#[derive(Debug, thiserror::Error)]
+#[error("distributed barrier operation failed")]
+pub struct BarrierError(#[source] pub(crate) RemoteError);

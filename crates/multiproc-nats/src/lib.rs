@@ -8,9 +8,10 @@
 //! | local (`multiproc`)            | across hosts (`multiproc::nats`)  | on JetStream |
 //! |--------------------------------|-----------------------------------|--------------|
 //! | `Queue<T>`, `JoinableQueue<T>` | [`Queue<T>`], [`JoinableQueue<T>`] (get gives a [`Task`]) | a work-queue stream; put = publish with ack; `task_done` = ack |
-//! | `Pool`                         | [`pool::Pool`] + [`pool::WorkerHost`] | a work-queue stream of named tasks, results on a second stream |
+//! | `Pool`                         | [`pool::Pool`] + [`pool::WorkerHost`] | a work-queue stream of named tasks in chunks, results on a second stream |
 //! | `Lock`, `Semaphore`            | [`Lock`], [`Semaphore`] (leases with a fencing token) | key-value compare-and-swap |
 //! | `Event`                        | [`Event`]                          | a watched key |
+//! | `Barrier`                      | [`Barrier`]                        | a counted key, compare-and-swap, watched |
 //!
 //! Everything starts from one [`Nats`] connection (server address, TLS, credentials, a
 //! namespace prefix). Objects are opened by name on each host: a name is the handle you send
@@ -75,4 +76,4 @@ mod sync;
 pub use backend::QueueBackend;
 pub use connect::{Nats, NatsBuilder};
 pub use queue::{JoinableQueue, Queue, QueueBuilder, QueueSink, QueueStream, Task};
-pub use sync::{Event, LeaseLost, Lock, LockGuard, Semaphore, SemaphorePermit};
+pub use sync::{Barrier, Event, LeaseLost, Lock, LockGuard, Semaphore, SemaphorePermit};

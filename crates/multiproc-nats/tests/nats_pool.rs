@@ -2,7 +2,9 @@
 //! (each running its own local pool of worker processes): map/imap/imap_unordered/submit, a
 //! host SIGKILLed mid-run, a host paused (SIGSTOP) past the ack timeout, an always-crashing
 //! task (retry cap, dead letter, error to the submitter, no loop), a panic, mismatched
-//! fingerprints and an unknown function.
+//! fingerprints and an unknown function; and the same per task inside chunks (many tasks in
+//! one message): one failing item in a chunk, a host killed mid-chunk, a crashing item under
+//! the retry policy.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -38,10 +40,27 @@ fn panics(x: u64) -> u64 {
     panic!("no good: {x}")
 }
 
+/// Squares, except 7, which panics.
+fn picky(x: u64) -> u64 {
+    assert!(x != 7, "not seven");
+    x * x
+}
+
+/// Squares (recording that it started, as `slow_square`), except 3, whose worker dies.
+fn crash_on_3((dir, x): (PathBuf, u64)) -> u64 {
+    let _ = std::fs::write(dir.join(format!("{x}-{}", std::process::id())), b"");
+    if x == 3 {
+        std::process::abort();
+    }
+    x * x
+}
+
 const SQUARE: RemoteFn<u64, u64> = RemoteFn::new("square");
 const SLOW: RemoteFn<(PathBuf, u64, u64), u64> = RemoteFn::new("slow_square");
 const CRASH: RemoteFn<u64, u64> = RemoteFn::new("crash");
 const PANICS: RemoteFn<u64, u64> = RemoteFn::new("panics");
+const PICKY: RemoteFn<u64, u64> = RemoteFn::new("picky");
+const CRASH_ON_3: RemoteFn<(PathBuf, u64), u64> = RemoteFn::new("crash_on_3");
 
 fn registry() -> Registry {
     Registry::new()
@@ -49,6 +68,8 @@ fn registry() -> Registry {
         .register(SLOW, slow_square)
         .register(CRASH, crash)
         .register(PANICS, panics)
+        .register(PICKY, picky)
+        .register(CRASH_ON_3, crash_on_3)
 }
 
 /// A worker host process: serves the pool until killed.
@@ -76,21 +97,39 @@ async fn host((url, retry): (String, bool)) -> u32 {
 }
 
 async fn submitter(server: &NatsServer) -> multiproc_nats::pool::Pool {
+    chunked_submitter(server, None).await
+}
+
+/// A submitter whose maps send `chunksize` tasks per message (`None`: the default).
+async fn chunked_submitter(
+    server: &NatsServer,
+    chunksize: Option<usize>,
+) -> multiproc_nats::pool::Pool {
     let nats = within(
         "connect",
         Nats::builder().url(server.url()).namespace("p").connect(),
     )
     .await
     .unwrap();
-    within(
-        "open pool",
-        nats.pool_builder("work")
-            .ack_timeout(ACK_TIMEOUT)
-            .max_attempts(3)
-            .open(),
-    )
-    .await
-    .unwrap()
+    let mut builder = nats
+        .pool_builder("work")
+        .ack_timeout(ACK_TIMEOUT)
+        .max_attempts(3);
+    if let Some(chunksize) = chunksize {
+        builder = builder.chunksize(chunksize);
+    }
+    within("open pool", builder.open()).await.unwrap()
+}
+
+/// Files in `dir` named `{x}-{pid}` by tasks that started: how many times each `x` started.
+fn starts(dir: &std::path::Path) -> std::collections::HashMap<u64, usize> {
+    let mut count = std::collections::HashMap::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let name = entry.unwrap().file_name().into_string().unwrap();
+        let x = name.split('-').next().unwrap().parse::<u64>().unwrap();
+        *count.entry(x).or_default() += 1;
+    }
+    count
 }
 
 fn scratch_dir(what: &str) -> PathBuf {
@@ -140,18 +179,20 @@ async fn map_imap_and_submit_across_two_hosts() {
     let _ = (a.kill(), b.kill());
 }
 
-#[tokio::test]
-async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
-    let server = NatsServer::start().expect("nats-server");
-    let pool = submitter(&server).await;
-    let dir = scratch_dir("kill");
+/// Runs `SLOW` over `n` items of `millis` each on two hosts, SIGKILLs the first host after
+/// `first` results, and checks that every result comes, once and in order.
+async fn kill_a_host_mid_run(
+    server: &NatsServer,
+    pool: &multiproc_nats::pool::Pool,
+    dir: &std::path::Path,
+    (n, millis, first): (u64, u64, usize),
+) {
     let a = multiproc_process::spawn((server.url(), false), host);
     let b = multiproc_process::spawn((server.url(), false), host);
-    let n = 40u64;
-    let items: Vec<_> = (0..n).map(|x| (dir.clone(), x, 100)).collect();
+    let items: Vec<_> = (0..n).map(|x| (dir.to_path_buf(), x, millis)).collect();
     let mut results = pool.imap(SLOW, items);
     let mut got = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..first {
         got.push(
             within("first results", results.next())
                 .await
@@ -165,6 +206,14 @@ async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
     }
     assert_eq!(got, (0..n).map(|x| x * x).collect::<Vec<_>>());
     let _ = b.kill();
+}
+
+#[tokio::test]
+async fn a_killed_hosts_tasks_finish_elsewhere_with_each_result_once() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = submitter(&server).await;
+    let dir = scratch_dir("kill");
+    kill_a_host_mid_run(&server, &pool, &dir, (40, 100, 5)).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -327,5 +376,83 @@ async fn a_task_longer_than_the_ack_timeout_runs_once_while_its_host_lives() {
     // The heartbeats kept it: no other host started it.
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
     let _ = (a.kill(), b.kill());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_chunk_with_one_failing_item_reports_that_item_and_the_others_results() {
+    let server = NatsServer::start().expect("nats-server");
+    // Ten tasks per message: 0..20 is two chunks, and 7 fails inside the first.
+    let pool = chunked_submitter(&server, Some(10)).await;
+    let a = multiproc_process::spawn((server.url(), false), host);
+    let got: Vec<_> = within("imap", pool.imap(PICKY, 0..20u64).collect()).await;
+    assert_eq!(got.len(), 20);
+    for (x, r) in got.into_iter().enumerate() {
+        let x = x as u64;
+        if x == 7 {
+            let e = r.unwrap_err();
+            assert!(e.is_panic(), "{e}");
+            assert_eq!(e.item(), Some(7));
+            assert!(e.panic_message().unwrap().contains("not seven"), "{e}");
+        } else {
+            assert_eq!(r.unwrap(), x * x);
+        }
+    }
+    let err = within("map", pool.map(PICKY, 0..20u64)).await.unwrap_err();
+    assert_eq!(err.item(), Some(7));
+    // Many chunks, unordered: every result once.
+    let mut all: Vec<u64> = within(
+        "imap_unordered",
+        pool.imap_unordered(SQUARE, 0..1000u64)
+            .map(Result::unwrap)
+            .collect(),
+    )
+    .await;
+    all.sort_unstable();
+    assert_eq!(all, (0..1000u64).map(|x| x * x).collect::<Vec<_>>());
+    let _ = a.kill();
+}
+
+#[tokio::test]
+async fn a_host_killed_mid_chunk_has_its_chunk_run_elsewhere_with_each_result_once() {
+    let server = NatsServer::start().expect("nats-server");
+    // Eight tasks per message: the host killed after the third result is in the middle of a
+    // chunk (8 x 50 ms over its two workers).
+    let pool = chunked_submitter(&server, Some(8)).await;
+    let dir = scratch_dir("chunk-kill");
+    let n = 48;
+    kill_a_host_mid_run(&server, &pool, &dir, (n, 50, 3)).await;
+    assert_eq!(starts(&dir).len() as u64, n, "every task started");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_crashing_item_in_a_chunk_is_retried_then_dead_lettered_alone() {
+    let server = NatsServer::start().expect("nats-server");
+    let pool = chunked_submitter(&server, Some(6)).await;
+    let dir = scratch_dir("chunk-crash");
+    let a = multiproc_process::spawn((server.url(), true), host);
+    let items: Vec<_> = (0..6u64).map(|x| (dir.clone(), x)).collect();
+    let got: Vec<_> = within("imap", pool.imap(CRASH_ON_3, items).collect()).await;
+    for (x, r) in got.iter().enumerate() {
+        let x = x as u64;
+        if x == 3 {
+            let e = r.as_ref().unwrap_err();
+            assert!(e.is_retries_exhausted(), "{e}");
+            assert_eq!(e.attempts(), Some(3));
+            assert_eq!(e.item(), Some(3));
+        } else {
+            assert_eq!(*r.as_ref().unwrap(), x * x);
+        }
+    }
+    // The chunk ran on each of its attempts (more if a loaded machine delayed a heartbeat);
+    // only the crashing item went to the dead letters.
+    assert!(starts(&dir).get(&3).is_some_and(|&n| n >= 3));
+    assert_eq!(
+        within("dead letters", pool.dead_letters()).await.unwrap(),
+        1
+    );
+    assert_eq!(within("after", pool.apply(SQUARE, 5)).await.unwrap(), 25);
+    let _ = a.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -2,7 +2,7 @@
 //! child processes: exclusion and growing fencing tokens, a holder that stops renewing
 //! (SIGSTOP: its lease expires, the next holder is told the owner died, the paused holder's
 //! token is older and its lease-lost future fires), a SIGKILLed holder, semaphore permits,
-//! and an event waited on in another process.
+//! an event waited on in another process, and a barrier of three processes over rounds.
 
 use std::time::Duration;
 
@@ -193,4 +193,48 @@ async fn an_event_wakes_a_waiter_in_another_process() {
     assert!(within("is_set", event.is_set()).await.unwrap());
     within("clear", event.clear()).await.unwrap();
     assert!(!within("is_set", event.is_set()).await.unwrap());
+}
+
+/// In a child: waits at the three-party barrier `b` for `rounds` rounds; its indices.
+async fn meet((url, rounds): (String, usize)) -> Vec<usize> {
+    let nats = connect(url).await;
+    let barrier = nats.barrier("b", 3).await.unwrap();
+    let mut indices = Vec::new();
+    for _ in 0..rounds {
+        indices.push(barrier.wait().await.unwrap());
+    }
+    indices
+}
+
+#[tokio::test]
+async fn a_barrier_releases_three_processes_round_after_round() {
+    let server = NatsServer::start().expect("nats-server");
+    let nats = connect(server.url()).await;
+    let barrier = within("open", nats.barrier("b", 3)).await.unwrap();
+    assert_eq!(barrier.parties(), 3);
+    // Alone, a wait gives up and takes its arrival back...
+    assert_eq!(
+        within("alone", barrier.wait_timeout(Duration::from_millis(300)))
+            .await
+            .unwrap(),
+        None
+    );
+    // ...so three rounds with two children need this process in each: none goes through
+    // before all three have arrived.
+    let rounds = 3;
+    let a = multiproc_process::spawn((server.url(), rounds), meet);
+    let b = multiproc_process::spawn((server.url(), rounds), meet);
+    let mut mine = Vec::new();
+    for _ in 0..rounds {
+        mine.push(within("wait", barrier.wait()).await.unwrap());
+    }
+    let (a, b) = (within("a", a).await.unwrap(), within("b", b).await.unwrap());
+    for round in 0..rounds {
+        let mut indices = [mine[round], a[round], b[round]];
+        indices.sort_unstable();
+        assert_eq!(indices, [0, 1, 2], "round {round}");
+    }
+    // A barrier of one never waits.
+    let one = within("open", nats.barrier("one", 1)).await.unwrap();
+    assert_eq!(within("one", one.wait()).await.unwrap(), 0);
 }

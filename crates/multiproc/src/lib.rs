@@ -87,8 +87,8 @@
 //! - [`connection`]: named endpoints between unrelated programs (`Listener`, `connect`,
 //!   authentication, Python-protocol connections);
 //! - [`core`]: the lower-level pieces for building new handle types;
-//! - `nats` (feature `nats`): the same queues, pool, `Lock`, `Semaphore` and `Event` on a NATS
-//!   JetStream server, for work that spans hosts.
+//! - `nats` (feature `nats`): the same queues, pool, `Lock`, `Semaphore`, `Event` and `Barrier`
+//!   on a NATS JetStream server, for work that spans hosts.
 //!
 //! ## The process model
 //!

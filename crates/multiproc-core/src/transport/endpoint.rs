@@ -1,6 +1,6 @@
 //! OS pieces of named endpoints (multiproc-connection): who is on the other end of a Unix
-//! socket, the lock file that decides which listener owns a socket path, and random bytes for
-//! challenges.
+//! socket, the lock file that decides which listener owns a socket path, random bytes for
+//! challenges, and the non-blocking read a byte stream's spin makes ([`recv_now`]).
 //!
 //! Safe Rust over rustix and the private `sys`; no unsafe here.
 //!
@@ -86,6 +86,28 @@ pub fn random_bytes(buf: &mut [u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Reads what a connected stream socket holds right now into `buf`, without waiting and
+/// without asking tokio: `Ok(None)` when nothing is there, `Ok(Some(0))` at end of stream.
+///
+/// For a receiver's spin before it parks (the connection's byte streams): tokio reports a
+/// socket's data only after its reactor has run, which on a spinning thread is never, so the
+/// spin asks the kernel itself. Reading past tokio leaves its readiness as it was: at worst one
+/// later read finds nothing and parks as usual, and no arrival is missed (the reactor still
+/// sees every edge).
+///
+/// # Errors
+/// What `recv` reports (a reset connection, ...), except `EAGAIN` and `EINTR`.
+///
+/// # References
+/// - [`recv(2)`](https://man7.org/linux/man-pages/man2/recv.2.html) with `MSG_DONTWAIT`
+pub fn recv_now(socket: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Option<usize>> {
+    match rustix::net::recv(socket, buf, rustix::net::RecvFlags::DONTWAIT) {
+        Ok((n, _)) => Ok(Some(n)),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// An exclusive `flock` on a lock file beside a socket path, held while the listener lives.

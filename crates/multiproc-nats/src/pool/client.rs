@@ -1,7 +1,8 @@
 //! [`Pool`]: the submitting side of a distributed pool, with its [`TaskHandle`] and result
-//! [`Results`] stream. A background router reads this client's results and hands each to the
-//! handle waiting for it, once: a second result for a task (it ran twice) finds no handle and
-//! is dropped.
+//! [`Results`] stream. Tasks go out in chunks (`map` puts many in one message; `submit` sends
+//! a chunk of one). A background router reads this client's result messages and hands each
+//! task's outcome to the handle waiting for it, once: a second result for a task (it ran
+//! twice) finds no handle and is dropped.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -23,14 +24,19 @@ use serde::de::DeserializeOwned;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use super::error::{PoolError, WireError};
+use super::chunk::{self, ChunkBuf};
+use super::error::PoolError;
 use super::function::RemoteFn;
 use super::layout::{self, Layout, PoolOptions};
 use crate::connect::Nats;
 use crate::error::{OpenError, RemoteError};
 
-/// Tasks published before their acknowledgements are awaited, in `map`.
+/// Chunks published before their acknowledgements are awaited, in `map`.
 const PUBLISH_WINDOW: usize = 256;
+/// Without a chunk size, `map` cuts its items into about this many chunks...
+const AUTO_CHUNKS: usize = 32;
+/// ...of at most this many tasks.
+const MAX_AUTO_CHUNK: usize = 1024;
 /// How long the server keeps this client's result consumer after the client went away.
 const CLIENT_INACTIVE: Duration = Duration::from_secs(600);
 
@@ -42,6 +48,7 @@ struct Shared {
     reply_subject: String,
     client_id: String,
     next: AtomicU64,
+    chunksize: Option<usize>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Outcome>>>,
     router: Mutex<Option<JoinHandle<()>>>,
 }
@@ -97,9 +104,22 @@ pub struct PoolBuilder {
     nats: Nats,
     name: String,
     options: PoolOptions,
+    chunksize: Option<usize>,
 }
 
 impl PoolBuilder {
+    /// Tasks per message in [`map`](Pool::map), [`imap`](Pool::imap) and
+    /// [`imap_unordered`](Pool::imap_unordered) (default: about 32 chunks per call, at most
+    /// 1,024 tasks each; a chunk also stops at 256 KiB of arguments). A chunk is published,
+    /// acknowledged, run by one host and answered in one go, which is what makes small tasks
+    /// fast; smaller chunks spread uneven tasks better over hosts. Each task still has its own
+    /// outcome, and a chunk whose host dies is run again elsewhere with results delivered once.
+    /// Zero counts as one.
+    pub fn chunksize(mut self, chunksize: usize) -> Self {
+        self.chunksize = Some(chunksize.max(1));
+        self
+    }
+
     /// How long a task may go without its host's heartbeat before another host gets it
     /// (default 30 s).
     pub fn ack_timeout(mut self, timeout: Duration) -> Self {
@@ -153,6 +173,7 @@ impl PoolBuilder {
             reply_subject,
             client_id,
             next: AtomicU64::new(0),
+            chunksize: self.chunksize,
             pending: Mutex::new(HashMap::new()),
             router: Mutex::new(None),
         });
@@ -223,31 +244,47 @@ async fn route(
     }
 }
 
-/// Hands one result to the handle waiting for it, if any.
+/// Hands each outcome of a result message to the handle waiting for it, if any.
 fn deliver(shared: &Shared, msg: &jetstream::Message) {
     let headers = msg.headers.as_ref();
+    let number = |name: &str| {
+        headers
+            .and_then(|h| h.get(name))
+            .and_then(|v| v.as_str().parse::<u64>().ok())
+    };
     let task = headers
         .and_then(|h| h.get(layout::H_TASK))
         .and_then(|v| v.as_str().rsplit('-').next()?.parse::<u64>().ok());
-    let ok = headers
-        .and_then(|h| h.get(layout::H_STATUS))
-        .is_some_and(|v| v.as_str() == "ok");
     let Some(task) = task else { return };
-    let waiter = shared
-        .pending
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&task);
-    // No waiter: a second result of a task that ran twice, or a dropped handle.
-    if let Some(waiter) = waiter {
-        let outcome = if ok {
-            Ok(msg.payload.clone())
-        } else {
-            Err(match postcard::from_bytes::<WireError>(&msg.payload) {
-                Ok(e) => PoolError::wire(e),
-                Err(e) => PoolError::bad_result(e.to_string()),
+    let first = task.saturating_add(number(layout::H_FIRST).unwrap_or(0));
+    let outcomes: Vec<Outcome> = match chunk::outcomes(&msg.payload) {
+        Ok(outcomes) => outcomes
+            .into_iter()
+            .map(|o| match o {
+                Ok(bytes) => Ok(bytes),
+                Err(Ok(e)) => Err(PoolError::wire(e)),
+                Err(Err(e)) => Err(PoolError::bad_result(e)),
             })
-        };
+            .collect(),
+        // Unreadable: each task it answers (as many as the header says) gets the error.
+        Err(e) => {
+            let count = number(layout::H_COUNT).unwrap_or(1).min(1 << 20);
+            (0..count)
+                .map(|_| Err(PoolError::bad_result(e.clone())))
+                .collect()
+        }
+    };
+    let mut waiters = Vec::with_capacity(outcomes.len());
+    {
+        let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+        for (i, outcome) in outcomes.into_iter().enumerate() {
+            // No waiter: a second result of a task that ran twice, or a dropped handle.
+            if let Some(waiter) = pending.remove(&first.saturating_add(i as u64)) {
+                waiters.push((waiter, outcome));
+            }
+        }
+    }
+    for (waiter, outcome) in waiters {
         let _ = waiter.send(outcome);
     }
 }
@@ -267,9 +304,11 @@ impl Pool {
         f: RemoteFn<A, R>,
         args: A,
     ) -> Result<TaskHandle<R>, PoolError> {
-        let (handle, ack) = self.publish(f, encode(&args)?).await?;
+        let mut chunk = ChunkBuf::default();
+        chunk.push(&encode(&args)?);
+        let (mut handles, ack) = self.publish(f, &mut chunk).await?;
         ack.await?;
-        Ok(handle)
+        Ok(handles.pop().expect("a chunk of one"))
     }
 
     /// Runs `f(args)` on some host and returns its result (Python's `apply`).
@@ -287,47 +326,52 @@ impl Pool {
         self.submit(f, args).await?.await
     }
 
-    /// Publishes one task; gives its handle and a future of the server's acknowledgement.
+    /// Publishes a chunk of tasks (and empties it); gives their handles and a future of the
+    /// server's acknowledgement.
     async fn publish<A, R: DeserializeOwned>(
         &self,
         f: RemoteFn<A, R>,
-        payload: Vec<u8>,
+        chunk: &mut ChunkBuf,
     ) -> Result<
         (
-            TaskHandle<R>,
+            Vec<TaskHandle<R>>,
             impl Future<Output = Result<(), PoolError>> + use<A, R>,
         ),
         PoolError,
     > {
-        let n = self.shared.next.fetch_add(1, Ordering::Relaxed);
+        let (count, payload) = chunk.take();
+        let n = self.shared.next.fetch_add(count as u64, Ordering::Relaxed);
         let id = format!("{}-{n}", self.shared.client_id);
         let mut headers = HeaderMap::new();
         headers.insert("Nats-Msg-Id", id.as_str());
         headers.insert(layout::H_TASK, id.as_str());
+        headers.insert(layout::H_COUNT, count.to_string().as_str());
         headers.insert(layout::H_FN, f.name());
         headers.insert(layout::H_FP, format!("{:016x}", f.fingerprint()).as_str());
         headers.insert(layout::H_SIG, f.signature().as_str());
         headers.insert(layout::H_REPLY, self.shared.reply_subject.as_str());
-        let (tx, rx) = oneshot::channel();
-        self.shared
-            .pending
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(n, tx);
-        let handle = TaskHandle {
-            rx,
-            shared: self.shared.clone(),
-            task: n,
-            _r: PhantomData,
-        };
+        let mut handles = Vec::with_capacity(count);
+        {
+            let mut pending = self
+                .shared
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            for task in n..n + count as u64 {
+                let (tx, rx) = oneshot::channel();
+                pending.insert(task, tx);
+                handles.push(TaskHandle {
+                    rx,
+                    shared: self.shared.clone(),
+                    task,
+                    _r: PhantomData,
+                });
+            }
+        }
         let sent = self
             .shared
             .js
-            .publish_with_headers(
-                self.shared.layout.tasks_subject.clone(),
-                headers,
-                Bytes::from(payload),
-            )
+            .publish_with_headers(self.shared.layout.tasks_subject.clone(), headers, payload)
             .await
             .map_err(|e| PoolError::remote(RemoteError::new("task publish", e)))?;
         let ack = async move {
@@ -335,26 +379,50 @@ impl Pool {
                 .map(|_| ())
                 .map_err(|e| PoolError::remote(RemoteError::new("task publish", e)))
         };
-        Ok((handle, ack))
+        Ok((handles, ack))
     }
 
-    /// Submits every item, a window at a time, and gives their handles in order.
+    /// Submits every item in chunks, a window of chunks at a time, and gives their handles in
+    /// order.
     async fn submit_all<A: Serialize, R: DeserializeOwned>(
         &self,
         f: RemoteFn<A, R>,
         items: impl IntoIterator<Item = A>,
     ) -> Result<Vec<TaskHandle<R>>, PoolError> {
-        let mut handles = Vec::new();
+        let items: Vec<A> = items.into_iter().collect();
+        let per_chunk = self
+            .shared
+            .chunksize
+            .unwrap_or_else(|| items.len().div_ceil(AUTO_CHUNKS).clamp(1, MAX_AUTO_CHUNK));
+        let mut handles = Vec::with_capacity(items.len());
         let mut acks = Vec::new();
-        for (i, item) in items.into_iter().enumerate() {
-            let payload = encode(&item).map_err(|e| e.at_item(i))?;
-            drop(item);
-            let (handle, ack) = self.publish(f, payload).await.map_err(|e| e.at_item(i))?;
-            handles.push(handle);
-            acks.push(ack);
-            if acks.len() >= PUBLISH_WINDOW {
-                futures::future::try_join_all(acks.drain(..)).await?;
+        let mut chunk = ChunkBuf::default();
+        let mut args = Vec::new();
+        let mut items = items.into_iter().enumerate();
+        loop {
+            let next = items.next();
+            if let Some((i, item)) = &next {
+                args.clear();
+                postcard::to_io(item, &mut args)
+                    .map_err(|e| PoolError::encode(e.to_string()).at_item(*i))?;
             }
+            // The chunk goes when the next item would not fit, or there is none.
+            if chunk.len() > 0 && (next.is_none() || chunk.full_for(&args, per_chunk)) {
+                let first = handles.len();
+                let (more, ack) = self
+                    .publish(f, &mut chunk)
+                    .await
+                    .map_err(|e| e.at_item(first))?;
+                handles.extend(more);
+                acks.push(ack);
+                if acks.len() >= PUBLISH_WINDOW {
+                    futures::future::try_join_all(acks.drain(..)).await?;
+                }
+            }
+            if next.is_none() {
+                break;
+            }
+            chunk.push(&args);
         }
         futures::future::try_join_all(acks).await?;
         Ok(handles)
@@ -559,6 +627,7 @@ impl Nats {
             nats: self.clone(),
             name: name.to_string(),
             options: PoolOptions::default(),
+            chunksize: None,
         }
     }
 }

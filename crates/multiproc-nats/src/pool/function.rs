@@ -13,6 +13,7 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use futures::StreamExt;
 use futures::future::BoxFuture;
 use multiproc_process::ChildOutput;
 use multiproc_process::pool::Pool as LocalPool;
@@ -102,8 +103,13 @@ pub(crate) enum RunError {
     Pool(multiproc_process::pool::PoolError),
 }
 
-type Runner =
-    Arc<dyn Fn(&LocalPool, Bytes) -> BoxFuture<'static, Result<Bytes, RunError>> + Send + Sync>;
+/// Runs a chunk of tasks (their encoded arguments) on the local pool: each task's encoded
+/// result or failure, in order.
+type Runner = Arc<
+    dyn Fn(&LocalPool, Vec<Bytes>) -> BoxFuture<'static, Vec<Result<Bytes, RunError>>>
+        + Send
+        + Sync,
+>;
 
 /// One registered function.
 #[derive(Clone)]
@@ -146,14 +152,47 @@ impl Registry {
         R: ChildOutput<M>,
     {
         let signature = name.signature();
-        let run: Runner = Arc::new(move |pool: &LocalPool, args: Bytes| {
-            let handle = postcard::from_bytes::<A>(&args).map(|a| pool.submit(f, a));
+        let run: Runner = Arc::new(move |pool: &LocalPool, tasks: Vec<Bytes>| {
+            let mut outcomes: Vec<Option<Result<Bytes, RunError>>> =
+                tasks.iter().map(|_| None).collect();
+            // Arguments that decode go to the local pool; the others fail alone.
+            let mut args = Vec::with_capacity(tasks.len());
+            let mut at = Vec::with_capacity(tasks.len());
+            for (i, task) in tasks.iter().enumerate() {
+                match postcard::from_bytes::<A>(task) {
+                    Ok(a) => {
+                        args.push(a);
+                        at.push(i);
+                    }
+                    Err(e) => outcomes[i] = Some(Err(RunError::BadArgs(e.to_string()))),
+                }
+            }
+            // One local task per item (chunk size 1), so that a worker that dies fails only the
+            // item it was running.
+            let mut results = pool.imap(f, args);
             Box::pin(async move {
-                let handle = handle.map_err(|e| RunError::BadArgs(e.to_string()))?;
-                let out = handle.await.map_err(RunError::Pool)?;
-                postcard::to_allocvec(&out)
-                    .map(Bytes::from)
-                    .map_err(|e| RunError::Encode(e.to_string()))
+                let mut last = None;
+                for i in at {
+                    let outcome = match results.next().await {
+                        Some(Ok(out)) => postcard::to_allocvec(&out)
+                            .map(Bytes::from)
+                            .map_err(|e| RunError::Encode(e.to_string())),
+                        Some(Err(e)) => {
+                            last = Some(e.clone());
+                            Err(RunError::Pool(e))
+                        }
+                        // The local pool stopped taking work: its error for the rest.
+                        None => Err(last.clone().map_or_else(
+                            || RunError::Encode("the local pool gave no result".into()),
+                            RunError::Pool,
+                        )),
+                    };
+                    outcomes[i] = Some(outcome);
+                }
+                outcomes
+                    .into_iter()
+                    .map(|o| o.unwrap_or_else(|| Err(RunError::Encode("no outcome".into()))))
+                    .collect()
             })
         });
         self.entries.insert(

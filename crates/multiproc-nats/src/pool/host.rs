@@ -1,6 +1,6 @@
-//! [`WorkerHost`]: a process that takes tasks from a distributed pool's stream and runs them
-//! in a local multiproc `Pool`, with backpressure, heartbeats, the retry policy and dead
-//! letters.
+//! [`WorkerHost`]: a process that takes chunks of tasks from a distributed pool's stream and
+//! runs them in a local multiproc `Pool`, with backpressure, heartbeats, the retry policy and
+//! dead letters, each task keeping its own outcome.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +12,14 @@ use futures::StreamExt;
 use multiproc_process::pool::Pool as LocalPool;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::chunk;
 use super::error::WireError;
 use super::function::{Registry, RunError};
 use super::layout::{self, Layout, PoolOptions};
 use crate::connect::Nats;
 use crate::error::{OpenError, RemoteError};
 
-/// The most tasks one pull asks for.
+/// The most chunks one pull asks for.
 const MAX_BATCH: usize = 64;
 /// How long one pull waits for tasks.
 const PULL_WAIT: Duration = Duration::from_secs(1);
@@ -50,11 +51,14 @@ pub enum ServeError {
 
 /// A worker host of a distributed pool: runs the pool's tasks in a local multiproc `Pool`.
 ///
-/// It takes from the server only as many tasks as it has room for (one running and one
-/// waiting per local worker), so a busy host never hoards work another host could run. While
-/// a task runs, the host sends in-progress heartbeats every third of the ack timeout, so a long
-/// task is not given to another host while this one lives; if this host dies, hangs or is cut
-/// off, its tasks go to another host after the ack timeout.
+/// Tasks come in chunks (a submitter's `map` sends many tasks in one message), and the host
+/// runs a chunk's tasks on its local pool and answers them in one message. It takes from the
+/// server only as many chunks as it has room for (one running and one waiting per local
+/// worker), so a busy host never hoards work another host could run. While a chunk runs, the
+/// host sends in-progress heartbeats every third of the ack timeout, so a long task is not
+/// given to another host while this one lives; if this host dies, hangs or is cut off, its
+/// chunks go to another host after the ack timeout. Each task keeps its own outcome: a chunk in
+/// which one task fails reports that task's error and the others' results.
 ///
 /// # Examples
 ///
@@ -239,7 +243,7 @@ fn header(headers: Option<&HeaderMap>, name: &str) -> Option<String> {
         .map(|v| v.as_str().to_string())
 }
 
-/// Runs one task and reports its outcome.
+/// Runs one chunk of tasks and reports each task's outcome.
 async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePermit) {
     let delivered = msg
         .info()
@@ -257,34 +261,62 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePe
         return;
     };
     let signature = header(headers, layout::H_SIG).unwrap_or_default();
-    let task = TaskRef {
+    let chunk = ChunkRef {
         id: task,
         reply,
         function,
+    };
+    let items = match chunk::tasks(&msg.payload) {
+        Ok(items) => items,
+        Err(message) => {
+            // Not a chunk we can read: each of its tasks (as many as the header says) gets the
+            // error.
+            let count = header(headers, layout::H_COUNT)
+                .and_then(|c| c.parse::<usize>().ok())
+                .unwrap_or(1)
+                .min(chunk::MAX_CHUNK_BYTES);
+            let e = WireError::BadArgs {
+                message: format!("malformed chunk: {message}"),
+                host: ctx.host.clone(),
+            };
+            ctx.finish(&chunk, &msg, vec![Err(e); count]).await;
+            return;
+        }
     };
 
     if delivered > ctx.max_attempts {
         // Every attempt was taken by a host that died or stopped answering.
         let cause = "the hosts running it died or stopped answering".to_string();
-        ctx.exhaust(&task, &msg, delivered - 1, cause).await;
+        let all: Vec<usize> = (0..items.len()).collect();
+        let mut outcomes = vec![Ok(Bytes::new()); items.len()];
+        ctx.exhaust(
+            &chunk,
+            &msg,
+            &items,
+            &all,
+            delivered - 1,
+            cause,
+            &mut outcomes,
+        )
+        .await;
         return;
     }
-    let Some(entry) = ctx.registry.get(&task.function).cloned() else {
+    let Some(entry) = ctx.registry.get(&chunk.function).cloned() else {
         let e = WireError::Unknown {
-            function: task.function.clone(),
+            function: chunk.function.clone(),
             host: ctx.host.clone(),
         };
-        ctx.finish(&task, &msg, Err(e)).await;
+        ctx.finish(&chunk, &msg, vec![Err(e); items.len()]).await;
         return;
     };
     if format!("{:016x}", entry.fingerprint) != fp {
         let e = WireError::Mismatch {
-            function: task.function.clone(),
+            function: chunk.function.clone(),
             host_signature: entry.signature.clone(),
             submitter_signature: signature,
             host: ctx.host.clone(),
         };
-        ctx.finish(&task, &msg, Err(e)).await;
+        ctx.finish(&chunk, &msg, vec![Err(e); items.len()]).await;
         return;
     }
 
@@ -299,131 +331,186 @@ async fn handle(ctx: Arc<Ctx>, msg: jetstream::Message, permit: OwnedSemaphorePe
             }
         })
     };
-    let outcome = (entry.run)(&ctx.local, msg.payload.clone()).await;
+    let ran = (entry.run)(&ctx.local, items.clone()).await;
     heartbeat.abort();
-    // The local worker is free: the next task may come in while this result goes out.
+    // The local workers are free: the next chunk may come in while these results go out.
     drop(permit);
 
-    let result = match outcome {
-        Ok(bytes) => Ok(bytes),
-        Err(RunError::Pool(e)) if e.is_worker_died() => {
-            let cause = e.to_string();
-            match ctx.on_worker_death {
-                OnWorkerDeath::Retry if delivered < ctx.max_attempts => {
-                    let _ = msg.ack_with(AckKind::Nak(None)).await;
-                    return;
+    // Tasks whose worker died, when the policy retries them.
+    let mut retry = Vec::new();
+    let mut last_cause = String::new();
+    let mut outcomes = Vec::with_capacity(ran.len());
+    for (i, outcome) in ran.into_iter().enumerate() {
+        outcomes.push(match outcome {
+            Ok(bytes) => Ok(bytes),
+            Err(RunError::Pool(e)) if e.is_worker_died() => {
+                let cause = e.to_string();
+                match ctx.on_worker_death {
+                    OnWorkerDeath::Retry => {
+                        retry.push(i);
+                        last_cause = cause;
+                        Ok(Bytes::new())
+                    }
+                    OnWorkerDeath::Report => Err(WireError::WorkerDied {
+                        cause,
+                        host: ctx.host.clone(),
+                        attempts: delivered,
+                    }),
                 }
-                OnWorkerDeath::Retry => {
-                    ctx.exhaust(&task, &msg, delivered, cause).await;
-                    return;
-                }
-                OnWorkerDeath::Report => Err(WireError::WorkerDied {
-                    cause,
-                    host: ctx.host.clone(),
-                    attempts: delivered,
-                }),
             }
-        }
-        Err(RunError::Pool(e)) if e.is_panic() => Err(WireError::Panicked {
-            message: e.panic_message().unwrap_or("").to_string(),
-            host: ctx.host.clone(),
-        }),
-        Err(RunError::Pool(e)) => Err(WireError::Panicked {
-            message: e.to_string(),
-            host: ctx.host.clone(),
-        }),
-        Err(RunError::BadArgs(message) | RunError::Encode(message)) => Err(WireError::BadArgs {
-            message,
-            host: ctx.host.clone(),
-        }),
-    };
-    ctx.finish(&task, &msg, result).await;
+            Err(RunError::Pool(e)) if e.is_panic() => Err(WireError::Panicked {
+                message: e.panic_message().unwrap_or("").to_string(),
+                host: ctx.host.clone(),
+            }),
+            Err(RunError::Pool(e)) => Err(WireError::Panicked {
+                message: e.to_string(),
+                host: ctx.host.clone(),
+            }),
+            Err(RunError::BadArgs(message) | RunError::Encode(message)) => {
+                Err(WireError::BadArgs {
+                    message,
+                    host: ctx.host.clone(),
+                })
+            }
+        });
+    }
+    if retry.is_empty() {
+        ctx.finish(&chunk, &msg, outcomes).await;
+    } else if delivered < ctx.max_attempts {
+        // The whole chunk runs again (its results are delivered once all the same).
+        let _ = msg.ack_with(AckKind::Nak(None)).await;
+    } else {
+        ctx.exhaust(
+            &chunk,
+            &msg,
+            &items,
+            &retry,
+            delivered,
+            last_cause,
+            &mut outcomes,
+        )
+        .await;
+    }
 }
 
-/// The parts of a task's headers a reply needs.
-struct TaskRef {
+/// The parts of a chunk's headers a reply needs.
+struct ChunkRef {
+    /// `client-n`: the chunk's tasks are `client-n`, `client-(n+1)`, ...
     id: String,
     reply: String,
     function: String,
 }
 
+impl ChunkRef {
+    /// The id of the chunk's `i`-th task.
+    fn task_id(&self, i: usize) -> String {
+        match self.id.rsplit_once('-') {
+            Some((client, n)) if i > 0 => match n.parse::<u64>() {
+                Ok(n) => format!("{client}-{}", n + i as u64),
+                Err(_) => format!("{}+{i}", self.id),
+            },
+            _ => self.id.clone(),
+        }
+    }
+}
+
 impl Ctx {
-    /// Sends the outcome to the submitter, then acknowledges the task. If the outcome cannot
-    /// be sent, the task is not acknowledged and runs again later (its result deduplicated).
+    /// Sends the outcomes to the submitter, then acknowledges the chunk. If they cannot be
+    /// sent, the chunk is not acknowledged and runs again later (its results deduplicated).
     async fn finish(
         &self,
-        task: &TaskRef,
+        chunk: &ChunkRef,
         msg: &jetstream::Message,
-        outcome: Result<Bytes, WireError>,
+        outcomes: Vec<Result<Bytes, WireError>>,
     ) {
-        if self.reply(task, outcome).await.is_ok() {
+        if self.reply(chunk, &outcomes).await.is_ok() {
             let _ = msg.double_ack().await;
         }
     }
 
     async fn reply(
         &self,
-        task: &TaskRef,
-        outcome: Result<Bytes, WireError>,
+        chunk: &ChunkRef,
+        outcomes: &[Result<Bytes, WireError>],
     ) -> Result<(), RemoteError> {
-        let mut headers = HeaderMap::new();
-        headers.insert("Nats-Msg-Id", task.id.as_str());
-        headers.insert(layout::H_TASK, task.id.as_str());
-        let payload = match outcome {
-            Ok(bytes) => {
-                headers.insert(layout::H_STATUS, "ok");
-                bytes
-            }
-            Err(e) => {
-                headers.insert(layout::H_STATUS, "err");
-                postcard::to_allocvec(&e)
-                    .map(Bytes::from)
-                    .unwrap_or_default()
-            }
-        };
-        self.js
-            .publish_with_headers(task.reply.clone(), headers, payload)
-            .await
-            .map_err(|e| RemoteError::new("result publish", e))?
-            .await
-            .map_err(|e| RemoteError::new("result publish", e))?;
+        let mut acks = Vec::new();
+        for (first, count, payload) in chunk::parts(outcomes) {
+            let mut headers = HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("{}@{first}", chunk.id).as_str());
+            headers.insert(layout::H_TASK, chunk.id.as_str());
+            headers.insert(layout::H_FIRST, first.to_string().as_str());
+            headers.insert(layout::H_COUNT, count.to_string().as_str());
+            acks.push(
+                self.js
+                    .publish_with_headers(chunk.reply.clone(), headers, payload)
+                    .await
+                    .map_err(|e| RemoteError::new("result publish", e))?,
+            );
+        }
+        for ack in acks {
+            ack.await
+                .map_err(|e| RemoteError::new("result publish", e))?;
+        }
         Ok(())
     }
 
-    /// The task used up its attempts: to the dead-letter subject, an error to the submitter,
-    /// and never delivered again.
+    /// The tasks `which` of a chunk used up their attempts: each to the dead-letter subject,
+    /// an error to the submitter (with the other tasks' `outcomes`), and the chunk never
+    /// delivered again.
+    #[allow(clippy::too_many_arguments)]
     async fn exhaust(
         &self,
-        task: &TaskRef,
+        chunk: &ChunkRef,
         msg: &jetstream::Message,
+        items: &[Bytes],
+        which: &[usize],
         attempts: u32,
         cause: String,
+        outcomes: &mut [Result<Bytes, WireError>],
     ) {
-        let mut headers = msg.headers.clone().unwrap_or_default();
-        headers.insert(layout::H_ERROR, cause.as_str());
-        // The dead letter keeps the task's id, so a second host dead-lettering it is dropped.
-        headers.insert("Nats-Msg-Id", format!("dead-{}", task.id).as_str());
         let dead = async {
-            self.js
-                .publish_with_headers(
-                    self.layout.dead_subject.clone(),
-                    headers,
-                    msg.payload.clone(),
-                )
-                .await
-                .map_err(|e| RemoteError::new("dead-letter publish", e))?
-                .await
-                .map_err(|e| RemoteError::new("dead-letter publish", e))
+            let mut acks = Vec::new();
+            for &i in which {
+                let mut headers = msg.headers.clone().unwrap_or_default();
+                let id = chunk.task_id(i);
+                headers.insert(layout::H_TASK, id.as_str());
+                headers.insert(layout::H_COUNT, "1");
+                headers.insert(layout::H_ERROR, cause.as_str());
+                // The dead letter keeps the task's id, so a second host dead-lettering it is
+                // dropped.
+                headers.insert("Nats-Msg-Id", format!("dead-{id}").as_str());
+                // A dead letter holds one task, as a chunk of one: it can be submitted again
+                // as it is.
+                let mut one = chunk::ChunkBuf::default();
+                one.push(&items[i]);
+                acks.push(
+                    self.js
+                        .publish_with_headers(
+                            self.layout.dead_subject.clone(),
+                            headers,
+                            one.take().1,
+                        )
+                        .await
+                        .map_err(|e| RemoteError::new("dead-letter publish", e))?,
+                );
+            }
+            for ack in acks {
+                ack.await
+                    .map_err(|e| RemoteError::new("dead-letter publish", e))?;
+            }
+            Ok::<(), RemoteError>(())
         };
         if dead.await.is_err() {
             return; // not acknowledged: delivered again, and dead-lettered then
         }
-        let e = WireError::Exhausted {
-            attempts,
-            dead_letter: self.layout.dead_subject.clone(),
-            last_cause: cause,
-        };
-        if self.reply(task, Err(e)).await.is_ok() {
+        for &i in which {
+            outcomes[i] = Err(WireError::Exhausted {
+                attempts,
+                dead_letter: self.layout.dead_subject.clone(),
+                last_cause: cause.clone(),
+            });
+        }
+        if self.reply(chunk, outcomes).await.is_ok() {
             let _ = msg.ack_with(AckKind::Term).await;
         }
     }

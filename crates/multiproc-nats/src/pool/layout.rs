@@ -6,12 +6,17 @@
 //!   through one durable consumer (`hosts`) with explicit acks, the pool's ack timeout and
 //!   `max_deliver` = attempts + 1 (the extra delivery lets a host notice that every attempt
 //!   was used by hosts that died, and dead-letter the task instead of the server dropping it
-//!   silently).
+//!   silently). A message is a *chunk*: one or more tasks of one function (`chunk`), numbered
+//!   from the id in `Mp-Task` (`client-n`, then `client-(n+1)`, ...), published, delivered,
+//!   acknowledged and redelivered as one.
 //! - Results: a work-queue stream `ns_poolres_NAME` on `ns.pool.NAME.results.<client>`; each
-//!   submitting client reads its own subject. A result is published with the task id as its
-//!   `Nats-Msg-Id`, so the server drops the second result of a task that ran twice.
-//! - Dead letters: a limits stream `ns_pooldead_NAME` on `ns.pool.NAME.dead`, where a task that
-//!   used up its attempts is kept with its arguments and last error.
+//!   submitting client reads its own subject. A chunk's outcomes come back in one message (or
+//!   a few, when large: `Mp-First` says where each starts), published with the chunk's id and
+//!   that offset as its `Nats-Msg-Id`, so the server drops the second answer of a chunk that
+//!   ran twice (and the client, which hands each task's outcome out once, drops any that gets
+//!   through).
+//! - Dead letters: a limits stream `ns_pooldead_NAME` on `ns.pool.NAME.dead`, where each task
+//!   that used up its attempts is kept (as a chunk of one) with its last error.
 
 use std::time::Duration;
 
@@ -20,8 +25,13 @@ use async_nats::jetstream::{self, consumer::pull, stream};
 use crate::connect::Nats;
 use crate::error::RemoteError;
 
-/// Header: the task's number within its client.
+/// Header: the id of the chunk's first task (`client-n`).
 pub(crate) const H_TASK: &str = "Mp-Task";
+/// Header: the number of tasks in a chunk or a result message.
+pub(crate) const H_COUNT: &str = "Mp-Count";
+/// Header: on a result message, the chunk's task its first outcome belongs to (0 for the
+/// first).
+pub(crate) const H_FIRST: &str = "Mp-First";
 /// Header: the function's name.
 pub(crate) const H_FN: &str = "Mp-Fn";
 /// Header: the fingerprint of the submitter's signature, hex.
@@ -30,8 +40,6 @@ pub(crate) const H_FP: &str = "Mp-Fp";
 pub(crate) const H_SIG: &str = "Mp-Sig";
 /// Header: the subject to send the result to.
 pub(crate) const H_REPLY: &str = "Mp-Reply";
-/// Header: `ok` (the payload is the result) or `err` (a `WireError`).
-pub(crate) const H_STATUS: &str = "Mp-Status";
 /// Header: on a dead letter, the last failure.
 pub(crate) const H_ERROR: &str = "Mp-Error";
 

@@ -17,6 +17,7 @@
 //! The streams and headers are described in `layout`; the host in `host`, the client in
 //! `client`, names and fingerprints in `function`.
 
+mod chunk;
 mod client;
 mod error;
 mod function;
