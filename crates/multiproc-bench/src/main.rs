@@ -30,6 +30,8 @@ mod conn_bench;
 mod multiproc_impl;
 mod payload;
 mod pool_bench;
+// The robust pthread mutex peer of the lock rows (issue 18).
+mod pthread_bench;
 mod python;
 mod queue_bench;
 mod raw;
@@ -250,7 +252,20 @@ impl Workload {
                 Impl::MultiprocBytes,
                 Impl::PythonMp,
             ],
-            Workload::LockContended2p | Workload::EventPingpong => &[
+            Workload::LockUncontended => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::PthreadRobust,
+                Impl::PythonMp,
+            ],
+            Workload::LockContended2p => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocBlocking,
+                Impl::PthreadRobust,
+                Impl::PythonMp,
+            ],
+            Workload::EventPingpong => &[
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBlocking,
@@ -316,10 +331,12 @@ enum Impl {
     MultiprocBatch,
     /// Manager only: the operations sent on a `Pipeline`.
     MultiprocPipeline,
+    /// Locks only: glibc's robust process-shared `pthread_mutex_t` in shared memory (issue 18).
+    PthreadRobust,
 }
 
 impl Impl {
-    const ALL: [Impl; 9] = [
+    const ALL: [Impl; 10] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -330,6 +347,7 @@ impl Impl {
         // manager (issue 15)
         Impl::MultiprocBatch,
         Impl::MultiprocPipeline,
+        Impl::PthreadRobust,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -348,6 +366,7 @@ impl Impl {
             // manager (issue 15)
             Impl::MultiprocBatch => "multiproc-batch",
             Impl::MultiprocPipeline => "multiproc-pipeline",
+            Impl::PthreadRobust => "pthread-robust",
         }
     }
 }
@@ -604,6 +623,7 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
         }
+        (Impl::PthreadRobust, _) => Some("robust process-shared pthread_mutex_t in shared memory"),
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
         (Impl::RawOs, Workload::Queue1p1c | Workload::Queue2p2c) => {
@@ -627,6 +647,7 @@ fn run_trial(
     n: u64,
 ) -> io::Result<Sample> {
     match (imp, w) {
+        (Impl::PthreadRobust, _) => pthread_bench::run(rt, w, n),
         (Impl::PythonMp, _) => match python {
             Some(py) => py.run(w, n),
             None => Err(io::Error::other("python3 not available")),
@@ -730,6 +751,19 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
                 vs_python(Some(s))
             );
         }
+    }
+    // Issue 18: against the robust pthread mutex, "how many times better", as vs python-mp.
+    if let Some(pthread) = get(Impl::PthreadRobust) {
+        let better = if w.higher_is_better() {
+            paired_ratio(mp, Some(pthread))
+        } else {
+            paired_ratio(Some(pthread), mp)
+        };
+        eprintln!(
+            "# {:<18} multiproc speedup vs pthread-robust = {:>6}x",
+            w.name(),
+            better
+        );
     }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(

@@ -258,8 +258,10 @@ impl SharedRegion {
         self.map.ptr.as_ptr()
     }
 
+    /// A pointer to `size` bytes at byte `offset`, checked to lie inside the mapping and be
+    /// `align`-aligned; panics otherwise.
     #[inline]
-    fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
+    pub(crate) fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         match offset.checked_add(size) {
             Some(end) if end <= self.map.len && offset.is_multiple_of(align) => {
                 // SAFETY: `offset + size <= len`, so the result stays inside the mapping.
