@@ -115,17 +115,22 @@ impl SharedRegion {
                 "shared memory needs at least one byte",
             ));
         }
-        let fd = rustix::fs::memfd_create(
-            "multiproc-shm",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let fd = SharedFd::new(fd);
-        let map = map(&fd, len)?;
-        Ok(Self {
-            map: Arc::new(map),
-            fd,
+        crate::sys::nofile::creating(|| {
+            let fd = rustix::fs::memfd_create(
+                "multiproc-shm",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )?;
+            rustix::fs::ftruncate(&fd, len as u64)?;
+            rustix::fs::fcntl_add_seals(
+                &fd,
+                SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+            )?;
+            let fd = SharedFd::new(fd);
+            let map = map(&fd, len)?;
+            Ok(Self {
+                map: Arc::new(map),
+                fd,
+            })
         })
     }
 
