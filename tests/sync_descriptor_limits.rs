@@ -32,7 +32,9 @@ fn lower_then_create(soft: u64, locks: usize) -> Result<Option<u64>, String> {
 #[tokio::test]
 async fn a_lowered_soft_limit_is_raised_to_the_hard_one() {
     // 300 locks hold 600 descriptors, far past the lowered soft limit of 64.
-    let child = spawn((64u64, 300usize), |(soft, locks)| lower_then_create(soft, locks));
+    let child = spawn((64u64, 300usize), |(soft, locks)| {
+        lower_then_create(soft, locks)
+    });
     let soft = within("child", child).await.unwrap().unwrap();
     let hard = getrlimit(Resource::Nofile).maximum;
     assert_eq!(soft, hard, "the soft limit was raised to the hard one");
