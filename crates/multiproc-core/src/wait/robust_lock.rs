@@ -46,7 +46,7 @@ pub(crate) const STARVE_AFTER: Duration = Duration::from_millis(1);
 /// it and wakes the parked waiters; a holder that takes the lock again at once does so without
 /// the bit, so it runs a long batch of uncontended operations, each without a system call,
 /// until a woken waiter sets the bit again (ownership does not bounce between CPUs on every
-/// operation). A waiter that has waited [`STARVE_AFTER`] sets the *starving* bit: the next
+/// operation). A waiter that has waited 1 ms (`STARVE_AFTER`) sets the *starving* bit: the next
 /// release leaves the lock ownerless but reserved, so the holder's next fast attempt fails and
 /// a starving waiter takes it (no waiter starves). A starving waiter that gives up (a cancelled
 /// or timed-out wait) withdraws the reservation; one that dies leaves it to the next waiter that
