@@ -47,6 +47,8 @@ mod payload;
 mod peers;
 mod physical;
 mod pool_bench;
+// The robust pthread mutex peer of the lock rows (issue 18).
+mod pthread_bench;
 mod python;
 mod queue_bench;
 mod raw;
@@ -423,7 +425,20 @@ impl Workload {
                 Impl::IpcChannel,
                 Impl::PythonMp,
             ],
-            Workload::LockContended2p | Workload::EventPingpong => &[
+            Workload::LockUncontended => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::PthreadRobust,
+                Impl::PythonMp,
+            ],
+            Workload::LockContended2p => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::MultiprocBlocking,
+                Impl::PthreadRobust,
+                Impl::PythonMp,
+            ],
+            Workload::EventPingpong => &[
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBlocking,
@@ -541,10 +556,12 @@ enum Impl {
     // Spawn rows (issue 18).
     /// Spawn rows only: `fork`, the child `_exit`s at once, the parent waits.
     ForkExitWait,
+    /// Locks only: glibc's robust process-shared `pthread_mutex_t` in shared memory (issue 18).
+    PthreadRobust,
 }
 
 impl Impl {
-    const ALL: [Impl; 16] = [
+    const ALL: [Impl; 17] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -563,6 +580,7 @@ impl Impl {
         Impl::Machine,
         // Spawn rows (issue 18).
         Impl::ForkExitWait,
+        Impl::PthreadRobust,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
@@ -594,6 +612,7 @@ impl Impl {
             Impl::Machine => "machine",
             // Spawn rows (issue 18).
             Impl::ForkExitWait => "fork-exit-wait",
+            Impl::PthreadRobust => "pthread-robust",
         }
     }
 }
@@ -626,6 +645,7 @@ fn run_trial(
     n: u64,
 ) -> io::Result<Sample> {
     match (imp, w) {
+        (Impl::PthreadRobust, _) => pthread_bench::run(rt, w, n),
         (Impl::PythonMp, _) => match python {
             Some(py) => py.run(w, n),
             None => Err(io::Error::other("python3 not available")),

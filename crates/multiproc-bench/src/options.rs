@@ -35,7 +35,7 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
                  raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
                  tokio-floor, tokio-codec, interprocess, procspawn,
-                 machine, fork-exit-wait
+                 machine, fork-exit-wait, pthread-robust
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";

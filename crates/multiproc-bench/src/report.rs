@@ -183,6 +183,7 @@ pub(crate) fn json_line(
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
         }
+        (Impl::PthreadRobust, _) => Some("robust process-shared pthread_mutex_t in shared memory"),
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
         // Spawn rows (issue 18).

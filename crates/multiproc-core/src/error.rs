@@ -4,6 +4,7 @@ use std::fmt;
 use std::io;
 
 use crate::fd::DescriptorError;
+pub use crate::sys::nofile::LimitError;
 
 /// A value could not be turned into a message.
 #[derive(thiserror::Error)]

@@ -36,6 +36,9 @@ pub mod message;
 #[cfg(target_os = "linux")]
 pub mod named;
 #[cfg(target_os = "linux")]
+#[doc(hidden)]
+pub mod peer;
+#[cfg(target_os = "linux")]
 pub mod proc;
 #[cfg(target_os = "linux")]
 pub mod shm;

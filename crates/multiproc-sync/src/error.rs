@@ -9,6 +9,8 @@
 
 use std::io;
 
+use multiproc_core::error::LimitError;
+
 macro_rules! wait_failure {
     ($(#[$doc:meta])* $name:ident, $msg:literal) => {
         $(#[$doc])*
@@ -176,15 +178,55 @@ impl BarrierWaitError {
 }
 
 /// Error of creating any primitive: the kernel refused a memfd, mapping or eventfd.
-#[derive(Debug, thiserror::Error)]
-#[error("cannot create shared synchronization state")]
-pub struct CreateError(#[source] pub(crate) io::Error);
+///
+/// When a limit was reached (the process's descriptor limit, the system's file limit, memory
+/// or the mapping count), the message names it, e.g. "the process's open-descriptor limit
+/// (RLIMIT_NOFILE, soft 1024) is reached", and [`is_descriptor_limit`](Self::is_descriptor_limit)
+/// or [`is_resource_limit`](Self::is_resource_limit) say so; the source is then the system's
+/// error (`EMFILE`, ...). Before the first primitive the process's soft descriptor limit is
+/// raised to its hard limit, so this happens only at the hard limit.
+#[derive(Debug)]
+pub struct CreateError(pub(crate) io::Error);
 
 impl CreateError {
     /// The underlying I/O error ([`InvalidInput`](io::ErrorKind::InvalidInput) for a size the
     /// primitive cannot have).
     pub fn io_error(&self) -> &io::Error {
         &self.0
+    }
+
+    fn limit(&self) -> Option<&LimitError> {
+        LimitError::find(&self.0)
+    }
+
+    /// Whether the process's open-descriptor limit (`RLIMIT_NOFILE`) was reached.
+    pub fn is_descriptor_limit(&self) -> bool {
+        self.limit().is_some_and(LimitError::is_descriptor_limit)
+    }
+
+    /// Whether any limit was reached: the descriptor limit, the system's file limit, memory or
+    /// the mapping count.
+    pub fn is_resource_limit(&self) -> bool {
+        self.limit().is_some()
+    }
+}
+
+impl std::fmt::Display for CreateError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.limit() {
+            Some(limit) => limit.fmt(f),
+            None => f.write_str("cannot create shared synchronization state"),
+        }
+    }
+}
+
+impl std::error::Error for CreateError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self.limit() {
+            // The limit is the message: the system's error is next.
+            Some(limit) => std::error::Error::source(limit),
+            None => Some(&self.0),
+        }
     }
 }
 

@@ -3,6 +3,7 @@
 //! (`multiproc_core::wait`).
 
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -51,8 +52,10 @@ enum State<Fut> {
 }
 
 /// The boxed slow future, dropped out of line so that dropping a [`FastThenSlow`] that took
-/// the fast path stays a tag check.
-struct SlowBox<Fut>(Option<Pin<Box<Fut>>>);
+/// the fast path stays a tag check. The `ManuallyDrop` keeps the future's drop code out of
+/// the drop glue (which would otherwise grow too large to inline into every `lock().await`):
+/// `Drop` takes the box out and drops it in [`drop_slow`], leaving nothing to drop.
+struct SlowBox<Fut>(ManuallyDrop<Option<Pin<Box<Fut>>>>);
 
 impl<Fut> Drop for SlowBox<Fut> {
     #[inline]
@@ -66,7 +69,7 @@ impl<Fut> Drop for SlowBox<Fut> {
 #[cold]
 #[inline(never)]
 fn drop_slow<Fut>(slow: &mut Option<Pin<Box<Fut>>>) {
-    *slow = None;
+    drop(slow.take());
 }
 
 impl<'a, C: ?Sized, T, X, F, S, Fut> Future for FastThenSlow<'a, C, F, S, Fut>
@@ -108,7 +111,7 @@ where
     S: Fn(&'a C, X) -> Fut,
     Fut: Future,
 {
-    *state = State::Slow(SlowBox(Some(Box::pin(slow(ctx, x)))));
+    *state = State::Slow(SlowBox(ManuallyDrop::new(Some(Box::pin(slow(ctx, x))))));
     poll_slow(state, cx)
 }
 
@@ -116,7 +119,10 @@ where
 #[cold]
 #[inline(never)]
 fn poll_slow<Fut: Future>(state: &mut State<Fut>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
-    let State::Slow(SlowBox(Some(fut))) = state else {
+    let State::Slow(SlowBox(slow)) = state else {
+        panic!("future polled after completion");
+    };
+    let Some(fut) = &mut **slow else {
         panic!("future polled after completion");
     };
     let r = fut.as_mut().poll(cx);

@@ -302,4 +302,7 @@ pub mod manager {
 pub mod core {
     #[doc(inline)]
     pub use multiproc_core::{SharedFd, message};
+    // The benchmark's peers that need `unsafe` (a robust pthread mutex); not an API.
+    #[doc(hidden)]
+    pub use multiproc_core::peer;
 }

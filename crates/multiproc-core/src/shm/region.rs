@@ -115,17 +115,22 @@ impl SharedRegion {
                 "shared memory needs at least one byte",
             ));
         }
-        let fd = rustix::fs::memfd_create(
-            "multiproc-shm",
-            MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
-        )?;
-        rustix::fs::ftruncate(&fd, len as u64)?;
-        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)?;
-        let fd = SharedFd::new(fd);
-        let map = map(&fd, len)?;
-        Ok(Self {
-            map: Arc::new(map),
-            fd,
+        crate::sys::nofile::creating(|| {
+            let fd = rustix::fs::memfd_create(
+                "multiproc-shm",
+                MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+            )?;
+            rustix::fs::ftruncate(&fd, len as u64)?;
+            rustix::fs::fcntl_add_seals(
+                &fd,
+                SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
+            )?;
+            let fd = SharedFd::new(fd);
+            let map = map(&fd, len)?;
+            Ok(Self {
+                map: Arc::new(map),
+                fd,
+            })
         })
     }
 
@@ -258,8 +263,10 @@ impl SharedRegion {
         self.map.ptr.as_ptr()
     }
 
+    /// A pointer to `size` bytes at byte `offset`, checked to lie inside the mapping and be
+    /// `align`-aligned; panics otherwise.
     #[inline]
-    fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
+    pub(crate) fn check(&self, offset: usize, size: usize, align: usize) -> *mut u8 {
         match offset.checked_add(size) {
             Some(end) if end <= self.map.len && offset.is_multiple_of(align) => {
                 // SAFETY: `offset + size <= len`, so the result stays inside the mapping.

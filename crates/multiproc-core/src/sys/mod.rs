@@ -19,6 +19,7 @@ pub(crate) mod abstract_socket;
 pub(crate) mod fifo;
 pub(crate) mod file_lock;
 pub mod identity;
+pub(crate) mod nofile;
 mod peercred;
 pub(crate) use peercred::peer_ucred;
 
@@ -30,12 +31,14 @@ pub(crate) const MAX_FDS_PER_SENDMSG: usize = 253;
 /// # References
 /// - [`socketpair(2)`](https://man7.org/linux/man-pages/man2/socketpair.2.html)
 pub(crate) fn stream_socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
-    let (a, b) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::STREAM,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let (a, b) = nofile::creating(|| {
+        Ok(rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::STREAM,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?)
+    })?;
     // A larger send buffer lets a large message go out in fewer writes and wake-ups. The kernel
     // caps it at `net.core.wmem_max`; failing to raise it only costs speed.
     for end in [&a, &b] {

@@ -74,12 +74,14 @@ const WANTED_SNDBUF: usize = 4 << 20;
 /// - [`socketpair(2)`](https://man7.org/linux/man-pages/man2/socketpair.2.html),
 ///   [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html)
 pub fn packet_pair() -> io::Result<(SharedFd, SharedFd)> {
-    let (send, recv) = rustix::net::socketpair(
-        AddressFamily::UNIX,
-        SocketType::SEQPACKET,
-        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
-        None,
-    )?;
+    let (send, recv) = crate::sys::nofile::creating(|| {
+        Ok(rustix::net::socketpair(
+            AddressFamily::UNIX,
+            SocketType::SEQPACKET,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+            None,
+        )?)
+    })?;
     // Best effort: privileged processes may exceed `wmem_max`, others get at most `wmem_max`.
     if rustix::net::sockopt::set_socket_send_buffer_size_force(&send, WANTED_SNDBUF).is_err() {
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&send, WANTED_SNDBUF);

@@ -48,7 +48,12 @@ impl EventFd {
     /// # References
     /// - [`eventfd(2)`](https://man7.org/linux/man-pages/man2/eventfd.2.html)
     pub fn new() -> io::Result<Self> {
-        let fd = rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)?;
+        let fd = crate::sys::nofile::creating(|| {
+            Ok(rustix::event::eventfd(
+                0,
+                EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK,
+            )?)
+        })?;
         Ok(Self {
             fd: SharedFd::new(fd),
         })
