@@ -9,10 +9,13 @@ use std::time::Duration;
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::shm::SharedRegion;
 use crate::sys::identity;
+use crate::wait::eventfd::EventFd;
 use crate::wait::{LIVENESS_TICK, WaitQueue};
 
-/// Byte offset of the owner word: 0 when free, else the holder's process identity.
+/// Byte offset of the owner word from the lock's waiter count: 0 when free, else the holder's
+/// process identity.
 const OWNER: usize = 8;
 const LEN: usize = 64;
 
@@ -27,13 +30,18 @@ const LEN: usize = 64;
 /// A handle: clones in this process and copies sent to other processes (it serializes as its
 /// descriptors) are the same lock. It has no guard: the caller pairs each acquisition with one
 /// [`release`](Self::release).
+///
+/// `AT` places the lock in a region: its waiter count at byte `AT`, its owner word at `AT + 8`.
+/// A lock of its own has `AT = 0`; state holding a lock among other things (a queue's header)
+/// makes it with [`in_region`](Self::in_region), sharing that region and an eventfd, and sends
+/// those instead of the lock.
 #[derive(Clone)]
-pub struct RobustLock {
-    queue: WaitQueue,
+pub struct RobustLock<const AT: usize = 0> {
+    queue: WaitQueue<AT>,
 }
 
 impl RobustLock {
-    /// Creates an unlocked lock.
+    /// Creates an unlocked lock with a region and an eventfd of its own.
     ///
     /// # Errors
     /// When the kernel refuses a memfd, mapping or eventfd (out of memory or descriptors).
@@ -42,10 +50,25 @@ impl RobustLock {
             queue: WaitQueue::new(LEN)?,
         })
     }
+}
+
+impl<const AT: usize> RobustLock<AT> {
+    /// The lock at byte `AT` of `region` (zeroed there: unlocked), woken through `efd`, which
+    /// may be shared with other waits on the same state (they then see each other's wake-ups
+    /// as spurious ones and re-check).
+    ///
+    /// # Panics
+    /// When `AT + 16` is out of the region's bounds or `AT` is not 8-aligned.
+    pub fn in_region(region: SharedRegion, efd: EventFd) -> Self {
+        region.atomic_u64(AT + OWNER);
+        Self {
+            queue: WaitQueue::in_region(region, efd),
+        }
+    }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.queue.region().atomic_u64(OWNER)
+        self.queue.region().atomic_u64(AT + OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. `Some(died)` when
@@ -140,12 +163,12 @@ impl RobustLock {
     }
 
     /// Whether `self` and `other` are the same lock.
-    pub fn same_lock(&self, other: &RobustLock) -> bool {
+    pub fn same_lock(&self, other: &RobustLock<AT>) -> bool {
         self.queue.region().same_region(other.queue.region())
     }
 }
 
-impl fmt::Debug for RobustLock {
+impl<const AT: usize> fmt::Debug for RobustLock<AT> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RobustLock")
             .field("owner_pid", &self.owner_pid())
