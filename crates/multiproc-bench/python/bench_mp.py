@@ -15,6 +15,8 @@ Same workloads and payloads as `multiproc-bench`, with the `fork` start method a
   event_pingpong     us_per_roundtrip  A: e1.set(); e2.wait(); e2.clear()  B: e1.wait(); e1.clear(); e2.set()
   queue_1p1c_64B     msgs_per_s        Queue() put/get of 64-byte bytes, 1 producer, 1 consumer
   queue_2p2c_64B     msgs_per_s        the same, 2 producers, 2 consumers
+  queue_<P>p<C>c_64B msgs_per_s        the same, scaling: P = 2, 4, 8, 16 producers into one
+                                       consumer, one producer into C = 2, 4 consumers
   pool_map_small     items_per_s       Pool(2).map(square, range(500_000)), default chunksize
   pool_map_small_chunk1  items_per_s   the same over 20,000 items with chunksize=1
   pool_apply_roundtrip   us_per_task   Pool(2).apply(square, (i,)), one after another
@@ -45,6 +47,9 @@ import time
 
 CTX = multiprocessing.get_context("fork")
 
+# The queue scaling rows: (producers, consumers), each a separate process.
+QUEUE_SCALING = [(2, 1), (4, 1), (8, 1), (16, 1), (1, 2), (1, 4)]
+
 API_PIPE = "Pipe() Connection.send/recv of bytes (pickled), fork"
 API_SPAWN = "get_context('fork').Process(target=noop).start(); join()"
 APIS = {
@@ -55,6 +60,7 @@ APIS = {
     "event_pingpong": "Event set/wait/clear",
     "queue_1p1c_64B": "Queue().put/get of bytes (pickled)",
     "queue_2p2c_64B": "Queue().put/get of bytes (pickled)",
+    **{f"queue_{p}p{c}c_64B": "Queue().put/get of bytes (pickled)" for p, c in QUEUE_SCALING},
     "pool_map_small": "Pool(2).map(square, range(n))",
     "pool_map_small_chunk1": "Pool(2).map(square, range(n), chunksize=1)",
     "pool_apply_roundtrip": "Pool(2).apply(square, (i,)), sequentially",
@@ -82,6 +88,7 @@ WORKLOADS = {
     "event_pingpong": ("us_per_roundtrip", 5_000, 1_000),
     "queue_1p1c_64B": ("msgs_per_s", 100_000, 20_000),
     "queue_2p2c_64B": ("msgs_per_s", 100_000, 20_000),
+    **{f"queue_{p}p{c}c_64B": ("msgs_per_s", 100_000, 20_000) for p, c in QUEUE_SCALING},
     "pool_map_small": ("items_per_s", 500_000, 500_000),
     "pool_map_small_chunk1": ("items_per_s", 20_000, 5_000),
     "pool_apply_roundtrip": ("us_per_task", 2_000, 500),
@@ -525,10 +532,10 @@ def trial(name, n):
         return semaphore_limit(n)
     if name == "event_pingpong":
         return event_pingpong(n)
-    if name == "queue_1p1c_64B":
-        return queue_bench(n, 1, 1)
-    if name == "queue_2p2c_64B":
-        return queue_bench(n, 2, 2)
+    if name.startswith("queue_") and name.endswith("c_64B"):
+        # queue_<P>p<C>c_64B
+        producers, consumers = name[len("queue_"):-len("c_64B")].split("p")
+        return queue_bench(n, int(producers), int(consumers))
     if name == "file_lock_uncontended":
         return file_lock_uncontended(n)
     if name == "file_lock_contended_2p":

@@ -29,6 +29,8 @@ mod manager_bench;
 mod conn_bench;
 mod multiproc_impl;
 mod payload;
+mod peers;
+mod physical;
 mod pool_bench;
 mod python;
 mod queue_bench;
@@ -65,6 +67,14 @@ pub(crate) enum Workload {
     Queue1p1c,
     /// Two producer processes, two consumer processes, one queue.
     Queue2p2c,
+    /// Queue scaling: `P` producer processes into one consumer process.
+    Queue2p1c,
+    Queue4p1c,
+    Queue8p1c,
+    Queue16p1c,
+    /// Queue scaling: one producer process into `C` consumer processes.
+    Queue1p2c,
+    Queue1p4c,
     /// `Pool(2).map` of `x * x` over `n` integers, default chunking.
     PoolMapSmall,
     /// The same with a chunk size of 1.
@@ -88,10 +98,17 @@ pub(crate) enum Workload {
     ConnAcceptUnix,
     /// The same over TCP loopback.
     ConnAcceptTcp,
+    /// The machine's limit: `memcpy` bandwidth of a large buffer.
+    MemcpyBandwidth,
+    /// The machine's limit: one cache line bounced between two spinning processes.
+    CachelineRoundtrip,
 }
 
 impl Workload {
-    const ALL: [Workload; 20] = [
+    const ALL: [Workload; 28] = [
+        // The machine's limits first: the summary compares later rows with them.
+        Workload::MemcpyBandwidth,
+        Workload::CachelineRoundtrip,
         Workload::Pingpong64,
         Workload::Stream64,
         Workload::Stream1M,
@@ -102,6 +119,12 @@ impl Workload {
         Workload::EventPingpong,
         Workload::Queue1p1c,
         Workload::Queue2p2c,
+        Workload::Queue2p1c,
+        Workload::Queue4p1c,
+        Workload::Queue8p1c,
+        Workload::Queue16p1c,
+        Workload::Queue1p2c,
+        Workload::Queue1p4c,
         Workload::PoolMapSmall,
         Workload::PoolMapSmallChunk1,
         Workload::PoolApplyRoundtrip,
@@ -129,6 +152,12 @@ impl Workload {
             Workload::EventPingpong => "event_pingpong",
             Workload::Queue1p1c => "queue_1p1c_64B",
             Workload::Queue2p2c => "queue_2p2c_64B",
+            Workload::Queue2p1c => "queue_2p1c_64B",
+            Workload::Queue4p1c => "queue_4p1c_64B",
+            Workload::Queue8p1c => "queue_8p1c_64B",
+            Workload::Queue16p1c => "queue_16p1c_64B",
+            Workload::Queue1p2c => "queue_1p2c_64B",
+            Workload::Queue1p4c => "queue_1p4c_64B",
             Workload::PoolMapSmall => "pool_map_small",
             Workload::PoolMapSmallChunk1 => "pool_map_small_chunk1",
             Workload::PoolApplyRoundtrip => "pool_apply_roundtrip",
@@ -141,6 +170,8 @@ impl Workload {
             Workload::ConnRoundtripTcp => "conn_roundtrip_tcp",
             Workload::ConnAcceptUnix => "conn_accept_unix",
             Workload::ConnAcceptTcp => "conn_accept_tcp",
+            Workload::MemcpyBandwidth => "memcpy_bandwidth",
+            Workload::CachelineRoundtrip => "cacheline_roundtrip",
         }
     }
 
@@ -154,7 +185,14 @@ impl Workload {
             Workload::LockUncontended => "ns_per_op",
             Workload::LockContended2p | Workload::SemaphoreLimit => "ops_per_s",
             Workload::EventPingpong => "us_per_roundtrip",
-            Workload::Queue1p1c | Workload::Queue2p2c => "msgs_per_s",
+            Workload::Queue1p1c
+            | Workload::Queue2p2c
+            | Workload::Queue2p1c
+            | Workload::Queue4p1c
+            | Workload::Queue8p1c
+            | Workload::Queue16p1c
+            | Workload::Queue1p2c
+            | Workload::Queue1p4c => "msgs_per_s",
             Workload::PoolMapSmall | Workload::PoolMapSmallChunk1 => "items_per_s",
             Workload::PoolApplyRoundtrip => "us_per_task",
             // manager (issue 15)
@@ -164,6 +202,8 @@ impl Workload {
             // Named endpoints.
             Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp => "reqs_per_s",
             Workload::ConnAcceptUnix | Workload::ConnAcceptTcp => "conns_per_s",
+            Workload::MemcpyBandwidth => "GB_per_s",
+            Workload::CachelineRoundtrip => "ns_per_roundtrip",
         }
     }
 
@@ -177,6 +217,12 @@ impl Workload {
                 | Workload::SemaphoreLimit
                 | Workload::Queue1p1c
                 | Workload::Queue2p2c
+                | Workload::Queue2p1c
+                | Workload::Queue4p1c
+                | Workload::Queue8p1c
+                | Workload::Queue16p1c
+                | Workload::Queue1p2c
+                | Workload::Queue1p4c
                 | Workload::PoolMapSmall
                 | Workload::PoolMapSmallChunk1
                 // manager (issue 15)
@@ -187,6 +233,7 @@ impl Workload {
                 | Workload::ConnRoundtripTcp
                 | Workload::ConnAcceptUnix
                 | Workload::ConnAcceptTcp
+                | Workload::MemcpyBandwidth
         )
     }
 
@@ -210,8 +257,24 @@ impl Workload {
             (Workload::SemaphoreLimit, true) => 80_000,
             (Workload::EventPingpong, false) => 5_000,
             (Workload::EventPingpong, true) => 1_000,
-            (Workload::Queue1p1c | Workload::Queue2p2c, false) => 100_000,
-            (Workload::Queue1p1c | Workload::Queue2p2c, true) => 20_000,
+            // Every queue shape moves the same number of messages in all.
+            (
+                Workload::Queue1p1c
+                | Workload::Queue2p2c
+                | Workload::Queue2p1c
+                | Workload::Queue4p1c
+                | Workload::Queue8p1c
+                | Workload::Queue16p1c
+                | Workload::Queue1p2c
+                | Workload::Queue1p4c,
+                quick,
+            ) => {
+                if quick {
+                    20_000
+                } else {
+                    100_000
+                }
+            }
             (Workload::PoolMapSmall, _) => 500_000,
             // Python's pool manages ~10k chunk-size-1 tasks a second here: 500k would take a
             // minute per trial. The rate does not depend on n at this size.
@@ -231,6 +294,11 @@ impl Workload {
             (Workload::ConnRoundtripUnix | Workload::ConnRoundtripTcp, true) => 5_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, false) => 2_000,
             (Workload::ConnAcceptUnix | Workload::ConnAcceptTcp, true) => 500,
+            // Copies of 64 MiB.
+            (Workload::MemcpyBandwidth, false) => 32,
+            (Workload::MemcpyBandwidth, true) => 8,
+            (Workload::CachelineRoundtrip, false) => 1_000_000,
+            (Workload::CachelineRoundtrip, true) => 100_000,
         }
     }
 
@@ -242,12 +310,35 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocBlocking,
                 Impl::TokioReactor,
+                Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
+                Impl::IpcChannel,
+                Impl::PythonMp,
+            ],
+            Workload::SpawnJoin => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::Procspawn,
+                Impl::PythonMp,
+            ],
+            Workload::Stream64 => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
+                Impl::IpcChannel,
                 Impl::PythonMp,
             ],
             Workload::Stream1M => &[
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
+                Impl::TokioFloor,
+                Impl::TokioCodec,
+                Impl::Interprocess,
+                Impl::IpcChannel,
                 Impl::PythonMp,
             ],
             Workload::LockContended2p | Workload::EventPingpong => &[
@@ -261,6 +352,14 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocSink,
                 Impl::MultiprocBlocking,
+                Impl::IpcChannel,
+                Impl::PythonMp,
+            ],
+            // The scaling rows: the headline API against the floor and the peers.
+            w if w.queue_shape().is_some() => &[
+                Impl::RawOs,
+                Impl::Multiproc,
+                Impl::IpcChannel,
                 Impl::PythonMp,
             ],
             // The pool is compared with Python's; there is no syscall floor for a pool.
@@ -283,12 +382,39 @@ impl Workload {
             | Workload::ConnRoundtripTcp
             | Workload::ConnAcceptUnix
             | Workload::ConnAcceptTcp => &[Impl::Multiproc, Impl::PythonMp],
+            // Reference rows: what the machine allows.
+            Workload::MemcpyBandwidth | Workload::CachelineRoundtrip => &[Impl::Machine],
             _ => &[Impl::RawOs, Impl::Multiproc, Impl::PythonMp],
         }
     }
 
     fn parse(name: &str) -> Option<Workload> {
         Workload::ALL.into_iter().find(|w| w.name() == name)
+    }
+
+    /// The queue workloads' (producer processes, consumer processes).
+    pub(crate) fn queue_shape(self) -> Option<(u64, u64)> {
+        Some(match self {
+            Workload::Queue1p1c => (1, 1),
+            Workload::Queue2p2c => (2, 2),
+            Workload::Queue2p1c => (2, 1),
+            Workload::Queue4p1c => (4, 1),
+            Workload::Queue8p1c => (8, 1),
+            Workload::Queue16p1c => (16, 1),
+            Workload::Queue1p2c => (1, 2),
+            Workload::Queue1p4c => (1, 4),
+            _ => return None,
+        })
+    }
+
+    /// Why `imp` cannot run this workload, for the rows a peer has no way to do.
+    fn not_applicable(self, imp: Impl) -> Option<&'static str> {
+        match (imp, self.queue_shape()) {
+            (Impl::IpcChannel, Some((_, consumers))) if consumers > 1 => {
+                Some(peers::ipc_channel::NO_MPMC)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -316,10 +442,23 @@ enum Impl {
     MultiprocBatch,
     /// Manager only: the operations sent on a `Pipeline`.
     MultiprocPipeline,
+    /// servo's `ipc-channel` 0.22, typed blocking API (`peers::ipc_channel`).
+    IpcChannel,
+    /// The hand-rolled tokio floor: length prefix and buffered I/O (`peers::tokio_floor`).
+    TokioFloor,
+    /// tokio's `UnixStream` + `LengthDelimitedCodec` + postcard (`peers::tokio_codec`).
+    TokioCodec,
+    /// `interprocess` 2.x local sockets on tokio + `LengthDelimitedCodec` + postcard
+    /// (`peers::interprocess`).
+    Interprocess,
+    /// `procspawn` 1.0 (`peers::procspawn`), spawning only.
+    Procspawn,
+    /// The machine's limits (`physical`): no library at all.
+    Machine,
 }
 
 impl Impl {
-    const ALL: [Impl; 9] = [
+    const ALL: [Impl; 15] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
@@ -330,10 +469,21 @@ impl Impl {
         // manager (issue 15)
         Impl::MultiprocBatch,
         Impl::MultiprocPipeline,
+        Impl::IpcChannel,
+        Impl::TokioFloor,
+        Impl::TokioCodec,
+        Impl::Interprocess,
+        Impl::Procspawn,
+        Impl::Machine,
     ];
 
     fn parse(name: &str) -> Option<Impl> {
         Impl::ALL.into_iter().find(|i| i.name() == name)
+    }
+
+    /// multiproc itself or one of its variants (the rest are peers and floors).
+    fn is_multiproc(self) -> bool {
+        self.name().starts_with("multiproc")
     }
 
     fn name(self) -> &'static str {
@@ -348,6 +498,12 @@ impl Impl {
             // manager (issue 15)
             Impl::MultiprocBatch => "multiproc-batch",
             Impl::MultiprocPipeline => "multiproc-pipeline",
+            Impl::IpcChannel => "ipc-channel",
+            Impl::TokioFloor => "tokio-floor",
+            Impl::TokioCodec => "tokio-codec",
+            Impl::Interprocess => "interprocess",
+            Impl::Procspawn => "procspawn",
+            Impl::Machine => "machine",
         }
     }
 }
@@ -402,13 +558,18 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
   --only <w>     run only these workloads (repeatable or comma-separated):
                  pipe_pingpong_64B, pipe_stream_64B, pipe_stream_1MiB, spawn_join,
                  lock_uncontended, lock_contended_2p, semaphore_limit, event_pingpong,
-                 queue_1p1c_64B, queue_2p2c_64B, pool_map_small, pool_map_small_chunk1,
+                 queue_1p1c_64B, queue_2p2c_64B, queue_2p1c_64B, queue_4p1c_64B,
+                 queue_8p1c_64B, queue_16p1c_64B, queue_1p2c_64B, queue_1p4c_64B,
+                 pool_map_small, pool_map_small_chunk1,
                  pool_apply_roundtrip, conn_roundtrip_unix, conn_roundtrip_tcp,
                  conn_accept_unix, conn_accept_tcp, file_lock_uncontended,
-                 file_lock_contended_2p, manager_dict_2p
+                 file_lock_contended_2p, manager_dict_2p, memcpy_bandwidth,
+                 cacheline_roundtrip
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline
+                 raw-os, multiproc-bytes, multiproc-batch, multiproc-pipeline, ipc-channel,
+                 tokio-floor, tokio-codec, interprocess, procspawn,
+                 machine
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported
 
 Prints one JSON line per (workload, impl) on stdout and a ratio summary on stderr.";
@@ -486,6 +647,8 @@ struct Series {
     /// `semaphore_limit`: the peak number of concurrent holders seen in each trial.
     peaks: Vec<u64>,
     error: Option<String>,
+    /// Why this implementation cannot run the workload (a row without figures).
+    not_applicable: Option<&'static str>,
 }
 
 /// The result of one trial.
@@ -546,6 +709,16 @@ fn json_string(s: &str) -> String {
 }
 
 fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) -> Option<String> {
+    if let Some(why) = s.not_applicable {
+        return Some(format!(
+            "{{\"workload\": {}, \"impl\": {}, \"value\": null, \"unit\": {}, \"n\": {n}, \
+             \"pinned\": {pinned}, \"not_applicable\": {}}}",
+            json_string(w.name()),
+            json_string(s.imp.name()),
+            json_string(w.unit()),
+            json_string(why),
+        ));
+    }
     let value = s.median()?;
     let min = s.values.iter().copied().fold(f64::INFINITY, f64::min);
     let max = s.values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -569,7 +742,7 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
                 "Semaphore(2).acquire()/release(); holders counted under a second Lock"
             }
             Workload::EventPingpong => "Event set/wait/clear",
-            Workload::Queue1p1c | Workload::Queue2p2c => "Queue().put/get of bytes (pickled)",
+            w if w.queue_shape().is_some() => "Queue().put/get of bytes (pickled)",
             Workload::PoolMapSmall => "Pool(2).map(square, range(n))",
             Workload::PoolMapSmallChunk1 => "Pool(2).map(square, range(n), chunksize=1)",
             Workload::PoolApplyRoundtrip => "Pool(2).apply(square, (i,)), sequentially",
@@ -606,7 +779,16 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         }
         (Impl::RawOs, Workload::SemaphoreLimit) => Some("futex counting semaphore"),
         (Impl::RawOs, Workload::EventPingpong) => Some("blocking eventfd read/write"),
-        (Impl::RawOs, Workload::Queue1p1c | Workload::Queue2p2c) => {
+        (Impl::Machine, Workload::MemcpyBandwidth) => {
+            Some("one process, memcpy of a 64 MiB buffer into another")
+        }
+        (Impl::Machine, Workload::CachelineRoundtrip) if pinned => Some(
+            "both processes on CPU 0: a waiter yields the CPU, so a round trip is two context switches",
+        ),
+        (Impl::Machine, Workload::CachelineRoundtrip) => Some(
+            "a shared counter bounced between two spinning processes placed on two different CPUs",
+        ),
+        (Impl::RawOs, w) if w.queue_shape().is_some() => {
             Some("blocking send/recv on a shared SOCK_SEQPACKET pair")
         }
         _ => None,
@@ -638,7 +820,11 @@ fn run_trial(
             | Workload::SemaphoreLimit
             | Workload::EventPingpong,
         ) => sync_bench::run(rt, w, imp, n),
-        (_, Workload::Queue1p1c | Workload::Queue2p2c) => queue_bench::run(rt, w, imp, n),
+        (Impl::IpcChannel, w) if w.queue_shape().is_some() => {
+            let (producers, consumers) = w.queue_shape().unwrap_or((1, 1));
+            peers::ipc_channel::queue(producers, consumers, n).map(Sample::from)
+        }
+        (_, w) if w.queue_shape().is_some() => queue_bench::run(rt, w, imp, n),
         // manager (issue 15)
         (_, Workload::ManagerDict2p) => manager_bench::run(rt, imp, n),
         (_, Workload::FileLockUncontended | Workload::FileLockContended2p) => {
@@ -661,6 +847,19 @@ fn run_trial(
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
+        (Impl::IpcChannel, _) => peers::ipc_channel::pipe(w, n).map(Sample::from),
+        (Impl::TokioFloor, _) => peers::tokio_floor::pipe(rt, w, n).map(Sample::from),
+        (Impl::TokioCodec, _) => peers::tokio_codec::pipe(rt, w, n).map(Sample::from),
+        (Impl::Interprocess, _) => peers::interprocess::pipe(rt, w, n).map(Sample::from),
+        (Impl::Procspawn, Workload::SpawnJoin) => peers::procspawn::spawn_join(n).map(Sample::from),
+        (Impl::Procspawn, _) => Err(io::Error::other("procspawn only runs spawn_join")),
+        (Impl::Machine, Workload::MemcpyBandwidth) => {
+            physical::memcpy_bandwidth(n).map(Sample::from)
+        }
+        (Impl::Machine, Workload::CachelineRoundtrip) => {
+            physical::cacheline_roundtrip(rt, n).map(Sample::from)
+        }
+        (Impl::Machine, _) => Err(io::Error::other("not a reference row")),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
@@ -700,8 +899,30 @@ fn paired_ratio(num: Option<&Series>, den: Option<&Series>) -> String {
     median(&ratios).map_or_else(|| "-".into(), |r| format!("{r:.2}"))
 }
 
-fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
+/// The machine's limits measured so far in this run (the reference rows run first).
+#[derive(Default)]
+struct Limits {
+    memcpy_gb_per_s: Option<f64>,
+    cacheline_ns: Option<f64>,
+}
+
+fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits: &mut Limits) {
     let get = |imp: Impl| all.iter().find(|s| s.imp == imp);
+    if let Some(machine) = get(Impl::Machine) {
+        let value = machine.median();
+        match w {
+            Workload::MemcpyBandwidth => limits.memcpy_gb_per_s = value,
+            Workload::CachelineRoundtrip => limits.cacheline_ns = value,
+            _ => {}
+        }
+        eprintln!(
+            "# {:<18} the machine's limit: {} {} (a reference row)",
+            w.name(),
+            value.map_or_else(|| "-".into(), json_number),
+            w.unit()
+        );
+        return;
+    }
     let (mp, raw, py) = (get(Impl::Multiproc), get(Impl::RawOs), get(Impl::PythonMp));
     // "speedup vs python": how many times better multiproc is, whatever the unit's direction.
     let vs_python = |s: Option<&Series>| {
@@ -711,15 +932,40 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
             paired_ratio(py, s)
         }
     };
-    let speedup = vs_python(mp);
     let steal = steal.map_or_else(|| "?".into(), |s| format!("{s:.1}%"));
+    // multiproc against every peer and floor of the row, each "how many times better"
+    // (above 1: multiproc is faster), whatever the unit's direction.
+    let mut versus = String::new();
+    for s in all.iter().filter(|s| !s.imp.is_multiproc()) {
+        let ratio = match s.not_applicable {
+            Some(_) => "n/a".to_string(),
+            None if w.higher_is_better() => paired_ratio(mp, Some(s)) + "x",
+            None => paired_ratio(Some(s), mp) + "x",
+        };
+        let _ = write!(versus, "  {} {ratio}", s.imp.name());
+    }
     eprintln!(
-        "# {:<18} multiproc/raw-os = {:>6}   multiproc speedup vs python-mp = {:>6}x   \
-         (medians of per-trial ratios; CPU steal {steal})",
+        "# {:<18} multiproc vs{versus}   (>1: multiproc better; medians of per-trial ratios; \
+         CPU steal {steal})",
         w.name(),
-        paired_ratio(mp, raw),
-        speedup
     );
+    // Against the machine's limits, where this run measured them.
+    let mp_median = mp.and_then(Series::median);
+    match (w, mp_median, limits.cacheline_ns, limits.memcpy_gb_per_s) {
+        (Workload::Pingpong64, Some(us), Some(ns), _) => eprintln!(
+            "# {:<18} multiproc takes {:.1}x the cache-line round trip ({} ns)",
+            w.name(),
+            us * 1e3 / ns,
+            json_number(ns)
+        ),
+        (Workload::Stream1M, Some(mib), _, Some(gb)) => eprintln!(
+            "# {:<18} multiproc moves {:.2}x the memcpy bandwidth ({} GB/s)",
+            w.name(),
+            mib * (1u64 << 20) as f64 / 1e9 / gb,
+            json_number(gb)
+        ),
+        _ => {}
+    }
     // manager (issue 15)
     for imp in [Impl::MultiprocBatch, Impl::MultiprocPipeline] {
         if let Some(s) = get(imp) {
@@ -742,9 +988,15 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
 }
 
 fn main() -> ExitCode {
+    // procspawn's children are this binary too: its setup line comes first.
+    procspawn::init();
     if std::env::var_os(EXIT_AT_ONCE_ENV).is_some() {
         // The raw-os spawn floor's child: exec'd, then straight out.
         return ExitCode::SUCCESS;
+    }
+    if let Some(code) = peers::child_main() {
+        // A peer's other end: this binary re-executed with a role.
+        return code;
     }
     let opts = match parse_options() {
         Ok(o) => o,
@@ -791,6 +1043,7 @@ fn main() -> ExitCode {
     };
     let trials = opts.trials.unwrap_or(if opts.quick { 5 } else { 9 });
     let mut failed = false;
+    let mut limits = Limits::default();
     for w in workloads {
         let n = w.n(opts.quick);
         let mut series: Vec<Series> = w
@@ -803,13 +1056,14 @@ fn main() -> ExitCode {
                 values: Vec::new(),
                 peaks: Vec::new(),
                 error: None,
+                not_applicable: w.not_applicable(imp),
             })
             .collect();
         let start = CpuTimes::now();
         // Interleave: trial t of every implementation runs before trial t+1 of any.
         for _ in 0..trials {
             for s in &mut series {
-                if s.error.is_some() {
+                if s.error.is_some() || s.not_applicable.is_some() {
                     continue;
                 }
                 match run_trial(&rt, python.as_ref(), w, s.imp, n) {
@@ -833,7 +1087,7 @@ fn main() -> ExitCode {
                 println!("{line}");
             }
         }
-        summarize(w, &series, steal);
+        summarize(w, &series, steal, &mut limits);
         for s in &series {
             if w == Workload::SemaphoreLimit && s.peaks.iter().all(|p| *p < 2) {
                 eprintln!(

@@ -1,5 +1,7 @@
-//! The queue workloads (`queue_1p1c_64B`, `queue_2p2c_64B`): producer and consumer processes
-//! around one queue, 64-byte messages, no loss and no duplicate (checked).
+//! The queue workloads (`queue_<P>p<C>c_64B`: `queue_1p1c_64B`, `queue_2p2c_64B`, and the
+//! scaling rows with 2, 4, 8, 16 producers into one consumer and one producer into 2 or 4
+//! consumers): producer and consumer processes around one queue, 64-byte messages, no loss and
+//! no duplicate (checked). Every shape moves `n` messages in all (`n / P` per producer).
 //!
 //! Protocol, the same for every implementation: `P` producer and `C` consumer children and the
 //! parent meet at a `Barrier` (the parent's clock starts). Producer `p` puts `n / P` messages of
@@ -19,6 +21,9 @@
 //!   needs no system call per message), a `SOCK_SEQPACKET` pair shared by every process
 //!   (send buffer raised to 4 MiB like the queue's), driven with blocking `send(2)`/`recv(2)` of
 //!   the bare 64 bytes: no encoding, no shared message count, no readiness polling.
+//!
+//! The `ipc-channel` peer (`peers::ipc_channel`) runs the same protocol with [`message`],
+//! [`Tally`] and [`verify`] from here.
 
 use std::io;
 use std::os::fd::OwnedFd;
@@ -78,13 +83,14 @@ struct ConsumerArgs {
 
 /// What a consumer took: per producer, a bitmap of sequence numbers.
 #[derive(Serialize, Deserialize)]
-struct Consumed {
+pub(crate) struct Consumed {
     count: u64,
     seen: Vec<Vec<u64>>,
 }
 
+/// What a producer or consumer child reports when it is done.
 #[derive(Serialize, Deserialize)]
-enum Report {
+pub(crate) enum Report {
     Producer(Result<u64, String>),
     Consumer(Result<Consumed, String>),
 }
@@ -96,11 +102,9 @@ pub(crate) fn run(
     imp: Impl,
     n: u64,
 ) -> io::Result<Sample> {
-    let (producers, consumers) = match w {
-        Workload::Queue1p1c => (1, 1),
-        Workload::Queue2p2c => (2, 2),
-        _ => return Err(io::Error::other("not a queue workload")),
-    };
+    let (producers, consumers) = w
+        .queue_shape()
+        .ok_or_else(|| io::Error::other("not a queue workload"))?;
     let api = match imp {
         Impl::Multiproc => Api::Await,
         Impl::MultiprocSink => Api::SinkStream,
@@ -113,19 +117,20 @@ pub(crate) fn run(
 }
 
 /// The message `seq` of producer `id`.
-fn message(id: u64, seq: u64) -> [u8; MSG_LEN] {
+pub(crate) fn message(id: u64, seq: u64) -> [u8; MSG_LEN] {
     let mut m = [0u8; MSG_LEN];
     m[..8].copy_from_slice(&id.to_le_bytes());
     m[8..16].copy_from_slice(&seq.to_le_bytes());
     m
 }
 
-fn marker(id: u64) -> [u8; MARKER_LEN] {
+/// The end marker of producer `id` (each producer puts one per consumer after its messages).
+pub(crate) fn marker(id: u64) -> [u8; MARKER_LEN] {
     id.to_le_bytes()
 }
 
 /// A consumer's bookkeeping.
-struct Tally {
+pub(crate) struct Tally {
     producers: u64,
     per_producer: u64,
     seen: Vec<Vec<u64>>,
@@ -135,7 +140,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new(producers: u64, per_producer: u64) -> Self {
+    pub(crate) fn new(producers: u64, per_producer: u64) -> Self {
         let words = per_producer.div_ceil(64) as usize;
         Tally {
             producers,
@@ -148,7 +153,7 @@ impl Tally {
     }
 
     /// Books one message; `Ok(false)` once this consumer has had all its end markers.
-    fn take(&mut self, msg: &[u8]) -> Result<bool, String> {
+    pub(crate) fn take(&mut self, msg: &[u8]) -> Result<bool, String> {
         let word = |i: usize| u64::from_le_bytes(msg[i..i + 8].try_into().expect("8 bytes"));
         match msg.len() {
             MARKER_LEN => {
@@ -179,7 +184,7 @@ impl Tally {
         }
     }
 
-    fn done(self) -> Consumed {
+    pub(crate) fn done(self) -> Consumed {
         Consumed {
             count: self.count,
             seen: self.seen,
@@ -370,7 +375,7 @@ async fn trial(api: Api, producers: u64, consumers: u64, n: u64) -> io::Result<f
 }
 
 /// Every message of every producer taken exactly once, across consumers.
-fn verify(consumed: &[Consumed], producers: u64, per: u64) -> io::Result<()> {
+pub(crate) fn verify(consumed: &[Consumed], producers: u64, per: u64) -> io::Result<()> {
     let total: u64 = consumed.iter().map(|c| c.count).sum();
     if total != producers * per {
         return Err(io::Error::other(format!(
