@@ -220,10 +220,10 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// Wakes every waiter, if there is any. Call after changing the shared state.
     ///
     /// Only the first waker after a parked waiter last looked writes the eventfd: the others
-    /// find the wake-up already on its way, and the waiter will look after it, so it sees their
-    /// changes too (a parked waiter clears [`WOKEN`] after each wake-up, before it looks). So
-    /// eight producers feeding one parked consumer make one system call, not one each until the
-    /// consumer has run.
+    /// find the wake-up already on its way, and the waiter will look after it, so it sees
+    /// their changes too (a parked waiter clears the `WOKEN` bit after each wake-up, before it
+    /// looks). So eight producers feeding one parked consumer make one system call, not one
+    /// each until the consumer has run.
     #[inline]
     pub fn wake(&self) {
         let word = self.waiters().load(Ordering::SeqCst);
