@@ -23,9 +23,13 @@
 //! - Shared state: a header with the capacity, size limit, closed flag, ticket key, waiter
 //!   counts and the unfinished-task count of a joinable queue, then the ring, in one memfd
 //!   region. An unbounded queue's ring is sparse (see [`crate::queue::ring`]).
-//! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header, each eventfd
-//!   written only while its count is non-zero: `not_empty` (getters), `slot_freed` (putters of a
-//!   full queue) and `all_done` (joiners). `close` wakes the first two.
+//! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header and one eventfd
+//!   between them, written only while the waker's own count is non-zero: `not_empty` (getters),
+//!   `slot_freed` (putters of a full queue) and `all_done` (joiners). `close` wakes the first
+//!   two. A write wakes every parked waiter of the queue, whichever it was meant for; the others
+//!   re-check their condition and park again. They seldom wait at once (getters wait on an
+//!   empty queue, putters on a full one), and a descriptor less per wait queue is what lets a
+//!   process hold many queues.
 //! - Every wait (a getter on an empty queue, a putter on a full one, a joiner) first spins as
 //!   core's one spin policy says ([`WaitQueue::spin_then_wait_until`]) before it sleeps, so a
 //!   steady stream is handed over without a wake-up per message.
@@ -59,11 +63,13 @@ const OFF_KEY: usize = 40; // [u64; 2]
 const OFF_GET_WAITERS: usize = 64; // u32
 const OFF_PUT_WAITERS: usize = 68; // u32
 const OFF_JOIN_WAITERS: usize = 72; // u32
+/// The out-of-band lock: its waiter count (u32), then its owner word (u64) at +8.
+const OFF_OOB: usize = 80;
 const OFF_UNFINISHED: usize = 128; // u64
 /// The ring's hints take 128 bytes, then its slots start on a page boundary (for a sparse ring).
 const RING_BASE: usize = ring::PAGE - 128;
 
-const MAGIC: u32 = 0x5155_4533; // "QUE3"
+const MAGIC: u32 = 0x5155_4534; // "QUE4"
 const FLAG_JOINABLE: u32 = 1;
 
 /// Slots of an unbounded queue's ring: how many messages it holds before `put` waits. The ring
@@ -71,6 +77,11 @@ const FLAG_JOINABLE: u32 = 1;
 pub(crate) const UNBOUNDED_SLOTS: u64 = ring::MAX_SLOTS;
 /// The largest capacity of a bounded queue.
 pub(crate) const MAX_CAPACITY: usize = 1 << 16;
+
+/// Where the log's counters start in the shared region: after a ring of `slots` slots.
+fn log_table_at(slots: u64) -> usize {
+    (RING_BASE + Ring::bytes_needed(slots)).next_multiple_of(64)
+}
 
 /// A log token's payload: offset and length, little-endian `u64`s.
 const LOG_TOKEN_LEN: usize = 16;
@@ -116,7 +127,7 @@ pub(crate) struct Engine {
     rx: PacketSocket,
     log: PacketLog,
     key: TicketKey,
-    oob: RobustLock,
+    oob: RobustLock<OFF_OOB>,
     not_empty: WaitQueue<OFF_GET_WAITERS>,
     slot_freed: WaitQueue<OFF_PUT_WAITERS>,
     all_done: WaitQueue<OFF_JOIN_WAITERS>,
@@ -166,7 +177,7 @@ impl Engine {
             Some(c) => c as u64,
         };
         let capacity = capacity.map_or(0, |c| c as u64);
-        let state = SharedRegion::new(RING_BASE + Ring::bytes_needed(slots))?;
+        let state = SharedRegion::new(log_table_at(slots) + PacketLog::TABLE_BYTES)?;
         state
             .atomic_u32(OFF_FLAGS)
             .store(if joinable { FLAG_JOINABLE } else { 0 }, SeqCst);
@@ -183,12 +194,11 @@ impl Engine {
         Self::from_wire(Wire {
             tx,
             rx,
-            log: PacketLog::new()?,
+            log: PacketLog::in_region(state.clone(), log_table_at(slots))?
+                .shared_fd()
+                .clone(),
             state,
-            oob: RobustLock::new()?,
-            not_empty: EventFd::new()?,
-            slot_freed: EventFd::new()?,
-            all_done: EventFd::new()?,
+            wake: EventFd::new()?,
         })
     }
 
@@ -209,6 +219,7 @@ impl Engine {
         let joinable = w.state.atomic_u32(OFF_FLAGS).load(SeqCst) & FLAG_JOINABLE != 0;
         let slots = w.state.atomic_u64(OFF_SLOTS).load(SeqCst);
         let ring = Ring::new(w.state.clone(), RING_BASE, slots).map_err(invalid)?;
+        let log = PacketLog::from_parts(w.log, w.state.clone(), log_table_at(slots))?;
         let key = TicketKey::from_words([
             w.state.atomic_u64(OFF_KEY).load(SeqCst),
             w.state.atomic_u64(OFF_KEY + 8).load(SeqCst),
@@ -216,13 +227,13 @@ impl Engine {
         Ok(Self {
             tx: PacketSocket::new(w.tx)?,
             rx: PacketSocket::new(w.rx)?,
-            log: w.log,
+            log,
             key,
             ring,
-            oob: w.oob,
-            not_empty: WaitQueue::in_region(w.state.clone(), w.not_empty),
-            slot_freed: WaitQueue::in_region(w.state.clone(), w.slot_freed),
-            all_done: WaitQueue::in_region(w.state.clone(), w.all_done),
+            oob: RobustLock::in_region(w.state.clone(), w.wake.clone()),
+            not_empty: WaitQueue::in_region(w.state.clone(), w.wake.clone()),
+            slot_freed: WaitQueue::in_region(w.state.clone(), w.wake.clone()),
+            all_done: WaitQueue::in_region(w.state.clone(), w.wake),
             state: w.state,
             capacity,
             max_size,
@@ -877,7 +888,7 @@ fn foreign(e: GetError) -> GetError {
 }
 
 /// Holds the out-of-band lock; releases it when dropped.
-struct OobHeld<'a>(&'a RobustLock);
+struct OobHeld<'a>(&'a RobustLock<OFF_OOB>);
 
 impl Drop for OobHeld<'_> {
     fn drop(&mut self) {
@@ -890,12 +901,11 @@ impl Drop for OobHeld<'_> {
 struct Wire {
     tx: SharedFd,
     rx: SharedFd,
-    log: PacketLog,
+    /// The log's data; its counters are in `state`, after the ring.
+    log: SharedFd,
     state: SharedRegion,
-    oob: RobustLock,
-    not_empty: EventFd,
-    slot_freed: EventFd,
-    all_done: EventFd,
+    /// The one eventfd of the queue's waits: its three wait queues and its out-of-band lock.
+    wake: EventFd,
 }
 
 impl Serialize for Engine {
@@ -903,12 +913,9 @@ impl Serialize for Engine {
         Wire {
             tx: self.tx.shared_fd().clone(),
             rx: self.rx.shared_fd().clone(),
-            log: self.log.clone(),
+            log: self.log.shared_fd().clone(),
             state: self.state.clone(),
-            oob: self.oob.clone(),
-            not_empty: self.not_empty.eventfd().clone(),
-            slot_freed: self.slot_freed.eventfd().clone(),
-            all_done: self.all_done.eventfd().clone(),
+            wake: self.not_empty.eventfd().clone(),
         }
         .serialize(serializer)
     }
@@ -979,14 +986,42 @@ mod tests {
         engine.ring.forge_dead_writer(pos);
         engine.put(&packet(3, 10)).await.unwrap();
         assert_eq!(engine.unfinished(), 2);
-        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
-        // The getter waits behind the dead writer's slot, notices it is dead, and goes on.
+        // The message behind the dead writer's slot is taken past it.
         assert_eq!(get_bytes(&engine).await, vec![3; 10]);
+        assert_eq!(engine.unfinished(), 2);
+        // The getter that finds the slot still held checks its writer, and frees it.
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
         assert_eq!(
             engine.unfinished(),
             1,
             "the dead writer's task was finished"
         );
+        engine.put(&packet(4, 10)).await.unwrap();
+        assert_eq!(get_bytes(&engine).await, vec![4; 10]);
+    }
+
+    #[tokio::test]
+    async fn a_getter_does_not_wait_behind_a_slot_still_being_written() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        // A live producer (this process) preempted between claiming its slot and filling it.
+        let slow = engine.ring.claim().unwrap();
+        for i in 0..10u8 {
+            engine.put(&packet(i, 10)).await.unwrap();
+        }
+        for i in 0..10u8 {
+            let GetOutcome::Message(m) = engine.try_get().unwrap() else {
+                panic!("waited behind the slot being written")
+            };
+            assert_eq!(m.decode::<Vec<u8>>().unwrap(), vec![i; 10]);
+        }
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
+        let Encoded::Plain(late) = packet(9, 3) else {
+            panic!("not a ring message")
+        };
+        engine.ring.publish(slow, Kind::Message, &late);
+        engine.published();
+        assert_eq!(get_bytes(&engine).await, vec![9; 3]);
+        assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
     }
 
     #[test]

@@ -188,10 +188,16 @@ fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
 ///   is dropped. A release for a page whose word has a newer tag counts nowhere: that page
 ///   leaks the same way. Neither can ever free a page holding unread bytes: a page is punched
 ///   only when its own bytes, each appended once and released at most once, add up to a page.
+///
+/// The counters take [`TABLE_BYTES`](Self::TABLE_BYTES) of shared memory: a region of their own
+/// ([`new`](Self::new)), or a place in the caller's ([`in_region`](Self::in_region)), so that
+/// a queue's log costs it one descriptor, the data memfd.
 #[derive(Clone)]
 pub struct PacketLog {
     fd: SharedFd,
     counts: SharedRegion,
+    /// Where the counters start in `counts`.
+    base: usize,
 }
 
 impl PacketLog {
@@ -203,6 +209,8 @@ impl PacketLog {
     const OFF_END: usize = 0;
     const OFF_COUNTS: usize = 64;
     const TAG_SHIFT: u32 = 16;
+    /// Bytes of shared memory the counters take.
+    pub const TABLE_BYTES: usize = Self::OFF_COUNTS + 8 * Self::COUNTERS as usize;
 
     /// Creates an empty log.
     ///
@@ -212,14 +220,29 @@ impl PacketLog {
     /// # References
     /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
     pub fn new() -> io::Result<Self> {
-        let fd = rustix::fs::memfd_create("multiproc-queue-log", rustix::fs::MemfdFlags::CLOEXEC)?;
-        Ok(Self {
-            fd: SharedFd::new(fd),
-            counts: SharedRegion::new(Self::OFF_COUNTS + 8 * Self::COUNTERS as usize)?,
-        })
+        Self::in_region(SharedRegion::new(Self::TABLE_BYTES)?, 0)
     }
 
-    fn from_wire(fd: SharedFd, counts: SharedRegion) -> io::Result<Self> {
+    /// Creates an empty log whose counters live at byte `at` of `region`
+    /// ([`TABLE_BYTES`](Self::TABLE_BYTES) of it, zeroed): only the data memfd is the log's
+    /// own. Another process rebuilds it with [`from_parts`](Self::from_parts) from that memfd
+    /// ([`shared_fd`](Self::shared_fd)) and the same region.
+    ///
+    /// # Errors
+    /// When `memfd_create` fails (out of descriptors or memory), or the table does not fit
+    /// the region at `at` (8-aligned).
+    pub fn in_region(region: SharedRegion, at: usize) -> io::Result<Self> {
+        let fd = rustix::fs::memfd_create("multiproc-queue-log", rustix::fs::MemfdFlags::CLOEXEC)?;
+        Self::from_parts(SharedFd::new(fd), region, at)
+    }
+
+    /// The log over the data memfd `fd` with its counters at byte `at` of `region`, both
+    /// received from the process that made it with [`in_region`](Self::in_region).
+    ///
+    /// # Errors
+    /// [`io::ErrorKind::InvalidData`] when `fd` is not a memfd or the table does not fit the
+    /// region at `at` (8-aligned).
+    pub fn from_parts(fd: SharedFd, counts: SharedRegion, at: usize) -> io::Result<Self> {
         let is_file = rustix::fs::fstat(&fd).is_ok_and(|st| {
             rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
         });
@@ -230,17 +253,21 @@ impl PacketLog {
                 "queue log descriptor is not a memfd",
             ));
         }
-        if counts.len() < Self::OFF_COUNTS + 8 * Self::COUNTERS as usize {
+        if !at.is_multiple_of(8) || counts.len() < at.saturating_add(Self::TABLE_BYTES) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
-                    "queue log counter region of {} bytes is too small: it needs {}",
+                    "queue log counters at {at} do not fit a region of {} bytes: they need {}",
                     counts.len(),
-                    Self::OFF_COUNTS + 8 * Self::COUNTERS as usize
+                    Self::TABLE_BYTES
                 ),
             ));
         }
-        Ok(Self { fd, counts })
+        Ok(Self {
+            fd,
+            counts,
+            base: at,
+        })
     }
 
     /// The memfd.
@@ -257,7 +284,7 @@ impl PacketLog {
         let len = bytes.len() as u64;
         let offset = self
             .counts
-            .atomic_u64(Self::OFF_END)
+            .atomic_u64(self.base + Self::OFF_END)
             .fetch_add(len, Ordering::SeqCst);
         let mut done = 0;
         while done < bytes.len() {
@@ -323,7 +350,7 @@ impl PacketLog {
     fn consumed(&self, page: u64, bytes: u64) {
         let word = self
             .counts
-            .atomic_u64(Self::OFF_COUNTS + 8 * (page % Self::COUNTERS) as usize);
+            .atomic_u64(self.base + Self::OFF_COUNTS + 8 * (page % Self::COUNTERS) as usize);
         let tag = page / Self::COUNTERS;
         let mut current = word.load(Ordering::SeqCst);
         loop {
@@ -359,6 +386,7 @@ impl fmt::Debug for PacketLog {
 struct LogWire {
     fd: SharedFd,
     counts: SharedRegion,
+    base: u64,
 }
 
 impl Serialize for PacketLog {
@@ -366,6 +394,7 @@ impl Serialize for PacketLog {
         LogWire {
             fd: self.fd.clone(),
             counts: self.counts.clone(),
+            base: self.base as u64,
         }
         .serialize(serializer)
     }
@@ -374,7 +403,8 @@ impl Serialize for PacketLog {
 impl<'de> serde::Deserialize<'de> for PacketLog {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = <LogWire as serde::Deserialize>::deserialize(deserializer)?;
-        Self::from_wire(wire.fd, wire.counts).map_err(serde::de::Error::custom)
+        let base = usize::try_from(wire.base).unwrap_or(usize::MAX);
+        Self::from_parts(wire.fd, wire.counts, base).map_err(serde::de::Error::custom)
     }
 }
 

@@ -84,6 +84,13 @@ impl EventFd {
         }
     }
 
+    /// Reads and resets the counter: how many notifications since the last read. For tests
+    /// only (waiters never read it, see the module docs).
+    #[cfg(test)]
+    pub(crate) fn take_count(&self) -> io::Result<u64> {
+        drain(self.fd.as_fd())
+    }
+
     /// Creates an async waiter registered with the current tokio runtime. Create it **before**
     /// the last check of the shared state; it then sees every later [`notify`](Self::notify).
     ///

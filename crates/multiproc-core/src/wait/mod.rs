@@ -3,10 +3,14 @@
 //! queue's waits.
 //!
 //! Waiting: announce (count += 1), take an edge-triggered registration of the eventfd, then
-//! loop { check the shared state; wait for an edge }. Notifying: change the shared state, then
-//! write the eventfd if the count is non-zero. All of it is `SeqCst`, so either the waiter's
-//! check sees the new state or the notifier sees the waiter (the futex argument). Wake-ups are
-//! broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for the others.
+//! loop { clear the word's `WOKEN` bit; check the shared state; wait for an edge }. Notifying:
+//! change the shared state, then, if the count is non-zero and `WOKEN` is clear, set `WOKEN`
+//! and write the eventfd (only the waker that set the bit writes). All of it is `SeqCst`, so
+//! either the waiter's check sees the new state or the notifier sees the waiter (the futex
+//! argument); and a notifier that finds `WOKEN` set knows that a write came after every parked
+//! waiter's last clear, so each will clear and check again after it, hence after this change.
+//! Wake-ups are broadcasts that nobody consumes, so dropping a waiter mid-wait loses nothing for
+//! the others.
 //!
 //! Registrations are reused: each wait queue (with its clones in this process) keeps one async
 //! registration (for the runtime that made it) and one blocking one, and a wait takes it

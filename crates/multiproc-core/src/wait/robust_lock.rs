@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::shm::SharedRegion;
 use crate::sys::identity;
+use crate::wait::eventfd::EventFd;
 use crate::wait::{LIVENESS_TICK, WaitQueue};
 
 /// Byte offset of the lock word (see [`RobustLock`] for its bits).
@@ -59,21 +61,26 @@ pub(crate) const STARVE_AFTER: Duration = Duration::from_millis(1);
 /// A handle: clones in this process and copies sent to other processes (it serializes as its
 /// descriptors) are the same lock. It has no guard: the caller pairs each acquisition with one
 /// [`release`](Self::release).
+///
+/// `AT` places the lock in a region: its waiter count at byte `AT`, its owner word at `AT + 8`.
+/// A lock of its own has `AT = 0`; state holding a lock among other things (a queue's header)
+/// makes it with [`in_region`](Self::in_region), sharing that region and an eventfd, and sends
+/// those instead of the lock.
 #[derive(Clone)]
-pub struct RobustLock {
-    queue: WaitQueue,
+pub struct RobustLock<const AT: usize = 0> {
+    queue: WaitQueue<AT>,
 }
 
 /// One wait's state: when it began, and whether it has reserved the lock (the starving bit).
-struct WaitState<'a> {
-    lock: &'a RobustLock,
+struct WaitState<'a, const AT: usize> {
+    lock: &'a RobustLock<AT>,
     since: OnceLock<Instant>,
     reserved: AtomicBool,
     acquired: AtomicBool,
 }
 
-impl<'a> WaitState<'a> {
-    fn new(lock: &'a RobustLock) -> Self {
+impl<'a, const AT: usize> WaitState<'a, AT> {
+    fn new(lock: &'a RobustLock<AT>) -> Self {
         Self {
             lock,
             since: OnceLock::new(),
@@ -101,7 +108,7 @@ impl<'a> WaitState<'a> {
     }
 }
 
-impl Drop for WaitState<'_> {
+impl<const AT: usize> Drop for WaitState<'_, AT> {
     fn drop(&mut self) {
         // A starving waiter that gives up withdraws its reservation (another starving waiter
         // sets it again at its next look); a lock it leaves ownerless is free again: wake.
@@ -136,10 +143,25 @@ impl RobustLock {
             queue: WaitQueue::in_arena()?,
         })
     }
+}
+
+impl<const AT: usize> RobustLock<AT> {
+    /// The lock at byte `AT` of `region` (zeroed there: unlocked), woken through `efd`, which
+    /// may be shared with other waits on the same state (they then see each other's wake-ups
+    /// as spurious ones and re-check).
+    ///
+    /// # Panics
+    /// When `AT + 16` is out of the region's bounds or `AT` is not 8-aligned.
+    pub fn in_region(region: SharedRegion, efd: EventFd) -> Self {
+        region.atomic_u64(AT + OWNER);
+        Self {
+            queue: WaitQueue::in_region(region, efd),
+        }
+    }
 
     #[inline]
     fn word(&self) -> &AtomicU64 {
-        self.queue.atomic_u64(OWNER)
+        self.queue.atomic_u64(AT + OWNER)
     }
 
     /// One attempt; with `check_dead`, takes the lock from a dead holder. `Some(died)` when
@@ -323,12 +345,12 @@ impl RobustLock {
     }
 
     /// Whether `self` and `other` are the same lock.
-    pub fn same_lock(&self, other: &RobustLock) -> bool {
+    pub fn same_lock(&self, other: &RobustLock<AT>) -> bool {
         self.queue.same_queue(&other.queue)
     }
 }
 
-impl fmt::Debug for RobustLock {
+impl<const AT: usize> fmt::Debug for RobustLock<AT> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RobustLock")
             .field("owner_pid", &self.owner_pid())

@@ -104,6 +104,10 @@ impl<T> Drop for Taken<'_, T> {
     }
 }
 
+/// The high bit of the waiter word: a wake-up was written since a parked waiter last looked.
+/// The other bits count the parked waiters.
+const WOKEN: u32 = 1 << 31;
+
 /// Decrements the waiter count when a wait ends, however it ends (including cancellation).
 struct Announced<'a>(&'a AtomicU32);
 
@@ -111,6 +115,14 @@ impl<'a> Announced<'a> {
     fn new(count: &'a AtomicU32) -> Self {
         count.fetch_add(1, Ordering::SeqCst);
         Self(count)
+    }
+
+    /// Says this waiter is about to look at the state: the next waker must write again. Call
+    /// it after the registration is taken and before every look.
+    fn looking(&self) {
+        if self.0.load(Ordering::SeqCst) & WOKEN != 0 {
+            self.0.fetch_and(!WOKEN, Ordering::SeqCst);
+        }
     }
 }
 
@@ -307,13 +319,20 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// How many waiters, in every process, are parked on this queue now (spinning ones are not
     /// counted). A snapshot, for statistics.
     pub fn waiting(&self) -> usize {
-        self.waiters().load(Ordering::Relaxed) as usize
+        (self.waiters().load(Ordering::Relaxed) & !WOKEN) as usize
     }
 
     /// Wakes every waiter, if there is any. Call after changing the shared state.
+    ///
+    /// Only the first waker after a parked waiter last looked writes the eventfd: the others
+    /// find the wake-up already on its way, and the waiter will look after it, so it sees
+    /// their changes too (a parked waiter clears the `WOKEN` bit after each wake-up, before it
+    /// looks). So eight producers feeding one parked consumer make one system call, not one
+    /// each until the consumer has run.
     #[inline]
     pub fn wake(&self) {
-        if self.waiters().load(Ordering::SeqCst) > 0 {
+        let word = self.waiters().load(Ordering::SeqCst);
+        if word & !WOKEN != 0 && word & WOKEN == 0 {
             self.notify();
         }
     }
@@ -322,6 +341,10 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     #[cold]
     #[inline(never)]
     fn notify(&self) {
+        if self.waiters().fetch_or(WOKEN, Ordering::SeqCst) & WOKEN != 0 {
+            // Another waker got there first.
+            return;
+        }
         // A write to an eventfd we hold cannot fail short of a kernel bug; if it did, the
         // waiters' periodic re-checks (where they have one) would still make progress.
         let _ = self.efd.notify();
@@ -378,11 +401,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        let _announced = Announced::new(self.waiters());
+        let announced = Announced::new(self.waiters());
         let taken = self.waiter()?;
         let waiter = &taken.get().1;
         let mut ticked = false;
         loop {
+            announced.looking();
             if let Some(v) = attempt(ticked) {
                 return Ok(Some(v));
             }
@@ -484,11 +508,12 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         tick: Option<Duration>,
         mut attempt: impl FnMut(bool) -> Option<T>,
     ) -> io::Result<Option<T>> {
-        let _announced = Announced::new(self.waiters());
+        let announced = Announced::new(self.waiters());
         let taken = self.blocking_waiter()?;
         let waiter = taken.get();
         let mut ticked = false;
         loop {
+            announced.looking();
             if let Some(v) = attempt(ticked) {
                 return Ok(Some(v));
             }
@@ -803,6 +828,42 @@ mod tests {
         assert!(std::panic::catch_unwind(|| a.region().len()).is_err());
         assert_eq!(a.check_len(SLOT_LEN), Ok(()));
         assert!(a.check_len(SLOT_LEN + 1).is_err());
+    }
+
+    #[test]
+    fn wakers_write_once_until_the_parked_waiter_looks_again() {
+        let core: WaitQueue = WaitQueue::new(8).unwrap();
+        core.wake();
+        assert_eq!(core.eventfd().take_count().unwrap(), 0, "nobody waits");
+        let parked = Announced::new(core.waiters());
+        parked.looking();
+        for _ in 0..100 {
+            core.wake();
+        }
+        assert_eq!(
+            core.eventfd().take_count().unwrap(),
+            1,
+            "one write for 100 wakes"
+        );
+        assert_eq!(core.waiting(), 1);
+        // Woken, the waiter looks: the next change must be written again.
+        parked.looking();
+        core.wake();
+        core.wake();
+        assert_eq!(core.eventfd().take_count().unwrap(), 1);
+        // A second waiter parks while the first has not looked yet: the write already made
+        // wakes both (a broadcast), and each clears the flag before it looks.
+        let second = Announced::new(core.waiters());
+        core.wake();
+        assert_eq!(core.eventfd().take_count().unwrap(), 0);
+        second.looking();
+        core.wake();
+        assert_eq!(core.eventfd().take_count().unwrap(), 1);
+        assert_eq!(core.waiting(), 2);
+        drop((parked, second));
+        assert_eq!(core.waiting(), 0);
+        core.wake();
+        assert_eq!(core.eventfd().take_count().unwrap(), 0);
     }
 
     // ---- reused registrations ----
