@@ -5,7 +5,7 @@
 //! [`crate::message::decode`] hands them back by index. Outside those two functions a `SharedFd`
 //! refuses to serialize, so a descriptor can never be silently turned into a meaningless number.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::Arc;
@@ -87,84 +87,166 @@ pub enum DescriptorError {
     NoContext,
 }
 
+// The descriptor context of the encodes and decodes in progress on this thread.
+//
+// Most messages carry no descriptor, so the context is built to cost them next to nothing: an
+// encode or a decode without descriptors touches only the `Cell`s below (plain thread-local
+// loads and stores: they have no destructor, so no lazy registration either) and never the
+// lists. The lists are touched only by a `SharedFd` actually met while encoding, or by a decode
+// that received descriptors. Encodes and decodes may nest (a `Serialize` impl may encode a
+// message of its own): each saves what it changes and puts it back when it ends, even by panic.
 thread_local! {
-    static OUTGOING: RefCell<Option<Outgoing>> = const { RefCell::new(None) };
-    static INCOMING: RefCell<Option<Incoming>> = const { RefCell::new(None) };
+    /// Encodes in progress on this thread; a `SharedFd` refuses to serialize outside them.
+    static OUT_DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Where the innermost encode's descriptors start in `OUT_FDS`.
+    static OUT_BASE: Cell<usize> = const { Cell::new(0) };
+    /// `OUT_FDS.len()`, readable without borrowing the list: the cheap "did this encode meet a
+    /// descriptor" flag.
+    static OUT_LEN: Cell<usize> = const { Cell::new(0) };
+    /// Whether a descriptor failed to duplicate during the innermost encode (`OUT_ERROR` holds why).
+    static OUT_FAILED: Cell<bool> = const { Cell::new(false) };
+    /// Descriptors duplicated by the encodes in progress, innermost last.
+    static OUT_FDS: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    static OUT_ERROR: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
+
+    /// What the innermost decode offers a `SharedFd`: nothing (no decode), no descriptors, or
+    /// the list in `IN_FDS`.
+    static IN_MODE: Cell<InMode> = const { Cell::new(InMode::None) };
+    /// The first descriptor problem of the innermost decode.
+    static IN_ERROR: Cell<Option<DescriptorError>> = const { Cell::new(None) };
+    static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
 }
 
-struct Outgoing {
-    fds: Vec<OwnedFd>,
-    error: Option<std::io::Error>,
+/// What a decode offers the `SharedFd`s it meets.
+#[derive(Clone, Copy)]
+enum InMode {
+    /// No decode in progress.
+    None,
+    /// A decode of a message that came without descriptors.
+    Empty,
+    /// A decode whose descriptors are in `IN_FDS`.
+    List,
 }
 
-struct Incoming {
-    fds: Vec<Option<OwnedFd>>,
-    error: Option<DescriptorError>,
+/// Restores the outgoing context of the enclosing encode, also when the inner one unwinds.
+struct OutScope {
+    depth: u32,
+    base: usize,
+    failed: bool,
+}
+
+impl Drop for OutScope {
+    fn drop(&mut self) {
+        // Descriptors of this encode not taken (it unwound) are closed here.
+        if OUT_LEN.get() != OUT_BASE.get() {
+            let rest = OUT_FDS.with_borrow_mut(|fds| fds.split_off(OUT_BASE.get()));
+            drop(rest);
+            OUT_LEN.set(OUT_BASE.get());
+        }
+        if OUT_FAILED.get() {
+            OUT_ERROR.with_borrow_mut(Option::take);
+        }
+        OUT_DEPTH.set(self.depth);
+        OUT_BASE.set(self.base);
+        OUT_FAILED.set(self.failed);
+    }
 }
 
 /// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
 /// serialized meanwhile, or the error met while duplicating one.
+///
+/// Without descriptors this costs a few thread-local loads and stores, and allocates nothing.
 pub(crate) fn collect_outgoing<R>(
     f: impl FnOnce() -> R,
 ) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
-    let saved = OUTGOING.with(|c| {
-        c.replace(Some(Outgoing {
-            fds: Vec::new(),
-            error: None,
-        }))
-    });
-    let out = f();
-    let ctx = OUTGOING
-        .with(|c| c.replace(saved))
-        .expect("outgoing context vanished");
-    let fds = match ctx.error {
-        Some(e) => Err(e),
-        None => Ok(ctx.fds),
+    let base = OUT_LEN.get();
+    let scope = OutScope {
+        depth: OUT_DEPTH.replace(OUT_DEPTH.get() + 1),
+        base: OUT_BASE.replace(base),
+        failed: OUT_FAILED.replace(false),
     };
+    let out = f();
+    let fds = if OUT_FAILED.get() {
+        Err(OUT_ERROR
+            .with_borrow_mut(Option::take)
+            .unwrap_or_else(|| std::io::Error::other("could not duplicate a descriptor")))
+    } else if OUT_LEN.get() == base {
+        Ok(Vec::new())
+    } else {
+        let fds = OUT_FDS.with_borrow_mut(|fds| fds.split_off(base));
+        OUT_LEN.set(base);
+        Ok(fds)
+    };
+    drop(scope);
     (out, fds)
+}
+
+/// Restores the incoming context of the enclosing decode, also when the inner one unwinds.
+struct InScope {
+    mode: InMode,
+    error: Option<DescriptorError>,
+    /// The enclosing decode's list, set aside while this one has its own.
+    list: Option<Vec<Option<OwnedFd>>>,
+}
+
+impl Drop for InScope {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.take() {
+            // Closes the descriptors this decode did not claim.
+            drop(IN_FDS.replace(list));
+        }
+        IN_MODE.set(self.mode);
+        IN_ERROR.set(self.error.take());
+    }
 }
 
 /// Runs `f` with `fds` available to `SharedFd::deserialize`; returns what `f` gave and the
 /// first descriptor problem met. Descriptors nobody claimed are closed.
+///
+/// Without descriptors this costs a few thread-local loads and stores, and allocates nothing.
 pub(crate) fn with_incoming<R>(
     fds: Vec<OwnedFd>,
     f: impl FnOnce() -> R,
 ) -> (R, Option<DescriptorError>) {
-    let incoming = Incoming {
-        fds: fds.into_iter().map(Some).collect(),
-        error: None,
+    let (mode, list) = if fds.is_empty() {
+        (InMode::Empty, None)
+    } else {
+        let list = fds.into_iter().map(Some).collect();
+        (InMode::List, Some(IN_FDS.replace(list)))
     };
-    let saved = INCOMING.with(|c| c.replace(Some(incoming)));
+    let scope = InScope {
+        mode: IN_MODE.replace(mode),
+        error: IN_ERROR.take(),
+        list,
+    };
     let out = f();
-    let ctx = INCOMING
-        .with(|c| c.replace(saved))
-        .expect("incoming context vanished");
-    (out, ctx.error)
+    let error = IN_ERROR.take();
+    drop(scope);
+    (out, error)
 }
 
 impl Serialize for SharedFd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let index = OUTGOING.with(|c| {
-            let mut slot = c.borrow_mut();
-            let Some(ctx) = slot.as_mut() else {
-                return Err(
-                    "a descriptor-carrying handle can only be encoded by a multiproc channel",
-                );
-            };
-            match self.0.try_clone() {
-                Ok(fd) => {
-                    ctx.fds.push(fd);
-                    Ok((ctx.fds.len() - 1) as u32)
-                }
-                Err(e) => {
-                    ctx.error.get_or_insert(e);
-                    Err("could not duplicate a descriptor")
-                }
+        if OUT_DEPTH.get() == 0 {
+            return Err(S::Error::custom(
+                "a descriptor-carrying handle can only be encoded by a multiproc channel",
+            ));
+        }
+        match self.0.try_clone() {
+            Ok(fd) => {
+                let len = OUT_FDS.with_borrow_mut(|fds| {
+                    fds.push(fd);
+                    fds.len()
+                });
+                OUT_LEN.set(len);
+                serializer.serialize_u32((len - 1 - OUT_BASE.get()) as u32)
             }
-        });
-        match index {
-            Ok(index) => serializer.serialize_u32(index),
-            Err(msg) => Err(S::Error::custom(msg)),
+            Err(e) => {
+                if !OUT_FAILED.replace(true) {
+                    OUT_ERROR.set(Some(e));
+                }
+                Err(S::Error::custom("could not duplicate a descriptor"))
+            }
         }
     }
 }
@@ -172,23 +254,26 @@ impl Serialize for SharedFd {
 impl<'de> Deserialize<'de> for SharedFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let index = u32::deserialize(deserializer)?;
-        let taken = INCOMING.with(|c| {
-            let mut slot = c.borrow_mut();
-            let Some(ctx) = slot.as_mut() else {
-                return Err(DescriptorError::NoContext);
-            };
-            let count = ctx.fds.len();
-            let result = match ctx.fds.get_mut(index as usize) {
-                None => Err(DescriptorError::OutOfRange { index, count }),
-                Some(entry) => entry.take().ok_or(DescriptorError::Reused { index }),
-            };
-            if let Err(e) = &result {
-                ctx.error.get_or_insert_with(|| e.clone());
+        let taken = match IN_MODE.get() {
+            InMode::None => Err(DescriptorError::NoContext),
+            InMode::Empty => Err(DescriptorError::OutOfRange { index, count: 0 }),
+            InMode::List => IN_FDS.with_borrow_mut(|fds| {
+                let count = fds.len();
+                match fds.get_mut(index as usize) {
+                    None => Err(DescriptorError::OutOfRange { index, count }),
+                    Some(entry) => entry.take().ok_or(DescriptorError::Reused { index }),
+                }
+            }),
+        };
+        match taken {
+            Ok(fd) => Ok(SharedFd::new(fd)),
+            Err(e) => {
+                if !matches!(e, DescriptorError::NoContext) {
+                    let first = IN_ERROR.take().unwrap_or_else(|| e.clone());
+                    IN_ERROR.set(Some(first));
+                }
+                Err(D::Error::custom(e.to_string()))
             }
-            result
-        });
-        taken
-            .map(SharedFd::new)
-            .map_err(|e| D::Error::custom(e.to_string()))
+        }
     }
 }
