@@ -115,6 +115,19 @@ thread_local! {
     /// The first descriptor problem of the innermost decode.
     static IN_ERROR: Cell<Option<DescriptorError>> = const { Cell::new(None) };
     static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
+    /// Whether a handle refused what it received during the innermost decode
+    /// (`IN_REFUSAL` holds why).
+    static IN_REFUSED: Cell<bool> = const { Cell::new(false) };
+    static IN_REFUSAL: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
+}
+
+/// Records why a handle being decoded refused what it received (a descriptor of the wrong
+/// kind, a size its file does not hold), so that the decode error names it: serde's custom
+/// errors lose their message in postcard. The first refusal of a decode wins.
+pub(crate) fn refuse_handle(e: std::io::Error) {
+    if !IN_REFUSED.replace(true) {
+        IN_REFUSAL.set(Some(e));
+    }
 }
 
 /// What a decode offers the `SharedFd`s it meets.
@@ -185,6 +198,7 @@ pub(crate) fn collect_outgoing<R>(
 struct InScope {
     mode: InMode,
     error: Option<DescriptorError>,
+    refused: bool,
     /// The enclosing decode's list, set aside while this one has its own.
     list: Option<Vec<Option<OwnedFd>>>,
 }
@@ -197,17 +211,27 @@ impl Drop for InScope {
         }
         IN_MODE.set(self.mode);
         IN_ERROR.set(self.error.take());
+        if IN_REFUSED.replace(self.refused) && !self.refused {
+            IN_REFUSAL.with_borrow_mut(Option::take);
+        }
     }
 }
 
+/// What went wrong with the handles of a decode: a descriptor problem, or a handle that
+/// refused what it received ([`refuse_handle`]).
+pub(crate) enum HandleProblem {
+    Descriptor(DescriptorError),
+    Refused(std::io::Error),
+}
+
 /// Runs `f` with `fds` available to `SharedFd::deserialize`; returns what `f` gave and the
-/// first descriptor problem met. Descriptors nobody claimed are closed.
+/// first problem met with a handle. Descriptors nobody claimed are closed.
 ///
 /// Without descriptors this costs a few thread-local loads and stores, and allocates nothing.
 pub(crate) fn with_incoming<R>(
     fds: Vec<OwnedFd>,
     f: impl FnOnce() -> R,
-) -> (R, Option<DescriptorError>) {
+) -> (R, Option<HandleProblem>) {
     let (mode, list) = if fds.is_empty() {
         (InMode::Empty, None)
     } else {
@@ -217,12 +241,19 @@ pub(crate) fn with_incoming<R>(
     let scope = InScope {
         mode: IN_MODE.replace(mode),
         error: IN_ERROR.take(),
+        refused: IN_REFUSED.replace(false),
         list,
     };
     let out = f();
-    let error = IN_ERROR.take();
+    let mut problem = IN_ERROR.take().map(HandleProblem::Descriptor);
+    if IN_REFUSED.replace(false) {
+        let refusal = IN_REFUSAL.with_borrow_mut(Option::take);
+        if problem.is_none() {
+            problem = refusal.map(HandleProblem::Refused);
+        }
+    }
     drop(scope);
-    (out, error)
+    (out, problem)
 }
 
 impl Serialize for SharedFd {

@@ -119,9 +119,9 @@ pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, 
 /// [`DecodeError`] naming what went wrong: the bytes do not form a `T` (usually a different
 /// type on the other side), trailing bytes, or a descriptor index the message did not carry.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
-    let (result, fd_error) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
-    if let Some(e) = fd_error {
-        return Err(DecodeError::descriptor(e));
+    let (result, problem) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    if let Some(problem) = problem {
+        return Err(DecodeError::from_handle_problem(problem));
     }
     match result {
         Ok((value, [])) => Ok(value),
@@ -143,10 +143,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
 /// # Errors
 /// [`DecodeError`] when the front of `bytes` is not a `T`.
 pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
-    let (result, fd_error) =
+    let (result, problem) =
         fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
-    if let Some(e) = fd_error {
-        return Err(DecodeError::descriptor(e));
+    if let Some(problem) = problem {
+        return Err(DecodeError::from_handle_problem(problem));
     }
     result.map_err(|e| DecodeError::serde(e, std::any::type_name::<T>()))
 }
