@@ -248,6 +248,7 @@ impl Workload {
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
+                Impl::MultiprocShm,
                 Impl::PythonMp,
             ],
             Workload::LockContended2p | Workload::EventPingpong => &[
@@ -305,6 +306,9 @@ enum Impl {
     /// 1 MiB stream only: the pipe's untyped bytes API (`send_bytes` / `recv_bytes`, Python's
     /// `Connection.send_bytes` / `recv_bytes`) instead of typed messages.
     MultiprocBytes,
+    /// 1 MiB stream only: each message a `SharedBytes` (a sealed memfd handed over, not
+    /// streamed); the receiver touches every page.
+    MultiprocShm,
     /// Python's multiprocessing, fork start method.
     PythonMp,
     /// Blocking syscalls on a socketpair: the floor.
@@ -319,11 +323,12 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 9] = [
+    const ALL: [Impl; 10] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
         Impl::MultiprocBytes,
+        Impl::MultiprocShm,
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
@@ -342,6 +347,7 @@ impl Impl {
             Impl::MultiprocBlocking => "multiproc-blocking",
             Impl::MultiprocSink => "multiproc-sink",
             Impl::MultiprocBytes => "multiproc-bytes",
+            Impl::MultiprocShm => "multiproc-shm",
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
@@ -601,6 +607,9 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
     let note = match (s.imp, w) {
         (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
         (Impl::MultiprocBytes, _) => Some("untyped send_bytes/recv_bytes, not typed messages"),
+        (Impl::MultiprocShm, _) => Some(
+            "SharedBytes::copy_from_slice per message (one copy into a sealed memfd), receiver reads a byte per page",
+        ),
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
         }
@@ -661,6 +670,7 @@ fn run_trial(
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
+        (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n).map(Sample::from),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
@@ -730,6 +740,13 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
                 vs_python(Some(s))
             );
         }
+    }
+    if let Some(shm) = get(Impl::MultiprocShm) {
+        eprintln!(
+            "# {:<18} multiproc-shm/raw-os = {:>6}",
+            w.name(),
+            paired_ratio(Some(shm), raw),
+        );
     }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(
