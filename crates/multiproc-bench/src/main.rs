@@ -249,6 +249,7 @@ impl Workload {
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
                 Impl::MultiprocShm,
+                Impl::MultiprocShmFresh,
                 Impl::PythonMp,
             ],
             Workload::LockContended2p | Workload::EventPingpong => &[
@@ -306,9 +307,12 @@ enum Impl {
     /// 1 MiB stream only: the pipe's untyped bytes API (`send_bytes` / `recv_bytes`, Python's
     /// `Connection.send_bytes` / `recv_bytes`) instead of typed messages.
     MultiprocBytes,
-    /// 1 MiB stream only: each message a `SharedBytes` (a sealed memfd handed over, not
-    /// streamed); the receiver touches every page.
+    /// 1 MiB stream only: one `SharedBytes` (a sealed memfd handed over, not streamed) made
+    /// once and sent `n` times, as the typed row sends clones of one buffer; the receiver
+    /// reads a byte of every page.
     MultiprocShm,
+    /// 1 MiB stream only: a fresh `SharedBytes` per message (one copy into a new memfd).
+    MultiprocShmFresh,
     /// Python's multiprocessing, fork start method.
     PythonMp,
     /// Blocking syscalls on a socketpair: the floor.
@@ -323,12 +327,13 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 10] = [
+    const ALL: [Impl; 11] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
         Impl::MultiprocBytes,
         Impl::MultiprocShm,
+        Impl::MultiprocShmFresh,
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
@@ -348,6 +353,7 @@ impl Impl {
             Impl::MultiprocSink => "multiproc-sink",
             Impl::MultiprocBytes => "multiproc-bytes",
             Impl::MultiprocShm => "multiproc-shm",
+            Impl::MultiprocShmFresh => "multiproc-shm-fresh",
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
@@ -608,7 +614,10 @@ fn json_line(w: Workload, s: &Series, n: u64, pinned: bool, steal: Option<f64>) 
         (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
         (Impl::MultiprocBytes, _) => Some("untyped send_bytes/recv_bytes, not typed messages"),
         (Impl::MultiprocShm, _) => Some(
-            "SharedBytes::copy_from_slice per message (one copy into a sealed memfd), receiver reads a byte per page",
+            "one SharedBytes (sealed memfd) sent n times: the handover alone; receiver reads a byte per page",
+        ),
+        (Impl::MultiprocShmFresh, _) => Some(
+            "SharedBytes::copy_from_slice per message (one copy into a new sealed memfd); receiver reads a byte per page",
         ),
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
@@ -670,7 +679,10 @@ fn run_trial(
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
-        (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n).map(Sample::from),
+        (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n, false).map(Sample::from),
+        (Impl::MultiprocShmFresh, _) => {
+            multiproc_impl::run_shm(rt, w, n, true).map(Sample::from)
+        }
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
@@ -741,12 +753,15 @@ fn summarize(w: Workload, all: &[Series], steal: Option<f64>) {
             );
         }
     }
-    if let Some(shm) = get(Impl::MultiprocShm) {
-        eprintln!(
-            "# {:<18} multiproc-shm/raw-os = {:>6}",
-            w.name(),
-            paired_ratio(Some(shm), raw),
-        );
+    for imp in [Impl::MultiprocShm, Impl::MultiprocShmFresh] {
+        if let Some(shm) = get(imp) {
+            eprintln!(
+                "# {:<18} {}/raw-os = {:>6}",
+                w.name(),
+                imp.name(),
+                paired_ratio(Some(shm), raw),
+            );
+        }
     }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(

@@ -231,10 +231,16 @@ async fn stream_bytes(n: u64, size: usize) -> io::Result<f64> {
     Ok((n as f64 * size as f64 / (1 << 20) as f64) / elapsed)
 }
 
-/// Runs one trial of `w` with `SharedBytes` messages (`multiproc-shm`; the 1 MiB stream only).
-pub(crate) fn run_shm(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
+/// Runs one trial of `w` with `SharedBytes` messages (`multiproc-shm`, or with `fresh`
+/// `multiproc-shm-fresh`; the 1 MiB stream only).
+pub(crate) fn run_shm(
+    rt: &tokio::runtime::Runtime,
+    w: Workload,
+    n: u64,
+    fresh: bool,
+) -> io::Result<f64> {
     match w {
-        Workload::Stream1M => rt.block_on(stream_shm(n, 1 << 20)),
+        Workload::Stream1M => rt.block_on(stream_shm(n, 1 << 20, fresh)),
         _ => Err(io::Error::other("multiproc-shm only runs pipe_stream_1MiB")),
     }
 }
@@ -260,10 +266,11 @@ async fn sink_shm((mut end, n): (Duplex<u64, SharedBytes>, u64)) -> u64 {
     sum
 }
 
-/// `pipe_stream_1MiB` with each message copied into a fresh sealed memfd
-/// (`SharedBytes::copy_from_slice`) and handed over as a descriptor, the same protocol and
-/// clock as [`stream`]; MiB per second.
-async fn stream_shm(n: u64, size: usize) -> io::Result<f64> {
+/// `pipe_stream_1MiB` with `SharedBytes` handed over as descriptors, the same protocol and
+/// clock as [`stream`]; MiB per second. The sender makes one `SharedBytes` and sends clones of
+/// it (as the typed row sends clones of one buffer), or with `fresh` copies the payload into a
+/// new one per message (`SharedBytes::copy_from_slice`).
+async fn stream_shm(n: u64, size: usize, fresh: bool) -> io::Result<f64> {
     let (mut here, there) = pipe::duplex::<SharedBytes, u64>()?;
     let child = multiproc::spawn((there, n), sink_shm);
     if here.recv().await.map_err(other)? != Some(0) {
@@ -271,8 +278,13 @@ async fn stream_shm(n: u64, size: usize) -> io::Result<f64> {
     }
     let payload = vec![1u8; size];
     let t0 = Instant::now();
+    let once = SharedBytes::copy_from_slice(&payload)?;
     for _ in 0..n {
-        let msg = SharedBytes::copy_from_slice(&payload)?;
+        let msg = if fresh {
+            SharedBytes::copy_from_slice(&payload)?
+        } else {
+            once.clone()
+        };
         here.send(msg).await.map_err(other)?;
     }
     let counted = here.recv().await.map_err(other)?;
