@@ -90,44 +90,105 @@ pub enum DescriptorError {
 // The descriptor context of the encodes and decodes in progress on this thread.
 //
 // Most messages carry no descriptor, so the context is built to cost them next to nothing: an
-// encode or a decode without descriptors touches only the `Cell`s below (plain thread-local
-// loads and stores: they have no destructor, so no lazy registration either) and never the
-// lists. The lists are touched only by a `SharedFd` actually met while encoding, or by a decode
-// that received descriptors. Encodes and decodes may nest (a `Serialize` impl may encode a
-// message of its own): each saves what it changes and puts it back when it ends, even by panic.
+// encode or a decode without descriptors reads and writes one small `Copy` state in a
+// thread-local `Cell` (no destructor, so no lazy registration either) and never touches the
+// lists, which only a `SharedFd` actually met while encoding, a decode that received
+// descriptors, or an error use. Encodes and decodes may nest (a `Serialize` impl may encode a
+// message of its own): each saves the state and puts it back when it ends, even by unwinding.
 thread_local! {
-    /// Encodes in progress on this thread; a `SharedFd` refuses to serialize outside them.
-    static OUT_DEPTH: Cell<u32> = const { Cell::new(0) };
-    /// Where the innermost encode's descriptors start in `OUT_FDS`.
-    static OUT_BASE: Cell<usize> = const { Cell::new(0) };
-    /// `OUT_FDS.len()`, readable without borrowing the list: the cheap "did this encode meet a
-    /// descriptor" flag.
-    static OUT_LEN: Cell<usize> = const { Cell::new(0) };
-    /// Whether a descriptor failed to duplicate during the innermost encode (`OUT_ERROR` holds why).
-    static OUT_FAILED: Cell<bool> = const { Cell::new(false) };
+    static OUT: Cell<OutState> = const { Cell::new(OutState::IDLE) };
     /// Descriptors duplicated by the encodes in progress, innermost last.
     static OUT_FDS: RefCell<Vec<OwnedFd>> = const { RefCell::new(Vec::new()) };
+    /// Why a descriptor failed to duplicate (`OutState::failed`).
     static OUT_ERROR: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
 
-    /// What the innermost decode offers a `SharedFd`: nothing (no decode), no descriptors, or
-    /// the list in `IN_FDS`.
-    static IN_MODE: Cell<InMode> = const { Cell::new(InMode::None) };
-    /// The first descriptor problem of the innermost decode.
-    static IN_ERROR: Cell<Option<DescriptorError>> = const { Cell::new(None) };
+    static IN: Cell<InState> = const { Cell::new(InState::IDLE) };
+    /// The descriptors of the innermost decode that received some (`InMode::List`).
     static IN_FDS: RefCell<Vec<Option<OwnedFd>>> = const { RefCell::new(Vec::new()) };
-    /// Whether a handle refused what it received during the innermost decode
-    /// (`IN_REFUSAL` holds why).
-    static IN_REFUSED: Cell<bool> = const { Cell::new(false) };
+    /// The first descriptor problem of the innermost decode (`InState::has_error`).
+    static IN_ERROR: Cell<Option<DescriptorError>> = const { Cell::new(None) };
+    /// Why a handle refused what it received (`InState::refused`).
     static IN_REFUSAL: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
 }
 
-/// Records why a handle being decoded refused what it received (a descriptor of the wrong
-/// kind, a size its file does not hold), so that the decode error names it: serde's custom
-/// errors lose their message in postcard. The first refusal of a decode wins.
-pub(crate) fn refuse_handle(e: std::io::Error) {
-    if !IN_REFUSED.replace(true) {
-        IN_REFUSAL.set(Some(e));
+/// Where the encodes on this thread stand.
+#[derive(Clone, Copy)]
+struct OutState {
+    /// Encodes in progress; a `SharedFd` refuses to serialize outside them.
+    depth: u32,
+    /// A descriptor failed to duplicate during the innermost encode.
+    failed: bool,
+    /// Where the innermost encode's descriptors start in `OUT_FDS`.
+    base: usize,
+    /// `OUT_FDS.len()`: the cheap "did this encode meet a descriptor" flag.
+    len: usize,
+}
+
+impl OutState {
+    const IDLE: OutState = OutState {
+        depth: 0,
+        failed: false,
+        base: 0,
+        len: 0,
+    };
+}
+
+/// Puts the enclosing encode's state back if the inner one unwinds (closing the descriptors
+/// it duplicated); forgotten on the normal path, which restores the state itself.
+struct OutUnwind(OutState);
+
+impl Drop for OutUnwind {
+    #[cold]
+    fn drop(&mut self) {
+        let now = OUT.get();
+        if now.len != self.0.len {
+            let rest = OUT_FDS.with_borrow_mut(|fds| fds.split_off(self.0.len));
+            drop(rest);
+        }
+        if now.failed {
+            OUT_ERROR.with_borrow_mut(Option::take);
+        }
+        OUT.set(self.0);
     }
+}
+
+/// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
+/// serialized meanwhile, or the error met while duplicating one.
+///
+/// Without descriptors this reads and writes one thread-local state and allocates nothing.
+#[inline]
+pub(crate) fn collect_outgoing<R>(
+    f: impl FnOnce() -> R,
+) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
+    let saved = OUT.get();
+    OUT.set(OutState {
+        depth: saved.depth + 1,
+        failed: false,
+        base: saved.len,
+        len: saved.len,
+    });
+    let unwind = OutUnwind(saved);
+    let out = f();
+    std::mem::forget(unwind);
+    let now = OUT.get();
+    OUT.set(saved);
+    if !now.failed && now.len == saved.len {
+        return (out, Ok(Vec::new()));
+    }
+    (out, take_outgoing(now, saved))
+}
+
+/// The slow end of an encode that met descriptors or failed to duplicate one.
+#[cold]
+fn take_outgoing(now: OutState, saved: OutState) -> Result<Vec<OwnedFd>, std::io::Error> {
+    let fds = OUT_FDS.with_borrow_mut(|fds| fds.split_off(saved.len));
+    if now.failed {
+        drop(fds);
+        return Err(OUT_ERROR
+            .with_borrow_mut(Option::take)
+            .unwrap_or_else(|| std::io::Error::other("could not duplicate a descriptor")));
+    }
+    Ok(fds)
 }
 
 /// What a decode offers the `SharedFd`s it meets.
@@ -141,80 +202,22 @@ enum InMode {
     List,
 }
 
-/// Restores the outgoing context of the enclosing encode, also when the inner one unwinds.
-struct OutScope {
-    depth: u32,
-    base: usize,
-    failed: bool,
-}
-
-impl Drop for OutScope {
-    fn drop(&mut self) {
-        // Descriptors of this encode not taken (it unwound) are closed here.
-        if OUT_LEN.get() != OUT_BASE.get() {
-            let rest = OUT_FDS.with_borrow_mut(|fds| fds.split_off(OUT_BASE.get()));
-            drop(rest);
-            OUT_LEN.set(OUT_BASE.get());
-        }
-        if OUT_FAILED.get() {
-            OUT_ERROR.with_borrow_mut(Option::take);
-        }
-        OUT_DEPTH.set(self.depth);
-        OUT_BASE.set(self.base);
-        OUT_FAILED.set(self.failed);
-    }
-}
-
-/// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
-/// serialized meanwhile, or the error met while duplicating one.
-///
-/// Without descriptors this costs a few thread-local loads and stores, and allocates nothing.
-pub(crate) fn collect_outgoing<R>(
-    f: impl FnOnce() -> R,
-) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
-    let base = OUT_LEN.get();
-    let scope = OutScope {
-        depth: OUT_DEPTH.replace(OUT_DEPTH.get() + 1),
-        base: OUT_BASE.replace(base),
-        failed: OUT_FAILED.replace(false),
-    };
-    let out = f();
-    let fds = if OUT_FAILED.get() {
-        Err(OUT_ERROR
-            .with_borrow_mut(Option::take)
-            .unwrap_or_else(|| std::io::Error::other("could not duplicate a descriptor")))
-    } else if OUT_LEN.get() == base {
-        Ok(Vec::new())
-    } else {
-        let fds = OUT_FDS.with_borrow_mut(|fds| fds.split_off(base));
-        OUT_LEN.set(base);
-        Ok(fds)
-    };
-    drop(scope);
-    (out, fds)
-}
-
-/// Restores the incoming context of the enclosing decode, also when the inner one unwinds.
-struct InScope {
+/// Where the decodes on this thread stand.
+#[derive(Clone, Copy)]
+struct InState {
     mode: InMode,
-    error: Option<DescriptorError>,
+    /// `IN_ERROR` holds the innermost decode's first descriptor problem.
+    has_error: bool,
+    /// `IN_REFUSAL` holds why a handle of the innermost decode refused what it received.
     refused: bool,
-    /// The enclosing decode's list, set aside while this one has its own.
-    list: Option<Vec<Option<OwnedFd>>>,
 }
 
-impl Drop for InScope {
-    fn drop(&mut self) {
-        if let Some(list) = self.list.take() {
-            // Closes the descriptors this decode did not claim.
-            drop(IN_FDS.replace(list));
-        }
-        IN_MODE.set(self.mode);
-        IN_ERROR.set(self.error.take());
-        if IN_REFUSED.replace(self.refused) && !self.refused {
-            IN_REFUSAL.with_borrow_mut(Option::take);
-        }
-    }
+impl InState {
+    const IDLE: InState = InState {
+        mode: InMode::None,
+        has_error: false,
+        refused: false,
+    };
 }
 
 /// What went wrong with the handles of a decode: a descriptor problem, or a handle that
@@ -224,11 +227,99 @@ pub(crate) enum HandleProblem {
     Refused(std::io::Error),
 }
 
+/// Records why a handle being decoded refused what it received (a descriptor of the wrong
+/// kind, a size its file does not hold), so that the decode error names it: serde's custom
+/// errors lose their message in postcard. The first refusal of a decode wins.
+pub(crate) fn refuse_handle(e: std::io::Error) {
+    let state = IN.get();
+    if !state.refused {
+        IN_REFUSAL.set(Some(e));
+        IN.set(InState {
+            refused: true,
+            ..state
+        });
+    }
+}
+
+/// What an enclosing decode had that an inner one must not disturb: its error details and
+/// its descriptor list. Restored on both paths (and by unwinding).
+struct InScope {
+    state: InState,
+    error: Option<DescriptorError>,
+    refusal: Option<std::io::Error>,
+    list: Option<Vec<Option<OwnedFd>>>,
+}
+
+impl Drop for InScope {
+    fn drop(&mut self) {
+        if let Some(list) = self.list.take() {
+            // Closes the descriptors the inner decode did not claim.
+            drop(IN_FDS.replace(list));
+        }
+        IN_ERROR.set(self.error.take());
+        IN_REFUSAL.set(self.refusal.take());
+        IN.set(self.state);
+    }
+}
+
+/// Puts the enclosing decode's state back if a descriptor-less inner one unwinds.
+struct InUnwind(InState);
+
+impl Drop for InUnwind {
+    #[cold]
+    fn drop(&mut self) {
+        IN_ERROR.take();
+        IN_REFUSAL.with_borrow_mut(Option::take);
+        IN.set(self.0);
+    }
+}
+
 /// Runs `f` with `fds` available to `SharedFd::deserialize`; returns what `f` gave and the
 /// first problem met with a handle. Descriptors nobody claimed are closed.
 ///
-/// Without descriptors this costs a few thread-local loads and stores, and allocates nothing.
+/// Without descriptors this reads and writes one thread-local state and allocates nothing.
+#[inline]
 pub(crate) fn with_incoming<R>(
+    fds: Vec<OwnedFd>,
+    f: impl FnOnce() -> R,
+) -> (R, Option<HandleProblem>) {
+    let saved = IN.get();
+    if !fds.is_empty() || saved.has_error || saved.refused {
+        return with_incoming_slow(saved, fds, f);
+    }
+    IN.set(InState {
+        mode: InMode::Empty,
+        has_error: false,
+        refused: false,
+    });
+    let unwind = InUnwind(saved);
+    let out = f();
+    std::mem::forget(unwind);
+    let now = IN.get();
+    IN.set(saved);
+    if !now.has_error && !now.refused {
+        return (out, None);
+    }
+    (out, Some(take_problem(now)))
+}
+
+/// The problem a decode met (`now` says which kinds there are); the descriptor one first.
+#[cold]
+fn take_problem(now: InState) -> HandleProblem {
+    let error = IN_ERROR.take();
+    let refusal = IN_REFUSAL.with_borrow_mut(Option::take);
+    match (now.has_error, error, refusal) {
+        (true, Some(e), _) => HandleProblem::Descriptor(e),
+        (_, _, Some(r)) => HandleProblem::Refused(r),
+        _ => HandleProblem::Refused(std::io::Error::other("a handle could not be decoded")),
+    }
+}
+
+/// [`with_incoming`] for a message with descriptors, or inside a decode that has already met
+/// a problem (whose details must survive the inner decode).
+#[cold]
+fn with_incoming_slow<R>(
+    saved: InState,
     fds: Vec<OwnedFd>,
     f: impl FnOnce() -> R,
 ) -> (R, Option<HandleProblem>) {
@@ -239,26 +330,27 @@ pub(crate) fn with_incoming<R>(
         (InMode::List, Some(IN_FDS.replace(list)))
     };
     let scope = InScope {
-        mode: IN_MODE.replace(mode),
+        state: saved,
         error: IN_ERROR.take(),
-        refused: IN_REFUSED.replace(false),
+        refusal: IN_REFUSAL.with_borrow_mut(Option::take),
         list,
     };
+    IN.set(InState {
+        mode,
+        has_error: false,
+        refused: false,
+    });
     let out = f();
-    let mut problem = IN_ERROR.take().map(HandleProblem::Descriptor);
-    if IN_REFUSED.replace(false) {
-        let refusal = IN_REFUSAL.with_borrow_mut(Option::take);
-        if problem.is_none() {
-            problem = refusal.map(HandleProblem::Refused);
-        }
-    }
+    let now = IN.get();
+    let problem = (now.has_error || now.refused).then(|| take_problem(now));
     drop(scope);
     (out, problem)
 }
 
 impl Serialize for SharedFd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        if OUT_DEPTH.get() == 0 {
+        let state = OUT.get();
+        if state.depth == 0 {
             return Err(S::Error::custom(
                 "a descriptor-carrying handle can only be encoded by a multiproc channel",
             ));
@@ -269,12 +361,16 @@ impl Serialize for SharedFd {
                     fds.push(fd);
                     fds.len()
                 });
-                OUT_LEN.set(len);
-                serializer.serialize_u32((len - 1 - OUT_BASE.get()) as u32)
+                OUT.set(OutState { len, ..state });
+                serializer.serialize_u32((len - 1 - state.base) as u32)
             }
             Err(e) => {
-                if !OUT_FAILED.replace(true) {
+                if !state.failed {
                     OUT_ERROR.set(Some(e));
+                    OUT.set(OutState {
+                        failed: true,
+                        ..state
+                    });
                 }
                 Err(S::Error::custom("could not duplicate a descriptor"))
             }
@@ -285,7 +381,8 @@ impl Serialize for SharedFd {
 impl<'de> Deserialize<'de> for SharedFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let index = u32::deserialize(deserializer)?;
-        let taken = match IN_MODE.get() {
+        let state = IN.get();
+        let taken = match state.mode {
             InMode::None => Err(DescriptorError::NoContext),
             InMode::Empty => Err(DescriptorError::OutOfRange { index, count: 0 }),
             InMode::List => IN_FDS.with_borrow_mut(|fds| {
@@ -299,9 +396,12 @@ impl<'de> Deserialize<'de> for SharedFd {
         match taken {
             Ok(fd) => Ok(SharedFd::new(fd)),
             Err(e) => {
-                if !matches!(e, DescriptorError::NoContext) {
-                    let first = IN_ERROR.take().unwrap_or_else(|| e.clone());
-                    IN_ERROR.set(Some(first));
+                if !matches!(e, DescriptorError::NoContext) && !state.has_error {
+                    IN_ERROR.set(Some(e.clone()));
+                    IN.set(InState {
+                        has_error: true,
+                        ..state
+                    });
                 }
                 Err(D::Error::custom(e.to_string()))
             }
