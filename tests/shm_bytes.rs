@@ -21,7 +21,10 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 async fn check_and_answer(mut end: Duplex<SharedBytes, SharedBytes>) -> usize {
     let mut seen = 0;
     while let Some(got) = end.recv().await.unwrap() {
-        assert!(got[..] == pattern(seen as u8, got.len())[..], "message {seen} damaged");
+        assert!(
+            got[..] == pattern(seen as u8, got.len())[..],
+            "message {seen} damaged"
+        );
         let mut answer = SharedBytesMut::zeroed(got.len()).unwrap();
         answer.copy_from_slice(&got);
         answer.reverse();
@@ -99,7 +102,8 @@ fn forge(mut tx: Sender<(SharedFd, u64)>) {
         .unwrap();
     // Not a memfd at all.
     let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
-    tx.blocking_send((SharedFd::new(OwnedFd::from(a)), 1)).unwrap();
+    tx.blocking_send((SharedFd::new(OwnedFd::from(a)), 1))
+        .unwrap();
     let real = SharedBytes::copy_from_slice(b"the real one").unwrap();
     let mut tx: Sender<SharedBytes> = retype(tx);
     tx.blocking_send(real).unwrap();

@@ -680,9 +680,7 @@ fn run_trial(
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
         (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n, false).map(Sample::from),
-        (Impl::MultiprocShmFresh, _) => {
-            multiproc_impl::run_shm(rt, w, n, true).map(Sample::from)
-        }
+        (Impl::MultiprocShmFresh, _) => multiproc_impl::run_shm(rt, w, n, true).map(Sample::from),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(

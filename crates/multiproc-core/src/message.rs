@@ -143,8 +143,7 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
 /// # Errors
 /// [`DecodeError`] when the front of `bytes` is not a `T`.
 pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
-    let (result, problem) =
-        fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
+    let (result, problem) = fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
     if let Some(problem) = problem {
         return Err(DecodeError::from_handle_problem(problem));
     }
@@ -254,7 +253,10 @@ mod tests {
         let before = std::fs::read_dir("/proc/self/fd").unwrap().count();
         let boom = Boom(fd.clone());
         assert!(std::panic::catch_unwind(|| encode(&boom)).is_err());
-        assert!(postcard::to_stdvec(&fd).is_err(), "the context was restored");
+        assert!(
+            postcard::to_stdvec(&fd).is_err(),
+            "the context was restored"
+        );
         assert!(
             std::fs::read_dir("/proc/self/fd").unwrap().count() <= before,
             "the duplicate made before the panic was closed"

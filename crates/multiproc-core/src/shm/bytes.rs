@@ -123,7 +123,9 @@ impl SharedBytes {
         } else {
             // SAFETY: the caller checked (or made) the seals, shrinking included, and the
             // size, so every page of the mapping stays backed.
-            Some(Arc::new(unsafe { Mapping::new(&fd, len, ProtFlags::READ)? }))
+            Some(Arc::new(unsafe {
+                Mapping::new(&fd, len, ProtFlags::READ)?
+            }))
         };
         Ok(Self { map, fd })
     }
@@ -133,8 +135,7 @@ impl SharedBytes {
     fn from_received(fd: SharedFd, len: u64) -> io::Result<Self> {
         let invalid = |msg: String| io::Error::new(io::ErrorKind::InvalidData, msg);
         let stat = rustix::fs::fstat(&fd)?;
-        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile
-        {
+        if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::RegularFile {
             return Err(invalid("shared bytes descriptor is not a memfd".into()));
         }
         let seals = rustix::fs::fcntl_get_seals(&fd)
@@ -350,7 +351,12 @@ mod tests {
         let b = SharedBytes::copy_from_slice(&data).unwrap();
         let back = round_trip(&b).unwrap();
         assert_eq!(back.as_slice(), &data[..]);
-        assert_eq!(round_trip(&SharedBytes::copy_from_slice(&[]).unwrap()).unwrap().len(), 0);
+        assert_eq!(
+            round_trip(&SharedBytes::copy_from_slice(&[]).unwrap())
+                .unwrap()
+                .len(),
+            0
+        );
     }
 
     #[test]

@@ -507,7 +507,8 @@ fn small_messages_allocate_nothing_per_message() {
     let mut round = |base: u32| {
         for i in 0..500u32 {
             let msg: Msg = (base + i, [u64::from(i); 7]);
-            tx.push(|buf| crate::message::encode_into(&msg, buf)).unwrap();
+            tx.push(|buf| crate::message::encode_into(&msg, buf))
+                .unwrap();
         }
         assert!(tx.blocking_flush(None).unwrap());
         for i in 0..500u32 {
