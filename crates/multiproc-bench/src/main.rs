@@ -419,6 +419,8 @@ impl Workload {
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBytes,
+                Impl::MultiprocShm,
+                Impl::MultiprocShmFresh,
                 Impl::TokioFloor,
                 Impl::TokioCodec,
                 Impl::Interprocess,
@@ -529,6 +531,12 @@ enum Impl {
     /// 1 MiB stream only: the pipe's untyped bytes API (`send_bytes` / `recv_bytes`, Python's
     /// `Connection.send_bytes` / `recv_bytes`) instead of typed messages.
     MultiprocBytes,
+    /// 1 MiB stream only: one `SharedBytes` (a sealed memfd handed over, not streamed) made
+    /// once and sent `n` times, as the typed row sends clones of one buffer; the receiver
+    /// reads a byte of every page.
+    MultiprocShm,
+    /// 1 MiB stream only: a fresh `SharedBytes` per message (one copy into a new memfd).
+    MultiprocShmFresh,
     /// Python's multiprocessing, fork start method.
     PythonMp,
     /// Blocking syscalls on a socketpair: the floor.
@@ -561,11 +569,13 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 17] = [
+    const ALL: [Impl; 19] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
         Impl::MultiprocBytes,
+        Impl::MultiprocShm,
+        Impl::MultiprocShmFresh,
         Impl::PythonMp,
         Impl::RawOs,
         Impl::TokioReactor,
@@ -598,6 +608,8 @@ impl Impl {
             Impl::MultiprocBlocking => "multiproc-blocking",
             Impl::MultiprocSink => "multiproc-sink",
             Impl::MultiprocBytes => "multiproc-bytes",
+            Impl::MultiprocShm => "multiproc-shm",
+            Impl::MultiprocShmFresh => "multiproc-shm-fresh",
             Impl::PythonMp => "python-mp",
             Impl::RawOs => "raw-os",
             Impl::TokioReactor => "tokio-reactor",
@@ -690,6 +702,8 @@ fn run_trial(
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
+        (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n, false).map(Sample::from),
+        (Impl::MultiprocShmFresh, _) => multiproc_impl::run_shm(rt, w, n, true).map(Sample::from),
         (Impl::IpcChannel, _) => peers::ipc_channel::pipe(w, n).map(Sample::from),
         (Impl::TokioFloor, _) => peers::tokio_floor::pipe(rt, w, n).map(Sample::from),
         (Impl::TokioCodec, _) => peers::tokio_codec::pipe(rt, w, n).map(Sample::from),

@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use futures::SinkExt;
 use multiproc::pipe::{self, Duplex};
+use multiproc::shm::SharedBytes;
 
 use crate::Workload;
 use crate::payload::Payload;
@@ -227,6 +228,77 @@ async fn stream_bytes(n: u64, size: usize) -> io::Result<f64> {
     }
     drop(here);
     child.await.map_err(other)?;
+    Ok((n as f64 * size as f64 / (1 << 20) as f64) / elapsed)
+}
+
+/// Runs one trial of `w` with `SharedBytes` messages (`multiproc-shm`, or with `fresh`
+/// `multiproc-shm-fresh`; the 1 MiB stream only).
+pub(crate) fn run_shm(
+    rt: &tokio::runtime::Runtime,
+    w: Workload,
+    n: u64,
+    fresh: bool,
+) -> io::Result<f64> {
+    match w {
+        Workload::Stream1M => rt.block_on(stream_shm(n, 1 << 20, fresh)),
+        _ => Err(io::Error::other("multiproc-shm only runs pipe_stream_1MiB")),
+    }
+}
+
+/// Child of the shared-memory stream: says it is ready, receives `n` `SharedBytes`, reads one
+/// byte of every page (so every page is really mapped), answers with the count.
+async fn sink_shm((mut end, n): (Duplex<u64, SharedBytes>, u64)) -> u64 {
+    if end.send(0).await.is_err() {
+        return 0;
+    }
+    let mut count = 0u64;
+    let mut sum = 0u64;
+    while count < n {
+        match end.recv().await {
+            Ok(Some(msg)) => {
+                count += 1;
+                sum += msg.iter().step_by(4096).map(|&b| u64::from(b)).sum::<u64>();
+            }
+            _ => break,
+        }
+    }
+    let _ = end.send(count).await;
+    sum
+}
+
+/// `pipe_stream_1MiB` with `SharedBytes` handed over as descriptors, the same protocol and
+/// clock as [`stream`]; MiB per second. The sender makes one `SharedBytes` and sends clones of
+/// it (as the typed row sends clones of one buffer), or with `fresh` copies the payload into a
+/// new one per message (`SharedBytes::copy_from_slice`).
+async fn stream_shm(n: u64, size: usize, fresh: bool) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<SharedBytes, u64>()?;
+    let child = multiproc::spawn((there, n), sink_shm);
+    if here.recv().await.map_err(other)? != Some(0) {
+        return Err(io::Error::other("stream child did not start"));
+    }
+    let payload = vec![1u8; size];
+    let t0 = Instant::now();
+    let once = SharedBytes::copy_from_slice(&payload)?;
+    for _ in 0..n {
+        let msg = if fresh {
+            SharedBytes::copy_from_slice(&payload)?
+        } else {
+            once.clone()
+        };
+        here.send(msg).await.map_err(other)?;
+    }
+    let counted = here.recv().await.map_err(other)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    if counted != Some(n) {
+        return Err(io::Error::other(format!(
+            "stream child counted {counted:?} of {n}"
+        )));
+    }
+    drop(here);
+    let pages = child.await.map_err(other)?;
+    if pages != n * size.div_ceil(4096) as u64 {
+        return Err(io::Error::other("shared bytes arrived damaged"));
+    }
     Ok((n as f64 * size as f64 / (1 << 20) as f64) / elapsed)
 }
 

@@ -180,6 +180,12 @@ pub(crate) fn json_line(
     let note = match (s.imp, w) {
         (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
         (Impl::MultiprocBytes, _) => Some("untyped send_bytes/recv_bytes, not typed messages"),
+        (Impl::MultiprocShm, _) => Some(
+            "one SharedBytes (sealed memfd) sent n times: the handover alone; receiver reads a byte per page",
+        ),
+        (Impl::MultiprocShmFresh, _) => Some(
+            "SharedBytes::copy_from_slice per message (one copy into a new sealed memfd); receiver reads a byte per page",
+        ),
         (Impl::RawOs, Workload::LockUncontended | Workload::LockContended2p) => {
             Some("futex mutex in shared memory: CAS to lock, fetch_sub to unlock")
         }
@@ -335,6 +341,16 @@ pub(crate) fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits:
                 w.name(),
                 imp.name(),
                 vs_python(Some(s))
+            );
+        }
+    }
+    for imp in [Impl::MultiprocShm, Impl::MultiprocShmFresh] {
+        if let Some(shm) = get(imp) {
+            eprintln!(
+                "# {:<18} {}/raw-os = {:>6}",
+                w.name(),
+                imp.name(),
+                paired_ratio(Some(shm), raw),
             );
         }
     }

@@ -70,6 +70,8 @@ enum DecodeErrorKind {
     },
     #[error("bad descriptor in message")]
     Descriptor(#[source] DescriptorError),
+    #[error("message carries a handle that cannot be used here")]
+    Handle(#[source] io::Error),
     #[error(
         "message carries handles ({count} descriptor(s)), which plain bytes cannot hold; \
          skipped (does the other side send a typed message?)"
@@ -88,10 +90,12 @@ impl DecodeError {
             kind: DecodeErrorKind::Trailing { ty, rest, total },
         }
     }
-    pub(crate) fn descriptor(e: DescriptorError) -> Self {
-        Self {
-            kind: DecodeErrorKind::Descriptor(e),
-        }
+    pub(crate) fn from_handle_problem(problem: crate::fd::HandleProblem) -> Self {
+        let kind = match problem {
+            crate::fd::HandleProblem::Descriptor(e) => DecodeErrorKind::Descriptor(e),
+            crate::fd::HandleProblem::Refused(e) => DecodeErrorKind::Handle(e),
+        };
+        Self { kind }
     }
     pub(crate) fn unexpected_descriptors(count: usize) -> Self {
         Self {

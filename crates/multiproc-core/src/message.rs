@@ -129,9 +129,9 @@ pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, 
 /// [`DecodeError`] naming what went wrong: the bytes do not form a `T` (usually a different
 /// type on the other side), trailing bytes, or a descriptor index the message did not carry.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
-    let (result, fd_error) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
-    if let Some(e) = fd_error {
-        return Err(DecodeError::descriptor(e));
+    let (result, problem) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    if let Some(problem) = problem {
+        return Err(DecodeError::from_handle_problem(problem));
     }
     match result {
         Ok((value, [])) => Ok(value),
@@ -153,10 +153,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
 /// # Errors
 /// [`DecodeError`] when the front of `bytes` is not a `T`.
 pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), DecodeError> {
-    let (result, fd_error) =
-        fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
-    if let Some(e) = fd_error {
-        return Err(DecodeError::descriptor(e));
+    let (result, problem) = fd::with_incoming(Vec::new(), || postcard::take_from_bytes::<T>(bytes));
+    if let Some(problem) = problem {
+        return Err(DecodeError::from_handle_problem(problem));
     }
     result.map_err(|e| DecodeError::serde(e, std::any::type_name::<T>()))
 }
@@ -174,5 +173,114 @@ mod tests {
         assert_eq!((n, name.as_str()), (7, "head"));
         assert_eq!(decode::<Vec<u64>>(rest, Vec::new()).unwrap(), vec![1, 2, 3]);
         assert!(decode_head::<(u32, String)>(&buf[..2]).is_err());
+    }
+
+    use crate::SharedFd;
+    use crate::fd::DescriptorError;
+    use std::os::fd::{AsRawFd, OwnedFd};
+
+    fn memfd() -> SharedFd {
+        let fd: OwnedFd =
+            rustix::fs::memfd_create("message-test", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+        SharedFd::new(fd)
+    }
+
+    #[test]
+    fn a_message_without_descriptors_carries_none() {
+        let (bytes, fds) = encode(&(1u8, "no handles", [7u64; 4])).unwrap();
+        assert!(fds.is_empty());
+        let back: (u8, String, [u64; 4]) = decode(&bytes, fds).unwrap();
+        assert_eq!(back, (1, "no handles".to_string(), [7; 4]));
+    }
+
+    #[test]
+    fn a_handle_decoded_without_descriptors_is_out_of_range() {
+        let (bytes, fds) = encode(&memfd()).unwrap();
+        assert_eq!(fds.len(), 1);
+        let err = decode::<SharedFd>(&bytes, Vec::new()).unwrap_err();
+        assert_eq!(
+            err.descriptor_error(),
+            Some(&DescriptorError::OutOfRange { index: 0, count: 0 })
+        );
+    }
+
+    #[test]
+    fn descriptors_are_indexed_per_message_and_clones_travel_once() {
+        let (a, b) = (memfd(), memfd());
+        let (bytes, fds) = encode(&(a.clone(), 5u8, b.clone())).unwrap();
+        assert_eq!(fds.len(), 2);
+        let (a2, n, b2): (SharedFd, u8, SharedFd) = decode(&bytes, fds).unwrap();
+        assert_eq!(n, 5);
+        let ino = |fd: &SharedFd| rustix::fs::fstat(fd).unwrap().st_ino;
+        assert_eq!((ino(&a2), ino(&b2)), (ino(&a), ino(&b)));
+        // Two clones of one descriptor travel once, and both decode to one shared descriptor.
+        let (bytes, fds) = encode(&(a.clone(), 5u8, a.clone())).unwrap();
+        assert_eq!(fds.len(), 1);
+        assert_eq!((bytes[0], bytes[2]), (0, 0));
+        let (x, _, y): (SharedFd, u8, SharedFd) = decode(&bytes, fds).unwrap();
+        assert_eq!(x.as_raw_fd(), y.as_raw_fd());
+        assert_eq!(ino(&x), ino(&a));
+    }
+
+    /// A value whose `Serialize` encodes a message of its own, as a handle holding an encoded
+    /// setup might.
+    struct Nested(SharedFd, SharedFd);
+
+    impl Serialize for Nested {
+        fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeTuple;
+            let (inner, inner_fds) = encode(&self.1).map_err(serde::ser::Error::custom)?;
+            assert_eq!(inner_fds.len(), 1, "the inner encode has its own list");
+            assert_eq!(inner, [0], "and its own indices");
+            let mut t = s.serialize_tuple(2)?;
+            t.serialize_element(&self.0)?;
+            t.serialize_element(&self.0)?;
+            t.end()
+        }
+    }
+
+    #[test]
+    fn nested_encodes_keep_their_own_descriptors() {
+        let (bytes, fds) = encode(&(memfd(), Nested(memfd(), memfd()))).unwrap();
+        assert_eq!(bytes, [0, 1, 2]);
+        assert_eq!(fds.len(), 3);
+    }
+
+    #[test]
+    fn handles_refuse_to_serialize_outside_an_encode_even_after_a_panic() {
+        let fd = memfd();
+        assert!(postcard::to_stdvec(&fd).is_err());
+        struct Boom(SharedFd);
+        impl Serialize for Boom {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                self.0.serialize(s)?;
+                panic!("boom");
+            }
+        }
+        // Descriptors of this process open on `fd`'s memfd (other tests' descriptors come and
+        // go meanwhile, so count only ours).
+        let ino = rustix::fs::fstat(&fd).unwrap().st_ino;
+        let copies = || {
+            std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .filter_map(|e| std::fs::metadata(e.ok()?.path()).ok())
+                .filter(|m| std::os::unix::fs::MetadataExt::ino(m) == ino)
+                .count()
+        };
+        let before = copies();
+        let boom = Boom(fd.clone());
+        assert!(std::panic::catch_unwind(|| encode(&boom)).is_err());
+        assert!(
+            postcard::to_stdvec(&fd).is_err(),
+            "the context was restored"
+        );
+        assert_eq!(
+            copies(),
+            before,
+            "the duplicate made before the panic was closed"
+        );
+        let (bytes, fds) = encode(&fd).unwrap();
+        assert_eq!((bytes.as_slice(), fds.len()), (&[0u8][..], 1));
+        assert!(fds[0].as_raw_fd() >= 0);
     }
 }

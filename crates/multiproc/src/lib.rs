@@ -147,8 +147,11 @@ pub mod sync {
     pub use multiproc_sync::{FileLock, FileLockGuard};
 }
 
-/// Shared memory: typed values and arrays (Python's `Value` and `Array`) and raw regions.
+/// Shared memory: typed values and arrays (Python's `Value` and `Array`), raw regions, and
+/// immutable bytes that travel in messages without being streamed ([`SharedBytes`](shm::SharedBytes)).
 pub mod shm {
+    #[doc(inline)]
+    pub use multiproc_core::shm::{SharedBytes, SharedBytesMut};
     #[doc(inline)]
     pub use multiproc_sync::{
         Pod, SharedArray, SharedArrayGuard, SharedMemory, SharedValue, SharedValueGuard,

@@ -1,13 +1,16 @@
 //! Shared memory: a sealed memfd mapped `MAP_SHARED` ([`SharedRegion`]) that travels as its
-//! descriptor, the plain-old-data rule ([`Pod`]) for what may live in it, and POSIX shared
-//! memory objects named as Python names them ([`create_posix`], [`open_posix`],
-//! [`unlink_posix`]).
+//! descriptor, the plain-old-data rule ([`Pod`]) for what may live in it, immutable bytes
+//! handed over instead of streamed ([`SharedBytes`], written in place with
+//! [`SharedBytesMut`]), and POSIX shared memory objects named as Python names them
+//! ([`create_posix`], [`open_posix`], [`unlink_posix`]).
 //!
 //! May import: `sys`, `message`, `fd`. Never `wait`, `transport` or `proc`.
 
+mod bytes;
 mod posix;
 mod region;
 
+pub use bytes::{SharedBytes, SharedBytesMut};
 pub use posix::{create_posix, open_posix, unlink_posix};
 pub(crate) use region::punch_hole;
 pub use region::{Pod, SharedRegion};

@@ -452,3 +452,80 @@ fn frames_round_trip_in_one_batch() {
         }
     }
 }
+
+/// Counts the allocations made on each thread, so a test can see what its own thread
+/// allocated while other tests run beside it.
+mod counting {
+    #![allow(unsafe_code)]
+
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::cell::Cell;
+
+    thread_local! {
+        static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+    }
+
+    pub(super) struct Counting;
+
+    // SAFETY: every call is forwarded to the system allocator unchanged; counting touches only
+    // a const-initialised thread-local `Cell` without a destructor, which never allocates.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            // SAFETY: forwarded with the caller's layout, whose contract the caller keeps.
+            unsafe { System.alloc(layout) }
+        }
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            // SAFETY: `ptr` came from `System` (every allocation goes there) with `layout`.
+            unsafe { System.dealloc(ptr, layout) }
+        }
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            ALLOCATIONS.with(|n| n.set(n.get() + 1));
+            // SAFETY: as in `dealloc`, and the caller keeps `realloc`'s contract.
+            unsafe { System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    /// Allocations made on this thread so far.
+    pub(super) fn allocations() -> u64 {
+        ALLOCATIONS.with(Cell::get)
+    }
+}
+
+#[global_allocator]
+static COUNTING: counting::Counting = counting::Counting;
+
+/// A stream of small messages without handles costs no allocation per message once the
+/// buffers are warm: the send buffer and the receive buffer are reused, many frames go out in
+/// one `sendmsg` and come in with one `recvmsg`, and the descriptor context is a few flags.
+#[test]
+fn small_messages_allocate_nothing_per_message() {
+    type Msg = (u32, [u64; 7]);
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, mut rx) = split(b).unwrap();
+    let mut round = |base: u32| {
+        for i in 0..500u32 {
+            let msg: Msg = (base + i, [u64::from(i); 7]);
+            tx.push(|buf| crate::message::encode_into(&msg, buf))
+                .unwrap();
+        }
+        assert!(tx.blocking_flush(None).unwrap());
+        for i in 0..500u32 {
+            let got = rx
+                .blocking_recv_with(None, crate::message::decode::<Msg>)
+                .unwrap();
+            let TryRecv::Frame(Ok((n, words))) = got else {
+                panic!("message {i} missing");
+            };
+            assert_eq!((n, words[6]), (base + i, u64::from(i)));
+        }
+    };
+    round(0); // warms the buffers up
+    let before = counting::allocations();
+    for r in 1..=20 {
+        round(r * 1000);
+    }
+    let per_round = (counting::allocations() - before) / 20;
+    assert_eq!(per_round, 0, "allocations per round of 500 messages");
+}
