@@ -335,3 +335,33 @@ pub(crate) fn child(measure: &str, arg: &str) -> io::Result<()> {
     println!("{line}");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse;
+
+    #[test]
+    fn a_result_line_parses_with_its_error_text() {
+        let found = parse("noise\nvalue=506 capped=0 stopped=too many open files (os error 24)\n")
+            .expect("parses");
+        assert_eq!(found.value, 506.0);
+        assert!(!found.capped);
+        assert_eq!(
+            found.stopped_by.as_deref(),
+            Some("too many open files (os error 24)")
+        );
+    }
+
+    #[test]
+    fn a_capped_line_has_no_error() {
+        let found = parse("value=100000 capped=1 stopped=").expect("parses");
+        assert!(found.capped);
+        assert_eq!(found.stopped_by, None);
+    }
+
+    #[test]
+    fn garbage_is_an_error() {
+        assert!(parse("").is_err());
+        assert!(parse("value=many capped=0 stopped=").is_err());
+    }
+}

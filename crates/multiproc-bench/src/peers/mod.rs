@@ -239,3 +239,18 @@ pub(crate) async fn time_rounds(
     }
     Ok(t0.elapsed().as_secs_f64() * 1e6 / n as f64)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::{arg_field, arg_u64};
+
+    #[test]
+    fn role_arguments_are_found_by_key() {
+        let arg = "name=multiproc-bench-x-1-2,n=5000,size=1048576";
+        assert_eq!(arg_field(arg, "name").unwrap(), "multiproc-bench-x-1-2");
+        assert_eq!(arg_u64(arg, "n").unwrap(), 5000);
+        assert_eq!(arg_u64(arg, "size").unwrap(), 1 << 20);
+        assert!(arg_field(arg, "nam").is_err());
+        assert!(arg_u64("n=lots", "n").is_err());
+    }
+}
