@@ -196,9 +196,8 @@ fn take_outgoing(now: OutState, saved: OutState) -> Result<Vec<OwnedFd>, std::io
 /// Empties the record of the descriptors sent by the encode at `depth` (keeping its capacity).
 #[cold]
 fn forget_seen(depth: u32) {
-    let seen = OUT_SEEN.with_borrow_mut(|seen| {
-        seen.get_mut(depth as usize - 1).map(std::mem::take)
-    });
+    let seen =
+        OUT_SEEN.with_borrow_mut(|seen| seen.get_mut(depth as usize - 1).map(std::mem::take));
     // The `SharedFd`s it kept are dropped outside the borrow (a drop may close a descriptor).
     drop(seen);
 }
