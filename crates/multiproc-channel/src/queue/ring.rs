@@ -92,28 +92,6 @@ const WRITING: u64 = 1;
 const FULL: u64 = 2;
 const READING: u64 = 3;
 
-/// How many positions past a head slot still being written a consumer looks for a published
-/// message ([`Ring::take`]).
-///
-/// With more producers than CPUs, a producer is often preempted between claiming its slot and
-/// publishing it, and every consumer would wait behind that slot for a whole time slice while
-/// the messages after it are ready. So a consumer takes the first published message past the
-/// head instead, as long as every slot it skips is *being written* (or already taken) and the
-/// message lies below the tail it read before looking. That keeps each producer's order: a
-/// producer publishes one message before it claims its next slot, so the message of a slot
-/// seen being written is that producer's last one so far, and a position claimed before the
-/// look began cannot belong to it. (A slot seen *published* is taken first, and a token stops
-/// the look: socket packets must be taken in token order.)
-const LOOKAHEAD: u64 = 64;
-
-/// What a look past the head found.
-enum Past {
-    Took(Take),
-    /// A published message was claimed by another consumer first: look again.
-    Raced,
-    Nothing,
-}
-
 /// What a published slot carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Kind {
@@ -393,11 +371,7 @@ impl Ring {
             match compare_laps(state.lap, lap) {
                 Lap::Same => match state.phase {
                     EMPTY => return Take::Empty,
-                    WRITING => match self.take_past(pos) {
-                        Past::Took(take) => return take,
-                        Past::Raced => continue,
-                        Past::Nothing => return Take::Busy(pos),
-                    },
+                    WRITING => return Take::Busy(pos),
                     READING => Self::advance(self.head(), pos),
                     _ => {
                         let kind = match self.region.read::<u32>(slot + SLOT_KIND) {
@@ -405,11 +379,23 @@ impl Ring {
                             k if k == Kind::Log as u32 => Kind::Log,
                             _ => Kind::Message,
                         };
-                        let Some(take) = self.claim_message(pos, word, kind) else {
+                        let reading = State::pack(lap, READING, self.me);
+                        if self
+                            .state(slot)
+                            .compare_exchange(word, reading, Ordering::SeqCst, Ordering::Relaxed)
+                            .is_err()
+                        {
                             continue;
-                        };
+                        }
                         Self::advance(self.head(), pos);
-                        return take;
+                        let len: u32 = self.region.read(slot + SLOT_LEN_FIELD);
+                        if len as usize > SLOT_PAYLOAD {
+                            self.free(pos);
+                            return Take::Corrupt(len);
+                        }
+                        let bytes = self.read_payload(slot, len as usize);
+                        self.free(pos);
+                        return Take::Message(kind, bytes);
                     }
                 },
                 Lap::Ahead => Self::advance(self.head(), pos),
@@ -417,55 +403,6 @@ impl Ring {
                 Lap::Behind => return Take::Busy(pos),
             }
         }
-    }
-
-    /// Claims the published message (or log token) of `pos`, whose state word was `word`,
-    /// reads it and frees its slot; `None` when another consumer claimed it first.
-    fn claim_message(&self, pos: u64, word: u64, kind: Kind) -> Option<Take> {
-        let (slot, lap) = self.locate(pos);
-        let reading = State::pack(lap, READING, self.me);
-        self.state(slot)
-            .compare_exchange(word, reading, Ordering::SeqCst, Ordering::Relaxed)
-            .ok()?;
-        let len: u32 = self.region.read(slot + SLOT_LEN_FIELD);
-        if len as usize > SLOT_PAYLOAD {
-            self.free(pos);
-            return Some(Take::Corrupt(len));
-        }
-        let bytes = self.read_payload(slot, len as usize);
-        self.free(pos);
-        Some(Take::Message(kind, bytes))
-    }
-
-    /// With the head slot `head` still being written (its producer preempted, say), looks past
-    /// it for a published message to take: see [`LOOKAHEAD`] for why this keeps every
-    /// producer's order.
-    fn take_past(&self, head: u64) -> Past {
-        // Positions below this were all claimed by producers before the look began.
-        let tail = self.tail().load(Ordering::SeqCst);
-        let end = tail.min(head + 1 + LOOKAHEAD.min(self.slots - 1));
-        for pos in head + 1..end {
-            let (slot, lap) = self.locate(pos);
-            let word = self.state(slot).load(Ordering::SeqCst);
-            let state = State::seen_from(word, lap);
-            match (compare_laps(state.lap, lap), state.phase) {
-                // Taken already (read, or given back by its producer), or being written or read.
-                (Lap::Ahead, _) | (Lap::Same, WRITING | READING) => {}
-                (Lap::Same, FULL) => {
-                    let kind = match self.region.read::<u32>(slot + SLOT_KIND) {
-                        k if k == Kind::Message as u32 => Kind::Message,
-                        k if k == Kind::Log as u32 => Kind::Log,
-                        // A token keeps its place: socket packets are taken in token order.
-                        _ => return Past::Nothing,
-                    };
-                    return self
-                        .claim_message(pos, word, kind)
-                        .map_or(Past::Raced, Past::Took);
-                }
-                _ => return Past::Nothing,
-            }
-        }
-        Past::Nothing
     }
 
     fn read_payload(&self, slot: usize, len: usize) -> Vec<u8> {
@@ -683,81 +620,14 @@ mod tests {
     fn a_slot_being_written_is_busy_and_abandoning_it_skips_it() {
         let r = ring(4);
         let pos = r.claim().unwrap();
+        assert!(put(&r, b"after"));
         assert!(matches!(r.take(), Take::Busy(p) if p == pos));
         assert!(!r.head_ready());
         // Our own slot is never "repaired".
         assert_eq!(r.repair(pos), None);
         r.abandon(pos);
-        assert!(put(&r, b"after"));
         assert!(r.head_ready());
         assert_eq!(take(&r).unwrap(), b"after");
-    }
-
-    #[test]
-    fn consumers_take_past_slots_being_written_and_come_back_for_them() {
-        let r = ring(8);
-        let slow = r.claim().unwrap();
-        assert!(put(&r, b"a"));
-        let slower = r.claim().unwrap();
-        assert!(put(&r, b"b"));
-        // The head is still being written: the messages after it are taken meanwhile.
-        assert_eq!(take(&r).unwrap(), b"a");
-        assert_eq!(take(&r).unwrap(), b"b");
-        assert!(matches!(r.take(), Take::Busy(p) if p == slow));
-        r.publish(slower, Kind::Message, b"2");
-        r.publish(slow, Kind::Message, b"1");
-        assert_eq!(take(&r).unwrap(), b"1");
-        assert_eq!(take(&r).unwrap(), b"2");
-        assert_eq!(take(&r), None);
-        assert_eq!(r.len(), 0);
-        // Lap after lap, the skipped slots are reused in order.
-        for lap in 0..20u8 {
-            let held = r.claim().unwrap();
-            for i in 0..6u8 {
-                assert!(put(&r, &[lap, i]));
-            }
-            for i in 0..6u8 {
-                assert_eq!(take(&r).unwrap(), [lap, i]);
-            }
-            r.publish(held, Kind::Message, b"late");
-            assert_eq!(take(&r).unwrap(), b"late");
-            assert_eq!(take(&r), None);
-        }
-    }
-
-    #[test]
-    fn a_look_past_the_head_stops_at_a_token() {
-        let r = ring(8);
-        let slow = r.claim().unwrap();
-        let token = r.claim().unwrap();
-        r.publish(token, Kind::Token, &[]);
-        assert!(put(&r, b"after the token"));
-        // Socket packets are taken in token order: nothing passes the token either.
-        assert!(matches!(r.take(), Take::Busy(p) if p == slow));
-        r.publish(slow, Kind::Message, b"first");
-        assert_eq!(take(&r).unwrap(), b"first");
-        assert!(matches!(r.take(), Take::Token(p) if p == token));
-    }
-
-    #[test]
-    fn a_slot_being_written_holds_a_bounded_ring_s_next_lap() {
-        let r = ring(4);
-        let slow = r.claim().unwrap();
-        for m in [b"a", b"b", b"c"] {
-            assert!(put(&r, m));
-        }
-        for m in [b"a", b"b", b"c"] {
-            assert_eq!(take(&r).unwrap(), m);
-        }
-        // The next position is the slow slot's next lap: full until it is published and taken.
-        assert!(!put(&r, b"d"), "the tail waits for the slot being written");
-        assert!(!r.has_room());
-        r.publish(slow, Kind::Message, b"w");
-        assert!(!put(&r, b"d"));
-        assert_eq!(take(&r).unwrap(), b"w");
-        assert!(put(&r, b"d"));
-        assert_eq!(take(&r).unwrap(), b"d");
-        assert_eq!(take(&r), None);
     }
 
     #[test]
