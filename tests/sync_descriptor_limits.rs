@@ -69,5 +69,8 @@ async fn a_reached_descriptor_limit_is_named() {
         message,
         "the process's open-descriptor limit (RLIMIT_NOFILE, soft 64) is reached"
     );
-    assert!(made > 0 && made < 64, "{made} conditions under a limit of 64");
+    assert!(
+        made > 0 && made < 64,
+        "{made} conditions under a limit of 64"
+    );
 }
