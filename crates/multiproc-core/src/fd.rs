@@ -193,7 +193,7 @@ fn take_outgoing(now: OutState, saved: OutState) -> Result<Vec<OwnedFd>, std::io
     Ok(fds)
 }
 
-/// Empties the record of the descriptors sent by the encode at `depth` (keeping its capacity).
+/// Empties the record of the descriptors sent by the encode at `depth`.
 #[cold]
 fn forget_seen(depth: u32) {
     let seen =
