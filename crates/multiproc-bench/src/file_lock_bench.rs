@@ -15,7 +15,7 @@ use multiproc::sync::FileLock;
 use multiproc::{Barrier, Queue, SharedMemory};
 use serde::{Deserialize, Serialize};
 
-use crate::sync_bench::{PATIENCE, timed_gang};
+use crate::sync_bench::{PATIENCE, Timed, clock_ns, timed_gang};
 use crate::{Impl, Sample, Workload, other};
 
 /// Runs one trial of a file-lock workload.
@@ -66,7 +66,7 @@ struct Args {
     ops: u64,
     counter: SharedMemory,
     barrier: Barrier,
-    reports: Queue<Result<u64, String>>,
+    reports: Queue<Result<Timed<u64>, String>>,
 }
 
 async fn child(a: Args) {
@@ -74,13 +74,14 @@ async fn child(a: Args) {
     let _ = a.reports.put(r).await;
 }
 
-async fn child_body(a: &Args) -> Result<u64, String> {
+async fn child_body(a: &Args) -> Result<Timed<u64>, String> {
     let lock = FileLock::open_flock(&a.path).map_err(|e| e.to_string())?;
     let value = a.counter.region().atomic_u64(0);
     a.barrier
         .wait_timeout(PATIENCE)
         .await
         .map_err(|e| e.to_string())?;
+    let start = clock_ns();
     for _ in 0..a.ops {
         let guard = if a.blocking {
             lock.blocking_lock().map_err(|e| e.to_string())?
@@ -92,14 +93,14 @@ async fn child_body(a: &Args) -> Result<u64, String> {
         value.store(v + 1, Ordering::Relaxed);
         drop(guard);
     }
-    Ok(a.ops)
+    Ok(Timed::since(start, a.ops))
 }
 
 /// Two processes, `n / 2` lock/unlock pairs each: pairs per second, all processes together.
 async fn contended(path: &Path, n: u64, blocking: bool) -> io::Result<f64> {
     let per = n / 2;
     let barrier = Barrier::new(3).map_err(other)?;
-    let reports: Queue<Result<u64, String>> = Queue::new()?;
+    let reports: Queue<Result<Timed<u64>, String>> = Queue::new()?;
     let counter = SharedMemory::new(64).map_err(other)?;
     let children = (0..2)
         .map(|_| {

@@ -16,7 +16,7 @@ use multiproc::core::peer::RobustPthreadMutex;
 use multiproc::{Barrier, Queue, SharedMemory};
 use serde::{Deserialize, Serialize};
 
-use crate::sync_bench::{PATIENCE, timed_gang};
+use crate::sync_bench::{PATIENCE, Timed, clock_ns, timed_gang};
 use crate::{Sample, Workload, other};
 
 /// Where the mutex lives in the page.
@@ -61,7 +61,7 @@ struct Args {
     shm: SharedMemory,
     ops: u64,
     barrier: Barrier,
-    reports: Queue<Result<u64, String>>,
+    reports: Queue<Result<Timed<u64>, String>>,
 }
 
 async fn child(a: Args) {
@@ -69,13 +69,14 @@ async fn child(a: Args) {
     let _ = a.reports.put(r).await;
 }
 
-async fn child_body(a: &Args) -> Result<u64, String> {
+async fn child_body(a: &Args) -> Result<Timed<u64>, String> {
     let mutex = RobustPthreadMutex::attach(a.shm.region(), MUTEX_AT).map_err(|e| e.to_string())?;
     let value = a.shm.region().atomic_u64(COUNTER_AT);
     a.barrier
         .wait_timeout(PATIENCE)
         .await
         .map_err(|e| e.to_string())?;
+    let start = clock_ns();
     for _ in 0..a.ops {
         mutex.lock().map_err(|e| e.to_string())?;
         // A plain read-modify-write under the lock, as the other implementations do.
@@ -83,14 +84,14 @@ async fn child_body(a: &Args) -> Result<u64, String> {
         value.store(v + 1, Ordering::Relaxed);
         mutex.unlock().map_err(|e| e.to_string())?;
     }
-    Ok(a.ops)
+    Ok(Timed::since(start, a.ops))
 }
 
 /// Two processes, `n / 2` locked increments each: increments per second; the count must be `n`.
 async fn contended(n: u64) -> io::Result<f64> {
     let per = n / 2;
     let barrier = Barrier::new(3).map_err(other)?;
-    let reports: Queue<Result<u64, String>> = Queue::new()?;
+    let reports: Queue<Result<Timed<u64>, String>> = Queue::new()?;
     let (shm, _mutex) = new_mutex()?;
     let children = (0..2)
         .map(|_| {

@@ -152,33 +152,66 @@ fn raw_lock_uncontended(n: u64) -> io::Result<f64> {
 
 // ---- running a gang of children against the clock ----
 
-/// Waits at `barrier` with the children (clock starts), collects one report per child from
-/// `reports` (clock stops), then joins the children. Returns the seconds and the reports.
+/// A gang child's report: its result, and when it passed the start barrier and when it
+/// finished, in nanoseconds of the wall clock (one clock for every process on the machine).
+#[derive(Serialize, Deserialize)]
+pub(crate) struct Timed<R> {
+    value: R,
+    start_ns: u64,
+    end_ns: u64,
+}
+
+impl<R> Timed<R> {
+    /// `value`, for work that began at `start_ns` ([`clock_ns`]) and ends now.
+    pub(crate) fn since(start_ns: u64, value: R) -> Self {
+        Timed {
+            value,
+            start_ns,
+            end_ns: clock_ns(),
+        }
+    }
+}
+
+/// Nanoseconds of the wall clock, comparable between processes (`Instant` is not sent).
+pub(crate) fn clock_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// Waits at `barrier` with the children, collects one report per child from `reports`, then
+/// joins the children. Returns the seconds from the first child's start to the last child's
+/// end, as the children saw them (not the parent: pinned to one CPU, the parent may pass the
+/// barrier after the children have done their work), and the reports.
 pub(crate) async fn timed_gang<R>(
     barrier: &Barrier,
-    reports: &Queue<Result<R, String>>,
+    reports: &Queue<Result<Timed<R>, String>>,
     children: Vec<JoinHandle<()>>,
 ) -> io::Result<(f64, Vec<R>)>
 where
     R: Serialize + serde::de::DeserializeOwned,
 {
     barrier.wait_timeout(PATIENCE).await.map_err(other)?;
-    let t0 = Instant::now();
     let mut got = Vec::with_capacity(children.len());
+    let (mut first, mut last) = (u64::MAX, 0);
     let mut failure = None;
     for _ in 0..children.len() {
         match reports.get_timeout(PATIENCE).await.map_err(other)? {
-            Ok(r) => got.push(r),
+            Ok(r) => {
+                first = first.min(r.start_ns);
+                last = last.max(r.end_ns);
+                got.push(r.value);
+            }
             Err(e) => failure = Some(e),
         }
     }
-    let secs = t0.elapsed().as_secs_f64();
     for child in children {
         child.await.map_err(other)?;
     }
     match failure {
         Some(e) => Err(io::Error::other(format!("a child failed: {e}"))),
-        None => Ok((secs, got)),
+        None if last <= first => Err(io::Error::other("the children's clock did not advance")),
+        None => Ok(((last - first) as f64 / 1e9, got)),
     }
 }
 
@@ -198,7 +231,7 @@ struct LockArgs {
     blocking: bool,
     ops: u64,
     barrier: Barrier,
-    reports: Queue<Result<u64, String>>,
+    reports: Queue<Result<Timed<u64>, String>>,
 }
 
 async fn lock_child(a: LockArgs) {
@@ -206,11 +239,12 @@ async fn lock_child(a: LockArgs) {
     let _ = a.reports.put(r).await;
 }
 
-async fn lock_child_body(a: &LockArgs) -> Result<u64, String> {
+async fn lock_child_body(a: &LockArgs) -> Result<Timed<u64>, String> {
     a.barrier
         .wait_timeout(PATIENCE)
         .await
         .map_err(|e| e.to_string())?;
+    let start = clock_ns();
     match &a.counter {
         Counter::Mp(counter) if a.blocking => {
             for _ in 0..a.ops {
@@ -236,7 +270,7 @@ async fn lock_child_body(a: &LockArgs) -> Result<u64, String> {
             }
         }
     }
-    Ok(a.ops)
+    Ok(Timed::since(start, a.ops))
 }
 
 /// Two processes, `n / 2` locked increments each: total increments per second. The final count
@@ -244,7 +278,7 @@ async fn lock_child_body(a: &LockArgs) -> Result<u64, String> {
 async fn lock_contended(n: u64, raw: bool, blocking: bool) -> io::Result<f64> {
     let per = n / 2;
     let barrier = Barrier::new(3).map_err(other)?;
-    let reports: Queue<Result<u64, String>> = Queue::new()?;
+    let reports: Queue<Result<Timed<u64>, String>> = Queue::new()?;
     let shm = SharedMemory::new(128).map_err(other)?;
     let value = SharedValue::new(0u64).map_err(other)?;
     let children = (0..2)
@@ -294,7 +328,7 @@ struct SemArgs {
     shm: SharedMemory,
     ops: u64,
     barrier: Barrier,
-    reports: Queue<Result<u64, String>>,
+    reports: Queue<Result<Timed<u64>, String>>,
 }
 
 /// Records one more holder (and the peak); undone by [`leave`].
@@ -320,11 +354,12 @@ async fn sem_child(a: SemArgs) {
     let _ = a.reports.put(r).await;
 }
 
-async fn sem_child_body(a: &SemArgs) -> Result<u64, String> {
+async fn sem_child_body(a: &SemArgs) -> Result<Timed<u64>, String> {
     a.barrier
         .wait_timeout(PATIENCE)
         .await
         .map_err(|e| e.to_string())?;
+    let start = clock_ns();
     match &a.sem {
         Some(sem) => {
             for _ in 0..a.ops {
@@ -345,7 +380,7 @@ async fn sem_child_body(a: &SemArgs) -> Result<u64, String> {
             }
         }
     }
-    Ok(a.ops)
+    Ok(Timed::since(start, a.ops))
 }
 
 /// Eight processes, `n / 8` acquire+release each on a semaphore of 2: operations per second.
@@ -353,7 +388,7 @@ async fn sem_child_body(a: &SemArgs) -> Result<u64, String> {
 async fn semaphore_limit(n: u64, raw: bool) -> io::Result<Sample> {
     let per = n / SEM_PROCESSES;
     let barrier = Barrier::new(SEM_PROCESSES as usize + 1).map_err(other)?;
-    let reports: Queue<Result<u64, String>> = Queue::new()?;
+    let reports: Queue<Result<Timed<u64>, String>> = Queue::new()?;
     let shm = SharedMemory::new(128).map_err(other)?;
     shm.region()
         .atomic_u32(RAW_COUNT)
