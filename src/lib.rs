@@ -110,6 +110,27 @@ pub fn blocking_eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> b
     cond()
 }
 
+/// This process's fork server: its child named `multiproc-fork-server`.
+pub fn fork_server() -> Option<u32> {
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        let parent = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1)?.parse().ok());
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if parent == Some(me) && cmdline.starts_with(b"multiproc-fork-server") {
+            return Some(pid);
+        }
+    }
+    None
+}
+
 /// The zombie children of this process, found in `/proc`.
 pub fn zombie_children() -> Vec<u32> {
     let me = std::process::id();

@@ -2,7 +2,7 @@
 //! re-executed ones, and a server that dies or is turned off costs nothing but speed.
 
 use multiproc::{Builder, spawn};
-use multiproc_suite::{eventually, process_gone, within, zombie_children};
+use multiproc_suite::{eventually, fork_server, process_gone, within, zombie_children};
 use serde::{Deserialize, Serialize};
 
 /// A variable every probed child gets from its builder. A re-executed child finds it in the
@@ -112,6 +112,50 @@ async fn forked_children_get_the_parents_setup() {
     }
 }
 
+/// What a child sees of its environment: whether it was forked, its variables as std reads
+/// them, and as a program it runs inherits them (`env`, started with no changes, so from the
+/// C library's `environ` itself).
+fn environment(_: ()) -> (bool, Vec<(String, String)>, Vec<String>) {
+    let forked = probe(()).forked;
+    let mut vars: Vec<(String, String)> = std::env::vars().collect();
+    vars.sort();
+    let output = std::process::Command::new("env").output().unwrap();
+    let mut inherited: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    inherited.sort();
+    (forked, vars, inherited)
+}
+
+#[tokio::test]
+async fn forked_children_get_exactly_the_requested_environment() {
+    warm_up().await;
+    let child = probed("mp-environment")
+        .env("MULTIPROC_TEST_ADDED", "added value")
+        .env_remove("PATH")
+        .spawn((), environment)
+        .unwrap();
+    let (forked, vars, inherited) = within("environment child", child).await.unwrap();
+    assert!(forked, "not forked from the server");
+    let mut expected: Vec<(String, String)> = std::env::vars()
+        .filter(|(key, _)| key != "PATH")
+        .chain([
+            ("MULTIPROC_TEST_ADDED".into(), "added value".into()),
+            (MARKER.into(), "mp-environment".into()),
+        ])
+        .collect();
+    expected.sort();
+    // Nothing of the server's own environment (such as `LD_BIND_NOW`) reaches the child.
+    assert_eq!(vars, expected);
+    let mut expected: Vec<String> = expected
+        .iter()
+        .map(|(key, value)| format!("{key}={value}"))
+        .collect();
+    expected.sort();
+    assert_eq!(inherited, expected);
+}
+
 /// Descriptors above standard error that a child process inherits: those without close-on-exec
 /// (`O_CLOEXEC` in the `flags` line of `/proc/self/fdinfo/<fd>`, in octal).
 fn inheritable_descriptors() -> Vec<String> {
@@ -159,27 +203,6 @@ async fn forked_children_report_exits_signals_and_panics() {
     assert_eq!(abort.unwrap_err().signal(), Some(6));
     let panic = within("panicking child", spawn((), panic)).await;
     assert_eq!(panic.unwrap_err().panic_message(), Some("forked panic"));
-}
-
-/// This process's fork server: its child named `multiproc-fork-server`.
-fn fork_server() -> Option<u32> {
-    let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1)?.parse().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(me) && cmdline.starts_with(b"multiproc-fork-server") {
-            return Some(pid);
-        }
-    }
-    None
 }
 
 /// Runs in a fresh process with a server of its own: kills the server, then spawns on.

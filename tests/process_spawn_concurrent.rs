@@ -1,11 +1,18 @@
 //! Spawns from many threads at once: fork-server requests go from the spawning thread itself,
 //! yet every child stays a child of this process tied to the long-lived spawner thread (a daemon
-//! child outlives the thread that spawned it), and every spawn gets its own child and result.
+//! child outlives the thread that spawned it), and every spawn gets its own child and result,
+//! even while the fork server is killed again and again.
 
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use multiproc::{Builder, spawn};
-use multiproc_suite::{TEST_LIMIT, eventually, process_gone, within, zombie_children};
+use multiproc_suite::{
+    TEST_LIMIT, blocking_eventually, eventually, fork_server, process_gone, within,
+    zombie_children,
+};
 
 /// A variable every child gets from its builder: a re-executed child finds it in the
 /// environment block the kernel built at `exec` (`/proc/<pid>/environ`), a child forked from
@@ -133,4 +140,129 @@ async fn a_daemon_child_outlives_the_thread_that_spawned_it() {
     child.kill().unwrap();
     let err = within("killed child", child.join()).await.unwrap_err();
     assert!(err.is_killed(), "{err}");
+}
+
+/// A child that appends its token to the shared log (one `write` with `O_APPEND`, so lines of
+/// several children never mix) and returns it.
+fn record((token, log): (u64, String)) -> u64 {
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .unwrap();
+    file.write_all(format!("{token}\n").as_bytes()).unwrap();
+    token
+}
+
+/// Each spawning thread's tokens and what came of them: the child's answer or why not.
+type Outcomes = Vec<(u64, Result<u64, String>)>;
+
+const THREADS: u64 = 4;
+const EACH: u64 = 8;
+
+/// Runs in a fresh process with a server of its own: several threads spawn children while
+/// another thread kills the fork server every few milliseconds. Returns every spawn's
+/// outcome, and whether no zombie was left.
+async fn spawn_through_kills(log: String) -> (Outcomes, bool) {
+    warm_up().await;
+    let kill_server = || {
+        if let Some(server) = fork_server()
+            && let Some(pid) = rustix::process::Pid::from_raw(server as i32)
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+    };
+    kill_server();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killer = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                kill_server();
+                std::thread::sleep(Duration::from_millis(15));
+            }
+        })
+    };
+    let threads: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                let _entered = rt.enter();
+                // This thread's children are started together, then joined.
+                let spawned: Vec<_> = (0..EACH)
+                    .map(|i| {
+                        let token = t * EACH + i;
+                        (token, Builder::new().spawn((token, log.clone()), record))
+                    })
+                    .collect();
+                spawned
+                    .into_iter()
+                    .map(|(token, child)| {
+                        let outcome = match child {
+                            Ok(mut child) => child
+                                .blocking_join_timeout(TEST_LIMIT)
+                                .map_err(|e| e.to_string()),
+                            Err(e) => Err(e.to_string()),
+                        };
+                        (token, outcome)
+                    })
+                    .collect::<Outcomes>()
+            })
+        })
+        .collect();
+    let mut outcomes = Vec::new();
+    for thread in threads {
+        outcomes.extend(thread.join().unwrap());
+    }
+    stop.store(true, Ordering::Relaxed);
+    killer.join().unwrap();
+    // Killed servers are reaped by the spawn that found them dead or by the reaper thread.
+    let no_zombies = blocking_eventually(TEST_LIMIT, || zombie_children().is_empty());
+    (outcomes, no_zombies)
+}
+
+#[tokio::test]
+async fn spawns_from_many_threads_survive_a_fork_server_killed_again_and_again() {
+    let log = std::env::temp_dir().join(format!(
+        "multiproc-test-kills-{}-{:x}",
+        std::process::id(),
+        rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec
+    ));
+    std::fs::write(&log, "").unwrap();
+    let (outcomes, no_zombies) = within(
+        "middle process",
+        Builder::new().spawn(log.to_string_lossy().into_owned(), spawn_through_kills).unwrap(),
+    )
+    .await
+    .unwrap();
+    let runs = std::fs::read_to_string(&log).unwrap();
+    let _ = std::fs::remove_file(&log);
+    let ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
+    assert_eq!(outcomes.len() as u64, THREADS * EACH);
+    let mut started = 0;
+    for (token, outcome) in &outcomes {
+        let times = ran.iter().filter(|&&r| r == *token).count();
+        match outcome {
+            // Each handle got its own child's answer, from a child that ran once.
+            Ok(answer) => {
+                assert_eq!(answer, token, "a handle got another spawn's answer");
+                assert_eq!(times, 1, "child {token} ran {times} times");
+                started += 1;
+            }
+            // A spawn may fail (a server that outlived SIGKILL for seconds), never silently.
+            Err(why) => {
+                assert!(!why.is_empty());
+                assert!(times <= 1, "child {token} ran {times} times");
+            }
+        }
+    }
+    assert!(started > 0, "no spawn succeeded: {outcomes:?}");
+    assert!(
+        ran.iter().all(|&r| r < THREADS * EACH),
+        "a child ran that no spawn asked for: {runs}"
+    );
+    assert!(no_zombies, "zombies were left in the middle process");
 }

@@ -22,9 +22,11 @@
 //!   `main`).
 //! - **The socket's origin**: the kernel records who made a socket pair (`SO_PEERCRED`). The
 //!   control socket must have been made by a process with this process's effective user and
-//!   group, which is its parent, or has exited since (a detached child may outlive the parent
-//!   that started it). Otherwise the child exits with [`BOOTSTRAP_FAILED_EXIT`] and runs
-//!   nothing, not even `main`: a child is what it was started as.
+//!   group, which is its parent, or has exited or is exiting since (a detached child may
+//!   outlive the parent that started it; a parent killed with its threads hands its children
+//!   to another parent while its main thread may still look alive, see `has_left`).
+//!   Otherwise the child exits with [`BOOTSTRAP_FAILED_EXIT`] and runs nothing, not even
+//!   `main`: a child is what it was started as.
 //!
 //! Only then is the hello read. It carries the program key (see `remote_fn`), a random key
 //! drawn by the first process of the program, which therefore travels only over sockets that
@@ -200,8 +202,10 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
         ));
     }
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-    // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
-    if maker.pid != parent && (maker.pid <= 0 || identity::is_running(maker.pid as u32, 0, 0)) {
+    // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can. A
+    // parent killed right after starting us hands us to another parent as soon as all its
+    // threads are exiting, while its main thread may still look alive: exiting counts as gone.
+    if maker.pid != parent && (maker.pid <= 0 || !identity::has_left(maker.pid as u32)) {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",
             maker.pid

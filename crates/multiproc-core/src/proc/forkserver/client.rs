@@ -20,7 +20,7 @@ use super::request::{
     HAS_STDERR, HAS_STDIN, HAS_STDOUT, NAME_ROOM, REQUEST_MAGIC, REQUEST_MAX, SERVER_NAME,
     SLOT_MAGIC, put_bytes,
 };
-use super::server;
+use super::server::{self, affinity};
 use crate::proc::bootstrap;
 use crate::proc::exec::{self, SpawnOptions};
 use crate::proc::pidfd::PidFd;
@@ -31,6 +31,8 @@ use crate::sys::{self, Direction};
 
 /// The environment variable that turns the fork server off when set to `0`.
 pub const FORK_SERVER_ENV: &str = "MULTIPROC_FORK_SERVER";
+/// Added to the server's environment: see [`Server::start`].
+const BIND_NOW: &CStr = c"LD_BIND_NOW=1";
 /// How long an abandoned server may take to die of `SIGKILL` before the spawn fails.
 pub(super) const DEATH_LIMIT: Duration = Duration::from_secs(2);
 
@@ -164,7 +166,15 @@ impl Server {
         let mut name = String::from(SERVER_NAME);
         name.extend(std::iter::repeat_n(' ', NAME_ROOM - 1 - SERVER_NAME.len()));
         let arg0 = CString::new(name).expect("no NUL in the server's name");
-        let env = exec::environment(&SpawnOptions::default())?;
+        let mut env = exec::environment(&SpawnOptions::default())?;
+        // The dynamic loader resolves every symbol as the server starts, so that no child
+        // resolves one on its first call (each would write the copy-on-write page it is in).
+        // The server's own environment reaches no child: each request brings one.
+        let bind_now = BIND_NOW.to_bytes();
+        let key = &bind_now[..=bind_now.iter().position(|&b| b == b'=').unwrap_or(0)];
+        if !env.iter().any(|var| var.to_bytes().starts_with(key)) {
+            env.push(BIND_NOW.to_owned());
+        }
         let pid = exec::posix_spawn_child(&theirs, &arg0, env)?;
         let process = Arc::new(PidFd::open(pid)?);
         Ok(Server {
@@ -325,17 +335,4 @@ impl Drop for Server {
         }
         reaper::reap_orphan(self.process.clone());
     }
-}
-
-/// The calling thread's CPU affinity mask as bytes (empty when it cannot be read).
-fn affinity() -> Vec<u8> {
-    // SAFETY: `cpu_set_t` is plain bytes, valid when zeroed.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    let size = std::mem::size_of::<libc::cpu_set_t>();
-    // SAFETY: the kernel writes at most `size` bytes into `set`, which is that large.
-    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
-        return Vec::new();
-    }
-    // SAFETY: `set` is `size` initialised bytes, borrowed only for the copy.
-    unsafe { std::slice::from_raw_parts((&raw const set).cast::<u8>(), size) }.to_vec()
 }

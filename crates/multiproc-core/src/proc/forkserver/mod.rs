@@ -15,7 +15,11 @@
 //!
 //! Each request carries what a re-executed child would take from the parent at that moment: the
 //! environment, the working directory (a descriptor), the standard streams, the CPU affinity and
-//! the name (`argv[0]`). Other attributes (resource limits, umask, nice value, credentials, signal
+//! the name (`argv[0]`). The child sets the environment as one array handed to the C library
+//! (as `execve` would), and the affinity only when it differs from the server's. The server is
+//! started with `LD_BIND_NOW=1`, so that the dynamic loader resolves every symbol once, in the
+//! server, instead of in every child on its first call of each (which writes a copy-on-write
+//! page); the server's own environment reaches no child. Other attributes (resource limits, umask, nice value, credentials, signal
 //! dispositions, inherited non-close-on-exec descriptors) are the parent's as of the server's
 //! start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!

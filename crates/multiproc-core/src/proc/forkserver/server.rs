@@ -56,6 +56,8 @@ fn serve(_: ForkServer, socket: OwnedFd) {
         Ok(argv) => Ok((forker, argv)),
         Err(_) => Err(Errno::NOSYS),
     });
+    // Most requests ask for the affinity the server has (the parent's): their children keep it.
+    let own_affinity = affinity();
     let mut buf = vec![0u8; REQUEST_MAX];
     loop {
         let mut fds: Vec<OwnedFd> = Vec::new();
@@ -68,7 +70,7 @@ fn serve(_: ForkServer, socket: OwnedFd) {
             (Ok((forker, argv)), false) => match Request::parse(&buf[..len], fds) {
                 Err(errno) => Err(errno),
                 Ok(request) => match forker.fork() {
-                    Ok(Forked::Child) => run_child(socket, slot, request, argv),
+                    Ok(Forked::Child) => run_child(socket, slot, request, argv, &own_affinity),
                     // The child holds its own copies of the request's descriptors.
                     Ok(Forked::Parent(pid)) => Ok(pid),
                     Err(errno) => Err(errno),
@@ -113,7 +115,9 @@ fn receive(socket: &OwnedFd, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> Option<u
 
 impl Request {
     /// Makes this process what the request describes, and gives back its control socket.
-    fn apply(self, argv: &ArgvArea) -> io::Result<OwnedFd> {
+    /// `own_affinity` is this process's CPU affinity, which a request that asks for the same
+    /// one need not set again.
+    fn apply(self, argv: &ArgvArea, own_affinity: &[u8]) -> io::Result<OwnedFd> {
         for (target, stream) in self.streams.into_iter().enumerate() {
             let target = target as i32;
             match stream {
@@ -131,7 +135,7 @@ impl Request {
             }
         }
         rustix::process::fchdir(&self.cwd)?;
-        if !self.affinity.is_empty() {
+        if !self.affinity.is_empty() && self.affinity != own_affinity {
             // SAFETY: `cpu_set_t` is plain bytes, valid when zeroed.
             let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
             let size = self
@@ -150,29 +154,65 @@ impl Request {
             // gone offline) keeps the server's affinity, which is the parent's at its start.
             unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
         }
-        // SAFETY: this process is single-threaded (a fresh fork of the single-threaded server),
-        // so nothing reads the environment while it changes. `putenv` keeps the strings, which
-        // are leaked for the life of the process.
-        unsafe {
-            libc::clearenv();
-            for var in self.env {
-                libc::putenv(var.into_raw());
-            }
-        }
+        set_environment(self.env);
         argv.write(&self.name);
         Ok(self.control)
     }
 }
 
+unsafe extern "C" {
+    /// The C library's environment: a null-terminated array of `KEY=value` strings.
+    static mut environ: *mut *mut libc::c_char;
+}
+
+/// Makes `vars` this process's whole environment, leaked for the life of the process. One
+/// array handed to the C library, as `execve` would: no `clearenv` and one `putenv` per
+/// variable, which grows the array one slot at a time and searches it each time.
+fn set_environment(vars: Vec<std::ffi::CString>) {
+    let mut array: Vec<*mut libc::c_char> = Vec::with_capacity(vars.len() + 1);
+    array.extend(vars.into_iter().map(std::ffi::CString::into_raw));
+    array.push(std::ptr::null_mut());
+    let array = array.leak().as_mut_ptr();
+    // SAFETY: this process is single-threaded (a fresh fork of the single-threaded server), so
+    // nothing reads `environ` while it changes. The array and its strings are null-terminated
+    // and leaked, so they live as long as the process; the C library copies the array before it
+    // changes it (`setenv` on an array it did not allocate), as after `execve`.
+    unsafe { environ = array };
+}
+
 /// The forked child: lets go of the server's socket and slot, becomes what the request says,
 /// and runs the entry point named by the hello on its control socket, like a re-executed child.
 /// Never returns.
-fn run_child(socket: OwnedFd, slot: Option<SharedRegion>, request: Request, argv: &ArgvArea) -> ! {
+fn run_child(
+    socket: OwnedFd,
+    slot: Option<SharedRegion>,
+    request: Request,
+    argv: &ArgvArea,
+    own_affinity: &[u8],
+) -> ! {
     // The server answers for this child. Once the server is gone, end-of-stream on its socket
     // must mean that: no child may hold it.
     drop(socket);
     drop(slot);
-    bootstrap::finish(request.apply(argv).and_then(bootstrap::enter))
+    bootstrap::finish(
+        request
+            .apply(argv, own_affinity)
+            .and_then(bootstrap::enter),
+    )
+}
+
+/// The calling thread's CPU affinity mask as bytes (empty when it cannot be read): what a
+/// request asks for (the parent's side), and what the server has.
+pub(super) fn affinity() -> Vec<u8> {
+    // SAFETY: `cpu_set_t` is plain bytes, valid when zeroed.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let size = std::mem::size_of::<libc::cpu_set_t>();
+    // SAFETY: the kernel writes at most `size` bytes into `set`, which is that large.
+    if unsafe { libc::sched_getaffinity(0, size, &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: `set` is `size` initialised bytes, borrowed only for the copy.
+    unsafe { std::slice::from_raw_parts((&raw const set).cast::<u8>(), size) }.to_vec()
 }
 
 /// The bytes of this process's command line (`/proc/<pid>/stat` fields 48 and 49): what `ps`

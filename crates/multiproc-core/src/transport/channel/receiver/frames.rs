@@ -61,6 +61,9 @@ pub(super) enum Next {
 /// of their own by the `*_recv_bytes` methods.
 pub(in crate::transport::channel) const DIRECT_MIN: usize = READ_CHUNK;
 
+/// The size of a receiver's first buffer, unless its first frame needs more: one page.
+const FIRST_READ: usize = 4096;
+
 impl RawReceiver {
     /// Looks at the buffered bytes: a whole frame, a skip in progress, or how much is missing.
     fn parse(&mut self) -> Result<Parsed, RecvError> {
@@ -218,10 +221,11 @@ impl RawReceiver {
             self.start = 0;
             let target = want_total.max(self.end + READ_CHUNK);
             if self.buf.capacity() == 0 {
-                // A first buffer comes zeroed from the allocator (`calloc`), which need not
-                // touch fresh pages: a receiver that only ever gets a few small frames (a
-                // child's control socket) faults in one page instead of all sixteen.
-                self.buf = vec![0; target];
+                // A first buffer is one page (unless the frame needs more): a receiver that
+                // only ever gets a few small frames (a child's control socket) zeroes and
+                // faults in one page instead of sixteen (`calloc` must clear memory it reuses,
+                // as in a child forked from the fork server). The next read grows it.
+                self.buf = vec![0; need.max(FIRST_READ)];
             } else if self.buf.len() < target {
                 self.buf.resize(target, 0);
             }
