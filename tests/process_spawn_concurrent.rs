@@ -10,8 +10,7 @@ use std::time::Duration;
 
 use multiproc::{Builder, spawn};
 use multiproc_suite::{
-    TEST_LIMIT, blocking_eventually, eventually, fork_server, process_gone, within,
-    zombie_children,
+    TEST_LIMIT, blocking_eventually, eventually, fork_server, process_gone, within, zombie_children,
 };
 
 /// A variable every child gets from its builder: a re-executed child finds it in the
@@ -145,10 +144,7 @@ async fn a_daemon_child_outlives_the_thread_that_spawned_it() {
 /// A child that appends its token to the shared log (one `write` with `O_APPEND`, so lines of
 /// several children never mix) and returns it.
 fn record((token, log): (u64, String)) -> u64 {
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(log)
-        .unwrap();
+    let mut file = std::fs::OpenOptions::new().append(true).open(log).unwrap();
     file.write_all(format!("{token}\n").as_bytes()).unwrap();
     token
 }
@@ -161,25 +157,28 @@ const EACH: u64 = 8;
 
 /// Runs in a fresh process with a server of its own: several threads spawn children while
 /// another thread kills the fork server every few milliseconds. Returns every spawn's
-/// outcome, and whether no zombie was left.
-async fn spawn_through_kills(log: String) -> (Outcomes, bool) {
+/// outcome, how many servers it killed, and whether no zombie was left.
+async fn spawn_through_kills(log: String) -> (Outcomes, usize, bool) {
     warm_up().await;
+    // True when a server was found and killed.
     let kill_server = || {
-        if let Some(server) = fork_server()
-            && let Some(pid) = rustix::process::Pid::from_raw(server as i32)
-        {
-            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
-        }
+        fork_server()
+            .and_then(|server| rustix::process::Pid::from_raw(server as i32))
+            .is_some_and(|pid| {
+                rustix::process::kill_process(pid, rustix::process::Signal::KILL).is_ok()
+            })
     };
-    kill_server();
+    let mut kills = usize::from(kill_server());
     let stop = Arc::new(AtomicBool::new(false));
     let killer = {
         let stop = stop.clone();
         std::thread::spawn(move || {
+            let mut kills = 0;
             while !stop.load(Ordering::Relaxed) {
-                kill_server();
-                std::thread::sleep(Duration::from_millis(15));
+                kills += usize::from(kill_server());
+                std::thread::sleep(Duration::from_millis(5));
             }
+            kills
         })
     };
     let threads: Vec<_> = (0..THREADS)
@@ -218,10 +217,12 @@ async fn spawn_through_kills(log: String) -> (Outcomes, bool) {
         outcomes.extend(thread.join().unwrap());
     }
     stop.store(true, Ordering::Relaxed);
-    killer.join().unwrap();
-    // Killed servers are reaped by the spawn that found them dead or by the reaper thread.
-    let no_zombies = blocking_eventually(TEST_LIMIT, || zombie_children().is_empty());
-    (outcomes, no_zombies)
+    kills += killer.join().unwrap();
+    // A killed server is reaped by the next spawn, which finds it dead (the last one killed
+    // has had none yet).
+    within("last child", spawn((), |()| ())).await.unwrap();
+    let no_zombies = eventually(|| zombie_children().is_empty()).await;
+    (outcomes, kills, no_zombies)
 }
 
 #[tokio::test]
@@ -229,12 +230,17 @@ async fn spawns_from_many_threads_survive_a_fork_server_killed_again_and_again()
     let log = std::env::temp_dir().join(format!(
         "multiproc-test-kills-{}-{:x}",
         std::process::id(),
-        rustix::time::clock_gettime(rustix::time::ClockId::Monotonic).tv_nsec
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
     ));
     std::fs::write(&log, "").unwrap();
-    let (outcomes, no_zombies) = within(
+    let (outcomes, kills, no_zombies) = within(
         "middle process",
-        Builder::new().spawn(log.to_string_lossy().into_owned(), spawn_through_kills).unwrap(),
+        Builder::new()
+            .spawn(log.to_string_lossy().into_owned(), spawn_through_kills)
+            .unwrap(),
     )
     .await
     .unwrap();
@@ -260,6 +266,12 @@ async fn spawns_from_many_threads_survive_a_fork_server_killed_again_and_again()
         }
     }
     assert!(started > 0, "no spawn succeeded: {outcomes:?}");
+    // At least the server running at the start (warmed up) was killed.
+    assert!(kills > 0, "no server was killed");
+    eprintln!(
+        "{kills} servers killed; {started} of {} spawns succeeded",
+        outcomes.len()
+    );
     assert!(
         ran.iter().all(|&r| r < THREADS * EACH),
         "a child ran that no spawn asked for: {runs}"

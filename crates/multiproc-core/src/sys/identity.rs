@@ -92,9 +92,8 @@ pub fn is_running(pid: u32, start: u32, mask: u32) -> bool {
 pub(crate) fn has_left(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(e) => e.kind() == std::io::ErrorKind::NotFound,
-        Ok(_) => stat(pid).is_none_or(|s| {
-            matches!(s.state, b'Z' | b'X' | b'x') || s.flags & PF_EXITING != 0
-        }),
+        Ok(_) => stat(pid)
+            .is_none_or(|s| matches!(s.state, b'Z' | b'X' | b'x') || s.flags & PF_EXITING != 0),
     }
 }
 
@@ -127,7 +126,9 @@ mod tests {
     fn a_living_process_has_not_left_and_a_zombie_has() {
         assert!(!has_left(std::process::id()));
         assert!(has_left(0x7fff_fff0));
-        let mut child = std::process::Command::new("true").spawn().expect("spawn true");
+        let mut child = std::process::Command::new("true")
+            .spawn()
+            .expect("spawn true");
         let pid = child.id();
         // Until reaped it stays a zombie: poll /proc (bounded) for that state.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);

@@ -2,7 +2,6 @@
 //! descriptors), one answer (a pid or an errno), and before any request the shared pid slot.
 //! Decoding never trusts the bytes: a malformed request is `EINVAL`, never a panic.
 
-use std::ffi::CString;
 use std::os::fd::OwnedFd;
 
 use rustix::io::Errno;
@@ -31,7 +30,9 @@ pub(super) struct Request {
     pub(super) streams: [Option<OwnedFd>; 3],
     pub(super) affinity: Vec<u8>,
     pub(super) name: Vec<u8>,
-    pub(super) env: Vec<CString>,
+    /// The environment's `KEY=value` strings, each ended by a NUL (none inside): one buffer,
+    /// which the child hands to the C library as it is (see `server::set_environment`).
+    pub(super) env: Vec<u8>,
 }
 
 impl Request {
@@ -51,9 +52,14 @@ impl Request {
         }
         let name = take_bytes(&mut rest)?.to_vec();
         let affinity = take_bytes(&mut rest)?.to_vec();
-        let mut env = Vec::new();
+        let mut env = Vec::with_capacity(rest.len());
         while !rest.is_empty() {
-            env.push(CString::new(take_bytes(&mut rest)?).map_err(|_| Errno::INVAL)?);
+            let var = take_bytes(&mut rest)?;
+            if var.contains(&0) {
+                return Err(Errno::INVAL);
+            }
+            env.extend_from_slice(var);
+            env.push(0);
         }
         if fds.next().is_some() || name.len() >= NAME_ROOM {
             return Err(Errno::INVAL);
@@ -113,7 +119,7 @@ mod tests {
         let parsed = Request::parse(&bytes, descriptors(3)).expect("valid");
         assert_eq!(parsed.name, b"worker");
         assert_eq!(parsed.affinity, [1, 0, 0, 0]);
-        assert_eq!(parsed.env, [c"A=1".to_owned(), c"B=2".to_owned()]);
+        assert_eq!(parsed.env, b"A=1\0B=2\0");
         assert!(parsed.streams[0].is_none() && parsed.streams[1].is_some());
         assert!(parsed.streams[2].is_none());
     }

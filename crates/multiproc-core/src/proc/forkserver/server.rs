@@ -64,6 +64,9 @@ fn serve(_: ForkServer, socket: OwnedFd) {
         let Some(len) = receive(&socket, &mut buf, &mut fds) else {
             break;
         };
+        // The request is dropped (its descriptors closed, its strings freed) only after the
+        // answer is sent: the parent waits for the answer, not for that.
+        let mut done = None;
         let answer: Result<u32, Errno> = match (&forker, len > REQUEST_MAX) {
             (_, true) => Err(Errno::MSGSIZE),
             (Err(errno), _) => Err(*errno),
@@ -72,7 +75,10 @@ fn serve(_: ForkServer, socket: OwnedFd) {
                 Ok(request) => match forker.fork() {
                     Ok(Forked::Child) => run_child(socket, slot, request, argv, &own_affinity),
                     // The child holds its own copies of the request's descriptors.
-                    Ok(Forked::Parent(pid)) => Ok(pid),
+                    Ok(Forked::Parent(pid)) => {
+                        done = Some(request);
+                        Ok(pid)
+                    }
                     Err(errno) => Err(errno),
                 },
             },
@@ -84,6 +90,7 @@ fn serve(_: ForkServer, socket: OwnedFd) {
         if sys::send_with_fds(socket.as_fd(), &answer.to_le_bytes(), &[]).is_err() {
             break;
         }
+        drop(done);
     }
     std::process::exit(0);
 }
@@ -165,12 +172,18 @@ unsafe extern "C" {
     static mut environ: *mut *mut libc::c_char;
 }
 
-/// Makes `vars` this process's whole environment, leaked for the life of the process. One
-/// array handed to the C library, as `execve` would: no `clearenv` and one `putenv` per
-/// variable, which grows the array one slot at a time and searches it each time.
-fn set_environment(vars: Vec<std::ffi::CString>) {
-    let mut array: Vec<*mut libc::c_char> = Vec::with_capacity(vars.len() + 1);
-    array.extend(vars.into_iter().map(std::ffi::CString::into_raw));
+/// Makes `vars` (`KEY=value` strings, each ended by a NUL) this process's whole environment,
+/// leaked for the life of the process. One array handed to the C library, as `execve` would:
+/// no `clearenv` and one `putenv` per variable, which grows the array one slot at a time and
+/// searches it each time.
+fn set_environment(vars: Vec<u8>) {
+    let vars: &'static mut [u8] = vars.leak();
+    let count = vars.iter().filter(|&&b| b == 0).count();
+    let mut array: Vec<*mut libc::c_char> = Vec::with_capacity(count + 1);
+    array.extend(
+        vars.split_inclusive_mut(|&b| b == 0)
+            .map(|var| var.as_mut_ptr().cast::<libc::c_char>()),
+    );
     array.push(std::ptr::null_mut());
     let array = array.leak().as_mut_ptr();
     // SAFETY: this process is single-threaded (a fresh fork of the single-threaded server), so
@@ -194,11 +207,7 @@ fn run_child(
     // must mean that: no child may hold it.
     drop(socket);
     drop(slot);
-    bootstrap::finish(
-        request
-            .apply(argv, own_affinity)
-            .and_then(bootstrap::enter),
-    )
+    bootstrap::finish(request.apply(argv, own_affinity).and_then(bootstrap::enter))
 }
 
 /// The calling thread's CPU affinity mask as bytes (empty when it cannot be read): what a
