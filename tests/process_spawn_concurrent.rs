@@ -9,9 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use multiproc::{Builder, spawn};
-use multiproc_suite::{
-    TEST_LIMIT, blocking_eventually, eventually, fork_server, process_gone, within, zombie_children,
-};
+use multiproc_suite::{TEST_LIMIT, eventually, fork_server, process_gone, within, zombie_children};
 
 /// A variable every child gets from its builder: a re-executed child finds it in the
 /// environment block the kernel built at `exec` (`/proc/<pid>/environ`), a child forked from

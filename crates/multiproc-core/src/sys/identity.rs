@@ -132,7 +132,7 @@ mod tests {
         let pid = child.id();
         // Until reaped it stays a zombie: poll /proc (bounded) for that state.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while !stat(pid).is_some_and(|s| s.state == b'Z') {
+        while stat(pid).is_none_or(|s| s.state != b'Z') {
             assert!(std::time::Instant::now() < deadline, "{pid} never exited");
             std::thread::sleep(std::time::Duration::from_millis(5));
         }
