@@ -24,7 +24,7 @@
 //!   control socket must have been made by a process with this process's effective user and
 //!   group, which is its parent, or has exited or is exiting since (a detached child may
 //!   outlive the parent that started it; a parent killed with its threads hands its children
-//!   to another parent while its main thread may still look alive, see `has_left`).
+//!   to another parent before the kernel marks it a zombie, so a dying maker counts as gone).
 //!   Otherwise the child exits with [`BOOTSTRAP_FAILED_EXIT`] and runs nothing, not even
 //!   `main`: a child is what it was started as.
 //!
@@ -202,10 +202,11 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
         ));
     }
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
-    // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can. A
-    // parent killed right after starting us hands us to another parent as soon as all its
-    // threads are exiting, while its main thread may still look alive: exiting counts as gone.
-    if maker.pid != parent && (maker.pid <= 0 || !identity::has_left(maker.pid as u32)) {
+    // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
+    // A maker that is dying counts as gone: a parent killed right after it started us hands
+    // us to a new parent before the kernel marks it a zombie.
+    let maker_lives = |pid: u32| identity::is_running(pid, 0, 0) && !identity::is_exiting(pid);
+    if maker.pid != parent && (maker.pid <= 0 || maker_lives(maker.pid as u32)) {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",
             maker.pid
