@@ -23,7 +23,8 @@
 //! dispositions, inherited non-close-on-exec descriptors) are the parent's as of the server's
 //! start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!
-//! The server answers each request once, with the child's pid or why it could not fork, and the
+//! The server answers each request once, with the child's pid or why it could not fork (right
+//! after the fork: it closes its copies of the request's descriptors only then), and the
 //! parent reads that answer before it sends the next request. The child lets go of the server's
 //! socket first thing, so once the server is dead the parent's end reads end-of-stream.
 //!
