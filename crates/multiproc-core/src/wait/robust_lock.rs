@@ -473,18 +473,24 @@ mod tests {
     fn a_waiter_gets_a_turn_from_a_holder_that_relocks_in_a_loop() {
         let lock = RobustLock::new().unwrap();
         let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let turns = std::sync::Arc::new(AtomicU64::new(0));
         let holder = {
-            let (lock, stop) = (lock.clone(), stop.clone());
+            let (lock, stop, turns) = (lock.clone(), stop.clone(), turns.clone());
             std::thread::spawn(move || {
-                let mut turns = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     lock.blocking_acquire().unwrap();
-                    turns += 1;
+                    turns.fetch_add(1, Ordering::Relaxed);
                     lock.release();
                 }
-                turns
             })
         };
+        // The holder is looping before the waiter starts (on a loaded machine its thread may
+        // otherwise not have run at all by the end).
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while turns.load(Ordering::Relaxed) == 0 {
+            assert!(std::time::Instant::now() < deadline, "the holder never ran");
+            std::thread::yield_now();
+        }
         for _ in 0..20 {
             let got = lock
                 .blocking_acquire_timeout(Duration::from_secs(30))
@@ -494,7 +500,7 @@ mod tests {
             lock.release();
         }
         stop.store(true, Ordering::Relaxed);
-        assert!(holder.join().unwrap() > 0);
+        holder.join().unwrap();
         assert!(!lock.is_locked());
     }
 }
