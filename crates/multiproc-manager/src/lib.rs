@@ -88,6 +88,7 @@
 mod counter;
 mod decode;
 pub mod error;
+mod hub;
 mod link;
 mod list;
 mod manager;
