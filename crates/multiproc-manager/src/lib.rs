@@ -85,6 +85,7 @@
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
+mod bytes;
 mod counter;
 mod decode;
 pub mod error;
