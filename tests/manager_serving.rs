@@ -203,3 +203,47 @@ async fn a_killed_manager_fails_every_outstanding_pipelined_operation() {
     assert_eq!(within("child", child).await.unwrap(), (400, 0));
     let _ = std::fs::remove_file(&path);
 }
+
+/// Asks for a big value hundreds of times, then reads none of the answers until told to.
+async fn ask_and_stall((m, (to_parent, to_child)): (Map<u64, Vec<u8>>, Signals)) -> usize {
+    let mut p = m.pipeline().await.unwrap();
+    let mut slots = Vec::new();
+    for _ in 0..100 {
+        slots.push(p.push(m.ops().get(&0).unwrap()).await.unwrap());
+    }
+    p.flush().await.unwrap();
+    to_parent.put(()).await.unwrap();
+    to_child.get().await.unwrap();
+    let mut whole = 0;
+    for slot in slots {
+        if p.wait(slot)
+            .await
+            .unwrap()
+            .is_some_and(|v| v.len() == 128 << 10)
+        {
+            whole += 1;
+        }
+    }
+    p.finish().await.unwrap();
+    whole
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_holds_up_only_itself() {
+    let manager = within("start", Manager::start()).await.unwrap();
+    let m = manager.map::<u64, Vec<u8>>("m").await.unwrap();
+    m.insert(0, vec![1; 128 << 10]).await.unwrap();
+    let (to_parent, to_child) = (Queue::new().unwrap(), Queue::new().unwrap());
+    let child = spawn(
+        (m.clone(), (to_parent.clone(), to_child.clone())),
+        ask_and_stall,
+    );
+    within("asked", to_parent.get()).await.unwrap();
+    // 12.5 MiB of answers wait for a reader that does not read; everyone else is served.
+    let other = manager.counter("other").await.unwrap();
+    for i in 1..=100 {
+        assert_eq!(within("served", other.add(1)).await.unwrap(), i);
+    }
+    to_child.put(()).await.unwrap();
+    assert_eq!(within("child", child).await.unwrap(), 100);
+}

@@ -165,8 +165,7 @@ mod tests {
             // The same wire form as `serde_bytes`.
             let (ours, _) = multiproc_core::message::encode(&bytes).unwrap();
             let (theirs, _) =
-                multiproc_core::message::encode(&serde_bytes::ByteBuf::from(data.clone()))
-                    .unwrap();
+                multiproc_core::message::encode(&serde_bytes::ByteBuf::from(data.clone())).unwrap();
             assert_eq!(ours, theirs);
             let back: Bytes = multiproc_core::message::decode(&ours, Vec::new()).unwrap();
             assert_eq!(back, bytes);

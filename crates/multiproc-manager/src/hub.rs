@@ -176,7 +176,12 @@ fn serve_one(state: &Shared, conn: &mut Conn, hurry: bool, cx: &mut Context<'_>)
         match Pin::new(&mut conn.end).poll_flush(cx) {
             Poll::Ready(Ok(())) => conn.unflushed = false,
             Poll::Ready(Err(_)) => return Outcome::Gone,
-            Poll::Pending => return Outcome::Idle,
+            // Not read until its answers are written (the flush registered the waker), so
+            // it gives no one a reason to hurry.
+            Poll::Pending => {
+                conn.more = false;
+                return Outcome::Idle;
+            }
         }
     }
     conn.more = false;
