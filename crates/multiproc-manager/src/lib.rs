@@ -81,13 +81,19 @@
 //! inside), so it needs no knowledge of the types; clients encode and decode. Each process
 //! opens its own pipe to the manager by sending one end through the manager's *connector*, a
 //! `SOCK_SEQPACKET` socket whose receiving end only the manager holds: when the manager dies,
-//! sends on the connector fail and every pipe reaches end-of-file.
+//! sends on the connector fail and every pipe reaches end-of-file. The manager serves every
+//! connection from one loop that applies all the requests waiting on a connection and answers
+//! them with one write; a [`Pipeline`] sends consecutive operations in groups (one request per
+//! up to 64), so a long stream of operations costs few requests, few writes and, for short
+//! keys and values (kept inline), no allocation per operation.
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
+mod bytes;
 mod counter;
 mod decode;
 pub mod error;
+mod hub;
 mod link;
 mod list;
 mod manager;

@@ -5,14 +5,14 @@
 //! `Op` can instead go into a batch or a pipeline, which give back a [`Slot`] per operation to
 //! take its typed result from.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use std::future::Future;
 
-use futures::{SinkExt, StreamExt};
+use futures::StreamExt;
 
 use crate::error::OpError;
 use crate::link::{Endpoint, Link, Requests, Responses};
@@ -161,16 +161,23 @@ impl BatchResults {
     }
 }
 
-/// Most requests a pipeline leaves unanswered before it waits for answers.
+/// Most operations a pipeline leaves unanswered before it waits for answers.
 const WINDOW: u64 = 512;
+
+/// Most operations a pipeline puts in one request. Operations pushed one after another go
+/// out together (one request, one answer), so a long pipeline pays the per-request work (its
+/// framing, the manager's lock, the answer's header) once per group, not once per operation.
+const GROUP: usize = 64;
 
 /// Operations sent one after another without waiting for each answer: the round trip is paid
 /// once for many operations, and operations of one pipeline are applied in order.
 ///
-/// A pipeline has its own connection to the manager. [`push`](Self::push) sends (buffered), and
-/// [`wait`](Self::wait) or [`finish`](Self::finish) collect answers. While it writes, it also
-/// reads the answers that arrive (and keeps them), so the manager is never stuck writing
-/// answers nobody reads, however large they are.
+/// A pipeline has its own connection to the manager. [`push`](Self::push) queues an operation
+/// (consecutive operations go out in groups, each one request that the manager applies at
+/// once), and [`wait`](Self::wait), [`flush`](Self::flush) or [`finish`](Self::finish) send
+/// what is queued and collect answers. While it writes, it also reads the answers that arrive
+/// (and keeps them), so the manager is never stuck writing answers nobody reads, however large
+/// they are.
 ///
 /// # Examples
 /// ```no_run
@@ -192,28 +199,37 @@ pub struct Pipeline {
     manager: u64,
     tx: Requests,
     answers: Answers,
-    next_id: u64,
+    /// Operations pushed but not yet in a request.
+    queued: Vec<wire::Op>,
+    /// Operations pushed so far (queued ones included): the next operation's slot.
+    pushed: u64,
+    /// Requests sent so far: the next request's id.
+    next_request: u64,
     flushed: bool,
 }
 
 /// The receiving side of a pipeline: answers read so far.
 struct Answers {
     rx: Responses,
-    /// Answers were read for ids `..answered`.
+    /// Answers were read for operations `..answered`.
     answered: u64,
-    /// Answers read but not taken yet.
+    /// Answers were read for requests `..requests_answered`.
+    requests_answered: u64,
+    /// How many operations each sent request not answered yet holds, oldest first.
+    in_flight: VecDeque<usize>,
+    /// Answers read but not taken yet, by operation.
     kept: HashMap<u64, Result<Reply, Failure>>,
-    /// Requests whose answers are dropped as they arrive (failures are kept in `failed`).
+    /// Operations whose answers are dropped as they arrive (failures are kept in `failed`).
     forgotten: HashSet<u64>,
-    /// The first failure of a forgotten request.
+    /// The first failure of a forgotten operation.
     failed: Option<Failure>,
 }
 
 impl Answers {
-    /// Reads the next answer and keeps it.
+    /// Reads the answer to the oldest request in flight and keeps its results.
     async fn read_one(&mut self) -> Result<(), OpError> {
-        let id = self.answered;
-        let mut results = loop {
+        let id = self.requests_answered;
+        let results = loop {
             match self.rx.next().await {
                 Some(Ok(Response::Done { id: got, results })) if got == id => break results,
                 Some(Ok(_)) => continue,
@@ -221,29 +237,36 @@ impl Answers {
                 None => return Err(OpError::gone()),
             }
         };
-        self.answered += 1;
-        let result = results
-            .pop()
-            .ok_or_else(|| OpError::protocol("empty answer"))?;
-        if self.forgotten.remove(&id) {
-            if let Err(failure) = result {
-                self.failed.get_or_insert(failure);
+        let expected = self.in_flight.pop_front().unwrap_or(0);
+        if results.len() != expected {
+            return Err(OpError::protocol(
+                "the manager answered a different number of operations",
+            ));
+        }
+        self.requests_answered += 1;
+        for result in results {
+            let at = self.answered;
+            self.answered += 1;
+            if self.forgotten.remove(&at) {
+                if let Err(failure) = result {
+                    self.failed.get_or_insert(failure);
+                }
+            } else {
+                self.kept.insert(at, result);
             }
-        } else {
-            self.kept.insert(id, result);
         }
         Ok(())
     }
 
     /// Runs `write` (a send or flush) while reading answers, so that neither side can block
     /// the other with full socket buffers.
-    async fn while_writing<W>(&mut self, sent: u64, write: W) -> Result<(), OpError>
+    async fn while_writing<W>(&mut self, write: W) -> Result<(), OpError>
     where
         W: Future<Output = Result<(), OpError>>,
     {
         let mut write = std::pin::pin!(write);
         loop {
-            if self.answered >= sent {
+            if self.in_flight.is_empty() {
                 return write.await;
             }
             tokio::select! {
@@ -258,7 +281,7 @@ impl Answers {
 impl fmt::Debug for Pipeline {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Pipeline")
-            .field("sent", &self.next_id)
+            .field("pushed", &self.pushed)
             .field("answered", &self.answers.answered)
             .finish_non_exhaustive()
     }
@@ -273,72 +296,87 @@ impl Pipeline {
             answers: Answers {
                 rx,
                 answered: 0,
+                requests_answered: 0,
+                in_flight: VecDeque::new(),
                 kept: HashMap::new(),
                 forgotten: HashSet::new(),
                 failed: None,
             },
-            next_id: 0,
+            queued: Vec::new(),
+            pushed: 0,
+            next_request: 0,
             flushed: true,
         })
     }
 
-    /// Sends `op` without waiting for its answer.
+    /// Queues `op` to be sent without waiting for its answer.
     ///
     /// # Errors
     /// When `op` belongs to another manager, or the manager is gone.
     ///
     /// # Cancel safety
-    /// Once polled, the operation may be sent even if the future is dropped; its slot is then
-    /// lost.
+    /// Cancel safe: an operation is queued only when the call returns (a dropped call queued
+    /// nothing); queued operations are sent by a later push, flush, wait or finish.
     pub async fn push<R>(&mut self, op: Op<R>) -> Result<Slot<R>, OpError> {
         if op.manager != self.manager {
             return Err(OpError::other_manager());
         }
-        while self.next_id - self.answers.answered >= WINDOW {
+        if self.queued.len() >= GROUP {
+            self.send_queued().await?;
+        }
+        while self.pushed - self.answers.answered >= WINDOW {
             self.flush().await?;
             self.answers.read_one().await?;
         }
-        let id = self.next_id;
-        let request = Request {
-            id,
-            ops: vec![op.wire],
-        };
-        self.next_id += 1;
-        self.flushed = false;
-        self.answers
-            .while_writing(id, self.tx.feed(request))
-            .await?;
+        let at = self.pushed;
+        self.queued.push(op.wire);
+        self.pushed += 1;
         Ok(Slot {
-            at: id,
+            at,
             decode: op.decode,
             _marker: PhantomData,
         })
     }
 
-    /// Sends `op` without waiting for its answer, which is dropped when it arrives (a failure
-    /// is kept for [`finish`](Self::finish)): for writes whose results nobody needs, so that a
-    /// long pipeline holds no answers.
+    /// Puts the queued operations in one request, handed to the connection (written when its
+    /// buffer fills or at the next flush). Cancel safe: nothing leaves `queued` before the
+    /// connection has room for it.
+    async fn send_queued(&mut self) -> Result<(), OpError> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let tx = &mut self.tx;
+        self.answers
+            .while_writing(std::future::poll_fn(|cx| tx.as_mut().poll_ready(cx)))
+            .await?;
+        let request = Request {
+            id: self.next_request,
+            ops: std::mem::take(&mut self.queued),
+        };
+        let n = request.ops.len();
+        self.tx.as_mut().start_send(request)?;
+        self.next_request += 1;
+        self.answers.in_flight.push_back(n);
+        self.flushed = false;
+        Ok(())
+    }
+
+    /// Queues `op` to be sent without waiting for its answer, which is dropped when it arrives
+    /// (a failure is kept for [`finish`](Self::finish)): for writes whose results nobody needs,
+    /// so that a long pipeline holds no answers.
     ///
     /// # Errors
     /// When `op` belongs to another manager, or the manager is gone.
     ///
     /// # Cancel safety
-    /// Once polled, the operation may be sent even if the future is dropped.
+    /// Cancel safe, as [`push`](Self::push).
     pub async fn push_forget<R>(&mut self, op: Op<R>) -> Result<(), OpError> {
         let slot = self.push(op).await?;
-        match self.answers.kept.remove(&slot.at) {
-            Some(Err(failure)) => {
-                self.answers.failed.get_or_insert(failure);
-            }
-            Some(Ok(_)) => {}
-            None => {
-                self.answers.forgotten.insert(slot.at);
-            }
-        }
+        self.answers.forgotten.insert(slot.at);
         Ok(())
     }
 
-    /// Writes every operation pushed so far.
+    /// Sends and writes every operation pushed so far.
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone.
@@ -346,9 +384,12 @@ impl Pipeline {
     /// # Cancel safety
     /// Cancel safe: what was pushed is still sent by a later flush.
     pub async fn flush(&mut self) -> Result<(), OpError> {
+        self.send_queued().await?;
         if !self.flushed {
-            let sent = self.next_id;
-            self.answers.while_writing(sent, self.tx.flush()).await?;
+            let tx = &mut self.tx;
+            self.answers
+                .while_writing(std::future::poll_fn(|cx| tx.as_mut().poll_flush(cx)))
+                .await?;
             self.flushed = true;
         }
         Ok(())
@@ -362,12 +403,17 @@ impl Pipeline {
     /// # Cancel safety
     /// Cancel safe: answers read are kept for later.
     pub async fn wait<R>(&mut self, slot: Slot<R>) -> Result<R, OpError> {
+        if slot.at >= self.pushed {
+            return Err(OpError::protocol(
+                "this slot's result was taken or is not in this pipeline",
+            ));
+        }
         self.flush().await?;
         loop {
             if let Some(result) = self.answers.kept.remove(&slot.at) {
                 return (slot.decode)(result);
             }
-            if slot.at >= self.next_id || slot.at < self.answers.answered {
+            if slot.at < self.answers.answered {
                 return Err(OpError::protocol(
                     "this slot's result was taken or is not in this pipeline",
                 ));
@@ -386,7 +432,7 @@ impl Pipeline {
     /// Cancel safe.
     pub async fn finish(&mut self) -> Result<(), OpError> {
         self.flush().await?;
-        while self.answers.answered < self.next_id {
+        while !self.answers.in_flight.is_empty() {
             self.answers.read_one().await?;
         }
         let mut kept: Vec<_> = self.answers.kept.drain().collect();

@@ -9,20 +9,20 @@
 //! end: when it dies, sending on the connector fails and every connection reaches end-of-file,
 //! which is how clients learn that the manager is gone.
 //!
-//! [`serve`] serves one connection given as any `Stream` of requests and `Sink` of responses:
-//! the local pipes here, and any other transport that carries the same messages.
+//! The connections are served by one loop (`hub`); this module holds what it applies: a
+//! request's answer ([`answer`]) and a watch's forwarding ([`watch`]).
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use futures::{FutureExt, Sink, SinkExt, Stream, StreamExt};
+use futures::{SinkExt, StreamExt};
 use multiproc_channel::pipe;
 use multiproc_core::SharedFd;
-use multiproc_core::message;
-use multiproc_core::transport::packet::{PacketRecv, PacketSocket};
+use multiproc_core::transport::packet::PacketSocket;
 use serde::{Deserialize, Serialize};
 
+use crate::hub::{End, serve_all};
 use crate::state::State;
-use crate::wire::{Failure, Op, Reply, Request, Response, Stored};
+use crate::wire::{Failure, Reply, Request, Response, Stored};
 
 /// What the manager child is started with.
 #[derive(Serialize, Deserialize)]
@@ -52,91 +52,17 @@ pub(crate) async fn manager_main(args: ServerArgs) {
         restore,
     } = args;
     let state: Shared = Arc::new(Mutex::new(restore.map(State::restore).unwrap_or_default()));
-    tokio::select! {
-        _ = stop.recv() => {}
-        () = accept_loop(connector, state) => {}
-    }
-}
-
-/// Takes new connections off the connector and serves each on its own task.
-async fn accept_loop(connector: SharedFd, state: Shared) {
     let Ok(socket) = PacketSocket::new(connector) else {
         return;
     };
-    let Ok(readable) = socket.readable_registration() else {
-        return;
-    };
-    loop {
-        let Ok(mut ready) = readable.readable().await else {
-            return;
-        };
-        match socket.try_recv() {
-            Ok(PacketRecv::Packet(incoming)) => {
-                let Ok((bytes, fds)) = incoming.open(0, 1 << 16) else {
-                    continue;
-                };
-                // Anything that is not a pipe end is dropped: the sender gets no answer and,
-                // having sent its end, sees end-of-file.
-                if let Ok(end) = message::decode::<pipe::Duplex<Response, Request>>(&bytes, fds) {
-                    tokio::spawn(serve(state.clone(), end));
-                }
-            }
-            Ok(PacketRecv::Empty) => ready.clear_ready(),
-            Ok(PacketRecv::Closed) => return,
-            Err(_) => {}
-        }
-    }
-}
-
-/// Serves one connection until the client closes it (or sends something unreadable).
-///
-/// Requests that are already waiting are applied before their answers are flushed, so a
-/// pipelining client gets many answers per write.
-pub(crate) async fn serve<C, E>(state: Shared, mut conn: C)
-where
-    C: Stream<Item = Result<Request, E>> + Sink<Response> + Unpin,
-{
-    loop {
-        let Some(Ok(request)) = conn.next().await else {
-            return;
-        };
-        if let Some(Op::Watch(id)) = request.ops.first() {
-            let id = *id;
-            watch(&state, conn, request, id).await;
-            return;
-        }
-        if conn.feed(answer(&state, request)).await.is_err() {
-            return;
-        }
-        // Apply whatever else is already here before writing the answers.
-        while let Some(next) = conn.next().now_or_never() {
-            let Some(Ok(request)) = next else {
-                let _ = conn.flush().await;
-                return;
-            };
-            if matches!(request.ops.first(), Some(Op::Watch(_))) {
-                // A watch must open its own connection; refuse it here.
-                let response = Response::Done {
-                    id: request.id,
-                    results: vec![Err(Failure::BadWatch)],
-                };
-                if conn.feed(response).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            if conn.feed(answer(&state, request)).await.is_err() {
-                return;
-            }
-        }
-        if conn.flush().await.is_err() {
-            return;
-        }
+    tokio::select! {
+        _ = stop.recv() => {}
+        () = serve_all(socket, state) => {}
     }
 }
 
 /// Applies every operation of `request` under one lock: a batch is atomic.
-fn answer(state: &Shared, request: Request) -> Response {
+pub(crate) fn answer(state: &Shared, request: Request) -> Response {
     let mut state = lock(state);
     let results = request.ops.into_iter().map(|op| state.apply(op)).collect();
     Response::Done {
@@ -146,13 +72,10 @@ fn answer(state: &Shared, request: Request) -> Response {
 }
 
 /// Serves a watch: confirms, then forwards every change until the client goes away.
-async fn watch<C, E>(state: &Shared, mut conn: C, request: Request, id: u32)
-where
-    C: Stream<Item = Result<Request, E>> + Sink<Response> + Unpin,
-{
+pub(crate) async fn watch(state: Shared, mut conn: End, request: Request, id: u32) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let registered = if request.ops.len() == 1 {
-        lock(state).watch(id, tx)
+        lock(&state).watch(id, tx)
     } else {
         Err(Failure::BadWatch)
     };

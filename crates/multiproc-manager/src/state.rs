@@ -8,9 +8,9 @@
 use std::collections::HashMap;
 
 use indexmap::IndexMap;
-use serde_bytes::ByteBuf;
 use tokio::sync::mpsc::UnboundedSender;
 
+use crate::bytes::Bytes;
 use crate::update;
 use crate::wire::{
     CounterOp, Data, Event, Failure, Kind, ListOp, MapOp, Op, Reply, Stored, StoredValue, ValueOp,
@@ -26,7 +26,7 @@ struct Served {
 
 /// A served value's contents, in the form operations use.
 enum Contents {
-    Map(IndexMap<ByteBuf, crate::wire::Blob>),
+    Map(IndexMap<Bytes, crate::wire::Blob>),
     List(Vec<crate::wire::Blob>),
     Value(crate::wire::Blob),
     Counter(i64),
@@ -238,7 +238,7 @@ fn notify(watchers: &mut Vec<UnboundedSender<Event>>, events: impl IntoIterator<
 }
 
 fn map_op(
-    map: &mut IndexMap<ByteBuf, crate::wire::Blob>,
+    map: &mut IndexMap<Bytes, crate::wire::Blob>,
     op: MapOp,
     watched: bool,
 ) -> Result<(Reply, Vec<Event>), Failure> {
@@ -373,7 +373,7 @@ mod tests {
         }
     }
 
-    fn key(k: &str) -> ByteBuf {
+    fn key(k: &str) -> Bytes {
         crate::wire::encode_key(k).unwrap()
     }
 

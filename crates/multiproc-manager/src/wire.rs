@@ -17,22 +17,26 @@ use multiproc_core::proc::remote_fn::RemoteFn;
 use multiproc_core::{DecodeError, EncodeError, SharedFd, message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use serde_bytes::ByteBuf;
+
+use crate::bytes::Bytes;
 
 /// An encoded value: postcard bytes and the descriptors of the handles inside.
 ///
 /// Cloning shares the descriptors (within this process); sending a blob duplicates them.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Blob {
-    #[serde(with = "serde_bytes")]
-    pub(crate) bytes: Vec<u8>,
+    pub(crate) bytes: Bytes,
     pub(crate) fds: Vec<SharedFd>,
 }
 
 impl Blob {
     /// Encodes `value` (in the caller: a value that cannot be encoded never leaves it).
     pub(crate) fn encode<T: Serialize + ?Sized>(value: &T) -> Result<Self, EncodeError> {
-        let (bytes, fds) = message::encode(value)?;
+        let mut fds = Vec::new();
+        let bytes = Bytes::encode_with(|buf| {
+            fds = message::encode_into(value, buf)?;
+            Ok::<_, EncodeError>(())
+        })?;
         Ok(Self {
             bytes,
             fds: fds.into_iter().map(SharedFd::new).collect(),
@@ -61,12 +65,15 @@ pub(crate) enum BlobError {
 }
 
 /// Encodes a map key: its bytes are its identity in the manager, so it may hold no handle.
-pub(crate) fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<ByteBuf, KeyError> {
-    let (bytes, fds) = message::encode(key).map_err(KeyError::Encode)?;
-    if !fds.is_empty() {
-        return Err(KeyError::Handles);
-    }
-    Ok(ByteBuf::from(bytes))
+pub(crate) fn encode_key<K: Serialize + ?Sized>(key: &K) -> Result<Bytes, KeyError> {
+    Bytes::encode_with(|buf| {
+        let fds = message::encode_into(key, buf).map_err(KeyError::Encode)?;
+        if fds.is_empty() {
+            Ok(())
+        } else {
+            Err(KeyError::Handles)
+        }
+    })
 }
 
 /// Why a key could not be encoded.
@@ -163,18 +170,18 @@ pub(crate) enum Op {
 /// An operation on a map.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum MapOp {
-    Insert(ByteBuf, Blob),
-    Get(ByteBuf),
-    GetMany(Vec<ByteBuf>),
-    Remove(ByteBuf),
-    Contains(ByteBuf),
+    Insert(Bytes, Blob),
+    Get(Bytes),
+    GetMany(Vec<Bytes>),
+    Remove(Bytes),
+    Contains(Bytes),
     Len,
     Keys,
     Values,
     Items,
     Clear,
-    Extend(Vec<(ByteBuf, Blob)>),
-    Update(ByteBuf, FnToken, Blob),
+    Extend(Vec<(Bytes, Blob)>),
+    Update(Bytes, FnToken, Blob),
 }
 
 /// An operation on a list.
@@ -218,8 +225,8 @@ pub(crate) enum Reply {
     MaybeBlob(Option<Blob>),
     MaybeBlobs(Vec<Option<Blob>>),
     Blobs(Vec<Blob>),
-    Keys(Vec<ByteBuf>),
-    Items(Vec<(ByteBuf, Blob)>),
+    Keys(Vec<Bytes>),
+    Items(Vec<(Bytes, Blob)>),
     Len(u64),
     Int(i64),
     Bool(bool),
@@ -274,8 +281,8 @@ pub(crate) enum Response {
 /// A change, as watchers see it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Event {
-    MapInserted(ByteBuf, Blob),
-    MapRemoved(ByteBuf),
+    MapInserted(Bytes, Blob),
+    MapRemoved(Bytes),
     MapCleared,
     List(Vec<Blob>),
     Value(Blob),
@@ -299,7 +306,7 @@ pub(crate) struct StoredValue {
 /// A served value's contents.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub(crate) enum Data {
-    Map(Vec<(ByteBuf, Blob)>),
+    Map(Vec<(Bytes, Blob)>),
     List(Vec<Blob>),
     Value(Blob),
     Counter(i64),
