@@ -64,8 +64,8 @@ use multiproc_core::transport::channel;
 /// # }
 /// ```
 pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
-    let (a, b) = channel::socket_pair()?;
-    Ok((Duplex::from_fd(a)?, Duplex::from_fd(b)?))
+    let (a, b) = channel::pair()?;
+    Ok((Duplex::from_end(a)?, Duplex::from_end(b)?))
 }
 
 /// Creates a one-way pipe: a [`Sender`] and a [`Receiver`] of `T`.
@@ -91,8 +91,8 @@ pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
 /// # }
 /// ```
 pub fn simplex<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
-    let (a, b) = channel::socket_pair()?;
-    let (tx, _) = channel::split(a)?;
-    let (_, rx) = channel::split(b)?;
+    let (a, b) = channel::pair()?;
+    let (tx, _) = channel::split_end(a)?;
+    let (_, rx) = channel::split_end(b)?;
     Ok((Sender::from_raw(tx), Receiver::from_raw(rx)))
 }

@@ -5,9 +5,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_sink::Sink;
-use multiproc_core::SharedFd;
 use multiproc_core::message;
-use multiproc_core::transport::channel::RawSender;
+use multiproc_core::transport::channel::{self, ChannelEnd, RawSender};
 use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -224,15 +223,15 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Serialize for Sender<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.shared_fd().serialize(serializer)
+        self.raw.to_end().serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Sender<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let fd = SharedFd::deserialize(deserializer)?;
-        RawSender::new(fd)
-            .map(Sender::from_raw)
+        let end = ChannelEnd::deserialize(deserializer)?;
+        channel::split_end(end)
+            .map(|(tx, _)| Sender::from_raw(tx))
             .map_err(serde::de::Error::custom)
     }
 }

@@ -19,12 +19,15 @@ use crate::sys;
 use crate::transport::socket::Socket;
 
 mod receiver;
+mod ring;
 mod sender;
 #[cfg(test)]
 mod tests;
 
 pub use crate::message::Payload;
 pub use receiver::{RawReceiver, TryRecv};
+pub use ring::ChannelEnd;
+use ring::{RingShare, RxRing, TxRing, new_token};
 pub use sender::{RawSender, SendBytes};
 
 /// Buffers above this size are released once empty, so one huge message does not pin memory.
@@ -42,8 +45,39 @@ pub fn socket_pair() -> io::Result<(SharedFd, SharedFd)> {
     Ok((SharedFd::new(a), SharedFd::new(b)))
 }
 
+/// Creates a connected pair of channel ends with a shared ring: a socket pair, and one shared
+/// region (a memfd) holding each direction's ring of small frames (see the module docs, "The
+/// shared ring").
+///
+/// # Errors
+/// When the process is out of descriptors or memory.
+pub fn pair() -> io::Result<(ChannelEnd, ChannelEnd)> {
+    let (a, b) = socket_pair()?;
+    let (ring_a, ring_b) = RingShare::pair()?;
+    Ok((
+        ChannelEnd::with_ring(a, ring_a, new_token()),
+        ChannelEnd::with_ring(b, ring_b, new_token()),
+    ))
+}
+
+/// Splits a channel end into its sending and receiving halves, which share a single tokio
+/// registration (and the end's shared ring, if it has one).
+///
+/// # Errors
+/// When the end's descriptor is not a socket, or its ring region is malformed (an end received
+/// from another process).
+pub fn split_end(mut end: ChannelEnd) -> io::Result<(RawSender, RawReceiver)> {
+    let ring = end.take_ring()?;
+    let (mut tx, mut rx) = split(end.fd)?;
+    if let Some((share, token)) = ring {
+        rx.ring = Some(RxRing::new(share.clone()));
+        tx.ring = Some(TxRing::new(share, token));
+    }
+    Ok((tx, rx))
+}
+
 /// Splits one socket into its sending and receiving halves, which share a single tokio
-/// registration.
+/// registration. The halves have no shared ring: every frame goes through the socket.
 ///
 /// # Errors
 /// When `fd` is not a socket.

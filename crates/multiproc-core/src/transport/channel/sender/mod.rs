@@ -11,9 +11,10 @@ use crate::SharedFd;
 use crate::error::{EncodeError, SendErrorKind};
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::sys::{self, Direction};
-use crate::transport::frame::{HEADER_LEN, Header};
+use crate::transport::frame::{HEADER_LEN, Header, Kind};
 use crate::transport::socket::Socket;
 
+use super::ring::{ChannelEnd, TxRing};
 use super::split;
 
 mod flush_thread;
@@ -34,6 +35,8 @@ pub struct RawSender {
     outbox: Outbox,
     limit: usize,
     closed: bool,
+    /// The pair's shared ring, for an end made by [`pair`](super::pair).
+    pub(super) ring: Option<TxRing>,
 }
 
 impl RawSender {
@@ -51,7 +54,28 @@ impl RawSender {
             outbox: Outbox::default(),
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             closed: false,
+            ring: None,
         }
+    }
+
+    /// This end as it travels to another process: the socket and the shared ring, if any. A
+    /// copy made this way takes over the ring from this one (see the module docs, "Copies of
+    /// an end"); this sender keeps working, through the socket if both are used.
+    pub fn to_end(&self) -> ChannelEnd {
+        let fd = self.socket.shared_fd().clone();
+        match &self.ring {
+            Some(ring) => {
+                let (share, token) = ring.hand_off();
+                ChannelEnd::with_ring(fd, share, token)
+            }
+            None => ChannelEnd::from_fd(fd),
+        }
+    }
+
+    /// Whether this sender has a shared ring (it was made by [`pair`](super::pair) or received
+    /// as such an end).
+    pub fn has_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// The socket this sender writes to.
@@ -104,15 +128,41 @@ impl RawSender {
                 limit: self.limit,
             });
         }
+        let mut kind = Kind::Plain;
+        if let Some(ring) = &mut self.ring {
+            if fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]) {
+                self.outbox.buf.truncate(start);
+                self.socket.note_sent();
+                return Ok(());
+            }
+            if ring.tag_socket_frame() {
+                kind = Kind::Owned;
+            }
+        }
         let header = Header {
             len: len as u32,
             fds: fds.len() as u32,
+            kind,
         };
         self.outbox.buf[start..start + HEADER_LEN].copy_from_slice(&header.encode());
         if !fds.is_empty() {
             self.outbox.attach.push_back((start, fds));
         }
         Ok(())
+    }
+
+    /// After ring records were published: queues a wake frame if the receiver is parked.
+    fn wake_if_parked(&mut self) {
+        if let Some(ring) = &mut self.ring
+            && ring.wake_due()
+        {
+            let wake = Header {
+                len: 0,
+                fds: 0,
+                kind: Kind::Wake,
+            };
+            self.outbox.buf.extend_from_slice(&wake.encode());
+        }
     }
 
     fn fail(&mut self, e: io::Error) -> SendErrorKind {
@@ -128,6 +178,7 @@ impl RawSender {
     /// # Errors
     /// [`SendErrorKind::Closed`] when the peer is gone (buffered frames are dropped).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendErrorKind>> {
+        self.wake_if_parked();
         // Writes rarely block: try the socket first and touch the reactor only on EAGAIN.
         loop {
             if self.outbox.is_empty() {
@@ -161,6 +212,7 @@ impl RawSender {
     /// # Errors
     /// As [`poll_flush`](Self::poll_flush).
     pub fn blocking_flush(&mut self, deadline: Option<Instant>) -> Result<bool, SendErrorKind> {
+        self.wake_if_parked();
         loop {
             if self.outbox.is_empty() {
                 return Ok(true);
