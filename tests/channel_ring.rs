@@ -7,11 +7,11 @@ use std::io::{Read, Seek, Write};
 use std::time::Duration;
 
 use futures::TryStreamExt;
-use multiproc_core::shm::SharedRegion;
 use multiproc::core::{SharedFd, message};
 use multiproc::error::RecvError;
 use multiproc::pipe::{self, Duplex, Receiver, Sender};
 use multiproc::spawn;
+use multiproc_core::shm::SharedRegion;
 use multiproc_suite::{within, within_blocking};
 use serde::{Deserialize, Serialize};
 
@@ -139,7 +139,10 @@ async fn an_end_used_then_sent_on_keeps_working_in_each_process() {
         let got = within("local", there.recv()).await.unwrap().unwrap();
         check(i, &got);
         there.send(got).await.unwrap();
-        check(i, &within("local echo", here.recv()).await.unwrap().unwrap());
+        check(
+            i,
+            &within("local echo", here.recv()).await.unwrap().unwrap(),
+        );
     }
     // Then to a child, which uses it and hands it back; then to a second child.
     let (back_tx, mut back_rx) = pipe::simplex::<Duplex<Msg, Msg>>().unwrap();
@@ -239,7 +242,20 @@ fn send_sizes(mut tx: Sender<Vec<u8>>) {
 }
 
 fn sizes() -> impl Iterator<Item = usize> {
-    [0, 1, 64, 4_000, 4_088, 4_095, 4_096, 4_097, 5_000, 100_000, 1 << 20].into_iter()
+    [
+        0,
+        1,
+        64,
+        4_000,
+        4_088,
+        4_095,
+        4_096,
+        4_097,
+        5_000,
+        100_000,
+        1 << 20,
+    ]
+    .into_iter()
 }
 
 #[tokio::test]

@@ -24,9 +24,16 @@
 //!
 //! # Waiting
 //! A receive waits without blocking a tokio thread. Right after the end has sent something (a
-//! request whose answer is due), it may first spend up to about 50 us yielding the CPU and
-//! retrying, which makes request/reply exchanges much faster than a sleep and a wake-up each
-//! way; it stops doing so when that does not pay, or while other processes keep the CPU busy.
+//! request whose answer is due), it may first spend up to about 50 us looking for the answer,
+//! which makes request/reply exchanges much faster than a sleep and a wake-up each way; it
+//! stops doing so when that does not pay, or while other processes keep the CPU busy.
+//!
+//! # The shared ring
+//! The two ends of a pipe also share a small region of memory: small messages without handles
+//! go through it without a system call (a waiting receiver sees them within a fraction of a
+//! microsecond), and the rest through the socket, in one order. Ends keep it when they travel
+//! to other processes. If two copies of a sending end are used at once (one kept, one passed
+//! on), the pipe goes back to the socket for that direction, still in order per copy.
 //!
 //! # Closing
 //! A receiver sees end-of-stream (`Ok(None)`) when every copy of the other end, in every

@@ -5,9 +5,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
+use multiproc_core::message;
 use multiproc_core::transport::channel::{self, ChannelEnd, RawReceiver, TryRecv};
 use multiproc_core::wait::deadline_after;
-use multiproc_core::message;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 

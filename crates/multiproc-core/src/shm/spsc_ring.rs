@@ -348,7 +348,8 @@ mod tests {
             |r| r.head().store(LAYOUT.len as u64 + 8, Ordering::SeqCst),
             |r| r.head().store(12, Ordering::SeqCst),
             |r| {
-                r.data_word(0).store(LAYOUT.max_record as u64 + 1, Ordering::SeqCst);
+                r.data_word(0)
+                    .store(LAYOUT.max_record as u64 + 1, Ordering::SeqCst);
                 r.head().store(32, Ordering::SeqCst);
             },
             |r| {
@@ -382,7 +383,10 @@ mod tests {
         let mut next = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
         while next < N {
-            assert!(std::time::Instant::now() < deadline, "reader stuck at {next}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "reader stuck at {next}"
+            );
             match take(&ring) {
                 Some(got) => {
                     assert_eq!(got, (next as u64, record(next)), "record {next}");

@@ -84,9 +84,11 @@ impl Header {
             MAGIC => Kind::Plain,
             MAGIC_OWNED => Kind::Owned,
             MAGIC_WAKE => Kind::Wake,
-            _ => return Err(HeaderError::BadMagic([
-                bytes[0], bytes[1], bytes[2], bytes[3],
-            ])),
+            _ => {
+                return Err(HeaderError::BadMagic([
+                    bytes[0], bytes[1], bytes[2], bytes[3],
+                ]));
+            }
         };
         let header = Header {
             len: word(4),

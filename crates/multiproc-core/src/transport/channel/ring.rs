@@ -201,10 +201,8 @@ impl TxRing {
         if !std::mem::take(&mut self.dirty) {
             return false;
         }
-        self.word(TX_CPU).store(
-            rustix::thread::sched_getcpu() as u64 + 1,
-            Ordering::Relaxed,
-        );
+        self.word(TX_CPU)
+            .store(rustix::thread::sched_getcpu() as u64 + 1, Ordering::Relaxed);
         // The futex handshake: our `HEAD` store, this fence, the `PARKED` load; the receiver's
         // `PARKED` store, its fence, its `HEAD` load. Two SeqCst fences order the two pairs, so
         // either we see `PARKED` set or the receiver sees our record (or both).
@@ -231,12 +229,9 @@ impl TxRing {
 impl Drop for TxRing {
     fn drop(&mut self) {
         // Release: the next owner sees everything this copy published.
-        let _ = self.word(OWNER).compare_exchange(
-            self.token,
-            0,
-            Ordering::Release,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.word(OWNER)
+                .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
     }
 }
 
@@ -318,7 +313,10 @@ impl RxRing {
     /// Whether the sender may still write the ring (else, once it is drained, the channel is
     /// a plain socket channel).
     pub(crate) fn ring_on(&self) -> bool {
-        self.share.u32(self.share.rx_dir(), MODE).load(Ordering::Relaxed) == RING
+        self.share
+            .u32(self.share.rx_dir(), MODE)
+            .load(Ordering::Relaxed)
+            == RING
             || self.ring.has_record()
     }
 
@@ -474,7 +472,10 @@ mod tests {
         assert!(first.try_write(b"1"));
         assert!(!second.try_write(b"2"), "the first copy owns the ring");
         assert!(!first.try_write(b"3"), "the ring is off for the direction");
-        assert!(!first.tag_socket_frame(), "socket frames are plain from now on");
+        assert!(
+            !first.tag_socket_frame(),
+            "socket frames are plain from now on"
+        );
         let rx = RxRing::new(b);
         assert!(rx.ring_on(), "until the record is taken");
     }

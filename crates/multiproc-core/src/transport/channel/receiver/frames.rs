@@ -240,7 +240,10 @@ impl RawReceiver {
     ) -> R {
         match whole {
             Whole::Ring => {
-                let ring = self.ring.as_mut().expect("a ring frame comes from the ring");
+                let ring = self
+                    .ring
+                    .as_mut()
+                    .expect("a ring frame comes from the ring");
                 let out = f(Payload::Borrowed(&ring.scratch), Vec::new());
                 ring.consume();
                 self.arrived();

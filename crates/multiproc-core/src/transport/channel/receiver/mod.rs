@@ -38,7 +38,9 @@ const READ_CHUNK: usize = 64 << 10;
 /// and a wake-up when the peer answers within that time. The spinning adapts: it backs off per
 /// receiver while it finds nothing, and stops for the whole process while the CPU is busy with
 /// other processes. So a receive may hold its thread (and, on tokio, the thread's other tasks)
-/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`.
+/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`. With a shared ring (an
+/// end made by [`pair`](super::pair)), the spin reads the ring's words instead, without a
+/// system call, and a parked receive is woken by the sender (see the module docs).
 pub struct RawReceiver {
     socket: Arc<Socket>,
     /// Initialised storage; `buf[start..end]` holds unread bytes.
@@ -179,7 +181,11 @@ impl RawReceiver {
                 self.reserve(*need);
                 let room = self.buf.len() - self.end;
                 let got = closed_on_reset(
-                    sys::recv_with_fds(self.socket.as_fd(), &mut self.buf[self.end..], &mut self.fds),
+                    sys::recv_with_fds(
+                        self.socket.as_fd(),
+                        &mut self.buf[self.end..],
+                        &mut self.fds,
+                    ),
                     reset_is_eof,
                 )?;
                 self.end += got.bytes;
@@ -358,15 +364,16 @@ impl RawReceiver {
                     // CPU; the receive proper follows.
                     Some(cue) => {
                         let ring = self.ring.as_ref().expect("a cue comes from the ring");
-                        spin::spin(
-                            &mut policy,
-                            deadline,
-                            Some(&mut || cue.peer_apart()),
-                            || {
-                                let (record, owned) = ring.news();
-                                (record || owned).then_some(Ok(()))
-                            },
-                        )
+                        // Yields between looks while the sender last ran on this CPU.
+                        let mut apart = || cue.peer_apart();
+                        let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                            true => Some(&mut apart),
+                            false => None,
+                        };
+                        spin::spin(&mut policy, deadline, apart, || {
+                            let (record, owned) = ring.news();
+                            (record || owned).then_some(Ok(()))
+                        })
                     }
                     None => spin::spin(&mut policy, deadline, None, || {
                         attempt(self).map(|caught| caught.then_some(())).transpose()

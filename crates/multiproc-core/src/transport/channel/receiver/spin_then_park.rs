@@ -47,12 +47,15 @@ impl RawReceiver {
         let spun = match self.ring_cue() {
             // On the ring: busy reads of shared words while the sender runs on another CPU (no
             // system call), and a read of the socket only once an owned frame was sent there.
-            Some(cue) => spin::poll_spin(
-                cx,
-                &mut policy,
-                None,
-                Some(&mut || cue.peer_apart()),
-                || {
+            // While the sender last ran on this CPU, the spin yields between looks instead (a
+            // yield runs the sender when it shares the CPU; each look is still loads only).
+            Some(cue) => {
+                let mut apart = || cue.peer_apart();
+                let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                    true => Some(&mut apart),
+                    false => None,
+                };
+                spin::poll_spin(cx, &mut policy, None, apart, || {
                     let (record, owned) = self.ring.as_ref()?.news();
                     if record {
                         return Some(Ok(()));
@@ -65,8 +68,8 @@ impl RawReceiver {
                         Err(e) if nothing_yet(&e) => None,
                         Err(e) => Some(Err(self.read_error(e))),
                     }
-                },
-            ),
+                })
+            }
             None => spin::poll_spin(cx, &mut policy, None, None, || match self.read_once(next) {
                 Ok(_) => Some(Ok(())),
                 Err(e) if nothing_yet(&e) => None,
