@@ -10,9 +10,11 @@
 //! Every access is atomic (records are copied as whole words with relaxed loads and stores),
 //! so a peer that scribbles over the region can make the reader see garbage but never makes it
 //! read out of bounds or invoke undefined behaviour: [`SpscRing::peek`] checks every position
-//! and length it reads and reports a [`RingError`]. The producer publishes a record with a
-//! release store of `head` after writing its words, and the consumer reads `head` with an
-//! acquire load before copying them; the consumer frees space with a release store of `tail`.
+//! and length it reads and reports a [`RingError`]. The producer writes records, then publishes
+//! them with a release store of `head` ([`RingWriter::publish`]: once per record for latency,
+//! or once per batch so the consumer's CPU is not sent the `head` line for every record), and
+//! the consumer reads `head` with an acquire load before copying them (again only when it has
+//! taken everything it last saw); it frees space with a release store of `tail`.
 //!
 //! Who is *the* producer and *the* consumer is the user's business: this type does not arbitrate
 //! between several would-be writers (the channel's ring keeps an owner word for that, see
@@ -128,16 +130,35 @@ impl SpscRing {
         self.head().load(Ordering::Acquire) != self.tail().load(Ordering::Relaxed)
     }
 
+    /// Consumer: bytes taken so far (its own position).
+    pub fn taken(&self) -> u64 {
+        self.tail().load(Ordering::Relaxed)
+    }
+
+    /// Consumer: the producer's published position (an acquire load), for
+    /// [`peek_upto`](Self::peek_upto).
+    pub fn published(&self) -> u64 {
+        self.head().load(Ordering::Acquire)
+    }
+
     /// Consumer: copies the next record's payload into `out` (replacing its contents) without
     /// taking it; `None` when the ring is empty. Passes over wrap markers (taking them).
     ///
     /// # Errors
     /// When the positions or the record headers make no sense.
     pub fn peek(&self, out: &mut Vec<u8>) -> Result<Option<Record>, RingError> {
+        self.peek_upto(self.published(), out)
+    }
+
+    /// [`peek`](Self::peek), with `head` a value [`published`](Self::published) returned
+    /// earlier: records up to it are there, and the `head` line is not read again.
+    ///
+    /// # Errors
+    /// As [`peek`](Self::peek).
+    pub fn peek_upto(&self, head: u64, out: &mut Vec<u8>) -> Result<Option<Record>, RingError> {
         let ring_len = self.layout.len as u64;
         loop {
             let tail = self.tail().load(Ordering::Relaxed);
-            let head = self.head().load(Ordering::Acquire);
             let used = head.wrapping_sub(tail);
             if used == 0 {
                 return Ok(None);
@@ -187,7 +208,8 @@ impl SpscRing {
     }
 }
 
-/// The producer's end of a [`SpscRing`]: appends records and publishes each at once.
+/// The producer's end of a [`SpscRing`]: appends records, which the consumer sees once they
+/// are [published](Self::publish).
 #[derive(Debug)]
 pub struct RingWriter {
     ring: SpscRing,
@@ -212,9 +234,20 @@ impl RingWriter {
         &self.ring
     }
 
-    /// Appends `bytes` as one record tagged `tag` and publishes it (a release store of `head`).
-    /// Returns `false`, having written nothing, when the record is over the ring's
-    /// [`max_record`](SpscRing::max_record) or the ring has no room for it.
+    /// Bytes appended and not yet published.
+    pub fn unpublished(&self) -> u64 {
+        self.head - self.ring.head().load(Ordering::Relaxed)
+    }
+
+    /// Publishes every record appended so far (a release store of `head`: their words are
+    /// visible to whoever sees it).
+    pub fn publish(&self) {
+        self.ring.head().store(self.head, Ordering::Release);
+    }
+
+    /// Appends `bytes` as one record tagged `tag`, unpublished. Returns `false`, having written
+    /// nothing, when the record is over the ring's [`max_record`](SpscRing::max_record) or the
+    /// ring has no room for it.
     pub fn try_write(&mut self, tag: u64, bytes: &[u8]) -> bool {
         let ring_len = self.ring.layout.len as u64;
         if bytes.len() > self.ring.layout.max_record {
@@ -256,8 +289,6 @@ impl RingWriter {
             .data_word(at)
             .store(bytes.len() as u64, Ordering::Relaxed);
         self.head += size;
-        // Release: the record's words are visible to whoever sees this head.
-        self.ring.head().store(self.head, Ordering::Release);
         true
     }
 }
@@ -297,8 +328,12 @@ mod tests {
         let mut next_out = 0;
         for i in 0..5_000 {
             while !writer.try_write(i as u64, &record(i)) {
+                writer.publish();
                 assert_eq!(take(&ring), Some((next_out as u64, record(next_out))));
                 next_out += 1;
+            }
+            if i % 3 == 0 {
+                writer.publish();
             }
             if i % 7 == 0 {
                 while let Some(got) = take(&ring) {
@@ -307,6 +342,7 @@ mod tests {
                 }
             }
         }
+        writer.publish();
         while let Some(got) = take(&ring) {
             assert_eq!(got, (next_out as u64, record(next_out)));
             next_out += 1;
@@ -319,9 +355,12 @@ mod tests {
         let ring = ring();
         let mut first = RingWriter::attach(ring.clone());
         assert!(first.try_write(1, b"one"));
+        assert_eq!(take(&ring), None, "not published yet");
+        first.publish();
         drop(first);
         let mut second = RingWriter::attach(ring.clone());
         assert!(second.try_write(2, b"two"));
+        second.publish();
         assert_eq!(take(&ring), Some((1, b"one".to_vec())));
         assert_eq!(take(&ring), Some((2, b"two".to_vec())));
         assert_eq!(take(&ring), None);
@@ -337,6 +376,7 @@ mod tests {
         while writer.try_write(0, &big) {
             written += 1;
         }
+        writer.publish();
         assert_eq!(written, LAYOUT.len / (LAYOUT.max_record + RECORD_HEADER));
         assert_eq!(take(&ring).map(|r| r.1), Some(big.clone()));
         assert!(writer.try_write(0, b"small"));
@@ -376,9 +416,14 @@ mod tests {
         let writing = std::thread::spawn(move || {
             for i in 0..N {
                 while !writer.try_write(i as u64, &record(i)) {
+                    writer.publish();
                     std::thread::yield_now();
                 }
+                if i % 5 == 0 {
+                    writer.publish();
+                }
             }
+            writer.publish();
         });
         let mut next = 0;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);

@@ -42,6 +42,9 @@ const RINGS: usize = 4096;
 const RING_LEN: usize = 32 << 10;
 /// Largest payload a ring record holds; larger frames go through the socket.
 pub(crate) const MAX_RECORD: usize = 4 << 10;
+/// Unpublished record bytes after which a batch being fed is published without waiting for
+/// the flush (the consumer starts on it, and the `head` line moves once per this many bytes).
+const PUBLISH_EVERY: u64 = 4 << 10;
 /// Bytes of a pair's region.
 pub(crate) const REGION_LEN: usize = RINGS + 2 * RING_LEN;
 
@@ -140,7 +143,7 @@ impl TxRing {
     /// copy sends through the socket, in the socket's order.
     fn usable(&mut self) -> bool {
         if self.mode().load(Ordering::Acquire) == SOCKET {
-            self.writer = None;
+            self.detach();
             return false;
         }
         // Acquire: a previous owner released the word after its last publication.
@@ -151,7 +154,7 @@ impl TxRing {
             }
             return true;
         }
-        self.writer = None;
+        self.detach();
         if current == 0
             && self
                 .word(OWNER)
@@ -168,20 +171,42 @@ impl TxRing {
         false
     }
 
+    /// Stops writing the ring, publishing what this copy wrote (records written before it
+    /// lost the ring still come before anything it sends later).
+    fn detach(&mut self) {
+        if let Some(writer) = self.writer.take() {
+            writer.publish();
+        }
+    }
+
+    /// Publishes the records written so far (done before any write to the socket, so a record
+    /// is always visible before a socket frame sent after it can be read).
+    pub(crate) fn publish(&self) {
+        if let Some(writer) = &self.writer {
+            writer.publish();
+        }
+    }
+
     /// Puts a frame's payload in the ring if this copy owns it and it fits; `false` when it
     /// must go through the socket (then call [`tag_socket_frame`](Self::tag_socket_frame)).
+    /// Records are published at the next [`wake_due`](Self::wake_due) (every flush), or every
+    /// [`PUBLISH_EVERY`] bytes while a batch is being fed.
     pub(crate) fn try_write(&mut self, payload: &[u8]) -> bool {
         if payload.len() > MAX_RECORD || !self.usable() {
             return false;
         }
         let stamp = self.word(OWNED_SENT).load(Ordering::Relaxed);
         let writer = self.writer.as_mut().expect("usable attaches the writer");
-        if writer.try_write(stamp, payload) {
-            self.dirty = true;
-            true
-        } else {
-            false
+        if !writer.try_write(stamp, payload) {
+            // Full: what is written goes out now, so that the receiver can make room.
+            writer.publish();
+            return false;
         }
+        if writer.unpublished() >= PUBLISH_EVERY {
+            writer.publish();
+        }
+        self.dirty = true;
+        true
     }
 
     /// A frame accepted for the socket: whether it is the owner's (then it is counted, and its
@@ -201,6 +226,7 @@ impl TxRing {
         if !std::mem::take(&mut self.dirty) {
             return false;
         }
+        self.publish();
         self.word(TX_CPU)
             .store(rustix::thread::sched_getcpu() as u64 + 1, Ordering::Relaxed);
         // The futex handshake: our `HEAD` store, this fence, the `PARKED` load; the receiver's
@@ -215,6 +241,8 @@ impl TxRing {
     /// copy owns the ring, ownership moves to the new copy (this one falls back to the socket
     /// if it sends again while the other lives).
     pub(crate) fn hand_off(&self) -> (RingShare, u64) {
+        // The next owner goes on from the published head.
+        self.publish();
         let token = new_token();
         let _ = self.word(OWNER).compare_exchange(
             self.token,
@@ -228,6 +256,7 @@ impl TxRing {
 
 impl Drop for TxRing {
     fn drop(&mut self) {
+        self.publish();
         // Release: the next owner sees everything this copy published.
         let _ =
             self.word(OWNER)
@@ -243,6 +272,9 @@ pub(crate) struct RxRing {
     /// deliverable.
     pub(crate) scratch: Vec<u8>,
     front: Option<Record>,
+    /// The producer's head as last read: records up to it are there without reading the
+    /// `head` line again.
+    seen_head: u64,
 }
 
 impl RxRing {
@@ -253,6 +285,7 @@ impl RxRing {
             ring,
             scratch: Vec::new(),
             front: None,
+            seen_head: 0,
         }
     }
 
@@ -277,10 +310,12 @@ impl RxRing {
         if let Some(front) = self.front {
             return Ok(Some(front));
         }
-        if !self.ring.has_record() {
-            return Ok(None);
+        if self.seen_head <= self.ring.taken() {
+            // Everything seen is taken (here, or by another copy of this end): look for more,
+            // the only read of the producer's line.
+            self.seen_head = self.ring.published();
         }
-        match self.ring.peek(&mut self.scratch)? {
+        match self.ring.peek_upto(self.seen_head, &mut self.scratch)? {
             Some(record) if record.tag <= self.delivered() => {
                 self.front = Some(record);
                 Ok(Some(record))
@@ -455,6 +490,8 @@ mod tests {
         assert!(tx.try_write(b"first"));
         assert!(tx.tag_socket_frame());
         assert!(tx.try_write(b"after the socket frame"));
+        assert_eq!(rx.front().unwrap(), None, "nothing published yet");
+        tx.publish();
         assert_eq!(rx.front().unwrap().map(|r| r.len), Some(5));
         rx.consume();
         assert_eq!(rx.front().unwrap(), None, "waits for the socket frame");
@@ -476,8 +513,14 @@ mod tests {
             !first.tag_socket_frame(),
             "socket frames are plain from now on"
         );
-        let rx = RxRing::new(b);
+        let mut rx = RxRing::new(b);
         assert!(rx.ring_on(), "until the record is taken");
+        assert!(
+            rx.front().unwrap().is_some(),
+            "published as the ring went off"
+        );
+        rx.consume();
+        assert!(!rx.ring_on());
     }
 
     #[test]
