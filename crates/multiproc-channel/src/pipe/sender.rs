@@ -189,7 +189,7 @@ impl<T: Serialize> Sink<T> for Sender<T> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        if this.raw.buffered() >= SINK_HIGH_WATER {
+        if this.raw.buffered() >= SINK_HIGH_WATER || this.raw.wake_queued() {
             ready!(this.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
         }
         Poll::Ready(Ok(()))

@@ -115,8 +115,10 @@ pub(crate) struct TxRing {
     token: u64,
     /// Set while this copy owns the ring (and attached to it).
     writer: Option<RingWriter>,
-    /// Records were published since the last [`wake_due`](Self::wake_due).
+    /// Records were written since the last [`wake_due`](Self::wake_due).
     dirty: bool,
+    /// A publication in the middle of a batch found the receiver parked: it must be woken.
+    wake_pending: bool,
 }
 
 impl TxRing {
@@ -126,6 +128,7 @@ impl TxRing {
             token,
             writer: None,
             dirty: false,
+            wake_pending: false,
         }
     }
 
@@ -200,13 +203,31 @@ impl TxRing {
         if !writer.try_write(stamp, payload) {
             // Full: what is written goes out now, so that the receiver can make room.
             writer.publish();
+            self.wake_pending |= self.parked_taken();
             return false;
         }
+        self.dirty = true;
         if writer.unpublished() >= PUBLISH_EVERY {
             writer.publish();
+            self.wake_pending |= self.parked_taken();
         }
-        self.dirty = true;
         true
+    }
+
+    /// Whether a wake frame is owed since a publication in the middle of a batch (taken).
+    pub(crate) fn take_wake_pending(&mut self) -> bool {
+        std::mem::take(&mut self.wake_pending)
+    }
+
+    /// After a publication: whether the receiver is parked (then it is no longer marked so,
+    /// and the caller must wake it). The futex handshake: our `HEAD` store, this fence, the
+    /// `PARKED` load; the receiver's `PARKED` store, its fence, its `HEAD` load. Two SeqCst
+    /// fences order the two pairs, so either we see `PARKED` set or the receiver sees our
+    /// record (or both).
+    fn parked_taken(&self) -> bool {
+        fence(Ordering::SeqCst);
+        let parked = self.share.u32(self.share.tx_dir(), PARKED);
+        parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::AcqRel) != 0
     }
 
     /// A frame accepted for the socket: whether it is the owner's (then it is counted, and its
@@ -223,18 +244,14 @@ impl TxRing {
     /// After publishing records: whether the receiver is parked and must be woken with a wake
     /// frame. True at most once per park. Cheap when nothing was published.
     pub(crate) fn wake_due(&mut self) -> bool {
+        let pending = self.take_wake_pending();
         if !std::mem::take(&mut self.dirty) {
-            return false;
+            return pending;
         }
         self.publish();
         self.word(TX_CPU)
             .store(rustix::thread::sched_getcpu() as u64 + 1, Ordering::Relaxed);
-        // The futex handshake: our `HEAD` store, this fence, the `PARKED` load; the receiver's
-        // `PARKED` store, its fence, its `HEAD` load. Two SeqCst fences order the two pairs, so
-        // either we see `PARKED` set or the receiver sees our record (or both).
-        fence(Ordering::SeqCst);
-        let parked = self.share.u32(self.share.tx_dir(), PARKED);
-        parked.load(Ordering::Relaxed) != 0 && parked.swap(0, Ordering::AcqRel) != 0
+        self.parked_taken() || pending
     }
 
     /// What travels with a copy of this sender: the share and a token for the copy. If this

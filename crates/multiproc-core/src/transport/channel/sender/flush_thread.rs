@@ -27,6 +27,7 @@ impl Drop for RawSender {
             limit: self.limit,
             closed: false,
             ring: None,
+            wake_queued: false,
         };
         // The peer is slow: let a thread deliver the rest rather than lose accepted messages.
         let spawned = std::thread::Builder::new()

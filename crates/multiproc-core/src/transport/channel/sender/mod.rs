@@ -37,6 +37,8 @@ pub struct RawSender {
     closed: bool,
     /// The pair's shared ring, for an end made by [`pair`](super::pair).
     pub(super) ring: Option<TxRing>,
+    /// A wake frame sits in the outbox.
+    wake_queued: bool,
 }
 
 impl RawSender {
@@ -55,6 +57,7 @@ impl RawSender {
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             closed: false,
             ring: None,
+            wake_queued: false,
         }
     }
 
@@ -129,13 +132,22 @@ impl RawSender {
             });
         }
         let mut kind = Kind::Plain;
+        let mut wake = false;
         if let Some(ring) = &mut self.ring {
-            if fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]) {
+            let in_ring = fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
+            let owned = !in_ring && ring.tag_socket_frame();
+            // A batch being fed was published to a parked receiver: the wake goes out with the
+            // next flush (which a `Sink` does at once, see `wake_queued`).
+            wake = ring.take_wake_pending();
+            if in_ring {
                 self.outbox.buf.truncate(start);
                 self.socket.note_sent();
+                if wake {
+                    self.queue_wake();
+                }
                 return Ok(());
             }
-            if ring.tag_socket_frame() {
+            if owned {
                 kind = Kind::Owned;
             }
         }
@@ -148,6 +160,9 @@ impl RawSender {
         if !fds.is_empty() {
             self.outbox.attach.push_back((start, fds));
         }
+        if wake {
+            self.queue_wake();
+        }
         Ok(())
     }
 
@@ -156,13 +171,25 @@ impl RawSender {
         if let Some(ring) = &mut self.ring
             && ring.wake_due()
         {
-            let wake = Header {
-                len: 0,
-                fds: 0,
-                kind: Kind::Wake,
-            };
-            self.outbox.buf.extend_from_slice(&wake.encode());
+            self.queue_wake();
         }
+    }
+
+    fn queue_wake(&mut self) {
+        let wake = Header {
+            len: 0,
+            fds: 0,
+            kind: Kind::Wake,
+        };
+        self.outbox.buf.extend_from_slice(&wake.encode());
+        self.wake_queued = true;
+    }
+
+    /// Whether a wake-up for a parked receiver waits in the buffer: a sender feeding a batch
+    /// (a `Sink`) should flush now rather than at the end of the batch, or the receiver sleeps
+    /// through it.
+    pub fn wake_queued(&self) -> bool {
+        self.wake_queued
     }
 
     fn fail(&mut self, e: io::Error) -> SendErrorKind {
@@ -182,6 +209,7 @@ impl RawSender {
         // Writes rarely block: try the socket first and touch the reactor only on EAGAIN.
         loop {
             if self.outbox.is_empty() {
+                self.wake_queued = false;
                 return Poll::Ready(Ok(()));
             }
             match self.outbox.write_once(&self.socket) {
@@ -215,6 +243,7 @@ impl RawSender {
         self.wake_if_parked();
         loop {
             if self.outbox.is_empty() {
+                self.wake_queued = false;
                 return Ok(true);
             }
             match self.outbox.write_once(&self.socket) {
