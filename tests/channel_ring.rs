@@ -38,11 +38,11 @@ impl Msg {
 
 /// The `i`-th message of a mixed stream; a file carries its id as its contents.
 fn mixed(i: u64) -> Msg {
-    if i % 5 == 0 {
+    if i.is_multiple_of(5) {
         let mut file = tempfile_with(&i.to_le_bytes());
         file.rewind().unwrap();
         Msg::File(i, SharedFd::new(file.into()))
-    } else if i % 7 == 0 {
+    } else if i.is_multiple_of(7) {
         Msg::Big(i, vec![i as u8; 5_000 + (i as usize % 3) * 40_000])
     } else {
         Msg::Small(i)
@@ -279,7 +279,7 @@ async fn oversized_frames_go_through_the_socket_in_order() {
 fn send_paced((mut tx, n): (Sender<u32>, u32)) {
     for i in 0..n {
         tx.blocking_send(i).unwrap();
-        if i % 16 == 0 {
+        if i.is_multiple_of(16) {
             std::thread::sleep(Duration::from_micros(200));
         }
     }

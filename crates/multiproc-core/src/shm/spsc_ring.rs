@@ -332,10 +332,10 @@ mod tests {
                 assert_eq!(take(&ring), Some((next_out as u64, record(next_out))));
                 next_out += 1;
             }
-            if i % 3 == 0 {
+            if i.is_multiple_of(3) {
                 writer.publish();
             }
-            if i % 7 == 0 {
+            if i.is_multiple_of(7) {
                 while let Some(got) = take(&ring) {
                     assert_eq!(got, (next_out as u64, record(next_out)));
                     next_out += 1;
@@ -419,7 +419,7 @@ mod tests {
                     writer.publish();
                     std::thread::yield_now();
                 }
-                if i % 5 == 0 {
+                if i.is_multiple_of(5) {
                     writer.publish();
                 }
             }

@@ -130,8 +130,8 @@ pub fn split_end(mut end: ChannelEnd) -> io::Result<(RawSender, RawReceiver)> {
     let ring = end.take_ring()?;
     let (mut tx, mut rx) = split(end.fd)?;
     if let Some((share, token)) = ring {
-        rx.ring = Some(RxRing::new(share.clone()));
-        tx.ring = Some(TxRing::new(share, token));
+        rx.ring = Some(Box::new(RxRing::new(share.clone())));
+        tx.ring = Some(Box::new(TxRing::new(share, token)));
     }
     Ok((tx, rx))
 }

@@ -61,7 +61,7 @@ pub struct RawReceiver {
     /// The wait in progress, if any: it lasts until a read returns something.
     pub(super) waiting: Waiting,
     /// The pair's shared ring, for an end made by [`pair`](super::pair).
-    pub(in crate::transport::channel) ring: Option<RxRing>,
+    pub(in crate::transport::channel) ring: Option<Box<RxRing>>,
 }
 
 /// Where a receiver is in a wait for data.

@@ -36,7 +36,7 @@ pub struct RawSender {
     limit: usize,
     closed: bool,
     /// The pair's shared ring, for an end made by [`pair`](super::pair).
-    pub(super) ring: Option<TxRing>,
+    pub(super) ring: Option<Box<TxRing>>,
     /// A wake frame sits in the outbox.
     wake_queued: bool,
 }
