@@ -15,9 +15,12 @@
 //! # The shared ring
 //! Ends made as a pair by [`pair`] (every pipe) also share one memfd region: per direction, a
 //! single-producer single-consumer ring of small frames (payload up to 4 KiB, 32 KiB of ring)
-//! and a few control words. A frame without descriptors that fits goes into the ring: no system
-//! call, and a receiver that spins for it sees it with a few loads. A frame with descriptors,
-//! or too large, or with no room left in the ring, goes through the socket as before. Ends over
+//! and a few control words. A frame without descriptors that fits, pushed when nothing else is
+//! buffered (a send, a request, a reply), goes into the ring: no system call, and a receiver
+//! that spins for it sees it with a few loads. A frame with descriptors, or too large, or with
+//! no room left in the ring, or pushed behind others (a batch fed to a `Sink`, which one
+//! `sendmsg` moves more cheaply per frame than the ring's copies and cache-line transfers, or
+//! a full socket), goes through the socket as before. Ends over
 //! a bare socket ([`split`], [`ChannelEnd::from_fd`]: the spawner's control socket, the pool,
 //! accepted connections) have no ring and work exactly as before.
 //!

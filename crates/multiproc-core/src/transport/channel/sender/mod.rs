@@ -114,6 +114,10 @@ impl RawSender {
         if self.closed {
             return Err(SendErrorKind::Closed);
         }
+        // A frame pushed behind others (a batch being fed, or a socket that is full) follows
+        // them through the socket: a batch costs one `sendmsg` there, cheaper per frame than
+        // the ring's copy and cache-line traffic; the ring is for the frame that goes out alone.
+        let alone = self.outbox.is_empty();
         let start = self.outbox.buf.len();
         self.outbox.buf.extend_from_slice(&[0; HEADER_LEN]);
         let fds = match encode(&mut self.outbox.buf) {
@@ -134,7 +138,8 @@ impl RawSender {
         let mut kind = Kind::Plain;
         let mut wake = false;
         if let Some(ring) = &mut self.ring {
-            let in_ring = fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
+            let in_ring =
+                alone && fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
             let owned = !in_ring && ring.tag_socket_frame();
             // A batch being fed was published to a parked receiver: the wake goes out with the
             // next flush (which a `Sink` does at once, see `wake_queued`).
