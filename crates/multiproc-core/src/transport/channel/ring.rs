@@ -177,15 +177,19 @@ impl TxRing {
     /// Stops writing the ring, publishing what this copy wrote (records written before it
     /// lost the ring still come before anything it sends later).
     fn detach(&mut self) {
-        if let Some(writer) = self.writer.take() {
-            writer.publish();
-        }
+        self.publish();
+        self.writer = None;
     }
 
     /// Publishes the records written so far (done before any write to the socket, so a record
-    /// is always visible before a socket frame sent after it can be read).
+    /// is always visible before a socket frame sent after it can be read). Only while this
+    /// copy owns the ring: a copy that handed the ring on must never store its stale head over
+    /// the new owner's (only this copy's own `hand_off` or release moves the ring away from it,
+    /// so the check cannot race).
     pub(crate) fn publish(&self) {
-        if let Some(writer) = &self.writer {
+        if let Some(writer) = &self.writer
+            && self.word(OWNER).load(Ordering::Acquire) == self.token
+        {
             writer.publish();
         }
     }
@@ -200,6 +204,7 @@ impl TxRing {
         }
         let stamp = self.word(OWNED_SENT).load(Ordering::Relaxed);
         let writer = self.writer.as_mut().expect("usable attaches the writer");
+        // (`usable` just saw this copy own the ring: publishing directly is safe.)
         if !writer.try_write(stamp, payload) {
             // Full: what is written goes out now, so that the receiver can make room.
             writer.publish();
@@ -550,6 +555,25 @@ mod tests {
         assert!(copy.try_write(b"2"), "the copy owns the ring");
         drop(copy);
         assert!(original.try_write(b"3"), "free again: claimed");
+    }
+
+    #[test]
+    fn a_copy_that_handed_the_ring_on_never_publishes_over_the_new_owner() {
+        let (a, b) = RingShare::pair().unwrap();
+        let mut original = TxRing::new(a, new_token());
+        let mut rx = RxRing::new(b);
+        assert!(original.try_write(b"1"));
+        let (share, token) = original.hand_off();
+        let mut copy = TxRing::new(share, token);
+        assert!(copy.try_write(b"2"));
+        assert!(!copy.wake_due());
+        // The original goes away after the copy published: its stale head must not win.
+        drop(original);
+        for want in [&b"1"[..], b"2"] {
+            assert!(rx.front().unwrap().is_some());
+            assert_eq!(&rx.scratch[..], want);
+            rx.consume();
+        }
     }
 
     #[test]
