@@ -74,7 +74,7 @@ fn check(i: u64, msg: &Msg) {
 }
 
 /// Echoes every message back until `Stop`; returns how many it echoed.
-async fn echo(mut end: Duplex<Msg, Msg>) -> u64 {
+async fn echo_until_stop(end: &mut Duplex<Msg, Msg>) -> u64 {
     let mut echoed = 0;
     while let Ok(Some(msg)) = end.recv().await {
         if matches!(msg, Msg::Stop) {
@@ -84,6 +84,11 @@ async fn echo(mut end: Duplex<Msg, Msg>) -> u64 {
         echoed += 1;
     }
     echoed
+}
+
+/// Child: [`echo_until_stop`].
+async fn echo(mut end: Duplex<Msg, Msg>) -> u64 {
+    echo_until_stop(&mut end).await
 }
 
 /// Sends messages `from..to` of the mixed stream through `end` in bursts of up to 4 before
@@ -115,16 +120,10 @@ async fn ring_and_socket_frames_keep_one_order_across_processes() {
 
 /// Child of the travelling test: echoes until `Stop`, then hands its end back to the parent
 /// through `back`.
-async fn echo_then_return((end, mut back): (Duplex<Msg, Msg>, Sender<Duplex<Msg, Msg>>)) -> u64 {
-    let mut end = end;
-    let mut echoed = 0;
-    while let Ok(Some(msg)) = end.recv().await {
-        if matches!(msg, Msg::Stop) {
-            break;
-        }
-        end.send(msg).await.unwrap();
-        echoed += 1;
-    }
+async fn echo_then_return(
+    (mut end, mut back): (Duplex<Msg, Msg>, Sender<Duplex<Msg, Msg>>),
+) -> u64 {
+    let echoed = echo_until_stop(&mut end).await;
     back.send(end).await.unwrap();
     echoed
 }
