@@ -1,7 +1,7 @@
 //! How a connection ends and how it waits, across real processes: a peer that drops or closes
 //! its end is end-of-stream (`Ok(None)`) over TCP; Python's `poll(0)` in a loop sees a message
 //! even on a current-thread runtime; a send cancelled half-way is finished by the next receive
-//! instead of leaving both sides waiting.
+//! instead of leaving both sides waiting, and by the end's drop when no receive comes.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -128,4 +128,31 @@ async fn a_send_cancelled_half_way_is_finished_by_the_next_receive() {
     );
     drop(end);
     within("child", child).await.unwrap();
+}
+
+/// In a child: receives one message and returns its length.
+async fn receive_one(address: Address) -> usize {
+    let mut end = connect::<usize, Vec<u8>>(address, Auth::none())
+        .await
+        .unwrap();
+    end.recv().await.unwrap().map_or(0, |msg| msg.len())
+}
+
+#[tokio::test]
+async fn a_connection_dropped_after_a_cancelled_send_still_delivers_it() {
+    let mut listener = Listener::<Vec<u8>, usize>::bind(Address::tcp("127.0.0.1:0"), Auth::none())
+        .await
+        .unwrap();
+    let child = spawn(listener.local_address().clone(), receive_one);
+    let (mut end, _) = within("accept", listener.accept()).await.unwrap();
+    // As above: the first poll accepts the message and writes only part of it.
+    let big = vec![5u8; 32 << 20];
+    {
+        let send = std::pin::pin!(end.send(big));
+        let waker = std::task::Waker::noop();
+        let _ = send.poll(&mut Context::from_waker(waker));
+    }
+    // Dropped with most of the message unwritten: the message still arrives whole.
+    drop(end);
+    assert_eq!(within("child", child).await.unwrap(), 32 << 20);
 }

@@ -21,7 +21,7 @@ fn unique(what: &str) -> String {
 
 /// Attaches by name only (no handle travels), checks the owner's bytes, writes its own.
 fn attach_and_write(name: String) -> Vec<u8> {
-    let shm = SharedMemory::attach(&name).unwrap();
+    let shm = SharedMemory::blocking_attach(&name).unwrap();
     assert_eq!(shm.name(), Some(name.as_str()));
     let mut buf = vec![0u8; 5];
     shm.read(0, &mut buf);
@@ -47,11 +47,19 @@ async fn a_process_attaches_by_name_and_both_see_each_others_writes() {
     let clone = shm.clone();
     drop(shm);
     assert_eq!(
-        SharedMemory::attach(&name).unwrap().to_vec()[100..105],
+        within("attach", SharedMemory::attach(&name))
+            .await
+            .unwrap()
+            .to_vec()[100..105],
         *b"howdy"
     );
     drop(clone);
-    assert!(SharedMemory::attach(&name).unwrap_err().is_not_found());
+    assert!(
+        within("attach", SharedMemory::attach(&name))
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
 }
 
 #[test]
@@ -65,7 +73,7 @@ fn python_error_rules() {
             .is_already_exists()
     );
     assert!(
-        SharedMemory::attach(&unique("missing"))
+        SharedMemory::blocking_attach(&unique("missing"))
             .unwrap_err()
             .is_not_found()
     );
@@ -78,14 +86,18 @@ fn python_error_rules() {
     assert!(SharedMemory::create("a/b", 10).unwrap_err().is_invalid());
     assert!(SharedMemory::create("", 10).unwrap_err().is_invalid());
     assert!(
-        SharedMemory::attach(&"x".repeat(200))
+        SharedMemory::blocking_attach(&"x".repeat(200))
             .unwrap_err()
             .is_invalid()
     );
     // unlink withdraws the name; a second unlink is not found (as Python's).
     shm.unlink().unwrap();
     assert!(shm.unlink().unwrap_err().is_not_found());
-    assert!(SharedMemory::attach(&name).unwrap_err().is_not_found());
+    assert!(
+        SharedMemory::blocking_attach(&name)
+            .unwrap_err()
+            .is_not_found()
+    );
     shm.write(0, b"still mapped");
     // Anonymous memory has no name to unlink.
     assert!(SharedMemory::new(8).unwrap().unlink().is_err());
@@ -130,7 +142,7 @@ async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
     within("owner created the memory", created.wait())
         .await
         .unwrap();
-    let attached = SharedMemory::attach(&name).unwrap();
+    let attached = within("attach", SharedMemory::attach(&name)).await.unwrap();
     assert_eq!(&attached.to_vec()[..14], b"from the owner");
     assert!(
         abstract_name_bound(&name),
@@ -148,7 +160,7 @@ async fn an_owner_killed_with_sigkill_leaves_nothing_behind() {
         let name = name.clone();
         move || {
             multiproc_suite::blocking_eventually(Duration::from_secs(30), || {
-                SharedMemory::attach(&name).is_err_and(|e| e.is_not_found())
+                SharedMemory::blocking_attach(&name).is_err_and(|e| e.is_not_found())
             })
         }
     })
@@ -177,7 +189,7 @@ async fn a_named_handle_sent_to_a_child_is_the_same_memory_but_not_an_owner() {
     assert_eq!(child_name.as_deref(), Some(name.as_str()));
     assert!(refused, "a non-owner withdrew the name");
     assert_eq!(shm.to_vec()[0], b'x');
-    assert!(SharedMemory::attach(&name).is_ok());
+    assert!(within("attach", SharedMemory::attach(&name)).await.is_ok());
 }
 
 /// Runs a python3 script with arguments; its stdout, or a panic with its stderr.
@@ -354,4 +366,20 @@ async fn a_shrunk_posix_object_kills_its_reader_with_sigbus_as_documented() {
         "{e:?}"
     );
     shm.unlink().unwrap();
+}
+
+/// Cancel safety: attach futures dropped mid-way leave the owner serving the next attach.
+#[tokio::test]
+async fn a_dropped_attach_leaves_the_owner_serving() {
+    let name = unique("dropped");
+    let owner = SharedMemory::create(&name, 64).unwrap();
+    owner.write(0, b"ok");
+    for _ in 0..20 {
+        let mut attach = std::pin::pin!(SharedMemory::attach(&name));
+        let _ = futures::poll!(attach.as_mut());
+    }
+    let shm = within("attach after drops", SharedMemory::attach(&name))
+        .await
+        .unwrap();
+    assert_eq!(&shm.to_vec()[..2], b"ok");
 }

@@ -13,7 +13,8 @@
 //! Bytes a cancelled send left buffered are written by the next receive as well (and by the
 //! next send or flush): a request cancelled by a timeout in `select!` followed by a wait for the
 //! answer does not hang. Closing (or dropping) shuts the stream down, which over TLS sends the
-//! close alert the peer needs to see a clean end.
+//! close alert the peer needs to see a clean end; a dropped end first finishes writing what a
+//! cancelled send accepted, on a task of its own (see `Drop`), so no accepted message is lost.
 //!
 //! **Spinning before parking**, as the Unix pipe's receiver does (core `wait::spin`, the one
 //! policy): a receive that finds nothing on a plain socket (TCP, or a Unix socket speaking
@@ -78,6 +79,8 @@ impl Io {
 const READ_CHUNK: usize = 64 << 10;
 /// Buffers above this size are released once empty.
 const KEEP_CAPACITY: usize = 4 << 20;
+/// How long a dropped end may go on writing what it had accepted (see `Drop`).
+const LINGER: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Framed messages over a [`BoxStream`].
 pub(crate) struct FramedIo {
@@ -102,6 +105,8 @@ pub(crate) struct FramedIo {
     spin: SpinPolicy,
     /// When the policy chose to park at once: reported to it when data comes.
     parked_since: Option<Instant>,
+    /// The remains of a dropped end, finishing its writes: dropped in turn, it gives up.
+    lingering: bool,
 }
 
 /// What the receive buffer holds at its front.
@@ -133,6 +138,7 @@ impl FramedIo {
             answer_due: false,
             spin: SpinPolicy::new(),
             parked_since: None,
+            lingering: false,
         }
     }
 
@@ -440,14 +446,41 @@ impl FramedIo {
 }
 
 impl Drop for FramedIo {
-    /// One non-blocking attempt to write what is buffered and shut down (the close alert over
-    /// TLS), so that a dropped end still looks closed rather than cut to a TLS peer. Whatever the
-    /// stream does not take at once is dropped, as closing the socket would.
+    /// Writes what is buffered and shuts down (the close alert over TLS), so that a dropped end
+    /// still delivers what a cancelled send accepted, and looks closed rather than cut to a TLS
+    /// peer. One non-blocking attempt first; what the stream does not take at once is finished
+    /// by a task on the current tokio runtime, for at most [`LINGER`] (the Unix channel's
+    /// dropped sender does the same on a thread). Outside a runtime, the rest is dropped, as
+    /// closing the socket would.
     fn drop(&mut self) {
-        if !self.shut && !self.dead {
-            let waker = std::task::Waker::noop();
-            let _ = self.poll_shutdown(&mut Context::from_waker(waker));
+        if self.shut || self.dead {
+            return;
         }
+        let waker = std::task::Waker::noop();
+        if self
+            .poll_shutdown(&mut Context::from_waker(waker))
+            .is_ready()
+            || self.lingering
+            || self.buffered() == 0
+        {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let placeholder = Io::Other(Box::new(tokio::io::join(
+            tokio::io::empty(),
+            tokio::io::sink(),
+        )));
+        let mut rest = FramedIo::from_io(std::mem::replace(&mut self.io, placeholder));
+        rest.wbuf = std::mem::take(&mut self.wbuf);
+        rest.wpos = self.wpos;
+        // Its own drop must not hand it on again (a runtime shutting down drops the task).
+        rest.lingering = true;
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, std::future::poll_fn(|cx| rest.poll_shutdown(cx)))
+                .await;
+        });
     }
 }
 

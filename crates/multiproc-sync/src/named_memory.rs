@@ -51,12 +51,12 @@ impl SharedMemory {
     /// let owner = SharedMemory::create(&name, 4096)?;
     /// owner.write(0, b"hello");
     /// // Any process of this user, e.g. one started separately:
-    /// let other = SharedMemory::attach(&name)?;
+    /// let other = SharedMemory::blocking_attach(&name)?;
     /// let mut buf = [0u8; 5];
     /// other.read(0, &mut buf);
     /// assert_eq!(&buf, b"hello");
     /// drop(owner);
-    /// assert!(SharedMemory::attach(&name).unwrap_err().is_not_found());
+    /// assert!(SharedMemory::blocking_attach(&name).unwrap_err().is_not_found());
     /// # Ok(()) }
     /// ```
     pub fn create(name: &str, len: usize) -> Result<Self, CreateNamedError> {
@@ -73,16 +73,51 @@ impl SharedMemory {
     }
 
     /// Attaches the memory another process of this user [`create`](Self::create)d under
-    /// `name`, all of it (Python's `SharedMemory(name)`: the size is the creator's). Blocks for
-    /// one local round trip with the owner's serving thread (bounded by
-    /// `multiproc::named::LOOKUP_TIMEOUT`).
+    /// `name`, all of it (Python's `SharedMemory(name)`: the size is the creator's), after one
+    /// local round trip with the owner's serving thread (bounded by
+    /// `multiproc::named::LOOKUP_TIMEOUT`), without blocking the runtime's thread.
+    /// [`blocking_attach`](Self::blocking_attach) is the twin for code outside a runtime.
     ///
     /// # Errors
     /// [`AttachError::is_not_found`] when no live owner has the name (Python's
     /// `FileNotFoundError`); [`AttachError::is_invalid`] for an invalid name; other errors when
     /// a process of another user holds the name or the owner does not answer.
-    pub fn attach(name: &str) -> Result<Self, AttachError> {
-        let region: SharedRegion = named::blocking_lookup_in(SHM_NAMESPACE, name).map_err(|e| {
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a dropped future attaches nothing and leaves the owner serving others.
+    ///
+    /// # Examples
+    /// ```
+    /// use multiproc_sync::SharedMemory;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let name = format!("doc-shm-async-{}", std::process::id());
+    /// let owner = SharedMemory::create(&name, 4096)?;
+    /// owner.write(0, b"hello");
+    /// let other = SharedMemory::attach(&name).await?;
+    /// assert_eq!(&other.to_vec()[..5], b"hello");
+    /// # Ok(()) }
+    /// ```
+    pub async fn attach(name: &str) -> Result<Self, AttachError> {
+        let region = named::lookup_in(SHM_NAMESPACE, name).await;
+        Self::attached(name, region)
+    }
+
+    /// [`attach`](Self::attach) for code that is not async: blocks the calling thread for the
+    /// round trip.
+    ///
+    /// # Errors
+    /// As [`attach`](Self::attach).
+    pub fn blocking_attach(name: &str) -> Result<Self, AttachError> {
+        Self::attached(name, named::blocking_lookup_in(SHM_NAMESPACE, name))
+    }
+
+    /// The handle of an attach of `name` whose lookup gave `region`.
+    fn attached(
+        name: &str,
+        region: Result<SharedRegion, named::LookupError>,
+    ) -> Result<Self, AttachError> {
+        let region = region.map_err(|e| {
             let kind = classify(
                 e.is_not_found(),
                 NamedErrorKind::NotFound,

@@ -201,7 +201,10 @@ fn check_origin(control: &OwnedFd) -> io::Result<()> {
     }
     let parent = rustix::process::getppid().map_or(0, |p| p.as_raw_nonzero().get());
     // Pid 0: made in a pid namespace we cannot see, so not by our parent, which we can.
-    if maker.pid != parent && (maker.pid <= 0 || identity::is_running(maker.pid as u32, 0, 0)) {
+    // A maker that is dying counts as gone: a parent killed right after it started us hands
+    // us to a new parent before the kernel marks it a zombie.
+    let maker_lives = |pid: u32| identity::is_running(pid, 0, 0) && !identity::is_exiting(pid);
+    if maker.pid != parent && (maker.pid <= 0 || maker_lives(maker.pid as u32)) {
         return Err(io::Error::other(format!(
             "the control socket was made by process {}, not by the parent",
             maker.pid

@@ -29,8 +29,14 @@ pub fn pid_of(id: u64) -> u32 {
 
 struct Stat {
     state: u8,
+    /// The kernel's `PF_*` flags of the process's main thread (field 9).
+    flags: u32,
     start_time: u64,
 }
+
+/// `PF_EXITING` in `/proc/<pid>/stat`'s flags: the thread is in `exit`, and runs no more user
+/// code.
+const PF_EXITING: u32 = 0x4;
 
 fn stat(pid: u32) -> Option<Stat> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -38,9 +44,14 @@ fn stat(pid: u32) -> Option<Stat> {
     let rest = &text[text.rfind(')')? + 1..];
     let mut fields = rest.split_ascii_whitespace();
     let state = *fields.next()?.as_bytes().first()?;
-    // `rest` starts at field 3 (state); field 22 is start time.
-    let start_time = fields.nth(18)?.parse().ok()?;
-    Some(Stat { state, start_time })
+    // `rest` starts at field 3 (state); field 9 is the flags, field 22 the start time.
+    let flags = fields.nth(5)?.parse().ok()?;
+    let start_time = fields.nth(12)?.parse().ok()?;
+    Some(Stat {
+        state,
+        flags,
+        start_time,
+    })
 }
 
 /// Whether the process with identity `id` is still running (not exited, not a zombie, and its
@@ -74,6 +85,13 @@ pub fn is_running(pid: u32, start: u32, mask: u32) -> bool {
     }
 }
 
+/// Whether process `pid` is dying: its main thread is in `exit` (killed, or exiting) but the
+/// process is not a zombie yet. Its children may already have a new parent then, since the
+/// kernel hands them over before it marks the process a zombie.
+pub(crate) fn is_exiting(pid: u32) -> bool {
+    stat(pid).is_some_and(|s| s.flags & PF_EXITING != 0)
+}
+
 /// Whether process `pid` is stopped, by a signal or a tracer (state `T` or `t`). A process
 /// that cannot be read is not stopped.
 pub(crate) fn is_stopped(pid: u32) -> bool {
@@ -97,5 +115,7 @@ mod tests {
         // pid 0x7fff_fff0 is above pid_max on every system.
         assert!(!is_alive(0x7fff_fff0_u64 << 32 | 5));
         assert!(!is_running(0, 0, 0));
+        assert!(!is_exiting(std::process::id()));
+        assert!(!is_exiting(0x7fff_fff0));
     }
 }

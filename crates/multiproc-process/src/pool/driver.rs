@@ -463,11 +463,13 @@ impl Conn {
             End::Broken(error) => shared.break_pool(error.clone()),
             End::Died | End::Retire | End::Drained => {}
         }
-        // Closing our end tells a healthy worker to exit. A worker killed for abandoned work
-        // may have answered jobs since the driver last looked: keep its socket to take them.
+        // Closing our end tells a healthy worker to exit. A worker that died, or was killed
+        // for abandoned work, may have answered jobs since the driver last looked (a death
+        // found by a failed send comes before the results it handed back just before): keep
+        // its socket to take them, so that only the jobs it never finished fail.
         drop(self.tx);
         let abandoned = matches!(end, End::Abandoned);
-        let mut rx = Some(self.rx).filter(|_| abandoned);
+        let mut rx = Some(self.rx).filter(|_| abandoned || matches!(end, End::Died));
         let exit = match self.handle.join_timeout(EXIT_GRACE).await {
             Err(e) if e.is_timeout() => {
                 let _ = self.handle.kill();
