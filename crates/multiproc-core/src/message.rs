@@ -189,7 +189,11 @@ mod tests {
         for value in &ints {
             let mut buf = vec![0xAA];
             encode_into(value, &mut buf).unwrap();
-            assert_eq!(buf[1..], postcard::to_allocvec(value).unwrap()[..], "{value}");
+            assert_eq!(
+                buf[1..],
+                postcard::to_allocvec(value).unwrap()[..],
+                "{value}"
+            );
             assert_eq!(decode::<u64>(&buf[1..], Vec::new()).unwrap(), *value);
         }
         let mut buf = Vec::new();

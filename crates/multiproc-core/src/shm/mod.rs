@@ -12,5 +12,5 @@ mod region;
 
 pub use bytes::{SharedBytes, SharedBytesMut};
 pub use posix::{create_posix, open_posix, unlink_posix};
-pub(crate) use region::{Window, punch_hole};
 pub use region::{Pod, SharedRegion};
+pub(crate) use region::{Window, punch_hole};
