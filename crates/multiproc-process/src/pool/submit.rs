@@ -344,35 +344,27 @@ where
     fn refill(&mut self) {
         let mut jobs = Vec::new();
         while !self.exhausted && self.results.outstanding() < self.window {
-            let (job, len) = match &mut self.items {
-                Items::Collected(items) => {
-                    let chunk = &items.as_slice()[..self.chunksize.min(items.len())];
-                    let job = match chunk.is_empty() {
-                        true => None,
-                        false => {
-                            self.results
-                                .encode(self.func, self.next_chunk, self.next_item, chunk)
-                        }
-                    };
-                    let len = chunk.len();
-                    // Drops the encoded items (a pointer move for plain data).
-                    if len > 0 {
-                        items.nth(len - 1);
-                    }
-                    (job, len)
-                }
+            let taken: Vec<A>;
+            let chunk: &[A] = match &mut self.items {
+                Items::Collected(items) => &items.as_slice()[..self.chunksize.min(items.len())],
                 Items::Streamed(items) => {
-                    let chunk: Vec<A> = items.by_ref().take(self.chunksize).collect();
-                    let job = match chunk.is_empty() {
-                        true => None,
-                        false => {
-                            self.results
-                                .encode(self.func, self.next_chunk, self.next_item, &chunk)
-                        }
-                    };
-                    (job, chunk.len())
+                    taken = items.by_ref().take(self.chunksize).collect();
+                    &taken
                 }
             };
+            let len = chunk.len();
+            let job = (len > 0)
+                .then(|| {
+                    self.results
+                        .encode(self.func, self.next_chunk, self.next_item, chunk)
+                })
+                .flatten();
+            if let Items::Collected(items) = &mut self.items
+                && len > 0
+            {
+                // Drops the encoded items (a pointer move for plain data).
+                items.nth(len - 1);
+            }
             if len < self.chunksize {
                 self.exhausted = true;
             }
