@@ -78,14 +78,15 @@ impl postcard::ser_flavors::Flavor for AppendTo<'_> {
 
     #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        // postcard writes every integer as a varint of 1 to 10 bytes through here: a `memcpy`
-        // call per integer was a fifth of a pool map of integers (both sides). Short slices
-        // are pushed byte by byte, which stays inline.
+        // postcard writes every integer as a varint of 1 to 10 bytes through here, from a
+        // buffer it has just written byte by byte. A `memcpy` call per integer was a fifth of a
+        // pool map of integers (both sides); pushing byte by byte reloads the capacity after
+        // every store; gathering the bytes with wider loads stalls on store forwarding (twice
+        // as slow as pushing). `extend` from the bytes reserves once and then stores them one
+        // by one without a check: the fastest of the three (a micro-benchmark of postcard's
+        // varints: about 0.7x the pushing loop's time).
         if data.len() <= 16 {
-            self.0.reserve(data.len());
-            for &byte in data {
-                self.0.push(byte);
-            }
+            self.0.extend(data.iter().copied());
         } else {
             self.0.extend_from_slice(data);
         }
@@ -173,6 +174,33 @@ mod tests {
         assert_eq!((n, name.as_str()), (7, "head"));
         assert_eq!(decode::<Vec<u64>>(rest, Vec::new()).unwrap(), vec![1, 2, 3]);
         assert!(decode_head::<(u32, String)>(&buf[..2]).is_err());
+    }
+
+    /// Every length the short-slice path of `AppendTo::try_extend` gathers (integers of every
+    /// varint length, byte strings of 0 to 20 bytes) comes out as postcard's own bytes.
+    #[test]
+    fn short_writes_are_postcard_bytes_of_every_length() {
+        let mut ints: Vec<u64> = (0..64).map(|shift| (1u64 << shift) - 1).collect();
+        ints.extend((0..64).map(|shift| 1u64 << shift));
+        ints.push(u64::MAX);
+        let strings: Vec<String> = (0..=20u8)
+            .map(|n| (b'a'..b'a' + n).map(char::from).collect())
+            .collect();
+        for value in &ints {
+            let mut buf = vec![0xAA];
+            encode_into(value, &mut buf).unwrap();
+            assert_eq!(
+                buf[1..],
+                postcard::to_allocvec(value).unwrap()[..],
+                "{value}"
+            );
+            assert_eq!(decode::<u64>(&buf[1..], Vec::new()).unwrap(), *value);
+        }
+        let mut buf = Vec::new();
+        encode_into(&(&ints, &strings), &mut buf).unwrap();
+        assert_eq!(buf, postcard::to_allocvec(&(&ints, &strings)).unwrap());
+        let back: (Vec<u64>, Vec<String>) = decode(&buf, Vec::new()).unwrap();
+        assert_eq!((back.0, back.1), (ints, strings));
     }
 
     use crate::SharedFd;

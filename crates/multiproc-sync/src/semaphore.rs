@@ -299,6 +299,8 @@ impl Engine {
     /// Returns the permits of this semaphore's dead holders to the count; frees their entries.
     /// (Other semaphores' dead holders are left to them, and to claims that find the table
     /// full, so that a failed `try_acquire` checks the liveness of its own holders only.)
+    #[cold]
+    #[inline(never)]
     fn recover(&self) {
         let mut recovered = Vec::new();
         let mine = self.slot() as u64;
@@ -314,6 +316,7 @@ impl Engine {
 
     /// Takes a permit if one is available (first returning dead holders' permits if `recover`)
     /// and records it.
+    #[inline]
     fn attempt(&self, recover: bool) -> Option<Result<usize, HoldersFull>> {
         if recover {
             self.recover();

@@ -14,6 +14,6 @@ mod spsc_ring;
 
 pub use bytes::{SharedBytes, SharedBytesMut};
 pub use posix::{create_posix, open_posix, unlink_posix};
-pub(crate) use region::punch_hole;
 pub use region::{Pod, SharedRegion};
+pub(crate) use region::{Window, punch_hole};
 pub use spsc_ring::{Record, RingError, RingLayout, RingWriter, SpscRing};

@@ -57,6 +57,101 @@ fn bad_access(offset: usize, size: usize, align: usize, len: usize) -> ! {
     }
 }
 
+/// A window of a [`SharedRegion`]: `len` bytes (at least [`Window::MIN_LEN`]) from a 64-aligned
+/// offset, checked once by [`Window::of`], whose words the accessors then reach with no bounds
+/// check for a constant offset below [`Window::MIN_LEN`]: the state of a wait queue (a region of
+/// its own, or an arena slot), so that a lock's fast path is the atomic instruction on its word
+/// and little else (no load through the region's shared mapping record, no bounds check).
+#[derive(Clone, Debug)]
+pub(crate) struct Window {
+    /// The window's first byte, inside `region`'s mapping.
+    start: NonNull<u8>,
+    len: usize,
+    /// Keeps the mapping alive as long as the window.
+    region: SharedRegion,
+}
+
+// SAFETY: `start` points into the shared memory that `region` (itself `Send`) keeps mapped;
+// every access through it is atomic.
+unsafe impl Send for Window {}
+// SAFETY: as above: shared references only lead to atomic accesses, which may race.
+unsafe impl Sync for Window {}
+
+impl Window {
+    /// The least length of a window: a constant offset below it needs no check.
+    pub(crate) const MIN_LEN: usize = 64;
+
+    /// The `len` bytes at `offset` of `region`.
+    ///
+    /// # Panics
+    /// When `len < MIN_LEN`, `offset` is not 64-aligned, or the bytes are out of bounds.
+    pub(crate) fn of(region: SharedRegion, offset: usize, len: usize) -> Self {
+        assert!(
+            len >= Self::MIN_LEN,
+            "a window of a shared region is at least 64 bytes"
+        );
+        let start = region.check(offset, len, Self::MIN_LEN);
+        Self {
+            start: NonNull::new(start).expect("a mapping is never at address 0"),
+            len,
+            region,
+        }
+    }
+
+    /// The window's length in bytes.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The region the window is a part of.
+    pub(crate) fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
+    /// The address of the `size`-byte word at `offset` (`size` a power of two up to 8).
+    ///
+    /// # Panics
+    /// When the word is outside the window or `offset` is not a multiple of `size`. For a
+    /// constant `offset` below [`Self::MIN_LEN`] the check folds away.
+    #[inline]
+    fn word(&self, offset: usize, size: usize) -> *mut u8 {
+        let inside = if offset < Self::MIN_LEN && size <= Self::MIN_LEN - offset {
+            true
+        } else {
+            offset.checked_add(size).is_some_and(|end| end <= self.len)
+        };
+        if !inside || !offset.is_multiple_of(size) {
+            bad_access(offset, size, size, self.len);
+        }
+        // SAFETY: `offset + size <= len`, and the `len` bytes from `start` lie inside the
+        // mapping (checked in `Window::of`), so the result stays inside it.
+        unsafe { self.start.as_ptr().add(offset) }
+    }
+
+    /// The `AtomicU32` at byte `offset` of the window.
+    ///
+    /// # Panics
+    /// When out of the window or misaligned; never for a constant `offset` below
+    /// [`Self::MIN_LEN`] that is a multiple of 4 (the check folds away).
+    #[inline]
+    pub(crate) fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
+        let p = self.word(offset, size_of::<AtomicU32>());
+        // SAFETY: `p` is inside the mapping (`word`) and 4-aligned (the window starts 64-aligned
+        // in a page-aligned mapping, and `offset` is a multiple of 4); `self.region` keeps the
+        // mapping alive as long as `&self`; every process accesses these words atomically only.
+        unsafe { &*p.cast::<AtomicU32>() }
+    }
+
+    /// The `AtomicU64` at byte `offset` of the window; panics and folds as
+    /// [`Self::atomic_u32`].
+    #[inline]
+    pub(crate) fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
+        let p = self.word(offset, size_of::<AtomicU64>());
+        // SAFETY: as in `atomic_u32`, with 8-byte bounds and alignment.
+        unsafe { &*p.cast::<AtomicU64>() }
+    }
+}
+
 /// The mapping itself; unmapped when the last clone of the region in this process is dropped.
 struct Mapping {
     ptr: NonNull<u8>,

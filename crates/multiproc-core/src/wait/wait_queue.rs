@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::shm::SharedRegion;
+use crate::shm::{SharedRegion, Window};
 use crate::wait::arena::{SLOT_LEN, Slot, SlotWire};
 use crate::wait::eventfd::{BlockingWaiter, EventFd, Waiter};
 use crate::wait::spin::{self, Contention, SpinPolicy, Spun};
@@ -30,11 +30,16 @@ pub const LIVENESS_TICK: Duration = Duration::from_millis(50);
 /// ([`WaitQueue::in_arena`]), which parks on one of the arena's few eventfds. Offsets given to
 /// [`WaitQueue::atomic_u32`] and [`WaitQueue::atomic_u64`] are relative to the state's start in
 /// both cases.
+///
+/// Either way the state is at least [`SLOT_LEN`] bytes, checked once when the queue is made: a
+/// word in the first [`SLOT_LEN`] bytes at a constant offset (a lock's owner word, a
+/// semaphore's count) is then reached with no bounds check at all, so a fast path is the atomic
+/// instruction on it and little else.
 #[derive(Clone, Debug)]
 pub struct WaitQueue<const WAITERS_AT: usize = 0> {
-    region: SharedRegion,
-    /// Where the state starts in `region`: 0, or the arena slot's offset.
-    base: usize,
+    /// The state: the bytes of a region of its own from 0, or of an arena's region from the
+    /// slot's offset; at least [`SLOT_LEN`] of them (checked once, when the queue is made).
+    state: Window,
     efd: EventFd,
     /// This process's reusable registrations of `efd`, shared by the clones of the handle (and,
     /// in an arena, by every slot of the lane).
@@ -44,6 +49,9 @@ pub struct WaitQueue<const WAITERS_AT: usize = 0> {
     /// The arena slot the state lives in, if it does.
     slot: Option<Arc<Slot>>,
 }
+
+// A state's first `SLOT_LEN` bytes are reached without a check (see `WaitQueue`).
+const _: () = assert!(SLOT_LEN == Window::MIN_LEN);
 
 /// The cached registrations of one eventfd; see the [module docs](crate::wait).
 #[derive(Default)]
@@ -133,20 +141,14 @@ impl Drop for Announced<'_> {
 }
 
 impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
-    /// A wait queue with a fresh region of `len` bytes (at least room for the waiter count);
-    /// the rest is the caller's shared state.
+    /// A wait queue with a fresh region of `len` bytes (at least room for the waiter count, and
+    /// at least [`SLOT_LEN`]); the rest is the caller's shared state.
     ///
     /// # Errors
     /// When the region or the eventfd cannot be made.
     pub fn new(len: usize) -> io::Result<Self> {
-        Ok(Self {
-            region: SharedRegion::new(len.max(WAITERS_AT + 4))?,
-            base: 0,
-            efd: EventFd::new()?,
-            cache: Arc::default(),
-            spin: Arc::default(),
-            slot: None,
-        })
+        let region = SharedRegion::new(len.max(WAITERS_AT + 4).max(SLOT_LEN))?;
+        Ok(Self::in_region(region, EventFd::new()?))
     }
 
     /// A wait queue whose state is a fresh, zeroed [`SLOT_LEN`]-byte slot of an
@@ -167,8 +169,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     fn of_slot(slot: Arc<Slot>) -> Self {
         let lane = slot.lane();
         Self {
-            region: slot.region().clone(),
-            base: slot.base(),
+            state: Window::of(slot.region().clone(), slot.base(), SLOT_LEN),
             efd: lane.efd.clone(),
             cache: lane.cache.clone(),
             spin: Arc::default(),
@@ -180,12 +181,13 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// through `efd`: for state that needs several wait queues in one region.
     ///
     /// # Panics
-    /// When `WAITERS_AT` is out of the region's bounds or not 4-aligned.
+    /// When the region is shorter than [`SLOT_LEN`] bytes, or `WAITERS_AT` is out of its bounds
+    /// or not 4-aligned.
     pub fn in_region(region: SharedRegion, efd: EventFd) -> Self {
         region.atomic_u32(WAITERS_AT);
+        let len = region.len();
         Self {
-            region,
-            base: 0,
+            state: Window::of(region, 0, len),
             efd,
             cache: Arc::default(),
             spin: Arc::default(),
@@ -206,13 +208,13 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         if self.slot.is_some() {
             region_of_slot();
         }
-        &self.region
+        self.state.region()
     }
 
     /// The whole arena, for a queue in an arena slot (see [`arena`](crate::wait::arena) for
     /// its layout); `None` for a queue with a region of its own.
     pub fn arena_region(&self) -> Option<&SharedRegion> {
-        self.slot.as_ref().map(|_| &self.region)
+        self.slot.as_ref().map(|_| self.state.region())
     }
 
     /// The `AtomicU32` at byte `offset` of the queue's state.
@@ -220,24 +222,19 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// # Panics
     /// Out of the state's bounds (as [`SharedRegion::atomic_u32`] for a region; past the slot
     /// for an arena slot) or misaligned.
+    ///
+    /// For a constant `offset` below [`SLOT_LEN`] this is the address computation alone: every
+    /// state is at least that long, so the check folds away.
     #[inline]
     pub fn atomic_u32(&self, offset: usize) -> &AtomicU32 {
-        self.check_slot(offset, 4);
-        self.region.atomic_u32(self.base + offset)
+        self.state.atomic_u32(offset)
     }
 
-    /// The `AtomicU64` at byte `offset` of the queue's state; panics as [`Self::atomic_u32`].
+    /// The `AtomicU64` at byte `offset` of the queue's state; panics and folds as
+    /// [`Self::atomic_u32`].
     #[inline]
     pub fn atomic_u64(&self, offset: usize) -> &AtomicU64 {
-        self.check_slot(offset, 8);
-        self.region.atomic_u64(self.base + offset)
-    }
-
-    #[inline]
-    fn check_slot(&self, offset: usize, size: usize) {
-        if self.slot.is_some() && offset + size > SLOT_LEN {
-            out_of_slot(offset);
-        }
+        self.state.atomic_u64(offset)
     }
 
     /// The index of the arena slot the state lives in (its offset in [`Self::region`] is
@@ -250,7 +247,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     pub fn same_queue(&self, other: &Self) -> bool {
         match (&self.slot, &other.slot) {
             (Some(a), Some(b)) => a.same_slot(b),
-            (None, None) => self.region.same_region(&other.region),
+            (None, None) => self.state.region().same_region(other.state.region()),
             _ => false,
         }
     }
@@ -298,10 +295,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     /// # Errors
     /// A message saying what was expected.
     pub fn check_len(&self, len: usize) -> Result<(), String> {
-        let have = match self.slot {
-            Some(_) => SLOT_LEN,
-            None => self.region.len(),
-        };
+        let have = self.state.len();
         if have < len {
             Err(format!(
                 "shared state of {have} bytes, expected at least {len}"
@@ -313,7 +307,7 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
 
     #[inline]
     fn waiters(&self) -> &AtomicU32 {
-        self.region.atomic_u32(self.base + WAITERS_AT)
+        self.atomic_u32(WAITERS_AT)
     }
 
     /// How many waiters, in every process, are parked on this queue now (spinning ones are not
@@ -605,14 +599,6 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
     }
 }
 
-/// The panic of [`WaitQueue::atomic_u32`] past an arena slot, out of line.
-#[cold]
-#[inline(never)]
-#[track_caller]
-fn out_of_slot(offset: usize) -> ! {
-    panic!("wait queue state offset {offset} past its {SLOT_LEN}-byte arena slot")
-}
-
 /// The panic of [`WaitQueue::region`] for a queue in an arena slot, out of line.
 #[cold]
 #[inline(never)]
@@ -643,7 +629,7 @@ impl<const WAITERS_AT: usize> Serialize for WaitQueue<WAITERS_AT> {
         match &self.slot {
             Some(slot) => WireRef::Slot(slot.to_wire()),
             None => WireRef::Own {
-                region: &self.region,
+                region: self.state.region(),
                 efd: &self.efd,
             },
         }
@@ -655,7 +641,7 @@ impl<'de, const WAITERS_AT: usize> Deserialize<'de> for WaitQueue<WAITERS_AT> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         match Wire::deserialize(deserializer)? {
             Wire::Own { region, efd } => {
-                if region.len() < WAITERS_AT + 4 {
+                if region.len() < (WAITERS_AT + 4).max(SLOT_LEN) {
                     return Err(D::Error::custom(
                         "shared state too small for its waiter count",
                     ));
@@ -870,7 +856,7 @@ mod tests {
 
     /// A word beside the waiter count for the tests to wait on.
     fn flag(core: &WaitQueue) -> &AtomicU32 {
-        core.region.atomic_u32(4)
+        core.atomic_u32(4)
     }
 
     /// Sets the flag to `v` from another task once the waiter has parked, and wakes it.

@@ -51,7 +51,7 @@ pub use task::StarmapFn;
 
 use crate::function::ChildOutput;
 use state::Shared;
-use submit::{Batches, Results};
+use submit::{Batches, Items, Results};
 use task::{Plain, Spread, chunk_fn};
 
 /// A pool of worker processes running Rust functions (Python's `multiprocessing.Pool`).
@@ -173,7 +173,7 @@ impl Pool {
             Batches::new(
                 self.shared.clone(),
                 func,
-                Box::new(items.into_iter()),
+                Items::Collected(items.into_iter()),
                 chunksize,
             )
         });
@@ -226,7 +226,7 @@ impl Pool {
         Ok(Batches::new(
             self.shared.clone(),
             func,
-            Box::new(items.into_iter()),
+            Items::Streamed(Box::new(items.into_iter())),
             chunksize,
         ))
     }

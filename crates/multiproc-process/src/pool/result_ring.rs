@@ -86,6 +86,7 @@ impl Control {
         &self.region
     }
 
+    #[inline]
     fn word(&self, offset: usize) -> &AtomicU64 {
         self.region.atomic_u64(offset)
     }
@@ -154,6 +155,7 @@ impl Control {
     }
 
     /// Worker: records that the task at `position` in the current job starts now.
+    #[inline]
     pub(crate) fn set_running_item(&self, position: usize) {
         self.word(ITEM)
             .store(position as u64 + 1, Ordering::Release);

@@ -285,11 +285,20 @@ impl<R> Drop for Results<R> {
     }
 }
 
+/// Where a submission's items come from.
+pub(crate) enum Items<A> {
+    /// A map's items, all collected already: each chunk is encoded straight from the vector,
+    /// with no copy into a chunk of its own and no dynamic call per item.
+    Collected(vec::IntoIter<A>),
+    /// The `imap` streams' iterator, which may be long or endless.
+    Streamed(Box<dyn Iterator<Item = A> + Send>),
+}
+
 /// A submission of many items: cut into chunks and queued a window at a time, so a long or
 /// endless iterator is consumed only as fast as the workers go.
 pub(crate) struct Batches<A, R> {
     func: TaskFn,
-    items: Box<dyn Iterator<Item = A> + Send>,
+    items: Items<A>,
     chunksize: usize,
     /// At most this many chunks are queued or running at once.
     window: usize,
@@ -307,7 +316,7 @@ where
     pub(crate) fn new(
         shared: Arc<Shared>,
         func: TaskFn,
-        items: Box<dyn Iterator<Item = A> + Send>,
+        items: Items<A>,
         chunksize: usize,
     ) -> Self {
         let window = shared.config.workers * 256;
@@ -335,18 +344,35 @@ where
     fn refill(&mut self) {
         let mut jobs = Vec::new();
         while !self.exhausted && self.results.outstanding() < self.window {
-            let chunk: Vec<A> = self.items.by_ref().take(self.chunksize).collect();
-            if chunk.len() < self.chunksize {
+            let taken: Vec<A>;
+            let chunk: &[A] = match &mut self.items {
+                Items::Collected(items) => &items.as_slice()[..self.chunksize.min(items.len())],
+                Items::Streamed(items) => {
+                    taken = items.by_ref().take(self.chunksize).collect();
+                    &taken
+                }
+            };
+            let len = chunk.len();
+            let job = (len > 0)
+                .then(|| {
+                    self.results
+                        .encode(self.func, self.next_chunk, self.next_item, chunk)
+                })
+                .flatten();
+            if let Items::Collected(items) = &mut self.items
+                && len > 0
+            {
+                // Drops the encoded items (a pointer move for plain data).
+                items.nth(len - 1);
+            }
+            if len < self.chunksize {
                 self.exhausted = true;
             }
-            if chunk.is_empty() {
+            if len == 0 {
                 break;
             }
-            let job = self
-                .results
-                .encode(self.func, self.next_chunk, self.next_item, &chunk);
             self.next_chunk += 1;
-            self.next_item += chunk.len();
+            self.next_item += len;
             jobs.extend(job);
         }
         self.results.submit(jobs);

@@ -100,6 +100,7 @@ pub(crate) struct Call {
 impl Call {
     /// Records that the task at `position` in the chunk starts now, so that if it kills the
     /// worker the pool blames it, not its chunk's first task.
+    #[inline]
     pub(crate) fn task_started(&self, position: usize) {
         if let Some(progress) = &self.progress {
             progress.set_running_item(position);
