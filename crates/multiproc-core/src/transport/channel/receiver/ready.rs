@@ -27,8 +27,7 @@ impl RawReceiver {
             let next = match self.next(false)? {
                 Next::Whole(whole) => {
                     if let Whole::Direct(direct) = whole {
-                        // `next` moved the finished frame out of `direct`: put it back. (A
-                        // ring frame stays at the ring's front.)
+                        // `next` moved the finished frame out of `direct`: put it back.
                         self.direct = Some(direct);
                     }
                     return Poll::Ready(Ok(()));
@@ -46,11 +45,7 @@ impl RawReceiver {
             let mut guard = match registered.poll_read_ready(cx) {
                 Poll::Ready(Ok(g)) => g,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
-                Poll::Pending => match self.park_on_ring() {
-                    Ok(true) => continue,
-                    Ok(false) => return Poll::Pending,
-                    Err(e) => return Poll::Ready(Err(e)),
-                },
+                Poll::Pending => return Poll::Pending,
             };
             if let Err(e) = self.read_when_ready(&next, &mut guard) {
                 return Poll::Ready(Err(e));

@@ -10,50 +10,27 @@ use std::time::Instant;
 
 use crate::error::SendErrorKind;
 use crate::sys::{self, Direction};
-use crate::transport::frame::{HEADER_LEN, Header, Kind};
+use crate::transport::frame::{HEADER_LEN, Header};
 
 use super::RawSender;
 
-/// Where an accepted frame of bytes goes.
-enum Accepted {
-    /// Published in the shared ring: done, save a wake-up.
-    Ring,
-    /// Through the socket, after this header.
-    Socket([u8; HEADER_LEN]),
-}
-
 impl RawSender {
-    /// Checks that a frame of `bytes` may be sent and accepts it: into the shared ring when it
-    /// fits there, else the header of its socket frame.
-    fn accept_bytes(&mut self, bytes: &[u8]) -> Result<Accepted, SendErrorKind> {
+    /// Checks that a frame of `len` payload bytes may be sent; its header.
+    fn bytes_header(&self, len: usize) -> Result<[u8; HEADER_LEN], SendErrorKind> {
         if self.closed {
             return Err(SendErrorKind::Closed);
         }
-        let len = bytes.len();
         if len > self.limit {
             return Err(SendErrorKind::TooLarge {
                 len,
                 limit: self.limit,
             });
         }
-        let mut kind = Kind::Plain;
-        if let Some(ring) = &mut self.ring {
-            if ring.try_write(bytes) {
-                self.socket.note_sent();
-                return Ok(Accepted::Ring);
-            }
-            if ring.tag_socket_frame() {
-                kind = Kind::Owned;
-            }
+        Ok(Header {
+            len: len as u32,
+            fds: 0,
         }
-        Ok(Accepted::Socket(
-            Header {
-                len: len as u32,
-                fds: 0,
-                kind,
-            }
-            .encode(),
-        ))
+        .encode())
     }
 
     /// One `sendmsg` of the part of frame `header` + `bytes` after its first `written` bytes.
@@ -130,10 +107,7 @@ impl RawSender {
         bytes: &[u8],
         deadline: Option<Instant>,
     ) -> Result<bool, SendErrorKind> {
-        let header = match self.accept_bytes(bytes)? {
-            Accepted::Ring => return self.blocking_flush(deadline),
-            Accepted::Socket(header) => header,
-        };
+        let header = self.bytes_header(bytes.len())?;
         if !self.blocking_flush(deadline)? {
             self.buffer_rest(&header, bytes, 0);
             return Ok(false);
@@ -167,8 +141,6 @@ enum SendBytesState {
     New,
     /// Accepted: the frame must reach the socket, now or later.
     Accepted,
-    /// Published in the ring: what was buffered before it (and a wake-up) is being flushed.
-    InRing,
     /// Written, or failed.
     Done,
 }
@@ -191,28 +163,17 @@ impl std::future::Future for SendBytes<'_> {
         let this = self.get_mut();
         match this.state {
             SendBytesState::Done => return Poll::Ready(Ok(())),
-            SendBytesState::New => match this.sender.accept_bytes(this.bytes) {
-                Ok(Accepted::Socket(header)) => {
+            SendBytesState::New => match this.sender.bytes_header(this.bytes.len()) {
+                Ok(header) => {
                     this.header = header;
                     this.state = SendBytesState::Accepted;
                 }
-                Ok(Accepted::Ring) => this.state = SendBytesState::InRing,
                 Err(e) => {
                     this.state = SendBytesState::Done;
                     return Poll::Ready(Err(e));
                 }
             },
             SendBytesState::Accepted => {}
-            SendBytesState::InRing => {}
-        }
-        if this.state == SendBytesState::InRing {
-            // Published; what is left is to flush what came before (and wake the receiver),
-            // which a dropped future leaves to the next flush or to the sender's drop.
-            let result = this.sender.poll_flush(cx);
-            if result.is_ready() {
-                this.state = SendBytesState::Done;
-            }
-            return result;
         }
         let result = this.poll_write(cx);
         if result.is_ready() {
