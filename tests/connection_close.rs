@@ -103,6 +103,17 @@ async fn answer_lengths(address: Address) {
     }
 }
 
+/// Starts sending `BIG` bytes on `end` and gives up after the first poll, as a timeout branch
+/// of `select!` would. The message is larger than what the kernel's socket buffers take at
+/// once, so that poll accepts it, writes part of it, and waits.
+fn give_up_on_a_big_send(end: &mut Connection<Vec<u8>, usize>) {
+    let send = std::pin::pin!(end.send(vec![3u8; BIG]));
+    let waker = std::task::Waker::noop();
+    let _ = send.poll(&mut Context::from_waker(waker));
+}
+
+const BIG: usize = 32 << 20;
+
 #[tokio::test]
 async fn a_send_cancelled_half_way_is_finished_by_the_next_receive() {
     let mut listener = Listener::<Vec<u8>, usize>::bind(Address::tcp("127.0.0.1:0"), Auth::none())
@@ -110,21 +121,13 @@ async fn a_send_cancelled_half_way_is_finished_by_the_next_receive() {
         .unwrap();
     let child = spawn(listener.local_address().clone(), answer_lengths);
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
-    // Larger than what the kernel's socket buffers take at once, so the first poll of the send
-    // accepts the message, writes part of it, and waits: then the send is given up on, as a
-    // timeout branch of `select!` would.
-    let big = vec![3u8; 32 << 20];
-    {
-        let send = std::pin::pin!(end.send(big));
-        let waker = std::task::Waker::noop();
-        let _ = send.poll(&mut Context::from_waker(waker));
-    }
+    give_up_on_a_big_send(&mut end);
     // Waiting for the answer must write the rest of the request first.
     assert_eq!(
         within("answer to the cancelled send", end.recv())
             .await
             .unwrap(),
-        Some(32 << 20)
+        Some(BIG)
     );
     drop(end);
     within("child", child).await.unwrap();
@@ -145,14 +148,8 @@ async fn a_connection_dropped_after_a_cancelled_send_still_delivers_it() {
         .unwrap();
     let child = spawn(listener.local_address().clone(), receive_one);
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
-    // As above: the first poll accepts the message and writes only part of it.
-    let big = vec![5u8; 32 << 20];
-    {
-        let send = std::pin::pin!(end.send(big));
-        let waker = std::task::Waker::noop();
-        let _ = send.poll(&mut Context::from_waker(waker));
-    }
+    give_up_on_a_big_send(&mut end);
     // Dropped with most of the message unwritten: the message still arrives whole.
     drop(end);
-    assert_eq!(within("child", child).await.unwrap(), 32 << 20);
+    assert_eq!(within("child", child).await.unwrap(), BIG);
 }
