@@ -27,8 +27,8 @@ pub struct Duplex<S, R> {
 }
 
 impl<S, R> Duplex<S, R> {
-    pub(crate) fn from_fd(fd: SharedFd) -> std::io::Result<Self> {
-        let (tx, rx) = channel::split(fd)?;
+    pub(crate) fn from_end(end: channel::ChannelEnd) -> std::io::Result<Self> {
+        let (tx, rx) = channel::split_end(end)?;
         Ok(Self {
             tx: Sender::from_raw(tx),
             rx: Receiver::from_raw(rx),
@@ -41,7 +41,7 @@ impl<S, R> Duplex<S, R> {
     /// # Errors
     /// When `socket` is not a socket.
     pub fn from_socket(socket: std::os::fd::OwnedFd) -> std::io::Result<Self> {
-        Self::from_fd(SharedFd::new(socket))
+        Self::from_end(channel::ChannelEnd::from_fd(SharedFd::new(socket)))
     }
 
     /// Splits the end into its sending and receiving halves.
@@ -255,7 +255,7 @@ impl<S, R> Serialize for Duplex<S, R> {
 
 impl<'de, S, R> Deserialize<'de> for Duplex<S, R> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let fd = SharedFd::deserialize(deserializer)?;
-        Duplex::from_fd(fd).map_err(serde::de::Error::custom)
+        let end = channel::ChannelEnd::deserialize(deserializer)?;
+        Duplex::from_end(end).map_err(serde::de::Error::custom)
     }
 }

@@ -24,9 +24,16 @@
 //!
 //! # Waiting
 //! A receive waits without blocking a tokio thread. Right after the end has sent something (a
-//! request whose answer is due), it may first spend up to about 50 us yielding the CPU and
-//! retrying, which makes request/reply exchanges much faster than a sleep and a wake-up each
-//! way; it stops doing so when that does not pay, or while other processes keep the CPU busy.
+//! request whose answer is due), it may first spend up to about 50 us looking for the answer,
+//! which makes request/reply exchanges much faster than a sleep and a wake-up each way; it
+//! stops doing so when that does not pay, or while other processes keep the CPU busy.
+//!
+//! # The shared ring
+//! The two ends of a pipe also share a small region of memory: small messages without handles
+//! go through it without a system call (a waiting receiver sees them within a fraction of a
+//! microsecond), and the rest through the socket, in one order. Ends keep it when they travel
+//! to other processes. If two copies of a sending end are used at once (one kept, one passed
+//! on), the pipe goes back to the socket for that direction, still in order per copy.
 //!
 //! # Closing
 //! A receiver sees end-of-stream (`Ok(None)`) when every copy of the other end, in every
@@ -64,8 +71,8 @@ use multiproc_core::transport::channel;
 /// # }
 /// ```
 pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
-    let (a, b) = channel::socket_pair()?;
-    Ok((Duplex::from_fd(a)?, Duplex::from_fd(b)?))
+    let (a, b) = channel::pair()?;
+    Ok((Duplex::from_end(a)?, Duplex::from_end(b)?))
 }
 
 /// Creates a one-way pipe: a [`Sender`] and a [`Receiver`] of `T`.
@@ -91,8 +98,8 @@ pub fn duplex<A, B>() -> std::io::Result<(Duplex<A, B>, Duplex<B, A>)> {
 /// # }
 /// ```
 pub fn simplex<T>() -> std::io::Result<(Sender<T>, Receiver<T>)> {
-    let (a, b) = channel::socket_pair()?;
-    let (tx, _) = channel::split(a)?;
-    let (_, rx) = channel::split(b)?;
+    let (a, b) = channel::pair()?;
+    let (tx, _) = channel::split_end(a)?;
+    let (_, rx) = channel::split_end(b)?;
     Ok((Sender::from_raw(tx), Receiver::from_raw(rx)))
 }

@@ -5,9 +5,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures_core::Stream;
-use multiproc_core::transport::channel::{RawReceiver, TryRecv};
+use multiproc_core::message;
+use multiproc_core::transport::channel::{self, ChannelEnd, RawReceiver, TryRecv};
 use multiproc_core::wait::deadline_after;
-use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -277,15 +277,15 @@ impl<T> fmt::Debug for Receiver<T> {
 
 impl<T> Serialize for Receiver<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.shared_fd().serialize(serializer)
+        self.raw.to_end().serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Receiver<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let fd = SharedFd::deserialize(deserializer)?;
-        RawReceiver::new(fd)
-            .map(Receiver::from_raw)
+        let end = ChannelEnd::deserialize(deserializer)?;
+        channel::split_end(end)
+            .map(|(_, rx)| Receiver::from_raw(rx))
             .map_err(serde::de::Error::custom)
     }
 }

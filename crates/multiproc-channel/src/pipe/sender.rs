@@ -5,9 +5,8 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_sink::Sink;
-use multiproc_core::SharedFd;
 use multiproc_core::message;
-use multiproc_core::transport::channel::RawSender;
+use multiproc_core::transport::channel::{self, ChannelEnd, RawSender};
 use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -190,7 +189,7 @@ impl<T: Serialize> Sink<T> for Sender<T> {
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         let this = self.get_mut();
-        if this.raw.buffered() >= SINK_HIGH_WATER {
+        if this.raw.buffered() >= SINK_HIGH_WATER || this.raw.wake_queued() {
             ready!(this.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
         }
         Poll::Ready(Ok(()))
@@ -224,15 +223,15 @@ impl<T> fmt::Debug for Sender<T> {
 
 impl<T> Serialize for Sender<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        self.raw.shared_fd().serialize(serializer)
+        self.raw.to_end().serialize(serializer)
     }
 }
 
 impl<'de, T> Deserialize<'de> for Sender<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let fd = SharedFd::deserialize(deserializer)?;
-        RawSender::new(fd)
-            .map(Sender::from_raw)
+        let end = ChannelEnd::deserialize(deserializer)?;
+        channel::split_end(end)
+            .map(|(tx, _)| Sender::from_raw(tx))
             .map_err(serde::de::Error::custom)
     }
 }

@@ -27,6 +27,7 @@ fn valid_frame(payload: &[u8]) -> Vec<u8> {
     let mut out = Header {
         len: payload.len() as u32,
         fds: 0,
+        ..Header::default()
     }
     .encode()
     .to_vec();
@@ -68,6 +69,7 @@ fn receiver_survives_arbitrary_byte_streams() {
                         Header {
                             len: 2,
                             fds: rng.below(10) as u32 + 1,
+                            ..Header::default()
                         }
                         .encode(),
                     );
@@ -89,6 +91,7 @@ fn receiver_survives_arbitrary_byte_streams() {
                     Header {
                         len: 100_000,
                         fds: 0,
+                        ..Header::default()
                     }
                     .encode(),
                 ),

@@ -7,7 +7,7 @@ use crate::error::RecvError;
 use crate::message::Payload;
 use crate::sys::MAX_FDS_PER_SENDMSG;
 use crate::transport::channel::KEEP_CAPACITY;
-use crate::transport::frame::{HEADER_LEN, Header};
+use crate::transport::frame::{HEADER_LEN, Header, Kind};
 
 use super::{READ_CHUNK, RawReceiver};
 
@@ -18,9 +18,10 @@ pub(super) enum Parsed {
         start: usize,
         end: usize,
         fds: usize,
+        owned: bool,
     },
     /// The header of a frame whose payload has not all arrived.
-    Incomplete { len: usize, fds: usize },
+    Incomplete { len: usize, fds: usize, owned: bool },
     /// Need at least this many buffered bytes.
     NeedBytes(usize),
 }
@@ -33,6 +34,8 @@ pub(in crate::transport::channel) struct DirectFrame {
     pub(super) payload: Vec<u8>,
     pub(super) len: usize,
     pub(super) fds: usize,
+    /// Sent by the owner of the shared ring (counted when delivered).
+    pub(super) owned: bool,
 }
 
 /// A whole frame, ready to hand out.
@@ -42,9 +45,12 @@ pub(super) enum Whole {
         start: usize,
         end: usize,
         fds: usize,
+        owned: bool,
     },
     /// In a buffer of its own.
     Direct(DirectFrame),
+    /// At the front of the shared ring (its payload copied out).
+    Ring,
 }
 
 /// What the receiver does next.
@@ -103,7 +109,22 @@ impl RawReceiver {
             };
             let len = header.len as usize;
             let fds = header.fds as usize;
+            if header.kind == Kind::Wake {
+                if len != 0 || fds != 0 {
+                    return Err(self.fatal(RecvError::Corrupt {
+                        reason: format!("a wake-up frame with {len} bytes and {fds} descriptors"),
+                    }));
+                }
+                // A wake-up for a parked wait: it has done its job.
+                self.start += HEADER_LEN;
+                continue;
+            }
+            let owned = header.kind == Kind::Owned;
             if len > self.limit {
+                if owned && let Some(ring) = &self.ring {
+                    // Skipped, but it counts: ring records sent after it may come now.
+                    ring.owned_delivered();
+                }
                 self.start += HEADER_LEN;
                 self.skip = Some((len, fds));
                 return Err(RecvError::TooLarge {
@@ -112,7 +133,7 @@ impl RawReceiver {
                 });
             }
             if avail < HEADER_LEN + len {
-                return Ok(Parsed::Incomplete { len, fds });
+                return Ok(Parsed::Incomplete { len, fds, owned });
             }
             if self.fds.len() < fds {
                 let arrived = self.fds.len();
@@ -126,6 +147,7 @@ impl RawReceiver {
                 start,
                 end: start + len,
                 fds,
+                owned,
             });
         }
     }
@@ -133,6 +155,26 @@ impl RawReceiver {
     /// What to do next: hand out a whole frame, or which read makes progress. With
     /// `direct_large`, a large frame that has not all arrived moves to a buffer of its own.
     pub(super) fn next(&mut self, direct_large: bool) -> Result<Next, RecvError> {
+        // The shared ring first: its front record is deliverable only once every owned socket
+        // frame sent before it was delivered, and it comes before any socket frame still here.
+        if let Some(ring) = &mut self.ring {
+            match ring.front() {
+                Ok(Some(record)) if record.len > self.limit => {
+                    ring.consume();
+                    return Err(RecvError::TooLarge {
+                        len: record.len,
+                        limit: self.limit,
+                    });
+                }
+                Ok(Some(_)) => return Ok(Next::Whole(Whole::Ring)),
+                Ok(None) => {}
+                Err(e) => {
+                    return Err(self.fatal(RecvError::Corrupt {
+                        reason: e.to_string(),
+                    }));
+                }
+            }
+        }
         if let Some(direct) = &self.direct {
             if direct.payload.len() < direct.len {
                 return Ok(Next::FillDirect);
@@ -148,12 +190,20 @@ impl RawReceiver {
             return Ok(Next::Whole(Whole::Direct(direct)));
         }
         match self.parse()? {
-            Parsed::Frame { start, end, fds } => {
-                Ok(Next::Whole(Whole::Buffered { start, end, fds }))
-            }
+            Parsed::Frame {
+                start,
+                end,
+                fds,
+                owned,
+            } => Ok(Next::Whole(Whole::Buffered {
+                start,
+                end,
+                fds,
+                owned,
+            })),
             // Descriptors come with the frame's first bytes (read by now) unless there are more
             // than one `sendmsg` carries; the rest of the frame can then be read with `recv`.
-            Parsed::Incomplete { len, fds }
+            Parsed::Incomplete { len, fds, owned }
                 if direct_large
                     && len > DIRECT_MIN
                     && fds <= MAX_FDS_PER_SENDMSG
@@ -167,7 +217,12 @@ impl RawReceiver {
                 // Nothing after this frame is buffered (it is incomplete): move what arrived
                 // of it to its own buffer, and read the rest straight there.
                 payload.extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
-                self.direct = Some(DirectFrame { payload, len, fds });
+                self.direct = Some(DirectFrame {
+                    payload,
+                    len,
+                    fds,
+                    owned,
+                });
                 self.start = 0;
                 self.end = 0;
                 if self.buf.len() > KEEP_CAPACITY {
@@ -187,7 +242,25 @@ impl RawReceiver {
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> R {
         match whole {
-            Whole::Buffered { start, end, fds } => {
+            Whole::Ring => {
+                let ring = self
+                    .ring
+                    .as_mut()
+                    .expect("a ring frame comes from the ring");
+                let out = f(Payload::Borrowed(&ring.scratch), Vec::new());
+                ring.consume();
+                self.arrived();
+                out
+            }
+            Whole::Buffered {
+                start,
+                end,
+                fds,
+                owned,
+            } => {
+                if owned && let Some(ring) = &self.ring {
+                    ring.owned_delivered();
+                }
                 let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
                 let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
                 self.start = end;
@@ -201,6 +274,11 @@ impl RawReceiver {
                 out
             }
             Whole::Direct(direct) => {
+                if direct.owned
+                    && let Some(ring) = &self.ring
+                {
+                    ring.owned_delivered();
+                }
                 let fds: Vec<OwnedFd> = self.fds.drain(..direct.fds).collect();
                 f(Payload::Owned(direct.payload), fds)
             }

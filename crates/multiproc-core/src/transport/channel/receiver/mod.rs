@@ -16,6 +16,7 @@ use crate::transport::frame::HEADER_LEN;
 use crate::transport::socket::Socket;
 use crate::wait::spin::{self, SpinPolicy};
 
+use super::ring::{ChannelEnd, RxRing, new_token};
 use super::split;
 
 mod frames;
@@ -37,7 +38,9 @@ const READ_CHUNK: usize = 64 << 10;
 /// and a wake-up when the peer answers within that time. The spinning adapts: it backs off per
 /// receiver while it finds nothing, and stops for the whole process while the CPU is busy with
 /// other processes. So a receive may hold its thread (and, on tokio, the thread's other tasks)
-/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`.
+/// for up to about 50 us plus one yield; see `docs/ARCHITECTURE.md`. With a shared ring (an
+/// end made by [`pair`](super::pair)), the spin reads the ring's words instead, without a
+/// system call, and a parked receive is woken by the sender (see the module docs).
 pub struct RawReceiver {
     socket: Arc<Socket>,
     /// Initialised storage; `buf[start..end]` holds unread bytes.
@@ -57,6 +60,8 @@ pub struct RawReceiver {
     pub(super) spin: SpinPolicy,
     /// The wait in progress, if any: it lasts until a read returns something.
     pub(super) waiting: Waiting,
+    /// The pair's shared ring, for an end made by [`pair`](super::pair).
+    pub(in crate::transport::channel) ring: Option<Box<RxRing>>,
 }
 
 /// Where a receiver is in a wait for data.
@@ -94,6 +99,35 @@ impl RawReceiver {
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             spin: SpinPolicy::new(),
             waiting: Waiting::No,
+            ring: None,
+        }
+    }
+
+    /// This end as it travels to another process: the socket and the shared ring, if any.
+    pub fn to_end(&self) -> ChannelEnd {
+        let fd = self.socket.shared_fd().clone();
+        match &self.ring {
+            Some(ring) => ChannelEnd::with_ring(fd, ring.share().clone(), new_token()),
+            None => ChannelEnd::from_fd(fd),
+        }
+    }
+
+    /// Whether this receiver has a shared ring (it was made by [`pair`](super::pair) or
+    /// received as such an end).
+    pub fn has_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Something arrived (a read returned, or a ring record is delivered): the wait, if any,
+    /// is over.
+    fn arrived(&mut self) {
+        if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
+            self.spin.parked(since.elapsed());
+        }
+        // Whatever was sent before has had its answer, if it wanted one.
+        self.socket.clear_sent();
+        if let Some(ring) = &self.ring {
+            ring.unpark();
         }
     }
 
@@ -133,19 +167,26 @@ impl RawReceiver {
     /// when nothing is there.
     fn read_once(&mut self, next: &Next) -> io::Result<ReadOutcome> {
         let fds_before = self.fds.len();
+        let reset_is_eof = self.ring.is_some();
         let (got, room) = match (next, self.direct.as_mut()) {
             (Next::FillDirect, Some(direct)) => {
                 let room = direct.len - direct.payload.len();
-                let got = sys::recv_into_spare(self.socket.as_fd(), &mut direct.payload)?;
+                let got = closed_on_reset(
+                    sys::recv_into_spare(self.socket.as_fd(), &mut direct.payload),
+                    reset_is_eof,
+                )?;
                 (got, room)
             }
             (Next::Fill(need), _) => {
                 self.reserve(*need);
                 let room = self.buf.len() - self.end;
-                let got = sys::recv_with_fds(
-                    self.socket.as_fd(),
-                    &mut self.buf[self.end..],
-                    &mut self.fds,
+                let got = closed_on_reset(
+                    sys::recv_with_fds(
+                        self.socket.as_fd(),
+                        &mut self.buf[self.end..],
+                        &mut self.fds,
+                    ),
+                    reset_is_eof,
                 )?;
                 self.end += got.bytes;
                 (got, room)
@@ -158,11 +199,7 @@ impl RawReceiver {
         if got.bytes == 0 {
             self.eof = true;
         }
-        if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
-            self.spin.parked(since.elapsed());
-        }
-        // Whatever was sent before has had its answer, if it wanted one.
-        self.socket.clear_sent();
+        self.arrived();
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
@@ -235,7 +272,11 @@ impl RawReceiver {
                 // park (the registration woken by the reactor is in place either way).
                 Poll::Pending => match self.poll_spin(cx, &next) {
                     Ok(true) => continue,
-                    Ok(false) => return Poll::Pending,
+                    Ok(false) => match self.park_on_ring() {
+                        Ok(true) => continue,
+                        Ok(false) => return Poll::Pending,
+                        Err(e) => return Poll::Ready(Err(e)),
+                    },
                     Err(e) => return Poll::Ready(Err(e)),
                 },
             };
@@ -317,13 +358,37 @@ impl RawReceiver {
             if self.waiting == Waiting::No && self.answer_due() {
                 // A wait begins: spin first, never past `deadline`.
                 let mut policy = std::mem::take(&mut self.spin);
-                let spun = spin::spin(&mut policy, deadline, None, || {
-                    attempt(self).map(|caught| caught.then_some(())).transpose()
-                });
+                let on_ring = self.ring_cue();
+                let spun = match &on_ring {
+                    // On the ring: busy reads of shared words while the sender runs on another
+                    // CPU; the receive proper follows.
+                    Some(cue) => {
+                        let ring = self.ring.as_ref().expect("a cue comes from the ring");
+                        // Yields between looks while the sender last ran on this CPU.
+                        let mut apart = || cue.peer_apart();
+                        let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                            true => Some(&mut apart),
+                            false => None,
+                        };
+                        spin::spin(&mut policy, deadline, apart, || {
+                            let (record, owned) = ring.news();
+                            (record || owned).then_some(Ok(()))
+                        })
+                    }
+                    None => spin::spin(&mut policy, deadline, None, || {
+                        attempt(self).map(|caught| caught.then_some(())).transpose()
+                    }),
+                };
                 self.spin = policy;
                 if self.caught(spun)? {
+                    if on_ring.is_some() {
+                        continue;
+                    }
                     break;
                 }
+            }
+            if self.park_on_ring()? {
+                continue;
             }
             match sys::wait_ready(self.socket.as_fd(), Direction::Read, deadline) {
                 Ok(true) => {}
@@ -383,7 +448,9 @@ impl RawReceiver {
 
     /// Blocks the thread until the socket has bytes to read or the peer closed, without
     /// reading; `Ok(false)` once `deadline` passes. Frames already in the receive buffer do not
-    /// count: take them first ([`try_recv_buffered_with`](Self::try_recv_buffered_with)).
+    /// count: take them first ([`try_recv_buffered_with`](Self::try_recv_buffered_with)). Nor
+    /// do frames in a shared ring (an end made by [`pair`](super::pair)): this wait is for ends
+    /// over a bare socket.
     ///
     /// # Errors
     /// Only on an unexpected `poll(2)` failure.
@@ -453,6 +520,23 @@ pub enum TryRecv<R> {
 struct ReadOutcome {
     /// The socket's queue is empty now.
     drained: bool,
+}
+
+/// With a shared ring, a peer that closed while a wake-up frame it did not need was still
+/// unread makes the kernel report `ECONNRESET` after the last byte it sent: that is an orderly
+/// end-of-stream (every frame it sent has been read), not an error.
+fn closed_on_reset(
+    read: io::Result<sys::Received>,
+    reset_is_eof: bool,
+) -> io::Result<sys::Received> {
+    match read {
+        Err(e) if reset_is_eof && e.kind() == io::ErrorKind::ConnectionReset => Ok(sys::Received {
+            bytes: 0,
+            truncated: false,
+            fds_truncated: false,
+        }),
+        other => other,
+    }
 }
 
 /// Whether a failed read only means "nothing there yet".

@@ -27,7 +27,8 @@ impl RawReceiver {
             let next = match self.next(false)? {
                 Next::Whole(whole) => {
                     if let Whole::Direct(direct) = whole {
-                        // `next` moved the finished frame out of `direct`: put it back.
+                        // `next` moved the finished frame out of `direct`: put it back. (A
+                        // ring frame stays at the ring's front.)
                         self.direct = Some(direct);
                     }
                     return Poll::Ready(Ok(()));
@@ -45,7 +46,11 @@ impl RawReceiver {
             let mut guard = match registered.poll_read_ready(cx) {
                 Poll::Ready(Ok(g)) => g,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(self.fatal(RecvError::Io(e)))),
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => match self.park_on_ring() {
+                    Ok(true) => continue,
+                    Ok(false) => return Poll::Pending,
+                    Err(e) => return Poll::Ready(Err(e)),
+                },
             };
             if let Err(e) = self.read_when_ready(&next, &mut guard) {
                 return Poll::Ready(Err(e));

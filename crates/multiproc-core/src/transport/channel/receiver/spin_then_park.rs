@@ -6,6 +6,7 @@ use std::task::{Context, Poll};
 use crate::error::RecvError;
 use crate::wait::spin::{self, Spun};
 
+use super::super::ring::CpuCue;
 use super::frames::Next;
 use super::{RawReceiver, Waiting, nothing_yet};
 
@@ -43,11 +44,38 @@ impl RawReceiver {
             return Ok(false);
         }
         let mut policy = std::mem::take(&mut self.spin);
-        let spun = spin::poll_spin(cx, &mut policy, None, None, || match self.read_once(next) {
-            Ok(_) => Some(Ok(())),
-            Err(e) if nothing_yet(&e) => None,
-            Err(e) => Some(Err(self.read_error(e))),
-        });
+        let spun = match self.ring_cue() {
+            // On the ring: busy reads of shared words while the sender runs on another CPU (no
+            // system call), and a read of the socket only once an owned frame was sent there.
+            // While the sender last ran on this CPU, the spin yields between looks instead (a
+            // yield runs the sender when it shares the CPU; each look is still loads only).
+            Some(cue) => {
+                let mut apart = || cue.peer_apart();
+                let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                    true => Some(&mut apart),
+                    false => None,
+                };
+                spin::poll_spin(cx, &mut policy, None, apart, || {
+                    let (record, owned) = self.ring.as_ref()?.news();
+                    if record {
+                        return Some(Ok(()));
+                    }
+                    if !owned {
+                        return None;
+                    }
+                    match self.read_once(next) {
+                        Ok(_) => Some(Ok(())),
+                        Err(e) if nothing_yet(&e) => None,
+                        Err(e) => Some(Err(self.read_error(e))),
+                    }
+                })
+            }
+            None => spin::poll_spin(cx, &mut policy, None, None, || match self.read_once(next) {
+                Ok(_) => Some(Ok(())),
+                Err(e) if nothing_yet(&e) => None,
+                Err(e) => Some(Err(self.read_error(e))),
+            }),
+        };
         self.spin = policy;
         match spun {
             // Out of cooperative budget: the task yields first (tokio wakes it), and the wait
@@ -69,6 +97,35 @@ impl RawReceiver {
                 self.waiting = since.map_or(Waiting::Untimed, Waiting::Timed);
                 Ok(false)
             }
+        }
+    }
+}
+
+impl RawReceiver {
+    /// The spin cue of the shared ring, when the receiver waits on one that is in use.
+    pub(super) fn ring_cue(&self) -> Option<CpuCue> {
+        self.ring.as_ref()?.cue()
+    }
+
+    /// Before a wait parks on the socket: says so in the shared ring, so that the sender's next
+    /// record comes with a wake-up frame. `Ok(true)` when a record arrived meanwhile (do not
+    /// park: receive it). Nothing to do without a ring in use.
+    pub(super) fn park_on_ring(&mut self) -> Result<bool, RecvError> {
+        let Some(ring) = self.ring.as_mut() else {
+            return Ok(false);
+        };
+        if !ring.ring_on() {
+            return Ok(false);
+        }
+        match ring.park() {
+            Ok(true) => {
+                ring.unpark();
+                Ok(true)
+            }
+            Ok(false) => Ok(false),
+            Err(e) => Err(self.fatal(RecvError::Corrupt {
+                reason: e.to_string(),
+            })),
         }
     }
 }

@@ -5,6 +5,10 @@ use super::RawSender;
 
 impl Drop for RawSender {
     fn drop(&mut self) {
+        if !self.closed {
+            // Records published since the last flush may have a parked receiver to wake.
+            self.wake_if_parked();
+        }
         if self.outbox.is_empty() || self.closed {
             return;
         }
@@ -22,6 +26,8 @@ impl Drop for RawSender {
             outbox: std::mem::take(&mut self.outbox),
             limit: self.limit,
             closed: false,
+            ring: None,
+            wake_queued: false,
         };
         // The peer is slow: let a thread deliver the rest rather than lose accepted messages.
         let spawned = std::thread::Builder::new()

@@ -11,9 +11,10 @@ use crate::SharedFd;
 use crate::error::{EncodeError, SendErrorKind};
 use crate::message::DEFAULT_MAX_MESSAGE_SIZE;
 use crate::sys::{self, Direction};
-use crate::transport::frame::{HEADER_LEN, Header};
+use crate::transport::frame::{HEADER_LEN, Header, Kind};
 use crate::transport::socket::Socket;
 
+use super::ring::{ChannelEnd, TxRing};
 use super::split;
 
 mod flush_thread;
@@ -34,6 +35,10 @@ pub struct RawSender {
     outbox: Outbox,
     limit: usize,
     closed: bool,
+    /// The pair's shared ring, for an end made by [`pair`](super::pair).
+    pub(super) ring: Option<Box<TxRing>>,
+    /// A wake frame sits in the outbox.
+    wake_queued: bool,
 }
 
 impl RawSender {
@@ -51,7 +56,29 @@ impl RawSender {
             outbox: Outbox::default(),
             limit: DEFAULT_MAX_MESSAGE_SIZE,
             closed: false,
+            ring: None,
+            wake_queued: false,
         }
+    }
+
+    /// This end as it travels to another process: the socket and the shared ring, if any. A
+    /// copy made this way takes over the ring from this one (see the module docs, "Copies of
+    /// an end"); this sender keeps working, through the socket if both are used.
+    pub fn to_end(&self) -> ChannelEnd {
+        let fd = self.socket.shared_fd().clone();
+        match &self.ring {
+            Some(ring) => {
+                let (share, token) = ring.hand_off();
+                ChannelEnd::with_ring(fd, share, token)
+            }
+            None => ChannelEnd::from_fd(fd),
+        }
+    }
+
+    /// Whether this sender has a shared ring (it was made by [`pair`](super::pair) or received
+    /// as such an end).
+    pub fn has_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// The socket this sender writes to.
@@ -87,6 +114,10 @@ impl RawSender {
         if self.closed {
             return Err(SendErrorKind::Closed);
         }
+        // A frame pushed behind others (a batch being fed, or a socket that is full) follows
+        // them through the socket: a batch costs one `sendmsg` there, cheaper per frame than
+        // the ring's copy and cache-line traffic; the ring is for the frame that goes out alone.
+        let alone = self.outbox.is_empty();
         let start = self.outbox.buf.len();
         self.outbox.buf.extend_from_slice(&[0; HEADER_LEN]);
         let fds = match encode(&mut self.outbox.buf) {
@@ -104,15 +135,66 @@ impl RawSender {
                 limit: self.limit,
             });
         }
+        let mut kind = Kind::Plain;
+        let mut wake = false;
+        if let Some(ring) = &mut self.ring {
+            let in_ring =
+                alone && fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
+            let owned = !in_ring && ring.tag_socket_frame();
+            // A batch being fed was published to a parked receiver: the wake goes out with the
+            // next flush (which a `Sink` does at once, see `wake_queued`).
+            wake = ring.take_wake_pending();
+            if in_ring {
+                self.outbox.buf.truncate(start);
+                self.socket.note_sent();
+                if wake {
+                    self.queue_wake();
+                }
+                return Ok(());
+            }
+            if owned {
+                kind = Kind::Owned;
+            }
+        }
         let header = Header {
             len: len as u32,
             fds: fds.len() as u32,
+            kind,
         };
         self.outbox.buf[start..start + HEADER_LEN].copy_from_slice(&header.encode());
         if !fds.is_empty() {
             self.outbox.attach.push_back((start, fds));
         }
+        if wake {
+            self.queue_wake();
+        }
         Ok(())
+    }
+
+    /// After ring records were published: queues a wake frame if the receiver is parked.
+    fn wake_if_parked(&mut self) {
+        if let Some(ring) = &mut self.ring
+            && ring.wake_due()
+        {
+            self.queue_wake();
+        }
+    }
+
+    fn queue_wake(&mut self) {
+        let wake = Header {
+            len: 0,
+            fds: 0,
+            kind: Kind::Wake,
+        };
+        self.outbox.buf.extend_from_slice(&wake.encode());
+        self.wake_queued = true;
+    }
+
+    /// Whether a wake-up for a parked receiver waits in the buffer: a sender feeding a batch
+    /// (a `Sink`) should flush now rather than at the end of the batch, or the receiver sleeps
+    /// through it.
+    pub fn wake_queued(&self) -> bool {
+        self.wake_queued
     }
 
     fn fail(&mut self, e: io::Error) -> SendErrorKind {
@@ -128,9 +210,11 @@ impl RawSender {
     /// # Errors
     /// [`SendErrorKind::Closed`] when the peer is gone (buffered frames are dropped).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendErrorKind>> {
+        self.wake_if_parked();
         // Writes rarely block: try the socket first and touch the reactor only on EAGAIN.
         loop {
             if self.outbox.is_empty() {
+                self.wake_queued = false;
                 return Poll::Ready(Ok(()));
             }
             match self.outbox.write_once(&self.socket) {
@@ -161,8 +245,10 @@ impl RawSender {
     /// # Errors
     /// As [`poll_flush`](Self::poll_flush).
     pub fn blocking_flush(&mut self, deadline: Option<Instant>) -> Result<bool, SendErrorKind> {
+        self.wake_if_parked();
         loop {
             if self.outbox.is_empty() {
+                self.wake_queued = false;
                 return Ok(true);
             }
             match self.outbox.write_once(&self.socket) {

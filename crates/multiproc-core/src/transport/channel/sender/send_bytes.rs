@@ -10,27 +10,50 @@ use std::time::Instant;
 
 use crate::error::SendErrorKind;
 use crate::sys::{self, Direction};
-use crate::transport::frame::{HEADER_LEN, Header};
+use crate::transport::frame::{HEADER_LEN, Header, Kind};
 
 use super::RawSender;
 
+/// Where an accepted frame of bytes goes.
+enum Accepted {
+    /// Published in the shared ring: done, save a wake-up.
+    Ring,
+    /// Through the socket, after this header.
+    Socket([u8; HEADER_LEN]),
+}
+
 impl RawSender {
-    /// Checks that a frame of `len` payload bytes may be sent; its header.
-    fn bytes_header(&self, len: usize) -> Result<[u8; HEADER_LEN], SendErrorKind> {
+    /// Checks that a frame of `bytes` may be sent and accepts it: into the shared ring when it
+    /// fits there, else the header of its socket frame.
+    fn accept_bytes(&mut self, bytes: &[u8]) -> Result<Accepted, SendErrorKind> {
         if self.closed {
             return Err(SendErrorKind::Closed);
         }
+        let len = bytes.len();
         if len > self.limit {
             return Err(SendErrorKind::TooLarge {
                 len,
                 limit: self.limit,
             });
         }
-        Ok(Header {
-            len: len as u32,
-            fds: 0,
+        let mut kind = Kind::Plain;
+        if let Some(ring) = &mut self.ring {
+            if ring.try_write(bytes) {
+                self.socket.note_sent();
+                return Ok(Accepted::Ring);
+            }
+            if ring.tag_socket_frame() {
+                kind = Kind::Owned;
+            }
         }
-        .encode())
+        Ok(Accepted::Socket(
+            Header {
+                len: len as u32,
+                fds: 0,
+                kind,
+            }
+            .encode(),
+        ))
     }
 
     /// One `sendmsg` of the part of frame `header` + `bytes` after its first `written` bytes.
@@ -107,7 +130,10 @@ impl RawSender {
         bytes: &[u8],
         deadline: Option<Instant>,
     ) -> Result<bool, SendErrorKind> {
-        let header = self.bytes_header(bytes.len())?;
+        let header = match self.accept_bytes(bytes)? {
+            Accepted::Ring => return self.blocking_flush(deadline),
+            Accepted::Socket(header) => header,
+        };
         if !self.blocking_flush(deadline)? {
             self.buffer_rest(&header, bytes, 0);
             return Ok(false);
@@ -141,6 +167,8 @@ enum SendBytesState {
     New,
     /// Accepted: the frame must reach the socket, now or later.
     Accepted,
+    /// Published in the ring: what was buffered before it (and a wake-up) is being flushed.
+    InRing,
     /// Written, or failed.
     Done,
 }
@@ -163,17 +191,28 @@ impl std::future::Future for SendBytes<'_> {
         let this = self.get_mut();
         match this.state {
             SendBytesState::Done => return Poll::Ready(Ok(())),
-            SendBytesState::New => match this.sender.bytes_header(this.bytes.len()) {
-                Ok(header) => {
+            SendBytesState::New => match this.sender.accept_bytes(this.bytes) {
+                Ok(Accepted::Socket(header)) => {
                     this.header = header;
                     this.state = SendBytesState::Accepted;
                 }
+                Ok(Accepted::Ring) => this.state = SendBytesState::InRing,
                 Err(e) => {
                     this.state = SendBytesState::Done;
                     return Poll::Ready(Err(e));
                 }
             },
             SendBytesState::Accepted => {}
+            SendBytesState::InRing => {}
+        }
+        if this.state == SendBytesState::InRing {
+            // Published; what is left is to flush what came before (and wake the receiver),
+            // which a dropped future leaves to the next flush or to the sender's drop.
+            let result = this.sender.poll_flush(cx);
+            if result.is_ready() {
+                this.state = SendBytesState::Done;
+            }
+            return result;
         }
         let result = this.poll_write(cx);
         if result.is_ready() {
