@@ -261,6 +261,7 @@ impl RawReceiver {
                 if owned && let Some(ring) = &self.ring {
                     ring.owned_delivered();
                 }
+                self.arrived();
                 let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
                 let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
                 self.start = end;
@@ -279,6 +280,7 @@ impl RawReceiver {
                 {
                     ring.owned_delivered();
                 }
+                self.arrived();
                 let fds: Vec<OwnedFd> = self.fds.drain(..direct.fds).collect();
                 f(Payload::Owned(direct.payload), fds)
             }

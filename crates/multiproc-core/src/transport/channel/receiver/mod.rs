@@ -118,8 +118,11 @@ impl RawReceiver {
         self.ring.is_some()
     }
 
-    /// Something arrived (a read returned, or a ring record is delivered): the wait, if any,
-    /// is over.
+    /// Something arrived (a frame is delivered, or the peer closed): the wait, if any, is over.
+    /// A read alone does not count: it may have brought only part of a frame, or only a
+    /// wake-up frame left over from an earlier park, and counting that would end each wait
+    /// before it began (no spin for the answer due, so every wait parked, and every park left
+    /// another stale wake-up frame behind).
     fn arrived(&mut self) {
         if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
             self.spin.parked(since.elapsed());
@@ -198,8 +201,8 @@ impl RawReceiver {
         }
         if got.bytes == 0 {
             self.eof = true;
+            self.arrived();
         }
-        self.arrived();
         // A stream socket returns less than asked either because its queue is empty, or because
         // the kernel stops after a segment that carried descriptors. (It would also stop between
         // writers with SO_PASSCRED, which we never set.)
