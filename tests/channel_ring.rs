@@ -194,6 +194,40 @@ async fn a_peer_killed_mid_stream_ends_the_stream() {
     }
 }
 
+/// Child that takes one message, says so, then polls its receiver without ever parking (so it
+/// never marks itself parked in the ring, and a kill leaves no wake-up frame to fail).
+fn receive_busily((mut rx, mut ready): (Receiver<u64>, Sender<u64>)) -> u64 {
+    let first = rx.blocking_recv().ok().flatten().unwrap_or(u64::MAX);
+    let _ = ready.blocking_send(first);
+    loop {
+        match rx.try_recv() {
+            Ok(_) | Err(multiproc::error::TryRecvError::Empty) => std::hint::spin_loop(),
+            Err(_) => return first,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_send_to_a_receiver_killed_while_polling_fails_by_the_next_send() {
+    let (mut tx, rx) = pipe::simplex::<u64>().unwrap();
+    let (ready_tx, mut ready) = pipe::simplex::<u64>().unwrap();
+    let child = spawn((rx, ready_tx), receive_busily);
+    tx.send(7).await.unwrap();
+    assert_eq!(within("ready", ready.recv()).await.unwrap(), Some(7));
+    child.kill().unwrap();
+    assert!(within("child", child).await.unwrap_err().is_killed());
+    // The first send may still land in the ring (the receiver died with nothing untaken);
+    // the one after it finds its record untaken and the receiver gone.
+    let first = tx.send(8).await;
+    let second = tx.send(9).await;
+    let err = first
+        .err()
+        .or(second.err())
+        .expect("a send to a dead receiver fails by the second one");
+    assert!(err.is_closed(), "{err}");
+    assert!(tx.send(10).await.unwrap_err().is_closed(), "and stays closed");
+}
+
 /// Echo child for the parked test: blocking API, spinning off, so every wait parks.
 fn echo_parked(mut end: Duplex<u64, u64>) -> u64 {
     multiproc::set_spinning(false);

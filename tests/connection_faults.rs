@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use multiproc::connection::{Address, Auth, Listener, connect, python};
 use multiproc::error::RecvError;
+use multiproc_core::transport::channel::{ChannelEnd, OFFER_LEN, offer_ring};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use multiproc_suite::within;
 
 fn unique_path(tag: &str) -> PathBuf {
@@ -37,6 +39,17 @@ async fn still_serves(listener: &mut Listener<u32, u32>) {
     assert_eq!(within("good reply", good.recv()).await.unwrap(), Some(12));
 }
 
+/// A raw client of a native Unix listener: it makes the shared-ring offer a multiproc client
+/// makes, then writes whatever the test wants straight to the socket. The channel end (socket
+/// and ring) stays alive beside it.
+async fn raw_unix_client(path: &std::path::Path) -> (std::os::unix::net::UnixStream, ChannelEnd) {
+    let stream = tokio::net::UnixStream::connect(path).await.unwrap();
+    let end = offer_ring(stream).await.unwrap();
+    let raw = std::os::unix::net::UnixStream::from(end.shared_fd().try_clone_owned().unwrap());
+    raw.set_nonblocking(false).unwrap();
+    (raw, end)
+}
+
 #[tokio::test]
 async fn oversized_and_corrupt_frames_over_a_unix_socket() {
     let path = unique_path("unix");
@@ -45,7 +58,7 @@ async fn oversized_and_corrupt_frames_over_a_unix_socket() {
         .unwrap();
 
     // Announces 1 GiB against a 1 MiB limit: skipped with a clear error, the end goes on.
-    let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    let (mut bad, ring) = raw_unix_client(&path).await;
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
     end.set_max_message_size(1 << 20);
     bad.write_all(&mpf1_header(1 << 30)).unwrap();
@@ -54,13 +67,13 @@ async fn oversized_and_corrupt_frames_over_a_unix_socket() {
         matches!(err, RecvError::TooLarge { len, limit } if len == 1 << 30 && limit == 1 << 20)
     );
     assert!(!err.is_fatal());
-    drop(bad);
+    drop((bad, ring));
     // Gone in the middle of the skipped frame.
     let err = within("truncated", end.recv()).await.unwrap_err();
     assert!(matches!(err, RecvError::Truncated { .. }), "{err}");
 
-    // Bytes that are not frames at all.
-    let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    // Bytes that are not frames at all, after a good offer.
+    let (mut bad, _ring) = raw_unix_client(&path).await;
     let (mut end, _) = within("accept", listener.accept()).await.unwrap();
     bad.write_all(b"GET / HTTP/1.1\r\n\r\n").unwrap();
     let err = within("corrupt", end.recv()).await.unwrap_err();
@@ -73,6 +86,85 @@ async fn oversized_and_corrupt_frames_over_a_unix_socket() {
         None,
         "a corrupt stream ends the connection"
     );
+
+    still_serves(&mut listener).await;
+}
+
+/// Sends `bytes` with `fds` beside them, as a client's first bytes.
+fn send_offer(stream: &std::os::unix::net::UnixStream, bytes: &[u8], fds: &[BorrowedFd<'_>]) {
+    use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags};
+    let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    if !fds.is_empty() {
+        assert!(control.push(SendAncillaryMessage::ScmRights(fds)));
+    }
+    let sent = rustix::net::sendmsg(
+        stream,
+        &[std::io::IoSlice::new(bytes)],
+        &mut control,
+        SendFlags::empty(),
+    )
+    .unwrap();
+    assert_eq!(sent, bytes.len());
+}
+
+/// A memfd of `len` bytes, sealed against shrinking or not.
+fn memfd(len: u64, sealed: bool) -> OwnedFd {
+    use rustix::fs::{MemfdFlags, SealFlags};
+    let fd = rustix::fs::memfd_create("fake-ring", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING)
+        .unwrap();
+    rustix::fs::ftruncate(&fd, len).unwrap();
+    if sealed {
+        rustix::fs::fcntl_add_seals(&fd, SealFlags::SHRINK | SealFlags::GROW).unwrap();
+    }
+    fd
+}
+
+#[tokio::test]
+async fn a_unix_client_whose_first_bytes_are_not_a_good_ring_offer_is_refused() {
+    let path = unique_path("offer");
+    let mut listener = Listener::<u32, u32>::bind(&*path, Auth::none())
+        .await
+        .unwrap();
+    let header = |len: u64| {
+        let mut offer = b"MPRING01".to_vec();
+        offer.extend_from_slice(&len.to_le_bytes());
+        assert_eq!(offer.len(), OFFER_LEN);
+        offer
+    };
+    let good_len = 4096 + 2 * (32 << 10);
+    let unsealed = memfd(good_len, false);
+    let small = memfd(4096, true);
+    let right = memfd(good_len, true);
+    let other = memfd(16, true);
+    let cases: Vec<(&str, Vec<u8>, Vec<BorrowedFd<'_>>, &str)> = vec![
+        ("not an offer", b"GET / HTTP/1.1\r\n\r\n".to_vec(), vec![], "magic"),
+        ("no descriptor", header(good_len), vec![], "descriptors"),
+        ("two descriptors", header(good_len), vec![right.as_fd(), other.as_fd()], "descriptors"),
+        ("a wrong length", header(12), vec![right.as_fd()], "region of 12 bytes"),
+        ("an unsealed memfd", header(good_len), vec![unsealed.as_fd()], "sealed"),
+        ("a region too small", header(good_len), vec![small.as_fd()], "backed by a file"),
+    ];
+    for (what, bytes, fds, says) in cases {
+        let bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        send_offer(&bad, &bytes, &fds);
+        let err = within(what, listener.accept()).await.unwrap_err();
+        assert!(err.is_handshake(), "{what}: {err}");
+        let mut chain = err.to_string();
+        let mut source = std::error::Error::source(&err);
+        while let Some(s) = source {
+            chain.push_str(&format!(": {s}"));
+            source = s.source();
+        }
+        assert!(chain.contains(says), "{what}: {chain}");
+        drop(bad);
+    }
+    // A client that closes mid-offer.
+    let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
+    bad.write_all(b"MPRING").unwrap();
+    drop(bad);
+    let err = within("half an offer", listener.accept()).await.unwrap_err();
+    assert!(err.is_handshake(), "{err}");
 
     still_serves(&mut listener).await;
 }

@@ -27,7 +27,7 @@ use crate::address::Address;
 use crate::auth::Auth;
 use crate::bind::{PathGuard, bind_path};
 use crate::error::{AcceptError, BindError, HandshakeError, HandshakeErrorKind};
-use crate::handshake::{self, Established, Raw, Side};
+use crate::handshake::{self, Established, Protocol, Raw, Side};
 use crate::peer::Peer;
 
 /// Most connections in handshakes or waiting for `accept` at once.
@@ -71,7 +71,11 @@ pub(crate) struct Acceptor {
 }
 
 impl Acceptor {
-    pub(crate) async fn bind(address: Address, auth: Auth) -> Result<Acceptor, BindError> {
+    pub(crate) async fn bind(
+        address: Address,
+        auth: Auth,
+        protocol: Protocol,
+    ) -> Result<Acceptor, BindError> {
         handshake::fits(&auth, address.is_unix(), true)
             .map_err(|why| BindError::invalid(&address, why))?;
         let (listener, guard, local) = match &address {
@@ -93,7 +97,7 @@ impl Acceptor {
             }
         };
         let (tx, rx) = mpsc::channel(QUEUE);
-        let task = tokio::spawn(run(listener, auth, tx)).abort_handle();
+        let task = tokio::spawn(run(listener, auth, protocol, tx)).abort_handle();
         Ok(Acceptor {
             rx,
             task,
@@ -120,11 +124,11 @@ impl Drop for Acceptor {
     }
 }
 
-async fn handshake_one(raw: Raw, auth: Auth) -> Accepted {
+async fn handshake_one(raw: Raw, auth: Auth, protocol: Protocol) -> Accepted {
     let peer = handshake::peer_of(&raw);
     match tokio::time::timeout(
         auth.timeout,
-        handshake::run(raw, &peer, &auth, Side::Server),
+        handshake::run(raw, &peer, &auth, Side::Server, protocol),
     )
     .await
     {
@@ -162,7 +166,12 @@ fn backoff(failures: u32) -> Duration {
     }
 }
 
-async fn run(listener: RawListener, auth: Auth, tx: mpsc::Sender<Queued>) {
+async fn run(
+    listener: RawListener,
+    auth: Auth,
+    protocol: Protocol,
+    tx: mpsc::Sender<Queued>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_PENDING));
     let mut handshakes = JoinSet::new();
     let mut failures = 0u32;
@@ -177,7 +186,7 @@ async fn run(listener: RawListener, auth: Auth, tx: mpsc::Sender<Queued>) {
                 failures = 0;
                 let (auth, tx) = (auth.clone(), tx.clone());
                 handshakes.spawn(async move {
-                    let outcome = handshake_one(raw, auth).await;
+                    let outcome = handshake_one(raw, auth, protocol).await;
                     // The listener may be gone: then so is the connection.
                     let _ = tx.send((outcome, slot)).await;
                 });

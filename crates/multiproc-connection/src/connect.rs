@@ -6,7 +6,7 @@ use crate::address::Address;
 use crate::auth::Auth;
 use crate::connection::Connection;
 use crate::error::{ConnectError, HandshakeError, HandshakeErrorKind};
-use crate::handshake::{self, Established, Raw, Side};
+use crate::handshake::{self, Established, Protocol, Raw, Side};
 use crate::peer::Peer;
 
 /// Connects to a listener at `address` and authenticates as `auth` says (Python's
@@ -46,7 +46,7 @@ pub async fn connect<S, R>(
     auth: Auth,
 ) -> Result<Connection<S, R>, ConnectError> {
     let address = address.into();
-    let (established, peer) = establish(&address, &auth).await?;
+    let (established, peer) = establish(&address, &auth, Protocol::Native).await?;
     Connection::from_established(established, peer).map_err(|e| ConnectError::connect(&address, e))
 }
 
@@ -54,6 +54,7 @@ pub async fn connect<S, R>(
 pub(crate) async fn establish(
     address: &Address,
     auth: &Auth,
+    protocol: Protocol,
 ) -> Result<(Established, Peer), ConnectError> {
     handshake::fits(auth, address.is_unix(), false)
         .map_err(|why| ConnectError::invalid(address, why))?;
@@ -76,7 +77,7 @@ pub(crate) async fn establish(
             }
         };
         let peer = handshake::peer_of(&raw);
-        let established = handshake::run(raw, &peer, auth, Side::Client)
+        let established = handshake::run(raw, &peer, auth, Side::Client, protocol)
             .await
             .map_err(|e| ConnectError::handshake(address, e))?;
         Ok((established, peer))

@@ -57,6 +57,7 @@ impl<S, R> Connection<S, R> {
                 let fd = std::os::fd::OwnedFd::from(stream.into_std()?);
                 Inner::Unix(Duplex::from_socket(fd)?)
             }
+            Established::Channel(end) => Inner::Unix(Duplex::from_channel_end(end)?),
             Established::Tcp(stream) => {
                 Inner::Stream(FramedIo::from_io(Io::Tcp(stream)), PhantomData)
             }

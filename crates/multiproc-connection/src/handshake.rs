@@ -9,9 +9,14 @@
 //!
 //! On a Unix socket the challenge reads exactly its frames and nothing more, so the socket is
 //! handed to the descriptor-carrying channel with nothing the peer sent after it swallowed.
+//!
+//! Then, on a native Unix connection ([`Protocol::Native`]), the client offers the shared ring
+//! of the connection's channel and the server takes it (`offer_ring` / `take_ring_offer` in
+//! core's `transport::channel`, 16 bytes and a memfd), still within the handshake timeout.
 
 use std::os::fd::AsFd;
 
+use multiproc_core::transport::channel::{ChannelEnd, offer_ring, take_ring_offer};
 use multiproc_core::transport::endpoint::{effective_uid, peer_credentials};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpStream, UnixStream};
@@ -29,10 +34,23 @@ pub(crate) enum Raw {
     Tcp(TcpStream),
 }
 
+/// What the connection speaks once authenticated.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Protocol {
+    /// multiproc's own messages: over a Unix socket the connecting side then offers a shared
+    /// ring, which the accepting side takes (`multiproc_core::transport::channel::offer_ring`),
+    /// so small messages skip the socket as they do on a pipe.
+    Native,
+    /// Python's `multiprocessing.connection` frames: nothing after the handshake.
+    Python,
+}
+
 /// A connection whose handshake succeeded.
 pub(crate) enum Established {
     /// A Unix socket: descriptors can travel.
     Unix(UnixStream),
+    /// A Unix socket with the shared ring in place (a native connection).
+    Channel(ChannelEnd),
     /// Plain TCP: no descriptors.
     Tcp(TcpStream),
     /// Another byte stream (TLS): no descriptors.
@@ -42,9 +60,13 @@ pub(crate) enum Established {
 
 impl Established {
     /// The connection as a byte stream (for Python-compatible connections).
+    ///
+    /// # Panics
+    /// On a native connection's channel end, which never reaches the Python protocol.
     pub(crate) fn into_io(self) -> Io {
         match self {
             Established::Unix(s) => Io::Unix(s),
+            Established::Channel(_) => unreachable!("a native connection speaks no Python"),
             Established::Tcp(s) => Io::Tcp(s),
             Established::Stream(s) => Io::Other(s),
         }
@@ -142,8 +164,31 @@ async fn mutual<I: AsyncRead + AsyncWrite + Unpin + ?Sized>(
     }
 }
 
-/// One side of the handshake (without its timeout, which the caller applies).
+/// One side of the handshake, then the shared ring of a native Unix connection (all without
+/// its timeout, which the caller applies).
 pub(crate) async fn run(
+    raw: Raw,
+    peer: &Peer,
+    auth: &Auth,
+    side: Side,
+    protocol: Protocol,
+) -> Result<Established, HandshakeError> {
+    let established = authenticate(raw, peer, auth, side).await?;
+    match (established, protocol) {
+        (Established::Unix(stream), Protocol::Native) => {
+            let end = match side {
+                Side::Client => offer_ring(stream).await,
+                Side::Server => take_ring_offer(stream).await,
+            };
+            end.map(Established::Channel)
+                .map_err(|e| HandshakeError::new(HandshakeErrorKind::Io(e)))
+        }
+        (established, _) => Ok(established),
+    }
+}
+
+/// The authentication `auth` asks for.
+async fn authenticate(
     raw: Raw,
     peer: &Peer,
     auth: &Auth,

@@ -8,6 +8,7 @@ use std::task::{Context, Poll, ready};
 use futures_core::Stream;
 
 use crate::acceptor::Acceptor;
+use crate::handshake::Protocol;
 use crate::address::Address;
 use crate::auth::Auth;
 use crate::connection::Connection;
@@ -68,7 +69,7 @@ impl<S, R> Listener<S, R> {
     /// Outside a tokio runtime.
     pub async fn bind(address: impl Into<Address>, auth: Auth) -> Result<Self, BindError> {
         Ok(Listener {
-            acceptor: Acceptor::bind(address.into(), auth).await?,
+            acceptor: Acceptor::bind(address.into(), auth, Protocol::Native).await?,
             _marker: PhantomData,
         })
     }

@@ -44,6 +44,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use crate::acceptor::Acceptor;
+use crate::handshake::Protocol;
 use crate::address::Address;
 use crate::auth::Auth;
 use crate::error::{AcceptError, BindError, ConnectError, RecvError, SendError};
@@ -67,7 +68,7 @@ impl Listener {
     /// Outside a tokio runtime.
     pub async fn bind(address: impl Into<Address>, auth: Auth) -> Result<Listener, BindError> {
         Ok(Listener {
-            acceptor: Acceptor::bind(address.into(), auth).await?,
+            acceptor: Acceptor::bind(address.into(), auth, Protocol::Python).await?,
         })
     }
 
@@ -108,7 +109,7 @@ impl fmt::Debug for Listener {
 /// # Cancel safety
 /// Dropping the future abandons the connection.
 pub async fn connect(address: impl Into<Address>, auth: Auth) -> Result<Connection, ConnectError> {
-    let (established, peer) = crate::connect::establish(&address.into(), &auth).await?;
+    let (established, peer) = crate::connect::establish(&address.into(), &auth, Protocol::Python).await?;
     Ok(Connection::new(
         FramedIo::from_io(established.into_io()),
         peer,

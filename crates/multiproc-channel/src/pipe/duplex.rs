@@ -35,6 +35,16 @@ impl<S, R> Duplex<S, R> {
         })
     }
 
+    /// An end over a channel end of the transport layer: a socket, and the shared ring the two
+    /// sides agreed on, if any (a connection accepted by `multiproc::connection` and its client
+    /// have one, set up by `multiproc_core::transport::channel::offer_ring`).
+    ///
+    /// # Errors
+    /// When the end's descriptor is not a socket, or its ring region is malformed.
+    pub fn from_channel_end(end: channel::ChannelEnd) -> std::io::Result<Self> {
+        Self::from_end(end)
+    }
+
     /// An end over a connected Unix stream socket whose peer speaks the same frames: the other
     /// end of a socket pair, or a connection a listener accepted (see `multiproc::connection`).
     ///

@@ -190,6 +190,22 @@ pub(crate) fn wait_ready(
     }
 }
 
+/// Whether the peer of the connected socket `fd` has closed it (its every copy), without
+/// waiting: `poll(2)` with a zero timeout reports `POLLHUP`. A peer that only shut down its
+/// writing half does not count.
+///
+/// # References
+/// - [`poll(2)`](https://man7.org/linux/man-pages/man2/poll.2.html)
+pub(crate) fn peer_closed(fd: BorrowedFd<'_>) -> bool {
+    let mut pfd = [PollFd::new(&fd, PollFlags::empty())];
+    let zero = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut pfd, Some(&zero)), Ok(1))
+        && pfd[0].revents().contains(PollFlags::HUP)
+}
+
 /// Identity of the running executable: `(st_dev, st_ino)` of `/proc/self/exe`. It cannot
 /// change while the process runs, so it is read once.
 pub(crate) fn exe_identity() -> io::Result<(u64, u64)> {

@@ -81,6 +81,7 @@ use crate::SharedFd;
 use crate::sys;
 use crate::transport::socket::Socket;
 
+mod offer;
 mod receiver;
 mod ring;
 mod sender;
@@ -89,6 +90,7 @@ mod tests;
 
 pub use crate::message::Payload;
 pub use receiver::{RawReceiver, TryRecv};
+pub use offer::{OFFER_LEN, offer_ring, take_ring_offer};
 pub use ring::ChannelEnd;
 use ring::{RingShare, RxRing, TxRing, new_token};
 pub use sender::{RawSender, SendBytes};

@@ -68,6 +68,17 @@ impl RingShare {
         ))
     }
 
+    /// End 1's share of a region that the other end's process made and offered on a
+    /// connection (see `super::offer`).
+    pub(crate) fn taken(region: SharedRegion) -> RingShare {
+        RingShare { region, side: 1 }
+    }
+
+    /// The region.
+    pub(crate) fn region(&self) -> &SharedRegion {
+        &self.region
+    }
+
     fn control(&self, dir: usize, word: usize) -> usize {
         dir * DIR_CONTROL + word
     }
@@ -192,6 +203,17 @@ impl TxRing {
         {
             writer.publish();
         }
+    }
+
+    /// Whether records this copy published still wait for the receiver. A receiver killed
+    /// while it was not parked leaves no wake-up frame to fail, so a sender that finds its
+    /// previous record untaken checks that the receiver lives before it adds another (see
+    /// [`RawSender`](super::RawSender)): a send to a dead peer then fails at most one message
+    /// late, as a socket send does when the peer dies just after it.
+    pub(crate) fn backlogged(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_some_and(|w| w.ring().taken() < w.ring().published())
     }
 
     /// Puts a frame's payload in the ring if this copy owns it and it fits; `false` when it

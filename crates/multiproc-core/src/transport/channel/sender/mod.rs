@@ -138,6 +138,11 @@ impl RawSender {
         let mut kind = Kind::Plain;
         let mut wake = false;
         if let Some(ring) = &mut self.ring {
+            if alone && ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
+                self.outbox.buf.truncate(start);
+                self.closed = true;
+                return Err(SendErrorKind::Closed);
+            }
             let in_ring =
                 alone && fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
             let owned = !in_ring && ring.tag_socket_frame();

@@ -38,6 +38,10 @@ impl RawSender {
         }
         let mut kind = Kind::Plain;
         if let Some(ring) = &mut self.ring {
+            if ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
+                self.closed = true;
+                return Err(SendErrorKind::Closed);
+            }
             if ring.try_write(bytes) {
                 self.socket.note_sent();
                 return Ok(Accepted::Ring);
