@@ -290,7 +290,10 @@ fn connect_raw(
         None,
     )
     .unwrap();
-    let (bytes, fds) = multiproc::core::message::encode(&SharedFd::new(theirs)).unwrap();
+    // A pipe end over a bare socket (no shared ring): what the manager takes from its
+    // connector.
+    let end = multiproc_core::transport::channel::ChannelEnd::from_fd(SharedFd::new(theirs));
+    let (bytes, fds) = multiproc::core::message::encode(&end).unwrap();
     connector
         .try_send(&[], &Packet::new(&bytes, fds).unwrap())
         .unwrap();
