@@ -130,6 +130,8 @@ pub(crate) struct TxRing {
     dirty: bool,
     /// A publication in the middle of a batch found the receiver parked: it must be woken.
     wake_pending: bool,
+    /// The receiver's count of taken bytes at the last [`backlogged`](Self::backlogged).
+    taken_seen: u64,
 }
 
 impl TxRing {
@@ -140,6 +142,7 @@ impl TxRing {
             writer: None,
             dirty: false,
             wake_pending: false,
+            taken_seen: u64::MAX,
         }
     }
 
@@ -205,15 +208,22 @@ impl TxRing {
         }
     }
 
-    /// Whether records this copy published still wait for the receiver. A receiver killed
+    /// Whether records this copy published still wait for a receiver that has not taken any
+    /// since the last call. A receiver killed
     /// while it was not parked leaves no wake-up frame to fail, so a sender that finds its
     /// previous record untaken checks that the receiver lives before it adds another (see
     /// [`RawSender`](super::RawSender)): a send to a dead peer then fails at most one message
     /// late, as a socket send does when the peer dies just after it.
-    pub(crate) fn backlogged(&self) -> bool {
-        self.writer
-            .as_ref()
-            .is_some_and(|w| w.ring().taken() < w.ring().published())
+    /// Asks again only when the receiver took nothing since the previous question, so a
+    /// receiver that keeps up costs nothing.
+    pub(crate) fn backlogged(&mut self) -> bool {
+        let Some(w) = self.writer.as_ref() else {
+            return false;
+        };
+        let taken = w.ring().taken();
+        let stalled = taken < w.ring().published() && taken == self.taken_seen;
+        self.taken_seen = taken;
+        stalled
     }
 
     /// Puts a frame's payload in the ring if this copy owns it and it fits; `false` when it
