@@ -225,7 +225,10 @@ async fn a_send_to_a_receiver_killed_while_polling_fails_by_the_next_send() {
         .or(second.err())
         .expect("a send to a dead receiver fails by the second one");
     assert!(err.is_closed(), "{err}");
-    assert!(tx.send(10).await.unwrap_err().is_closed(), "and stays closed");
+    assert!(
+        tx.send(10).await.unwrap_err().is_closed(),
+        "and stays closed"
+    );
 }
 
 /// Echo child for the parked test: blocking API, spinning off, so every wait parks.

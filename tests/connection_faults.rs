@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use multiproc::connection::{Address, Auth, Listener, connect, python};
 use multiproc::error::RecvError;
 use multiproc_core::transport::channel::{ChannelEnd, OFFER_LEN, offer_ring};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use multiproc_suite::within;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 fn unique_path(tag: &str) -> PathBuf {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -138,12 +138,37 @@ async fn a_unix_client_whose_first_bytes_are_not_a_good_ring_offer_is_refused() 
     let right = memfd(good_len, true);
     let other = memfd(16, true);
     let cases: Vec<(&str, Vec<u8>, Vec<BorrowedFd<'_>>, &str)> = vec![
-        ("not an offer", b"GET / HTTP/1.1\r\n\r\n".to_vec(), vec![], "magic"),
+        (
+            "not an offer",
+            b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+            vec![],
+            "magic",
+        ),
         ("no descriptor", header(good_len), vec![], "descriptors"),
-        ("two descriptors", header(good_len), vec![right.as_fd(), other.as_fd()], "descriptors"),
-        ("a wrong length", header(12), vec![right.as_fd()], "region of 12 bytes"),
-        ("an unsealed memfd", header(good_len), vec![unsealed.as_fd()], "sealed"),
-        ("a region too small", header(good_len), vec![small.as_fd()], "backed by a file"),
+        (
+            "two descriptors",
+            header(good_len),
+            vec![right.as_fd(), other.as_fd()],
+            "descriptors",
+        ),
+        (
+            "a wrong length",
+            header(12),
+            vec![right.as_fd()],
+            "region of 12 bytes",
+        ),
+        (
+            "an unsealed memfd",
+            header(good_len),
+            vec![unsealed.as_fd()],
+            "sealed",
+        ),
+        (
+            "a region too small",
+            header(good_len),
+            vec![small.as_fd()],
+            "backed by a file",
+        ),
     ];
     for (what, bytes, fds, says) in cases {
         let bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
@@ -163,7 +188,9 @@ async fn a_unix_client_whose_first_bytes_are_not_a_good_ring_offer_is_refused() 
     let mut bad = std::os::unix::net::UnixStream::connect(&path).unwrap();
     bad.write_all(b"MPRING").unwrap();
     drop(bad);
-    let err = within("half an offer", listener.accept()).await.unwrap_err();
+    let err = within("half an offer", listener.accept())
+        .await
+        .unwrap_err();
     assert!(err.is_handshake(), "{err}");
 
     still_serves(&mut listener).await;

@@ -166,12 +166,7 @@ fn backoff(failures: u32) -> Duration {
     }
 }
 
-async fn run(
-    listener: RawListener,
-    auth: Auth,
-    protocol: Protocol,
-    tx: mpsc::Sender<Queued>,
-) {
+async fn run(listener: RawListener, auth: Auth, protocol: Protocol, tx: mpsc::Sender<Queued>) {
     let slots = Arc::new(Semaphore::new(MAX_PENDING));
     let mut handshakes = JoinSet::new();
     let mut failures = 0u32;

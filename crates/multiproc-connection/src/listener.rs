@@ -8,11 +8,11 @@ use std::task::{Context, Poll, ready};
 use futures_core::Stream;
 
 use crate::acceptor::Acceptor;
-use crate::handshake::Protocol;
 use crate::address::Address;
 use crate::auth::Auth;
 use crate::connection::Connection;
 use crate::error::{AcceptError, BindError};
+use crate::handshake::Protocol;
 use crate::peer::Peer;
 
 /// A named endpoint that unrelated processes connect to (Python's

@@ -44,11 +44,11 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use crate::acceptor::Acceptor;
-use crate::handshake::Protocol;
 use crate::address::Address;
 use crate::auth::Auth;
 use crate::error::{AcceptError, BindError, ConnectError, RecvError, SendError};
 use crate::framed::FramedIo;
+use crate::handshake::Protocol;
 use crate::peer::Peer;
 
 /// A listener speaking Python's `multiprocessing.connection` protocol; see the
@@ -109,7 +109,8 @@ impl fmt::Debug for Listener {
 /// # Cancel safety
 /// Dropping the future abandons the connection.
 pub async fn connect(address: impl Into<Address>, auth: Auth) -> Result<Connection, ConnectError> {
-    let (established, peer) = crate::connect::establish(&address.into(), &auth, Protocol::Python).await?;
+    let (established, peer) =
+        crate::connect::establish(&address.into(), &auth, Protocol::Python).await?;
     Ok(Connection::new(
         FramedIo::from_io(established.into_io()),
         peer,

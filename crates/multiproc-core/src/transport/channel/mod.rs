@@ -89,8 +89,8 @@ mod sender;
 mod tests;
 
 pub use crate::message::Payload;
-pub use receiver::{RawReceiver, TryRecv};
 pub use offer::{OFFER_LEN, offer_ring, take_ring_offer};
+pub use receiver::{RawReceiver, TryRecv};
 pub use ring::ChannelEnd;
 use ring::{RingShare, RxRing, TxRing, new_token};
 pub use sender::{RawSender, SendBytes};

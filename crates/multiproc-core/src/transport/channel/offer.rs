@@ -18,8 +18,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 
-use super::ring::{REGION_LEN, RingShare, new_token};
 use super::ChannelEnd;
+use super::ring::{REGION_LEN, RingShare, new_token};
 use crate::SharedFd;
 use crate::shm::SharedRegion;
 use crate::sys;
@@ -50,7 +50,11 @@ pub async fn offer_ring(stream: UnixStream) -> io::Result<ChannelEnd> {
         sent += stream
             .async_io(Interest::WRITABLE, || {
                 // The descriptor goes with the first byte; a short write sends the rest alone.
-                let fds = if sent == 0 { vec![region.as_fd()] } else { Vec::new() };
+                let fds = if sent == 0 {
+                    vec![region.as_fd()]
+                } else {
+                    Vec::new()
+                };
                 sys::send_with_fds(stream.as_fd(), &offer[sent..], &fds)
             })
             .await?;
@@ -92,7 +96,9 @@ pub async fn take_ring_offer(stream: UnixStream) -> io::Result<ChannelEnd> {
         got += received.bytes;
     }
     if offer[..8] != OFFER_MAGIC {
-        return Err(not_an_offer("it does not start with the ring offer's magic"));
+        return Err(not_an_offer(
+            "it does not start with the ring offer's magic",
+        ));
     }
     let len = u64::from_le_bytes(offer[8..].try_into().expect("8 bytes"));
     if len != REGION_LEN as u64 {
