@@ -10,7 +10,7 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The authentication a listener demands and a client offers; both sides must use the same
 /// kind (and key).
 ///
-/// - [`Auth::none`]: anyone who can reach the address. No bytes are exchanged.
+/// - [`Auth::none`]: anyone who can reach the address. No bytes are exchanged for it.
 /// - [`Auth::same_user`]: only processes of this effective user, checked by each side on the
 ///   kernel's record of the peer (`SO_PEERCRED`), with no round trip. Unix addresses only.
 /// - [`Auth::key`]: a shared key and a mutual HMAC challenge, byte-compatible with Python's
@@ -18,6 +18,10 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 ///   is a key like any other, never "no authentication".
 /// - `Auth::tls_server` / `Auth::tls_client` (the `tls` feature): TLS over TCP (rustls),
 ///   optionally with a key on top ([`Auth::with_key`]).
+///
+/// After any of them, a native connection over a Unix socket sets up its shared ring: the client
+/// offers it (16 bytes and a descriptor, no round trip) and the listener checks it, so over a
+/// Unix socket even [`Auth::none`] makes the listener wait for the client's first bytes.
 ///
 /// Every handshake is bounded by a timeout ([`DEFAULT_HANDSHAKE_TIMEOUT`], see
 /// [`handshake_timeout`](Auth::handshake_timeout)): a client that says nothing is dropped, and

@@ -32,7 +32,8 @@
 //!   feature), optionally with a key on top. Every handshake has a timeout: a silent client is dropped while the
 //!   listener serves the others, and a wrong key fails on both sides.
 //! - **Ends** ([`Connection`]): over Unix sockets a [`pipe::Duplex`](multiproc_channel::pipe::Duplex)
-//!   underneath, so handles travel inside messages; over TCP, bytes, and a message holding a
+//!   underneath, so handles travel inside messages and small messages skip the socket through
+//!   a shared ring the client offers after the authentication; over TCP, bytes, and a message holding a
 //!   handle fails to send rather than arrive broken. [`ready_timeout`](Connection::ready_timeout)
 //!   is Python's `poll(timeout)`.
 //! - **Python** ([`python`]): byte connections in Python's own protocol, so a Python
