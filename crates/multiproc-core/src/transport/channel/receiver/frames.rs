@@ -262,7 +262,7 @@ impl RawReceiver {
                     ring.owned_delivered();
                 }
                 self.arrived();
-                let fds: Vec<OwnedFd> = self.fds.drain(..fds).collect();
+                let fds = self.take_fds(fds);
                 let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
                 self.start = end;
                 if self.start == self.end {
@@ -281,10 +281,19 @@ impl RawReceiver {
                     ring.owned_delivered();
                 }
                 self.arrived();
-                let fds: Vec<OwnedFd> = self.fds.drain(..direct.fds).collect();
+                let fds = self.take_fds(direct.fds);
                 f(Payload::Owned(direct.payload), fds)
             }
         }
+    }
+
+    /// The first `n` received descriptors, for the frame being delivered (most frames carry
+    /// none: then nothing is drained).
+    fn take_fds(&mut self, n: usize) -> Vec<OwnedFd> {
+        if n == 0 {
+            return Vec::new();
+        }
+        self.fds.drain(..n).collect()
     }
 
     /// Makes room for a read that can complete a frame of `need` bytes.
