@@ -90,7 +90,10 @@ async fn use_many(queues: Vec<Queue<u64>>) -> Result<Report, String> {
         return Err("a large message came back changed".into());
     }
     let carrier: Queue<Queue<u64>> = Queue::new().map_err(|e| e.to_string())?;
-    carrier.put(own[0].clone()).await.map_err(|e| e.to_string())?;
+    carrier
+        .put(own[0].clone())
+        .await
+        .map_err(|e| e.to_string())?;
     let back = carrier.try_get().map_err(|e| e.to_string())?;
     back.put(99).await.map_err(|e| e.to_string())?;
     if own[0].try_get().map_err(|e| e.to_string())? != 99 {

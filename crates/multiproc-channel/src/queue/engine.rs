@@ -508,7 +508,6 @@ impl Engine {
     /// Cancel safe: a message is claimed, written and published within one poll, so a dropped
     /// future put the whole message or nothing.
     pub(crate) async fn put(&self, encoded: &Encoded) -> Result<(), PutErrorKind> {
-        let mut writable = None;
         loop {
             match self.attempt(encoded).await {
                 Attempt::Done => return Ok(()),
@@ -525,15 +524,12 @@ impl Engine {
                         .map_err(PutErrorKind::Io)?;
                 }
                 Attempt::SocketFull => {
-                    let registration = self
-                        .socket
-                        .writable_registration()
+                    // A registration of its own for each wait: a queue whose socket once filled
+                    // holds no descriptor more at rest.
+                    self.socket
+                        .writable_once()
+                        .await
                         .map_err(PutErrorKind::Io)?;
-                    // Readiness seen before this failed attempt is stale: clear it, then wait.
-                    if let Some(mut guard) = writable.take() {
-                        tokio::io::unix::AsyncFdReadyGuard::clear_ready(&mut guard);
-                    }
-                    writable = Some(registration.writable().await.map_err(PutErrorKind::Io)?);
                 }
             }
         }
@@ -1034,7 +1030,12 @@ mod tests {
     /// A packet that is not the queue's, sent into its socket ahead of a real one.
     fn forge(engine: &Engine, bytes: &[u8]) {
         use std::os::fd::AsFd;
-        let fd = engine.socket.shared_fd().as_fd().try_clone_to_owned().unwrap();
+        let fd = engine
+            .socket
+            .shared_fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .unwrap();
         std::os::unix::net::UnixDatagram::from(fd)
             .send(bytes)
             .unwrap();
@@ -1129,10 +1130,7 @@ mod tests {
         for i in 0..n {
             assert!(engine.try_put(&packet(i as u8, 1000)).unwrap());
         }
-        assert!(
-            engine.log.resident().unwrap() > 0,
-            "the socket overflowed"
-        );
+        assert!(engine.log.resident().unwrap() > 0, "the socket overflowed");
         for i in 0..n {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
         }
@@ -1164,6 +1162,45 @@ mod tests {
             .expect("get hung")
             .unwrap()
             .expect("queue ended")
+    }
+
+    #[tokio::test]
+    async fn a_put_waiting_for_socket_room_goes_on_once_getters_drain_it() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        // Messages that carry a descriptor must take the socket: fill it.
+        let fd = engine.socket.shared_fd().clone();
+        let with_fd = |i: u32| Encoded::new(&(i, fd.clone()), 1 << 20).unwrap();
+        let mut n = 0u32;
+        while engine.try_put(&with_fd(n)).unwrap() {
+            n += 1;
+        }
+        assert!(n >= 100, "only {n} fit");
+        let last = with_fd(n);
+        let mut put = std::pin::pin!(engine.put(&last));
+        assert!(
+            poll_once(&mut put).is_none(),
+            "the socket is full: the put waits"
+        );
+        // Getters drain it; the waiting put goes on and its message comes last.
+        for i in 0..n {
+            let (got, _): (u32, SharedFd) = get_any(&engine).await.decode().unwrap();
+            assert_eq!(got, i);
+        }
+        tokio::time::timeout(Duration::from_secs(10), put)
+            .await
+            .expect("the put never saw room")
+            .unwrap();
+        let (got, _): (u32, SharedFd) = get_any(&engine).await.decode().unwrap();
+        assert_eq!(got, n);
+    }
+
+    /// Polls `f` once: `Some` if it is ready.
+    fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match std::pin::Pin::new(f).poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[test]

@@ -104,13 +104,15 @@ pub fn packet_pair() -> io::Result<(SharedFd, SharedFd)> {
 ///   datagram sockets)
 pub fn packet_loopback() -> io::Result<SharedFd> {
     let euid = rustix::process::geteuid().as_raw();
-    let fd = crate::sys::nofile::creating(|| loop {
-        let [a, b] = crate::sys::random_key();
-        let name = format!("multiproc/{euid}/packet/{a:016x}{b:016x}");
-        match crate::sys::abstract_socket::loopback_datagram(name.as_bytes()) {
-            // 128 random bits taken already: draw again.
-            Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
-            other => return other,
+    let fd = crate::sys::nofile::creating(|| {
+        loop {
+            let [a, b] = crate::sys::random_key();
+            let name = format!("multiproc/{euid}/packet/{a:016x}{b:016x}");
+            match crate::sys::abstract_socket::loopback_datagram(name.as_bytes()) {
+                // 128 random bits taken already: draw again.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                other => return other,
+            }
         }
     })?;
     raise_send_buffer(&fd);
@@ -703,6 +705,30 @@ impl PacketSocket {
         }))
     }
 
+    /// Waits until the socket has room to send (or was shut down), on a registration with the
+    /// current tokio runtime made for this wait alone (a duplicate descriptor, closed when the
+    /// wait ends): a socket that filled up once keeps no descriptor more than it had. For a
+    /// socket whose senders seldom wait, such as a queue's.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when out of descriptors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only drops its registration.
+    pub async fn writable_once(&self) -> io::Result<()> {
+        let dup = self.socket.shared_fd().try_clone_owned()?;
+        // A fresh edge-triggered registration reports the readiness the socket has now, so
+        // room made before it was registered is not missed.
+        // SAFETY: the `AsyncFd` owns `dup` for its whole life, so the descriptor stays open and
+        // refers to the same file description while it is registered; `as_raw_fd` is constant.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        let _ready = afd.writable().await?;
+        Ok(())
+    }
+
     /// The socket's registration with the current tokio runtime, to wait for room to send.
     ///
     /// # Errors
@@ -1001,7 +1027,8 @@ mod tests {
         let a = PacketSocket::new(fd.clone()).unwrap();
         let b = PacketSocket::new(SharedFd::new(fd.try_clone_owned().unwrap())).unwrap();
         let (bytes, fds) = crate::message::encode(&(7u32, fd.clone())).unwrap();
-        a.try_send(b"h", &Packet::new(&bytes, fds).unwrap()).unwrap();
+        a.try_send(b"h", &Packet::new(&bytes, fds).unwrap())
+            .unwrap();
         assert!(a.unread_sent().unwrap() > 0);
         let PacketRecv::Packet(p) = b.try_recv().unwrap() else {
             panic!("nothing received")
