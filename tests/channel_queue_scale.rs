@@ -117,15 +117,17 @@ async fn a_process_under_a_1024_descriptor_limit_uses_hundreds_of_queues() {
         .open_files_limit(FD_LIMIT)
         .spawn(queues.clone(), use_many)
         .unwrap();
-    // The answers, while the child is still making its own queues.
+    let report = within("the child", child).await.unwrap().unwrap();
+    eprintln!("{report:?}");
+    // The answers, once the child took every message (each queue is both ways: taken earlier,
+    // this process could get back its own message).
     let mut answers = HashSet::new();
     for (i, q) in queues.iter().enumerate() {
         let v = within("an answer from the child", q.get()).await.unwrap();
         assert_eq!(v, 2 * i as u64);
         answers.insert(i);
+        assert!(q.is_empty(), "one message, one answer");
     }
-    let report = within("the child", child).await.unwrap().unwrap();
-    eprintln!("{report:?}");
     assert_eq!(answers.len(), RECEIVED);
     assert_eq!(report.limit, (Some(FD_LIMIT), Some(FD_LIMIT)));
     assert_eq!(report.created, CREATED);

@@ -991,18 +991,23 @@ mod tests {
         assert!(recv(&rx, 100).unwrap().is_none());
     }
 
-    #[test]
-    fn full_socket_would_block_and_capacity_is_large() {
-        let (tx, rx) = pair();
+    /// Sends packets of 64 bytes until the socket is full; how many it took.
+    fn fill(tx: &PacketSocket) -> usize {
         let p = packet(&[0u8; 64][..]);
         let mut n = 0usize;
         loop {
             match tx.try_send(&[], &p) {
                 Ok(()) => n += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return n,
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    #[test]
+    fn full_socket_would_block_and_capacity_is_large() {
+        let (tx, rx) = pair();
+        let n = fill(&tx);
         assert!(n >= 100, "only {n} small packets fit");
         assert!(!tx.blocking_wait_writable(Some(Instant::now())).unwrap());
         assert!(matches!(recv(&rx, 100).unwrap(), Some(Ok(_))));
@@ -1045,14 +1050,7 @@ mod tests {
     fn a_full_loopback_would_block_and_a_shut_down_one_drains_then_reads_empty() {
         let tx = PacketSocket::new(packet_loopback().unwrap()).unwrap();
         let p = packet(&[0u8; 64][..]);
-        let mut n = 0usize;
-        loop {
-            match tx.try_send(&[], &p) {
-                Ok(()) => n += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) => panic!("{e}"),
-            }
-        }
+        let n = fill(&tx);
         // Not held to `max_dgram_qlen` (512 by default): the send buffer is the limit.
         assert!(n >= 100, "only {n} small packets fit");
         assert!(!tx.blocking_wait_writable(Some(Instant::now())).unwrap());
