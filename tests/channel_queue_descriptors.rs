@@ -1,16 +1,27 @@
-//! What a `Queue` costs in descriptors, counted in `/proc/self/fd`: a queue at rest holds the
-//! few it needs (its shared memory, one eventfd for all its waits, the socket pair of its
-//! out-of-band lane and its log), its clones hold none of their own, and a queue sent to another
-//! process costs that process the same.
+//! What a `Queue` costs in descriptors, counted in `/proc/self/fd`: a queue at rest holds two
+//! of its own (its memfd: header, ring and log; and the one socket of its out-of-band lane),
+//! its clones hold none of their own, waiting on it costs nothing per queue, and a queue sent to
+//! another process costs that process the same.
+//!
+//! Shared by every queue (and lock, event, ...) of a process, and not counted per queue: the
+//! wait arena its waits live in, `1 + WAKE_LANES` descriptors (its memfd and its wake-up
+//! eventfds) per 16,383 primitives, mapped once per process, and each lane's cached waiter
+//! registrations (at most one for async waits and one for blocking waits per lane).
 //!
 //! One test, as the tests of one binary share the descriptor table.
 
+use std::time::Duration;
+
 use multiproc::{Queue, spawn};
+use multiproc_core::wait::arena::WAKE_LANES;
 use multiproc_suite::within;
 
-/// The most descriptors a queue at rest may hold: its memfd (header, ring, wait counts and the
-/// out-of-band lock), one eventfd, the socket pair and the log's memfd.
-const PER_QUEUE: usize = 5;
+/// The most descriptors a queue at rest may hold: its memfd (header, ring and the log's
+/// counters mapped, the log's data past them) and its socket.
+const PER_QUEUE: usize = 2;
+/// The most descriptors waiting may add for every queue of a process at once: a cached
+/// registration of each of the arena's wake-up lanes, async and blocking.
+const WAIT_REGISTRATIONS: usize = 2 * WAKE_LANES;
 
 fn open_descriptors() -> usize {
     std::fs::read_dir("/proc/self/fd")
@@ -98,6 +109,33 @@ fn a_queue_at_rest_holds_few_descriptors_and_its_clones_none() {
     assert!(
         open_descriptors() <= before,
         "dropped queues leave descriptors behind: {:?}, before {kinds_before:?}",
+        kinds()
+    );
+    waiting_on_each_queue_costs_nothing_per_queue();
+}
+
+fn waiting_on_each_queue_costs_nothing_per_queue() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let clones: Vec<Queue<u64>> = (0..200).map(|_| Queue::new().unwrap()).collect();
+    let with_runtime = open_descriptors();
+    // Each of them waited on (a get that parks, then times out), async and blocking: the
+    // registrations are the arena lanes', shared by all of them.
+    rt.block_on(async {
+        for q in &clones {
+            assert!(q.get_timeout(Duration::from_millis(2)).await.is_err());
+        }
+    });
+    for q in &clones {
+        assert!(q.blocking_get_timeout(Duration::from_millis(2)).is_err());
+    }
+    let waited = open_descriptors() - with_runtime;
+    assert!(
+        waited <= WAIT_REGISTRATIONS,
+        "waiting on 200 queues kept {waited} descriptors, more than the {WAIT_REGISTRATIONS} \
+         registrations of the arena's lanes: {:?}",
         kinds()
     );
 }

@@ -4,8 +4,9 @@
 //!   [`crate::queue::ring`]).
 //!   A message whose encoding fits a slot and carries no descriptor (the common case) is copied
 //!   into a slot and out again: no system call unless a process sleeps.
-//! - Larger messages and messages with descriptors: a `SOCK_SEQPACKET` pair
-//!   ([`multiproc_core::transport::packet`]) shared by every handle. Such a message is sent on
+//! - Larger messages and messages with descriptors: one packet socket
+//!   ([`packet_loopback`](multiproc_core::transport::packet::packet_loopback), a datagram
+//!   socket connected to itself) shared by every handle. Such a message is sent on
 //!   the socket with a *ticket* ([`crate::queue::ticket`]: its ring position, sealed with the
 //!   queue's [`TicketKey`]) and a token
 //!   takes its place on the ring, so it keeps its place in the order. Producers send and
@@ -16,20 +17,23 @@
 //!   queue's) and leaves its token for the next get, so a stray packet costs only itself. The
 //!   lock is only taken for these messages, and never across an `await`.
 //! - The log ([`PacketLog`]): a message without descriptors that the socket cannot take (above
-//!   64 KiB, or while the socket buffer is full) is appended to a shared sparse memfd, and a
-//!   log token (offset and length) takes its place on the ring. The getter reads it and
+//!   64 KiB, or while the socket buffer is full) is appended to the shared memfd past its
+//!   mapped part, and a log token (offset and length) takes its place on the ring. The getter reads it and
 //!   releases it, which frees every page all of whose bytes were read. So how much a queue
 //!   holds is bounded by its ring and by memory, never by a socket buffer.
-//! - Shared state: a header with the capacity, size limit, closed flag, ticket key, waiter
-//!   counts and the unfinished-task count of a joinable queue, then the ring, in one memfd
-//!   region. An unbounded queue's ring is sparse (see [`crate::queue::ring`]).
-//! - Wake-ups: three [`WaitQueue`]s with their waiter counts in the header and one eventfd
-//!   between them, written only while the waker's own count is non-zero: `not_empty` (getters),
-//!   `slot_freed` (putters of a full queue) and `all_done` (joiners). `close` wakes the first
-//!   two. A write wakes every parked waiter of the queue, whichever it was meant for; the others
-//!   re-check their condition and park again. They seldom wait at once (getters wait on an
-//!   empty queue, putters on a full one), and a descriptor less per wait queue is what lets a
-//!   process hold many queues.
+//! - Shared state: a header with the capacity, size limit, closed flag, ticket key and the
+//!   unfinished-task count of a joinable queue, then the ring, then the log's counters, mapped
+//!   from one memfd, whose bytes past the mapping are the log's data. An unbounded queue's ring
+//!   is sparse (see [`crate::queue::ring`]).
+//! - Wake-ups: three [`WaitQueue`]s and the out-of-band lock, with their waiter counts (and the
+//!   lock's owner word) in one 64-byte slot of a [wait arena](multiproc_core::wait::arena),
+//!   parking on that slot's shared wake-up eventfd, as `Lock`s and `Event`s do: `not_empty`
+//!   (getters), `slot_freed` (putters of a full queue) and `all_done` (joiners). A waker writes
+//!   the eventfd only while its own count is non-zero; `close` wakes the first two. A write
+//!   wakes every parked waiter of the lane (this queue's, and those of the other primitives
+//!   hashed to it), whichever it was meant for; the others re-check their condition and park
+//!   again. So a queue holds two descriptors of its own, the memfd and the socket, and shares
+//!   the arena's with thousands of other primitives.
 //! - Every wait (a getter on an empty queue, a putter on a full one, a joiner) first spins as
 //!   core's one spin policy says ([`WaitQueue::spin_then_wait_until`]) before it sleeps, so a
 //!   steady stream is handed over without a wake-up per message.
@@ -41,7 +45,6 @@ use std::time::Instant;
 use multiproc_core::SharedFd;
 use multiproc_core::shm::SharedRegion;
 use multiproc_core::transport::packet::{self, PacketLog, PacketSocket};
-use multiproc_core::wait::eventfd::EventFd;
 use multiproc_core::wait::spin::Contention;
 use multiproc_core::wait::{LIVENESS_TICK, RobustLock, WaitQueue};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -59,17 +62,19 @@ const OFF_MAX_SIZE: usize = 16; // u64
 const OFF_SLOTS: usize = 24; // u64
 const OFF_CLOSED: usize = 32; // u32
 const OFF_KEY: usize = 40; // [u64; 2]
-// Read on every put and get, written only by sleepers: a cache line of their own.
-const OFF_GET_WAITERS: usize = 64; // u32
-const OFF_PUT_WAITERS: usize = 68; // u32
-const OFF_JOIN_WAITERS: usize = 72; // u32
-/// The out-of-band lock: its waiter count (u32), then its owner word (u64) at +8.
-const OFF_OOB: usize = 80;
 const OFF_UNFINISHED: usize = 128; // u64
 /// The ring's hints take 128 bytes, then its slots start on a page boundary (for a sparse ring).
 const RING_BASE: usize = ring::PAGE - 128;
 
-const MAGIC: u32 = 0x5155_4534; // "QUE4"
+const MAGIC: u32 = 0x5155_4535; // "QUE5"
+
+// Layout of the queue's arena slot (64 bytes, a cache line: read on every put and get,
+// written only by sleepers).
+const W_GET: usize = 0; // u32: getters parked
+const W_PUT: usize = 4; // u32: putters parked
+const W_JOIN: usize = 8; // u32: joiners parked
+/// The out-of-band lock: its waiter count (u32), then its owner word (u64) at +8.
+const W_OOB: usize = 16;
 const FLAG_JOINABLE: u32 = 1;
 
 /// Slots of an unbounded queue's ring: how many messages it holds before `put` waits. The ring
@@ -81,6 +86,12 @@ pub(crate) const MAX_CAPACITY: usize = 1 << 16;
 /// Where the log's counters start in the shared region: after a ring of `slots` slots.
 fn log_table_at(slots: u64) -> usize {
     (RING_BASE + Ring::bytes_needed(slots)).next_multiple_of(64)
+}
+
+/// The mapped part of the memfd of a queue with `slots` slots: header, ring and the log's
+/// counters, to a page boundary (the log's data follows).
+fn mapped_len(slots: u64) -> usize {
+    (log_table_at(slots) + PacketLog::TABLE_BYTES).next_multiple_of(ring::PAGE)
 }
 
 /// A log token's payload: offset and length, little-endian `u64`s.
@@ -123,14 +134,14 @@ enum Found {
 pub(crate) struct Engine {
     state: SharedRegion,
     ring: Ring,
-    tx: PacketSocket,
-    rx: PacketSocket,
+    /// The out-of-band lane: every handle sends and receives on this one socket.
+    socket: PacketSocket,
     log: PacketLog,
     key: TicketKey,
-    oob: RobustLock<OFF_OOB>,
-    not_empty: WaitQueue<OFF_GET_WAITERS>,
-    slot_freed: WaitQueue<OFF_PUT_WAITERS>,
-    all_done: WaitQueue<OFF_JOIN_WAITERS>,
+    oob: RobustLock<W_OOB>,
+    not_empty: WaitQueue<W_GET>,
+    slot_freed: WaitQueue<W_PUT>,
+    all_done: WaitQueue<W_JOIN>,
     capacity: u64,
     max_size: usize,
     joinable: bool,
@@ -177,7 +188,7 @@ impl Engine {
             Some(c) => c as u64,
         };
         let capacity = capacity.map_or(0, |c| c as u64);
-        let state = SharedRegion::new(log_table_at(slots) + PacketLog::TABLE_BYTES)?;
+        let state = SharedRegion::new_growable(mapped_len(slots))?;
         state
             .atomic_u32(OFF_FLAGS)
             .store(if joinable { FLAG_JOINABLE } else { 0 }, SeqCst);
@@ -190,15 +201,10 @@ impl Engine {
         state.atomic_u64(OFF_KEY).store(k0, SeqCst);
         state.atomic_u64(OFF_KEY + 8).store(k1, SeqCst);
         state.atomic_u32(OFF_MAGIC).store(MAGIC, SeqCst);
-        let (tx, rx) = packet::packet_pair()?;
         Self::from_wire(Wire {
-            tx,
-            rx,
-            log: PacketLog::in_region(state.clone(), log_table_at(slots))?
-                .shared_fd()
-                .clone(),
+            socket: packet::packet_loopback()?,
             state,
-            wake: EventFd::new()?,
+            waits: WaitQueue::in_arena()?,
         })
     }
 
@@ -219,21 +225,23 @@ impl Engine {
         let joinable = w.state.atomic_u32(OFF_FLAGS).load(SeqCst) & FLAG_JOINABLE != 0;
         let slots = w.state.atomic_u64(OFF_SLOTS).load(SeqCst);
         let ring = Ring::new(w.state.clone(), RING_BASE, slots).map_err(invalid)?;
-        let log = PacketLog::from_parts(w.log, w.state.clone(), log_table_at(slots))?;
+        let log = PacketLog::in_file(w.state.clone(), log_table_at(slots))?;
         let key = TicketKey::from_words([
             w.state.atomic_u64(OFF_KEY).load(SeqCst),
             w.state.atomic_u64(OFF_KEY + 8).load(SeqCst),
         ]);
+        if w.waits.check_len(W_OOB + 16).is_err() {
+            return Err(invalid("queue wait state too small".into()));
+        }
         Ok(Self {
-            tx: PacketSocket::new(w.tx)?,
-            rx: PacketSocket::new(w.rx)?,
+            socket: PacketSocket::new(w.socket)?,
             log,
             key,
             ring,
-            oob: RobustLock::in_region(w.state.clone(), w.wake.clone()),
-            not_empty: WaitQueue::in_region(w.state.clone(), w.wake.clone()),
-            slot_freed: WaitQueue::in_region(w.state.clone(), w.wake.clone()),
-            all_done: WaitQueue::in_region(w.state.clone(), w.wake),
+            oob: RobustLock::over(w.waits.beside()),
+            slot_freed: w.waits.beside(),
+            all_done: w.waits.beside(),
+            not_empty: w.waits,
             state: w.state,
             capacity,
             max_size,
@@ -285,7 +293,7 @@ impl Engine {
     pub(crate) fn close(&self) {
         self.closed_word().store(1, SeqCst);
         // Fails only if the socket is already shut down or not a socket: nothing to do then.
-        let _ = self.tx.shutdown();
+        let _ = self.socket.shutdown();
         self.not_empty.wake();
         self.slot_freed.wake();
     }
@@ -357,7 +365,7 @@ impl Engine {
             Ok(pos) => pos,
             Err(a) => return a,
         };
-        let sent = match self.key.send(&self.tx, packet, pos) {
+        let sent = match self.key.send(&self.socket, packet, pos) {
             Ok(()) => {
                 self.ring.publish(pos, Kind::Token, &[]);
                 Ok(())
@@ -500,7 +508,6 @@ impl Engine {
     /// Cancel safe: a message is claimed, written and published within one poll, so a dropped
     /// future put the whole message or nothing.
     pub(crate) async fn put(&self, encoded: &Encoded) -> Result<(), PutErrorKind> {
-        let mut writable = None;
         loop {
             match self.attempt(encoded).await {
                 Attempt::Done => return Ok(()),
@@ -517,12 +524,12 @@ impl Engine {
                         .map_err(PutErrorKind::Io)?;
                 }
                 Attempt::SocketFull => {
-                    let registration = self.tx.writable_registration().map_err(PutErrorKind::Io)?;
-                    // Readiness seen before this failed attempt is stale: clear it, then wait.
-                    if let Some(mut guard) = writable.take() {
-                        tokio::io::unix::AsyncFdReadyGuard::clear_ready(&mut guard);
-                    }
-                    writable = Some(registration.writable().await.map_err(PutErrorKind::Io)?);
+                    // A registration of its own for each wait: a queue whose socket once filled
+                    // holds no descriptor more at rest.
+                    self.socket
+                        .writable_once()
+                        .await
+                        .map_err(PutErrorKind::Io)?;
                 }
             }
         }
@@ -555,7 +562,7 @@ impl Engine {
                 }
                 Attempt::SocketFull => {
                     if !self
-                        .tx
+                        .socket
                         .blocking_wait_writable(deadline)
                         .map_err(PutErrorKind::Io)?
                     {
@@ -652,16 +659,18 @@ impl Engine {
             return None;
         }
         let result = loop {
-            match self.key.peek(&self.rx) {
+            match self.key.peek(&self.socket) {
                 Ok(Peeked::Ticket(at)) if at > pos => break None,
                 Ok(Peeked::Empty) => break None,
                 // Zero bytes on a shut-down socket: the end, unless packets are still queued
                 // (then it is an empty packet, taken off below as a foreign one).
-                Ok(Peeked::Closed) if self.tx.unread_sent().is_ok_and(|n| n == 0) => break None,
+                Ok(Peeked::Closed) if self.socket.unread_sent().is_ok_and(|n| n == 0) => {
+                    break None;
+                }
                 Ok(_) => {}
                 Err(e) => return Some(Err(GetError::Io(e))),
             }
-            match self.key.recv(&self.rx) {
+            match self.key.recv(&self.socket) {
                 Ok(TicketedRecv::Ticketed(p)) if p.position() < pos => {}
                 Ok(TicketedRecv::Ticketed(p)) if p.position() == pos => {
                     break Some(p.open(self.max_size));
@@ -888,7 +897,7 @@ fn foreign(e: GetError) -> GetError {
 }
 
 /// Holds the out-of-band lock; releases it when dropped.
-struct OobHeld<'a>(&'a RobustLock<OFF_OOB>);
+struct OobHeld<'a>(&'a RobustLock<W_OOB>);
 
 impl Drop for OobHeld<'_> {
     fn drop(&mut self) {
@@ -896,26 +905,24 @@ impl Drop for OobHeld<'_> {
     }
 }
 
-/// What travels when a queue handle is sent to another process.
+/// What travels when a queue handle is sent to another process: two descriptors of its own
+/// (the socket first: tests that forge packets rely on it), and its arena slot, whose
+/// descriptors a receiver that maps the arena already closes again.
 #[derive(Serialize, Deserialize)]
 struct Wire {
-    tx: SharedFd,
-    rx: SharedFd,
-    /// The log's data; its counters are in `state`, after the ring.
-    log: SharedFd,
+    socket: SharedFd,
+    /// Header, ring and the log's counters, mapped; the log's data past them.
     state: SharedRegion,
-    /// The one eventfd of the queue's waits: its three wait queues and its out-of-band lock.
-    wake: EventFd,
+    /// The getters' wait queue, in the arena slot that holds all of the queue's waits.
+    waits: WaitQueue<W_GET>,
 }
 
 impl Serialize for Engine {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         Wire {
-            tx: self.tx.shared_fd().clone(),
-            rx: self.rx.shared_fd().clone(),
-            log: self.log.shared_fd().clone(),
+            socket: self.socket.shared_fd().clone(),
             state: self.state.clone(),
-            wake: self.not_empty.eventfd().clone(),
+            waits: self.not_empty.clone(),
         }
         .serialize(serializer)
     }
@@ -971,7 +978,7 @@ mod tests {
         let Encoded::Packet(orphan) = packet(7, 1000) else {
             panic!("not a socket message")
         };
-        engine.key.send(&engine.tx, &orphan, pos).unwrap();
+        engine.key.send(&engine.socket, &orphan, pos).unwrap();
         engine.ring.abandon(pos);
         engine.put(&packet(8, 1000)).await.unwrap();
         assert_eq!(get_bytes(&engine).await, vec![8; 1000]);
@@ -1023,7 +1030,12 @@ mod tests {
     /// A packet that is not the queue's, sent into its socket ahead of a real one.
     fn forge(engine: &Engine, bytes: &[u8]) {
         use std::os::fd::AsFd;
-        let fd = engine.tx.shared_fd().as_fd().try_clone_to_owned().unwrap();
+        let fd = engine
+            .socket
+            .shared_fd()
+            .as_fd()
+            .try_clone_to_owned()
+            .unwrap();
         std::os::unix::net::UnixDatagram::from(fd)
             .send(bytes)
             .unwrap();
@@ -1090,7 +1102,7 @@ mod tests {
             engine.put(&packet(i, 1000)).await.unwrap();
         }
         // A getter took the first packet off the socket and died before claiming its token.
-        let TicketedRecv::Ticketed(taken) = engine.key.recv(&engine.rx).unwrap() else {
+        let TicketedRecv::Ticketed(taken) = engine.key.recv(&engine.socket).unwrap() else {
             panic!("no packet")
         };
         assert_eq!(taken.position(), 0);
@@ -1108,26 +1120,23 @@ mod tests {
         for i in 0..16u8 {
             engine.put(&packet(i, 1 << 20)).await.unwrap();
         }
-        assert!(resident(engine.log.shared_fd()) >= 16 << 20);
+        assert!(engine.log.resident().unwrap() >= 16 << 20);
         for i in 0..16u8 {
             assert_eq!(get_bytes(&engine).await, vec![i; 1 << 20]);
         }
-        assert!(resident(engine.log.shared_fd()) < 1 << 20);
+        assert!(engine.log.resident().unwrap() < 1 << 20);
         // Medium messages: the socket while it has room, then the log; one order.
         let n = 20_000u32;
         for i in 0..n {
             assert!(engine.try_put(&packet(i as u8, 1000)).unwrap());
         }
-        assert!(
-            resident(engine.log.shared_fd()) > 0,
-            "the socket overflowed"
-        );
+        assert!(engine.log.resident().unwrap() > 0, "the socket overflowed");
         for i in 0..n {
             assert_eq!(get_bytes(&engine).await, vec![i as u8; 1000]);
         }
         assert!(matches!(engine.try_get().unwrap(), GetOutcome::Empty));
         // Packed, and freed as read: at most the page the log ends in is left.
-        assert!(resident(engine.log.shared_fd()) <= 4096);
+        assert!(engine.log.resident().unwrap() <= 4096);
     }
 
     #[tokio::test]
@@ -1153,6 +1162,45 @@ mod tests {
             .expect("get hung")
             .unwrap()
             .expect("queue ended")
+    }
+
+    #[tokio::test]
+    async fn a_put_waiting_for_socket_room_goes_on_once_getters_drain_it() {
+        let engine = Engine::new(None, 1 << 20, false).unwrap();
+        // Messages that carry a descriptor must take the socket: fill it.
+        let fd = engine.socket.shared_fd().clone();
+        let with_fd = |i: u32| Encoded::new(&(i, fd.clone()), 1 << 20).unwrap();
+        let mut n = 0u32;
+        while engine.try_put(&with_fd(n)).unwrap() {
+            n += 1;
+        }
+        assert!(n >= 100, "only {n} fit");
+        let last = with_fd(n);
+        let mut put = std::pin::pin!(engine.put(&last));
+        assert!(
+            poll_once(&mut put).is_none(),
+            "the socket is full: the put waits"
+        );
+        // Getters drain it; the waiting put goes on and its message comes last.
+        for i in 0..n {
+            let (got, _): (u32, SharedFd) = get_any(&engine).await.decode().unwrap();
+            assert_eq!(got, i);
+        }
+        tokio::time::timeout(Duration::from_secs(10), put)
+            .await
+            .expect("the put never saw room")
+            .unwrap();
+        let (got, _): (u32, SharedFd) = get_any(&engine).await.decode().unwrap();
+        assert_eq!(got, n);
+    }
+
+    /// Polls `f` once: `Some` if it is ready.
+    fn poll_once<F: std::future::Future + Unpin>(f: &mut F) -> Option<F::Output> {
+        let waker = std::task::Waker::noop();
+        match std::pin::Pin::new(f).poll(&mut std::task::Context::from_waker(waker)) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
     }
 
     #[test]

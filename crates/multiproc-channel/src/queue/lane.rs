@@ -1,5 +1,5 @@
 //! A queue message in both directions: encoded for a put ([`Encoded`]: which lane it takes) and
-//! taken by a get ([`Message`], [`GetOutcome`]). The queue owns this format; core's seqpacket
+//! taken by a get ([`Message`], [`GetOutcome`]). The queue owns this format; core's packet
 //! lane only moves its bytes and descriptors.
 
 use std::fmt;

@@ -1,8 +1,9 @@
 //! [`Queue`]: a typed, async, multi-producer multi-consumer queue shared by processes.
 //!
 //! The queue's area: [`Queue`] here, [`JoinableQueue`] over it (`joinable`), the untyped engine
-//! under both (`engine`) with its shared-memory slot ring (`ring`), message format
-//! (`message`), socket tickets (`ticket`) and errors (`error`, re-exported from
+//! under both (`engine`: the shared state in one memfd, the socket lane, the waits in a wait
+//! arena slot) with its shared-memory slot ring (`ring`), message format and lanes (`lane`),
+//! socket tickets (`ticket`), statistics (`stats`) and errors (`error`, re-exported from
 //! [`crate::error`]). It imports only `multiproc-core`.
 
 mod engine;
@@ -85,6 +86,14 @@ use lane::{GetOutcome, Message};
 /// `net.core.wmem_max`) is full, `put` waits for consumers, `try_put` reports `Full`, and
 /// nothing is lost. Descriptors in flight also count against the producing user's
 /// `RLIMIT_NOFILE` (unless privileged).
+///
+/// # Descriptors
+/// A queue holds two descriptors in each process that has a handle of it, however many
+/// handles (clones share them): a memfd (its header, ring and the log of large messages) and a
+/// socket (for messages that carry handles). Its waits live in a 64-byte slot of a shared wait
+/// arena, whose descriptors (a memfd and 8 eventfds) serve up to 16,383 locks, events and
+/// queues of a process together. So a process under the usual limit of 1,024 descriptors can
+/// hold some 500 queues, as with Python's queues (a pipe each).
 ///
 /// # Shutdown
 /// [`shutdown`](Self::shutdown) ends the queue for every handle in every process (Python

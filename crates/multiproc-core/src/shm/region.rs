@@ -204,6 +204,22 @@ impl SharedRegion {
     /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html),
     ///   [`mmap(2)`](https://man7.org/linux/man-pages/man2/mmap.2.html)
     pub fn new(len: usize) -> io::Result<Self> {
+        Self::create(len, SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL)
+    }
+
+    /// Creates a zero-filled region of `len` bytes whose memfd may grow past them: it is sealed
+    /// against shrinking only, so the mapping stays backed while the file's bytes after it
+    /// serve as storage reached with `pread`/`pwrite` at file offsets (a queue keeps its log
+    /// there, so that its state and its log cost one descriptor). A receiver maps the first
+    /// `len` bytes, as for any region.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn new_growable(len: usize) -> io::Result<Self> {
+        Self::create(len, SealFlags::SHRINK | SealFlags::SEAL)
+    }
+
+    fn create(len: usize, seals: SealFlags) -> io::Result<Self> {
         if len == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -216,10 +232,7 @@ impl SharedRegion {
                 MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
             )?;
             rustix::fs::ftruncate(&fd, len as u64)?;
-            rustix::fs::fcntl_add_seals(
-                &fd,
-                SealFlags::SHRINK | SealFlags::GROW | SealFlags::SEAL,
-            )?;
+            rustix::fs::fcntl_add_seals(&fd, seals)?;
             let fd = SharedFd::new(fd);
             let map = map(&fd, len)?;
             Ok(Self {

@@ -48,6 +48,40 @@ pub(crate) fn connect_abstract(name: &[u8]) -> io::Result<OwnedFd> {
     Ok(fd)
 }
 
+/// A `SOCK_DGRAM` socket bound to the abstract name `name` and connected to itself,
+/// close-on-exec and non-blocking: what is sent on it is received from it, by whichever
+/// process holding the descriptor reads first. Once it is connected to itself, the kernel
+/// refuses datagrams from any other socket (`EPERM`: a connected datagram socket takes only its
+/// peer's), so only holders of the descriptor can write to it; whatever arrived between `bind`
+/// and `connect` is read off and dropped before it is returned. Its send buffer is the
+/// capacity: a socket connected to itself is not held to `net.unix.max_dgram_qlen`.
+/// [`io::ErrorKind::AddrInUse`] when the name is taken.
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html), "Abstract sockets",
+///   [`connect(2)`](https://man7.org/linux/man-pages/man2/connect.2.html)
+pub(crate) fn loopback_datagram(name: &[u8]) -> io::Result<OwnedFd> {
+    let addr = SocketAddrUnix::new_abstract_name(name)?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    rustix::net::bind(&fd, &addr)?;
+    rustix::net::connect(&fd, &addr)?;
+    // Strays sent to the name before the connect: read off (descriptors they carried are
+    // closed with them) until none is left.
+    let mut byte = [0u8; 1];
+    loop {
+        match rustix::net::recv(&fd, &mut byte, rustix::net::RecvFlags::DONTWAIT) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => return Ok(fd),
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// `accept4(listener, SOCK_CLOEXEC | SOCK_NONBLOCK)`; `Ok(None)` when nobody waits.
 pub(crate) fn accept(listener: impl AsFd) -> io::Result<Option<OwnedFd>> {
     match rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK) {

@@ -1,5 +1,7 @@
-//! Atomic packets of bytes plus descriptors over a Unix `SOCK_SEQPACKET` socket pair that any
-//! number of senders and receivers, in any number of processes, share.
+//! Atomic packets of bytes plus descriptors over a Unix packet socket that any number of
+//! senders and receivers, in any number of processes, share: a `SOCK_SEQPACKET` pair
+//! ([`packet_pair`]: one end sends, the other receives) or one `SOCK_DGRAM` socket connected to
+//! itself ([`packet_loopback`]: one descriptor both sends and receives).
 //!
 //! This is the transport under the cross-process `Queue`, which owns everything a packet
 //! *means* (its encoding, its tickets, its errors); this module only moves bytes and
@@ -23,7 +25,8 @@
 //! A zero-length read is end-of-stream (the sending side was shut down and every packet was
 //! read) or an empty packet written by something else; they are told apart by whether the
 //! socket is shut down, and, where it matters, by what the send end still has queued
-//! ([`PacketSocket::unread_sent`]).
+//! ([`PacketSocket::unread_sent`]). (A shut-down loopback socket has no end-of-stream read: once
+//! drained it reads as empty; its users learn of the end from their own shared state.)
 #![allow(unsafe_code)]
 
 use std::cell::RefCell;
@@ -82,11 +85,46 @@ pub fn packet_pair() -> io::Result<(SharedFd, SharedFd)> {
             None,
         )?)
     })?;
-    // Best effort: privileged processes may exceed `wmem_max`, others get at most `wmem_max`.
-    if rustix::net::sockopt::set_socket_send_buffer_size_force(&send, WANTED_SNDBUF).is_err() {
-        let _ = rustix::net::sockopt::set_socket_send_buffer_size(&send, WANTED_SNDBUF);
-    }
+    raise_send_buffer(&send);
     Ok((SharedFd::new(send), SharedFd::new(recv)))
+}
+
+/// Creates one packet socket that both sends and receives, shared by every sender and receiver
+/// in every process that holds it: a `SOCK_DGRAM` socket bound to a random abstract name
+/// (`multiproc/<euid>/packet/<128 random bits>`) and connected to itself. Half the
+/// descriptors of a [`packet_pair`]; the kernel refuses packets from every other socket once
+/// it is connected, and packets that reached the name before are dropped. Its send buffer,
+/// raised as for a pair, is the capacity shared by every sender.
+///
+/// # Errors
+/// When the process is out of descriptors, or the socket cannot be bound or connected.
+///
+/// # References
+/// - [`unix(7)`](https://man7.org/linux/man-pages/man7/unix.7.html) (abstract names, connected
+///   datagram sockets)
+pub fn packet_loopback() -> io::Result<SharedFd> {
+    let euid = rustix::process::geteuid().as_raw();
+    let fd = crate::sys::nofile::creating(|| {
+        loop {
+            let [a, b] = crate::sys::random_key();
+            let name = format!("multiproc/{euid}/packet/{a:016x}{b:016x}");
+            match crate::sys::abstract_socket::loopback_datagram(name.as_bytes()) {
+                // 128 random bits taken already: draw again.
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => {}
+                other => return other,
+            }
+        }
+    })?;
+    raise_send_buffer(&fd);
+    Ok(SharedFd::new(fd))
+}
+
+/// Raises a packet socket's send buffer as far as the system allows: privileged processes may
+/// exceed `wmem_max`, others get at most `wmem_max`. Best effort.
+fn raise_send_buffer(fd: &OwnedFd) {
+    if rustix::net::sockopt::set_socket_send_buffer_size_force(fd, WANTED_SNDBUF).is_err() {
+        let _ = rustix::net::sockopt::set_socket_send_buffer_size(fd, WANTED_SNDBUF);
+    }
 }
 
 /// A payload and its descriptors, ready to send; a large payload already lives in a memfd.
@@ -164,14 +202,14 @@ fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
     Ok(file.into())
 }
 
-/// Shared storage for plain messages outside any socket: a sparse memfd that messages are
-/// appended to, read back from, and freed from page by page once every byte of a page was
-/// read.
+/// Shared storage for plain messages outside any socket: the bytes of a sparse memfd past its
+/// mapped part, that messages are appended to, read back from, and freed from page by page
+/// once every byte of a page was read.
 ///
 /// A queue keeps here the messages its socket cannot take (too large to travel inline, or the
 /// socket buffer is full), so how much it holds is bounded by memory, not by a socket buffer,
 /// and a producer may exit right after appending. Every handle (in every process) shares the
-/// memfd and a small region of counters:
+/// memfd and a small table of counters in its mapped part:
 ///
 /// - **Appending** reserves the message's bytes at the end with one `fetch_add` on a shared
 ///   offset, then `pwrite`s them. Messages are packed (a 200-byte message takes 200 bytes), and
@@ -189,15 +227,20 @@ fn spill(bytes: &[u8]) -> io::Result<OwnedFd> {
 ///   leaks the same way. Neither can ever free a page holding unread bytes: a page is punched
 ///   only when its own bytes, each appended once and released at most once, add up to a page.
 ///
-/// The counters take [`TABLE_BYTES`](Self::TABLE_BYTES) of shared memory: a region of their own
-/// ([`new`](Self::new)), or a place in the caller's ([`in_region`](Self::in_region)), so that
-/// a queue's log costs it one descriptor, the data memfd.
+/// The log lives in a region made with [`SharedRegion::new_growable`]: the counters take
+/// [`TABLE_BYTES`](Self::TABLE_BYTES) of the mapped part ([`in_file`](Self::in_file) says
+/// where), and the messages' bytes go to the file past the mapping, from the first page
+/// boundary at or after the region's end. So a queue's state, ring and log are one memfd, one
+/// descriptor.
 #[derive(Clone)]
 pub struct PacketLog {
+    /// The region's memfd, where the messages' bytes go.
     fd: SharedFd,
     counts: SharedRegion,
     /// Where the counters start in `counts`.
     base: usize,
+    /// The file offset of the log's byte 0: past the mapping, page-aligned.
+    data_at: u64,
 }
 
 impl PacketLog {
@@ -212,67 +255,80 @@ impl PacketLog {
     /// Bytes of shared memory the counters take.
     pub const TABLE_BYTES: usize = Self::OFF_COUNTS + 8 * Self::COUNTERS as usize;
 
-    /// Creates an empty log.
+    /// Creates an empty log in a region of its own (the counters, then the data).
     ///
     /// # Errors
-    /// When `memfd_create` or the counter region fail (out of descriptors or memory).
+    /// When the region cannot be made (out of descriptors or memory).
     ///
     /// # References
     /// - [`memfd_create(2)`](https://man7.org/linux/man-pages/man2/memfd_create.2.html)
     pub fn new() -> io::Result<Self> {
-        Self::in_region(SharedRegion::new(Self::TABLE_BYTES)?, 0)
+        Self::in_file(SharedRegion::new_growable(Self::TABLE_BYTES)?, 0)
     }
 
-    /// Creates an empty log whose counters live at byte `at` of `region`
-    /// ([`TABLE_BYTES`](Self::TABLE_BYTES) of it, zeroed): only the data memfd is the log's
-    /// own. Another process rebuilds it with [`from_parts`](Self::from_parts) from that memfd
-    /// ([`shared_fd`](Self::shared_fd)) and the same region.
+    /// The log whose counters live at byte `at` of `region` ([`TABLE_BYTES`](Self::TABLE_BYTES)
+    /// of it, zeroed when the log is new) and whose data follows the mapping in the same memfd,
+    /// which must be able to grow ([`SharedRegion::new_growable`]; a region sealed against
+    /// growing takes no message). The process that makes the region starts the log with this,
+    /// and every process it is sent to rebuilds the same log with it from the same region.
     ///
     /// # Errors
-    /// When `memfd_create` fails (out of descriptors or memory), or the table does not fit
-    /// the region at `at` (8-aligned).
-    pub fn in_region(region: SharedRegion, at: usize) -> io::Result<Self> {
-        let fd = rustix::fs::memfd_create("multiproc-queue-log", rustix::fs::MemfdFlags::CLOEXEC)?;
-        Self::from_parts(SharedFd::new(fd), region, at)
-    }
-
-    /// The log over the data memfd `fd` with its counters at byte `at` of `region`, both
-    /// received from the process that made it with [`in_region`](Self::in_region).
-    ///
-    /// # Errors
-    /// [`io::ErrorKind::InvalidData`] when `fd` is not a memfd or the table does not fit the
-    /// region at `at` (8-aligned).
-    pub fn from_parts(fd: SharedFd, counts: SharedRegion, at: usize) -> io::Result<Self> {
-        let is_file = rustix::fs::fstat(&fd).is_ok_and(|st| {
-            rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile
-        });
-        // Only memfds have seals (one made without `ALLOW_SEALING` reports `F_SEAL_SEAL`).
-        if !is_file || rustix::fs::fcntl_get_seals(&fd).is_err() {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                "queue log descriptor is not a memfd",
-            ));
-        }
-        if !at.is_multiple_of(8) || counts.len() < at.saturating_add(Self::TABLE_BYTES) {
+    /// [`io::ErrorKind::InvalidData`] when the table does not fit the region at `at`
+    /// (8-aligned).
+    pub fn in_file(region: SharedRegion, at: usize) -> io::Result<Self> {
+        if !at.is_multiple_of(8) || region.len() < at.saturating_add(Self::TABLE_BYTES) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!(
                     "queue log counters at {at} do not fit a region of {} bytes: they need {}",
-                    counts.len(),
+                    region.len(),
                     Self::TABLE_BYTES
                 ),
             ));
         }
         Ok(Self {
-            fd,
-            counts,
+            fd: region.shared_fd().clone(),
+            data_at: (region.len() as u64).next_multiple_of(Self::PAGE),
+            counts: region,
             base: at,
         })
     }
 
-    /// The memfd.
+    /// The memfd (the region's).
     pub fn shared_fd(&self) -> &SharedFd {
         &self.fd
+    }
+
+    /// Bytes of memory the log's data holds now: the allocated parts of the file past the
+    /// mapping (`lseek(2)` with `SEEK_DATA`/`SEEK_HOLE`). For statistics and tests.
+    ///
+    /// # Errors
+    /// When `lseek` fails other than by finding no more data.
+    ///
+    /// # References
+    /// - [`lseek(2)`](https://man7.org/linux/man-pages/man2/lseek.2.html)
+    pub fn resident(&self) -> io::Result<u64> {
+        use rustix::fs::SeekFrom;
+        let mut at = self.data_at;
+        let mut held = 0;
+        loop {
+            let data = match rustix::fs::seek(&self.fd, SeekFrom::Data(at)) {
+                Ok(data) => data,
+                Err(rustix::io::Errno::NXIO) => return Ok(held),
+                Err(e) => return Err(e.into()),
+            };
+            let hole = rustix::fs::seek(&self.fd, SeekFrom::Hole(data))?;
+            // Whole pages: the file's end, an implicit hole, need not be on a page boundary.
+            held += hole.next_multiple_of(Self::PAGE) - data / Self::PAGE * Self::PAGE;
+            at = hole;
+        }
+    }
+
+    /// The file offset of the log's byte `offset`.
+    fn at(&self, offset: u64) -> io::Result<u64> {
+        self.data_at
+            .checked_add(offset)
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "log offset overflows"))
     }
 
     /// Appends `bytes` (`pwrite(2)`) and returns the offset to read them back from.
@@ -286,9 +342,13 @@ impl PacketLog {
             .counts
             .atomic_u64(self.base + Self::OFF_END)
             .fetch_add(len, Ordering::SeqCst);
+        let Some(at) = self.data_at.checked_add(offset) else {
+            self.release(offset, bytes.len());
+            return Err(io::Error::other("the queue log's offsets are used up"));
+        };
         let mut done = 0;
         while done < bytes.len() {
-            match rustix::io::pwrite(&self.fd, &bytes[done..], offset + done as u64) {
+            match rustix::io::pwrite(&self.fd, &bytes[done..], at.saturating_add(done as u64)) {
                 Ok(0) => {
                     self.release(offset, bytes.len());
                     return Err(io::ErrorKind::WriteZero.into());
@@ -310,10 +370,11 @@ impl PacketLog {
     /// # Errors
     /// [`io::ErrorKind::UnexpectedEof`] when the log ends before; other errors of `pread`.
     pub fn read(&self, offset: u64, len: usize) -> io::Result<Vec<u8>> {
+        let at = self.at(offset)?;
         let mut buf = vec![0; len];
         let mut done = 0;
         while done < len {
-            match rustix::io::pread(&self.fd, &mut buf[done..], offset + done as u64) {
+            match rustix::io::pread(&self.fd, &mut buf[done..], at.saturating_add(done as u64)) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
                 Ok(n) => done += n,
                 Err(rustix::io::Errno::INTR) => {}
@@ -337,11 +398,9 @@ impl PacketLog {
         self.consumed(first, (first + 1) * Self::PAGE - offset);
         if last > first + 1 {
             // Pages wholly inside this message: nobody else has bytes there.
-            let _ = crate::shm::punch_hole(
-                &self.fd,
-                (first + 1) * Self::PAGE,
-                (last - first - 1) * Self::PAGE,
-            );
+            if let Ok(at) = self.at((first + 1) * Self::PAGE) {
+                let _ = crate::shm::punch_hole(&self.fd, at, (last - first - 1) * Self::PAGE);
+            }
         }
         self.consumed(last, end - last * Self::PAGE);
     }
@@ -364,8 +423,10 @@ impl PacketLog {
             let next = (tag << Self::TAG_SHIFT) | count.min(Self::PAGE);
             match word.compare_exchange(current, next, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => {
-                    if count >= Self::PAGE {
-                        let _ = crate::shm::punch_hole(&self.fd, page * Self::PAGE, Self::PAGE);
+                    if count >= Self::PAGE
+                        && let Ok(at) = self.at(page * Self::PAGE)
+                    {
+                        let _ = crate::shm::punch_hole(&self.fd, at, Self::PAGE);
                     }
                     return;
                 }
@@ -381,10 +442,10 @@ impl fmt::Debug for PacketLog {
     }
 }
 
-/// What travels when a [`PacketLog`] is sent to another process.
+/// What travels when a [`PacketLog`] is sent to another process: its region (whose memfd
+/// holds the data too) and where the counters are.
 #[derive(serde::Serialize, serde::Deserialize)]
 struct LogWire {
-    fd: SharedFd,
     counts: SharedRegion,
     base: u64,
 }
@@ -392,7 +453,6 @@ struct LogWire {
 impl Serialize for PacketLog {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         LogWire {
-            fd: self.fd.clone(),
             counts: self.counts.clone(),
             base: self.base as u64,
         }
@@ -404,7 +464,7 @@ impl<'de> serde::Deserialize<'de> for PacketLog {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let wire = <LogWire as serde::Deserialize>::deserialize(deserializer)?;
         let base = usize::try_from(wire.base).unwrap_or(usize::MAX);
-        Self::from_parts(wire.fd, wire.counts, base).map_err(serde::de::Error::custom)
+        Self::in_file(wire.counts, base).map_err(serde::de::Error::custom)
     }
 }
 
@@ -643,6 +703,30 @@ impl PacketSocket {
             fds,
             fds_lost: raw.fds_truncated,
         }))
+    }
+
+    /// Waits until the socket has room to send (or was shut down), on a registration with the
+    /// current tokio runtime made for this wait alone (a duplicate descriptor, closed when the
+    /// wait ends): a socket that filled up once keeps no descriptor more than it had. For a
+    /// socket whose senders seldom wait, such as a queue's.
+    ///
+    /// # Errors
+    /// Outside a tokio runtime, or when out of descriptors.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future only drops its registration.
+    pub async fn writable_once(&self) -> io::Result<()> {
+        let dup = self.socket.shared_fd().try_clone_owned()?;
+        // A fresh edge-triggered registration reports the readiness the socket has now, so
+        // room made before it was registered is not missed.
+        // SAFETY: the `AsyncFd` owns `dup` for its whole life, so the descriptor stays open and
+        // refers to the same file description while it is registered; `as_raw_fd` is constant.
+        let afd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(dup, tokio::io::Interest::WRITABLE)
+        }
+        .map_err(|e| e.into_parts().1)?;
+        let _ready = afd.writable().await?;
+        Ok(())
     }
 
     /// The socket's registration with the current tokio runtime, to wait for room to send.
@@ -907,26 +991,85 @@ mod tests {
         assert!(recv(&rx, 100).unwrap().is_none());
     }
 
-    #[test]
-    fn full_socket_would_block_and_capacity_is_large() {
-        let (tx, rx) = pair();
+    /// Sends packets of 64 bytes until the socket is full; how many it took.
+    fn fill(tx: &PacketSocket) -> usize {
         let p = packet(&[0u8; 64][..]);
         let mut n = 0usize;
         loop {
             match tx.try_send(&[], &p) {
                 Ok(()) => n += 1,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return n,
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+
+    #[test]
+    fn full_socket_would_block_and_capacity_is_large() {
+        let (tx, rx) = pair();
+        let n = fill(&tx);
         assert!(n >= 100, "only {n} small packets fit");
         assert!(!tx.blocking_wait_writable(Some(Instant::now())).unwrap());
         assert!(matches!(recv(&rx, 100).unwrap(), Some(Ok(_))));
         eprintln!("{n} packets of 64 bytes fit in the socket buffer");
     }
 
+    #[test]
+    fn a_loopback_socket_sends_to_itself_and_refuses_every_other_socket() {
+        use std::os::linux::net::SocketAddrExt as _;
+        use std::os::unix::net::UnixDatagram;
+        let fd = packet_loopback().unwrap();
+        let local = UnixDatagram::from(fd.try_clone_owned().unwrap())
+            .local_addr()
+            .unwrap();
+        let name = local.as_abstract_name().expect("an abstract name").to_vec();
+        assert!(name.starts_with(b"multiproc/"), "{name:?}");
+        // A stranger that knows the name cannot write to it.
+        let stranger = UnixDatagram::unbound().unwrap();
+        let e = stranger.send_to_addr(b"zzz", &local).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EPERM), "{e}");
+        // Its holders can, descriptors included, from any clone of the descriptor.
+        let a = PacketSocket::new(fd.clone()).unwrap();
+        let b = PacketSocket::new(SharedFd::new(fd.try_clone_owned().unwrap())).unwrap();
+        let (bytes, fds) = crate::message::encode(&(7u32, fd.clone())).unwrap();
+        a.try_send(b"h", &Packet::new(&bytes, fds).unwrap())
+            .unwrap();
+        assert!(a.unread_sent().unwrap() > 0);
+        let PacketRecv::Packet(p) = b.try_recv().unwrap() else {
+            panic!("nothing received")
+        };
+        let (n, sent): (u32, SharedFd) = decode(p.open(1, LIMIT).unwrap());
+        assert_eq!(n, 7);
+        let ino = |f: &SharedFd| rustix::fs::fstat(f).unwrap().st_ino;
+        assert_eq!(ino(&sent), ino(&fd), "the socket itself travelled");
+        assert_eq!(a.unread_sent().unwrap(), 0);
+        assert!(recv(&b, LIMIT).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_full_loopback_would_block_and_a_shut_down_one_drains_then_reads_empty() {
+        let tx = PacketSocket::new(packet_loopback().unwrap()).unwrap();
+        let p = packet(&[0u8; 64][..]);
+        let n = fill(&tx);
+        // Not held to `max_dgram_qlen` (512 by default): the send buffer is the limit.
+        assert!(n >= 100, "only {n} small packets fit");
+        assert!(!tx.blocking_wait_writable(Some(Instant::now())).unwrap());
+        assert!(matches!(recv(&tx, 100).unwrap(), Some(Ok(_))));
+        tx.shutdown().unwrap();
+        assert!(tx.is_shutdown());
+        let e = tx.try_send(&[], &p).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::BrokenPipe);
+        // A writer waiting for room wakes.
+        assert!(tx.blocking_wait_writable(Some(Instant::now())).unwrap());
+        for _ in 1..n {
+            assert!(matches!(recv(&tx, 100).unwrap(), Some(Ok(_))));
+        }
+        assert!(recv(&tx, 100).unwrap().is_none(), "drained: empty");
+        assert_eq!(tx.unread_sent().unwrap(), 0);
+    }
+
     fn log_resident(log: &PacketLog) -> u64 {
-        rustix::fs::fstat(log.shared_fd()).unwrap().st_blocks as u64 * 512
+        log.resident().unwrap()
     }
 
     #[test]

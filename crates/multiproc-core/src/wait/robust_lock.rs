@@ -10,9 +10,7 @@ use std::time::{Duration, Instant};
 use serde::de::Error as _;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::shm::SharedRegion;
 use crate::sys::identity;
-use crate::wait::eventfd::EventFd;
 use crate::wait::{LIVENESS_TICK, WaitQueue};
 
 /// Byte offset of the lock word (see [`RobustLock`] for its bits).
@@ -62,10 +60,10 @@ pub(crate) const STARVE_AFTER: Duration = Duration::from_millis(1);
 /// descriptors) are the same lock. It has no guard: the caller pairs each acquisition with one
 /// [`release`](Self::release).
 ///
-/// `AT` places the lock in a region: its waiter count at byte `AT`, its owner word at `AT + 8`.
-/// A lock of its own has `AT = 0`; state holding a lock among other things (a queue's header)
-/// makes it with [`in_region`](Self::in_region), sharing that region and an eventfd, and sends
-/// those instead of the lock.
+/// `AT` places the lock in its state: its waiter count at byte `AT`, its owner word at `AT + 8`.
+/// A lock of its own has `AT = 0`; state holding a lock among other things (a queue's arena
+/// slot, beside its wait queues) makes it with [`over`](Self::over) from a wait queue of that
+/// state, and sends the state instead of the lock.
 #[derive(Clone)]
 pub struct RobustLock<const AT: usize = 0> {
     queue: WaitQueue<AT>,
@@ -146,17 +144,16 @@ impl RobustLock {
 }
 
 impl<const AT: usize> RobustLock<AT> {
-    /// The lock at byte `AT` of `region` (zeroed there: unlocked), woken through `efd`, which
-    /// may be shared with other waits on the same state (they then see each other's wake-ups
-    /// as spurious ones and re-check).
+    /// The lock whose waiter count is `queue`'s and whose owner word follows it (at `AT + 8` of
+    /// the queue's state, zeroed there: unlocked); its waits share the queue's state and
+    /// eventfd with the other waits on that state (see [`WaitQueue::beside`]), which see each
+    /// other's wake-ups as spurious ones and re-check.
     ///
     /// # Panics
-    /// When `AT + 16` is out of the region's bounds or `AT` is not 8-aligned.
-    pub fn in_region(region: SharedRegion, efd: EventFd) -> Self {
-        region.atomic_u64(AT + OWNER);
-        Self {
-            queue: WaitQueue::in_region(region, efd),
-        }
+    /// When `AT + 16` is out of the state's bounds or `AT` is not 8-aligned.
+    pub fn over(queue: WaitQueue<AT>) -> Self {
+        queue.atomic_u64(AT + OWNER);
+        Self { queue }
     }
 
     #[inline]

@@ -195,6 +195,25 @@ impl<const WAITERS_AT: usize> WaitQueue<WAITERS_AT> {
         }
     }
 
+    /// A wait queue over the same state and eventfd as this one, with its waiter count at byte
+    /// `B` of that state: for state that needs several waits (a queue's getters, putters and
+    /// joiners, and its lock, all in one arena slot). A wake-up of either wakes the other's
+    /// waiters too, which re-check their condition and park again. The two share this
+    /// process's cached registrations of the eventfd, as the slots of an arena lane do.
+    ///
+    /// # Panics
+    /// When the waiter count at `B` lies outside the state or is not 4-aligned.
+    pub fn beside<const B: usize>(&self) -> WaitQueue<B> {
+        self.state.atomic_u32(B);
+        WaitQueue {
+            state: self.state.clone(),
+            efd: self.efd.clone(),
+            cache: self.cache.clone(),
+            spin: Arc::default(),
+            slot: self.slot.clone(),
+        }
+    }
+
     /// The shared region of a queue with a region of its own ([`Self::new`],
     /// [`Self::in_region`]).
     ///
