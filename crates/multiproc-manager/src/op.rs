@@ -322,7 +322,9 @@ impl Pipeline {
             return Err(OpError::other_manager());
         }
         if self.queued.len() >= GROUP {
-            self.send_queued().await?;
+            // A full group is written at once, so the manager works on it while this side
+            // encodes the next one (the answers are read later, or while writing).
+            self.flush().await?;
         }
         while self.pushed - self.answers.answered >= WINDOW {
             self.flush().await?;
