@@ -90,6 +90,8 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+#[cfg(test)]
+mod cost;
 mod counter;
 mod decode;
 pub mod error;

@@ -64,7 +64,16 @@ pub(crate) async fn manager_main(args: ServerArgs) {
 /// Applies every operation of `request` under one lock: a batch is atomic.
 pub(crate) fn answer(state: &Shared, request: Request) -> Response {
     let mut state = lock(state);
-    let results = request.ops.into_iter().map(|op| state.apply(op)).collect();
+    let quiet = request.quiet;
+    let results = request
+        .ops
+        .into_iter()
+        .enumerate()
+        .map(|(i, op)| match state.apply(op) {
+            Ok(_) if i < 64 && quiet & (1 << i) != 0 => Ok(Reply::Done),
+            result => result,
+        })
+        .collect();
     Response::Done {
         id: request.id,
         results,
