@@ -189,9 +189,10 @@ const _: () = assert!(GROUP <= 64);
 /// once for many operations, and operations of one pipeline are applied in order.
 ///
 /// A pipeline has its own connection to the manager. [`push`](Self::push) queues an operation
-/// (consecutive operations go out in groups, each one request that the manager applies at
-/// once), and [`wait`](Self::wait), [`flush`](Self::flush) or [`finish`](Self::finish) send
-/// what is queued and collect answers. While it writes, it also reads the answers that arrive
+/// (consecutive operations go out in groups of up to 64, each one request that the manager
+/// applies at once; a full group is written by the next push, so the manager works on it while
+/// this side goes on), and [`wait`](Self::wait), [`flush`](Self::flush) or
+/// [`finish`](Self::finish) send what is queued and collect answers. While it writes, it also reads the answers that arrive
 /// (and keeps them), so the manager is never stuck writing answers nobody reads, however large
 /// they are.
 ///
