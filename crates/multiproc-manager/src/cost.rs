@@ -10,6 +10,8 @@
 //! valgrind --tool=callgrind target/release/deps/multiproc_manager-<hash> \
 //!     cost::batches --ignored --exact   # with MANAGER_COST_BATCHES=200 and =1000
 //! ```
+//!
+//! (`cost::batches_forgetting_inserts`: the same with the inserts' results unwanted.)
 
 use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
@@ -29,8 +31,9 @@ fn key(id: u64, i: u64) -> String {
     format!("p{id}k{}", i % 1000)
 }
 
-/// One batch through encode, serve and decode; checks every get.
-fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64) {
+/// One batch through encode, serve and decode; checks every get. With `quiet`, the inserts'
+/// results are not wanted (a pipeline's `push_forget`).
+fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, quiet: bool) {
     let mut batch: Batch = map.batch();
     let mut gets = Vec::new();
     for j in i..i + GROUP / 2 {
@@ -42,7 +45,8 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64) 
     let request = Request {
         id: i,
         ops: batch.into_ops(),
-        quiet: 0,
+        // Every other operation (the inserts) of the first 64.
+        quiet: if quiet { 0x5555_5555_5555_5555 } else { 0 },
     };
     assert!(multiproc_core::message::encode_into(&request, buf).unwrap().is_empty());
     let request: Request = multiproc_core::message::decode(buf, Vec::new()).unwrap();
@@ -62,6 +66,17 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64) 
 #[test]
 #[ignore = "a measurement: run under callgrind (see the module docs)"]
 fn batches() {
+    run(false);
+}
+
+/// As [`batches`], with the inserts' results not wanted, as a pipeline's `push_forget` asks.
+#[test]
+#[ignore = "a measurement: run under callgrind (see the module docs)"]
+fn batches_forgetting_inserts() {
+    run(true);
+}
+
+fn run(quiet: bool) {
     let batches: u64 = std::env::var("MANAGER_COST_BATCHES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -86,6 +101,6 @@ fn batches() {
     let map: Map<String, u64> = Map::new(Target { link, id });
     let mut buf = Vec::new();
     for b in 0..batches {
-        one_batch(&map, &state, &mut buf, b * GROUP / 2);
+        one_batch(&map, &state, &mut buf, b * GROUP / 2, quiet);
     }
 }

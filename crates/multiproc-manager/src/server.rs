@@ -65,15 +65,19 @@ pub(crate) async fn manager_main(args: ServerArgs) {
 pub(crate) fn answer(state: &Shared, request: Request) -> Response {
     let mut state = lock(state);
     let quiet = request.quiet;
-    let results = request
-        .ops
-        .into_iter()
-        .enumerate()
-        .map(|(i, op)| match state.apply(op) {
-            Ok(_) if i < 64 && quiet & (1 << i) != 0 => Ok(Reply::Done),
-            result => result,
-        })
-        .collect();
+    let results = if quiet == 0 {
+        request.ops.into_iter().map(|op| state.apply(op)).collect()
+    } else {
+        request
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| match state.apply(op) {
+                Ok(_) if i < 64 && quiet & (1 << i) != 0 => Ok(Reply::Done),
+                result => result,
+            })
+            .collect()
+    };
     Response::Done {
         id: request.id,
         results,
