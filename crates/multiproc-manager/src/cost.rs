@@ -48,11 +48,19 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, 
         // Every other operation (the inserts) of the first 64.
         quiet: if quiet { 0x5555_5555_5555_5555 } else { 0 },
     };
-    assert!(multiproc_core::message::encode_into(&request, buf).unwrap().is_empty());
+    assert!(
+        multiproc_core::message::encode_into(&request, buf)
+            .unwrap()
+            .is_empty()
+    );
     let request: Request = multiproc_core::message::decode(buf, Vec::new()).unwrap();
     let response = answer(state, request);
     buf.clear();
-    assert!(multiproc_core::message::encode_into(&response, buf).unwrap().is_empty());
+    assert!(
+        multiproc_core::message::encode_into(&response, buf)
+            .unwrap()
+            .is_empty()
+    );
     let Response::Done { results, .. } = multiproc_core::message::decode(buf, Vec::new()).unwrap()
     else {
         panic!("not an answer");

@@ -132,7 +132,7 @@ mod tests {
     #[test]
     fn quiet_operations_are_answered_done_unless_they_fail() {
         let state: Shared = Arc::new(Mutex::new(State::default()));
-        let mut open = |name: &str, kind| match lock(&state).apply(Op::Open {
+        let open = |name: &str, kind| match lock(&state).apply(Op::Open {
             name: name.into(),
             kind,
             type_name: "t".into(),

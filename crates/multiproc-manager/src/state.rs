@@ -255,11 +255,7 @@ fn notify(watchers: &mut Vec<UnboundedSender<Event>>, events: impl IntoIterator<
     }
 }
 
-fn map_op(
-    map: &mut ServedMap,
-    op: MapOp,
-    watched: bool,
-) -> Result<(Reply, Vec<Event>), Failure> {
+fn map_op(map: &mut ServedMap, op: MapOp, watched: bool) -> Result<(Reply, Vec<Event>), Failure> {
     let event = |make: &dyn Fn() -> Event| if watched { vec![make()] } else { Vec::new() };
     Ok(match op {
         MapOp::Insert(k, v) => {
