@@ -76,11 +76,21 @@ impl Conn {
         if let Some(taken) = self.taken.take() {
             return Some(taken);
         }
-        match self.end.receiver().poll_ready(cx) {
-            Poll::Pending => None,
-            Poll::Ready(Err(_)) => Some(Err(())),
-            Poll::Ready(Ok(())) => self.try_request(),
+        for _ in 0..2 {
+            match self.end.receiver().poll_ready(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(Err(_)) => return Some(Err(())),
+                Poll::Ready(Ok(())) => {
+                    if let Some(taken) = self.try_request() {
+                        return Some(taken);
+                    }
+                    // Ready, yet nothing to take: ask again, which registers the waker.
+                }
+            }
         }
+        // Never seen; but a connection must not be left without a wake-up.
+        cx.waker().wake_by_ref();
+        None
     }
 
     /// One non-blocking read.
