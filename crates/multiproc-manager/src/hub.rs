@@ -3,12 +3,17 @@
 //!
 //! Each round reads every request already waiting on every connection, applies each under the
 //! state's lock, queues the answers, and then writes each connection's answers with one flush:
-//! many requests, from one client or several, cost one write per connection. A round that
-//! found nothing ends with the task waiting on every connection at once (and the connector).
-//! With a task per connection, one connection's receive that spun for its client's next
-//! request (the channel's spin policy) held the thread while the other clients' requests sat
-//! unread; here a connection is only looked at (no spin) while another still has requests
-//! left over, and the channel's receive waits only in a round where no one does.
+//! many requests, from one client or several, cost one write per connection. Reading within a
+//! round never waits: a connection is only asked whether a whole request is there (which also
+//! registers the task's waker on it).
+//!
+//! A round that found nothing may spin before the task parks, by the workspace's one spin
+//! policy (`multiproc_core::wait::spin`): while clients were just answered (their next request
+//! is due), the loop tries every such connection in turn, so whichever client sends first is
+//! served at once, without the cost of a sleep and a wake-up. With a task (or a channel's own
+//! spin) per connection, a spin for one client's next request held the thread while another
+//! client's request sat unread. When the spin runs out, or no answer is due, the task parks
+//! on every connection at once (and the connector).
 //!
 //! A connection whose answers cannot be written yet (its client is not reading) is not read
 //! again until its earlier answers are written, so a slow client holds up no one but itself.
@@ -18,12 +23,14 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Instant;
 
-use futures::{Sink, Stream};
+use futures::Sink;
 use multiproc_channel::error::TryRecvError;
 use multiproc_channel::pipe;
 use multiproc_core::message;
 use multiproc_core::transport::packet::{PacketRecv, PacketSocket};
+use multiproc_core::wait::spin::{SpinPolicy, Spun, poll_spin};
 
 use crate::server::{Shared, answer, watch};
 use crate::wire::{Failure, Op, Request, Response};
@@ -38,16 +45,19 @@ const ROUNDS_PER_YIELD: u32 = 32;
 /// client that keeps sending cannot keep the others waiting.
 const REQUESTS_PER_ROUND: u32 = 256;
 
+/// What a connection's next read gave, when a spin took it ahead of its round.
+type Taken = Result<Request, ()>;
+
 /// One served connection.
 struct Conn {
     end: End,
     /// Answers were queued that are not written yet.
     unflushed: bool,
     /// Answers were written since its last request: its client is (probably) waiting for them
-    /// and will send again, which the channel's receive may spin for.
+    /// and will send again soon, which a quiet round may spin for.
     due: bool,
-    /// The last round stopped at [`REQUESTS_PER_ROUND`] with requests left to read.
-    more: bool,
+    /// Read by a spin, to be served in the next round.
+    taken: Option<Taken>,
 }
 
 impl Conn {
@@ -56,7 +66,39 @@ impl Conn {
             end,
             unflushed: false,
             due: false,
-            more: false,
+            taken: None,
+        }
+    }
+
+    /// The next request if one is whole already, without waiting (`None`: nothing yet, and
+    /// the task's waker is registered). `Some(Err)`: closed, broken, or not a request.
+    fn poll_request(&mut self, cx: &mut Context<'_>) -> Option<Taken> {
+        if let Some(taken) = self.taken.take() {
+            return Some(taken);
+        }
+        for _ in 0..2 {
+            match self.end.receiver().poll_ready(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(Err(_)) => return Some(Err(())),
+                Poll::Ready(Ok(())) => {
+                    if let Some(taken) = self.try_request() {
+                        return Some(taken);
+                    }
+                    // Ready, yet nothing to take: ask again, which registers the waker.
+                }
+            }
+        }
+        // Never seen; but a connection must not be left without a wake-up.
+        cx.waker().wake_by_ref();
+        None
+    }
+
+    /// One non-blocking read.
+    fn try_request(&mut self) -> Option<Taken> {
+        match self.end.try_recv() {
+            Ok(request) => Some(Ok(request)),
+            Err(TryRecvError::Empty) => None,
+            Err(_) => Some(Err(())),
         }
     }
 }
@@ -78,11 +120,14 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
     let mut conns: Vec<Conn> = Vec::new();
     let mut start = 0usize;
     let mut rounds = 0u32;
+    let mut policy = SpinPolicy::new();
+    // When the policy chose to park without spinning: the wait's length is reported to it.
+    let mut parked_since: Option<Instant> = None;
     poll_fn(|cx| {
+        if let Some(since) = parked_since.take() {
+            policy.parked(since.elapsed());
+        }
         loop {
-            // While some connection has requests left over, a round must not wait (spin) for
-            // a client that was just answered: those are only looked at.
-            let hurry = conns.iter().any(|c| c.more);
             let mut busy = false;
             match poll_accept(&socket, cx, &mut conns) {
                 Poll::Ready(Accepted::Closed) => return Poll::Ready(()),
@@ -94,7 +139,7 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
             let mut gone = Vec::new();
             for k in 0..n {
                 let i = (start + k) % n;
-                match serve_one(&state, &mut conns[i], hurry, cx) {
+                match serve_one(&state, &mut conns[i], cx) {
                     Outcome::Served => busy = true,
                     Outcome::Idle => {}
                     Outcome::Gone => gone.push((i, None)),
@@ -109,16 +154,43 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
                 }
             }
             start = start.wrapping_add(1);
-            if !busy && !hurry {
-                // Every connection was polled and registered the task's waker.
-                rounds = 0;
+            if busy {
+                rounds += 1;
+                if rounds >= ROUNDS_PER_YIELD {
+                    rounds = 0;
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                continue;
+            }
+            // A quiet round: every connection registered the task's waker. Spin for the
+            // clients that were just answered, if the policy says so, else park.
+            rounds = 0;
+            if !conns.iter().any(|c| c.due && !c.unflushed) {
                 return Poll::Pending;
             }
-            rounds += 1;
-            if rounds >= ROUNDS_PER_YIELD {
-                rounds = 0;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+            let spun = poll_spin(cx, &mut policy, None, None, || {
+                let mut caught = false;
+                for conn in conns.iter_mut().filter(|c| c.due && !c.unflushed) {
+                    if let Some(taken) = conn.try_request() {
+                        conn.taken = Some(taken);
+                        caught = true;
+                    }
+                }
+                caught.then_some(())
+            });
+            match spun {
+                // Out of cooperative budget: tokio runs the task again after its neighbours.
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Spun::Caught(())) => continue,
+                Poll::Ready(Spun::Park(since)) => {
+                    // One spin per wait: until a client is answered again, park at once.
+                    for conn in &mut conns {
+                        conn.due = false;
+                    }
+                    parked_since = since;
+                    return Poll::Pending;
+                }
             }
         }
     })
@@ -166,30 +238,21 @@ fn poll_accept(
 }
 
 /// One round on one connection: finish writing its earlier answers, then serve what waits
-/// and write the answers (one flush for all of them).
-///
-/// A connection is read with the channel's receive, which registers the task's waker and,
-/// for a client that was just answered, may spin briefly for its next request (the channel's
-/// policy) — unless `hurry`, when it is only looked at (a non-blocking read).
-fn serve_one(state: &Shared, conn: &mut Conn, hurry: bool, cx: &mut Context<'_>) -> Outcome {
+/// and write the answers (one flush for all of them). Never waits for a request.
+fn serve_one(state: &Shared, conn: &mut Conn, cx: &mut Context<'_>) -> Outcome {
     if conn.unflushed {
         match Pin::new(&mut conn.end).poll_flush(cx) {
             Poll::Ready(Ok(())) => conn.unflushed = false,
             Poll::Ready(Err(_)) => return Outcome::Gone,
-            // Not read until its answers are written (the flush registered the waker), so
-            // it gives no one a reason to hurry.
-            Poll::Pending => {
-                conn.more = false;
-                return Outcome::Idle;
-            }
+            // Not read until its answers are written (the flush registered the waker).
+            Poll::Pending => return Outcome::Idle,
         }
     }
-    conn.more = false;
     let mut served = 0;
     let mut gone = false;
     loop {
         if served == REQUESTS_PER_ROUND {
-            conn.more = true;
+            // Requests may be left: the round counts as busy, so the next one comes soon.
             break;
         }
         // Room for another answer (the sink writes out when its buffer is full).
@@ -202,20 +265,7 @@ fn serve_one(state: &Shared, conn: &mut Conn, hurry: bool, cx: &mut Context<'_>)
                 break;
             }
         }
-        let next = if hurry && conn.due {
-            match conn.end.try_recv() {
-                Ok(request) => Some(Ok(request)),
-                Err(TryRecvError::Empty) => None,
-                Err(_) => Some(Err(())),
-            }
-        } else {
-            match Pin::new(&mut conn.end).poll_next(cx) {
-                Poll::Ready(Some(Ok(request))) => Some(Ok(request)),
-                Poll::Pending => None,
-                Poll::Ready(_) => Some(Err(())),
-            }
-        };
-        let request = match next {
+        let request = match conn.poll_request(cx) {
             Some(Ok(request)) => request,
             None => break,
             // Closed, or something that is not a request: answer what was served, then drop.

@@ -83,13 +83,17 @@
 //! `SOCK_SEQPACKET` socket whose receiving end only the manager holds: when the manager dies,
 //! sends on the connector fail and every pipe reaches end-of-file. The manager serves every
 //! connection from one loop that applies all the requests waiting on a connection and answers
-//! them with one write; a [`Pipeline`] sends consecutive operations in groups (one request per
-//! up to 64), so a long stream of operations costs few requests, few writes and, for short
-//! keys and values (kept inline), no allocation per operation.
+//! them with one write, and that, when nothing waits, spins briefly across every client it just
+//! answered before it sleeps; a [`Pipeline`] sends consecutive operations in groups (one
+//! request per up to 64, written as soon as it is full, so the manager applies one group while
+//! the client encodes the next), so a long stream of operations costs few requests, few writes
+//! and, for short keys and values (kept inline), no allocation per operation.
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
 
 mod bytes;
+#[cfg(test)]
+mod cost;
 mod counter;
 mod decode;
 pub mod error;

@@ -334,7 +334,7 @@ impl Link {
         conn.tx
             .lock()
             .await
-            .send(Request { id, ops })
+            .send(Request { id, ops, quiet: 0 })
             .await
             .map_err(|e| self.seen(e))?;
         let results = self.answer(&conn, &waiting).await?;

@@ -5,7 +5,7 @@
 //! `Op` can instead go into a batch or a pipeline, which give back a [`Slot`] per operation to
 //! take its typed result from.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::future::Future;
 
 use futures::StreamExt;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::OpError;
 use crate::link::{Endpoint, Link, Requests, Responses};
@@ -90,7 +91,7 @@ impl Batch {
     pub(crate) fn new(link: Arc<Link>) -> Self {
         Self {
             link,
-            ops: Vec::new(),
+            ops: Vec::with_capacity(16),
         }
     }
 
@@ -120,6 +121,12 @@ impl Batch {
         self.ops.is_empty()
     }
 
+    /// The operations, for a request built elsewhere (the cost measurement).
+    #[cfg(test)]
+    pub(crate) fn into_ops(self) -> Vec<wire::Op> {
+        self.ops
+    }
+
     /// Sends the batch and waits for every result.
     ///
     /// # Errors
@@ -144,6 +151,13 @@ pub struct BatchResults {
 }
 
 impl BatchResults {
+    #[cfg(test)]
+    pub(crate) fn new(results: Vec<Result<Reply, Failure>>) -> Self {
+        Self {
+            results: results.into_iter().map(Some).collect(),
+        }
+    }
+
     /// The result of the operation at `slot`.
     ///
     /// # Errors
@@ -168,14 +182,17 @@ const WINDOW: u64 = 512;
 /// out together (one request, one answer), so a long pipeline pays the per-request work (its
 /// framing, the manager's lock, the answer's header) once per group, not once per operation.
 const GROUP: usize = 64;
+// A request's `quiet` mask has a bit per operation of a group.
+const _: () = assert!(GROUP <= 64);
 
 /// Operations sent one after another without waiting for each answer: the round trip is paid
 /// once for many operations, and operations of one pipeline are applied in order.
 ///
 /// A pipeline has its own connection to the manager. [`push`](Self::push) queues an operation
-/// (consecutive operations go out in groups, each one request that the manager applies at
-/// once), and [`wait`](Self::wait), [`flush`](Self::flush) or [`finish`](Self::finish) send
-/// what is queued and collect answers. While it writes, it also reads the answers that arrive
+/// (consecutive operations go out in groups of up to 64, each one request that the manager
+/// applies at once; a full group is written by the next push, so the manager works on it while
+/// this side goes on), and [`wait`](Self::wait), [`flush`](Self::flush) or
+/// [`finish`](Self::finish) send what is queued and collect answers. While it writes, it also reads the answers that arrive
 /// (and keeps them), so the manager is never stuck writing answers nobody reads, however large
 /// they are.
 ///
@@ -201,6 +218,8 @@ pub struct Pipeline {
     answers: Answers,
     /// Operations pushed but not yet in a request.
     queued: Vec<wire::Op>,
+    /// The queued operations whose results are forgotten (bit `i` for `queued[i]`).
+    quiet: u64,
     /// Operations pushed so far (queued ones included): the next operation's slot.
     pushed: u64,
     /// Requests sent so far: the next request's id.
@@ -217,10 +236,10 @@ struct Answers {
     requests_answered: u64,
     /// How many operations each sent request not answered yet holds, oldest first.
     in_flight: VecDeque<usize>,
-    /// Answers read but not taken yet, by operation.
-    kept: HashMap<u64, Result<Reply, Failure>>,
+    /// Answers read but not taken yet, by operation (operation numbers hash well with Fx).
+    kept: FxHashMap<u64, Result<Reply, Failure>>,
     /// Operations whose answers are dropped as they arrive (failures are kept in `failed`).
-    forgotten: HashSet<u64>,
+    forgotten: FxHashSet<u64>,
     /// The first failure of a forgotten operation.
     failed: Option<Failure>,
 }
@@ -298,11 +317,12 @@ impl Pipeline {
                 answered: 0,
                 requests_answered: 0,
                 in_flight: VecDeque::new(),
-                kept: HashMap::new(),
-                forgotten: HashSet::new(),
+                kept: FxHashMap::default(),
+                forgotten: FxHashSet::default(),
                 failed: None,
             },
             queued: Vec::new(),
+            quiet: 0,
             pushed: 0,
             next_request: 0,
             flushed: true,
@@ -322,7 +342,9 @@ impl Pipeline {
             return Err(OpError::other_manager());
         }
         if self.queued.len() >= GROUP {
-            self.send_queued().await?;
+            // A full group is written at once, so the manager works on it while this side
+            // encodes the next one (the answers are read later, or while writing).
+            self.flush().await?;
         }
         while self.pushed - self.answers.answered >= WINDOW {
             self.flush().await?;
@@ -351,7 +373,8 @@ impl Pipeline {
             .await?;
         let request = Request {
             id: self.next_request,
-            ops: std::mem::take(&mut self.queued),
+            ops: std::mem::replace(&mut self.queued, Vec::with_capacity(GROUP)),
+            quiet: std::mem::take(&mut self.quiet),
         };
         let n = request.ops.len();
         self.tx.as_mut().start_send(request)?;
@@ -373,6 +396,12 @@ impl Pipeline {
     pub async fn push_forget<R>(&mut self, op: Op<R>) -> Result<(), OpError> {
         let slot = self.push(op).await?;
         self.answers.forgotten.insert(slot.at);
+        // The manager need not send the result back (`push` just queued the operation last,
+        // and a group holds at most 64).
+        let i = self.queued.len() - 1;
+        if i < 64 {
+            self.quiet |= 1 << i;
+        }
         Ok(())
     }
 

@@ -64,7 +64,20 @@ pub(crate) async fn manager_main(args: ServerArgs) {
 /// Applies every operation of `request` under one lock: a batch is atomic.
 pub(crate) fn answer(state: &Shared, request: Request) -> Response {
     let mut state = lock(state);
-    let results = request.ops.into_iter().map(|op| state.apply(op)).collect();
+    let quiet = request.quiet;
+    let results = if quiet == 0 {
+        request.ops.into_iter().map(|op| state.apply(op)).collect()
+    } else {
+        request
+            .ops
+            .into_iter()
+            .enumerate()
+            .map(|(i, op)| match state.apply(op) {
+                Ok(_) if i < 64 && quiet & (1 << i) != 0 => Ok(Reply::Done),
+                result => result,
+            })
+            .collect()
+    };
     Response::Done {
         id: request.id,
         results,
@@ -105,6 +118,56 @@ pub(crate) async fn watch(state: Shared, mut conn: End, request: Request, id: u3
             }
             // The client sends nothing more on a watch: anything here is its end closing.
             _ = conn.next() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::{Blob, Kind, ListOp, MapOp, Op, encode_key};
+
+    /// A quiet operation's success is answered `Done`, without its value; its failure, and
+    /// every other operation's result, in full.
+    #[test]
+    fn quiet_operations_are_answered_done_unless_they_fail() {
+        let state: Shared = Arc::new(Mutex::new(State::default()));
+        let open = |name: &str, kind| match lock(&state).apply(Op::Open {
+            name: name.into(),
+            kind,
+            type_name: "t".into(),
+            init: Blob::default(),
+        }) {
+            Ok(Reply::Id(id)) => id,
+            other => panic!("{other:?}"),
+        };
+        let (m, l) = (open("m", Kind::Map), open("l", Kind::List));
+        let key = || encode_key(&1u8).unwrap();
+        let value = |v: u8| Blob::encode(&v).unwrap();
+        let request = Request {
+            id: 9,
+            ops: vec![
+                Op::Map(m, MapOp::Insert(key(), value(1))),
+                Op::Map(m, MapOp::Insert(key(), value(2))),
+                Op::Map(m, MapOp::Insert(key(), value(3))),
+                Op::List(l, ListOp::Remove(0)),
+                Op::Map(m, MapOp::Get(key())),
+            ],
+            quiet: 0b1011,
+        };
+        let Response::Done { id: 9, results } = answer(&state, request) else {
+            panic!("not the answer to request 9");
+        };
+        assert!(matches!(results[0], Ok(Reply::Done)));
+        assert!(matches!(results[1], Ok(Reply::Done)));
+        match &results[2] {
+            Ok(Reply::MaybeBlob(Some(old))) => assert_eq!(old.decode::<u8>().unwrap(), 2),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(results[3], Err(Failure::OutOfRange { .. })));
+        match &results[4] {
+            Ok(Reply::MaybeBlob(Some(now))) => assert_eq!(now.decode::<u8>().unwrap(), 3),
+            other => panic!("{other:?}"),
         }
     }
 }

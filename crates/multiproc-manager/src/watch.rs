@@ -65,6 +65,7 @@ impl<E> Watch<E> {
         let request = Request {
             id: 0,
             ops: vec![wire::Op::Watch(id)],
+            quiet: 0,
         };
         requests.send(request).await?;
         let mut results = read_answer(&mut end, 0).await?;

@@ -145,6 +145,10 @@ impl FnToken {
 pub(crate) struct Request {
     pub(crate) id: u64,
     pub(crate) ops: Vec<Op>,
+    /// Operations whose results the client drops (bit `i` for operation `i`, the first 64): a
+    /// success is answered [`Reply::Done`], without the value it would carry (a pipeline's
+    /// `push_forget`). Failures are answered in full.
+    pub(crate) quiet: u64,
 }
 
 /// One operation.
