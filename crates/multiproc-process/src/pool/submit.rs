@@ -89,7 +89,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             Counters::add(&self.counters.failed, job.items);
             return;
         }
-        let output = match message::decode::<ChunkOutput<R>>(body, fds) {
+        let output = match message::decode_fixed::<ChunkOutput<R>>(body, fds) {
             Ok(output) => output,
             Err(e) => return self.failed(job, PoolError::bad_result(e.to_string()), None),
         };
@@ -234,10 +234,12 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
             items: items.len(),
             sink: self.sink.clone(),
         };
-        let mut frame = Vec::new();
+        // The header, the length and the items at their in-memory size (exact for plain
+        // numbers): one allocation for the whole frame in the common case.
+        let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
         let span = self.span;
         let encoded = message::encode_into(&ToWorker::Run { id, func, span }, &mut frame)
-            .and_then(|_| message::encode_into(items, &mut frame));
+            .and_then(|_| message::encode_fixed_into(items, &mut frame));
         match encoded {
             Ok(fds) => Some(Job { frame, fds, meta }),
             Err(e) => {
