@@ -133,7 +133,21 @@ pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, 
 /// [`DecodeError`] naming what went wrong: the bytes do not form a `T` (usually a different
 /// type on the other side), trailing bytes, or a descriptor index the message did not carry.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
-    let (result, problem) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    let decoded = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    whole_value(bytes.len(), decoded, DecodeError::serde)
+}
+
+/// What a decode inside the descriptor context gives: the value and the bytes after it, or
+/// the format's error; and the handle problem met, if any.
+type Decoded<'a, T, E> = (Result<(T, &'a [u8]), E>, Option<fd::HandleProblem>);
+
+/// The value of a decode that must take all of its `total` bytes: the handle problem it met,
+/// its trailing bytes, or its format's error (`serde`), as a [`DecodeError`].
+fn whole_value<T, E>(
+    total: usize,
+    (result, problem): Decoded<'_, T, E>,
+    serde: impl FnOnce(E, &'static str) -> DecodeError,
+) -> Result<T, DecodeError> {
     if let Some(problem) = problem {
         return Err(DecodeError::from_handle_problem(problem));
     }
@@ -142,9 +156,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
         Ok((_, rest)) => Err(DecodeError::trailing(
             std::any::type_name::<T>(),
             rest.len(),
-            bytes.len(),
+            total,
         )),
-        Err(e) => Err(DecodeError::serde(e, std::any::type_name::<T>())),
+        Err(e) => Err(serde(e, std::any::type_name::<T>())),
     }
 }
 
@@ -197,19 +211,8 @@ pub fn decode_fixed<T: DeserializeOwned>(
     bytes: &[u8],
     fds: Vec<OwnedFd>,
 ) -> Result<T, DecodeError> {
-    let (result, problem) = fd::with_incoming(fds, || fixed::take_from_bytes::<T>(bytes));
-    if let Some(problem) = problem {
-        return Err(DecodeError::from_handle_problem(problem));
-    }
-    match result {
-        Ok((value, [])) => Ok(value),
-        Ok((_, rest)) => Err(DecodeError::trailing(
-            std::any::type_name::<T>(),
-            rest.len(),
-            bytes.len(),
-        )),
-        Err(e) => Err(DecodeError::fixed(e, std::any::type_name::<T>())),
-    }
+    let decoded = fd::with_incoming(fds, || fixed::take_from_bytes::<T>(bytes));
+    whole_value(bytes.len(), decoded, DecodeError::fixed)
 }
 
 #[cfg(test)]

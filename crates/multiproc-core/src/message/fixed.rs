@@ -86,6 +86,17 @@ impl Serializer<'_> {
     }
 }
 
+/// Integers: their little-endian bytes.
+macro_rules! write_number {
+    ($($method:ident: $ty:ty),+ $(,)?) => {$(
+        #[inline]
+        fn $method(self, v: $ty) -> Result<(), Error> {
+            self.put(v.to_le_bytes());
+            Ok(())
+        }
+    )+};
+}
+
 impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
     type Ok = ();
     type Error = Error;
@@ -106,56 +117,12 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
         self.put([v as u8]);
         Ok(())
     }
-    #[inline]
-    fn serialize_i8(self, v: i8) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
+    write_number! {
+        serialize_i8: i8, serialize_i16: i16, serialize_i32: i32, serialize_i64: i64,
+        serialize_i128: i128, serialize_u8: u8, serialize_u16: u16, serialize_u32: u32,
+        serialize_u64: u64, serialize_u128: u128,
     }
-    #[inline]
-    fn serialize_i16(self, v: i16) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i32(self, v: i32) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i64(self, v: i64) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_i128(self, v: i128) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u8(self, v: u8) -> Result<(), Error> {
-        self.put([v]);
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u16(self, v: u16) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u32(self, v: u32) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u64(self, v: u64) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
-    #[inline]
-    fn serialize_u128(self, v: u128) -> Result<(), Error> {
-        self.put(v.to_le_bytes());
-        Ok(())
-    }
+
     #[inline]
     fn serialize_f32(self, v: f32) -> Result<(), Error> {
         self.put(v.to_bits().to_le_bytes());
@@ -291,35 +258,28 @@ compound! {
     SerializeMap: serialize_value, serialize_key;
 }
 
-impl ser::SerializeStruct for &mut Serializer<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
+/// Structs and struct variants: their fields one after another, without names.
+macro_rules! named_fields {
+    ($($trait:ident),+) => {$(
+        impl ser::$trait for &mut Serializer<'_> {
+            type Ok = ();
+            type Error = Error;
+            #[inline]
+            fn serialize_field<T: Serialize + ?Sized>(
+                &mut self,
+                _: &'static str,
+                v: &T,
+            ) -> Result<(), Error> {
+                v.serialize(&mut **self)
+            }
+            fn end(self) -> Result<(), Error> {
+                Ok(())
+            }
+        }
+    )+};
 }
 
-impl ser::SerializeStructVariant for &mut Serializer<'_> {
-    type Ok = ();
-    type Error = Error;
-    fn serialize_field<T: Serialize + ?Sized>(
-        &mut self,
-        _: &'static str,
-        v: &T,
-    ) -> Result<(), Error> {
-        v.serialize(&mut **self)
-    }
-    fn end(self) -> Result<(), Error> {
-        Ok(())
-    }
-}
+named_fields!(SerializeStruct, SerializeStructVariant);
 
 struct Deserializer<'de> {
     input: &'de [u8],
@@ -519,6 +479,24 @@ struct Elements<'a, 'de> {
     left: usize,
 }
 
+impl<'de> Elements<'_, 'de> {
+    /// The next element (or map key), if any are left.
+    #[inline]
+    fn next<T: DeserializeSeed<'de>>(&mut self, seed: T) -> Result<Option<T::Value>, Error> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        seed.deserialize(&mut *self.de).map(Some)
+    }
+
+    /// No more elements than bytes left (serde's own collections cap what they reserve
+    /// besides, for zero-sized elements).
+    fn hint(&self) -> usize {
+        self.left.min(self.de.input.len())
+    }
+}
+
 impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
     type Error = Error;
 
@@ -527,17 +505,11 @@ impl<'de> de::SeqAccess<'de> for Elements<'_, 'de> {
         &mut self,
         seed: T,
     ) -> Result<Option<T::Value>, Error> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        self.next(seed)
     }
 
     fn size_hint(&self) -> Option<usize> {
-        // No more elements than bytes left (serde's own collections cap what they reserve
-        // besides, for zero-sized elements).
-        Some(self.left.min(self.de.input.len()))
+        Some(self.hint())
     }
 }
 
@@ -548,11 +520,7 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
         &mut self,
         seed: K,
     ) -> Result<Option<K::Value>, Error> {
-        if self.left == 0 {
-            return Ok(None);
-        }
-        self.left -= 1;
-        seed.deserialize(&mut *self.de).map(Some)
+        self.next(seed)
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, Error> {
@@ -560,7 +528,7 @@ impl<'de> de::MapAccess<'de> for Elements<'_, 'de> {
     }
 
     fn size_hint(&self) -> Option<usize> {
-        Some(self.left.min(self.de.input.len()))
+        Some(self.hint())
     }
 }
 
