@@ -17,6 +17,8 @@ pub struct EncodeError {
 enum EncodeErrorKind {
     #[error("cannot encode message")]
     Serde(#[source] postcard::Error),
+    #[error("cannot encode message")]
+    Fixed(#[source] crate::message::FixedError),
     #[error("cannot duplicate a descriptor for the message")]
     Descriptor(#[source] io::Error),
 }
@@ -25,6 +27,11 @@ impl EncodeError {
     pub(crate) fn serde(e: postcard::Error) -> Self {
         Self {
             kind: EncodeErrorKind::Serde(e),
+        }
+    }
+    pub(crate) fn fixed(e: crate::message::FixedError) -> Self {
+        Self {
+            kind: EncodeErrorKind::Fixed(e),
         }
     }
     pub(crate) fn descriptor(e: io::Error) -> Self {
@@ -59,6 +66,12 @@ enum DecodeErrorKind {
         #[source]
         source: postcard::Error,
     },
+    #[error("cannot decode message as `{ty}` (does the other side send this type?)")]
+    Fixed {
+        ty: &'static str,
+        #[source]
+        source: crate::message::FixedError,
+    },
     #[error(
         "message has {rest} trailing bytes of {total} after a `{ty}` \
          (does the other side send this type?)"
@@ -83,6 +96,11 @@ impl DecodeError {
     pub(crate) fn serde(source: postcard::Error, ty: &'static str) -> Self {
         Self {
             kind: DecodeErrorKind::Serde { ty, source },
+        }
+    }
+    pub(crate) fn fixed(source: crate::message::FixedError, ty: &'static str) -> Self {
+        Self {
+            kind: DecodeErrorKind::Fixed { ty, source },
         }
     }
     pub(crate) fn trailing(ty: &'static str, rest: usize, total: usize) -> Self {

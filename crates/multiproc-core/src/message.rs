@@ -8,6 +8,9 @@ use serde::de::DeserializeOwned;
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
 
+mod fixed;
+pub(crate) use fixed::Error as FixedError;
+
 /// Default largest message, in encoded bytes, that a pipe end or a queue sends or accepts:
 /// 64 MiB. Each end can set its own limit.
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 64 << 20;
@@ -130,7 +133,21 @@ pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, 
 /// [`DecodeError`] naming what went wrong: the bytes do not form a `T` (usually a different
 /// type on the other side), trailing bytes, or a descriptor index the message did not carry.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
-    let (result, problem) = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    let decoded = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    whole_value(bytes.len(), decoded, DecodeError::serde)
+}
+
+/// What a decode inside the descriptor context gives: the value and the bytes after it, or
+/// the format's error; and the handle problem met, if any.
+type Decoded<'a, T, E> = (Result<(T, &'a [u8]), E>, Option<fd::HandleProblem>);
+
+/// The value of a decode that must take all of its `total` bytes: the handle problem it met,
+/// its trailing bytes, or its format's error (`serde`), as a [`DecodeError`].
+fn whole_value<T, E>(
+    total: usize,
+    (result, problem): Decoded<'_, T, E>,
+    serde: impl FnOnce(E, &'static str) -> DecodeError,
+) -> Result<T, DecodeError> {
     if let Some(problem) = problem {
         return Err(DecodeError::from_handle_problem(problem));
     }
@@ -139,9 +156,9 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T,
         Ok((_, rest)) => Err(DecodeError::trailing(
             std::any::type_name::<T>(),
             rest.len(),
-            bytes.len(),
+            total,
         )),
-        Err(e) => Err(DecodeError::serde(e, std::any::type_name::<T>())),
+        Err(e) => Err(serde(e, std::any::type_name::<T>())),
     }
 }
 
@@ -159,6 +176,43 @@ pub fn decode_head<T: DeserializeOwned>(bytes: &[u8]) -> Result<(T, &[u8]), Deco
         return Err(DecodeError::from_handle_problem(problem));
     }
     result.map_err(|e| DecodeError::serde(e, std::any::type_name::<T>()))
+}
+
+/// Serializes `value` in the fixed-width layout, appending the bytes to `buf`: postcard's
+/// layout, but every integer, length and variant index at its full width, little-endian.
+///
+/// For bulk data between two copies of the same program where decoding speed matters more
+/// than size (the pool's chunks of arguments and results): an integer is one store and one
+/// load rather than a varint loop. Read it back with [`decode_fixed`]. Descriptors are
+/// collected as by [`encode_into`], and a failed encode leaves `buf` as it was.
+///
+/// # Errors
+/// As [`encode_into`].
+pub fn encode_fixed_into<T: Serialize + ?Sized>(
+    value: &T,
+    buf: &mut Vec<u8>,
+) -> Result<Vec<OwnedFd>, EncodeError> {
+    let start = buf.len();
+    let (result, fds) = fd::collect_outgoing(|| fixed::serialize_into(value, buf));
+    let error = match (result, fds) {
+        (Ok(()), Ok(fds)) => return Ok(fds),
+        (_, Err(io)) => EncodeError::descriptor(io),
+        (Err(e), Ok(_)) => EncodeError::fixed(e),
+    };
+    buf.truncate(start);
+    Err(error)
+}
+
+/// Deserializes a `T` written by [`encode_fixed_into`], as [`decode`] does for postcard.
+///
+/// # Errors
+/// As [`decode`]: the bytes do not form a `T`, trailing bytes, or a bad descriptor.
+pub fn decode_fixed<T: DeserializeOwned>(
+    bytes: &[u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, DecodeError> {
+    let decoded = fd::with_incoming(fds, || fixed::take_from_bytes::<T>(bytes));
+    whole_value(bytes.len(), decoded, DecodeError::fixed)
 }
 
 #[cfg(test)]

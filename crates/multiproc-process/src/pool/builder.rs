@@ -112,7 +112,7 @@ impl PoolBuilder {
         let func = init_fn::<_, A, M>(Plain(f));
         let encode: Initializer = Box::new(move |buf| {
             message::encode_into(&ToWorker::Init { func: Some(func) }, buf)?;
-            message::encode_into(&args, buf)
+            message::encode_fixed_into(&args, buf)
         });
         // Find out now, not in every worker, whether the arguments can be encoded.
         let checked = match encode(&mut Vec::new()) {

@@ -27,6 +27,11 @@ use crate::{Builder, JoinError, JoinHandle};
 const QUEUE_AHEAD_NS: u64 = 500_000;
 /// ...and never more than this many jobs (each has a cancel bit in the shared region).
 const MAX_IN_FLIGHT: usize = JOBS_HELD;
+/// Take no more jobs while this many bytes wait in the send buffer (the worker's socket is
+/// full): the worker has plenty to do, the queued jobs stay available to idle workers, and the
+/// buffer does not grow (a driver pushed up to half a millisecond of work at once, 400 KiB of
+/// chunks of integers, copied into freshly faulted-in memory behind a full socket).
+const MAX_UNSENT: usize = 64 << 10;
 /// How long a worker that should exit may take before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 /// Attempts in a row to start a worker before the pool is declared broken.
@@ -219,7 +224,11 @@ impl Conn {
             .max_tasks_per_worker
             .is_none_or(|max| self.sent < max);
         let held = &self.held;
-        if !held.ready || !under_quota || self.over_memory || held.in_flight.len() >= MAX_IN_FLIGHT
+        if !held.ready
+            || !under_quota
+            || self.over_memory
+            || held.in_flight.len() >= MAX_IN_FLIGHT
+            || self.tx.buffered() >= MAX_UNSENT
         {
             return false;
         }

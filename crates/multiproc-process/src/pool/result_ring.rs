@@ -48,12 +48,13 @@ const CANCELLED: usize = 7 * LINE;
 pub(crate) const JOBS_HELD: usize = 512;
 /// The ring starts on a page of its own.
 const RING: usize = 4096;
-/// Bytes in the ring.
-pub(crate) const RING_LEN: usize = 64 << 10;
+/// Bytes in the ring (room for several of the largest records).
+pub(crate) const RING_LEN: usize = 128 << 10;
 /// Bytes of the whole shared region.
 pub(crate) const REGION_LEN: usize = RING + RING_LEN;
-/// Largest record payload; larger results go through the socket.
-pub(crate) const MAX_RECORD: usize = 8 << 10;
+/// Largest record payload; larger results go through the socket. A default-sized chunk of
+/// 1,024 eight-byte results (8 KiB in the fixed-width layout) and its header fit.
+pub(crate) const MAX_RECORD: usize = 16 << 10;
 /// A record header saying "the rest of the ring is unused, go on at its start".
 const WRAP: u64 = u64::MAX;
 

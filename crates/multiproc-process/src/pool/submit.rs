@@ -89,7 +89,7 @@ impl<R: DeserializeOwned + Send + 'static> ResultSink for ChunkSink<R> {
             Counters::add(&self.counters.failed, job.items);
             return;
         }
-        let output = match message::decode::<ChunkOutput<R>>(body, fds) {
+        let output = match message::decode_fixed::<ChunkOutput<R>>(body, fds) {
             Ok(output) => output,
             Err(e) => return self.failed(job, PoolError::bad_result(e.to_string()), None),
         };
@@ -234,10 +234,12 @@ impl<R: DeserializeOwned + Send + 'static> Results<R> {
             items: items.len(),
             sink: self.sink.clone(),
         };
-        let mut frame = Vec::new();
+        // The header, the length and the items at their in-memory size (exact for plain
+        // numbers): one allocation for the whole frame in the common case.
+        let mut frame = Vec::with_capacity(64 + std::mem::size_of_val(items));
         let span = self.span;
         let encoded = message::encode_into(&ToWorker::Run { id, func, span }, &mut frame)
-            .and_then(|_| message::encode_into(items, &mut frame));
+            .and_then(|_| message::encode_fixed_into(items, &mut frame));
         match encoded {
             Ok(fds) => Some(Job { frame, fds, meta }),
             Err(e) => {
@@ -285,6 +287,22 @@ impl<R> Drop for Results<R> {
     }
 }
 
+/// The most items one poll of a submission encodes before it lets the drivers run: a map's
+/// first poll used to encode its whole window (all 500,000 items of a small map) while the
+/// workers waited; now they start on the first chunks while the next are encoded.
+const REFILL_ITEMS: usize = 4096;
+
+/// The most chunks per worker a submission keeps outstanding (queued, running, or done and
+/// not taken yet)...
+const WINDOW_CHUNKS: usize = 256;
+/// ...and the most items per worker, so that a map of big chunks keeps a bounded number of
+/// encoded frames alive and the allocator hands the memory of answered ones to the next
+/// (a 500,000-item map of 1,024-item chunks kept all 489 frames, 4 MiB faulted in afresh, alive
+/// at once)...
+const WINDOW_ITEMS: usize = 48 * 1024;
+/// ...but never fewer chunks per worker than this, so that every worker has a next one ready.
+const MIN_WINDOW_CHUNKS: usize = 4;
+
 /// Where a submission's items come from.
 pub(crate) enum Items<A> {
     /// A map's items, all collected already: each chunk is encoded straight from the vector,
@@ -300,8 +318,8 @@ pub(crate) struct Batches<A, R> {
     func: TaskFn,
     items: Items<A>,
     chunksize: usize,
-    /// At most this many chunks are queued or running at once.
-    window: usize,
+    /// Workers in the pool (the window is per worker).
+    workers: usize,
     next_chunk: usize,
     next_item: usize,
     exhausted: bool,
@@ -319,13 +337,13 @@ where
         items: Items<A>,
         chunksize: usize,
     ) -> Self {
-        let window = shared.config.workers * 256;
+        let workers = shared.config.workers;
         debug_assert!(chunksize > 0, "zero chunk size");
         Self {
             func,
             items,
             chunksize,
-            window,
+            workers,
             next_chunk: 0,
             next_item: 0,
             exhausted: false,
@@ -340,10 +358,27 @@ where
         self.chunksize = chunksize;
     }
 
-    /// Encodes and queues chunks until the window is full or the items run out.
-    fn refill(&mut self) {
+    /// How many chunks may be outstanding (queued, running, or done and not taken) at once:
+    /// [`WINDOW_CHUNKS`] per worker, and no more than [`WINDOW_ITEMS`] items per worker
+    /// (but at least [`MIN_WINDOW_CHUNKS`] chunks per worker).
+    fn window(&self) -> usize {
+        let by_items = (WINDOW_ITEMS / self.chunksize).max(MIN_WINDOW_CHUNKS);
+        self.workers.max(1) * by_items.min(WINDOW_CHUNKS)
+    }
+
+    /// Encodes and queues chunks until the window is full, the items run out, or
+    /// [`REFILL_ITEMS`] items were encoded; returns `true` in the last case (more to encode
+    /// now).
+    fn refill(&mut self) -> bool {
         let mut jobs = Vec::new();
-        while !self.exhausted && self.results.outstanding() < self.window {
+        let mut encoded = 0;
+        let mut more = false;
+        let window = self.window();
+        while !self.exhausted && self.results.outstanding() < window {
+            if encoded >= REFILL_ITEMS {
+                more = true;
+                break;
+            }
             let taken: Vec<A>;
             let chunk: &[A] = match &mut self.items {
                 Items::Collected(items) => &items.as_slice()[..self.chunksize.min(items.len())],
@@ -373,9 +408,11 @@ where
             }
             self.next_chunk += 1;
             self.next_item += len;
+            encoded += len;
             jobs.extend(job);
         }
         self.results.submit(jobs);
+        more
     }
 
     /// The next chunk's results, in completion order; `None` when all are in.
@@ -383,10 +420,14 @@ where
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<(usize, ChunkResults<R>)>> {
-        self.refill();
+        let mut more = self.refill();
         let polled = self.results.poll_chunk(cx);
         if let Poll::Ready(Some(_)) = polled {
-            self.refill();
+            more = self.refill();
+        }
+        if more && polled.is_pending() {
+            // Let the drivers send what is queued, then come back to encode the rest.
+            cx.waker().wake_by_ref();
         }
         polled
     }

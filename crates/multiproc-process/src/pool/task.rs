@@ -151,7 +151,7 @@ where
 
 /// Decodes the call's arguments; when they do not decode, marks the call rejected.
 fn take_input<A: DeserializeOwned>(call: &mut Call) -> Option<A> {
-    match message::decode(&call.input, std::mem::take(&mut call.input_fds)) {
+    match message::decode_fixed(&call.input, std::mem::take(&mut call.input_fds)) {
         Ok(input) => Some(input),
         Err(e) => {
             call.rejected = Some(Rejected::Args(e.to_string()));
@@ -164,7 +164,7 @@ fn take_input<A: DeserializeOwned>(call: &mut Call) -> Option<A> {
 /// `Unsendable` failure instead of failing its neighbours.
 fn encode_output<R: Serialize>(output: ChunkOutput<R>, call: &mut Call) {
     let start = call.output.len();
-    if let Ok(fds) = message::encode_into(&output, &mut call.output) {
+    if let Ok(fds) = message::encode_fixed_into(&output, &mut call.output) {
         call.output_fds = fds;
         return;
     }
@@ -182,7 +182,7 @@ fn encode_output<R: Serialize>(output: ChunkOutput<R>, call: &mut Call) {
         if let Some(failure) = failures.next_if(|(at, _)| *at == position) {
             fixed.failures.push(failure);
         } else if let Some(value) = values.next() {
-            match message::encode(&value) {
+            match message::encode_fixed_into(&value, &mut Vec::new()) {
                 Ok(_) => fixed.values.push(value),
                 Err(e) => fixed
                     .failures
@@ -193,7 +193,7 @@ fn encode_output<R: Serialize>(output: ChunkOutput<R>, call: &mut Call) {
         }
         position += 1;
     }
-    match message::encode_into(&fixed, &mut call.output) {
+    match message::encode_fixed_into(&fixed, &mut call.output) {
         Ok(fds) => call.output_fds = fds,
         Err(e) => {
             call.output.truncate(start);

@@ -203,7 +203,7 @@ impl Worker {
             }
             Some(Rejected::Results(why)) => failed(why),
             Some(Rejected::Cancelled) => failed("the initializer was cancelled".into()),
-            None => match message::decode::<ChunkOutput<()>>(&self.call.output, Vec::new()) {
+            None => match message::decode_fixed::<ChunkOutput<()>>(&self.call.output, Vec::new()) {
                 Ok(mut output) => match output.failures.pop() {
                     Some((_, Failure::Panicked { message, location })) => {
                         FromWorker::InitFailed { message, location }

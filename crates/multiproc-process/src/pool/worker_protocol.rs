@@ -2,7 +2,10 @@
 //!
 //! Every frame is a small postcard header followed by a body whose type only the header's
 //! function knows, so both sides decode the header with `message::decode_head` and hand the
-//! rest (with all of the frame's descriptors) to the function's shim.
+//! rest (with all of the frame's descriptors) to the function's shim. Bodies (a chunk's
+//! arguments, its `ChunkOutput`, the initializer's argument) are in core's fixed-width layout
+//! (`message::encode_fixed_into`): bulk data between two copies of one program, where a
+//! varint per integer was half of a worker's time on a chunk of numbers.
 
 use std::os::fd::OwnedFd;
 
