@@ -367,9 +367,10 @@ impl RawReceiver {
                     // CPU; the receive proper follows.
                     Some(cue) => {
                         let ring = self.ring.as_ref().expect("a cue comes from the ring");
-                        // Yields between looks while the sender last ran on this CPU.
+                        // Parks at once while the sender runs on this CPU (see
+                        // `spin_then_park`); yields between looks on a single CPU.
                         let mut apart = || cue.peer_apart();
-                        let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                        let apart: Option<&mut dyn FnMut() -> bool> = match spin::several_cpus() {
                             true => Some(&mut apart),
                             false => None,
                         };

@@ -47,11 +47,15 @@ impl RawReceiver {
         let spun = match self.ring_cue() {
             // On the ring: busy reads of shared words while the sender runs on another CPU (no
             // system call), and a read of the socket only once an owned frame was sent there.
-            // While the sender last ran on this CPU, the spin yields between looks instead (a
-            // yield runs the sender when it shares the CPU; each look is still loads only).
+            // While the sender last ran on this CPU and the process may run on another, the
+            // wait parks at once: a yield would run the sender, but then the two keep taking
+            // turns on one CPU (about 5 us a round trip) while the other CPU idles, since no
+            // wake-up ever lets the scheduler place one of them there; a park and its
+            // wake-up do, and after it the two spin apart (about 1 us). With a single CPU
+            // (pinned, or a quota of one) the spin yields between looks instead.
             Some(cue) => {
                 let mut apart = || cue.peer_apart();
-                let apart: Option<&mut dyn FnMut() -> bool> = match cue.peer_apart() {
+                let apart: Option<&mut dyn FnMut() -> bool> = match spin::several_cpus() {
                     true => Some(&mut apart),
                     false => None,
                 };
