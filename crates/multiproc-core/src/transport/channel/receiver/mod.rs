@@ -62,6 +62,9 @@ pub struct RawReceiver {
     pub(super) waiting: Waiting,
     /// The pair's shared ring, for an end made by [`pair`](super::pair).
     pub(in crate::transport::channel) ring: Option<Box<RxRing>>,
+    /// Ring waits left that yield to a sender on this CPU rather than park (see
+    /// `spin_then_park::TAKE_TURNS`).
+    pub(super) turns: u8,
 }
 
 /// Where a receiver is in a wait for data.
@@ -100,6 +103,7 @@ impl RawReceiver {
             spin: SpinPolicy::new(),
             waiting: Waiting::No,
             ring: None,
+            turns: 0,
         }
     }
 
@@ -124,8 +128,18 @@ impl RawReceiver {
     /// before it began (no spin for the answer due, so every wait parked, and every park left
     /// another stale wake-up frame behind).
     fn arrived(&mut self) {
-        if let Waiting::Timed(since) = std::mem::replace(&mut self.waiting, Waiting::No) {
-            self.spin.parked(since.elapsed());
+        match std::mem::replace(&mut self.waiting, Waiting::No) {
+            Waiting::No => {}
+            waited => {
+                if let Waiting::Timed(since) = waited {
+                    self.spin.parked(since.elapsed());
+                }
+                // Parked, and the sender is still on this CPU: the wake-up did not move them
+                // apart (the other CPU is busy), so for a while they take turns instead.
+                if self.ring_cue().is_some_and(|cue| !cue.peer_apart()) {
+                    self.turns = spin_then_park::TAKE_TURNS;
+                }
+            }
         }
         // Whatever was sent before has had its answer, if it wanted one.
         self.socket.clear_sent();
@@ -366,11 +380,12 @@ impl RawReceiver {
                     // On the ring: busy reads of shared words while the sender runs on another
                     // CPU; the receive proper follows.
                     Some(cue) => {
-                        let ring = self.ring.as_ref().expect("a cue comes from the ring");
                         // Parks at once while the sender runs on this CPU (see
                         // `spin_then_park`); yields between looks on a single CPU.
+                        let park_apart = self.may_park_apart();
+                        let ring = self.ring.as_ref().expect("a cue comes from the ring");
                         let mut apart = || cue.peer_apart();
-                        let apart: Option<&mut dyn FnMut() -> bool> = match spin::several_cpus() {
+                        let apart: Option<&mut dyn FnMut() -> bool> = match park_apart {
                             true => Some(&mut apart),
                             false => None,
                         };

@@ -52,10 +52,12 @@ impl RawReceiver {
             // turns on one CPU (about 5 us a round trip) while the other CPU idles, since no
             // wake-up ever lets the scheduler place one of them there; a park and its
             // wake-up do, and after it the two spin apart (about 1 us). With a single CPU
-            // (pinned, or a quota of one) the spin yields between looks instead.
+            // (pinned, or a quota of one) the spin yields between looks instead, and so it
+            // does for a while after a park that left the two on one CPU (the other CPU is
+            // busy: taking turns is then the cheaper way, see `arrived`).
             Some(cue) => {
                 let mut apart = || cue.peer_apart();
-                let apart: Option<&mut dyn FnMut() -> bool> = match spin::several_cpus() {
+                let apart: Option<&mut dyn FnMut() -> bool> = match self.may_park_apart() {
                     true => Some(&mut apart),
                     false => None,
                 };
@@ -105,7 +107,22 @@ impl RawReceiver {
     }
 }
 
+/// Waits that take turns on one CPU with the sender (yields) rather than park, after a park
+/// that did not move the two apart.
+pub(super) const TAKE_TURNS: u8 = 64;
+
 impl RawReceiver {
+    /// Whether a ring wait that begins now may park at once when the sender runs on this CPU
+    /// (to let the wake-up move one of them to another CPU), rather than yield to it. Counts
+    /// down the waits that take turns.
+    pub(super) fn may_park_apart(&mut self) -> bool {
+        if self.turns > 0 {
+            self.turns -= 1;
+            return false;
+        }
+        spin::several_cpus()
+    }
+
     /// The spin cue of the shared ring, when the receiver waits on one that is in use.
     pub(super) fn ring_cue(&self) -> Option<CpuCue> {
         self.ring.as_ref()?.cue()
