@@ -45,6 +45,9 @@ pub(crate) const MAX_RECORD: usize = 4 << 10;
 /// Unpublished record bytes after which a batch being fed is published without waiting for
 /// the flush (the consumer starts on it, and the `head` line moves once per this many bytes).
 const PUBLISH_EVERY: u64 = 4 << 10;
+/// How often (in frames sent alone) a sender reads the receiver's progress to find out
+/// whether a receiver that took nothing is still alive.
+const LIVENESS_EVERY: u32 = 4;
 /// Bytes of a pair's region.
 pub(crate) const REGION_LEN: usize = RINGS + 2 * RING_LEN;
 
@@ -130,8 +133,10 @@ pub(crate) struct TxRing {
     dirty: bool,
     /// A publication in the middle of a batch found the receiver parked: it must be woken.
     wake_pending: bool,
-    /// The receiver's count of taken bytes at the last [`backlogged`](Self::backlogged).
+    /// The receiver's count of taken bytes when [`backlogged`](Self::backlogged) last read it.
     taken_seen: u64,
+    /// Calls of [`backlogged`](Self::backlogged) since it last read the receiver's count.
+    unchecked: u32,
 }
 
 impl TxRing {
@@ -143,6 +148,7 @@ impl TxRing {
             dirty: false,
             wake_pending: false,
             taken_seen: u64::MAX,
+            unchecked: 0,
         }
     }
 
@@ -208,15 +214,20 @@ impl TxRing {
         }
     }
 
-    /// Whether records this copy published still wait for a receiver that has not taken any
-    /// since the last call. A receiver killed
+    /// Whether records this copy published still wait for a receiver that took none of them
+    /// over the last [`LIVENESS_EVERY`] calls (one per frame sent alone). A receiver killed
     /// while it was not parked leaves no wake-up frame to fail, so a sender that finds its
-    /// previous record untaken checks that the receiver lives before it adds another (see
-    /// [`RawSender`](super::RawSender)): a send to a dead peer then fails at most one message
-    /// late, as a socket send does when the peer dies just after it.
-    /// Asks again only when the receiver took nothing since the previous question, so a
-    /// receiver that keeps up costs nothing.
+    /// records untaken checks that the receiver lives before it adds more (see
+    /// [`RawSender`](super::RawSender)): a send to a dead peer then fails a few messages late,
+    /// as sends into a socket buffer succeed when the peer dies just after them. Reading the
+    /// receiver's count costs a cache line the receiver keeps writing, so it is read only
+    /// every [`LIVENESS_EVERY`] calls: a stream of small frames pays it rarely.
     pub(crate) fn backlogged(&mut self) -> bool {
+        self.unchecked += 1;
+        if self.unchecked < LIVENESS_EVERY {
+            return false;
+        }
+        self.unchecked = 0;
         let Some(w) = self.writer.as_ref() else {
             return false;
         };
