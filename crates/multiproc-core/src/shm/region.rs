@@ -11,7 +11,7 @@ use std::mem::{align_of, size_of};
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicU64};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use rustix::fs::{MemfdFlags, SealFlags};
 use rustix::mm::{MapFlags, ProtFlags};
@@ -406,6 +406,46 @@ impl SharedRegion {
         let p = self.check(offset, size_of::<AtomicU64>(), align_of::<AtomicU64>());
         // SAFETY: as in `atomic_u32`, with 8-byte bounds and alignment checked.
         unsafe { &*p.cast::<AtomicU64>() }
+    }
+
+    /// Stores `bytes` at byte `offset` as relaxed atomic 8-byte words, the last one padded with
+    /// zeros: a copy that another process may read at the same time, with
+    /// [`load_words`](Self::load_words), without a data race. Ordering is the caller's: publish
+    /// the bytes with a release store after this.
+    ///
+    /// # Panics
+    /// When the padded bytes are out of bounds or `offset` is not 8-aligned.
+    pub fn store_words(&self, offset: usize, bytes: &[u8]) {
+        let mut words = bytes.chunks_exact(8);
+        let mut at = offset;
+        for word in &mut words {
+            let word = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
+            self.atomic_u64(at).store(word, Ordering::Relaxed);
+            at += 8;
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.atomic_u64(at)
+                .store(u64::from_ne_bytes(last), Ordering::Relaxed);
+        }
+    }
+
+    /// Replaces the contents of `out` with the `len` bytes at byte `offset`, read as relaxed
+    /// atomic 8-byte words (the twin of [`store_words`](Self::store_words)).
+    ///
+    /// # Panics
+    /// When the bytes, padded to whole words, are out of bounds or `offset` is not 8-aligned.
+    pub fn load_words(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
+        let padded = len.div_ceil(8) * 8;
+        out.clear();
+        out.reserve(padded);
+        for at in (offset..offset + padded).step_by(8) {
+            let word = self.atomic_u64(at).load(Ordering::Relaxed);
+            out.extend_from_slice(&word.to_ne_bytes());
+        }
+        out.truncate(len);
     }
 
     /// Copies the `T` at byte `offset` out of the region (volatile read; a concurrent writer in

@@ -189,14 +189,8 @@ impl SpscRing {
                 )));
             }
             let tag = self.data_word(at + 8).load(Ordering::Relaxed);
-            out.clear();
-            out.reserve(padded(len));
-            let first = at + RECORD_HEADER;
-            for offset in (first..first + padded(len)).step_by(8) {
-                let word = self.data_word(offset).load(Ordering::Relaxed);
-                out.extend_from_slice(&word.to_ne_bytes());
-            }
-            out.truncate(len);
+            self.region
+                .load_words(self.layout.data + at + RECORD_HEADER, len, out);
             return Ok(Some(Record { tag, len, size }));
         }
     }
@@ -269,21 +263,9 @@ impl RingWriter {
             self.head += skip;
             at = 0;
         }
-        let mut offset = at + RECORD_HEADER;
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let word = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
-            self.ring.data_word(offset).store(word, Ordering::Relaxed);
-            offset += 8;
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.ring
-                .data_word(offset)
-                .store(u64::from_ne_bytes(last), Ordering::Relaxed);
-        }
+        self.ring
+            .region
+            .store_words(self.ring.layout.data + at + RECORD_HEADER, bytes);
         self.ring.data_word(at + 8).store(tag, Ordering::Relaxed);
         self.ring
             .data_word(at)

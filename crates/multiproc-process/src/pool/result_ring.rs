@@ -285,21 +285,7 @@ impl RingWriter {
             self.head += skip;
             at = 0;
         }
-        let mut offset = RING + at + 8;
-        let mut words = bytes.chunks_exact(8);
-        for word in &mut words {
-            let word = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
-            self.ctrl.word(offset).store(word, Ordering::Relaxed);
-            offset += 8;
-        }
-        let rest = words.remainder();
-        if !rest.is_empty() {
-            let mut last = [0u8; 8];
-            last[..rest.len()].copy_from_slice(rest);
-            self.ctrl
-                .word(offset)
-                .store(u64::from_ne_bytes(last), Ordering::Relaxed);
-        }
+        self.ctrl.region.store_words(RING + at + 8, bytes);
         self.ctrl
             .word(RING + at)
             .store(bytes.len() as u64, Ordering::Relaxed);
@@ -372,14 +358,7 @@ impl RingReader {
                     "a record of {len} bytes overruns the ring"
                 )));
             }
-            out.clear();
-            out.reserve(padded(len));
-            let first = RING + at + 8;
-            for offset in (first..first + padded(len)).step_by(8) {
-                let word = self.ctrl.word(offset).load(Ordering::Relaxed);
-                out.extend_from_slice(&word.to_ne_bytes());
-            }
-            out.truncate(len);
+            self.ctrl.region.load_words(RING + at + 8, len, out);
             return Ok(Some(size));
         }
     }
