@@ -67,6 +67,10 @@ pub(crate) const STARVE_AFTER: Duration = Duration::from_millis(1);
 #[derive(Clone)]
 pub struct RobustLock<const AT: usize = 0> {
     queue: WaitQueue<AT>,
+    /// This process's identity ([`identity::current`]), what the word holds while this process
+    /// holds the lock; kept in the handle so the fast paths load it with the word's address
+    /// (a handle never leaves its process other than serialized, and is made anew there).
+    me: u64,
 }
 
 /// One wait's state: when it began, and whether it has reserved the lock (the starving bit).
@@ -137,9 +141,7 @@ impl RobustLock {
     /// When every arena is full and the kernel refuses a new one's memfd, mapping or eventfds
     /// (out of memory or descriptors).
     pub fn new() -> io::Result<Self> {
-        Ok(Self {
-            queue: WaitQueue::in_arena()?,
-        })
+        Ok(Self::with(WaitQueue::in_arena()?))
     }
 }
 
@@ -153,7 +155,14 @@ impl<const AT: usize> RobustLock<AT> {
     /// When `AT + 16` is out of the state's bounds or `AT` is not 8-aligned.
     pub fn over(queue: WaitQueue<AT>) -> Self {
         queue.atomic_u64(AT + OWNER);
-        Self { queue }
+        Self::with(queue)
+    }
+
+    fn with(queue: WaitQueue<AT>) -> Self {
+        Self {
+            queue,
+            me: identity::current(),
+        }
     }
 
     #[inline]
@@ -166,10 +175,9 @@ impl<const AT: usize> RobustLock<AT> {
     /// a starving waiter is not taken.
     #[inline]
     pub fn try_acquire(&self, check_dead: bool) -> Option<bool> {
-        let me = identity::current();
         match self
             .word()
-            .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .compare_exchange(0, self.me, Ordering::SeqCst, Ordering::SeqCst)
         {
             Ok(_) => Some(false),
             Err(_) => self.try_acquire_slow(check_dead),
@@ -179,7 +187,7 @@ impl<const AT: usize> RobustLock<AT> {
     #[cold]
     #[inline(never)]
     fn try_acquire_slow(&self, check_dead: bool) -> Option<bool> {
-        let me = identity::current();
+        let me = self.me;
         let word = self.word();
         let mut v = word.load(Ordering::SeqCst);
         loop {
@@ -207,7 +215,7 @@ impl<const AT: usize> RobustLock<AT> {
     /// owed to a starving waiter), so that the release wakes this waiter. Reads only, while the
     /// word already says so.
     fn attempt(&self, starving: bool, ticked: bool) -> Attempt {
-        let me = identity::current();
+        let me = self.me;
         let word = self.word();
         let mut v = word.load(Ordering::SeqCst);
         loop {
@@ -289,42 +297,44 @@ impl<const AT: usize> RobustLock<AT> {
             .blocking_wait_timeout(timeout, Some(LIVENESS_TICK), |t| state.attempt(t))
     }
 
-    /// Releases a hold taken by this process (nothing if this process does not hold it), and
-    /// wakes the waiters, if the word says some may be parked.
+    /// Releases the hold this process has, and wakes the waiters if the word says some may be
+    /// parked. The caller must hold the lock: every acquisition pairs with one release (a
+    /// guard's drop); debug builds check it.
+    ///
+    /// One `fetch_sub` of this process's identity, which leaves 0 when no flag is set: exact,
+    /// since a holder's word is its identity plus flag bits that no identity uses, and cheaper
+    /// than a compare-and-swap (a `lock sub` whose zero flag is the test, as a futex mutex's
+    /// unlock is a `lock dec`; measured: `lock cmpxchg` costs about 0.7 ns more per release, a
+    /// `lock xadd` returning the old value 0.35 ns more). A word with flags left goes to
+    /// [`release_marked`](Self::release_marked).
     #[inline]
     pub fn release(&self) {
-        if self
-            .word()
-            .compare_exchange(identity::current(), 0, Ordering::SeqCst, Ordering::SeqCst)
-            .is_err()
-        {
-            self.release_contended();
+        let word = self.word();
+        debug_assert_eq!(
+            word.load(Ordering::Relaxed) & OWNER_MASK,
+            self.me,
+            "released a lock this process does not hold"
+        );
+        if word.fetch_sub(self.me, Ordering::SeqCst) != self.me {
+            self.release_marked();
         }
     }
 
-    /// The release of a word with flags: clears the owner and the contended bit (a reservation
-    /// for a starving waiter stays, with the contended bit, so no fast path takes the lock), and
-    /// wakes the wait queue.
+    /// The rest of a release that left flags in the word (the lock is free now): the contended
+    /// bit is cleared unless a starving waiter's reservation is there too (which stays, with
+    /// the contended bit, so no fast path takes the lock), and the wait queue is woken.
     #[cold]
     #[inline(never)]
-    fn release_contended(&self) {
-        let me = identity::current();
-        let word = self.word();
-        let mut v = word.load(Ordering::SeqCst);
-        loop {
-            if v & OWNER_MASK != me {
-                return;
-            }
-            let new = if v & STARVING != 0 {
-                STARVING | CONTENDED
-            } else {
-                0
-            };
-            match word.compare_exchange(v, new, Ordering::SeqCst, Ordering::SeqCst) {
-                Ok(_) => break,
-                Err(now) => v = now,
-            }
-        }
+    fn release_marked(&self) {
+        // Fails when the word is reserved (starving implies contended: both are set together,
+        // a withdrawal clears only the starving bit) or someone took the lock meanwhile
+        // (keeping the bit): both fine.
+        let _ = self.word().compare_exchange(
+            CONTENDED,
+            0,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
         self.queue.wake();
     }
 
@@ -365,7 +375,7 @@ impl<'de> Deserialize<'de> for RobustLock {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let queue = WaitQueue::deserialize(deserializer)?;
         queue.check_len(LEN).map_err(D::Error::custom)?;
-        Ok(Self { queue })
+        Ok(Self::with(queue))
     }
 }
 
