@@ -38,16 +38,29 @@ where
 }
 
 /// The future of [`fast_then_slow`].
-pub(crate) struct FastThenSlow<'a, C: ?Sized, F, S, Fut> {
+pub(crate) struct FastThenSlow<'a, C: ?Sized, F, S, Fut: Future> {
     ctx: &'a C,
     fast: F,
     slow: S,
     state: State<Fut>,
 }
 
-enum State<Fut> {
+// The slow future is boxed and an output in `State::Ready` is only moved, never pinned.
+impl<C: ?Sized, F: Unpin, S: Unpin, Fut: Future> Unpin for FastThenSlow<'_, C, F, S, Fut> {}
+
+/// `repr(u8)`: a plain tag byte, not a niche of the output (the drop glue then checks one
+/// byte, as for any state).
+#[repr(u8)]
+enum State<Fut: Future> {
     Start,
     Slow(SlowBox<Fut>),
+    /// The slow future's output, from [`poll_slow`] to [`FastThenSlow::poll`], which takes it
+    /// at once (so it is never dropped here: `ManuallyDrop` keeps its drop code out of the
+    /// future's drop glue). Handed over in the future rather than returned, so the output of
+    /// the fast path, which never goes through memory, does not have to either: a value
+    /// returned from an out-of-line call comes back through a stack slot, and the caller's
+    /// `.await` then stores the fast path's output in that slot too.
+    Ready(ManuallyDrop<Fut::Output>),
     Done,
 }
 
@@ -84,52 +97,67 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
         let this = self.get_mut();
         if let State::Start = this.state {
-            return match (this.fast)(this.ctx) {
-                Ok(v) => {
-                    // `Start` owns nothing: skip the drop glue of the old state.
-                    std::mem::forget(std::mem::replace(&mut this.state, State::Done));
-                    Poll::Ready(v)
-                }
-                Err(x) => start_slow(&mut this.state, this.ctx, &this.slow, x, cx),
-            };
+            match (this.fast)(this.ctx) {
+                // The state stays `Start` (no store: the common case writes nothing into the
+                // future). Polled again after this, the future would start over, which the
+                // `Future` contract allows; `.await` never does.
+                Ok(v) => return Poll::Ready(v),
+                Err(x) => start_slow(&mut this.state, this.ctx, &this.slow, x),
+            }
         }
-        poll_slow(&mut this.state, cx)
+        if poll_slow(&mut this.state, cx) {
+            Poll::Ready(take_ready(&mut this.state))
+        } else {
+            Poll::Pending
+        }
     }
 }
 
-/// Boxes the slow future and polls it: out of line, so the fast path's frame stays small.
+/// Boxes the slow future: out of line, so the fast path's frame stays small.
 #[cold]
 #[inline(never)]
-fn start_slow<'a, C: ?Sized, X, S, Fut>(
-    state: &mut State<Fut>,
-    ctx: &'a C,
-    slow: &S,
-    x: X,
-    cx: &mut Context<'_>,
-) -> Poll<Fut::Output>
+fn start_slow<'a, C: ?Sized, X, S, Fut>(state: &mut State<Fut>, ctx: &'a C, slow: &S, x: X)
 where
     S: Fn(&'a C, X) -> Fut,
     Fut: Future,
 {
     *state = State::Slow(SlowBox(ManuallyDrop::new(Some(Box::pin(slow(ctx, x))))));
-    poll_slow(state, cx)
 }
 
-/// The parking half of [`FastThenSlow::poll`], out of line like [`start_slow`].
+/// The parking half of [`FastThenSlow::poll`], out of line like [`start_slow`]: polls the
+/// slow future, and when it is ready leaves its output in `state` (`State::Ready`) and
+/// returns `true`.
 #[cold]
 #[inline(never)]
-fn poll_slow<Fut: Future>(state: &mut State<Fut>, cx: &mut Context<'_>) -> Poll<Fut::Output> {
+fn poll_slow<Fut: Future>(state: &mut State<Fut>, cx: &mut Context<'_>) -> bool {
     let State::Slow(SlowBox(slow)) = state else {
-        panic!("future polled after completion");
+        polled_after_completion();
     };
     let Some(fut) = &mut **slow else {
-        panic!("future polled after completion");
+        polled_after_completion();
     };
-    let r = fut.as_mut().poll(cx);
-    if r.is_ready() {
-        *state = State::Done;
+    match fut.as_mut().poll(cx) {
+        Poll::Ready(v) => {
+            *state = State::Ready(ManuallyDrop::new(v));
+            true
+        }
+        Poll::Pending => false,
     }
-    r
+}
+
+/// The output [`poll_slow`] left in `state`, leaving `State::Done`.
+#[inline]
+fn take_ready<Fut: Future>(state: &mut State<Fut>) -> Fut::Output {
+    match std::mem::replace(state, State::Done) {
+        State::Ready(v) => ManuallyDrop::into_inner(v),
+        _ => polled_after_completion(),
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn polled_after_completion() -> ! {
+    panic!("future polled after completion");
 }
 
 #[cfg(test)]
