@@ -177,6 +177,7 @@ impl Engine {
         })
     }
 
+    #[inline]
     fn count(&self) -> &AtomicU64 {
         self.core.atomic_u64(COUNT)
     }
@@ -185,6 +186,7 @@ impl Engine {
         self.core.atomic_u32(FLAGS)
     }
 
+    #[inline]
     fn bound(&self) -> u64 {
         self.core.atomic_u64(BOUND).load(Ordering::Relaxed)
     }
@@ -197,18 +199,22 @@ impl Engine {
     }
 
     /// The arena this semaphore's slot is in.
+    #[inline]
     fn arena(&self) -> &SharedRegion {
         &self.holder.region
     }
 
+    #[inline]
     fn holders(&self) -> Table<'_> {
         Table::new(self.arena(), HOLDERS)
     }
 
+    #[inline]
     fn entry_value(&self, i: usize) -> &AtomicU64 {
         self.holders().value(i)
     }
 
+    #[inline]
     fn take(&self) -> bool {
         self.count()
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |c| c.checked_sub(1))
@@ -216,6 +222,7 @@ impl Engine {
     }
 
     /// Adds `n` permits; `Err` (count unchanged) if that would pass the bound.
+    #[inline]
     fn give(&self, n: u64) -> Result<(), ReleaseError> {
         let bound = self.bound();
         let r = self
@@ -228,11 +235,16 @@ impl Engine {
                 self.core.wake();
                 Ok(())
             }
-            Err(_) => {
-                self.flags().fetch_or(OVER_RELEASED, Ordering::SeqCst);
-                Err(ReleaseError::TooManyReleases)
-            }
+            Err(_) => Err(self.over_released()),
         }
+    }
+
+    /// Records a release refused at the bound (out of line: never a permit's drop).
+    #[cold]
+    #[inline(never)]
+    fn over_released(&self) -> ReleaseError {
+        self.flags().fetch_or(OVER_RELEASED, Ordering::SeqCst);
+        ReleaseError::TooManyReleases
     }
 
     /// Returns the permits a reclaimed entry held to the semaphore it names, waking this
@@ -255,6 +267,7 @@ impl Engine {
     /// [`Self::recover`]. So the table fills only with [`Semaphore::MAX_HOLDERS`] *live*
     /// entries; `Err` then, and the caller gives the permit back rather than hand out one that
     /// could not be recovered.
+    #[inline]
     fn track(&self) -> Result<usize, HoldersFull> {
         let entry = self.holder.entry.load(Ordering::Acquire);
         let entry = if entry == NO_ENTRY {
@@ -292,6 +305,7 @@ impl Engine {
         Ok(entry)
     }
 
+    #[inline]
     fn untrack(&self, entry: usize) {
         self.entry_value(entry).fetch_sub(1, Ordering::SeqCst);
     }
@@ -437,6 +451,7 @@ impl<'a> SemaphorePermit<'a> {
 }
 
 impl Drop for SemaphorePermit<'_> {
+    #[inline]
     fn drop(&mut self) {
         if self.live {
             self.engine.untrack(self.entry);
@@ -472,6 +487,7 @@ impl OwnedSemaphorePermit {
 }
 
 impl Drop for OwnedSemaphorePermit {
+    #[inline]
     fn drop(&mut self) {
         if self.live {
             self.engine.untrack(self.entry);

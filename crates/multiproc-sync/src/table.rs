@@ -94,6 +94,7 @@ pub(crate) struct Table<'a> {
 
 impl<'a> Table<'a> {
     /// The table at `layout` in `region`, which the caller has checked is `layout.len()` long.
+    #[inline]
     pub(crate) fn new(region: &'a SharedRegion, layout: Layout) -> Self {
         Self { region, layout }
     }
