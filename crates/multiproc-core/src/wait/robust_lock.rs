@@ -38,7 +38,8 @@ pub(crate) const STARVE_AFTER: Duration = Duration::from_millis(1);
 ///
 /// The state is one word in a 64-byte [arena](crate::wait::arena) slot: the holder's process
 /// identity (pid plus start time, so a recycled pid never passes for the holder), 0 when free,
-/// plus two flag bits. Taking a free lock and releasing one nobody waits for are one compare-and-swap each, no system call.
+/// plus two flag bits. Taking a free lock is one compare-and-swap, releasing one nobody waits
+/// for one atomic subtraction; no system call.
 ///
 /// Under contention it behaves as glibc's mutex does, not as a spin lock: a waiter spins
 /// briefly (the one spin policy, reading the word and trying only when it is free), then sets
@@ -329,12 +330,9 @@ impl<const AT: usize> RobustLock<AT> {
         // Fails when the word is reserved (starving implies contended: both are set together,
         // a withdrawal clears only the starving bit) or someone took the lock meanwhile
         // (keeping the bit): both fine.
-        let _ = self.word().compare_exchange(
-            CONTENDED,
-            0,
-            Ordering::SeqCst,
-            Ordering::SeqCst,
-        );
+        let _ = self
+            .word()
+            .compare_exchange(CONTENDED, 0, Ordering::SeqCst, Ordering::SeqCst);
         self.queue.wake();
     }
 
