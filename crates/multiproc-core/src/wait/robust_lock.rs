@@ -306,8 +306,8 @@ impl<const AT: usize> RobustLock<AT> {
     /// since a holder's word is its identity plus flag bits that no identity uses, and cheaper
     /// than a compare-and-swap (a `lock sub` whose zero flag is the test, as a futex mutex's
     /// unlock is a `lock dec`; measured: `lock cmpxchg` costs about 0.7 ns more per release, a
-    /// `lock xadd` returning the old value 0.35 ns more). A word with flags left goes to
-    /// [`release_marked`](Self::release_marked).
+    /// `lock xadd` returning the old value 0.35 ns more). A word with flags left goes to the
+    /// out-of-line rest, which clears the contended flag and wakes.
     #[inline]
     pub fn release(&self) {
         let word = self.word();
