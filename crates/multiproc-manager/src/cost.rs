@@ -42,19 +42,16 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, 
         gets.push((j, batch.push(map.ops().get(&k).unwrap()).unwrap()));
     }
     buf.clear();
-    let request = Request {
-        id: i,
-        ops: batch.into_ops(),
-        // Every other operation (the inserts) of the first 64.
-        quiet: if quiet { 0x5555_5555_5555_5555 } else { 0 },
-    };
+    // Every other operation (the inserts) of the first 64.
+    let quiet = if quiet { 0x5555_5555_5555_5555 } else { 0 };
+    let request = Request::new(i, &batch.into_ops(), quiet).unwrap();
     assert!(
         multiproc_core::message::encode_into(&request, buf)
             .unwrap()
             .is_empty()
     );
     let request: Request = multiproc_core::message::decode(buf, Vec::new()).unwrap();
-    let response = answer(state, request);
+    let response = answer(state, &request);
     buf.clear();
     assert!(
         multiproc_core::message::encode_into(&response, buf)
@@ -65,7 +62,7 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, 
     else {
         panic!("not an answer");
     };
-    let mut results = BatchResults::new(results);
+    let mut results = BatchResults::new(results.decode().unwrap());
     for (j, slot) in gets {
         assert_eq!(results.take(slot).unwrap(), Some(j));
     }

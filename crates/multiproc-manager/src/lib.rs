@@ -92,6 +92,7 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+mod codec;
 #[cfg(test)]
 mod cost;
 mod counter;

@@ -27,7 +27,7 @@ use multiproc_core::{RecvError, SendError, SharedFd, message};
 use serde::{Deserialize, Serialize};
 
 use crate::error::OpError;
-use crate::wire::{Failure, Op, Reply, Request, Response};
+use crate::wire::{self, Failure, Op, Reply, Request, Response};
 
 /// The sending side of a connection to a manager.
 pub(crate) type Requests = Pin<Box<dyn Sink<Request, Error = OpError> + Send>>;
@@ -330,11 +330,13 @@ impl Link {
         let conn = self.conn().await.map_err(|e| self.seen(e))?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
         let n = ops.len();
+        let request = Request::new(id, &ops, 0).map_err(OpError::encode)?;
+        drop(ops);
         let waiting = Waiting::new(&conn, id);
         conn.tx
             .lock()
             .await
-            .send(Request { id, ops, quiet: 0 })
+            .send(request)
             .await
             .map_err(|e| self.seen(e))?;
         let results = self.answer(&conn, &waiting).await?;
@@ -393,10 +395,12 @@ impl Link {
                 return Err(OpError::gone());
             }
             match rx.next().await {
-                Some(Ok(Response::Done { id, results })) if id == waiting.id => return Ok(results),
+                Some(Ok(Response::Done { id, results })) if id == waiting.id => {
+                    return decoded(&results);
+                }
                 Some(Ok(Response::Done { id, results })) => {
                     if let Some(slot) = conn.arrived().get_mut(&id) {
-                        *slot = Some(results);
+                        *slot = Some(decoded(&results)?);
                     }
                 }
                 Some(Ok(Response::Event(_))) => {}
@@ -412,11 +416,23 @@ impl Link {
     }
 }
 
+/// The results of an answer, decoded.
+///
+/// # Errors
+/// A protocol error when they do not decode.
+pub(crate) fn decoded(results: &wire::Results) -> Result<Results, OpError> {
+    results.decode().map_err(|e| {
+        OpError::protocol(&format!(
+            "an answer from the manager could not be decoded: {e}"
+        ))
+    })
+}
+
 /// Reads answers until the one for request `id` (dropping others).
 pub(crate) async fn read_answer(rx: &mut Responses, id: u64) -> Result<Results, OpError> {
     loop {
         match rx.next().await {
-            Some(Ok(Response::Done { id: got, results })) if got == id => return Ok(results),
+            Some(Ok(Response::Done { id: got, results })) if got == id => return decoded(&results),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e),
             None => return Err(OpError::gone()),

@@ -16,7 +16,7 @@ use futures::StreamExt;
 use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::error::OpError;
-use crate::link::{Endpoint, Link, Requests, Responses};
+use crate::link::{Endpoint, Link, Requests, Responses, decoded};
 use crate::wire::{self, Failure, Reply, Request, Response};
 
 /// Turns one answer into the operation's typed result.
@@ -250,7 +250,9 @@ impl Answers {
         let id = self.requests_answered;
         let results = loop {
             match self.rx.next().await {
-                Some(Ok(Response::Done { id: got, results })) if got == id => break results,
+                Some(Ok(Response::Done { id: got, results })) if got == id => {
+                    break decoded(&results)?;
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
                 None => return Err(OpError::gone()),
@@ -371,12 +373,12 @@ impl Pipeline {
         self.answers
             .while_writing(std::future::poll_fn(|cx| tx.as_mut().poll_ready(cx)))
             .await?;
-        let request = Request {
-            id: self.next_request,
-            ops: std::mem::replace(&mut self.queued, Vec::with_capacity(GROUP)),
-            quiet: std::mem::take(&mut self.quiet),
-        };
-        let n = request.ops.len();
+        // Encoded before anything leaves `queued`: a failure leaves the operations queued.
+        let request =
+            Request::new(self.next_request, &self.queued, self.quiet).map_err(OpError::encode)?;
+        let n = self.queued.len();
+        self.queued.clear();
+        self.quiet = 0;
         self.tx.as_mut().start_send(request)?;
         self.next_request += 1;
         self.answers.in_flight.push_back(n);

@@ -141,14 +141,72 @@ impl FnToken {
 }
 
 /// One request: operations applied together, answered together.
+///
+/// The operations travel in the compact form of [`codec`](crate::codec) (the common map
+/// operations as tags and raw bytes, the rest as postcard bytes), with the descriptors of the
+/// handles inside them beside.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
     pub(crate) id: u64,
-    pub(crate) ops: Vec<Op>,
     /// Operations whose results the client drops (bit `i` for operation `i`, the first 64): a
     /// success is answered [`Reply::Done`], without the value it would carry (a pipeline's
     /// `push_forget`). Failures are answered in full.
     pub(crate) quiet: u64,
+    /// The operations, encoded ([`codec::encode_ops`](crate::codec::encode_ops)).
+    pub(crate) ops: Bytes,
+    /// The descriptors the operations carry, in order.
+    pub(crate) fds: Vec<SharedFd>,
+}
+
+impl Request {
+    /// A request for `ops`.
+    ///
+    /// # Errors
+    /// When an operation carrying handles cannot be encoded.
+    pub(crate) fn new<'a>(
+        id: u64,
+        ops: impl IntoIterator<Item = &'a Op>,
+        quiet: u64,
+    ) -> Result<Self, EncodeError> {
+        let (ops, fds) = crate::codec::encode_ops(ops)?;
+        Ok(Self {
+            id,
+            quiet,
+            ops,
+            fds,
+        })
+    }
+}
+
+/// The results of one request, one per operation in request order, encoded
+/// ([`codec::ResultsWriter`](crate::codec::ResultsWriter)), and the descriptors of the handles
+/// inside them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Results {
+    pub(crate) bytes: Bytes,
+    pub(crate) fds: Vec<SharedFd>,
+}
+
+impl Results {
+    /// The results, decoded.
+    ///
+    /// # Errors
+    /// When they do not decode (a manager of another build, or a corrupt answer).
+    pub(crate) fn decode(&self) -> Result<Vec<Result<Reply, Failure>>, crate::codec::Malformed> {
+        crate::codec::decode_results(&self.bytes, &self.fds)
+    }
+
+    /// Results written one by one.
+    pub(crate) fn from_results<'a>(
+        results: impl IntoIterator<Item = &'a Result<Reply, Failure>>,
+    ) -> Self {
+        let mut w = crate::codec::ResultsWriter::default();
+        for r in results {
+            w.result(r);
+        }
+        let (bytes, fds) = w.finish();
+        Self { bytes, fds }
+    }
 }
 
 /// One operation.
@@ -268,16 +326,15 @@ pub(crate) enum Failure {
     BadWatch,
     #[error("the update function was not made by this program")]
     UnknownFunction,
+    #[error("the manager could not read the request: {0}")]
+    Malformed(String),
 }
 
 /// What the manager sends.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
     /// The results of request `id`, one per operation, in order.
-    Done {
-        id: u64,
-        results: Vec<Result<Reply, Failure>>,
-    },
+    Done { id: u64, results: Results },
     /// A change of the watched value.
     Event(Event),
 }
