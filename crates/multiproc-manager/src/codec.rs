@@ -44,6 +44,7 @@ const RE_SOME: u8 = 3;
 #[error("{0}")]
 pub(crate) struct Malformed(&'static str);
 
+#[inline]
 fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     while v >= 0x80 {
         buf.push(v as u8 | 0x80);
@@ -52,6 +53,7 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+#[inline]
 fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(buf, bytes.len() as u64);
     buf.extend_from_slice(bytes);
@@ -76,6 +78,7 @@ struct Reader<'a> {
 }
 
 impl<'a> Reader<'a> {
+    #[inline]
     fn u8(&mut self) -> Result<u8, Malformed> {
         let (&b, rest) = self
             .bytes
@@ -85,6 +88,7 @@ impl<'a> Reader<'a> {
         Ok(b)
     }
 
+    #[inline]
     fn varint(&mut self) -> Result<u64, Malformed> {
         let mut v = 0u64;
         for shift in (0..64).step_by(7) {
@@ -101,10 +105,12 @@ impl<'a> Reader<'a> {
         Err(Malformed("a varint overflows 64 bits"))
     }
 
+    #[inline]
     fn id(&mut self) -> Result<u32, Malformed> {
         u32::try_from(self.varint()?).map_err(|_| Malformed("a value id overflows 32 bits"))
     }
 
+    #[inline]
     fn slice(&mut self) -> Result<&'a [u8], Malformed> {
         let len = self.varint()?;
         if len > self.bytes.len() as u64 {
@@ -147,7 +153,32 @@ fn decode_other<T: serde::de::DeserializeOwned>(
     message::decode(bytes, owned).map_err(|e| e.to_string())
 }
 
-/// Encodes `ops` (in the client): their bytes and the descriptors they carry.
+/// Appends one encoded operation to `buf` (its descriptors to `fds`); on error nothing was
+/// appended.
+fn encode_op(op: &Op, buf: &mut Vec<u8>, fds: &mut Vec<SharedFd>) -> Result<(), EncodeError> {
+    match op {
+        Op::Map(id, MapOp::Insert(key, value)) if value.fds.is_empty() => {
+            buf.push(OP_MAP_INSERT);
+            put_varint(buf, u64::from(*id));
+            put_bytes(buf, key);
+            put_bytes(buf, &value.bytes);
+        }
+        Op::Map(id, MapOp::Get(key)) => {
+            buf.push(OP_MAP_GET);
+            put_varint(buf, u64::from(*id));
+            put_bytes(buf, key);
+        }
+        Op::Watch(id) => {
+            buf.push(OP_WATCH);
+            put_varint(buf, u64::from(*id));
+        }
+        other => put_other(buf, fds, OP_OTHER, message::encode(other)?),
+    }
+    Ok(())
+}
+
+/// Encodes `ops` (in the client): their bytes and the descriptors they carry. A short list
+/// (a single operation) is encoded without an allocation.
 ///
 /// # Errors
 /// When an operation carrying handles cannot be encoded (a descriptor not duplicated).
@@ -157,28 +188,44 @@ pub(crate) fn encode_ops<'a>(
     let mut fds = Vec::new();
     let bytes = Bytes::encode_with(|buf| {
         for op in ops {
-            match op {
-                Op::Map(id, MapOp::Insert(key, value)) if value.fds.is_empty() => {
-                    buf.push(OP_MAP_INSERT);
-                    put_varint(buf, u64::from(*id));
-                    put_bytes(buf, key);
-                    put_bytes(buf, &value.bytes);
-                }
-                Op::Map(id, MapOp::Get(key)) => {
-                    buf.push(OP_MAP_GET);
-                    put_varint(buf, u64::from(*id));
-                    put_bytes(buf, key);
-                }
-                Op::Watch(id) => {
-                    buf.push(OP_WATCH);
-                    put_varint(buf, u64::from(*id));
-                }
-                other => put_other(buf, &mut fds, OP_OTHER, message::encode(other)?),
-            }
+            encode_op(op, buf, &mut fds)?;
         }
         Ok::<_, EncodeError>(())
     })?;
     Ok((bytes, fds))
+}
+
+/// Operations encoded as they are added (a batch's, a pipeline's queue), to be sent as one
+/// request.
+#[derive(Debug, Default)]
+pub(crate) struct OpsBuf {
+    bytes: Vec<u8>,
+    fds: Vec<SharedFd>,
+    len: usize,
+}
+
+impl OpsBuf {
+    /// Encodes and appends `op`; on error nothing was appended.
+    ///
+    /// # Errors
+    /// When an operation carrying handles cannot be encoded (a descriptor not duplicated).
+    pub(crate) fn push(&mut self, op: &Op) -> Result<(), EncodeError> {
+        encode_op(op, &mut self.bytes, &mut self.fds)?;
+        self.len += 1;
+        Ok(())
+    }
+
+    /// How many operations it holds.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// The operations' bytes, their descriptors and their count, leaving it empty.
+    pub(crate) fn take(&mut self) -> (Bytes, Vec<SharedFd>, usize) {
+        let bytes = Bytes::from_vec(std::mem::take(&mut self.bytes));
+        let fds = std::mem::take(&mut self.fds);
+        (bytes, fds, std::mem::take(&mut self.len))
+    }
 }
 
 /// One operation as the manager reads it, borrowing the request's bytes.
@@ -235,8 +282,8 @@ impl<'a> Ops<'a> {
     pub(crate) fn parse(bytes: &'a [u8], fds: usize) -> Result<Self, Malformed> {
         let mut r = Reader { bytes };
         let mut used = 0;
-        // Every operation takes at least two bytes: no more than this many.
-        let mut ops = Vec::with_capacity((bytes.len() / 2).min(64));
+        // Every operation takes at least two bytes: room for all of them, within reason.
+        let mut ops = Vec::with_capacity((bytes.len() / 2).min(1024));
         while !r.bytes.is_empty() {
             ops.push(match r.u8()? {
                 OP_MAP_INSERT => OpRef::MapInsert {
@@ -356,7 +403,8 @@ pub(crate) fn decode_results(
 ) -> Result<Vec<Result<Reply, Failure>>, Malformed> {
     let mut r = Reader { bytes };
     let mut used = 0;
-    let mut results = Vec::with_capacity((bytes.len()).min(64));
+    // Every result takes at least a byte: room for all of them, within reason.
+    let mut results = Vec::with_capacity(bytes.len().min(1024));
     while !r.bytes.is_empty() {
         results.push(match r.u8()? {
             RE_DONE => Ok(Reply::Done),

@@ -26,6 +26,7 @@ use multiproc_core::transport::packet::{Packet, PacketSocket};
 use multiproc_core::{RecvError, SendError, SharedFd, message};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::OpsBuf;
 use crate::error::OpError;
 use crate::wire::{self, Failure, Op, Reply, Request, Response};
 
@@ -323,15 +324,35 @@ impl Link {
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
-    pub(crate) async fn call(&self, ops: Vec<Op>) -> Result<Results, OpError> {
+    pub(crate) async fn call(&self, ops: &[Op]) -> Result<Results, OpError> {
+        self.call_with(|id| {
+            let request = Request::new(id, ops, 0).map_err(OpError::encode)?;
+            Ok((request, ops.len()))
+        })
+        .await
+    }
+
+    /// Sends the operations `ops` holds (encoded already; it is left empty) as one request
+    /// and waits for their results.
+    ///
+    /// # Errors
+    /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
+    pub(crate) async fn call_encoded(&self, ops: &mut OpsBuf) -> Result<Results, OpError> {
+        self.call_with(|id| Ok(Request::take(id, ops, 0))).await
+    }
+
+    /// Sends the request `request` makes for an id, and waits for its results (as many as
+    /// it says).
+    async fn call_with(
+        &self,
+        request: impl FnOnce(u64) -> Result<(Request, usize), OpError>,
+    ) -> Result<Results, OpError> {
         if self.gone.load(Ordering::Relaxed) {
             return Err(OpError::gone());
         }
         let conn = self.conn().await.map_err(|e| self.seen(e))?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let n = ops.len();
-        let request = Request::new(id, &ops, 0).map_err(OpError::encode)?;
-        drop(ops);
+        let (request, n) = request(id)?;
         let waiting = Waiting::new(&conn, id);
         conn.tx
             .lock()

@@ -15,6 +15,7 @@ use std::future::Future;
 use futures::StreamExt;
 use rustc_hash::{FxHashMap, FxHashSet};
 
+use crate::codec::OpsBuf;
 use crate::error::OpError;
 use crate::link::{Endpoint, Link, Requests, Responses, decoded};
 use crate::wire::{self, Failure, Reply, Request, Response};
@@ -41,7 +42,7 @@ impl<R> fmt::Debug for Op<R> {
 
 /// Runs one operation on `link` and decodes its result.
 pub(crate) async fn run<R>(link: &Link, op: Op<R>) -> Result<R, OpError> {
-    let mut results = link.call(vec![op.wire]).await?;
+    let mut results = link.call(std::slice::from_ref(&op.wire)).await?;
     let result = results
         .pop()
         .ok_or_else(|| OpError::protocol("empty answer"))?;
@@ -84,26 +85,28 @@ impl<R> fmt::Debug for Slot<R> {
 #[derive(Debug)]
 pub struct Batch {
     link: Arc<Link>,
-    ops: Vec<wire::Op>,
+    /// The operations, encoded as they are pushed.
+    ops: OpsBuf,
 }
 
 impl Batch {
     pub(crate) fn new(link: Arc<Link>) -> Self {
         Self {
             link,
-            ops: Vec::with_capacity(16),
+            ops: OpsBuf::default(),
         }
     }
 
     /// Adds `op`.
     ///
     /// # Errors
-    /// When `op` belongs to another manager.
+    /// When `op` belongs to another manager, or carries a handle whose descriptor cannot be
+    /// duplicated ([`OpError::is_encode`]; the batch is as it was).
     pub fn push<R>(&mut self, op: Op<R>) -> Result<Slot<R>, OpError> {
         if op.manager != self.link.endpoint.manager() {
             return Err(OpError::other_manager());
         }
-        self.ops.push(op.wire);
+        self.ops.push(&op.wire).map_err(OpError::encode)?;
         Ok(Slot {
             at: self.ops.len() as u64 - 1,
             decode: op.decode,
@@ -118,12 +121,12 @@ impl Batch {
 
     /// True when the batch holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.len() == 0
     }
 
     /// The operations, for a request built elsewhere (the cost measurement).
     #[cfg(test)]
-    pub(crate) fn into_ops(self) -> Vec<wire::Op> {
+    pub(crate) fn into_ops(self) -> OpsBuf {
         self.ops
     }
 
@@ -136,8 +139,8 @@ impl Batch {
     /// # Cancel safety
     /// Once polled, the batch may be applied even if the future is dropped; its results are
     /// then lost.
-    pub async fn run(self) -> Result<BatchResults, OpError> {
-        let results = self.link.call(self.ops).await?;
+    pub async fn run(mut self) -> Result<BatchResults, OpError> {
+        let results = self.link.call_encoded(&mut self.ops).await?;
         Ok(BatchResults {
             results: results.into_iter().map(Some).collect(),
         })
@@ -216,8 +219,8 @@ pub struct Pipeline {
     manager: u64,
     tx: Requests,
     answers: Answers,
-    /// Operations pushed but not yet in a request.
-    queued: Vec<wire::Op>,
+    /// Operations pushed but not yet in a request, encoded.
+    queued: OpsBuf,
     /// The queued operations whose results are forgotten (bit `i` for `queued[i]`).
     quiet: u64,
     /// Operations pushed so far (queued ones included): the next operation's slot.
@@ -323,7 +326,7 @@ impl Pipeline {
                 forgotten: FxHashSet::default(),
                 failed: None,
             },
-            queued: Vec::new(),
+            queued: OpsBuf::default(),
             quiet: 0,
             pushed: 0,
             next_request: 0,
@@ -353,7 +356,7 @@ impl Pipeline {
             self.answers.read_one().await?;
         }
         let at = self.pushed;
-        self.queued.push(op.wire);
+        self.queued.push(&op.wire).map_err(OpError::encode)?;
         self.pushed += 1;
         Ok(Slot {
             at,
@@ -366,18 +369,14 @@ impl Pipeline {
     /// buffer fills or at the next flush). Cancel safe: nothing leaves `queued` before the
     /// connection has room for it.
     async fn send_queued(&mut self) -> Result<(), OpError> {
-        if self.queued.is_empty() {
+        if self.queued.len() == 0 {
             return Ok(());
         }
         let tx = &mut self.tx;
         self.answers
             .while_writing(std::future::poll_fn(|cx| tx.as_mut().poll_ready(cx)))
             .await?;
-        // Encoded before anything leaves `queued`: a failure leaves the operations queued.
-        let request =
-            Request::new(self.next_request, &self.queued, self.quiet).map_err(OpError::encode)?;
-        let n = self.queued.len();
-        self.queued.clear();
+        let (request, n) = Request::take(self.next_request, &mut self.queued, self.quiet);
         self.quiet = 0;
         self.tx.as_mut().start_send(request)?;
         self.next_request += 1;

@@ -176,6 +176,20 @@ impl Request {
             fds,
         })
     }
+
+    /// A request for the operations `ops` holds (left empty); and how many there are.
+    pub(crate) fn take(id: u64, ops: &mut crate::codec::OpsBuf, quiet: u64) -> (Self, usize) {
+        let (ops, fds, n) = ops.take();
+        (
+            Self {
+                id,
+                quiet,
+                ops,
+                fds,
+            },
+            n,
+        )
+    }
 }
 
 /// The results of one request, one per operation in request order, encoded
