@@ -7,7 +7,8 @@
 //! [`RemoteFn`] (the one way a process names a function for another, as `spawn` and the pool
 //! do), whose shim decodes the current value, calls the user's `fn` and encodes the result.
 //!
-//! A request carries an id and a list of operations; the manager applies all of them under one
+//! A request carries an id and a list of operations (encoded by [`codec`](crate::codec):
+//! the common map operations as raw bytes the manager applies without decoding); the manager applies all of them under one
 //! lock (a batch is atomic) and answers with one [`Response::Done`] carrying the same id and one
 //! result per operation. Answers come in request order on each connection, so a client may send
 //! several requests before reading (pipelining). A connection whose first operation is
