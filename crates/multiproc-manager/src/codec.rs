@@ -56,7 +56,12 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
 #[inline]
 fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
     put_varint(buf, bytes.len() as u64);
-    buf.extend_from_slice(bytes);
+    if bytes.len() <= 16 {
+        // A short key or value (the common case): a few stores, not a `memcpy` call.
+        buf.extend(bytes.iter().copied());
+    } else {
+        buf.extend_from_slice(bytes);
+    }
 }
 
 /// Writes one encoded message (postcard bytes and its descriptors), as an `OTHER` entry.
@@ -210,6 +215,10 @@ impl OpsBuf {
     /// # Errors
     /// When an operation carrying handles cannot be encoded (a descriptor not duplicated).
     pub(crate) fn push(&mut self, op: &Op) -> Result<(), EncodeError> {
+        if self.bytes.capacity() == 0 {
+            // Room for a few dozen short operations before the first growth.
+            self.bytes.reserve(512);
+        }
         encode_op(op, &mut self.bytes, &mut self.fds)?;
         self.len += 1;
         Ok(())

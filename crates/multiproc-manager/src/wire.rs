@@ -46,6 +46,9 @@ impl Blob {
 
     /// Decodes a `T`, handing it duplicates of the descriptors (the blob stays intact).
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, BlobError> {
+        if self.fds.is_empty() {
+            return message::decode(&self.bytes, Vec::new()).map_err(BlobError::Decode);
+        }
         let fds = self
             .fds
             .iter()
