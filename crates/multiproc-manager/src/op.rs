@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::future::Future;
 
 use futures::StreamExt;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
 use crate::codec::OpsBuf;
 use crate::error::OpError;
@@ -241,8 +241,9 @@ struct Answers {
     in_flight: VecDeque<usize>,
     /// Answers read but not taken yet, by operation (operation numbers hash well with Fx).
     kept: FxHashMap<u64, Result<Reply, Failure>>,
-    /// Operations whose answers are dropped as they arrive (failures are kept in `failed`).
-    forgotten: FxHashSet<u64>,
+    /// For each operation pushed and not answered yet, oldest first (operation `answered + i`
+    /// at `i`): whether its answer is dropped as it arrives (failures are kept in `failed`).
+    forgotten: VecDeque<bool>,
     /// The first failure of a forgotten operation.
     failed: Option<Failure>,
 }
@@ -271,7 +272,7 @@ impl Answers {
         for result in results {
             let at = self.answered;
             self.answered += 1;
-            if self.forgotten.remove(&at) {
+            if self.forgotten.pop_front().unwrap_or(false) {
                 if let Err(failure) = result {
                     self.failed.get_or_insert(failure);
                 }
@@ -323,7 +324,7 @@ impl Pipeline {
                 requests_answered: 0,
                 in_flight: VecDeque::new(),
                 kept: FxHashMap::default(),
-                forgotten: FxHashSet::default(),
+                forgotten: VecDeque::new(),
                 failed: None,
             },
             queued: OpsBuf::default(),
@@ -358,6 +359,7 @@ impl Pipeline {
         let at = self.pushed;
         self.queued.push(&op.wire).map_err(OpError::encode)?;
         self.pushed += 1;
+        self.answers.forgotten.push_back(false);
         Ok(Slot {
             at,
             decode: op.decode,
@@ -395,8 +397,10 @@ impl Pipeline {
     /// # Cancel safety
     /// Cancel safe, as [`push`](Self::push).
     pub async fn push_forget<R>(&mut self, op: Op<R>) -> Result<(), OpError> {
-        let slot = self.push(op).await?;
-        self.answers.forgotten.insert(slot.at);
+        let _ = self.push(op).await?;
+        if let Some(forgotten) = self.answers.forgotten.back_mut() {
+            *forgotten = true;
+        }
         // The manager need not send the result back (`push` just queued the operation last,
         // and a group holds at most 64).
         let i = self.queued.len() - 1;
