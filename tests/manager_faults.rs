@@ -341,3 +341,102 @@ async fn garbage_from_a_client_never_stops_the_manager() {
     assert!(manager.is_alive());
     drop(mine2);
 }
+
+/// A request as the manager reads it, made by hand: the operations in the compact codec of
+/// `crates/multiproc-manager/src/codec.rs` (a map insert is tag 1, the map's id, the key's and
+/// the value's postcard bytes, each after its length; a get is tag 2, the id and the key).
+#[derive(Serialize)]
+struct RawRequest {
+    id: u64,
+    quiet: u64,
+    /// Postcard writes a `Vec<u8>` as its length and the bytes, as the manager reads them.
+    ops: Vec<u8>,
+    fds: Vec<u8>,
+}
+
+/// The manager's answer: results in the compact codec (tag 2: no value; tag 3: a value's
+/// bytes after its length; tag 0: a failure, as postcard bytes).
+#[derive(Deserialize)]
+enum RawResponse {
+    Done { id: u64, results: RawResults },
+}
+
+#[derive(Deserialize)]
+struct RawResults {
+    bytes: Vec<u8>,
+    fds: Vec<u8>,
+}
+
+/// Sends `ops` as request `id` and returns the answer's result bytes.
+async fn ask(
+    conn: &mut multiproc::pipe::Duplex<RawRequest, RawResponse>,
+    id: u64,
+    ops: Vec<u8>,
+) -> Vec<u8> {
+    let request = RawRequest {
+        id,
+        quiet: 0,
+        ops,
+        fds: Vec::new(),
+    };
+    within("send", conn.send(request)).await.unwrap();
+    let Some(RawResponse::Done { id: got, results }) = within("answer", conn.recv()).await.unwrap()
+    else {
+        panic!("the manager closed the connection");
+    };
+    assert_eq!(got, id);
+    assert!(results.fds.is_empty());
+    results.bytes
+}
+
+/// A request whose operations do not parse is answered with a failure, none of its
+/// operations applied (a batch stays atomic), and the connection and the manager go on.
+#[tokio::test]
+async fn a_malformed_request_is_refused_whole_and_the_manager_goes_on() {
+    use multiproc_core::SharedFd;
+    use multiproc_core::transport::packet::{Packet, PacketSocket};
+
+    let manager = Manager::start().await.unwrap();
+    // The first value opened: id 0 (checked by the first request below).
+    let m = manager.map::<String, u64>("m").await.unwrap();
+    let (bytes, fds) = multiproc::core::message::encode(&manager.client()).unwrap();
+    let (_, connector): (u64, SharedFd) = multiproc::core::message::decode(&bytes, fds).unwrap();
+    let socket = PacketSocket::new(connector).unwrap();
+    let (mut mine, theirs) = multiproc::pipe::duplex::<RawRequest, RawResponse>().unwrap();
+    let (bytes, fds) = multiproc::core::message::encode(&theirs).unwrap();
+    drop(theirs);
+    socket
+        .try_send(&[], &Packet::new(&bytes, fds).unwrap())
+        .unwrap();
+    // "k2" -> 5 into map 0: nothing was there.
+    let insert_k2 = vec![1, 0, 3, 2, b'k', b'2', 1, 5];
+    assert_eq!(ask(&mut mine, 1, insert_k2).await, [2]);
+    assert_eq!(within("get", m.get("k2")).await.unwrap(), Some(5));
+    // An insert of "k3", then a get whose key runs past the end: refused whole.
+    let mut cut = vec![1, 0, 3, 2, b'k', b'3', 1, 6];
+    cut.extend_from_slice(&[2, 0, 5, 1]);
+    let answer = ask(&mut mine, 2, cut).await;
+    assert_eq!(answer[0], 0, "not a failure: {answer:?}");
+    assert_eq!(within("get", m.get("k3")).await.unwrap(), None);
+    // An unknown tag, a length that overflows, an id that overflows 32 bits.
+    for (id, bad) in [
+        (3, vec![9, 0]),
+        (
+            4,
+            vec![
+                2, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ],
+        ),
+        (5, vec![2, 0xff, 0xff, 0xff, 0xff, 0x7f, 1, 0]),
+    ] {
+        assert_eq!(ask(&mut mine, id, bad).await[0], 0);
+    }
+    // The connection still works: "k2" is 5 (tag 3, one byte, 5).
+    assert_eq!(
+        ask(&mut mine, 6, vec![2, 0, 3, 2, b'k', b'2']).await,
+        [3, 1, 5]
+    );
+    m.insert("k4".into(), 4).await.unwrap();
+    assert_eq!(within("get", m.get("k4")).await.unwrap(), Some(4));
+    assert!(manager.is_alive());
+}

@@ -457,3 +457,47 @@ async fn a_proxy_stored_in_a_served_map_works_wherever_it_is_read() {
     let inner = outer.get("inner").await.unwrap().unwrap();
     assert_eq!(inner.items().await.unwrap(), [1, 2, 3]);
 }
+
+async fn insert_from_a_child((strings, floats): (Map<String, u32>, Map<(f64, u8), u32>)) {
+    strings.insert("k".into(), 1).await.unwrap();
+    floats.insert((0.0, 1), 2).await.unwrap();
+    floats.insert((f64::NAN, 1), 3).await.unwrap();
+}
+
+/// Keys are the same key exactly when they encode the same (documented on `Map`): a `String`
+/// key set in a child is found with a `&str`, through single operations, a batch and a
+/// pipeline alike; floats go by their bits (`-0.0` is another key than `0.0`, a NaN is found
+/// by the same NaN).
+#[tokio::test]
+async fn keys_are_equal_when_their_encodings_are() {
+    let manager = within("start", Manager::start()).await.unwrap();
+    let strings = manager.map::<String, u32>("s").await.unwrap();
+    let floats = manager.map::<(f64, u8), u32>("f").await.unwrap();
+    within(
+        "child",
+        spawn((strings.clone(), floats.clone()), insert_from_a_child),
+    )
+    .await
+    .unwrap();
+    assert_eq!(within("get", strings.get("k")).await.unwrap(), Some(1));
+    let mut batch = manager.batch();
+    let by_str = batch.push(strings.ops().get("k").unwrap()).unwrap();
+    let zero = batch.push(floats.ops().get(&(0.0, 1)).unwrap()).unwrap();
+    let minus_zero = batch.push(floats.ops().get(&(-0.0, 1)).unwrap()).unwrap();
+    let nan = batch
+        .push(floats.ops().get(&(f64::NAN, 1)).unwrap())
+        .unwrap();
+    let mut results = within("batch", batch.run()).await.unwrap();
+    assert_eq!(results.take(by_str).unwrap(), Some(1));
+    assert_eq!(results.take(zero).unwrap(), Some(2));
+    assert_eq!(results.take(minus_zero).unwrap(), None);
+    assert_eq!(results.take(nan).unwrap(), Some(3));
+    let mut p = within("pipeline", strings.pipeline()).await.unwrap();
+    p.push_forget(strings.ops().insert(&"k".to_string(), &5).unwrap())
+        .await
+        .unwrap();
+    let got = p.push(strings.ops().get("k").unwrap()).await.unwrap();
+    assert_eq!(within("wait", p.wait(got)).await.unwrap(), Some(5));
+    within("finish", p.finish()).await.unwrap();
+    assert_eq!(within("len", floats.len()).await.unwrap(), 2);
+}

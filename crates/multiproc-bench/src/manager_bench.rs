@@ -117,7 +117,17 @@ async fn worker(args: WorkerArgs) {
 }
 
 fn key(id: u64, i: u64) -> String {
-    format!("p{id}k{}", i % 1000)
+    let mut k = String::new();
+    key_into(&mut k, id, i);
+    k
+}
+
+/// Writes operation `i`'s key into `buf` (emptied first): batches and pipelines take keys by
+/// reference, so one buffer serves every operation.
+fn key_into(buf: &mut String, id: u64, i: u64) {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = write!(buf, "p{id}k{}", i % 1000);
 }
 
 fn check(i: u64, got: Option<u64>) -> Result<(), String> {
@@ -140,12 +150,13 @@ async fn single(map: &Map<String, u64>, id: u64, rounds: u64) -> Result<u64, Str
 async fn batched(map: &Map<String, u64>, id: u64, rounds: u64) -> Result<u64, String> {
     let e = |e: multiproc::manager::OpError| e.to_string();
     let mut i = 0;
+    let mut k = String::new();
     while i < rounds {
         let mut batch = map.batch();
         let mut gets = Vec::new();
         let end = (i + GROUP / 2).min(rounds);
         for j in i..end {
-            let k = key(id, j);
+            key_into(&mut k, id, j);
             let _ = batch
                 .push(map.ops().insert(&k, &j).map_err(e)?)
                 .map_err(e)?;
@@ -164,8 +175,9 @@ async fn pipelined(map: &Map<String, u64>, id: u64, rounds: u64) -> Result<u64, 
     let e = |e: multiproc::manager::OpError| e.to_string();
     let mut p = map.pipeline().await.map_err(e)?;
     let mut gets = Vec::new();
+    let mut k = String::new();
     for i in 0..rounds {
-        let k = key(id, i);
+        key_into(&mut k, id, i);
         p.push_forget(map.ops().insert(&k, &i).map_err(e)?)
             .await
             .map_err(e)?;

@@ -93,6 +93,13 @@ impl Deref for Bytes {
     }
 }
 
+// Hashes and compares as the slice (below): a map keyed by `Bytes` is searched with a `&[u8]`.
+impl std::borrow::Borrow<[u8]> for Bytes {
+    fn borrow(&self) -> &[u8] {
+        self
+    }
+}
+
 impl PartialEq for Bytes {
     fn eq(&self, other: &Self) -> bool {
         **self == **other

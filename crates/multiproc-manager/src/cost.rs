@@ -27,8 +27,11 @@ use crate::wire::{Kind, Op as WireOp, Reply, Request, Response};
 /// Operations per batch, as in the benchmark.
 const GROUP: u64 = 100;
 
-fn key(id: u64, i: u64) -> String {
-    format!("p{id}k{}", i % 1000)
+/// The benchmark's key of operation `i`, written into `buf` as it does.
+fn key_into(buf: &mut String, id: u64, i: u64) {
+    use std::fmt::Write;
+    buf.clear();
+    let _ = write!(buf, "p{id}k{}", i % 1000);
 }
 
 /// One batch through encode, serve and decode; checks every get. With `quiet`, the inserts'
@@ -36,25 +39,23 @@ fn key(id: u64, i: u64) -> String {
 fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, quiet: bool) {
     let mut batch: Batch = map.batch();
     let mut gets = Vec::new();
+    let mut k = String::new();
     for j in i..i + GROUP / 2 {
-        let k = key(0, j);
+        key_into(&mut k, 0, j);
         let _ = batch.push(map.ops().insert(&k, &j).unwrap()).unwrap();
         gets.push((j, batch.push(map.ops().get(&k).unwrap()).unwrap()));
     }
     buf.clear();
-    let request = Request {
-        id: i,
-        ops: batch.into_ops(),
-        // Every other operation (the inserts) of the first 64.
-        quiet: if quiet { 0x5555_5555_5555_5555 } else { 0 },
-    };
+    // Every other operation (the inserts) of the first 64.
+    let quiet = if quiet { 0x5555_5555_5555_5555 } else { 0 };
+    let (request, _) = Request::take(i, &mut batch.into_ops(), quiet);
     assert!(
         multiproc_core::message::encode_into(&request, buf)
             .unwrap()
             .is_empty()
     );
     let request: Request = multiproc_core::message::decode(buf, Vec::new()).unwrap();
-    let response = answer(state, request);
+    let response = answer(state, &request);
     buf.clear();
     assert!(
         multiproc_core::message::encode_into(&response, buf)
@@ -65,7 +66,7 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, 
     else {
         panic!("not an answer");
     };
-    let mut results = BatchResults::new(results);
+    let mut results = BatchResults::new(results.decode().unwrap());
     for (j, slot) in gets {
         assert_eq!(results.take(slot).unwrap(), Some(j));
     }

@@ -32,8 +32,9 @@ use multiproc_core::message;
 use multiproc_core::transport::packet::{PacketRecv, PacketSocket};
 use multiproc_core::wait::spin::{SpinPolicy, Spun, poll_spin};
 
+use crate::codec::first_watch;
 use crate::server::{Shared, answer, watch};
-use crate::wire::{Failure, Op, Request, Response};
+use crate::wire::{Failure, Request, Response, Results};
 
 /// A connection's end in the manager.
 pub(crate) type End = pipe::Duplex<Response, Request>;
@@ -275,17 +276,14 @@ fn serve_one(state: &Shared, conn: &mut Conn, cx: &mut Context<'_>) -> Outcome {
             }
         };
         conn.due = false;
-        let response = match request.ops.first() {
-            Some(Op::Watch(id)) if served == 0 && !conn.unflushed => {
-                let id = *id;
-                return Outcome::Watch(request, id);
-            }
+        let response = match first_watch(&request.ops) {
+            Some(id) if served == 0 && !conn.unflushed => return Outcome::Watch(request, id),
             // A watch must open its own connection; refused here.
-            Some(Op::Watch(_)) => Response::Done {
+            Some(_) => Response::Done {
                 id: request.id,
-                results: vec![Err(Failure::BadWatch)],
+                results: Results::from_results([&Err(Failure::BadWatch)]),
             },
-            _ => answer(state, request),
+            None => answer(state, &request),
         };
         if Pin::new(&mut conn.end).start_send(response).is_err() {
             return Outcome::Gone;

@@ -78,7 +78,10 @@
 //!
 //! # How it works
 //! The manager keeps every value encoded (postcard bytes plus the descriptors of handles
-//! inside), so it needs no knowledge of the types; clients encode and decode. Each process
+//! inside), so it needs no knowledge of the types; clients encode and decode. A map's `insert`
+//! and `get` travel as the key's and value's bytes in a compact form that the manager applies
+//! without decoding anything: it finds the key by its bytes (see [`Map`]'s "Keys" on what that
+//! means for equality) and answers a read by copying the stored bytes. Each process
 //! opens its own pipe to the manager by sending one end through the manager's *connector*, a
 //! `SOCK_SEQPACKET` socket whose receiving end only the manager holds: when the manager dies,
 //! sends on the connector fail and every pipe reaches end-of-file. The manager serves every
@@ -92,6 +95,7 @@
 #![forbid(unsafe_code)]
 
 mod bytes;
+mod codec;
 #[cfg(test)]
 mod cost;
 mod counter;

@@ -26,8 +26,9 @@ use multiproc_core::transport::packet::{Packet, PacketSocket};
 use multiproc_core::{RecvError, SendError, SharedFd, message};
 use serde::{Deserialize, Serialize};
 
+use crate::codec::OpsBuf;
 use crate::error::OpError;
-use crate::wire::{Failure, Op, Reply, Request, Response};
+use crate::wire::{self, Failure, Op, Reply, Request, Response};
 
 /// The sending side of a connection to a manager.
 pub(crate) type Requests = Pin<Box<dyn Sink<Request, Error = OpError> + Send>>;
@@ -323,18 +324,40 @@ impl Link {
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
-    pub(crate) async fn call(&self, ops: Vec<Op>) -> Result<Results, OpError> {
+    pub(crate) async fn call(&self, ops: &[Op]) -> Result<Results, OpError> {
+        self.call_with(|id| {
+            let request = Request::new(id, ops, 0).map_err(OpError::encode)?;
+            Ok((request, ops.len()))
+        })
+        .await
+    }
+
+    /// Sends the operations `ops` holds (encoded already; it is left empty) as one request
+    /// and waits for their results.
+    ///
+    /// # Errors
+    /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
+    pub(crate) async fn call_encoded(&self, ops: &mut OpsBuf) -> Result<Results, OpError> {
+        self.call_with(|id| Ok(Request::take(id, ops, 0))).await
+    }
+
+    /// Sends the request `request` makes for an id, and waits for its results (as many as
+    /// it says).
+    async fn call_with(
+        &self,
+        request: impl FnOnce(u64) -> Result<(Request, usize), OpError>,
+    ) -> Result<Results, OpError> {
         if self.gone.load(Ordering::Relaxed) {
             return Err(OpError::gone());
         }
         let conn = self.conn().await.map_err(|e| self.seen(e))?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let n = ops.len();
+        let (request, n) = request(id)?;
         let waiting = Waiting::new(&conn, id);
         conn.tx
             .lock()
             .await
-            .send(Request { id, ops, quiet: 0 })
+            .send(request)
             .await
             .map_err(|e| self.seen(e))?;
         let results = self.answer(&conn, &waiting).await?;
@@ -393,10 +416,12 @@ impl Link {
                 return Err(OpError::gone());
             }
             match rx.next().await {
-                Some(Ok(Response::Done { id, results })) if id == waiting.id => return Ok(results),
+                Some(Ok(Response::Done { id, results })) if id == waiting.id => {
+                    return decoded(&results);
+                }
                 Some(Ok(Response::Done { id, results })) => {
                     if let Some(slot) = conn.arrived().get_mut(&id) {
-                        *slot = Some(results);
+                        *slot = Some(decoded(&results)?);
                     }
                 }
                 Some(Ok(Response::Event(_))) => {}
@@ -412,11 +437,23 @@ impl Link {
     }
 }
 
+/// The results of an answer, decoded.
+///
+/// # Errors
+/// A protocol error when they do not decode.
+pub(crate) fn decoded(results: &wire::Results) -> Result<Results, OpError> {
+    results.decode().map_err(|e| {
+        OpError::protocol(&format!(
+            "an answer from the manager could not be decoded: {e}"
+        ))
+    })
+}
+
 /// Reads answers until the one for request `id` (dropping others).
 pub(crate) async fn read_answer(rx: &mut Responses, id: u64) -> Result<Results, OpError> {
     loop {
         match rx.next().await {
-            Some(Ok(Response::Done { id: got, results })) if got == id => return Ok(results),
+            Some(Ok(Response::Done { id: got, results })) if got == id => return decoded(&results),
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e),
             None => return Err(OpError::gone()),

@@ -64,7 +64,7 @@ impl Client {
             type_name: type_name.to_owned(),
             init,
         };
-        let mut results = self.link.call(vec![op]).await?;
+        let mut results = self.link.call(&[op]).await?;
         let result = results
             .pop()
             .ok_or_else(|| OpError::protocol("empty answer"))?;
@@ -168,7 +168,7 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn snapshot(&self) -> Result<Snapshot, OpError> {
-        let mut results = self.link.call(vec![Op::Snapshot]).await?;
+        let mut results = self.link.call(&[Op::Snapshot]).await?;
         match results.pop() {
             Some(Ok(Reply::Snapshot(stored))) => Ok(Snapshot(stored)),
             Some(Err(failure)) => Err(OpError::failed(failure)),
@@ -186,7 +186,7 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn ping(&self) -> Result<(), OpError> {
-        self.link.call(Vec::new()).await.map(drop)
+        self.link.call(&[]).await.map(drop)
     }
 }
 

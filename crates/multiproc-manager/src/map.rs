@@ -27,6 +27,19 @@ use crate::wire::{Blob, MapOp, Op as WireOp, encode_key};
 /// A proxy is a handle: clone it, pass it to `spawn` or a pool task, or send it inside a
 /// message; it carries no secret and each process opens its own connection on first use.
 ///
+/// # Keys
+/// The manager never decodes a key: it finds one by its encoded bytes (postcard, which
+/// encodes a given value of a given type always the same way). So two keys are the same key
+/// exactly when they encode the same, which is what `==` means for the usual key types
+/// (integers, `bool`, `char`, strings, byte strings, and tuples, structs, enums, `Vec`s and
+/// `BTreeMap`s of those), and a key may be looked up by any type that encodes the same (a
+/// `Map<String, _>` by a `&str`). Where `==` and the encoding disagree, the encoding decides:
+/// floats are compared by their bits (`0.0` and `-0.0` are two keys; a NaN key is found again
+/// by the same NaN), and a key whose `Serialize` output depends on more than its value (a
+/// `HashMap` or `HashSet` inside, whose order varies) may not be found again: use `BTreeMap`
+/// / `BTreeSet` in keys. Python compares keys with `==` and `hash`, so `0.0` and `-0.0` are one
+/// key there.
+///
 /// # Errors
 /// Every operation returns an [`OpError`]: [`OpError::is_manager_gone`] once the manager is
 /// gone (promptly, never a hang), [`OpError::is_encode`] for a key or value that cannot be

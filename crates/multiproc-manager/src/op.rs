@@ -13,10 +13,11 @@ use std::sync::Arc;
 use std::future::Future;
 
 use futures::StreamExt;
-use rustc_hash::{FxHashMap, FxHashSet};
+use rustc_hash::FxHashMap;
 
+use crate::codec::OpsBuf;
 use crate::error::OpError;
-use crate::link::{Endpoint, Link, Requests, Responses};
+use crate::link::{Endpoint, Link, Requests, Responses, decoded};
 use crate::wire::{self, Failure, Reply, Request, Response};
 
 /// Turns one answer into the operation's typed result.
@@ -41,7 +42,7 @@ impl<R> fmt::Debug for Op<R> {
 
 /// Runs one operation on `link` and decodes its result.
 pub(crate) async fn run<R>(link: &Link, op: Op<R>) -> Result<R, OpError> {
-    let mut results = link.call(vec![op.wire]).await?;
+    let mut results = link.call(std::slice::from_ref(&op.wire)).await?;
     let result = results
         .pop()
         .ok_or_else(|| OpError::protocol("empty answer"))?;
@@ -84,26 +85,28 @@ impl<R> fmt::Debug for Slot<R> {
 #[derive(Debug)]
 pub struct Batch {
     link: Arc<Link>,
-    ops: Vec<wire::Op>,
+    /// The operations, encoded as they are pushed.
+    ops: OpsBuf,
 }
 
 impl Batch {
     pub(crate) fn new(link: Arc<Link>) -> Self {
         Self {
             link,
-            ops: Vec::with_capacity(16),
+            ops: OpsBuf::default(),
         }
     }
 
     /// Adds `op`.
     ///
     /// # Errors
-    /// When `op` belongs to another manager.
+    /// When `op` belongs to another manager, or carries a handle whose descriptor cannot be
+    /// duplicated ([`OpError::is_encode`]; the batch is as it was).
     pub fn push<R>(&mut self, op: Op<R>) -> Result<Slot<R>, OpError> {
         if op.manager != self.link.endpoint.manager() {
             return Err(OpError::other_manager());
         }
-        self.ops.push(op.wire);
+        self.ops.push(&op.wire).map_err(OpError::encode)?;
         Ok(Slot {
             at: self.ops.len() as u64 - 1,
             decode: op.decode,
@@ -118,12 +121,12 @@ impl Batch {
 
     /// True when the batch holds no operation.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.len() == 0
     }
 
     /// The operations, for a request built elsewhere (the cost measurement).
     #[cfg(test)]
-    pub(crate) fn into_ops(self) -> Vec<wire::Op> {
+    pub(crate) fn into_ops(self) -> OpsBuf {
         self.ops
     }
 
@@ -136,8 +139,8 @@ impl Batch {
     /// # Cancel safety
     /// Once polled, the batch may be applied even if the future is dropped; its results are
     /// then lost.
-    pub async fn run(self) -> Result<BatchResults, OpError> {
-        let results = self.link.call(self.ops).await?;
+    pub async fn run(mut self) -> Result<BatchResults, OpError> {
+        let results = self.link.call_encoded(&mut self.ops).await?;
         Ok(BatchResults {
             results: results.into_iter().map(Some).collect(),
         })
@@ -216,8 +219,8 @@ pub struct Pipeline {
     manager: u64,
     tx: Requests,
     answers: Answers,
-    /// Operations pushed but not yet in a request.
-    queued: Vec<wire::Op>,
+    /// Operations pushed but not yet in a request, encoded.
+    queued: OpsBuf,
     /// The queued operations whose results are forgotten (bit `i` for `queued[i]`).
     quiet: u64,
     /// Operations pushed so far (queued ones included): the next operation's slot.
@@ -238,8 +241,9 @@ struct Answers {
     in_flight: VecDeque<usize>,
     /// Answers read but not taken yet, by operation (operation numbers hash well with Fx).
     kept: FxHashMap<u64, Result<Reply, Failure>>,
-    /// Operations whose answers are dropped as they arrive (failures are kept in `failed`).
-    forgotten: FxHashSet<u64>,
+    /// For each operation pushed and not answered yet, oldest first (operation `answered + i`
+    /// at `i`): whether its answer is dropped as it arrives (failures are kept in `failed`).
+    forgotten: VecDeque<bool>,
     /// The first failure of a forgotten operation.
     failed: Option<Failure>,
 }
@@ -250,7 +254,9 @@ impl Answers {
         let id = self.requests_answered;
         let results = loop {
             match self.rx.next().await {
-                Some(Ok(Response::Done { id: got, results })) if got == id => break results,
+                Some(Ok(Response::Done { id: got, results })) if got == id => {
+                    break decoded(&results)?;
+                }
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
                 None => return Err(OpError::gone()),
@@ -266,7 +272,7 @@ impl Answers {
         for result in results {
             let at = self.answered;
             self.answered += 1;
-            if self.forgotten.remove(&at) {
+            if self.forgotten.pop_front().unwrap_or(false) {
                 if let Err(failure) = result {
                     self.failed.get_or_insert(failure);
                 }
@@ -318,10 +324,10 @@ impl Pipeline {
                 requests_answered: 0,
                 in_flight: VecDeque::new(),
                 kept: FxHashMap::default(),
-                forgotten: FxHashSet::default(),
+                forgotten: VecDeque::new(),
                 failed: None,
             },
-            queued: Vec::new(),
+            queued: OpsBuf::default(),
             quiet: 0,
             pushed: 0,
             next_request: 0,
@@ -351,8 +357,9 @@ impl Pipeline {
             self.answers.read_one().await?;
         }
         let at = self.pushed;
-        self.queued.push(op.wire);
+        self.queued.push(&op.wire).map_err(OpError::encode)?;
         self.pushed += 1;
+        self.answers.forgotten.push_back(false);
         Ok(Slot {
             at,
             decode: op.decode,
@@ -364,19 +371,15 @@ impl Pipeline {
     /// buffer fills or at the next flush). Cancel safe: nothing leaves `queued` before the
     /// connection has room for it.
     async fn send_queued(&mut self) -> Result<(), OpError> {
-        if self.queued.is_empty() {
+        if self.queued.len() == 0 {
             return Ok(());
         }
         let tx = &mut self.tx;
         self.answers
             .while_writing(std::future::poll_fn(|cx| tx.as_mut().poll_ready(cx)))
             .await?;
-        let request = Request {
-            id: self.next_request,
-            ops: std::mem::replace(&mut self.queued, Vec::with_capacity(GROUP)),
-            quiet: std::mem::take(&mut self.quiet),
-        };
-        let n = request.ops.len();
+        let (request, n) = Request::take(self.next_request, &mut self.queued, self.quiet);
+        self.quiet = 0;
         self.tx.as_mut().start_send(request)?;
         self.next_request += 1;
         self.answers.in_flight.push_back(n);
@@ -394,8 +397,10 @@ impl Pipeline {
     /// # Cancel safety
     /// Cancel safe, as [`push`](Self::push).
     pub async fn push_forget<R>(&mut self, op: Op<R>) -> Result<(), OpError> {
-        let slot = self.push(op).await?;
-        self.answers.forgotten.insert(slot.at);
+        let _ = self.push(op).await?;
+        if let Some(forgotten) = self.answers.forgotten.back_mut() {
+            *forgotten = true;
+        }
         // The manager need not send the result back (`push` just queued the operation last,
         // and a group holds at most 64).
         let i = self.queued.len() - 1;

@@ -194,6 +194,24 @@ impl State {
         }
     }
 
+    /// Map `id` for the operations applied straight from a request's bytes
+    /// ([`FastMap`]), and whether anyone watches it (then a change must go the general way,
+    /// [`apply`](Self::apply), which tells the watchers).
+    ///
+    /// # Errors
+    /// As [`apply`](Self::apply) for a map operation: no such value, or not a map.
+    pub(crate) fn fast_map(&mut self, id: u32) -> Result<(FastMap<'_>, bool), Failure> {
+        let served = self.get(id)?;
+        if !matches!(served.data, Contents::Map(_)) {
+            return Err(wrong_kind(served, Kind::Map));
+        }
+        let watched = !served.watchers.is_empty();
+        match &mut served.data {
+            Contents::Map(map) => Ok((FastMap(map), watched)),
+            _ => Err(Failure::NoSuchValue),
+        }
+    }
+
     fn get(&mut self, id: u32) -> Result<&mut Served, Failure> {
         self.values.get_mut(id as usize).ok_or(Failure::NoSuchValue)
     }
@@ -237,6 +255,32 @@ impl State {
             watchers: Vec::new(),
         });
         Ok(Reply::Id(id))
+    }
+}
+
+/// A served map, for `insert` and `get` applied straight from a request's bytes: the key is
+/// searched by its bytes, a value stored as a copy of its bytes (a value without handles).
+pub(crate) struct FastMap<'a>(&'a mut ServedMap);
+
+impl FastMap<'_> {
+    /// Stores `value` under `key`; the value it replaces.
+    pub(crate) fn insert(&mut self, key: &[u8], value: &[u8]) -> Option<crate::wire::Blob> {
+        let value = crate::wire::Blob {
+            bytes: Bytes::copy_from(value),
+            fds: Vec::new(),
+        };
+        match self.0.get_mut(key) {
+            Some(old) => Some(std::mem::replace(old, value)),
+            None => {
+                self.0.insert(Bytes::copy_from(key), value);
+                None
+            }
+        }
+    }
+
+    /// The value under `key`.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<&crate::wire::Blob> {
+        self.0.get(key)
     }
 }
 

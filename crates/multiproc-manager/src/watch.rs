@@ -62,11 +62,7 @@ impl<E> Watch<E> {
         decode: fn(Event) -> Result<E, OpError>,
     ) -> Result<Self, OpError> {
         let (mut requests, mut end) = endpoint.open().await?;
-        let request = Request {
-            id: 0,
-            ops: vec![wire::Op::Watch(id)],
-            quiet: 0,
-        };
+        let request = Request::new(0, &[wire::Op::Watch(id)], 0).map_err(OpError::encode)?;
         requests.send(request).await?;
         let mut results = read_answer(&mut end, 0).await?;
         match results.pop() {

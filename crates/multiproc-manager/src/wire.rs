@@ -7,7 +7,8 @@
 //! [`RemoteFn`] (the one way a process names a function for another, as `spawn` and the pool
 //! do), whose shim decodes the current value, calls the user's `fn` and encodes the result.
 //!
-//! A request carries an id and a list of operations; the manager applies all of them under one
+//! A request carries an id and a list of operations (encoded by [`codec`](crate::codec):
+//! the common map operations as raw bytes the manager applies without decoding); the manager applies all of them under one
 //! lock (a batch is atomic) and answers with one [`Response::Done`] carrying the same id and one
 //! result per operation. Answers come in request order on each connection, so a client may send
 //! several requests before reading (pipelining). A connection whose first operation is
@@ -45,6 +46,9 @@ impl Blob {
 
     /// Decodes a `T`, handing it duplicates of the descriptors (the blob stays intact).
     pub(crate) fn decode<T: DeserializeOwned>(&self) -> Result<T, BlobError> {
+        if self.fds.is_empty() {
+            return message::decode(&self.bytes, Vec::new()).map_err(BlobError::Decode);
+        }
         let fds = self
             .fds
             .iter()
@@ -141,14 +145,86 @@ impl FnToken {
 }
 
 /// One request: operations applied together, answered together.
+///
+/// The operations travel in the compact form of [`codec`](crate::codec) (the common map
+/// operations as tags and raw bytes, the rest as postcard bytes), with the descriptors of the
+/// handles inside them beside.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct Request {
     pub(crate) id: u64,
-    pub(crate) ops: Vec<Op>,
     /// Operations whose results the client drops (bit `i` for operation `i`, the first 64): a
     /// success is answered [`Reply::Done`], without the value it would carry (a pipeline's
     /// `push_forget`). Failures are answered in full.
     pub(crate) quiet: u64,
+    /// The operations, encoded ([`codec::encode_ops`](crate::codec::encode_ops)).
+    pub(crate) ops: Bytes,
+    /// The descriptors the operations carry, in order.
+    pub(crate) fds: Vec<SharedFd>,
+}
+
+impl Request {
+    /// A request for `ops`.
+    ///
+    /// # Errors
+    /// When an operation carrying handles cannot be encoded.
+    pub(crate) fn new<'a>(
+        id: u64,
+        ops: impl IntoIterator<Item = &'a Op>,
+        quiet: u64,
+    ) -> Result<Self, EncodeError> {
+        let (ops, fds) = crate::codec::encode_ops(ops)?;
+        Ok(Self {
+            id,
+            quiet,
+            ops,
+            fds,
+        })
+    }
+
+    /// A request for the operations `ops` holds (left empty); and how many there are.
+    pub(crate) fn take(id: u64, ops: &mut crate::codec::OpsBuf, quiet: u64) -> (Self, usize) {
+        let (ops, fds, n) = ops.take();
+        (
+            Self {
+                id,
+                quiet,
+                ops,
+                fds,
+            },
+            n,
+        )
+    }
+}
+
+/// The results of one request, one per operation in request order, encoded
+/// ([`codec::ResultsWriter`](crate::codec::ResultsWriter)), and the descriptors of the handles
+/// inside them.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Results {
+    pub(crate) bytes: Bytes,
+    pub(crate) fds: Vec<SharedFd>,
+}
+
+impl Results {
+    /// The results, decoded.
+    ///
+    /// # Errors
+    /// When they do not decode (a manager of another build, or a corrupt answer).
+    pub(crate) fn decode(&self) -> Result<Vec<Result<Reply, Failure>>, crate::codec::Malformed> {
+        crate::codec::decode_results(&self.bytes, &self.fds)
+    }
+
+    /// Results written one by one.
+    pub(crate) fn from_results<'a>(
+        results: impl IntoIterator<Item = &'a Result<Reply, Failure>>,
+    ) -> Self {
+        let mut w = crate::codec::ResultsWriter::default();
+        for r in results {
+            w.result(r);
+        }
+        let (bytes, fds) = w.finish();
+        Self { bytes, fds }
+    }
 }
 
 /// One operation.
@@ -268,16 +344,15 @@ pub(crate) enum Failure {
     BadWatch,
     #[error("the update function was not made by this program")]
     UnknownFunction,
+    #[error("the manager could not read the request: {0}")]
+    Malformed(String),
 }
 
 /// What the manager sends.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Response {
     /// The results of request `id`, one per operation, in order.
-    Done {
-        id: u64,
-        results: Vec<Result<Reply, Failure>>,
-    },
+    Done { id: u64, results: Results },
     /// A change of the watched value.
     Event(Event),
 }
