@@ -181,7 +181,11 @@ async fn each_forked_child_gets_its_own_environment_whatever_came_before() {
             .unwrap();
         let (forked, seen) = within("sized child", child).await.unwrap();
         assert_eq!(forked, size < 64 * 1024, "child {i} ({size} bytes)");
-        assert_eq!(seen.as_deref(), Some(value.as_str()), "child {i} ({size} bytes)");
+        assert_eq!(
+            seen.as_deref(),
+            Some(value.as_str()),
+            "child {i} ({size} bytes)"
+        );
     }
 }
 

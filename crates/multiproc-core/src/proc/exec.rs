@@ -206,7 +206,10 @@ pub(crate) fn environment(options: &SpawnOptions) -> io::Result<Environment> {
     // each name is its value (`None`: removed).
     let mut changes: Vec<(&OsStr, Option<&OsStr>)> =
         Vec::with_capacity(ours.len() + options.env.len() + 1);
-    changes.extend(ours.iter().map(|(key, value)| (key.as_os_str(), Some(value.as_os_str()))));
+    changes.extend(
+        ours.iter()
+            .map(|(key, value)| (key.as_os_str(), Some(value.as_os_str()))),
+    );
     changes.extend(
         options
             .env
@@ -405,7 +408,11 @@ mod tests {
         assert_eq!(pointers.len(), 4);
         assert!(pointers[3].is_null());
         assert!(
-            environment(&options(true, &[])).expect("empty").vars().next().is_none(),
+            environment(&options(true, &[]))
+                .expect("empty")
+                .vars()
+                .next()
+                .is_none(),
             "an empty environment has no strings"
         );
     }
