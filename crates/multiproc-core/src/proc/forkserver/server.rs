@@ -101,7 +101,8 @@ fn serve(_: ForkServer, socket: OwnedFd) {
 /// page of it shared with that child would be copied (a copy-on-write fault) on every request,
 /// before the next `clone`; and `clone` has fewer pages to share. A child parses nothing from
 /// it: the request is decoded (into the server's heap, which the child inherits) before `clone`.
-/// Falls back to an ordinary heap buffer when the advice cannot be given.
+/// Falls back to an ordinary heap buffer if the mapping cannot be made (and works, only slower,
+/// if the advice is refused).
 struct Inbox {
     /// The buffer's start: a raw pointer, not a reference, because in a forked child it points
     /// at nothing (the child never uses it). Never unmapped: it lives as long as the server.
