@@ -156,6 +156,39 @@ async fn forked_children_get_exactly_the_requested_environment() {
     assert_eq!(inherited, expected);
 }
 
+/// A variable whose value's size changes from child to child.
+const SIZED: &str = "MULTIPROC_TEST_SIZED";
+
+/// Whether the child was forked, and its [`SIZED`] value.
+fn sized(_: ()) -> (bool, Option<String>) {
+    (probe(()).forked, std::env::var(SIZED).ok())
+}
+
+#[tokio::test]
+async fn each_forked_child_gets_its_own_environment_whatever_came_before() {
+    warm_up().await;
+    // The server receives every request into the same buffer: a short request after a long
+    // one must not see the long one's bytes. A request larger than that buffer is refused by
+    // the parent and that child is re-executed, with the same environment.
+    let sizes = [40_000, 3, 20_000, 0, 70_000, 1];
+    for (i, size) in sizes.into_iter().enumerate() {
+        let value: String = (0..size)
+            .map(|j| char::from(b'a' + ((i + j) % 26) as u8))
+            .collect();
+        let child = probed("mp-sized")
+            .env(SIZED, &value)
+            .spawn((), sized)
+            .unwrap();
+        let (forked, seen) = within("sized child", child).await.unwrap();
+        assert_eq!(forked, size < 64 * 1024, "child {i} ({size} bytes)");
+        assert_eq!(
+            seen.as_deref(),
+            Some(value.as_str()),
+            "child {i} ({size} bytes)"
+        );
+    }
+}
+
 /// Descriptors above standard error that a child process inherits: those without close-on-exec
 /// (`O_CLOEXEC` in the `flags` line of `/proc/self/fdinfo/<fd>`, in octal).
 fn inheritable_descriptors() -> Vec<String> {

@@ -12,8 +12,7 @@
 //! - [`posix_spawn(3)`](https://man7.org/linux/man-pages/man3/posix_spawn.3.html)
 #![allow(unsafe_code)]
 
-use std::collections::BTreeMap;
-use std::ffi::{CStr, CString, OsString, c_char};
+use std::ffi::{CStr, CString, OsStr, OsString, c_char};
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -157,7 +156,7 @@ pub(crate) fn arg0(options: &SpawnOptions) -> io::Result<CString> {
 pub(crate) fn posix_spawn_child(
     child_end: &OwnedFd,
     arg0: &CStr,
-    mut env: Vec<CString>,
+    mut env: Environment,
 ) -> io::Result<u32> {
     // The child gets the control socket at `target`, a number free in this process and so in
     // the child (whose descriptor table starts as a copy of ours), through `dup2`, which clears
@@ -166,9 +165,8 @@ pub(crate) fn posix_spawn_child(
 
     let argv: [*const c_char; 2] = [arg0.as_ptr(), std::ptr::null()];
     let bootstrap = format!("{BOOTSTRAP_ENV}={}", target.as_raw_fd());
-    env.push(CString::new(bootstrap).expect("no NUL in a name and a number"));
-    let mut envp: Vec<*const c_char> = env.iter().map(|var| var.as_ptr()).collect();
-    envp.push(std::ptr::null());
+    env.push(&CString::new(bootstrap).expect("no NUL in a name and a number"));
+    let envp = env.pointers();
 
     let mut actions = FileActions::new()?;
     actions.dup2(child_end.as_raw_fd(), target.as_raw_fd())?;
@@ -195,29 +193,92 @@ pub(crate) fn posix_spawn_child(
 }
 
 /// The child's environment as `KEY=value` strings: ours (unless cleared) with the options'
-/// changes, never the bootstrap variable (the spawn path adds its own).
-pub(crate) fn environment(options: &SpawnOptions) -> io::Result<Vec<CString>> {
-    let mut vars: BTreeMap<OsString, OsString> = if options.env_clear {
-        BTreeMap::new()
-    } else {
-        std::env::vars_os().collect()
+/// changes, never the bootstrap variable (the spawn path adds its own). Sorted by name, one
+/// string per name (the last change wins), in one buffer: a spawn makes one allocation for it
+/// here, not one per variable.
+pub(crate) fn environment(options: &SpawnOptions) -> io::Result<Environment> {
+    let ours: Vec<(OsString, OsString)> = match options.env_clear {
+        true => Vec::new(),
+        false => std::env::vars_os().collect(),
     };
-    for (key, value) in &options.env {
-        match value {
-            Some(v) => vars.insert(key.clone(), v.clone()),
-            None => vars.remove(key),
+    // Every change in order (ours first, then the options', then the bootstrap variable's
+    // removal); a stable sort by name keeps that order among equal names, so the last one of
+    // each name is its value (`None`: removed).
+    let mut changes: Vec<(&OsStr, Option<&OsStr>)> =
+        Vec::with_capacity(ours.len() + options.env.len() + 1);
+    changes.extend(
+        ours.iter()
+            .map(|(key, value)| (key.as_os_str(), Some(value.as_os_str()))),
+    );
+    changes.extend(
+        options
+            .env
+            .iter()
+            .map(|(key, value)| (key.as_os_str(), value.as_deref())),
+    );
+    changes.push((OsStr::new(BOOTSTRAP_ENV), None));
+    changes.sort_by(|a, b| a.0.cmp(b.0));
+    let mut block = Vec::with_capacity(
+        changes
+            .iter()
+            .map(|(key, value)| key.len() + value.map_or(0, OsStr::len) + 2)
+            .sum(),
+    );
+    for (i, &(key, value)) in changes.iter().enumerate() {
+        let last_of_its_name = changes.get(i + 1).is_none_or(|next| next.0 != key);
+        let Some(value) = value.filter(|_| last_of_its_name) else {
+            continue;
         };
+        if key.as_bytes().contains(&0) || value.as_bytes().contains(&0) {
+            return Err(nul_error(&format!("environment variable {key:?}")));
+        }
+        block.extend_from_slice(key.as_bytes());
+        block.push(b'=');
+        block.extend_from_slice(value.as_bytes());
+        block.push(0);
     }
-    vars.remove(std::ffi::OsStr::new(BOOTSTRAP_ENV));
-    vars.iter()
-        .map(|(key, value)| {
-            let mut var = Vec::with_capacity(key.len() + value.len() + 1);
-            var.extend_from_slice(key.as_bytes());
-            var.push(b'=');
-            var.extend_from_slice(value.as_bytes());
-            CString::new(var).map_err(|_| nul_error(&format!("environment variable {key:?}")))
-        })
-        .collect()
+    Ok(Environment(block))
+}
+
+/// A child's environment (from [`environment`]): `KEY=value` strings, each ended by a NUL and
+/// with none inside, in one buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Environment(Vec<u8>);
+
+impl Environment {
+    /// The strings, without their NULs.
+    pub(crate) fn vars(&self) -> impl Iterator<Item = &[u8]> {
+        self.0
+            .split_inclusive(|&b| b == 0)
+            .map(|var| &var[..var.len() - 1])
+    }
+
+    /// The bytes of all strings, each ended by its NUL.
+    pub(crate) fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether a string starts with `prefix` (say `KEY=`).
+    pub(crate) fn has(&self, prefix: &[u8]) -> bool {
+        self.vars().any(|var| var.starts_with(prefix))
+    }
+
+    /// Appends `var` (`KEY=value`; the caller knows `KEY` is not there yet).
+    pub(crate) fn push(&mut self, var: &CStr) {
+        self.0.extend_from_slice(var.to_bytes_with_nul());
+    }
+
+    /// A null-terminated array of pointers to the strings, for `execve`-style calls; valid
+    /// while `self` is neither changed nor dropped.
+    fn pointers(&self) -> Vec<*const c_char> {
+        let mut envp: Vec<*const c_char> = self
+            .0
+            .split_inclusive(|&b| b == 0)
+            .map(|var| var.as_ptr().cast())
+            .collect();
+        envp.push(std::ptr::null());
+        envp
+    }
 }
 
 /// `posix_spawn_file_actions_t`, destroyed on drop.
@@ -300,5 +361,85 @@ fn check(rc: libc::c_int) -> io::Result<()> {
         0 => Ok(()),
         -1 => Err(io::Error::last_os_error()),
         errno => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn options(clear: bool, env: &[(&str, Option<&str>)]) -> SpawnOptions {
+        SpawnOptions {
+            env_clear: clear,
+            env: env
+                .iter()
+                .map(|(key, value)| (key.into(), value.map(Into::into)))
+                .collect(),
+            ..SpawnOptions::default()
+        }
+    }
+
+    fn vars(env: &Environment) -> Vec<String> {
+        env.vars()
+            .map(|var| String::from_utf8(var.to_vec()).expect("UTF-8"))
+            .collect()
+    }
+
+    #[test]
+    fn the_last_change_of_a_name_wins_in_name_order() {
+        let changes = [
+            ("B", Some("1")),
+            ("A", Some("1")),
+            ("B", Some("2")),
+            ("C", Some("x")),
+            ("C", None),
+            ("D", None),
+            ("E", None),
+            ("E", Some("")),
+            (BOOTSTRAP_ENV, Some("5")),
+        ];
+        let env = environment(&options(true, &changes)).expect("no NUL");
+        assert_eq!(vars(&env), ["A=1", "B=2", "E="]);
+        assert_eq!(env.len(), b"A=1\0B=2\0E=\0".len());
+        assert!(env.has(b"E=") && !env.has(b"C="));
+        let pointers = env.pointers();
+        assert_eq!(pointers.len(), 4);
+        assert!(pointers[3].is_null());
+        assert!(
+            environment(&options(true, &[]))
+                .expect("empty")
+                .vars()
+                .next()
+                .is_none(),
+            "an empty environment has no strings"
+        );
+    }
+
+    #[test]
+    fn ours_with_changes_is_what_a_map_of_them_gives() {
+        let changes = [("MULTIPROC_EXEC_TEST", Some("1")), ("PATH", None)];
+        let mut expected: BTreeMap<OsString, OsString> = std::env::vars_os().collect();
+        expected.insert("MULTIPROC_EXEC_TEST".into(), "1".into());
+        expected.remove(OsStr::new("PATH"));
+        expected.remove(OsStr::new(BOOTSTRAP_ENV));
+        let expected: Vec<Vec<u8>> = expected
+            .iter()
+            .map(|(key, value)| [key.as_bytes(), b"=", value.as_bytes()].concat())
+            .collect();
+        let env = environment(&options(false, &changes)).expect("no NUL");
+        assert_eq!(env.vars().map(<[u8]>::to_vec).collect::<Vec<_>>(), expected);
+    }
+
+    #[test]
+    fn a_nul_in_a_name_or_value_is_refused() {
+        for changes in [[("A\0B", Some("1"))], [("A", Some("1\0"))]] {
+            let e = environment(&options(true, &changes)).expect_err("a NUL");
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+        }
+        // A removed variable is never written, whatever it holds.
+        let env = environment(&options(true, &[("A", Some("1\0")), ("A", None)]));
+        assert!(env.expect("removed").vars().next().is_none());
     }
 }

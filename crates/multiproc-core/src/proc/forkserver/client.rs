@@ -22,7 +22,7 @@ use super::request::{
 };
 use super::server::{self, affinity};
 use crate::proc::bootstrap;
-use crate::proc::exec::{self, SpawnOptions};
+use crate::proc::exec::{self, Environment, SpawnOptions};
 use crate::proc::pidfd::PidFd;
 use crate::proc::reaper;
 use crate::shm::SharedRegion;
@@ -85,7 +85,7 @@ pub(crate) enum Asked {
 /// When a server that stopped answering could not be killed and reaped in time: it may still
 /// start a child on `control`, which must then not be re-executed (the next spawn starts a new
 /// server).
-pub(crate) fn ask(control: &OwnedFd, arg0: &CStr, env: &[CString]) -> io::Result<Asked> {
+pub(crate) fn ask(control: &OwnedFd, arg0: &CStr, env: &Environment) -> io::Result<Asked> {
     with_state(|state| {
         let State::Running(server) = state else {
             return Ok(Asked::NotStarted);
@@ -172,8 +172,8 @@ impl Server {
         // The server's own environment reaches no child: each request brings one.
         let bind_now = BIND_NOW.to_bytes();
         let key = &bind_now[..=bind_now.iter().position(|&b| b == b'=').unwrap_or(0)];
-        if !env.iter().any(|var| var.to_bytes().starts_with(key)) {
-            env.push(BIND_NOW.to_owned());
+        if !env.has(key) {
+            env.push(BIND_NOW);
         }
         let pid = exec::posix_spawn_child(&theirs, &arg0, env)?;
         let process = Arc::new(PidFd::open(pid)?);
@@ -185,7 +185,7 @@ impl Server {
         })
     }
 
-    fn request(&self, control: &OwnedFd, arg0: &CStr, env: &[CString]) -> Answer {
+    fn request(&self, control: &OwnedFd, arg0: &CStr, env: &Environment) -> Answer {
         let name = arg0.to_bytes();
         if name.len() >= NAME_ROOM {
             return Answer::Declined(Errno::NAMETOOLONG);
@@ -198,7 +198,10 @@ impl Server {
             return Answer::Declined(Errno::NOENT);
         };
 
-        let mut bytes = Vec::with_capacity(1024);
+        let affinity = affinity();
+        // Each variable (at least `K=` and its NUL) gets 4 bytes of length instead of its NUL:
+        // at most twice its size.
+        let mut bytes = Vec::with_capacity(64 + name.len() + affinity.len() + 2 * env.len());
         bytes.extend_from_slice(&REQUEST_MAGIC);
         let mut fds: Vec<BorrowedFd<'_>> = vec![control.as_fd(), cwd.as_fd()];
         let mut present = 0u8;
@@ -214,9 +217,9 @@ impl Server {
         }
         bytes.push(present);
         put_bytes(&mut bytes, name);
-        put_bytes(&mut bytes, &affinity());
-        for var in env {
-            put_bytes(&mut bytes, var.to_bytes());
+        put_bytes(&mut bytes, &affinity);
+        for var in env.vars() {
+            put_bytes(&mut bytes, var);
         }
         if bytes.len() > REQUEST_MAX {
             return Answer::Declined(Errno::MSGSIZE);

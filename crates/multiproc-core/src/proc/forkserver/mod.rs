@@ -16,7 +16,10 @@
 //! Each request carries what a re-executed child would take from the parent at that moment: the
 //! environment, the working directory (a descriptor), the standard streams, the CPU affinity and
 //! the name (`argv[0]`). The child sets the environment as one array handed to the C library
-//! (as `execve` would), and the affinity only when it differs from the server's. The server is
+//! (as `execve` would), and the affinity only when it differs from the server's. The server
+//! receives each request into a buffer that its children do not inherit (`MADV_DONTFORK`):
+//! after a `clone` every page the server shares with the new child is copy-on-write, and the
+//! next request, written there, would copy one before the next `clone`. The server is
 //! started with `LD_BIND_NOW=1`, so that the dynamic loader resolves every symbol once, in the
 //! server, instead of in every child on its first call of each (which writes a copy-on-write
 //! page); the server's own environment reaches no child. Other attributes (resource limits, umask, nice value, credentials, signal

@@ -58,10 +58,11 @@ fn serve(_: ForkServer, socket: OwnedFd) {
     });
     // Most requests ask for the affinity the server has (the parent's): their children keep it.
     let own_affinity = affinity();
-    let mut buf = vec![0u8; REQUEST_MAX];
+    let mut inbox = Inbox::new();
     loop {
         let mut fds: Vec<OwnedFd> = Vec::new();
-        let Some(len) = receive(&socket, &mut buf, &mut fds) else {
+        let buf = inbox.get();
+        let Some(len) = receive(&socket, buf, &mut fds) else {
             break;
         };
         // The request is dropped (its descriptors closed, its strings freed) only after the
@@ -93,6 +94,53 @@ fn serve(_: ForkServer, socket: OwnedFd) {
         drop(done);
     }
     std::process::exit(0);
+}
+
+/// The server's receive buffer, [`REQUEST_MAX`] bytes that its children do not inherit
+/// (`MADV_DONTFORK`). The server writes each request there after forking the last child, so a
+/// page of it shared with that child would be copied (a copy-on-write fault) on every request,
+/// before the next `clone`; and `clone` has fewer pages to share. A child parses nothing from
+/// it: the request is decoded (into the server's heap, which the child inherits) before `clone`.
+/// Falls back to an ordinary heap buffer if the mapping cannot be made (and works, only slower,
+/// if the advice is refused).
+struct Inbox {
+    /// The buffer's start: a raw pointer, not a reference, because in a forked child it points
+    /// at nothing (the child never uses it). Never unmapped: it lives as long as the server.
+    start: *mut u8,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        // SAFETY: a new private anonymous mapping; the kernel picks the address.
+        let start = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                REQUEST_MAX,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if start == libc::MAP_FAILED {
+            return Inbox {
+                start: Vec::leak(vec![0u8; REQUEST_MAX]).as_mut_ptr(),
+            };
+        }
+        // SAFETY: advice on the mapping just made, which nothing else uses. If it fails, the
+        // children share the buffer as they would any heap memory: slower, not wrong.
+        unsafe { libc::madvise(start, REQUEST_MAX, libc::MADV_DONTFORK) };
+        Inbox {
+            start: start.cast(),
+        }
+    }
+
+    /// The buffer, in the server only (never in a forked child, which does not have it).
+    fn get(&mut self) -> &mut [u8] {
+        // SAFETY: `start` is `REQUEST_MAX` readable and writable bytes in the server (a mapping
+        // or a leaked vector, never freed); `&mut self` makes this slice the only one.
+        unsafe { std::slice::from_raw_parts_mut(self.start, REQUEST_MAX) }
+    }
 }
 
 /// Waits for the next packet on the server's socket and reads it into `buf` and `fds`: its
