@@ -599,7 +599,11 @@ mod tests {
         rx.scratch.clear();
         rx.scratch.extend_from_slice(b"untouched");
         for i in 0..50 {
-            assert_eq!(rx.front().unwrap(), None, "socket frame {i} not delivered yet");
+            assert_eq!(
+                rx.front().unwrap(),
+                None,
+                "socket frame {i} not delivered yet"
+            );
             assert_eq!(&rx.scratch[..], b"untouched");
             rx.owned_delivered();
         }
