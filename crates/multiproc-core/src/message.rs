@@ -10,7 +10,9 @@ use crate::fd;
 
 mod byte_string;
 mod fixed;
-pub(crate) use byte_string::prefix_len as byte_string_prefix_len;
+pub(crate) use byte_string::{
+    prefix as byte_string_prefix, prefix_len as byte_string_prefix_len, with_byte_string,
+};
 pub(crate) use fixed::Error as FixedError;
 
 /// Default largest message, in encoded bytes, that a pipe end or a queue sends or accepts:

@@ -10,7 +10,9 @@
 
 use std::os::fd::OwnedFd;
 
+use serde::Serialize;
 use serde::de::{DeserializeOwned, DeserializeSeed, Deserializer, SeqAccess, Visitor};
+use serde::ser::{self, Impossible};
 
 use crate::error::DecodeError;
 
@@ -68,13 +70,9 @@ pub(crate) fn decode<T: DeserializeOwned>(
 
 /// The byte string's whole postcard encoding: the varint of its length, then the bytes.
 pub(crate) fn with_prefix(bytes: &[u8]) -> Vec<u8> {
-    let mut whole = Vec::with_capacity(MAX_VARINT + bytes.len());
-    let mut len = bytes.len() as u64;
-    while len >= 0x80 {
-        whole.push((len as u8) | 0x80);
-        len >>= 7;
-    }
-    whole.push(len as u8);
+    let (head, k) = prefix(bytes.len());
+    let mut whole = Vec::with_capacity(k + bytes.len());
+    whole.extend_from_slice(&head[..k]);
     whole.extend_from_slice(bytes);
     whole
 }
@@ -231,6 +229,165 @@ impl<'de> Deserializer<'de> for OneU8<'_> {
     }
 }
 
+/// Calls `f` with the bytes of `value` if `value` is exactly one byte string in postcard (a
+/// `ByteBuf`, a `serde_bytes` `Vec<u8>`, a `str`, through newtypes): its encoding is then
+/// [`prefix`] of their length followed by them. `None`, without calling `f`, for any other
+/// value; the serializer gives up at the first request that is not a byte string, so that
+/// costs one call.
+pub(crate) fn with_byte_string<T: Serialize + ?Sized, R>(
+    value: &T,
+    f: impl FnOnce(&[u8]) -> R,
+) -> Option<R> {
+    value.serialize(BytesOf(f)).ok()
+}
+
+/// Postcard's varint of a byte string's length: the first bytes of its encoding.
+pub(crate) fn prefix(len: usize) -> ([u8; MAX_VARINT], usize) {
+    let mut out = [0u8; MAX_VARINT];
+    let mut value = len as u64;
+    let mut k = 0;
+    while value >= 0x80 {
+        out[k] = (value as u8) | 0x80;
+        value >>= 7;
+        k += 1;
+    }
+    out[k] = value as u8;
+    (out, k + 1)
+}
+
+/// The refusal of [`BytesOf`]: the value is not one byte string.
+#[derive(Debug)]
+struct NotBytes;
+
+impl std::fmt::Display for NotBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("not a byte string")
+    }
+}
+
+impl std::error::Error for NotBytes {}
+
+impl ser::Error for NotBytes {
+    fn custom<M: std::fmt::Display>(_msg: M) -> Self {
+        NotBytes
+    }
+}
+
+/// A serializer that hands a byte string's bytes to its function and refuses everything else.
+struct BytesOf<F>(F);
+
+/// Refusals of every request [`BytesOf`] does not take.
+macro_rules! refuse {
+    ($($method:ident($($arg:ty),*)),* $(,)?) => {
+        $(fn $method(self, $(_: $arg),*) -> Result<Self::Ok, NotBytes> {
+            Err(NotBytes)
+        })*
+    };
+}
+
+impl<F: FnOnce(&[u8]) -> R, R> ser::Serializer for BytesOf<F> {
+    type Ok = R;
+    type Error = NotBytes;
+    type SerializeSeq = Impossible<R, NotBytes>;
+    type SerializeTuple = Impossible<R, NotBytes>;
+    type SerializeTupleStruct = Impossible<R, NotBytes>;
+    type SerializeTupleVariant = Impossible<R, NotBytes>;
+    type SerializeMap = Impossible<R, NotBytes>;
+    type SerializeStruct = Impossible<R, NotBytes>;
+    type SerializeStructVariant = Impossible<R, NotBytes>;
+
+    fn serialize_bytes(self, v: &[u8]) -> Result<R, NotBytes> {
+        Ok((self.0)(v))
+    }
+
+    fn serialize_str(self, v: &str) -> Result<R, NotBytes> {
+        Ok((self.0)(v.as_bytes()))
+    }
+
+    fn serialize_newtype_struct<T: Serialize + ?Sized>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<R, NotBytes> {
+        value.serialize(self)
+    }
+
+    refuse! {
+        serialize_bool(bool), serialize_i8(i8), serialize_i16(i16), serialize_i32(i32),
+        serialize_i64(i64), serialize_i128(i128), serialize_u8(u8), serialize_u16(u16),
+        serialize_u32(u32), serialize_u64(u64), serialize_u128(u128), serialize_f32(f32),
+        serialize_f64(f64), serialize_char(char), serialize_none(), serialize_unit(),
+        serialize_unit_struct(&'static str),
+        serialize_unit_variant(&'static str, u32, &'static str),
+    }
+
+    fn serialize_some<T: Serialize + ?Sized>(self, _: &T) -> Result<R, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_newtype_variant<T: Serialize + ?Sized>(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: &T,
+    ) -> Result<R, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_seq(self, _: Option<usize>) -> Result<Self::SerializeSeq, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_tuple(self, _: usize) -> Result<Self::SerializeTuple, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_tuple_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleStruct, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_tuple_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeTupleVariant, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_map(self, _: Option<usize>) -> Result<Self::SerializeMap, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_struct(
+        self,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStruct, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn serialize_struct_variant(
+        self,
+        _: &'static str,
+        _: u32,
+        _: &'static str,
+        _: usize,
+    ) -> Result<Self::SerializeStructVariant, NotBytes> {
+        Err(NotBytes)
+    }
+
+    fn is_human_readable(&self) -> bool {
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use serde::Deserialize;
@@ -344,6 +501,47 @@ mod tests {
             let (bytes, _) = encode(&value).unwrap();
             let k = prefix_len(&bytes, bytes.len()).unwrap();
             assert_eq!(with_prefix(&bytes[k..]), bytes, "length {len}");
+        }
+    }
+
+    #[test]
+    fn only_values_that_are_one_byte_string_hand_out_their_bytes() {
+        #[derive(serde::Serialize)]
+        struct Wrapped(ByteBuf);
+        #[derive(serde::Serialize)]
+        struct Pair(u8, ByteBuf);
+        let buf = ByteBuf::from(vec![1u8, 2, 3]);
+        let at = |value: &dyn erased::Probe| value.probe();
+        assert_eq!(at(&buf), Some(vec![1, 2, 3]));
+        assert_eq!(at(&Wrapped(buf.clone())), Some(vec![1, 2, 3]));
+        assert_eq!(at(&"abc".to_string()), Some(b"abc".to_vec()));
+        assert_eq!(at(&vec![1u8, 2, 3]), None, "a plain Vec<u8> is a sequence");
+        assert_eq!(at(&Pair(1, buf)), None);
+        assert_eq!(at(&7u32), None);
+        assert_eq!(at(&Some(ByteBuf::new())), None);
+        let fd = crate::SharedFd::new(std::fs::File::open("/dev/null").unwrap().into());
+        assert_eq!(at(&fd), None, "outside an encode a handle refuses at once");
+        // What it hands out is what postcard writes after the prefix.
+        let value = ByteBuf::from(vec![9u8; 300]);
+        let (bytes, _) = encode(&value).unwrap();
+        let (head, k) = prefix(300);
+        assert_eq!(&bytes[..k], &head[..k]);
+        assert_eq!(
+            with_byte_string(&value, <[u8]>::to_vec).unwrap(),
+            bytes[k..]
+        );
+    }
+
+    /// Object-safe access to [`with_byte_string`] for a table of values of different types.
+    mod erased {
+        pub(super) trait Probe {
+            fn probe(&self) -> Option<Vec<u8>>;
+        }
+
+        impl<T: serde::Serialize> Probe for T {
+            fn probe(&self) -> Option<Vec<u8>> {
+                super::with_byte_string(self, <[u8]>::to_vec)
+            }
         }
     }
 }

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::receiver::{DIRECT_MIN, Waiting};
 use super::*;
-use crate::error::RecvError;
+use crate::error::{RecvError, SendErrorKind};
 use crate::transport::frame::{HEADER_LEN, Header};
 use crate::wait::spin::{CpuContention, SpinOutcome};
 
@@ -782,4 +782,110 @@ fn a_cancelled_typed_receive_is_finished_by_any_receive() {
             ));
         }
     });
+}
+
+/// `push_message` puts the same bytes on the wire as `push` of the encoding, whether the value
+/// is written from its own bytes (a large byte string with nothing buffered: part of it at
+/// once, the rest with the flush) or encoded into the buffer; with a ring, records pushed
+/// before it (not flushed, so not published yet) still come first.
+#[test]
+fn pushed_messages_are_their_encoding_on_the_wire_and_in_order() {
+    use serde_bytes::ByteBuf;
+
+    use crate::message;
+
+    for with_ring in [false, true] {
+        let (mut tx, mut rx) = if with_ring {
+            let (a, b) = pair().unwrap();
+            (split_end(a).unwrap().0, split_end(b).unwrap().1)
+        } else {
+            let (a, b) = socket_pair().unwrap();
+            (split(a).unwrap().0, split(b).unwrap().1)
+        };
+        let big = |n: usize, seed: u8| -> ByteBuf {
+            ByteBuf::from((0..n).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>())
+        };
+        let expected: Vec<Vec<u8>> = vec![
+            message::encode(&7u32).unwrap().0,
+            message::encode(&big(3 << 20, 1)).unwrap().0,
+            message::encode(&"x".repeat(100_000)).unwrap().0,
+            message::encode(&big(sender::WRITE_THROUGH_MIN - 1, 2))
+                .unwrap()
+                .0,
+            message::encode(&big(sender::WRITE_THROUGH_MIN, 3))
+                .unwrap()
+                .0,
+            message::encode(&vec![5u8; 200_000]).unwrap().0,
+        ];
+        let receiving = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let deadline = Some(Instant::now() + Duration::from_secs(20));
+            while let TryRecv::Frame(frame) = rx
+                .blocking_recv_with(deadline, |bytes, _| bytes.to_vec())
+                .unwrap()
+            {
+                got.push(frame);
+            }
+            got
+        });
+        // A small one first: into the ring (with one), unpublished until something goes out.
+        tx.push_message(&7u32).unwrap();
+        // 3 MiB: more than the socket holds, so part of it is left for the flush.
+        tx.push_message(&big(3 << 20, 1)).unwrap();
+        assert!(tx.buffered() > 0, "a 3 MiB frame went out whole");
+        assert!(tx.blocking_flush(None).unwrap());
+        tx.push_message("x".repeat(100_000).as_str()).unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+        tx.push_message(&big(sender::WRITE_THROUGH_MIN - 1, 2))
+            .unwrap();
+        tx.push_message(&big(sender::WRITE_THROUGH_MIN, 3)).unwrap();
+        tx.push_message(&vec![5u8; 200_000]).unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+        drop(tx);
+        let got = receiving.join().unwrap();
+        assert_eq!(got.len(), expected.len(), "ring: {with_ring}");
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(g == e, "message {i} differs (ring: {with_ring})");
+        }
+    }
+}
+
+/// A large byte string over the limit is refused before anything is written; one pushed to a
+/// closed peer fails, at the latest with the flush; one behind buffered frames is buffered.
+#[test]
+fn pushed_byte_strings_respect_the_limit_and_a_closed_peer() {
+    use serde_bytes::ByteBuf;
+
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, rx) = split(b).unwrap();
+    tx.set_max_message_size(100_000);
+    let err = tx
+        .push_message(&ByteBuf::from(vec![0u8; 100_000]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SendErrorKind::TooLarge {
+                len: 100_003,
+                limit: 100_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(tx.buffered(), 0);
+    tx.push_message(&1u8).unwrap();
+    tx.push_message(&ByteBuf::from(vec![0u8; 70_000])).unwrap();
+    assert_eq!(
+        tx.buffered(),
+        HEADER_LEN + 1 + HEADER_LEN + 3 + 70_000,
+        "buffered behind"
+    );
+    assert!(tx.blocking_flush(None).unwrap(), "the socket holds both");
+    // Now written through, into a socket whose peer is gone.
+    drop(rx);
+    let failed = tx
+        .push_message(&ByteBuf::from(vec![0u8; 70_000]))
+        .and_then(|()| tx.blocking_flush(None).map(|_| ()));
+    assert!(matches!(failed, Err(SendErrorKind::Closed)), "{failed:?}");
 }
