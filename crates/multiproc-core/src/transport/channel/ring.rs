@@ -345,6 +345,10 @@ pub(crate) struct RxRing {
     /// words instead of copying the record out again for every socket frame delivered before
     /// it (a batch fed behind a record sent alone delivers thousands).
     blocked: Option<(u64, u64)>,
+    /// A look at `head` was asked for and not made yet (see
+    /// [`front_looking`](Self::front_looking)): it is kept until made, even while the answer
+    /// comes from records already seen.
+    must_look: bool,
 }
 
 impl RxRing {
@@ -357,6 +361,7 @@ impl RxRing {
             front: None,
             seen_head: 0,
             blocked: None,
+            must_look: true,
         }
     }
 
@@ -378,6 +383,22 @@ impl RxRing {
     /// # Errors
     /// When the ring is corrupt.
     pub(crate) fn front(&mut self) -> Result<Option<Record>, RingError> {
+        self.front_looking(true)
+    }
+
+    /// [`front`](Self::front), reading the producer's `head` for new records only when `look`
+    /// (or when records seen before are still there). A receiver needs to look only when it has
+    /// nothing buffered and after each read of the socket: a record that must come before a
+    /// socket frame was published before that frame was written (the sender publishes before
+    /// every write), so a read that returned any of the frame's bytes is followed by a look
+    /// that finds the record; without new reads, the frames already buffered were all written
+    /// before any record not seen yet was published, and come first. So a batch of socket
+    /// frames does not read the producer's line per frame.
+    ///
+    /// # Errors
+    /// When the ring is corrupt.
+    pub(crate) fn front_looking(&mut self, look: bool) -> Result<Option<Record>, RingError> {
+        self.must_look |= look;
         if let Some(front) = self.front {
             return Ok(Some(front));
         }
@@ -388,10 +409,18 @@ impl RxRing {
             }
             self.blocked = None;
         }
-        if self.seen_head <= self.ring.taken() {
+        let taken = self.ring.taken();
+        if self.seen_head <= taken {
+            if !self.must_look {
+                return Ok(None);
+            }
             // Everything seen is taken (here, or by another copy of this end): look for more,
             // the only read of the producer's line.
+            self.must_look = false;
             self.seen_head = self.ring.published();
+            if self.seen_head == taken {
+                return Ok(None);
+            }
         }
         match self.ring.peek_upto(self.seen_head, &mut self.scratch)? {
             Some(record) if record.tag <= self.delivered() => {

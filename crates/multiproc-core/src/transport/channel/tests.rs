@@ -889,3 +889,67 @@ fn pushed_byte_strings_respect_the_limit_and_a_closed_peer() {
         .and_then(|()| tx.blocking_flush(None).map(|_| ()));
     assert!(matches!(failed, Err(SendErrorKind::Closed)), "{failed:?}");
 }
+
+/// Ring records and batched socket frames mixed at random keep the sender's order, while the
+/// receiver looks at the ring's head only with nothing buffered or after a read: lone frames
+/// go into the ring, batches through the socket (some of them large, some with descriptors).
+#[test]
+fn ring_records_and_socket_batches_keep_one_order() {
+    let (a, b) = pair().unwrap();
+    let (mut tx, _) = split_end(a).unwrap();
+    let (_, mut rx) = split_end(b).unwrap();
+    const COUNT: u32 = 20_000;
+    let sending = std::thread::spawn(move || {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = 0u32;
+        while next < COUNT {
+            // A batch of 1 (alone: the ring) to 300 frames, flushed at its end.
+            let most = if rng.below(3) == 0 { 1 } else { 300 };
+            let batch = 1 + rng.below(most) as u32;
+            for _ in 0..batch.min(COUNT - next) {
+                let large = rng.below(500) == 0;
+                let with_fd = rng.below(700) == 0;
+                tx.push(|buf| {
+                    buf.extend_from_slice(&next.to_le_bytes());
+                    if large {
+                        buf.resize(buf.len() + 9000, 0xab);
+                    }
+                    Ok(if with_fd {
+                        vec![std::fs::File::open("/dev/null").unwrap().into()]
+                    } else {
+                        Vec::new()
+                    })
+                })
+                .unwrap();
+                next += 1;
+            }
+            assert!(tx.blocking_flush(None).unwrap());
+            if rng.below(50) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        tx
+    });
+    let deadline = Some(Instant::now() + Duration::from_secs(60));
+    for want in 0..COUNT {
+        if want % 97 == 0 {
+            // Let batches pile up in the socket: one read then brings several, with ring
+            // records due between them.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = rx
+            .blocking_recv_with(deadline, |bytes, _| {
+                u32::from_le_bytes(bytes[..4].try_into().unwrap())
+            })
+            .unwrap();
+        match got {
+            TryRecv::Frame(n) => assert_eq!(n, want, "out of order"),
+            other => panic!("message {want}: {other:?}"),
+        }
+    }
+    drop(sending.join().unwrap());
+    assert!(matches!(
+        rx.blocking_recv_with(deadline, |_, _| ()),
+        Ok(TryRecv::Closed)
+    ));
+}

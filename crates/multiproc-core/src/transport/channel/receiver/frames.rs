@@ -173,7 +173,11 @@ impl RawReceiver {
         // The shared ring first: its front record is deliverable only once every owned socket
         // frame sent before it was delivered, and it comes before any socket frame still here.
         if let Some(ring) = &mut self.ring {
-            match ring.front() {
+            // New records need a look only with nothing buffered or after a read (a record due
+            // before a buffered frame was published before that frame's bytes were read):
+            // see `RxRing::front_looking`.
+            let look = std::mem::take(&mut self.read_since_look) || self.start == self.end;
+            match ring.front_looking(look) {
                 Ok(Some(record)) if record.len > self.limit => {
                     ring.consume();
                     return Err(RecvError::TooLarge {

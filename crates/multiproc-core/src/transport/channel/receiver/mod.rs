@@ -65,6 +65,9 @@ pub struct RawReceiver {
     /// Ring waits left that yield to a sender on this CPU rather than park (see
     /// `spin_then_park::TAKE_TURNS`).
     pub(super) turns: u8,
+    /// The socket was read since the ring's `head` was last looked at (see
+    /// `RxRing::front_looking`).
+    pub(super) read_since_look: bool,
 }
 
 /// Where a receiver is in a wait for data.
@@ -104,6 +107,7 @@ impl RawReceiver {
             waiting: Waiting::No,
             ring: None,
             turns: 0,
+            read_since_look: true,
         }
     }
 
@@ -210,6 +214,7 @@ impl RawReceiver {
             }
             _ => unreachable!("a read is only asked for to fill a frame"),
         };
+        self.read_since_look = true;
         if got.fds_truncated {
             return Err(io::Error::other(DescriptorsTruncated));
         }
