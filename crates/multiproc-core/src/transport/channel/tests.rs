@@ -553,6 +553,17 @@ fn small_messages_allocate_nothing_per_message() {
     assert_eq!(per_round, 0, "allocations per round of 500 messages");
 }
 
+/// Awaits a receive that must deliver a frame within 10 s.
+async fn received<T>(
+    receive: impl std::future::Future<Output = Result<Option<T>, RecvError>>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(10), receive)
+        .await
+        .expect("a frame within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
 /// What the typed-receive test sends, in this order.
 enum Sent {
     Big(Vec<u8>),
@@ -644,13 +655,7 @@ fn typed_receives_take_large_byte_strings_whole_and_in_order() {
                         let typed = std::future::poll_fn(|cx| {
                             rx.poll_recv_typed(cx, decode_payload::<ByteBuf>)
                         });
-                        tokio::time::timeout(Duration::from_secs(10), typed)
-                            .await
-                            .expect("a large frame within 10 s")
-                            .unwrap()
-                            .unwrap()
-                            .unwrap()
-                            .into_vec()
+                        received(typed).await.unwrap().into_vec()
                     }
                     _ => {
                         let mut typed = Box::pin(std::future::poll_fn(|cx| {
@@ -664,11 +669,7 @@ fn typed_receives_take_large_byte_strings_whole_and_in_order() {
                                 let raw = std::future::poll_fn(|cx| {
                                     rx.poll_recv_with(cx, |bytes, _| bytes.to_vec())
                                 });
-                                let frame = tokio::time::timeout(Duration::from_secs(10), raw)
-                                    .await
-                                    .unwrap()
-                                    .unwrap()
-                                    .unwrap();
+                                let frame = received(raw).await;
                                 message::decode::<ByteBuf>(&frame, Vec::new())
                                     .unwrap()
                                     .into_vec()
@@ -679,11 +680,7 @@ fn typed_receives_take_large_byte_strings_whole_and_in_order() {
                                         message::decode_bytes(p, fds).unwrap()
                                     })
                                 });
-                                let frame = tokio::time::timeout(Duration::from_secs(10), bytes)
-                                    .await
-                                    .unwrap()
-                                    .unwrap()
-                                    .unwrap();
+                                let frame = received(bytes).await;
                                 message::decode::<ByteBuf>(&frame, Vec::new())
                                     .unwrap()
                                     .into_vec()
@@ -742,21 +739,11 @@ fn a_cancelled_typed_receive_is_finished_by_any_receive() {
                     let typed = std::future::poll_fn(|cx| {
                         rx.poll_recv_typed(cx, decode_payload::<ByteBuf>)
                     });
-                    tokio::time::timeout(within, typed)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap()
-                        .unwrap()
-                        .into_vec()
+                    received(typed).await.unwrap().into_vec()
                 }
                 1 => {
                     let raw = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |b, _| b.to_vec()));
-                    let whole = tokio::time::timeout(within, raw)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap();
+                    let whole = received(raw).await;
                     assert!(whole == encoded, "the raw frame is the whole encoding");
                     big.clone()
                 }
@@ -764,11 +751,7 @@ fn a_cancelled_typed_receive_is_finished_by_any_receive() {
                     let bytes = std::future::poll_fn(|cx| {
                         rx.poll_recv_bytes(cx, |p, fds| message::decode_bytes(p, fds).unwrap())
                     });
-                    let whole = tokio::time::timeout(within, bytes)
-                        .await
-                        .unwrap()
-                        .unwrap()
-                        .unwrap();
+                    let whole = received(bytes).await;
                     assert!(whole == encoded, "the bytes are the whole encoding");
                     big.clone()
                 }
