@@ -153,6 +153,12 @@ impl Drop for OutUnwind {
     }
 }
 
+/// Whether an encode is in progress on this thread (a `Serialize` that sends a message of its
+/// own): a `SharedFd` would then join the outer message's descriptors.
+pub(crate) fn encoding() -> bool {
+    OUT.get().depth != 0
+}
+
 /// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
 /// serialized meanwhile, or the error met while duplicating one.
 ///

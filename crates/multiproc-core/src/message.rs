@@ -8,7 +8,11 @@ use serde::de::DeserializeOwned;
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
 
+mod byte_string;
 mod fixed;
+pub(crate) use byte_string::{
+    prefix as byte_string_prefix, prefix_len as byte_string_prefix_len, with_byte_string,
+};
 pub(crate) use fixed::Error as FixedError;
 
 /// Default largest message, in encoded bytes, that a pipe end or a queue sends or accepts:
@@ -22,14 +26,30 @@ pub enum Payload<'a> {
     Borrowed(&'a [u8]),
     /// Read into its own buffer (large frames received with `*_recv_bytes`).
     Owned(Vec<u8>),
+    /// A large frame that is exactly one postcard byte string (a varint length, then the
+    /// bytes), read into a buffer of its own without its length prefix, so that a typed
+    /// receive can make the bytes its value without copying them ([`decode_payload`]).
+    ByteString(Vec<u8>),
 }
 
-impl Payload<'_> {
-    /// The bytes.
+impl<'a> Payload<'a> {
+    /// The payload as one contiguous run of bytes: a [`ByteString`](Payload::ByteString) gets
+    /// its length prefix back (a copy; only a receive of another kind finishing a frame a
+    /// cancelled typed receive began sees one).
+    pub(crate) fn contiguous(self) -> Payload<'a> {
+        match self {
+            Payload::ByteString(bytes) => Payload::Owned(byte_string::with_prefix(&bytes)),
+            other => other,
+        }
+    }
+
+    /// The bytes of a contiguous payload (see [`contiguous`](Self::contiguous)); empty for a
+    /// [`ByteString`](Payload::ByteString).
     pub(crate) fn as_slice(&self) -> &[u8] {
         match self {
             Payload::Borrowed(b) => b,
             Payload::Owned(v) => v,
+            Payload::ByteString(_) => &[],
         }
     }
 
@@ -38,6 +58,7 @@ impl Payload<'_> {
         match self {
             Payload::Borrowed(b) => b.to_vec(),
             Payload::Owned(v) => v,
+            Payload::ByteString(bytes) => byte_string::with_prefix(&bytes),
         }
     }
 }
@@ -135,6 +156,23 @@ pub fn decode_bytes(payload: Payload<'_>, fds: Vec<OwnedFd>) -> Result<Vec<u8>, 
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], fds: Vec<OwnedFd>) -> Result<T, DecodeError> {
     let decoded = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
     whole_value(bytes.len(), decoded, DecodeError::serde)
+}
+
+/// Deserializes a `T` from a received [`Payload`], as [`decode`] does from bytes; a
+/// [`Payload::ByteString`] becomes the value without a copy when `T` is a byte string
+/// (`serde_bytes::ByteBuf`, a `String`, a `Vec<u8>`, through newtypes).
+///
+/// # Errors
+/// As [`decode`].
+pub fn decode_payload<T: DeserializeOwned>(
+    payload: Payload<'_>,
+    fds: Vec<OwnedFd>,
+) -> Result<T, DecodeError> {
+    match payload {
+        Payload::Borrowed(bytes) => decode(bytes, fds),
+        Payload::Owned(bytes) => decode(&bytes, fds),
+        Payload::ByteString(bytes) => byte_string::decode(bytes, fds),
+    }
 }
 
 /// What a decode inside the descriptor context gives: the value and the bytes after it, or

@@ -26,10 +26,10 @@ pub struct Receiver<T> {
 }
 
 fn decode<T: DeserializeOwned>(
-    bytes: &[u8],
+    payload: message::Payload<'_>,
     fds: Vec<std::os::fd::OwnedFd>,
 ) -> Result<T, RecvError> {
-    message::decode(bytes, fds).map_err(RecvError::Decode)
+    message::decode_payload(payload, fds).map_err(RecvError::Decode)
 }
 
 impl<T> Receiver<T> {
@@ -153,7 +153,7 @@ impl<T> Receiver<T> {
 impl<T: DeserializeOwned> Receiver<T> {
     /// Polls for the next message; see [`recv`](Self::recv).
     pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<T>, RecvError>> {
-        match self.raw.poll_recv_with(cx, decode::<T>) {
+        match self.raw.poll_recv_typed(cx, decode::<T>) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(Ok(msg)))) => Poll::Ready(Ok(Some(msg))),
             Poll::Ready(Ok(Some(Err(e)))) | Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
@@ -194,7 +194,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// [`TryRecvError::Empty`] when nothing is waiting, [`TryRecvError::Closed`] at
     /// end-of-stream, [`TryRecvError::Failed`] as for [`recv`](Self::recv).
     pub fn try_recv(&mut self) -> Result<T, TryRecvError> {
-        match self.raw.try_recv_with(decode::<T>)? {
+        match self.raw.try_recv_typed(decode::<T>)? {
             TryRecv::Frame(msg) => Ok(msg?),
             TryRecv::Empty => Err(TryRecvError::Empty),
             TryRecv::Closed => Err(TryRecvError::Closed),
@@ -233,7 +233,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     /// # Errors
     /// As [`recv`](Self::recv).
     pub fn blocking_recv(&mut self) -> Result<Option<T>, RecvError> {
-        match self.raw.blocking_recv_with(None, decode::<T>)? {
+        match self.raw.blocking_recv_typed(None, decode::<T>)? {
             TryRecv::Frame(msg) => msg.map(Some),
             TryRecv::Empty | TryRecv::Closed => Ok(None),
         }
@@ -250,7 +250,7 @@ impl<T: DeserializeOwned> Receiver<T> {
     ) -> Result<Option<T>, RecvTimeoutError> {
         match self
             .raw
-            .blocking_recv_with(deadline_after(timeout), decode::<T>)?
+            .blocking_recv_typed(deadline_after(timeout), decode::<T>)?
         {
             TryRecv::Frame(msg) => Ok(Some(msg?)),
             TryRecv::Empty => Err(RecvTimeoutError::Timeout),

@@ -5,7 +5,6 @@ use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use futures_sink::Sink;
-use multiproc_core::message;
 use multiproc_core::transport::channel::{self, ChannelEnd, RawSender};
 use multiproc_core::wait::deadline_after;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -113,7 +112,7 @@ impl<T> Sender<T> {
 
 impl<T: Serialize> Sender<T> {
     fn push(&mut self, msg: &T) -> Result<(), SendErrorKind> {
-        self.raw.push(|buf| message::encode_into(msg, buf))
+        self.raw.push_message(msg)
     }
 
     /// Sends `msg` and waits until it is handed to the kernel.

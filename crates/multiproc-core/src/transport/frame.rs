@@ -64,6 +64,7 @@ impl std::fmt::Display for HeaderError {
 }
 
 impl Header {
+    #[inline]
     pub(crate) fn encode(self) -> [u8; HEADER_LEN] {
         let mut out = [0; HEADER_LEN];
         let magic = match self.kind {
@@ -77,6 +78,7 @@ impl Header {
         out
     }
 
+    #[inline]
     pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
         let word =
             |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);

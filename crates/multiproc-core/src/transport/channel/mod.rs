@@ -5,7 +5,9 @@
 //! async face (tokio readiness) and a blocking face (`poll(2)`), over the same state, so an end
 //! can be used from either kind of code. For bulk bytes, [`RawSender::send_bytes`] writes a frame
 //! from the caller's slice and [`RawReceiver::poll_recv_bytes`] reads a large frame into a `Vec`
-//! of its own, so neither copies the payload in user space.
+//! of its own, so neither copies the payload in user space; for typed messages that are one
+//! large byte string, [`RawSender::push_message`] and [`RawReceiver::poll_recv_typed`] do the
+//! same with the value's own bytes.
 //!
 //! One job per file: [`RawSender`] (`sender/`: the outbox of batched frames, the zero-copy
 //! [`SendBytes`] future, the thread that finishes what a dropped sender still owes),
@@ -33,7 +35,9 @@
 //! record never overtakes a socket frame sent before it (the count), and a socket frame never
 //! overtakes a record published before it (the record is visible before the socket frame can
 //! be read, since it was published first and a `recvmsg` that returns the frame orders after
-//! its `sendmsg`; the receiver looks at the ring first each time). A sequence number on every
+//! its `sendmsg`, and the sender publishes before every write; the receiver reads the ring's
+//! head after each read of the socket and whenever nothing is buffered, so frames already
+//! buffered, all written before any record it has not seen, go first). A sequence number on every
 //! frame would do the same, but would change the socket's frame header and cost a word per
 //! frame; the count only touches frames that go through the socket.
 //!

@@ -340,6 +340,15 @@ pub(crate) struct RxRing {
     /// The producer's head as last read: records up to it are there without reading the
     /// `head` line again.
     seen_head: u64,
+    /// A record that was found waiting for owned socket frames: the consumer's position it
+    /// sits at and its stamp. While both hold, [`front`](Self::front) answers from these two
+    /// words instead of copying the record out again for every socket frame delivered before
+    /// it (a batch fed behind a record sent alone delivers thousands).
+    blocked: Option<(u64, u64)>,
+    /// A look at `head` was asked for and not made yet (see
+    /// [`front_looking`](Self::front_looking)): it is kept until made, even while the answer
+    /// comes from records already seen.
+    must_look: bool,
 }
 
 impl RxRing {
@@ -351,6 +360,8 @@ impl RxRing {
             scratch: Vec::new(),
             front: None,
             seen_head: 0,
+            blocked: None,
+            must_look: true,
         }
     }
 
@@ -372,20 +383,56 @@ impl RxRing {
     /// # Errors
     /// When the ring is corrupt.
     pub(crate) fn front(&mut self) -> Result<Option<Record>, RingError> {
+        self.front_looking(true)
+    }
+
+    /// [`front`](Self::front), reading the producer's `head` for new records only when `look`
+    /// (or when records seen before are still there). A receiver needs to look only when it has
+    /// nothing buffered and after each read of the socket: a record that must come before a
+    /// socket frame was published before that frame was written (the sender publishes before
+    /// every write), so a read that returned any of the frame's bytes is followed by a look
+    /// that finds the record; without new reads, the frames already buffered were all written
+    /// before any record not seen yet was published, and come first. So a batch of socket
+    /// frames does not read the producer's line per frame.
+    ///
+    /// # Errors
+    /// When the ring is corrupt.
+    pub(crate) fn front_looking(&mut self, look: bool) -> Result<Option<Record>, RingError> {
+        self.must_look |= look;
         if let Some(front) = self.front {
             return Ok(Some(front));
         }
-        if self.seen_head <= self.ring.taken() {
+        if let Some((at, stamp)) = self.blocked {
+            // The same record (nobody took it: the position is unchanged) still waits.
+            if self.ring.taken() == at && stamp > self.delivered() {
+                return Ok(None);
+            }
+            self.blocked = None;
+        }
+        let taken = self.ring.taken();
+        if self.seen_head <= taken {
+            if !self.must_look {
+                return Ok(None);
+            }
             // Everything seen is taken (here, or by another copy of this end): look for more,
             // the only read of the producer's line.
+            self.must_look = false;
             self.seen_head = self.ring.published();
+            if self.seen_head == taken {
+                return Ok(None);
+            }
         }
         match self.ring.peek_upto(self.seen_head, &mut self.scratch)? {
             Some(record) if record.tag <= self.delivered() => {
                 self.front = Some(record);
                 Ok(Some(record))
             }
-            _ => Ok(None),
+            Some(record) => {
+                // Its position after `peek_upto`, which passes over a wrap marker.
+                self.blocked = Some((self.ring.taken(), record.tag));
+                Ok(None)
+            }
+            None => Ok(None),
         }
     }
 
@@ -564,6 +611,42 @@ mod tests {
         rx.owned_delivered();
         assert!(rx.front().unwrap().is_some());
         assert_eq!(&rx.scratch[..], b"after the socket frame");
+    }
+
+    #[test]
+    fn a_record_behind_many_socket_frames_is_looked_at_once_and_delivered_in_turn() {
+        let (a, b) = RingShare::pair().unwrap();
+        let mut tx = TxRing::new(a, new_token());
+        let mut rx = RxRing::new(b);
+        for _ in 0..50 {
+            assert!(tx.tag_socket_frame());
+        }
+        assert!(tx.try_write(b"after fifty"));
+        tx.publish();
+        assert_eq!(rx.front().unwrap(), None, "waits for fifty socket frames");
+        // Not copied out again while it waits: the scratch keeps what we put there.
+        rx.scratch.clear();
+        rx.scratch.extend_from_slice(b"untouched");
+        for i in 0..50 {
+            assert_eq!(
+                rx.front().unwrap(),
+                None,
+                "socket frame {i} not delivered yet"
+            );
+            assert_eq!(&rx.scratch[..], b"untouched");
+            rx.owned_delivered();
+        }
+        assert_eq!(rx.front().unwrap().map(|r| r.len), Some(11));
+        assert_eq!(&rx.scratch[..], b"after fifty");
+        rx.consume();
+        // The next record waits behind one more socket frame: a new position, a new look.
+        assert!(tx.tag_socket_frame());
+        assert!(tx.try_write(b"next"));
+        tx.publish();
+        assert_eq!(rx.front().unwrap(), None);
+        rx.owned_delivered();
+        assert_eq!(rx.front().unwrap().map(|r| r.len), Some(4));
+        assert_eq!(&rx.scratch[..], b"next");
     }
 
     #[test]

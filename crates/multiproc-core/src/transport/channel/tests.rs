@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use super::receiver::{DIRECT_MIN, Waiting};
 use super::*;
-use crate::error::RecvError;
+use crate::error::{RecvError, SendErrorKind};
 use crate::transport::frame::{HEADER_LEN, Header};
 use crate::wait::spin::{CpuContention, SpinOutcome};
 
@@ -33,6 +33,20 @@ fn valid_frame(payload: &[u8]) -> Vec<u8> {
     .to_vec();
     out.extend_from_slice(payload);
     out
+}
+
+/// A large payload for the fuzzing below: every other one is exactly one postcard byte
+/// string (what a typed receive reads into a buffer of its own).
+fn large_payload(rng: &mut XorShift, len: usize) -> Vec<u8> {
+    let fill = rng.next() as u8;
+    if rng.below(2) == 0 {
+        return vec![fill; len];
+    }
+    // Lengths from 16 KiB to 2 MiB take a three-byte prefix.
+    let string = serde_bytes::ByteBuf::from(vec![fill; len - 3]);
+    let (bytes, _) = crate::message::encode(&string).unwrap();
+    assert_eq!(bytes.len(), len);
+    bytes
 }
 
 /// Feeds streams of random bytes, valid frames (some large enough to be read into a buffer
@@ -76,14 +90,15 @@ fn receiver_survives_arbitrary_byte_streams() {
                     stream.extend([0, 0]);
                 }
                 4 => {
-                    // Above `DIRECT_MIN`: the bytes methods read it into its own buffer.
+                    // Above `DIRECT_MIN`: the bytes methods read it into its own buffer, and
+                    // so do the typed ones when it is one byte string (every other one is).
                     let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
-                    stream.extend(valid_frame(&vec![rng.next() as u8; len]));
+                    stream.extend(valid_frame(&large_payload(&mut rng, len)));
                 }
                 5 => {
                     // The same, cut short.
                     let len = DIRECT_MIN + 1 + rng.below(100_000) as usize;
-                    let mut f = valid_frame(&vec![rng.next() as u8; len]);
+                    let mut f = valid_frame(&large_payload(&mut rng, len));
                     f.truncate(HEADER_LEN + rng.below(len as u64) as usize);
                     stream.extend(f);
                 }
@@ -107,12 +122,17 @@ fn receiver_survives_arbitrary_byte_streams() {
         let mut outcomes = 0;
         loop {
             let deadline = Some(Instant::now() + Duration::from_secs(5));
-            let got = if rng.below(2) == 0 {
-                rx.blocking_recv_with(deadline, |bytes, fds| (bytes.len(), fds.len()))
-            } else {
-                rx.blocking_recv_bytes(deadline, |payload, fds| {
-                    (payload.as_slice().len(), fds.len())
-                })
+            let got = match rng.below(3) {
+                0 => rx.blocking_recv_with(deadline, |bytes, fds| (bytes.len(), fds.len())),
+                1 => rx.blocking_recv_bytes(deadline, |payload, fds| {
+                    (payload.into_vec().len(), fds.len())
+                }),
+                _ => rx.blocking_recv_typed(deadline, |payload, fds| {
+                    let n = fds.len();
+                    let decoded =
+                        crate::message::decode_payload::<serde_bytes::ByteBuf>(payload, fds);
+                    (decoded.map_or(0, |b| b.len()), n)
+                }),
             };
             match got {
                 Ok(TryRecv::Frame(_)) | Err(_) => outcomes += 1,
@@ -531,4 +551,388 @@ fn small_messages_allocate_nothing_per_message() {
     }
     let per_round = (counting::allocations() - before) / 20;
     assert_eq!(per_round, 0, "allocations per round of 500 messages");
+}
+
+/// Awaits a receive that must deliver a frame within 10 s.
+async fn received<T>(
+    receive: impl std::future::Future<Output = Result<Option<T>, RecvError>>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(10), receive)
+        .await
+        .expect("a frame within 10 s")
+        .unwrap()
+        .unwrap()
+}
+
+/// What the typed-receive test sends, in this order.
+enum Sent {
+    Big(Vec<u8>),
+    Small(u32),
+    WithFd(u32),
+}
+
+/// Large byte strings taken by the typed receives arrive in a buffer of their own, whole and in
+/// order with small frames and frames carrying descriptors (over a bare socket and over a pair
+/// with a ring); one whose typed receive is cancelled part-way is finished by the next receive
+/// of any kind, its length prefix included.
+#[test]
+fn typed_receives_take_large_byte_strings_whole_and_in_order() {
+    use serde_bytes::ByteBuf;
+
+    use crate::message::{self, decode_payload};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for with_ring in [false, true] {
+        let (mut tx, mut rx) = if with_ring {
+            let (a, b) = pair().unwrap();
+            (split_end(a).unwrap().0, split_end(b).unwrap().1)
+        } else {
+            let (a, b) = socket_pair().unwrap();
+            (split(a).unwrap().0, split(b).unwrap().1)
+        };
+        let plan: Vec<Sent> = (0..24u32)
+            .map(|i| match i % 4 {
+                0 | 2 => Sent::Big(
+                    (0..(DIRECT_MIN + 1 + i as usize * 40_000))
+                        .map(|j| (j as u32 ^ i) as u8)
+                        .collect(),
+                ),
+                1 => Sent::Small(i),
+                _ => Sent::WithFd(i),
+            })
+            .collect();
+        let to_send: Vec<_> = plan
+            .iter()
+            .map(|s| match s {
+                Sent::Big(b) => message::encode(&ByteBuf::from(b.clone())).unwrap().0,
+                Sent::Small(i) | Sent::WithFd(i) => message::encode(i).unwrap().0,
+            })
+            .collect();
+        let with_fd: Vec<bool> = plan.iter().map(|s| matches!(s, Sent::WithFd(_))).collect();
+        let sending = std::thread::spawn(move || {
+            for (bytes, fd) in to_send.iter().zip(with_fd) {
+                tx.push(|buf| {
+                    buf.extend_from_slice(bytes);
+                    Ok(if fd {
+                        vec![std::fs::File::open("/dev/null").unwrap().into()]
+                    } else {
+                        Vec::new()
+                    })
+                })
+                .unwrap();
+                assert!(tx.blocking_flush(None).unwrap());
+                // Paced, so that receives find large frames half-arrived.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            tx
+        });
+        rt.block_on(async {
+            for (i, sent) in plan.iter().enumerate() {
+                let Sent::Big(big) = sent else {
+                    let got = std::future::poll_fn(|cx| {
+                        rx.poll_recv_typed(cx, |p, fds| {
+                            (decode_payload::<u32>(p, Vec::new()), fds.len())
+                        })
+                    })
+                    .await
+                    .unwrap()
+                    .unwrap();
+                    let (n, fds) = (got.0.unwrap(), got.1);
+                    match sent {
+                        Sent::Small(want) => assert_eq!((n, fds), (*want, 0), "message {i}"),
+                        Sent::WithFd(want) => assert_eq!((n, fds), (*want, 1), "message {i}"),
+                        Sent::Big(_) => unreachable!(),
+                    }
+                    continue;
+                };
+                // Every other large one: a typed receive cancelled as soon as it waits, then
+                // finished by a receive of another kind.
+                let got = match i % 8 {
+                    0 => {
+                        let typed = std::future::poll_fn(|cx| {
+                            rx.poll_recv_typed(cx, decode_payload::<ByteBuf>)
+                        });
+                        received(typed).await.unwrap().into_vec()
+                    }
+                    _ => {
+                        let mut typed = Box::pin(std::future::poll_fn(|cx| {
+                            rx.poll_recv_typed(cx, decode_payload::<ByteBuf>)
+                        }));
+                        let early = futures::poll!(typed.as_mut());
+                        drop(typed);
+                        match early {
+                            Poll::Ready(r) => r.unwrap().unwrap().unwrap().into_vec(),
+                            Poll::Pending if i % 8 == 2 => {
+                                let raw = std::future::poll_fn(|cx| {
+                                    rx.poll_recv_with(cx, |bytes, _| bytes.to_vec())
+                                });
+                                let frame = received(raw).await;
+                                message::decode::<ByteBuf>(&frame, Vec::new())
+                                    .unwrap()
+                                    .into_vec()
+                            }
+                            Poll::Pending => {
+                                let bytes = std::future::poll_fn(|cx| {
+                                    rx.poll_recv_bytes(cx, |p, fds| {
+                                        message::decode_bytes(p, fds).unwrap()
+                                    })
+                                });
+                                let frame = received(bytes).await;
+                                message::decode::<ByteBuf>(&frame, Vec::new())
+                                    .unwrap()
+                                    .into_vec()
+                            }
+                        }
+                    }
+                };
+                assert!(got == *big, "large message {i} differs");
+            }
+        });
+        let tx = sending.join().unwrap();
+        drop(tx);
+        let end = rx.blocking_recv_typed(Some(Instant::now() + Duration::from_secs(10)), |_, _| ());
+        assert!(matches!(end, Ok(TryRecv::Closed)), "{end:?}");
+    }
+}
+
+/// A typed receive cancelled with half of a large byte string read keeps it in a buffer of its
+/// own, without its length prefix; the next receive finishes it whatever its kind: typed (the
+/// bytes become the value), raw (`poll_recv_with` sees the whole frame, prefix and all) or
+/// bytes.
+#[test]
+fn a_cancelled_typed_receive_is_finished_by_any_receive() {
+    use serde_bytes::ByteBuf;
+
+    use crate::message::{self, decode_payload};
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for finish in 0..3 {
+            let (a, b) = socket_pair().unwrap();
+            let mut writer = std::os::unix::net::UnixStream::from(a.try_clone_owned().unwrap());
+            drop(a);
+            let (_, mut rx) = split(b).unwrap();
+            let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+            let (encoded, _) = message::encode(&ByteBuf::from(big.clone())).unwrap();
+            let frame = valid_frame(&encoded);
+            let (first, rest) = frame.split_at(HEADER_LEN + 50_000);
+            writer.write_all(first).unwrap();
+
+            // Reads what arrived, then waits for the rest, which does not come yet: cancel.
+            let typed =
+                std::future::poll_fn(|cx| rx.poll_recv_typed(cx, decode_payload::<ByteBuf>));
+            let waited = tokio::time::timeout(Duration::from_millis(200), typed).await;
+            assert!(waited.is_err(), "received a frame that was not all sent");
+            let direct = rx.direct.as_ref().expect("read into a buffer of its own");
+            assert_eq!((direct.prefix, direct.len), (3, big.len()));
+
+            writer.write_all(rest).unwrap();
+            let within = Duration::from_secs(10);
+            let got = match finish {
+                0 => {
+                    let typed = std::future::poll_fn(|cx| {
+                        rx.poll_recv_typed(cx, decode_payload::<ByteBuf>)
+                    });
+                    received(typed).await.unwrap().into_vec()
+                }
+                1 => {
+                    let raw = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |b, _| b.to_vec()));
+                    let whole = received(raw).await;
+                    assert!(whole == encoded, "the raw frame is the whole encoding");
+                    big.clone()
+                }
+                _ => {
+                    let bytes = std::future::poll_fn(|cx| {
+                        rx.poll_recv_bytes(cx, |p, fds| message::decode_bytes(p, fds).unwrap())
+                    });
+                    let whole = received(bytes).await;
+                    assert!(whole == encoded, "the bytes are the whole encoding");
+                    big.clone()
+                }
+            };
+            assert!(got == big, "finished by receive kind {finish}: differs");
+            drop(writer);
+            let end = std::future::poll_fn(|cx| rx.poll_recv_typed(cx, |_, _| ()));
+            assert!(matches!(
+                tokio::time::timeout(within, end).await.unwrap(),
+                Ok(None)
+            ));
+        }
+    });
+}
+
+/// `push_message` puts the same bytes on the wire as `push` of the encoding, whether the value
+/// is written from its own bytes (a large byte string with nothing buffered: part of it at
+/// once, the rest with the flush) or encoded into the buffer; with a ring, records pushed
+/// before it (not flushed, so not published yet) still come first.
+#[test]
+fn pushed_messages_are_their_encoding_on_the_wire_and_in_order() {
+    use serde_bytes::ByteBuf;
+
+    use crate::message;
+
+    for with_ring in [false, true] {
+        let (mut tx, mut rx) = if with_ring {
+            let (a, b) = pair().unwrap();
+            (split_end(a).unwrap().0, split_end(b).unwrap().1)
+        } else {
+            let (a, b) = socket_pair().unwrap();
+            (split(a).unwrap().0, split(b).unwrap().1)
+        };
+        let big = |n: usize, seed: u8| -> ByteBuf {
+            ByteBuf::from((0..n).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>())
+        };
+        let expected: Vec<Vec<u8>> = vec![
+            message::encode(&7u32).unwrap().0,
+            message::encode(&big(3 << 20, 1)).unwrap().0,
+            message::encode(&"x".repeat(100_000)).unwrap().0,
+            message::encode(&big(sender::WRITE_THROUGH_MIN - 1, 2))
+                .unwrap()
+                .0,
+            message::encode(&big(sender::WRITE_THROUGH_MIN, 3))
+                .unwrap()
+                .0,
+            message::encode(&vec![5u8; 200_000]).unwrap().0,
+        ];
+        let receiving = std::thread::spawn(move || {
+            let mut got = Vec::new();
+            let deadline = Some(Instant::now() + Duration::from_secs(20));
+            while let TryRecv::Frame(frame) = rx
+                .blocking_recv_with(deadline, |bytes, _| bytes.to_vec())
+                .unwrap()
+            {
+                got.push(frame);
+            }
+            got
+        });
+        // A small one first: into the ring (with one), unpublished until something goes out.
+        tx.push_message(&7u32).unwrap();
+        // 3 MiB: more than the socket holds, so part of it is left for the flush.
+        tx.push_message(&big(3 << 20, 1)).unwrap();
+        assert!(tx.buffered() > 0, "a 3 MiB frame went out whole");
+        assert!(tx.blocking_flush(None).unwrap());
+        tx.push_message("x".repeat(100_000).as_str()).unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+        tx.push_message(&big(sender::WRITE_THROUGH_MIN - 1, 2))
+            .unwrap();
+        tx.push_message(&big(sender::WRITE_THROUGH_MIN, 3)).unwrap();
+        tx.push_message(&vec![5u8; 200_000]).unwrap();
+        assert!(tx.blocking_flush(None).unwrap());
+        drop(tx);
+        let got = receiving.join().unwrap();
+        assert_eq!(got.len(), expected.len(), "ring: {with_ring}");
+        for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
+            assert!(g == e, "message {i} differs (ring: {with_ring})");
+        }
+    }
+}
+
+/// A large byte string over the limit is refused before anything is written; one pushed to a
+/// closed peer fails, at the latest with the flush; one behind buffered frames is buffered.
+#[test]
+fn pushed_byte_strings_respect_the_limit_and_a_closed_peer() {
+    use serde_bytes::ByteBuf;
+
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, rx) = split(b).unwrap();
+    tx.set_max_message_size(100_000);
+    let err = tx
+        .push_message(&ByteBuf::from(vec![0u8; 100_000]))
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            SendErrorKind::TooLarge {
+                len: 100_003,
+                limit: 100_000
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(tx.buffered(), 0);
+    tx.push_message(&1u8).unwrap();
+    tx.push_message(&ByteBuf::from(vec![0u8; 70_000])).unwrap();
+    assert_eq!(
+        tx.buffered(),
+        HEADER_LEN + 1 + HEADER_LEN + 3 + 70_000,
+        "buffered behind"
+    );
+    assert!(tx.blocking_flush(None).unwrap(), "the socket holds both");
+    // Now written through, into a socket whose peer is gone.
+    drop(rx);
+    let failed = tx
+        .push_message(&ByteBuf::from(vec![0u8; 70_000]))
+        .and_then(|()| tx.blocking_flush(None).map(|_| ()));
+    assert!(matches!(failed, Err(SendErrorKind::Closed)), "{failed:?}");
+}
+
+/// Ring records and batched socket frames mixed at random keep the sender's order, while the
+/// receiver looks at the ring's head only with nothing buffered or after a read: lone frames
+/// go into the ring, batches through the socket (some of them large, some with descriptors).
+#[test]
+fn ring_records_and_socket_batches_keep_one_order() {
+    let (a, b) = pair().unwrap();
+    let (mut tx, _) = split_end(a).unwrap();
+    let (_, mut rx) = split_end(b).unwrap();
+    const COUNT: u32 = 20_000;
+    let sending = std::thread::spawn(move || {
+        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+        let mut next = 0u32;
+        while next < COUNT {
+            // A batch of 1 (alone: the ring) to 300 frames, flushed at its end.
+            let most = if rng.below(3) == 0 { 1 } else { 300 };
+            let batch = 1 + rng.below(most) as u32;
+            for _ in 0..batch.min(COUNT - next) {
+                let large = rng.below(500) == 0;
+                let with_fd = rng.below(700) == 0;
+                tx.push(|buf| {
+                    buf.extend_from_slice(&next.to_le_bytes());
+                    if large {
+                        buf.resize(buf.len() + 9000, 0xab);
+                    }
+                    Ok(if with_fd {
+                        vec![std::fs::File::open("/dev/null").unwrap().into()]
+                    } else {
+                        Vec::new()
+                    })
+                })
+                .unwrap();
+                next += 1;
+            }
+            assert!(tx.blocking_flush(None).unwrap());
+            if rng.below(50) == 0 {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        tx
+    });
+    let deadline = Some(Instant::now() + Duration::from_secs(60));
+    for want in 0..COUNT {
+        if want % 97 == 0 {
+            // Let batches pile up in the socket: one read then brings several, with ring
+            // records due between them.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let got = rx
+            .blocking_recv_with(deadline, |bytes, _| {
+                u32::from_le_bytes(bytes[..4].try_into().unwrap())
+            })
+            .unwrap();
+        match got {
+            TryRecv::Frame(n) => assert_eq!(n, want, "out of order"),
+            other => panic!("message {want}: {other:?}"),
+        }
+    }
+    drop(sending.join().unwrap());
+    assert!(matches!(
+        rx.blocking_recv_with(deadline, |_, _| ()),
+        Ok(TryRecv::Closed)
+    ));
 }

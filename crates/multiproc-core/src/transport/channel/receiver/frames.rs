@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use crate::error::RecvError;
-use crate::message::Payload;
+use crate::message::{Payload, byte_string_prefix_len};
 use crate::sys::MAX_FDS_PER_SENDMSG;
 use crate::transport::channel::KEEP_CAPACITY;
 use crate::transport::frame::{HEADER_LEN, Header, Kind};
@@ -32,10 +32,25 @@ pub(in crate::transport::channel) struct DirectFrame {
     /// The bytes received so far; the capacity is exactly the frame's payload length, so a
     /// read into the spare capacity never reads past the frame (and needs no zero-filling).
     pub(super) payload: Vec<u8>,
-    pub(super) len: usize,
+    pub(in crate::transport::channel) len: usize,
     pub(super) fds: usize,
     /// Sent by the owner of the shared ring (counted when delivered).
     pub(super) owned: bool,
+    /// Bytes at the front of the frame's payload that were left out: the length prefix of a
+    /// frame that is one byte string ([`Direct::ByteString`]), else zero.
+    pub(in crate::transport::channel) prefix: usize,
+}
+
+/// Which incomplete large frames a receive reads into a buffer of their own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Direct {
+    /// None: every frame is assembled in the receive buffer.
+    Never,
+    /// Every large one (bytes receives).
+    Large,
+    /// Large ones that are exactly one byte string, without their length prefix (typed
+    /// receives).
+    ByteString,
 }
 
 /// A whole frame, ready to hand out.
@@ -152,13 +167,17 @@ impl RawReceiver {
         }
     }
 
-    /// What to do next: hand out a whole frame, or which read makes progress. With
-    /// `direct_large`, a large frame that has not all arrived moves to a buffer of its own.
-    pub(super) fn next(&mut self, direct_large: bool) -> Result<Next, RecvError> {
+    /// What to do next: hand out a whole frame, or which read makes progress. A large frame
+    /// that has not all arrived may move to a buffer of its own, as `direct` says.
+    pub(super) fn next(&mut self, direct: Direct) -> Result<Next, RecvError> {
         // The shared ring first: its front record is deliverable only once every owned socket
         // frame sent before it was delivered, and it comes before any socket frame still here.
         if let Some(ring) = &mut self.ring {
-            match ring.front() {
+            // New records need a look only with nothing buffered or after a read (a record due
+            // before a buffered frame was published before that frame's bytes were read):
+            // see `RxRing::front_looking`.
+            let look = std::mem::take(&mut self.read_since_look) || self.start == self.end;
+            match ring.front_looking(look) {
                 Ok(Some(record)) if record.len > self.limit => {
                     ring.consume();
                     return Err(RecvError::TooLarge {
@@ -204,24 +223,35 @@ impl RawReceiver {
             // Descriptors come with the frame's first bytes (read by now) unless there are more
             // than one `sendmsg` carries; the rest of the frame can then be read with `recv`.
             Parsed::Incomplete { len, fds, owned }
-                if direct_large
+                if direct != Direct::Never
                     && len > DIRECT_MIN
                     && fds <= MAX_FDS_PER_SENDMSG
                     && self.fds.len() >= fds =>
             {
-                let mut payload = Vec::with_capacity(len);
-                if payload.capacity() != len {
+                let arrived = &self.buf[self.start + HEADER_LEN..self.end];
+                let prefix = match direct {
+                    Direct::ByteString if fds == 0 => byte_string_prefix_len(arrived, len),
+                    Direct::ByteString => None,
+                    _ => Some(0),
+                };
+                let Some(prefix) = prefix.filter(|&p| p <= arrived.len()) else {
+                    return Ok(Next::Fill(HEADER_LEN + len));
+                };
+                let body = len - prefix;
+                let mut payload = Vec::with_capacity(body);
+                if payload.capacity() != body {
                     // `Vec` promises an exact capacity; without it, read the usual way.
                     return Ok(Next::Fill(HEADER_LEN + len));
                 }
                 // Nothing after this frame is buffered (it is incomplete): move what arrived
                 // of it to its own buffer, and read the rest straight there.
-                payload.extend_from_slice(&self.buf[self.start + HEADER_LEN..self.end]);
+                payload.extend_from_slice(&arrived[prefix..]);
                 self.direct = Some(DirectFrame {
                     payload,
-                    len,
+                    len: body,
                     fds,
                     owned,
+                    prefix,
                 });
                 self.start = 0;
                 self.end = 0;
@@ -282,7 +312,11 @@ impl RawReceiver {
                 }
                 self.arrived();
                 let fds = self.take_fds(direct.fds);
-                f(Payload::Owned(direct.payload), fds)
+                if direct.prefix > 0 {
+                    f(Payload::ByteString(direct.payload), fds)
+                } else {
+                    f(Payload::Owned(direct.payload), fds)
+                }
             }
         }
     }

@@ -25,7 +25,7 @@ mod spin_then_park;
 
 #[cfg(test)]
 pub(super) use frames::DIRECT_MIN;
-use frames::{DirectFrame, Next};
+use frames::{Direct, DirectFrame, Next};
 
 const READ_CHUNK: usize = 64 << 10;
 
@@ -65,6 +65,9 @@ pub struct RawReceiver {
     /// Ring waits left that yield to a sender on this CPU rather than park (see
     /// `spin_then_park::TAKE_TURNS`).
     pub(super) turns: u8,
+    /// The socket was read since the ring's `head` was last looked at (see
+    /// `RxRing::front_looking`).
+    pub(super) read_since_look: bool,
 }
 
 /// Where a receiver is in a wait for data.
@@ -104,6 +107,7 @@ impl RawReceiver {
             waiting: Waiting::No,
             ring: None,
             turns: 0,
+            read_since_look: true,
         }
     }
 
@@ -210,6 +214,7 @@ impl RawReceiver {
             }
             _ => unreachable!("a read is only asked for to fill a frame"),
         };
+        self.read_since_look = true;
         if got.fds_truncated {
             return Err(io::Error::other(DescriptorsTruncated));
         }
@@ -243,7 +248,8 @@ impl RawReceiver {
     /// What to report once the peer has closed: end-of-stream, or a truncated frame.
     fn at_eof(&mut self, next: &Next) -> Result<Option<()>, RecvError> {
         if let Some(direct) = &self.direct {
-            let (received, expected) = (HEADER_LEN + direct.payload.len(), HEADER_LEN + direct.len);
+            let before = HEADER_LEN + direct.prefix;
+            let (received, expected) = (before + direct.payload.len(), before + direct.len);
             return Err(self.fatal(RecvError::Truncated { received, expected }));
         }
         let received = self.end - self.start;
@@ -263,14 +269,14 @@ impl RawReceiver {
     fn poll_recv_inner<R>(
         &mut self,
         cx: &mut Context<'_>,
-        direct_large: bool,
+        direct: Direct,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
         loop {
             if self.dead {
                 return Poll::Ready(Ok(None));
             }
-            let next = match self.next(direct_large)? {
+            let next = match self.next(direct)? {
                 Next::Whole(whole) => return Poll::Ready(Ok(Some(self.deliver(whole, f)))),
                 next => next,
             };
@@ -324,14 +330,14 @@ impl RawReceiver {
 
     fn try_recv_inner<R>(
         &mut self,
-        direct_large: bool,
+        direct: Direct,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
         loop {
             if self.dead {
                 return Ok(TryRecv::Closed);
             }
-            let next = match self.next(direct_large)? {
+            let next = match self.next(direct)? {
                 Next::Whole(whole) => return Ok(TryRecv::Frame(self.deliver(whole, f))),
                 next => next,
             };
@@ -351,7 +357,7 @@ impl RawReceiver {
     fn blocking_recv_inner<R>(
         &mut self,
         deadline: Option<Instant>,
-        direct_large: bool,
+        direct: Direct,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
         let mut f = Some(f);
@@ -361,7 +367,7 @@ impl RawReceiver {
                 let once = |payload: Payload<'_>, fds| {
                     (f.take().expect("frame handler used twice"))(payload, fds)
                 };
-                match rx.try_recv_inner(direct_large, once)? {
+                match rx.try_recv_inner(direct, once)? {
                     TryRecv::Empty => Ok(false),
                     done => {
                         out = Some(done);
@@ -429,7 +435,9 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        self.poll_recv_inner(cx, false, |payload, fds| f(payload.as_slice(), fds))
+        self.poll_recv_inner(cx, Direct::Never, |payload, fds| {
+            f(payload.contiguous().as_slice(), fds)
+        })
     }
 
     /// Receives one frame without waiting; [`TryRecv`] tells a frame, nothing yet, or
@@ -441,7 +449,9 @@ impl RawReceiver {
         &mut self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.try_recv_inner(false, |payload, fds| f(payload.as_slice(), fds))
+        self.try_recv_inner(Direct::Never, |payload, fds| {
+            f(payload.contiguous().as_slice(), fds)
+        })
     }
 
     /// Hands `f` a frame only if one is already whole in the receive buffer; never reads the
@@ -459,8 +469,12 @@ impl RawReceiver {
         if self.dead {
             return Ok(None);
         }
-        match self.next(false)? {
-            Next::Whole(whole) => Ok(Some(self.deliver(whole, |p, fds| f(p.as_slice(), fds)))),
+        match self.next(Direct::Never)? {
+            Next::Whole(whole) => {
+                Ok(Some(self.deliver(whole, |p, fds| {
+                    f(p.contiguous().as_slice(), fds)
+                })))
+            }
             Next::Fill(_) | Next::FillDirect => Ok(None),
         }
     }
@@ -489,7 +503,9 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.blocking_recv_inner(deadline, false, |payload, fds| f(payload.as_slice(), fds))
+        self.blocking_recv_inner(deadline, Direct::Never, |payload, fds| {
+            f(payload.contiguous().as_slice(), fds)
+        })
     }
 
     /// Receives one frame and hands `f` its payload, which for a large frame is read straight
@@ -507,7 +523,7 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        self.poll_recv_inner(cx, true, f)
+        self.poll_recv_inner(cx, Direct::Large, f)
     }
 
     /// [`poll_recv_bytes`](Self::poll_recv_bytes), blocking the thread, as
@@ -520,7 +536,48 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.blocking_recv_inner(deadline, true, f)
+        self.blocking_recv_inner(deadline, Direct::Large, f)
+    }
+
+    /// Receives one frame for a typed decode ([`decode_payload`](crate::message::decode_payload)):
+    /// a large frame that is exactly one byte string is read straight into a `Vec` of its own
+    /// without its length prefix ([`Payload::ByteString`]), which the decode makes the value
+    /// (a `ByteBuf`, `String`, `Vec<u8>`) without copying it. Other frames arrive as in
+    /// [`poll_recv_bytes`](Self::poll_recv_bytes).
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`poll_recv_bytes`](Self::poll_recv_bytes).
+    pub fn poll_recv_typed<R>(
+        &mut self,
+        cx: &mut Context<'_>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Poll<Result<Option<R>, RecvError>> {
+        self.poll_recv_inner(cx, Direct::ByteString, f)
+    }
+
+    /// [`poll_recv_typed`](Self::poll_recv_typed) without waiting, as
+    /// [`try_recv_with`](Self::try_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn try_recv_typed<R>(
+        &mut self,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        self.try_recv_inner(Direct::ByteString, f)
+    }
+
+    /// [`poll_recv_typed`](Self::poll_recv_typed), blocking the thread, as
+    /// [`blocking_recv_with`](Self::blocking_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn blocking_recv_typed<R>(
+        &mut self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> Result<TryRecv<R>, RecvError> {
+        self.blocking_recv_inner(deadline, Direct::ByteString, f)
     }
 }
 

@@ -7,7 +7,7 @@ use std::task::{Context, Poll};
 use crate::error::RecvError;
 
 use super::RawReceiver;
-use super::frames::{Next, Whole};
+use super::frames::{Direct, Next, Whole};
 
 impl RawReceiver {
     /// Ready once a receive would not wait: a whole frame is buffered, the peer closed, or the
@@ -24,7 +24,7 @@ impl RawReceiver {
             if self.dead {
                 return Poll::Ready(Ok(()));
             }
-            let next = match self.next(false)? {
+            let next = match self.next(Direct::Never)? {
                 Next::Whole(whole) => {
                     if let Whole::Direct(direct) = whole {
                         // `next` moved the finished frame out of `direct`: put it back. (A
@@ -72,7 +72,7 @@ impl RawReceiver {
             if self.dead {
                 return Ok(true);
             }
-            let next = match self.next(false)? {
+            let next = match self.next(Direct::Never)? {
                 Next::Whole(whole) => {
                     if let Whole::Direct(direct) = whole {
                         self.direct = Some(direct);

@@ -20,9 +20,12 @@ use super::split;
 mod flush_thread;
 mod outbox;
 mod send_bytes;
+mod write_through;
 
 use outbox::Outbox;
 pub use send_bytes::SendBytes;
+#[cfg(test)]
+pub(super) use write_through::WRITE_THROUGH_MIN;
 
 /// The sending half of an untyped channel.
 ///
