@@ -308,6 +308,17 @@ fn buffered_receive_and_wait_do_not_read() {
     ));
 }
 
+/// A sender and the receiver of its frames, over a ring pair or a bare socket pair.
+fn one_way(with_ring: bool) -> (RawSender, RawReceiver) {
+    if with_ring {
+        let (a, b) = pair().unwrap();
+        (split_end(a).unwrap().0, split_end(b).unwrap().1)
+    } else {
+        let (a, b) = socket_pair().unwrap();
+        (split(a).unwrap().0, split(b).unwrap().1)
+    }
+}
+
 fn send_frame(tx: &mut RawSender, payload: &[u8]) {
     tx.push(|buf| {
         buf.extend_from_slice(payload);
@@ -586,13 +597,7 @@ fn typed_receives_take_large_byte_strings_whole_and_in_order() {
         .build()
         .unwrap();
     for with_ring in [false, true] {
-        let (mut tx, mut rx) = if with_ring {
-            let (a, b) = pair().unwrap();
-            (split_end(a).unwrap().0, split_end(b).unwrap().1)
-        } else {
-            let (a, b) = socket_pair().unwrap();
-            (split(a).unwrap().0, split(b).unwrap().1)
-        };
+        let (mut tx, mut rx) = one_way(with_ring);
         let plan: Vec<Sent> = (0..24u32)
             .map(|i| match i % 4 {
                 0 | 2 => Sent::Big(
@@ -778,13 +783,7 @@ fn pushed_messages_are_their_encoding_on_the_wire_and_in_order() {
     use crate::message;
 
     for with_ring in [false, true] {
-        let (mut tx, mut rx) = if with_ring {
-            let (a, b) = pair().unwrap();
-            (split_end(a).unwrap().0, split_end(b).unwrap().1)
-        } else {
-            let (a, b) = socket_pair().unwrap();
-            (split(a).unwrap().0, split(b).unwrap().1)
-        };
+        let (mut tx, mut rx) = one_way(with_ring);
         let big = |n: usize, seed: u8| -> ByteBuf {
             ByteBuf::from((0..n).map(|i| (i as u8) ^ seed).collect::<Vec<u8>>())
         };
