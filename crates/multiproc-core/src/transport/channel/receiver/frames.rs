@@ -82,8 +82,9 @@ pub(super) enum Next {
 /// of their own by the `*_recv_bytes` methods.
 pub(in crate::transport::channel) const DIRECT_MIN: usize = READ_CHUNK;
 
-/// The size of a receiver's first buffer, unless its first frame needs more: one page.
-const FIRST_READ: usize = 4096;
+/// The size of a receiver's first buffer, unless its first frame needs more, and of the read
+/// after a frame read into its own buffer: one page.
+pub(super) const FIRST_READ: usize = 4096;
 
 impl RawReceiver {
     /// Looks at the buffered bytes: a whole frame, a skip in progress, or how much is missing.
@@ -199,6 +200,7 @@ impl RawReceiver {
                 return Ok(Next::FillDirect);
             }
             let direct = self.direct.take().expect("checked above");
+            self.after_direct = true;
             if self.fds.len() < direct.fds {
                 let arrived = self.fds.len();
                 return Err(self.fatal(RecvError::LostDescriptors {

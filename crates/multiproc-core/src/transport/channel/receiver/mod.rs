@@ -25,7 +25,7 @@ mod spin_then_park;
 
 #[cfg(test)]
 pub(super) use frames::DIRECT_MIN;
-use frames::{Direct, DirectFrame, Next};
+use frames::{Direct, DirectFrame, FIRST_READ, Next};
 
 const READ_CHUNK: usize = 64 << 10;
 
@@ -68,6 +68,9 @@ pub struct RawReceiver {
     /// The socket was read since the ring's `head` was last looked at (see
     /// `RxRing::front_looking`).
     pub(super) read_since_look: bool,
+    /// The last frame was read into a buffer of its own: the next read is at most a page, so
+    /// that the next large frame's first bytes are not read into `buf` only to be copied out.
+    pub(super) after_direct: bool,
 }
 
 /// Where a receiver is in a wait for data.
@@ -108,6 +111,7 @@ impl RawReceiver {
             ring: None,
             turns: 0,
             read_since_look: true,
+            after_direct: false,
         }
     }
 
@@ -200,11 +204,15 @@ impl RawReceiver {
             }
             (Next::Fill(need), _) => {
                 self.reserve(*need);
-                let room = self.buf.len() - self.end;
+                let mut room = self.buf.len() - self.end;
+                if std::mem::take(&mut self.after_direct) {
+                    let missing = need.saturating_sub(self.end - self.start);
+                    room = room.min(missing.max(FIRST_READ));
+                }
                 let got = closed_on_reset(
                     sys::recv_with_fds(
                         self.socket.as_fd(),
-                        &mut self.buf[self.end..],
+                        &mut self.buf[self.end..self.end + room],
                         &mut self.fds,
                     ),
                     reset_is_eof,
