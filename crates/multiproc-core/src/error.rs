@@ -90,6 +90,11 @@ enum DecodeErrorKind {
          skipped (does the other side send a typed message?)"
     )]
     UnexpectedDescriptors { count: usize },
+    #[error(
+        "message carries handles ({count} descriptor(s)), which a borrowed receive cannot \
+         hand out; skipped (receive such messages with `recv`)"
+    )]
+    BorrowedDescriptors { count: usize },
 }
 
 impl DecodeError {
@@ -119,6 +124,20 @@ impl DecodeError {
         Self {
             kind: DecodeErrorKind::UnexpectedDescriptors { count },
         }
+    }
+    pub(crate) fn borrowed_descriptors(count: usize) -> Self {
+        Self {
+            kind: DecodeErrorKind::BorrowedDescriptors { count },
+        }
+    }
+    /// Whether the message came with descriptors (handles) where none may come: received as
+    /// plain bytes or borrowed. The message was skipped and its descriptors closed.
+    pub fn carries_descriptors(&self) -> bool {
+        matches!(
+            self.kind,
+            DecodeErrorKind::UnexpectedDescriptors { .. }
+                | DecodeErrorKind::BorrowedDescriptors { .. }
+        )
     }
     /// The descriptor problem, when that is what failed.
     pub fn descriptor_error(&self) -> Option<&DescriptorError> {

@@ -2,8 +2,8 @@
 
 use std::os::fd::OwnedFd;
 
-use serde::Serialize;
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::error::{DecodeError, EncodeError};
 use crate::fd;
@@ -173,6 +173,29 @@ pub fn decode_payload<T: DeserializeOwned>(
         Payload::Owned(bytes) => decode(&bytes, fds),
         Payload::ByteString(bytes) => byte_string::decode(bytes, fds),
     }
+}
+
+/// Deserializes a `T` that may borrow from `bytes` (`&[u8]` with `serde_bytes`, `&str`, a
+/// struct of such fields), for receives that lend the payload where it arrived: nothing is
+/// allocated or copied for the borrowed parts.
+///
+/// Such a value cannot hold handles: a message that came with descriptors is refused whole
+/// (its descriptors are closed), and a handle in `T` met in a message without descriptors
+/// fails as an out-of-range descriptor. Trailing bytes after the value are an error, as in
+/// [`decode`].
+///
+/// # Errors
+/// [`DecodeError`]: the message carries descriptors
+/// ([`DecodeError::carries_descriptors`]), the bytes do not form a `T`, or trailing bytes.
+pub fn decode_borrowed<'de, T: Deserialize<'de>>(
+    bytes: &'de [u8],
+    fds: Vec<OwnedFd>,
+) -> Result<T, DecodeError> {
+    if !fds.is_empty() {
+        return Err(DecodeError::borrowed_descriptors(fds.len()));
+    }
+    let decoded = fd::with_incoming(fds, || postcard::take_from_bytes::<T>(bytes));
+    whole_value(bytes.len(), decoded, DecodeError::serde)
 }
 
 /// What a decode inside the descriptor context gives: the value and the bytes after it, or

@@ -167,6 +167,71 @@ impl<S: Serialize, R> Duplex<S, R> {
     pub fn blocking_send(&mut self, msg: S) -> Result<(), SendError<S>> {
         self.tx.blocking_send(msg)
     }
+
+    /// Sends the message `msg` refers to, which the caller keeps; see [`Sender::send_ref`].
+    ///
+    /// # Errors
+    /// As [`Sender::send_ref`].
+    ///
+    /// # Cancel safety
+    /// As [`Sender::send_ref`]: once the future has been polled the message will be delivered.
+    pub async fn send_ref(&mut self, msg: &S) -> Result<(), SendError> {
+        self.tx.send_ref(msg).await
+    }
+
+    /// Queues the message `msg` refers to for the next flush; see [`Sender::feed_ref`].
+    ///
+    /// # Errors
+    /// As [`Sender::send_ref`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Sender::feed_ref`].
+    pub async fn feed_ref(&mut self, msg: &S) -> Result<(), SendError> {
+        self.tx.feed_ref(msg).await
+    }
+
+    /// Sends the message `msg` refers to, blocking the thread; see
+    /// [`Sender::blocking_send_ref`].
+    ///
+    /// # Errors
+    /// As [`Sender::send_ref`].
+    pub fn blocking_send_ref(&mut self, msg: &S) -> Result<(), SendError> {
+        self.tx.blocking_send_ref(msg)
+    }
+}
+
+impl<S, R> Duplex<S, R> {
+    /// Receives the next message as a `V` borrowing from the receive buffer; see
+    /// [`Receiver::recv_borrowed`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_borrowed`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::recv_borrowed`].
+    pub async fn recv_borrowed<'a, V: Deserialize<'a>>(
+        &'a mut self,
+    ) -> Result<Option<V>, RecvError> {
+        self.rx.recv_borrowed().await
+    }
+
+    /// Receives a borrowed `V` without waiting; see [`Receiver::try_recv_borrowed`].
+    ///
+    /// # Errors
+    /// As [`Receiver::try_recv_borrowed`].
+    pub fn try_recv_borrowed<'a, V: Deserialize<'a>>(&'a mut self) -> Result<V, TryRecvError> {
+        self.rx.try_recv_borrowed()
+    }
+
+    /// Receives a borrowed `V`, blocking the thread; see [`Receiver::blocking_recv_borrowed`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_borrowed`].
+    pub fn blocking_recv_borrowed<'a, V: Deserialize<'a>>(
+        &'a mut self,
+    ) -> Result<Option<V>, RecvError> {
+        self.rx.blocking_recv_borrowed()
+    }
 }
 
 impl<S, R: DeserializeOwned> Duplex<S, R> {

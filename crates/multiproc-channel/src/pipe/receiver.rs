@@ -32,6 +32,13 @@ fn decode<T: DeserializeOwned>(
     message::decode_payload(payload, fds).map_err(RecvError::Decode)
 }
 
+fn decode_borrowed<'a, V: Deserialize<'a>>(
+    bytes: &'a [u8],
+    fds: Vec<std::os::fd::OwnedFd>,
+) -> Result<V, RecvError> {
+    message::decode_borrowed(bytes, fds).map_err(RecvError::Decode)
+}
+
 impl<T> Receiver<T> {
     pub(crate) fn from_raw(raw: RawReceiver) -> Self {
         Self {
@@ -146,6 +153,82 @@ impl<T> Receiver<T> {
         match tokio::time::timeout(timeout, self.ready()).await {
             Ok(r) => r.map(|()| true),
             Err(_) => Ok(false),
+        }
+    }
+}
+
+/// Borrowed receives: the message is decoded where it arrived, borrowing from the receiver.
+impl<T> Receiver<T> {
+    /// Receives the next message as a `V` that borrows from the receive buffer: nothing is
+    /// allocated or copied for the borrowed parts, so a receiver of byte strings or text
+    /// (`&[u8]` with `serde_bytes`, `&str`, a struct of such fields) pays no allocation per
+    /// message. `Ok(None)` once the sending end is closed and drained.
+    ///
+    /// `V` is the borrowed form of `T`, with the same encoding: `&str` for `String`,
+    /// `&[u8]` (or `&serde_bytes::Bytes`) for `serde_bytes::ByteBuf`, a struct with borrowed
+    /// fields for the same struct with owned ones. Owned types work too (`V = T` is `recv`).
+    /// The value borrows the receiver until it is dropped; the next receive needs it back.
+    ///
+    /// # Errors
+    /// As [`recv`](Self::recv); in each of these cases the message is skipped and the pipe goes
+    /// on with the next one:
+    /// - the bytes do not form a `V` ([`RecvError::Decode`]);
+    /// - the message carries handles (pipe ends, locks, shared memory: it came with
+    ///   descriptors), which a borrowed value cannot hold: [`RecvError::Decode`] with
+    ///   [`DecodeError::carries_descriptors`](crate::error::DecodeError::carries_descriptors),
+    ///   and its descriptors are closed. Receive such messages with [`recv`](Self::recv).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a message is taken only in the poll that returns it, and decoded at once;
+    /// dropping the future (in `select!` or a timeout) never loses a message.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<String>()?;
+    /// tx.send("borrowed".to_string()).await?;
+    /// drop(tx);
+    /// let text: Option<&str> = rx.recv_borrowed().await?;
+    /// assert_eq!(text, Some("borrowed"));
+    /// assert_eq!(rx.recv_borrowed::<&str>().await?, None); // end-of-stream
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn recv_borrowed<'a, V: Deserialize<'a>>(
+        &'a mut self,
+    ) -> Result<Option<V>, RecvError> {
+        match std::future::poll_fn(|cx| self.raw.poll_recv_lent(cx)).await? {
+            Some(fds) => decode_borrowed(self.raw.lent(), fds).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// Receives a message as a borrowed `V` if a whole one is waiting, without waiting; see
+    /// [`recv_borrowed`](Self::recv_borrowed).
+    ///
+    /// # Errors
+    /// [`TryRecvError::Empty`] when nothing is waiting, [`TryRecvError::Closed`] at
+    /// end-of-stream, [`TryRecvError::Failed`] as for [`recv_borrowed`](Self::recv_borrowed).
+    pub fn try_recv_borrowed<'a, V: Deserialize<'a>>(&'a mut self) -> Result<V, TryRecvError> {
+        match self.raw.try_recv_lent()? {
+            TryRecv::Frame(fds) => Ok(decode_borrowed(self.raw.lent(), fds)?),
+            TryRecv::Empty => Err(TryRecvError::Empty),
+            TryRecv::Closed => Err(TryRecvError::Closed),
+        }
+    }
+
+    /// Receives the next message as a borrowed `V`, blocking the thread; see
+    /// [`recv_borrowed`](Self::recv_borrowed).
+    ///
+    /// # Errors
+    /// As [`recv_borrowed`](Self::recv_borrowed).
+    pub fn blocking_recv_borrowed<'a, V: Deserialize<'a>>(
+        &'a mut self,
+    ) -> Result<Option<V>, RecvError> {
+        match self.raw.blocking_recv_lent(None)? {
+            TryRecv::Frame(fds) => decode_borrowed(self.raw.lent(), fds).map(Some),
+            TryRecv::Empty | TryRecv::Closed => Ok(None),
         }
     }
 }

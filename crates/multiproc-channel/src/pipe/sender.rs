@@ -183,15 +183,120 @@ impl<T: Serialize> Sender<T> {
     }
 }
 
+impl<T: Serialize> Sender<T> {
+    /// Sends the message `msg` refers to and waits until it is handed to the kernel: as
+    /// [`send`](Self::send), but the caller keeps the value, so a sender that sends one value
+    /// many times (or builds each message in a reused value) clones and allocates nothing per
+    /// message.
+    ///
+    /// The bytes on the wire are the same as for `send(msg.clone())`. Handles inside `msg`
+    /// (pipe ends, locks, shared memory) travel as duplicates of their descriptors, exactly as
+    /// when sent by value; the ones here stay usable. A pipe end sent this way is shared with
+    /// the receiving process, as when its clone is sent.
+    ///
+    /// For batches, [`feed_ref`](Self::feed_ref) does the same without writing per message.
+    ///
+    /// # Errors
+    /// As [`send`](Self::send), without a value to give back: the message cannot be encoded,
+    /// exceeds [`max_message_size`](Self::max_message_size) (nothing is written in either case,
+    /// and the pipe stays usable), or the receiving end is gone.
+    ///
+    /// # Cancel safety
+    /// As [`send`](Self::send): the message is encoded and accepted before the first wait, so a
+    /// cancelled send never loses or tears it.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<String>()?;
+    /// let greeting = "hello".to_string();
+    /// tx.send_ref(&greeting).await?;
+    /// tx.send_ref(&greeting).await?;
+    /// assert_eq!(rx.recv().await?.as_deref(), Some("hello"));
+    /// assert_eq!(rx.recv().await?, Some(greeting));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn send_ref(&mut self, msg: &T) -> Result<(), SendError> {
+        self.push(msg).map_err(|kind| SendError::new((), kind))?;
+        self.flush().await
+    }
+
+    /// Queues the message `msg` refers to for the next [`flush`](Self::flush), without copying
+    /// or allocating anything but its encoding in the send buffer: how to stream small messages
+    /// fast from a value the caller keeps (the [`Sink`]'s `feed`, by reference).
+    ///
+    /// Nothing is written until the buffer holds 256 KiB (then this flushes first, waiting for
+    /// the socket if it is full) or a receiver parked on the shared ring needs waking; call
+    /// [`flush`](Self::flush) after the batch. Messages sent any way keep their order.
+    ///
+    /// # Errors
+    /// As [`send_ref`](Self::send_ref).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the message is accepted only in the poll that returns `Ready`, after any
+    /// flush it waited for; a future dropped before that accepted nothing, and buffered
+    /// messages stay buffered.
+    ///
+    /// # Examples
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let (mut tx, mut rx) = multiproc::pipe::simplex::<Vec<u32>>()?;
+    /// let mut msg = Vec::new();
+    /// for i in 0..3 {
+    ///     msg.push(i); // one value, reused
+    ///     tx.feed_ref(&msg).await?;
+    /// }
+    /// tx.flush().await?;
+    /// assert_eq!(rx.recv().await?, Some(vec![0]));
+    /// assert_eq!(rx.recv().await?, Some(vec![0, 1]));
+    /// assert_eq!(rx.recv().await?, Some(vec![0, 1, 2]));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn feed_ref(&mut self, msg: &T) -> Result<(), SendError> {
+        std::future::poll_fn(|cx| self.poll_sink_ready(cx)).await?;
+        self.push(msg).map_err(|kind| SendError::new((), kind))
+    }
+
+    /// Sends the message `msg` refers to, blocking the thread until it is handed to the kernel;
+    /// see [`send_ref`](Self::send_ref).
+    ///
+    /// # Errors
+    /// As [`send_ref`](Self::send_ref).
+    pub fn blocking_send_ref(&mut self, msg: &T) -> Result<(), SendError> {
+        self.push(msg).map_err(|kind| SendError::new((), kind))?;
+        match self.raw.blocking_flush(None) {
+            Ok(_) => Ok(()),
+            Err(kind) => Err(SendError::new((), kind)),
+        }
+    }
+
+    /// The [`Sink`] readiness, also before [`feed_ref`](Self::feed_ref): flushes first above the high-water mark or when a
+    /// wake-up for a parked receiver is queued.
+    fn poll_sink_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        if self.raw.buffered() >= SINK_HIGH_WATER || self.raw.wake_queued() {
+            ready!(self.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_sink_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.raw
+            .poll_flush(cx)
+            .map_err(|kind| SendError::new((), kind))
+    }
+}
+
+/// Messages by value: `start_send` encodes the item into the send buffer; see the [`Sender`]
+/// docs on batching.
 impl<T: Serialize> Sink<T> for Sender<T> {
     type Error = SendError;
 
     fn poll_ready(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        let this = self.get_mut();
-        if this.raw.buffered() >= SINK_HIGH_WATER || this.raw.wake_queued() {
-            ready!(this.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
-        }
-        Poll::Ready(Ok(()))
+        self.get_mut().poll_sink_ready(cx)
     }
 
     fn start_send(self: Pin<&mut Self>, item: T) -> Result<(), Self::Error> {
@@ -201,14 +306,11 @@ impl<T: Serialize> Sink<T> for Sender<T> {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.get_mut()
-            .raw
-            .poll_flush(cx)
-            .map_err(|kind| SendError::new((), kind))
+        self.get_mut().poll_sink_flush(cx)
     }
 
     fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.poll_flush(cx)
+        self.get_mut().poll_sink_flush(cx)
     }
 }
 

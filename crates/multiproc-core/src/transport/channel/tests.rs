@@ -564,6 +564,40 @@ fn small_messages_allocate_nothing_per_message() {
     assert_eq!(per_round, 0, "allocations per round of 500 messages");
 }
 
+/// A stream of small byte strings pushed by reference and received lent, decoded borrowing
+/// from the receive buffer, costs no allocation per message at all once the buffers are warm
+/// (the owned decode would allocate each message's bytes).
+#[test]
+fn lent_byte_strings_allocate_nothing_per_message() {
+    let (a, b) = socket_pair().unwrap();
+    let (mut tx, _) = split(a).unwrap();
+    let (_, mut rx) = split(b).unwrap();
+    let payload = serde_bytes::ByteBuf::from(vec![7u8; 64]);
+    let mut round = |seq: u8| {
+        let mut payload = payload.clone();
+        payload[0] = seq;
+        for _ in 0..500 {
+            tx.push_message(&payload).unwrap();
+        }
+        assert!(tx.blocking_flush(None).unwrap());
+        for i in 0..500 {
+            let TryRecv::Frame(fds) = rx.blocking_recv_lent(None).unwrap() else {
+                panic!("message {i} missing");
+            };
+            let got: &[u8] = crate::message::decode_borrowed(rx.lent(), fds).unwrap();
+            assert!(got == &payload[..], "message {i} of round {seq}");
+        }
+    };
+    round(0); // warms the buffers up
+    let before = counting::allocations();
+    for r in 1..=20 {
+        round(r);
+    }
+    // The round's own copy of the payload is one allocation.
+    let per_round = (counting::allocations() - before) / 20;
+    assert_eq!(per_round, 1, "allocations per round of 500 messages");
+}
+
 /// Awaits a receive that must deliver a frame within 10 s.
 async fn received<T>(
     receive: impl std::future::Future<Output = Result<Option<T>, RecvError>>,

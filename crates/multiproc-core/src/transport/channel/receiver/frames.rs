@@ -9,6 +9,7 @@ use crate::sys::MAX_FDS_PER_SENDMSG;
 use crate::transport::channel::KEEP_CAPACITY;
 use crate::transport::frame::{HEADER_LEN, Header, Kind};
 
+use super::lend::Lent;
 use super::{READ_CHUNK, RawReceiver};
 
 /// What the receive buffer holds at its front.
@@ -66,6 +67,16 @@ pub(super) enum Whole {
     Direct(DirectFrame),
     /// At the front of the shared ring (its payload copied out).
     Ring,
+}
+
+/// A frame handed out, and where its payload is until the next receive.
+pub(super) enum Taken {
+    /// `buf[start..end]`.
+    Buffered { start: usize, end: usize },
+    /// The ring's scratch.
+    Ring,
+    /// A buffer of its own.
+    Direct(DirectFrame),
 }
 
 /// What the receiver does next.
@@ -171,6 +182,9 @@ impl RawReceiver {
     /// What to do next: hand out a whole frame, or which read makes progress. A large frame
     /// that has not all arrived may move to a buffer of its own, as `direct` says.
     pub(super) fn next(&mut self, direct: Direct) -> Result<Next, RecvError> {
+        if !matches!(self.lent, Lent::None) {
+            self.release_lent();
+        }
         // The shared ring first: its front record is deliverable only once every owned socket
         // frame sent before it was delivered, and it comes before any socket frame still here.
         if let Some(ring) = &mut self.ring {
@@ -267,22 +281,18 @@ impl RawReceiver {
         }
     }
 
-    /// Hands the frame to `f` and consumes it.
-    pub(super) fn deliver<R>(
-        &mut self,
-        whole: Whole,
-        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
-    ) -> R {
+    /// Consumes the frame: the ring and wait bookkeeping, its descriptors, and where its
+    /// payload stays until the next receive ([`Taken`]).
+    pub(super) fn take_whole(&mut self, whole: Whole) -> (Taken, Vec<OwnedFd>) {
         match whole {
             Whole::Ring => {
-                let ring = self
-                    .ring
-                    .as_mut()
-                    .expect("a ring frame comes from the ring");
-                let out = f(Payload::Borrowed(&ring.scratch), Vec::new());
-                ring.consume();
+                if let Some(ring) = &mut self.ring {
+                    // The payload was copied out to the scratch, which stays as it is until
+                    // the ring's front is looked at again.
+                    ring.consume();
+                }
                 self.arrived();
-                out
+                (Taken::Ring, Vec::new())
             }
             Whole::Buffered {
                 start,
@@ -295,16 +305,14 @@ impl RawReceiver {
                 }
                 self.arrived();
                 let fds = self.take_fds(fds);
-                let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
+                // The bytes stay where they are until the next read: a read compacts or
+                // grows the buffer only after the next call to `next`.
                 self.start = end;
                 if self.start == self.end {
                     self.start = 0;
                     self.end = 0;
-                    if self.buf.len() > KEEP_CAPACITY {
-                        self.buf = Vec::new();
-                    }
                 }
-                out
+                (Taken::Buffered { start, end }, fds)
             }
             Whole::Direct(direct) => {
                 if direct.owned
@@ -314,12 +322,46 @@ impl RawReceiver {
                 }
                 self.arrived();
                 let fds = self.take_fds(direct.fds);
+                (Taken::Direct(direct), fds)
+            }
+        }
+    }
+
+    /// Hands the frame to `f` and consumes it.
+    pub(super) fn deliver<R>(
+        &mut self,
+        whole: Whole,
+        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+    ) -> R {
+        match self.take_whole(whole) {
+            (Taken::Ring, fds) => {
+                let ring = self
+                    .ring
+                    .as_ref()
+                    .expect("a ring frame comes from the ring");
+                f(Payload::Borrowed(&ring.scratch), fds)
+            }
+            (Taken::Buffered { start, end }, fds) => {
+                let out = f(Payload::Borrowed(&self.buf[start..end]), fds);
+                self.shrink_if_idle();
+                out
+            }
+            (Taken::Direct(direct), fds) => {
                 if direct.prefix > 0 {
                     f(Payload::ByteString(direct.payload), fds)
                 } else {
                     f(Payload::Owned(direct.payload), fds)
                 }
             }
+        }
+    }
+
+    /// Frees an oversized receive buffer once nothing is left in it.
+    pub(super) fn shrink_if_idle(&mut self) {
+        if self.start == self.end && self.buf.len() > KEEP_CAPACITY {
+            self.start = 0;
+            self.end = 0;
+            self.buf = Vec::new();
         }
     }
 

@@ -20,12 +20,14 @@ use super::ring::{ChannelEnd, RxRing, new_token};
 use super::split;
 
 mod frames;
+mod lend;
 mod ready;
 mod spin_then_park;
 
 #[cfg(test)]
 pub(super) use frames::DIRECT_MIN;
-use frames::{Direct, DirectFrame, FIRST_READ, Next};
+use frames::{Direct, DirectFrame, FIRST_READ, Next, Whole};
+use lend::Lent;
 
 const READ_CHUNK: usize = 64 << 10;
 
@@ -71,6 +73,9 @@ pub struct RawReceiver {
     /// The last frame was read into a buffer of its own: the next read is at most a page, so
     /// that the next large frame's first bytes are not read into `buf` only to be copied out.
     pub(super) after_direct: bool,
+    /// The payload of the frame a lending receive handed out last, kept until the next
+    /// receive (see [`lent`](Self::lent)).
+    lent: Lent,
 }
 
 /// Where a receiver is in a wait for data.
@@ -112,6 +117,7 @@ impl RawReceiver {
             turns: 0,
             read_since_look: true,
             after_direct: false,
+            lent: Lent::None,
         }
     }
 
@@ -185,6 +191,7 @@ impl RawReceiver {
         self.end = 0;
         self.fds.clear();
         self.direct = None;
+        self.lent = Lent::None;
         e
     }
 
@@ -274,18 +281,20 @@ impl RawReceiver {
         Err(self.fatal(RecvError::Truncated { received, expected }))
     }
 
+    /// The receive loop: `take` consumes the whole frame found (see [`deliver`](Self::deliver)
+    /// and [`lend`](Self::lend)).
     fn poll_recv_inner<R>(
         &mut self,
         cx: &mut Context<'_>,
         direct: Direct,
-        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+        take: impl FnOnce(&mut Self, Whole) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
         loop {
             if self.dead {
                 return Poll::Ready(Ok(None));
             }
             let next = match self.next(direct)? {
-                Next::Whole(whole) => return Poll::Ready(Ok(Some(self.deliver(whole, f)))),
+                Next::Whole(whole) => return Poll::Ready(Ok(Some(take(self, whole)))),
                 next => next,
             };
             if self.eof {
@@ -339,14 +348,14 @@ impl RawReceiver {
     fn try_recv_inner<R>(
         &mut self,
         direct: Direct,
-        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+        take: impl FnOnce(&mut Self, Whole) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
         loop {
             if self.dead {
                 return Ok(TryRecv::Closed);
             }
             let next = match self.next(direct)? {
-                Next::Whole(whole) => return Ok(TryRecv::Frame(self.deliver(whole, f))),
+                Next::Whole(whole) => return Ok(TryRecv::Frame(take(self, whole))),
                 next => next,
             };
             if self.eof {
@@ -366,14 +375,14 @@ impl RawReceiver {
         &mut self,
         deadline: Option<Instant>,
         direct: Direct,
-        f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
+        take: impl FnOnce(&mut Self, Whole) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        let mut f = Some(f);
+        let mut take = Some(take);
         let mut out = None;
         loop {
             let mut attempt = |rx: &mut Self| {
-                let once = |payload: Payload<'_>, fds| {
-                    (f.take().expect("frame handler used twice"))(payload, fds)
+                let once = |rx: &mut Self, whole| {
+                    (take.take().expect("frame handler used twice"))(rx, whole)
                 };
                 match rx.try_recv_inner(direct, once)? {
                     TryRecv::Empty => Ok(false),
@@ -443,8 +452,8 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        self.poll_recv_inner(cx, Direct::Never, |payload, fds| {
-            f(payload.contiguous().as_slice(), fds)
+        self.poll_recv_inner(cx, Direct::Never, |rx, whole| {
+            rx.deliver(whole, |p, fds| f(p.contiguous().as_slice(), fds))
         })
     }
 
@@ -457,8 +466,8 @@ impl RawReceiver {
         &mut self,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.try_recv_inner(Direct::Never, |payload, fds| {
-            f(payload.contiguous().as_slice(), fds)
+        self.try_recv_inner(Direct::Never, |rx, whole| {
+            rx.deliver(whole, |p, fds| f(p.contiguous().as_slice(), fds))
         })
     }
 
@@ -511,8 +520,8 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(&[u8], Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.blocking_recv_inner(deadline, Direct::Never, |payload, fds| {
-            f(payload.contiguous().as_slice(), fds)
+        self.blocking_recv_inner(deadline, Direct::Never, |rx, whole| {
+            rx.deliver(whole, |p, fds| f(p.contiguous().as_slice(), fds))
         })
     }
 
@@ -531,7 +540,7 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        self.poll_recv_inner(cx, Direct::Large, f)
+        self.poll_recv_inner(cx, Direct::Large, |rx, whole| rx.deliver(whole, f))
     }
 
     /// [`poll_recv_bytes`](Self::poll_recv_bytes), blocking the thread, as
@@ -544,7 +553,7 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.blocking_recv_inner(deadline, Direct::Large, f)
+        self.blocking_recv_inner(deadline, Direct::Large, |rx, whole| rx.deliver(whole, f))
     }
 
     /// Receives one frame for a typed decode ([`decode_payload`](crate::message::decode_payload)):
@@ -560,7 +569,7 @@ impl RawReceiver {
         cx: &mut Context<'_>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Poll<Result<Option<R>, RecvError>> {
-        self.poll_recv_inner(cx, Direct::ByteString, f)
+        self.poll_recv_inner(cx, Direct::ByteString, |rx, whole| rx.deliver(whole, f))
     }
 
     /// [`poll_recv_typed`](Self::poll_recv_typed) without waiting, as
@@ -572,7 +581,7 @@ impl RawReceiver {
         &mut self,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.try_recv_inner(Direct::ByteString, f)
+        self.try_recv_inner(Direct::ByteString, |rx, whole| rx.deliver(whole, f))
     }
 
     /// [`poll_recv_typed`](Self::poll_recv_typed), blocking the thread, as
@@ -585,7 +594,9 @@ impl RawReceiver {
         deadline: Option<Instant>,
         f: impl FnOnce(Payload<'_>, Vec<OwnedFd>) -> R,
     ) -> Result<TryRecv<R>, RecvError> {
-        self.blocking_recv_inner(deadline, Direct::ByteString, f)
+        self.blocking_recv_inner(deadline, Direct::ByteString, |rx, whole| {
+            rx.deliver(whole, f)
+        })
     }
 }
 

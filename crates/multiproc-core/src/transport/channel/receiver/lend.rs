@@ -1,0 +1,107 @@
+//! Lending receives: a frame's payload stays where it arrived and is lent out until the next
+//! receive, so that a borrowed decode allocates and copies nothing.
+//!
+//! A lending receive consumes the frame like any other (ring and wait bookkeeping, its
+//! descriptors) and records where its bytes are ([`Lent`]); [`RawReceiver::lent`] borrows
+//! them. Nothing moves them before the next call to `next` (every receive and readiness check
+//! starts there, and needs `&mut self`, so no borrow of the bytes outlives them): the receive
+//! buffer is compacted or grown only by a read, the ring's scratch is rewritten only by the
+//! next look at the ring's front, and a frame read into a buffer of its own is kept here.
+
+use std::os::fd::OwnedFd;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use crate::error::RecvError;
+use crate::message::Payload;
+
+use super::frames::{Direct, Taken, Whole};
+use super::{RawReceiver, TryRecv};
+
+/// Where the payload of the frame a lending receive handed out last is.
+pub(super) enum Lent {
+    /// Nothing lent.
+    None,
+    /// `buf[start..end]`.
+    Buffered { start: usize, end: usize },
+    /// The ring's scratch.
+    Ring,
+    /// A frame read into a buffer of its own.
+    Direct(Vec<u8>),
+}
+
+impl RawReceiver {
+    /// Consumes the frame and keeps its payload for [`lent`](Self::lent).
+    fn lend(&mut self, whole: Whole) -> Vec<OwnedFd> {
+        let (taken, fds) = self.take_whole(whole);
+        self.lent = match taken {
+            Taken::Buffered { start, end } => Lent::Buffered { start, end },
+            Taken::Ring => Lent::Ring,
+            // A frame a cancelled typed receive began without its length prefix gets it back
+            // (a copy, only then).
+            Taken::Direct(direct) if direct.prefix > 0 => {
+                Lent::Direct(Payload::ByteString(direct.payload).into_vec())
+            }
+            Taken::Direct(direct) => Lent::Direct(direct.payload),
+        };
+        fds
+    }
+
+    /// Ends the loan of the last lent payload (the next receive begins).
+    pub(super) fn release_lent(&mut self) {
+        if let Lent::Buffered { .. } = std::mem::replace(&mut self.lent, Lent::None) {
+            self.shrink_if_idle();
+        }
+    }
+
+    /// The payload of the frame the last lending receive (`*_recv_lent`) handed out, where it
+    /// arrived: in the receive buffer, the shared ring's scratch, or (for a large frame) a
+    /// buffer of its own. Empty when the last receive was not a lending one, or found no
+    /// frame. Lent until the next receive of any kind.
+    pub fn lent(&self) -> &[u8] {
+        match &self.lent {
+            Lent::None => &[],
+            Lent::Buffered { start, end } => self.buf.get(*start..*end).unwrap_or_default(),
+            Lent::Ring => self.ring.as_ref().map_or(&[], |ring| &ring.scratch[..]),
+            Lent::Direct(bytes) => bytes,
+        }
+    }
+
+    /// Receives one frame without copying its payload out: it stays in the receiver and
+    /// [`lent`](Self::lent) borrows it until the next receive. Returns the frame's descriptors.
+    /// A large frame is read into a buffer of its own, as by
+    /// [`poll_recv_bytes`](Self::poll_recv_bytes).
+    ///
+    /// `Ready(Ok(None))` is end-of-stream. Frames, size limits and errors are as for
+    /// [`poll_recv_with`](Self::poll_recv_with).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: the frame is consumed only in the poll that returns it.
+    pub fn poll_recv_lent(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<Vec<OwnedFd>>, RecvError>> {
+        self.poll_recv_inner(cx, Direct::Large, Self::lend)
+    }
+
+    /// [`poll_recv_lent`](Self::poll_recv_lent) without waiting, as
+    /// [`try_recv_with`](Self::try_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn try_recv_lent(&mut self) -> Result<TryRecv<Vec<OwnedFd>>, RecvError> {
+        self.try_recv_inner(Direct::Large, Self::lend)
+    }
+
+    /// [`poll_recv_lent`](Self::poll_recv_lent), blocking the thread, as
+    /// [`blocking_recv_with`](Self::blocking_recv_with).
+    ///
+    /// # Errors
+    /// As [`poll_recv_with`](Self::poll_recv_with).
+    pub fn blocking_recv_lent(
+        &mut self,
+        deadline: Option<Instant>,
+    ) -> Result<TryRecv<Vec<OwnedFd>>, RecvError> {
+        self.blocking_recv_inner(deadline, Direct::Large, Self::lend)
+    }
+}
