@@ -32,8 +32,9 @@
 //! children included, on CPU 0), `--trials <k>`. The ping-pong also has two diagnostic rows,
 //! `multiproc-blocking` and `tokio-reactor`; the contended lock, the event ping-pong and the
 //! queues have `multiproc-blocking` (the `blocking_*` twins), the queues `multiproc-sink`
-//! (`Sink`/`Stream`), and the 1 MiB stream `multiproc-bytes` (the untyped
-//! `send_bytes`/`recv_bytes`). Results and their reading: `docs/BENCHMARKS.md`.
+//! (`Sink`/`Stream`), the 1 MiB stream `multiproc-bytes` (the untyped
+//! `send_bytes`/`recv_bytes`), and both streams `multiproc-borrowed` (`feed_ref`/`send_ref` and
+//! `recv_borrowed`: no copy per message). Results and their reading: `docs/BENCHMARKS.md`.
 #![forbid(unsafe_code)]
 
 // manager (issue 15)
@@ -409,6 +410,7 @@ impl Workload {
             Workload::Stream64 => &[
                 Impl::RawOs,
                 Impl::Multiproc,
+                Impl::MultiprocBorrowed,
                 Impl::TokioFloor,
                 Impl::TokioCodec,
                 Impl::Interprocess,
@@ -418,6 +420,7 @@ impl Workload {
             Workload::Stream1M => &[
                 Impl::RawOs,
                 Impl::Multiproc,
+                Impl::MultiprocBorrowed,
                 Impl::MultiprocBytes,
                 Impl::MultiprocShm,
                 Impl::MultiprocShmFresh,
@@ -531,6 +534,10 @@ enum Impl {
     /// 1 MiB stream only: the pipe's untyped bytes API (`send_bytes` / `recv_bytes`, Python's
     /// `Connection.send_bytes` / `recv_bytes`) instead of typed messages.
     MultiprocBytes,
+    /// Streams only: the sender feeds one value by reference (`feed_ref` / `send_ref`), the
+    /// receiver decodes each message borrowed from the receive buffer (`recv_borrowed` as
+    /// `&[u8]`): no clone, allocation or copy per message on either side.
+    MultiprocBorrowed,
     /// 1 MiB stream only: one `SharedBytes` (a sealed memfd handed over, not streamed) made
     /// once and sent `n` times, as the typed row sends clones of one buffer; the receiver
     /// reads a byte of every page.
@@ -569,11 +576,12 @@ enum Impl {
 }
 
 impl Impl {
-    const ALL: [Impl; 19] = [
+    const ALL: [Impl; 20] = [
         Impl::Multiproc,
         Impl::MultiprocBlocking,
         Impl::MultiprocSink,
         Impl::MultiprocBytes,
+        Impl::MultiprocBorrowed,
         Impl::MultiprocShm,
         Impl::MultiprocShmFresh,
         Impl::PythonMp,
@@ -608,6 +616,7 @@ impl Impl {
             Impl::MultiprocBlocking => "multiproc-blocking",
             Impl::MultiprocSink => "multiproc-sink",
             Impl::MultiprocBytes => "multiproc-bytes",
+            Impl::MultiprocBorrowed => "multiproc-borrowed",
             Impl::MultiprocShm => "multiproc-shm",
             Impl::MultiprocShmFresh => "multiproc-shm-fresh",
             Impl::PythonMp => "python-mp",
@@ -702,6 +711,7 @@ fn run_trial(
         (Impl::RawOs, _) => raw::run(rt, w, n).map(Sample::from),
         (Impl::TokioReactor, _) => raw::reactor_pingpong(rt, n).map(Sample::from),
         (Impl::MultiprocBytes, _) => multiproc_impl::run_bytes(rt, w, n).map(Sample::from),
+        (Impl::MultiprocBorrowed, _) => multiproc_impl::run_borrowed(rt, w, n).map(Sample::from),
         (Impl::MultiprocShm, _) => multiproc_impl::run_shm(rt, w, n, false).map(Sample::from),
         (Impl::MultiprocShmFresh, _) => multiproc_impl::run_shm(rt, w, n, true).map(Sample::from),
         (Impl::IpcChannel, _) => peers::ipc_channel::pipe(w, n).map(Sample::from),

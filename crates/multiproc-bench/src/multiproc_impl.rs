@@ -175,6 +175,73 @@ async fn stream(n: u64, size: usize, batched: bool) -> io::Result<f64> {
     })
 }
 
+/// Runs one trial of a stream with sends by reference and borrowed receives
+/// (`multiproc-borrowed`).
+pub(crate) fn run_borrowed(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
+    match w {
+        Workload::Stream64 => rt.block_on(stream_borrowed(n, 64, true)),
+        Workload::Stream1M => rt.block_on(stream_borrowed(n, 1 << 20, false)),
+        _ => Err(io::Error::other(
+            "multiproc-borrowed only runs the pipe streams",
+        )),
+    }
+}
+
+/// Child of the borrowed streams: says it is ready, receives `n` messages borrowed from the
+/// receive buffer, checks each one's length (as the floor does), answers with the count.
+async fn sink_borrowed((mut end, n, size): (Duplex<u64, Payload>, u64, u64)) -> u64 {
+    if end.send(0).await.is_err() {
+        return 0;
+    }
+    let mut count = 0u64;
+    while count < n {
+        match end.recv_borrowed::<&[u8]>().await {
+            Ok(Some(bytes)) if bytes.len() as u64 == size => count += 1,
+            _ => break,
+        }
+    }
+    let _ = end.send(count).await;
+    count
+}
+
+/// [`stream`] as a user who cares about copies writes it: the sender keeps one value and
+/// feeds it by reference (`feed_ref` then one `flush` for 64 B, `send_ref` each for 1 MiB),
+/// the receiver decodes each message as a `&[u8]` borrowed from its receive buffer. The same
+/// protocol and clock as [`stream`].
+async fn stream_borrowed(n: u64, size: usize, batched: bool) -> io::Result<f64> {
+    let (mut here, there) = pipe::duplex::<Payload, u64>()?;
+    let child = multiproc::spawn((there, n, size as u64), sink_borrowed);
+    if here.recv().await.map_err(other)? != Some(0) {
+        return Err(io::Error::other("stream child did not start"));
+    }
+    let payload = Payload::zeros(size);
+    let t0 = Instant::now();
+    if batched {
+        for _ in 0..n {
+            here.feed_ref(&payload).await.map_err(other)?;
+        }
+        here.flush().await.map_err(other)?;
+    } else {
+        for _ in 0..n {
+            here.send_ref(&payload).await.map_err(other)?;
+        }
+    }
+    let counted = here.recv().await.map_err(other)?;
+    let elapsed = t0.elapsed().as_secs_f64();
+    if counted != Some(n) {
+        return Err(io::Error::other(format!(
+            "stream child counted {counted:?} of {n}"
+        )));
+    }
+    drop(here);
+    child.await.map_err(other)?;
+    Ok(if batched {
+        n as f64 / elapsed
+    } else {
+        (n as f64 * size as f64 / (1 << 20) as f64) / elapsed
+    })
+}
+
 /// Runs one trial of `w` with the untyped bytes API (`multiproc-bytes`; the 1 MiB stream only).
 pub(crate) fn run_bytes(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
     match w {

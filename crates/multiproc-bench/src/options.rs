@@ -33,7 +33,7 @@ usage: multiproc-bench [--quick] [--pin] [--only <workload>,...]... [--impl <imp
                  scale_<p>_shm_resident, scale_<p>_max_1024fds for <p> = lock, event, semaphore, queue, pipe
   --impl <i>     run only these implementations (repeatable or comma-separated):
                  multiproc, multiproc-blocking, multiproc-sink, tokio-reactor, python-mp,
-                 raw-os, multiproc-bytes, multiproc-shm, multiproc-shm-fresh, multiproc-batch, multiproc-pipeline, ipc-channel,
+                 raw-os, multiproc-bytes, multiproc-borrowed, multiproc-shm, multiproc-shm-fresh, multiproc-batch, multiproc-pipeline, ipc-channel,
                  tokio-floor, tokio-codec, interprocess, procspawn,
                  machine, fork-exit-wait, pthread-robust
   --trials <k>   trials per implementation (default 9, quick 5); the median is reported

@@ -180,6 +180,9 @@ pub(crate) fn json_line(
     let note = match (s.imp, w) {
         (Impl::RawOs, Workload::Stream64) => Some("one write(2) per message"),
         (Impl::MultiprocBytes, _) => Some("untyped send_bytes/recv_bytes, not typed messages"),
+        (Impl::MultiprocBorrowed, _) => {
+            Some("feed_ref/send_ref of one value, recv_borrowed as &[u8]: no copy per message")
+        }
         (Impl::MultiprocShm, _) => Some(
             "one SharedBytes (sealed memfd) sent n times: the handover alone; receiver reads a byte per page",
         ),
@@ -353,6 +356,14 @@ pub(crate) fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits:
                 paired_ratio(Some(shm), raw),
             );
         }
+    }
+    if let Some(borrowed) = get(Impl::MultiprocBorrowed) {
+        eprintln!(
+            "# {:<18} multiproc-borrowed/tokio-floor = {:>6}   multiproc-borrowed/raw-os = {:>6}",
+            w.name(),
+            paired_ratio(Some(borrowed), get(Impl::TokioFloor)),
+            paired_ratio(Some(borrowed), raw),
+        );
     }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(
