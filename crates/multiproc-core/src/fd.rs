@@ -111,26 +111,54 @@ thread_local! {
     static IN_REFUSAL: RefCell<Option<std::io::Error>> = const { RefCell::new(None) };
 }
 
-/// Where the encodes on this thread stand.
-#[derive(Clone, Copy)]
-struct OutState {
-    /// Encodes in progress; a `SharedFd` refuses to serialize outside them.
-    depth: u32,
-    /// A descriptor failed to duplicate during the innermost encode.
-    failed: bool,
-    /// Where the innermost encode's descriptors start in `OUT_FDS`.
-    base: usize,
-    /// `OUT_FDS.len()`: the cheap "did this encode meet a descriptor" flag.
-    len: usize,
-}
+/// Where the encodes on this thread stand, packed in one word so that an encode without
+/// descriptors enters and leaves with one load and one store of it:
+/// - `len` (bits 0-23): `OUT_FDS.len()`, the cheap "did this encode meet a descriptor" flag;
+/// - `base` (bits 24-47): where the innermost encode's descriptors start in `OUT_FDS`;
+/// - `depth` (bits 48-62): encodes in progress; a `SharedFd` refuses to serialize outside them;
+/// - `failed` (bit 63): a descriptor failed to duplicate during the innermost encode.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct OutState(u64);
 
 impl OutState {
-    const IDLE: OutState = OutState {
-        depth: 0,
-        failed: false,
-        base: 0,
-        len: 0,
-    };
+    const IDLE: OutState = OutState(0);
+    /// The most descriptors the encodes in progress on a thread may hold (far above any
+    /// descriptor limit); one more fails the encode.
+    const MAX_LEN: usize = (1 << 24) - 1;
+    /// The most encodes nested on a thread.
+    const MAX_DEPTH: u32 = (1 << 15) - 1;
+
+    fn len(self) -> usize {
+        (self.0 & Self::MAX_LEN as u64) as usize
+    }
+    fn base(self) -> usize {
+        ((self.0 >> 24) & Self::MAX_LEN as u64) as usize
+    }
+    fn depth(self) -> u32 {
+        ((self.0 >> 48) & u64::from(Self::MAX_DEPTH)) as u32
+    }
+    fn failed(self) -> bool {
+        self.0 >> 63 != 0
+    }
+    /// The state of a new encode nested in this one: one deeper, not failed, its descriptors
+    /// starting where the list ends now.
+    #[inline]
+    fn entered(self) -> OutState {
+        assert!(
+            self.depth() < Self::MAX_DEPTH,
+            "more than {} encodes nested on one thread",
+            Self::MAX_DEPTH
+        );
+        let len = self.0 & Self::MAX_LEN as u64;
+        OutState(((u64::from(self.depth()) + 1) << 48) | (len << 24) | len)
+    }
+    fn with_len(self, len: usize) -> OutState {
+        debug_assert!(len <= Self::MAX_LEN);
+        OutState((self.0 & !(Self::MAX_LEN as u64)) | len as u64)
+    }
+    fn with_failed(self) -> OutState {
+        OutState(self.0 | 1 << 63)
+    }
 }
 
 /// Puts the enclosing encode's state back if the inner one unwinds (closing the descriptors
@@ -141,12 +169,12 @@ impl Drop for OutUnwind {
     #[cold]
     fn drop(&mut self) {
         let now = OUT.get();
-        if now.len != self.0.len {
-            let rest = OUT_FDS.with_borrow_mut(|fds| fds.split_off(self.0.len));
+        if now.len() != self.0.len() {
+            let rest = OUT_FDS.with_borrow_mut(|fds| fds.split_off(self.0.len()));
             drop(rest);
-            forget_seen(now.depth);
+            forget_seen(now.depth());
         }
-        if now.failed {
+        if now.failed() {
             OUT_ERROR.with_borrow_mut(Option::take);
         }
         OUT.set(self.0);
@@ -156,7 +184,7 @@ impl Drop for OutUnwind {
 /// Whether an encode is in progress on this thread (a `Serialize` that sends a message of its
 /// own): a `SharedFd` would then join the outer message's descriptors.
 pub(crate) fn encoding() -> bool {
-    OUT.get().depth != 0
+    OUT.get().depth() != 0
 }
 
 /// Runs `f` with a fresh outgoing descriptor list; returns what `f` gave and the descriptors
@@ -168,18 +196,15 @@ pub(crate) fn collect_outgoing<R>(
     f: impl FnOnce() -> R,
 ) -> (R, Result<Vec<OwnedFd>, std::io::Error>) {
     let saved = OUT.get();
-    OUT.set(OutState {
-        depth: saved.depth + 1,
-        failed: false,
-        base: saved.len,
-        len: saved.len,
-    });
+    let entered = saved.entered();
+    OUT.set(entered);
     let unwind = OutUnwind(saved);
     let out = f();
     std::mem::forget(unwind);
     let now = OUT.get();
     OUT.set(saved);
-    if !now.failed && now.len == saved.len {
+    // Unchanged: no descriptor was met and none failed.
+    if now == entered {
         return (out, Ok(Vec::new()));
     }
     (out, take_outgoing(now, saved))
@@ -188,9 +213,9 @@ pub(crate) fn collect_outgoing<R>(
 /// The slow end of an encode that met descriptors or failed to duplicate one.
 #[cold]
 fn take_outgoing(now: OutState, saved: OutState) -> Result<Vec<OwnedFd>, std::io::Error> {
-    forget_seen(now.depth);
-    let fds = OUT_FDS.with_borrow_mut(|fds| fds.split_off(saved.len));
-    if now.failed {
+    forget_seen(now.depth());
+    let fds = OUT_FDS.with_borrow_mut(|fds| fds.split_off(saved.len()));
+    if now.failed() {
         drop(fds);
         return Err(OUT_ERROR
             .with_borrow_mut(Option::take)
@@ -209,32 +234,57 @@ fn forget_seen(depth: u32) {
 }
 
 /// What a decode offers the `SharedFd`s it meets.
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum InMode {
     /// No decode in progress.
-    None,
+    None = 0,
     /// A decode of a message that came without descriptors.
-    Empty,
+    Empty = 1,
     /// A decode whose descriptors are in `IN_FDS`.
-    List,
+    List = 2,
 }
 
-/// Where the decodes on this thread stand.
-#[derive(Clone, Copy)]
-struct InState {
-    mode: InMode,
-    /// `IN_ERROR` holds the innermost decode's first descriptor problem.
-    has_error: bool,
-    /// `IN_REFUSAL` holds why a handle of the innermost decode refused what it received.
-    refused: bool,
-}
+/// Where the decodes on this thread stand, packed in one byte (one load and one store to
+/// enter or leave a decode without descriptors):
+/// - the [`InMode`] (bits 0-1);
+/// - `has_error` (bit 2): `IN_ERROR` holds the innermost decode's first descriptor problem;
+/// - `refused` (bit 3): `IN_REFUSAL` holds why a handle of the innermost decode refused what
+///   it received.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct InState(u8);
 
 impl InState {
-    const IDLE: InState = InState {
-        mode: InMode::None,
-        has_error: false,
-        refused: false,
-    };
+    const IDLE: InState = InState(InMode::None as u8);
+    const HAS_ERROR: u8 = 1 << 2;
+    const REFUSED: u8 = 1 << 3;
+
+    /// A decode in `mode` that met no problem yet.
+    fn fresh(mode: InMode) -> InState {
+        InState(mode as u8)
+    }
+    fn mode(self) -> InMode {
+        match self.0 & 3 {
+            0 => InMode::None,
+            1 => InMode::Empty,
+            _ => InMode::List,
+        }
+    }
+    fn has_error(self) -> bool {
+        self.0 & Self::HAS_ERROR != 0
+    }
+    fn refused(self) -> bool {
+        self.0 & Self::REFUSED != 0
+    }
+    /// Whether the decode met a problem of either kind.
+    fn troubled(self) -> bool {
+        self.0 & (Self::HAS_ERROR | Self::REFUSED) != 0
+    }
+    fn with_error(self) -> InState {
+        InState(self.0 | Self::HAS_ERROR)
+    }
+    fn with_refusal(self) -> InState {
+        InState(self.0 | Self::REFUSED)
+    }
 }
 
 /// What went wrong with the handles of a decode: a descriptor problem, or a handle that
@@ -249,12 +299,9 @@ pub(crate) enum HandleProblem {
 /// errors lose their message in postcard. The first refusal of a decode wins.
 pub(crate) fn refuse_handle(e: std::io::Error) {
     let state = IN.get();
-    if !state.refused {
+    if !state.refused() {
         IN_REFUSAL.set(Some(e));
-        IN.set(InState {
-            refused: true,
-            ..state
-        });
+        IN.set(state.with_refusal());
     }
 }
 
@@ -301,20 +348,18 @@ pub(crate) fn with_incoming<R>(
     f: impl FnOnce() -> R,
 ) -> (R, Option<HandleProblem>) {
     let saved = IN.get();
-    if !fds.is_empty() || saved.has_error || saved.refused {
+    if !fds.is_empty() || saved.troubled() {
         return with_incoming_slow(saved, fds, f);
     }
-    IN.set(InState {
-        mode: InMode::Empty,
-        has_error: false,
-        refused: false,
-    });
+    let entered = InState::fresh(InMode::Empty);
+    IN.set(entered);
     let unwind = InUnwind(saved);
     let out = f();
     std::mem::forget(unwind);
     let now = IN.get();
     IN.set(saved);
-    if !now.has_error && !now.refused {
+    // Unchanged: no handle met a problem.
+    if now == entered {
         return (out, None);
     }
     (out, Some(take_problem(now)))
@@ -325,7 +370,7 @@ pub(crate) fn with_incoming<R>(
 fn take_problem(now: InState) -> HandleProblem {
     let error = IN_ERROR.take();
     let refusal = IN_REFUSAL.with_borrow_mut(Option::take);
-    match (now.has_error, error, refusal) {
+    match (now.has_error(), error, refusal) {
         (true, Some(e), _) => HandleProblem::Descriptor(e),
         (_, _, Some(r)) => HandleProblem::Refused(r),
         _ => HandleProblem::Refused(std::io::Error::other("a handle could not be decoded")),
@@ -352,14 +397,10 @@ fn with_incoming_slow<R>(
         refusal: IN_REFUSAL.with_borrow_mut(Option::take),
         list,
     };
-    IN.set(InState {
-        mode,
-        has_error: false,
-        refused: false,
-    });
+    IN.set(InState::fresh(mode));
     let out = f();
     let now = IN.get();
-    let problem = (now.has_error || now.refused).then(|| take_problem(now));
+    let problem = now.troubled().then(|| take_problem(now));
     drop(scope);
     (out, problem)
 }
@@ -367,14 +408,14 @@ fn with_incoming_slow<R>(
 impl Serialize for SharedFd {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let state = OUT.get();
-        if state.depth == 0 {
+        if state.depth() == 0 {
             return Err(S::Error::custom(
                 "a descriptor-carrying handle can only be encoded by a multiproc channel",
             ));
         }
         let key = Arc::as_ptr(&self.0) as usize;
-        let level = state.depth as usize - 1;
-        if state.len != state.base {
+        let level = state.depth() as usize - 1;
+        if state.len() != state.base() {
             let sent = OUT_SEEN.with_borrow(|seen| {
                 seen.get(level)
                     .and_then(|m| m.get(&key))
@@ -384,14 +425,20 @@ impl Serialize for SharedFd {
                 return serializer.serialize_u32(index);
             }
         }
-        match self.0.try_clone() {
+        let cloned = match state.len() {
+            OutState::MAX_LEN => Err(std::io::Error::other(
+                "too many descriptors in the encodes in progress on this thread",
+            )),
+            _ => self.0.try_clone(),
+        };
+        match cloned {
             Ok(fd) => {
                 let len = OUT_FDS.with_borrow_mut(|fds| {
                     fds.push(fd);
                     fds.len()
                 });
-                OUT.set(OutState { len, ..state });
-                let index = (len - 1 - state.base) as u32;
+                OUT.set(state.with_len(len));
+                let index = (len - 1 - state.base()) as u32;
                 OUT_SEEN.with_borrow_mut(|seen| {
                     if seen.len() <= level {
                         seen.resize_with(level + 1, HashMap::new);
@@ -401,12 +448,9 @@ impl Serialize for SharedFd {
                 serializer.serialize_u32(index)
             }
             Err(e) => {
-                if !state.failed {
+                if !state.failed() {
                     OUT_ERROR.set(Some(e));
-                    OUT.set(OutState {
-                        failed: true,
-                        ..state
-                    });
+                    OUT.set(state.with_failed());
                 }
                 Err(S::Error::custom("could not duplicate a descriptor"))
             }
@@ -418,7 +462,7 @@ impl<'de> Deserialize<'de> for SharedFd {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let index = u32::deserialize(deserializer)?;
         let state = IN.get();
-        let taken = match state.mode {
+        let taken = match state.mode() {
             InMode::None => Err(DescriptorError::NoContext),
             InMode::Empty => Err(DescriptorError::OutOfRange { index, count: 0 }),
             InMode::List => IN_FDS.with_borrow_mut(|fds| {
@@ -432,12 +476,9 @@ impl<'de> Deserialize<'de> for SharedFd {
         match taken {
             Ok(fd) => Ok(fd),
             Err(e) => {
-                if !matches!(e, DescriptorError::NoContext) && !state.has_error {
+                if !matches!(e, DescriptorError::NoContext) && !state.has_error() {
                     IN_ERROR.set(Some(e.clone()));
-                    IN.set(InState {
-                        has_error: true,
-                        ..state
-                    });
+                    IN.set(state.with_error());
                 }
                 Err(D::Error::custom(e.to_string()))
             }
@@ -465,5 +506,57 @@ impl Claim {
         let fd = SharedFd::new(fd);
         *self = Claim::Claimed(fd.clone());
         fd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The packed encode state keeps each field apart at the edges of its range.
+    #[test]
+    fn the_packed_encode_state_keeps_its_fields_apart() {
+        let mut state = OutState::IDLE;
+        assert_eq!((state.depth(), state.len(), state.base()), (0, 0, 0));
+        assert!(!state.failed());
+        for depth in 1..=3 {
+            state = state.entered().with_len(OutState::MAX_LEN);
+            assert_eq!(state.depth(), depth);
+            assert_eq!(state.len(), OutState::MAX_LEN);
+        }
+        let inner = state.entered();
+        assert_eq!(
+            (inner.depth(), inner.base(), inner.len()),
+            (4, OutState::MAX_LEN, OutState::MAX_LEN)
+        );
+        let failed = inner.with_len(7).with_failed();
+        assert!(failed.failed());
+        assert_eq!(
+            (failed.depth(), failed.base(), failed.len()),
+            (4, OutState::MAX_LEN, 7)
+        );
+        assert!(
+            !failed.entered().failed(),
+            "a nested encode starts without failure"
+        );
+        let mut deep = OutState::IDLE;
+        for _ in 0..OutState::MAX_DEPTH {
+            deep = deep.entered();
+        }
+        assert_eq!(deep.depth(), OutState::MAX_DEPTH);
+        assert!(std::panic::catch_unwind(|| deep.entered()).is_err());
+    }
+
+    /// The packed decode state: each mode with each problem flag.
+    #[test]
+    fn the_packed_decode_state_keeps_its_fields_apart() {
+        for mode in [InMode::None, InMode::Empty, InMode::List] {
+            let fresh = InState::fresh(mode);
+            assert!(fresh.mode() == mode && !fresh.troubled());
+            let both = fresh.with_error().with_refusal();
+            assert!(both.mode() == mode && both.has_error() && both.refused());
+            assert!(fresh.with_error().troubled() && !fresh.with_error().refused());
+            assert!(fresh.with_refusal().troubled() && !fresh.with_refusal().has_error());
+        }
     }
 }
