@@ -283,6 +283,7 @@ impl RawReceiver {
 
     /// Consumes the frame: the ring and wait bookkeeping, its descriptors, and where its
     /// payload stays until the next receive ([`Taken`]).
+    #[inline]
     pub(super) fn take_whole(&mut self, whole: Whole) -> (Taken, Vec<OwnedFd>) {
         match whole {
             Whole::Ring => {

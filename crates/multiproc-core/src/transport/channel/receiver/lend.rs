@@ -32,6 +32,7 @@ pub(super) enum Lent {
 
 impl RawReceiver {
     /// Consumes the frame and keeps its payload for [`lent`](Self::lent).
+    #[inline]
     fn lend(&mut self, whole: Whole) -> Vec<OwnedFd> {
         let (taken, fds) = self.take_whole(whole);
         self.lent = match taken {
@@ -58,6 +59,7 @@ impl RawReceiver {
     /// arrived: in the receive buffer, the shared ring's scratch, or (for a large frame) a
     /// buffer of its own. Empty when the last receive was not a lending one, or found no
     /// frame. Lent until the next receive of any kind.
+    #[inline]
     pub fn lent(&self) -> &[u8] {
         match &self.lent {
             Lent::None => &[],
