@@ -108,8 +108,8 @@ async fn pipe_borrowed_views_interleave_with_owned_receives_in_order() {
         sent
     });
     let mut got = Vec::new();
-    for i in 0..SIZES.len() {
-        let want = record(i as u32, SIZES[i]);
+    for (i, &len) in SIZES.iter().enumerate() {
+        let want = record(i as u32, len);
         if i % 2 == 0 {
             let view: RecordView<'_> = within("borrowed", rx.recv_borrowed())
                 .await

@@ -29,8 +29,8 @@ pub(crate) fn run(
     match (w, blocking) {
         (Workload::Pingpong64, false) => rt.block_on(pingpong(n)),
         (Workload::Pingpong64, true) => pingpong_blocking(rt, n),
-        (Workload::Stream64, _) => rt.block_on(stream(n, 64, true)),
-        (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false)),
+        (Workload::Stream64, _) => rt.block_on(stream(n, 64, true, false)),
+        (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false, false)),
         (Workload::SpawnJoin, _) => rt.block_on(spawn_join(n)),
         // The lock, event and queue workloads live in `sync_bench` and `queue_bench`.
         _ => Err(io::Error::other("not a pipe or spawn workload")),
@@ -141,23 +141,32 @@ async fn sink((mut end, n): (Duplex<u64, Payload>, u64)) -> u64 {
 /// `pipe_stream_*`: `n` messages of `size` bytes one way, timed from the first send until the
 /// child's count is back. Messages per second for 64 B (batched with `feed` + one `flush`), MiB
 /// per second for 1 MiB (one `send` each, as a user would).
-async fn stream(n: u64, size: usize, batched: bool) -> io::Result<f64> {
+///
+/// With `borrowed` (`multiproc-borrowed`), as a user who cares about copies writes it: the
+/// sender feeds its one value by reference (`feed_ref` / `send_ref`), and the child decodes
+/// each message as a `&[u8]` borrowed from its receive buffer ([`sink_borrowed`]).
+async fn stream(n: u64, size: usize, batched: bool, borrowed: bool) -> io::Result<f64> {
     let (mut here, there) = pipe::duplex::<Payload, u64>()?;
-    let child = multiproc::spawn((there, n), sink);
+    let child = if borrowed {
+        multiproc::spawn((there, n, size as u64), sink_borrowed)
+    } else {
+        multiproc::spawn((there, n), sink)
+    };
     if here.recv().await.map_err(other)? != Some(0) {
         return Err(io::Error::other("stream child did not start"));
     }
     let payload = Payload::zeros(size);
     let t0 = Instant::now();
+    for _ in 0..n {
+        match (batched, borrowed) {
+            (true, false) => here.feed(payload.clone()).await.map_err(other)?,
+            (true, true) => here.feed_ref(&payload).await.map_err(other)?,
+            (false, false) => here.send(payload.clone()).await.map_err(other)?,
+            (false, true) => here.send_ref(&payload).await.map_err(other)?,
+        }
+    }
     if batched {
-        for _ in 0..n {
-            here.feed(payload.clone()).await.map_err(other)?;
-        }
         SinkExt::flush(&mut here).await.map_err(other)?;
-    } else {
-        for _ in 0..n {
-            here.send(payload.clone()).await.map_err(other)?;
-        }
     }
     let counted = here.recv().await.map_err(other)?;
     let elapsed = t0.elapsed().as_secs_f64();
@@ -179,8 +188,8 @@ async fn stream(n: u64, size: usize, batched: bool) -> io::Result<f64> {
 /// (`multiproc-borrowed`).
 pub(crate) fn run_borrowed(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
     match w {
-        Workload::Stream64 => rt.block_on(stream_borrowed(n, 64, true)),
-        Workload::Stream1M => rt.block_on(stream_borrowed(n, 1 << 20, false)),
+        Workload::Stream64 => rt.block_on(stream(n, 64, true, true)),
+        Workload::Stream1M => rt.block_on(stream(n, 1 << 20, false, true)),
         _ => Err(io::Error::other(
             "multiproc-borrowed only runs the pipe streams",
         )),
@@ -202,44 +211,6 @@ async fn sink_borrowed((mut end, n, size): (Duplex<u64, Payload>, u64, u64)) -> 
     }
     let _ = end.send(count).await;
     count
-}
-
-/// [`stream`] as a user who cares about copies writes it: the sender keeps one value and
-/// feeds it by reference (`feed_ref` then one `flush` for 64 B, `send_ref` each for 1 MiB),
-/// the receiver decodes each message as a `&[u8]` borrowed from its receive buffer. The same
-/// protocol and clock as [`stream`].
-async fn stream_borrowed(n: u64, size: usize, batched: bool) -> io::Result<f64> {
-    let (mut here, there) = pipe::duplex::<Payload, u64>()?;
-    let child = multiproc::spawn((there, n, size as u64), sink_borrowed);
-    if here.recv().await.map_err(other)? != Some(0) {
-        return Err(io::Error::other("stream child did not start"));
-    }
-    let payload = Payload::zeros(size);
-    let t0 = Instant::now();
-    if batched {
-        for _ in 0..n {
-            here.feed_ref(&payload).await.map_err(other)?;
-        }
-        here.flush().await.map_err(other)?;
-    } else {
-        for _ in 0..n {
-            here.send_ref(&payload).await.map_err(other)?;
-        }
-    }
-    let counted = here.recv().await.map_err(other)?;
-    let elapsed = t0.elapsed().as_secs_f64();
-    if counted != Some(n) {
-        return Err(io::Error::other(format!(
-            "stream child counted {counted:?} of {n}"
-        )));
-    }
-    drop(here);
-    child.await.map_err(other)?;
-    Ok(if batched {
-        n as f64 / elapsed
-    } else {
-        (n as f64 * size as f64 / (1 << 20) as f64) / elapsed
-    })
 }
 
 /// Runs one trial of `w` with the untyped bytes API (`multiproc-bytes`; the 1 MiB stream only).
