@@ -166,7 +166,7 @@ impl<T> Receiver<T> {
     ///
     /// `V` is the borrowed form of `T`, with the same encoding: `&str` for `String`,
     /// `&[u8]` (or `&serde_bytes::Bytes`) for `serde_bytes::ByteBuf`, a struct with borrowed
-    /// fields for the same struct with owned ones. Owned types work too (`V = T` is `recv`).
+    /// fields for the same struct with owned ones. Owned parts of `V` are copied out as usual.
     /// The value borrows the receiver until it is dropped; the next receive needs it back.
     ///
     /// # Errors
