@@ -297,9 +297,20 @@ impl TxRing {
             return pending;
         }
         self.publish();
-        self.word(TX_CPU)
-            .store(rustix::thread::sched_getcpu() as u64 + 1, Ordering::Relaxed);
+        self.say_cpu();
         self.parked_taken() || pending
+    }
+
+    /// Publishes the CPU this copy runs on for the receiver's spin (`CpuCue`), storing only
+    /// when it changed: a store invalidates the line in the receiver's cache, which it reads on
+    /// every look, so an unchanged CPU costs the receiver no cache-line transfer (a load of a
+    /// line both share is a hit).
+    fn say_cpu(&self) {
+        let cpu = rustix::thread::sched_getcpu() as u64 + 1;
+        let word = self.word(TX_CPU);
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
     }
 
     /// What travels with a copy of this sender: the share and a token for the copy. If this
