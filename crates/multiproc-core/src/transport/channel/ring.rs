@@ -297,9 +297,20 @@ impl TxRing {
             return pending;
         }
         self.publish();
-        self.word(TX_CPU)
-            .store(rustix::thread::sched_getcpu() as u64 + 1, Ordering::Relaxed);
+        self.say_cpu();
         self.parked_taken() || pending
+    }
+
+    /// Publishes the CPU this copy runs on for the receiver's spin (`CpuCue`), storing only
+    /// when it changed: a store invalidates the line in the receiver's cache, which it reads on
+    /// every look, so an unchanged CPU costs the receiver no cache-line transfer (a load of a
+    /// line both share is a hit).
+    fn say_cpu(&self) {
+        let cpu = rustix::thread::sched_getcpu() as u64 + 1;
+        let word = self.word(TX_CPU);
+        if word.load(Ordering::Relaxed) != cpu {
+            word.store(cpu, Ordering::Relaxed);
+        }
     }
 
     /// What travels with a copy of this sender: the share and a token for the copy. If this
@@ -700,6 +711,91 @@ mod tests {
             assert_eq!(&rx.scratch[..], want);
             rx.consume();
         }
+    }
+
+    /// A measurement, not a check (run it with `--ignored --nocapture` in release): round
+    /// trips of a 64-byte frame through a pair's ring between two threads, each on a
+    /// current-thread runtime with the async API (as the `pipe_pingpong_64B` bench row), in
+    /// windows of 200; prints the fastest window and some quantiles in ns per round trip. On a
+    /// loaded machine compare builds by the fastest windows (windows nobody preempted), not by
+    /// the median. `RING_PINGPONG_PIN=1` puts the threads on CPUs 0 and 1.
+    #[test]
+    #[ignore = "a measurement: prints ns per round trip"]
+    fn ring_pingpong_64b() {
+        use crate::transport::channel::{RawReceiver, RawSender, pair, split_end};
+        use std::time::{Duration, Instant};
+
+        const WINDOW: u32 = 200;
+        const WINDOWS: usize = 400;
+        let pin = std::env::var_os("RING_PINGPONG_PIN").is_some_and(|v| v == "1");
+        let pin_to = move |cpu: usize| {
+            if pin {
+                let mut set = rustix::thread::CpuSet::new();
+                set.set(cpu);
+                rustix::thread::sched_setaffinity(None, &set).unwrap();
+            }
+        };
+        async fn send(tx: &mut RawSender, payload: &[u8]) {
+            tx.push(|buf| {
+                buf.extend_from_slice(payload);
+                Ok(Vec::new())
+            })
+            .unwrap();
+            std::future::poll_fn(|cx| tx.poll_flush(cx)).await.unwrap();
+        }
+        async fn recv(rx: &mut RawReceiver) -> usize {
+            let receiving = std::future::poll_fn(|cx| rx.poll_recv_with(cx, |b, _| b.len()));
+            tokio::time::timeout(Duration::from_secs(10), receiving)
+                .await
+                .expect("no frame within 10 s")
+                .unwrap()
+                .expect("end-of-stream instead of a frame")
+        }
+        let runtime = || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+        };
+        let (a, b) = pair().unwrap();
+        let echo = std::thread::spawn(move || {
+            pin_to(1);
+            runtime().block_on(async {
+                let (mut tx, mut rx) = split_end(b).unwrap();
+                let payload = [7u8; 64];
+                while recv(&mut rx).await != 0 {
+                    send(&mut tx, &payload).await;
+                }
+            });
+        });
+        pin_to(0);
+        let mut windows = runtime().block_on(async {
+            let (mut tx, mut rx) = split_end(a).unwrap();
+            let payload = [7u8; 64];
+            let mut windows = Vec::with_capacity(WINDOWS);
+            for w in 0..WINDOWS + 10 {
+                let t0 = Instant::now();
+                for _ in 0..WINDOW {
+                    send(&mut tx, &payload).await;
+                    assert_eq!(recv(&mut rx).await, 64);
+                }
+                if w >= 10 {
+                    windows.push(t0.elapsed().as_nanos() as f64 / f64::from(WINDOW));
+                }
+            }
+            send(&mut tx, &[]).await;
+            windows
+        });
+        echo.join().unwrap();
+        windows.sort_by(f64::total_cmp);
+        let q = |f: f64| windows[(f * (windows.len() - 1) as f64) as usize];
+        println!(
+            "ring ping-pong 64 B, ns per round trip over windows of {WINDOW}: min {:.0} q10 {:.0} q25 {:.0} median {:.0}",
+            q(0.0),
+            q(0.1),
+            q(0.25),
+            q(0.5)
+        );
     }
 
     #[test]
