@@ -717,9 +717,10 @@ mod tests {
         assert_eq!(first_watch(&watch), Some(9));
     }
 
-    #[test]
-    fn every_kind_of_result_round_trips() {
-        let results: Vec<Result<Reply, Failure>> = vec![
+    /// Results of every kind: done, none, some, a value holding a handle, another reply, a
+    /// failure.
+    fn every_kind_of_result() -> Vec<Result<Reply, Failure>> {
+        vec![
             Ok(Reply::Done),
             Ok(Reply::MaybeBlob(None)),
             Ok(Reply::MaybeBlob(Some(blob(&"hello".to_string())))),
@@ -729,12 +730,22 @@ mod tests {
             }))),
             Ok(Reply::Len(4)),
             Err(Failure::OutOfRange { index: 9, len: 2 }),
-        ];
+        ]
+    }
+
+    /// `results` as the manager writes them.
+    fn written(results: &[Result<Reply, Failure>]) -> (Bytes, Vec<SharedFd>) {
         let mut w = ResultsWriter::default();
-        for r in &results {
+        for r in results {
             w.result(r);
         }
-        let (bytes, fds) = w.finish();
+        w.finish()
+    }
+
+    #[test]
+    fn every_kind_of_result_round_trips() {
+        let results = every_kind_of_result();
+        let (bytes, fds) = written(&results);
         assert_eq!(fds.len(), 1);
         let back = decode_results(&bytes, &fds).unwrap();
         assert_eq!(back.len(), results.len());
@@ -915,23 +926,9 @@ mod tests {
     /// result written; an optional value is its bytes as they are.
     #[test]
     fn results_read_in_place_are_the_results_written() {
-        let results: Vec<Result<Reply, Failure>> = vec![
-            Ok(Reply::Done),
-            Ok(Reply::MaybeBlob(None)),
-            Ok(Reply::MaybeBlob(Some(blob(&"hello".to_string())))),
-            Ok(Reply::MaybeBlob(Some(Blob {
-                bytes: Bytes::copy_from(&[1; 100]),
-                fds: vec![fd()],
-            }))),
-            Ok(Reply::Len(4)),
-            Err(Failure::OutOfRange { index: 9, len: 2 }),
-            Ok(Reply::MaybeBlob(Some(blob(&vec![3u8; 500])))),
-        ];
-        let mut w = ResultsWriter::default();
-        for r in &results {
-            w.result(r);
-        }
-        let (bytes, fds) = w.finish();
+        let mut results = every_kind_of_result();
+        results.push(Ok(Reply::MaybeBlob(Some(blob(&vec![3u8; 500])))));
+        let (bytes, fds) = written(&results);
         let mut at = Vec::new();
         index_results(&bytes, fds.len(), &mut at).unwrap();
         assert_eq!(at.len(), results.len());
