@@ -501,3 +501,93 @@ async fn keys_are_equal_when_their_encodings_are() {
     within("finish", p.finish()).await.unwrap();
     assert_eq!(within("len", floats.len()).await.unwrap(), 2);
 }
+
+async fn take_through_a_batch_and_a_pipeline(queues: Map<String, Queue<u32>>) -> Vec<u32> {
+    let mut batch = queues.batch();
+    let a = batch.push(queues.ops().get("a").unwrap()).unwrap();
+    let missing = batch.push(queues.ops().get("none").unwrap()).unwrap();
+    let len = batch.push(queues.ops().len()).unwrap();
+    let mut results = within("batch", batch.run()).await.unwrap();
+    assert_eq!(results.take(missing).unwrap().map(drop), None);
+    assert_eq!(results.take(len).unwrap(), 2);
+    let a = results.take(a).unwrap().unwrap();
+    let mut p = within("pipeline", queues.pipeline()).await.unwrap();
+    let b = p.push(queues.ops().get("b").unwrap()).await.unwrap();
+    let b = within("wait", p.wait(b)).await.unwrap().unwrap();
+    within("finish", p.finish()).await.unwrap();
+    vec![
+        within("a", a.get()).await.unwrap(),
+        within("b", b.get()).await.unwrap(),
+    ]
+}
+
+/// Values holding handles go through batches and pipelines beside operations on plain
+/// values (inserted and read back in another process, the old value of a replaced one
+/// returned), and keys and values long enough to need a two-byte length go through all
+/// three ways.
+#[tokio::test]
+async fn handles_and_long_keys_go_through_batches_and_pipelines() {
+    let manager = within("start", Manager::start()).await.unwrap();
+    let queues = manager.map::<String, Queue<u32>>("queues").await.unwrap();
+    let plain = manager.map::<String, String>("plain").await.unwrap();
+    let (a, b) = (Queue::<u32>::new().unwrap(), Queue::<u32>::new().unwrap());
+    within("put", a.put(1)).await.unwrap();
+    within("put", b.put(2)).await.unwrap();
+    let long_key = "k".repeat(300);
+    let long_value = "v".repeat(1000);
+
+    let mut batch = manager.batch();
+    let first = batch
+        .push(queues.ops().insert(&"a".to_string(), &b).unwrap())
+        .unwrap();
+    let long = batch
+        .push(plain.ops().insert(&long_key, &long_value).unwrap())
+        .unwrap();
+    let replaced = batch
+        .push(queues.ops().insert(&"a".to_string(), &a).unwrap())
+        .unwrap();
+    let short = batch
+        .push(
+            plain
+                .ops()
+                .insert(&"s".to_string(), &"t".to_string())
+                .unwrap(),
+        )
+        .unwrap();
+    let mut results = within("batch", batch.run()).await.unwrap();
+    assert!(results.take(first).unwrap().is_none());
+    assert_eq!(results.take(long).unwrap(), None);
+    assert_eq!(results.take(short).unwrap(), None);
+    // The old value, holding a handle, comes back: it is `b` (one message on it).
+    let old = results.take(replaced).unwrap().unwrap();
+    within("old", old.put(3)).await.unwrap();
+    assert_eq!(within("get", b.get()).await.unwrap(), 2);
+    assert_eq!(within("get", b.get()).await.unwrap(), 3);
+
+    let mut p = within("pipeline", plain.pipeline()).await.unwrap();
+    p.push_forget(queues.ops().insert(&"b".to_string(), &b).unwrap())
+        .await
+        .unwrap();
+    let got = p
+        .push(plain.ops().get(long_key.as_str()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(
+        within("wait", p.wait(got)).await.unwrap(),
+        Some(long_value.clone())
+    );
+    within("finish", p.finish()).await.unwrap();
+    assert_eq!(
+        within("get", plain.get(long_key.as_str())).await.unwrap(),
+        Some(long_value)
+    );
+    within("put", b.put(2)).await.unwrap();
+
+    let got = within(
+        "child",
+        spawn(queues.clone(), take_through_a_batch_and_a_pipeline),
+    )
+    .await
+    .unwrap();
+    assert_eq!(got, [1, 2]);
+}

@@ -15,27 +15,31 @@ use std::ops::Deref;
 use serde::de::{SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-/// Bytes this long or shorter are kept inline.
+/// Bytes this long or shorter are kept inline (a key, a value: 32 bytes in all).
 const INLINE: usize = 30;
 
-/// Encoded bytes: inline up to [`INLINE`] bytes, on the heap beyond.
+/// Encoded bytes: inline up to `N` bytes ([`INLINE`] unless said otherwise), on the heap
+/// beyond. `N` is below 256.
 #[derive(Clone)]
-pub(crate) enum Bytes {
-    Inline(u8, [u8; INLINE]),
+pub(crate) enum Bytes<const N: usize = INLINE> {
+    Inline(u8, [u8; N]),
     Heap(Vec<u8>),
 }
 
-impl Default for Bytes {
+impl<const N: usize> Default for Bytes<N> {
     fn default() -> Self {
-        Bytes::Inline(0, [0; INLINE])
+        Bytes::Inline(0, [0; N])
     }
 }
 
-impl Bytes {
+impl<const N: usize> Bytes<N> {
+    const FITS: () = assert!(N < 256);
+
     /// A copy of `bytes`.
     pub(crate) fn copy_from(bytes: &[u8]) -> Self {
-        if bytes.len() <= INLINE {
-            let mut inline = [0; INLINE];
+        let () = Self::FITS;
+        if bytes.len() <= N {
+            let mut inline = [0; N];
             inline[..bytes.len()].copy_from_slice(bytes);
             Bytes::Inline(bytes.len() as u8, inline)
         } else {
@@ -45,44 +49,48 @@ impl Bytes {
 
     /// `bytes`, moved to the heap variant when long (no copy) and copied inline when short.
     pub(crate) fn from_vec(bytes: Vec<u8>) -> Self {
-        if bytes.len() <= INLINE {
+        if bytes.len() <= N {
             Self::copy_from(&bytes)
         } else {
             Bytes::Heap(bytes)
         }
     }
+}
 
+impl Bytes {
     /// Runs `encode` on this thread's scratch buffer (emptied first) and keeps what it wrote:
     /// a short encoding costs no allocation.
     pub(crate) fn encode_with<E>(
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<Self, E> {
-        thread_local! {
-            static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-        }
-        SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
-            Ok(mut buf) => {
-                buf.clear();
-                encode(&mut buf)?;
-                let bytes = Self::copy_from(&buf);
-                if buf.capacity() > 64 << 10 {
-                    // One huge value does not pin its buffer for the thread's life.
-                    *buf = Vec::new();
-                }
-                Ok(bytes)
-            }
-            // Encoding inside an encoding (a value's `Serialize` that encodes a proxy op):
-            // a buffer of its own.
-            Err(_) => {
-                let mut buf = Vec::new();
-                encode(&mut buf)?;
-                Ok(Self::from_vec(buf))
-            }
+        with_scratch(|buf| {
+            encode(buf)?;
+            Ok(Self::copy_from(buf))
         })
     }
 }
 
-impl Deref for Bytes {
+/// Runs `f` on this thread's scratch buffer, emptied first (a buffer of its own when the
+/// scratch is in use already: a value's `Serialize` that encodes a proxy op).
+pub(crate) fn with_scratch<R>(f: impl FnOnce(&mut Vec<u8>) -> R) -> R {
+    thread_local! {
+        static SCRATCH: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+    }
+    SCRATCH.with(|scratch| match scratch.try_borrow_mut() {
+        Ok(mut buf) => {
+            buf.clear();
+            let out = f(&mut buf);
+            if buf.capacity() > 64 << 10 {
+                // One huge value does not pin its buffer for the thread's life.
+                *buf = Vec::new();
+            }
+            out
+        }
+        Err(_) => f(&mut Vec::new()),
+    })
+}
+
+impl<const N: usize> Deref for Bytes<N> {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
@@ -94,62 +102,62 @@ impl Deref for Bytes {
 }
 
 // Hashes and compares as the slice (below): a map keyed by `Bytes` is searched with a `&[u8]`.
-impl std::borrow::Borrow<[u8]> for Bytes {
+impl<const N: usize> std::borrow::Borrow<[u8]> for Bytes<N> {
     fn borrow(&self) -> &[u8] {
         self
     }
 }
 
-impl PartialEq for Bytes {
+impl<const N: usize> PartialEq for Bytes<N> {
     fn eq(&self, other: &Self) -> bool {
         **self == **other
     }
 }
 
-impl Eq for Bytes {}
+impl<const N: usize> Eq for Bytes<N> {}
 
-impl Hash for Bytes {
+impl<const N: usize> Hash for Bytes<N> {
     fn hash<H: Hasher>(&self, state: &mut H) {
         (**self).hash(state);
     }
 }
 
-impl fmt::Debug for Bytes {
+impl<const N: usize> fmt::Debug for Bytes<N> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "Bytes({})", self.len())
     }
 }
 
-impl Serialize for Bytes {
+impl<const N: usize> Serialize for Bytes<N> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_bytes(self)
     }
 }
 
-impl<'de> Deserialize<'de> for Bytes {
+impl<'de, const N: usize> Deserialize<'de> for Bytes<N> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer.deserialize_bytes(BytesVisitor)
     }
 }
 
-struct BytesVisitor;
+struct BytesVisitor<const N: usize>;
 
-impl<'de> Visitor<'de> for BytesVisitor {
-    type Value = Bytes;
+impl<'de, const N: usize> Visitor<'de> for BytesVisitor<N> {
+    type Value = Bytes<N>;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("bytes")
     }
 
-    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes, E> {
+    fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Bytes<N>, E> {
         Ok(Bytes::copy_from(v))
     }
 
-    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes, E> {
+    fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Bytes<N>, E> {
         Ok(Bytes::from_vec(v))
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes, A::Error> {
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Bytes<N>, A::Error> {
         let mut bytes = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
         while let Some(b) = seq.next_element()? {
             bytes.push(b);

@@ -11,6 +11,13 @@
 //! values holding handles, failures) is written as the postcard bytes of the operation or
 //! result, prefixed with its length and with how many of the message's descriptors it claims.
 //!
+//! The client does the same on its side: a map's `insert` and `get` are encoded when the
+//! operation is made, the key and the value straight into the operation's bytes
+//! ([`map_insert`], [`map_get`]; a batch or a request copies them as they are), and the
+//! results of an answer are found where they lie ([`index_results`]) and decoded from there
+//! when taken ([`Answer`]; a pipeline keeps a copy of a result's bytes, [`Kept`]), without a
+//! [`Reply`] or a [`Blob`] per result.
+//!
 //! A request is parsed in full before any of it is applied ([`Ops::parse`]), so a malformed
 //! one is refused whole (a batch stays atomic); a result list that does not parse is a
 //! protocol error for the client. Lengths are checked against what is left, so no input
@@ -23,9 +30,10 @@ use std::ops::Range;
 use std::os::fd::OwnedFd;
 
 use multiproc_core::{EncodeError, SharedFd, message};
+use serde::Serialize;
 
-use crate::bytes::Bytes;
-use crate::wire::{Blob, Failure, MapOp, Op, Reply};
+use crate::bytes::{Bytes, with_scratch};
+use crate::wire::{Blob, Failure, KeyError, MapOp, Op, Reply};
 
 /// Operation tags.
 const OP_OTHER: u8 = 0;
@@ -53,15 +61,119 @@ fn put_varint(buf: &mut Vec<u8>, mut v: u64) {
     buf.push(v as u8);
 }
 
+/// Appends `bytes` as they are.
 #[inline]
-fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
-    put_varint(buf, bytes.len() as u64);
+fn put_raw(buf: &mut Vec<u8>, bytes: &[u8]) {
     if bytes.len() <= 16 {
         // A short key or value (the common case): a few stores, not a `memcpy` call.
         buf.extend(bytes.iter().copied());
     } else {
         buf.extend_from_slice(bytes);
     }
+}
+
+#[inline]
+fn put_bytes(buf: &mut Vec<u8>, bytes: &[u8]) {
+    put_varint(buf, bytes.len() as u64);
+    put_raw(buf, bytes);
+}
+
+/// Appends `value`'s postcard bytes after their length, as [`put_bytes`] would write them,
+/// encoding it in place (no copy); the range of its bytes in `buf` and the descriptors of the
+/// handles inside. On error nothing was appended.
+fn put_encoded<T: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    value: &T,
+) -> Result<(Range<usize>, Vec<OwnedFd>), EncodeError> {
+    let at = buf.len();
+    // The length, one byte when short (the common case): written once the value is.
+    buf.push(0);
+    let fds = message::encode_into(value, buf).inspect_err(|_| buf.truncate(at))?;
+    let len = buf.len() - at - 1;
+    if len < 0x80 {
+        buf[at] = len as u8;
+        return Ok((at + 1..buf.len(), fds));
+    }
+    let mut prefix = Vec::with_capacity(10);
+    put_varint(&mut prefix, len as u64);
+    buf.splice(at..at + 1, prefix.iter().copied());
+    Ok((at + prefix.len()..buf.len(), fds))
+}
+
+/// Bytes of one operation an [`Op`](crate::Op) keeps inline: a map's `insert` of a key and a
+/// value of a few dozen bytes together.
+const OP_INLINE: usize = 62;
+
+/// One operation as an [`Op`](crate::Op) carries it: a map's `insert` or `get` of a value
+/// without handles in this codec's form, encoded once when the operation was made (a batch or
+/// a request copies the bytes as they are); any other operation as a value, encoded when it is
+/// sent.
+#[derive(Debug)]
+pub(crate) enum OpWire {
+    Encoded(Bytes<OP_INLINE>),
+    General(Op),
+}
+
+/// Why a map operation could not be encoded.
+#[derive(Debug)]
+pub(crate) enum OpEncodeError {
+    Key(KeyError),
+    Value(EncodeError),
+}
+
+/// Appends a map key (which may hold no handle) after its length.
+fn put_key<K: Serialize + ?Sized>(
+    buf: &mut Vec<u8>,
+    key: &K,
+) -> Result<Range<usize>, OpEncodeError> {
+    let (range, fds) =
+        put_encoded(buf, key).map_err(|e| OpEncodeError::Key(KeyError::Encode(e)))?;
+    if fds.is_empty() {
+        Ok(range)
+    } else {
+        Err(OpEncodeError::Key(KeyError::Handles))
+    }
+}
+
+/// A map's `insert` of `key` and `value` into map `id`, encoded straight into its
+/// operation's bytes. A value holding handles makes the general operation (its descriptors
+/// travel beside).
+///
+/// # Errors
+/// When the key or the value cannot be encoded, or the key holds a handle.
+pub(crate) fn map_insert<K: Serialize + ?Sized, V: Serialize + ?Sized>(
+    id: u32,
+    key: &K,
+    value: &V,
+) -> Result<OpWire, OpEncodeError> {
+    with_scratch(|buf| {
+        buf.push(OP_MAP_INSERT);
+        put_varint(buf, u64::from(id));
+        let key = put_key(buf, key)?;
+        let (value, fds) = put_encoded(buf, value).map_err(OpEncodeError::Value)?;
+        if fds.is_empty() {
+            return Ok(OpWire::Encoded(Bytes::copy_from(buf)));
+        }
+        let value = Blob {
+            bytes: Bytes::copy_from(&buf[value]),
+            fds: fds.into_iter().map(SharedFd::new).collect(),
+        };
+        let key = Bytes::copy_from(&buf[key]);
+        Ok(OpWire::General(Op::Map(id, MapOp::Insert(key, value))))
+    })
+}
+
+/// A map's `get` of `key` from map `id`, encoded straight into its operation's bytes.
+///
+/// # Errors
+/// When the key cannot be encoded or holds a handle.
+pub(crate) fn map_get<K: Serialize + ?Sized>(id: u32, key: &K) -> Result<OpWire, OpEncodeError> {
+    with_scratch(|buf| {
+        buf.push(OP_MAP_GET);
+        put_varint(buf, u64::from(id));
+        put_key(buf, key)?;
+        Ok(OpWire::Encoded(Bytes::copy_from(buf)))
+    })
 }
 
 /// Writes one encoded message (postcard bytes and its descriptors), as an `OTHER` entry.
@@ -210,16 +322,19 @@ pub(crate) struct OpsBuf {
 }
 
 impl OpsBuf {
-    /// Encodes and appends `op`; on error nothing was appended.
+    /// Appends `op` (encoding it if it is not yet); on error nothing was appended.
     ///
     /// # Errors
     /// When an operation carrying handles cannot be encoded (a descriptor not duplicated).
-    pub(crate) fn push(&mut self, op: &Op) -> Result<(), EncodeError> {
+    pub(crate) fn push(&mut self, op: &OpWire) -> Result<(), EncodeError> {
         if self.bytes.capacity() == 0 {
             // Room for a few dozen short operations before the first growth.
             self.bytes.reserve(512);
         }
-        encode_op(op, &mut self.bytes, &mut self.fds)?;
+        match op {
+            OpWire::Encoded(bytes) => put_raw(&mut self.bytes, bytes),
+            OpWire::General(op) => encode_op(op, &mut self.bytes, &mut self.fds)?,
+        }
         self.len += 1;
         Ok(())
     }
@@ -402,7 +517,128 @@ impl ResultsWriter {
     }
 }
 
-/// Decodes results (in the client).
+/// One result as the client reads it, borrowing the answer's bytes: a typed result is
+/// decoded straight from them.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Answer<'a> {
+    /// A success without a value.
+    Done,
+    /// An optional value's bytes (a value without handles).
+    Maybe(Option<&'a [u8]>),
+    /// Any other result: the postcard bytes of a `Result<Reply, Failure>` and the
+    /// descriptors it claims.
+    Other(&'a [u8], &'a [SharedFd]),
+}
+
+impl Answer<'_> {
+    /// The result as a value (the general way).
+    ///
+    /// # Errors
+    /// [`Malformed`] when an `OTHER` result does not decode.
+    pub(crate) fn reply(self) -> Result<Result<Reply, Failure>, Malformed> {
+        match self {
+            Answer::Done => Ok(Ok(Reply::Done)),
+            Answer::Maybe(bytes) => Ok(Ok(Reply::MaybeBlob(bytes.map(|bytes| Blob {
+                bytes: Bytes::copy_from(bytes),
+                fds: Vec::new(),
+            })))),
+            Answer::Other(bytes, fds) => decode_other(bytes, fds)
+                .map_err(|_| Malformed("a result from the manager does not decode")),
+        }
+    }
+
+    /// The failure this result is, if it is one.
+    ///
+    /// # Errors
+    /// As [`reply`](Self::reply).
+    pub(crate) fn failure(self) -> Result<Option<Failure>, Malformed> {
+        match self {
+            Answer::Other(..) => Ok(self.reply()?.err()),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Where one result lies in an answer's bytes and descriptors (see [`index_results`]).
+#[derive(Clone, Debug)]
+pub(crate) enum At {
+    Done,
+    None,
+    Some(Range<usize>),
+    Other(Range<usize>, Range<usize>),
+}
+
+impl At {
+    /// The result, read from the answer's `bytes` and `fds` it was indexed in.
+    pub(crate) fn answer<'a>(&self, bytes: &'a [u8], fds: &'a [SharedFd]) -> Answer<'a> {
+        match self {
+            At::Done => Answer::Done,
+            At::None => Answer::Maybe(None),
+            At::Some(r) => Answer::Maybe(Some(&bytes[r.clone()])),
+            At::Other(r, f) => Answer::Other(&bytes[r.clone()], &fds[f.clone()]),
+        }
+    }
+}
+
+/// Finds every result of an answer (in the client), appending where each lies to `out`:
+/// framing only, checked whole (tags, lengths, descriptor ranges), nothing decoded.
+///
+/// # Errors
+/// [`Malformed`] when the bytes do not frame whole results; `out` may then hold some.
+pub(crate) fn index_results(bytes: &[u8], fds: usize, out: &mut Vec<At>) -> Result<(), Malformed> {
+    let mut r = Reader { bytes };
+    let mut used = 0;
+    // Where the slice just read starts.
+    let start = |r: &Reader<'_>, s: &[u8]| bytes.len() - r.bytes.len() - s.len();
+    while !r.bytes.is_empty() {
+        out.push(match r.u8()? {
+            RE_DONE => At::Done,
+            RE_NONE => At::None,
+            RE_SOME => {
+                let s = r.slice()?;
+                let at = start(&r, s);
+                At::Some(at..at + s.len())
+            }
+            RE_OTHER => {
+                let (s, range) = r.other(&mut used, fds)?;
+                let at = start(&r, s);
+                At::Other(at..at + s.len(), range)
+            }
+            _ => return Err(Malformed("unknown result tag")),
+        });
+    }
+    Ok(())
+}
+
+/// A result kept for later (a pipeline's answers, read before anyone waits for them): a
+/// value's bytes are copied (inline when short), nothing is decoded.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    Done,
+    Maybe(Option<Bytes>),
+    Other(Vec<u8>, Vec<SharedFd>),
+}
+
+impl Kept {
+    pub(crate) fn new(answer: Answer<'_>) -> Self {
+        match answer {
+            Answer::Done => Kept::Done,
+            Answer::Maybe(bytes) => Kept::Maybe(bytes.map(Bytes::copy_from)),
+            Answer::Other(bytes, fds) => Kept::Other(bytes.to_vec(), fds.to_vec()),
+        }
+    }
+
+    pub(crate) fn answer(&self) -> Answer<'_> {
+        match self {
+            Kept::Done => Answer::Done,
+            Kept::Maybe(bytes) => Answer::Maybe(bytes.as_deref()),
+            Kept::Other(bytes, fds) => Answer::Other(bytes, fds),
+        }
+    }
+}
+
+/// Decodes results (in the client), each as a value: for the few callers that want them so
+/// (opening a watch, tests).
 ///
 /// # Errors
 /// [`Malformed`] when the bytes do not frame whole results, or one does not decode.
@@ -410,27 +646,9 @@ pub(crate) fn decode_results(
     bytes: &[u8],
     fds: &[SharedFd],
 ) -> Result<Vec<Result<Reply, Failure>>, Malformed> {
-    let mut r = Reader { bytes };
-    let mut used = 0;
-    // Every result takes at least a byte: room for all of them, within reason.
-    let mut results = Vec::with_capacity(bytes.len().min(1024));
-    while !r.bytes.is_empty() {
-        results.push(match r.u8()? {
-            RE_DONE => Ok(Reply::Done),
-            RE_NONE => Ok(Reply::MaybeBlob(None)),
-            RE_SOME => Ok(Reply::MaybeBlob(Some(Blob {
-                bytes: Bytes::copy_from(r.slice()?),
-                fds: Vec::new(),
-            }))),
-            RE_OTHER => {
-                let (bytes, range) = r.other(&mut used, fds.len())?;
-                decode_other(bytes, &fds[range])
-                    .map_err(|_| Malformed("a result from the manager does not decode"))?
-            }
-            _ => return Err(Malformed("unknown result tag")),
-        });
-    }
-    Ok(results)
+    let mut at = Vec::new();
+    index_results(bytes, fds.len(), &mut at)?;
+    at.iter().map(|a| a.answer(bytes, fds).reply()).collect()
 }
 
 #[cfg(test)]
@@ -499,9 +717,10 @@ mod tests {
         assert_eq!(first_watch(&watch), Some(9));
     }
 
-    #[test]
-    fn every_kind_of_result_round_trips() {
-        let results: Vec<Result<Reply, Failure>> = vec![
+    /// Results of every kind: done, none, some, a value holding a handle, another reply, a
+    /// failure.
+    fn every_kind_of_result() -> Vec<Result<Reply, Failure>> {
+        vec![
             Ok(Reply::Done),
             Ok(Reply::MaybeBlob(None)),
             Ok(Reply::MaybeBlob(Some(blob(&"hello".to_string())))),
@@ -511,12 +730,22 @@ mod tests {
             }))),
             Ok(Reply::Len(4)),
             Err(Failure::OutOfRange { index: 9, len: 2 }),
-        ];
+        ]
+    }
+
+    /// `results` as the manager writes them.
+    fn written(results: &[Result<Reply, Failure>]) -> (Bytes, Vec<SharedFd>) {
         let mut w = ResultsWriter::default();
-        for r in &results {
+        for r in results {
             w.result(r);
         }
-        let (bytes, fds) = w.finish();
+        w.finish()
+    }
+
+    #[test]
+    fn every_kind_of_result_round_trips() {
+        let results = every_kind_of_result();
+        let (bytes, fds) = written(&results);
         assert_eq!(fds.len(), 1);
         let back = decode_results(&bytes, &fds).unwrap();
         assert_eq!(back.len(), results.len());
@@ -591,6 +820,175 @@ mod tests {
         assert!(Ops::parse(&[OP_MAP_GET, 1, 0xff, 0xff, 0xff, 0xff, 0x0f], 0).is_err());
         assert!(decode_results(&[RE_SOME, 0xff, 0xff, 0xff, 0xff, 0x0f, 1], &[]).is_err());
         assert!(decode_results(&[RE_OTHER, 1, 0], &[]).is_err());
+    }
+
+    /// Refuses to be encoded.
+    struct Refuses;
+
+    impl serde::Serialize for Refuses {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refused"))
+        }
+    }
+
+    /// A map's `insert` and `get` encoded in place are byte for byte what the general
+    /// encoder writes for the same operations (short, empty and long keys and values: a
+    /// length over 127 takes two bytes, moved in front of the bytes once they are written).
+    #[test]
+    fn map_operations_encoded_in_place_equal_the_general_encoding() {
+        for (key, value) in [
+            ("k".to_string(), vec![7u8]),
+            (String::new(), Vec::new()),
+            ("k".repeat(200), vec![1; 300]),
+            ("x".repeat(126), vec![2; 125]),
+            ("x".repeat(127), vec![2; 126]),
+        ] {
+            let general = [
+                Op::Map(9, MapOp::Insert(encode_key(&key).unwrap(), blob(&value))),
+                Op::Map(300, MapOp::Get(encode_key(&key).unwrap())),
+            ];
+            let (want, _) = encode_ops(&general).unwrap();
+            let mut ops = OpsBuf::default();
+            ops.push(&map_insert(9, &key, &value).unwrap()).unwrap();
+            ops.push(&map_get(300, key.as_str()).unwrap()).unwrap();
+            let (got, fds, n) = ops.take();
+            assert_eq!(&*got, &*want, "key of {} bytes", key.len());
+            assert!(fds.is_empty());
+            assert_eq!(n, 2);
+            let parsed = Ops::parse(&got, 0).unwrap();
+            let mut parsed = parsed.iter();
+            assert_eq!(
+                parsed.next(),
+                Some(&OpRef::MapInsert {
+                    id: 9,
+                    key: &encode_key(&key).unwrap()[..],
+                    value: &blob(&value).bytes[..],
+                })
+            );
+            assert_eq!(
+                parsed.next(),
+                Some(&OpRef::MapGet {
+                    id: 300,
+                    key: &encode_key(&key).unwrap()[..],
+                })
+            );
+        }
+    }
+
+    /// A value holding handles makes the general operation, its descriptors beside; a key
+    /// holding one, or a key or value that does not encode, is refused when the operation is
+    /// made.
+    #[test]
+    fn handles_take_the_general_way_and_bad_keys_are_refused() {
+        let wire = map_insert(4, "q", &(fd(), 5u8)).unwrap();
+        let OpWire::General(Op::Map(4, MapOp::Insert(key, value))) = &wire else {
+            panic!("{wire:?}");
+        };
+        assert_eq!(&**key, &*encode_key("q").unwrap());
+        assert_eq!(value.fds.len(), 1);
+        let mut ops = OpsBuf::default();
+        ops.push(&map_get(4, "a").unwrap()).unwrap();
+        ops.push(&wire).unwrap();
+        let (bytes, fds, n) = ops.take();
+        assert_eq!((fds.len(), n), (1, 2));
+        let parsed = Ops::parse(&bytes, fds.len()).unwrap();
+        let back: Vec<Op> = parsed.iter().map(|op| op.to_op(&fds).unwrap()).collect();
+        let Op::Map(4, MapOp::Insert(_, value)) = &back[1] else {
+            panic!("{back:?}");
+        };
+        assert_eq!(value.decode::<(SharedFd, u8)>().unwrap().1, 5);
+
+        assert!(matches!(
+            map_insert(4, &fd(), &1u8),
+            Err(OpEncodeError::Key(KeyError::Handles))
+        ));
+        assert!(matches!(
+            map_get(4, &fd()),
+            Err(OpEncodeError::Key(KeyError::Handles))
+        ));
+        assert!(matches!(
+            map_get(4, &Refuses),
+            Err(OpEncodeError::Key(KeyError::Encode(_)))
+        ));
+        assert!(matches!(
+            map_insert(4, "k", &Refuses),
+            Err(OpEncodeError::Value(_))
+        ));
+        // A refusal leaves nothing behind: the next operation encodes as it should.
+        let OpWire::Encoded(after) = map_get(4, "a").unwrap() else {
+            panic!("not in place");
+        };
+        let (want, _) = encode_ops(&[Op::Map(4, MapOp::Get(encode_key("a").unwrap()))]).unwrap();
+        assert_eq!(&*after, &*want);
+    }
+
+    /// Every kind of result read where it lies (as an `Answer`, and kept for later) is the
+    /// result written; an optional value is its bytes as they are.
+    #[test]
+    fn results_read_in_place_are_the_results_written() {
+        let mut results = every_kind_of_result();
+        results.push(Ok(Reply::MaybeBlob(Some(blob(&vec![3u8; 500])))));
+        let (bytes, fds) = written(&results);
+        let mut at = Vec::new();
+        index_results(&bytes, fds.len(), &mut at).unwrap();
+        assert_eq!(at.len(), results.len());
+        for (r, a) in results.iter().zip(&at) {
+            let answer = a.answer(&bytes, &fds);
+            let kept = Kept::new(answer);
+            for back in [answer.reply().unwrap(), kept.answer().reply().unwrap()] {
+                let (x, _) = message::encode(r).unwrap();
+                let (y, _) = message::encode(&back).unwrap();
+                assert_eq!(x, y);
+            }
+            assert_eq!(answer.failure().unwrap().is_some(), r.is_err());
+            assert_eq!(kept.answer().failure().unwrap().is_some(), r.is_err());
+        }
+        assert!(matches!(at[0].answer(&bytes, &fds), Answer::Done));
+        assert!(matches!(at[1].answer(&bytes, &fds), Answer::Maybe(None)));
+        let hello = blob(&"hello".to_string());
+        assert!(matches!(at[2].answer(&bytes, &fds), Answer::Maybe(Some(b)) if b == &*hello.bytes));
+        assert!(matches!(at[3].answer(&bytes, &fds), Answer::Other(_, f) if f.len() == 1));
+        assert_eq!(decode_results(&bytes, &fds).unwrap().len(), results.len());
+    }
+
+    /// Indexing any truncation or single-byte corruption of valid results (descriptors
+    /// included) either fails or gives places inside the answer: reading each never panics.
+    #[test]
+    fn indexing_corrupt_results_never_panics() {
+        let mut w = ResultsWriter::default();
+        w.maybe_bytes(Some(b"value"));
+        w.done();
+        w.maybe_bytes(None);
+        w.result(&Ok(Reply::MaybeBlob(Some(Blob {
+            bytes: Bytes::copy_from(b"x"),
+            fds: vec![fd(), fd()],
+        }))));
+        w.result(&Err(Failure::Empty));
+        let (bytes, fds) = w.finish();
+        let read_all = |bytes: &[u8], fds: &[SharedFd]| {
+            let mut at = Vec::new();
+            if index_results(bytes, fds.len(), &mut at).is_ok() {
+                for a in &at {
+                    let answer = a.answer(bytes, fds);
+                    let _ = answer.reply();
+                    let _ = Kept::new(answer).answer().failure();
+                }
+            }
+        };
+        for end in 0..bytes.len() {
+            read_all(&bytes[..end], &fds);
+        }
+        for at in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut bad = bytes.to_vec();
+                bad[at] ^= flip;
+                read_all(&bad, &fds);
+            }
+        }
+        // Fewer descriptors than the results claim.
+        assert!(index_results(&bytes, 1, &mut Vec::new()).is_err());
+        assert!(index_results(&[RE_SOME, 5, 1], 0, &mut Vec::new()).is_err());
+        assert!(index_results(&[7], 0, &mut Vec::new()).is_err());
     }
 
     trait ErrOrShorter {

@@ -66,7 +66,7 @@ fn one_batch(map: &Map<String, u64>, state: &Shared, buf: &mut Vec<u8>, i: u64, 
     else {
         panic!("not an answer");
     };
-    let mut results = BatchResults::new(results.decode().unwrap());
+    let mut results = BatchResults::new(results, GROUP as usize).unwrap();
     for (j, slot) in gets {
         assert_eq!(results.take(slot).unwrap(), Some(j));
     }

@@ -103,11 +103,11 @@ pub struct CounterOps<'a> {
 
 impl CounterOps<'_> {
     fn op(&self, op: CounterOp) -> Op<i64> {
-        Op {
-            manager: self.counter.target.manager(),
-            wire: WireOp::Counter(self.counter.target.id, op),
-            decode: decode::int,
-        }
+        Op::general(
+            self.counter.target.manager(),
+            WireOp::Counter(self.counter.target.id, op),
+            decode::int,
+        )
     }
 
     /// [`Counter::get`].

@@ -26,9 +26,10 @@ use multiproc_core::transport::packet::{Packet, PacketSocket};
 use multiproc_core::{RecvError, SendError, SharedFd, message};
 use serde::{Deserialize, Serialize};
 
-use crate::codec::OpsBuf;
+use crate::codec::{OpWire, OpsBuf};
+use crate::decode::malformed;
 use crate::error::OpError;
-use crate::wire::{self, Failure, Op, Reply, Request, Response};
+use crate::wire::{Failure, Reply, Request, Response, Results};
 
 /// The sending side of a connection to a manager.
 pub(crate) type Requests = Pin<Box<dyn Sink<Request, Error = OpError> + Send>>;
@@ -208,9 +209,6 @@ fn is_gone(e: &io::Error) -> bool {
     )
 }
 
-/// The results of one request.
-type Results = Vec<Result<Reply, Failure>>;
-
 /// An open connection, shared by every caller in this process.
 ///
 /// Callers send under `tx` and take turns reading under `rx`: whoever holds `rx` reads one
@@ -320,39 +318,43 @@ impl Link {
         e
     }
 
-    /// Sends `ops` as one request and waits for their results.
+    /// Sends one operation as a request and waits for its answer (undecoded).
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
-    pub(crate) async fn call(&self, ops: &[Op]) -> Result<Results, OpError> {
-        self.call_with(|id| {
-            let request = Request::new(id, ops, 0).map_err(OpError::encode)?;
-            Ok((request, ops.len()))
-        })
-        .await
+    pub(crate) async fn call_one(&self, op: &OpWire) -> Result<Results, OpError> {
+        self.call_with(|id| Request::one(id, op).map_err(OpError::encode))
+            .await
     }
 
     /// Sends the operations `ops` holds (encoded already; it is left empty) as one request
-    /// and waits for their results.
+    /// and waits for their answer (undecoded); and how many operations it answers.
     ///
     /// # Errors
     /// [`OpError::is_manager_gone`] when the manager is gone (now or before).
-    pub(crate) async fn call_encoded(&self, ops: &mut OpsBuf) -> Result<Results, OpError> {
-        self.call_with(|id| Ok(Request::take(id, ops, 0))).await
+    pub(crate) async fn call_encoded(&self, ops: &mut OpsBuf) -> Result<(Results, usize), OpError> {
+        let mut n = 0;
+        let results = self
+            .call_with(|id| {
+                let (request, len) = Request::take(id, ops, 0);
+                n = len;
+                Ok(request)
+            })
+            .await?;
+        Ok((results, n))
     }
 
-    /// Sends the request `request` makes for an id, and waits for its results (as many as
-    /// it says).
+    /// Sends the request `request` makes for an id, and waits for its answer.
     async fn call_with(
         &self,
-        request: impl FnOnce(u64) -> Result<(Request, usize), OpError>,
+        request: impl FnOnce(u64) -> Result<Request, OpError>,
     ) -> Result<Results, OpError> {
         if self.gone.load(Ordering::Relaxed) {
             return Err(OpError::gone());
         }
         let conn = self.conn().await.map_err(|e| self.seen(e))?;
         let id = conn.next_id.fetch_add(1, Ordering::Relaxed);
-        let (request, n) = request(id)?;
+        let request = request(id)?;
         let waiting = Waiting::new(&conn, id);
         conn.tx
             .lock()
@@ -360,13 +362,7 @@ impl Link {
             .send(request)
             .await
             .map_err(|e| self.seen(e))?;
-        let results = self.answer(&conn, &waiting).await?;
-        if results.len() != n {
-            return Err(OpError::protocol(
-                "the manager answered a different number of operations",
-            ));
-        }
-        Ok(results)
+        self.answer(&conn, &waiting).await
     }
 
     /// The connection for the current runtime, opened if there is none.
@@ -417,11 +413,11 @@ impl Link {
             }
             match rx.next().await {
                 Some(Ok(Response::Done { id, results })) if id == waiting.id => {
-                    return decoded(&results);
+                    return Ok(results);
                 }
                 Some(Ok(Response::Done { id, results })) => {
                     if let Some(slot) = conn.arrived().get_mut(&id) {
-                        *slot = Some(decoded(&results)?);
+                        *slot = Some(results);
                     }
                 }
                 Some(Ok(Response::Event(_))) => {}
@@ -437,23 +433,16 @@ impl Link {
     }
 }
 
-/// The results of an answer, decoded.
-///
-/// # Errors
-/// A protocol error when they do not decode.
-pub(crate) fn decoded(results: &wire::Results) -> Result<Results, OpError> {
-    results.decode().map_err(|e| {
-        OpError::protocol(&format!(
-            "an answer from the manager could not be decoded: {e}"
-        ))
-    })
-}
-
-/// Reads answers until the one for request `id` (dropping others).
-pub(crate) async fn read_answer(rx: &mut Responses, id: u64) -> Result<Results, OpError> {
+/// Reads answers until the one for request `id` (dropping others), decoded.
+pub(crate) async fn read_answer(
+    rx: &mut Responses,
+    id: u64,
+) -> Result<Vec<Result<Reply, Failure>>, OpError> {
     loop {
         match rx.next().await {
-            Some(Ok(Response::Done { id: got, results })) if got == id => return decoded(&results),
+            Some(Ok(Response::Done { id: got, results })) if got == id => {
+                return results.decode().map_err(malformed);
+            }
             Some(Ok(_)) => continue,
             Some(Err(e)) => return Err(e),
             None => return Err(OpError::gone()),

@@ -233,11 +233,11 @@ impl<T> fmt::Debug for ListOps<'_, T> {
 
 impl<T: Serialize + DeserializeOwned> ListOps<'_, T> {
     fn op<R>(&self, op: ListOp, decode: op::Decode<R>) -> Op<R> {
-        Op {
-            manager: self.list.target.manager(),
-            wire: WireOp::List(self.list.target.id, op),
+        Op::general(
+            self.list.target.manager(),
+            WireOp::List(self.list.target.id, op),
             decode,
-        }
+        )
     }
 
     /// [`List::push`].

@@ -13,13 +13,14 @@ use multiproc_process::{Builder, JoinHandle};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use crate::codec::OpsBuf;
 use crate::counter::Counter;
 use crate::decode;
 use crate::error::{OpError, ShutdownError, StartError};
 use crate::link::{Connector, Link};
 use crate::list::List;
 use crate::map::Map;
-use crate::op::{Batch, Pipeline};
+use crate::op::{Batch, Decode, Pipeline, indexed, run};
 use crate::server::{ServerArgs, manager_main};
 use crate::target::Target;
 use crate::value::Value;
@@ -64,13 +65,10 @@ impl Client {
             type_name: type_name.to_owned(),
             init,
         };
-        let mut results = self.link.call(&[op]).await?;
-        let result = results
-            .pop()
-            .ok_or_else(|| OpError::protocol("empty answer"))?;
+        let id = self.call(op, decode::id).await?;
         Ok(Target {
             link: self.link.clone(),
-            id: decode::id(result)?,
+            id,
         })
     }
 
@@ -168,14 +166,13 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn snapshot(&self) -> Result<Snapshot, OpError> {
-        let mut results = self.link.call(&[Op::Snapshot]).await?;
-        match results.pop() {
-            Some(Ok(Reply::Snapshot(stored))) => Ok(Snapshot(stored)),
-            Some(Err(failure)) => Err(OpError::failed(failure)),
+        self.call(Op::Snapshot, |answer| match decode::reply(answer)? {
+            Reply::Snapshot(stored) => Ok(Snapshot(stored)),
             _ => Err(OpError::protocol(
                 "the manager answered with an unexpected shape",
             )),
-        }
+        })
+        .await
     }
 
     /// Waits until the manager answers (a round trip with no operation).
@@ -186,7 +183,14 @@ impl Client {
     /// # Cancel safety
     /// Cancel safe.
     pub async fn ping(&self) -> Result<(), OpError> {
-        self.link.call(&[]).await.map(drop)
+        let (results, n) = self.link.call_encoded(&mut OpsBuf::default()).await?;
+        indexed(&results, n, &mut Vec::new()).map(drop)
+    }
+
+    /// Runs one operation on the manager and decodes its result.
+    async fn call<R>(&self, op: Op, decode: Decode<R>) -> Result<R, OpError> {
+        let op = crate::op::Op::general(self.link.endpoint.manager(), op, decode);
+        run(&self.link, op).await
     }
 }
 

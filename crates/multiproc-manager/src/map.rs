@@ -7,6 +7,7 @@ use std::marker::PhantomData;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::codec::{self, OpEncodeError, OpWire};
 use crate::decode;
 use crate::error::OpError;
 use crate::op::{self, Batch, Op, Pipeline};
@@ -314,12 +315,21 @@ where
     K: Serialize + DeserializeOwned,
     V: Serialize + DeserializeOwned,
 {
-    fn op<R>(&self, op: MapOp, decode: op::Decode<R>) -> Op<R> {
+    /// A map's `insert` or `get`, encoded already: its answer is an optional value.
+    fn encoded(&self, wire: OpWire) -> Op<Option<V>> {
         Op {
             manager: self.map.target.manager(),
-            wire: WireOp::Map(self.map.target.id, op),
-            decode,
+            wire,
+            decode: decode::maybe::<V>,
         }
+    }
+
+    fn op<R>(&self, op: MapOp, decode: op::Decode<R>) -> Op<R> {
+        Op::general(
+            self.map.target.manager(),
+            WireOp::Map(self.map.target.id, op),
+            decode,
+        )
     }
 
     /// [`Map::insert`].
@@ -327,9 +337,8 @@ where
     /// # Errors
     /// [`OpError::is_encode`] when the key or value cannot be encoded.
     pub fn insert(&self, key: &K, value: &V) -> Result<Op<Option<V>>, OpError> {
-        let key = encode_key(key).map_err(OpError::key)?;
-        let value = Blob::encode(value).map_err(OpError::encode)?;
-        Ok(self.op(MapOp::Insert(key, value), decode::maybe::<V>))
+        let wire = codec::map_insert(self.map.target.id, key, value).map_err(encode_error)?;
+        Ok(self.encoded(wire))
     }
 
     /// [`Map::get`].
@@ -341,8 +350,8 @@ where
         K: Borrow<Q>,
         Q: Serialize + ?Sized,
     {
-        let key = encode_key(key).map_err(OpError::key)?;
-        Ok(self.op(MapOp::Get(key), decode::maybe::<V>))
+        let wire = codec::map_get(self.map.target.id, key).map_err(encode_error)?;
+        Ok(self.encoded(wire))
     }
 
     /// [`Map::get_many`].
@@ -449,6 +458,13 @@ where
         let arg = Blob::encode(arg).map_err(OpError::encode)?;
         let f = update_or_default_fn::<V, A, R, F>(f);
         Ok(self.op(MapOp::Update(key, f, arg), decode::value::<R>))
+    }
+}
+
+fn encode_error(e: OpEncodeError) -> OpError {
+    match e {
+        OpEncodeError::Key(e) => OpError::key(e),
+        OpEncodeError::Value(e) => OpError::encode(e),
     }
 }
 

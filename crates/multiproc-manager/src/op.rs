@@ -15,13 +15,14 @@ use std::future::Future;
 use futures::StreamExt;
 use rustc_hash::FxHashMap;
 
-use crate::codec::OpsBuf;
+use crate::codec::{Answer, At, Kept, OpWire, OpsBuf, index_results};
+use crate::decode::malformed;
 use crate::error::OpError;
-use crate::link::{Endpoint, Link, Requests, Responses, decoded};
-use crate::wire::{self, Failure, Reply, Request, Response};
+use crate::link::{Endpoint, Link, Requests, Responses};
+use crate::wire::{self, Failure, Request, Response};
 
 /// Turns one answer into the operation's typed result.
-pub(crate) type Decode<R> = fn(Result<Reply, Failure>) -> Result<R, OpError>;
+pub(crate) type Decode<R> = fn(Answer<'_>) -> Result<R, OpError>;
 
 /// One operation on a served value, not sent yet, whose result is an `R`.
 ///
@@ -30,8 +31,19 @@ pub(crate) type Decode<R> = fn(Result<Reply, Failure>) -> Result<R, OpError>;
 /// cannot be encoded was already refused there.
 pub struct Op<R> {
     pub(crate) manager: u64,
-    pub(crate) wire: wire::Op,
+    pub(crate) wire: OpWire,
     pub(crate) decode: Decode<R>,
+}
+
+impl<R> Op<R> {
+    /// An operation sent as a value (encoded when it is sent).
+    pub(crate) fn general(manager: u64, wire: wire::Op, decode: Decode<R>) -> Self {
+        Self {
+            manager,
+            wire: OpWire::General(wire),
+            decode,
+        }
+    }
 }
 
 impl<R> fmt::Debug for Op<R> {
@@ -42,11 +54,29 @@ impl<R> fmt::Debug for Op<R> {
 
 /// Runs one operation on `link` and decodes its result.
 pub(crate) async fn run<R>(link: &Link, op: Op<R>) -> Result<R, OpError> {
-    let mut results = link.call(std::slice::from_ref(&op.wire)).await?;
-    let result = results
-        .pop()
-        .ok_or_else(|| OpError::protocol("empty answer"))?;
-    (op.decode)(result)
+    let results = link.call_one(&op.wire).await?;
+    let mut at = Vec::with_capacity(1);
+    let at = indexed(&results, 1, &mut at)?;
+    (op.decode)(at[0].answer(&results.bytes, &results.fds))
+}
+
+/// Where each of the `n` results of an answer lies (in `at`, emptied first).
+///
+/// # Errors
+/// A protocol error when the results do not frame, or there are not `n` of them.
+pub(crate) fn indexed<'a>(
+    results: &wire::Results,
+    n: usize,
+    at: &'a mut Vec<At>,
+) -> Result<&'a [At], OpError> {
+    at.clear();
+    index_results(&results.bytes, results.fds.len(), at).map_err(malformed)?;
+    if at.len() != n {
+        return Err(OpError::protocol(
+            "the manager answered a different number of operations",
+        ));
+    }
+    Ok(at)
 }
 
 /// Where the typed result of an operation in a [`Batch`] or [`Pipeline`] will be.
@@ -140,25 +170,32 @@ impl Batch {
     /// Once polled, the batch may be applied even if the future is dropped; its results are
     /// then lost.
     pub async fn run(mut self) -> Result<BatchResults, OpError> {
-        let results = self.link.call_encoded(&mut self.ops).await?;
-        Ok(BatchResults {
-            results: results.into_iter().map(Some).collect(),
-        })
+        let (results, n) = self.link.call_encoded(&mut self.ops).await?;
+        BatchResults::new(results, n)
     }
 }
 
-/// The results of a [`Batch`], taken by [`Slot`].
+/// The results of a [`Batch`], taken by [`Slot`]: the manager's answer as it came, each
+/// result decoded when it is taken.
 #[derive(Debug)]
 pub struct BatchResults {
-    results: Vec<Option<Result<Reply, Failure>>>,
+    results: wire::Results,
+    /// Where each operation's result lies; `None` once taken.
+    at: Vec<Option<At>>,
 }
 
 impl BatchResults {
-    #[cfg(test)]
-    pub(crate) fn new(results: Vec<Result<Reply, Failure>>) -> Self {
-        Self {
-            results: results.into_iter().map(Some).collect(),
-        }
+    /// The results of `n` operations in `results`.
+    ///
+    /// # Errors
+    /// A protocol error when they do not frame, or there are not `n` of them.
+    pub(crate) fn new(results: wire::Results, n: usize) -> Result<Self, OpError> {
+        let mut at = Vec::with_capacity(n);
+        indexed(&results, n, &mut at)?;
+        Ok(Self {
+            results,
+            at: at.into_iter().map(Some).collect(),
+        })
     }
 
     /// The result of the operation at `slot`.
@@ -167,14 +204,14 @@ impl BatchResults {
     /// The operation's own failure, or a protocol error for a slot taken twice or from another
     /// batch.
     pub fn take<R>(&mut self, slot: Slot<R>) -> Result<R, OpError> {
-        let result = self
-            .results
+        let at = self
+            .at
             .get_mut(slot.at as usize)
             .and_then(Option::take)
             .ok_or_else(|| {
                 OpError::protocol("this slot's result was taken or is not in this batch")
             })?;
-        (slot.decode)(result)
+        (slot.decode)(at.answer(&self.results.bytes, &self.results.fds))
     }
 }
 
@@ -240,7 +277,9 @@ struct Answers {
     /// How many operations each sent request not answered yet holds, oldest first.
     in_flight: VecDeque<usize>,
     /// Answers read but not taken yet, by operation (operation numbers hash well with Fx).
-    kept: FxHashMap<u64, Result<Reply, Failure>>,
+    kept: FxHashMap<u64, Kept>,
+    /// Where the results of the answer being read lie (kept for its room).
+    at: Vec<At>,
     /// For each operation pushed and not answered yet, oldest first (operation `answered + i`
     /// at `i`): whether its answer is dropped as it arrives (failures are kept in `failed`).
     forgotten: VecDeque<bool>,
@@ -254,32 +293,29 @@ impl Answers {
         let id = self.requests_answered;
         let results = loop {
             match self.rx.next().await {
-                Some(Ok(Response::Done { id: got, results })) if got == id => {
-                    break decoded(&results)?;
-                }
+                Some(Ok(Response::Done { id: got, results })) if got == id => break results,
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Err(e),
                 None => return Err(OpError::gone()),
             }
         };
         let expected = self.in_flight.pop_front().unwrap_or(0);
-        if results.len() != expected {
-            return Err(OpError::protocol(
-                "the manager answered a different number of operations",
-            ));
-        }
+        let mut at = std::mem::take(&mut self.at);
+        indexed(&results, expected, &mut at)?;
         self.requests_answered += 1;
-        for result in results {
-            let at = self.answered;
+        for at in &at {
+            let answer = at.answer(&results.bytes, &results.fds);
+            let op = self.answered;
             self.answered += 1;
             if self.forgotten.pop_front().unwrap_or(false) {
-                if let Err(failure) = result {
+                if let Some(failure) = answer.failure().map_err(malformed)? {
                     self.failed.get_or_insert(failure);
                 }
             } else {
-                self.kept.insert(at, result);
+                self.kept.insert(op, Kept::new(answer));
             }
         }
+        self.at = at;
         Ok(())
     }
 
@@ -324,6 +360,7 @@ impl Pipeline {
                 requests_answered: 0,
                 in_flight: VecDeque::new(),
                 kept: FxHashMap::default(),
+                at: Vec::new(),
                 forgotten: VecDeque::new(),
                 failed: None,
             },
@@ -444,8 +481,8 @@ impl Pipeline {
         }
         self.flush().await?;
         loop {
-            if let Some(result) = self.answers.kept.remove(&slot.at) {
-                return (slot.decode)(result);
+            if let Some(kept) = self.answers.kept.remove(&slot.at) {
+                return (slot.decode)(kept.answer());
             }
             if slot.at < self.answers.answered {
                 return Err(OpError::protocol(
@@ -471,10 +508,14 @@ impl Pipeline {
         }
         let mut kept: Vec<_> = self.answers.kept.drain().collect();
         kept.sort_by_key(|(id, _)| *id);
-        let failed = self.answers.failed.take();
-        match failed.or_else(|| kept.into_iter().find_map(|(_, r)| r.err())) {
-            Some(failure) => Err(OpError::failed(failure)),
-            None => Ok(()),
+        if let Some(failure) = self.answers.failed.take() {
+            return Err(OpError::failed(failure));
         }
+        for (_, kept) in kept {
+            if let Some(failure) = kept.answer().failure().map_err(malformed)? {
+                return Err(OpError::failed(failure));
+            }
+        }
+        Ok(())
     }
 }

@@ -159,11 +159,11 @@ impl<T> fmt::Debug for ValueOps<'_, T> {
 
 impl<T: Serialize + DeserializeOwned> ValueOps<'_, T> {
     fn op<R>(&self, op: ValueOp, decode: op::Decode<R>) -> Op<R> {
-        Op {
-            manager: self.value.target.manager(),
-            wire: WireOp::Value(self.value.target.id, op),
+        Op::general(
+            self.value.target.manager(),
+            WireOp::Value(self.value.target.id, op),
             decode,
-        }
+        )
     }
 
     /// [`Value::get`].

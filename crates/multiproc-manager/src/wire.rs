@@ -181,6 +181,22 @@ impl Request {
         })
     }
 
+    /// A request for one operation.
+    ///
+    /// # Errors
+    /// When an operation carrying handles cannot be encoded.
+    pub(crate) fn one(id: u64, op: &crate::codec::OpWire) -> Result<Self, EncodeError> {
+        match op {
+            crate::codec::OpWire::Encoded(bytes) => Ok(Self {
+                id,
+                quiet: 0,
+                ops: Bytes::copy_from(bytes),
+                fds: Vec::new(),
+            }),
+            crate::codec::OpWire::General(op) => Self::new(id, [op], 0),
+        }
+    }
+
     /// A request for the operations `ops` holds (left empty); and how many there are.
     pub(crate) fn take(id: u64, ops: &mut crate::codec::OpsBuf, quiet: u64) -> (Self, usize) {
         let (ops, fds, n) = ops.take();
