@@ -94,4 +94,4 @@ mod request;
 mod server;
 
 pub use client::FORK_SERVER_ENV;
-pub(crate) use client::{Asked, ask, start_if_idle};
+pub(crate) use client::{Asked, Ticket, ask, resolve, start_if_idle};
