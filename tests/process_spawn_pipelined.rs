@@ -33,7 +33,11 @@ async fn children_started_in_a_row_each_join_with_their_own_result() {
     for (i, mut handle) in (0..CHILDREN).zip(handles) {
         let (value, pid) = within("child", handle.join()).await.unwrap();
         assert_eq!(value, i * 3, "child {i} answered for another");
-        assert_eq!(handle.pid(), Some(pid), "child {i}'s handle names another process");
+        assert_eq!(
+            handle.pid(),
+            Some(pid),
+            "child {i}'s handle names another process"
+        );
         pids.push(pid);
     }
     pids.sort_unstable();
@@ -51,7 +55,11 @@ fn children_named(name: &str) -> Vec<u32> {
     let me = std::process::id();
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -112,11 +120,16 @@ async fn drop_and_kill_before_the_pid(_: ()) -> (usize, usize, bool) {
 async fn handles_dropped_or_killed_before_their_pid_is_known_leave_no_process() {
     let (killed, joins, none_left) = within(
         "middle process",
-        Builder::new().spawn((), drop_and_kill_before_the_pid).unwrap(),
+        Builder::new()
+            .spawn((), drop_and_kill_before_the_pid)
+            .unwrap(),
     )
     .await
     .unwrap();
-    assert_eq!(killed, joins, "a child killed before its pid was known was not killed");
+    assert_eq!(
+        killed, joins,
+        "a child killed before its pid was known was not killed"
+    );
     assert!(none_left, "a dropped or killed child was left behind");
 }
 
@@ -164,16 +177,19 @@ async fn a_handle_dropped_before_its_pid_is_known_still_runs_its_child_once() {
     .unwrap();
     // The middle process has exited; its children were daemons, so wait for the log to be
     // complete (each child writes before it exits).
-    let complete = eventually(|| {
-        std::fs::read_to_string(&log).is_ok_and(|runs| runs.lines().count() >= 6)
-    })
-    .await;
+    let complete =
+        eventually(|| std::fs::read_to_string(&log).is_ok_and(|runs| runs.lines().count() >= 6))
+            .await;
     let runs = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
     ran.sort_unstable();
     assert!(complete, "not every dropped child ran: {ran:?}");
-    assert_eq!(ran, (0..6).collect::<Vec<_>>(), "each child runs exactly once");
+    assert_eq!(
+        ran,
+        (0..6).collect::<Vec<_>>(),
+        "each child runs exactly once"
+    );
     assert!(no_zombies, "a dropped child was left a zombie");
 }
 
@@ -199,7 +215,11 @@ async fn kill_with_requests_in_flight(log: String) -> Settled {
     signal(server, rustix::process::Signal::KILL);
     let mut outcomes = Vec::new();
     for handle in handles {
-        outcomes.push(within("spawn in flight", handle).await.map_err(|e| e.to_string()));
+        outcomes.push(
+            within("spawn in flight", handle)
+                .await
+                .map_err(|e| e.to_string()),
+        );
     }
     let reaped = eventually(|| process_gone(server)).await;
     // The next spawn finds a new server (started when the first of these was re-executed).
@@ -215,7 +235,10 @@ async fn a_server_killed_with_requests_in_flight_settles_every_one() {
     let (outcomes, reaped, replaced, no_zombies) = within(
         "middle process",
         Builder::new()
-            .spawn(log.to_string_lossy().into_owned(), kill_with_requests_in_flight)
+            .spawn(
+                log.to_string_lossy().into_owned(),
+                kill_with_requests_in_flight,
+            )
             .unwrap(),
     )
     .await
@@ -225,8 +248,16 @@ async fn a_server_killed_with_requests_in_flight_settles_every_one() {
     let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
     ran.sort_unstable();
     let answers: Vec<u64> = outcomes.iter().map(|o| o.clone().unwrap()).collect();
-    assert_eq!(answers, (0..6).collect::<Vec<_>>(), "each spawn gets its own child");
-    assert_eq!(ran, (0..6).collect::<Vec<_>>(), "each child runs exactly once");
+    assert_eq!(
+        answers,
+        (0..6).collect::<Vec<_>>(),
+        "each spawn gets its own child"
+    );
+    assert_eq!(
+        ran,
+        (0..6).collect::<Vec<_>>(),
+        "each child runs exactly once"
+    );
     assert!(reaped, "the killed server was left a zombie");
     assert!(replaced, "no new server was started");
     assert!(no_zombies, "a zombie was left");

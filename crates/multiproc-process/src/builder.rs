@@ -191,9 +191,15 @@ impl Builder {
     /// current-thread tokio runtime in the child. `args` and the result are serde types and may
     /// contain handles (pipe ends, locks, shared memory...), which arrive usable.
     ///
+    /// A child forked by the fork server is handed out as soon as the request is sent, before
+    /// the server has answered: the handle learns its pid on first need (see
+    /// [`JoinHandle::pid`]), so spawns in a row overlap with the server's work.
+    ///
     /// # Errors
     /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started, and in a
-    /// setuid or setcap program, which spawns no children (see the guide).
+    /// setuid or setcap program, which spawns no children (see the guide). A child the fork
+    /// server did not fork (it died or stopped answering) is re-executed instead; if that fails
+    /// too, its join reports it ([`JoinError::is_spawn_failure`](crate::JoinError::is_spawn_failure)).
     ///
     /// # Panics
     /// Outside a tokio runtime (with I/O and time drivers).

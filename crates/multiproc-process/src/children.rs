@@ -170,10 +170,7 @@ impl Child {
             return;
         };
         let _ = self.signal_tree(15);
-        if tokio::time::timeout(grace, pidfd.exited())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, pidfd.exited()).await.is_err() {
             let _ = self.kill_tree();
         }
     }

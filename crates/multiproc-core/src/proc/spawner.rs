@@ -20,7 +20,9 @@
 //! saves two thread hand-offs. Without a server (the first child, or the server off or gone)
 //! the spawner thread re-executes this program with `posix_spawn`, and with custom stdio or a
 //! working directory with `std::process::Command` (the `exec` module). The caller gets a pidfd
-//! and its end of the control socket, and speaks its own protocol on it.
+//! and its end of the control socket, and speaks its own protocol on it. [`start_on`] does not
+//! wait for the fork server's answer: it gives a [`Starting`], whose pidfd comes with
+//! [`Starting::finish`], so that one thread starting many children keeps the server busy.
 //!
 //! # References
 //! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
@@ -202,7 +204,11 @@ pub fn start_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<Sta
 
 /// On the spawner thread: starts a server if none runs (so that the next spawn finds one), and
 /// re-executes this program as the child on `child_end`, whose `exec` overlaps the server's.
-fn reexecute(child_end: OwnedFd, arg0: CString, env: Environment) -> io::Result<(PidFd, StdioPipes)> {
+fn reexecute(
+    child_end: OwnedFd,
+    arg0: CString,
+    env: Environment,
+) -> io::Result<(PidFd, StdioPipes)> {
     run(move || {
         forkserver::start_if_idle();
         let pid = exec::posix_spawn_child(&child_end, &arg0, env)?;

@@ -6,10 +6,10 @@
 //! module docs).
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -450,7 +450,11 @@ impl Server {
         for (number, outcome) in (first..).zip(pending) {
             let value = match dead {
                 false => LOST,
-                true => match self.slot.atomic_u32(slot_offset(number)).load(Ordering::Acquire) {
+                true => match self
+                    .slot
+                    .atomic_u32(slot_offset(number))
+                    .load(Ordering::Acquire)
+                {
                     0 => NOT_STARTED,
                     pid => i64::from(pid),
                 },
