@@ -155,19 +155,31 @@ fn new_log(what: &str) -> std::path::PathBuf {
 }
 
 /// Runs in a fresh process with a server of its own: handles dropped right after their spawn
-/// (no `kill_on_drop`) still run their children, once each; nothing is left as a zombie.
-async fn drop_before_the_pid(log: String) -> bool {
+/// (no `kill_on_drop`) still run their children, once each, and nothing is left of them, not
+/// even a zombie. Returns whether every child ran and whether none was left.
+async fn drop_before_the_pid(log: String) -> (bool, bool) {
     warm_up().await;
     for token in 0..6u64 {
-        drop(Builder::new().spawn((token, log.clone()), record).unwrap());
+        let handle = Builder::new()
+            .name("mp-dropped-run")
+            .spawn((token, log.clone()), record)
+            .unwrap();
+        drop(handle);
     }
-    eventually(|| zombie_children().is_empty()).await
+    // Each child writes before it exits, and must not be killed with this process first.
+    let all_ran =
+        eventually(|| std::fs::read_to_string(&log).is_ok_and(|runs| runs.lines().count() >= 6))
+            .await;
+    let none_left =
+        eventually(|| children_named("mp-dropped-run").is_empty() && zombie_children().is_empty())
+            .await;
+    (all_ran, none_left)
 }
 
 #[tokio::test]
 async fn a_handle_dropped_before_its_pid_is_known_still_runs_its_child_once() {
     let log = new_log("dropped");
-    let no_zombies = within(
+    let (all_ran, none_left) = within(
         "middle process",
         Builder::new()
             .spawn(log.to_string_lossy().into_owned(), drop_before_the_pid)
@@ -175,22 +187,17 @@ async fn a_handle_dropped_before_its_pid_is_known_still_runs_its_child_once() {
     )
     .await
     .unwrap();
-    // The middle process has exited; its children were daemons, so wait for the log to be
-    // complete (each child writes before it exits).
-    let complete =
-        eventually(|| std::fs::read_to_string(&log).is_ok_and(|runs| runs.lines().count() >= 6))
-            .await;
     let runs = std::fs::read_to_string(&log).unwrap();
     let _ = std::fs::remove_file(&log);
     let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
     ran.sort_unstable();
-    assert!(complete, "not every dropped child ran: {ran:?}");
+    assert!(all_ran, "not every dropped child ran: {ran:?}");
     assert_eq!(
         ran,
         (0..6).collect::<Vec<_>>(),
         "each child runs exactly once"
     );
-    assert!(no_zombies, "a dropped child was left a zombie");
+    assert!(none_left, "a dropped child was left behind");
 }
 
 /// Sends `signal` to process `pid`.

@@ -169,8 +169,9 @@ pub(crate) fn resolve(ticket: &Ticket) -> io::Result<Option<u32>> {
                 return;
             }
             let State::Running(server) = state else {
-                // Unreachable: a server is settled before it goes. Never wait forever.
-                ticket.outcome.store(NOT_STARTED, Ordering::Release);
+                // Unreachable: a server settles its tickets before it goes. Never wait forever,
+                // and never re-execute a child that might have been forked.
+                ticket.outcome.store(LOST, Ordering::Release);
                 return;
             };
             if !server.read_answer() {
