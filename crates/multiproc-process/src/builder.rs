@@ -191,9 +191,15 @@ impl Builder {
     /// current-thread tokio runtime in the child. `args` and the result are serde types and may
     /// contain handles (pipe ends, locks, shared memory...), which arrive usable.
     ///
+    /// A child forked by the fork server is handed out as soon as the request is sent, before
+    /// the server has answered: the handle learns its pid on first need (see
+    /// [`JoinHandle::pid`]), so spawns in a row overlap with the server's work.
+    ///
     /// # Errors
     /// [`SpawnError`] when `args` cannot be encoded or the process cannot be started, and in a
-    /// setuid or setcap program, which spawns no children (see the guide).
+    /// setuid or setcap program, which spawns no children (see the guide). A child the fork
+    /// server did not fork (it died or stopped answering) is re-executed instead; if that fails
+    /// too, its join reports it ([`JoinError::is_spawn_failure`](crate::JoinError::is_spawn_failure)).
     ///
     /// # Panics
     /// Outside a tokio runtime (with I/O and time drivers).
@@ -247,22 +253,40 @@ impl Builder {
             .and_then(|()| push(&mut tx, args))
             .and_then(|()| tx.blocking_flush(Some(Instant::now())))
             .map_err(|e| SpawnError::io(io::Error::other(e)))?;
-        let (pidfd, pipes) = spawner::spawn_on(child_end, options).map_err(|e| {
+        let starting = spawner::start_on(child_end, options).map_err(|e| {
             multiproc_core::trace_warn!(error = %e, "cannot start a child process");
             SpawnError::io(e)
         })?;
+        // A child asked of the fork server is handed out before its pid is known: the handle
+        // learns it on first need (see `Child`), so the server forks this child while the
+        // caller goes on, and spawns in a row overlap. A span that records the pid, and piped
+        // streams (never the server's: their children are re-executed), need it now.
         #[cfg(feature = "tracing")]
-        span.record("pid", pidfd.pid());
-        let pipes = match Pipes::new(pipes) {
-            Ok(pipes) => pipes,
-            Err(e) => {
-                // Nobody could talk to the child: end it (the reaper reaps it).
-                let _ = pidfd.send_signal(9);
-                reaper::reap_orphan(pidfd);
-                return Err(SpawnError::io(e));
-            }
+        let wanted_now = span.id().is_some();
+        #[cfg(not(feature = "tracing"))]
+        let wanted_now = false;
+        let child = if wanted_now || starting.is_settled() {
+            let (pidfd, pipes) = starting.finish().map_err(|e| {
+                multiproc_core::trace_warn!(error = %e, "cannot start a child process");
+                SpawnError::io(e)
+            })?;
+            #[cfg(feature = "tracing")]
+            span.record("pid", pidfd.pid());
+            let pipes = match Pipes::new(pipes) {
+                Ok(pipes) => pipes,
+                Err(e) => {
+                    // Nobody could talk to the child: end it (the reaper reaps it).
+                    let _ = pidfd.send_signal(9);
+                    reaper::reap_orphan(pidfd);
+                    return Err(SpawnError::io(e));
+                }
+            };
+            (Child::register(pidfd, name, self.limits.memory), pipes)
+        } else {
+            let child = Child::register_starting(starting, name, self.limits.memory);
+            (child, Pipes::default())
         };
-        let child = Child::register(pidfd, name, self.limits.memory);
+        let (child, pipes) = child;
         let handle = JoinHandle::start(child, self.kill_on_drop, rx, pipes);
         #[cfg(feature = "tracing")]
         let handle = handle.traced(span);

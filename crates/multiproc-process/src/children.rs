@@ -9,18 +9,29 @@
 //! [`JoinHandle`]: crate::JoinHandle
 
 use std::io;
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use multiproc_core::proc::pidfd::PidFd;
+use multiproc_core::proc::spawner::Starting;
 use multiproc_core::proc::tree;
 
 use crate::status::ExitStatus;
 
 /// One child, shared by its handle and the registry.
+///
+/// A child asked of the fork server is handed out before the server has answered: its pidfd is
+/// known on first need ([`pidfd`](Self::pidfd): a join, its pid, a signal, a drop), which waits
+/// for the answer, or re-executes the child if the server could not fork it. A child that could
+/// not be started after all has no pidfd; its join reports why.
 #[derive(Debug)]
 pub(crate) struct Child {
-    pub(crate) pidfd: Arc<PidFd>,
+    /// Set once: the pidfd, or `None` when the child could not be started.
+    pidfd: OnceLock<Option<Arc<PidFd>>>,
+    /// The start in progress, until `pidfd` is set.
+    starting: Mutex<Option<Starting>>,
+    /// Why the child could not be started, for its join (taken once).
+    start_error: Mutex<Option<io::Error>>,
     pub(crate) name: String,
     /// The memory limit the child was started with, for out-of-memory attribution.
     pub(crate) memory_limit: Option<u64>,
@@ -32,29 +43,100 @@ static REGISTRY: Mutex<Vec<Weak<Child>>> = Mutex::new(Vec::new());
 
 impl Child {
     /// Wraps a new child and lists it for [`active_children`].
-    pub(crate) fn register(pidfd: PidFd, name: String, memory_limit: Option<u64>) -> Arc<Self> {
-        let child = Arc::new(Self {
-            pidfd: Arc::new(pidfd),
+    pub(crate) fn register(
+        pidfd: impl Into<Arc<PidFd>>,
+        name: String,
+        memory_limit: Option<u64>,
+    ) -> Arc<Self> {
+        let child = Self::new(name, memory_limit);
+        let _ = child.pidfd.set(Some(pidfd.into()));
+        Self::list(child)
+    }
+
+    /// Wraps a child being started (its pid may not be known yet) and lists it for
+    /// [`active_children`].
+    pub(crate) fn register_starting(
+        starting: Starting,
+        name: String,
+        memory_limit: Option<u64>,
+    ) -> Arc<Self> {
+        let child = Self::new(name, memory_limit);
+        *child.starting.lock().unwrap_or_else(|p| p.into_inner()) = Some(starting);
+        Self::list(child)
+    }
+
+    fn new(name: String, memory_limit: Option<u64>) -> Self {
+        Self {
+            pidfd: OnceLock::new(),
+            starting: Mutex::new(None),
+            start_error: Mutex::new(None),
             name,
             memory_limit,
             status: Mutex::new(None),
-        });
+        }
+    }
+
+    fn list(child: Self) -> Arc<Self> {
+        let child = Arc::new(child);
         let mut all = REGISTRY.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.push(Arc::downgrade(&child));
         child
     }
 
-    pub(crate) fn pid(&self) -> u32 {
-        self.pidfd.pid()
+    /// The child's pidfd, waiting for the fork server's answer if it has not been read yet
+    /// (see the type's docs); `None` when the child could not be started.
+    pub(crate) fn pidfd(&self) -> Option<&Arc<PidFd>> {
+        self.pidfd
+            .get_or_init(|| {
+                let starting = self
+                    .starting
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .take()?;
+                match starting.finish() {
+                    Ok((pidfd, _)) => Some(Arc::new(pidfd)),
+                    Err(e) => {
+                        multiproc_core::trace_warn!(error = %e, "cannot start a child process");
+                        *self.start_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        None
+                    }
+                }
+            })
+            .as_ref()
+    }
+
+    /// Its pid if known already, without waiting for the fork server.
+    pub(crate) fn known_pid(&self) -> Option<u32> {
+        self.pidfd.get().and_then(|p| p.as_ref()).map(|p| p.pid())
+    }
+
+    /// Why the child could not be started (once; a generic error afterwards).
+    pub(crate) fn take_start_error(&self) -> io::Error {
+        self.start_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_else(|| io::Error::other("the child process could not be started"))
+    }
+
+    /// Its pid; `None` when it could not be started.
+    pub(crate) fn pid(&self) -> Option<u32> {
+        self.pidfd().map(|p| p.pid())
     }
 
     /// Reaps the child if it has exited and nobody did yet; its status either way, `None`
     /// while it runs.
+    ///
+    /// # Errors
+    /// When it cannot be reaped, or was never started.
     pub(crate) fn reap(&self) -> io::Result<Option<ExitStatus>> {
+        let Some(pidfd) = self.pidfd() else {
+            return Err(io::Error::other("the child process was not started"));
+        };
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if status.is_none()
-            && let Some(exit) = self.pidfd.try_wait()?
+            && let Some(exit) = pidfd.try_wait()?
         {
             *status = Some(ExitStatus::new(exit));
         }
@@ -63,9 +145,10 @@ impl Child {
 
     /// The status if the child has exited, without reaping it.
     pub(crate) fn peek(&self) -> Option<ExitStatus> {
+        let pidfd = self.pidfd()?;
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
         if status.is_none()
-            && let Ok(Some(exit)) = self.pidfd.peek_exit()
+            && let Ok(Some(exit)) = pidfd.peek_exit()
         {
             *status = Some(ExitStatus::new(exit));
         }
@@ -74,34 +157,31 @@ impl Child {
 
     /// Sends `signal` to the child and its whole tree (its descendants now).
     pub(crate) fn signal_tree(&self, signal: i32) -> io::Result<()> {
-        if self.pidfd.has_exited() {
-            return Ok(());
+        match self.pidfd() {
+            Some(pidfd) if !pidfd.has_exited() => tree::signal_tree(pidfd, signal),
+            _ => Ok(()),
         }
-        tree::signal_tree(&self.pidfd, signal)
     }
 
     /// Stops the child gracefully: `SIGTERM` to its tree, up to `grace` for it to exit, then
     /// `SIGKILL` to the tree. Does not reap it.
     pub(crate) async fn stop(&self, grace: Duration) {
-        if self.pidfd.has_exited() {
+        let Some(pidfd) = self.pidfd().filter(|p| !p.has_exited()) else {
             return;
-        }
+        };
         let _ = self.signal_tree(15);
-        if tokio::time::timeout(grace, self.pidfd.exited())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(grace, pidfd.exited()).await.is_err() {
             let _ = self.kill_tree();
         }
     }
 
     /// Kills the child and its whole tree.
     pub(crate) fn kill_tree(&self) -> io::Result<()> {
-        if self.pidfd.has_exited() {
+        match self.pidfd() {
+            Some(pidfd) if !pidfd.has_exited() => tree::kill_tree(pidfd),
             // Its orphans, if any, were adopted elsewhere; nothing of ours is left to stop.
-            return Ok(());
+            _ => Ok(()),
         }
-        tree::kill_tree(&self.pidfd)
     }
 }
 
@@ -155,9 +235,11 @@ pub fn active_children() -> Vec<ChildInfo> {
     children
         .iter()
         .filter(|c| matches!(c.reap(), Ok(None)))
-        .map(|c| ChildInfo {
-            pid: c.pid(),
-            name: c.name.clone(),
+        .filter_map(|c| {
+            Some(ChildInfo {
+                pid: c.pid()?,
+                name: c.name.clone(),
+            })
         })
         .collect()
 }

@@ -10,6 +10,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
+use multiproc_core::proc::pidfd::PidFd;
 use multiproc_core::proc::reaper;
 use multiproc_core::proc::spawner::{self, ProgramOptions};
 
@@ -189,8 +190,10 @@ impl Command {
                 return Err(SpawnError::io(e));
             }
         };
+        let pidfd = Arc::new(pidfd);
         Ok(CommandChild {
-            child: Child::register(pidfd, name, None),
+            child: Child::register(pidfd.clone(), name, None),
+            pidfd,
             pipes,
             kill_on_drop: self.kill_on_drop,
             reaped: false,
@@ -205,6 +208,8 @@ impl Command {
 #[derive(Debug)]
 pub struct CommandChild {
     child: Arc<Child>,
+    /// The child's pidfd (known from the start: a program is not started by the fork server).
+    pidfd: Arc<PidFd>,
     pipes: Pipes,
     kill_on_drop: bool,
     reaped: bool,
@@ -213,12 +218,12 @@ pub struct CommandChild {
 impl CommandChild {
     /// The program's process id.
     pub fn pid(&self) -> u32 {
-        self.child.pid()
+        self.pidfd.pid()
     }
 
     /// True while the program runs.
     pub fn is_alive(&self) -> bool {
-        !self.child.pidfd.has_exited()
+        !self.pidfd.has_exited()
     }
 
     /// Waits until the program has exited, without reaping it (a sentinel).
@@ -229,7 +234,7 @@ impl CommandChild {
     /// # Cancel safety
     /// Cancel safe: it only watches.
     pub async fn exited(&self) -> io::Result<()> {
-        self.child.pidfd.exited().await
+        self.pidfd.exited().await
     }
 
     /// Waits for the program to exit, reaps it and gives its status (again on later calls).
@@ -245,7 +250,7 @@ impl CommandChild {
                 self.reaped = true;
                 return Ok(status);
             }
-            self.child.pidfd.exited().await?;
+            self.pidfd.exited().await?;
         }
     }
 
@@ -303,7 +308,7 @@ impl Drop for CommandChild {
             let _ = self.child.kill_tree();
         }
         if matches!(self.child.reap(), Ok(None)) {
-            reaper::reap_orphan(self.child.pidfd.clone());
+            reaper::reap_orphan(self.pidfd.clone());
         }
     }
 }

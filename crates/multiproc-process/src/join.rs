@@ -67,7 +67,6 @@ enum Heard<R> {
 /// dies with this process. A child whose handle was dropped is reaped by a background thread
 /// once it exits, even if its runtime has shut down by then.
 pub struct JoinHandle<R> {
-    pid: Option<u32>,
     name: Option<String>,
     child: Option<Arc<Child>>,
     kill_on_drop: bool,
@@ -87,7 +86,6 @@ impl<R: DeserializeOwned + Send + 'static> JoinHandle<R> {
         pipes: Pipes,
     ) -> Self {
         Self {
-            pid: Some(child.pid()),
             name: Some(child.name.clone()),
             child: Some(child),
             kill_on_drop,
@@ -119,7 +117,6 @@ impl<R: Send + 'static> JoinHandle<R> {
 impl<R> JoinHandle<R> {
     pub(crate) fn not_started(e: SpawnError) -> Self {
         Self {
-            pid: None,
             name: None,
             child: None,
             kill_on_drop: false,
@@ -131,8 +128,13 @@ impl<R> JoinHandle<R> {
     }
 
     /// The child's process id; `None` only if it could not be started.
+    ///
+    /// A child forked by the fork server is handed out before the server has answered (so
+    /// that spawns in a row overlap): the first call then waits for that answer, usually there
+    /// already, and at most as long as it takes to give up on a server that cannot answer (see
+    /// the guide). The same holds for the first signal, sentinel or join.
     pub fn pid(&self) -> Option<u32> {
-        self.pid
+        self.child.as_ref().and_then(|c| c.pid())
     }
 
     /// The child's name: the one given with [`Builder::name`](crate::Builder::name), or
@@ -143,7 +145,10 @@ impl<R> JoinHandle<R> {
 
     /// True while the child process is running.
     pub fn is_alive(&self) -> bool {
-        self.child.as_ref().is_some_and(|c| !c.pidfd.has_exited())
+        self.child
+            .as_ref()
+            .and_then(|c| c.pidfd())
+            .is_some_and(|p| !p.has_exited())
     }
 
     /// How the child ended, once it has ended (Python's `exitcode`, via
@@ -188,8 +193,8 @@ impl<R> JoinHandle<R> {
         // Owns what it watches, so the future is `Send` and outlives a borrow of the handle.
         let child = self.child.clone();
         async move {
-            match child {
-                Some(child) => child.pidfd.exited().await,
+            match child.as_ref().and_then(|c| c.pidfd()) {
+                Some(pidfd) => pidfd.exited().await,
                 None => Ok(()),
             }
         }
@@ -245,8 +250,8 @@ impl<R> JoinHandle<R> {
     /// # Errors
     /// When `signal` is not a signal number or cannot be sent.
     pub fn signal(&self, signal: i32) -> std::io::Result<()> {
-        match &self.child {
-            Some(child) => child.pidfd.send_signal(signal),
+        match self.child.as_ref().and_then(|c| c.pidfd()) {
+            Some(pidfd) => pidfd.send_signal(signal),
             None => Ok(()),
         }
     }
@@ -297,10 +302,9 @@ impl<R> JoinHandle<R> {
     /// # Cancel safety
     /// Cancel safe, as [`join`](Self::join).
     pub async fn join_timeout(&mut self, timeout: Duration) -> Result<R, JoinError> {
-        let pid = self.pid;
         match tokio::time::timeout(timeout, self.join()).await {
             Ok(result) => result,
-            Err(_) => Err(JoinError::timeout(pid.unwrap_or(0))),
+            Err(_) => Err(JoinError::timeout(self.pid().unwrap_or(0))),
         }
     }
 
@@ -341,11 +345,18 @@ impl<R> JoinHandle<R> {
     fn blocking_join_until(&mut self, deadline: Option<Instant>) -> Result<R, JoinError> {
         #[cfg(feature = "tracing")]
         let _entered = self.span.clone().map(tracing::Span::entered);
-        let pid = self.pid.unwrap_or(0);
-        let (State::Running(run), Some(child)) = (&mut self.state, self.child.clone()) else {
+        if let Some(failed) = self.not_started_after_all() {
+            return failed;
+        }
+        let pid = self.pid().unwrap_or(0);
+        let (State::Running(run), Some(child), Some(pidfd)) = (
+            &mut self.state,
+            self.child.clone(),
+            self.child.as_ref().and_then(|c| c.pidfd()).cloned(),
+        ) else {
             return match std::mem::replace(&mut self.state, State::Done) {
                 State::NotStarted(e) => Err(JoinError::spawn(e)),
-                _ => Err(JoinError::already_joined(self.pid)),
+                _ => Err(JoinError::already_joined(self.pid())),
             };
         };
         if let Some(control) = &mut run.control {
@@ -363,7 +374,7 @@ impl<R> JoinHandle<R> {
                 Ok(None) => {}
                 Err(e) => break Err(e),
             }
-            match child.pidfd.blocking_exited(deadline) {
+            match pidfd.blocking_exited(deadline) {
                 Ok(true) => {}
                 Ok(false) => return Err(JoinError::timeout(pid)),
                 Err(e) => break Err(e),
@@ -378,10 +389,17 @@ impl<R> JoinHandle<R> {
     fn poll_join(&mut self, cx: &mut Context<'_>) -> Poll<Result<R, JoinError>> {
         #[cfg(feature = "tracing")]
         let _entered = self.span.clone().map(tracing::Span::entered);
-        let (State::Running(run), Some(child)) = (&mut self.state, self.child.clone()) else {
+        if let Some(failed) = self.not_started_after_all() {
+            return Poll::Ready(failed);
+        }
+        let (State::Running(run), Some(child), Some(pidfd)) = (
+            &mut self.state,
+            self.child.clone(),
+            self.child.as_ref().and_then(|c| c.pidfd()).cloned(),
+        ) else {
             return Poll::Ready(match std::mem::replace(&mut self.state, State::Done) {
                 State::NotStarted(e) => Err(JoinError::spawn(e)),
-                _ => Err(JoinError::already_joined(self.pid)),
+                _ => Err(JoinError::already_joined(self.pid())),
             });
         };
         if let Some(control) = &mut run.control {
@@ -400,8 +418,8 @@ impl<R> JoinHandle<R> {
                 Err(e) => break Err(e),
             }
             let exited = run.exited.get_or_insert_with(|| {
-                let child = child.clone();
-                Box::pin(async move { child.pidfd.exited().await })
+                let pidfd = pidfd.clone();
+                Box::pin(async move { pidfd.exited().await })
             });
             let watched = std::task::ready!(exited.as_mut().poll(cx));
             run.exited = None;
@@ -415,6 +433,25 @@ impl<R> JoinHandle<R> {
         })
     }
 
+    /// The join's outcome when the child, handed out before its pid was known, could not be
+    /// started after all (the fork server did not fork it and re-executing it failed): why,
+    /// once; `None` while there is a child to join.
+    fn not_started_after_all(&mut self) -> Option<Result<R, JoinError>> {
+        if !matches!(self.state, State::Running(_)) {
+            return None;
+        }
+        let child = self.child.as_ref()?;
+        if child.pidfd().is_some() {
+            return None;
+        }
+        let e = child.take_start_error();
+        self.state = State::Done;
+        let result = Err(JoinError::spawn(SpawnError::io(e)));
+        #[cfg(feature = "tracing")]
+        crate::trace::joined(&result);
+        Some(result)
+    }
+
     /// The outcome once the child is reaped with status `exit` (recorded in its span).
     fn finish(&mut self, exit: ExitStatus) -> Result<R, JoinError> {
         let result = self.outcome(exit);
@@ -424,7 +461,7 @@ impl<R> JoinHandle<R> {
     }
 
     fn outcome(&mut self, exit: ExitStatus) -> Result<R, JoinError> {
-        let pid = self.pid.unwrap_or(0);
+        let pid = self.pid().unwrap_or(0);
         let heard = match std::mem::replace(&mut self.state, State::Done) {
             State::Running(run) => run.heard.unwrap_or(Heard::Nothing),
             _ => Heard::Nothing,
@@ -452,10 +489,10 @@ impl<R> JoinHandle<R> {
     /// the child all the same.
     fn fail(&mut self, e: std::io::Error) -> Result<R, JoinError> {
         self.state = State::Done;
-        if let Some(child) = &self.child {
-            reaper::reap_orphan(child.pidfd.clone());
+        if let Some(pidfd) = self.child.as_ref().and_then(|c| c.pidfd()) {
+            reaper::reap_orphan(pidfd.clone());
         }
-        let result = Err(JoinError::io(self.pid.unwrap_or(0), e));
+        let result = Err(JoinError::io(self.pid().unwrap_or(0), e));
         #[cfg(feature = "tracing")]
         crate::trace::joined(&result);
         result
@@ -486,6 +523,11 @@ impl<R> Drop for JoinHandle<R> {
         let Some(child) = self.child.take() else {
             return;
         };
+        // A child handed out before its pid was known is started now if it was not (it runs
+        // on unless killed below, as any child whose handle is dropped).
+        let Some(pidfd) = child.pidfd().cloned() else {
+            return;
+        };
         if self.kill_on_drop {
             let _ = child.kill_tree();
         }
@@ -497,23 +539,25 @@ impl<R> Drop for JoinHandle<R> {
             let on_reaped = crate::trace::exit_unjoined(span.clone(), self.kill_on_drop);
             match reaped {
                 Ok(Some(status)) => crate::trace::exited_unjoined(&span, status),
-                Ok(None) => return reaper::reap_orphan_then(child.pidfd.clone(), Some(on_reaped)),
+                Ok(None) => return reaper::reap_orphan_then(pidfd, Some(on_reaped)),
                 Err(_) => {}
             }
             return;
         }
         if matches!(reaped, Ok(None)) {
-            reaper::reap_orphan(child.pidfd.clone());
+            reaper::reap_orphan(pidfd);
         }
     }
 }
 
 impl<R> fmt::Debug for JoinHandle<R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Only what is known: a look at the handle never waits for the fork server.
+        let known = self.child.as_ref().and_then(|c| c.known_pid());
         f.debug_struct("JoinHandle")
-            .field("pid", &self.pid)
+            .field("pid", &known)
             .field("name", &self.name)
-            .field("exit_status", &self.exit_status())
+            .field("exit_status", &known.and_then(|_| self.exit_status()))
             .finish_non_exhaustive()
     }
 }

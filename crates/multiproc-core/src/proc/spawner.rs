@@ -20,12 +20,15 @@
 //! saves two thread hand-offs. Without a server (the first child, or the server off or gone)
 //! the spawner thread re-executes this program with `posix_spawn`, and with custom stdio or a
 //! working directory with `std::process::Command` (the `exec` module). The caller gets a pidfd
-//! and its end of the control socket, and speaks its own protocol on it.
+//! and its end of the control socket, and speaks its own protocol on it. [`start_on`] does not
+//! wait for the fork server's answer: it gives a [`Starting`], whose pidfd comes with
+//! [`Starting::finish`], so that one thread starting many children keeps the server busy.
 //!
 //! # References
 //! - [`PR_SET_PDEATHSIG` in `prctl(2)`](https://man7.org/linux/man-pages/man2/PR_SET_PDEATHSIG.2const.html)
 
 use std::any::Any;
+use std::ffi::CString;
 use std::io;
 use std::os::fd::OwnedFd;
 use std::panic::AssertUnwindSafe;
@@ -35,7 +38,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use rustix::process::{Pid, Signal, WaitOptions};
 
 use crate::proc::bootstrap::{self, ControlSocket, EntryPoint};
-use crate::proc::exec;
+use crate::proc::exec::{self, Environment};
 use crate::proc::forkserver;
 use crate::proc::pidfd::PidFd;
 
@@ -158,7 +161,18 @@ pub fn spawn(entry: EntryPoint, options: SpawnOptions) -> io::Result<Spawned> {
 ///
 /// # Errors
 /// As [`spawn`].
-pub fn spawn_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
+pub fn spawn_on(child_end: OwnedFd, options: SpawnOptions) -> io::Result<(PidFd, StdioPipes)> {
+    start_on(child_end, options)?.finish()
+}
+
+/// [`spawn_on`] without waiting for the fork server: when the server takes the request, this
+/// returns as soon as it is sent, and the pid comes with [`Starting::finish`]. So a thread that
+/// starts many children keeps the server forking one while it prepares the next.
+///
+/// # Errors
+/// As [`spawn`], for what can be known before the server answers; the rest comes from
+/// [`Starting::finish`].
+pub fn start_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<Starting> {
     // Spinning turned on or off through the API reaches the child as the variable (first, so
     // that the caller's own setting of it wins).
     if let Some(value) = crate::wait::spin::env_for_children() {
@@ -170,18 +184,117 @@ pub fn spawn_on(child_end: OwnedFd, mut options: SpawnOptions) -> io::Result<(Pi
         let env = exec::environment(&options)?;
         // The fast path, on this thread: the running fork server forks the child (as the
         // spawner thread's child, see `forkserver`), with no hop to the spawner thread.
-        if let forkserver::Asked::Started(pid) = forkserver::ask(&child_end, &arg0, &env)? {
-            drop(child_end);
-            return Ok((open_pidfd(pid)?, StdioPipes::default()));
-        }
-        return run(move || {
-            forkserver::start_if_idle();
-            let pid = exec::posix_spawn_child(&child_end, &arg0, env)?;
-            drop(child_end);
-            Ok((open_pidfd(pid)?, StdioPipes::default()))
-        })?;
+        let stage = match forkserver::ask(&child_end, &arg0, &env) {
+            forkserver::Asked::Sent(ticket) => Stage::Asked {
+                ticket,
+                child_end,
+                arg0,
+                env,
+            },
+            forkserver::Asked::NotStarted => {
+                let (pidfd, pipes) = reexecute(child_end, arg0, env)?;
+                Stage::Started(pidfd, pipes)
+            }
+        };
+        return Ok(Starting(Some(stage)));
     }
-    run(move || start_child(child_end, options))?
+    let (pidfd, pipes) = run(move || start_child(child_end, options))??;
+    Ok(Starting(Some(Stage::Started(pidfd, pipes))))
+}
+
+/// On the spawner thread: starts a server if none runs (so that the next spawn finds one), and
+/// re-executes this program as the child on `child_end`, whose `exec` overlaps the server's.
+fn reexecute(
+    child_end: OwnedFd,
+    arg0: CString,
+    env: Environment,
+) -> io::Result<(PidFd, StdioPipes)> {
+    run(move || {
+        forkserver::start_if_idle();
+        let pid = exec::posix_spawn_child(&child_end, &arg0, env)?;
+        drop(child_end);
+        Ok((open_pidfd(pid)?, StdioPipes::default()))
+    })?
+}
+
+/// A child being started ([`start_on`]): started already, or asked of the fork server, whose
+/// answer (its pid) may not have been read yet.
+///
+/// Dropping it unfinished finishes it all the same, and hands the child to the [`reaper`]
+/// (the caller's end of the control socket decides what the child does then).
+///
+/// [`reaper`]: crate::proc::reaper
+#[derive(Debug)]
+pub struct Starting(Option<Stage>);
+
+#[derive(Debug)]
+enum Stage {
+    Started(PidFd, StdioPipes),
+    /// Sent to the server. The control socket's child end stays here until the answer: if the
+    /// server did not fork the child, it is re-executed on it.
+    Asked {
+        ticket: forkserver::Ticket,
+        child_end: OwnedFd,
+        arg0: CString,
+        env: Environment,
+    },
+}
+
+impl Starting {
+    /// Waits for the child's pid if the fork server has not given it yet (re-executing the
+    /// child if the server did not fork it), and returns its pidfd and the parent's ends of its
+    /// piped standard streams. It blocks the calling thread until the server answers, or for
+    /// as long as deciding that the server cannot (see the fork server's module docs: tens of
+    /// milliseconds for a dead or stopped server, at most a few seconds for a stuck one).
+    ///
+    /// # Errors
+    /// When the child could not be started (re-executed) after all, or when a server that
+    /// stopped answering could not be killed (it may still start the child).
+    pub fn finish(mut self) -> io::Result<(PidFd, StdioPipes)> {
+        match self.0.take() {
+            Some(stage) => stage.finish(),
+            None => Err(io::Error::other("the child was finished already")),
+        }
+    }
+
+    /// True when the child's pid is known without waiting (the server's answer was read, or
+    /// the child was not asked of the server).
+    pub fn is_settled(&self) -> bool {
+        match &self.0 {
+            Some(Stage::Asked { ticket, .. }) => ticket.is_settled(),
+            _ => true,
+        }
+    }
+}
+
+impl Stage {
+    fn finish(self) -> io::Result<(PidFd, StdioPipes)> {
+        match self {
+            Stage::Started(pidfd, pipes) => Ok((pidfd, pipes)),
+            Stage::Asked {
+                ticket,
+                child_end,
+                arg0,
+                env,
+            } => match forkserver::resolve(&ticket)? {
+                Some(pid) => {
+                    drop(child_end);
+                    Ok((open_pidfd(pid)?, StdioPipes::default()))
+                }
+                None => reexecute(child_end, arg0, env),
+            },
+        }
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        if let Some(stage) = self.0.take()
+            && let Ok((pidfd, _)) = stage.finish()
+        {
+            crate::proc::reaper::reap_orphan(pidfd);
+        }
+    }
 }
 
 /// A child that [`spawn`] started.

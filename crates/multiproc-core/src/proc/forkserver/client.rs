@@ -1,14 +1,16 @@
-//! The parent's side of the fork server. Requests go from the spawning thread itself, one at a
-//! time under a lock ([`ask`]); only the spawner thread starts a server ([`start_if_idle`]).
-//! Starts the server,
-//! sends it one request per child and reads the answer, and abandons and replaces a server that
-//! does not answer (see the fork server's module docs).
+//! The parent's side of the fork server. Requests go from the spawning thread itself, under a
+//! lock, without waiting for their answers ([`ask`] gives a [`Ticket`]); answers are read in
+//! order when someone needs one ([`resolve`]) or when [`SLOTS`] requests await theirs. Only the
+//! spawner thread starts a server ([`start_if_idle`]). A server that does not answer is
+//! abandoned and replaced, and every request it left unanswered settled (see the fork server's
+//! module docs).
 #![allow(unsafe_code)]
 
+use std::collections::VecDeque;
 use std::ffi::{CStr, CString};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,7 +20,7 @@ use rustix::net::{AddressFamily, SocketFlags, SocketType};
 use super::patience::{LOOK_EVERY, Patience, Seen};
 use super::request::{
     HAS_STDERR, HAS_STDIN, HAS_STDOUT, NAME_ROOM, REQUEST_MAGIC, REQUEST_MAX, SERVER_NAME,
-    SLOT_MAGIC, put_bytes,
+    SLOT_BYTES, SLOT_MAGIC, SLOTS, put_bytes, slot_offset,
 };
 use super::server::{self, affinity};
 use crate::proc::bootstrap;
@@ -69,45 +71,140 @@ fn with_state<T>(f: impl FnOnce(&mut State) -> T) -> T {
 
 /// What came of asking the running server from the caller's thread ([`ask`]).
 pub(crate) enum Asked {
-    /// The server forked the child: its pid.
-    Started(u32),
+    /// The request went out: the server forks the child (or says why not) while the caller
+    /// goes on; [`resolve`] the ticket for the outcome.
+    Sent(Ticket),
     /// Nothing was started: no server runs (yet), it is off, it declined, or it was abandoned
-    /// without forking. The spawner thread starts the child ([`start_if_idle`], then `exec`).
+    /// before the request went out. The spawner thread starts the child ([`start_if_idle`],
+    /// then `exec`).
     NotStarted,
 }
 
+/// A request sent to the server, whose answer may not have been read yet. Whoever reads
+/// answers (in order, under the state lock) stores each in its own ticket; [`resolve`] reads
+/// until this one's has come. Abandoning a server settles every ticket it left unanswered
+/// (from the pid slot), so a ticket never waits for a server that is gone.
+#[derive(Debug)]
+pub(crate) struct Ticket {
+    outcome: Arc<AtomicI64>,
+    /// The process that sent the request (a process forked from it has no such request).
+    owner: u32,
+}
+
+impl Ticket {
+    /// True once the outcome is known ([`resolve`] then does not wait).
+    pub(crate) fn is_settled(&self) -> bool {
+        self.outcome.load(Ordering::Acquire) != PENDING
+    }
+}
+
+/// A ticket's outcome word: not answered yet.
+const PENDING: i64 = 0;
+/// A ticket's outcome word: no child was forked (declined, or the server died first).
+const NOT_STARTED: i64 = -1;
+/// A ticket's outcome word: the server stopped answering and outlived `SIGKILL`: it may still
+/// fork this child, which must therefore not be re-executed.
+const LOST: i64 = -2;
+
 /// Asks the running server, from any thread, to start the child whose control socket's child
 /// end is `control`, with name `arg0` and environment `env` (the default working directory and
-/// standard streams). The fast path: a spawn that gets `NotStarted` goes to the spawner
-/// thread, which starts a server when none runs and re-executes the child.
-///
-/// # Errors
-/// When a server that stopped answering could not be killed and reaped in time: it may still
-/// start a child on `control`, which must then not be re-executed (the next spawn starts a new
-/// server).
-pub(crate) fn ask(control: &OwnedFd, arg0: &CStr, env: &Environment) -> io::Result<Asked> {
+/// standard streams). The fast path: it returns once the request is sent, with a [`Ticket`] for
+/// the pid; a spawn that gets `NotStarted` goes to the spawner thread, which starts a server
+/// when none runs and re-executes the child. `control` must stay open until the ticket is
+/// resolved (the child is re-executed on it if the server does not fork it).
+pub(crate) fn ask(control: &OwnedFd, arg0: &CStr, env: &Environment) -> Asked {
     with_state(|state| {
         let State::Running(server) = state else {
-            return Ok(Asked::NotStarted);
+            return Asked::NotStarted;
         };
-        match server.request(control, arg0, env) {
-            Answer::Started(pid) => Ok(Asked::Started(pid)),
-            Answer::Declined(Errno::NOSYS) => {
-                crate::trace_info!("the fork server cannot fork here; re-executing every child");
-                *state = State::Off;
-                Ok(Asked::NotStarted)
-            }
-            Answer::Declined(_) => Ok(Asked::NotStarted),
-            Answer::Unanswered => {
-                // Kill and reap it and learn whether it forked this child; the spawner thread
-                // starts the next server (and re-executes this child if it was not forked).
+        if server.cannot_fork {
+            settle_then_off(state);
+            return Asked::NotStarted;
+        }
+        match server.send(control, arg0, env) {
+            Sent::Ticket(outcome) => Asked::Sent(Ticket {
+                outcome,
+                owner: std::process::id(),
+            }),
+            Sent::Declined => Asked::NotStarted,
+            Sent::Unanswered => {
+                // Nothing of this request reached it; the spawner thread starts the next
+                // server and re-executes this child.
                 crate::trace_warn!("the fork server stopped answering; restarting it");
-                let forked = server.abandon();
-                *state = State::Idle;
-                Ok(forked?.map_or(Asked::NotStarted, Asked::Started))
+                abandon(state);
+                Asked::NotStarted
             }
         }
     })
+}
+
+/// The outcome of a request: `Some(pid)` when the server forked the child, `None` when it did
+/// not (the caller re-executes it). Reads the server's answers in order until this one's has
+/// come; a server that stops answering is abandoned (see the module docs), which settles it.
+///
+/// # Errors
+/// When a server that stopped answering could not be killed and reaped in time: it may still
+/// start the child, which must then not be re-executed (the next spawn starts a new server); and
+/// for a ticket of another process (this one was forked from it).
+pub(crate) fn resolve(ticket: &Ticket) -> io::Result<Option<u32>> {
+    if ticket.owner != std::process::id() {
+        return Err(io::Error::other(
+            "a fork-server request of another process (this one was forked from it)",
+        ));
+    }
+    loop {
+        match ticket.outcome.load(Ordering::Acquire) {
+            PENDING => {}
+            NOT_STARTED => return Ok(None),
+            LOST => {
+                return Err(io::Error::other(
+                    "the fork server stopped answering and could not be killed",
+                ));
+            }
+            pid => return Ok(Some(pid as u32)),
+        }
+        with_state(|state| {
+            // Answered meanwhile by another thread: look again.
+            if ticket.outcome.load(Ordering::Acquire) != PENDING {
+                return;
+            }
+            let State::Running(server) = state else {
+                // Unreachable: a server settles its tickets before it goes. Never wait forever,
+                // and never re-execute a child that might have been forked.
+                ticket.outcome.store(LOST, Ordering::Release);
+                return;
+            };
+            if !server.read_answer() {
+                crate::trace_warn!("the fork server stopped answering; restarting it");
+                abandon(state);
+            } else if server.cannot_fork && server.pending.is_empty() {
+                *state = State::Off;
+            }
+        });
+    }
+}
+
+/// Kills and reaps a server that stopped answering, settles its tickets, and leaves `Idle`:
+/// the spawner thread starts the next server.
+fn abandon(state: &mut State) {
+    if let State::Running(server) = state {
+        server.abandon();
+    }
+    *state = State::Idle;
+}
+
+/// A server that cannot fork here: reads the answers still due (so every ticket is settled),
+/// then turns the server off.
+fn settle_then_off(state: &mut State) {
+    if let State::Running(server) = state {
+        while !server.pending.is_empty() {
+            if !server.read_answer() {
+                return abandon(state);
+            }
+        }
+        crate::trace_info!("the fork server cannot fork here; re-executing every child");
+    }
+    *state = State::Off;
 }
 
 /// On the spawner thread, for a child [`ask`] did not start: starts the server if none runs
@@ -132,8 +229,8 @@ fn off_after(_e: io::Error) -> State {
     State::Off
 }
 
-/// The running server: our end of its socket, its pidfd to reap it, and the word its `clone`
-/// writes each child's pid into.
+/// The running server: our end of its socket, its pidfd to reap it, the words its `clone`
+/// writes each child's pid into, and the requests awaiting their answers.
 struct Server {
     socket: OwnedFd,
     /// Shared with the reaper thread if the server outlives us (see `Drop`).
@@ -141,14 +238,23 @@ struct Server {
     slot: SharedRegion,
     /// Killed (and reaped, if it died in time) by [`Server::abandon`].
     killed: bool,
+    /// How many requests were sent: the next one's number.
+    sent: u64,
+    /// The outcome words of the requests not answered yet, oldest first: numbers
+    /// `sent - pending.len()` to `sent - 1`. At most [`SLOTS`].
+    pending: VecDeque<Arc<AtomicI64>>,
+    /// It answered `ENOSYS` (it cannot fork here): no request goes to it any more.
+    cannot_fork: bool,
 }
 
-/// What came of a request.
-enum Answer {
-    Started(u32),
-    /// The server could not fork (an errno); nothing was started.
-    Declined(Errno),
-    /// No answer: the server is gone, stopped, stuck or garbled, and may have started a child.
+/// What came of sending a request.
+enum Sent {
+    /// Sent; the answer comes later, into this word.
+    Ticket(Arc<AtomicI64>),
+    /// Not sent, and never will be (too large, no working directory, a send error): nothing
+    /// was started.
+    Declined,
+    /// Not sent: the server is gone, stopped, stuck or garbled.
     Unanswered,
 }
 
@@ -161,7 +267,7 @@ impl Server {
             None,
         )?;
         bootstrap::send_hello(&socket, server::entry())?;
-        let slot = SharedRegion::new(std::mem::size_of::<u32>())?;
+        let slot = SharedRegion::new(SLOT_BYTES)?;
         sys::send_with_fds(socket.as_fd(), &SLOT_MAGIC, &[slot.shared_fd().as_fd()])?;
         let mut name = String::from(SERVER_NAME);
         name.extend(std::iter::repeat_n(' ', NAME_ROOM - 1 - SERVER_NAME.len()));
@@ -182,20 +288,26 @@ impl Server {
             process,
             slot,
             killed: false,
+            sent: 0,
+            pending: VecDeque::with_capacity(SLOTS),
+            cannot_fork: false,
         })
     }
 
-    fn request(&self, control: &OwnedFd, arg0: &CStr, env: &Environment) -> Answer {
+    /// Sends one request; its answer is read later ([`read_answer`](Self::read_answer)). With
+    /// [`SLOTS`] requests unanswered, it first reads the oldest answer, so that no two requests
+    /// in flight share a pid word.
+    fn send(&mut self, control: &OwnedFd, arg0: &CStr, env: &Environment) -> Sent {
         let name = arg0.to_bytes();
         if name.len() >= NAME_ROOM {
-            return Answer::Declined(Errno::NAMETOOLONG);
+            return Sent::Declined;
         }
         let Ok(cwd) = rustix::fs::open(
             ".",
             rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
             rustix::fs::Mode::empty(),
         ) else {
-            return Answer::Declined(Errno::NOENT);
+            return Sent::Declined;
         };
 
         let affinity = affinity();
@@ -222,55 +334,85 @@ impl Server {
             put_bytes(&mut bytes, var);
         }
         if bytes.len() > REQUEST_MAX {
-            return Answer::Declined(Errno::MSGSIZE);
+            return Sent::Declined;
         }
 
-        // Only this request's `clone` may write the slot from here on (the server reads the
-        // request after this store, through the socket).
-        self.slot.atomic_u32(0).store(0, Ordering::Relaxed);
+        while self.pending.len() >= SLOTS {
+            if !self.read_answer() {
+                return Sent::Unanswered;
+            }
+        }
+        // Only this request's `clone` may write its word from here on: the request that used
+        // it last was answered, so its `clone` has returned, and the server reads this request
+        // after this store, through the socket.
+        self.slot
+            .atomic_u32(slot_offset(self.sent))
+            .store(0, Ordering::Relaxed);
         let mut patience = Patience::default();
         loop {
             match sys::send_with_fds(self.socket.as_fd(), &bytes, &fds) {
                 Ok(_) => break,
+                // The server may be waiting for room to answer: read an answer, then retry.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && !self.pending.is_empty() => {
+                    if !self.read_answer() {
+                        return Sent::Unanswered;
+                    }
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     if !self.wait(Direction::Write, &mut patience) {
-                        return Answer::Unanswered;
+                        return Sent::Unanswered;
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => match Errno::from_io_error(&e) {
                     Some(Errno::PIPE | Errno::CONNRESET | Errno::CONNREFUSED) | None => {
-                        return Answer::Unanswered;
+                        return Sent::Unanswered;
                     }
-                    Some(errno) => return Answer::Declined(errno),
+                    Some(_) => return Sent::Declined,
                 },
             }
         }
         drop(cwd);
-        self.answer(&mut patience)
+        self.sent += 1;
+        let outcome = Arc::new(AtomicI64::new(PENDING));
+        self.pending.push_back(outcome.clone());
+        Sent::Ticket(outcome)
     }
 
-    /// Reads the one answer to a request: the child's pid, or why the server could not fork.
-    fn answer(&self, patience: &mut Patience) -> Answer {
+    /// Reads the oldest unanswered request's answer (the child's pid, or why the server could
+    /// not fork) into its ticket; false when the server does not answer (gone, stopped, stuck,
+    /// garbled): the caller abandons it.
+    fn read_answer(&mut self) -> bool {
+        let mut patience = Patience::default();
         loop {
-            if !self.wait(Direction::Read, patience) {
-                return Answer::Unanswered;
+            if !self.wait(Direction::Read, &mut patience) {
+                return false;
             }
             let mut buf = [0u8; 8];
             let mut fds: Vec<OwnedFd> = Vec::new();
             match sys::recv_with_fds(self.socket.as_fd(), &mut buf, &mut fds) {
                 Ok(got) if got.bytes == 4 && !got.truncated => {
-                    let value = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
-                    return match value {
-                        1.. => Answer::Started(value as u32),
-                        _ => Answer::Declined(Errno::from_raw_os_error(value.saturating_neg())),
+                    // An answer nobody asked for is as garbled as a short one.
+                    let Some(outcome) = self.pending.pop_front() else {
+                        return false;
                     };
+                    let value = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+                    let value = match value {
+                        1.. => i64::from(value),
+                        _ => {
+                            let errno = Errno::from_raw_os_error(value.saturating_neg());
+                            self.cannot_fork |= errno == Errno::NOSYS;
+                            NOT_STARTED
+                        }
+                    };
+                    outcome.store(value, Ordering::Release);
+                    return true;
                 }
                 // End of stream (the server died), or a garbled answer.
-                Ok(_) => return Answer::Unanswered,
+                Ok(_) => return false,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(_) => return Answer::Unanswered,
+                Err(_) => return false,
             }
         }
     }
@@ -298,20 +440,28 @@ impl Server {
         }
     }
 
-    /// Kills the server and reaps it, then says whether it forked a child for the request it
-    /// did not answer: the pid its `clone` left in the slot.
-    ///
-    /// # Errors
-    /// When it did not die within [`DEATH_LIMIT`]; it may then still fork that child.
-    fn abandon(&mut self) -> io::Result<Option<u32>> {
-        if !self.kill_and_reap() {
-            return Err(io::Error::other(
-                "the fork server stopped answering and could not be killed",
-            ));
+    /// Kills the server and reaps it, then settles every request it left unanswered: the pid
+    /// its `clone` left in the request's word, or none. A server still alive after
+    /// [`DEATH_LIMIT`] may still fork them: they are settled as lost (never re-executed).
+    fn abandon(&mut self) {
+        let dead = self.kill_and_reap();
+        // Dead and reaped: any `clone` it made has returned, so the words are final.
+        let pending = std::mem::take(&mut self.pending);
+        let first = self.sent - pending.len() as u64;
+        for (number, outcome) in (first..).zip(pending) {
+            let value = match dead {
+                false => LOST,
+                true => match self
+                    .slot
+                    .atomic_u32(slot_offset(number))
+                    .load(Ordering::Acquire)
+                {
+                    0 => NOT_STARTED,
+                    pid => i64::from(pid),
+                },
+            };
+            outcome.store(value, Ordering::Release);
         }
-        // Dead and reaped: any `clone` it made has returned, so the slot is final.
-        let pid = self.slot.atomic_u32(0).load(Ordering::Acquire);
-        Ok((pid != 0).then_some(pid))
     }
 
     /// Sends `SIGKILL` and reaps the server; false if it is still alive after [`DEATH_LIMIT`].

@@ -18,8 +18,6 @@ pub(super) struct Forker {
     /// Where glibc keeps this thread's id (registered with `set_tid_address`).
     tid_address: usize,
     robust_list: (usize, usize),
-    /// The parent's slot, mapped here: `clone` writes each child's pid into it.
-    slot_address: usize,
 }
 
 pub(super) enum Forked {
@@ -46,9 +44,8 @@ struct CloneArgs {
 const PR_GET_TID_ADDRESS: libc::c_int = 40;
 
 impl Forker {
-    /// A forker that reports each child's pid at `slot_address` (a mapped, aligned `u32`);
-    /// `ENOSYS` when this process cannot be forked safely here.
-    pub(super) fn new(slot_address: usize) -> Result<Forker, Errno> {
+    /// A forker; `ENOSYS` when this process cannot be forked safely here.
+    pub(super) fn new() -> Result<Forker, Errno> {
         let mut address: usize = 0;
         // SAFETY: PR_GET_TID_ADDRESS stores one pointer at the address passed, `&mut address`.
         let rc = unsafe {
@@ -81,11 +78,12 @@ impl Forker {
         Ok(Forker {
             tid_address: address,
             robust_list: (head, len),
-            slot_address,
         })
     }
 
-    pub(super) fn fork(&self) -> Result<Forked, Errno> {
+    /// Forks, and has the kernel write the child's pid at `slot_address` (a mapped, aligned
+    /// `u32`, shared with the parent) before the call returns.
+    pub(super) fn fork(&self, slot_address: usize) -> Result<Forked, Errno> {
         let flags = libc::CLONE_PARENT
             | libc::CLONE_PARENT_SETTID
             | libc::CLONE_CHILD_SETTID
@@ -93,7 +91,7 @@ impl Forker {
         let args = CloneArgs {
             flags: flags as u64,
             child_tid: self.tid_address as u64,
-            parent_tid: self.slot_address as u64,
+            parent_tid: slot_address as u64,
             // With `CLONE_PARENT` the child takes the server's exit signal (`SIGCHLD`, to the
             // parent); `clone3` insists this stays 0.
             exit_signal: 0,
@@ -113,7 +111,7 @@ impl Forker {
             )
         };
         if rc == -1 && Errno::from_raw_os_error(errno()) == Errno::NOSYS {
-            rc = clone(flags, self.slot_address, self.tid_address);
+            rc = clone(flags, slot_address, self.tid_address);
         }
         match rc {
             -1 => Err(Errno::from_raw_os_error(errno())),

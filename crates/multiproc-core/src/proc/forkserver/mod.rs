@@ -26,13 +26,26 @@
 //! dispositions, inherited non-close-on-exec descriptors) are the parent's as of the server's
 //! start. Set `MULTIPROC_FORK_SERVER=0` to re-execute every child instead.
 //!
-//! The server answers each request once, with the child's pid or why it could not fork (right
-//! after the fork: it closes its copies of the request's descriptors only then), and the
-//! parent reads that answer before it sends the next request. The child lets go of the server's
-//! socket first thing, so once the server is dead the parent's end reads end-of-stream.
+//! The server answers each request once, in order, with the child's pid or why it could not
+//! fork (right after the fork: it closes its copies of the request's descriptors only then).
+//! The child lets go of the server's socket first thing, so once the server is dead the
+//! parent's end reads end-of-stream.
+//!
+//! # Requests in flight
+//! A spawn does not wait for its answer: it sends the request and returns a *ticket*, so that
+//! the server forks this child while the caller prepares the next (a thread starting many
+//! children keeps the server busy instead of taking turns with it). The pid is read when
+//! someone needs it (the handle's join, `pid()`, a signal, a drop): answers come in the order
+//! of the requests, so whoever reads them (under the state lock) stores each in its own ticket
+//! until the one wanted has come. At most [`SLOTS`](request::SLOTS) (8) requests are unanswered
+//! at once: the spawn that would send a ninth first reads the oldest answer. That keeps both
+//! queues of the socket under the kernel's default limit of 10 packets, and gives each request
+//! in flight its own pid word (below). A child whose server did not fork it (declined, or the
+//! server was abandoned first) is re-executed when its ticket is resolved; one that could not be
+//! re-executed either reports why at its join.
 //!
 //! # A server that does not answer
-//! The spawning thread (often a runtime thread) waits for the answer, so the wait must end soon
+//! The thread that needs an answer (often a runtime thread) waits for it, so the wait must end soon
 //! when the server cannot answer (stopped with `SIGSTOP` or by a debugger, dead, wedged) yet never give up on one that is only late because the machine
 //! is busy: a tight timeout alone cannot do both, and on a loaded machine it would restart
 //! servers over and over. So the parent measures liveness instead. While no answer has come, it
@@ -51,15 +64,19 @@
 //! Abandoning a server kills it with `SIGKILL` (which ends a stopped process at once) and reaps it,
 //! drops our end of its socket, and starts a new server for the next spawn. No answer of an
 //! abandoned server is ever read, so a late one cannot pass for the answer to a later request.
-//! Whether it forked a child for the request it left unanswered is not guessed: it forks with
+//! Whether it forked a child for each request it left unanswered is not guessed: it forks with
 //! `CLONE_PARENT_SETTID`, which makes the kernel write the child's pid, inside the `clone` call,
-//! into a word of memory the parent shares with it (a memfd sent right after the hello, zeroed
-//! before each request). Once the server is reaped every `clone` it made has returned, so the word
-//! is final: a pid there is this spawn's child, used as if the server had answered; zero means no
-//! child exists, and the caller re-executes one on the same control socket. A spawn waits for the
-//! server for at most [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks plus
-//! [`DEATH_LIMIT`](client::DEATH_LIMIT) (a server that outlives `SIGKILL` that long fails the
-//! spawn: it might still fork).
+//! into a word of memory the parent shares with it (a memfd sent right after the hello): request
+//! number `n` (both sides count them) uses word `n % SLOTS`, which the parent zeroes before it
+//! sends that request, and only once the request that used the word before was answered (its
+//! `clone` had returned). Once the server is reaped every `clone` it made has returned, so the
+//! words are final: for each request in flight, a pid there is its child, used as if the server
+//! had answered; zero means no child exists, and that child is re-executed on its control
+//! socket. Every ticket of an abandoned server is settled this way at once, so none waits for a
+//! server that is gone. A wait for one answer lasts at most
+//! [`ANSWER_LOOKS`](patience::ANSWER_LOOKS) looks plus [`DEATH_LIMIT`](client::DEATH_LIMIT) (a
+//! server that outlives `SIGKILL` that long fails the spawns it left unanswered: it might still
+//! fork them).
 //!
 //! # Forking without glibc's `fork`
 //! `fork(3)` cannot ask for `CLONE_PARENT`, so the server calls `clone3` (or `clone`) itself and
@@ -79,11 +96,11 @@
 //!
 //! # Layout
 //! - `client`: the parent's side: sends requests from the spawning thread (the server's
-//!   children are the spawner thread's all the same, by `CLONE_PARENT`), starts the server on
-//!   the spawner thread,
-//!   reads answers, abandons and replaces a server that does not answer;
+//!   children are the spawner thread's all the same, by `CLONE_PARENT`) and hands out tickets,
+//!   starts the server on the spawner thread, reads answers in order into their tickets,
+//!   abandons and replaces a server that does not answer;
 //! - `patience`: when to stop waiting for an answer;
-//! - `request`: what the two sides say to each other (the request's bytes, the pid slot);
+//! - `request`: what the two sides say to each other (the request's bytes, the pid words);
 //! - `server`: the server's loop and the forked child's set-up, in the re-executed copy;
 //! - `clone`: the raw `clone3`/`clone` call that forks with `CLONE_PARENT`.
 
@@ -94,4 +111,4 @@ mod request;
 mod server;
 
 pub use client::FORK_SERVER_ENV;
-pub(crate) use client::{Asked, ask, start_if_idle};
+pub(crate) use client::{Asked, Ticket, ask, resolve, start_if_idle};

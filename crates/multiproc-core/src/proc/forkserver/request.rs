@@ -1,5 +1,6 @@
 //! What the parent and the server say to each other: one request per child (bytes plus
-//! descriptors), one answer (a pid or an errno), and before any request the shared pid slot.
+//! descriptors), one answer (a pid or an errno), in order, and before any request the shared
+//! pid slot (one word per request in flight).
 //! Decoding never trusts the bytes: a malformed request is `EINVAL`, never a panic.
 
 use std::os::fd::OwnedFd;
@@ -13,8 +14,20 @@ pub(super) const REQUEST_MAX: usize = 64 * 1024;
 /// must fit in its length (a longer one is re-executed instead).
 pub(super) const SERVER_NAME: &str = "multiproc-fork-server";
 pub(super) const NAME_ROOM: usize = 256;
-/// The first packet after the hello: the shared word the server's `clone` writes pids into.
+/// The first packet after the hello: the shared words the server's `clone` writes pids into.
 pub(super) const SLOT_MAGIC: [u8; 4] = *b"MPFS";
+/// How many requests may await their answers at once: each has its own pid word in the shared
+/// slot, request number `n` the word `n % SLOTS`. Below the kernel's default queue limit of a
+/// unix datagram socket (`net.unix.max_dgram_qlen`, 10), so that neither side's queue of
+/// packets fills.
+pub(super) const SLOTS: usize = 8;
+/// The shared slot's size: one `u32` pid per request in flight.
+pub(super) const SLOT_BYTES: usize = SLOTS * std::mem::size_of::<u32>();
+
+/// Byte offset of request number `n`'s pid word in the shared slot.
+pub(super) fn slot_offset(n: u64) -> usize {
+    (n % SLOTS as u64) as usize * std::mem::size_of::<u32>()
+}
 
 /// Whether the next descriptor in a request is standard input, output or error.
 pub(super) const HAS_STDIN: u8 = 1;

@@ -9,7 +9,9 @@ use std::os::fd::{AsFd, OwnedFd};
 use rustix::io::Errno;
 
 use super::clone::{Forked, Forker};
-use super::request::{NAME_ROOM, REQUEST_MAX, Request, SERVER_NAME, SLOT_MAGIC};
+use super::request::{
+    NAME_ROOM, REQUEST_MAX, Request, SERVER_NAME, SLOT_BYTES, SLOT_MAGIC, slot_offset,
+};
 use crate::SharedFd;
 use crate::proc::bootstrap::{self, EntryPoint};
 use crate::shm::SharedRegion;
@@ -40,16 +42,17 @@ fn serve(_: ForkServer, socket: OwnedFd) {
             unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), target) };
         }
     }
-    // The first packet after the hello: the parent's slot, where `clone` leaves each pid.
+    // The first packet after the hello: the parent's slot, where `clone` leaves each pid (one
+    // word per request in flight, request `n` in word `n % SLOTS`).
     let mut fds: Vec<OwnedFd> = Vec::new();
     let slot = match receive(&socket, &mut [0u8; 8], &mut fds) {
         Some(got) if got == SLOT_MAGIC.len() && fds.len() == 1 => fds.pop(),
         Some(_) => None,
         None => std::process::exit(0),
     }
-    .and_then(|fd| SharedRegion::from_received(SharedFd::new(fd), std::mem::size_of::<u32>()).ok());
+    .and_then(|fd| SharedRegion::from_received(SharedFd::new(fd), SLOT_BYTES).ok());
     let forker = match &slot {
-        Some(slot) => Forker::new(slot.atomic_u32(0).as_ptr() as usize),
+        Some(_) => Forker::new(),
         None => Err(Errno::NOSYS),
     };
     let forker = forker.and_then(|forker| match ArgvArea::of_self() {
@@ -59,41 +62,69 @@ fn serve(_: ForkServer, socket: OwnedFd) {
     // Most requests ask for the affinity the server has (the parent's): their children keep it.
     let own_affinity = affinity();
     let mut inbox = Inbox::new();
+    // Every packet is a request, numbered in order from 0 on both sides, answered or not.
+    let mut number: u64 = 0;
     loop {
         let mut fds: Vec<OwnedFd> = Vec::new();
         let buf = inbox.get();
         let Some(len) = receive(&socket, buf, &mut fds) else {
             break;
         };
+        let this = number;
+        number += 1;
         // The request is dropped (its descriptors closed, its strings freed) only after the
         // answer is sent: the parent waits for the answer, not for that.
         let mut done = None;
-        let answer: Result<u32, Errno> = match (&forker, len > REQUEST_MAX) {
-            (_, true) => Err(Errno::MSGSIZE),
-            (Err(errno), _) => Err(*errno),
-            (Ok((forker, argv)), false) => match Request::parse(&buf[..len], fds) {
+        let answer: Result<u32, Errno> = match (&forker, &slot, len > REQUEST_MAX) {
+            (_, _, true) => Err(Errno::MSGSIZE),
+            (Err(errno), _, _) => Err(*errno),
+            (_, None, _) => Err(Errno::NOSYS),
+            (Ok((forker, argv)), Some(words), false) => match Request::parse(&buf[..len], fds) {
                 Err(errno) => Err(errno),
-                Ok(request) => match forker.fork() {
-                    Ok(Forked::Child) => run_child(socket, slot, request, argv, &own_affinity),
-                    // The child holds its own copies of the request's descriptors.
-                    Ok(Forked::Parent(pid)) => {
-                        done = Some(request);
-                        Ok(pid)
+                Ok(request) => {
+                    let word = words.atomic_u32(slot_offset(this)).as_ptr() as usize;
+                    match forker.fork(word) {
+                        Ok(Forked::Child) => run_child(socket, slot, request, argv, &own_affinity),
+                        // The child holds its own copies of the request's descriptors.
+                        Ok(Forked::Parent(pid)) => {
+                            done = Some(request);
+                            Ok(pid)
+                        }
+                        Err(errno) => Err(errno),
                     }
-                    Err(errno) => Err(errno),
-                },
+                }
             },
         };
         let answer = match answer {
             Ok(pid) => pid as i32,
             Err(errno) => -errno.raw_os_error(),
         };
-        if sys::send_with_fds(socket.as_fd(), &answer.to_le_bytes(), &[]).is_err() {
+        if !send_answer(&socket, answer) {
             break;
         }
         drop(done);
     }
     std::process::exit(0);
+}
+
+/// Sends one answer, waiting while the parent's queue is full (it reads answers while it waits
+/// to send); false when the parent is gone.
+fn send_answer(socket: &OwnedFd, answer: i32) -> bool {
+    loop {
+        match sys::send_with_fds(socket.as_fd(), &answer.to_le_bytes(), &[]) {
+            Ok(_) => return true,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if !matches!(
+                    sys::wait_ready(socket.as_fd(), Direction::Write, None),
+                    Ok(true)
+                ) {
+                    return false;
+                }
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 /// The server's receive buffer, [`REQUEST_MAX`] bytes that its children do not inherit
