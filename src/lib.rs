@@ -110,33 +110,13 @@ pub fn blocking_eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> b
     cond()
 }
 
-/// This process's fork server: its child named `multiproc-fork-server`.
-pub fn fork_server() -> Option<u32> {
+/// This process's children, alive or zombie, found in `/proc`: each one's pid, its state
+/// letter (`R`, `S`, `Z`, ...) and its name (`argv[0]`).
+fn children() -> Vec<(u32, String, Vec<u8>)> {
     let me = std::process::id();
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse().ok()) else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1)?.parse().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(me) && cmdline.starts_with(b"multiproc-fork-server") {
-            return Some(pid);
-        }
-    }
-    None
-}
-
-/// The zombie children of this process, found in `/proc`.
-pub fn zombie_children() -> Vec<u32> {
-    let me = std::process::id();
-    let mut zombies = Vec::new();
+    let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return zombies;
+        return found;
     };
     for entry in dir.flatten() {
         let Some(pid) = entry
@@ -153,13 +133,60 @@ pub fn zombie_children() -> Vec<u32> {
             continue;
         };
         let mut fields = rest.split_whitespace();
-        let state = fields.next();
-        let ppid = fields.next().and_then(|p| p.parse::<u32>().ok());
-        if state == Some("Z") && ppid == Some(me) {
-            zombies.push(pid);
+        let state = fields.next().unwrap_or_default().to_owned();
+        if fields.next().and_then(|p| p.parse::<u32>().ok()) != Some(me) {
+            continue;
         }
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        let name = cmdline
+            .split(|&b| b == 0)
+            .next()
+            .unwrap_or_default()
+            .to_vec();
+        found.push((pid, state, name));
     }
-    zombies
+    found
+}
+
+/// This process's fork server: its child named `multiproc-fork-server`.
+pub fn fork_server() -> Option<u32> {
+    children()
+        .into_iter()
+        .find(|(_, _, name)| name.starts_with(b"multiproc-fork-server"))
+        .map(|(pid, _, _)| pid)
+}
+
+/// The children of this process named `name` (their `argv[0]`), alive or zombie.
+pub fn children_named(name: &str) -> Vec<u32> {
+    children()
+        .into_iter()
+        .filter(|(_, _, n)| n == name.as_bytes())
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// The zombie children of this process, found in `/proc`.
+pub fn zombie_children() -> Vec<u32> {
+    children()
+        .into_iter()
+        .filter(|(_, state, _)| state == "Z")
+        .map(|(pid, _, _)| pid)
+        .collect()
+}
+
+/// A fresh empty file in the temporary directory, named after `what`, this process and a
+/// unique suffix (tests run in parallel).
+pub fn temp_file(what: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!(
+        "multiproc-test-{what}-{}-{:x}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos()
+    ));
+    std::fs::write(&path, "").unwrap();
+    path
 }
 
 /// Deserializes only even numbers, to make a child fail on its arguments.

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use multiproc::{Builder, spawn};
-use multiproc_suite::{TEST_LIMIT, eventually, fork_server, process_gone, within, zombie_children};
+use multiproc_suite::{
+    TEST_LIMIT, eventually, fork_server, process_gone, temp_file, within, zombie_children,
+};
 
 /// A variable every child gets from its builder: a re-executed child finds it in the
 /// environment block the kernel built at `exec` (`/proc/<pid>/environ`), a child forked from
@@ -225,15 +227,7 @@ async fn spawn_through_kills(log: String) -> (Outcomes, usize, bool) {
 
 #[tokio::test]
 async fn spawns_from_many_threads_survive_a_fork_server_killed_again_and_again() {
-    let log = std::env::temp_dir().join(format!(
-        "multiproc-test-kills-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::write(&log, "").unwrap();
+    let log = temp_file("kills");
     let (outcomes, kills, no_zombies) = within(
         "middle process",
         Builder::new()

@@ -8,7 +8,9 @@ use std::io::Write;
 use std::time::Duration;
 
 use multiproc::{Builder, spawn};
-use multiproc_suite::{eventually, fork_server, process_gone, within, zombie_children};
+use multiproc_suite::{
+    children_named, eventually, fork_server, process_gone, temp_file, within, zombie_children,
+};
 
 /// Makes sure this process's fork server is running: the first spawn starts it.
 async fn warm_up() {
@@ -48,32 +50,6 @@ async fn children_started_in_a_row_each_join_with_their_own_result() {
 
 fn sleep_long(_: ()) {
     std::thread::sleep(Duration::from_secs(300));
-}
-
-/// Children of this process named `name`, alive or zombie.
-fn children_named(name: &str) -> Vec<u32> {
-    let me = std::process::id();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let parent = stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_ascii_whitespace().nth(1)?.parse::<u32>().ok());
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if parent == Some(me) && cmdline.split(|&b| b == 0).next() == Some(name.as_bytes()) {
-            found.push(pid);
-        }
-    }
-    found
 }
 
 /// Runs in a fresh process with a server of its own. Handles dropped (with `kill_on_drop`)
@@ -140,20 +116,6 @@ fn record((token, log): (u64, String)) -> u64 {
     token
 }
 
-/// A fresh log file for [`record`], named after this process and a unique suffix.
-fn new_log(what: &str) -> std::path::PathBuf {
-    let log = std::env::temp_dir().join(format!(
-        "multiproc-test-{what}-{}-{:x}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos()
-    ));
-    std::fs::write(&log, "").unwrap();
-    log
-}
-
 /// Runs in a fresh process with a server of its own: handles dropped right after their spawn
 /// (no `kill_on_drop`) still run their children, once each, and nothing is left of them, not
 /// even a zombie. Returns whether every child ran and whether none was left.
@@ -176,9 +138,18 @@ async fn drop_before_the_pid(log: String) -> (bool, bool) {
     (all_ran, none_left)
 }
 
+/// The tokens that [`record`] wrote to `log`, sorted; removes the log.
+fn tokens_recorded(log: &std::path::Path) -> Vec<u64> {
+    let runs = std::fs::read_to_string(log).unwrap();
+    let _ = std::fs::remove_file(log);
+    let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
+    ran.sort_unstable();
+    ran
+}
+
 #[tokio::test]
 async fn a_handle_dropped_before_its_pid_is_known_still_runs_its_child_once() {
-    let log = new_log("dropped");
+    let log = temp_file("dropped");
     let (all_ran, none_left) = within(
         "middle process",
         Builder::new()
@@ -187,10 +158,7 @@ async fn a_handle_dropped_before_its_pid_is_known_still_runs_its_child_once() {
     )
     .await
     .unwrap();
-    let runs = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
-    let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
-    ran.sort_unstable();
+    let ran = tokens_recorded(&log);
     assert!(all_ran, "not every dropped child ran: {ran:?}");
     assert_eq!(
         ran,
@@ -238,7 +206,7 @@ async fn kill_with_requests_in_flight(log: String) -> Settled {
 
 #[tokio::test]
 async fn a_server_killed_with_requests_in_flight_settles_every_one() {
-    let log = new_log("in-flight");
+    let log = temp_file("in-flight");
     let (outcomes, reaped, replaced, no_zombies) = within(
         "middle process",
         Builder::new()
@@ -250,10 +218,7 @@ async fn a_server_killed_with_requests_in_flight_settles_every_one() {
     )
     .await
     .unwrap();
-    let runs = std::fs::read_to_string(&log).unwrap();
-    let _ = std::fs::remove_file(&log);
-    let mut ran: Vec<u64> = runs.lines().map(|line| line.parse().unwrap()).collect();
-    ran.sort_unstable();
+    let ran = tokens_recorded(&log);
     let answers: Vec<u64> = outcomes.iter().map(|o| o.clone().unwrap()).collect();
     assert_eq!(
         answers,

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use multiproc_core::proc::bootstrap::{self, ControlSocket, EntryPoint};
 use multiproc_core::proc::limits::ResourceLimits;
-use multiproc_core::proc::reaper;
 use multiproc_core::proc::spawner::{self, SpawnOptions};
 use multiproc_core::transport::channel::{self, RawSender};
 use multiproc_core::{SendErrorKind, SharedFd, message};
@@ -272,15 +271,7 @@ impl Builder {
             })?;
             #[cfg(feature = "tracing")]
             span.record("pid", pidfd.pid());
-            let pipes = match Pipes::new(pipes) {
-                Ok(pipes) => pipes,
-                Err(e) => {
-                    // Nobody could talk to the child: end it (the reaper reaps it).
-                    let _ = pidfd.send_signal(9);
-                    reaper::reap_orphan(pidfd);
-                    return Err(SpawnError::io(e));
-                }
-            };
+            let (pidfd, pipes) = Pipes::for_child(pidfd, pipes)?;
             (Child::register(pidfd, name, self.limits.memory), pipes)
         } else {
             let child = Child::register_starting(starting, name, self.limits.memory);

@@ -182,14 +182,7 @@ impl Command {
         }
         let name = self.options.program.to_string_lossy().into_owned();
         let (pidfd, pipes) = spawner::spawn_program(self.options).map_err(SpawnError::io)?;
-        let pipes = match Pipes::new(pipes) {
-            Ok(pipes) => pipes,
-            Err(e) => {
-                let _ = pidfd.send_signal(9);
-                reaper::reap_orphan(pidfd);
-                return Err(SpawnError::io(e));
-            }
-        };
+        let (pidfd, pipes) = Pipes::for_child(pidfd, pipes)?;
         let pidfd = Arc::new(pidfd);
         Ok(CommandChild {
             child: Child::register(pidfd.clone(), name, None),

@@ -10,8 +10,12 @@ use std::os::fd::OwnedFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use multiproc_core::proc::pidfd::PidFd;
+use multiproc_core::proc::reaper;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::unix::pipe;
+
+use crate::error::SpawnError;
 
 /// The parent's end of a child's standard input: write to it, drop it to close it.
 #[derive(Debug)]
@@ -46,6 +50,22 @@ impl Pipes {
             stdout: reader(pipes.stdout)?.map(ChildStdout),
             stderr: reader(pipes.stderr)?.map(ChildStderr),
         })
+    }
+
+    /// [`Pipes::new`] for a child just started: when its pipes cannot be registered, nobody
+    /// could talk to it, so it is killed (the reaper reaps it) and the error returned.
+    pub(crate) fn for_child(
+        pidfd: PidFd,
+        pipes: multiproc_core::proc::spawner::StdioPipes,
+    ) -> Result<(PidFd, Self), SpawnError> {
+        match Self::new(pipes) {
+            Ok(pipes) => Ok((pidfd, pipes)),
+            Err(e) => {
+                let _ = pidfd.send_signal(9);
+                reaper::reap_orphan(pidfd);
+                Err(SpawnError::io(e))
+            }
+        }
     }
 }
 
