@@ -55,8 +55,13 @@ impl<T> Sender<T> {
     /// Cancel safe: unwritten bytes stay buffered for the next flush or send, and are delivered
     /// by a background thread if the sender is dropped first.
     pub async fn flush(&mut self) -> Result<(), SendError> {
-        std::future::poll_fn(|cx| self.raw.poll_flush(cx))
-            .await
+        std::future::poll_fn(|cx| self.poll_sink_flush(cx)).await
+    }
+
+    /// Writes every buffered message (the [`Sink`] flush, and [`flush`](Self::flush)).
+    fn poll_sink_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
+        self.raw
+            .poll_flush(cx)
             .map_err(|kind| SendError::new((), kind))
     }
 
@@ -274,19 +279,13 @@ impl<T: Serialize> Sender<T> {
         }
     }
 
-    /// The [`Sink`] readiness, also before [`feed_ref`](Self::feed_ref): flushes first above the high-water mark or when a
-    /// wake-up for a parked receiver is queued.
+    /// The [`Sink`] readiness, also before [`feed_ref`](Self::feed_ref): flushes first above
+    /// the high-water mark or when a wake-up for a parked receiver is queued.
     fn poll_sink_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
         if self.raw.buffered() >= SINK_HIGH_WATER || self.raw.wake_queued() {
-            ready!(self.raw.poll_flush(cx)).map_err(|kind| SendError::new((), kind))?;
+            ready!(self.poll_sink_flush(cx))?;
         }
         Poll::Ready(Ok(()))
-    }
-
-    fn poll_sink_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendError>> {
-        self.raw
-            .poll_flush(cx)
-            .map_err(|kind| SendError::new((), kind))
     }
 }
 
