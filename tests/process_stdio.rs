@@ -23,6 +23,39 @@ fn shout(_: ()) -> usize {
     lines
 }
 
+/// Prints without a newline (so the text sits in the stdout buffer when the function ends),
+/// then returns or panics as told.
+fn print_unterminated(panic: bool) -> u8 {
+    print!("half a line");
+    if panic {
+        panic!("after printing");
+    }
+    7
+}
+
+/// A child ends with `_exit` (as Python's do), which would drop what its stdout buffer holds;
+/// the bootstrap flushes it first, whether the function returned or panicked.
+#[tokio::test]
+async fn output_still_buffered_when_the_function_ends_is_not_lost() {
+    for panic in [false, true] {
+        let mut child = Builder::new()
+            .stdout(Stdio::piped())
+            .spawn(panic, print_unterminated)
+            .unwrap();
+        let mut stdout = child.stdout().unwrap();
+        let mut out = String::new();
+        within("stdout", stdout.read_to_string(&mut out))
+            .await
+            .unwrap();
+        assert_eq!(out, "half a line", "panicked: {panic}");
+        let joined = within("join", child).await;
+        match panic {
+            false => assert_eq!(joined.unwrap(), 7),
+            true => assert!(joined.unwrap_err().is_panic()),
+        }
+    }
+}
+
 #[tokio::test]
 async fn piped_stdio_works_both_ways() {
     let mut child = Builder::new()

@@ -2,7 +2,7 @@
 
 use std::os::fd::OwnedFd;
 
-use multiproc_core::proc::{pidfd, title, tree};
+use multiproc_core::proc::{bootstrap, pidfd, title, tree};
 use multiproc_core::transport::channel::{self, RawReceiver, RawSender, TryRecv};
 use multiproc_core::{SharedFd, message};
 use serde::de::DeserializeOwned;
@@ -86,13 +86,13 @@ where
     };
     let returned = report(&mut tx, msg);
     drop(runtime);
-    std::process::exit(if returned { 0 } else { FAILED_EXIT });
+    bootstrap::exit_child(if returned { 0 } else { FAILED_EXIT })
 }
 
 /// Reports a failure before the function ran, and exits.
 fn fail<R: serde::Serialize>(tx: &mut RawSender, msg: Report<R>) -> ! {
     report(tx, msg);
-    std::process::exit(FAILED_EXIT)
+    bootstrap::exit_child(FAILED_EXIT)
 }
 
 fn recv<T: DeserializeOwned>(rx: &mut RawReceiver) -> Result<T, String> {
