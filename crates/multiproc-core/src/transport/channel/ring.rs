@@ -48,6 +48,9 @@ const PUBLISH_EVERY: u64 = 4 << 10;
 /// How often (in frames sent alone) a sender reads the receiver's progress to find out
 /// whether a receiver that took nothing is still alive.
 const LIVENESS_EVERY: u32 = 4;
+/// The longest interval between such reads while a live receiver keeps taking nothing: each
+/// stall found alive doubles the interval up to this, and progress resets it.
+const LIVENESS_EVERY_MAX: u32 = 256;
 /// Bytes of a pair's region.
 pub(crate) const REGION_LEN: usize = RINGS + 2 * RING_LEN;
 
@@ -137,6 +140,8 @@ pub(crate) struct TxRing {
     taken_seen: u64,
     /// Calls of [`backlogged`](Self::backlogged) since it last read the receiver's count.
     unchecked: u32,
+    /// Calls between two reads of the receiver's count (see [`LIVENESS_EVERY_MAX`]).
+    check_every: u32,
 }
 
 impl TxRing {
@@ -149,6 +154,7 @@ impl TxRing {
             wake_pending: false,
             taken_seen: u64::MAX,
             unchecked: 0,
+            check_every: LIVENESS_EVERY,
         }
     }
 
@@ -221,10 +227,14 @@ impl TxRing {
     /// [`RawSender`](super::RawSender)): a send to a dead peer then fails a few messages late,
     /// as sends into a socket buffer succeed when the peer dies just after them. Reading the
     /// receiver's count costs a cache line the receiver keeps writing, so it is read only
-    /// every [`LIVENESS_EVERY`] calls: a stream of small frames pays it rarely.
+    /// every [`LIVENESS_EVERY`] calls: a stream of small frames pays it rarely. A receiver that
+    /// is only slow (parked, or busy) stalls the same way, and each check costs the caller a
+    /// system call, so while stalls go on the checks come at twice the interval each time, up
+    /// to [`LIVENESS_EVERY_MAX`] (by then the ring is full, and a frame to a dead receiver
+    /// fails in the socket anyway); any progress brings the interval back.
     pub(crate) fn backlogged(&mut self) -> bool {
         self.unchecked += 1;
-        if self.unchecked < LIVENESS_EVERY {
+        if self.unchecked < self.check_every {
             return false;
         }
         self.unchecked = 0;
@@ -234,6 +244,10 @@ impl TxRing {
         let taken = w.ring().taken();
         let stalled = taken < w.ring().published() && taken == self.taken_seen;
         self.taken_seen = taken;
+        self.check_every = match stalled {
+            true => (self.check_every * 2).min(LIVENESS_EVERY_MAX),
+            false => LIVENESS_EVERY,
+        };
         stalled
     }
 
