@@ -332,3 +332,180 @@ async fn pipe_borrowed_receive_reports_bad_payloads_and_goes_on() {
     );
     drop((tx, raw));
 }
+
+/// Child: sends `n` messages in every size of [`SIZES`] in turn (fed, so small ones batch in
+/// the shared ring and large ones go through the socket), then closes.
+fn feed_sizes((mut tx, n): (Sender<ByteBuf>, usize)) -> usize {
+    let mut msg = ByteBuf::new();
+    for seq in 0..n {
+        msg.clear();
+        msg.extend_from_slice(&pattern(seq, SIZES[seq % SIZES.len()]));
+        tx.blocking_send_ref(&msg).unwrap();
+    }
+    n
+}
+
+#[tokio::test]
+async fn pipe_batch_receives_take_every_message_in_order() {
+    let (tx, mut rx) = pipe::simplex::<ByteBuf>().unwrap();
+    // Ten rounds of the sizes: many small messages between the large ones.
+    let n = 10 * SIZES.len();
+    let child = spawn((tx, n), feed_sizes);
+    let (mut seq, mut calls, mut most) = (0usize, 0usize, 0usize);
+    loop {
+        let got = within(
+            "batch",
+            rx.recv_many_borrowed(32, |msg| {
+                let bytes: &[u8] = msg.decode().unwrap();
+                assert!(
+                    bytes == pattern(seq, SIZES[seq % SIZES.len()]).as_slice(),
+                    "message {seq} differs"
+                );
+                seq += 1;
+            }),
+        )
+        .await
+        .unwrap();
+        assert!(got <= 32, "a batch over its limit: {got}");
+        if got == 0 {
+            break;
+        }
+        calls += 1;
+        most = most.max(got);
+    }
+    assert_eq!(seq, n, "messages received");
+    assert_eq!(within("child", child).await.unwrap(), n);
+    assert!(calls <= n, "{calls} calls for {n} messages");
+    assert!(most >= 1);
+    // End-of-stream stays so, and a zero limit takes nothing.
+    assert_eq!(
+        rx.recv_many_borrowed(8, |_| unreachable!()).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        rx.recv_many_borrowed(0, |_| unreachable!()).await.unwrap(),
+        0
+    );
+}
+
+#[tokio::test]
+async fn pipe_batch_receive_takes_what_has_arrived_in_one_call() {
+    let (mut tx, mut rx) = pipe::simplex::<u32>().unwrap();
+    for i in 0..100 {
+        tx.feed_ref(&i).await.unwrap();
+    }
+    tx.flush().await.unwrap();
+    let mut got = Vec::new();
+    let n = within(
+        "batch",
+        rx.recv_many_borrowed(1000, |msg| got.push(msg.decode::<u32>().unwrap())),
+    )
+    .await
+    .unwrap();
+    assert_eq!(n, 100, "every message already there, in one call");
+    assert_eq!(got, (0..100).collect::<Vec<_>>());
+    // The limit holds.
+    for i in 0..10 {
+        tx.send(i).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let n = rx
+        .recv_many_borrowed(4, |msg| got.push(msg.decode::<u32>().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!((n, got), (4, vec![0, 1, 2, 3]));
+}
+
+#[tokio::test]
+async fn pipe_cancelled_batch_receive_loses_nothing() {
+    let (mut tx, mut rx) = pipe::simplex::<u32>().unwrap();
+    {
+        let fut = rx.recv_many_borrowed(16, |_| panic!("nothing was there"));
+        tokio::pin!(fut);
+        assert!(futures::poll!(fut.as_mut()).is_pending());
+    }
+    tx.send(1).await.unwrap();
+    tx.send(2).await.unwrap();
+    let mut got = Vec::new();
+    let mut seen = 0;
+    while seen < 2 {
+        seen += within(
+            "after cancel",
+            rx.recv_many_borrowed(16, |msg| got.push(msg.decode::<u32>().unwrap())),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!(got, [1, 2]);
+}
+
+#[tokio::test]
+async fn pipe_batch_receive_hands_out_what_came_before_an_error_and_goes_on() {
+    let (tx, mut rx) = pipe::simplex::<String>().unwrap();
+    rx.set_max_message_size(1000);
+    let mut raw = raw_socket(&tx);
+    // Two good messages, one over the limit, a handle (a decode error for `f`), one more.
+    let mut bytes = Vec::new();
+    for text in ["one", "two"] {
+        let (encoded, _) = message::encode(&text.to_string()).unwrap();
+        bytes.extend_from_slice(&header(encoded.len()));
+        bytes.extend_from_slice(&encoded);
+    }
+    bytes.extend_from_slice(&header(5000));
+    bytes.extend_from_slice(&[0; 5000]);
+    let (encoded, _) = message::encode(&"three".to_string()).unwrap();
+    bytes.extend_from_slice(&header(encoded.len()));
+    bytes.extend_from_slice(&encoded);
+    raw.write_all(&bytes).unwrap();
+    let mut got = Vec::new();
+    // Everything before the oversized message is handed out; the error follows it.
+    let mut result = take_texts(&mut rx, &mut got).await;
+    while got.len() < 2 && matches!(result, Ok(1..)) {
+        result = take_texts(&mut rx, &mut got).await;
+    }
+    assert_eq!(got, ["one", "two"]);
+    let err = match result {
+        Err(e) => e,
+        Ok(_) => take_texts(&mut rx, &mut got).await.unwrap_err(),
+    };
+    assert!(
+        matches!(err, RecvError::TooLarge { len: 5000, .. }),
+        "{err}"
+    );
+    assert!(!err.is_fatal());
+    assert_eq!(take_texts(&mut rx, &mut got).await.unwrap(), 1);
+    assert_eq!(got, ["one", "two", "three"]);
+
+    // A message carrying a handle is `f`'s decode error; the batch goes on past it.
+    let (mut tx, mut rx) = pipe::simplex::<Mail>().unwrap();
+    tx.send(Mail::Text("a".into())).await.unwrap();
+    tx.send(Mail::Attachment(memfd())).await.unwrap();
+    tx.send(Mail::Text("b".into())).await.unwrap();
+    let (mut texts, mut refused) = (Vec::new(), 0);
+    while texts.len() + refused < 3 {
+        within(
+            "handles",
+            rx.recv_many_borrowed(16, |msg| match msg.decode::<MailView<'_>>() {
+                Ok(MailView::Text(t)) => texts.push(t.to_owned()),
+                Ok(other) => panic!("{other:?}"),
+                Err(RecvError::Decode(e)) if e.carries_descriptors() => refused += 1,
+                Err(e) => panic!("{e}"),
+            }),
+        )
+        .await
+        .unwrap();
+    }
+    assert_eq!((texts, refused), (vec!["a".to_owned(), "b".to_owned()], 1));
+}
+
+/// One batch receive of strings, each copied into `got`.
+async fn take_texts(
+    rx: &mut pipe::Receiver<String>,
+    got: &mut Vec<String>,
+) -> Result<usize, RecvError> {
+    within(
+        "batch",
+        rx.recv_many_borrowed(16, |msg| got.push(msg.decode::<&str>().unwrap().to_owned())),
+    )
+    .await
+}

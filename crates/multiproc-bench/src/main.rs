@@ -411,6 +411,7 @@ impl Workload {
                 Impl::RawOs,
                 Impl::Multiproc,
                 Impl::MultiprocBorrowed,
+                Impl::MultiprocBatch,
                 Impl::TokioFloor,
                 Impl::TokioCodec,
                 Impl::Interprocess,
@@ -728,9 +729,12 @@ fn run_trial(
         }
         (Impl::Machine, _) => Err(io::Error::other("not a reference row")),
         (Impl::MultiprocSink, _) => Err(io::Error::other("no multiproc-sink variant")),
+        (Impl::MultiprocBatch, Workload::Stream64) => {
+            multiproc_impl::run_many(rt, n).map(Sample::from)
+        }
         // manager (issue 15)
         (Impl::MultiprocBatch | Impl::MultiprocPipeline, _) => Err(io::Error::other(
-            "batch and pipeline rows are the manager's only",
+            "batch and pipeline rows are the manager's and the 64 B stream's only",
         )),
     }
 }

@@ -29,8 +29,8 @@ pub(crate) fn run(
     match (w, blocking) {
         (Workload::Pingpong64, false) => rt.block_on(pingpong(n)),
         (Workload::Pingpong64, true) => pingpong_blocking(rt, n),
-        (Workload::Stream64, _) => rt.block_on(stream(n, 64, true, false)),
-        (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false, false)),
+        (Workload::Stream64, _) => rt.block_on(stream(n, 64, true, Receive::Owned)),
+        (Workload::Stream1M, _) => rt.block_on(stream(n, 1 << 20, false, Receive::Owned)),
         (Workload::SpawnJoin, _) => rt.block_on(spawn_join(n)),
         // The lock, event and queue workloads live in `sync_bench` and `queue_bench`.
         _ => Err(io::Error::other("not a pipe or spawn workload")),
@@ -138,6 +138,17 @@ async fn sink((mut end, n): (Duplex<u64, Payload>, u64)) -> u64 {
     bytes
 }
 
+/// How the child of a stream receives.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Receive {
+    /// `recv` of owned messages.
+    Owned,
+    /// `recv_borrowed` as `&[u8]`, one message per call.
+    Borrowed,
+    /// `recv_many_borrowed`: every message that has arrived, per call.
+    Many,
+}
+
 /// `pipe_stream_*`: `n` messages of `size` bytes one way, timed from the first send until the
 /// child's count is back. Messages per second for 64 B (batched with `feed` + one `flush`), MiB
 /// per second for 1 MiB (one `send` each, as a user would).
@@ -145,13 +156,14 @@ async fn sink((mut end, n): (Duplex<u64, Payload>, u64)) -> u64 {
 /// With `borrowed` (`multiproc-borrowed`), as a user who cares about copies writes it: the
 /// sender feeds its one value by reference (`feed_ref` / `send_ref`), and the child decodes
 /// each message as a `&[u8]` borrowed from its receive buffer ([`sink_borrowed`]).
-async fn stream(n: u64, size: usize, batched: bool, borrowed: bool) -> io::Result<f64> {
+async fn stream(n: u64, size: usize, batched: bool, receive: Receive) -> io::Result<f64> {
     let (mut here, there) = pipe::duplex::<Payload, u64>()?;
-    let child = if borrowed {
-        multiproc::spawn((there, n, size as u64), sink_borrowed)
-    } else {
-        multiproc::spawn((there, n), sink)
+    let child = match receive {
+        Receive::Owned => multiproc::spawn((there, n), sink),
+        Receive::Borrowed => multiproc::spawn((there, n, size as u64), sink_borrowed),
+        Receive::Many => multiproc::spawn((there, n, size as u64), sink_many),
     };
+    let borrowed = receive != Receive::Owned;
     if here.recv().await.map_err(other)? != Some(0) {
         return Err(io::Error::other("stream child did not start"));
     }
@@ -188,8 +200,8 @@ async fn stream(n: u64, size: usize, batched: bool, borrowed: bool) -> io::Resul
 /// (`multiproc-borrowed`).
 pub(crate) fn run_borrowed(rt: &tokio::runtime::Runtime, w: Workload, n: u64) -> io::Result<f64> {
     match w {
-        Workload::Stream64 => rt.block_on(stream(n, 64, true, true)),
-        Workload::Stream1M => rt.block_on(stream(n, 1 << 20, false, true)),
+        Workload::Stream64 => rt.block_on(stream(n, 64, true, Receive::Borrowed)),
+        Workload::Stream1M => rt.block_on(stream(n, 1 << 20, false, Receive::Borrowed)),
         _ => Err(io::Error::other(
             "multiproc-borrowed only runs the pipe streams",
         )),
@@ -207,6 +219,37 @@ async fn sink_borrowed((mut end, n, size): (Duplex<u64, Payload>, u64, u64)) -> 
         match end.recv_borrowed::<&[u8]>().await {
             Ok(Some(bytes)) if bytes.len() as u64 == size => count += 1,
             _ => break,
+        }
+    }
+    let _ = end.send(count).await;
+    count
+}
+
+/// Messages a batch receive of the stream takes at most per call.
+const MANY: usize = 1024;
+
+/// Runs one trial of the 64 B stream with sends by reference and batch receives
+/// (`multiproc-batch`): the child drains what has arrived with `recv_many_borrowed`.
+pub(crate) fn run_many(rt: &tokio::runtime::Runtime, n: u64) -> io::Result<f64> {
+    rt.block_on(stream(n, 64, true, Receive::Many))
+}
+
+/// Child of the batch-received stream: says it is ready, takes messages `MANY` at a time,
+/// decoding each as a `&[u8]` and checking its length, answers with the count.
+async fn sink_many((mut end, n, size): (Duplex<u64, Payload>, u64, u64)) -> u64 {
+    if end.send(0).await.is_err() {
+        return 0;
+    }
+    let (mut count, mut wrong) = (0u64, 0u64);
+    while count < n {
+        let got = end
+            .recv_many_borrowed(MANY, |msg| match msg.decode::<&[u8]>() {
+                Ok(bytes) if bytes.len() as u64 == size => count += 1,
+                _ => wrong += 1,
+            })
+            .await;
+        if !matches!(got, Ok(1..)) || wrong > 0 {
+            break;
         }
     }
     let _ = end.send(count).await;

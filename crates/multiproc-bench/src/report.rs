@@ -183,6 +183,9 @@ pub(crate) fn json_line(
         (Impl::MultiprocBorrowed, _) => {
             Some("feed_ref/send_ref of one value, recv_borrowed as &[u8]: no copy per message")
         }
+        (Impl::MultiprocBatch, Workload::Stream64) => {
+            Some("feed_ref of one value, recv_many_borrowed (up to 1024 a call) decoding &[u8]")
+        }
         (Impl::MultiprocShm, _) => Some(
             "one SharedBytes (sealed memfd) sent n times: the handover alone; receiver reads a byte per page",
         ),
@@ -357,13 +360,17 @@ pub(crate) fn summarize(w: Workload, all: &[Series], steal: Option<f64>, limits:
             );
         }
     }
-    if let Some(borrowed) = get(Impl::MultiprocBorrowed) {
-        eprintln!(
-            "# {:<18} multiproc-borrowed/tokio-floor = {:>6}   multiproc-borrowed/raw-os = {:>6}",
-            w.name(),
-            paired_ratio(Some(borrowed), get(Impl::TokioFloor)),
-            paired_ratio(Some(borrowed), raw),
-        );
+    for imp in [Impl::MultiprocBorrowed, Impl::MultiprocBatch] {
+        if let Some(s) = get(imp).filter(|_| get(Impl::TokioFloor).is_some()) {
+            eprintln!(
+                "# {:<18} {}/tokio-floor = {:>6}   {}/raw-os = {:>6}",
+                w.name(),
+                imp.name(),
+                paired_ratio(Some(s), get(Impl::TokioFloor)),
+                imp.name(),
+                paired_ratio(Some(s), raw),
+            );
+        }
     }
     if let Some(bytes) = get(Impl::MultiprocBytes) {
         eprintln!(

@@ -10,7 +10,7 @@ use multiproc_core::transport::channel;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use super::{Receiver, Sender};
+use super::{Lent, Receiver, Sender};
 use crate::error::{RecvError, RecvTimeoutError, SendError, TryRecvError};
 
 /// One end of a duplex pipe: sends `S` and receives `R`.
@@ -213,6 +213,22 @@ impl<S, R> Duplex<S, R> {
         &'a mut self,
     ) -> Result<Option<V>, RecvError> {
         self.rx.recv_borrowed().await
+    }
+
+    /// Receives up to `limit` messages in one call, each lent to `f`; see
+    /// [`Receiver::recv_many_borrowed`].
+    ///
+    /// # Errors
+    /// As [`Receiver::recv_many_borrowed`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe, as [`Receiver::recv_many_borrowed`].
+    pub async fn recv_many_borrowed(
+        &mut self,
+        limit: usize,
+        f: impl FnMut(Lent<'_>),
+    ) -> Result<usize, RecvError> {
+        self.rx.recv_many_borrowed(limit, f).await
     }
 
     /// Receives a borrowed `V` without waiting; see [`Receiver::try_recv_borrowed`].

@@ -42,10 +42,12 @@
 //! is done.
 
 mod duplex;
+mod lent;
 mod receiver;
 mod sender;
 
 pub use duplex::Duplex;
+pub use lent::Lent;
 pub use receiver::Receiver;
 pub use sender::Sender;
 
