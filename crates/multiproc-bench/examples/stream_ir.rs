@@ -2,10 +2,11 @@
 //! itself cannot run under valgrind, which lacks `pidfd_open`).
 //!
 //! One process, one thread: each round feeds a batch of 64-byte messages and flushes, then
-//! receives the batch, with one of three codes:
+//! receives the batch, with one of four codes:
 //! - `owned`: `multiproc`'s row (`feed` of a clone of one shared buffer; `recv` of an owned
 //!   byte string, checked by length);
 //! - `borrowed`: `multiproc-borrowed` (`feed_ref` of one value; `recv_borrowed` as `&[u8]`);
+//! - `many`: `multiproc-batch` (`feed_ref` of one value; `recv_many_borrowed` decoding `&[u8]`);
 //! - `floor`: `tokio-floor` (4-byte length and bytes into a 64 KiB `BufWriter`; `read_exact`
 //!   into one reused buffer, over a `UnixStream` pair).
 //!
@@ -108,6 +109,23 @@ async fn borrowed_recv(rx: &mut Receiver<Payload>) -> io::Result<()> {
     Ok(())
 }
 
+async fn many_recv(rx: &mut Receiver<Payload>) -> io::Result<()> {
+    let (mut count, mut wrong) = (0, 0);
+    while count < BATCH {
+        let got = rx
+            .recv_many_borrowed(BATCH, |msg| match msg.decode::<&[u8]>() {
+                Ok(bytes) if bytes.len() == SIZE => count += 1,
+                _ => wrong += 1,
+            })
+            .await
+            .map_err(other)?;
+        if got == 0 || wrong > 0 {
+            return Err(io::Error::other("wrong message"));
+        }
+    }
+    Ok(())
+}
+
 async fn floor_send(w: &mut BufWriter<OwnedWriteHalf>, payload: &[u8]) -> io::Result<()> {
     for _ in 0..BATCH {
         w.write_all(&(payload.len() as u32).to_le_bytes()).await?;
@@ -141,7 +159,7 @@ fn side(
 fn run(rt: &tokio::runtime::Runtime, kind: &str, rounds: usize) -> io::Result<()> {
     let _entered = rt.enter();
     match kind {
-        "owned" | "borrowed" => {
+        "owned" | "borrowed" | "many" => {
             // A bare socket pair, without the shared ring `pipe::simplex` sets up: the ring
             // asks the vDSO for the CPU, which valgrind cannot provide. A batch goes through
             // the socket either way; the ring would add a tag per frame on each side.
@@ -153,6 +171,9 @@ fn run(rt: &tokio::runtime::Runtime, kind: &str, rounds: usize) -> io::Result<()
                 if kind == "owned" {
                     side(rt, owned_send(&mut tx, &payload))?;
                     side(rt, owned_recv(&mut rx))?;
+                } else if kind == "many" {
+                    side(rt, borrowed_send(&mut tx, &payload))?;
+                    side(rt, many_recv(&mut rx))?;
                 } else {
                     side(rt, borrowed_send(&mut tx, &payload))?;
                     side(rt, borrowed_recv(&mut rx))?;
@@ -171,7 +192,7 @@ fn run(rt: &tokio::runtime::Runtime, kind: &str, rounds: usize) -> io::Result<()
                 side(rt, floor_recv(&mut r, &mut frame))?;
             }
         }
-        _ => return Err(io::Error::other("kind: owned, borrowed or floor")),
+        _ => return Err(io::Error::other("kind: owned, borrowed, many or floor")),
     }
     Ok(())
 }
