@@ -397,3 +397,58 @@ async fn a_stream_through_the_ring_arrives_whole() {
     drop(tx);
     assert!(within("child", child).await.unwrap());
 }
+
+/// Child: sends a small message, a large one (through the socket) and a message with a
+/// descriptor, each after the parent says "next" (so each is looked for alone), then closes.
+fn send_kinds_on_cue((mut tx, mut cue): (Sender<Msg>, Receiver<u64>)) -> u64 {
+    let mut sent = 0;
+    for i in 0..3 {
+        if cue.blocking_recv().ok().flatten().is_none() {
+            return sent;
+        }
+        let msg = match i {
+            0 => Msg::Small(0),
+            1 => Msg::Big(1, vec![7; 64 << 10]),
+            _ => Msg::File(2, temp_file_with(b"2")),
+        };
+        tx.blocking_send(msg).unwrap();
+        sent += 1;
+    }
+    sent
+}
+
+fn temp_file_with(contents: &[u8]) -> SharedFd {
+    let fd: std::os::fd::OwnedFd =
+        rustix::fs::memfd_create("ring-look", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
+    let mut file = std::fs::File::from(fd);
+    file.write_all(contents).unwrap();
+    SharedFd::new(file.into())
+}
+
+/// A spinning look finds what arrived however it came (ring record, or a socket frame the
+/// ring's sender counted), takes nothing, and a waiting `ready` after it still sees the end.
+#[tokio::test]
+async fn a_spinning_look_finds_ring_and_socket_frames_without_taking_them() {
+    let (tx, mut rx) = pipe::simplex::<Msg>().unwrap();
+    let (mut cue, cue_rx) = pipe::simplex::<u64>().unwrap();
+    let child = spawn((tx, cue_rx), send_kinds_on_cue);
+    for want in 0..3u64 {
+        assert!(!rx.try_ready_spinning().unwrap(), "nothing sent yet");
+        cue.send(want).await.unwrap();
+        let looked = within("a look that finds it", async {
+            while !rx.try_ready_spinning().unwrap() {
+                tokio::task::yield_now().await;
+            }
+        });
+        looked.await;
+        // Looking took nothing: it is still there, for a look and for the receive.
+        assert!(rx.try_ready_spinning().unwrap());
+        let got = within("recv", rx.recv()).await.unwrap().unwrap();
+        assert_eq!(got.id(), Some(want), "{got:?}");
+    }
+    drop(cue);
+    assert_eq!(within("child", child).await.unwrap(), 3);
+    // The end of the stream: a waiting look sees it, and the receive says so.
+    within("ready at the end", rx.ready()).await.unwrap();
+    assert!(within("eof", rx.recv()).await.unwrap().is_none());
+}

@@ -15,6 +15,11 @@
 //! client's request sat unread. When the spin runs out, or no answer is due, the task parks
 //! on every connection at once (and the connector).
 //!
+//! A connection is parked only then: one whose client was just answered is looked at without
+//! registering anything, since parking marks its shared ring, and a client that finds the ring
+//! marked sends its next request with a wake-up frame through the socket (a system call on
+//! each side, measured at one per operation when every round parked every connection).
+//!
 //! A connection whose answers cannot be written yet (its client is not reading) is not read
 //! again until its earlier answers are written, so a slow client holds up no one but itself.
 //! A connection whose first request is a watch leaves the loop for a task of its own
@@ -71,11 +76,16 @@ impl Conn {
         }
     }
 
-    /// The next request if one is whole already, without waiting (`None`: nothing yet, and
-    /// the task's waker is registered). `Some(Err)`: closed, broken, or not a request.
-    fn poll_request(&mut self, cx: &mut Context<'_>) -> Option<Taken> {
+    /// The next request if one is whole already, without waiting. `None`: nothing yet, and
+    /// with `park` the task's waker is registered (and the connection's ring marked parked, so
+    /// that its client's next request comes with a wake-up); without it, nothing is
+    /// registered. `Some(Err)`: closed, broken, or not a request.
+    fn poll_request(&mut self, cx: &mut Context<'_>, park: bool) -> Option<Taken> {
         if let Some(taken) = self.taken.take() {
             return Some(taken);
+        }
+        if !park {
+            return self.look();
         }
         for _ in 0..2 {
             match self.end.receiver().poll_ready(cx) {
@@ -92,6 +102,16 @@ impl Conn {
         // Never seen; but a connection must not be left without a wake-up.
         cx.waker().wake_by_ref();
         None
+    }
+
+    /// The next request if one has arrived, looked for as a spin looks: without a system call
+    /// unless the client sent something through the socket, and without parking.
+    fn look(&mut self) -> Option<Taken> {
+        match self.end.receiver().try_ready_spinning() {
+            Ok(false) => None,
+            Ok(true) => self.try_request(),
+            Err(_) => Some(Err(())),
+        }
     }
 
     /// One non-blocking read.
@@ -156,6 +176,10 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
             }
             start = start.wrapping_add(1);
             if busy {
+                if let Some(since) = parked_since.take() {
+                    // The round after a spin that chose not to wait found work at once.
+                    policy.parked(since.elapsed());
+                }
                 rounds += 1;
                 if rounds >= ROUNDS_PER_YIELD {
                     rounds = 0;
@@ -173,7 +197,7 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
             let spun = poll_spin(cx, &mut policy, None, None, || {
                 let mut caught = false;
                 for conn in conns.iter_mut().filter(|c| c.due && !c.unflushed) {
-                    if let Some(taken) = conn.try_request() {
+                    if let Some(taken) = conn.look() {
                         conn.taken = Some(taken);
                         caught = true;
                     }
@@ -185,12 +209,14 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Spun::Caught(())) => continue,
                 Poll::Ready(Spun::Park(since)) => {
-                    // One spin per wait: until a client is answered again, park at once.
+                    // One spin per wait: until a client is answered again, park at once. The
+                    // connections that were due are not parked yet: one more round parks
+                    // every connection (and serves what came meanwhile).
                     for conn in &mut conns {
                         conn.due = false;
                     }
                     parked_since = since;
-                    return Poll::Pending;
+                    continue;
                 }
             }
         }
@@ -266,7 +292,11 @@ fn serve_one(state: &Shared, conn: &mut Conn, cx: &mut Context<'_>) -> Outcome {
                 break;
             }
         }
-        let request = match conn.poll_request(cx) {
+        // A connection whose answers just went out is not parked: its client's next request
+        // is due, and the loop looks for it (see `serve_all`) rather than have the client pay
+        // for a wake-up frame. Only a connection with nothing due parks.
+        let park = !conn.due && served == 0;
+        let request = match conn.poll_request(cx, park) {
             Some(Ok(request)) => request,
             None => break,
             // Closed, or something that is not a request: answer what was served, then drop.

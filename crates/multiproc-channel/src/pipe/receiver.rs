@@ -156,6 +156,20 @@ impl<T> Receiver<T> {
             Err(_) => Ok(false),
         }
     }
+
+    /// Whether a message has arrived, looked at without a system call as far as possible: for
+    /// an event loop that spins over several receivers before it waits.
+    ///
+    /// Unlike [`ready`](Self::ready) and [`poll_ready`](Self::poll_ready), a look that finds
+    /// nothing does not mark the pipe's shared ring as waited on, so the sender's next small
+    /// message costs it no wake-up. The caller must wait with [`poll_ready`](Self::poll_ready)
+    /// before it stops looking; an end-of-stream may go unseen here until then.
+    ///
+    /// # Errors
+    /// As [`ready`](Self::ready).
+    pub fn try_ready_spinning(&mut self) -> Result<bool, RecvError> {
+        self.raw.try_ready_spinning()
+    }
 }
 
 /// Borrowed receives: the message is decoded where it arrived, borrowing from the receiver.

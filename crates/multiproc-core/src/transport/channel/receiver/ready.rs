@@ -92,4 +92,36 @@ impl RawReceiver {
             }
         }
     }
+
+    /// Whether a frame has arrived, looked at as a spin over several receivers can afford to
+    /// look: the shared ring's front and the frames already buffered, and a non-blocking read
+    /// of the socket only when the ring's sender counted a frame sent there that has not been
+    /// delivered (or when no ring is in use: then as [`try_ready`](Self::try_ready)).
+    ///
+    /// Nothing is registered and the ring is not marked parked, so a sender whose frame a
+    /// looping caller finds this way pays for no wake-up. Such a caller must wait with
+    /// [`poll_ready`](Self::poll_ready) (which parks) before it stops looking; an end-of-stream
+    /// may go unseen here until then.
+    ///
+    /// # Errors
+    /// As [`try_ready`](Self::try_ready).
+    pub fn try_ready_spinning(&mut self) -> Result<bool, RecvError> {
+        let quiet = self
+            .ring
+            .as_ref()
+            .is_some_and(|ring| ring.ring_on() && !ring.news().1);
+        if !quiet || self.dead {
+            return self.try_ready();
+        }
+        // The socket holds no frame the ring's sender knows of: what is here is all.
+        match self.next(Direct::Never)? {
+            Next::Whole(whole) => {
+                if let Whole::Direct(direct) = whole {
+                    self.direct = Some(direct);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
 }
