@@ -12,8 +12,13 @@
 //! is due), the loop tries every such connection in turn, so whichever client sends first is
 //! served at once, without the cost of a sleep and a wake-up. With a task (or a channel's own
 //! spin) per connection, a spin for one client's next request held the thread while another
-//! client's request sat unread. When the spin runs out, or no answer is due, the task parks
-//! on every connection at once (and the connector).
+//! client's request sat unread. While every such client runs on another CPU (by its ring's
+//! cue), the spin busy-waits: a yield would only cost a system call, and a manager that keeps
+//! a CPU of its own serves both clients of a two-CPU machine at once. While one runs on the
+//! manager's CPU, the loop parks at once, so that the client's wake-up may move one of the two
+//! to another CPU, or takes turns with it (yields) when such parks leave them together
+//! (`multiproc_core::wait::ParkApart`, the pipe receiver's rule). When the spin runs out, or no
+//! answer is due, the task parks on every connection at once (and the connector).
 //!
 //! A connection is parked only then: one whose client was just answered is looked at without
 //! registering anything, since parking marks its shared ring, and a client that finds the ring
@@ -25,6 +30,7 @@
 //! A connection whose first request is a watch leaves the loop for a task of its own
 //! ([`watch`]), which forwards changes as they happen.
 
+use std::cell::RefCell;
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -35,6 +41,7 @@ use multiproc_channel::error::TryRecvError;
 use multiproc_channel::pipe;
 use multiproc_core::message;
 use multiproc_core::transport::packet::{PacketRecv, PacketSocket};
+use multiproc_core::wait::ParkApart;
 use multiproc_core::wait::spin::{SpinPolicy, Spun, poll_spin};
 
 use crate::codec::first_watch;
@@ -104,6 +111,12 @@ impl Conn {
         None
     }
 
+    /// Whether a quiet round spins for this connection's next request: its client was just
+    /// answered, and the answers are written.
+    fn spun_for(&self) -> bool {
+        self.due && !self.unflushed
+    }
+
     /// The next request if one has arrived, looked for as a spin looks: without a system call
     /// unless the client sent something through the socket, and without parking.
     fn look(&mut self) -> Option<Taken> {
@@ -142,6 +155,9 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
     let mut start = 0usize;
     let mut rounds = 0u32;
     let mut policy = SpinPolicy::new();
+    let mut park_apart = ParkApart::new();
+    // The last spin stopped at once to park apart from a client on this CPU.
+    let mut parked_apart = false;
     // When the policy chose to park without spinning: the wait's length is reported to it.
     let mut parked_since: Option<Instant> = None;
     poll_fn(|cx| {
@@ -188,15 +204,41 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
                 }
                 continue;
             }
-            // A quiet round: every connection registered the task's waker. Spin for the
-            // clients that were just answered, if the policy says so, else park.
+            // A quiet round: every connection with nothing due registered the task's waker.
+            // Spin for the clients that were just answered, if the policy says so, else park.
             rounds = 0;
-            if !conns.iter().any(|c| c.due && !c.unflushed) {
+            if !conns.iter().any(Conn::spun_for) {
                 return Poll::Pending;
             }
-            let spun = poll_spin(cx, &mut policy, None, None, || {
+            let conns_cell = RefCell::new(&mut conns);
+            // While every such client runs on another CPU, busy-wait (a yield would only cost a
+            // system call, and hand this CPU to nobody); while one runs here, park at once or
+            // take turns with it (`ParkApart`).
+            let mut elsewhere = || {
+                conns_cell
+                    .borrow_mut()
+                    .iter_mut()
+                    .filter(|c| c.spun_for())
+                    .all(|c| c.end.receiver().sender_runs_elsewhere() == Some(true))
+            };
+            // A park that was to move apart from a client on this CPU: did it?
+            let here = !elsewhere();
+            if std::mem::take(&mut parked_apart) && here {
+                park_apart.still_together();
+            }
+            let apart: Option<&mut dyn FnMut() -> bool> = if !here {
+                Some(&mut elsewhere)
+            } else if park_apart.may_park() {
+                // With a client on this CPU, `elsewhere` stops the spin at once: the task
+                // parks, and the client's wake-up may move one of the two to another CPU.
+                parked_apart = true;
+                Some(&mut elsewhere)
+            } else {
+                None
+            };
+            let spun = poll_spin(cx, &mut policy, None, apart, || {
                 let mut caught = false;
-                for conn in conns.iter_mut().filter(|c| c.due && !c.unflushed) {
+                for conn in conns_cell.borrow_mut().iter_mut().filter(|c| c.spun_for()) {
                     if let Some(taken) = conn.look() {
                         conn.taken = Some(taken);
                         caught = true;

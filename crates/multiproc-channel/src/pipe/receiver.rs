@@ -170,6 +170,14 @@ impl<T> Receiver<T> {
     pub fn try_ready_spinning(&mut self) -> Result<bool, RecvError> {
         self.raw.try_ready_spinning()
     }
+
+    /// Whether the sending end last sent from a CPU other than the one this thread runs on
+    /// now; `None` when that is not known (the ends share no ring). A loop that spins for this
+    /// sender may busy-wait while it runs elsewhere, and should yield (or wait) while it runs
+    /// here, where spinning only keeps it from running.
+    pub fn sender_runs_elsewhere(&self) -> Option<bool> {
+        self.raw.sender_runs_elsewhere()
+    }
 }
 
 /// Borrowed receives: the message is decoded where it arrived, borrowing from the receiver.

@@ -27,7 +27,8 @@
 //! that hold thousands of small primitives' state and share a few eventfds among them
 //! ([`arena`]), the robust
 //! lock over it that `multiproc-sync`'s `Lock` and the queue share ([`RobustLock`]), the one
-//! spin policy that decides when to park and its driver loop ([`spin`]), the liveness tick
+//! spin policy that decides when to park and its driver loop ([`spin`]), what a waiter does
+//! while its peer shares its CPU ([`ParkApart`]), the liveness tick
 //! ([`LIVENESS_TICK`]) and the timeout-to-deadline rule ([`deadline_after`]).
 //!
 //! May import: `shm`, `sys` (process identities too), `message` (for handles that travel).
@@ -35,9 +36,11 @@
 
 pub mod arena;
 pub mod eventfd;
+mod park_apart;
 mod robust_lock;
 pub mod spin;
 mod wait_queue;
 
+pub use park_apart::{ParkApart, TAKE_TURNS};
 pub use robust_lock::RobustLock;
 pub use wait_queue::{LIVENESS_TICK, WaitQueue, deadline_after};

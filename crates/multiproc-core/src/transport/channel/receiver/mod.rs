@@ -14,6 +14,7 @@ use crate::message::{DEFAULT_MAX_MESSAGE_SIZE, Payload};
 use crate::sys::{self, Direction};
 use crate::transport::frame::HEADER_LEN;
 use crate::transport::socket::Socket;
+use crate::wait::ParkApart;
 use crate::wait::spin::{self, SpinPolicy};
 
 use super::ring::{ChannelEnd, RxRing, new_token};
@@ -64,9 +65,8 @@ pub struct RawReceiver {
     pub(super) waiting: Waiting,
     /// The pair's shared ring, for an end made by [`pair`](super::pair).
     pub(in crate::transport::channel) ring: Option<Box<RxRing>>,
-    /// Ring waits left that yield to a sender on this CPU rather than park (see
-    /// `spin_then_park::TAKE_TURNS`).
-    pub(super) turns: u8,
+    /// Whether a ring wait with the sender on this CPU parks or takes turns.
+    pub(super) park_apart: ParkApart,
     /// The socket was read since the ring's `head` was last looked at (see
     /// `RxRing::front_looking`).
     pub(super) read_since_look: bool,
@@ -114,7 +114,7 @@ impl RawReceiver {
             spin: SpinPolicy::new(),
             waiting: Waiting::No,
             ring: None,
-            turns: 0,
+            park_apart: ParkApart::new(),
             read_since_look: true,
             after_direct: false,
             lent: Lent::None,
@@ -151,7 +151,7 @@ impl RawReceiver {
                 // Parked, and the sender is still on this CPU: the wake-up did not move them
                 // apart (the other CPU is busy), so for a while they take turns instead.
                 if self.ring_cue().is_some_and(|cue| !cue.peer_apart()) {
-                    self.turns = spin_then_park::TAKE_TURNS;
+                    self.park_apart.still_together();
                 }
             }
         }

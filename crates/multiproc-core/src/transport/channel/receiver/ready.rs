@@ -124,4 +124,12 @@ impl RawReceiver {
             _ => Ok(false),
         }
     }
+
+    /// Whether the sender last sent from another CPU than the one this thread runs on now, by
+    /// the shared ring's cue; `None` without a ring in use (nobody knows). A spin that waits
+    /// for this sender may then busy-wait: a yield would only add a system call, since the
+    /// sender does not need this CPU (see `wait::spin`, "The peer's CPU").
+    pub fn sender_runs_elsewhere(&self) -> Option<bool> {
+        self.ring_cue().map(|cue| cue.peer_apart())
+    }
 }

@@ -107,20 +107,11 @@ impl RawReceiver {
     }
 }
 
-/// Waits that take turns on one CPU with the sender (yields) rather than park, after a park
-/// that did not move the two apart.
-pub(super) const TAKE_TURNS: u8 = 64;
-
 impl RawReceiver {
     /// Whether a ring wait that begins now may park at once when the sender runs on this CPU
-    /// (to let the wake-up move one of them to another CPU), rather than yield to it. Counts
-    /// down the waits that take turns.
+    /// (see [`ParkApart`](crate::wait::ParkApart)).
     pub(super) fn may_park_apart(&mut self) -> bool {
-        if self.turns > 0 {
-            self.turns -= 1;
-            return false;
-        }
-        spin::several_cpus()
+        self.park_apart.may_park()
     }
 
     /// The spin cue of the shared ring, when the receiver waits on one that is in use.
