@@ -247,3 +247,44 @@ async fn a_client_that_stops_reading_holds_up_only_itself() {
     to_child.put(()).await.unwrap();
     assert_eq!(within("child", child).await.unwrap(), 100);
 }
+
+/// CPU time process `pid` has used (user + system, in clock ticks of 10 ms).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+/// Child: quick single operations (so the manager spins for its next one), then silence.
+async fn busy_then_silent(map: Map<u32, u32>) -> u32 {
+    for i in 0..2000 {
+        map.insert(i % 10, i).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    map.get(&0).await.unwrap().unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_manager_whose_clients_fall_silent_burns_no_core() {
+    let manager = within("start", Manager::start()).await.unwrap();
+    let pid = manager.pid().expect("a local manager has a pid");
+    let map = manager.map::<u32, u32>("m").await.unwrap();
+    let child = spawn(map.clone(), busy_then_silent);
+    // Wait until the child's operations are done (its last insert stored 1999 % 10 = 9's).
+    let done = async {
+        while map.get(&9).await.unwrap() != Some(1999) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    };
+    within("the child's operations", done).await;
+    let before = cpu_ticks(pid);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let used = cpu_ticks(pid) - before;
+    assert_eq!(within("child", child).await.unwrap(), 1990);
+    // A manager that kept spinning for the silent client would use about 100 ticks here;
+    // allow a third for a loaded machine's bookkeeping.
+    assert!(used < 33, "{used} ticks of CPU in 1 s without requests");
+    manager.shutdown().await.unwrap();
+}
