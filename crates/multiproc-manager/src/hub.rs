@@ -222,9 +222,14 @@ pub(crate) async fn serve_all(socket: PacketSocket, state: Shared) {
                     .all(|c| c.end.receiver().sender_runs_elsewhere() == Some(true))
             };
             // A park that was to move apart from a client on this CPU: did it?
-            let here = !elsewhere();
-            if std::mem::take(&mut parked_apart) && here {
-                park_apart.still_together();
+            let mut here = !elsewhere();
+            if std::mem::take(&mut parked_apart) {
+                if here {
+                    park_apart.still_together();
+                    here = !elsewhere();
+                } else {
+                    park_apart.woke_apart();
+                }
             }
             let apart: Option<&mut dyn FnMut() -> bool> = if !here {
                 Some(&mut elsewhere)

@@ -16,6 +16,7 @@ use rustix::net::{
 };
 
 pub(crate) mod abstract_socket;
+pub(crate) mod affinity;
 pub(crate) mod fifo;
 pub(crate) mod file_lock;
 pub mod identity;

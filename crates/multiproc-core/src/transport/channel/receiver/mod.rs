@@ -148,10 +148,12 @@ impl RawReceiver {
                 if let Waiting::Timed(since) = waited {
                     self.spin.parked(since.elapsed());
                 }
-                // Parked, and the sender is still on this CPU: the wake-up did not move them
-                // apart (the other CPU is busy), so for a while they take turns instead.
-                if self.ring_cue().is_some_and(|cue| !cue.peer_apart()) {
-                    self.park_apart.still_together();
+                // Parked: did the wake-up move the two apart? If the sender is still on this
+                // CPU, move off it, or take turns for a while (see `ParkApart`).
+                match self.ring_cue().map(|cue| cue.peer_apart()) {
+                    Some(false) => self.park_apart.still_together(),
+                    Some(true) => self.park_apart.woke_apart(),
+                    None => {}
                 }
             }
         }

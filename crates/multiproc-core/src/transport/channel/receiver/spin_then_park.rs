@@ -48,13 +48,13 @@ impl RawReceiver {
             // On the ring: busy reads of shared words while the sender runs on another CPU (no
             // system call), and a read of the socket only once an owned frame was sent there.
             // While the sender last ran on this CPU and the process may run on another, the
-            // wait parks at once: a yield would run the sender, but then the two keep taking
-            // turns on one CPU (about 5 us a round trip) while the other CPU idles, since no
-            // wake-up ever lets the scheduler place one of them there; a park and its
-            // wake-up do, and after it the two spin apart (about 1 us). With a single CPU
-            // (pinned, or a quota of one) the spin yields between looks instead, and so it
-            // does for a while after a park that left the two on one CPU (the other CPU is
-            // busy: taking turns is then the cheaper way, see `arrived`).
+            // wait parks at once (`ParkApart`): a yield would run the sender, but then the two
+            // keep taking turns on one CPU (about 5 us a round trip) while the other CPU idles;
+            // after the park, a receiver that wakes still beside the sender moves itself to
+            // another CPU, and the two spin apart (about 1 us). With a single CPU (pinned, or a
+            // quota of one) the spin yields between looks instead, and so it does for a while
+            // when moving did not last (the other CPU is busy: taking turns is then the cheaper
+            // way, see `arrived`).
             Some(cue) => {
                 let mut apart = || cue.peer_apart();
                 let apart: Option<&mut dyn FnMut() -> bool> = match self.may_park_apart() {
