@@ -409,20 +409,12 @@ fn send_kinds_on_cue((mut tx, mut cue): (Sender<Msg>, Receiver<u64>)) -> u64 {
         let msg = match i {
             0 => Msg::Small(0),
             1 => Msg::Big(1, vec![7; 64 << 10]),
-            _ => Msg::File(2, temp_file_with(b"2")),
+            _ => Msg::File(2, SharedFd::new(tempfile_with(b"2").into())),
         };
         tx.blocking_send(msg).unwrap();
         sent += 1;
     }
     sent
-}
-
-fn temp_file_with(contents: &[u8]) -> SharedFd {
-    let fd: std::os::fd::OwnedFd =
-        rustix::fs::memfd_create("ring-look", rustix::fs::MemfdFlags::CLOEXEC).unwrap();
-    let mut file = std::fs::File::from(fd);
-    file.write_all(contents).unwrap();
-    SharedFd::new(file.into())
 }
 
 /// A spinning look finds what arrived however it came (ring record, or a socket frame the

@@ -153,9 +153,10 @@ enum Receive {
 /// child's count is back. Messages per second for 64 B (batched with `feed` + one `flush`), MiB
 /// per second for 1 MiB (one `send` each, as a user would).
 ///
-/// With `borrowed` (`multiproc-borrowed`), as a user who cares about copies writes it: the
-/// sender feeds its one value by reference (`feed_ref` / `send_ref`), and the child decodes
-/// each message as a `&[u8]` borrowed from its receive buffer ([`sink_borrowed`]).
+/// `receive` picks the child ([`Receive`]). With a borrowing one (`multiproc-borrowed`,
+/// `multiproc-batch`), as a user who cares about copies writes it, the sender feeds its one
+/// value by reference (`feed_ref` / `send_ref`), and the child decodes each message as a
+/// `&[u8]` borrowed from its receive buffer ([`sink_borrowed`], [`sink_many`]).
 async fn stream(n: u64, size: usize, batched: bool, receive: Receive) -> io::Result<f64> {
     let (mut here, there) = pipe::duplex::<Payload, u64>()?;
     let child = match receive {

@@ -514,7 +514,7 @@ pub(crate) fn poll_spin_in<T>(
 
 /// Whether this process may run on more than one CPU (its affinity and cgroup quota allow it):
 /// with one, a peer can never run alongside.
-pub fn several_cpus() -> bool {
+pub(crate) fn several_cpus() -> bool {
     static SEVERAL: OnceLock<bool> = OnceLock::new();
     *SEVERAL.get_or_init(|| std::thread::available_parallelism().is_ok_and(|n| n.get() > 1))
 }

@@ -407,7 +407,7 @@ impl RawReceiver {
                     Some(cue) => {
                         // Parks at once while the sender runs on this CPU (see
                         // `spin_then_park`); yields between looks on a single CPU.
-                        let park_apart = self.may_park_apart();
+                        let park_apart = self.park_apart.may_park();
                         let ring = self.ring.as_ref().expect("a cue comes from the ring");
                         let mut apart = || cue.peer_apart();
                         let apart: Option<&mut dyn FnMut() -> bool> = match park_apart {

@@ -57,7 +57,7 @@ impl RawReceiver {
             // way, see `arrived`).
             Some(cue) => {
                 let mut apart = || cue.peer_apart();
-                let apart: Option<&mut dyn FnMut() -> bool> = match self.may_park_apart() {
+                let apart: Option<&mut dyn FnMut() -> bool> = match self.park_apart.may_park() {
                     true => Some(&mut apart),
                     false => None,
                 };
@@ -108,12 +108,6 @@ impl RawReceiver {
 }
 
 impl RawReceiver {
-    /// Whether a ring wait that begins now may park at once when the sender runs on this CPU
-    /// (see [`ParkApart`](crate::wait::ParkApart)).
-    pub(super) fn may_park_apart(&mut self) -> bool {
-        self.park_apart.may_park()
-    }
-
     /// The spin cue of the shared ring, when the receiver waits on one that is in use.
     pub(super) fn ring_cue(&self) -> Option<CpuCue> {
         self.ring.as_ref()?.cue()
