@@ -251,6 +251,13 @@ impl TxRing {
         stalled
     }
 
+    /// Whether the receiver took every record this copy published.
+    pub(crate) fn all_taken(&self) -> bool {
+        self.writer
+            .as_ref()
+            .is_none_or(|w| w.ring().taken() >= w.ring().published())
+    }
+
     /// Puts a frame's payload in the ring if this copy owns it and it fits; `false` when it
     /// must go through the socket (then call [`tag_socket_frame`](Self::tag_socket_frame)).
     /// Records are published at the next [`wake_due`](Self::wake_due) (every flush), or every

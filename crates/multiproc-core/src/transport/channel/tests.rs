@@ -969,3 +969,59 @@ fn ring_records_and_socket_batches_keep_one_order() {
         Ok(TryRecv::Closed)
     ));
 }
+
+/// A message published in the ring to a parked receiver is followed by a wake frame. If the
+/// receiver takes the message and closes before that frame is written, the send still
+/// succeeded; only a later send fails. A record the receiver did not take, or a buffered
+/// frame with a payload behind the wake, is still reported lost.
+#[test]
+fn a_wake_up_nobody_needs_any_more_is_no_failure() {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        for (payload_behind, taken) in [(false, true), (true, true), (false, false)] {
+            let (mut tx, mut rx) = one_way(true);
+            assert!(poll_once(&mut rx).is_pending(), "nothing sent yet: parks");
+            tx.push(|buf| {
+                buf.extend_from_slice(b"last words");
+                Ok(Vec::new())
+            })
+            .unwrap();
+            // What a flush does first: publish the record, queue the wake-up.
+            tx.wake_if_parked();
+            assert!(tx.wake_queued(), "the parked receiver is owed a wake-up");
+            if payload_behind {
+                tx.push(|buf| {
+                    buf.extend_from_slice(b"never read");
+                    Ok(Vec::new())
+                })
+                .unwrap();
+            }
+            // The receiver finds the record without the wake-up (or not), and closes.
+            if taken {
+                match poll_once(&mut rx) {
+                    Poll::Ready(Ok(Some(bytes))) => assert_eq!(bytes, b"last words"),
+                    other => panic!("the ring's record: {other:?}"),
+                }
+            }
+            drop(rx);
+            let flushed = tx.blocking_flush(None);
+            if payload_behind || !taken {
+                assert!(
+                    matches!(flushed, Err(SendErrorKind::Closed)),
+                    "a message was lost: {flushed:?}"
+                );
+            } else {
+                assert!(matches!(flushed, Ok(true)), "{flushed:?}");
+                assert!(!tx.wake_queued());
+            }
+            let later = tx.push(|buf| {
+                buf.extend_from_slice(b"after");
+                Ok(Vec::new())
+            });
+            assert!(matches!(later, Err(SendErrorKind::Closed)), "{later:?}");
+        }
+    });
+}

@@ -179,8 +179,8 @@ impl RawSender {
         Ok(())
     }
 
-    /// After ring records were published: queues a wake frame if the receiver is parked.
-    fn wake_if_parked(&mut self) {
+    /// Publishes the ring's records and queues a wake frame if the receiver is parked.
+    pub(super) fn wake_if_parked(&mut self) {
         if let Some(ring) = &mut self.ring
             && ring.wake_due()
         {
@@ -194,7 +194,7 @@ impl RawSender {
             fds: 0,
             kind: Kind::Wake,
         };
-        self.outbox.buf.extend_from_slice(&wake.encode());
+        self.outbox.push_wake(&wake.encode());
         self.wake_queued = true;
     }
 
@@ -210,7 +210,20 @@ impl RawSender {
         // Whatever is buffered can no longer be delivered.
         self.closed = true;
         self.outbox = Outbox::default();
+        self.wake_queued = false;
         kind
+    }
+
+    /// A flush's write failed. When only wake frames were left and the receiver took every
+    /// record from the ring, every message was delivered before the peer closed: the send
+    /// succeeded; later sends fail.
+    fn fail_flush(&mut self, e: io::Error) -> Result<(), SendErrorKind> {
+        let handed_over =
+            self.outbox.only_wakes_left() && self.ring.as_ref().is_none_or(|r| r.all_taken());
+        match self.fail(e) {
+            SendErrorKind::Closed if handed_over => Ok(()),
+            kind => Err(kind),
+        }
     }
 
     /// Writes buffered frames until the buffer is empty, waiting for the socket when it is full.
@@ -229,21 +242,21 @@ impl RawSender {
                 Ok(()) => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Poll::Ready(Err(self.fail(e))),
+                Err(e) => return Poll::Ready(self.fail_flush(e)),
             }
             let registered = match self.socket.writable() {
                 Ok(r) => r,
-                Err(e) => return Poll::Ready(Err(self.fail(e))),
+                Err(e) => return Poll::Ready(self.fail_flush(e)),
             };
             let mut guard = match ready!(registered.poll_write_ready(cx)) {
                 Ok(g) => g,
-                Err(e) => return Poll::Ready(Err(self.fail(e))),
+                Err(e) => return Poll::Ready(self.fail_flush(e)),
             };
             match self.outbox.write_once(&self.socket) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => guard.clear_ready(),
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Poll::Ready(Err(self.fail(e))),
+                Err(e) => return Poll::Ready(self.fail_flush(e)),
             }
         }
     }
@@ -266,10 +279,10 @@ impl RawSender {
                     match sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline) {
                         Ok(true) => {}
                         Ok(false) => return Ok(false),
-                        Err(e) => return Err(self.fail(e)),
+                        Err(e) => return self.fail_flush(e).map(|()| true),
                     }
                 }
-                Err(e) => return Err(self.fail(e)),
+                Err(e) => return self.fail_flush(e).map(|()| true),
             }
         }
     }

@@ -16,11 +16,38 @@ pub(super) struct Outbox {
     pub(super) pos: usize,
     /// Descriptors to attach to the `sendmsg` that starts at the given offset of `buf`.
     pub(super) attach: VecDeque<(usize, Vec<OwnedFd>)>,
+    /// Where the last wake frame in `buf` ends: bytes after it belong to frames with payloads.
+    wakes_end: usize,
+    /// Where the last frame with a payload before `wakes_end` ends.
+    payload_end: usize,
 }
 
 impl Outbox {
     pub(super) fn is_empty(&self) -> bool {
         self.pos == self.buf.len()
+    }
+
+    /// Appends a wake frame: a frame without a payload, which tells a parked receiver to look
+    /// at the ring.
+    pub(super) fn push_wake(&mut self, frame: &[u8]) {
+        let at = self.buf.len();
+        if at != self.wakes_end {
+            // Frames with payloads came after the last wake frame.
+            self.payload_end = at;
+        }
+        self.buf.extend_from_slice(frame);
+        self.wakes_end = self.buf.len();
+    }
+
+    /// Whether every unwritten byte belongs to a wake frame: each message buffered here has
+    /// gone out already.
+    pub(super) fn only_wakes_left(&self) -> bool {
+        let payload_end = if self.wakes_end == self.buf.len() {
+            self.payload_end
+        } else {
+            self.buf.len()
+        };
+        self.pos >= payload_end
     }
 
     /// One `sendmsg`: bytes up to the next descriptor attachment, with the attachment due here.
@@ -63,6 +90,8 @@ impl Outbox {
         self.pos += written;
         if self.is_empty() {
             self.pos = 0;
+            self.wakes_end = 0;
+            self.payload_end = 0;
             self.buf.clear();
             if self.buf.capacity() > KEEP_CAPACITY {
                 self.buf = Vec::new();
