@@ -477,8 +477,36 @@ impl RxRing {
 
     /// An owned socket frame was delivered.
     pub(crate) fn owned_delivered(&self) {
+        self.owned_delivered_n(1);
+    }
+
+    /// `n` owned socket frames were delivered.
+    pub(crate) fn owned_delivered_n(&self, n: u64) {
         let word = self.word(DELIVERED);
-        word.store(word.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        word.store(word.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+
+    /// How many owned socket frames already buffered may be delivered one after another before
+    /// a record of the ring can be due (`u64::MAX`: no record is waiting), or `None` when one
+    /// may be due now or a look at the ring is owed: then [`front_looking`] decides. Buffered
+    /// frames need no look of their own (see [`front_looking`]), so a run of them pays for the
+    /// ring once.
+    ///
+    /// [`front_looking`]: Self::front_looking
+    pub(crate) fn owned_before_record(&self) -> Option<u64> {
+        if self.front.is_some() || self.must_look {
+            return None;
+        }
+        let taken = self.ring.taken();
+        if self.seen_head <= taken {
+            return Some(u64::MAX);
+        }
+        match self.blocked {
+            Some((at, stamp)) if at == taken => {
+                stamp.checked_sub(self.delivered()).filter(|&k| k > 0)
+            }
+            _ => None,
+        }
     }
 
     /// Whether something is on its way that a spin should stop for: a record in the ring, or

@@ -909,45 +909,65 @@ fn pushed_byte_strings_respect_the_limit_and_a_closed_peer() {
 /// Ring records and batched socket frames mixed at random keep the sender's order, while the
 /// receiver looks at the ring's head only with nothing buffered or after a read: lone frames
 /// go into the ring, batches through the socket (some of them large, some with descriptors).
+/// Received one at a time, and in batches (`poll_recv_lent_many`, whose fast path takes runs
+/// of buffered frames without looking at the ring per frame).
 #[test]
 fn ring_records_and_socket_batches_keep_one_order() {
-    let (a, b) = pair().unwrap();
-    let (mut tx, _) = split_end(a).unwrap();
-    let (_, mut rx) = split_end(b).unwrap();
     const COUNT: u32 = 20_000;
-    let sending = std::thread::spawn(move || {
-        let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
-        let mut next = 0u32;
-        while next < COUNT {
-            // A batch of 1 (alone: the ring) to 300 frames, flushed at its end.
-            let most = if rng.below(3) == 0 { 1 } else { 300 };
-            let batch = 1 + rng.below(most) as u32;
-            for _ in 0..batch.min(COUNT - next) {
-                let large = rng.below(500) == 0;
-                let with_fd = rng.below(700) == 0;
-                tx.push(|buf| {
-                    buf.extend_from_slice(&next.to_le_bytes());
-                    if large {
-                        buf.resize(buf.len() + 9000, 0xab);
-                    }
-                    Ok(if with_fd {
-                        vec![std::fs::File::open("/dev/null").unwrap().into()]
-                    } else {
-                        Vec::new()
+    for batches in [false, true] {
+        let (a, b) = pair().unwrap();
+        let (mut tx, _) = split_end(a).unwrap();
+        let (_, mut rx) = split_end(b).unwrap();
+        let sending = std::thread::spawn(move || {
+            let mut rng = XorShift(0x2545_f491_4f6c_dd1d);
+            let mut next = 0u32;
+            while next < COUNT {
+                // A batch of 1 (alone: the ring) to 300 frames, flushed at its end.
+                let most = if rng.below(3) == 0 { 1 } else { 300 };
+                let batch = 1 + rng.below(most) as u32;
+                for _ in 0..batch.min(COUNT - next) {
+                    let large = rng.below(500) == 0;
+                    let with_fd = rng.below(700) == 0;
+                    tx.push(|buf| {
+                        buf.extend_from_slice(&next.to_le_bytes());
+                        buf.push(u8::from(with_fd));
+                        if large {
+                            buf.resize(buf.len() + 9000, 0xab);
+                        }
+                        Ok(if with_fd {
+                            vec![std::fs::File::open("/dev/null").unwrap().into()]
+                        } else {
+                            Vec::new()
+                        })
                     })
-                })
-                .unwrap();
-                next += 1;
+                    .unwrap();
+                    next += 1;
+                }
+                assert!(tx.blocking_flush(None).unwrap());
+                if rng.below(50) == 0 {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
             }
-            assert!(tx.blocking_flush(None).unwrap());
-            if rng.below(50) == 0 {
-                std::thread::sleep(Duration::from_micros(200));
-            }
+            tx
+        });
+        if batches {
+            receive_in_order_in_batches(&mut rx, COUNT);
+        } else {
+            receive_in_order(&mut rx, COUNT);
         }
-        tx
-    });
+        drop(sending.join().unwrap());
+        let deadline = Some(Instant::now() + Duration::from_secs(60));
+        assert!(matches!(
+            rx.blocking_recv_with(deadline, |_, _| ()),
+            Ok(TryRecv::Closed)
+        ));
+    }
+}
+
+/// Receives frames numbered `0..count` one at a time, checking their order.
+fn receive_in_order(rx: &mut RawReceiver, count: u32) {
     let deadline = Some(Instant::now() + Duration::from_secs(60));
-    for want in 0..COUNT {
+    for want in 0..count {
         if want % 97 == 0 {
             // Let batches pile up in the socket: one read then brings several, with ring
             // records due between them.
@@ -963,11 +983,38 @@ fn ring_records_and_socket_batches_keep_one_order() {
             other => panic!("message {want}: {other:?}"),
         }
     }
-    drop(sending.join().unwrap());
-    assert!(matches!(
-        rx.blocking_recv_with(deadline, |_, _| ()),
-        Ok(TryRecv::Closed)
-    ));
+}
+
+/// Receives frames numbered `0..count` in batches of up to 500, checking their order and
+/// that each frame came with the descriptors it says it carries (its fifth byte).
+fn receive_in_order_in_batches(rx: &mut RawReceiver, count: u32) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut want = 0u32;
+        let mut calls = 0u32;
+        while want < count {
+            calls += 1;
+            if calls.is_multiple_of(13) {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            let receiving = std::future::poll_fn(|cx| {
+                rx.poll_recv_lent_many(cx, 500, |bytes, fds| {
+                    let n = u32::from_le_bytes(bytes[..4].try_into().unwrap());
+                    assert_eq!(n, want, "out of order");
+                    assert_eq!(fds.len(), usize::from(bytes[4]), "descriptors of frame {n}");
+                    want += 1;
+                })
+            });
+            let got = tokio::time::timeout(Duration::from_secs(60), receiving)
+                .await
+                .expect("no frames within 60 s")
+                .unwrap();
+            assert!(got > 0, "end-of-stream after {want} frames");
+        }
+    });
 }
 
 /// A message published in the ring to a parked receiver is followed by a wake frame. If the

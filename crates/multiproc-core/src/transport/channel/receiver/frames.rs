@@ -99,7 +99,7 @@ pub(super) const FIRST_READ: usize = 4096;
 
 impl RawReceiver {
     /// Looks at the buffered bytes: a whole frame, a skip in progress, or how much is missing.
-    fn parse(&mut self) -> Result<Parsed, RecvError> {
+    pub(super) fn parse(&mut self) -> Result<Parsed, RecvError> {
         loop {
             let avail = self.end - self.start;
             if let Some((remaining, fds)) = self.skip {
@@ -368,7 +368,7 @@ impl RawReceiver {
 
     /// The first `n` received descriptors, for the frame being delivered (most frames carry
     /// none: then nothing is drained).
-    fn take_fds(&mut self, n: usize) -> Vec<OwnedFd> {
+    pub(super) fn take_fds(&mut self, n: usize) -> Vec<OwnedFd> {
         if n == 0 {
             return Vec::new();
         }
