@@ -17,17 +17,18 @@
 //! # The shared ring
 //! Ends made as a pair by [`pair`] (every pipe) also share one memfd region: per direction, a
 //! single-producer single-consumer ring of small frames (payload up to 4 KiB, 32 KiB of ring)
-//! and a few control words. A frame without descriptors that fits, pushed when nothing else is
-//! buffered (a send, a request, a reply), goes into the ring: no system call, and a receiver
-//! that spins for it sees it with a few loads. A frame with descriptors, or too large, or with
-//! no room left in the ring, or pushed behind others (a batch fed to a `Sink`, which one
-//! `sendmsg` moves more cheaply per frame than the ring's copies and cache-line transfers, or
-//! a full socket), goes through the socket as before. Ends over
+//! and a few control words. The path is chosen when buffered frames are written (a flush): a
+//! frame that goes out alone (a send, a request, a reply) without descriptors and fits goes
+//! into the ring: no system call, and a receiver that spins for it sees it with a few loads. A
+//! frame with descriptors, or too large, or with no room left in the ring, or written with
+//! others (a batch fed to a `Sink`, which one `sendmsg` moves more cheaply per frame than the
+//! ring's copies and cache-line transfers, and which the receiver then takes in runs without
+//! looking at the ring per frame), goes through the socket as before. Ends over
 //! a bare socket ([`split`], [`ChannelEnd::from_fd`]: the spawner's control socket, the pool,
 //! accepted connections) have no ring and work exactly as before.
 //!
 //! **Order.** The sender that owns the ring (below) marks each socket frame it sends with the
-//! "MPF2" magic and counts them in a shared word; each ring record carries that count as it was
+//! "MPF2" magic and counts them in a shared word (once per flush, before the write); each ring record carries that count as it was
 //! when the record was written (the number of owned socket frames before it). The receiver
 //! counts the owned socket frames it delivered (skipped oversize ones included) and delivers
 //! the ring's front record only once that count has reached the record's, and before any

@@ -170,7 +170,7 @@ impl TxRing {
     /// does) and the direction has not fallen back to the socket. A copy that finds another
     /// copy owning the ring turns the ring off for the direction for good: from then on every
     /// copy sends through the socket, in the socket's order.
-    fn usable(&mut self) -> bool {
+    pub(crate) fn usable(&mut self) -> bool {
         if self.mode().load(Ordering::Acquire) == SOCKET {
             self.detach();
             return false;
@@ -302,11 +302,16 @@ impl TxRing {
     /// A frame accepted for the socket: whether it is the owner's (then it is counted, and its
     /// header says so, so the receiver keeps it in order with the ring's records).
     pub(crate) fn tag_socket_frame(&mut self) -> bool {
+        self.tag_socket_frames(1)
+    }
+
+    /// [`tag_socket_frame`](Self::tag_socket_frame) for `n` frames at once: one store.
+    pub(crate) fn tag_socket_frames(&mut self, n: u64) -> bool {
         if !self.usable() {
             return false;
         }
         let sent = self.word(OWNED_SENT);
-        sent.store(sent.load(Ordering::Relaxed) + 1, Ordering::Release);
+        sent.store(sent.load(Ordering::Relaxed) + n, Ordering::Release);
         true
     }
 

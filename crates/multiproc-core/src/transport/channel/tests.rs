@@ -1036,8 +1036,8 @@ fn a_wake_up_nobody_needs_any_more_is_no_failure() {
                 Ok(Vec::new())
             })
             .unwrap();
-            // What a flush does first: publish the record, queue the wake-up.
-            tx.wake_if_parked();
+            // What a flush does first: the lone frame into the ring, the wake-up queued.
+            tx.prepare_write().unwrap();
             assert!(tx.wake_queued(), "the parked receiver is owed a wake-up");
             if payload_behind {
                 tx.push(|buf| {

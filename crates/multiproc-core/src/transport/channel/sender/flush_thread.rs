@@ -6,8 +6,9 @@ use super::RawSender;
 impl Drop for RawSender {
     fn drop(&mut self) {
         if !self.closed {
-            // Records published since the last flush may have a parked receiver to wake.
-            self.wake_if_parked();
+            // A lone frame may still go into the ring; records published since the last flush
+            // may have a parked receiver to wake.
+            let _ = self.prepare_write();
         }
         if self.outbox.is_empty() || self.closed {
             return;

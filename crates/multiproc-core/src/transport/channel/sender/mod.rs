@@ -117,10 +117,6 @@ impl RawSender {
         if self.closed {
             return Err(SendErrorKind::Closed);
         }
-        // A frame pushed behind others (a batch being fed, or a socket that is full) follows
-        // them through the socket: a batch costs one `sendmsg` there, cheaper per frame than
-        // the ring's copy and cache-line traffic; the ring is for the frame that goes out alone.
-        let alone = self.outbox.is_empty();
         let start = self.outbox.buf.len();
         self.outbox.buf.extend_from_slice(&[0; HEADER_LEN]);
         let fds = match encode(&mut self.outbox.buf) {
@@ -138,45 +134,67 @@ impl RawSender {
                 limit: self.limit,
             });
         }
-        let mut kind = Kind::Plain;
-        let mut wake = false;
-        if let Some(ring) = &mut self.ring {
-            if alone && ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
-                self.outbox.buf.truncate(start);
-                self.closed = true;
-                return Err(SendErrorKind::Closed);
-            }
-            let in_ring =
-                alone && fds.is_empty() && ring.try_write(&self.outbox.buf[start + HEADER_LEN..]);
-            let owned = !in_ring && ring.tag_socket_frame();
-            // A batch being fed was published to a parked receiver: the wake goes out with the
-            // next flush (which a `Sink` does at once, see `wake_queued`).
-            wake = ring.take_wake_pending();
-            if in_ring {
-                self.outbox.buf.truncate(start);
-                self.socket.note_sent();
-                if wake {
-                    self.queue_wake();
-                }
-                return Ok(());
-            }
-            if owned {
-                kind = Kind::Owned;
-            }
-        }
+        // Plain for now: whether it goes into the shared ring, or through the socket tagged as
+        // the ring owner's, is decided when it is written (`prepare_write`).
         let header = Header {
             len: len as u32,
             fds: fds.len() as u32,
-            kind,
+            kind: Kind::Plain,
         };
         self.outbox.buf[start..start + HEADER_LEN].copy_from_slice(&header.encode());
         if !fds.is_empty() {
             self.outbox.attach.push_back((start, fds));
         }
-        if wake {
-            self.queue_wake();
-        }
         Ok(())
+    }
+
+    /// Before buffered frames are written. A frame that goes out alone (one frame buffered,
+    /// small, without descriptors) goes into the shared ring instead, if it has room: no system
+    /// call, and a spinning receiver sees it at once. A batch goes through the socket, one
+    /// `sendmsg` for many frames, cheaper per frame than the ring's copy and cache-line
+    /// traffic; its frames are tagged as the ring owner's first ([`tag_buffered`]). Then the
+    /// ring's records are published, and a parked receiver is woken.
+    ///
+    /// # Errors
+    /// [`SendErrorKind::Closed`] when the ring has stalled and the peer is gone (the buffered
+    /// frame is dropped).
+    ///
+    /// [`tag_buffered`]: Self::tag_buffered
+    pub(super) fn prepare_write(&mut self) -> Result<(), SendErrorKind> {
+        let Some(ring) = &mut self.ring else {
+            return Ok(());
+        };
+        if let Some(payload) = self.outbox.lone_frame() {
+            if ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
+                self.closed = true;
+                self.outbox = Outbox::default();
+                return Err(SendErrorKind::Closed);
+            }
+            if ring.try_write(payload) {
+                self.outbox.clear();
+                self.socket.note_sent();
+            }
+        }
+        self.tag_buffered();
+        self.wake_if_parked();
+        Ok(())
+    }
+
+    /// Tags the frames pushed since the last time as the ring owner's (the receiver keeps
+    /// ring records written after them behind them), with one store to the shared count.
+    /// Called before any of them is written, and before a record is.
+    pub(super) fn tag_buffered(&mut self) {
+        let Some(ring) = &mut self.ring else {
+            return;
+        };
+        if self.outbox.untagged == self.outbox.buf.len() {
+            return;
+        }
+        let owned = ring.usable();
+        let frames = self.outbox.tag_untagged(owned);
+        if owned && frames > 0 {
+            ring.tag_socket_frames(frames);
+        }
     }
 
     /// Publishes the ring's records and queues a wake frame if the receiver is parked.
@@ -231,7 +249,9 @@ impl RawSender {
     /// # Errors
     /// [`SendErrorKind::Closed`] when the peer is gone (buffered frames are dropped).
     pub fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), SendErrorKind>> {
-        self.wake_if_parked();
+        if let Err(e) = self.prepare_write() {
+            return Poll::Ready(Err(e));
+        }
         // Writes rarely block: try the socket first and touch the reactor only on EAGAIN.
         loop {
             if self.outbox.is_empty() {
@@ -266,7 +286,7 @@ impl RawSender {
     /// # Errors
     /// As [`poll_flush`](Self::poll_flush).
     pub fn blocking_flush(&mut self, deadline: Option<Instant>) -> Result<bool, SendErrorKind> {
-        self.wake_if_parked();
+        self.prepare_write()?;
         loop {
             if self.outbox.is_empty() {
                 self.wake_queued = false;

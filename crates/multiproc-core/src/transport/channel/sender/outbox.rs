@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use crate::sys::{self, MAX_FDS_PER_SENDMSG};
 use crate::transport::channel::KEEP_CAPACITY;
+use crate::transport::frame::{HEADER_LEN, Header, Kind};
 use crate::transport::socket::Socket;
 
 /// Frames waiting to be written, with the descriptors that must ride along.
@@ -16,6 +17,10 @@ pub(super) struct Outbox {
     pub(super) pos: usize,
     /// Descriptors to attach to the `sendmsg` that starts at the given offset of `buf`.
     pub(super) attach: VecDeque<(usize, Vec<OwnedFd>)>,
+    /// Where the frames that [`push`](super::RawSender::push) appended and nobody tagged yet
+    /// begin (see [`RawSender::tag_buffered`](super::RawSender::tag_buffered)): whole frames
+    /// from here to the end.
+    pub(super) untagged: usize,
     /// Where the last wake frame in `buf` ends: bytes after it belong to frames with payloads.
     wakes_end: usize,
     /// Where the last frame with a payload before `wakes_end` ends.
@@ -37,6 +42,56 @@ impl Outbox {
         }
         self.buf.extend_from_slice(frame);
         self.wakes_end = self.buf.len();
+    }
+
+    /// The payload of the one frame the buffer holds, if it holds exactly one untouched
+    /// untagged frame without descriptors.
+    pub(super) fn lone_frame(&self) -> Option<&[u8]> {
+        if self.pos != 0 || self.untagged != 0 || !self.attach.is_empty() {
+            return None;
+        }
+        let raw: &[u8; HEADER_LEN] = self.buf.get(..HEADER_LEN)?.try_into().ok()?;
+        let header = Header::decode_own(raw);
+        (header.kind == Kind::Plain
+            && header.fds == 0
+            && HEADER_LEN + header.len as usize == self.buf.len())
+        .then(|| &self.buf[HEADER_LEN..])
+    }
+
+    /// Empties the buffer (its one frame went elsewhere).
+    pub(super) fn clear(&mut self) {
+        *self = Outbox {
+            buf: std::mem::take(&mut self.buf),
+            ..Outbox::default()
+        };
+        self.buf.clear();
+    }
+
+    /// Marks the frames appended since the last call as the ring owner's (when `owned`) and
+    /// returns how many there are; wake frames are passed over.
+    pub(super) fn tag_untagged(&mut self, owned: bool) -> u64 {
+        let mut at = self.untagged;
+        let mut frames = 0;
+        while at + HEADER_LEN <= self.buf.len() {
+            let raw: &[u8; HEADER_LEN] = self.buf[at..at + HEADER_LEN]
+                .try_into()
+                .expect("header slice");
+            let header = Header::decode_own(raw);
+            if header.kind != Kind::Wake {
+                frames += 1;
+                if owned {
+                    let tagged = Header {
+                        kind: Kind::Owned,
+                        ..header
+                    };
+                    self.buf[at..at + HEADER_LEN].copy_from_slice(&tagged.encode());
+                }
+            }
+            at += HEADER_LEN + header.len as usize;
+        }
+        debug_assert_eq!(at, self.buf.len(), "untagged bytes are whole frames");
+        self.untagged = self.buf.len();
+        frames
     }
 
     /// Whether every unwritten byte belongs to a wake frame: each message buffered here has
@@ -91,6 +146,7 @@ impl Outbox {
         if self.is_empty() {
             self.pos = 0;
             self.wakes_end = 0;
+            self.untagged = 0;
             self.payload_end = 0;
             self.buf.clear();
             if self.buf.capacity() > KEEP_CAPACITY {

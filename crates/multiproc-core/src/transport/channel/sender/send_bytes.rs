@@ -36,6 +36,8 @@ impl RawSender {
                 limit: self.limit,
             });
         }
+        // Frames buffered before this one are counted before a record can follow them.
+        self.tag_buffered();
         let mut kind = Kind::Plain;
         if let Some(ring) = &mut self.ring {
             if ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
@@ -92,6 +94,8 @@ impl RawSender {
                 .buf
                 .extend_from_slice(&bytes[written - HEADER_LEN..]);
         }
+        // The frame was tagged when it was accepted.
+        self.outbox.untagged = self.outbox.buf.len();
     }
 
     /// Sends one frame whose payload is `bytes`, written from `bytes` itself: buffered frames

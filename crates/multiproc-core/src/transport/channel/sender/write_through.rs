@@ -90,6 +90,8 @@ impl RawSender {
         } else {
             buf.extend_from_slice(&bytes[written - head.len()..]);
         }
+        // The frame was tagged above.
+        self.outbox.untagged = self.outbox.buf.len();
         if wake {
             self.queue_wake();
         }
