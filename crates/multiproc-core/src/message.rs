@@ -72,6 +72,7 @@ impl<'a> Payload<'a> {
 /// # Errors
 /// [`EncodeError`] when the value's `Serialize` implementation fails (for example a sequence of
 /// unknown length) or a descriptor cannot be duplicated.
+#[inline]
 pub fn encode_into<T: Serialize + ?Sized>(
     value: &T,
     buf: &mut Vec<u8>,

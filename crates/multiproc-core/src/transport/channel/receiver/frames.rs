@@ -99,6 +99,7 @@ pub(super) const FIRST_READ: usize = 4096;
 
 impl RawReceiver {
     /// Looks at the buffered bytes: a whole frame, a skip in progress, or how much is missing.
+    #[inline]
     pub(super) fn parse(&mut self) -> Result<Parsed, RecvError> {
         loop {
             let avail = self.end - self.start;
