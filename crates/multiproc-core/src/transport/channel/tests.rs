@@ -1072,3 +1072,44 @@ fn a_wake_up_nobody_needs_any_more_is_no_failure() {
         }
     });
 }
+
+/// Where a frame goes is decided when it is written: one frame flushed alone goes into the
+/// shared ring, a batch flushed together goes through the socket, each of its frames counted as
+/// the ring owner's (so a record after them waits for them); the receiver gets all of them in
+/// the order they were pushed.
+#[test]
+fn a_lone_frame_takes_the_ring_and_a_batch_the_socket() {
+    let (mut tx, mut rx) = one_way(true);
+    let news = |rx: &RawReceiver| rx.ring.as_ref().expect("a ring pair").news();
+    send_frame(&mut tx, b"alone");
+    assert_eq!(news(&rx), (true, false), "one record, no socket frame");
+    for part in [&b"batch 1"[..], b"batch 2", b"batch 3"] {
+        tx.push(|buf| {
+            buf.extend_from_slice(part);
+            Ok(Vec::new())
+        })
+        .unwrap();
+    }
+    assert_eq!(news(&rx), (true, false), "nothing counted before the write");
+    assert!(tx.blocking_flush(None).unwrap());
+    assert_eq!(news(&rx), (true, true), "the batch went through the socket");
+    send_frame(&mut tx, b"alone again");
+    let deadline = Some(Instant::now() + Duration::from_secs(10));
+    for want in [
+        &b"alone"[..],
+        b"batch 1",
+        b"batch 2",
+        b"batch 3",
+        b"alone again",
+    ] {
+        match rx.blocking_recv_with(deadline, |bytes, _| bytes.to_vec()) {
+            Ok(TryRecv::Frame(got)) => assert_eq!(got, want),
+            other => panic!("{:?}: {other:?}", String::from_utf8_lossy(want)),
+        }
+    }
+    assert_eq!(
+        news(&rx),
+        (false, false),
+        "every record and frame delivered"
+    );
+}
