@@ -78,43 +78,35 @@ impl Header {
         out
     }
 
-    /// A header this process encoded, read back without the checks that input from another
-    /// process needs.
+    /// The fields, or `None` when the magic is not one of ours.
     #[inline]
-    pub(crate) fn decode_own(bytes: &[u8; HEADER_LEN]) -> Header {
-        let word =
-            |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
-        let kind = match word(0) {
-            MAGIC_OWNED => Kind::Owned,
-            MAGIC_WAKE => Kind::Wake,
-            _ => Kind::Plain,
-        };
-        Header {
-            len: word(4),
-            fds: word(8),
-            kind,
-        }
-    }
-
-    #[inline]
-    pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+    fn fields(bytes: &[u8; HEADER_LEN]) -> Option<Header> {
         let word =
             |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
         let kind = match word(0) {
             MAGIC => Kind::Plain,
             MAGIC_OWNED => Kind::Owned,
             MAGIC_WAKE => Kind::Wake,
-            _ => {
-                return Err(HeaderError::BadMagic([
-                    bytes[0], bytes[1], bytes[2], bytes[3],
-                ]));
-            }
+            _ => return None,
         };
-        let header = Header {
+        Some(Header {
             len: word(4),
             fds: word(8),
             kind,
-        };
+        })
+    }
+
+    /// A header this process encoded, read back without the checks that input from another
+    /// process needs.
+    #[inline]
+    pub(crate) fn decode_own(bytes: &[u8; HEADER_LEN]) -> Header {
+        Self::fields(bytes).unwrap_or_default()
+    }
+
+    #[inline]
+    pub(crate) fn decode(bytes: &[u8; HEADER_LEN]) -> Result<Header, HeaderError> {
+        let header = Self::fields(bytes)
+            .ok_or_else(|| HeaderError::BadMagic([bytes[0], bytes[1], bytes[2], bytes[3]]))?;
         if header.fds > MAX_FDS_PER_FRAME {
             return Err(HeaderError::TooManyFds(header.fds));
         }

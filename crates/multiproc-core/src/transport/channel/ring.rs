@@ -42,8 +42,9 @@ const RINGS: usize = 4096;
 const RING_LEN: usize = 32 << 10;
 /// Largest payload a ring record holds; larger frames go through the socket.
 pub(crate) const MAX_RECORD: usize = 4 << 10;
-/// Unpublished record bytes after which a batch being fed is published without waiting for
-/// the flush (the consumer starts on it, and the `head` line moves once per this many bytes).
+/// Unpublished record bytes after which records are published without waiting for the flush
+/// (the consumer starts on them, and the `head` line moves once per this many bytes). Records
+/// are written one per flush today (a frame sent alone), so this bounds a large record's wait.
 const PUBLISH_EVERY: u64 = 4 << 10;
 /// How often (in frames sent alone) a sender reads the receiver's progress to find out
 /// whether a receiver that took nothing is still alive.
@@ -260,8 +261,8 @@ impl TxRing {
 
     /// Puts a frame's payload in the ring if this copy owns it and it fits; `false` when it
     /// must go through the socket (then call [`tag_socket_frame`](Self::tag_socket_frame)).
-    /// Records are published at the next [`wake_due`](Self::wake_due) (every flush), or every
-    /// [`PUBLISH_EVERY`] bytes while a batch is being fed.
+    /// Records are published at the next [`wake_due`](Self::wake_due) (every flush), or once
+    /// [`PUBLISH_EVERY`] bytes are unpublished.
     pub(crate) fn try_write(&mut self, payload: &[u8]) -> bool {
         if payload.len() > MAX_RECORD || !self.usable() {
             return false;

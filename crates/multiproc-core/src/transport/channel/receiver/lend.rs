@@ -133,9 +133,11 @@ impl RawReceiver {
 
     /// The fast path of a batch receive: lends whole frames from the receive buffer to `f`,
     /// one after another, while no record of the shared ring can be due between them (see
-    /// [`RxRing::owned_before_record`](crate::transport::channel::ring::RxRing)); the ring's
-    /// count of delivered frames is updated once for the run. Returns how many `f` got (`0`:
-    /// take the next frame the general way, [`next`](Self::next)).
+    /// [`RxRing::owned_before_record`]); the ring's count of delivered frames is updated once
+    /// for the run. Returns how many `f` got (`0`: take the next frame the general way,
+    /// [`next`](Self::next)).
+    ///
+    /// [`RxRing::owned_before_record`]: crate::transport::channel::ring::RxRing::owned_before_record
     fn lend_buffered_run(
         &mut self,
         max: usize,
