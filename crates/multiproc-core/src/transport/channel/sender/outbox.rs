@@ -58,6 +58,19 @@ impl Outbox {
         .then(|| &self.buf[HEADER_LEN..])
     }
 
+    /// Appends what a direct write left of a frame (`head` then `body`, of which the first
+    /// `written` bytes went out). The frame was counted when it was accepted: it is not
+    /// tagged again.
+    pub(super) fn push_rest(&mut self, head: &[u8], body: &[u8], written: usize) {
+        if written < head.len() {
+            self.buf.extend_from_slice(&head[written..]);
+            self.buf.extend_from_slice(body);
+        } else {
+            self.buf.extend_from_slice(&body[written - head.len()..]);
+        }
+        self.untagged = self.buf.len();
+    }
+
     /// Empties the buffer (its one frame went elsewhere).
     pub(super) fn clear(&mut self) {
         *self = Outbox {

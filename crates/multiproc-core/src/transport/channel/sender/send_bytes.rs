@@ -83,21 +83,6 @@ impl RawSender {
         Ok(())
     }
 
-    /// Buffers what a direct write did not get to, to go out with the next flush (or from the
-    /// background thread when the sender is dropped): the frame is never torn.
-    fn buffer_rest(&mut self, header: &[u8; HEADER_LEN], bytes: &[u8], written: usize) {
-        if written < HEADER_LEN {
-            self.outbox.buf.extend_from_slice(&header[written..]);
-            self.outbox.buf.extend_from_slice(bytes);
-        } else {
-            self.outbox
-                .buf
-                .extend_from_slice(&bytes[written - HEADER_LEN..]);
-        }
-        // The frame was tagged when it was accepted.
-        self.outbox.untagged = self.outbox.buf.len();
-    }
-
     /// Sends one frame whose payload is `bytes`, written from `bytes` itself: buffered frames
     /// first, then one `sendmsg` of the header and the slice (more while the socket is full).
     /// The bytes are never copied into the buffer, unless the future is dropped part-way.
@@ -143,7 +128,7 @@ impl RawSender {
             Accepted::Socket(header) => header,
         };
         if !self.blocking_flush(deadline)? {
-            self.buffer_rest(&header, bytes, 0);
+            self.outbox.push_rest(&header, bytes, 0);
             return Ok(false);
         }
         let total = HEADER_LEN + bytes.len();
@@ -156,7 +141,7 @@ impl RawSender {
                     match sys::wait_ready(self.socket.as_fd(), Direction::Write, deadline) {
                         Ok(true) => {}
                         Ok(false) => {
-                            self.buffer_rest(&header, bytes, written);
+                            self.outbox.push_rest(&header, bytes, written);
                             return Ok(false);
                         }
                         Err(e) => return Err(self.fail(e)),
@@ -273,8 +258,11 @@ impl SendBytes<'_> {
 impl Drop for SendBytes<'_> {
     fn drop(&mut self) {
         if self.state == SendBytesState::Accepted {
+            // What the direct write did not get to goes out with the next flush (or from the
+            // background thread when the sender is dropped): the frame is never torn.
             self.sender
-                .buffer_rest(&self.header, self.bytes, self.written);
+                .outbox
+                .push_rest(&self.header, self.bytes, self.written);
         }
     }
 }

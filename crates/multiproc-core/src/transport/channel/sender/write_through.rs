@@ -83,15 +83,7 @@ impl RawSender {
             0
         };
         // What the socket did not take goes out with the next flush.
-        let buf = &mut self.outbox.buf;
-        if written < head.len() {
-            buf.extend_from_slice(&head[written..]);
-            buf.extend_from_slice(bytes);
-        } else {
-            buf.extend_from_slice(&bytes[written - head.len()..]);
-        }
-        // The frame was tagged above.
-        self.outbox.untagged = self.outbox.buf.len();
+        self.outbox.push_rest(head, bytes, written);
         if wake {
             self.queue_wake();
         }
