@@ -71,13 +71,18 @@ impl Outbox {
         self.untagged = self.buf.len();
     }
 
-    /// Empties the buffer (its one frame went elsewhere).
+    /// Empties the buffer (everything in it was written, or its one frame went elsewhere),
+    /// keeping its allocation unless it grew past [`KEEP_CAPACITY`].
     pub(super) fn clear(&mut self) {
+        let mut buf = std::mem::take(&mut self.buf);
+        buf.clear();
+        if buf.capacity() > KEEP_CAPACITY {
+            buf = Vec::new();
+        }
         *self = Outbox {
-            buf: std::mem::take(&mut self.buf),
+            buf,
             ..Outbox::default()
         };
-        self.buf.clear();
     }
 
     /// Marks the frames appended since the last call as the ring owner's (when `owned`) and
@@ -157,14 +162,7 @@ impl Outbox {
         }
         self.pos += written;
         if self.is_empty() {
-            self.pos = 0;
-            self.wakes_end = 0;
-            self.untagged = 0;
-            self.payload_end = 0;
-            self.buf.clear();
-            if self.buf.capacity() > KEEP_CAPACITY {
-                self.buf = Vec::new();
-            }
+            self.clear();
         }
         Ok(())
     }
