@@ -41,17 +41,23 @@ pub(crate) fn install_hook(print: bool) {
 /// Unwind safety is asserted: the panicking function's state is dropped, and the process
 /// either reports and exits (a child) or goes on to unrelated tasks (a pool worker), as
 /// Python's pool does after an exception.
+#[inline]
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, PanicReport> {
-    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(|payload| {
-        LAST_PANIC
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take()
-            .unwrap_or_else(|| PanicReport {
-                message: payload_message(payload.as_ref()),
-                location: None,
-            })
-    })
+    // Inlined, with the report made out of line: a pool worker calls this once per task.
+    std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(report)
+}
+
+/// The report of the panic whose payload `catch` caught.
+#[cold]
+fn report(payload: Box<dyn std::any::Any + Send>) -> PanicReport {
+    LAST_PANIC
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+        .unwrap_or_else(|| PanicReport {
+            message: payload_message(payload.as_ref()),
+            location: None,
+        })
 }
 
 fn payload_message(payload: &(dyn std::any::Any + Send)) -> String {

@@ -63,6 +63,23 @@ const NOT_WAITING: u32 = 0;
 /// The driver is parked: nudge it after the next result.
 const WAITING_NOW: u32 = 1;
 
+/// The word in which a worker records the task of its current job that runs
+/// ([`Control::item_marker`]).
+pub(crate) struct ItemMarker<'a>(&'a AtomicU64);
+
+impl ItemMarker<'_> {
+    /// Records that the task at `position` in the current job starts now.
+    ///
+    /// Relaxed: the driver reads the word only once the worker is dead
+    /// ([`Control::running_item`]), and the death, learned through a system call, orders every
+    /// store the worker made before it. (Looked up through the region for every task, the word
+    /// cost a chain of loads and a bounds check per task.)
+    #[inline]
+    pub(crate) fn started(&self, position: usize) {
+        self.0.store(position as u64 + 1, Ordering::Relaxed);
+    }
+}
+
 /// The control words and the ring, shared by one worker and its driver.
 #[derive(Clone)]
 pub(crate) struct Control {
@@ -155,11 +172,10 @@ impl Control {
         word.load(Ordering::SeqCst) & bit != 0
     }
 
-    /// Worker: records that the task at `position` in the current job starts now.
-    #[inline]
-    pub(crate) fn set_running_item(&self, position: usize) {
-        self.word(ITEM)
-            .store(position as u64 + 1, Ordering::Release);
+    /// Worker: where the tasks of the current job record that they start, looked up once per
+    /// job rather than once per task.
+    pub(crate) fn item_marker(&self) -> ItemMarker<'_> {
+        ItemMarker(self.word(ITEM))
     }
 
     /// Driver: the id of the last job the worker started.

@@ -111,8 +111,11 @@ where
         values: Vec::with_capacity(items.len()),
         failures: Vec::new(),
     };
+    let marker = call.item_marker();
     for (i, item) in items.into_iter().enumerate() {
-        call.task_started(i);
+        if let Some(marker) = &marker {
+            marker.started(i);
+        }
         match panic::catch(|| f.invoke(item).resolve(async_runtime::<T::Ret, M>())) {
             Ok(value) => output.values.push(value),
             Err(PanicReport { message, location }) => output

@@ -12,7 +12,7 @@ use std::os::fd::OwnedFd;
 use multiproc_core::proc::remote_fn::RemoteFn;
 use serde::{Deserialize, Serialize};
 
-use super::result_ring::Control;
+use super::result_ring::{Control, ItemMarker};
 
 /// A function a worker can run: decodes `call.input`, runs, encodes into `call.output`.
 pub(crate) type TaskFn = RemoteFn<Call, Call>;
@@ -101,13 +101,10 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    /// Records that the task at `position` in the chunk starts now, so that if it kills the
-    /// worker the pool blames it, not its chunk's first task.
-    #[inline]
-    pub(crate) fn task_started(&self, position: usize) {
-        if let Some(progress) = &self.progress {
-            progress.set_running_item(position);
-        }
+    /// Where the chunk's tasks record that they start ([`ItemMarker::started`]), so that a task
+    /// that kills the worker is blamed, not its chunk's first task. `None` outside a worker.
+    pub(crate) fn item_marker(&self) -> Option<ItemMarker<'_>> {
+        self.progress.as_ref().map(Control::item_marker)
     }
 
     /// Records that no task of the chunk runs any more: its results are being encoded, and a
