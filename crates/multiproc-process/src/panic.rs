@@ -41,9 +41,8 @@ pub(crate) fn install_hook(print: bool) {
 /// Unwind safety is asserted: the panicking function's state is dropped, and the process
 /// either reports and exits (a child) or goes on to unrelated tasks (a pool worker), as
 /// Python's pool does after an exception.
-#[inline]
 pub(crate) fn catch<T>(f: impl FnOnce() -> T) -> Result<T, PanicReport> {
-    // Inlined, with the report made out of line: a pool worker calls this once per task.
+    // Small, with the report made out of line: a pool worker calls this once per task.
     std::panic::catch_unwind(AssertUnwindSafe(f)).map_err(report)
 }
 
