@@ -13,7 +13,10 @@
 //! are an error, never a panic, and no length read from the input reserves memory beyond what
 //! the input could hold.
 
+#![allow(unsafe_code)]
+
 use std::fmt;
+use std::mem::MaybeUninit;
 
 use serde::de::{self, DeserializeSeed, IntoDeserializer, Visitor};
 use serde::ser::{self, Serialize};
@@ -47,11 +50,21 @@ fn error(what: &str) -> Error {
 }
 
 /// Writes `value` after the bytes already in `out`.
+///
+/// `out` is moved into the serializer and back: owned by a local that no call outside the
+/// encode gets a pointer to, its length can stay in a register while a sequence of numbers is
+/// written, instead of being stored and loaded again for every number (a byte store may alias
+/// a `Vec` reached through a reference). Should a `Serialize` impl panic, `out` is left empty.
 pub(crate) fn serialize_into<T: Serialize + ?Sized>(
     value: &T,
     out: &mut Vec<u8>,
 ) -> Result<(), Error> {
-    value.serialize(&mut Serializer { out })
+    let mut serializer = Serializer {
+        out: std::mem::take(out),
+    };
+    let result = value.serialize(&mut serializer);
+    *out = serializer.out;
+    result
 }
 
 /// Reads a `T` from the front of `bytes`; returns it with the bytes that follow.
@@ -63,16 +76,41 @@ pub(crate) fn take_from_bytes<'de, T: de::Deserialize<'de>>(
     Ok((value, de.input))
 }
 
-struct Serializer<'a> {
-    out: &'a mut Vec<u8>,
+struct Serializer {
+    out: Vec<u8>,
 }
 
-impl Serializer<'_> {
-    /// `extend` from the array reserves once and stores the bytes in place; `extend_from_slice`
-    /// called `memcpy` for every integer (as many samples as the rest of the encode).
+impl Serializer {
+    /// Stores the bytes in place after the length (`extend_from_slice` called `memcpy` for
+    /// every integer). The buffer grows out of line, by value, so that no pointer to the
+    /// serializer leaves the encode (see `serialize_into`).
     #[inline(always)]
     fn put<const N: usize>(&mut self, bytes: [u8; N]) {
-        self.out.extend(bytes);
+        if self.out.capacity() - self.out.len() < N {
+            self.out = grown(std::mem::take(&mut self.out), N);
+        }
+        let len = self.out.len();
+        let (spare, _) = self.out.spare_capacity_mut().as_chunks_mut::<N>();
+        spare[0] = bytes.map(MaybeUninit::new);
+        // SAFETY: the `N` bytes after the length were just written, inside the capacity (made
+        // at least `N` bytes longer than the length above).
+        unsafe { self.out.set_len(len + N) };
+    }
+
+    /// `put` for a slice of any length.
+    fn put_slice(&mut self, bytes: &[u8]) {
+        if self.out.capacity() - self.out.len() < bytes.len() {
+            self.out = grown(std::mem::take(&mut self.out), bytes.len());
+        }
+        let len = self.out.len();
+        let spare = &mut self.out.spare_capacity_mut()[..bytes.len()];
+        // SAFETY: `spare` is `bytes.len()` bytes of this serializer's own buffer, which the
+        // value being encoded (borrowed from elsewhere) cannot overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(bytes.as_ptr(), spare.as_mut_ptr().cast(), bytes.len());
+        }
+        // SAFETY: the bytes after the length were just written, inside the capacity.
+        unsafe { self.out.set_len(len + bytes.len()) };
     }
 
     #[inline]
@@ -97,7 +135,9 @@ macro_rules! write_number {
     )+};
 }
 
-impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
+// Every method is inlined: one left out of line is handed the serializer's address, and its
+// buffer then lives in memory again (see `serialize_into`).
+impl ser::Serializer for &mut Serializer {
     type Ok = ();
     type Error = Error;
     type SerializeSeq = Self;
@@ -108,6 +148,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
     type SerializeStruct = Self;
     type SerializeStructVariant = Self;
 
+    #[inline]
     fn is_human_readable(&self) -> bool {
         false
     }
@@ -138,28 +179,35 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
         self.put(u32::from(v).to_le_bytes());
         Ok(())
     }
+    #[inline]
     fn serialize_str(self, v: &str) -> Result<(), Error> {
         self.serialize_bytes(v.as_bytes())
     }
+    #[inline]
     fn serialize_bytes(self, v: &[u8]) -> Result<(), Error> {
         self.len(v.len());
-        self.out.extend_from_slice(v);
+        self.put_slice(v);
         Ok(())
     }
+    #[inline]
     fn serialize_none(self) -> Result<(), Error> {
         self.put([0]);
         Ok(())
     }
+    #[inline]
     fn serialize_some<T: Serialize + ?Sized>(self, value: &T) -> Result<(), Error> {
         self.put([1]);
         value.serialize(self)
     }
+    #[inline]
     fn serialize_unit(self) -> Result<(), Error> {
         Ok(())
     }
+    #[inline]
     fn serialize_unit_struct(self, _: &'static str) -> Result<(), Error> {
         Ok(())
     }
+    #[inline]
     fn serialize_unit_variant(
         self,
         _: &'static str,
@@ -169,6 +217,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
         self.variant(index);
         Ok(())
     }
+    #[inline]
     fn serialize_newtype_struct<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -176,6 +225,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
     ) -> Result<(), Error> {
         value.serialize(self)
     }
+    #[inline]
     fn serialize_newtype_variant<T: Serialize + ?Sized>(
         self,
         _: &'static str,
@@ -186,17 +236,21 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
         self.variant(index);
         value.serialize(self)
     }
+    #[inline]
     fn serialize_seq(self, len: Option<usize>) -> Result<Self, Error> {
         let len = len.ok_or_else(|| error("a sequence of unknown length cannot be encoded"))?;
         self.len(len);
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple(self, _: usize) -> Result<Self, Error> {
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
         Ok(self)
     }
+    #[inline]
     fn serialize_tuple_variant(
         self,
         _: &'static str,
@@ -207,14 +261,17 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
         self.variant(index);
         Ok(self)
     }
+    #[inline]
     fn serialize_map(self, len: Option<usize>) -> Result<Self, Error> {
         let len = len.ok_or_else(|| error("a map of unknown length cannot be encoded"))?;
         self.len(len);
         Ok(self)
     }
+    #[inline]
     fn serialize_struct(self, _: &'static str, _: usize) -> Result<Self, Error> {
         Ok(self)
     }
+    #[inline]
     fn serialize_struct_variant(
         self,
         _: &'static str,
@@ -230,7 +287,7 @@ impl<'a, 'b> ser::Serializer for &'a mut Serializer<'b> {
 /// Sequences, tuples, maps and structs: their elements one after another.
 macro_rules! compound {
     ($($trait:ident: $method:ident $(, $key:ident)?;)+) => {$(
-        impl ser::$trait for &mut Serializer<'_> {
+        impl ser::$trait for &mut Serializer {
             type Ok = ();
             type Error = Error;
             $(
@@ -243,6 +300,7 @@ macro_rules! compound {
             fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Error> {
                 value.serialize(&mut **self)
             }
+            #[inline]
             fn end(self) -> Result<(), Error> {
                 Ok(())
             }
@@ -261,7 +319,7 @@ compound! {
 /// Structs and struct variants: their fields one after another, without names.
 macro_rules! named_fields {
     ($($trait:ident),+) => {$(
-        impl ser::$trait for &mut Serializer<'_> {
+        impl ser::$trait for &mut Serializer {
             type Ok = ();
             type Error = Error;
             #[inline]
@@ -272,6 +330,7 @@ macro_rules! named_fields {
             ) -> Result<(), Error> {
                 v.serialize(&mut **self)
             }
+            #[inline]
             fn end(self) -> Result<(), Error> {
                 Ok(())
             }
@@ -280,6 +339,14 @@ macro_rules! named_fields {
 }
 
 named_fields!(SerializeStruct, SerializeStructVariant);
+
+/// `out` with room for `more` bytes after its length.
+#[cold]
+#[inline(never)]
+fn grown(mut out: Vec<u8>, more: usize) -> Vec<u8> {
+    out.reserve(more);
+    out
+}
 
 struct Deserializer<'de> {
     input: &'de [u8],
@@ -685,6 +752,22 @@ mod tests {
         assert!(fds.is_empty());
         assert_eq!(buf[0], 0xAA, "the bytes already there stay");
         let back: Everything = decode_fixed(&buf[1..], Vec::new()).unwrap();
+        assert_eq!(back, value);
+    }
+
+    /// The buffer grows as the encode goes, from a single byte, in steps of every size: numbers
+    /// one at a time, strings and byte strings in one piece each.
+    #[test]
+    fn a_buffer_grown_while_encoding_holds_every_byte() {
+        let numbers: Vec<u64> = (0..10_000).map(|i| i * 0x0101_0101).collect();
+        let strings: Vec<String> = (0..300).map(|n| "é".repeat(n)).collect();
+        let value = (numbers, strings, Blob(vec![9; 100_000]), everything());
+        let mut buf = vec![0xAA];
+        buf.shrink_to_fit();
+        encode_fixed_into(&value, &mut buf).unwrap();
+        assert_eq!(buf[0], 0xAA, "the bytes already there stay");
+        let back: (Vec<u64>, Vec<String>, Blob, Everything) =
+            decode_fixed(&buf[1..], Vec::new()).unwrap();
         assert_eq!(back, value);
     }
 
