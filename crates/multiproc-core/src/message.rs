@@ -205,6 +205,7 @@ type Decoded<'a, T, E> = (Result<(T, &'a [u8]), E>, Option<fd::HandleProblem>);
 
 /// The value of a decode that must take all of its `total` bytes: the handle problem it met,
 /// its trailing bytes, or its format's error (`serde`), as a [`DecodeError`].
+#[inline]
 fn whole_value<T, E>(
     total: usize,
     (result, problem): Decoded<'_, T, E>,

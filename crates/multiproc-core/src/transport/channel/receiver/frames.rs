@@ -359,6 +359,7 @@ impl RawReceiver {
     }
 
     /// Frees an oversized receive buffer once nothing is left in it.
+    #[inline]
     pub(super) fn shrink_if_idle(&mut self) {
         if self.start == self.end && self.buf.len() > KEEP_CAPACITY {
             self.start = 0;
@@ -369,10 +370,16 @@ impl RawReceiver {
 
     /// The first `n` received descriptors, for the frame being delivered (most frames carry
     /// none: then nothing is drained).
+    #[inline]
     pub(super) fn take_fds(&mut self, n: usize) -> Vec<OwnedFd> {
         if n == 0 {
             return Vec::new();
         }
+        self.drain_fds(n)
+    }
+
+    #[cold]
+    fn drain_fds(&mut self, n: usize) -> Vec<OwnedFd> {
         self.fds.drain(..n).collect()
     }
 

@@ -141,26 +141,32 @@ impl RawReceiver {
     /// wake-up frame left over from an earlier park, and counting that would end each wait
     /// before it began (no spin for the answer due, so every wait parked, and every park left
     /// another stale wake-up frame behind).
+    #[inline]
     fn arrived(&mut self) {
-        match std::mem::replace(&mut self.waiting, Waiting::No) {
-            Waiting::No => {}
-            waited => {
-                if let Waiting::Timed(since) = waited {
-                    self.spin.parked(since.elapsed());
-                }
-                // Parked: did the wake-up move the two apart? If the sender is still on this
-                // CPU, move off it, or take turns for a while (see `ParkApart`).
-                match self.ring_cue().map(|cue| cue.peer_apart()) {
-                    Some(false) => self.park_apart.still_together(),
-                    Some(true) => self.park_apart.woke_apart(),
-                    None => {}
-                }
-            }
+        if !matches!(self.waiting, Waiting::No) {
+            self.arrived_after_waiting();
         }
         // Whatever was sent before has had its answer, if it wanted one.
         self.socket.clear_sent();
         if let Some(ring) = &self.ring {
             ring.unpark();
+        }
+    }
+
+    /// [`arrived`](Self::arrived) ends a wait: the spin policy learns how long a park lasted,
+    /// and a receiver woken on its sender's CPU moves off it.
+    #[cold]
+    fn arrived_after_waiting(&mut self) {
+        let waited = std::mem::replace(&mut self.waiting, Waiting::No);
+        if let Waiting::Timed(since) = waited {
+            self.spin.parked(since.elapsed());
+        }
+        // Parked: did the wake-up move the two apart? If the sender is still on this CPU,
+        // move off it, or take turns for a while (see `ParkApart`).
+        match self.ring_cue().map(|cue| cue.peer_apart()) {
+            Some(false) => self.park_apart.still_together(),
+            Some(true) => self.park_apart.woke_apart(),
+            None => {}
         }
     }
 
