@@ -440,7 +440,7 @@ impl SharedRegion {
         out.clear();
         out.reserve(words.len() * 8);
         // Written into the spare capacity, then the length set: a copy with `extend` checked the
-        // capacity at every word (2.5 times slower over a pool's 8 KiB chunk of results).
+        // capacity at every word (2.6 times slower over a pool's 8 KiB chunk of results).
         let (chunks, _) = out.spare_capacity_mut().as_chunks_mut::<8>();
         for (word, chunk) in words.iter().zip(chunks) {
             *chunk = word
