@@ -28,11 +28,11 @@
 //! accepted connections) have no ring and work exactly as before.
 //!
 //! **Order.** The sender that owns the ring (below) marks each socket frame it sends with the
-//! "MPF2" magic and counts them in a shared word (once per flush, before the write); each ring record carries that count as it was
-//! when the record was written (the number of owned socket frames before it). The receiver
-//! counts the owned socket frames it delivered (skipped oversize ones included) and delivers
-//! the ring's front record only once that count has reached the record's, and before any
-//! socket frame still buffered. So the sender's order holds exactly across both paths: a
+//! "MPF2" magic and counts them in a shared word (once per flush, before the write); each ring
+//! record carries that count as it was when the record was written (the number of owned socket
+//! frames before it). The receiver counts the owned socket frames it delivered (skipped
+//! oversize ones included) and delivers the ring's front record only once that count has
+//! reached the record's, and before any socket frame still buffered. So the sender's order holds exactly across both paths: a
 //! record never overtakes a socket frame sent before it (the count), and a socket frame never
 //! overtakes a record published before it (the record is visible before the socket frame can
 //! be read, since it was published first and a `recvmsg` that returns the frame orders after

@@ -166,8 +166,7 @@ impl RawSender {
         };
         if let Some(payload) = self.outbox.lone_frame() {
             if ring.backlogged() && sys::peer_closed(self.socket.as_fd()) {
-                self.closed = true;
-                self.outbox = Outbox::default();
+                self.close();
                 return Err(SendErrorKind::Closed);
             }
             if ring.try_write(payload) {
@@ -224,12 +223,15 @@ impl RawSender {
     }
 
     fn fail(&mut self, e: io::Error) -> SendErrorKind {
-        let kind = SendErrorKind::from_io(e);
-        // Whatever is buffered can no longer be delivered.
+        self.close();
+        SendErrorKind::from_io(e)
+    }
+
+    /// The peer is gone: later sends fail, and whatever is buffered can no longer be delivered.
+    fn close(&mut self) {
         self.closed = true;
         self.outbox = Outbox::default();
         self.wake_queued = false;
-        kind
     }
 
     /// A flush's write failed. When only wake frames were left and the receiver took every
