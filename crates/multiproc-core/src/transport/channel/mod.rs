@@ -30,17 +30,17 @@
 //! **Order.** The sender that owns the ring (below) marks each socket frame it sends with the
 //! "MPF2" magic and counts them in a shared word (once per flush, before the write); each ring
 //! record carries that count as it was when the record was written (the number of owned socket
-//! frames before it). The receiver counts the owned socket frames it delivered (skipped
-//! oversize ones included) and delivers the ring's front record only once that count has
-//! reached the record's, and before any socket frame still buffered. So the sender's order holds exactly across both paths: a
-//! record never overtakes a socket frame sent before it (the count), and a socket frame never
-//! overtakes a record published before it (the record is visible before the socket frame can
-//! be read, since it was published first and a `recvmsg` that returns the frame orders after
-//! its `sendmsg`, and the sender publishes before every write; the receiver reads the ring's
-//! head after each read of the socket and whenever nothing is buffered, so frames already
-//! buffered, all written before any record it has not seen, go first). A sequence number on every
-//! frame would do the same, but would change the socket's frame header and cost a word per
-//! frame; the count only touches frames that go through the socket.
+//! frames before it). The receiver counts the owned socket frames it delivered (skipped oversize
+//! ones included) and delivers the ring's front record only once that count has reached the
+//! record's, and before any socket frame still buffered. So the sender's order holds exactly across
+//! both paths: a record never overtakes a socket frame sent before it (the count), and a socket
+//! frame never overtakes a record published before it (the record is visible before the socket
+//! frame can be read, since it was published first and a `recvmsg` that returns the frame orders
+//! after its `sendmsg`, and the sender publishes before every write; the receiver reads the ring's
+//! head after each read of the socket and whenever nothing is buffered, so frames already buffered,
+//! all written before any record it has not seen, go first). A sequence number on every frame would
+//! do the same, but would change the socket's frame header and cost a word per frame; the count
+//! only touches frames that go through the socket.
 //!
 //! **Waiting.** A receive that finds nothing spins only when an answer is due (as before), by
 //! the one spin policy (`wait::spin`): on the ring it busy-reads the ring's head and the owned
